@@ -1,0 +1,174 @@
+/*
+ * agentvault.h - public API of libagentvault, a vault-injecting transport for
+ * AI agents.
+ *
+ * Conventions (see docs/API.md):
+ *   - every concept is an opaque handle with *_new / NULL-safe *_free;
+ *   - functions return 0 or a negative AV_ERR_* code; av_strerror() never
+ *     returns NULL;
+ *   - the library never prints: it logs through a handler the host sets;
+ *   - no TLS-library or libev types appear in this header.
+ *
+ * The header compiles as C99 (pedantic) and as C++.
+ */
+#ifndef AGENTVAULT_H
+#define AGENTVAULT_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(AV_BUILDING_LIBRARY)
+#define AV_EXPORT __attribute__((visibility("default")))
+#else
+#define AV_EXPORT
+#endif
+
+/* Error codes. 0 is success; every error is negative. */
+enum {
+    AV_OK = 0,
+    AV_ERR_NOMEM = -1,      /* an allocation failed */
+    AV_ERR_INVALID = -2,    /* an argument or input is malformed */
+    AV_ERR_IO = -3,         /* a system call failed */
+    AV_ERR_TLS = -4,        /* a TLS operation failed */
+    AV_ERR_PARSE = -5,      /* a protocol message is malformed */
+    AV_ERR_LIMIT = -6,      /* a configured or built-in limit was hit */
+    AV_ERR_NOTFOUND = -7,   /* a named thing does not exist */
+    AV_ERR_CONFIG = -8,     /* the configuration is invalid */
+    AV_ERR_DEFERRED = -9,   /* the answer will come later */
+    AV_ERR_AGAIN = -10,     /* no progress possible now; retry after I/O */
+    AV_ERR_CA = -11,        /* the certificate authority files are unusable */
+    AV_ERR_VERIFY = -12,    /* a peer certificate did not verify */
+    AV_ERR_DENIED = -13,    /* refused by policy */
+    AV_ERR_SSRF = -14,      /* the destination address is not allowed */
+    AV_ERR_TIMEOUT = -15,   /* an operation took too long */
+    AV_ERR_CLOSED = -16,    /* the peer closed the connection */
+    AV_ERR_STATE = -17,     /* the call is not valid in the current state */
+    AV_ERR_SECRET = -18     /* a credential could not be resolved */
+};
+
+/* av_strerror returns a static English description of |err|; never NULL. */
+AV_EXPORT const char *av_strerror(int err);
+
+/* av_version_string returns the library version, e.g. "0.1.0". */
+AV_EXPORT const char *av_version_string(void);
+
+/* Allocator hooks. Call av_set_allocator before any other function; the
+ * hooks are process-wide and apply to memory libagentvault allocates itself
+ * (TLS and HTTP/2 libraries keep their own allocators). Passing NULL for all
+ * three restores malloc/realloc/free. Returns AV_ERR_INVALID when only some
+ * hooks are given. */
+typedef void *(*av_malloc_fn)(size_t size, void *user_data);
+typedef void *(*av_realloc_fn)(void *ptr, size_t size, void *user_data);
+typedef void (*av_free_fn)(void *ptr, void *user_data);
+AV_EXPORT int av_set_allocator(av_malloc_fn malloc_fn, av_realloc_fn realloc_fn,
+                               av_free_fn free_fn, void *user_data);
+
+/* Log levels, most severe first. */
+enum {
+    AV_LOG_ERROR = 0,
+    AV_LOG_WARN = 1,
+    AV_LOG_INFO = 2,
+    AV_LOG_DEBUG = 3
+};
+
+/* A log handler receives one line (no trailing newline). It is called on the
+ * thread that runs the context. Messages never contain secret values. */
+typedef void (*av_log_fn)(void *user_data, int level, const char *message);
+
+/* av_log_level_parse maps "error", "warn", "info", "debug" to AV_LOG_*.
+ * Returns the level or AV_ERR_INVALID. */
+AV_EXPORT int av_log_level_parse(const char *name);
+
+/* ---- configuration ---------------------------------------------------- */
+
+typedef struct av_config av_config;
+
+/* av_config_new creates an empty configuration with defaults (no listeners,
+ * no services). Returns AV_ERR_NOMEM. */
+AV_EXPORT int av_config_new(av_config **out);
+AV_EXPORT void av_config_free(av_config *cfg);
+
+/* av_config_load_file parses an agentvault.conf file into |cfg|, adding to
+ * what is already there. On AV_ERR_CONFIG or AV_ERR_IO,
+ * av_config_error() names the file and line. */
+AV_EXPORT int av_config_load_file(av_config *cfg, const char *path);
+
+/* av_config_load_string parses configuration text; |origin| names it in
+ * error messages. Returns AV_ERR_CONFIG or AV_ERR_NOMEM. */
+AV_EXPORT int av_config_load_string(av_config *cfg, const char *text,
+                                    size_t len, const char *origin);
+
+/* av_config_error returns the last error message for |cfg| ("" if none). */
+AV_EXPORT const char *av_config_error(const av_config *cfg);
+
+/* Programmatic overrides (used by the daemon's command line). Each returns
+ * AV_ERR_INVALID for malformed values (see av_config_error) or
+ * AV_ERR_NOMEM. */
+AV_EXPORT int av_config_add_listen(av_config *cfg, const char *addr_port);
+AV_EXPORT int av_config_clear_listen(av_config *cfg);
+AV_EXPORT int av_config_set_state_dir(av_config *cfg, const char *dir);
+AV_EXPORT int av_config_add_resolve(av_config *cfg, const char *host_port_addr);
+AV_EXPORT int av_config_set_upstream_cafile(av_config *cfg, const char *path);
+
+/* av_config_validate checks cross-field rules (a service needs a host and
+ * a secret, ...). Returns AV_ERR_CONFIG with av_config_error set. */
+AV_EXPORT int av_config_validate(av_config *cfg);
+
+/* av_config_listen_count / av_config_listen_get give the configured
+ * listen addresses ("127.0.0.1:14322"); NULL when out of range. */
+AV_EXPORT size_t av_config_listen_count(const av_config *cfg);
+AV_EXPORT const char *av_config_listen_get(const av_config *cfg, size_t i);
+AV_EXPORT const char *av_config_state_dir(const av_config *cfg);
+AV_EXPORT size_t av_config_service_count(const av_config *cfg);
+
+/* ---- certificate authority -------------------------------------------- */
+
+/* av_ca_root_pem_from_dir loads (creating on first use) the root CA in
+ * |state_dir| and returns its certificate as a NUL-terminated PEM string
+ * the caller frees with av_free(). Returns AV_ERR_CA (see |err|), AV_ERR_IO
+ * or AV_ERR_NOMEM. |err| may be NULL. */
+AV_EXPORT int av_ca_root_pem_from_dir(const char *state_dir, char **pem_out,
+                                      char *err, size_t err_len);
+
+/* av_free releases memory returned by the library. NULL is a no-op. */
+AV_EXPORT void av_free(void *ptr);
+
+/* ---- context: a running vault ----------------------------------------- */
+
+typedef struct av_ctx av_ctx;
+
+/* av_ctx_new builds a context from a validated configuration. The
+ * configuration is copied; |cfg| may be freed afterwards. Loads or creates
+ * the CA, binds every listener. On failure |err| (may be NULL) holds a
+ * one-line reason. Returns AV_ERR_CONFIG, AV_ERR_CA, AV_ERR_IO or
+ * AV_ERR_NOMEM. */
+AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg,
+                         char *err, size_t err_len);
+AV_EXPORT void av_ctx_free(av_ctx *ctx);
+
+/* av_ctx_set_log sets the log handler and the most verbose level passed to
+ * it. Call before av_ctx_run. */
+AV_EXPORT void av_ctx_set_log(av_ctx *ctx, av_log_fn fn, void *user_data,
+                              int max_level);
+
+/* av_ctx_listen_port returns the bound port of listener |i| (useful with
+ * port 0), or AV_ERR_NOTFOUND. */
+AV_EXPORT int av_ctx_listen_port(const av_ctx *ctx, size_t i);
+
+/* av_ctx_run runs the context's event loop on the calling thread until it
+ * has shut down. Returns 0 or AV_ERR_STATE if already running. */
+AV_EXPORT int av_ctx_run(av_ctx *ctx);
+
+/* av_ctx_shutdown asks a running context to stop accepting, let in-flight
+ * exchanges finish for up to |drain_seconds|, and return from av_ctx_run.
+ * Safe to call from any thread and from a signal handler. */
+AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* AGENTVAULT_H */

@@ -1,0 +1,42 @@
+/* av_ca.h - the certificate authority (part of the TLS boundary).
+ *
+ * On first use the CA generates an ECDSA P-256 root in the state directory
+ * (ca.pem 0644, ca.key 0600, written via write-fsync-rename) and loads it on
+ * later starts. A clear error is returned when the files are unreadable,
+ * malformed, or do not match each other.
+ *
+ * Leaves are minted per host (DNS SAN, or IP SAN for IP literals; EKU
+ * serverAuth; validity from 1 hour ago to 7 days ahead), signed by the
+ * root, all sharing one P-256 leaf key generated at load time, and kept in
+ * a bounded LRU keyed by host. Minting costs one signature.
+ */
+#ifndef AV_CA_H
+#define AV_CA_H
+
+#include <stddef.h>
+
+typedef struct av_ca av_ca;
+
+/* av__ca_open loads or creates the root in |state_dir| (created 0700 if
+ * missing). |cache_size| bounds the leaf LRU (0 means 1024). Returns
+ * AV_OK, AV_ERR_CA (unreadable/malformed/mismatched files; |err| says
+ * which file and why), AV_ERR_IO or AV_ERR_NOMEM. */
+int av__ca_open(av_ca **out, const char *state_dir, size_t cache_size,
+                char *err, size_t err_len);
+void av__ca_free(av_ca *ca);
+
+/* av__ca_root_pem returns the root certificate in PEM (owned by the CA). */
+const char *av__ca_root_pem(const av_ca *ca);
+
+/* Statistics for tests and /metrics. */
+typedef struct av_ca_stats {
+    unsigned long leaf_hits;
+    unsigned long leaf_misses; /* == leaves minted */
+    size_t leaf_cached;
+} av_ca_stats;
+void av__ca_stats(const av_ca *ca, av_ca_stats *st);
+
+/* Leaf lookup is internal to the TLS boundary: av_tls.c uses the functions
+ * declared in av_ca_internal.h (which may use TLS-library types). */
+
+#endif

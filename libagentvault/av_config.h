@@ -1,0 +1,132 @@
+/* av_config.h - the configuration snapshot (internal layout).
+ *
+ * A config is built by the file parser (av_config.c) and the programmatic
+ * setters of agentvault.h, validated, then copied into a context, which
+ * treats it as immutable.
+ *
+ * File format (agentvault.conf, see docs/CONFIG.md):
+ *
+ *     # comment            ; comment
+ *     [proxy]
+ *     listen = 127.0.0.1:14322        (may repeat; IPv6 as [::1]:14322)
+ *     state_dir = /var/lib/agentvault
+ *     unmatched = passthrough | deny
+ *     passthrough = host1, *.host2    (opaque tunnels allowed for these hosts)
+ *     resolve = api.openai.com:443:127.0.0.1   (may repeat; curl syntax)
+ *     upstream_cacert = /path/ca.pem
+ *     allow_private = 10.0.0.0/8, fd00::/8     (SSRF allow-list, CIDR)
+ *     connect_timeout = 10            (seconds)
+ *     idle_timeout = 120              (seconds)
+ *
+ *     [service "openai"]
+ *     host = api.openai.com           (or *.example.com; or an IP literal)
+ *     port = 443                      (optional; default 443, or 80 with scheme http)
+ *     scheme = https | http           (optional; http requires an explicit port)
+ *     path = /v1/*                    (optional glob, '*' matches any run of bytes)
+ *     methods = GET, POST             (optional)
+ *     auth = bearer
+ *          | basic USER
+ *          | header NAME "template with {secret}"
+ *          | query PARAM
+ *     secret = env:NAME | file:PATH
+ *
+ *     [token "agent1"]
+ *     secret = env:AGENT1_TOKEN       (proxy token; requires Proxy-Authorization)
+ *
+ * Values are the rest of the line after '=', trimmed. Strings in auth may be
+ * double-quoted with \" and \\ escapes. Unknown sections or keys, duplicates
+ * of single-valued keys, and malformed values are errors naming the line.
+ */
+#ifndef AV_CONFIG_H
+#define AV_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <agentvault/agentvault.h>
+
+enum av_auth_kind {
+    AV_AUTH_BEARER = 1, /* Authorization: Bearer {secret} */
+    AV_AUTH_BASIC,      /* Authorization: Basic base64(user:secret) */
+    AV_AUTH_HEADER,     /* NAME: template with {secret} replaced */
+    AV_AUTH_QUERY       /* ?PARAM={secret} (percent-encoded) */
+};
+
+enum av_unmatched {
+    AV_UNMATCHED_PASSTHROUGH = 0,
+    AV_UNMATCHED_DENY = 1
+};
+
+/* HTTP methods as a bit set for service matching. */
+enum {
+    AV_M_GET = 1u << 0, AV_M_HEAD = 1u << 1, AV_M_POST = 1u << 2,
+    AV_M_PUT = 1u << 3, AV_M_DELETE = 1u << 4, AV_M_PATCH = 1u << 5,
+    AV_M_OPTIONS = 1u << 6
+};
+
+typedef struct av_service {
+    char *name;
+    char *host;        /* lower-case; "*.example.com" for a one-label wildcard */
+    int wildcard;      /* host starts with "*." */
+    int host_is_ip;    /* host is an IP literal (stored in canonical text form) */
+    int port;          /* 443 unless given (80 default only with scheme http) */
+    int scheme_http;   /* 1: plain http:// service (needs explicit scheme+port) */
+    char *path_glob;   /* NULL: any path */
+    unsigned methods;  /* 0: any method */
+    int auth;          /* enum av_auth_kind */
+    char *auth_name;   /* header name (HEADER), user (BASIC), param (QUERY) */
+    char *auth_template; /* HEADER: template containing {secret} */
+    char *secret_ref;  /* "env:NAME" or "file:PATH" */
+    int line;          /* line of the [service] header, for messages */
+} av_service;
+
+typedef struct av_token_cfg {
+    char *name;
+    char *secret_ref;
+    int line;
+} av_token_cfg;
+
+typedef struct av_resolve_cfg {
+    char *host;  /* lower-case */
+    int port;
+    char *addr;  /* numeric IPv4 or IPv6 text */
+} av_resolve_cfg;
+
+typedef struct av_cidr {
+    int family;        /* AF_INET or AF_INET6 */
+    uint8_t addr[16];
+    int prefix;
+} av_cidr;
+
+struct av_config {
+    char **listen;         /* "host:port" strings, normalized */
+    size_t nlisten;
+    char *state_dir;       /* NULL: caller decides default */
+    int unmatched;         /* enum av_unmatched */
+    char **passthrough;    /* host patterns allowed for opaque tunnels */
+    size_t npassthrough;
+    av_resolve_cfg *resolve;
+    size_t nresolve;
+    char *upstream_cafile;
+    av_cidr *allow_private;
+    size_t nallow_private;
+    double connect_timeout; /* seconds, default 10 */
+    double idle_timeout;    /* seconds, default 120 */
+    double header_timeout;  /* seconds, default 10 */
+    av_service *services;
+    size_t nservices;
+    av_token_cfg *tokens;
+    size_t ntokens;
+    char error[512];       /* last error message ("" if none) */
+};
+
+/* av__config_copy deep-copies |src| into a new config. NULL on failure. */
+av_config *av__config_copy(const av_config *src);
+
+/* av__parse_cidr parses "10.0.0.0/8" or "fd00::/8". Returns 0 or
+ * AV_ERR_INVALID. */
+int av__parse_cidr(const char *s, av_cidr *out);
+int av__cidr_contains(const av_cidr *c, const struct sockaddr *sa);
+
+#endif

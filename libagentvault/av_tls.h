@@ -1,0 +1,90 @@
+/* av_tls.h - TLS engines over caller-owned buffers (the TLS boundary).
+ *
+ * av_tls.c and av_ca.c are the only files that include libssl / X.509
+ * headers. Both BoringSSL (default) and OpenSSL 3 (-Dtls=openssl) are
+ * supported; their differences live in those two files.
+ *
+ * An engine never touches a socket. Ciphertext arriving from the peer is
+ * appended by the caller to the engine's input buffer (|cin|); ciphertext
+ * the engine produces is appended to its output buffer (|cout|), which the
+ * caller writes to the socket. Both buffers belong to the caller and are
+ * bounded; when |cout| is full the engine reports AV_ERR_AGAIN for writes
+ * (back-pressure).
+ */
+#ifndef AV_TLS_H
+#define AV_TLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "av_buf.h"
+
+typedef struct av_ca av_ca;
+typedef struct av_tls av_tls;
+typedef struct av_tls_server_ctx av_tls_server_ctx;
+typedef struct av_tls_client_ctx av_tls_client_ctx;
+
+/* Server side: toward the agent (MITM) and the proxy's own TLS port.
+ * Certificates are minted by |ca| (which must outlive the ctx). Offers
+ * ALPN "http/1.1" only for now. TLS 1.2 and 1.3. */
+int av__tls_server_ctx_new(av_tls_server_ctx **out, av_ca *ca, char *err, size_t err_len);
+void av__tls_server_ctx_free(av_tls_server_ctx *ctx);
+
+/* av__tls_server_new creates an engine that presents a leaf for |host|
+ * (a validated, lower-case DNS name or IP literal; minted or taken from
+ * the CA's cache). If the ClientHello carries an SNI that is not |host|
+ * (case-insensitive), the handshake fails (av__tls_handshake returns
+ * AV_ERR_TLS and av__tls_error() says "SNI x does not match y"). When
+ * |extra_names| is not NULL it is a NULL-terminated list of additional
+ * names the leaf also covers (used for the proxy's own certificate; SNI
+ * may then be any of them). */
+int av__tls_server_new(av_tls **out, av_tls_server_ctx *ctx, const char *host,
+                       const char *const *extra_names, av_buf *cin, av_buf *cout);
+
+/* Client side: toward upstreams. Verifies the chain against the system
+ * roots (Debian's /etc/ssl/certs/ca-certificates.crt) plus the optional
+ * |extra_cafile|, checks the host name (or IP), sends SNI for DNS names.
+ * Offers ALPN "http/1.1". */
+int av__tls_client_ctx_new(av_tls_client_ctx **out, const char *extra_cafile,
+                           char *err, size_t err_len);
+void av__tls_client_ctx_free(av_tls_client_ctx *ctx);
+int av__tls_client_new(av_tls **out, av_tls_client_ctx *ctx, const char *host,
+                       av_buf *cin, av_buf *cout);
+
+void av__tls_free(av_tls *t);
+
+/* av__tls_handshake advances the handshake using bytes in cin, appending
+ * to cout. Returns AV_OK when complete, AV_ERR_AGAIN when it needs more
+ * input (or room in cout), AV_ERR_VERIFY for a bad peer certificate
+ * (client side), AV_ERR_TLS otherwise. */
+int av__tls_handshake(av_tls *t);
+
+/* av__tls_read decrypts into buf. Returns the number of bytes (> 0),
+ * 0 on a clean close_notify, AV_ERR_AGAIN when more ciphertext is needed,
+ * AV_ERR_TLS on a protocol error. */
+ssize_t av__tls_read(av_tls *t, uint8_t *buf, size_t len);
+
+/* av__tls_write encrypts up to len bytes into cout. Returns bytes taken
+ * (> 0), AV_ERR_AGAIN when cout has no room, AV_ERR_TLS on error. */
+ssize_t av__tls_write(av_tls *t, const uint8_t *buf, size_t len);
+
+/* av__tls_close queues a close_notify into cout (best effort). */
+void av__tls_close(av_tls *t);
+
+/* av__tls_error returns a one-line description of the last failure
+ * ("" if none), e.g. "certificate verify failed: self-signed certificate"
+ * or "SNI evil.example does not match api.openai.com". */
+const char *av__tls_error(const av_tls *t);
+
+/* av__tls_alpn returns the negotiated ALPN protocol ("" if none). */
+const char *av__tls_alpn(const av_tls *t);
+
+/* av__tls_is_client_hello reports whether |b| (the first bytes a client
+ * sent, at least 1) starts a TLS handshake record (0x16). */
+static inline int av__tls_is_client_hello(const uint8_t *b, size_t len)
+{
+    return len >= 1 && b[0] == 0x16;
+}
+
+#endif
