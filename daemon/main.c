@@ -1,9 +1,387 @@
-/* main.c - the agentvault daemon (skeleton; being written). */
+/* main.c - the agentvault daemon: command line, config, signals, logs.
+ *
+ * Everything else is in libagentvault; this file uses only the public API.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
 #include <agentvault/agentvault.h>
 
-int main(void)
+#ifndef AV_DAEMON_VERSION
+#define AV_DAEMON_VERSION "0.0.0"
+#endif
+
+#define DEFAULT_LISTEN "127.0.0.1:14322"
+#define DRAIN_SECONDS 10.0
+
+static const char usage_text[] =
+    "usage:\n"
+    "  agentvault serve [-c FILE] [--listen ADDR:PORT]... [--state-dir DIR]\n"
+    "                   [--resolve HOST:PORT:ADDR[:DIALPORT]]... [--upstream-cacert FILE]\n"
+    "                   [--log-level error|warn|info|debug] [--log-format text|json]\n"
+    "  agentvault check -c FILE\n"
+    "  agentvault ca pem [-c FILE] [--state-dir DIR]\n"
+    "  agentvault --version\n"
+    "\n"
+    "Without -c, serve runs an embedded default: it listens on " DEFAULT_LISTEN ",\n"
+    "keeps state in $XDG_STATE_HOME/agentvault (or ~/.local/state/agentvault), and\n"
+    "injects OPENAI_API_KEY, ANTHROPIC_API_KEY and GITHUB_TOKEN from its environment.\n";
+
+static int g_json_logs;
+static av_ctx *g_ctx;
+
+static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void die_usage(const char *fmt, ...)
 {
-    printf("agentvault %s\n", av_version_string());
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("agentvault: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputs("\n", stderr);
+    va_end(ap);
+    fputs("run 'agentvault --help' for usage\n", stderr);
+    exit(2);
+}
+
+static void json_escape(FILE *f, const char *s)
+{
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+}
+
+static void log_line(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    const char *lv = level >= 0 && level <= 3 ? names[level] : "info";
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[40];
+    strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    if (g_json_logs) {
+        fprintf(stderr, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when, ts.tv_nsec / 1000000, lv);
+        json_escape(stderr, msg);
+        fputs("\"}\n", stderr);
+    } else {
+        fprintf(stderr, "%s.%03ldZ %s %s\n", when, ts.tv_nsec / 1000000, lv, msg);
+    }
+}
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    if (g_ctx)
+        av_ctx_shutdown(g_ctx, DRAIN_SECONDS); /* async-signal-safe */
+}
+
+/* $XDG_STATE_HOME/agentvault or ~/.local/state/agentvault. */
+static int default_state_dir(char *out, size_t len)
+{
+    const char *xdg = getenv("XDG_STATE_HOME");
+    if (xdg && xdg[0] == '/')
+        return snprintf(out, len, "%s/agentvault", xdg) < (int)len ? 0 : -1;
+    const char *home = getenv("HOME");
+    if (!home || home[0] != '/')
+        return -1;
+    return snprintf(out, len, "%s/.local/state/agentvault", home) < (int)len ? 0 : -1;
+}
+
+/* mkdir -p with mode 0700 for the directories we create. */
+static int mkdir_p(const char *path)
+{
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof(tmp), "%s", path) >= (int)sizeof(tmp))
+        return -1;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+            return -1;
+        *p = '/';
+    }
+    if (mkdir(tmp, 0700) < 0 && errno != EEXIST)
+        return -1;
     return 0;
+}
+
+/* The embedded default: one service per well-known key in the environment. */
+static int build_default_config(av_config *cfg, int *nservices)
+{
+    static const struct {
+        const char *env, *name, *host, *auth;
+    } known[] = {
+        {"OPENAI_API_KEY", "openai", "api.openai.com", "bearer"},
+        {"ANTHROPIC_API_KEY", "anthropic", "api.anthropic.com", "header x-api-key \"{secret}\""},
+        {"GITHUB_TOKEN", "github", "api.github.com", "bearer"},
+    };
+    char text[2048];
+    size_t off = (size_t)snprintf(text, sizeof(text), "[proxy]\nunmatched = passthrough\n");
+    *nservices = 0;
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        const char *v = getenv(known[i].env);
+        if (!v || !*v)
+            continue;
+        off += (size_t)snprintf(text + off, sizeof(text) - off,
+                                "\n[service \"%s\"]\nhost = %s\nauth = %s\nsecret = env:%s\n", known[i].name,
+                                known[i].host, known[i].auth, known[i].env);
+        (*nservices)++;
+    }
+    return av_config_load_string(cfg, text, off, "<embedded default>");
+}
+
+typedef struct opts {
+    const char *config;
+    const char *state_dir;
+    const char *cacert;
+    const char *listen[16];
+    int nlisten;
+    const char *resolve[64];
+    int nresolve;
+    int log_level;
+} opts;
+
+static const char *need_arg(int argc, char **argv, int *i)
+{
+    if (*i + 1 >= argc)
+        die_usage("%s needs a value", argv[*i]);
+    return argv[++*i];
+}
+
+static void parse_opts(int argc, char **argv, int start, opts *o, int allow_serve_opts)
+{
+    memset(o, 0, sizeof(*o));
+    o->log_level = AV_LOG_INFO;
+    for (int i = start; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-c") || !strcmp(a, "--config")) {
+            o->config = need_arg(argc, argv, &i);
+        } else if (!strcmp(a, "--state-dir")) {
+            o->state_dir = need_arg(argc, argv, &i);
+        } else if (allow_serve_opts && !strcmp(a, "--listen")) {
+            if (o->nlisten >= 16)
+                die_usage("too many --listen options (max 16)");
+            o->listen[o->nlisten++] = need_arg(argc, argv, &i);
+        } else if (allow_serve_opts && !strcmp(a, "--resolve")) {
+            if (o->nresolve >= 64)
+                die_usage("too many --resolve options (max 64)");
+            o->resolve[o->nresolve++] = need_arg(argc, argv, &i);
+        } else if (allow_serve_opts && !strcmp(a, "--upstream-cacert")) {
+            o->cacert = need_arg(argc, argv, &i);
+        } else if (allow_serve_opts && !strcmp(a, "--log-level")) {
+            const char *v = need_arg(argc, argv, &i);
+            o->log_level = av_log_level_parse(v);
+            if (o->log_level < 0)
+                die_usage("--log-level must be error, warn, info or debug (got '%s')", v);
+        } else if (allow_serve_opts && !strcmp(a, "--log-format")) {
+            const char *v = need_arg(argc, argv, &i);
+            if (!strcmp(v, "json"))
+                g_json_logs = 1;
+            else if (strcmp(v, "text") != 0)
+                die_usage("--log-format must be text or json (got '%s')", v);
+        } else {
+            die_usage("unknown option '%s'", a);
+        }
+    }
+}
+
+/* Load the config (file or embedded default) and apply command-line
+ * overrides. Exits with a one-line reason on error. */
+static av_config *load_config(const opts *o, int *embedded_services)
+{
+    av_config *cfg = NULL;
+    if (av_config_new(&cfg) != AV_OK) {
+        fprintf(stderr, "agentvault: out of memory\n");
+        exit(1);
+    }
+    int rc;
+    *embedded_services = -1;
+    if (o->config)
+        rc = av_config_load_file(cfg, o->config);
+    else
+        rc = build_default_config(cfg, embedded_services);
+    if (rc != AV_OK) {
+        fprintf(stderr, "agentvault: %s\n", av_config_error(cfg));
+        exit(1);
+    }
+    if (o->nlisten) {
+        av_config_clear_listen(cfg);
+        for (int i = 0; i < o->nlisten; i++)
+            if (av_config_add_listen(cfg, o->listen[i]) != AV_OK) {
+                fprintf(stderr, "agentvault: --listen %s: %s\n", o->listen[i], av_config_error(cfg));
+                exit(2);
+            }
+    } else if (av_config_listen_count(cfg) == 0) {
+        av_config_add_listen(cfg, DEFAULT_LISTEN);
+    }
+    for (int i = 0; i < o->nresolve; i++)
+        if (av_config_add_resolve(cfg, o->resolve[i]) != AV_OK) {
+            fprintf(stderr, "agentvault: --resolve %s: %s\n", o->resolve[i], av_config_error(cfg));
+            exit(2);
+        }
+    if (o->cacert && av_config_set_upstream_cafile(cfg, o->cacert) != AV_OK) {
+        fprintf(stderr, "agentvault: --upstream-cacert: %s\n", av_config_error(cfg));
+        exit(2);
+    }
+    if (o->state_dir) {
+        av_config_set_state_dir(cfg, o->state_dir);
+    } else if (!av_config_state_dir(cfg)) {
+        char dir[PATH_MAX];
+        if (default_state_dir(dir, sizeof(dir)) < 0) {
+            fprintf(stderr, "agentvault: cannot determine a state directory: set HOME, XDG_STATE_HOME or "
+                            "--state-dir\n");
+            exit(1);
+        }
+        av_config_set_state_dir(cfg, dir);
+    }
+    if (av_config_validate(cfg) != AV_OK) {
+        fprintf(stderr, "agentvault: %s\n", av_config_error(cfg));
+        exit(1);
+    }
+    return cfg;
+}
+
+static int cmd_serve(int argc, char **argv)
+{
+    opts o;
+    parse_opts(argc, argv, 2, &o, 1);
+    int embedded = -1;
+    av_config *cfg = load_config(&o, &embedded);
+    const char *sd = av_config_state_dir(cfg);
+    if (mkdir_p(sd) < 0) {
+        fprintf(stderr, "agentvault: cannot create state directory %s: %s\n", sd, strerror(errno));
+        return 1;
+    }
+    char err[512];
+    int rc = av_ctx_new(&g_ctx, cfg, err, sizeof(err));
+    if (rc != AV_OK) {
+        fprintf(stderr, "agentvault: %s\n", err);
+        av_config_free(cfg);
+        return 1;
+    }
+    av_ctx_set_log(g_ctx, log_line, NULL, o.log_level);
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN); /* reload arrives with the credentials issue */
+
+    for (size_t i = 0; i < av_config_listen_count(cfg); i++) {
+        const char *spec = av_config_listen_get(cfg, i);
+        char host[80];
+        snprintf(host, sizeof(host), "%s", spec);
+        char *colon = strrchr(host, ':');
+        if (colon)
+            *colon = '\0';
+        fprintf(stderr, "agentvault: listening on %s:%d\n", host, av_ctx_listen_port(g_ctx, i));
+    }
+    if (embedded >= 0) {
+        const char *spec = av_config_listen_get(cfg, 0);
+        char host[80];
+        snprintf(host, sizeof(host), "%s", spec);
+        char *colon = strrchr(host, ':');
+        if (colon)
+            *colon = '\0';
+        int port = av_ctx_listen_port(g_ctx, 0);
+        fprintf(stderr,
+                "agentvault: embedded default config, %d service(s) from the environment "
+                "(OPENAI_API_KEY, ANTHROPIC_API_KEY, GITHUB_TOKEN)\n"
+                "agentvault: point a client at it:\n"
+                "  export HTTPS_PROXY=http://%s:%d HTTP_PROXY=http://%s:%d\n"
+                "  export SSL_CERT_FILE=%s/ca.pem   # or: curl --cacert %s/ca.pem\n",
+                embedded, host, port, host, port, sd, sd);
+    }
+    fflush(stderr);
+    av_config_free(cfg);
+    rc = av_ctx_run(g_ctx);
+    av_ctx *ctx = g_ctx;
+    g_ctx = NULL;
+    av_ctx_free(ctx);
+    return rc == AV_OK ? 0 : 1;
+}
+
+static int cmd_check(int argc, char **argv)
+{
+    opts o;
+    parse_opts(argc, argv, 2, &o, 0);
+    if (!o.config)
+        die_usage("check needs -c FILE");
+    int embedded;
+    av_config *cfg = load_config(&o, &embedded);
+    printf("%s: OK (%zu service(s))\n", o.config, av_config_service_count(cfg));
+    av_config_free(cfg);
+    return 0;
+}
+
+static int cmd_ca(int argc, char **argv)
+{
+    if (argc < 3 || strcmp(argv[2], "pem") != 0)
+        die_usage("usage: agentvault ca pem [-c FILE] [--state-dir DIR]");
+    opts o;
+    parse_opts(argc, argv, 3, &o, 0);
+    int embedded;
+    av_config *cfg = load_config(&o, &embedded);
+    const char *sd = av_config_state_dir(cfg);
+    if (mkdir_p(sd) < 0) {
+        fprintf(stderr, "agentvault: cannot create state directory %s: %s\n", sd, strerror(errno));
+        av_config_free(cfg);
+        return 1;
+    }
+    char *pem = NULL;
+    char err[512] = "";
+    int rc = av_ca_root_pem_from_dir(sd, &pem, err, sizeof(err));
+    av_config_free(cfg);
+    if (rc != AV_OK) {
+        fprintf(stderr, "agentvault: %s\n", err[0] ? err : av_strerror(rc));
+        return 1;
+    }
+    fputs(pem, stdout);
+    av_free(pem);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    /* SECURITY 12: no core dumps or ptrace-readable memory with secrets. */
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    if (argc < 2)
+        die_usage("missing command");
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "version")) {
+        printf("agentvault %s (libagentvault %s)\n", AV_DAEMON_VERSION, av_version_string());
+        return 0;
+    }
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc, argv);
+    if (!strcmp(cmd, "check"))
+        return cmd_check(argc, argv);
+    if (!strcmp(cmd, "ca"))
+        return cmd_ca(argc, argv);
+    die_usage("unknown command '%s'", cmd);
 }

@@ -22,7 +22,7 @@
  *     host = api.openai.com           (or *.example.com; or an IP literal)
  *     port = 443                      (optional; default 443, or 80 with scheme http)
  *     scheme = https | http           (optional; http requires an explicit port)
- *     path = /v1/*                    (optional glob, '*' matches any run of bytes)
+ *     path = /v1/...                  (optional glob, '*' matches any run of bytes)
  *     methods = GET, POST             (optional)
  *     auth = bearer
  *          | basic USER
@@ -91,6 +91,8 @@ typedef struct av_resolve_cfg {
     char *host;  /* lower-case */
     int port;
     char *addr;  /* numeric IPv4 or IPv6 text */
+    int dial_port; /* 0: the destination port; else dial this port instead
+                      (extension: HOST:PORT:ADDR:DIALPORT / [v6]:DIALPORT) */
 } av_resolve_cfg;
 
 typedef struct av_cidr {

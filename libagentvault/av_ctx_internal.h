@@ -1,0 +1,77 @@
+/* av_ctx_internal.h - the running context shared by connection code. */
+#ifndef AV_CTX_INTERNAL_H
+#define AV_CTX_INTERNAL_H
+
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <agentvault/agentvault.h>
+
+#include "av_ca.h"
+#include "av_config.h"
+#include "av_dns.h"
+#include "av_ev.h"
+#include "av_log.h"
+#include "av_resolver.h"
+#include "av_secret.h"
+#include "av_tls.h"
+
+typedef struct av_conn av_conn;
+typedef struct av_upconn av_upconn;
+
+typedef struct av_listener {
+    av_ctx *ctx;
+    int fd;
+    av_io *io;
+    struct sockaddr_storage addr;
+    socklen_t addr_len;
+    int port;
+    char host[64]; /* as configured, without brackets */
+} av_listener;
+
+/* Built-in limits (SECURITY.md 15). */
+#define AV_MAX_CONNS 4096
+#define AV_HEAD_MAX 65536
+#define AV_FIELDS_MAX 100
+#define AV_RAW_BUF_MAX (64 * 1024)
+#define AV_PLAIN_BUF_MAX (96 * 1024)
+#define AV_POOL_MAX 256
+#define AV_POOL_IDLE_SECONDS 30.0
+
+struct av_ctx {
+    av_config *cfg;
+    av_logger log;
+    av_loop *loop;
+    av_ca *ca;
+    av_tls_server_ctx *tls_srv;
+    av_tls_client_ctx *tls_cli;
+    av_resolver *resolver;
+    av_dns *dns;
+    av_listener *listeners;
+    size_t nlisteners;
+    const char **proxy_names; /* NULL-terminated: names the proxy's own cert covers */
+    av_secret **tokens;       /* resolved proxy tokens, parallel to cfg->tokens */
+    av_conn *conns;
+    size_t nconns;
+    av_upconn *pool;          /* idle upstream connections */
+    size_t npool;
+    av_async *wakeup;
+    av_timer *drain_timer;
+    volatile sig_atomic_t shutdown_requested;
+    volatile double drain_seconds;
+    int draining;
+    int running;
+    unsigned long long exchanges;
+};
+
+/* av_conn.c */
+int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len);
+void av__conn_drain_all(av_ctx *ctx); /* shutdown: finish current exchanges, then close */
+void av__conn_destroy(av_conn *c); /* immediate */
+
+/* av_ctx.c: called when a connection goes away during a drain. */
+void av__ctx_conn_gone(av_ctx *ctx);
+/* Is |sa| one of our own listeners? */
+int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa);
+
+#endif

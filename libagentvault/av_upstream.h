@@ -1,0 +1,76 @@
+/* av_upstream.h - connections to upstream origins.
+ *
+ * av__upstream_acquire hands out a pooled idle connection for the same
+ * key (scheme, host, port, credential scope) or starts a new one: resolve
+ * (an operator --resolve override, else DNS), check every address against
+ * the SSRF guard (overrides are operator-chosen and exempt; the proxy's own
+ * listeners never are), connect with a timeout, then verified TLS for
+ * https. Progress and failure are reported by calling the owner's notify
+ * function; the owner then looks at up->state.
+ *
+ * Pooled connections are never shared across credential scopes and never
+ * reused after a framing error (the owner releases them as not reusable).
+ */
+#ifndef AV_UPSTREAM_H
+#define AV_UPSTREAM_H
+
+#include <sys/socket.h>
+
+#include "av_dns.h"
+#include "av_side.h"
+#include "av_url.h"
+
+typedef struct av_ctx av_ctx;
+typedef struct av_upconn av_upconn;
+
+enum av_up_state {
+    AV_UP_RESOLVING = 1,
+    AV_UP_CONNECTING,
+    AV_UP_HANDSHAKE,
+    AV_UP_READY,   /* usable by the owner */
+    AV_UP_IDLE,    /* in the pool */
+    AV_UP_FAILED   /* see fail_status / side.errmsg */
+};
+
+typedef void (*av_up_notify)(void *owner);
+
+#define AV_UP_KEY_MAX 400
+
+struct av_upconn {
+    av_ctx *ctx;
+    av_side side;
+    int state;
+    int tls;
+    av_authority dest;
+    char key[AV_UP_KEY_MAX];
+    av_up_notify notify;
+    void *owner;
+    av_timer *timer;
+    av_dns_query *dnsq;
+    struct sockaddr_storage addrs[AV_DNS_MAX_ADDRS];
+    socklen_t addr_lens[AV_DNS_MAX_ADDRS];
+    int naddrs, next_addr;
+    int fail_status;     /* HTTP status to answer when FAILED (403, 502, 504) */
+    int reused;          /* came from the pool */
+    unsigned long served; /* exchanges completed on it */
+    av_upconn *pool_next, *pool_prev;
+};
+
+/* av__upstream_acquire returns 0 and *out (state READY for a pooled
+ * connection, or an earlier state for a new one), or AV_ERR_NOMEM. */
+int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const char *scope,
+                         av_up_notify notify, void *owner, av_upconn **out);
+
+/* av__upstream_step runs the connection's own state machine (connect
+ * completion, TLS handshake). The owner's pump calls it while the state is
+ * before READY. Returns 1 if the state changed. */
+int av__upstream_step(av_upconn *up);
+
+/* av__upstream_release gives the connection back: to the pool when
+ * |reusable| (and the pool has room), else closed. */
+void av__upstream_release(av_upconn *up, int reusable);
+
+/* av__upstream_pool_free closes every pooled connection (shutdown). */
+void av__upstream_pool_free(av_ctx *ctx);
+
+#endif
