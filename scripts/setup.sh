@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install everything libagentvault needs to build and test on Debian 12.
+# Idempotent; run as root (or with sudo available).
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  build-essential meson ninja-build pkg-config clang libclang-rt-14-dev
+  # libraries (BoringSSL is the default TLS backend; OpenSSL 3 must also build)
+  android-libboringssl-dev libssl-dev openssl ca-certificates
+  libev-dev libnghttp2-dev libwslay-dev libc-ares-dev libpsl-dev publicsuffix
+  libcmocka-dev
+  # real clients and test peers
+  curl nghttp2-client nghttp2-server
+  python3 python3-pytest python3-httpx python3-websockets python3-h2
+  python3-hyperframe python3-cryptography
+)
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "setup.sh: run as root (apt-get needs it)" >&2; exit 1; }
+  SUDO=sudo
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+  echo "setup.sh: all packages present"
+fi

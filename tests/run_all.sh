@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Run every test layer and print one closing line "N passed, N failed".
+#
+#   1. BoringSSL build (the default): unit + ABI tests, integration tests
+#   2. OpenSSL 3 build: the same
+#   3. ASan+UBSan build: the same (a sanitizer report fails the run)
+#   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 20)
+#
+# Environment: AV_TEST_ONLY=boringssl|openssl|asan|fuzz runs one layer;
+# FUZZ_SECONDS=N; BUILD_ROOT=dir (default ./build-tests).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+BUILD_ROOT=${BUILD_ROOT:-$root/build-tests}
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+ONLY=${AV_TEST_ONLY:-}
+PY=/usr/bin/python3
+mkdir -p "$BUILD_ROOT"
+
+passed=0
+failed=0
+failures=()
+
+note() { printf '\n=== %s ===\n' "$*"; }
+
+# add PASSED FAILED LABEL
+add() {
+  passed=$((passed + $1))
+  failed=$((failed + $2))
+  if [ "$2" -gt 0 ]; then failures+=("$3: $2 failed"); fi
+  echo "--- $3: $1 passed, $2 failed"
+}
+
+# Count results in a meson testlog.json.
+count_meson() {
+  "$PY" - "$1" <<'PYEOF'
+import json, sys
+ok = bad = 0
+try:
+    for line in open(sys.argv[1]):
+        line = line.strip()
+        if not line:
+            continue
+        r = json.loads(line).get("result")
+        if r in ("OK", "EXPECTEDFAIL"):
+            ok += 1
+        elif r != "SKIP":
+            bad += 1
+except FileNotFoundError:
+    bad = 1
+print(ok, bad)
+PYEOF
+}
+
+# Count results in a pytest junit XML file (no file = one failure).
+count_junit() {
+  "$PY" - "$1" <<'PYEOF'
+import sys, xml.etree.ElementTree as ET
+try:
+    root = ET.parse(sys.argv[1]).getroot()
+except Exception:
+    print(0, 1); sys.exit()
+suites = [root] if root.tag == "testsuite" else root.findall("testsuite")
+t = f = e = s = 0
+for su in suites:
+    t += int(su.get("tests", 0)); f += int(su.get("failures", 0))
+    e += int(su.get("errors", 0)); s += int(su.get("skipped", 0))
+bad = f + e
+ok = t - bad - s
+# Skips are failures here: every integration test must run in CI.
+print(ok, bad + s)
+PYEOF
+}
+
+# build LABEL DIR [meson setup args...]
+build() {
+  local label=$1 dir=$2; shift 2
+  note "build $label"
+  if [ ! -f "$dir/build.ninja" ]; then
+    meson setup "$dir" -Dwerror=true "$@" >"$dir.setup.log" 2>&1 || { cat "$dir.setup.log"; add 0 1 "$label: meson setup"; return 1; }
+  fi
+  if ! ninja -C "$dir" >"$dir.build.log" 2>&1; then
+    tail -50 "$dir.build.log"; add 0 1 "$label: build"; return 1
+  fi
+  echo "built $dir"
+}
+
+# suite LABEL DIR: meson tests + integration tests against DIR's daemon.
+suite() {
+  local label=$1 dir=$2
+  note "unit and ABI tests ($label)"
+  meson test -C "$dir" --print-errorlogs --num-processes 2 >"$dir.test.log" 2>&1
+  grep -E '^ *[0-9]+/[0-9]+ ' "$dir.test.log" | tail -40
+  read -r ok bad < <(count_meson "$dir/meson-logs/testlog.json")
+  [ "$bad" -gt 0 ] && grep -A30 -E 'FAIL|ERROR|TIMEOUT' "$dir.test.log" | head -80
+  add "$ok" "$bad" "$label unit"
+
+  note "integration tests ($label)"
+  local junit="$dir/pytest.xml"
+  rm -f "$junit"
+  AGENTVAULT_BIN="$dir/daemon/agentvault" timeout 900 "$PY" -m pytest -q -p no:cacheprovider \
+    --junitxml="$junit" tests/integration 2>&1 | tail -40
+  read -r ok bad < <(count_junit "$junit")
+  add "$ok" "$bad" "$label integration"
+}
+
+want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=86:strict_string_checks=1}
+export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:exitcode=87}
+
+if want boringssl; then
+  build boringssl "$BUILD_ROOT/boringssl" -Dtls=boringssl && suite boringssl "$BUILD_ROOT/boringssl"
+fi
+if want openssl; then
+  build openssl "$BUILD_ROOT/openssl" -Dtls=openssl && suite openssl "$BUILD_ROOT/openssl"
+fi
+if want asan; then
+  build asan "$BUILD_ROOT/asan" -Dtls=boringssl -Db_sanitize=address,undefined -Db_lundef=false \
+    -Dbuildtype=debug && suite asan "$BUILD_ROOT/asan"
+fi
+if want fuzz; then
+  if CC=clang build fuzz "$BUILD_ROOT/fuzz" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false; then
+    note "fuzz smoke (${FUZZ_SECONDS}s each)"
+    for f in "$BUILD_ROOT"/fuzz/tests/fuzz/fuzz_*; do
+      [ -x "$f" ] || continue
+      name=$(basename "$f")
+      work="$BUILD_ROOT/fuzz/corpus-$name"
+      mkdir -p "$work"
+      [ -d "tests/fuzz/corpus/$name" ] && cp -r "tests/fuzz/corpus/$name/." "$work/"
+      if "$f" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 "$work" >"$work.log" 2>&1; then
+        add 1 0 "fuzz $name"
+      else
+        tail -40 "$work.log"; add 0 1 "fuzz $name"
+      fi
+    done
+  fi
+fi
+
+note "summary"
+for f in "${failures[@]:-}"; do [ -n "$f" ] && echo "FAILED: $f"; done
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
