@@ -234,6 +234,10 @@ int av__side_pump_out(av_side *s)
             if (!l->hs_done)
                 continue;
         }
+        if (av__tls_flush(l->tls) == AV_OK)
+            l->flush_pending = 0;
+        else
+            l->flush_pending = 1;
         while (l->out.len > 0) {
             ssize_t w = av__tls_write(l->tls, av__buf_head(&l->out), l->out.len);
             if (w > 0) {
@@ -250,6 +254,14 @@ int av__side_pump_out(av_side *s)
     int rc = side_write_socket(s);
     if (rc < 0)
         return rc;
+    /* Output parked inside an engine (cout was full) can move now. */
+    for (int i = 0; i < s->nlayers; i++) {
+        av_side_layer *l = &s->layer[i];
+        if (l->flush_pending && av__tls_flush(l->tls) == AV_OK) {
+            l->flush_pending = 0;
+            progress = 1;
+        }
+    }
     return progress | rc;
 }
 
@@ -260,7 +272,7 @@ int av__side_events(const av_side *s)
         return 0;
     if (!s->sock_eof && av__buf_room(&s->raw_in) > 0)
         ev |= AV_EV_READ;
-    if (s->raw_out.len > 0)
+    if (s->raw_out.len > 0 || !av__side_flushed(s))
         ev |= AV_EV_WRITE;
     return ev;
 }
@@ -292,7 +304,7 @@ void av__side_close_write(av_side *s)
 int av__side_flushed(const av_side *s)
 {
     for (int i = 0; i < s->nlayers; i++)
-        if (s->layer[i].out.len > 0)
+        if (s->layer[i].out.len > 0 || s->layer[i].flush_pending)
             return 0;
     return s->raw_out.len == 0;
 }

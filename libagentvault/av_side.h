@@ -27,6 +27,7 @@ typedef struct av_side_layer {
     av_buf in;  /* plaintext produced by this layer */
     av_buf out; /* plaintext waiting to be encrypted by this layer */
     int hs_done;
+    int flush_pending; /* the engine holds output that did not fit below */
 } av_side_layer;
 
 typedef struct av_side {

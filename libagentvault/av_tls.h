@@ -72,6 +72,16 @@ ssize_t av__tls_write(av_tls *t, const uint8_t *buf, size_t len);
 /* av__tls_close queues a close_notify into cout (best effort). */
 void av__tls_close(av_tls *t);
 
+/* av__tls_flush moves output the engine produced while cout was full (at
+ * most a few KiB: a handshake flight, an alert) into cout. Every other
+ * engine call does this first; call it when cout has drained and nothing
+ * else is due. Returns AV_OK when nothing is left, AV_ERR_AGAIN otherwise. */
+int av__tls_flush(av_tls *t);
+
+/* av__tls_pending returns the number of decrypted bytes buffered inside
+ * the engine (av__tls_read returns them without new input). */
+size_t av__tls_pending(const av_tls *t);
+
 /* av__tls_error returns a one-line description of the last failure
  * ("" if none), e.g. "certificate verify failed: self-signed certificate"
  * or "SNI evil.example does not match api.openai.com". */
