@@ -20,7 +20,7 @@
  *
  *     [service "openai"]
  *     host = api.openai.com           (or *.example.com; or an IP literal)
- *     port = 443                      (optional; default 443, or 80 with scheme http)
+ *     port = 443                      (optional; default 443; required with scheme http)
  *     scheme = https | http           (optional; http requires an explicit port)
  *     path = /v1/...                  (optional glob, '*' matches any run of bytes)
  *     methods = GET, POST             (optional)
@@ -129,6 +129,8 @@ av_config *av__config_copy(const av_config *src);
 /* av__parse_cidr parses "10.0.0.0/8" or "fd00::/8". Returns 0 or
  * AV_ERR_INVALID. */
 int av__parse_cidr(const char *s, av_cidr *out);
+/* av__cidr_contains returns 1 when |sa| (AF_INET or AF_INET6) lies in |c|,
+ * else 0; IPv4-mapped IPv6 addresses are compared as IPv4. */
 int av__cidr_contains(const av_cidr *c, const struct sockaddr *sa);
 
 #endif

@@ -430,14 +430,22 @@ static int x_start(av_conn *c, const av_h1_request *req, const av_authority *des
             conn_respond(c, 502, m, 0, 1);
             return -1;
         }
-        if (svc->auth == AV_AUTH_QUERY)
+        int irc = AV_OK;
+        if (svc->auth == AV_AUTH_QUERY) {
             inj_target = av__inject_query(svc, secret, target, target_len);
-        else
-            av__inject_header(svc, secret, &inj_name, &inj_value);
+            irc = inj_target ? AV_OK : AV_ERR_NOMEM;
+        } else {
+            irc = av__inject_header(svc, secret, &inj_name, &inj_value);
+        }
         av__secret_free(secret);
-        if (!inj_target && !inj_value) {
-            x->status = 500;
-            conn_respond(c, 500, "out of memory while injecting the credential", 0, 1);
+        if (irc != AV_OK) {
+            char m[200];
+            snprintf(m, sizeof(m), irc == AV_ERR_INVALID
+                                       ? "credential for service %s contains characters not allowed in a header"
+                                       : "out of memory while injecting the credential for service %s",
+                     svc->name);
+            x->status = irc == AV_ERR_INVALID ? 502 : 500;
+            conn_respond(c, x->status, m, 0, 1);
             return -1;
         }
     }

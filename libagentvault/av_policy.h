@@ -27,7 +27,8 @@
 #include "av_secret.h"
 
 /* av__policy_match returns the best service or NULL. |path| is the
- * origin-form target (query included; matching ignores the query). */
+ * origin-form target (query included; matching ignores the query). |host|
+ * is re-validated; a host av__host_validate rejects matches nothing. */
 const av_service *av__policy_match(const av_config *cfg, int scheme_http,
                                    const char *host, int port,
                                    const char *method, size_t method_len,
@@ -39,7 +40,8 @@ unsigned av__method_bit(const char *method, size_t len);
 /* av__inject_header builds the header to inject for a BEARER, BASIC or
  * HEADER service: *name_out points to a static or config-owned name and
  * *value_out is a new secret holding the full header value. Returns 0,
- * AV_ERR_INVALID (wrong auth kind) or AV_ERR_NOMEM. */
+ * AV_ERR_INVALID (wrong auth kind, or a BEARER/HEADER secret containing
+ * control characters, which would split the header) or AV_ERR_NOMEM. */
 int av__inject_header(const av_service *svc, const av_secret *secret,
                       const char **name_out, av_secret **value_out);
 

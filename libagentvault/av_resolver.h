@@ -27,7 +27,8 @@ int av__resolver_get(av_resolver *r, const char *ref, av_secret **out,
                      char *why, size_t why_len);
 
 /* av__secret_ref_valid checks the syntax of a reference ("env:NAME" with
- * NAME of [A-Za-z_][A-Za-z0-9_]*, or "file:/absolute/path"). */
+ * NAME of [A-Za-z_][A-Za-z0-9_]*, or "file:/absolute/path"). Returns 1
+ * when valid, else 0. */
 int av__secret_ref_valid(const char *ref);
 
 #endif

@@ -34,7 +34,7 @@ int av__host_validate(const char *in, size_t len, char *out);
 int av__authority_parse(const char *in, size_t len, int default_port, av_authority *out);
 
 /* av__authority_equal compares after normalization (already lower-cased
- * by parsing). */
+ * by parsing). Returns 1 when equal, else 0. */
 int av__authority_equal(const av_authority *a, const av_authority *b);
 
 /* av__authority_format writes "host:port" ("[v6]:port") into buf; when
@@ -60,17 +60,18 @@ typedef struct av_absolute_uri {
 int av__absolute_uri_parse(const char *in, size_t len, av_absolute_uri *out);
 
 /* av__origin_form_valid checks an origin-form target: starts with '/',
- * only visible ASCII (0x21..0x7e), no '#'. */
+ * only visible ASCII (0x21..0x7e), no '#'. Returns 1 when valid, else 0. */
 int av__origin_form_valid(const char *in, size_t len);
 
 /* av__host_match_pattern matches |host| against a service pattern: exact
  * (case-insensitive) or "*.suffix" matching exactly one extra label
  * (so "*.example.com" matches "a.example.com" but not "example.com",
- * "a.b.example.com" or "evilexample.com"). */
+ * "a.b.example.com" or "evilexample.com"). Returns 1 or 0. */
 int av__host_match_pattern(const char *pattern, const char *host);
 
 /* av__glob_match matches |s| (length n) against a glob where '*' matches
- * any run of bytes (including '/') and every other byte matches itself. */
+ * any run of bytes (including '/') and every other byte matches itself.
+ * Returns 1 or 0; worst case O(strlen(glob) * n), never exponential. */
 int av__glob_match(const char *glob, const char *s, size_t n);
 
 #endif

@@ -1,0 +1,702 @@
+/* test_config.c - the config file reader, setters, validation and copy. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <cmocka.h>
+
+#include <agentvault/agentvault.h>
+
+#include "av_config.h"
+
+static const char example[] =
+    "# agentvault.conf\n"
+    "[proxy]\n"
+    "listen = 127.0.0.1:14322\n"
+    "state_dir = /var/lib/agentvault\n"
+    "\n"
+    "[service \"openai\"]\n"
+    "host = api.openai.com\n"
+    "auth = bearer\n"
+    "secret = env:OPENAI_API_KEY\n"
+    "\n"
+    "[service \"github\"]\n"
+    "host = api.github.com\n"
+    "path = /repos/*\n"
+    "methods = GET, POST\n"
+    "auth = header Authorization \"token {secret}\"\n"
+    "secret = file:/run/secrets/github_token\n";
+
+/* load parses |text| into a fresh config, returning the code; the config
+ * is kept in *out. */
+static int load(const char *text, av_config **out)
+{
+    av_config *c = NULL;
+    assert_int_equal(av_config_new(&c), 0);
+    int rc = av_config_load_string(c, text, strlen(text), "t.conf");
+    *out = c;
+    return rc;
+}
+
+/* example_parses: the documented example, field by field. */
+static void example_parses(void **state)
+{
+    (void)state;
+    av_config *c;
+    assert_int_equal(load(example, &c), 0);
+    assert_string_equal(av_config_error(c), "");
+    assert_int_equal(av_config_validate(c), 0);
+    assert_int_equal(av_config_listen_count(c), 1);
+    assert_string_equal(av_config_listen_get(c, 0), "127.0.0.1:14322");
+    assert_null(av_config_listen_get(c, 1));
+    assert_string_equal(av_config_state_dir(c), "/var/lib/agentvault");
+    assert_int_equal(av_config_service_count(c), 2);
+    assert_int_equal(c->unmatched, AV_UNMATCHED_PASSTHROUGH);
+    assert_true(c->connect_timeout == 10.0);
+    assert_true(c->idle_timeout == 120.0);
+    assert_true(c->header_timeout == 10.0);
+
+    const av_service *o = &c->services[0];
+    assert_string_equal(o->name, "openai");
+    assert_string_equal(o->host, "api.openai.com");
+    assert_int_equal(o->wildcard, 0);
+    assert_int_equal(o->host_is_ip, 0);
+    assert_int_equal(o->port, 443);
+    assert_int_equal(o->scheme_http, 0);
+    assert_null(o->path_glob);
+    assert_int_equal(o->methods, 0);
+    assert_int_equal(o->auth, AV_AUTH_BEARER);
+    assert_null(o->auth_name);
+    assert_string_equal(o->secret_ref, "env:OPENAI_API_KEY");
+    assert_int_equal(o->line, 6);
+
+    const av_service *g = &c->services[1];
+    assert_string_equal(g->name, "github");
+    assert_string_equal(g->host, "api.github.com");
+    assert_string_equal(g->path_glob, "/repos/*");
+    assert_int_equal(g->methods, AV_M_GET | AV_M_POST);
+    assert_int_equal(g->auth, AV_AUTH_HEADER);
+    assert_string_equal(g->auth_name, "Authorization");
+    assert_string_equal(g->auth_template, "token {secret}");
+    assert_string_equal(g->secret_ref, "file:/run/secrets/github_token");
+    assert_int_equal(g->line, 11);
+    av_config_free(c);
+}
+
+/* every_key sets every key once and checks the stored values. */
+static void every_key(void **state)
+{
+    (void)state;
+    av_config *c;
+    const char *text =
+        "; full-line comment\n"
+        "   # indented comment\n"
+        "[proxy]\r\n"
+        "listen = [::1]:8080 , localhost:0\n"
+        "listen = 0.0.0.0:1\n"
+        "unmatched = deny\n"
+        "passthrough = example.org, *.example.net\n"
+        "resolve = api.openai.com:443:127.0.0.1\n"
+        "resolve = h.example:8443:[::1]\n"
+        "resolve = h2.example:443:127.0.0.2:9443\n"
+        "upstream_cacert = /etc/ssl/my ca#1.pem\n"
+        "allow_private = 10.0.0.0/8, fd00::/8\n"
+        "connect_timeout = 2.5\n"
+        "idle_timeout = 30\n"
+        "header_timeout = 5\n"
+        "[service \"basic-svc\"]\n"
+        "host = *.Example.com\n"
+        "port = 8443\n"
+        "auth = basic alice\n"
+        "secret = env:_X1\n"
+        "[service \"q.svc_1\"]\n"
+        "host = 10.0.0.5\n"
+        "scheme = http\n"
+        "port = 8080\n"
+        "methods = get,head , Options,DELETE,put,patch,post\n"
+        "auth = query api_key\n"
+        "secret = file:/k\n"
+        "[service \"v6\"]\n"
+        "host = [0:0::1]\n"
+        "auth = header X-Api-Key {secret}\n"
+        "secret = env:K\n"
+        "[token \"agent1\"]\n"
+        "secret = env:AGENT1_TOKEN\n";
+    assert_int_equal(load(text, &c), 0);
+    assert_int_equal(av_config_validate(c), 0);
+    assert_int_equal(c->nlisten, 3);
+    assert_string_equal(c->listen[0], "[::1]:8080");
+    assert_string_equal(c->listen[1], "localhost:0");
+    assert_string_equal(c->listen[2], "0.0.0.0:1");
+    assert_int_equal(c->unmatched, AV_UNMATCHED_DENY);
+    assert_int_equal(c->npassthrough, 2);
+    assert_string_equal(c->passthrough[0], "example.org");
+    assert_string_equal(c->passthrough[1], "*.example.net");
+    assert_int_equal(c->nresolve, 3);
+    assert_string_equal(c->resolve[0].host, "api.openai.com");
+    assert_int_equal(c->resolve[0].port, 443);
+    assert_string_equal(c->resolve[0].addr, "127.0.0.1");
+    assert_int_equal(c->resolve[0].dial_port, 0);
+    assert_string_equal(c->resolve[1].host, "h.example");
+    assert_int_equal(c->resolve[1].port, 8443);
+    assert_string_equal(c->resolve[1].addr, "::1");
+    assert_string_equal(c->resolve[2].addr, "127.0.0.2");
+    assert_int_equal(c->resolve[2].dial_port, 9443);
+    assert_string_equal(c->upstream_cafile, "/etc/ssl/my ca#1.pem");
+    assert_int_equal(c->nallow_private, 2);
+    assert_int_equal(c->allow_private[0].family, AF_INET);
+    assert_int_equal(c->allow_private[0].prefix, 8);
+    assert_int_equal(c->allow_private[1].family, AF_INET6);
+    assert_true(c->connect_timeout == 2.5);
+    assert_true(c->idle_timeout == 30.0);
+    assert_true(c->header_timeout == 5.0);
+
+    assert_int_equal(c->nservices, 3);
+    const av_service *b = &c->services[0];
+    assert_string_equal(b->host, "*.example.com");
+    assert_int_equal(b->wildcard, 1);
+    assert_int_equal(b->port, 8443);
+    assert_int_equal(b->auth, AV_AUTH_BASIC);
+    assert_string_equal(b->auth_name, "alice");
+    const av_service *q = &c->services[1];
+    assert_string_equal(q->name, "q.svc_1");
+    assert_string_equal(q->host, "10.0.0.5");
+    assert_true(q->host_is_ip);
+    assert_int_equal(q->scheme_http, 1);
+    assert_int_equal(q->port, 8080);
+    assert_int_equal(q->methods, AV_M_GET | AV_M_HEAD | AV_M_OPTIONS | AV_M_DELETE |
+                                     AV_M_PUT | AV_M_PATCH | AV_M_POST);
+    assert_int_equal(q->auth, AV_AUTH_QUERY);
+    assert_string_equal(q->auth_name, "api_key");
+    const av_service *v = &c->services[2];
+    assert_string_equal(v->host, "::1");
+    assert_true(v->host_is_ip);
+    assert_int_equal(v->auth, AV_AUTH_HEADER);
+    assert_string_equal(v->auth_name, "X-Api-Key");
+    assert_string_equal(v->auth_template, "{secret}");
+
+    assert_int_equal(c->ntokens, 1);
+    assert_string_equal(c->tokens[0].name, "agent1");
+    assert_string_equal(c->tokens[0].secret_ref, "env:AGENT1_TOKEN");
+    assert_int_equal(c->tokens[0].line, 32);
+    av_config_free(c);
+}
+
+/* quoting: escapes in templates, '#' and ';' inside values, long lines. */
+static void quoting_and_long_lines(void **state)
+{
+    (void)state;
+    av_config *c;
+    const char *text =
+        "[service \"s\"]\n"
+        "host = api.example.com\n"
+        "auth = header X-Auth \"a \\\"q\\\" \\\\ # ; {secret} x\"\n"
+        "secret = env:S\n"
+        "[service \"u\"]\n"
+        "host = u.example.com\n"
+        "auth = basic \"Alice Smith\"\n"
+        "secret = env:S\n";
+    assert_int_equal(load(text, &c), 0);
+    assert_string_equal(c->services[0].auth_template, "a \"q\" \\ # ; {secret} x");
+    assert_string_equal(c->services[1].auth_name, "Alice Smith");
+    av_config_free(c);
+
+    /* a 1000-character template on one line */
+    char tmpl[1001];
+    memset(tmpl, 'x', 1000);
+    memcpy(tmpl + 500, "{secret}", 8);
+    tmpl[1000] = '\0';
+    char big[1200];
+    snprintf(big, sizeof(big),
+             "[service \"long\"]\nhost = a.example.com\nauth = header X-Long \"%s\"\nsecret = env:S\n",
+             tmpl);
+    assert_int_equal(load(big, &c), 0);
+    assert_int_equal(strlen(c->services[0].auth_template), 1000);
+    assert_string_equal(c->services[0].auth_template, tmpl);
+    av_config_free(c);
+}
+
+typedef struct err_case {
+    const char *text;
+    const char *error; /* exact message */
+} err_case;
+
+static const err_case err_cases[] = {
+    {"[proxy]\nlisten = 127.0.0.1:1\nbogus = 1\n",
+     "t.conf:3: unknown key \"bogus\" in [proxy]"},
+    {"[service \"a\"]\nhost = a.com\ncolor = red\n",
+     "t.conf:3: unknown key \"color\" in [service]"},
+    {"[service \"a\"]\nhost = a.com\nauth = digest\nsecret = env:X\n",
+     "t.conf:3: unknown auth kind \"digest\" (expected bearer, basic, header or query)"},
+    {"[service \"a\"]\nhost = a.com\nauth = bearer extra\n",
+     "t.conf:3: auth bearer takes no argument"},
+    {"[service \"a\"]\nhost = a.com\nauth = header X-K \"no placeholder\"\n",
+     "t.conf:3: auth header: template must contain {secret} exactly once"},
+    {"[service \"a\"]\nhost = a.com\nauth = header X-K \"{secret}{secret}\"\n",
+     "t.conf:3: auth header: template must contain {secret} exactly once"},
+    {"[service \"a\"]\nhost = a.com\nauth = header X-K token {secret}\n",
+     "t.conf:3: auth header: a template with spaces must be quoted"},
+    {"[service \"a\"]\nhost = a.com\nauth = header X-K \"{secret}\n",
+     "t.conf:3: auth header: malformed quoted template"},
+    {"[service \"a\"]\nhost = a.com\nauth = header X-K \"{secret}\" x\n",
+     "t.conf:3: auth header: malformed quoted template"},
+    {"[service \"a\"]\nhost = a.com\nauth = header Bad:Name {secret}\n",
+     "t.conf:3: auth header: invalid header name \"Bad:Name\""},
+    {"[service \"a\"]\nhost = a.com\nauth = header Host {secret}\n",
+     "t.conf:3: auth header: header \"Host\" cannot be injected"},
+    {"[service \"a\"]\nhost = a.com\nauth = header content-length {secret}\n",
+     "t.conf:3: auth header: header \"content-length\" cannot be injected"},
+    {"[service \"a\"]\nhost = a.com\nauth = header Transfer-Encoding {secret}\n",
+     "t.conf:3: auth header: header \"Transfer-Encoding\" cannot be injected"},
+    {"[service \"a\"]\nhost = a.com\nauth = header Proxy-Authorization {secret}\n",
+     "t.conf:3: auth header: header \"Proxy-Authorization\" cannot be injected"},
+    {"[service \"a\"]\nhost = a.com\nauth = header Connection {secret}\n",
+     "t.conf:3: auth header: header \"Connection\" cannot be injected"},
+    {"[service \"a\"]\nhost = a.com\nauth = basic\n",
+     "t.conf:3: auth basic needs a user name (auth = basic USER)"},
+    {"[service \"a\"]\nhost = a.com\nauth = basic a:b\n",
+     "t.conf:3: auth basic: user name must not contain ':' or control characters"},
+    {"[service \"a\"]\nhost = a.com\nauth = query a&b\n",
+     "t.conf:3: auth query: parameter name must use only A-Z a-z 0-9 - . _ ~"},
+    {"[service \"a\"]\nhost = a.com\nauth = bearer\n\n# end\n",
+     "t.conf:1: service \"a\" has no secret"},
+    {"[proxy]\n[service \"x\"]\nauth = bearer\nsecret = env:A\n",
+     "t.conf:2: service \"x\" has no host"},
+    {"[service \"x\"]\nhost = a.com\nsecret = env:A\n[token \"t\"]\nsecret = env:B\n",
+     "t.conf:1: service \"x\" has no auth"},
+    {"[token \"t\"]\n\n",
+     "t.conf:1: token \"t\" has no secret"},
+    {"[service \"a\"]\nhost = a.com\nauth = bearer\nsecret = env:A\n"
+     "[service \"a\"]\nhost = b.com\n",
+     "t.conf:5: duplicate service \"a\""},
+    {"[token \"a\"]\nsecret = env:A\n[token \"a\"]\nsecret = env:B\n",
+     "t.conf:3: duplicate token \"a\""},
+    {"[service \"a\"]\nhost = *.github.io\n",
+     "t.conf:2: host: wildcard over a public suffix is not allowed: \"*.github.io\""},
+    {"[service \"a\"]\nhost = *.com\n",
+     "t.conf:2: host: wildcard over a public suffix is not allowed: \"*.com\""},
+    {"[service \"a\"]\nhost = *.s3.amazonaws.com\n",
+     "t.conf:2: host: wildcard over a public suffix is not allowed: \"*.s3.amazonaws.com\""},
+    {"[service \"a\"]\nhost = *.co.uk\n",
+     "t.conf:2: host: wildcard over a public suffix is not allowed: \"*.co.uk\""},
+    {"[service \"a\"]\nhost = *\n",
+     "t.conf:2: host: a bare \"*\" host is not allowed: \"*\""},
+    {"[service \"a\"]\nhost = *.*.example.com\n",
+     "t.conf:2: host: invalid wildcard host (only \"*.\" followed by a DNS name is allowed): \"*.*.example.com\""},
+    {"[service \"a\"]\nhost = a*.example.com\n",
+     "t.conf:2: host: invalid host name: \"a*.example.com\""},
+    {"[service \"a\"]\nhost = *.10.0.0.1\n",
+     "t.conf:2: host: invalid wildcard host (only \"*.\" followed by a DNS name is allowed): \"*.10.0.0.1\""},
+    {"[service \"a\"]\nhost = 127.1\n",
+     "t.conf:2: host: invalid host name: \"127.1\""},
+    {"\n[service \"web\"]\nhost = a.com\nscheme = http\nauth = bearer\nsecret = env:A\n",
+     "t.conf:2: service \"web\": scheme http requires an explicit port"},
+    {"[service \"a\"]\nscheme = ftp\n",
+     "t.conf:2: scheme must be \"https\" or \"http\""},
+    {"[service \"a\"]\nport = 0\n", "t.conf:2: port must be a number in 1..65535"},
+    {"[service \"a\"]\nport = 65536\n", "t.conf:2: port must be a number in 1..65535"},
+    {"[service \"a\"]\nport = +443\n", "t.conf:2: port must be a number in 1..65535"},
+    {"[service \"a\"]\npath = v1/*\n",
+     "t.conf:2: path must start with '/' and contain only visible ASCII, no '?' or '#'"},
+    {"[service \"a\"]\npath = /v1?x\n",
+     "t.conf:2: path must start with '/' and contain only visible ASCII, no '?' or '#'"},
+    {"[service \"a\"]\nmethods = GET, TRACE\n",
+     "t.conf:2: unknown method \"TRACE\" (allowed: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS)"},
+    {"[service \"a\"]\nmethods = GET,,POST\n",
+     "t.conf:2: unknown method \"\" (allowed: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS)"},
+    {"[service \"a\"]\nsecret = vault:x\n",
+     "t.conf:2: secret must be env:NAME or file:/absolute/path"},
+    {"[service \"a\"]\nsecret = file:relative\n",
+     "t.conf:2: secret must be env:NAME or file:/absolute/path"},
+    {"[service \"a\"]\nsecret = env:1BAD\n",
+     "t.conf:2: secret must be env:NAME or file:/absolute/path"},
+    {"[service \"a\"]\nhost = a.com\nhost = b.com\n", "t.conf:3: duplicate key \"host\""},
+    {"[proxy]\nlisten = 127.0.0.1\n",
+     "t.conf:2: invalid listen address \"127.0.0.1\" (expected IP:PORT, [IPv6]:PORT or localhost:PORT)"},
+    {"[proxy]\nlisten = example.com:80\n",
+     "t.conf:2: invalid listen address \"example.com:80\" (expected IP:PORT, [IPv6]:PORT or localhost:PORT)"},
+    {"[proxy]\nlisten = ::1:80\n",
+     "t.conf:2: invalid listen address \"::1:80\" (expected IP:PORT, [IPv6]:PORT or localhost:PORT)"},
+    {"[proxy]\nlisten = 127.0.0.1:65536\n",
+     "t.conf:2: invalid listen address \"127.0.0.1:65536\" (expected IP:PORT, [IPv6]:PORT or localhost:PORT)"},
+    {"[proxy]\nlisten = 127.0.0.1:1, 127.0.0.1:1\n",
+     "t.conf:2: duplicate listen address 127.0.0.1:1"},
+    {"[proxy]\nlisten = 127.0.0.1:1,\n", "t.conf:2: empty item in listen list"},
+    {"[proxy]\nresolve = api.openai.com:443\n",
+     "t.conf:2: invalid resolve entry \"api.openai.com:443\" (expected HOST:PORT:ADDR)"},
+    {"[proxy]\nresolve = api.openai.com:443:localhost\n",
+     "t.conf:2: invalid resolve entry \"api.openai.com:443:localhost\" (expected HOST:PORT:ADDR)"},
+    {"[proxy]\nresolve = api.openai.com:0:127.0.0.1\n",
+     "t.conf:2: invalid resolve entry \"api.openai.com:0:127.0.0.1\" (expected HOST:PORT:ADDR)"},
+    {"[proxy]\nresolve = 1.2.3.4:443:127.0.0.1\n",
+     "t.conf:2: invalid resolve entry \"1.2.3.4:443:127.0.0.1\" (expected HOST:PORT:ADDR)"},
+    {"[proxy]\nresolve = a.com:443:[127.0.0.1]\n",
+     "t.conf:2: invalid resolve entry \"a.com:443:[127.0.0.1]\" (expected HOST:PORT:ADDR)"},
+    {"[proxy]\nallow_private = 10.0.0.1/8\n", "t.conf:2: invalid CIDR range \"10.0.0.1/8\""},
+    {"[proxy]\nallow_private = 10.0.0.0/33\n", "t.conf:2: invalid CIDR range \"10.0.0.0/33\""},
+    {"[proxy]\nunmatched = maybe\n", "t.conf:2: unmatched must be \"passthrough\" or \"deny\""},
+    {"[proxy]\nconnect_timeout = 0\n",
+     "t.conf:2: connect_timeout must be a number of seconds in (0, 86400]"},
+    {"[proxy]\nidle_timeout = 1e3\n",
+     "t.conf:2: idle_timeout must be a number of seconds in (0, 86400]"},
+    {"[proxy]\nheader_timeout = 90000\n",
+     "t.conf:2: header_timeout must be a number of seconds in (0, 86400]"},
+    {"[proxy]\nstate_dir = /a\nstate_dir = /b\n", "t.conf:3: duplicate key \"state_dir\""},
+    {"[proxy]\n[proxy]\n", "t.conf:2: duplicate [proxy] section"},
+    {"[proxy]\npassthrough = *.github.io\n",
+     "t.conf:2: passthrough: wildcard over a public suffix is not allowed: \"*.github.io\""},
+    {"listen = 127.0.0.1:1\n", "t.conf:1: key \"listen\" outside of a section"},
+    {"[proxy]\njust words\n", "t.conf:2: expected \"key = value\""},
+    {"[proxy]\nstate_dir =\n", "t.conf:2: empty value for \"state_dir\""},
+    {"[proxy]\n= x\n", "t.conf:2: missing key before '='"},
+    {"[proxy\n", "t.conf:1: malformed section header (missing ']')"},
+    {"[server]\n",
+     "t.conf:1: unknown section [server] (expected [proxy], [service \"NAME\"] or [token \"NAME\"])"},
+    {"[service openai]\n", "t.conf:1: section name must be quoted: [service \"NAME\"]"},
+    {"[service \"\"]\n", "t.conf:1: section name must be 1 to 64 characters"},
+    {"[service \"a b\"]\n", "t.conf:1: section name may contain only A-Z a-z 0-9 _ . -"},
+    {"[proxy]\nstate_dir = /a\x01\n", "t.conf:2: control character in line"},
+    {"[proxy]\nstate_dir = /a\rb\n", "t.conf:2: control character in line"},
+};
+
+/* errors: each bad file fails with the exact message and line. */
+static void errors(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < sizeof(err_cases) / sizeof(err_cases[0]); i++) {
+        av_config *c;
+        int rc = load(err_cases[i].text, &c);
+        if (rc != AV_ERR_CONFIG)
+            fail_msg("case %zu: rc %d, want AV_ERR_CONFIG", i, rc);
+        if (strcmp(av_config_error(c), err_cases[i].error) != 0)
+            fail_msg("case %zu:\n got: %s\nwant: %s", i, av_config_error(c), err_cases[i].error);
+        /* a failed load leaves the config untouched */
+        assert_int_equal(c->nservices, 0);
+        assert_int_equal(c->ntokens, 0);
+        assert_int_equal(c->nlisten, 0);
+        assert_null(c->state_dir);
+        av_config_free(c);
+    }
+}
+
+/* names_64: the name length limit is exactly 64. */
+static void names_64(void **state)
+{
+    (void)state;
+    char text[256], name[66];
+    memset(name, 'n', 65);
+    name[64] = '\0';
+    snprintf(text, sizeof(text), "[token \"%s\"]\nsecret = env:A\n", name);
+    av_config *c;
+    assert_int_equal(load(text, &c), 0);
+    av_config_free(c);
+    name[64] = 'n';
+    name[65] = '\0';
+    snprintf(text, sizeof(text), "[token \"%s\"]\nsecret = env:A\n", name);
+    assert_int_equal(load(text, &c), AV_ERR_CONFIG);
+    assert_string_equal(av_config_error(c), "t.conf:1: section name must be 1 to 64 characters");
+    av_config_free(c);
+}
+
+/* atomic_and_additive: a second load adds; a failing one changes nothing;
+ * duplicates across loads are detected. */
+static void atomic_and_additive(void **state)
+{
+    (void)state;
+    av_config *c;
+    assert_int_equal(load(example, &c), 0);
+    const char *more = "[service \"third\"]\nhost = c.example\nauth = bearer\nsecret = env:C\n";
+    assert_int_equal(av_config_load_string(c, more, strlen(more), "more.conf"), 0);
+    assert_int_equal(av_config_service_count(c), 3);
+    const char *dup = "[service \"openai\"]\n";
+    assert_int_equal(av_config_load_string(c, dup, strlen(dup), "dup.conf"), AV_ERR_CONFIG);
+    assert_string_equal(av_config_error(c), "dup.conf:1: duplicate service \"openai\"");
+    const char *half = "[proxy]\nstate_dir = /new\n[service \"x\"]\nhost = x.example\nbogus = 1\n";
+    assert_int_equal(av_config_load_string(c, half, strlen(half), NULL), AV_ERR_CONFIG);
+    assert_string_equal(av_config_error(c), "<string>:5: unknown key \"bogus\" in [service]");
+    assert_int_equal(av_config_service_count(c), 3);
+    assert_string_equal(av_config_state_dir(c), "/var/lib/agentvault");
+    av_config_free(c);
+
+    /* empty text, comments only, BOM, no trailing newline */
+    assert_int_equal(load("", &c), 0);
+    av_config_free(c);
+    assert_int_equal(load("\xEF\xBB\xBF# x\n[token \"t\"]\nsecret = env:T", &c), 0);
+    assert_int_equal(c->ntokens, 1);
+    av_config_free(c);
+}
+
+/* files: load_file reads, reports I/O errors and refuses > 1 MiB. */
+static void files(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/av_test_config_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, example, strlen(example)), (ssize_t)strlen(example));
+    close(fd);
+    av_config *c;
+    assert_int_equal(av_config_new(&c), 0);
+    assert_int_equal(av_config_load_file(c, path), 0);
+    assert_int_equal(av_config_service_count(c), 2);
+    av_config_free(c);
+
+    /* an error names the path and the line */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, "[proxy]\nnope = 1\n", 17), 17);
+    close(fd);
+    assert_int_equal(av_config_new(&c), 0);
+    assert_int_equal(av_config_load_file(c, path), AV_ERR_CONFIG);
+    char want[200];
+    snprintf(want, sizeof(want), "%s:2: unknown key \"nope\" in [proxy]", path);
+    assert_string_equal(av_config_error(c), want);
+
+    /* larger than 1 MiB (all comments) */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    static char blob[1024 * 1024 + 2];
+    memset(blob, '\n', sizeof(blob));
+    blob[0] = '#';
+    assert_int_equal(write(fd, blob, sizeof(blob)), (ssize_t)sizeof(blob));
+    close(fd);
+    assert_int_equal(av_config_load_file(c, path), AV_ERR_CONFIG);
+    snprintf(want, sizeof(want), "%s: file is larger than 1 MiB", path);
+    assert_string_equal(av_config_error(c), want);
+    /* exactly 1 MiB is fine */
+    assert_int_equal(truncate(path, 1024 * 1024), 0);
+    assert_int_equal(av_config_load_file(c, path), 0);
+    unlink(path);
+
+    assert_int_equal(av_config_load_file(c, "/nonexistent/av.conf"), AV_ERR_IO);
+    assert_string_equal(av_config_error(c), "/nonexistent/av.conf: No such file or directory");
+    assert_int_equal(av_config_load_file(c, "/"), AV_ERR_IO);
+    assert_string_equal(av_config_error(c), "/: Is a directory");
+    av_config_free(c);
+}
+
+/* setters: the programmatic overrides. */
+static void setters(void **state)
+{
+    (void)state;
+    av_config *c;
+    assert_int_equal(av_config_new(&c), 0);
+    assert_int_equal(av_config_add_listen(c, "127.0.0.1:14322"), 0);
+    assert_int_equal(av_config_add_listen(c, "[0::1]:0"), 0);
+    assert_int_equal(av_config_add_listen(c, "LocalHost:99"), 0);
+    assert_int_equal(av_config_listen_count(c), 3);
+    assert_string_equal(av_config_listen_get(c, 1), "[::1]:0");
+    assert_string_equal(av_config_listen_get(c, 2), "localhost:99");
+    assert_int_equal(av_config_add_listen(c, "127.0.0.1"), AV_ERR_INVALID);
+    assert_string_equal(av_config_error(c),
+                        "invalid listen address \"127.0.0.1\" (expected IP:PORT, [IPv6]:PORT or localhost:PORT)");
+    assert_int_equal(av_config_add_listen(c, "0x7f.1:80"), AV_ERR_INVALID);
+    assert_int_equal(av_config_add_listen(c, NULL), AV_ERR_INVALID);
+    assert_int_equal(av_config_validate(c), 0);
+    assert_int_equal(av_config_add_listen(c, "127.0.0.1:14322"), 0);
+    assert_int_equal(av_config_validate(c), AV_ERR_CONFIG);
+    assert_string_equal(av_config_error(c), "duplicate listen address 127.0.0.1:14322");
+    assert_int_equal(av_config_clear_listen(c), 0);
+    assert_int_equal(av_config_listen_count(c), 0);
+    assert_int_equal(av_config_validate(c), 0);
+
+    assert_int_equal(av_config_set_state_dir(c, "/tmp/s"), 0);
+    assert_string_equal(av_config_state_dir(c), "/tmp/s");
+    assert_int_equal(av_config_set_state_dir(c, ""), AV_ERR_INVALID);
+    assert_int_equal(av_config_set_upstream_cafile(c, "/ca.pem"), 0);
+    assert_string_equal(c->upstream_cafile, "/ca.pem");
+    assert_int_equal(av_config_add_resolve(c, "api.openai.com:443:[::1]"), 0);
+    assert_int_equal(av_config_add_resolve(c, "API.openai.com:443:::1"), 0);
+    assert_string_equal(c->resolve[1].host, "api.openai.com");
+    assert_string_equal(c->resolve[1].addr, "::1");
+    assert_int_equal(av_config_add_resolve(c, "a.com:443:[::1]:8443"), 0);
+    assert_int_equal(c->resolve[2].dial_port, 8443);
+    assert_int_equal(av_config_add_resolve(c, "a.com:443:127.0.0.1:0"), AV_ERR_INVALID);
+    assert_int_equal(av_config_add_resolve(c, "a.com:443:127.1"), AV_ERR_INVALID);
+    assert_int_equal(av_config_add_resolve(c, "a.com::127.0.0.1"), AV_ERR_INVALID);
+    assert_int_equal(av_config_add_resolve(c, "a.com:443:"), AV_ERR_INVALID);
+    assert_string_equal(av_config_error(c), "invalid resolve entry \"a.com:443:\" (expected HOST:PORT:ADDR)");
+    assert_int_equal(c->nresolve, 3);
+    assert_int_equal(av_config_service_count(NULL), 0);
+    assert_int_equal(av_config_listen_count(NULL), 0);
+    assert_null(av_config_state_dir(NULL));
+    assert_string_equal(av_config_error(NULL), "");
+    av_config_free(c);
+    av_config_free(NULL);
+}
+
+/* validate_programmatic: cross-field rules on a hand-built config. */
+static void validate_rules(void **state)
+{
+    (void)state;
+    av_config *c;
+    assert_int_equal(load(example, &c), 0);
+    av_free(c->services[1].secret_ref);
+    c->services[1].secret_ref = NULL;
+    assert_int_equal(av_config_validate(c), AV_ERR_CONFIG);
+    assert_string_equal(av_config_error(c), "line 11: service \"github\" has no secret");
+    av_config_free(c);
+}
+
+/* copy_equals: av__config_copy is a deep, equal copy. */
+static void copy_equals(void **state)
+{
+    (void)state;
+    av_config *c;
+    const char *extra =
+        "[proxy]\npassthrough = a.example\nresolve = x.example:443:127.0.0.1\n"
+        "allow_private = 10.0.0.0/8\nupstream_cacert = /ca.pem\n"
+        "[service \"b\"]\nhost = b.example\nauth = basic u\nsecret = env:B\n"
+        "[token \"t\"]\nsecret = env:T\n";
+    assert_int_equal(load(example, &c), 0);
+    /* a second load may have its own [proxy] section */
+    assert_int_equal(av_config_load_string(c, extra, strlen(extra), "x"), 0);
+    assert_int_equal(av_config_add_listen(c, "127.0.0.1:1"), 0);
+    assert_int_equal(av_config_set_state_dir(c, "/s"), 0);
+
+    av_config *d = av__config_copy(c);
+    assert_non_null(d);
+    assert_int_equal(d->nlisten, c->nlisten);
+    assert_string_equal(d->listen[0], c->listen[0]);
+    assert_ptr_not_equal(d->listen[0], c->listen[0]);
+    assert_string_equal(d->state_dir, "/s");
+    assert_ptr_not_equal(d->state_dir, c->state_dir);
+    assert_int_equal(d->npassthrough, 1);
+    assert_string_equal(d->passthrough[0], "a.example");
+    assert_int_equal(d->nresolve, 1);
+    assert_string_equal(d->resolve[0].host, "x.example");
+    assert_string_equal(d->resolve[0].addr, "127.0.0.1");
+    assert_int_equal(d->resolve[0].port, 443);
+    assert_string_equal(d->upstream_cafile, "/ca.pem");
+    assert_int_equal(d->nallow_private, 1);
+    assert_memory_equal(&d->allow_private[0], &c->allow_private[0], sizeof(av_cidr));
+    assert_int_equal(d->nservices, 3);
+    for (size_t i = 0; i < d->nservices; i++) {
+        const av_service *a = &c->services[i], *b = &d->services[i];
+        assert_string_equal(a->name, b->name);
+        assert_string_equal(a->host, b->host);
+        assert_ptr_not_equal(a->host, b->host);
+        assert_int_equal(a->wildcard, b->wildcard);
+        assert_int_equal(a->host_is_ip, b->host_is_ip);
+        assert_int_equal(a->port, b->port);
+        assert_int_equal(a->scheme_http, b->scheme_http);
+        if (a->path_glob)
+            assert_string_equal(a->path_glob, b->path_glob);
+        else
+            assert_null(b->path_glob);
+        assert_int_equal(a->methods, b->methods);
+        assert_int_equal(a->auth, b->auth);
+        if (a->auth_name)
+            assert_string_equal(a->auth_name, b->auth_name);
+        else
+            assert_null(b->auth_name);
+        if (a->auth_template)
+            assert_string_equal(a->auth_template, b->auth_template);
+        else
+            assert_null(b->auth_template);
+        assert_string_equal(a->secret_ref, b->secret_ref);
+        assert_int_equal(a->line, b->line);
+    }
+    assert_int_equal(d->ntokens, 1);
+    assert_string_equal(d->tokens[0].name, "t");
+    assert_string_equal(d->tokens[0].secret_ref, "env:T");
+    assert_true(d->connect_timeout == c->connect_timeout);
+    assert_int_equal(d->unmatched, c->unmatched);
+    av_config_free(c); /* the copy survives the original */
+    assert_string_equal(d->services[1].auth_template, "token {secret}");
+    assert_int_equal(av_config_validate(d), 0);
+    av_config_free(d);
+    assert_null(av__config_copy(NULL));
+}
+
+/* cidrs: parsing and containment, including IPv4-mapped IPv6. */
+static void cidrs(void **state)
+{
+    (void)state;
+    av_cidr c4, c6, one;
+    struct sockaddr_in sin;
+    struct sockaddr_in6 sin6;
+    memset(&sin, 0, sizeof(sin));
+    memset(&sin6, 0, sizeof(sin6));
+    sin.sin_family = AF_INET;
+    sin6.sin6_family = AF_INET6;
+
+    assert_int_equal(av__parse_cidr("10.0.0.0/8", &c4), 0);
+    assert_int_equal(c4.family, AF_INET);
+    assert_int_equal(c4.prefix, 8);
+    assert_int_equal(av__parse_cidr("fd00::/8", &c6), 0);
+    assert_int_equal(c6.family, AF_INET6);
+    assert_int_equal(av__parse_cidr("192.168.1.7", &one), 0);
+    assert_int_equal(one.prefix, 32);
+
+    inet_pton(AF_INET, "10.1.2.3", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin), 1);
+    inet_pton(AF_INET, "11.0.0.1", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin), 0);
+    inet_pton(AF_INET6, "::ffff:10.9.9.9", &sin6.sin6_addr);
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 1);
+    inet_pton(AF_INET6, "::ffff:11.9.9.9", &sin6.sin6_addr);
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 0);
+    inet_pton(AF_INET6, "::10.9.9.9", &sin6.sin6_addr); /* not mapped */
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 0);
+    inet_pton(AF_INET6, "fdab::1", &sin6.sin6_addr);
+    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin6), 1);
+    inet_pton(AF_INET6, "fe00::1", &sin6.sin6_addr);
+    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin6), 0);
+    inet_pton(AF_INET, "192.168.1.7", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&one, (struct sockaddr *)&sin), 1);
+    inet_pton(AF_INET, "192.168.1.6", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&one, (struct sockaddr *)&sin), 0);
+    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin), 0);
+
+    av_cidr m;
+    assert_int_equal(av__parse_cidr("::ffff:0:0/96", &m), 0);
+    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 1);
+    av_cidr all;
+    assert_int_equal(av__parse_cidr("0.0.0.0/0", &all), 0);
+    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 1);
+    assert_int_equal(av__parse_cidr("::/0", &all), 0);
+    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 0);
+    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin6), 1);
+    assert_int_equal(av__parse_cidr("::ffff:192.168.1.0/120", &all), 0);
+    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 1);
+    assert_int_equal(av__parse_cidr("10.0.0.0/7", &m), 0);
+    assert_int_equal(av__parse_cidr("172.16.0.0/12", &m), 0);
+    inet_pton(AF_INET, "172.31.255.255", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 1);
+    inet_pton(AF_INET, "172.32.0.0", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 0);
+
+    static const char *bad[] = {"10.0.0.1/8", "10.0.0.0/33", "fd00::/129", "10.0.0.0/",
+                                "/8", "10.0.0/8", "010.0.0.0/8", "10.0.0.0/8x", "host/8",
+                                "10.0.0.0/-1", "[fd00::]/8", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (av__parse_cidr(bad[i], &m) != AV_ERR_INVALID)
+            fail_msg("cidr \"%s\" accepted", bad[i]);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(example_parses),
+        cmocka_unit_test(every_key),
+        cmocka_unit_test(quoting_and_long_lines),
+        cmocka_unit_test(errors),
+        cmocka_unit_test(names_64),
+        cmocka_unit_test(atomic_and_additive),
+        cmocka_unit_test(files),
+        cmocka_unit_test(setters),
+        cmocka_unit_test(validate_rules),
+        cmocka_unit_test(copy_equals),
+        cmocka_unit_test(cidrs),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
