@@ -204,7 +204,8 @@ static int side_write_socket(av_side *s)
             return AV_ERR_IO;
         }
     }
-    if (s->raw_out.len == 0 && s->want_shut && !s->shut_wr) {
+    if (s->raw_out.len == 0 && s->want_shut && !s->shut_wr &&
+        (s->nlayers == 0 || (s->layer[0].closed && !s->layer[0].flush_pending))) {
         shutdown(s->fd, SHUT_WR);
         s->shut_wr = 1;
         progress = 1;
@@ -231,8 +232,11 @@ int av__side_pump_out(av_side *s)
                 av__side_set_error(s, rc, av__tls_error(l->tls));
                 return rc;
             }
-            if (!l->hs_done)
+            if (!l->hs_done) {
+                if (s->want_shut)
+                    l->closed = 1; /* nothing to close cleanly yet */
                 continue;
+            }
         }
         if (av__tls_flush(l->tls) == AV_OK)
             l->flush_pending = 0;
@@ -249,6 +253,12 @@ int av__side_pump_out(av_side *s)
                 av__side_set_error(s, (int)w, av__tls_error(l->tls));
                 return (int)w;
             }
+        }
+        if (s->want_shut && !l->closed && l->out.len == 0 && (i == s->nlayers - 1 || s->layer[i + 1].closed)) {
+            av__tls_close(l->tls);
+            l->closed = 1;
+            l->flush_pending = av__tls_flush(l->tls) != AV_OK;
+            progress = 1;
         }
     }
     int rc = side_write_socket(s);
@@ -279,25 +289,9 @@ int av__side_events(const av_side *s)
 
 void av__side_close_write(av_side *s)
 {
-    if (s->want_shut)
-        return;
-    /* Close from the top: layer i's close_notify lands in layer i-1's
-     * plaintext output, which layer i-1 must encrypt before its own
-     * close_notify follows. */
-    for (int i = s->nlayers - 1; i >= 0; i--) {
-        if (!s->layer[i].hs_done)
-            continue;
-        av__tls_close(s->layer[i].tls);
-        if (i > 0) {
-            av_side_layer *below = &s->layer[i - 1];
-            while (below->hs_done && below->out.len > 0) {
-                ssize_t w = av__tls_write(below->tls, av__buf_head(&below->out), below->out.len);
-                if (w <= 0)
-                    break;
-                av__buf_consume(&below->out, (size_t)w);
-            }
-        }
-    }
+    /* The close itself happens in av__side_pump_out, in order: each layer
+     * sends close_notify only after its pending plaintext, and the FIN goes
+     * out after everything below. */
     s->want_shut = 1;
 }
 

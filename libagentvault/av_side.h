@@ -28,6 +28,7 @@ typedef struct av_side_layer {
     av_buf out; /* plaintext waiting to be encrypted by this layer */
     int hs_done;
     int flush_pending; /* the engine holds output that did not fit below */
+    int closed;        /* close_notify queued */
 } av_side_layer;
 
 typedef struct av_side {
