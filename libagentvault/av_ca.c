@@ -102,8 +102,43 @@ struct av_ca {
     size_t nbuckets;         /* power of two */
     size_t cap, count;
     av_ca_leaf *head, *tail;
-    unsigned long hits, misses;
+    unsigned long hits, misses, refused;
+    double mint_tokens;      /* token bucket for minting (SECURITY 15) */
+    double mint_last;        /* monotonic seconds of the last refill */
 };
+
+/* Minting is capped so a hostile agent cannot burn CPU by CONNECTing to
+ * endless new host names: a burst of AV_CA_MINT_BURST, refilled at
+ * AV_CA_MINT_RATE per second. */
+#define AV_CA_MINT_RATE 200.0
+#define AV_CA_MINT_BURST 400.0
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* mint_allowed takes a token; call with ca->lock held. */
+static int mint_allowed(av_ca *ca)
+{
+    double now = mono_now();
+    if (ca->mint_last == 0) {
+        ca->mint_tokens = AV_CA_MINT_BURST;
+    } else {
+        ca->mint_tokens += (now - ca->mint_last) * AV_CA_MINT_RATE;
+        if (ca->mint_tokens > AV_CA_MINT_BURST)
+            ca->mint_tokens = AV_CA_MINT_BURST;
+    }
+    ca->mint_last = now;
+    if (ca->mint_tokens < 1.0) {
+        ca->refused++;
+        return 0;
+    }
+    ca->mint_tokens -= 1.0;
+    return 1;
+}
 
 /* set_err formats a one-line message into |err| (which may be NULL). */
 __attribute__((format(printf, 3, 4)))
@@ -874,6 +909,7 @@ void av__ca_stats(const av_ca *ca, av_ca_stats *st)
     st->leaf_hits = ca->hits;
     st->leaf_misses = ca->misses;
     st->leaf_cached = ca->count;
+    st->leaf_refused = ca->refused;
     pthread_mutex_unlock((pthread_mutex_t *)&ca->lock);
 }
 
@@ -1117,6 +1153,11 @@ int av__ca_leaf_get(av_ca *ca, const char *host, const char *const *extra_names,
         pthread_mutex_unlock(&ca->lock);
         av__free(key);
         return AV_OK;
+    }
+    if (!mint_allowed(ca)) {
+        pthread_mutex_unlock(&ca->lock);
+        av__free(key);
+        return AV_ERR_LIMIT;
     }
     pthread_mutex_unlock(&ca->lock);
 

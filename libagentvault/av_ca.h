@@ -8,7 +8,9 @@
  * Leaves are minted per host (DNS SAN, or IP SAN for IP literals; EKU
  * serverAuth; validity from 1 hour ago to 7 days ahead), signed by the
  * root, all sharing one P-256 leaf key generated at load time, and kept in
- * a bounded LRU keyed by host. Minting costs one signature.
+ * a bounded LRU keyed by host. Minting costs one signature and is capped
+ * at 200 new leaves per second (burst 400): beyond that av__ca_leaf_get
+ * returns AV_ERR_LIMIT and the connection is refused.
  */
 #ifndef AV_CA_H
 #define AV_CA_H
@@ -33,6 +35,7 @@ typedef struct av_ca_stats {
     unsigned long leaf_hits;
     unsigned long leaf_misses; /* == leaves minted */
     size_t leaf_cached;
+    unsigned long leaf_refused; /* mints refused by the rate cap */
 } av_ca_stats;
 void av__ca_stats(const av_ca *ca, av_ca_stats *st);
 

@@ -951,9 +951,15 @@ static int conn_tunnel_sniff(av_conn *c)
         av_buf *cin, *cout;
         av_tls *t = NULL;
         av__side_tls_bufs(&c->a, &cin, &cout);
-        if (av__tls_server_new(&t, ctx->tls_srv, c->dest.host, NULL, cin, cout) != AV_OK ||
-            av__side_push_tls(&c->a, t) != AV_OK) {
-            av__log(&ctx->log, AV_LOG_ERROR, "cannot create MITM TLS for %s", c->dest.host);
+        int rc = av__tls_server_new(&t, ctx->tls_srv, c->dest.host, NULL, cin, cout);
+        if (rc == AV_OK)
+            rc = av__side_push_tls(&c->a, t);
+        if (rc != AV_OK) {
+            /* AV_ERR_LIMIT: the leaf-minting rate cap (SECURITY 15). The
+             * agent already has its 200, so closing is the only answer. */
+            av__log(&ctx->log, rc == AV_ERR_LIMIT ? AV_LOG_WARN : AV_LOG_ERROR,
+                    "tunnel peer=%s host=%s refused: cannot create MITM TLS: %s", c->peer, c->dest.host,
+                    rc == AV_ERR_LIMIT ? "leaf minting rate limit reached" : av_strerror(rc));
             c->state = C_CLOSING;
             c->a.want_shut = 1;
             return 1;

@@ -517,6 +517,40 @@ static void mint_speed(void **state)
     av__ca_free(ca);
 }
 
+/* SECURITY 15: minting is rate-capped; cached leaves are not affected. */
+static void mint_rate_cap(void **state)
+{
+    (void)state;
+    av_ca *ca = open_ok(g_tmp, 4096);
+    char host[64];
+    int ok = 0, limited = 0;
+    /* Mint distinct hosts until the cap answers (bounded: even at 1 ms per
+     * mint, 5000 mints need 5 s, far beyond 400 + 200/s). */
+    for (int i = 0; i < 5000 && limited < 20; i++) {
+        snprintf(host, sizeof(host), "burst%d.example.test", i);
+        av_ca_leaf *leaf = NULL;
+        int rc = av__ca_leaf_get(ca, host, NULL, &leaf);
+        if (rc == AV_OK) {
+            ok++;
+            av__ca_leaf_free(leaf);
+        } else {
+            assert_int_equal(rc, AV_ERR_LIMIT);
+            assert_null(leaf);
+            limited++;
+        }
+    }
+    av_ca_stats st = get_stats(ca);
+    assert_true(ok >= 400);
+    assert_true(limited > 0);
+    assert_int_equal(st.leaf_refused, (unsigned long)limited);
+    assert_int_equal(st.leaf_misses, (unsigned long)ok);
+    /* A cached host is still served while the cap bites. */
+    av_ca_leaf *leaf = NULL;
+    assert_int_equal(av__ca_leaf_get(ca, "burst0.example.test", NULL, &leaf), AV_OK);
+    av__ca_leaf_free(leaf);
+    av__ca_free(ca);
+}
+
 static void bad_state_dir(void **state)
 {
     (void)state;
@@ -540,6 +574,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(mint_leaves, setup, teardown),
         cmocka_unit_test_setup_teardown(lru_and_expiry, setup, teardown),
         cmocka_unit_test_setup_teardown(mint_speed, setup, teardown),
+        cmocka_unit_test_setup_teardown(mint_rate_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_state_dir, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
