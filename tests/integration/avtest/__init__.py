@@ -1,0 +1,1 @@
+"""Test harness for the agentvault integration suite (see ../README.md)."""
