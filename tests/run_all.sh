@@ -123,7 +123,7 @@ if want fuzz; then
   if CC=clang build fuzz "$BUILD_ROOT/fuzz" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false; then
     note "fuzz smoke (${FUZZ_SECONDS}s each)"
     for f in "$BUILD_ROOT"/fuzz/tests/fuzz/fuzz_*; do
-      [ -x "$f" ] || continue
+      [ -f "$f" ] && [ -x "$f" ] || continue
       name=$(basename "$f")
       work="$BUILD_ROOT/fuzz/corpus-$name"
       mkdir -p "$work"
