@@ -909,6 +909,9 @@ static int conn_read_head(av_conn *c)
         return 1;
     }
     ssize_t n = av__h1_parse_request(av__buf_head(in), in->len, &head_limits, &c->scan, req);
+    if (n == AV_H1_INCOMPLETE && av__buf_room(in) == 0) {
+        n = AV_H1_ERR_TOO_LARGE; /* the buffer is the limit: never stall on a full one */
+    }
     if (n == AV_H1_INCOMPLETE) {
         av__free(req);
         if (c->a.in_eof) {

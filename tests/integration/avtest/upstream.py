@@ -315,6 +315,20 @@ class _Handler(socketserver.BaseRequestHandler):
                 body = f"status {code}\n".encode()
                 send(code, [("Content-Type", "text/plain"),
                             ("Content-Length", str(len(body)))], body)
+        elif path.startswith("/big/") and path[5:].isdigit():
+            # n bytes with Content-Length, written in 64 KiB pieces; big_sent
+            # counts what the socket accepted (back-pressure tests read it).
+            n = int(path[5:])
+            send(200, [("Content-Type", "application/octet-stream"),
+                       ("Content-Length", str(n))])
+            piece = b"x" * 65536
+            left = n
+            while left > 0 and not head_only:
+                part = piece[:min(left, len(piece))]
+                sock.sendall(part)
+                left -= len(part)
+                with owner.lock:
+                    owner.big_sent += len(part)
         elif path == "/redirect":
             body = b"redirecting\n"
             send(302, [("Location", REDIRECT_LOCATION), ("Content-Type", "text/plain"),
@@ -361,6 +375,7 @@ class UpstreamServer:
         self.sse_first_sent = threading.Event()
         self.sse_finished = threading.Event()
         self.sse_timed_out = False
+        self.big_sent = 0
         self._ids = itertools.count(1)
         self._live = {}
         self._server = None
