@@ -345,7 +345,6 @@ static void x_fail(av_conn *c, int status, const char *why)
     av__log(&c->ctx->log, AV_LOG_WARN, "exchange failed method=%s host=%s path=%s status=%d reason=\"%s\"",
             x->method, x->host, x->log_path, status, why);
     x->resp_done = 1;
-    x->req_done = x->req_done || 0;
     x_finish(c, why);
     c->state = C_CLOSING;
 }
@@ -902,18 +901,11 @@ static int conn_read_head(av_conn *c)
     }
     if (c->head_start == 0)
         c->head_start = av__loop_now(c->ctx->loop);
-    av_h1_request *req = av__malloc(sizeof(*req));
-    if (!req) {
-        c->state = C_CLOSING;
-        c->a.want_shut = 1;
-        return 1;
-    }
-    ssize_t n = av__h1_parse_request(av__buf_head(in), in->len, &head_limits, &c->scan, req);
-    if (n == AV_H1_INCOMPLETE && av__buf_room(in) == 0) {
+    av_h1_request req; /* about 4 KiB; on the stack, not the heap, per request */
+    ssize_t n = av__h1_parse_request(av__buf_head(in), in->len, &head_limits, &c->scan, &req);
+    if (n == AV_H1_INCOMPLETE && av__buf_room(in) == 0)
         n = AV_H1_ERR_TOO_LARGE; /* the buffer is the limit: never stall on a full one */
-    }
     if (n == AV_H1_INCOMPLETE) {
-        av__free(req);
         if (c->a.in_eof) {
             c->state = C_CLOSING;
             av__side_close_write(&c->a);
@@ -922,17 +914,15 @@ static int conn_read_head(av_conn *c)
         return 0;
     }
     if (n < 0) {
-        av__free(req);
         conn_head_error(c, n);
         return 1;
     }
     av__h1_scan_reset(&c->scan);
     c->head_start = 0;
     if (c->state == C_PROXY_HEAD)
-        conn_proxy_request(c, req, (size_t)n);
+        conn_proxy_request(c, &req, (size_t)n);
     else
-        conn_tunnel_request(c, req, (size_t)n);
-    av__free(req);
+        conn_tunnel_request(c, &req, (size_t)n);
     return 1;
 }
 
