@@ -455,41 +455,44 @@ static int x_start(av_conn *c, const av_h1_request *req, const av_authority *des
     av__buf_init(h, AV_HEAD_MAX + 8192);
     int rc = 0;
     if (inj_target)
-        rc |= av__h1_write_request_line(h, req->method, req->method_len,
+        rc = rc ? rc : av__h1_write_request_line(h, req->method, req->method_len,
                                         (const char *)av__secret_data(inj_target), av__secret_len(inj_target));
     else
-        rc |= av__h1_write_request_line(h, req->method, req->method_len, target, target_len);
+        rc = rc ? rc : av__h1_write_request_line(h, req->method, req->method_len, target, target_len);
     char hostval[AV_HOST_MAX + 16];
     av__authority_format(dest, dest_tls ? 443 : 80, hostval, sizeof(hostval));
-    rc |= av__h1_write_field_str(h, "Host", hostval);
+    rc = rc ? rc : av__h1_write_field_str(h, "Host", hostval);
     for (size_t i = 0; i < req->nfields; i++) {
         const av_h1_field *f = &req->fields[i];
         if (x_skip_request_field(req, f, inj_name))
             continue;
-        rc |= av__h1_write_field(h, f->name, f->name_len, f->value, f->value_len);
+        rc = rc ? rc : av__h1_write_field(h, f->name, f->name_len, f->value, f->value_len);
     }
     if (inj_value)
-        rc |= av__h1_write_field(h, inj_name, strlen(inj_name), (const char *)av__secret_data(inj_value),
+        rc = rc ? rc : av__h1_write_field(h, inj_name, strlen(inj_name), (const char *)av__secret_data(inj_value),
                                  av__secret_len(inj_value));
     x->req_body_kind = req->body;
     if (req->body == AV_H1_BODY_LENGTH) {
         char cl[32];
         snprintf(cl, sizeof(cl), "%llu", (unsigned long long)req->content_length);
-        rc |= av__h1_write_field_str(h, "Content-Length", cl);
+        rc = rc ? rc : av__h1_write_field_str(h, "Content-Length", cl);
     } else if (req->body == AV_H1_BODY_CHUNKED) {
-        rc |= av__h1_write_field_str(h, "Transfer-Encoding", "chunked");
+        rc = rc ? rc : av__h1_write_field_str(h, "Transfer-Encoding", "chunked");
         x->req_out_chunked = 1;
     }
-    rc |= av__h1_write_end(h);
+    rc = rc ? rc : av__h1_write_end(h);
     av__secret_free(inj_value);
     av__secret_free(inj_target);
     if (rc) {
-        x->status = 431;
-        conn_respond(c, 431, "request header block too large after rewriting", 0, 1);
+        x->status = rc == AV_ERR_LIMIT ? 431 : 400;
+        conn_respond(c, x->status,
+                     rc == AV_ERR_LIMIT ? "request header block too large after rewriting"
+                                        : "request cannot be re-serialized (invalid method, target or field)",
+                     0, 1);
         return -1;
     }
     av__h1_body_init(&x->req_body, req->body, req->content_length);
-    x->req_done = req->body == AV_H1_BODY_NONE;
+    x->req_done = x->req_body.done; /* no body, or Content-Length: 0 */
 
     char scope[200];
     snprintf(scope, sizeof(scope), "%s/%s", svc ? svc->name : "-",
@@ -504,7 +507,8 @@ static int x_start(av_conn *c, const av_h1_request *req, const av_authority *des
     return 0;
 }
 
-/* Serialize the upstream response head toward the agent. */
+/* Serialize the upstream response head toward the agent. Returns 0,
+ * AV_ERR_LIMIT (no room yet: retry later) or AV_ERR_INVALID. */
 static int x_write_response_head(av_conn *c, const av_h1_response *resp)
 {
     av_exchange *x = &c->x;
@@ -543,8 +547,8 @@ static int x_write_response_head(av_conn *c, const av_h1_response *resp)
     }
     rc |= av__h1_write_end(o);
     if (rc) {
-        o->len = mark; /* roll back; caller retries when there is room */
-        return -1;
+        o->len = mark; /* roll back */
+        return rc == AV_ERR_LIMIT ? AV_ERR_LIMIT : AV_ERR_INVALID;
     }
     return 0;
 }
@@ -621,8 +625,13 @@ static int x_pump_response(av_conn *c)
         }
         if (av__buf_room(c->a.pout) < (size_t)n + 512)
             return progress; /* wait for the agent to drain */
-        if (x_write_response_head(c, &resp) < 0)
+        int wrc = x_write_response_head(c, &resp);
+        if (wrc == AV_ERR_LIMIT)
             return progress;
+        if (wrc != 0) {
+            x_fail(c, 502, "upstream response cannot be re-serialized");
+            return 1;
+        }
         av__buf_consume(u->pin, (size_t)n);
         av__h1_scan_reset(&x->rscan);
         progress = 1;
@@ -632,7 +641,7 @@ static int x_pump_response(av_conn *c)
         x->resp_head_done = 1;
         x->up_reusable = !(resp.flags & AV_H1_F_CLOSE) && resp.body != AV_H1_BODY_UNTIL_CLOSE;
         av__h1_body_init(&x->resp_body, resp.body, resp.content_length);
-        x->resp_done = resp.body == AV_H1_BODY_NONE;
+        x->resp_done = x->resp_body.done; /* no body, or Content-Length: 0 */
     }
     while (!x->resp_done) {
         size_t room = av__buf_room(c->a.pout);

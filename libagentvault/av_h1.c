@@ -221,8 +221,6 @@ static int parse_version(const uint8_t *p, size_t n, int *minor)
         return AV_H1_ERR_SYNTAX;
     if (p[5] < '0' || p[5] > '9' || p[6] != '.' || p[7] < '0' || p[7] > '9')
         return AV_H1_ERR_SYNTAX;
-    if (n > 8 && p[8] >= '0' && p[8] <= '9')
-        return AV_H1_ERR_SYNTAX; /* "HTTP/1.10" */
     if (p[5] != '1' || p[7] > '1')
         return AV_H1_ERR_VERSION;
     *minor = p[7] - '0';
@@ -822,8 +820,12 @@ int av__h1_write_status_line(av_buf *out, int status, const char *reason)
     size_t rl = strlen(reason);
     if (!valid_value(reason, rl))
         return AV_ERR_INVALID;
-    char line[14];
-    snprintf(line, sizeof(line), "HTTP/1.1 %03d ", status);
+    char line[13];
+    memcpy(line, "HTTP/1.1 ", 9);
+    line[9] = (char)('0' + status / 100);
+    line[10] = (char)('0' + status / 10 % 10);
+    line[11] = (char)('0' + status % 10);
+    line[12] = ' ';
     h1_piece pc[] = {{line, 13}, {reason, rl}, {"\r\n", 2}};
     return put_pieces(out, pc, 3);
 }

@@ -149,7 +149,7 @@ typedef struct av_h1_body {
 void av__h1_body_init(av_h1_body *b, int kind, uint64_t content_length);
 
 /* av__h1_body_feed consumes bytes of |in| and returns how many (>= 0), or
- * AV_H1_ERR_SYNTAX. When it returns, *data/*data_len give at most one run
+ * AV_H1_ERR_SYNTAX. When it returns, *data and *data_len give at most one run
  * of body payload found in the consumed bytes (a view into |in|; length 0
  * if none), and b->done is set once the body (including the chunked
  * terminator and trailers, which are validated and discarded) is complete.

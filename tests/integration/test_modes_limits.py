@@ -215,3 +215,16 @@ def test_agent_pipelined_requests_in_tunnel(daemon, upstream, secrets):
     reqs = upstream.wait_requests(2)
     for r in reqs:
         assert r.header_values("authorization") == [f"Bearer {secrets.openai_key}"]
+
+
+def test_zero_length_bodies_keep_alive(daemon, upstream, secrets):
+    """Content-Length: 0 on a request and on a response completes at once,
+    and both connections are reused afterwards."""
+    d = daemon()
+    r = d.curl("--max-time", "5", "-X", "POST", "--data", "",
+               "https://api.openai.com/empty", "https://api.openai.com/echo", urls=2)
+    assert [t.status for t in r.transfers] == [200, 200], r.describe()
+    assert [t.num_connects for t in r.transfers] == [1, 0], r.describe()
+    reqs = upstream.wait_requests(2)
+    assert reqs[0].header("content-length") == "0"
+    assert reqs[0].conn_id == reqs[1].conn_id, "the upstream connection was not reused"

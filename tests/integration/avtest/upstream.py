@@ -329,6 +329,8 @@ class _Handler(socketserver.BaseRequestHandler):
                 left -= len(part)
                 with owner.lock:
                     owner.big_sent += len(part)
+        elif path == "/empty":
+            send(200, [("Content-Type", "text/plain"), ("Content-Length", "0")])
         elif path == "/redirect":
             body = b"redirecting\n"
             send(302, [("Location", REDIRECT_LOCATION), ("Content-Type", "text/plain"),
