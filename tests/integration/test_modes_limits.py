@@ -228,3 +228,18 @@ def test_zero_length_bodies_keep_alive(daemon, upstream, secrets):
     reqs = upstream.wait_requests(2)
     assert reqs[0].header("content-length") == "0"
     assert reqs[0].conn_id == reqs[1].conn_id, "the upstream connection was not reused"
+
+
+def test_pool_never_shares_across_credential_scopes(daemon, upstream, secrets):
+    """SECURITY 7: same origin, different credential scope -> different
+    upstream connections; same scope -> reused."""
+    d = daemon()
+    # /repos/* matches the github service; /user on the same host does not.
+    r = d.curl("--max-time", "5", "https://api.github.com/repos/a/b", "https://api.github.com/user",
+               "https://api.github.com/repos/c/d", urls=3)
+    assert [t.status for t in r.transfers] == [404, 404, 404], r.describe()
+    reqs = upstream.wait_requests(3)
+    assert reqs[0].header_values("authorization") == [f"token {secrets.github_token}"]
+    assert reqs[1].header_values("authorization") == []
+    assert reqs[0].conn_id != reqs[1].conn_id, "an unmatched request reused a credentialed connection"
+    assert reqs[2].conn_id == reqs[0].conn_id, "same-scope requests did not share the pooled connection"
