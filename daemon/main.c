@@ -16,6 +16,8 @@
 
 #include <agentvault/agentvault.h>
 
+#include "run.h"
+
 #ifndef AV_DAEMON_VERSION
 #define AV_DAEMON_VERSION "0.0.0"
 #endif
@@ -40,6 +42,7 @@ static const char usage_text[] =
     "                   [--log-level error|warn|info|debug] [--log-format text|json]\n"
     "  agentvault check -c FILE\n"
     "  agentvault ca pem [-c FILE] [--state-dir DIR]\n"
+    "  agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] -- CMD [ARGS]\n"
     "  agentvault --version\n"
     "\n"
     "Without -c, serve runs an embedded default: it listens on " DEFAULT_LISTEN ",\n"
@@ -395,5 +398,7 @@ int main(int argc, char **argv)
         return cmd_check(argc, argv);
     if (!strcmp(cmd, "ca"))
         return cmd_ca(argc, argv);
+    if (!strcmp(cmd, "run"))
+        return cmd_run(argc, argv);
     die_usage("unknown command '%s'", cmd);
 }

@@ -1,0 +1,87 @@
+/* av_ws.h - WebSocket frame-mode relay (wslay), and handshake helpers.
+ *
+ * After a validated 101, a WebSocket exchange is relayed in one of two ways:
+ *
+ *  - splice mode (default; av_conn.c): bytes pass through untouched, so
+ *    permessage-deflate, ping/pong and close frames are the peers' business;
+ *  - frame mode (this module): used when a service asks for placeholder
+ *    substitution in client text frames. The upgrade request then has its
+ *    Sec-WebSocket-Extensions removed (no compression to see through), and a
+ *    bridge parses frames from both peers with wslay, validates them
+ *    (client frames masked, server frames unmasked, control-frame rules,
+ *    RSV bits clear, opcodes known, message size cap, UTF-8 in text
+ *    messages), lets a filter rewrite client text messages, re-frames
+ *    (re-masking toward the upstream) and forwards. Ping/pong is answered
+ *    per hop; close frames are propagated both ways with their code.
+ *
+ * I/O-free like the other cores: the caller owns four bounded buffers and
+ * calls av__ws_bridge_pump whenever any of them changed.
+ */
+#ifndef AV_WS_H
+#define AV_WS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "av_buf.h"
+
+/* av__ws_accept_key computes Sec-WebSocket-Accept for |key| (the client's
+ * Sec-WebSocket-Key value) into |out| (29 bytes incl. NUL). Returns 0 or
+ * AV_ERR_INVALID (key is not 24 base64 chars decoding to 16 bytes). */
+int av__ws_accept_key(const char *key, size_t key_len, char out[29]);
+
+/* A filter for client text messages. It receives the complete message and
+ * returns 0 with *out/*out_len set to the message to forward (either |msg|
+ * itself, or a buffer allocated with av__malloc that the bridge frees,
+ * wiping it: it may contain a secret), or a negative error to close the
+ * connection with 1008 (policy violation). */
+typedef int (*av_ws_text_filter)(void *user_data, const uint8_t *msg, size_t len,
+                                 uint8_t **out, size_t *out_len);
+
+typedef struct av_ws_bridge av_ws_bridge;
+
+/* av__ws_bridge_new creates a bridge. |max_message| caps a reassembled
+ * message (default 16 MiB when 0); a bigger one closes both sides with
+ * 1009. |filter| may be NULL (no rewriting). Returns 0 or AV_ERR_NOMEM. */
+int av__ws_bridge_new(av_ws_bridge **out, size_t max_message, av_ws_text_filter filter,
+                      void *user_data);
+void av__ws_bridge_free(av_ws_bridge *b);
+
+/* av__ws_bridge_pump consumes what it can from agent_in and up_in and
+ * appends frames to up_out and agent_out, without exceeding their room
+ * (messages wait inside the bridge, bounded by max_message per direction,
+ * and reading from a side stops while the other side's queue is non-empty:
+ * back-pressure). Returns > 0 if anything moved, 0 if not, or
+ * AV_ERR_PARSE when a peer violated the protocol (the bridge has then
+ * queued a close frame with 1002/1007/1009 toward that peer and a 1001
+ * "going away" toward the other; keep pumping until av__ws_bridge_done). */
+int av__ws_bridge_pump(av_ws_bridge *b, av_buf *agent_in, av_buf *agent_out,
+                       av_buf *up_in, av_buf *up_out);
+
+/* Tell the bridge a peer's byte stream ended (TCP/TLS EOF). */
+void av__ws_bridge_agent_eof(av_ws_bridge *b);
+void av__ws_bridge_upstream_eof(av_ws_bridge *b);
+
+/* av__ws_bridge_done: both directions closed (close frames exchanged or
+ * EOF) and nothing left to write; the caller may close both sockets once
+ * its buffers drain. */
+int av__ws_bridge_done(const av_ws_bridge *b);
+
+/* Counters for logs. */
+typedef struct av_ws_stats {
+    unsigned long long msgs_to_upstream, msgs_to_agent;
+    unsigned long long bytes_to_upstream, bytes_to_agent;
+    int close_code_agent;    /* close code the agent sent (0 if none) */
+    int close_code_upstream; /* close code the upstream sent (0 if none) */
+} av_ws_stats;
+void av__ws_bridge_stats(const av_ws_bridge *b, av_ws_stats *st);
+
+/* av__subst_replace replaces every occurrence of |needle| in |in| with
+ * |repl|. Returns 1 and a new av__malloc'd buffer in *out (caller frees,
+ * wiping) when something was replaced, 0 when |in| has no occurrence, or
+ * AV_ERR_NOMEM / AV_ERR_LIMIT (result over |max_out|). */
+int av__subst_replace(const uint8_t *in, size_t len, const uint8_t *needle, size_t needle_len,
+                      const uint8_t *repl, size_t repl_len, size_t max_out, uint8_t **out,
+                      size_t *out_len);
+
+#endif
