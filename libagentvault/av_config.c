@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <ctype.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -37,7 +38,9 @@ enum {
     K_STATE_DIR = 1u << 0, K_UNMATCHED = 1u << 1, K_CACERT = 1u << 2,
     K_CONNECT_TO = 1u << 3, K_IDLE_TO = 1u << 4, K_HEADER_TO = 1u << 5,
     K_HOST = 1u << 8, K_PORT = 1u << 9, K_SCHEME = 1u << 10, K_PATH = 1u << 11,
-    K_METHODS = 1u << 12, K_AUTH = 1u << 13, K_SECRET = 1u << 14
+    K_METHODS = 1u << 12, K_AUTH = 1u << 13, K_SECRET = 1u << 14,
+    K_WEBSOCKET = 1u << 15, K_PLACEHOLDER = 1u << 16, K_PLACEHOLDER_IN = 1u << 17,
+    K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6
 };
 
 typedef struct parser {
@@ -460,6 +463,8 @@ static void service_clear(av_service *s)
     av__free(s->auth_name);
     av__free(s->auth_template);
     av__free(s->secret_ref);
+    av__free(s->placeholder);
+    av__free(s->agent_env);
     memset(s, 0, sizeof(*s));
 }
 
@@ -493,6 +498,7 @@ static void config_clear(av_config *c)
     c->connect_timeout = 10;
     c->idle_timeout = 120;
     c->header_timeout = 10;
+    c->ws_idle_timeout = 900;
 }
 
 /* av_config_new creates an empty configuration with defaults. Returns
@@ -607,10 +613,12 @@ av_config *av__config_copy(const av_config *src)
             av_service *d = &c->services[i];
             *d = *s;
             d->name = d->host = d->path_glob = d->auth_name = d->auth_template = d->secret_ref = NULL;
+            d->placeholder = d->agent_env = NULL;
             if (dup_opt(&d->name, s->name) || dup_opt(&d->host, s->host) ||
                 dup_opt(&d->path_glob, s->path_glob) || dup_opt(&d->auth_name, s->auth_name) ||
                 dup_opt(&d->auth_template, s->auth_template) ||
-                dup_opt(&d->secret_ref, s->secret_ref))
+                dup_opt(&d->secret_ref, s->secret_ref) || dup_opt(&d->placeholder, s->placeholder) ||
+                dup_opt(&d->agent_env, s->agent_env))
                 goto fail;
         }
     }
@@ -791,6 +799,8 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         bit = K_IDLE_TO;
     else if (word_eq(k, kl, "header_timeout"))
         bit = K_HEADER_TO;
+    else if (word_eq(k, kl, "websocket_idle_timeout"))
+        bit = K_WS_IDLE_TO;
     else
         return perr(p, "unknown key \"%.*s\" in [proxy]", (int)(kl > 64 ? 64 : kl), k);
     if (p->seen & bit)
@@ -818,6 +828,8 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
             c->connect_timeout = secs;
         else if (bit == K_IDLE_TO)
             c->idle_timeout = secs;
+        else if (bit == K_WS_IDLE_TO)
+            c->ws_idle_timeout = secs;
         else
             c->header_timeout = secs;
         return AV_OK;
@@ -1035,6 +1047,8 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
     static const struct { const char *name; unsigned bit; } keys[] = {
         {"host", K_HOST}, {"port", K_PORT}, {"scheme", K_SCHEME}, {"path", K_PATH},
         {"methods", K_METHODS}, {"auth", K_AUTH}, {"secret", K_SECRET},
+        {"websocket", K_WEBSOCKET}, {"placeholder", K_PLACEHOLDER},
+        {"placeholder_in", K_PLACEHOLDER_IN}, {"agent_env", K_AGENT_ENV},
     };
     unsigned bit = 0;
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
@@ -1079,6 +1093,64 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return parse_methods(p, v, vl, &s->methods);
     case K_AUTH:
         return parse_auth(p, s, v, vl);
+    case K_WEBSOCKET:
+        if (word_eq(v, vl, "on"))
+            s->websocket_off = 0;
+        else if (word_eq(v, vl, "off"))
+            s->websocket_off = 1;
+        else
+            return perr(p, "websocket must be \"on\" or \"off\"");
+        return AV_OK;
+    case K_PLACEHOLDER:
+        if (vl < 4 || vl > 128)
+            return perr(p, "placeholder must be 4..128 characters");
+        for (size_t i = 0; i < vl; i++)
+            if (!(isalnum((unsigned char)v[i]) || v[i] == '_' || v[i] == '-' || v[i] == '.'))
+                return perr(p, "placeholder may contain only letters, digits, '_', '-' and '.'");
+        return set_string(p, &s->placeholder, v, vl);
+    case K_PLACEHOLDER_IN: {
+        size_t start = 0;
+        for (size_t i = 0; i <= vl; i++) {
+            if (i < vl && v[i] != ',')
+                continue;
+            const char *item = v + start;
+            size_t il = i - start;
+            trim(&item, &il);
+            if (word_eq(item, il, "websocket"))
+                s->placeholder_in |= AV_SURF_WEBSOCKET;
+            else
+                return perr(p, "placeholder_in: surface \"%.*s\" is not supported (supported: websocket)",
+                            (int)(il > 32 ? 32 : il), item);
+            start = i + 1;
+        }
+        return AV_OK;
+    }
+    case K_AGENT_ENV: {
+        /* Normalize to "A,B" with validated names. */
+        char norm[512];
+        size_t o = 0, start = 0;
+        for (size_t i = 0; i <= vl; i++) {
+            if (i < vl && v[i] != ',')
+                continue;
+            const char *item = v + start;
+            size_t il = i - start;
+            trim(&item, &il);
+            int ok = il > 0 && il <= 64 && (isupper((unsigned char)item[0]) || item[0] == '_');
+            for (size_t j = 0; ok && j < il; j++)
+                ok = isupper((unsigned char)item[j]) || isdigit((unsigned char)item[j]) || item[j] == '_';
+            if (!ok)
+                return perr(p, "agent_env: \"%.*s\" is not an environment variable name ([A-Z_][A-Z0-9_]*)",
+                            (int)(il > 64 ? 64 : il), item);
+            if (o + il + 2 > sizeof(norm))
+                return perr(p, "agent_env: too many names");
+            if (o)
+                norm[o++] = ',';
+            memcpy(norm + o, item, il);
+            o += il;
+            start = i + 1;
+        }
+        return set_string(p, &s->agent_env, norm, o);
+    }
     default: { /* K_SECRET */
         char *ref = dup_range(v, vl);
         if (!ref)
@@ -1124,6 +1196,8 @@ static int finish_section(parser *p)
             return perr_at(p, s->line, "service \"%s\" has no auth", s->name);
         if (!s->secret_ref)
             return perr_at(p, s->line, "service \"%s\" has no secret", s->name);
+        if (s->placeholder_in && !s->placeholder)
+            return perr_at(p, s->line, "service \"%s\": placeholder_in needs a placeholder", s->name);
         if (s->scheme_http && !(p->seen & K_PORT))
             return perr_at(p, s->line, "service \"%s\": scheme http requires an explicit port", s->name);
         if (!s->port)

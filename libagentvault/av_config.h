@@ -17,6 +17,7 @@
  *     allow_private = 10.0.0.0/8, fd00::/8     (SSRF allow-list, CIDR)
  *     connect_timeout = 10            (seconds)
  *     idle_timeout = 120              (seconds)
+ *     websocket_idle_timeout = 900    (seconds)
  *
  *     [service "openai"]
  *     host = api.openai.com           (or *.example.com; or an IP literal)
@@ -29,6 +30,10 @@
  *          | header NAME "template with {secret}"
  *          | query PARAM
  *     secret = env:NAME | file:PATH
+ *     websocket = on | off            (off: upgrades are answered 426)
+ *     placeholder = __OPENAI_KEY__    (what agents use instead of the secret)
+ *     placeholder_in = websocket      (surfaces where it is replaced)
+ *     agent_env = OPENAI_API_KEY, CODEX_API_KEY (variables `run` sets to it)
  *
  *     [token "agent1"]
  *     secret = env:AGENT1_TOKEN       (proxy token; requires Proxy-Authorization)
@@ -78,8 +83,18 @@ typedef struct av_service {
     char *auth_name;   /* header name (HEADER), user (BASIC), param (QUERY) */
     char *auth_template; /* HEADER: template containing {secret} */
     char *secret_ref;  /* "env:NAME" or "file:PATH" */
+    int websocket_off; /* websocket = off: upgrades get 426 */
+    char *placeholder; /* value agents use instead of the secret (NULL: none) */
+    unsigned placeholder_in; /* AV_SURF_* where the placeholder is replaced */
+    char *agent_env;   /* "VAR1,VAR2": variables `run` sets to the placeholder
+                          (NULL: the built-in list for well-known hosts) */
     int line;          /* line of the [service] header, for messages */
 } av_service;
+
+/* Surfaces where a service's placeholder is replaced by its secret. */
+enum {
+    AV_SURF_WEBSOCKET = 1u << 0 /* client text frames (frame mode) */
+};
 
 typedef struct av_token_cfg {
     char *name;
@@ -116,6 +131,7 @@ struct av_config {
     double connect_timeout; /* seconds, default 10 */
     double idle_timeout;    /* seconds, default 120 */
     double header_timeout;  /* seconds, default 10 */
+    double ws_idle_timeout; /* seconds, default 900: WebSocket with no traffic */
     av_service *services;
     size_t nservices;
     av_token_cfg *tokens;

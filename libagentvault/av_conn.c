@@ -27,6 +27,7 @@
 #include "av_side.h"
 #include "av_upstream.h"
 #include "av_url.h"
+#include "av_ws.h"
 
 enum conn_state {
     C_SNIFF = 1,
@@ -64,6 +65,13 @@ typedef struct av_exchange {
     int agent_minor;
     unsigned long long bytes_req, bytes_resp;
     double start;
+    /* WebSocket */
+    int ws;                   /* the request is a WebSocket upgrade */
+    int ws_frame;             /* frame mode (placeholder substitution) */
+    int ws_open;              /* 101 relayed: relaying frames/bytes */
+    char ws_key[32];          /* the agent's Sec-WebSocket-Key */
+    av_secret *ws_secret;     /* frame mode: replaces the placeholder */
+    av_ws_bridge *ws_bridge;
 } av_exchange;
 
 struct av_conn {
@@ -293,6 +301,8 @@ static void up_notify_cb(void *owner)
 static void x_reset(av_exchange *x)
 {
     av__buf_free_wipe(&x->head);
+    av__secret_free(x->ws_secret);
+    av__ws_bridge_free(x->ws_bridge);
     memset(x, 0, sizeof(*x));
 }
 
@@ -350,8 +360,11 @@ static void x_fail(av_conn *c, int status, const char *why)
 }
 
 /* Is this agent field one we never forward upstream? */
-static int x_skip_request_field(const av_h1_request *req, const av_h1_field *f, const char *inject_name)
+static int x_skip_request_field(const av_h1_request *req, const av_h1_field *f, const char *inject_name,
+                                int ws_frame)
 {
+    if (ws_frame && av__h1_name_eq(f, "sec-websocket-extensions"))
+        return 1; /* frame mode reads frames: no compression negotiated */
     if (av__h1_is_hop_by_hop(f, req->fields, req->nfields))
         return 1;
     if (av__h1_name_eq(f, "host") || av__h1_name_eq(f, "content-length") ||
@@ -416,6 +429,28 @@ static int x_start(av_conn *c, const av_h1_request *req, const av_authority *des
         return -1;
     }
 
+    if (req->flags & AV_H1_F_UPGRADE_WEBSOCKET) {
+        const av_h1_field *key = av__h1_find(req->fields, req->nfields, "sec-websocket-key");
+        char accept[29];
+        if (!ci_eq(req->method, req->method_len, "GET") || req->body != AV_H1_BODY_NONE || !key ||
+            key->value_len >= sizeof(x->ws_key) || av__ws_accept_key(key->value, key->value_len, accept) != 0) {
+            x->status = 400;
+            conn_respond(c, 400, "malformed WebSocket upgrade request", 0, 1);
+            return -1;
+        }
+        if (svc && svc->websocket_off) {
+            char m[200];
+            snprintf(m, sizeof(m), "WebSocket is off for service %s: use HTTP", svc->name);
+            x->status = 426;
+            conn_respond(c, 426, m, 0, 1);
+            return -1;
+        }
+        x->ws = 1;
+        x->ws_frame = svc && (svc->placeholder_in & AV_SURF_WEBSOCKET);
+        memcpy(x->ws_key, key->value, key->value_len);
+        x->ws_key[key->value_len] = '\0';
+    }
+
     av_secret *secret = NULL;
     av_secret *inj_value = NULL, *inj_target = NULL;
     const char *inj_name = NULL;
@@ -436,6 +471,8 @@ static int x_start(av_conn *c, const av_h1_request *req, const av_authority *des
         } else {
             irc = av__inject_header(svc, secret, &inj_name, &inj_value);
         }
+        if (x->ws_frame)
+            x->ws_secret = av__secret_ref(secret);
         av__secret_free(secret);
         if (irc != AV_OK) {
             char m[200];
@@ -464,13 +501,17 @@ static int x_start(av_conn *c, const av_h1_request *req, const av_authority *des
     rc = rc ? rc : av__h1_write_field_str(h, "Host", hostval);
     for (size_t i = 0; i < req->nfields; i++) {
         const av_h1_field *f = &req->fields[i];
-        if (x_skip_request_field(req, f, inj_name))
+        if (x_skip_request_field(req, f, inj_name, x->ws_frame))
             continue;
         rc = rc ? rc : av__h1_write_field(h, f->name, f->name_len, f->value, f->value_len);
     }
     if (inj_value)
         rc = rc ? rc : av__h1_write_field(h, inj_name, strlen(inj_name), (const char *)av__secret_data(inj_value),
                                  av__secret_len(inj_value));
+    if (x->ws) {
+        rc = rc ? rc : av__h1_write_field_str(h, "Connection", "Upgrade");
+        rc = rc ? rc : av__h1_write_field_str(h, "Upgrade", "websocket");
+    }
     x->req_body_kind = req->body;
     if (req->body == AV_H1_BODY_LENGTH) {
         char cl[32];
@@ -596,6 +637,133 @@ static int x_pump_request_body(av_conn *c)
     return progress;
 }
 
+/* Check the upstream's 101 (SECURITY 9). Returns NULL or the reason. */
+static const char *x_ws_check_101(const av_exchange *x, const av_h1_response *resp)
+{
+    const av_h1_field *up = av__h1_find(resp->fields, resp->nfields, "upgrade");
+    if (!up || !ci_eq(up->value, up->value_len, "websocket"))
+        return "upstream WebSocket handshake invalid: 101 without Upgrade: websocket";
+    if (!(resp->flags & AV_H1_F_UPGRADE_WEBSOCKET)) {
+        /* The parser sets the flag only when Connection lists "upgrade". */
+        return "upstream WebSocket handshake invalid: 101 without Connection: upgrade";
+    }
+    const av_h1_field *acc = av__h1_find(resp->fields, resp->nfields, "sec-websocket-accept");
+    char want[29];
+    if (av__ws_accept_key(x->ws_key, strlen(x->ws_key), want) != 0 || !acc || acc->value_len != 28 ||
+        memcmp(acc->value, want, 28) != 0)
+        return "upstream WebSocket handshake invalid: wrong Sec-WebSocket-Accept";
+    if (x->ws_frame && av__h1_find(resp->fields, resp->nfields, "sec-websocket-extensions"))
+        return "upstream WebSocket handshake invalid: extension negotiated that was not offered";
+    return NULL;
+}
+
+/* Relay a validated 101 to the agent. */
+static int x_ws_write_101(av_conn *c, const av_h1_response *resp)
+{
+    av_buf *o = c->a.pout;
+    size_t mark = o->len;
+    int rc = av__h1_write_status_line(o, 101, "Switching Protocols");
+    for (size_t i = 0; i < resp->nfields && !rc; i++) {
+        const av_h1_field *f = &resp->fields[i];
+        if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length"))
+            continue;
+        rc = av__h1_write_field(o, f->name, f->name_len, f->value, f->value_len);
+    }
+    rc = rc ? rc : av__h1_write_field_str(o, "Upgrade", "websocket");
+    rc = rc ? rc : av__h1_write_field_str(o, "Connection", "Upgrade");
+    rc = rc ? rc : av__h1_write_end(o);
+    if (rc)
+        o->len = mark;
+    return rc;
+}
+
+/* Frame mode: replace the service's placeholder in client text messages. */
+static int x_ws_filter(void *ud, const uint8_t *msg, size_t len, uint8_t **out, size_t *out_len)
+{
+    av_exchange *x = ud;
+    const char *ph = x->svc ? x->svc->placeholder : NULL;
+    *out = (uint8_t *)msg;
+    *out_len = len;
+    if (!ph || !x->ws_secret)
+        return 0;
+    uint8_t *rep = NULL;
+    size_t rlen = 0;
+    int rc = av__subst_replace(msg, len, (const uint8_t *)ph, strlen(ph), av__secret_data(x->ws_secret),
+                               av__secret_len(x->ws_secret), 64u << 20, &rep, &rlen);
+    if (rc < 0)
+        return rc;
+    if (rc == 1) {
+        *out = rep;
+        *out_len = rlen;
+    }
+    return 0;
+}
+
+/* Relay an open WebSocket: splice bytes, or frames through the bridge. */
+static int x_ws_step(av_conn *c)
+{
+    av_exchange *x = &c->x;
+    av_side *u = &x->up->side;
+    int progress = 0;
+    int rc = av__side_pump_in(u);
+    progress |= rc > 0;
+    if (x->ws_bridge) {
+        if (c->a.in_eof)
+            av__ws_bridge_agent_eof(x->ws_bridge);
+        if (u->in_eof || u->err)
+            av__ws_bridge_upstream_eof(x->ws_bridge);
+        size_t a0 = c->a.pin->len, u0 = u->pin->len;
+        rc = av__ws_bridge_pump(x->ws_bridge, c->a.pin, c->a.pout, u->pin, u->pout);
+        if (rc > 0)
+            progress = 1;
+        x->bytes_req += a0 - c->a.pin->len;
+        x->bytes_resp += u0 - u->pin->len;
+        if (rc == AV_ERR_PARSE)
+            av__log(&c->ctx->log, AV_LOG_INFO, "websocket host=%s path=%s: protocol violation, closing",
+                    x->host, x->log_path);
+    } else {
+        size_t n = c->a.pin->len;
+        if (n > av__buf_room(u->pout))
+            n = av__buf_room(u->pout);
+        if (n) {
+            av__buf_append(u->pout, av__buf_head(c->a.pin), n);
+            av__buf_consume(c->a.pin, n);
+            x->bytes_req += n;
+            progress = 1;
+        }
+        n = u->pin->len;
+        if (n > av__buf_room(c->a.pout))
+            n = av__buf_room(c->a.pout);
+        if (n) {
+            av__buf_append(c->a.pout, av__buf_head(u->pin), n);
+            av__buf_consume(u->pin, n);
+            x->bytes_resp += n;
+            progress = 1;
+        }
+        /* Half-closes propagate: EOF from one peer becomes FIN to the other. */
+        if (c->a.in_eof && c->a.pin->len == 0 && !u->want_shut) {
+            av__side_close_write(u);
+            progress = 1;
+        }
+        if ((u->in_eof || u->err) && u->pin->len == 0 && !c->a.want_shut) {
+            av__side_close_write(&c->a);
+            progress = 1;
+        }
+    }
+    rc = av__side_pump_out(u);
+    progress |= rc > 0;
+    int finished = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
+                                : ((c->a.in_eof && (u->in_eof || u->err)) || (u->err && c->a.want_shut));
+    if (finished && av__side_flushed(u)) {
+        x->resp_done = 1;
+        x->req_done = 1;
+        c->close_after = 1;
+        x_finish(c, NULL);
+        return 1;
+    }
+    return progress;
+}
+
 /* Move response bytes upstream -> agent. Returns progress. */
 static int x_pump_response(av_conn *c)
 {
@@ -620,7 +788,32 @@ static int x_pump_response(av_conn *c)
             return 1;
         }
         if (resp.status == 101) {
-            x_fail(c, 502, "upstream switched protocols, which this exchange did not ask for");
+            if (!x->ws) {
+                x_fail(c, 502, "upstream switched protocols, which this exchange did not ask for");
+                return 1;
+            }
+            if (av__buf_room(c->a.pout) < (size_t)n + 512)
+                return progress;
+            const char *why = x_ws_check_101(x, &resp);
+            if (why) {
+                x_fail(c, 502, why);
+                return 1;
+            }
+            if (x_ws_write_101(c, &resp) != 0) {
+                x_fail(c, 502, "upstream 101 response cannot be re-serialized");
+                return 1;
+            }
+            av__buf_consume(u->pin, (size_t)n);
+            x->status = 101;
+            x->resp_head_done = 1;
+            x->up_reusable = 0;
+            if (x->ws_frame &&
+                av__ws_bridge_new(&x->ws_bridge, 0, x_ws_filter, x) != AV_OK) {
+                c->state = C_CLOSING;
+                c->a.want_shut = 1;
+                return 1;
+            }
+            x->ws_open = 1;
             return 1;
         }
         if (av__buf_room(c->a.pout) < (size_t)n + 512)
@@ -639,7 +832,9 @@ static int x_pump_response(av_conn *c)
             continue; /* 100 Continue and friends: relayed, keep reading */
         x->status = resp.status;
         x->resp_head_done = 1;
-        x->up_reusable = !(resp.flags & AV_H1_F_CLOSE) && resp.body != AV_H1_BODY_UNTIL_CLOSE;
+        /* A declined upgrade may leave upgrade state on the upstream: do
+         * not pool that connection. */
+        x->up_reusable = !(resp.flags & AV_H1_F_CLOSE) && resp.body != AV_H1_BODY_UNTIL_CLOSE && !x->ws;
         av__h1_body_init(&x->resp_body, resp.body, resp.content_length);
         x->resp_done = x->resp_body.done; /* no body, or Content-Length: 0 */
     }
@@ -720,6 +915,8 @@ static int x_step(av_conn *c)
         x->head_sent = 1;
         progress = 1;
     }
+    if (x->ws_open)
+        return x_ws_step(c) | progress;
     int rc = av__side_pump_in(&up->side);
     if (rc < 0 && !x->resp_done) {
         char why[260];
@@ -733,6 +930,8 @@ static int x_step(av_conn *c)
         return 1;
     progress |= x_pump_response(c);
     if (c->x.active == 0 || c->state == C_CLOSING)
+        return 1;
+    if (x->ws_open)
         return 1;
     rc = av__side_pump_out(&up->side);
     if (rc < 0 && !x->resp_done) {
@@ -767,6 +966,71 @@ static int x_step(av_conn *c)
 
 /* ---- request heads ------------------------------------------------------ */
 
+/* Variables `agentvault run` sets to a placeholder for services on the
+ * well-known API hosts, unless the service names its own (agent_env). */
+static const char *agent_env_default(const char *host)
+{
+    if (strcmp(host, "api.openai.com") == 0)
+        return "OPENAI_API_KEY,CODEX_API_KEY";
+    if (strcmp(host, "api.anthropic.com") == 0)
+        return "ANTHROPIC_API_KEY";
+    if (strcmp(host, "api.github.com") == 0)
+        return "GITHUB_TOKEN,GH_TOKEN";
+    return NULL;
+}
+
+/* Does a block of NAME=VALUE lines already set |name|? */
+static int env_lines_have(const char *body, size_t len, const char *name)
+{
+    size_t nl = strlen(name);
+    for (size_t i = 0; i < len;) {
+        const char *line = body + i;
+        const char *end = memchr(line, '\n', len - i);
+        size_t ll = end ? (size_t)(end - line) : len - i;
+        if (ll > nl && memcmp(line, name, nl) == 0 && line[nl] == '=')
+            return 1;
+        i += ll + 1;
+    }
+    return 0;
+}
+
+/* Body of GET /agent-env: NAME=PLACEHOLDER lines (never a secret). */
+static void conn_agent_env(av_conn *c, int head_only)
+{
+    const av_config *cfg = c->ctx->cfg;
+    char body[8192];
+    size_t o = 0;
+    body[0] = '\0';
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        const av_service *svc = &cfg->services[i];
+        const char *vars = svc->agent_env ? svc->agent_env : agent_env_default(svc->host);
+        if (!vars)
+            continue;
+        char value[160];
+        if (svc->placeholder)
+            snprintf(value, sizeof(value), "%s", svc->placeholder);
+        else
+            snprintf(value, sizeof(value), "agentvault-placeholder-%s", svc->name);
+        const char *p = vars;
+        while (*p) {
+            size_t n = strcspn(p, ",");
+            char name[72];
+            snprintf(name, sizeof(name), "%.*s", (int)(n < 64 ? n : 64), p);
+            int dup = env_lines_have(body, o, name); /* first service naming it wins */
+            if (!dup) {
+                int w = snprintf(body + o, sizeof(body) - o, "%s=%s\n", name, value);
+                if (w < 0 || (size_t)w >= sizeof(body) - o)
+                    break;
+                o += (size_t)w;
+            }
+            p += n;
+            if (*p == ',')
+                p++;
+        }
+    }
+    conn_respond_body(c, 200, "text/plain; charset=utf-8", body, o, head_only);
+}
+
 /* Handle an origin-form request addressed to the proxy itself. */
 static void conn_self_request(av_conn *c, const av_h1_request *req)
 {
@@ -777,10 +1041,12 @@ static void conn_self_request(av_conn *c, const av_h1_request *req)
         conn_respond_body(c, 200, "application/x-pem-file", pem, strlen(pem), head);
     } else if ((get || head) && req->target_len == 8 && memcmp(req->target, "/healthz", 8) == 0) {
         conn_respond_body(c, 200, "text/plain; charset=utf-8", "ok\n", 3, head);
+    } else if ((get || head) && req->target_len == 10 && memcmp(req->target, "/agent-env", 10) == 0) {
+        conn_agent_env(c, head);
     } else {
         conn_respond(c, 400,
                      "this is a forward proxy: use CONNECT for https (e.g. curl -x), absolute-form for http, "
-                     "or GET /ca.pem or /healthz",
+                     "or GET /ca.pem, /healthz or /agent-env",
                      0, 1);
         return;
     }
@@ -1116,6 +1382,8 @@ static void conn_arm_timer(av_conn *c)
             t = 0.001;
     } else if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a)) {
         t = cfg->header_timeout;
+    } else if (c->state == C_EXCHANGE && c->x.ws_open) {
+        t = cfg->ws_idle_timeout;
     }
     av__timer_start(c->timer, t);
 }

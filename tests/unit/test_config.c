@@ -366,7 +366,56 @@ static const err_case err_cases[] = {
     {"[service \"a b\"]\n", "t.conf:1: section name may contain only A-Z a-z 0-9 _ . -"},
     {"[proxy]\nstate_dir = /a\x01\n", "t.conf:2: control character in line"},
     {"[proxy]\nstate_dir = /a\rb\n", "t.conf:2: control character in line"},
+    {"[proxy]\nwebsocket_idle_timeout = -1\n",
+     "t.conf:2: websocket_idle_timeout must be a number of seconds in (0, 86400]"},
+    {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nwebsocket = maybe\n",
+     "t.conf:5: websocket must be \"on\" or \"off\""},
+    {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder = abc\n",
+     "t.conf:5: placeholder must be 4..128 characters"},
+    {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder = __a b__\n",
+     "t.conf:5: placeholder may contain only letters, digits, '_', '-' and '.'"},
+    {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder = __A__\n"
+     "placeholder_in = websocket, body\n",
+     "t.conf:6: placeholder_in: surface \"body\" is not supported (supported: websocket)"},
+    {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder_in = websocket\n",
+     "t.conf:1: service \"a\": placeholder_in needs a placeholder"},
+    {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nagent_env = OPENAI_KEY, lower\n",
+     "t.conf:5: agent_env: \"lower\" is not an environment variable name ([A-Z_][A-Z0-9_]*)"},
 };
+
+/* websocket_keys: the WebSocket and placeholder keys parse and copy. */
+static void websocket_keys(void **state)
+{
+    (void)state;
+    av_config *c;
+    assert_int_equal(load("[proxy]\nwebsocket_idle_timeout = 30\n"
+                          "[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\n"
+                          "websocket = off\n"
+                          "[service \"b\"]\nhost = b.example\nauth = bearer\nsecret = env:B\n"
+                          "placeholder = __B_KEY__\nplaceholder_in = websocket\n"
+                          "agent_env =  B_KEY ,OTHER_B\n",
+                          &c),
+                     AV_OK);
+    assert_true(c->ws_idle_timeout == 30.0);
+    assert_int_equal(c->services[0].websocket_off, 1);
+    assert_null(c->services[0].placeholder);
+    assert_int_equal(c->services[0].placeholder_in, 0);
+    assert_int_equal(c->services[1].websocket_off, 0);
+    assert_string_equal(c->services[1].placeholder, "__B_KEY__");
+    assert_int_equal(c->services[1].placeholder_in, AV_SURF_WEBSOCKET);
+    assert_string_equal(c->services[1].agent_env, "B_KEY,OTHER_B");
+    av_config *d = av__config_copy(c);
+    assert_non_null(d);
+    assert_string_equal(d->services[1].placeholder, "__B_KEY__");
+    assert_string_equal(d->services[1].agent_env, "B_KEY,OTHER_B");
+    assert_int_equal(d->services[0].websocket_off, 1);
+    assert_true(d->ws_idle_timeout == 30.0);
+    av_config_free(d);
+    av_config_free(c);
+    assert_int_equal(load("[proxy]\n", &c), AV_OK);
+    assert_true(c->ws_idle_timeout == 900.0);
+    av_config_free(c);
+}
 
 /* errors: each bad file fails with the exact message and line. */
 static void errors(void **state)
@@ -690,6 +739,7 @@ int main(void)
         cmocka_unit_test(every_key),
         cmocka_unit_test(quoting_and_long_lines),
         cmocka_unit_test(errors),
+        cmocka_unit_test(websocket_keys),
         cmocka_unit_test(names_64),
         cmocka_unit_test(atomic_and_additive),
         cmocka_unit_test(files),
