@@ -31,7 +31,7 @@
 int av__ws_accept_key(const char *key, size_t key_len, char out[29]);
 
 /* A filter for client text messages. It receives the complete message and
- * returns 0 with *out/*out_len set to the message to forward (either |msg|
+ * returns 0 with *out and *out_len set to the message to forward (either |msg|
  * itself, or a buffer allocated with av__malloc that the bridge frees,
  * wiping it: it may contain a secret), or a negative error to close the
  * connection with 1008 (policy violation). */
@@ -54,7 +54,10 @@ void av__ws_bridge_free(av_ws_bridge *b);
  * back-pressure). Returns > 0 if anything moved, 0 if not, or
  * AV_ERR_PARSE when a peer violated the protocol (the bridge has then
  * queued a close frame with 1002/1007/1009 toward that peer and a 1001
- * "going away" toward the other; keep pumping until av__ws_bridge_done). */
+ * "going away" toward the other; keep pumping until av__ws_bridge_done).
+ * AV_ERR_DENIED likewise when the filter refused an agent message (1008 to
+ * the agent, 1001 upstream). AV_ERR_NOMEM / AV_ERR_IO are fatal: drop the
+ * connection. */
 int av__ws_bridge_pump(av_ws_bridge *b, av_buf *agent_in, av_buf *agent_out,
                        av_buf *up_in, av_buf *up_out);
 
@@ -73,6 +76,8 @@ typedef struct av_ws_stats {
     unsigned long long bytes_to_upstream, bytes_to_agent;
     int close_code_agent;    /* close code the agent sent (0 if none) */
     int close_code_upstream; /* close code the upstream sent (0 if none) */
+    int close_code_to_agent;    /* close code the bridge sent to the agent (0 if none) */
+    int close_code_to_upstream; /* close code the bridge sent upstream (0 if none) */
 } av_ws_stats;
 void av__ws_bridge_stats(const av_ws_bridge *b, av_ws_stats *st);
 

@@ -11,7 +11,7 @@ PACKAGES=(
   libev-dev libnghttp2-dev libwslay-dev libc-ares-dev libpsl-dev publicsuffix
   libcmocka-dev
   # real clients and test peers
-  curl nghttp2-client nghttp2-server
+  curl git nodejs nghttp2-client nghttp2-server
   python3 python3-pytest python3-httpx python3-websockets python3-h2
   python3-hyperframe python3-cryptography
 )
