@@ -1,0 +1,880 @@
+"""WebSocket relay: upgrade requests are exchanges (matched, credential
+injected), the upstream's 101 is validated, then bytes are spliced (default)
+or frames are parsed for placeholder substitution (frame mode).
+
+Clients are websockets 10.4 (legacy asyncio API), which has no proxy
+support: the CONNECT tunnel is opened on a raw socket and handed over with
+sock=, ssl=, server_hostname=. Origins are avtest.ws_upstream servers.
+
+Tests named test_harness_* reach the origins directly (no daemon): they
+check the harness itself.
+"""
+import asyncio
+import base64
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+import websockets
+import websockets.legacy.client as wsclient
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatusCode
+from websockets.frames import OP_TEXT
+
+from avtest import client
+from avtest.checks import assert_raw_proxy_error, tls_tunnel
+from avtest.daemon import config_text, plain_service
+from avtest import ws_upstream as wsu
+from avtest.ws_upstream import RawWsUpstream, WsUpstream
+
+OPENAI = "api.openai.com"
+PLACEHOLDER = "__OPENAI_KEY__"
+TEST_TIMEOUT = 30.0
+MIB = 1 << 20
+
+FRAME_SERVICE = """[service "openai"]
+host = api.openai.com
+auth = bearer
+secret = env:OPENAI_API_KEY
+placeholder = __OPENAI_KEY__
+placeholder_in = websocket
+"""
+
+OFF_SERVICE = """[service "openai"]
+host = api.openai.com
+auth = bearer
+secret = env:OPENAI_API_KEY
+websocket = off
+"""
+
+
+def run(coro, timeout=TEST_TIMEOUT):
+    """Runs a test coroutine on a fresh event loop, bounded in time."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+# ---- fixtures ------------------------------------------------------------------
+
+@pytest.fixture
+def ws_upstream(test_ca):
+    """TLS WebSocket origin (api.openai.com etc.) on 127.0.0.1:<port>."""
+    srv = WsUpstream(test_ca.server_cert, test_ca.server_key, "ws-tls").start()
+    yield srv
+    srv.stop()
+    assert srv.handler_errors == [], srv.handler_errors
+
+
+@pytest.fixture
+def plain_ws_upstream():
+    """Cleartext WebSocket origin on 127.0.0.1:<port>."""
+    srv = WsUpstream(name="ws-plain").start()
+    yield srv
+    srv.stop()
+    assert srv.handler_errors == [], srv.handler_errors
+
+
+@pytest.fixture
+def raw_ws_upstream(test_ca):
+    """TLS origin answering upgrades with broken 101s (wsu.RAW_PATHS)."""
+    srv = RawWsUpstream(test_ca.server_cert, test_ca.server_key).start()
+    yield srv
+    srv.stop()
+
+
+def ws_config(secrets, mode="splice", proxy_extra=""):
+    if mode == "splice":
+        return config_text(secrets, proxy_extra=proxy_extra)
+    svc = {"frame": FRAME_SERVICE, "off": OFF_SERVICE}[mode]
+    return config_text(secrets, proxy_extra=proxy_extra, services=False, extra=svc)
+
+
+@pytest.fixture
+def wsd(daemon, ws_upstream, upstream, secrets):
+    """Factory: a daemon whose api.openai.com is the WebSocket origin
+    (port: another origin), api.github.com the HTTP `upstream`."""
+    def start(mode="splice", proxy_extra="", port=None):
+        port = port or ws_upstream.port
+        return daemon(ws_config(secrets, mode, proxy_extra),
+                      resolve=[f"{OPENAI}:443:127.0.0.1:{port}",
+                               f"api.github.com:443:127.0.0.1:{upstream.port}"])
+    return start
+
+
+@pytest.fixture(params=["splice", "frame"])
+def mode(request):
+    return request.param
+
+
+# ---- clients -------------------------------------------------------------------
+
+class CountingClient(wsclient.WebSocketClientProtocol):
+    """Client protocol counting the bytes it receives (handshake included)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.wire_bytes_in = 0
+
+    def data_received(self, data):
+        self.wire_bytes_in += len(data)
+        super().data_received(data)
+
+
+def client_ctx(cafile):
+    ctx = ssl.create_default_context(cafile=str(cafile))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def ws_options(kw):
+    opts = dict(ping_interval=None, close_timeout=2, max_size=None, open_timeout=10,
+                create_protocol=CountingClient)
+    opts.update(kw)
+    return opts
+
+
+def open_tunnel(d, target):
+    c, resp = client.connect_tunnel(d.port, target, timeout=10)
+    assert resp.status == 200, f"CONNECT {target} answered {resp.status}: {resp.raw_head!r}"
+    assert c.buf == b"", f"bytes after the CONNECT response: {c.buf!r}"
+    return c.sock
+
+
+async def ws_connect(d, path, host=OPENAI, headers=(), compression="deflate", sock=None,
+                     **kw):
+    """wss://host/path through the daemon: CONNECT host:443, then TLS (trusting
+    the daemon's CA) and the WebSocket handshake inside the tunnel."""
+    if sock is None:
+        sock = await asyncio.get_running_loop().run_in_executor(
+            None, open_tunnel, d, f"{host}:443")
+    return await websockets.connect(
+        f"wss://{host}{path}", sock=sock, ssl=client_ctx(d.ca_pem), server_hostname=host,
+        extra_headers=list(headers), compression=compression, **ws_options(kw))
+
+
+async def direct_connect(srv, path, cafile=None, compression="deflate", **kw):
+    """Straight to an origin (harness self-checks)."""
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    if cafile is None:
+        return await websockets.connect(f"ws://plain.test:{srv.port}{path}", sock=sock,
+                                        compression=compression, **ws_options(kw))
+    return await websockets.connect(
+        f"wss://{OPENAI}{path}", sock=sock, ssl=client_ctx(cafile), server_hostname=OPENAI,
+        compression=compression, **ws_options(kw))
+
+
+def upgrade_request(path, host=OPENAI, key=None, extra=()):
+    key = key or base64.b64encode(os.urandom(16)).decode()
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13",
+             "Authorization: Bearer dummy-agent"] + list(extra)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode(), key
+
+
+def parse_head(head):
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ")[1])
+    headers = []
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers.append((k, v.strip()))
+    return status, headers
+
+
+def read_rest(c, timeout=1.0):
+    """Whatever arrives within timeout (until EOF)."""
+    data, c.buf = c.buf, b""
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        c.sock.settimeout(left)
+        try:
+            chunk = c.sock.recv(65536)
+        except (socket.timeout, TimeoutError):
+            break
+        except (OSError, ssl.SSLError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def encode_frame(opcode, payload, mask=True, fin=True):
+    b0 = (0x80 if fin else 0) | opcode
+    m = 0x80 if mask else 0
+    n = len(payload)
+    if n < 126:
+        head = bytes([b0, m | n])
+    elif n < 65536:
+        head = bytes([b0, m | 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([b0, m | 127]) + n.to_bytes(8, "big")
+    if mask:
+        key = os.urandom(4)
+        head += key
+        payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    return head + payload
+
+
+def read_frame(c):
+    """(fin, opcode, masked, payload) of the next frame on RawConn c."""
+    h = c.read_exact(2)
+    n = h[1] & 0x7F
+    if n == 126:
+        n = int.from_bytes(c.read_exact(2), "big")
+    elif n == 127:
+        n = int.from_bytes(c.read_exact(8), "big")
+    key = c.read_exact(4) if h[1] & 0x80 else None
+    data = c.read_exact(n)
+    if key:
+        data = bytes(b ^ key[i % 4] for i, b in enumerate(data))
+    return bool(h[0] & 0x80), h[0] & 0x0F, key is not None, data
+
+
+def tokens(value):
+    return [t.strip().lower() for t in (value or "").split(",")]
+
+
+def assert_upgrade_headers(conn, ws):
+    assert conn.header("Upgrade").lower() == "websocket", conn.headers
+    assert "upgrade" in tokens(conn.header("Connection")), conn.headers
+    assert conn.header("Sec-WebSocket-Key") == ws.request_headers["Sec-WebSocket-Key"]
+    assert conn.header("Sec-WebSocket-Version") == "13"
+
+
+def _rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+# ---- harness self-checks (no daemon) -----------------------------------------------
+
+def test_harness_ws_upstream_direct(test_ca, ws_upstream):
+    async def body():
+        ws = await direct_connect(ws_upstream, "/echo?x=1", test_ca.ca_pem,
+                                  subprotocols=["chat.v1", "other"],
+                                  extra_headers=[("X-Trace-Id", "t-1")])
+        big = ("compress me " * 100000)[:MIB]
+        for m in ["hello \u2713", b"\x00\x01bin", big]:
+            await ws.send(m)
+            assert await asyncio.wait_for(ws.recv(), 5) == m
+        await asyncio.wait_for(await ws.ping(b"c1"), 3)
+        conn = ws_upstream.wait_conn(0)
+        assert (conn.target, conn.path, conn.status) == ("/echo?x=1", "/echo", 101)
+        assert conn.extensions == ["permessage-deflate"]
+        assert conn.subprotocol == "chat.v1" == ws.subprotocol
+        assert conn.header("X-Trace-Id") == "t-1"
+        assert conn.header("Sec-WebSocket-Key") == ws.request_headers["Sec-WebSocket-Key"]
+        assert ws.response_headers["X-Upstream-Ws"] == "yes"
+        assert conn.messages == [("text", "hello \u2713"), ("binary", b"\x00\x01bin"),
+                                 ("text", big)]
+        assert 0 < conn.wire_bytes_in < 64 * 1024
+        assert ws.wire_bytes_in < 64 * 1024
+        assert ("ping", b"c1") in conn.control
+        await ws.close(4321, "bye")
+        ws_upstream.wait(lambda: conn.ended and conn.close_code == 4321, 5, "close")
+        assert conn.close_reason == "bye"
+    run(body())
+
+
+def test_harness_ws_upstream_paths_direct(test_ca, ws_upstream):
+    ca = test_ca.ca_pem
+
+    async def body():
+        with pytest.raises(InvalidStatusCode) as ei:
+            await direct_connect(ws_upstream, "/status-401", ca)
+        assert ei.value.status_code == 401
+        ws = await direct_connect(ws_upstream, "/close-4001", ca)
+        await ws.send("x")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert (ws.close_rcvd.code, ws.close_rcvd.reason) == (4001, "upstream bye")
+        ws = await direct_connect(ws_upstream, "/drop", ca)
+        await ws.send("x")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_rcvd is None and ws.close_code == 1006
+        ws = await direct_connect(ws_upstream, "/big?n=1000000", ca, compression=None)
+        got = [await asyncio.wait_for(ws.recv(), 5) for _ in range(4)]
+        assert got == [wsu.big_message(i)[:1000000 - i * wsu.BIG_CHUNK] for i in range(4)]
+        await ws.close()
+        ws = await direct_connect(ws_upstream, "/greet", ca)
+        assert await asyncio.wait_for(ws.recv(), 5) == wsu.GREET_TEXT
+        assert await asyncio.wait_for(ws.recv(), 5) == wsu.GREET_BINARY
+        await ws.close()
+        ws = await direct_connect(ws_upstream, "/ping-client", ca)
+        await ws_upstream.await_(lambda: ws_upstream.conns()[-1].pong_ok, 5, "pong")
+        await ws.close()
+    run(body())
+    conns = ws_upstream.conns()
+    assert [c.status for c in conns] == [401, 101, 101, 101, 101, 101]
+    assert conns[4].big_sent == 0 and conns[3].big_sent == 1000000
+
+
+def test_harness_raw_upstream_direct(test_ca, raw_ws_upstream):
+    async def body():
+        ws = await direct_connect(raw_ws_upstream, "/ok", test_ca.ca_pem, compression=None)
+        assert await asyncio.wait_for(ws.recv(), 5) == "leak"
+        ws.transport.abort()
+        for path in ("/bad-accept", "/no-upgrade-header", "/wrong-upgrade",
+                     "/no-connection-upgrade", "/no-accept"):
+            with pytest.raises(InvalidHandshake):
+                await direct_connect(raw_ws_upstream, path, test_ca.ca_pem, compression=None)
+    run(body())
+    assert len(raw_ws_upstream.snapshot()) == 6
+
+
+def test_harness_plain_ws_upstream_direct(plain_ws_upstream):
+    async def body():
+        ws = await direct_connect(plain_ws_upstream, "/echo")
+        await ws.send("plain")
+        assert await asyncio.wait_for(ws.recv(), 5) == "plain"
+        await ws.close()
+    run(body())
+    assert plain_ws_upstream.wait_conn(0).header("Host") == \
+        f"plain.test:{plain_ws_upstream.port}"
+
+
+# ---- the upgrade exchange --------------------------------------------------------
+
+def test_upgrade_injects_credential_and_forwards_handshake(wsd, ws_upstream, secrets, mode):
+    d = wsd(mode)
+
+    async def body():
+        ws = await ws_connect(d, "/echo?q=1", subprotocols=["chat.v1", "other"],
+                              headers=[("Authorization", "Bearer dummy-agent"),
+                                       ("X-Trace-Id", "t-123"),
+                                       ("Origin", "https://agent.example")])
+        conn = await ws_upstream.aconn(0)
+        assert (conn.target, conn.status) == ("/echo?q=1", 101)
+        assert conn.header_values("Authorization") == [f"Bearer {secrets.openai_key}"]
+        assert not any("dummy-agent" in v for _, v in conn.headers), conn.headers
+        assert conn.header_values("Proxy-Authorization") == []
+        assert conn.header("Host") == OPENAI
+        assert_upgrade_headers(conn, ws)
+        assert conn.header("Sec-WebSocket-Protocol") == "chat.v1, other"
+        assert conn.header("X-Trace-Id") == "t-123"
+        assert conn.header("Origin") == "https://agent.example"
+        assert conn.header("User-Agent") == ws.request_headers["User-Agent"]
+        if mode == "splice":
+            assert conn.header("Sec-WebSocket-Extensions") == \
+                ws.request_headers["Sec-WebSocket-Extensions"]
+            assert conn.extensions == ["permessage-deflate"]
+        else:
+            assert conn.header_values("Sec-WebSocket-Extensions") == [], conn.headers
+            assert conn.extensions == []
+            assert ws.extensions == []
+        # the upstream's 101 reaches the agent
+        assert ws.subprotocol == "chat.v1"
+        assert ws.response_headers["X-Upstream-Ws"] == "yes"
+        assert secrets.openai_key not in str(ws.response_headers.raw_items())
+        for m in ["hi \u2713", b"\x00\xffbin"]:
+            await ws.send(m)
+            assert await asyncio.wait_for(ws.recv(), 5) == m
+        await ws.close()
+        await ws_upstream.await_(lambda: conn.ended, 5, "upstream end")
+        assert conn.close_code == 1000
+        assert conn.messages == [("text", "hi \u2713"), ("binary", b"\x00\xffbin")]
+    run(body())
+
+
+def test_message_sizes_roundtrip(wsd, ws_upstream, mode):
+    """Every payload-length encoding (7-bit, 16-bit, 64-bit), both types."""
+    d = wsd(mode)
+    sizes = [0, 1, 125, 126, 127, 65535, 65536, 70000, 3 * MIB]
+
+    async def body():
+        ws = await ws_connect(d, "/echo")
+        sent = []
+        for n in sizes:
+            b = os.urandom(n)
+            t = ("\u00e9t\u00e9 " * (n // 7 + 1))[:n]
+            for m in (b, t):
+                await ws.send(m)
+                sent.append(m)
+                got = await asyncio.wait_for(ws.recv(), 10)
+                assert got == m, f"{type(m).__name__} of {n} bytes/chars differs"
+        await ws.close()
+        conn = ws_upstream.conns()[0]
+        assert [m for _, m in conn.messages] == sent
+    run(body())
+
+
+def test_permessage_deflate_end_to_end(wsd, ws_upstream):
+    d = wsd("splice")
+
+    async def body():
+        ws = await ws_connect(d, "/echo")
+        conn = await ws_upstream.aconn(0)
+        assert conn.extensions == ["permessage-deflate"]
+        assert [e.name for e in ws.extensions] == ["permessage-deflate"]
+        assert ws.response_headers["Sec-WebSocket-Extensions"] == conn.response_extensions
+        msg = ("compress me " * 100000)[:MIB]
+        await ws.send(msg)
+        assert await asyncio.wait_for(ws.recv(), 10) == msg
+        # 1 MiB each way, compressed on the wire end to end
+        assert conn.wire_bytes_in < 64 * 1024, conn.wire_bytes_in
+        assert ws.wire_bytes_in < 64 * 1024, ws.wire_bytes_in
+        await ws.close()
+    run(body())
+
+
+def test_ping_pong(wsd, ws_upstream, mode):
+    d = wsd(mode)
+
+    async def body():
+        ws = await ws_connect(d, "/ping-client")
+        conn = await ws_upstream.aconn(0)
+        # the upstream's ping is answered (by the agent, or per hop in frame mode)
+        await ws_upstream.await_(lambda: conn.pong_ok is not None, 5, "upstream pong")
+        assert conn.pong_ok is True
+        await asyncio.wait_for(await ws.ping(b"client-ping-7"), 3)
+        if mode == "splice":
+            assert ("ping", b"client-ping-7") in conn.control
+        await ws.send("after pings")
+        assert await asyncio.wait_for(ws.recv(), 5) == "after pings"
+        await ws.close()
+    run(body())
+
+
+def test_close_code_client_to_upstream(wsd, ws_upstream, mode):
+    d = wsd(mode)
+
+    async def body():
+        ws = await ws_connect(d, "/record")
+        await ws.send("m1")
+        conn = await ws_upstream.aconn(0)
+        await ws_upstream.await_(lambda: conn.messages, 5, "m1")
+        await asyncio.wait_for(ws.close(4321, "client bye"), 5)
+        await ws_upstream.await_(lambda: conn.ended, 5, "upstream end")
+        assert (conn.close_code, conn.close_reason) == (4321, "client bye")
+        assert conn.messages == [("text", "m1")]
+        # the upstream's answering close comes back with the same code
+        assert ws.close_rcvd is not None and ws.close_rcvd.code == 4321
+    run(body())
+
+
+def test_close_code_upstream_to_client(wsd, ws_upstream, mode):
+    d = wsd(mode)
+
+    async def body():
+        ws = await ws_connect(d, "/close-4001")
+        await ws.send("trigger")
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 5)
+        assert ws.close_rcvd is not None
+        assert (ws.close_rcvd.code, ws.close_rcvd.reason) == (4001, "upstream bye")
+        conn = await ws_upstream.aconn(0)
+        await ws_upstream.await_(lambda: conn.ended, 5, "upstream end")
+        assert conn.close_code == 4001  # the agent's echo of the close
+    run(body())
+
+
+def test_upstream_tcp_drop_ends_client(wsd, ws_upstream, mode):
+    d = wsd(mode)
+
+    async def body():
+        ws = await ws_connect(d, "/drop")
+        await ws.send("trigger")
+        t0 = time.monotonic()
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert time.monotonic() - t0 < 5
+        if mode == "splice":  # bytes untouched: no close frame made up by the proxy
+            assert ws.close_rcvd is None, ws.close_rcvd
+    run(body())
+
+
+def test_client_tcp_close_seen_by_upstream(wsd, ws_upstream, mode):
+    d = wsd(mode)
+
+    async def body():
+        ws = await ws_connect(d, "/record")
+        await ws.send("before abort")
+        conn = await ws_upstream.aconn(0)
+        await ws_upstream.await_(lambda: conn.messages, 5, "message")
+        ws.transport.abort()  # no close frame
+        await ws_upstream.await_(lambda: conn.ended, 5, "upstream end")
+        if mode == "splice":
+            assert conn.close_code is None
+    run(body())
+
+
+@pytest.mark.parametrize("code", [200, 401, 404])
+def test_non_101_answer_relayed_and_tunnel_stays_http(wsd, ws_upstream, secrets, code):
+    d = wsd()
+    c = tls_tunnel(d)
+    try:
+        req, _ = upgrade_request(f"/status-{code}")
+        c.send(req)
+        r = c.read_response()
+        assert (r.status, r.body) == (code, wsu.status_body(code)), r.raw_head
+        assert r.header("X-Upstream-Plain") == "yes"
+        if code == 401:
+            assert r.header("WWW-Authenticate") == 'Bearer realm="test"'
+        c.send(f"GET /status-200 HTTP/1.1\r\nHost: {OPENAI}\r\n\r\n".encode())
+        r2 = c.read_response()
+        assert (r2.status, r2.body) == (200, wsu.status_body(200)), r2.raw_head
+    finally:
+        c.close()
+    first, second = ws_upstream.conns()[:2]
+    assert (first.target, first.status) == (f"/status-{code}", code)
+    assert first.header_values("Authorization") == [f"Bearer {secrets.openai_key}"]
+    assert first.header("Upgrade").lower() == "websocket"
+    assert (second.target, second.status) == ("/status-200", 200)
+    assert second.header_values("Upgrade") == []
+
+
+@pytest.mark.parametrize("path", ["/bad-accept", "/no-upgrade-header", "/wrong-upgrade",
+                                  "/no-connection-upgrade", "/no-accept"])
+def test_invalid_101_answered_502(wsd, raw_ws_upstream, secrets, path):
+    d = wsd(port=raw_ws_upstream.port)
+    c = tls_tunnel(d)
+    try:
+        req, key = upgrade_request(path)
+        c.send(req)
+        r = c.read_response()
+        assert_raw_proxy_error(r, 502)
+        rest = read_rest(c, 1.0)
+        assert rest == b"", f"bytes relayed after the 502: {rest!r}"
+    finally:
+        c.close()
+    rec = raw_ws_upstream.wait_records(1)[0]
+    assert rec.target == path
+    hv = client.header_values
+    assert hv(rec.headers, "Authorization") == [f"Bearer {secrets.openai_key}"]
+    # it was forwarded as an upgrade (the 502 is about the answer)
+    assert [v.lower() for v in hv(rec.headers, "Upgrade")] == ["websocket"]
+    assert "upgrade" in tokens(",".join(hv(rec.headers, "Connection")))
+    assert hv(rec.headers, "Sec-WebSocket-Key") == [key]
+
+
+def test_websocket_off_answers_426(wsd, ws_upstream):
+    d = wsd("off")
+    c = tls_tunnel(d)
+    try:
+        req, _ = upgrade_request("/echo")
+        c.send(req)
+        r = c.read_response()
+        assert_raw_proxy_error(r, 426)
+    finally:
+        c.close()
+    time.sleep(0.3)
+    assert ws_upstream.conns() == []
+    # plain HTTP to the same service still works
+    c = tls_tunnel(d)
+    try:
+        c.send(f"GET /status-200 HTTP/1.1\r\nHost: {OPENAI}\r\n\r\n".encode())
+        assert c.read_response().status == 200
+    finally:
+        c.close()
+    assert [x.target for x in ws_upstream.conns()] == ["/status-200"]
+
+
+def test_exchange_log_line(wsd, ws_upstream):
+    d = wsd()
+
+    async def body():
+        ws = await ws_connect(d, "/echo?wsq=q9d2c7")
+        await ws.send("x")
+        assert await asyncio.wait_for(ws.recv(), 5) == "x"
+        await ws.close()
+    run(body())
+    words = ("GET", OPENAI, "/echo", "openai", "101")
+    d.wait_log(lambda line: all(w in line for w in words))
+    assert "q9d2c7" not in d.log_text(), "the query string appears in the daemon's output"
+
+
+# ---- timers and flow control ------------------------------------------------------
+
+def test_idle_timeout_closes(wsd, ws_upstream, mode):
+    d = wsd(mode, proxy_extra="websocket_idle_timeout = 1")
+
+    async def body():
+        ws = await ws_connect(d, "/record")
+        t0 = time.monotonic()
+        conn = await ws_upstream.aconn(0)
+        await asyncio.wait_for(ws.wait_closed(), 6)
+        elapsed = time.monotonic() - t0
+        assert 0.8 <= elapsed <= 4.5, elapsed
+        await ws_upstream.await_(lambda: conn.ended, 3, "upstream end")
+    run(body())
+
+
+def test_idle_timeout_reset_by_traffic(wsd, ws_upstream):
+    d = wsd(proxy_extra="websocket_idle_timeout = 1")
+
+    async def body():
+        ws = await ws_connect(d, "/echo")
+        conn = await ws_upstream.aconn(0)
+        for i in range(8):  # 2.4 s of traffic, never 1 s idle
+            await ws.send(f"tick {i}")
+            assert await asyncio.wait_for(ws.recv(), 2) == f"tick {i}"
+            await asyncio.sleep(0.3)
+        assert ws.open and not conn.ended
+        await asyncio.wait_for(ws.wait_closed(), 5)  # then idle: closed
+    run(body())
+
+
+def test_default_idle_timeout_keeps_quiet_socket(wsd, ws_upstream):
+    """Default 900 s: 2.5 s without traffic is fine."""
+    d = wsd()
+
+    async def body():
+        ws = await ws_connect(d, "/echo")
+        await asyncio.sleep(2.5)
+        await ws.send("still here")
+        assert await asyncio.wait_for(ws.recv(), 3) == "still here"
+        await ws.close()
+    run(body())
+
+
+def test_backpressure_slow_client(wsd, ws_upstream, mode):
+    n = 64 * MIB
+    d = wsd(mode)
+
+    async def body():
+        # no compression (it would shrink the stream), a 1-message client queue
+        ws = await ws_connect(d, f"/big?n={n}", compression=None, max_queue=1)
+        conn = await ws_upstream.aconn(0)
+        rss0 = _rss_kib(d.proc.pid)
+        await asyncio.sleep(1.0)
+        s1 = conn.big_sent
+        await asyncio.sleep(0.5)
+        s2 = conn.big_sent
+        rss1 = _rss_kib(d.proc.pid)
+        assert s2 < 32 * MIB, f"upstream sent {s2} bytes to a client that reads nothing"
+        assert s2 - s1 <= MIB, f"upstream still sending: {s1} -> {s2}"
+        assert rss1 - rss0 < 32 << 10, (rss0, rss1)
+        for i in range(n // wsu.BIG_CHUNK):
+            m = await asyncio.wait_for(ws.recv(), 10)
+            assert m == wsu.big_message(i), f"message {i} differs (len {len(m)})"
+        await ws_upstream.await_(lambda: conn.big_sent == n, 5, "all sent")
+        await ws.close()
+    run(body(), timeout=45)
+
+
+# ---- frame mode -----------------------------------------------------------------
+
+def test_frame_mode_substitutes_placeholder_in_client_text(wsd, ws_upstream, secrets):
+    d = wsd("frame")
+    key = secrets.openai_key
+    big = PLACEHOLDER + "y" * (2 * MIB) + PLACEHOLDER
+
+    async def body():
+        ws = await ws_connect(d, "/record")  # offers permessage-deflate
+        conn = await ws_upstream.aconn(0)
+        assert conn.header_values("Sec-WebSocket-Extensions") == []
+        assert conn.extensions == [] and ws.extensions == []
+        await ws.send(f"key={PLACEHOLDER}&again={PLACEHOLDER}")
+        await ws.send(b"bin " + PLACEHOLDER.encode())
+        await ws.send("no placeholder \u2713")
+        await ws.send(iter(["abc__OPENAI", "_KEY__def", f" {PLACEHOLDER}"]))  # fragmented
+        await ws.send(big)
+        await ws.send("__OPENAI_KEY_ partial")
+        await ws_upstream.await_(lambda: len(conn.messages) >= 6, 10, "6 messages")
+        assert conn.messages == [
+            ("text", f"key={key}&again={key}"),
+            ("binary", b"bin " + PLACEHOLDER.encode()),
+            ("text", "no placeholder \u2713"),
+            ("text", f"abc{key}def {key}"),
+            ("text", key + "y" * (2 * MIB) + key),
+            ("text", "__OPENAI_KEY_ partial"),
+        ]
+        await ws.close(1000)
+        await ws_upstream.await_(lambda: conn.ended, 5, "upstream end")
+        assert conn.close_code == 1000
+    run(body())
+
+
+def test_frame_mode_server_messages_unchanged(wsd, ws_upstream, secrets):
+    d = wsd("frame")
+
+    async def body():
+        ws = await ws_connect(d, "/greet")
+        assert await asyncio.wait_for(ws.recv(), 5) == wsu.GREET_TEXT
+        assert await asyncio.wait_for(ws.recv(), 5) == wsu.GREET_BINARY
+        await ws.send(b"echo me " + PLACEHOLDER.encode())
+        assert await asyncio.wait_for(ws.recv(), 5) == b"echo me " + PLACEHOLDER.encode()
+        await ws.close()
+    run(body())
+
+
+def test_frame_mode_invalid_utf8_closes_1007(wsd, ws_upstream):
+    d = wsd("frame")
+
+    async def body():
+        ws = await ws_connect(d, "/record")
+        conn = await ws_upstream.aconn(0)
+        await ws.write_frame(True, OP_TEXT, b"bad \xff\xfe utf8")
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_rcvd is not None and ws.close_rcvd.code == 1007, ws.close_rcvd
+        await ws_upstream.await_(lambda: conn.ended, 5, "upstream end")
+        assert conn.messages == []
+        # av_ws.h: the other side gets 1001 "going away"
+        assert conn.close_code == 1001
+    run(body())
+
+
+def test_frame_mode_unmasked_client_frame_closes_1002(wsd, ws_upstream):
+    d = wsd("frame")
+
+    async def body():
+        ws = await ws_connect(d, "/record")
+        conn = await ws_upstream.aconn(0)
+        ws.transport.write(encode_frame(0x1, b"unmasked", mask=False))
+        await asyncio.wait_for(ws.wait_closed(), 5)
+        assert ws.close_rcvd is not None and ws.close_rcvd.code == 1002, ws.close_rcvd
+        await ws_upstream.await_(lambda: conn.ended, 5, "upstream end")
+        assert conn.messages == []
+    run(body())
+
+
+# ---- other transports -------------------------------------------------------------
+
+def plain_daemon(daemon, secrets, port):
+    return daemon(config_text(secrets, extra=plain_service(port)),
+                  extra_resolve=[f"plain.test:{port}:127.0.0.1"])
+
+
+def test_cleartext_connect_tunnel(daemon, plain_ws_upstream, secrets):
+    port = plain_ws_upstream.port
+    d = plain_daemon(daemon, secrets, port)
+
+    async def body():
+        sock = await asyncio.get_running_loop().run_in_executor(
+            None, open_tunnel, d, f"plain.test:{port}")
+        ws = await websockets.connect(f"ws://plain.test:{port}/echo", sock=sock,
+                                      extra_headers=[("Authorization", "Bearer dummy")],
+                                      **ws_options({}))
+        await ws.send("through a cleartext tunnel")
+        assert await asyncio.wait_for(ws.recv(), 5) == "through a cleartext tunnel"
+        conn = await plain_ws_upstream.aconn(0)
+        assert conn.header_values("Authorization") == [f"Bearer {secrets.plain_key}"]
+        assert conn.header("Host") == f"plain.test:{port}"
+        assert_upgrade_headers(conn, ws)
+        assert conn.extensions == ["permessage-deflate"]
+        await ws.close()
+    run(body())
+
+
+def test_absolute_form_http_upgrade(daemon, plain_ws_upstream, secrets):
+    port = plain_ws_upstream.port
+    d = plain_daemon(daemon, secrets, port)
+    c = client.RawConn.connect(d.port, timeout=10)
+    try:
+        req, key = upgrade_request(f"http://plain.test:{port}/echo",
+                                   host=f"plain.test:{port}")
+        c.send(req)
+        status, headers = parse_head(c.read_head())
+        assert status == 101, headers
+        assert client.one_header(headers, "Upgrade").lower() == "websocket"
+        assert "upgrade" in tokens(client.one_header(headers, "Connection"))
+        assert client.one_header(headers, "Sec-WebSocket-Accept") == wsu.accept_for(key)
+        c.send(encode_frame(0x1, b"absolute-form hello"))
+        assert read_frame(c) == (True, 0x1, False, b"absolute-form hello")
+        c.send(encode_frame(0x8, (1000).to_bytes(2, "big") + b"done"))
+        fin, op, masked, data = read_frame(c)
+        assert (op, data[:2]) == (0x8, (1000).to_bytes(2, "big"))
+    finally:
+        c.close()
+    conn = plain_ws_upstream.wait_conn(0)
+    assert conn.target == "/echo"
+    assert conn.header_values("Authorization") == [f"Bearer {secrets.plain_key}"]
+    assert conn.header("Host") == f"plain.test:{port}"
+    plain_ws_upstream.wait(lambda: conn.ended, 5, "upstream end")
+    assert conn.close_code == 1000
+
+
+def https_proxy_socket(d, target):
+    """CONNECT through an https:// proxy URL (TLS to the proxy), bridged to a
+    socketpair so that the inner TLS can be another ssl layer. Returns
+    (socket for the client, stop function)."""
+    raw = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    outer = client_ctx(d.ca_pem).wrap_socket(raw, server_hostname="127.0.0.1")
+    c = client.RawConn(outer, timeout=10)
+    c.send(f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n".encode())
+    r = c.read_response(method="CONNECT")
+    assert r.status == 200 and c.buf == b"", r.raw_head
+    mine, theirs = socket.socketpair()
+    stop = threading.Event()
+
+    def pump():  # one thread: no concurrent use of the SSLSocket
+        try:
+            while not stop.is_set():
+                ready = [outer] if outer.pending() else \
+                    select.select([outer, mine], [], [], 0.1)[0]
+                if outer in ready:
+                    data = outer.recv(65536)
+                    if not data:
+                        break
+                    mine.sendall(data)
+                if mine in ready:
+                    data = mine.recv(65536)
+                    if not data:
+                        break
+                    outer.sendall(data)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            for s in (mine, outer):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+
+    def close():
+        stop.set()
+        t.join(5)
+    return theirs, close
+
+
+def test_through_https_proxy_url(wsd, ws_upstream, secrets):
+    d = wsd()
+
+    async def body():
+        sock, close = await asyncio.get_running_loop().run_in_executor(
+            None, https_proxy_socket, d, f"{OPENAI}:443")
+        try:
+            ws = await ws_connect(d, "/echo", sock=sock)
+            await ws.send("tls in tls")
+            assert await asyncio.wait_for(ws.recv(), 5) == "tls in tls"
+            await ws.close()
+        finally:
+            close()
+        conn = ws_upstream.conns()[0]
+        assert conn.header_values("Authorization") == [f"Bearer {secrets.openai_key}"]
+    run(body())
+
+
+def test_concurrent_websockets_and_http(wsd, ws_upstream, upstream, secrets):
+    """Open WebSockets do not stall other connections of the daemon."""
+    d = wsd()
+
+    async def body():
+        a = await ws_connect(d, "/echo")
+        b = await ws_connect(d, "/echo")
+        for i in range(5):
+            await a.send(f"a{i}")
+            await b.send(f"b{i}")
+            assert await asyncio.wait_for(b.recv(), 5) == f"b{i}"
+            assert await asyncio.wait_for(a.recv(), 5) == f"a{i}"
+        r = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: d.curl("https://api.github.com/repos/a/b", timeout=10))
+        assert r.returncode == 0 and r.status == 404, r.describe()
+        await a.send("a-last")
+        assert await asyncio.wait_for(a.recv(), 5) == "a-last"
+        await a.close()
+        await b.close()
+    run(body())
+    assert len(ws_upstream.conns()) == 2
