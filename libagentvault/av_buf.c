@@ -49,11 +49,19 @@ uint8_t *av__buf_reserve(av_buf *b, size_t n, int *err)
         want *= 2;
     if (want > b->max)
         want = b->max;
-    uint8_t *d = av__realloc(b->data, want);
+    /* Grow by copy-and-wipe, not realloc: buffers may hold credential
+     * bytes, and a freed old block must not keep them. Growth is rare
+     * (a handful of doublings per buffer). */
+    uint8_t *d = av__malloc(want);
     if (!d) {
         if (err)
             *err = AV_ERR_NOMEM;
         return NULL;
+    }
+    if (b->data) {
+        memcpy(d, b->data, b->len);
+        av__wipe(b->data, b->cap);
+        av__free(b->data);
     }
     b->data = d;
     b->cap = want;

@@ -23,7 +23,7 @@ void av__buf_init(av_buf *b, size_t max);
 void av__buf_free(av_buf *b);
 void av__buf_free_wipe(av_buf *b);
 
-static inline const uint8_t *av__buf_head(const av_buf *b) { return b->data + b->off; }
+static inline const uint8_t *av__buf_head(const av_buf *b) { return b->data ? b->data + b->off : b->data; }
 static inline size_t av__buf_len(const av_buf *b) { return b->len; }
 /* Bytes that can still be appended without exceeding max. */
 static inline size_t av__buf_room(const av_buf *b) { return b->max - b->len; }

@@ -718,9 +718,20 @@ static int x_ws_step(av_conn *c)
             progress = 1;
         x->bytes_req += a0 - c->a.pin->len;
         x->bytes_resp += u0 - u->pin->len;
-        if (rc == AV_ERR_PARSE)
-            av__log(&c->ctx->log, AV_LOG_INFO, "websocket host=%s path=%s: protocol violation, closing",
-                    x->host, x->log_path);
+        if (rc == AV_ERR_PARSE || rc == AV_ERR_DENIED) {
+            av__log(&c->ctx->log, AV_LOG_INFO, "websocket host=%s path=%s: %s, closing", x->host, x->log_path,
+                    rc == AV_ERR_PARSE ? "protocol violation" : "message refused by policy");
+        } else if (rc < 0) {
+            /* Out of memory or an internal failure: drop both sides. */
+            av__log(&c->ctx->log, AV_LOG_WARN, "websocket host=%s path=%s: relay failed: %s", x->host,
+                    x->log_path, av_strerror(rc));
+            x->up_reusable = 0;
+            x->resp_done = x->req_done = 1;
+            c->close_after = 1;
+            x_finish(c, av_strerror(rc));
+            c->a.want_shut = 1;
+            return 1;
+        }
     } else {
         size_t n = c->a.pin->len;
         if (n > av__buf_room(u->pout))

@@ -1,0 +1,273 @@
+/* fuzz_ws.c - libFuzzer target for the WebSocket frame-mode bridge.
+ *
+ * The first byte splits the rest into agent bytes and upstream bytes and
+ * picks the configuration (message cap, filter, buffer sizes). The bytes
+ * are fed in pseudo-random pieces through small bounded buffers that are
+ * drained in pseudo-random amounts. Checked: outputs never exceed their
+ * bound; every pump returns a documented value; what the bridge writes is
+ * well-formed (masked toward the upstream only, RSV clear, known opcodes,
+ * control frames <= 125 bytes and unfragmented, nothing after a close);
+ * and once both streams ended and the outputs are drained the bridge is
+ * done. av__ws_accept_key and av__subst_replace are fuzzed on the side.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <agentvault/agentvault.h>
+
+#include "av_buf.h"
+#include "av_mem.h"
+#include "av_ws.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(x)                                                                                   \
+    do {                                                                                           \
+        if (!(x))                                                                                  \
+            abort();                                                                               \
+    } while (0)
+
+/* rng is a small xorshift generator seeded from the input. */
+typedef struct rng {
+    uint64_t s;
+} rng;
+
+/* rng_seed hashes the input (FNV-1a) into a non-zero state. */
+static void rng_seed(rng *r, const uint8_t *p, size_t n)
+{
+    uint64_t h = UINT64_C(1469598103934665603);
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ p[i]) * UINT64_C(1099511628211);
+    r->s = h ? h : 1;
+}
+
+/* rng_next returns a value in 0..max-1 (max > 0). */
+static size_t rng_next(rng *r, size_t max)
+{
+    r->s ^= r->s << 13;
+    r->s ^= r->s >> 7;
+    r->s ^= r->s << 17;
+    return (size_t)(r->s % max);
+}
+
+/* A checker for one output stream of the bridge. */
+typedef struct out_check {
+    av_buf acc;      /* bytes not yet parsed */
+    int masked;      /* frames must be masked (toward the upstream) */
+    int closed;      /* a close frame was seen */
+} out_check;
+
+/* check_frames parses complete frames from |c| and checks them. */
+static void check_frames(out_check *c)
+{
+    for (;;) {
+        size_t n = av__buf_len(&c->acc);
+        if (n < 2)
+            return;
+        const uint8_t *p = av__buf_head(&c->acc);
+        unsigned fin = p[0] >> 7, rsv = (p[0] >> 4) & 7, op = p[0] & 15;
+        unsigned masked = p[1] >> 7;
+        uint64_t len = p[1] & 127;
+        size_t off = 2;
+        if (len == 126) {
+            if (n < 4)
+                return;
+            len = (uint64_t)p[2] << 8 | p[3];
+            CHECK(len >= 126);
+            off = 4;
+        } else if (len == 127) {
+            if (n < 10)
+                return;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | p[2 + i];
+            CHECK(len >= 65536 && !(len >> 63));
+            off = 10;
+        }
+        if (masked)
+            off += 4;
+        if (n < off || n - off < len)
+            return;
+        CHECK(!c->closed);
+        CHECK(fin == 1 && rsv == 0);
+        CHECK(masked == (unsigned)c->masked);
+        CHECK(op == 1 || op == 2 || op == 8 || op == 9 || op == 10);
+        if (op >= 8)
+            CHECK(len <= 125);
+        if (op == 8) {
+            CHECK(len != 1);
+            c->closed = 1;
+        }
+        av__buf_consume(&c->acc, off + (size_t)len);
+    }
+}
+
+/* drain moves up to |n| bytes of |out| into the checker. */
+static void drain(av_buf *out, out_check *c, size_t n)
+{
+    if (n > av__buf_len(out))
+        n = av__buf_len(out);
+    if (n == 0)
+        return;
+    CHECK(av__buf_append(&c->acc, av__buf_head(out), n) == 0);
+    av__buf_consume(out, n);
+    check_frames(c);
+}
+
+/* fuzz_filter replaces a placeholder and refuses messages with "\x01!". */
+static int fuzz_filter(void *ud, const uint8_t *msg, size_t len, uint8_t **out, size_t *out_len)
+{
+    (void)ud;
+    if (len >= 2 && memmem(msg, len, "\x01!", 2))
+        return AV_ERR_DENIED;
+    uint8_t *res = NULL;
+    size_t rl = 0;
+    int r = av__subst_replace(msg, len, (const uint8_t *)"__K__", 5,
+                              (const uint8_t *)"sk-secret-value", 15, 1 << 16, &res, &rl);
+    if (r < 0)
+        return r;
+    if (r == 1) {
+        *out = res;
+        *out_len = rl;
+    }
+    return 0;
+}
+
+/* fuzz_bridge runs the bridge on the two byte streams. */
+static void fuzz_bridge(uint8_t cfg, const uint8_t *ag, size_t ag_len, const uint8_t *up,
+                        size_t up_len, rng *r)
+{
+    static const size_t caps[4] = {0, 64, 1000, 70000};
+    av_ws_bridge *b = NULL;
+    if (av__ws_bridge_new(&b, caps[cfg & 3], (cfg & 4) ? fuzz_filter : NULL, NULL) != AV_OK)
+        return;
+    av_buf ain, aout, uin, uout;
+    av__buf_init(&ain, 1 + rng_next(r, 4096));
+    av__buf_init(&uin, 1 + rng_next(r, 4096));
+    av__buf_init(&aout, 1 + rng_next(r, (cfg & 8) ? 16 : 4096));
+    av__buf_init(&uout, 1 + rng_next(r, (cfg & 8) ? 16 : 4096));
+    out_check ca = {.masked = 0}, cu = {.masked = 1};
+    av__buf_init(&ca.acc, 1 << 22);
+    av__buf_init(&cu.acc, 1 << 22);
+
+    size_t ag_off = 0, up_off = 0;
+    int ag_eof = 0, up_eof = 0, idle = 0;
+    for (long round = 0; round < 200000; round++) {
+        /* feed */
+        size_t ag_before = ag_off, up_before = up_off;
+        size_t n = rng_next(r, 600);
+        if (n > ag_len - ag_off)
+            n = ag_len - ag_off;
+        if (n > av__buf_room(&ain))
+            n = av__buf_room(&ain);
+        CHECK(av__buf_append(&ain, ag + ag_off, n) == 0);
+        ag_off += n;
+        n = rng_next(r, 600);
+        if (n > up_len - up_off)
+            n = up_len - up_off;
+        if (n > av__buf_room(&uin))
+            n = av__buf_room(&uin);
+        CHECK(av__buf_append(&uin, up + up_off, n) == 0);
+        up_off += n;
+        int fed = ag_off != ag_before || up_off != up_before;
+        /* a stream ends when all of it was fed (early when cfg says so), or
+         * when the bridge stopped taking it */
+        if (!ag_eof && ((ag_off == ag_len && ((cfg & 16) || idle > 2)) || idle > 5)) {
+            av__ws_bridge_agent_eof(b);
+            ag_eof = 1;
+        }
+        if (!up_eof && ((up_off == up_len && ((cfg & 32) || idle > 2)) || idle > 5)) {
+            av__ws_bridge_upstream_eof(b);
+            up_eof = 1;
+        }
+
+        int rc = av__ws_bridge_pump(b, &ain, &aout, &uin, &uout);
+        CHECK(rc == 0 || rc == 1 || rc == AV_ERR_PARSE || rc == AV_ERR_DENIED ||
+              rc == AV_ERR_NOMEM);
+        CHECK(av__buf_len(&aout) <= aout.max && av__buf_len(&uout) <= uout.max);
+        if (rc == AV_ERR_NOMEM)
+            break;
+
+        /* drain: sometimes partly, sometimes nothing */
+        size_t da = rng_next(r, 4) ? rng_next(r, 5000) : 0;
+        size_t du = rng_next(r, 4) ? rng_next(r, 5000) : 0;
+        size_t before = av__buf_len(&aout) + av__buf_len(&uout);
+        drain(&aout, &ca, da);
+        drain(&uout, &cu, du);
+        int drained = before != av__buf_len(&aout) + av__buf_len(&uout);
+
+        if (ag_eof && up_eof && rc == 0 && !drained && av__buf_len(&aout) == 0 &&
+            av__buf_len(&uout) == 0) {
+            /* both streams ended, everything written and read: done */
+            CHECK(av__ws_bridge_done(b));
+            break;
+        }
+        idle = (rc == 0 && !drained && !fed) ? idle + 1 : 0;
+        CHECK(idle < 1000); /* no livelock */
+    }
+    av_ws_stats st;
+    av__ws_bridge_stats(b, &st);
+    CHECK(st.close_code_agent == 0 || (st.close_code_agent >= 1000 && st.close_code_agent < 5000));
+    av__ws_bridge_free(b);
+    av__buf_free(&ain);
+    av__buf_free(&uin);
+    av__buf_free(&aout);
+    av__buf_free(&uout);
+    av__buf_free(&ca.acc);
+    av__buf_free(&cu.acc);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 2)
+        return 0;
+    rng r;
+    rng_seed(&r, data, size);
+    uint8_t cfg = data[1];
+    const uint8_t *rest = data + 2;
+    size_t rest_len = size - 2;
+    size_t split = rest_len * data[0] / 255;
+    fuzz_bridge(cfg, rest, split, rest + split, rest_len - split, &r);
+
+    /* accept key on a prefix: accepted keys give 28 base64 chars + '=' */
+    char out[29];
+    size_t kl = rest_len < 30 ? rest_len : 24 + (data[0] & 3);
+    if (kl > rest_len)
+        kl = rest_len;
+    if (av__ws_accept_key((const char *)rest, kl, out) == AV_OK)
+        CHECK(kl == 24 && strlen(out) == 28 && out[27] == '=');
+
+    /* substitution: needle and replacement from the input */
+    if (rest_len >= 4) {
+        size_t nl = 1 + (data[0] % 3), rl = data[1] % 5;
+        if (nl + rl <= rest_len) {
+            const uint8_t *needle = rest, *repl = rest + nl, *in = rest + nl + rl;
+            size_t in_len = rest_len - nl - rl;
+            uint8_t *res = NULL;
+            size_t res_len = 0;
+            size_t max_out = (cfg & 64) ? in_len : in_len * 4 + 8;
+            int rc = av__subst_replace(in, in_len, needle, nl, repl, rl, max_out, &res, &res_len);
+            CHECK(rc == 0 || rc == 1 || rc == AV_ERR_LIMIT);
+            if (rc == 1) {
+                CHECK(res_len <= max_out);
+                /* count hits the simple way and check the length */
+                size_t hits = 0;
+                for (size_t i = 0; i + nl <= in_len;) {
+                    if (memcmp(in + i, needle, nl) == 0) {
+                        hits++;
+                        i += nl;
+                    } else {
+                        i++;
+                    }
+                }
+                CHECK(hits > 0 && res_len == in_len - hits * nl + hits * rl);
+                av__wipe(res, res_len);
+                av__free(res);
+            } else {
+                CHECK(res == NULL);
+            }
+        }
+    }
+    return 0;
+}
