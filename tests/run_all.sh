@@ -6,6 +6,9 @@
 #   3. ASan+UBSan build: the same (a sanitizer report fails the run)
 #   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 20)
 #
+# First it installs the npm clients (scripts/setup-node.sh): the real Codex
+# CLI (pinned 0.131.0 and the newest), ws and https-proxy-agent.
+#
 # Environment: AV_TEST_ONLY=boringssl|openssl|asan|fuzz runs one layer;
 # FUZZ_SECONDS=N; BUILD_ROOT=dir (default ./build-tests).
 set -uo pipefail
@@ -105,6 +108,13 @@ suite() {
 }
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
+
+# Node clients for the Codex and ws tests (npm; idempotent and quick when
+# already installed). A failure here fails the run: those tests need them.
+note "npm test dependencies"
+if ! "$root/scripts/setup-node.sh"; then
+  add 0 1 "setup-node.sh"
+fi
 
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:exitcode=86:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1:exitcode=87}
