@@ -1495,24 +1495,31 @@ static int path_ok(const char *s)
     return 1;
 }
 
-/* av_config_set_state_dir replaces the state directory. Returns
- * AV_ERR_INVALID or AV_ERR_NOMEM. */
-AV_EXPORT int av_config_set_state_dir(av_config *cfg, const char *dir)
+/* set_path replaces the string at |dst| with a copy of |path| after a
+ * syntax check; |what| names it in the error. */
+static int set_path(av_config *cfg, char **dst, const char *path, const char *what)
 {
     if (!cfg)
         return AV_ERR_INVALID;
-    if (!path_ok(dir)) {
-        set_error(cfg, "invalid state directory");
+    if (!path_ok(path)) {
+        set_error(cfg, "invalid %s", what);
         return AV_ERR_INVALID;
     }
-    char *d = av__strdup(dir);
+    char *d = av__strdup(path);
     if (!d) {
         set_error(cfg, "out of memory");
         return AV_ERR_NOMEM;
     }
-    av__free(cfg->state_dir);
-    cfg->state_dir = d;
+    av__free(*dst);
+    *dst = d;
     return AV_OK;
+}
+
+/* av_config_set_state_dir replaces the state directory. Returns
+ * AV_ERR_INVALID or AV_ERR_NOMEM. */
+AV_EXPORT int av_config_set_state_dir(av_config *cfg, const char *dir)
+{
+    return set_path(cfg, cfg ? &cfg->state_dir : NULL, dir, "state directory");
 }
 
 /* av_config_add_resolve appends a "HOST:PORT:ADDR" override. Returns
@@ -1547,20 +1554,7 @@ AV_EXPORT int av_config_add_resolve(av_config *cfg, const char *host_port_addr)
  * servers. Returns AV_ERR_INVALID or AV_ERR_NOMEM. */
 AV_EXPORT int av_config_set_upstream_cafile(av_config *cfg, const char *path)
 {
-    if (!cfg)
-        return AV_ERR_INVALID;
-    if (!path_ok(path)) {
-        set_error(cfg, "invalid CA file path");
-        return AV_ERR_INVALID;
-    }
-    char *d = av__strdup(path);
-    if (!d) {
-        set_error(cfg, "out of memory");
-        return AV_ERR_NOMEM;
-    }
-    av__free(cfg->upstream_cafile);
-    cfg->upstream_cafile = d;
-    return AV_OK;
+    return set_path(cfg, cfg ? &cfg->upstream_cafile : NULL, path, "CA file path");
 }
 
 /* av_config_validate checks cross-field rules. Returns AV_ERR_CONFIG. */

@@ -637,6 +637,20 @@ static int x_pump_request_body(av_conn *c)
     return progress;
 }
 
+/* Copy what fits from |from| to |to| (splice relays). Returns progress. */
+static int splice_bytes(av_buf *from, av_buf *to, unsigned long long *count)
+{
+    size_t n = from->len;
+    if (n > av__buf_room(to))
+        n = av__buf_room(to);
+    if (n == 0 || av__buf_append(to, av__buf_head(from), n) != AV_OK)
+        return 0;
+    av__buf_consume(from, n);
+    if (count)
+        *count += n;
+    return 1;
+}
+
 /* Check the upstream's 101 (SECURITY 9). Returns NULL or the reason. */
 static const char *x_ws_check_101(const av_exchange *x, const av_h1_response *resp)
 {
@@ -733,24 +747,8 @@ static int x_ws_step(av_conn *c)
             return 1;
         }
     } else {
-        size_t n = c->a.pin->len;
-        if (n > av__buf_room(u->pout))
-            n = av__buf_room(u->pout);
-        if (n) {
-            av__buf_append(u->pout, av__buf_head(c->a.pin), n);
-            av__buf_consume(c->a.pin, n);
-            x->bytes_req += n;
-            progress = 1;
-        }
-        n = u->pin->len;
-        if (n > av__buf_room(c->a.pout))
-            n = av__buf_room(c->a.pout);
-        if (n) {
-            av__buf_append(c->a.pout, av__buf_head(u->pin), n);
-            av__buf_consume(u->pin, n);
-            x->bytes_resp += n;
-            progress = 1;
-        }
+        progress |= splice_bytes(c->a.pin, u->pout, &x->bytes_req);
+        progress |= splice_bytes(u->pin, c->a.pout, &x->bytes_resp);
         /* Half-closes propagate: EOF from one peer becomes FIN to the other. */
         if (c->a.in_eof && c->a.pin->len == 0 && !u->want_shut) {
             av__side_close_write(u);
@@ -1281,22 +1279,8 @@ static int conn_opaque_step(av_conn *c)
         return progress;
     int rc = av__side_pump_in(&up->side);
     progress |= rc > 0;
-    size_t n = c->a.pin->len;
-    if (n > av__buf_room(up->side.pout))
-        n = av__buf_room(up->side.pout);
-    if (n) {
-        av__buf_append(up->side.pout, av__buf_head(c->a.pin), n);
-        av__buf_consume(c->a.pin, n);
-        progress = 1;
-    }
-    n = up->side.pin->len;
-    if (n > av__buf_room(c->a.pout))
-        n = av__buf_room(c->a.pout);
-    if (n) {
-        av__buf_append(c->a.pout, av__buf_head(up->side.pin), n);
-        av__buf_consume(up->side.pin, n);
-        progress = 1;
-    }
+    progress |= splice_bytes(c->a.pin, up->side.pout, NULL);
+    progress |= splice_bytes(up->side.pin, c->a.pout, NULL);
     rc = av__side_pump_out(&up->side);
     progress |= rc > 0;
     if (c->a.in_eof && c->a.pin->len == 0 && !up->side.want_shut) {
