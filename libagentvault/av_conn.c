@@ -195,7 +195,10 @@ static void conn_respond(av_conn *c, int status, const char *reason_text, int js
         c->state = C_CLOSING;
         av__side_close_write(&c->a);
     }
-    if (status >= 400)
+    if (status >= 400 && c->x.active)
+        av__log(&c->ctx->log, AV_LOG_INFO, "refused peer=%s method=%s host=%s path=%s status=%d reason=\"%s\"",
+                c->peer, c->x.method, c->x.host, c->x.log_path, status, reason);
+    else if (status >= 400)
         av__log(&c->ctx->log, AV_LOG_INFO, "refused peer=%s status=%d reason=\"%s\"", c->peer, status, reason);
 }
 

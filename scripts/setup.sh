@@ -33,3 +33,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 else
   echo "setup.sh: all packages present"
 fi
+
+# npm: machines with NodeSource's nodejs already have it (Debian's npm
+# package would try to replace that nodejs), so install it only if absent.
+if ! command -v npm >/dev/null; then
+  echo "setup.sh: installing npm"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
+fi
