@@ -1356,16 +1356,11 @@ static void conn_on_timer(void *ud)
 {
     av_conn *c = ud;
     av__log(&c->ctx->log, AV_LOG_DEBUG, "connection peer=%s timed out in state %d", c->peer, c->state);
-    if (c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD) {
-        if (c->a.pin->len > 0) {
-            conn_respond(c, 408, "request header timeout", 0, 1);
-            conn_proceed(c);
-            if (c->dead)
-                return;
-        }
-    }
-    c->dead = 1;
-    conn_proceed(c);
+    if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD) && c->a.pin->len > 0)
+        conn_respond(c, 408, "request header timeout", 0, 1); /* then close after the flush */
+    else
+        c->dead = 1;
+    conn_proceed(c); /* may free |c|: nothing after this */
 }
 
 static void conn_arm_timer(av_conn *c)
@@ -1382,6 +1377,8 @@ static void conn_arm_timer(av_conn *c)
         t = cfg->header_timeout;
     } else if (c->state == C_EXCHANGE && c->x.ws_open) {
         t = cfg->ws_idle_timeout;
+    } else if (c->state == C_CLOSING) {
+        t = 5.0; /* linger for the last bytes, then drop */
     }
     av__timer_start(c->timer, t);
 }
@@ -1409,6 +1406,8 @@ static void conn_free(av_conn *c)
     av__ctx_conn_gone(ctx);
 }
 
+/* The pump. It may free |c| (when the connection is done): callers must not
+ * touch |c| after calling it. */
 static void conn_proceed(av_conn *c)
 {
     if (c->in_proceed)

@@ -72,7 +72,9 @@ static void addr_text(const struct sockaddr *sa, char *buf, size_t len)
     }
 }
 
-/* Start a non-blocking connect to the next candidate address. */
+/* Start a non-blocking connect to the next candidate address. Never
+ * notifies the owner (the owner may free |up| from its notification, so
+ * exactly one notify per event, by the caller). */
 static void up_connect_next(av_upconn *up)
 {
     av_ctx *ctx = up->ctx;
@@ -93,7 +95,6 @@ static void up_connect_next(av_upconn *up)
             close(fd);
             if (up->next_addr >= up->naddrs) {
                 up_fail(up, 502, AV_ERR_IO, m);
-                up_notify(up);
                 return;
             }
             continue;
@@ -105,7 +106,6 @@ static void up_connect_next(av_upconn *up)
         up->side.io = av__io_new(ctx->loop, fd, up_on_io, up);
         if (!up->side.io) {
             up_fail(up, 502, AV_ERR_NOMEM, "out of memory");
-            up_notify(up);
             return;
         }
         up->state = AV_UP_CONNECTING;
@@ -113,7 +113,6 @@ static void up_connect_next(av_upconn *up)
         return;
     }
     up_fail(up, 502, AV_ERR_IO, "no address to connect to");
-    up_notify(up);
 }
 
 /* Keep only addresses that pass the SSRF guard; fail if any does not. */

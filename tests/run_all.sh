@@ -101,7 +101,9 @@ suite() {
   note "integration tests ($label)"
   local junit="$dir/pytest.xml"
   rm -f "$junit"
-  AGENTVAULT_BIN="$dir/daemon/agentvault" timeout 900 "$PY" -m pytest -q -p no:cacheprovider \
+  local sanitized=""
+  [ "$label" = asan ] && sanitized=1
+  AV_TEST_SANITIZED="$sanitized" AGENTVAULT_BIN="$dir/daemon/agentvault" timeout 900 "$PY" -m pytest -q -p no:cacheprovider \
     --junitxml="$junit" tests/integration 2>&1 | tail -40
   read -r ok bad < <(count_junit "$junit")
   add "$ok" "$bad" "$label integration"

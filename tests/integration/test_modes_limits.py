@@ -1,5 +1,6 @@
 """Tunnel modes, the other auth kinds, limits, back-pressure, other clients."""
 import base64
+import os
 import json
 import socket
 import ssl
@@ -186,7 +187,9 @@ def test_slow_reader_backpressure_bounds_memory(daemon, upstream):
     # Kernel socket buffers on loopback hold a few MiB each way; the proxy
     # holds a few hundred KiB. Far less than the 96 MiB the upstream has.
     assert sent_while_stalled < 32 << 20, sent_while_stalled
-    assert rss_stalled - rss_start < 16 << 10, (rss_start, rss_stalled)
+    # Memory bounds are meaningless under ASan (quarantine); see run_all.sh.
+    if not os.environ.get("AV_TEST_SANITIZED"):
+        assert rss_stalled - rss_start < 16 << 10, (rss_start, rss_stalled)
     # Now drain everything: the transfer completes intact, and the proxy
     # closes after it (the request asked for Connection: close).
     buf = bytearray(1 << 20)

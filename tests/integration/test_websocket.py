@@ -652,7 +652,10 @@ def test_backpressure_slow_client(wsd, ws_upstream, mode):
         rss1 = _rss_kib(d.proc.pid)
         assert s2 < 32 * MIB, f"upstream sent {s2} bytes to a client that reads nothing"
         assert s2 - s1 <= MIB, f"upstream still sending: {s1} -> {s2}"
-        assert rss1 - rss0 < 32 << 10, (rss0, rss1)
+        # Memory bounds are meaningless under ASan (its quarantine keeps freed
+        # blocks resident); run_all.sh sets AV_TEST_SANITIZED for that build.
+        if not os.environ.get("AV_TEST_SANITIZED"):
+            assert rss1 - rss0 < 32 << 10, (rss0, rss1)
         for i in range(n // wsu.BIG_CHUNK):
             m = await asyncio.wait_for(ws.recv(), 10)
             assert m == wsu.big_message(i), f"message {i} differs (len {len(m)})"
