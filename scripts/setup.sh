@@ -12,7 +12,7 @@ PACKAGES=(
   libcmocka-dev
   # real clients and test peers
   curl git nodejs nghttp2-client nghttp2-server
-  python3 python3-pytest python3-httpx python3-websockets python3-h2
+  python3 python3-pytest python3-pytest-timeout python3-httpx python3-websockets python3-h2
   python3-hyperframe python3-cryptography
 )
 

@@ -103,7 +103,7 @@ suite() {
   rm -f "$junit"
   local sanitized=""
   [ "$label" = asan ] && sanitized=1
-  AV_TEST_SANITIZED="$sanitized" AGENTVAULT_BIN="$dir/daemon/agentvault" timeout 900 "$PY" -m pytest -q -p no:cacheprovider \
+  AV_TEST_SANITIZED="$sanitized" AGENTVAULT_BIN="$dir/daemon/agentvault" timeout 900 "$PY" -m pytest -q -p no:cacheprovider --timeout=180 \
     --junitxml="$junit" tests/integration 2>&1 | tail -40
   read -r ok bad < <(count_junit "$junit")
   add "$ok" "$bad" "$label integration"
