@@ -69,6 +69,7 @@ typedef struct av_exchange {
     int ws;                   /* the request is a WebSocket upgrade */
     int ws_frame;             /* frame mode (placeholder substitution) */
     int ws_open;              /* 101 relayed: relaying frames/bytes */
+    int logged;               /* its one log line has been written */
     char ws_key[32];          /* the agent's Sec-WebSocket-Key */
     av_secret *ws_secret;     /* frame mode: replaces the placeholder */
     av_ws_bridge *ws_bridge;
@@ -96,6 +97,7 @@ struct av_conn {
 };
 
 static void conn_proceed(av_conn *c);
+static void x_log(av_conn *c, const char *error);
 
 static const av_h1_limits head_limits = {AV_HEAD_MAX, AV_FIELDS_MAX};
 
@@ -196,8 +198,7 @@ static void conn_respond(av_conn *c, int status, const char *reason_text, int js
         av__side_close_write(&c->a);
     }
     if (status >= 400 && c->x.active)
-        av__log(&c->ctx->log, AV_LOG_INFO, "refused peer=%s method=%s host=%s path=%s status=%d reason=\"%s\"",
-                c->peer, c->x.method, c->x.host, c->x.log_path, status, reason);
+        x_log(c, reason); /* the exchange's one line, with the reason */
     else if (status >= 400)
         av__log(&c->ctx->log, AV_LOG_INFO, "refused peer=%s status=%d reason=\"%s\"", c->peer, status, reason);
 }
@@ -309,18 +310,38 @@ static void x_reset(av_exchange *x)
     memset(x, 0, sizeof(*x));
 }
 
+/* Write the exchange's one log line (never a secret: the path has no
+ * query, the error is a proxy-made reason). */
+static void x_log(av_conn *c, const char *error)
+{
+    av_ctx *ctx = c->ctx;
+    av_exchange *x = &c->x;
+    double ms = (av__loop_now(ctx->loop) - x->start) * 1000.0;
+    char err[240] = "";
+    if (error) {
+        char clean[200];
+        sanitize_line(clean, sizeof(clean), error);
+        for (char *q = clean; *q; q++)
+            if (*q == '"')
+                *q = '\'';
+        snprintf(err, sizeof(err), " error=\"%s\"", clean);
+    }
+    av__log(&ctx->log, error ? AV_LOG_WARN : AV_LOG_INFO,
+            "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f%s%s%s",
+            x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
+            x->bytes_resp, ms, c->token >= 0 ? " token=" : "", c->token >= 0 ? ctx->cfg->tokens[c->token].name : "",
+            err);
+    x->logged = 1;
+}
+
 /* Finish the current exchange: log it, return the upstream, and go back
  * to reading heads (or close). */
 static void x_finish(av_conn *c, const char *error)
 {
     av_ctx *ctx = c->ctx;
     av_exchange *x = &c->x;
-    double ms = (av__loop_now(ctx->loop) - x->start) * 1000.0;
-    av__log(&ctx->log, AV_LOG_INFO,
-            "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f%s%s%s",
-            x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
-            x->bytes_resp, ms, c->token >= 0 ? " token=" : "", c->token >= 0 ? ctx->cfg->tokens[c->token].name : "",
-            error ? " error=upstream" : "");
+    if (!x->logged)
+        x_log(c, error);
     ctx->exchanges++;
     if (x->up) {
         av__upstream_release(x->up, x->up_reusable && x->req_done && x->resp_done);
@@ -355,8 +376,6 @@ static void x_fail(av_conn *c, int status, const char *why)
         c->a.want_shut = 1;
         c->state = C_CLOSING;
     }
-    av__log(&c->ctx->log, AV_LOG_WARN, "exchange failed method=%s host=%s path=%s status=%d reason=\"%s\"",
-            x->method, x->host, x->log_path, status, why);
     x->resp_done = 1;
     x_finish(c, why);
     c->state = C_CLOSING;
