@@ -33,6 +33,52 @@
  *    (ENHANCE_YOUR_CALM or PROTOCOL_ERROR) and av__h2_feed returns
  *    AV_ERR_LIMIT / AV_ERR_PARSE; keep producing until the GOAWAY is out.
  *  - Never returns a fatal error from on_stream_close (SECURITY 15).
+ *
+ * Refinements made while implementing (see av_h2.c):
+ *  - av_h2_callbacks gained on_limit (may be NULL). It is called for the
+ *    header limits (431 / client reset), for a head too large to send, and
+ *    when a GOAWAY with an error code goes out (stream_id 0).
+ *  - Rapid reset: Debian's libnghttp2 1.52 answers a peer over the
+ *    stream-reset rate limit (burst 1000, 33/s) with GOAWAY INTERNAL_ERROR
+ *    (not ENHANCE_YOUR_CALM); streams whose HEADERS arrived in the same
+ *    av__h2_feed before that GOAWAY was produced still reach on_head, so
+ *    feed bounded reads (e.g. 16 KiB) and produce between them.
+ *  - Server role: on_stream_close is reported only for streams whose
+ *    request head reached on_head (a stream reset while its head was
+ *    invalid, or answered 431, was never the caller's). Client role: every
+ *    submitted stream gets exactly one on_stream_close, including streams
+ *    refused by a GOAWAY (REFUSED_STREAM), but not those still open when
+ *    av__h2_free is called.
+ *  - Client role, response head over the limits: RST_STREAM INTERNAL_ERROR,
+ *    reported as on_stream_close(stream, NGHTTP2_INTERNAL_ERROR = 2) after
+ *    on_limit; on_head is not called.
+ *  - Header limits count the decoded name + value bytes of every field,
+ *    pseudo-headers included; AV_H2_MAX_FIELDS counts regular fields.
+ *  - Outgoing heads: names are lower-cased; connection-specific fields
+ *    (connection, keep-alive, proxy-connection, transfer-encoding, upgrade,
+ *    host; te other than "trailers") are dropped; CR, LF or NUL in a name or
+ *    value, or a pseudo-header among |fields|, is AV_ERR_INVALID.
+ *  - Protocol errors nghttp2 handles itself (most connection errors, and
+ *    the stream-reset rate limit) are not reported by av__h2_feed: nghttp2
+ *    queues a GOAWAY, keeps consuming input without acting on it, and
+ *    av__h2_alive turns 0 once that GOAWAY has been produced. av__h2_feed
+ *    returns AV_ERR_* for the errors nghttp2 returns (flood of SETTINGS/PING
+ *    ACKs, too many CONTINUATION frames: AV_ERR_LIMIT; bad client preface
+ *    and others: AV_ERR_PARSE); we then queue GOAWAY ENHANCE_YOUR_CALM /
+ *    PROTOCOL_ERROR ourselves, and every later av__h2_feed returns the same
+ *    error.
+ *  - av__h2_produce may keep at most one mem_send chunk (about 16 KiB plus a
+ *    frame header) internally when |out| is too small for it; it is
+ *    written first on the next call. av__h2_alive stays 1 until it is out.
+ *  - Received DATA the caller has not consumed when its stream closes is
+ *    given back to the connection window by the session; av__h2_consume on
+ *    a closed stream is a no-op returning 0.
+ *  - av__h2_submit_trailers needs a stream whose head was submitted with
+ *    end_stream 0 and that is not ended yet (else AV_ERR_STATE); an empty
+ *    trailer list ends the stream plainly.
+ *  - av__h2_submit_request returns AV_ERR_STATE after GOAWAY (sent or
+ *    received) and AV_ERR_LIMIT at the peer's concurrency limit: requests
+ *    are never queued inside nghttp2 beyond it.
  */
 #ifndef AV_H2_H
 #define AV_H2_H
@@ -82,6 +128,10 @@ typedef struct av_h2_callbacks {
     /* Client role: the peer's SETTINGS arrived or changed (e.g. max
      * concurrent streams, ENABLE_CONNECT_PROTOCOL). May be NULL. */
     void (*on_settings)(void *ud);
+    /* A limit was hit (SECURITY 16: the caller logs and counts it); the
+     * session has already answered it (431, RST_STREAM). |stream_id| may be
+     * 0. |what| is a static string. May be NULL. (Added by the h2 core.) */
+    void (*on_limit)(void *ud, int32_t stream_id, const char *what);
 } av_h2_callbacks;
 
 typedef struct av_h2 av_h2;
@@ -103,7 +153,7 @@ ssize_t av__h2_feed(av_h2 *s, const uint8_t *in, size_t len);
  * AV_ERR_* on a fatal error. */
 int av__h2_produce(av_h2 *s, av_buf *out);
 
-/* av__h2_want_io: 0 when the session is over (GOAWAY exchanged and no
+/* av__h2_alive: 0 when the session is over (GOAWAY exchanged and no
  * streams left, or a fatal error): the caller may close the connection
  * once |out| drains. */
 int av__h2_alive(const av_h2 *s);
