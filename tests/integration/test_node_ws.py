@@ -5,7 +5,6 @@ Needs `node` and tests/node/node_modules (scripts/setup-node.sh); a missing
 one fails.
 """
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -1,0 +1,766 @@
+/* avload: a small load client for the agentvault benchmark harness.
+ *
+ * Single-threaded epoll + OpenSSL.  Drives HTTPS either directly to an origin
+ * or through an HTTP CONNECT proxy (MITM: the client verifies the proxy's
+ * leaf against --cafile).  A benchmark tool, not part of the product.
+ *
+ * Modes
+ *   ka       C keep-alive connections, back-to-back small GETs
+ *   newconn  C workers; each does TCP + CONNECT + TLS + one GET
+ *            (Connection: close) + close, in a loop
+ *   newhost  like newconn, but every connection uses a new host name
+ *            (--host-fmt, e.g. h%04d.bench.test, indices 1..--hosts)
+ *   sse      C connections GET --path (an SSE stream whose events carry
+ *            "data: <CLOCK_REALTIME ns>"); records delivery delay
+ *   ws       C connections upgrade to WebSocket at --path and ping-pong
+ *            --msg-size byte text messages; records round-trip time
+ *   idle     opens C connections, one completed request each, then prints
+ *            a JSON line and holds them until stdin reaches EOF
+ *
+ * Output: one JSON object on stdout.  Exit status 0 if at least one
+ * operation succeeded, 2 otherwise, 1 on usage errors.
+ *
+ * Build: cc -O2 -o avload avload.c -lssl -lcrypto
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <arpa/inet.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+enum mode { M_KA, M_NEWCONN, M_NEWHOST, M_SSE, M_WS, M_IDLE };
+enum st {
+    S_TCP, S_PROXY_REPLY, S_TLS, S_REQ, S_RESP, S_SSE, S_WS_UP, S_WS_SEND,
+    S_WS_RECV, S_HELD, S_DEAD
+};
+
+#define RBUF 65536
+
+struct conn {
+    int fd;
+    SSL *ssl;
+    enum st st;
+    int host_idx;
+    char host[256];
+    size_t rlen;
+    uint64_t t_op;      /* start of the current measured operation */
+    uint64_t t_conn;    /* start of the connection */
+    char rbuf[RBUF];
+};
+
+static struct {
+    enum mode mode;
+    struct sockaddr_in proxy, target;
+    int use_proxy;
+    const char *host, *host_fmt, *cafile, *auth, *path;
+    int conns, hosts, host_next, msg_size, interval_ms;
+    double duration, warmup;
+} o = {.host = "bench.test", .path = "/", .conns = 10, .duration = 5,
+       .msg_size = 32, .hosts = 100, .host_next = 1};
+
+static SSL_CTX *ctx;
+static int ep;
+static uint64_t t_begin, t_meas, t_end;
+static long ok_total, ok_meas, errors, active;
+static char first_err[256];
+static uint32_t *lat;          /* microseconds */
+static size_t nlat, caplat;
+static int stop_opening;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static uint64_t real_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static void record(uint64_t ns)
+{
+    ok_total++;
+    if (now_ns() < t_meas)
+        return;
+    ok_meas++;
+    if (nlat == caplat) {
+        caplat = caplat ? caplat * 2 : 65536;
+        lat = realloc(lat, caplat * sizeof(*lat));
+        if (!lat) { perror("realloc"); exit(1); }
+    }
+    uint64_t us = ns / 1000;
+    lat[nlat++] = us > 0xffffffffu ? 0xffffffffu : (uint32_t)us;
+}
+
+static void set_err(const char *fmt, const char *a)
+{
+    errors++;
+    if (!first_err[0]) {
+        snprintf(first_err, sizeof(first_err), fmt, a ? a : "");
+        for (char *p = first_err; *p; p++)
+            if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
+                *p = ' ';
+    }
+}
+
+static void conn_free(struct conn *c)
+{
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    if (c->fd >= 0) {
+        epoll_ctl(ep, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+        c->fd = -1;
+    }
+    c->st = S_DEAD;
+}
+
+/* conn_open (re)starts |c| with a fresh TCP connection. Returns 0 or -1 if
+ * the worker should stop. */
+static int conn_open(struct conn *c)
+{
+    if (stop_opening)
+        return -1;
+    if (o.mode == M_NEWHOST) {
+        if (o.host_next > o.hosts)
+            return -1;
+        c->host_idx = o.host_next++;
+        snprintf(c->host, sizeof(c->host), o.host_fmt, c->host_idx);
+    } else {
+        snprintf(c->host, sizeof(c->host), "%s", o.host);
+    }
+    c->rlen = 0;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        set_err("socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    const struct sockaddr_in *sa = o.use_proxy ? &o.proxy : &o.target;
+    c->t_conn = c->t_op = now_ns();
+    if (connect(c->fd, (const struct sockaddr *)sa, sizeof(*sa)) < 0 &&
+        errno != EINPROGRESS) {
+        set_err("connect: %s", strerror(errno));
+        close(c->fd);
+        c->fd = -1;
+        return -1;
+    }
+    c->st = S_TCP;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = c};
+    epoll_ctl(ep, EPOLL_CTL_ADD, c->fd, &ev);
+    return 0;
+}
+
+static void conn_fail(struct conn *c, const char *what)
+{
+    char b[200];
+    unsigned long e = ERR_get_error();
+    if (e) {
+        char eb[120];
+        ERR_error_string_n(e, eb, sizeof(eb));
+        snprintf(b, sizeof(b), "%s (host %s): %s", what, c->host, eb);
+    } else {
+        snprintf(b, sizeof(b), "%s (host %s)%s%s", what, c->host, errno ? ": " : "",
+                 errno ? strerror(errno) : "");
+    }
+    ERR_clear_error();
+    set_err("%s", b);
+    conn_free(c);
+    if (o.mode == M_IDLE)
+        active--;
+    else if (conn_open(c) < 0)
+        active--;
+}
+
+static int ssl_write_all(struct conn *c, const char *p, int n)
+{
+    /* Small writes: a blocking-ish loop is fine (kernel buffers are large). */
+    while (n > 0) {
+        int r = SSL_write(c->ssl, p, n);
+        if (r > 0) {
+            p += r;
+            n -= r;
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+            usleep(50);
+            continue;
+        }
+        return -1;
+    }
+    return 0;
+}
+
+/* ssl_fill reads into rbuf. Returns >0 bytes, 0 if it would block, -1 on
+ * close or error. */
+static int ssl_fill(struct conn *c)
+{
+    if (c->rlen >= RBUF) {
+        errno = 0;
+        return -1;
+    }
+    int r = SSL_read(c->ssl, c->rbuf + c->rlen, (int)(RBUF - c->rlen));
+    if (r > 0) {
+        c->rlen += r;
+        return r;
+    }
+    int e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+        return 0;
+    errno = 0;
+    return -1;
+}
+
+/* http_complete: returns total response length if rbuf holds a complete
+ * response, 0 if more is needed, -1 if malformed.  *status set. */
+static long http_complete(struct conn *c, int *status)
+{
+    char *h = memmem(c->rbuf, c->rlen, "\r\n\r\n", 4);
+    if (!h)
+        return 0;
+    size_t hl = h - c->rbuf + 4;
+    if (c->rlen < 12 || memcmp(c->rbuf, "HTTP/1.", 7))
+        return -1;
+    *status = atoi(c->rbuf + 9);
+    long cl = -1;
+    int chunked = 0;
+    for (char *p = c->rbuf; p < h;) {
+        char *e = memmem(p, h - p + 2, "\r\n", 2);
+        if (!e)
+            break;
+        if (e - p > 15 && !strncasecmp(p, "content-length:", 15))
+            cl = strtol(p + 15, NULL, 10);
+        else if (e - p > 18 && !strncasecmp(p, "transfer-encoding:", 18) &&
+                 memmem(p, e - p, "chunked", 7))
+            chunked = 1;
+        p = e + 2;
+    }
+    if (*status == 101 || *status == 204 || *status == 304)
+        return (long)hl;
+    if (chunked) {
+        size_t pos = hl;
+        for (;;) {
+            char *e = memmem(c->rbuf + pos, c->rlen - pos, "\r\n", 2);
+            if (!e)
+                return 0;
+            long n = strtol(c->rbuf + pos, NULL, 16);
+            pos = e - c->rbuf + 2;
+            if (n == 0) {
+                /* no trailers expected */
+                if (c->rlen - pos < 2)
+                    return 0;
+                return (long)(pos + 2);
+            }
+            if (c->rlen < pos + n + 2)
+                return 0;
+            pos += n + 2;
+        }
+    }
+    if (cl < 0)
+        return -1; /* close-delimited bodies are not used by the origin */
+    if (c->rlen < hl + cl)
+        return 0;
+    return (long)(hl + cl);
+}
+
+static void send_request(struct conn *c)
+{
+    char req[1024];
+    int n;
+    const char *close_hdr = (o.mode == M_NEWCONN || o.mode == M_NEWHOST)
+                                ? "Connection: close\r\n" : "";
+    if (o.mode == M_WS) {
+        n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                     "Sec-WebSocket-Version: 13\r\n%s%s%s\r\n",
+                     o.path, c->host, o.auth ? "Authorization: " : "",
+                     o.auth ? o.auth : "", o.auth ? "\r\n" : "");
+    } else {
+        n = snprintf(req, sizeof(req),
+                     "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: avload\r\n%s%s%s%s"
+                     "\r\n",
+                     o.path, c->host, close_hdr, o.auth ? "Authorization: " : "",
+                     o.auth ? o.auth : "", o.auth ? "\r\n" : "");
+    }
+    if (o.mode == M_KA || o.mode == M_IDLE)
+        c->t_op = now_ns();
+    if (o.mode == M_SSE)
+        c->t_op = 0; /* "response headers seen" flag in SSE mode */
+    c->rlen = 0;
+    if (ssl_write_all(c, req, n) < 0) {
+        conn_fail(c, "write request");
+        return;
+    }
+    c->st = o.mode == M_WS ? S_WS_UP : o.mode == M_SSE ? S_SSE : S_RESP;
+}
+
+static void ws_send(struct conn *c)
+{
+    unsigned char f[16 + 65536];
+    size_t n = (size_t)o.msg_size, h = 0;
+    f[h++] = 0x81;
+    if (n < 126) {
+        f[h++] = 0x80 | n;
+    } else {
+        f[h++] = 0x80 | 126;
+        f[h++] = n >> 8;
+        f[h++] = n & 0xff;
+    }
+    unsigned char mask[4] = {0x12, 0x34, 0x56, 0x78};
+    memcpy(f + h, mask, 4);
+    h += 4;
+    for (size_t i = 0; i < n; i++)
+        f[h + i] = ('a' + i % 26) ^ mask[i & 3];
+    c->t_op = now_ns();
+    c->rlen = 0;
+    if (ssl_write_all(c, (char *)f, (int)(h + n)) < 0) {
+        conn_fail(c, "ws write");
+        return;
+    }
+    c->st = S_WS_RECV;
+}
+
+/* drive runs the state machine of |c| until it would block. */
+static void drive(struct conn *c, uint32_t events)
+{
+    for (;;) {
+        if (c->st == S_DEAD || c->st == S_HELD)
+            return;
+        switch (c->st) {
+        case S_TCP: {
+            if (!(events & (EPOLLOUT | EPOLLERR | EPOLLHUP)))
+                return;
+            int err = 0;
+            socklen_t l = sizeof(err);
+            getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &l);
+            if (err) {
+                errno = err;
+                conn_fail(c, "tcp connect");
+                return;
+            }
+            if (o.use_proxy) {
+                char b[600];
+                int n = snprintf(b, sizeof(b),
+                                 "CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n",
+                                 c->host, c->host);
+                if (write(c->fd, b, n) != n) {
+                    conn_fail(c, "write CONNECT");
+                    return;
+                }
+                c->rlen = 0;
+                c->st = S_PROXY_REPLY;
+            } else {
+                goto start_tls;
+            }
+            break;
+        }
+        case S_PROXY_REPLY: {
+            ssize_t r = read(c->fd, c->rbuf + c->rlen, RBUF - c->rlen);
+            if (r < 0 && (errno == EAGAIN || errno == EINTR))
+                return;
+            if (r <= 0) {
+                conn_fail(c, "CONNECT reply");
+                return;
+            }
+            c->rlen += r;
+            char *e = memmem(c->rbuf, c->rlen, "\r\n\r\n", 4);
+            if (!e)
+                break;
+            if (c->rlen < 12 || memcmp(c->rbuf + 9, "200", 3)) {
+                c->rbuf[c->rlen < 60 ? c->rlen : 60] = 0;
+                errno = 0;
+                char m[120];
+                snprintf(m, sizeof(m), "CONNECT refused: %s", c->rbuf);
+                conn_fail(c, m);
+                return;
+            }
+        start_tls:
+            c->rlen = 0;
+            c->ssl = SSL_new(ctx);
+            SSL_set_fd(c->ssl, c->fd);
+            SSL_set_tlsext_host_name(c->ssl, c->host);
+            SSL_set1_host(c->ssl, c->host);
+            SSL_set_connect_state(c->ssl);
+            c->st = S_TLS;
+            break;
+        }
+        case S_TLS: {
+            int r = SSL_do_handshake(c->ssl);
+            if (r == 1) {
+                send_request(c);
+                break;
+            }
+            int e = SSL_get_error(c->ssl, r);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+                return;
+            errno = 0;
+            conn_fail(c, "TLS handshake");
+            return;
+        }
+        case S_RESP: {
+            int r = ssl_fill(c);
+            if (r < 0) {
+                conn_fail(c, "read response");
+                return;
+            }
+            int status = 0;
+            long n = http_complete(c, &status);
+            if (n < 0) {
+                errno = 0;
+                conn_fail(c, "malformed response");
+                return;
+            }
+            if (n == 0) {
+                if (r == 0)
+                    return;
+                break;
+            }
+            if (status != 200) {
+                char m[64];
+                snprintf(m, sizeof(m), "HTTP status %d", status);
+                errno = 0;
+                conn_fail(c, m);
+                return;
+            }
+            uint64_t t = now_ns();
+            if (o.mode == M_IDLE) {
+                ok_total++;
+                c->st = S_HELD;
+                active--;
+                return;
+            }
+            if (o.mode == M_KA) {
+                record(t - c->t_op);
+                if (t >= t_end) {
+                    conn_free(c);
+                    active--;
+                    return;
+                }
+                send_request(c);
+                break;
+            }
+            /* newconn / newhost */
+            record(t - c->t_conn);
+            conn_free(c);
+            if (t >= t_end || conn_open(c) < 0) {
+                active--;
+                return;
+            }
+            return; /* wait for the connect event */
+        }
+        case S_SSE: {
+            int r = ssl_fill(c);
+            if (r < 0) {
+                conn_fail(c, "sse read");
+                return;
+            }
+            if (r == 0)
+                return;
+            uint64_t rt = real_ns();
+            char *p = c->rbuf, *end = c->rbuf + c->rlen;
+            if (!c->t_op) { /* headers not yet seen */
+                char *h = memmem(p, end - p, "\r\n\r\n", 4);
+                if (!h)
+                    break;
+                if (memcmp(c->rbuf + 9, "200", 3)) {
+                    errno = 0;
+                    conn_fail(c, "sse status not 200");
+                    return;
+                }
+                c->t_op = 1;
+                p = h + 4;
+            }
+            for (;;) {
+                char *d = memmem(p, end - p, "data: ", 6);
+                if (!d)
+                    break;
+                char *nl = memchr(d + 6, '\n', end - d - 6);
+                if (!nl)
+                    break;
+                uint64_t ts = strtoull(d + 6, NULL, 10);
+                record(rt > ts ? rt - ts : 0);
+                p = nl + 1;
+            }
+            /* keep the unconsumed tail (at most a partial event) */
+            size_t keep = end - p;
+            if (keep > 64) {
+                /* no "data: " prefix in the tail: keep only the last 64 bytes */
+                char *d = memmem(p, end - p, "data: ", 6);
+                if (!d) {
+                    p = end - 64;
+                    keep = 64;
+                } else {
+                    p = d;
+                    keep = end - d;
+                }
+            }
+            memmove(c->rbuf, p, keep);
+            c->rlen = keep;
+            if (now_ns() >= t_end) {
+                conn_free(c);
+                active--;
+                return;
+            }
+            break;
+        }
+        case S_WS_UP: {
+            int r = ssl_fill(c);
+            if (r < 0) {
+                conn_fail(c, "ws upgrade read");
+                return;
+            }
+            char *h = memmem(c->rbuf, c->rlen, "\r\n\r\n", 4);
+            if (!h) {
+                if (r == 0)
+                    return;
+                break;
+            }
+            if (c->rlen < 12 || memcmp(c->rbuf + 9, "101", 3)) {
+                c->rbuf[c->rlen < 40 ? c->rlen : 40] = 0;
+                char m[80];
+                snprintf(m, sizeof(m), "ws upgrade refused: %s", c->rbuf);
+                errno = 0;
+                conn_fail(c, m);
+                return;
+            }
+            ws_send(c);
+            break;
+        }
+        case S_WS_RECV: {
+            int r = ssl_fill(c);
+            if (r < 0) {
+                conn_fail(c, "ws read");
+                return;
+            }
+            unsigned char *b = (unsigned char *)c->rbuf;
+            if (c->rlen >= 2) {
+                size_t len = b[1] & 0x7f, h = 2;
+                if (len == 126) {
+                    if (c->rlen < 4)
+                        goto more;
+                    len = (b[2] << 8) | b[3];
+                    h = 4;
+                } else if (len == 127) {
+                    errno = 0;
+                    conn_fail(c, "ws frame too large");
+                    return;
+                }
+                if (b[1] & 0x80)
+                    h += 4;
+                if (c->rlen >= h + len) {
+                    if ((b[0] & 0x0f) != 1 || len != (size_t)o.msg_size) {
+                        errno = 0;
+                        conn_fail(c, "ws unexpected frame");
+                        return;
+                    }
+                    uint64_t t = now_ns();
+                    record(t - c->t_op);
+                    if (t >= t_end) {
+                        conn_free(c);
+                        active--;
+                        return;
+                    }
+                    ws_send(c);
+                    break;
+                }
+            }
+        more:
+            if (r == 0)
+                return;
+            break;
+        }
+        default:
+            return;
+        }
+    }
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int parse_addr(const char *s, struct sockaddr_in *sa)
+{
+    char h[64];
+    const char *c = strrchr(s, ':');
+    if (!c || c - s >= (long)sizeof(h))
+        return -1;
+    memcpy(h, s, c - s);
+    h[c - s] = 0;
+    memset(sa, 0, sizeof(*sa));
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(atoi(c + 1));
+    return inet_pton(AF_INET, h, &sa->sin_addr) == 1 ? 0 : -1;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: avload --mode ka|newconn|newhost|sse|ws|idle (--proxy IP:PORT | "
+            "--target IP:PORT)\n"
+            "              --cafile PEM [--host H] [--host-fmt FMT --hosts N] [--conns C]\n"
+            "              [--duration S] [--warmup S] [--auth VALUE] [--path P]\n"
+            "              [--msg-size N]\n");
+    exit(1);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!v)
+            usage();
+        i++;
+        if (!strcmp(a, "--mode")) {
+            o.mode = !strcmp(v, "ka") ? M_KA : !strcmp(v, "newconn") ? M_NEWCONN
+                   : !strcmp(v, "newhost") ? M_NEWHOST : !strcmp(v, "sse") ? M_SSE
+                   : !strcmp(v, "ws") ? M_WS : !strcmp(v, "idle") ? M_IDLE : -1;
+            if ((int)o.mode < 0)
+                usage();
+        } else if (!strcmp(a, "--proxy")) {
+            if (parse_addr(v, &o.proxy))
+                usage();
+            o.use_proxy = 1;
+        } else if (!strcmp(a, "--target")) {
+            if (parse_addr(v, &o.target))
+                usage();
+        } else if (!strcmp(a, "--cafile")) o.cafile = v;
+        else if (!strcmp(a, "--host")) o.host = v;
+        else if (!strcmp(a, "--host-fmt")) o.host_fmt = v;
+        else if (!strcmp(a, "--hosts")) o.hosts = atoi(v);
+        else if (!strcmp(a, "--conns")) o.conns = atoi(v);
+        else if (!strcmp(a, "--duration")) o.duration = atof(v);
+        else if (!strcmp(a, "--warmup")) o.warmup = atof(v);
+        else if (!strcmp(a, "--auth")) o.auth = v;
+        else if (!strcmp(a, "--path")) o.path = v;
+        else if (!strcmp(a, "--msg-size")) o.msg_size = atoi(v);
+        else usage();
+    }
+    if (!o.cafile || o.conns < 1 || (o.mode == M_NEWHOST && !o.host_fmt) ||
+        o.msg_size < 1 || o.msg_size > 65535)
+        usage();
+    signal(SIGPIPE, SIG_IGN);
+    struct rlimit rl = {65536, 65536};
+    setrlimit(RLIMIT_NOFILE, &rl);
+
+    ctx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    static const unsigned char alpn[] = "\x08http/1.1";
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+    if (SSL_CTX_load_verify_locations(ctx, o.cafile, NULL) != 1) {
+        fprintf(stderr, "avload: cannot load %s\n", o.cafile);
+        return 1;
+    }
+    ep = epoll_create1(EPOLL_CLOEXEC);
+    struct conn *cs = calloc(o.conns, sizeof(*cs));
+    if (!cs) {
+        perror("calloc");
+        return 1;
+    }
+    t_begin = now_ns();
+    t_meas = t_begin + (uint64_t)(o.warmup * 1e9);
+    t_end = t_meas + (uint64_t)(o.duration * 1e9);
+
+    /* In idle mode, open connections in waves so that a slow proxy is not
+     * hit by a thousand simultaneous handshakes. */
+    int opened = 0, wave = o.mode == M_IDLE ? 50 : o.conns;
+    uint64_t idle_deadline = t_begin + (uint64_t)((o.duration + 60) * 1e9);
+    for (; opened < o.conns && opened < wave; opened++) {
+        cs[opened].fd = -1;
+        if (conn_open(&cs[opened]) == 0)
+            active++;
+        else
+            cs[opened].st = S_DEAD;
+    }
+    struct epoll_event evs[256];
+    for (;;) {
+        if (o.mode == M_IDLE) {
+            while (active < wave && opened < o.conns) {
+                cs[opened].fd = -1;
+                if (conn_open(&cs[opened]) == 0)
+                    active++;
+                else
+                    cs[opened].st = S_DEAD;
+                opened++;
+            }
+            if (active == 0 || now_ns() > idle_deadline)
+                break;
+        } else {
+            if (active == 0)
+                break;
+            uint64_t t = now_ns();
+            if (t > t_end + 10000000000ull) /* 10 s grace, then give up */
+                break;
+            if (t >= t_end)
+                stop_opening = 1;
+        }
+        int n = epoll_wait(ep, evs, 256, 100);
+        for (int i = 0; i < n; i++)
+            drive(evs[i].data.ptr, evs[i].events);
+        if (o.mode == M_SSE || o.mode == M_KA || o.mode == M_WS) {
+            /* connections that block forever (SSE between events) must still
+             * notice the end of the run */
+            if (now_ns() >= t_end)
+                for (int i = 0; i < o.conns; i++)
+                    if (cs[i].st == S_SSE) {
+                        conn_free(&cs[i]);
+                        active--;
+                    }
+        }
+    }
+    uint64_t t_done = now_ns();
+    double meas = (double)((t_done < t_end ? t_done : t_end) -
+                           (t_meas < t_done ? t_meas : t_done)) / 1e9;
+    if (o.mode == M_NEWHOST || o.mode == M_IDLE)
+        meas = (double)(t_done - t_begin) / 1e9;
+    qsort(lat, nlat, sizeof(*lat), cmp_u32);
+    double mean = 0;
+    for (size_t i = 0; i < nlat; i++)
+        mean += lat[i];
+    mean = nlat ? mean / nlat : 0;
+    unsigned p50 = nlat ? lat[nlat / 2] : 0;
+    unsigned p99 = nlat ? lat[(size_t)((nlat - 1) * 0.99)] : 0;
+    unsigned mx = nlat ? lat[nlat - 1] : 0;
+    long ok = (o.mode == M_NEWHOST || o.mode == M_IDLE) ? ok_total : ok_meas;
+    printf("{\"mode\":%d,\"conns\":%d,\"seconds\":%.3f,\"ok\":%ld,\"ok_total\":%ld,"
+           "\"errors\":%ld,\"rate\":%.1f,\"lat_p50_us\":%u,\"lat_p99_us\":%u,"
+           "\"lat_max_us\":%u,\"lat_mean_us\":%.1f,\"first_error\":\"%s\"}\n",
+           (int)o.mode, o.conns, meas, ok, ok_total, errors,
+           meas > 0 ? ok / meas : 0, p50, p99, mx, mean, first_err);
+    fflush(stdout);
+    if (o.mode == M_IDLE) {
+        char b[64];
+        while (read(0, b, sizeof(b)) > 0)
+            ;
+    }
+    return ok_total > 0 ? 0 : 2;
+}
