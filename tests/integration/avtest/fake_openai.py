@@ -41,6 +41,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from .upstream import ProtocolError, _Reader
+
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 IO_TIMEOUT = 120.0          # per recv; Codex keeps its socket open until it exits
 MAX_HEAD = 64 * 1024
@@ -53,8 +55,7 @@ def ws_accept(key):
     return base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
 
 
-class ProtocolError(Exception):
-    pass
+# ProtocolError comes from avtest.upstream (the shared request reader raises it).
 
 
 @dataclass
@@ -118,57 +119,12 @@ def _warmup_events(resp_id):
             {"type": "response.completed", "response": {"id": resp_id}}]
 
 
-class _Conn:
-    """Buffered reads over a (possibly TLS) socket, recording every byte."""
+class _Conn(_Reader):
+    """Buffered reads over a (possibly TLS) socket, recording every byte
+    (the request reader of avtest.upstream, with this server's accounting)."""
 
-    def __init__(self, sock, owner):
-        self.sock = sock
-        self.owner = owner
-        self.buf = b""
-
-    def _fill(self):
-        data = self.sock.recv(65536)
-        if not data:
-            raise EOFError
+    def _record(self, data):
         self.owner._record_bytes(data)
-        self.buf += data
-
-    def read_head(self):
-        while True:
-            i = self.buf.find(b"\r\n\r\n")
-            if i >= 0:
-                head, self.buf = self.buf[:i], self.buf[i + 4:]
-                return head
-            if len(self.buf) > MAX_HEAD:
-                raise ProtocolError("request head too large")
-            try:
-                self._fill()
-            except EOFError:
-                if self.buf:
-                    raise ProtocolError(f"EOF inside a request head: {self.buf[:200]!r}")
-                return None
-
-    def read_line(self):
-        while True:
-            i = self.buf.find(b"\r\n")
-            if i >= 0:
-                line, self.buf = self.buf[:i], self.buf[i + 2:]
-                return line
-            if len(self.buf) > 8192:
-                raise ProtocolError("line too long")
-            try:
-                self._fill()
-            except EOFError:
-                raise ProtocolError("EOF inside a line")
-
-    def read_exact(self, n, what="body"):
-        while len(self.buf) < n:
-            try:
-                self._fill()
-            except EOFError:
-                raise ProtocolError(f"EOF inside {what} ({len(self.buf)} of {n} bytes)")
-        data, self.buf = self.buf[:n], self.buf[n:]
-        return data
 
     def read_exact_or_eof(self, n):
         """Like read_exact, but returns None on a clean EOF before any byte."""
@@ -293,13 +249,13 @@ class _Handler(socketserver.BaseRequestHandler):
         parts = []
         total = 0
         while True:
-            line = conn.read_line()
+            line = conn.readline()
             try:
                 size = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
                 raise ProtocolError(f"bad chunk size line {line!r}")
             if size == 0:
-                while conn.read_line() != b"":
+                while conn.readline() != b"":
                     pass
                 return b"".join(parts)
             total += size

@@ -77,9 +77,13 @@ class _Reader:
         data = self.sock.recv(65536)
         if not data:
             raise EOFError
+        self._record(data)
+        self.buf += data
+
+    def _record(self, data):
+        """Hook: account for bytes received (subclasses record differently)."""
         with self.owner.lock:
             self.owner.app_bytes_received += len(data)
-        self.buf += data
 
     def read_head(self):
         """Returns the head (without the final CRLFCRLF) or None at a clean EOF."""
@@ -110,12 +114,12 @@ class _Reader:
             except EOFError:
                 raise ProtocolError("EOF inside a line")
 
-    def read_exact(self, n):
+    def read_exact(self, n, what="body"):
         while len(self.buf) < n:
             try:
                 self._fill()
             except EOFError:
-                raise ProtocolError(f"EOF inside body ({len(self.buf)} of {n} bytes)")
+                raise ProtocolError(f"EOF inside {what} ({len(self.buf)} of {n} bytes)")
         data, self.buf = self.buf[:n], self.buf[n:]
         return data
 
