@@ -4,7 +4,6 @@ curl is run with -q (no .curlrc), a clean environment (no *_proxy variables),
 --http1.1 by default, and a hard subprocess timeout.
 """
 import json
-import os
 import queue
 import socket
 import ssl

@@ -41,7 +41,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from .upstream import ProtocolError, _Reader
+from .upstream import ProtocolError, ThreadedOrigin, _Reader, server_tls_context
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 IO_TIMEOUT = 120.0          # per recv; Codex keeps its socket open until it exits
@@ -413,13 +413,7 @@ class _Handler(socketserver.BaseRequestHandler):
         conn.sock.sendall(head + payload)
 
 
-class _TCPServer(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-
-class FakeOpenAI:
+class FakeOpenAI(ThreadedOrigin):
     """start() / stop(); all accessors are thread-safe.
 
     cert, key    PEM server certificate and key (TLS)
@@ -429,76 +423,25 @@ class FakeOpenAI:
     sse_mode     "chunked" or "close"
     """
 
+    handler = _Handler
+
     def __init__(self, cert, key, *, plain_ok=False, reply_text="hello", ws_status=None,
                  sse_mode="chunked"):
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(cert), str(key))
-        ctx.set_alpn_protocols(["http/1.1"])
-        self.ssl_context = ctx
+        self._origin_init("fake-openai")
+        self.ssl_context = server_tls_context(cert, key)
         self.plain_ok = plain_ok
         self.reply_text = reply_text
         self.ws_status = ws_status
         assert sse_mode in ("chunked", "close")
         self.sse_mode = sse_mode
-        self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.requests = []
         self.errors = []
         self.counts = {"ws_handshakes": 0, "ws_warmups": 0, "ws_turns": 0, "sse_turns": 0}
-        self.connections = 0
         self._raw = bytearray()      # everything clients sent (decrypted), plus frame payloads
-        self._ids = itertools.count(1)
         self._resp_ids = itertools.count(1)
-        self._live = {}
-        self._server = None
-        self._thread = None
-        self.port = None
-
-    # -- lifecycle ----------------------------------------------------------
-    def start(self):
-        self._server = _TCPServer(("127.0.0.1", 0), _Handler)
-        self._server.owner = self
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.05},
-                                        name="fake-openai", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        with self.lock:
-            live = list(self._live.values())
-        for s in live:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.stop()
 
     # -- used by the handler ----------------------------------------------
-    def _register(self, sock, cid=None):
-        with self.lock:
-            if cid is None:
-                cid = next(self._ids)
-                self.connections += 1
-            self._live[cid] = sock
-            return cid
-
-    def _unregister(self, cid):
-        with self.lock:
-            self._live.pop(cid, None)
-
     def _record_bytes(self, data):
         with self.lock:
             self._raw += data
@@ -563,7 +506,7 @@ class FakeOpenAI:
                 self.cond.wait(min(left, 0.2))
 
     def describe(self):
-        lines = [f"fake OpenAI on 127.0.0.1:{self.port}: {self.connections} connection(s), "
+        lines = [f"fake OpenAI on 127.0.0.1:{self.port}: {self.connections_accepted} connection(s), "
                  f"counts={self.counts}, errors={self.errors}"]
         for r in self.snapshot():
             lines.append(f"  conn {r.conn_id} {'tls' if r.tls else 'plain'} {r.method} {r.path} "

@@ -159,7 +159,7 @@ class _Handler(socketserver.BaseRequestHandler):
         owner = self.server.owner
         sock = self.request
         sock.settimeout(IO_TIMEOUT)
-        conn_id = owner._new_connection(sock)
+        conn_id = owner._register(sock)
         try:
             if owner.ssl_context is not None:
                 # Before the handshake, see whether cleartext HTTP arrives.
@@ -180,7 +180,7 @@ class _Handler(socketserver.BaseRequestHandler):
                     return
                 with owner.lock:
                     owner.tls_handshakes_ok += 1
-                owner._replace_socket(conn_id, sock)
+                owner._register(sock, conn_id)
             self._serve(sock, conn_id, owner)
         except ProtocolError as e:
             with owner.lock:
@@ -197,7 +197,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 sock.close()
             except OSError:
                 pass
-            owner._close_connection(conn_id)
+            owner._unregister(conn_id)
 
     def _serve(self, sock, conn_id, owner):
         reader = _Reader(sock, owner)
@@ -356,50 +356,44 @@ class _TCPServer(socketserver.ThreadingTCPServer):
     request_queue_size = 64
 
 
-class UpstreamServer:
-    """Start with start(); stop with stop(). Thread-safe accessors."""
+def server_tls_context(certfile, keyfile):
+    """A TLS 1.2+ server context offering http/1.1."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(certfile), str(keyfile))
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
 
-    def __init__(self, name, certfile=None, keyfile=None):
-        self.name = name
-        self.ssl_context = None
-        if certfile:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-            ctx.load_cert_chain(str(certfile), str(keyfile))
-            ctx.set_alpn_protocols(["http/1.1"])
-            self.ssl_context = ctx
+
+class ThreadedOrigin:
+    """Lifecycle and live-connection bookkeeping shared by the test origins:
+    a threaded TCP server on 127.0.0.1:<ephemeral> whose handler class gets
+    the origin as `server.owner`. Subclasses set `handler` and call
+    _origin_init() from __init__."""
+
+    handler = None
+
+    def _origin_init(self, thread_name):
         self.lock = threading.Lock()
-        self.request_cond = threading.Condition(self.lock)
-        self.requests = []
         self.connections_accepted = 0
-        self.tls_handshakes_ok = 0
-        self.tls_handshake_failures = []
-        self.protocol_errors = []
-        self.cleartext_bytes_seen = False
-        self.app_bytes_received = 0
-        self.sse_release = threading.Event()
-        self.sse_first_sent = threading.Event()
-        self.sse_finished = threading.Event()
-        self.sse_timed_out = False
-        self.big_sent = 0
+        self._thread_name = thread_name
         self._ids = itertools.count(1)
         self._live = {}
         self._server = None
         self._thread = None
+        self.port = None
 
-    # -- lifecycle ----------------------------------------------------------
     def start(self):
-        self._server = _TCPServer(("127.0.0.1", 0), _Handler)
+        self._server = _TCPServer(("127.0.0.1", 0), self.handler)
         self._server.owner = self
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.05},
-                                        name=f"upstream-{self.name}", daemon=True)
+                                        name=self._thread_name, daemon=True)
         self._thread.start()
         return self
 
     def stop(self):
-        self.sse_release.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -413,21 +407,52 @@ class UpstreamServer:
         if self._thread is not None:
             self._thread.join(5)
 
-    # -- bookkeeping used by the handler -----------------------------------
-    def _new_connection(self, sock):
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # -- bookkeeping used by the handlers ------------------------------------
+    def _register(self, sock, cid=None):
+        """Track a connection's (current) socket; a new cid when cid is None."""
         with self.lock:
-            cid = next(self._ids)
-            self.connections_accepted += 1
+            if cid is None:
+                cid = next(self._ids)
+                self.connections_accepted += 1
             self._live[cid] = sock
             return cid
 
-    def _replace_socket(self, cid, sock):
-        with self.lock:
-            self._live[cid] = sock
-
-    def _close_connection(self, cid):
+    def _unregister(self, cid):
         with self.lock:
             self._live.pop(cid, None)
+
+
+class UpstreamServer(ThreadedOrigin):
+    """Start with start(); stop with stop(). Thread-safe accessors."""
+
+    handler = _Handler
+
+    def __init__(self, name, certfile=None, keyfile=None):
+        self.name = name
+        self.ssl_context = server_tls_context(certfile, keyfile) if certfile else None
+        self._origin_init(f"upstream-{name}")
+        self.request_cond = threading.Condition(self.lock)
+        self.requests = []
+        self.tls_handshakes_ok = 0
+        self.tls_handshake_failures = []
+        self.protocol_errors = []
+        self.cleartext_bytes_seen = False
+        self.app_bytes_received = 0
+        self.sse_release = threading.Event()
+        self.sse_first_sent = threading.Event()
+        self.sse_finished = threading.Event()
+        self.sse_timed_out = False
+        self.big_sent = 0
+
+    def stop(self):
+        self.sse_release.set()  # let a held /sse response finish
+        super().stop()
 
     # -- what tests use ----------------------------------------------------
     @property
