@@ -1,5 +1,4 @@
 """Fixtures of the agentvault integration suite. See README.md."""
-import os
 import sys
 from pathlib import Path
 

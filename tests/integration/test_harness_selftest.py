@@ -5,7 +5,6 @@ import base64
 import hashlib
 import json
 import os
-import ssl
 import sys
 from pathlib import Path
 

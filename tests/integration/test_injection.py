@@ -2,7 +2,6 @@
 agent's own copies of the injected header never reach the upstream."""
 import pytest
 
-from avtest import client
 from avtest.checks import auth_values, no_proxy_headers
 from avtest.daemon import config_text, plain_service
 

@@ -163,7 +163,7 @@ def test_proxy_auth_required_407(daemon, upstream, plain_upstream, secrets, form
             value = base64.b64encode(value.encode()).decode()
         hdr = f"Proxy-Authorization: {scheme} {value}\r\n"
     if form == "connect":
-        req, method = f"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n", \
+        req, method = "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n", \
             "CONNECT"
     else:
         req, method = (f"GET http://plain.test:{port}/echo HTTP/1.1\r\n"
