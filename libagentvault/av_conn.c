@@ -8,21 +8,34 @@
  *               absolute http:// ──▶ exchange ──▶ PROXY_HEAD
  *               GET /ca.pem, /healthz ──▶ answered ──▶ PROXY_HEAD
  *   TUNNEL_HEAD: request ──▶ exchange ──▶ TUNNEL_HEAD
+ *                MITM TLS negotiated ALPN h2 ──▶ H2 (one exchange per stream)
  *
  * conn_proceed() is the only function that moves bytes: it loops over
  * "read sockets, run TLS layers, run the protocol step, write sockets"
  * until nothing progresses, then sets watcher interest from the buffers.
  * Every buffer is bounded, so a slow side stops reads on the other.
+ *
+ * An exchange is one request/response. Its agent side is HTTP/1.1 (the
+ * connection's single exchange, c->x) or an HTTP/2 stream (c->xs). Its
+ * upstream side is an HTTP/1.1 connection of its own (L_H1) or a stream on
+ * a shared HTTP/2 connection (L_MUX, av_mux.c). The request is kept as a
+ * protocol-neutral copy (x->rq: method, target, fields with the credential
+ * injected) until the upstream's protocol is known, then serialized for
+ * it; bodies are moved by one source→sink loop per direction, so every
+ * combination (h1/h2 agent × h1/h2 upstream) shares the same code.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 
 #include "av_ctx_internal.h"
 #include "av_h1.h"
+#include "av_h2.h"
 #include "av_mem.h"
+#include "av_mux.h"
 #include "av_policy.h"
 #include "av_side.h"
 #include "av_upstream.h"
@@ -36,27 +49,74 @@ enum conn_state {
     C_TUNNEL_HEAD,
     C_EXCHANGE,
     C_OPAQUE,
+    C_H2,
     C_CLOSING
 };
 
+/* How an exchange reaches its upstream. */
+enum { L_NONE = 0, L_H1, L_MUX };
+
+/* Request body framing, protocol-neutral. */
+enum { RB_NONE = 0, RB_LENGTH, RB_UNKNOWN };
+
+/* Response body framing toward the agent. */
+enum { RK_NONE = 0, RK_LENGTH, RK_UNKNOWN };
+
+#define X_RQ_FIELDS (AV_FIELDS_MAX + 8)
+#define X_RX_MAX (65535 + 1024) /* an agent stream's window, and some slack */
+#define X_MAX_RETRIES 2
+
+typedef struct rq_field {
+    uint32_t no, nl, vo, vl;
+} rq_field;
+
+typedef struct av_exchange av_exchange;
+
 /* One request/response exchange. */
-typedef struct av_exchange {
+struct av_exchange {
+    av_conn *c;
+    av_exchange *next, *prev; /* HTTP/2 agent: the connection's list */
+    int32_t sid;              /* agent HTTP/2 stream id; 0 for HTTP/1.1 */
     int active;
+    int done;                 /* HTTP/2 agent: finished, free it */
     char method[24];
     int is_head;
     char host[AV_HOST_MAX + 8];
     char log_path[256];       /* path without query, for logs */
     const av_service *svc;
-    av_buf head;              /* upstream request head (may hold a secret) */
-    int head_sent;
-    av_h1_body req_body;
-    int req_body_kind;
+    /* The upstream request, protocol-neutral (may hold the credential). */
+    av_buf rq;
+    rq_field rqf[X_RQ_FIELDS];
+    size_t nrqf;
+    uint32_t m_off, m_len, t_off, t_len;
+    const char *inj_name;     /* the injected field: never indexed in HPACK */
+    int req_framing;          /* RB_* */
+    uint64_t req_len;
+    char hostval[AV_HOST_MAX + 16];
+    av_authority dest;
+    int dest_tls;
+    char scope[200];
+    /* request body */
+    av_h1_body req_body;      /* HTTP/1.1 agent: decoder over c->a.pin */
     int req_out_chunked;
-    int req_done;
+    int req_ended;            /* the upstream has been told the body ended */
+    int req_done;             /* the agent's body is complete */
+    av_buf a_rx;              /* HTTP/2 agent: DATA not yet passed on */
+    int a_end, a_closed;
+    uint32_t a_error;
+    av_buf a_tx;              /* HTTP/2 agent, WebSocket: bytes toward the agent */
+    int a_tx_ended;
+    /* upstream */
+    int link;                 /* L_* */
     av_upconn *up;
+    av_mux_stream ms;
+    int retries;
+    int head_sent;
+    /* response */
     av_h1_scan rscan;
     int resp_head_done;
     av_h1_body resp_body;
+    int resp_kind;            /* RK_* toward the agent */
     int resp_out_chunked;
     int resp_out_close;       /* response delimited by closing the agent side */
     int resp_done;
@@ -66,14 +126,14 @@ typedef struct av_exchange {
     unsigned long long bytes_req, bytes_resp;
     double start;
     /* WebSocket */
-    int ws;                   /* the request is a WebSocket upgrade */
+    int ws;                   /* the request is a WebSocket upgrade / extended CONNECT */
     int ws_frame;             /* frame mode (placeholder substitution) */
     int ws_open;              /* 101 relayed: relaying frames/bytes */
     int logged;               /* its one log line has been written */
-    char ws_key[32];          /* the agent's Sec-WebSocket-Key */
+    char ws_key[32];          /* Sec-WebSocket-Key sent upstream */
     av_secret *ws_secret;     /* frame mode: replaces the placeholder */
     av_ws_bridge *ws_bridge;
-} av_exchange;
+};
 
 struct av_conn {
     av_ctx *ctx;
@@ -83,6 +143,7 @@ struct av_conn {
     int in_tunnel;           /* requests go to |dest| */
     av_authority dest;
     int dest_tls;            /* MITM TLS inside the tunnel */
+    int alpn_checked;
     int token;               /* index of the authenticated proxy token, -1 */
     av_h1_scan scan;
     double head_start;       /* when the first byte of a head arrived, 0 if none */
@@ -91,13 +152,18 @@ struct av_conn {
     int draining;
     int dead;
     int in_proceed;
-    av_exchange x;
+    int again;               /* notified while in conn_proceed: loop again */
+    av_exchange x;           /* HTTP/1.1 agent: the current exchange */
+    av_h2 *h2;               /* HTTP/2 agent: the server session */
+    av_exchange *xs;         /* HTTP/2 agent: one exchange per stream */
+    size_t nxs;
+    int h2_goaway;           /* GOAWAY submitted (drain) */
     av_upconn *opaque_up;
     char peer[64];
 };
 
 static void conn_proceed(av_conn *c);
-static void x_log(av_conn *c, const char *error);
+static void x_log(av_exchange *x, const char *error);
 
 static const av_h1_limits head_limits = {AV_HEAD_MAX, AV_FIELDS_MAX};
 
@@ -108,7 +174,6 @@ static int ci_eq(const char *a, size_t alen, const char *b)
     size_t blen = strlen(b);
     return alen == blen && strncasecmp(a, b, alen) == 0;
 }
-
 /* Make |in| safe as a single-line header value / log text. */
 static void sanitize_line(char *dst, size_t dstlen, const char *in)
 {
@@ -198,7 +263,7 @@ static void conn_respond(av_conn *c, int status, const char *reason_text, int js
         av__side_close_write(&c->a);
     }
     if (status >= 400 && c->x.active)
-        x_log(c, reason); /* the exchange's one line, with the reason */
+        x_log(&c->x, reason); /* the exchange's one line, with the reason */
     else if (status >= 400)
         av__log(&c->ctx->log, AV_LOG_INFO, "refused peer=%s status=%d reason=\"%s\"", c->peer, status, reason);
 }
@@ -295,27 +360,56 @@ static int conn_authorize(av_conn *c, const av_h1_request *req)
     return 0;
 }
 
-/* ---- exchanges ---------------------------------------------------------- */
+
+/* ---- exchanges: lifecycle ------------------------------------------------ */
 
 static void up_notify_cb(void *owner)
 {
-    conn_proceed(owner);
+    av_conn *c = owner;
+    if (c->in_proceed) {
+        c->again = 1; /* the running pump loops once more */
+        return;
+    }
+    conn_proceed(c);
+}
+
+/* Give up the upstream link: HTTP/1.1 connections back to the pool when
+ * |reusable|, HTTP/2 streams detached (cancelled if still running). */
+static void x_unlink_upstream(av_exchange *x, int reusable)
+{
+    if (x->up) {
+        av__upstream_release(x->up, reusable);
+        x->up = NULL;
+    }
+    if (x->ms.state != AV_MS_IDLE)
+        av__mux_detach(&x->ms);
+    /* x->link stays: the log line names the protocol that was used */
 }
 
 static void x_reset(av_exchange *x)
 {
-    av__buf_free_wipe(&x->head);
+    av_conn *c = x->c;
+    av_exchange *next = x->next, *prev = x->prev;
+    int32_t sid = x->sid;
+    x_unlink_upstream(x, 0);
+    av__buf_free_wipe(&x->rq);
+    av__buf_free_wipe(&x->a_rx);
+    av__buf_free_wipe(&x->a_tx);
     av__secret_free(x->ws_secret);
     av__ws_bridge_free(x->ws_bridge);
     memset(x, 0, sizeof(*x));
+    x->c = c;
+    x->next = next;
+    x->prev = prev;
+    x->sid = sid;
 }
 
 /* Write the exchange's one log line (never a secret: the path has no
  * query, the error is a proxy-made reason). */
-static void x_log(av_conn *c, const char *error)
+static void x_log(av_exchange *x, const char *error)
 {
+    av_conn *c = x->c;
     av_ctx *ctx = c->ctx;
-    av_exchange *x = &c->x;
     double ms = (av__loop_now(ctx->loop) - x->start) * 1000.0;
     char err[240] = "";
     if (error) {
@@ -326,26 +420,32 @@ static void x_log(av_conn *c, const char *error)
                 *q = '\'';
         snprintf(err, sizeof(err), " error=\"%s\"", clean);
     }
+    const char *up = x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-";
     av__log(&ctx->log, error ? AV_LOG_WARN : AV_LOG_INFO,
-            "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f%s%s%s",
+            "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
+            "proto=%s>%s%s%s%s",
             x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
-            x->bytes_resp, ms, c->token >= 0 ? " token=" : "", c->token >= 0 ? ctx->cfg->tokens[c->token].name : "",
-            err);
+            x->bytes_resp, ms, x->sid ? "h2" : "h1", up, c->token >= 0 ? " token=" : "",
+            c->token >= 0 ? ctx->cfg->tokens[c->token].name : "", err);
     x->logged = 1;
 }
 
-/* Finish the current exchange: log it, return the upstream, and go back
- * to reading heads (or close). */
-static void x_finish(av_conn *c, const char *error)
+/* Finish the current exchange: log it, return the upstream, and (HTTP/1.1
+ * agent) go back to reading heads or close. */
+static void x_finish(av_exchange *x, const char *error)
 {
+    av_conn *c = x->c;
     av_ctx *ctx = c->ctx;
-    av_exchange *x = &c->x;
     if (!x->logged)
-        x_log(c, error);
+        x_log(x, error);
     ctx->exchanges++;
-    if (x->up) {
-        av__upstream_release(x->up, x->up_reusable && x->req_done && x->resp_done);
-        x->up = NULL;
+    x_unlink_upstream(x, x->up_reusable && x->req_done && x->resp_done && x->req_ended);
+    if (x->sid) {
+        if (!x->resp_done && !x->a_closed)
+            av__h2_reset_stream(c->h2, x->sid, 2 /* INTERNAL_ERROR */);
+        x->active = 0;
+        x->done = 1;
+        return;
     }
     int close = c->close_after || c->draining || !x->req_done;
     x_reset(x);
@@ -359,14 +459,79 @@ static void x_finish(av_conn *c, const char *error)
     c->head_start = 0;
 }
 
-/* Abort: if nothing was sent to the agent yet, answer |status|; else cut. */
-static void x_fail(av_conn *c, int status, const char *why)
+/* An error response on an HTTP/2 agent stream (the connection stays). */
+static void x_respond_h2(av_exchange *x, int status, const char *reason_text, int json)
 {
-    av_exchange *x = &c->x;
+    av_conn *c = x->c;
+    char reason[300];
+    sanitize_line(reason, sizeof(reason), reason_text ? reason_text : "");
+    char body[700];
+    if (json) {
+        char esc[600];
+        size_t j = 0;
+        for (size_t i = 0; reason[i] && j + 2 < sizeof(esc); i++) {
+            if (reason[i] == '"' || reason[i] == '\\')
+                esc[j++] = '\\';
+            esc[j++] = reason[i];
+        }
+        esc[j] = '\0';
+        snprintf(body, sizeof(body), "{\"error\":\"%s\",\"status\":%d}\n", esc, status);
+    } else {
+        snprintf(body, sizeof(body), "%s\n", reason);
+    }
+    char cl[32];
+    snprintf(cl, sizeof(cl), "%zu", strlen(body));
+    av_h2_head h;
+    memset(&h, 0, sizeof(h));
+    h.status = status;
+    h.content_length = -1;
+    size_t n = 0;
+#define ADDF(N, V) (h.fields[n].name = (N), h.fields[n].name_len = strlen(N), h.fields[n].value = (V), \
+                    h.fields[n].value_len = strlen(V), n++)
+    ADDF("content-type", json ? "application/json" : "text/plain; charset=utf-8");
+    ADDF("x-agentvault-error", reason);
+    ADDF("content-length", cl);
+#undef ADDF
+    h.nfields = n;
+    x->status = status;
+    if (av__h2_submit_response(c->h2, x->sid, &h, x->is_head) == 0 && !x->is_head) {
+        av__h2_send_data(c->h2, x->sid, (const uint8_t *)body, strlen(body));
+        av__h2_end_stream(c->h2, x->sid);
+    }
+    x->resp_head_done = 1;
+    x->resp_done = 1;
+    if (x->active)
+        x_log(x, reason);
+}
+
+/* Answer an exchange with a proxy-made error: HTTP/1.1 closes the
+ * connection after it; HTTP/2 answers the stream only. */
+static void x_respond(av_exchange *x, int status, const char *why, int json)
+{
+    x->status = status;
+    if (x->sid)
+        x_respond_h2(x, status, why, json);
+    else
+        conn_respond(x->c, status, why, json, 1);
+}
+
+/* Abort: if nothing was sent to the agent yet, answer |status|; else cut. */
+static void x_fail(av_exchange *x, int status, const char *why)
+{
+    av_conn *c = x->c;
     x->up_reusable = 0;
-    if (x->up) {
-        av__upstream_release(x->up, 0);
-        x->up = NULL;
+    x_unlink_upstream(x, 0);
+    if (x->sid) {
+        if (!x->resp_head_done && !x->a_closed) {
+            x_respond_h2(x, status, why, 0);
+        } else if (!x->a_closed) {
+            av__h2_reset_stream(c->h2, x->sid, 2 /* INTERNAL_ERROR */);
+            x->resp_done = 1;
+        }
+        x->req_done = 1;
+        x->resp_done = 1;
+        x_finish(x, why);
+        return;
     }
     if (!x->resp_head_done) {
         x->status = status;
@@ -377,100 +542,175 @@ static void x_fail(av_conn *c, int status, const char *why)
         c->state = C_CLOSING;
     }
     x->resp_done = 1;
-    x_finish(c, why);
+    x_finish(x, why);
     c->state = C_CLOSING;
 }
 
+/* ---- exchanges: the request ---------------------------------------------- */
+
+static const char *rq_ptr(const av_exchange *x, uint32_t off)
+{
+    return (const char *)av__buf_head(&x->rq) + off;
+}
+
+static int rq_put(av_exchange *x, const char *p, size_t n, uint32_t *off)
+{
+    *off = (uint32_t)x->rq.len;
+    return n ? av__buf_append(&x->rq, p, n) : AV_OK;
+}
+
+static int rq_add(av_exchange *x, const char *name, size_t nl, const char *value, size_t vl)
+{
+    if (x->nrqf >= X_RQ_FIELDS)
+        return AV_ERR_LIMIT;
+    rq_field *f = &x->rqf[x->nrqf];
+    if (rq_put(x, name, nl, &f->no) || rq_put(x, value, vl, &f->vo))
+        return AV_ERR_LIMIT;
+    f->nl = (uint32_t)nl;
+    f->vl = (uint32_t)vl;
+    x->nrqf++;
+    return AV_OK;
+}
+
+/* Views of the stored request fields. */
+static size_t rq_fields(const av_exchange *x, av_h1_field *out, size_t max)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < x->nrqf && n < max; i++, n++) {
+        out[n].name = rq_ptr(x, x->rqf[i].no);
+        out[n].name_len = x->rqf[i].nl;
+        out[n].value = rq_ptr(x, x->rqf[i].vo);
+        out[n].value_len = x->rqf[i].vl;
+    }
+    return n;
+}
+
+/* A request as either agent protocol delivered it. */
+typedef struct x_req_in {
+    const char *method;
+    size_t method_len;
+    const char *target; /* origin-form */
+    size_t target_len;
+    const av_h1_field *fields;
+    size_t nfields;
+    int minor;          /* HTTP/1.x minor version; 1 for HTTP/2 */
+    unsigned flags;     /* AV_H1_F_* (HTTP/1.1 agents) */
+    int framing;        /* RB_* */
+    uint64_t length;
+    int ws;             /* WebSocket upgrade or extended CONNECT */
+    const av_h1_field *ws_key; /* HTTP/1.1 upgrade: the agent's key */
+} x_req_in;
+
 /* Is this agent field one we never forward upstream? */
-static int x_skip_request_field(const av_h1_request *req, const av_h1_field *f, const char *inject_name,
-                                int ws_frame)
+static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name, int ws_frame)
 {
     if (ws_frame && av__h1_name_eq(f, "sec-websocket-extensions"))
         return 1; /* frame mode reads frames: no compression negotiated */
-    if (av__h1_is_hop_by_hop(f, req->fields, req->nfields))
+    if (av__h1_is_hop_by_hop(f, in->fields, in->nfields))
         return 1;
     if (av__h1_name_eq(f, "host") || av__h1_name_eq(f, "content-length") ||
         av__h1_name_eq(f, "transfer-encoding") || av__h1_name_eq(f, "proxy-authorization") ||
         av__h1_name_eq(f, "proxy-connection"))
         return 1;
+    if (in->ws && !in->ws_key && av__h1_name_eq(f, "sec-websocket-key"))
+        return 1; /* extended CONNECT has none; we make our own */
     if (inject_name && av__h1_name_eq(f, inject_name))
         return 1;
     return 0;
 }
 
-/* Build the upstream request head and start the exchange. Returns 0, or
- * -1 after queueing an error response. */
-static int x_start(av_conn *c, const av_h1_request *req, const av_authority *dest, int dest_tls,
-                   const char *target, size_t target_len)
+static void b64_encode(const uint8_t *in, size_t len, char *out)
 {
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < len)
+            v |= in[i + 2];
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? tbl[v & 63] : '=';
+    }
+    out[o] = '\0';
+}
+
+static int x_choose_upstream(av_exchange *x);
+
+/* Match, inject and store the upstream request, then start reaching the
+ * upstream. Returns 0, or -1 after answering the exchange with an error. */
+static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, int dest_tls)
+{
+    av_conn *c = x->c;
     av_ctx *ctx = c->ctx;
-    av_exchange *x = &c->x;
-    x_reset(x);
     x->active = 1;
     x->start = av__loop_now(ctx->loop);
-    snprintf(x->method, sizeof(x->method), "%.*s", (int)req->method_len, req->method);
-    x->is_head = ci_eq(req->method, req->method_len, "HEAD");
+    snprintf(x->method, sizeof(x->method), "%.*s", (int)in->method_len, in->method);
+    x->is_head = ci_eq(in->method, in->method_len, "HEAD");
+    x->dest = *dest;
+    x->dest_tls = dest_tls;
     av__authority_format(dest, 0, x->host, sizeof(x->host));
+    av__authority_format(dest, dest_tls ? 443 : 80, x->hostval, sizeof(x->hostval));
     size_t plen = 0;
-    while (plen < target_len && target[plen] != '?')
+    while (plen < in->target_len && in->target[plen] != '?')
         plen++;
     if (plen >= sizeof(x->log_path))
         plen = sizeof(x->log_path) - 1;
-    memcpy(x->log_path, target, plen);
+    memcpy(x->log_path, in->target, plen);
     x->log_path[plen] = '\0';
-    x->agent_minor = req->minor_version;
-    if (req->flags & AV_H1_F_CLOSE)
+    x->agent_minor = in->minor;
+    if (!x->sid && (in->flags & AV_H1_F_CLOSE))
         c->close_after = 1;
 
     /* SECURITY 9: refuse TRACE, h2c upgrades and CONNECT inside a tunnel. */
-    if (ci_eq(req->method, req->method_len, "TRACE")) {
-        x->status = 405;
-        conn_respond(c, 405, "TRACE is not allowed through agentvault", 0, 1);
+    if (ci_eq(in->method, in->method_len, "TRACE")) {
+        x_respond(x, 405, "TRACE is not allowed through agentvault", 0);
         return -1;
     }
-    if (req->flags & AV_H1_F_UPGRADE_H2C) {
-        x->status = 400;
-        conn_respond(c, 400, "Upgrade: h2c is not allowed", 0, 1);
+    if (in->flags & AV_H1_F_UPGRADE_H2C) {
+        x_respond(x, 400, "Upgrade: h2c is not allowed", 0);
         return -1;
     }
-    if (req->flags & AV_H1_F_EXPECT_OTHER) {
-        x->status = 417;
-        conn_respond(c, 417, "only Expect: 100-continue is supported", 0, 1);
+    if (in->flags & AV_H1_F_EXPECT_OTHER) {
+        x_respond(x, 417, "only Expect: 100-continue is supported", 0);
         return -1;
     }
 
-    /* Policy. */
-    const av_service *svc = av__policy_match(ctx->cfg, !dest_tls, dest->host, dest->port, req->method,
-                                             req->method_len, target, target_len);
+    /* Policy. An extended CONNECT is matched as the GET it replaces. */
+    const char *mm = in->ws && x->sid ? "GET" : in->method;
+    size_t mml = in->ws && x->sid ? 3 : in->method_len;
+    const av_service *svc =
+        av__policy_match(ctx->cfg, !dest_tls, dest->host, dest->port, mm, mml, in->target, in->target_len);
     x->svc = svc;
     if (!svc && ctx->cfg->unmatched == AV_UNMATCHED_DENY) {
         char m[AV_HOST_MAX + 80];
         snprintf(m, sizeof(m), "no service matches %s and unmatched = deny", x->host);
-        x->status = 403;
-        conn_respond(c, 403, m, 1, 1);
+        x_respond(x, 403, m, 1);
         return -1;
     }
 
-    if (req->flags & AV_H1_F_UPGRADE_WEBSOCKET) {
-        const av_h1_field *key = av__h1_find(req->fields, req->nfields, "sec-websocket-key");
-        char accept[29];
-        if (!ci_eq(req->method, req->method_len, "GET") || req->body != AV_H1_BODY_NONE || !key ||
-            key->value_len >= sizeof(x->ws_key) || av__ws_accept_key(key->value, key->value_len, accept) != 0) {
-            x->status = 400;
-            conn_respond(c, 400, "malformed WebSocket upgrade request", 0, 1);
-            return -1;
-        }
+    if (in->ws) {
         if (svc && svc->websocket_off) {
             char m[200];
             snprintf(m, sizeof(m), "WebSocket is off for service %s: use HTTP", svc->name);
-            x->status = 426;
-            conn_respond(c, 426, m, 0, 1);
+            x_respond(x, 426, m, 0);
             return -1;
         }
         x->ws = 1;
         x->ws_frame = svc && (svc->placeholder_in & AV_SURF_WEBSOCKET);
-        memcpy(x->ws_key, key->value, key->value_len);
-        x->ws_key[key->value_len] = '\0';
+        if (in->ws_key) {
+            memcpy(x->ws_key, in->ws_key->value, in->ws_key->value_len);
+            x->ws_key[in->ws_key->value_len] = '\0';
+        } else {
+            uint8_t rnd[16];
+            if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+                x_respond(x, 500, "no randomness for the WebSocket key", 0);
+                return -1;
+            }
+            b64_encode(rnd, sizeof(rnd), x->ws_key);
+        }
     }
 
     av_secret *secret = NULL;
@@ -482,13 +722,12 @@ static int x_start(av_conn *c, const av_h1_request *req, const av_authority *des
         if (rc) {
             char m[300];
             snprintf(m, sizeof(m), "credential for service %s unavailable: %s", svc->name, why);
-            x->status = 502;
-            conn_respond(c, 502, m, 0, 1);
+            x_respond(x, 502, m, 0);
             return -1;
         }
         int irc = AV_OK;
         if (svc->auth == AV_AUTH_QUERY) {
-            inj_target = av__inject_query(svc, secret, target, target_len);
+            inj_target = av__inject_query(svc, secret, in->target, in->target_len);
             irc = inj_target ? AV_OK : AV_ERR_NOMEM;
         } else {
             irc = av__inject_header(svc, secret, &inj_name, &inj_value);
@@ -502,101 +741,371 @@ static int x_start(av_conn *c, const av_h1_request *req, const av_authority *des
                                        ? "credential for service %s contains characters not allowed in a header"
                                        : "out of memory while injecting the credential for service %s",
                      svc->name);
-            x->status = irc == AV_ERR_INVALID ? 502 : 500;
-            conn_respond(c, x->status, m, 0, 1);
+            x_respond(x, irc == AV_ERR_INVALID ? 502 : 500, m, 0);
             return -1;
         }
     }
 
-    /* Re-serialize: request line, Host from the destination, the agent's
-     * end-to-end fields, the injected credential, framing. */
-    av_buf *h = &x->head;
-    av__buf_init(h, AV_HEAD_MAX + 8192);
-    int rc = 0;
-    if (inj_target)
-        rc = rc ? rc : av__h1_write_request_line(h, req->method, req->method_len,
-                                        (const char *)av__secret_data(inj_target), av__secret_len(inj_target));
-    else
-        rc = rc ? rc : av__h1_write_request_line(h, req->method, req->method_len, target, target_len);
-    char hostval[AV_HOST_MAX + 16];
-    av__authority_format(dest, dest_tls ? 443 : 80, hostval, sizeof(hostval));
-    rc = rc ? rc : av__h1_write_field_str(h, "Host", hostval);
-    for (size_t i = 0; i < req->nfields; i++) {
-        const av_h1_field *f = &req->fields[i];
-        if (x_skip_request_field(req, f, inj_name, x->ws_frame))
+    /* Store: method, target (credential in the query for QUERY services),
+     * the agent's end-to-end fields, the injected credential. Cookies an
+     * HTTP/2 agent split into several fields are joined again (RFC 9113
+     * 8.2.3). */
+    av__buf_init(&x->rq, AV_HEAD_MAX + 8192);
+    int rc = rq_put(x, in->method, in->method_len, &x->m_off);
+    x->m_len = (uint32_t)in->method_len;
+    if (!rc && inj_target)
+        rc = rq_put(x, (const char *)av__secret_data(inj_target), av__secret_len(inj_target), &x->t_off);
+    else if (!rc)
+        rc = rq_put(x, in->target, in->target_len, &x->t_off);
+    x->t_len = (uint32_t)(inj_target ? av__secret_len(inj_target) : in->target_len);
+    size_t ncookies = 0;
+    for (size_t i = 0; i < in->nfields && !rc; i++) {
+        const av_h1_field *f = &in->fields[i];
+        if (x_skip_request_field(in, f, inj_name, x->ws_frame))
             continue;
-        rc = rc ? rc : av__h1_write_field(h, f->name, f->name_len, f->value, f->value_len);
+        if (x->sid && av__h1_name_eq(f, "cookie")) {
+            ncookies++;
+            continue;
+        }
+        rc = rq_add(x, f->name, f->name_len, f->value, f->value_len);
     }
-    if (inj_value)
-        rc = rc ? rc : av__h1_write_field(h, inj_name, strlen(inj_name), (const char *)av__secret_data(inj_value),
-                                 av__secret_len(inj_value));
-    if (x->ws) {
-        rc = rc ? rc : av__h1_write_field_str(h, "Connection", "Upgrade");
-        rc = rc ? rc : av__h1_write_field_str(h, "Upgrade", "websocket");
+    if (!rc && ncookies) {
+        /* name and the joined value, stored contiguously */
+        if (x->nrqf >= X_RQ_FIELDS) {
+            rc = AV_ERR_LIMIT;
+        } else {
+            rq_field *cf = &x->rqf[x->nrqf];
+            rc = rq_put(x, "cookie", 6, &cf->no);
+            cf->nl = 6;
+            cf->vo = (uint32_t)x->rq.len;
+            size_t vl = 0;
+            for (size_t i = 0; i < in->nfields && !rc; i++) {
+                const av_h1_field *f = &in->fields[i];
+                if (!av__h1_name_eq(f, "cookie"))
+                    continue;
+                if (vl) {
+                    rc = av__buf_append(&x->rq, "; ", 2);
+                    vl += 2;
+                }
+                rc = rc ? rc : av__buf_append(&x->rq, f->value, f->value_len);
+                vl += f->value_len;
+            }
+            cf->vl = (uint32_t)vl;
+            x->nrqf++;
+        }
     }
-    x->req_body_kind = req->body;
-    if (req->body == AV_H1_BODY_LENGTH) {
-        char cl[32];
-        snprintf(cl, sizeof(cl), "%llu", (unsigned long long)req->content_length);
-        rc = rc ? rc : av__h1_write_field_str(h, "Content-Length", cl);
-    } else if (req->body == AV_H1_BODY_CHUNKED) {
-        rc = rc ? rc : av__h1_write_field_str(h, "Transfer-Encoding", "chunked");
-        x->req_out_chunked = 1;
-    }
-    rc = rc ? rc : av__h1_write_end(h);
+    if (!rc && inj_value)
+        rc = rq_add(x, inj_name, strlen(inj_name), (const char *)av__secret_data(inj_value),
+                    av__secret_len(inj_value));
+    x->inj_name = inj_name;
     av__secret_free(inj_value);
     av__secret_free(inj_target);
     if (rc) {
-        x->status = rc == AV_ERR_LIMIT ? 431 : 400;
-        conn_respond(c, x->status,
-                     rc == AV_ERR_LIMIT ? "request header block too large after rewriting"
-                                        : "request cannot be re-serialized (invalid method, target or field)",
-                     0, 1);
+        x_respond(x, 431, "request header block too large after rewriting", 0);
         return -1;
     }
-    av__h1_body_init(&x->req_body, req->body, req->content_length);
-    x->req_done = x->req_body.done; /* no body, or Content-Length: 0 */
+    x->req_framing = in->framing;
+    x->req_len = in->length;
+    if (!x->sid) {
+        int kind = in->framing == RB_LENGTH ? AV_H1_BODY_LENGTH
+                   : in->framing == RB_UNKNOWN ? AV_H1_BODY_CHUNKED
+                                              : AV_H1_BODY_NONE;
+        av__h1_body_init(&x->req_body, kind, in->length);
+        x->req_done = x->req_body.done; /* no body, or Content-Length: 0 */
+    } else {
+        x->req_done = x->a_end && x->a_rx.len == 0;
+    }
 
-    char scope[200];
-    snprintf(scope, sizeof(scope), "%s/%s", svc ? svc->name : "-",
+    snprintf(x->scope, sizeof(x->scope), "%s/%s", svc ? svc->name : "-",
              c->token >= 0 ? ctx->cfg->tokens[c->token].name : "-");
-    c->state = C_EXCHANGE;
-    rc = av__upstream_acquire(ctx, dest, dest_tls, scope, up_notify_cb, c, &x->up);
+    if (!x->sid)
+        c->state = C_EXCHANGE;
+    return x_choose_upstream(x);
+}
+
+/* Reach the upstream: WebSockets and cleartext go over HTTP/1.1
+ * connections of their own; https requests through a mux, which dials
+ * with ALPN h2 and falls back to HTTP/1.1. */
+static int x_choose_upstream(av_exchange *x)
+{
+    av_ctx *ctx = x->c->ctx;
+    int rc;
+    if (x->ws || !x->dest_tls) {
+        x->link = L_H1;
+        rc = av__upstream_acquire(ctx, &x->dest, x->dest_tls, x->scope, up_notify_cb, x->c, &x->up);
+    } else {
+        x->link = L_MUX;
+        rc = av__mux_attach(ctx, &x->dest, x->scope, &x->ms, up_notify_cb, x->c);
+    }
     if (rc) {
-        x->status = 500;
-        conn_respond(c, 500, "out of memory", 0, 1);
+        x_respond(x, 500, "out of memory", 0);
         return -1;
     }
     return 0;
 }
 
-/* Serialize the upstream response head toward the agent. Returns 0,
- * AV_ERR_LIMIT (no room yet: retry later) or AV_ERR_INVALID. */
-static int x_write_response_head(av_conn *c, const av_h1_response *resp)
+/* Serialize the stored request as HTTP/1.1 into the upstream's output.
+ * Returns 0, AV_ERR_AGAIN (no room yet) or another error. */
+static int x_h1_request_out(av_exchange *x)
 {
-    av_exchange *x = &c->x;
+    av_buf *h = x->up->side.pout;
+    if (av__buf_room(h) < x->rq.len + 1024)
+        return h->len ? AV_ERR_AGAIN : AV_ERR_LIMIT;
+    size_t mark = h->len;
+    int rc = av__h1_write_request_line(h, x->ws && x->sid ? "GET" : rq_ptr(x, x->m_off), x->ws && x->sid ? 3 : x->m_len,
+                                       rq_ptr(x, x->t_off), x->t_len);
+    rc = rc ? rc : av__h1_write_field_str(h, "Host", x->hostval);
+    for (size_t i = 0; i < x->nrqf && !rc; i++)
+        rc = av__h1_write_field(h, rq_ptr(x, x->rqf[i].no), x->rqf[i].nl, rq_ptr(x, x->rqf[i].vo), x->rqf[i].vl);
+    if (x->ws) {
+        rc = rc ? rc : av__h1_write_field_str(h, "Connection", "Upgrade");
+        rc = rc ? rc : av__h1_write_field_str(h, "Upgrade", "websocket");
+        if (x->sid) {
+            rc = rc ? rc : av__h1_write_field_str(h, "Sec-WebSocket-Key", x->ws_key);
+            av_h1_field tmp[X_RQ_FIELDS];
+            size_t n = rq_fields(x, tmp, X_RQ_FIELDS);
+            if (!av__h1_find(tmp, n, "sec-websocket-version"))
+                rc = rc ? rc : av__h1_write_field_str(h, "Sec-WebSocket-Version", "13");
+        }
+    }
+    if (x->req_framing == RB_LENGTH) {
+        char cl[32];
+        snprintf(cl, sizeof(cl), "%llu", (unsigned long long)x->req_len);
+        rc = rc ? rc : av__h1_write_field_str(h, "Content-Length", cl);
+    } else if (x->req_framing == RB_UNKNOWN) {
+        rc = rc ? rc : av__h1_write_field_str(h, "Transfer-Encoding", "chunked");
+        x->req_out_chunked = 1;
+    }
+    rc = rc ? rc : av__h1_write_end(h);
+    if (rc) {
+        av__wipe(h->data + h->off + mark, h->len - mark);
+        h->len = mark;
+        return rc;
+    }
+    return 0;
+}
+
+/* Submit the stored request on the mux. Returns av__mux_submit's code. */
+static int x_h2_request_out(av_exchange *x)
+{
+    av_h2_head h;
+    memset(&h, 0, sizeof(h));
+    h.method = rq_ptr(x, x->m_off);
+    h.method_len = x->m_len;
+    h.scheme = "https";
+    h.scheme_len = 5;
+    h.authority = x->hostval;
+    h.authority_len = strlen(x->hostval);
+    h.path = rq_ptr(x, x->t_off);
+    h.path_len = x->t_len;
+    h.content_length = -1;
+    h.never_index = x->inj_name;
+    h.nfields = rq_fields(x, h.fields, AV_H2_MAX_FIELDS - 1);
+    char cl[32];
+    if (x->req_framing == RB_LENGTH) {
+        snprintf(cl, sizeof(cl), "%llu", (unsigned long long)x->req_len);
+        h.fields[h.nfields].name = "content-length";
+        h.fields[h.nfields].name_len = 14;
+        h.fields[h.nfields].value = cl;
+        h.fields[h.nfields].value_len = strlen(cl);
+        h.nfields++;
+    }
+    int end = x->req_done && (x->sid ? x->a_rx.len == 0 : 1);
+    int rc = av__mux_submit(&x->ms, &h, end);
+    if (rc == AV_OK && end)
+        x->req_ended = 1;
+    return rc;
+}
+
+/* ---- exchanges: moving bodies ---------------------------------------------- */
+
+/* Sink toward the upstream. */
+static size_t up_room(av_exchange *x)
+{
+    if (x->link == L_MUX)
+        return av__mux_room(&x->ms);
+    size_t r = av__buf_room(x->up->side.pout);
+    return r > 32 ? r - 32 : 0;
+}
+
+static void up_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    if (x->link == L_MUX) {
+        av__mux_send(&x->ms, data, n); /* n <= room: all of it is taken */
+    } else if (x->req_out_chunked) {
+        av__h1_write_chunk_header(x->up->side.pout, n);
+        av__buf_append(x->up->side.pout, data, n);
+        av__h1_write_chunk_end(x->up->side.pout);
+    } else {
+        av__buf_append(x->up->side.pout, data, n);
+    }
+    x->bytes_req += n;
+}
+
+static void up_end(av_exchange *x)
+{
+    if (x->req_ended)
+        return;
+    x->req_ended = 1;
+    if (x->link == L_MUX)
+        av__mux_end(&x->ms);
+    else if (x->req_out_chunked)
+        av__h1_write_last_chunk(x->up->side.pout);
+}
+
+/* Move request body bytes agent -> upstream. Returns progress. */
+static int x_pump_request_body(av_exchange *x)
+{
+    av_conn *c = x->c;
+    int progress = 0;
+    if (x->sid) {
+        while (x->a_rx.len > 0) {
+            size_t room = up_room(x);
+            if (room == 0)
+                break;
+            size_t n = x->a_rx.len < room ? x->a_rx.len : room;
+            up_write(x, av__buf_head(&x->a_rx), n);
+            av__buf_consume(&x->a_rx, n);
+            av__h2_consume(c->h2, x->sid, n);
+            progress = 1;
+        }
+        if (!x->req_done && x->a_end && x->a_rx.len == 0) {
+            x->req_done = 1;
+            progress = 1;
+        }
+    } else {
+        while (!x->req_done) {
+            size_t room = up_room(x);
+            if (room < 64 || c->a.pin->len == 0)
+                break;
+            size_t feed = c->a.pin->len;
+            if (feed > room)
+                feed = room;
+            const uint8_t *data = NULL;
+            size_t dlen = 0;
+            ssize_t used = av__h1_body_feed(&x->req_body, av__buf_head(c->a.pin), feed, &data, &dlen);
+            if (used < 0) {
+                x_fail(x, 400, "malformed request body framing");
+                return 1;
+            }
+            if (dlen)
+                up_write(x, data, dlen);
+            av__buf_consume(c->a.pin, (size_t)used);
+            if (x->req_body.done)
+                x->req_done = 1;
+            if (used == 0 && dlen == 0 && !x->req_body.done)
+                break;
+            progress = 1;
+        }
+    }
+    if (x->req_done && !x->req_ended && x->head_sent) {
+        up_end(x);
+        progress = 1;
+    }
+    return progress;
+}
+
+/* Sink toward the agent. */
+static size_t agent_room(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (x->sid)
+        return av__h2_stream_room(c->h2, x->sid);
+    size_t r = av__buf_room(c->a.pout);
+    return r > 32 ? r - 32 : 0;
+}
+
+static void agent_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    av_conn *c = x->c;
+    if (x->sid) {
+        av__h2_send_data(c->h2, x->sid, data, n);
+    } else if (x->resp_out_chunked) {
+        av__h1_write_chunk_header(c->a.pout, n);
+        av__buf_append(c->a.pout, data, n);
+        av__h1_write_chunk_end(c->a.pout);
+    } else {
+        av__buf_append(c->a.pout, data, n);
+    }
+    x->bytes_resp += n;
+}
+
+static void agent_end(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (x->sid)
+        av__h2_end_stream(c->h2, x->sid);
+    else if (x->resp_out_chunked)
+        av__h1_write_last_chunk(c->a.pout);
+}
+
+/* Write a response head toward the agent. |kind| is RK_NONE (no body:
+ * fields are kept as they are, e.g. Content-Length of a HEAD response),
+ * RK_LENGTH (Content-Length |len| is derived here) or RK_UNKNOWN (chunked,
+ * or close-delimited for HTTP/1.0 agents; plain DATA over HTTP/2).
+ * Returns 0, AV_ERR_LIMIT (no room yet: retry later) or AV_ERR_INVALID. */
+static int x_agent_head(av_exchange *x, int status, const char *reason, size_t reason_len,
+                        const av_h1_field *fields, size_t nfields, int kind, uint64_t len)
+{
+    av_conn *c = x->c;
+    char cl[32];
+    snprintf(cl, sizeof(cl), "%llu", (unsigned long long)len);
+    if (x->sid) {
+        if (status < 200)
+            return 0; /* interim responses are not relayed to HTTP/2 agents */
+        av_h2_head h;
+        memset(&h, 0, sizeof(h));
+        h.status = status;
+        h.content_length = -1;
+        size_t n = 0;
+        for (size_t i = 0; i < nfields && n < AV_H2_MAX_FIELDS - 1; i++) {
+            const av_h1_field *f = &fields[i];
+            if (av__h1_is_hop_by_hop(f, fields, nfields) || (kind != RK_NONE && av__h1_name_eq(f, "content-length")))
+                continue;
+            if (f->name_len == 0 || f->name[0] == ':')
+                continue;
+            h.fields[n++] = *f;
+        }
+        if (kind == RK_LENGTH) {
+            h.fields[n].name = "content-length";
+            h.fields[n].name_len = 14;
+            h.fields[n].value = cl;
+            h.fields[n].value_len = strlen(cl);
+            n++;
+        }
+        h.nfields = n;
+        int end = kind == RK_NONE || (kind == RK_LENGTH && len == 0);
+        int rc = av__h2_submit_response(c->h2, x->sid, &h, end);
+        if (rc)
+            return AV_ERR_INVALID;
+        x->resp_kind = kind;
+        return 0;
+    }
     av_buf *o = c->a.pout;
+    if (av__buf_room(o) < 1024)
+        return AV_ERR_LIMIT;
     size_t mark = o->len;
     int rc = 0;
-    char reason[256];
-    snprintf(reason, sizeof(reason), "%.*s", (int)resp->reason_len, resp->reason);
-    rc |= av__h1_write_status_line(o, resp->status, reason);
-    for (size_t i = 0; i < resp->nfields; i++) {
-        const av_h1_field *f = &resp->fields[i];
-        if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields))
+    char rs[256];
+    if (reason)
+        snprintf(rs, sizeof(rs), "%.*s", (int)reason_len, reason);
+    else
+        snprintf(rs, sizeof(rs), "%s", av__h1_reason(status));
+    rc |= av__h1_write_status_line(o, status, rs);
+    for (size_t i = 0; i < nfields; i++) {
+        const av_h1_field *f = &fields[i];
+        if (av__h1_is_hop_by_hop(f, fields, nfields))
             continue;
         if (av__h1_name_eq(f, "transfer-encoding"))
             continue;
-        if (av__h1_name_eq(f, "content-length") && resp->body != AV_H1_BODY_NONE)
+        if (av__h1_name_eq(f, "content-length") && kind != RK_NONE)
             continue; /* re-derived below */
         rc |= av__h1_write_field(o, f->name, f->name_len, f->value, f->value_len);
     }
-    if (resp->status >= 200) {
-        if (resp->body == AV_H1_BODY_LENGTH) {
-            char cl[32];
-            snprintf(cl, sizeof(cl), "%llu", (unsigned long long)resp->content_length);
+    if (status >= 200) {
+        if (kind == RK_LENGTH) {
             rc |= av__h1_write_field_str(o, "Content-Length", cl);
-        } else if (resp->body == AV_H1_BODY_CHUNKED || resp->body == AV_H1_BODY_UNTIL_CLOSE) {
+        } else if (kind == RK_UNKNOWN) {
             if (x->agent_minor >= 1) {
                 rc |= av__h1_write_field_str(o, "Transfer-Encoding", "chunked");
                 x->resp_out_chunked = 1;
@@ -611,67 +1120,14 @@ static int x_write_response_head(av_conn *c, const av_h1_response *resp)
     rc |= av__h1_write_end(o);
     if (rc) {
         o->len = mark; /* roll back */
+        x->resp_out_chunked = 0;
         return rc == AV_ERR_LIMIT ? AV_ERR_LIMIT : AV_ERR_INVALID;
     }
+    x->resp_kind = kind;
     return 0;
 }
 
-/* Move request body bytes agent -> upstream. Returns progress. */
-static int x_pump_request_body(av_conn *c)
-{
-    av_exchange *x = &c->x;
-    av_side *u = &x->up->side;
-    int progress = 0;
-    while (!x->req_done) {
-        size_t room = av__buf_room(u->pout);
-        if (room < 64 || c->a.pin->len == 0)
-            break;
-        size_t feed = c->a.pin->len;
-        if (feed > room - 32)
-            feed = room - 32;
-        const uint8_t *data = NULL;
-        size_t dlen = 0;
-        ssize_t used = av__h1_body_feed(&x->req_body, av__buf_head(c->a.pin), feed, &data, &dlen);
-        if (used < 0) {
-            x_fail(c, 400, "malformed request body framing");
-            return 1;
-        }
-        if (dlen) {
-            if (x->req_out_chunked) {
-                av__h1_write_chunk_header(u->pout, dlen);
-                av__buf_append(u->pout, data, dlen);
-                av__h1_write_chunk_end(u->pout);
-            } else {
-                av__buf_append(u->pout, data, dlen);
-            }
-            x->bytes_req += dlen;
-        }
-        av__buf_consume(c->a.pin, (size_t)used);
-        if (x->req_body.done) {
-            if (x->req_out_chunked)
-                av__h1_write_last_chunk(u->pout);
-            x->req_done = 1;
-        }
-        if (used == 0 && dlen == 0 && !x->req_body.done)
-            break;
-        progress = 1;
-    }
-    return progress;
-}
-
-/* Copy what fits from |from| to |to| (splice relays). Returns progress. */
-static int splice_bytes(av_buf *from, av_buf *to, unsigned long long *count)
-{
-    size_t n = from->len;
-    if (n > av__buf_room(to))
-        n = av__buf_room(to);
-    if (n == 0 || av__buf_append(to, av__buf_head(from), n) != AV_OK)
-        return 0;
-    av__buf_consume(from, n);
-    if (count)
-        *count += n;
-    return 1;
-}
+/* ---- WebSockets ------------------------------------------------------------ */
 
 /* Check the upstream's 101 (SECURITY 9). Returns NULL or the reason. */
 static const char *x_ws_check_101(const av_exchange *x, const av_h1_response *resp)
@@ -693,9 +1149,27 @@ static const char *x_ws_check_101(const av_exchange *x, const av_h1_response *re
     return NULL;
 }
 
-/* Relay a validated 101 to the agent. */
-static int x_ws_write_101(av_conn *c, const av_h1_response *resp)
+/* Relay a validated 101 to the agent (HTTP/2: a 200 to the extended
+ * CONNECT, without the HTTP/1.1 handshake fields). */
+static int x_ws_write_101(av_exchange *x, const av_h1_response *resp)
 {
+    av_conn *c = x->c;
+    if (x->sid) {
+        av_h2_head h;
+        memset(&h, 0, sizeof(h));
+        h.status = 200;
+        h.content_length = -1;
+        size_t n = 0;
+        for (size_t i = 0; i < resp->nfields && n < AV_H2_MAX_FIELDS; i++) {
+            const av_h1_field *f = &resp->fields[i];
+            if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length") ||
+                av__h1_name_eq(f, "sec-websocket-accept"))
+                continue;
+            h.fields[n++] = *f;
+        }
+        h.nfields = n;
+        return av__h2_submit_response(c->h2, x->sid, &h, 0) ? AV_ERR_INVALID : 0;
+    }
     av_buf *o = c->a.pout;
     size_t mark = o->len;
     int rc = av__h1_write_status_line(o, 101, "Switching Protocols");
@@ -735,24 +1209,44 @@ static int x_ws_filter(void *ud, const uint8_t *msg, size_t len, uint8_t **out, 
     return 0;
 }
 
-/* Relay an open WebSocket: splice bytes, or frames through the bridge. */
-static int x_ws_step(av_conn *c)
+/* Copy what fits from |from| to |to| (splice relays). Returns progress. */
+static int splice_bytes(av_buf *from, av_buf *to, unsigned long long *count)
 {
-    av_exchange *x = &c->x;
+    size_t n = from->len;
+    if (n > av__buf_room(to))
+        n = av__buf_room(to);
+    if (n == 0 || av__buf_append(to, av__buf_head(from), n) != AV_OK)
+        return 0;
+    av__buf_consume(from, n);
+    if (count)
+        *count += n;
+    return 1;
+}
+
+/* Relay an open WebSocket: splice bytes, or frames through the bridge.
+ * Over HTTP/2 the agent's bytes are the stream's DATA (a_rx in, a_tx out). */
+static int x_ws_step(av_exchange *x)
+{
+    av_conn *c = x->c;
     av_side *u = &x->up->side;
+    int h2 = x->sid != 0;
+    av_buf *ain = h2 ? &x->a_rx : c->a.pin;
+    av_buf *aout = h2 ? &x->a_tx : c->a.pout;
+    int a_eof = h2 ? (x->a_end || x->a_closed) : c->a.in_eof;
     int progress = 0;
+    size_t ain0 = ain->len;
     int rc = av__side_pump_in(u);
     progress |= rc > 0;
     if (x->ws_bridge) {
-        if (c->a.in_eof)
+        if (a_eof)
             av__ws_bridge_agent_eof(x->ws_bridge);
         if (u->in_eof || u->err)
             av__ws_bridge_upstream_eof(x->ws_bridge);
-        size_t a0 = c->a.pin->len, u0 = u->pin->len;
-        rc = av__ws_bridge_pump(x->ws_bridge, c->a.pin, c->a.pout, u->pin, u->pout);
+        size_t u0 = u->pin->len;
+        rc = av__ws_bridge_pump(x->ws_bridge, ain, aout, u->pin, u->pout);
         if (rc > 0)
             progress = 1;
-        x->bytes_req += a0 - c->a.pin->len;
+        x->bytes_req += ain0 - ain->len;
         x->bytes_resp += u0 - u->pin->len;
         if (rc == AV_ERR_PARSE || rc == AV_ERR_DENIED) {
             av__log(&c->ctx->log, AV_LOG_INFO, "websocket host=%s path=%s: %s, closing", x->host, x->log_path,
@@ -763,42 +1257,95 @@ static int x_ws_step(av_conn *c)
                     x->log_path, av_strerror(rc));
             x->up_reusable = 0;
             x->resp_done = x->req_done = 1;
-            c->close_after = 1;
-            x_finish(c, av_strerror(rc));
-            c->a.want_shut = 1;
+            if (!h2) {
+                c->close_after = 1;
+                x_finish(x, av_strerror(rc));
+                c->a.want_shut = 1;
+            } else {
+                x->resp_done = 0; /* reset the stream */
+                x_finish(x, av_strerror(rc));
+            }
             return 1;
         }
     } else {
-        progress |= splice_bytes(c->a.pin, u->pout, &x->bytes_req);
-        progress |= splice_bytes(u->pin, c->a.pout, &x->bytes_resp);
+        progress |= splice_bytes(ain, u->pout, &x->bytes_req);
+        if (h2) {
+            size_t n = u->pin->len, room = av__h2_stream_room(c->h2, x->sid);
+            if (n > room)
+                n = room;
+            if (n && !x->a_tx_ended) {
+                av__h2_send_data(c->h2, x->sid, av__buf_head(u->pin), n);
+                av__buf_consume(u->pin, n);
+                x->bytes_resp += n;
+                progress = 1;
+            }
+        } else {
+            progress |= splice_bytes(u->pin, c->a.pout, &x->bytes_resp);
+        }
         /* Half-closes propagate: EOF from one peer becomes FIN to the other. */
-        if (c->a.in_eof && c->a.pin->len == 0 && !u->want_shut) {
+        if (a_eof && ain->len == 0 && !u->want_shut) {
             av__side_close_write(u);
             progress = 1;
         }
-        if ((u->in_eof || u->err) && u->pin->len == 0 && !c->a.want_shut) {
-            av__side_close_write(&c->a);
+        if ((u->in_eof || u->err) && u->pin->len == 0) {
+            if (!h2 && !c->a.want_shut) {
+                av__side_close_write(&c->a);
+                progress = 1;
+            }
+        }
+    }
+    if (h2) {
+        /* Window for what the relay took from the stream; frames toward
+         * the agent go out as DATA. */
+        if (ain0 > ain->len)
+            av__h2_consume(c->h2, x->sid, ain0 - ain->len);
+        size_t n = x->a_tx.len, room = av__h2_stream_room(c->h2, x->sid);
+        if (n > room)
+            n = room;
+        if (n && !x->a_tx_ended) {
+            av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
+            av__buf_consume(&x->a_tx, n);
+            progress = 1;
+        }
+        int up_over = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge) : ((u->in_eof || u->err) && u->pin->len == 0);
+        if (up_over && x->a_tx.len == 0 && !x->a_tx_ended) {
+            av__h2_end_stream(c->h2, x->sid);
+            x->a_tx_ended = 1;
             progress = 1;
         }
     }
     rc = av__side_pump_out(u);
     progress |= rc > 0;
-    int finished = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
+    int finished;
+    if (h2)
+        finished = x->a_tx_ended && (a_eof || x->a_closed) && (x->ws_bridge || u->want_shut || u->err);
+    else
+        finished = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
                                 : ((c->a.in_eof && (u->in_eof || u->err)) || (u->err && c->a.want_shut));
+    if (h2 && x->a_closed && !finished) {
+        /* The agent reset the stream: drop the upstream. */
+        x->up_reusable = 0;
+        x->resp_done = x->req_done = 1;
+        x_finish(x, NULL);
+        return 1;
+    }
     if (finished && av__side_flushed(u)) {
         x->resp_done = 1;
         x->req_done = 1;
-        c->close_after = 1;
-        x_finish(c, NULL);
+        if (!h2)
+            c->close_after = 1;
+        x_finish(x, NULL);
         return 1;
     }
     return progress;
 }
 
-/* Move response bytes upstream -> agent. Returns progress. */
-static int x_pump_response(av_conn *c)
+/* ---- exchanges: responses ------------------------------------------------------ */
+
+/* Response from an HTTP/1.1 upstream toward the agent. Returns progress. */
+static int x_pump_response_h1(av_exchange *x)
 {
-    av_exchange *x = &c->x;
+    av_conn *c = x->c;
     av_side *u = &x->up->side;
     int progress = 0;
     while (!x->resp_head_done) {
@@ -809,51 +1356,59 @@ static int x_pump_response(av_conn *c)
                                           x->is_head, 0, &resp);
         if (n == AV_H1_INCOMPLETE) {
             if (u->in_eof) {
-                x_fail(c, 502, "upstream closed the connection before sending a response");
+                x_fail(x, 502, "upstream closed the connection before sending a response");
                 return 1;
             }
             return progress;
         }
         if (n < 0) {
-            x_fail(c, 502, "upstream sent a malformed response");
+            x_fail(x, 502, "upstream sent a malformed response");
             return 1;
         }
         if (resp.status == 101) {
             if (!x->ws) {
-                x_fail(c, 502, "upstream switched protocols, which this exchange did not ask for");
+                x_fail(x, 502, "upstream switched protocols, which this exchange did not ask for");
                 return 1;
             }
-            if (av__buf_room(c->a.pout) < (size_t)n + 512)
+            if (!x->sid && av__buf_room(c->a.pout) < (size_t)n + 512)
                 return progress;
             const char *why = x_ws_check_101(x, &resp);
             if (why) {
-                x_fail(c, 502, why);
+                x_fail(x, 502, why);
                 return 1;
             }
-            if (x_ws_write_101(c, &resp) != 0) {
-                x_fail(c, 502, "upstream 101 response cannot be re-serialized");
+            if (x_ws_write_101(x, &resp) != 0) {
+                x_fail(x, 502, "upstream 101 response cannot be re-serialized");
                 return 1;
             }
             av__buf_consume(u->pin, (size_t)n);
             x->status = 101;
             x->resp_head_done = 1;
             x->up_reusable = 0;
-            if (x->ws_frame &&
-                av__ws_bridge_new(&x->ws_bridge, 0, x_ws_filter, x) != AV_OK) {
-                c->state = C_CLOSING;
-                c->a.want_shut = 1;
+            if (x->sid)
+                av__buf_init(&x->a_tx, AV_PLAIN_BUF_MAX);
+            if (x->ws_frame && av__ws_bridge_new(&x->ws_bridge, 0, x_ws_filter, x) != AV_OK) {
+                x_fail(x, 502, "out of memory");
                 return 1;
             }
             x->ws_open = 1;
             return 1;
         }
-        if (av__buf_room(c->a.pout) < (size_t)n + 512)
+        if (resp.status < 200 && x->sid) {
+            av__buf_consume(u->pin, (size_t)n); /* not relayed over HTTP/2 */
+            av__h1_scan_reset(&x->rscan);
+            progress = 1;
+            continue;
+        }
+        if (!x->sid && av__buf_room(c->a.pout) < (size_t)n + 512)
             return progress; /* wait for the agent to drain */
-        int wrc = x_write_response_head(c, &resp);
+        int kind = resp.body == AV_H1_BODY_NONE ? RK_NONE : resp.body == AV_H1_BODY_LENGTH ? RK_LENGTH : RK_UNKNOWN;
+        int wrc = x_agent_head(x, resp.status, resp.reason, resp.reason_len, resp.fields, resp.nfields, kind,
+                               resp.content_length);
         if (wrc == AV_ERR_LIMIT)
             return progress;
         if (wrc != 0) {
-            x_fail(c, 502, "upstream response cannot be re-serialized");
+            x_fail(x, 502, "upstream response cannot be re-serialized");
             return 1;
         }
         av__buf_consume(u->pin, (size_t)n);
@@ -870,7 +1425,7 @@ static int x_pump_response(av_conn *c)
         x->resp_done = x->resp_body.done; /* no body, or Content-Length: 0 */
     }
     while (!x->resp_done) {
-        size_t room = av__buf_room(c->a.pout);
+        size_t room = agent_room(x);
         if (room < 64)
             break;
         if (u->pin->len == 0) {
@@ -878,7 +1433,7 @@ static int x_pump_response(av_conn *c)
                 if (x->resp_body.kind == AV_H1_BODY_UNTIL_CLOSE) {
                     x->resp_body.done = 1;
                 } else {
-                    x_fail(c, 502, "upstream closed the connection in the middle of the body");
+                    x_fail(x, 502, "upstream closed the connection in the middle of the body");
                     return 1;
                 }
             } else {
@@ -886,33 +1441,25 @@ static int x_pump_response(av_conn *c)
             }
         } else {
             size_t feed = u->pin->len;
-            if (feed > room - 32)
-                feed = room - 32;
+            if (feed > room)
+                feed = room;
             const uint8_t *data = NULL;
             size_t dlen = 0;
             ssize_t used = av__h1_body_feed(&x->resp_body, av__buf_head(u->pin), feed, &data, &dlen);
             if (used < 0) {
-                x_fail(c, 502, "upstream sent a malformed response body");
+                x_fail(x, 502, "upstream sent a malformed response body");
                 return 1;
             }
-            if (dlen) {
-                if (x->resp_out_chunked) {
-                    av__h1_write_chunk_header(c->a.pout, dlen);
-                    av__buf_append(c->a.pout, data, dlen);
-                    av__h1_write_chunk_end(c->a.pout);
-                } else {
-                    av__buf_append(c->a.pout, data, dlen);
-                }
-                x->bytes_resp += dlen;
-            }
+            if (dlen)
+                agent_write(x, data, dlen);
             av__buf_consume(u->pin, (size_t)used);
             if (used == 0 && dlen == 0 && !x->resp_body.done)
                 break;
         }
         progress = 1;
         if (x->resp_body.done) {
-            if (x->resp_out_chunked)
-                av__h1_write_last_chunk(c->a.pout);
+            if (x->resp_kind != RK_NONE)
+                agent_end(x);
             x->resp_done = 1;
             if (u->pin->len > 0)
                 x->up_reusable = 0; /* bytes after the response: never reuse */
@@ -921,67 +1468,176 @@ static int x_pump_response(av_conn *c)
     return progress;
 }
 
-/* One step of the current exchange. Returns progress. */
-static int x_step(av_conn *c)
+/* Response from an HTTP/2 upstream stream toward the agent. */
+static int x_pump_response_mux(av_exchange *x)
 {
-    av_exchange *x = &c->x;
-    av_upconn *up = x->up;
+    av_mux_stream *ms = &x->ms;
     int progress = 0;
-    if (!up)
-        return 0;
-    if (up->state < AV_UP_READY)
-        progress |= av__upstream_step(up);
-    if (up->state == AV_UP_FAILED) {
-        char why[260];
-        snprintf(why, sizeof(why), "%s", up->side.errmsg);
-        x_fail(c, up->fail_status ? up->fail_status : 502, why);
-        return 1;
-    }
-    if (up->state != AV_UP_READY)
-        return progress;
-    if (!x->head_sent) {
-        if (av__buf_append(up->side.pout, av__buf_head(&x->head), x->head.len) != AV_OK)
-            return progress;
-        av__buf_free_wipe(&x->head);
-        x->head_sent = 1;
+    if (!x->resp_head_done) {
+        if (!ms->head) {
+            if (ms->closed) {
+                x_fail(x, 502, ms->why[0] ? ms->why : "upstream reset the HTTP/2 stream before responding");
+                return 1;
+            }
+            return 0;
+        }
+        int kind;
+        uint64_t len = 0;
+        if (x->is_head || ms->status == 204 || ms->status == 304) {
+            kind = RK_NONE;
+        } else if (ms->content_length >= 0) {
+            kind = RK_LENGTH;
+            len = (uint64_t)ms->content_length;
+        } else if (ms->end && ms->rx.len == 0) {
+            kind = RK_LENGTH;
+        } else {
+            kind = RK_UNKNOWN;
+        }
+        int wrc = x_agent_head(x, ms->status, NULL, 0, ms->fields, ms->nfields, kind, len);
+        if (wrc == AV_ERR_LIMIT)
+            return 0;
+        if (wrc != 0) {
+            x_fail(x, 502, "upstream response cannot be re-serialized");
+            return 1;
+        }
+        x->status = ms->status;
+        x->resp_head_done = 1;
         progress = 1;
+        if (kind == RK_NONE || (kind == RK_LENGTH && len == 0)) {
+            x->resp_done = 1;
+            av__mux_consume(ms, ms->rx.len);
+            return 1;
+        }
     }
-    if (x->ws_open)
-        return x_ws_step(c) | progress;
-    int rc = av__side_pump_in(&up->side);
-    if (rc < 0 && !x->resp_done) {
-        char why[260];
-        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
-        x_fail(c, 502, why);
-        return 1;
+    while (!x->resp_done) {
+        if (ms->rx.len > 0) {
+            size_t room = agent_room(x);
+            if (room < 64 && room < ms->rx.len)
+                break;
+            size_t n = ms->rx.len < room ? ms->rx.len : room;
+            agent_write(x, av__buf_head(&ms->rx), n);
+            av__mux_consume(ms, n);
+            progress = 1;
+            continue;
+        }
+        if (ms->end) {
+            agent_end(x);
+            x->resp_done = 1;
+            progress = 1;
+            break;
+        }
+        if (ms->closed) {
+            x_fail(x, 502, ms->why[0] ? ms->why : "upstream reset the HTTP/2 stream in the middle of the body");
+            return 1;
+        }
+        break;
     }
-    progress |= rc > 0;
-    progress |= x_pump_request_body(c);
-    if (c->x.active == 0 || c->state == C_CLOSING)
-        return 1;
-    progress |= x_pump_response(c);
-    if (c->x.active == 0 || c->state == C_CLOSING)
-        return 1;
-    if (x->ws_open)
-        return 1;
-    rc = av__side_pump_out(&up->side);
-    if (rc < 0 && !x->resp_done) {
-        char why[260];
-        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
-        x_fail(c, 502, why);
-        return 1;
+    if (progress)
+        av__mux_flush(ms); /* window updates */
+    return progress;
+}
+
+/* ---- exchanges: the step ------------------------------------------------------- */
+
+/* The upstream link of an exchange on a mux: follow the stream's state.
+ * Returns progress; may switch the exchange to L_H1. */
+static int x_mux_link(av_exchange *x)
+{
+    av_conn *c = x->c;
+    av_mux_stream *ms = &x->ms;
+    for (int guard = 0; guard < 4; guard++) {
+        switch (ms->state) {
+        case AV_MS_WAIT:
+            return 0;
+        case AV_MS_READY: {
+            int rc = x_h2_request_out(x);
+            if (rc == AV_OK) {
+                x->head_sent = 1;
+                av__mux_flush(ms);
+                return 1;
+            }
+            if (rc == AV_ERR_LIMIT)
+                return 0;
+            if (rc == AV_ERR_STATE)
+                continue; /* RETRY */
+            x_fail(x, 502, "request cannot be sent over HTTP/2 (invalid method, target or field)");
+            return 1;
+        }
+        case AV_MS_RETRY:
+            if (x->retries >= X_MAX_RETRIES || ms->sent_any || x->resp_head_done) {
+                x_fail(x, 502, "upstream refused the request (HTTP/2 GOAWAY or REFUSED_STREAM)");
+                return 1;
+            }
+            x->retries++;
+            av__mux_detach(ms);
+            x->head_sent = 0;
+            x->req_ended = 0;
+            if (av__mux_attach(c->ctx, &x->dest, x->scope, ms, up_notify_cb, c) != AV_OK) {
+                x_fail(x, 500, "out of memory");
+                return 1;
+            }
+            continue;
+        case AV_MS_H1: {
+            av_upconn *up = ms->up;
+            ms->up = NULL;
+            av__mux_detach(ms);
+            x->link = L_H1;
+            if (up) {
+                x->up = up;
+                up->notify = up_notify_cb;
+                up->owner = c;
+            } else if (av__upstream_acquire(c->ctx, &x->dest, x->dest_tls, x->scope, up_notify_cb, c, &x->up)) {
+                x_fail(x, 500, "out of memory");
+                return 1;
+            }
+            return 1;
+        }
+        case AV_MS_FAILED: {
+            char why[260];
+            snprintf(why, sizeof(why), "%s", ms->why);
+            x_fail(x, ms->fail_status ? ms->fail_status : 502, why);
+            return 1;
+        }
+        default:
+            return 0;
+        }
     }
-    progress |= rc > 0;
+    return 0;
+}
+
+/* The end of an exchange, common checks. Returns 1 if it finished. */
+static int x_check_done(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (x->sid) {
+        if (x->a_closed && !(x->resp_done && x->req_done)) {
+            x->up_reusable = 0;
+            x->resp_done = 1;
+            x_finish(x, x->resp_head_done ? NULL : "agent reset the stream");
+            return 1;
+        }
+        if (x->resp_done && (x->req_done || x->a_closed)) {
+            x_finish(x, NULL);
+            return 1;
+        }
+        if (x->resp_done && !x->req_done) {
+            /* Early response: the rest of the request body is not wanted. */
+            x->up_reusable = 0;
+            x_finish(x, NULL);
+            return 1;
+        }
+        return 0;
+    }
     if (!x->req_done && c->a.in_eof && c->a.pin->len == 0) {
         /* The agent went away mid-body: nothing sensible to forward. */
         x->up_reusable = 0;
         if (x->resp_done) {
-            x_finish(c, NULL);
+            x_finish(x, NULL);
             return 1;
         }
     }
     if (x->resp_done && (x->req_done || c->a.in_eof)) {
-        x_finish(c, NULL);
+        x_finish(x, NULL);
         return 1;
     }
     if (x->resp_done && !x->req_done) {
@@ -989,9 +1645,100 @@ static int x_step(av_conn *c)
          * and close the agent connection afterwards. */
         c->close_after = 1;
         x->up_reusable = 0;
-        x_finish(c, NULL);
+        x_finish(x, NULL);
         return 1;
     }
+    return 0;
+}
+
+/* One step of an exchange. Returns progress. */
+static int x_step(av_exchange *x)
+{
+    av_conn *c = x->c;
+    int progress = 0;
+    if (!x->active)
+        return 0;
+    if (x->sid && x->a_closed && !x->resp_head_done) {
+        x->resp_done = 1;
+        x_check_done(x);
+        return 1;
+    }
+    if (x->link == L_MUX) {
+        progress |= x_mux_link(x);
+        if (!x->active)
+            return 1;
+        if (x->link == L_MUX) {
+            if (x->ms.state != AV_MS_OPEN)
+                return progress;
+            int moved = x_pump_request_body(x);
+            if (!x->active)
+                return 1;
+            progress |= moved;
+            progress |= x_pump_response_mux(x);
+            if (!x->active)
+                return 1;
+            if (moved)
+                av__mux_flush(&x->ms);
+            if (!x->active)
+                return 1;
+            progress |= x_check_done(x);
+            return progress;
+        }
+    }
+    av_upconn *up = x->up;
+    if (!up)
+        return progress;
+    if (up->state < AV_UP_READY)
+        progress |= av__upstream_step(up);
+    if (up->state == AV_UP_FAILED) {
+        char why[260];
+        snprintf(why, sizeof(why), "%s", up->side.errmsg);
+        x_fail(x, up->fail_status ? up->fail_status : 502, why);
+        return 1;
+    }
+    if (up->state != AV_UP_READY)
+        return progress;
+    if (!x->head_sent) {
+        int rc = x_h1_request_out(x);
+        if (rc == AV_ERR_AGAIN)
+            return progress;
+        if (rc) {
+            x_fail(x, rc == AV_ERR_LIMIT ? 431 : 400,
+                   rc == AV_ERR_LIMIT ? "request header block too large after rewriting"
+                                      : "request cannot be re-serialized (invalid method, target or field)");
+            return 1;
+        }
+        av__buf_free_wipe(&x->rq);
+        x->head_sent = 1;
+        progress = 1;
+    }
+    if (x->ws_open)
+        return x_ws_step(x) | progress;
+    int rc = av__side_pump_in(&up->side);
+    if (rc < 0 && !x->resp_done) {
+        char why[260];
+        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
+        x_fail(x, 502, why);
+        return 1;
+    }
+    progress |= rc > 0;
+    progress |= x_pump_request_body(x);
+    if (!x->active || (!x->sid && c->state == C_CLOSING))
+        return 1;
+    progress |= x_pump_response_h1(x);
+    if (!x->active || (!x->sid && c->state == C_CLOSING))
+        return 1;
+    if (x->ws_open)
+        return 1;
+    rc = av__side_pump_out(&up->side);
+    if (rc < 0 && !x->resp_done) {
+        char why[260];
+        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
+        x_fail(x, 502, why);
+        return 1;
+    }
+    progress |= rc > 0;
+    progress |= x_check_done(x);
     return progress;
 }
 
@@ -1087,6 +1834,44 @@ static void conn_self_request(av_conn *c, const av_h1_request *req)
     }
 }
 
+/* Start an exchange for an HTTP/1.1 request head. Returns 0, or -1 after
+ * answering with an error. */
+static int x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *dest, int dest_tls,
+                      const char *target, size_t target_len)
+{
+    av_exchange *x = &c->x;
+    x_reset(x);
+    x->c = c;
+    x_req_in in;
+    memset(&in, 0, sizeof(in));
+    in.method = req->method;
+    in.method_len = req->method_len;
+    in.target = target;
+    in.target_len = target_len;
+    in.fields = req->fields;
+    in.nfields = req->nfields;
+    in.minor = req->minor_version;
+    in.flags = req->flags;
+    in.framing = req->body == AV_H1_BODY_LENGTH ? RB_LENGTH : req->body == AV_H1_BODY_CHUNKED ? RB_UNKNOWN : RB_NONE;
+    in.length = req->body == AV_H1_BODY_LENGTH ? req->content_length : 0;
+    if (req->flags & AV_H1_F_UPGRADE_WEBSOCKET) {
+        const av_h1_field *key = av__h1_find(req->fields, req->nfields, "sec-websocket-key");
+        char accept[29];
+        if (!ci_eq(req->method, req->method_len, "GET") || req->body != AV_H1_BODY_NONE || !key ||
+            key->value_len >= sizeof(x->ws_key) || av__ws_accept_key(key->value, key->value_len, accept) != 0) {
+            x->active = 1;
+            x->start = av__loop_now(c->ctx->loop);
+            snprintf(x->method, sizeof(x->method), "%.*s", (int)req->method_len, req->method);
+            av__authority_format(dest, 0, x->host, sizeof(x->host));
+            x_respond(x, 400, "malformed WebSocket upgrade request", 0);
+            return -1;
+        }
+        in.ws = 1;
+        in.ws_key = key;
+    }
+    return x_begin(x, &in, dest, dest_tls);
+}
+
 /* A complete head at the proxy level (not inside a tunnel). */
 static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_len)
 {
@@ -1156,7 +1941,7 @@ static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head
             return;
         }
     }
-    if (x_start(c, req, &uri.authority, 0, uri.path, uri.path_len) == 0)
+    if (x_start_h1(c, req, &uri.authority, 0, uri.path, uri.path_len) == 0)
         av__buf_consume(c->a.pin, head_len);
 }
 
@@ -1184,7 +1969,7 @@ static void conn_tunnel_request(av_conn *c, const av_h1_request *req, size_t hea
         conn_respond(c, 421, m, 0, 1);
         return;
     }
-    if (x_start(c, req, &c->dest, c->dest_tls, req->target, req->target_len) == 0)
+    if (x_start_h1(c, req, &c->dest, c->dest_tls, req->target, req->target_len) == 0)
         av__buf_consume(c->a.pin, head_len);
 }
 
@@ -1251,6 +2036,10 @@ static int conn_tunnel_sniff(av_conn *c)
         av_tls *t = NULL;
         av__side_tls_bufs(&c->a, &cin, &cout);
         int rc = av__tls_server_new(&t, ctx->tls_srv, c->dest.host, NULL, cin, cout);
+        if (rc == AV_OK && (rc = av__tls_offer_h2(t)) != AV_OK) {
+            av__tls_free(t);
+            t = NULL;
+        }
         if (rc == AV_OK)
             rc = av__side_push_tls(&c->a, t);
         if (rc != AV_OK) {
@@ -1320,6 +2109,255 @@ static int conn_opaque_step(av_conn *c)
     return progress;
 }
 
+/* ---- HTTP/2 agents ---------------------------------------------------------- */
+
+static av_exchange *h2_find(av_conn *c, int32_t sid)
+{
+    for (av_exchange *x = c->xs; x; x = x->next)
+        if (x->sid == sid && !x->done)
+            return x;
+    return NULL;
+}
+
+static int conn_h2_has_ws(const av_conn *c)
+{
+    for (const av_exchange *x = c->xs; x; x = x->next)
+        if (x->ws_open)
+            return 1;
+    return 0;
+}
+
+static void conn_h2_free_x(av_conn *c, av_exchange *x)
+{
+    x_reset(x);
+    if (x->prev)
+        x->prev->next = x->next;
+    else
+        c->xs = x->next;
+    if (x->next)
+        x->next->prev = x->prev;
+    c->nxs--;
+    av__free(x);
+}
+
+/* A request head on a new stream: check it against the tunnel (SECURITY
+ * 1) and start its exchange. Errors answer the stream only. */
+static void x_start_h2(av_exchange *x, const av_h2_head *h)
+{
+    av_conn *c = x->c;
+    x_req_in in;
+    memset(&in, 0, sizeof(in));
+    in.method = h->method;
+    in.method_len = h->method_len;
+    in.target = h->path ? h->path : "";
+    in.target_len = h->path ? h->path_len : 0;
+    in.fields = h->fields;
+    in.nfields = h->nfields;
+    in.minor = 1;
+    /* Until x_begin, errors are logged with what we know. */
+    x->active = 1;
+    x->start = av__loop_now(c->ctx->loop);
+    snprintf(x->method, sizeof(x->method), "%.*s", (int)h->method_len, h->method);
+    av__authority_format(&c->dest, 0, x->host, sizeof(x->host));
+    x->is_head = ci_eq(h->method, h->method_len, "HEAD");
+
+    int connect = ci_eq(h->method, h->method_len, "CONNECT");
+    if (connect && !h->protocol) {
+        x_respond(x, 400, "CONNECT inside a tunnel is not allowed", 0);
+        goto failed;
+    }
+    if (connect && !ci_eq(h->protocol, h->protocol_len, "websocket")) {
+        x_respond(x, 501, "extended CONNECT is only supported for :protocol websocket", 0);
+        goto failed;
+    }
+    if (!h->scheme || !ci_eq(h->scheme, h->scheme_len, "https")) {
+        x_respond(x, 400, ":scheme must be https inside a TLS tunnel", 0);
+        goto failed;
+    }
+    if (!h->path || !av__origin_form_valid(h->path, h->path_len)) {
+        x_respond(x, 400, "requests inside a tunnel must use origin-form paths (/path)", 0);
+        goto failed;
+    }
+    const av_h1_field *host = av__h1_find(h->fields, h->nfields, "host");
+    if (!h->authority && !host) {
+        x_respond(x, 400, "missing :authority", 0);
+        goto failed;
+    }
+    for (int k = 0; k < 2; k++) {
+        const char *v = k == 0 ? h->authority : (host ? host->value : NULL);
+        size_t vl = k == 0 ? h->authority_len : (host ? host->value_len : 0);
+        if (!v)
+            continue;
+        av_authority a;
+        if (av__authority_parse(v, vl, 443, &a) != 0 || !av__authority_equal(&a, &c->dest)) {
+            char m[AV_HOST_MAX + 80];
+            snprintf(m, sizeof(m), "%s does not match the CONNECT target %s:%d", k == 0 ? ":authority" : "host",
+                     c->dest.host, c->dest.port);
+            x_respond(x, 421, m, 0);
+            goto failed;
+        }
+    }
+    if (connect) {
+        in.ws = 1;
+        in.framing = RB_NONE; /* the stream carries WebSocket bytes, not a body */
+    } else if (h->content_length >= 0) {
+        in.framing = RB_LENGTH;
+        in.length = (uint64_t)h->content_length;
+    } else {
+        in.framing = h->end_stream ? RB_NONE : RB_UNKNOWN;
+    }
+    x->active = 0;
+    if (x_begin(x, &in, &c->dest, 1) != 0)
+        goto failed;
+    if (in.ws) {
+        x->req_done = 1; /* no body: DATA is relayed once the upgrade is done */
+        x->req_ended = 1;
+    }
+    return;
+failed:
+    x->active = 0;
+    x->done = 1;
+}
+
+static int h2s_on_head(void *ud, int32_t sid, const av_h2_head *h)
+{
+    av_conn *c = ud;
+    if (h->trailers)
+        return 0; /* request trailers are not forwarded */
+    av_exchange *x = av__calloc(1, sizeof(*x));
+    if (!x)
+        return AV_ERR_NOMEM;
+    x->c = c;
+    x->sid = sid;
+    x->next = c->xs;
+    if (c->xs)
+        c->xs->prev = x;
+    c->xs = x;
+    c->nxs++;
+    av__buf_init(&x->a_rx, X_RX_MAX);
+    x->a_end = h->end_stream;
+    x_start_h2(x, h);
+    return 0;
+}
+
+static int h2s_on_data(void *ud, int32_t sid, const uint8_t *data, size_t len)
+{
+    av_conn *c = ud;
+    av_exchange *x = h2_find(c, sid);
+    if (!x || !x->active) {
+        av__h2_consume(c->h2, sid, len); /* nobody wants it: keep the windows open */
+        return 0;
+    }
+    if (av__buf_append(&x->a_rx, data, len) != AV_OK)
+        return AV_ERR_LIMIT; /* beyond the window we granted: reset */
+    return 0;
+}
+
+static void h2s_on_end(void *ud, int32_t sid)
+{
+    av_exchange *x = h2_find(ud, sid);
+    if (x)
+        x->a_end = 1;
+}
+
+static void h2s_on_close(void *ud, int32_t sid, uint32_t error)
+{
+    av_exchange *x = h2_find(ud, sid);
+    if (x) {
+        x->a_closed = 1;
+        x->a_error = error;
+    }
+}
+
+static void h2s_on_limit(void *ud, int32_t sid, const char *what)
+{
+    av_conn *c = ud;
+    av__log(&c->ctx->log, AV_LOG_WARN, "h2 peer=%s host=%s stream=%d: %s", c->peer, c->dest.host, sid, what);
+}
+
+static const av_h2_callbacks h2s_cbs = {h2s_on_head, h2s_on_data, h2s_on_end, h2s_on_close, NULL, h2s_on_limit};
+
+/* The MITM TLS negotiated h2: this tunnel is now an HTTP/2 session. */
+static int conn_h2_start(av_conn *c)
+{
+    if (av__h2_new(&c->h2, AV_H2_SERVER, &h2s_cbs, c) != AV_OK) {
+        c->state = C_CLOSING;
+        c->a.want_shut = 1;
+        return 1;
+    }
+    c->state = C_H2;
+    return 1;
+}
+
+/* Drop every stream's exchange (the session is over). */
+static void conn_h2_abort_all(av_conn *c, const char *why)
+{
+    while (c->xs) {
+        av_exchange *x = c->xs;
+        if (x->active && !x->logged)
+            x_log(x, why);
+        conn_h2_free_x(c, x);
+    }
+}
+
+#define H2_FEED_SLICE 16384
+
+static int conn_h2_step(av_conn *c)
+{
+    int progress = 0;
+    av_buf *in = c->a.pin;
+    while (in->len > 0) {
+        size_t n = in->len < H2_FEED_SLICE ? in->len : H2_FEED_SLICE;
+        ssize_t used = av__h2_feed(c->h2, av__buf_head(in), n);
+        if (used < 0) {
+            av__log(&c->ctx->log, AV_LOG_INFO, "h2 peer=%s host=%s: %s, sending GOAWAY", c->peer, c->dest.host,
+                    used == AV_ERR_LIMIT ? "flood or limit exceeded" : "protocol error");
+            av__buf_consume(in, in->len);
+            progress = 1;
+            break;
+        }
+        av__buf_consume(in, (size_t)used);
+        progress = 1;
+        if ((size_t)used < n)
+            break;
+        /* Produce between slices: a GOAWAY for a flood goes out before
+         * more of the flood is acted on. */
+        if (av__h2_produce(c->h2, c->a.pout) < 0)
+            break;
+    }
+    for (av_exchange *x = c->xs; x; x = x->next)
+        if (x->active)
+            progress |= x_step(x);
+    for (av_exchange *x = c->xs; x;) {
+        av_exchange *next = x->next;
+        if (x->done) {
+            conn_h2_free_x(c, x);
+            progress = 1;
+        }
+        x = next;
+    }
+    if (c->draining && !c->h2_goaway) {
+        av__h2_shutdown(c->h2);
+        c->h2_goaway = 1;
+        progress = 1;
+    }
+    int rc = av__h2_produce(c->h2, c->a.pout);
+    if (rc > 0)
+        progress = 1;
+    int over = rc < 0 || !av__h2_alive(c->h2);
+    if (c->a.in_eof && c->a.pin->len == 0)
+        over = 1;
+    if (c->h2_goaway && c->xs == NULL && c->a.pout->len == 0)
+        over = 1; /* drained: nothing in flight */
+    if (over) {
+        conn_h2_abort_all(c, "agent HTTP/2 connection ended");
+        c->state = C_CLOSING;
+        av__side_close_write(&c->a);
+        return 1;
+    }
+    return progress;
+}
+
 /* The protocol step. Returns progress. */
 static int conn_step(av_conn *c)
 {
@@ -1347,13 +2385,24 @@ static int conn_step(av_conn *c)
         c->state = C_PROXY_HEAD;
         return 1;
     }
-    case C_PROXY_HEAD:
     case C_TUNNEL_HEAD:
+        if (c->dest_tls && !c->alpn_checked) {
+            if (av__side_handshaking(&c->a))
+                return 0;
+            c->alpn_checked = 1;
+            const char *alpn = av__tls_alpn(c->a.layer[c->a.nlayers - 1].tls);
+            if (strcmp(alpn, "h2") == 0)
+                return conn_h2_start(c);
+        }
         return conn_read_head(c);
+    case C_PROXY_HEAD:
+        return conn_read_head(c);
+    case C_H2:
+        return conn_h2_step(c);
     case C_TUNNEL_SNIFF:
         return conn_tunnel_sniff(c);
     case C_EXCHANGE:
-        return x_step(c);
+        return x_step(&c->x);
     case C_OPAQUE:
         return conn_opaque_step(c);
     default:
@@ -1362,6 +2411,16 @@ static int conn_step(av_conn *c)
 }
 
 /* ---- the pump ----------------------------------------------------------- */
+
+static void up_set_events(av_upconn *up)
+{
+    if (!up || !up->side.io || up->state == AV_UP_IDLE || up->state == AV_UP_FAILED)
+        return;
+    int uev = av__side_events(&up->side);
+    if (up->state == AV_UP_CONNECTING)
+        uev = AV_EV_WRITE;
+    av__io_set(up->side.io, uev);
+}
 
 static void conn_on_io(void *ud, int revents)
 {
@@ -1396,6 +2455,8 @@ static void conn_arm_timer(av_conn *c)
         t = cfg->header_timeout;
     } else if (c->state == C_EXCHANGE && c->x.ws_open) {
         t = cfg->ws_idle_timeout;
+    } else if (c->state == C_H2 && conn_h2_has_ws(c)) {
+        t = cfg->ws_idle_timeout;
     } else if (c->state == C_CLOSING) {
         t = 5.0; /* linger for the last bytes, then drop */
     }
@@ -1405,13 +2466,12 @@ static void conn_arm_timer(av_conn *c)
 static void conn_free(av_conn *c)
 {
     av_ctx *ctx = c->ctx;
-    if (c->x.up) {
-        av__upstream_release(c->x.up, 0);
-        c->x.up = NULL;
-    }
     if (c->opaque_up)
         av__upstream_release(c->opaque_up, 0);
     x_reset(&c->x);
+    while (c->xs)
+        conn_h2_free_x(c, c->xs);
+    av__h2_free(c->h2);
     av__timer_free(c->timer);
     av__side_free(&c->a, 1);
     if (c->prev)
@@ -1433,7 +2493,8 @@ static void conn_proceed(av_conn *c)
         return; /* re-entered from an upstream notification: the loop below continues */
     c->in_proceed = 1;
     for (int rounds = 0; rounds < 1000 && !c->dead; rounds++) {
-        int progress = 0;
+        int progress = c->again;
+        c->again = 0;
         int rc = av__side_pump_in(&c->a);
         if (rc < 0) {
             if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a) ||
@@ -1476,13 +2537,12 @@ static void conn_proceed(av_conn *c)
     if (av__buf_room(c->a.pin) == 0 && av__buf_room(&c->a.raw_in) == 0)
         ev &= ~AV_EV_READ;
     av__io_set(c->a.io, ev);
-    av_upconn *up = c->state == C_EXCHANGE ? c->x.up : c->state == C_OPAQUE ? c->opaque_up : NULL;
-    if (up && up->side.io) {
-        int uev = av__side_events(&up->side);
-        if (up->state == AV_UP_CONNECTING)
-            uev = AV_EV_WRITE;
-        av__io_set(up->side.io, uev);
-    }
+    if (c->state == C_EXCHANGE)
+        up_set_events(c->x.up);
+    else if (c->state == C_OPAQUE)
+        up_set_events(c->opaque_up);
+    for (av_exchange *x = c->xs; x; x = x->next)
+        up_set_events(x->up);
     conn_arm_timer(c);
 }
 
@@ -1497,6 +2557,7 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
     c->ctx = ctx;
     c->token = -1;
     c->state = C_SNIFF;
+    c->x.c = c;
     av__side_init(&c->a, fd, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
     c->a.io = av__io_new(ctx->loop, fd, conn_on_io, c);
     c->timer = av__timer_new(ctx->loop, conn_on_timer, c);
@@ -1527,6 +2588,10 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
 static void conn_drain(av_conn *c)
 {
     c->draining = 1;
+    if (c->state == C_H2) {
+        conn_proceed(c); /* the H2 step sends GOAWAY; streams in flight finish */
+        return;
+    }
     if (c->state != C_EXCHANGE && c->state != C_OPAQUE && c->a.pin->len == 0 && !c->x.active) {
         c->state = C_CLOSING;
         av__side_close_write(&c->a);

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "av_ctx_internal.h"
+#include "av_mux.h"
 #include "av_mem.h"
 #include "av_upstream.h"
 #include "av_url.h"
@@ -171,6 +172,7 @@ static void ctx_check_done(av_ctx *ctx)
     if (ctx->draining && ctx->nconns == 0) {
         av__timer_stop(ctx->drain_timer);
         av__upstream_pool_free(ctx);
+        av__mux_free_all(ctx);
         av__loop_break(ctx->loop);
     }
 }
@@ -331,6 +333,7 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
     while (ctx->conns)
         av__conn_destroy(ctx->conns);
     av__upstream_pool_free(ctx);
+    av__mux_free_all(ctx);
     for (size_t i = 0; i < ctx->nlisteners; i++) {
         av__io_free(ctx->listeners[i].io);
         if (ctx->listeners[i].fd >= 0)

@@ -55,6 +55,8 @@ struct av_ctx {
     size_t nconns;
     av_upconn *pool;          /* idle upstream connections */
     size_t npool;
+    struct av_mux *muxes;     /* HTTP/2 upstream connections (av_mux.c) */
+    size_t nmux;
     av_async *wakeup;
     av_timer *drain_timer;
     volatile sig_atomic_t shutdown_requested;

@@ -643,6 +643,13 @@ int av__h2_new(av_h2 **out, int role, const av_h2_callbacks *cb, void *ud)
                               : nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, client_iv, 4);
     if (rv != 0)
         goto err;
+    /* The connection window covers every stream's window: with end-to-end
+     * flow control a stream whose consumer is slow holds at most its own
+     * window, and never stalls the other streams (issue 4). */
+    rv = nghttp2_session_set_local_window_size(s->ng, NGHTTP2_FLAG_NONE, 0,
+                                               AV_H2_MAX_CONCURRENT * H2_SERVER_WINDOW);
+    if (rv != 0)
+        goto err;
     nghttp2_session_callbacks_del(cbs);
     nghttp2_option_del(opt);
     *out = s;
@@ -939,6 +946,14 @@ int av__h2_submit_request(av_h2 *s, const av_h2_head *head, int end_stream, int3
     if (rv) {
         nvb_free(&b);
         return rv;
+    }
+    /* Credentials go out as never-indexed literals: they stay out of both
+     * HPACK dynamic tables (ours and the upstream's), RFC 7541 7.1.3. */
+    size_t ni_len = head->never_index ? strlen(head->never_index) : 0;
+    for (size_t i = 0; i < b.n; i++) {
+        if ((ni_len && b.nv[i].namelen == ni_len && ascii_ieq((const char *)b.nv[i].name, head->never_index, ni_len)) ||
+            (b.nv[i].namelen == 13 && memcmp(b.nv[i].name, "authorization", 13) == 0))
+            b.nv[i].flags |= NGHTTP2_NV_FLAG_NO_INDEX;
     }
     h2_stream *st = stream_new(s, -1);
     if (!st) {

@@ -108,6 +108,8 @@ typedef struct av_h2_head {
     av_h1_field fields[AV_H2_MAX_FIELDS];
     size_t nfields;
     int64_t content_length; /* -1 when absent */
+    const char *never_index; /* requests: a field name (a credential) sent
+                              * as a never-indexed literal; NULL if none */
     int end_stream;         /* no DATA follows */
     int trailers;           /* this is a trailer block */
 } av_h2_head;

@@ -40,6 +40,7 @@
 #define SNI_SHOWN_MAX 64     /* characters of a bad SNI put into an error */
 
 static const uint8_t ALPN_HTTP11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+static const uint8_t ALPN_H2_HTTP11[] = {2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 
 struct av_tls_server_ctx {
     SSL_CTX *ssl_ctx;
@@ -62,6 +63,7 @@ struct av_tls {
     int fatal;           /* sticky AV_ERR_* once the engine failed */
     int sni_bad;         /* the servername callback refused the SNI */
     int verify_err;      /* client: first X509_V_ERR_* seen, 0 if none */
+    int offer_h2;        /* av__tls_offer_h2 was called */
     char alpn[32];
     char err[256];
 };
@@ -185,25 +187,36 @@ static int flush_ovf(av_tls *t)
 
 /* ---- callbacks --------------------------------------------------------------- */
 
-/* alpn_select picks "http/1.1" from the client's list. A client that does
- * not offer it gets no ALPN at all (the handshake proceeds; the tunnel then
- * speaks HTTP/1.1, which is all this engine serves). */
-static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *out_len,
-                       const unsigned char *in, unsigned int in_len, void *arg)
+/* alpn_select picks "h2" when the engine offers it (av__tls_offer_h2) and
+ * the client lists it, else "http/1.1". A client that offers neither gets
+ * no ALPN at all (the handshake proceeds; the tunnel then speaks
+ * HTTP/1.1). */
+static int alpn_find(const unsigned char *in, unsigned int in_len, const uint8_t *want,
+                     const unsigned char **out, unsigned char *out_len)
 {
-    (void)ssl;
-    (void)arg;
     for (unsigned int i = 0; i < in_len;) {
         unsigned int l = in[i];
         if (l == 0 || i + 1 + l > in_len)
             break;
-        if (l == ALPN_HTTP11[0] && memcmp(in + i + 1, ALPN_HTTP11 + 1, l) == 0) {
+        if (l == want[0] && memcmp(in + i + 1, want + 1, l) == 0) {
             *out = in + i + 1;
             *out_len = (unsigned char)l;
-            return SSL_TLSEXT_ERR_OK;
+            return 1;
         }
         i += 1 + l;
     }
+    return 0;
+}
+
+static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *out_len,
+                       const unsigned char *in, unsigned int in_len, void *arg)
+{
+    (void)arg;
+    const av_tls *t = SSL_get_app_data(ssl);
+    if (t && t->offer_h2 && alpn_find(in, in_len, ALPN_H2_HTTP11, out, out_len))
+        return SSL_TLSEXT_ERR_OK;
+    if (alpn_find(in, in_len, ALPN_HTTP11, out, out_len))
+        return SSL_TLSEXT_ERR_OK;
     return SSL_TLSEXT_ERR_NOACK;
 }
 
@@ -510,6 +523,18 @@ err:
     ERR_clear_error();
     av__tls_free(t);
     return rc;
+}
+
+int av__tls_offer_h2(av_tls *t)
+{
+    if (!t || t->hs_done)
+        return AV_ERR_STATE;
+    t->offer_h2 = 1;
+    if (!t->is_server && SSL_set_alpn_protos(t->ssl, ALPN_H2_HTTP11, sizeof(ALPN_H2_HTTP11)) != 0) {
+        ERR_clear_error();
+        return AV_ERR_TLS;
+    }
+    return AV_OK;
 }
 
 void av__tls_free(av_tls *t)

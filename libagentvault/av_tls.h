@@ -27,7 +27,8 @@ typedef struct av_tls_client_ctx av_tls_client_ctx;
 
 /* Server side: toward the agent (MITM) and the proxy's own TLS port.
  * Certificates are minted by |ca| (which must outlive the ctx). Offers
- * ALPN "http/1.1" only for now. TLS 1.2 and 1.3. */
+ * ALPN "http/1.1", and "h2" on engines marked with av__tls_offer_h2.
+ * TLS 1.2 and 1.3. */
 int av__tls_server_ctx_new(av_tls_server_ctx **out, av_ca *ca, char *err, size_t err_len);
 void av__tls_server_ctx_free(av_tls_server_ctx *ctx);
 
@@ -45,7 +46,7 @@ int av__tls_server_new(av_tls **out, av_tls_server_ctx *ctx, const char *host,
 /* Client side: toward upstreams. Verifies the chain against the system
  * roots (Debian's /etc/ssl/certs/ca-certificates.crt) plus the optional
  * |extra_cafile|, checks the host name (or IP), sends SNI for DNS names.
- * Offers ALPN "http/1.1". */
+ * Offers ALPN "http/1.1" (and "h2" after av__tls_offer_h2). */
 int av__tls_client_ctx_new(av_tls_client_ctx **out, const char *extra_cafile,
                            char *err, size_t err_len);
 void av__tls_client_ctx_free(av_tls_client_ctx *ctx);
@@ -53,6 +54,12 @@ int av__tls_client_new(av_tls **out, av_tls_client_ctx *ctx, const char *host,
                        av_buf *cin, av_buf *cout);
 
 void av__tls_free(av_tls *t);
+
+/* av__tls_offer_h2 makes an engine negotiate HTTP/2 too, before its
+ * handshake: a server engine selects "h2" when the client offers it
+ * (else "http/1.1"); a client engine offers "h2" before "http/1.1".
+ * Returns AV_OK, AV_ERR_STATE after the handshake, AV_ERR_TLS. */
+int av__tls_offer_h2(av_tls *t);
 
 /* av__tls_handshake advances the handshake using bytes in cin, appending
  * to cout. Returns AV_OK when complete, AV_ERR_AGAIN when it needs more

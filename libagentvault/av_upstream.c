@@ -238,11 +238,29 @@ static void pool_unlink(av_ctx *ctx, av_upconn *up)
     ctx->npool--;
 }
 
+void av__upstream_key(char *key, size_t len, const av_authority *dest, int tls, const char *scope)
+{
+    snprintf(key, len, "%s|%s|%d|%s", tls ? "https" : "http", dest->host, dest->port, scope);
+}
+
+int av__upstream_is_h2(const av_upconn *up)
+{
+    if (!up->tls || up->side.nlayers < 1)
+        return 0;
+    return strcmp(av__tls_alpn(up->side.layer[up->side.nlayers - 1].tls), "h2") == 0;
+}
+
 int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const char *scope,
                          av_up_notify notify, void *owner, av_upconn **out)
 {
+    return av__upstream_acquire2(ctx, dest, tls, scope, 0, notify, owner, out);
+}
+
+int av__upstream_acquire2(av_ctx *ctx, const av_authority *dest, int tls, const char *scope, int offer_h2,
+                          av_up_notify notify, void *owner, av_upconn **out)
+{
     char key[AV_UP_KEY_MAX];
-    snprintf(key, sizeof(key), "%s|%s|%d|%s", tls ? "https" : "http", dest->host, dest->port, scope);
+    av__upstream_key(key, sizeof(key), dest, tls, scope);
     for (av_upconn *p = ctx->pool; p; p = p->pool_next) {
         if (strcmp(p->key, key) != 0)
             continue;
@@ -261,6 +279,7 @@ int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const c
     up->ctx = ctx;
     av__side_init(&up->side, -1, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
     up->tls = tls;
+    up->offer_h2 = tls && offer_h2;
     up->dest = *dest;
     memcpy(up->key, key, sizeof(key));
     up->notify = notify;
@@ -308,6 +327,12 @@ int av__upstream_step(av_upconn *up)
             av_tls *t = NULL;
             av__side_tls_bufs(&up->side, &cin, &cout);
             int rc = av__tls_client_new(&t, up->ctx->tls_cli, up->dest.host, cin, cout);
+            if (rc == AV_OK && up->offer_h2)
+                rc = av__tls_offer_h2(t);
+            if (rc != AV_OK) {
+                av__tls_free(t);
+                t = NULL;
+            }
             if (rc || av__side_push_tls(&up->side, t)) {
                 up_fail(up, 502, AV_ERR_TLS, "cannot create TLS client");
                 return 1;

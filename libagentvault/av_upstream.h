@@ -52,6 +52,7 @@ struct av_upconn {
     int naddrs, next_addr;
     int fail_status;     /* HTTP status to answer when FAILED (403, 502, 504) */
     int reused;          /* came from the pool */
+    int offer_h2;        /* TLS offers ALPN h2 (the dial of an av_mux) */
     unsigned long served; /* exchanges completed on it */
     av_upconn *pool_next, *pool_prev;
 };
@@ -60,6 +61,15 @@ struct av_upconn {
  * connection, or an earlier state for a new one), or AV_ERR_NOMEM. */
 int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const char *scope,
                          av_up_notify notify, void *owner, av_upconn **out);
+/* The same, offering ALPN h2 to a TLS upstream when the connection is new
+ * (only av_mux dials this way: the owner must look at av__upstream_is_h2
+ * once READY). A pooled connection is always HTTP/1.1. */
+int av__upstream_acquire2(av_ctx *ctx, const av_authority *dest, int tls, const char *scope, int offer_h2,
+                          av_up_notify notify, void *owner, av_upconn **out);
+/* av__upstream_key formats the pool key of (scheme, dest, scope). */
+void av__upstream_key(char *key, size_t len, const av_authority *dest, int tls, const char *scope);
+/* av__upstream_is_h2: the TLS handshake negotiated ALPN "h2". */
+int av__upstream_is_h2(const av_upconn *up);
 
 /* av__upstream_step runs the connection's own state machine (connect
  * completion, TLS handshake). The owner's pump calls it while the state is
