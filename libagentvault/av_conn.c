@@ -126,6 +126,7 @@ struct av_exchange {
     unsigned long long bytes_req, bytes_resp;
     double start;
     /* WebSocket */
+    int expect_continue;      /* HTTP/1.1 agent sent Expect: 100-continue */
     int ws;                   /* the request is a WebSocket upgrade / extended CONNECT */
     int ws_frame;             /* frame mode (placeholder substitution) */
     int ws_open;              /* 101 relayed: relaying frames/bytes */
@@ -663,6 +664,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     x->agent_minor = in->minor;
     if (!x->sid && (in->flags & AV_H1_F_CLOSE))
         c->close_after = 1;
+    x->expect_continue = !x->sid && (in->flags & AV_H1_F_EXPECT_CONTINUE) && in->minor >= 1;
 
     /* SECURITY 9: refuse TRACE, h2c upgrades and CONNECT inside a tunnel. */
     if (ci_eq(in->method, in->method_len, "TRACE")) {
@@ -901,6 +903,12 @@ static int x_h2_request_out(av_exchange *x)
     h.content_length = -1;
     h.never_index = x->inj_name;
     h.nfields = rq_fields(x, h.fields, AV_H2_MAX_FIELDS - 1);
+    for (size_t i = 0; i < h.nfields; i++)
+        if (av__h1_name_eq(&h.fields[i], "expect")) {
+            /* Answered by us (x_mux_link): HTTP/2 origins need no 100. */
+            h.fields[i] = h.fields[--h.nfields];
+            i--;
+        }
     char cl[32];
     if (x->req_framing == RB_LENGTH) {
         snprintf(cl, sizeof(cl), "%llu", (unsigned long long)x->req_len);
@@ -1553,6 +1561,12 @@ static int x_mux_link(av_exchange *x)
             int rc = x_h2_request_out(x);
             if (rc == AV_OK) {
                 x->head_sent = 1;
+                if (x->expect_continue && !x->req_done) {
+                    /* The origin will read the body as soon as it comes:
+                     * let an HTTP/1.1 agent send it now. */
+                    av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+                    x->expect_continue = 0;
+                }
                 av__mux_flush(ms);
                 return 1;
             }
@@ -2523,7 +2537,7 @@ static void conn_proceed(av_conn *c)
             av__side_close_write(&c->a);
             progress = 1;
         }
-        if (!progress)
+        if (!progress && !c->again)
             break;
     }
     c->in_proceed = 0;

@@ -325,6 +325,8 @@ static int mux_dialed(av_mux *m)
 
 static void mux_pump(av_mux *m)
 {
+    if (m->state == 0)
+        return; /* still inside av__mux_attach (c-ares may answer synchronously) */
     if (m->in_pump) {
         m->again = 1;
         return;
@@ -381,6 +383,14 @@ static void mux_pump(av_mux *m)
             break;
         }
         progress |= rc > 0;
+        /* DATA went out (now or in an earlier round): streams that waited
+         * for queue room go on. */
+        for (av_mux_stream *ms = m->streams; ms; ms = ms->next)
+            if (ms->want_room && ms->state == AV_MS_OPEN && !ms->closed &&
+                av__h2_stream_room(m->h2, ms->id) >= 16384) {
+                ms->want_room = 0;
+                ms->dirty = 1;
+            }
         rc = av__side_pump_out(s);
         if (rc < 0) {
             char why[260];
@@ -524,11 +534,14 @@ int av__mux_end(av_mux_stream *ms)
     return av__h2_end_stream(ms->mux->h2, ms->id);
 }
 
-size_t av__mux_room(const av_mux_stream *ms)
+size_t av__mux_room(av_mux_stream *ms)
 {
     if (!ms->mux || ms->state != AV_MS_OPEN || ms->closed || !ms->mux->h2)
         return 0;
-    return av__h2_stream_room(ms->mux->h2, ms->id);
+    size_t room = av__h2_stream_room(ms->mux->h2, ms->id);
+    if (room < 16384)
+        ms->want_room = 1; /* told when the session has sent some of it */
+    return room;
 }
 
 void av__mux_consume(av_mux_stream *ms, size_t n)

@@ -69,6 +69,7 @@ struct av_mux_stream {
     int closed;              /* the stream is gone */
     uint32_t error;          /* its HTTP/2 error code when closed */
     int sent_any;            /* request DATA was queued (no retry after that) */
+    int want_room;           /* the owner found the queue full: notify when it drains */
     /* the mux's bookkeeping */
     int dirty;
     av_mux_stream *next, *prev;
@@ -91,7 +92,7 @@ int av__mux_submit(av_mux_stream *ms, const av_h2_head *head, int end_stream);
  * stream, room in the stream's queue. */
 ssize_t av__mux_send(av_mux_stream *ms, const uint8_t *data, size_t len);
 int av__mux_end(av_mux_stream *ms);
-size_t av__mux_room(const av_mux_stream *ms);
+size_t av__mux_room(av_mux_stream *ms);
 
 /* av__mux_consume drops |n| bytes from the front of ms->rx and reopens the
  * flow-control windows for them. */
