@@ -64,7 +64,7 @@ enum { RK_NONE = 0, RK_LENGTH, RK_UNKNOWN };
 
 #define X_RQ_FIELDS (AV_FIELDS_MAX + 8)
 #define X_RX_MAX (65535 + 1024) /* an agent stream's window, and some slack */
-#define X_MAX_RETRIES 2
+#define X_MAX_RETRIES 8 /* refused streams were never processed: retrying is safe */
 
 typedef struct rq_field {
     uint32_t no, nl, vo, vl;

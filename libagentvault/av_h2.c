@@ -342,21 +342,30 @@ static int cb_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     return 0;
 }
 
-/* reject_431 answers an over-limit request from the session itself. */
+/* reject_431 answers an over-limit request from the session itself, with
+ * the one-line body every proxy-made error has. */
+static nghttp2_data_provider provider_for(h2_stream *st);
 static void reject_431(av_h2 *s, h2_stream *st)
 {
-    static const char ct[] = "text/plain";
+    static const char ct[] = "text/plain; charset=utf-8";
     static const char why[] = "request header block too large";
+    static const char body[] = "request header block too large\n";
+    char cl[8];
+    snprintf(cl, sizeof(cl), "%zu", sizeof(body) - 1);
     nghttp2_nv nv[] = {
         {(uint8_t *)":status", (uint8_t *)"431", 7, 3, NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"content-type", (uint8_t *)ct, 12, sizeof(ct) - 1, NGHTTP2_NV_FLAG_NONE},
-        {(uint8_t *)"content-length", (uint8_t *)"0", 14, 1, NGHTTP2_NV_FLAG_NONE},
+        {(uint8_t *)"content-length", (uint8_t *)cl, 14, strlen(cl), NGHTTP2_NV_FLAG_NONE},
         {(uint8_t *)"x-agentvault-error", (uint8_t *)why, 18, sizeof(why) - 1,
          NGHTTP2_NV_FLAG_NONE},
     };
     st->rejected = 1;
     st->ended = 1;
-    if (nghttp2_submit_response(s->ng, st->id, nv, sizeof(nv) / sizeof(nv[0]), NULL) != 0)
+    nghttp2_data_provider prd = provider_for(st);
+    int body_ok = av__buf_append(&st->q, body, sizeof(body) - 1) == 0;
+    if (body_ok)
+        st->provider = 1;
+    if (nghttp2_submit_response(s->ng, st->id, nv, sizeof(nv) / sizeof(nv[0]), body_ok ? &prd : NULL) != 0)
         nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
 }
 
@@ -907,7 +916,7 @@ static int nvb_fields(nv_builder *b, const av_h1_field *f, size_t n)
     return 0;
 }
 
-/* attach_provider returns the data provider for a stream body. */
+/* provider_for returns the data provider for a stream body. */
 static nghttp2_data_provider provider_for(h2_stream *st)
 {
     nghttp2_data_provider prd;

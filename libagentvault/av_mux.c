@@ -33,6 +33,7 @@ struct av_mux {
     size_t nstreams;
     av_timer *idle;
     int in_pump, again, delivering, refs;
+    int settings;          /* the origin's first SETTINGS arrived */
 };
 
 static void mux_pump(av_mux *m);
@@ -238,7 +239,7 @@ static void cb_close(void *ud, int32_t sid, uint32_t error)
         snprintf(ms->why, sizeof(ms->why), "upstream reset the HTTP/2 stream (error code %u)", error);
     ms->dirty = 1;
     /* A stream slot is free: waiters try again. */
-    for (av_mux_stream *w = m->streams; w; w = w->next)
+    for (av_mux_stream *w = m->streams; w && m->settings; w = w->next)
         if (w->state == AV_MS_WAIT) {
             w->state = AV_MS_READY;
             w->dirty = 1;
@@ -248,6 +249,7 @@ static void cb_close(void *ud, int32_t sid, uint32_t error)
 static void cb_settings(void *ud)
 {
     av_mux *m = ud;
+    m->settings = 1;
     /* The concurrency limit may have grown: waiters try again. */
     for (av_mux_stream *ms = m->streams; ms; ms = ms->next)
         if (ms->state == AV_MS_WAIT) {
@@ -292,12 +294,9 @@ static int mux_dialed(av_mux *m)
             mux_die(m, "out of memory", 502);
             return 1;
         }
+        /* Streams start once the origin's SETTINGS arrived (its stream
+         * limit may be below our default assumption of 100). */
         m->state = M_H2;
-        for (av_mux_stream *ms = m->streams; ms; ms = ms->next)
-            if (ms->state == AV_MS_WAIT) {
-                ms->state = AV_MS_READY;
-                ms->dirty = 1;
-            }
         return 1;
     }
     /* HTTP/1.1: the connection goes to the first waiter; the rest dial
@@ -442,7 +441,7 @@ int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_
         if (strcmp(m->key, key) != 0)
             continue;
         ms_link(m, ms);
-        ms->state = m->state == M_H2 && av__h2_can_submit(m->h2) ? AV_MS_READY : AV_MS_WAIT;
+        ms->state = m->state == M_H2 && m->settings && av__h2_can_submit(m->h2) ? AV_MS_READY : AV_MS_WAIT;
         return AV_OK;
     }
     av_mux *m = av__calloc(1, sizeof(*m));
@@ -578,7 +577,7 @@ void av__mux_detach(av_mux_stream *ms)
         }
         if (m->state == M_H2) {
             /* Wake a waiter: a stream slot may be free now. */
-            for (av_mux_stream *w = m->streams; w; w = w->next)
+            for (av_mux_stream *w = m->streams; w && m->settings; w = w->next)
                 if (w->state == AV_MS_WAIT) {
                     w->state = AV_MS_READY;
                     w->dirty = 1;
