@@ -505,6 +505,31 @@ static void handshake_speed(void **state)
     print_message("client+server handshake (cached leaf): %.0f us\n", us / 50);
 }
 
+/* ALPN h2 is negotiated only when both engines were marked with
+ * av__tls_offer_h2; otherwise http/1.1 as before, and marking after the
+ * handshake is refused. */
+static void alpn_h2(void **state)
+{
+    (void)state;
+    static const int modes[4][2] = {{1, 1}, {1, 0}, {0, 1}, {0, 0}};
+    for (int m = 0; m < 4; m++) {
+        pair p;
+        pair_new(&p, 1 << 16, "a.example.test", NULL, g_cctx, "a.example.test");
+        if (modes[m][0])
+            assert_int_equal(av__tls_offer_h2(p.s), AV_OK);
+        if (modes[m][1])
+            assert_int_equal(av__tls_offer_h2(p.c), AV_OK);
+        handshake(&p);
+        assert_int_equal(p.rc_c, AV_OK);
+        assert_int_equal(p.rc_s, AV_OK);
+        const char *want = modes[m][0] && modes[m][1] ? "h2" : "http/1.1";
+        assert_string_equal(av__tls_alpn(p.c), want);
+        assert_string_equal(av__tls_alpn(p.s), want);
+        assert_int_equal(av__tls_offer_h2(p.s), AV_ERR_STATE);
+        pair_free(&p);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -515,6 +540,7 @@ int main(void)
         cmocka_unit_test(sni_case_and_extra_names),
         cmocka_unit_test(verify_failures),
         cmocka_unit_test(ip_literals),
+        cmocka_unit_test(alpn_h2),
         cmocka_unit_test(client_ctx_errors),
         cmocka_unit_test(handshake_speed),
     };
