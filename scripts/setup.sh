@@ -9,7 +9,7 @@ PACKAGES=(
   # libraries (BoringSSL is the default TLS backend; OpenSSL 3 must also build)
   android-libboringssl-dev libssl-dev openssl ca-certificates
   libev-dev libnghttp2-dev libwslay-dev libc-ares-dev libpsl-dev publicsuffix
-  libcmocka-dev
+  libcmocka-dev libargon2-dev zlib1g-dev
   # real clients and test peers
   curl git nodejs nghttp2-client nghttp2-server
   python3 python3-pytest python3-pytest-timeout python3-httpx python3-websockets python3-h2
