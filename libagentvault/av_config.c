@@ -40,7 +40,8 @@ enum {
     K_HOST = 1u << 8, K_PORT = 1u << 9, K_SCHEME = 1u << 10, K_PATH = 1u << 11,
     K_METHODS = 1u << 12, K_AUTH = 1u << 13, K_SECRET = 1u << 14,
     K_WEBSOCKET = 1u << 15, K_PLACEHOLDER = 1u << 16, K_PLACEHOLDER_IN = 1u << 17,
-    K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6
+    K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6, K_SECRET_TTL = 1u << 7,
+    K_CMD_TO = 1u << 19
 };
 
 typedef struct parser {
@@ -499,6 +500,8 @@ static void config_clear(av_config *c)
     c->idle_timeout = 120;
     c->header_timeout = 10;
     c->ws_idle_timeout = 900;
+    c->secret_ttl = 300;
+    c->command_timeout = 10;
 }
 
 /* av_config_new creates an empty configuration with defaults. Returns
@@ -801,6 +804,10 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         bit = K_HEADER_TO;
     else if (word_eq(k, kl, "websocket_idle_timeout"))
         bit = K_WS_IDLE_TO;
+    else if (word_eq(k, kl, "secret_ttl"))
+        bit = K_SECRET_TTL;
+    else if (word_eq(k, kl, "command_timeout"))
+        bit = K_CMD_TO;
     else
         return perr(p, "unknown key \"%.*s\" in [proxy]", (int)(kl > 64 ? 64 : kl), k);
     if (p->seen & bit)
@@ -820,10 +827,21 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         else
             return perr(p, "unmatched must be \"passthrough\" or \"deny\"");
         return AV_OK;
+    case K_SECRET_TTL: {
+        double secs = 0;
+        if (!(vl == 1 && v[0] == '0') && parse_seconds(v, vl, &secs) != AV_OK)
+            return perr(p, "secret_ttl must be a number of seconds in [0, 86400]");
+        c->secret_ttl = secs;
+        return AV_OK;
+    }
     default: {
         double secs;
         if (parse_seconds(v, vl, &secs) != AV_OK)
             return perr(p, "%.*s must be a number of seconds in (0, 86400]", (int)kl, k);
+        if (bit == K_CMD_TO) {
+            c->command_timeout = secs;
+            return AV_OK;
+        }
         if (bit == K_CONNECT_TO)
             c->connect_timeout = secs;
         else if (bit == K_IDLE_TO)
@@ -1157,7 +1175,7 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
             return oom(p);
         if (!av__secret_ref_valid(ref)) {
             av__free(ref);
-            return perr(p, "secret must be env:NAME or file:/absolute/path");
+            return perr(p, "secret must be env:NAME, file:/absolute/path, vault:NAME or command:/absolute/path [args]");
         }
         s->secret_ref = ref;
         return AV_OK;

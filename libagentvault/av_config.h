@@ -132,6 +132,8 @@ struct av_config {
     double idle_timeout;    /* seconds, default 120 */
     double header_timeout;  /* seconds, default 10 */
     double ws_idle_timeout; /* seconds, default 900: WebSocket with no traffic */
+    double secret_ttl;      /* seconds, default 300: command: answers are cached this long (0: never) */
+    double command_timeout; /* seconds, default 10: a command: source must finish within it */
     av_service *services;
     size_t nservices;
     av_token_cfg *tokens;

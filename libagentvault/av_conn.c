@@ -90,6 +90,8 @@ struct av_exchange {
     size_t nrqf;
     uint32_t m_off, m_len, t_off, t_len;
     const char *inj_name;     /* the injected field: never indexed in HPACK */
+    av_resolver_wait *swait;  /* the credential is being resolved (command:) */
+    int secret_ready;         /* ... and its answer is in: inject now */
     int req_framing;          /* RB_* */
     uint64_t req_len;
     char hostval[AV_HOST_MAX + 16];
@@ -393,6 +395,7 @@ static void x_reset(av_exchange *x)
     av_exchange *next = x->next, *prev = x->prev;
     int32_t sid = x->sid;
     x_unlink_upstream(x, 0);
+    av__resolver_cancel(x->swait);
     av__buf_free_wipe(&x->rq);
     av__buf_free_wipe(&x->a_rx);
     av__buf_free_wipe(&x->a_tx);
@@ -639,6 +642,8 @@ static void b64_encode(const uint8_t *in, size_t len, char *out)
 }
 
 static int x_choose_upstream(av_exchange *x);
+static int x_inject(av_exchange *x);
+static const char *inject_name_of(const av_service *svc);
 
 /* Match, inject and store the upstream request, then start reaching the
  * upstream. Returns 0, or -1 after answering the exchange with an error. */
@@ -715,51 +720,18 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
         }
     }
 
-    av_secret *secret = NULL;
-    av_secret *inj_value = NULL, *inj_target = NULL;
-    const char *inj_name = NULL;
-    if (svc) {
-        char why[200];
-        int rc = av__resolver_get(ctx->resolver, svc->secret_ref, &secret, why, sizeof(why));
-        if (rc) {
-            char m[300];
-            snprintf(m, sizeof(m), "credential for service %s unavailable: %s", svc->name, why);
-            x_respond(x, 502, m, 0);
-            return -1;
-        }
-        int irc = AV_OK;
-        if (svc->auth == AV_AUTH_QUERY) {
-            inj_target = av__inject_query(svc, secret, in->target, in->target_len);
-            irc = inj_target ? AV_OK : AV_ERR_NOMEM;
-        } else {
-            irc = av__inject_header(svc, secret, &inj_name, &inj_value);
-        }
-        if (x->ws_frame)
-            x->ws_secret = av__secret_ref(secret);
-        av__secret_free(secret);
-        if (irc != AV_OK) {
-            char m[200];
-            snprintf(m, sizeof(m), irc == AV_ERR_INVALID
-                                       ? "credential for service %s contains characters not allowed in a header"
-                                       : "out of memory while injecting the credential for service %s",
-                     svc->name);
-            x_respond(x, irc == AV_ERR_INVALID ? 502 : 500, m, 0);
-            return -1;
-        }
-    }
-
-    /* Store: method, target (credential in the query for QUERY services),
-     * the agent's end-to-end fields, the injected credential. Cookies an
-     * HTTP/2 agent split into several fields are joined again (RFC 9113
-     * 8.2.3). */
+    /* Store: method, target, the agent's end-to-end fields (minus any copy
+     * of the field we inject). Cookies an HTTP/2 agent split into several
+     * fields are joined again (RFC 9113 8.2.3). The credential is added by
+     * x_inject once it is resolved. */
+    const char *inj_name = svc ? inject_name_of(svc) : NULL;
+    x->inj_name = inj_name;
     av__buf_init(&x->rq, AV_HEAD_MAX + 8192);
     int rc = rq_put(x, in->method, in->method_len, &x->m_off);
     x->m_len = (uint32_t)in->method_len;
-    if (!rc && inj_target)
-        rc = rq_put(x, (const char *)av__secret_data(inj_target), av__secret_len(inj_target), &x->t_off);
-    else if (!rc)
+    if (!rc)
         rc = rq_put(x, in->target, in->target_len, &x->t_off);
-    x->t_len = (uint32_t)(inj_target ? av__secret_len(inj_target) : in->target_len);
+    x->t_len = (uint32_t)in->target_len;
     size_t ncookies = 0;
     for (size_t i = 0; i < in->nfields && !rc; i++) {
         const av_h1_field *f = &in->fields[i];
@@ -796,12 +768,6 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
             x->nrqf++;
         }
     }
-    if (!rc && inj_value)
-        rc = rq_add(x, inj_name, strlen(inj_name), (const char *)av__secret_data(inj_value),
-                    av__secret_len(inj_value));
-    x->inj_name = inj_name;
-    av__secret_free(inj_value);
-    av__secret_free(inj_target);
     if (rc) {
         x_respond(x, 431, "request header block too large after rewriting", 0);
         return -1;
@@ -822,6 +788,88 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
              c->token >= 0 ? ctx->cfg->tokens[c->token].name : "-");
     if (!x->sid)
         c->state = C_EXCHANGE;
+    return x_inject(x);
+}
+
+/* The name of the field a service injects (NULL for query services). */
+static const char *inject_name_of(const av_service *svc)
+{
+    switch (svc->auth) {
+    case AV_AUTH_BEARER:
+    case AV_AUTH_BASIC:
+        return "Authorization";
+    case AV_AUTH_HEADER:
+        return svc->auth_name;
+    default:
+        return NULL;
+    }
+}
+
+static void x_secret_ready(void *ud)
+{
+    av_exchange *x = ud;
+    x->swait = NULL;
+    x->secret_ready = 1;
+    up_notify_cb(x->c);
+}
+
+/* Resolve the service's credential and add it to the stored request, then
+ * reach the upstream. A command: source may answer later: the exchange
+ * then waits (x->swait) and x_step calls this again. Returns 0, or -1
+ * after answering with an error. */
+static int x_inject(av_exchange *x)
+{
+    av_conn *c = x->c;
+    av_ctx *ctx = c->ctx;
+    const av_service *svc = x->svc;
+    x->secret_ready = 0;
+    if (!svc)
+        return x_choose_upstream(x);
+    av_secret *secret = NULL;
+    char why[200];
+    int rc = av__resolver_get_async(ctx->resolver, svc->secret_ref, &secret, why, sizeof(why), x_secret_ready, x,
+                                    &x->swait);
+    if (rc == AV_ERR_AGAIN)
+        return 0;
+    if (rc) {
+        char m[300];
+        snprintf(m, sizeof(m), "credential for service %s unavailable: %s", svc->name, why);
+        x_respond(x, 502, m, 0);
+        return -1;
+    }
+    av_secret *inj_value = NULL, *inj_target = NULL;
+    const char *inj_name = NULL;
+    int irc = AV_OK;
+    if (svc->auth == AV_AUTH_QUERY) {
+        inj_target = av__inject_query(svc, secret, rq_ptr(x, x->t_off), x->t_len);
+        irc = inj_target ? AV_OK : AV_ERR_NOMEM;
+    } else {
+        irc = av__inject_header(svc, secret, &inj_name, &inj_value);
+    }
+    if (x->ws_frame)
+        x->ws_secret = av__secret_ref(secret);
+    av__secret_free(secret);
+    if (irc != AV_OK) {
+        char m[200];
+        snprintf(m, sizeof(m), irc == AV_ERR_INVALID
+                                   ? "credential for service %s contains characters not allowed in a header"
+                                   : "out of memory while injecting the credential for service %s",
+                 svc->name);
+        x_respond(x, irc == AV_ERR_INVALID ? 502 : 500, m, 0);
+        return -1;
+    }
+    if (inj_target) {
+        rc = rq_put(x, (const char *)av__secret_data(inj_target), av__secret_len(inj_target), &x->t_off);
+        x->t_len = (uint32_t)av__secret_len(inj_target);
+    } else if (inj_value) {
+        rc = rq_add(x, inj_name, strlen(inj_name), (const char *)av__secret_data(inj_value), av__secret_len(inj_value));
+    }
+    av__secret_free(inj_value);
+    av__secret_free(inj_target);
+    if (rc) {
+        x_respond(x, 431, "request header block too large after rewriting", 0);
+        return -1;
+    }
     return x_choose_upstream(x);
 }
 
@@ -1672,6 +1720,18 @@ static int x_step(av_exchange *x)
     int progress = 0;
     if (!x->active)
         return 0;
+    if (x->swait && !(x->sid && x->a_closed))
+        return 0; /* the credential is being resolved */
+    if (x->secret_ready) {
+        if (x_inject(x) != 0) {
+            if (x->sid) {
+                x->active = 0;
+                x->done = 1;
+            }
+            return 1;
+        }
+        progress = 1;
+    }
     if (x->sid && x->a_closed && !x->resp_head_done) {
         x->resp_done = 1;
         x_check_done(x);

@@ -269,6 +269,7 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
     rc = av__resolver_new(&ctx->resolver);
     if (rc)
         goto fail;
+    av__resolver_set_loop(ctx->resolver, ctx->loop, ctx->cfg->secret_ttl, ctx->cfg->command_timeout);
     rc = av__dns_new(&ctx->dns, ctx->loop, ctx->cfg->connect_timeout);
     if (rc) {
         ctx_err(err, err_len, "cannot initialise the DNS resolver");

@@ -1,55 +1,86 @@
-/* av_resolver.c - credential resolver: env: and file: sources, cached by
- * reference string. Reasons name the reference, never the value.
+/* av_resolver.c - credential resolver (see av_resolver.h). Reasons name
+ * the reference, never the value.
  */
 #include "av_resolver.h"
 
 #include <errno.h>
-#include <stdarg.h>
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <agentvault/agentvault.h>
 
 #include "av_mem.h"
 
+extern char **environ;
+
 #define FILE_SECRET_MAX (64 * 1024)
+#define CMD_ARGS_MAX 32
+#define FAIL_REMEMBER 1.0 /* seconds a failed command answer is reused */
+#define VAULT_NAME_MAX 64
+
+typedef struct cmd_job cmd_job;
 
 typedef struct cache_entry {
     char *ref;
     av_secret *secret;
+    double expires;        /* 0: never (env:, file:, vault:) */
+    double fail_until;     /* a failure is the answer until then */
+    char why[200];
+    cmd_job *job;          /* a command: run in progress */
 } cache_entry;
+
+struct av_resolver_wait {
+    av_resolver *r;
+    av_resolver_done done;
+    void *ud;
+    char *ref;
+    av_resolver_wait *next, *prev;
+};
+
+struct cmd_job {
+    av_resolver *r;
+    char *ref;
+    pid_t pid;
+    int fd;
+    av_io *io;
+    av_timer *timer;
+    uint8_t *buf;
+    size_t len;
+    int eof;
+    double deadline;
+};
 
 struct av_resolver {
     cache_entry *entries;
     size_t n;
+    av_loop *loop;
+    double ttl, timeout;
+    av_vault_getter vault_get;
+    void *vault_ud;
+    av_resolver_wait *waits;
+    av_async *wake;       /* delivers "ask again" outside the asker's call */
+    int wake_pending;
+    /* While a waiter's done() runs: the answer of the run it waited for,
+     * served even if the TTL (possibly 0) has already expired. */
+    const char *handoff_ref;
+    av_secret *handoff;
 };
 
-/* av__resolver_new creates an empty resolver. Returns AV_ERR_INVALID or
- * AV_ERR_NOMEM. */
-int av__resolver_new(av_resolver **out)
+static double mono_now(void)
 {
-    if (!out)
-        return AV_ERR_INVALID;
-    *out = av__calloc(1, sizeof(**out));
-    return *out ? AV_OK : AV_ERR_NOMEM;
-}
-
-/* av__resolver_free drops every cached secret (wiped by its last
- * reference) and frees the resolver. NULL is a no-op. */
-void av__resolver_free(av_resolver *r)
-{
-    if (!r)
-        return;
-    for (size_t i = 0; i < r->n; i++) {
-        av__free(r->entries[i].ref);
-        av__secret_free(r->entries[i].secret);
-    }
-    av__free(r->entries);
-    av__free(r);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
 /* env_name_valid checks [A-Za-z_][A-Za-z0-9_]*. */
@@ -62,26 +93,6 @@ static int env_name_valid(const char *s)
               (*s >= '0' && *s <= '9') || *s == '_'))
             return 0;
     return 1;
-}
-
-/* av__secret_ref_valid returns 1 for "env:NAME" or "file:/absolute/path"
- * (no control characters), else 0. */
-int av__secret_ref_valid(const char *ref)
-{
-    if (!ref)
-        return 0;
-    if (strncmp(ref, "env:", 4) == 0)
-        return env_name_valid(ref + 4);
-    if (strncmp(ref, "file:", 5) == 0) {
-        const char *p = ref + 5;
-        if (p[0] != '/' || p[1] == '\0')
-            return 0;
-        for (; *p; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7f)
-                return 0;
-        return 1;
-    }
-    return 0;
 }
 
 /* say writes a reason into |why| when the caller gave room for one. */
@@ -185,45 +196,606 @@ static int resolve_file(const char *path, av_secret **out, char *why, size_t why
     return rc;
 }
 
-/* av__resolver_get resolves |ref| (cached after the first success).
- * Returns AV_ERR_SECRET, AV_ERR_INVALID or AV_ERR_NOMEM. */
-int av__resolver_get(av_resolver *r, const char *ref, av_secret **out,
-                     char *why, size_t why_len)
+
+static int vault_name_valid(const char *s)
+{
+    size_t n = 0;
+    for (; s[n]; n++) {
+        char c = s[n];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '.' || c == '-'))
+            return 0;
+    }
+    return n >= 1 && n <= VAULT_NAME_MAX;
+}
+
+/* split_argv splits a command: reference into at most CMD_ARGS_MAX
+ * arguments (blanks separate; '...' and "..." quote, no escapes, no
+ * expansion). Writes into |buf| (strlen(cmd) + 1 bytes). Returns argc, or
+ * -1 for unbalanced quotes / too many arguments / an empty command. */
+static int split_argv(const char *cmd, char *buf, char **argv)
+{
+    int argc = 0;
+    const char *p = cmd;
+    char *o = buf;
+    while (*p) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (!*p)
+            break;
+        if (argc >= CMD_ARGS_MAX)
+            return -1;
+        argv[argc++] = o;
+        while (*p && *p != ' ' && *p != '\t') {
+            if (*p == '\'' || *p == '"') {
+                char q = *p++;
+                while (*p && *p != q)
+                    *o++ = *p++;
+                if (*p != q)
+                    return -1;
+                p++;
+            } else {
+                *o++ = *p++;
+            }
+        }
+        *o++ = '\0';
+    }
+    argv[argc] = NULL;
+    return argc > 0 ? argc : -1;
+}
+
+/* av__secret_ref_valid: see the header. */
+int av__secret_ref_valid(const char *ref)
+{
+    if (!ref)
+        return 0;
+    for (const char *p = ref; *p; p++)
+        if ((unsigned char)*p < 0x20 && *p != '\t')
+            return 0;
+    if (strncmp(ref, "env:", 4) == 0)
+        return env_name_valid(ref + 4);
+    if (strncmp(ref, "file:", 5) == 0) {
+        const char *p = ref + 5;
+        if (p[0] != '/' || p[1] == '\0')
+            return 0;
+        for (; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f)
+                return 0;
+        return 1;
+    }
+    if (strncmp(ref, "vault:", 6) == 0)
+        return vault_name_valid(ref + 6);
+    if (strncmp(ref, "command:", 8) == 0) {
+        size_t n = strlen(ref + 8);
+        char *buf = av__malloc(n + 1);
+        char *argv[CMD_ARGS_MAX + 1];
+        if (!buf)
+            return 0;
+        int argc = split_argv(ref + 8, buf, argv);
+        int ok = argc > 0 && argv[0][0] == '/';
+        av__free(buf);
+        return ok;
+    }
+    return 0;
+}
+
+/* ---- the cache -------------------------------------------------------------- */
+
+static cache_entry *cache_find(av_resolver *r, const char *ref)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (strcmp(r->entries[i].ref, ref) == 0)
+            return &r->entries[i];
+    return NULL;
+}
+
+static cache_entry *cache_add(av_resolver *r, const char *ref)
+{
+    cache_entry *ne = av__realloc(r->entries, (r->n + 1) * sizeof(*ne));
+    if (!ne)
+        return NULL;
+    r->entries = ne;
+    cache_entry *e = &r->entries[r->n];
+    memset(e, 0, sizeof(*e));
+    e->ref = av__strdup(ref);
+    if (!e->ref)
+        return NULL;
+    r->n++;
+    return e;
+}
+
+/* ---- command: ------------------------------------------------------------------ */
+
+static void job_free(cmd_job *j)
+{
+    if (!j)
+        return;
+    if (j->pid > 0) {
+        kill(j->pid, SIGKILL);
+        while (waitpid(j->pid, NULL, 0) < 0 && errno == EINTR)
+            ;
+    }
+    av__io_free(j->io);
+    av__timer_free(j->timer);
+    if (j->fd >= 0)
+        close(j->fd);
+    if (j->buf) {
+        av__wipe(j->buf, FILE_SECRET_MAX + 1);
+        av__free(j->buf);
+    }
+    av__free(j->ref);
+    av__free(j);
+}
+
+/* Start the command of |ref|. Returns AV_OK with the job, or an error
+ * with a reason. */
+static int job_start(av_resolver *r, const char *ref, cmd_job **out, char *why, size_t why_len)
+{
+    const char *cmd = ref + 8;
+    size_t n = strlen(cmd);
+    char *abuf = av__malloc(n + 1);
+    char *argv[CMD_ARGS_MAX + 1];
+    cmd_job *j = av__calloc(1, sizeof(*j));
+    int pfd[2] = {-1, -1};
+    int rc = AV_ERR_NOMEM;
+    if (!abuf || !j)
+        goto fail;
+    j->r = r;
+    j->fd = -1;
+    j->buf = av__malloc(FILE_SECRET_MAX + 1);
+    j->ref = av__strdup(ref);
+    if (!j->buf || !j->ref)
+        goto fail;
+    rc = AV_ERR_SECRET;
+    if (split_argv(cmd, abuf, argv) <= 0 || argv[0][0] != '/') {
+        say(why, why_len, "invalid command reference");
+        goto fail;
+    }
+    if (pipe2(pfd, O_CLOEXEC) != 0) {
+        say(why, why_len, "cannot run %s: %s", argv[0], strerror(errno));
+        goto fail;
+    }
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
+    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
+    posix_spawnattr_t at;
+    posix_spawnattr_init(&at);
+    sigset_t none, all;
+    sigemptyset(&none);
+    sigfillset(&all);
+    posix_spawnattr_setsigmask(&at, &none);
+    posix_spawnattr_setsigdefault(&at, &all);
+    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+    int se = posix_spawn(&j->pid, argv[0], &fa, &at, argv, environ);
+    posix_spawn_file_actions_destroy(&fa);
+    posix_spawnattr_destroy(&at);
+    close(pfd[1]);
+    if (se != 0) {
+        j->pid = 0;
+        close(pfd[0]);
+        say(why, why_len, "cannot run %s: %s", argv[0], strerror(se));
+        goto fail;
+    }
+    j->fd = pfd[0];
+    fcntl(j->fd, F_SETFL, fcntl(j->fd, F_GETFL) | O_NONBLOCK);
+    j->deadline = mono_now() + r->timeout;
+    av__free(abuf);
+    *out = j;
+    return AV_OK;
+fail:
+    av__free(abuf);
+    job_free(j);
+    return rc;
+}
+
+/* Read what the command wrote. Returns 1 at EOF, 0 if more may come, or
+ * -1 when it wrote too much. */
+static int job_read(cmd_job *j)
+{
+    for (;;) {
+        if (j->len > FILE_SECRET_MAX)
+            return -1;
+        ssize_t k = read(j->fd, j->buf + j->len, FILE_SECRET_MAX + 1 - j->len);
+        if (k > 0) {
+            j->len += (size_t)k;
+            continue;
+        }
+        if (k == 0) {
+            j->eof = 1;
+            return 1;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK)
+            return 0;
+        j->eof = 1;
+        return 1;
+    }
+}
+
+/* The command's verdict once it has exited: AV_OK with the secret or an
+ * error with a reason. |status| is from waitpid. */
+static int job_result(cmd_job *j, int status, av_secret **out, char *why, size_t why_len)
+{
+    const char *name = j->ref + 8;
+    char prog[120];
+    size_t pl = strcspn(name, " \t");
+    snprintf(prog, sizeof(prog), "%.*s", (int)(pl < 100 ? pl : 100), name);
+    if (WIFSIGNALED(status)) {
+        say(why, why_len, "command %s was killed by signal %d", prog, WTERMSIG(status));
+        return AV_ERR_SECRET;
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        say(why, why_len, "command %s exited with status %d", prog, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        return AV_ERR_SECRET;
+    }
+    if (j->len > FILE_SECRET_MAX) {
+        say(why, why_len, "command %s printed more than 64 KiB", prog);
+        return AV_ERR_SECRET;
+    }
+    size_t n = j->len;
+    if (n > 0 && j->buf[n - 1] == '\n') {
+        n--;
+        if (n > 0 && j->buf[n - 1] == '\r')
+            n--;
+    }
+    if (n == 0) {
+        say(why, why_len, "command %s printed nothing", prog);
+        return AV_ERR_SECRET;
+    }
+    *out = av__secret_new(j->buf, n);
+    return *out ? AV_OK : AV_ERR_NOMEM;
+}
+
+/* Run a command to completion, blocking (startup). */
+static int run_blocking(av_resolver *r, const char *ref, av_secret **out, char *why, size_t why_len)
+{
+    cmd_job *j = NULL;
+    int rc = job_start(r, ref, &j, why, why_len);
+    if (rc != AV_OK)
+        return rc;
+    int status = 0, exited = 0;
+    for (;;) {
+        double left = j->deadline - mono_now();
+        if (left <= 0)
+            break;
+        if (!j->eof) {
+            struct pollfd pf = {j->fd, POLLIN, 0};
+            int pr = poll(&pf, 1, (int)(left * 1000) + 1);
+            if (pr < 0 && errno != EINTR)
+                break;
+            if (job_read(j) < 0)
+                break;
+            continue;
+        }
+        pid_t w = waitpid(j->pid, &status, WNOHANG);
+        if (w == j->pid) {
+            exited = 1;
+            j->pid = 0;
+            break;
+        }
+        struct timespec ts = {0, 5 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (exited) {
+        rc = job_result(j, status, out, why, why_len);
+    } else if (j->len > FILE_SECRET_MAX) {
+        say(why, why_len, "command %.*s printed more than 64 KiB", (int)strcspn(ref + 8, " \t"), ref + 8);
+        rc = AV_ERR_SECRET;
+    } else {
+        say(why, why_len, "command %.*s did not finish within %.0f s", (int)strcspn(ref + 8, " \t"), ref + 8,
+            r->timeout);
+        rc = AV_ERR_SECRET;
+    }
+    job_free(j);
+    return rc;
+}
+
+static void wake_waiters(av_resolver *r)
+{
+    if (!r->wake_pending && r->wake) {
+        r->wake_pending = 1;
+        av__async_send(r->wake);
+    }
+}
+
+/* The job of |e| is over: store the answer and wake askers. */
+static void job_done(av_resolver *r, cache_entry *e, int status, int exited)
+{
+    cmd_job *j = e->job;
+    av_secret *s = NULL;
+    char why[200] = "";
+    int rc;
+    if (exited) {
+        j->pid = 0;
+        rc = job_result(j, status, &s, why, sizeof(why));
+    } else if (j->len > FILE_SECRET_MAX) {
+        snprintf(why, sizeof(why), "command %.*s printed more than 64 KiB", (int)strcspn(e->ref + 8, " \t"),
+                 e->ref + 8);
+        rc = AV_ERR_SECRET;
+    } else {
+        snprintf(why, sizeof(why), "command %.*s did not finish within %.0f s", (int)strcspn(e->ref + 8, " \t"),
+                 e->ref + 8, r->timeout);
+        rc = AV_ERR_SECRET;
+    }
+    double now = mono_now();
+    if (rc == AV_OK) {
+        av__secret_free(e->secret);
+        e->secret = s;
+        e->expires = now + r->ttl;
+        e->fail_until = 0;
+    } else {
+        av__secret_free(e->secret);
+        e->secret = NULL;
+        e->fail_until = now + FAIL_REMEMBER;
+        snprintf(e->why, sizeof(e->why), "%s", rc == AV_ERR_NOMEM ? "out of memory" : why);
+    }
+    e->job = NULL;
+    job_free(j);
+    wake_waiters(r);
+}
+
+static cache_entry *entry_of_job(av_resolver *r, cmd_job *j)
+{
+    for (size_t i = 0; i < r->n; i++)
+        if (r->entries[i].job == j)
+            return &r->entries[i];
+    return NULL;
+}
+
+static void job_check(cmd_job *j)
+{
+    av_resolver *r = j->r;
+    cache_entry *e = entry_of_job(r, j);
+    if (!e)
+        return;
+    if (!j->eof && job_read(j) < 0) {
+        job_done(r, e, 0, 0);
+        return;
+    }
+    if (j->eof) {
+        av__io_set(j->io, 0);
+        int status = 0;
+        pid_t w = waitpid(j->pid, &status, WNOHANG);
+        if (w == j->pid) {
+            job_done(r, e, status, 1);
+            return;
+        }
+    }
+    if (mono_now() >= j->deadline) {
+        job_done(r, e, 0, 0); /* killed by job_free */
+        return;
+    }
+    /* Poll for the exit once stdout is closed; else wait for output or the
+     * deadline. */
+    double next = j->eof ? 0.005 : j->deadline - mono_now();
+    av__timer_start(j->timer, next > 0.001 ? next : 0.001);
+}
+
+static void job_on_io(void *ud, int revents)
+{
+    (void)revents;
+    job_check(ud);
+}
+
+static void job_on_timer(void *ud)
+{
+    job_check(ud);
+}
+
+static void resolver_on_wake(void *ud)
+{
+    av_resolver *r = ud;
+    r->wake_pending = 0;
+    /* Each waiter is removed before its callback runs; callbacks may cancel
+     * or add waiters. Restart from the head every time. */
+    for (;;) {
+        av_resolver_wait *w = r->waits;
+        while (w) {
+            cache_entry *e = cache_find(r, w->ref);
+            if (!e || !e->job)
+                break;
+            w = w->next;
+        }
+        if (!w)
+            break;
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            r->waits = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        av_resolver_done done = w->done;
+        void *ud2 = w->ud;
+        cache_entry *e = cache_find(r, w->ref);
+        r->handoff = e && e->secret ? av__secret_ref(e->secret) : NULL;
+        r->handoff_ref = w->ref;
+        done(ud2);
+        av__secret_free(r->handoff);
+        r->handoff = NULL;
+        r->handoff_ref = NULL;
+        av__free(w->ref);
+        av__free(w);
+    }
+}
+
+/* ---- API ------------------------------------------------------------------------- */
+
+int av__resolver_new(av_resolver **out)
+{
+    if (!out)
+        return AV_ERR_INVALID;
+    *out = av__calloc(1, sizeof(**out));
+    if (!*out)
+        return AV_ERR_NOMEM;
+    (*out)->ttl = AV_RESOLVER_DEFAULT_TTL;
+    (*out)->timeout = AV_RESOLVER_DEFAULT_CMD_TIMEOUT;
+    return AV_OK;
+}
+
+void av__resolver_set_loop(av_resolver *r, av_loop *loop, double ttl, double timeout)
+{
+    r->loop = loop;
+    if (ttl >= 0)
+        r->ttl = ttl;
+    if (timeout > 0)
+        r->timeout = timeout;
+    if (!r->wake && loop)
+        r->wake = av__async_new(loop, resolver_on_wake, r);
+}
+
+void av__resolver_set_vault(av_resolver *r, av_vault_getter get, void *ud)
+{
+    r->vault_get = get;
+    r->vault_ud = ud;
+}
+
+void av__resolver_free(av_resolver *r)
+{
+    if (!r)
+        return;
+    while (r->waits) {
+        av_resolver_wait *w = r->waits;
+        r->waits = w->next;
+        av__free(w->ref);
+        av__free(w);
+    }
+    for (size_t i = 0; i < r->n; i++) {
+        job_free(r->entries[i].job);
+        av__free(r->entries[i].ref);
+        av__secret_free(r->entries[i].secret);
+    }
+    av__async_free(r->wake);
+    av__free(r->entries);
+    av__free(r);
+}
+
+/* Synchronous sources. */
+static int resolve_now(av_resolver *r, const char *ref, av_secret **s, char *why, size_t why_len)
+{
+    if (ref[0] == 'e')
+        return resolve_env(ref + 4, s, why, why_len);
+    if (ref[0] == 'f')
+        return resolve_file(ref + 5, s, why, why_len);
+    if (ref[0] == 'v') {
+        if (!r->vault_get) {
+            say(why, why_len, "no vault is configured for %s", ref);
+            return AV_ERR_SECRET;
+        }
+        return r->vault_get(r->vault_ud, ref + 6, s, why, why_len);
+    }
+    return run_blocking(r, ref, s, why, why_len);
+}
+
+static int get_common(av_resolver *r, const char *ref, av_secret **out, char *why, size_t why_len,
+                      av_resolver_done done, void *ud, av_resolver_wait **wait)
 {
     if (why && why_len)
         why[0] = '\0';
+    if (wait)
+        *wait = NULL;
     if (!r || !ref || !out)
         return AV_ERR_INVALID;
     *out = NULL;
-    for (size_t i = 0; i < r->n; i++)
-        if (strcmp(r->entries[i].ref, ref) == 0) {
-            *out = av__secret_ref(r->entries[i].secret);
-            return AV_OK;
-        }
     if (!av__secret_ref_valid(ref)) {
-        say(why, why_len, "unsupported secret reference (expected env:NAME or file:/path)");
+        say(why, why_len, "unsupported secret reference (expected env:NAME, file:/path, vault:NAME or command:/path)");
         return AV_ERR_INVALID;
     }
-
-    av_secret *s = NULL;
-    int rc = ref[0] == 'e' ? resolve_env(ref + 4, &s, why, why_len)
-                           : resolve_file(ref + 5, &s, why, why_len);
-    if (rc != AV_OK)
-        return rc;
-
-    cache_entry *ne = av__realloc(r->entries, (r->n + 1) * sizeof(*ne));
-    char *key = av__strdup(ref);
-    if (!ne || !key) {
-        if (ne)
-            r->entries = ne;
-        av__free(key);
-        av__secret_free(s);
+    if (r->handoff && strcmp(r->handoff_ref, ref) == 0) {
+        *out = av__secret_ref(r->handoff);
+        return AV_OK;
+    }
+    double now = mono_now();
+    cache_entry *e = cache_find(r, ref);
+    if (e && e->secret && (e->expires == 0 || now < e->expires)) {
+        *out = av__secret_ref(e->secret);
+        return AV_OK;
+    }
+    if (e && !e->job && e->fail_until > now) {
+        say(why, why_len, "%s", e->why);
+        return AV_ERR_SECRET;
+    }
+    int is_cmd = ref[0] == 'c';
+    if (!is_cmd || !done || !r->loop) {
+        if (e && e->job) {
+            /* A run is in flight for async askers: a blocking asker waits
+             * for its own run. */
+        }
+        av_secret *s = NULL;
+        int rc = resolve_now(r, ref, &s, why, why_len);
+        if (rc != AV_OK)
+            return rc;
+        if (!e && !(e = cache_add(r, ref))) {
+            av__secret_free(s);
+            return AV_ERR_NOMEM;
+        }
+        av__secret_free(e->secret);
+        e->secret = s;
+        e->expires = is_cmd ? now + r->ttl : 0;
+        *out = av__secret_ref(s);
+        return AV_OK;
+    }
+    /* Asynchronous command run. */
+    if (!e && !(e = cache_add(r, ref)))
+        return AV_ERR_NOMEM;
+    if (!e->job) {
+        cmd_job *j = NULL;
+        int rc = job_start(r, ref, &j, e->why, sizeof(e->why));
+        if (rc != AV_OK) {
+            e->fail_until = now + FAIL_REMEMBER;
+            say(why, why_len, "%s", e->why);
+            return rc;
+        }
+        j->io = av__io_new(r->loop, j->fd, job_on_io, j);
+        j->timer = av__timer_new(r->loop, job_on_timer, j);
+        if (!j->io || !j->timer) {
+            job_free(j);
+            return AV_ERR_NOMEM;
+        }
+        av__io_set(j->io, AV_EV_READ);
+        av__timer_start(j->timer, r->timeout);
+        e->job = j;
+    }
+    av_resolver_wait *w = av__calloc(1, sizeof(*w));
+    if (!w || !(w->ref = av__strdup(ref))) {
+        av__free(w);
         return AV_ERR_NOMEM;
     }
-    r->entries = ne;
-    r->entries[r->n].ref = key;
-    r->entries[r->n].secret = s;
-    r->n++;
-    *out = av__secret_ref(s);
-    return AV_OK;
+    w->r = r;
+    w->done = done;
+    w->ud = ud;
+    w->next = r->waits;
+    if (r->waits)
+        r->waits->prev = w;
+    r->waits = w;
+    *wait = w;
+    return AV_ERR_AGAIN;
+}
+
+int av__resolver_get(av_resolver *r, const char *ref, av_secret **out, char *why, size_t why_len)
+{
+    return get_common(r, ref, out, why, why_len, NULL, NULL, NULL);
+}
+
+int av__resolver_get_async(av_resolver *r, const char *ref, av_secret **out, char *why, size_t why_len,
+                           av_resolver_done done, void *ud, av_resolver_wait **wait)
+{
+    return get_common(r, ref, out, why, why_len, done, ud, wait);
+}
+
+void av__resolver_cancel(av_resolver_wait *w)
+{
+    if (!w)
+        return;
+    av_resolver *r = w->r;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        r->waits = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    av__free(w->ref);
+    av__free(w);
 }

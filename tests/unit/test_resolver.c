@@ -1,4 +1,4 @@
-/* test_resolver.c - env: and file: secret sources. */
+/* test_resolver.c - env:, file:, vault: and command: secret sources. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,6 +13,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_ev.h"
 #include "av_resolver.h"
 
 #define SECRET "sk-test-0123456789-SECRET"
@@ -104,7 +105,8 @@ static void env_source(void **state)
     expect_bytes(s, SECRET "2");
     av__secret_free(s);
 
-    assert_int_equal(get(r, "vault:x", &s, why, sizeof(why)), AV_ERR_INVALID);
+    assert_int_equal(get(r, "vault:x", &s, why, sizeof(why)), AV_ERR_SECRET); /* valid, no vault */
+    assert_int_equal(get(r, "vault:a/b", &s, why, sizeof(why)), AV_ERR_INVALID);
     assert_int_equal(get(r, "env:1X", &s, why, sizeof(why)), AV_ERR_INVALID);
     assert_int_equal(get(r, "env:", &s, why, sizeof(why)), AV_ERR_INVALID);
     /* a NULL reason buffer is fine */
@@ -211,9 +213,165 @@ static void ref_syntax(void **state)
     assert_int_equal(av__secret_ref_valid("file:/"), 0);
     assert_int_equal(av__secret_ref_valid("file:x"), 0);
     assert_int_equal(av__secret_ref_valid("file:/a\nb"), 0);
-    assert_int_equal(av__secret_ref_valid("vault:x"), 0);
+    assert_int_equal(av__secret_ref_valid("vault:x"), 1);
+    assert_int_equal(av__secret_ref_valid("vault:openai.key-2"), 1);
+    assert_int_equal(av__secret_ref_valid("vault:"), 0);
+    assert_int_equal(av__secret_ref_valid("vault:a/b"), 0);
+    assert_int_equal(av__secret_ref_valid("command:/usr/bin/pass show x"), 1);
+    assert_int_equal(av__secret_ref_valid("command:/bin/sh -c 'echo x'"), 1);
+    assert_int_equal(av__secret_ref_valid("command:pass show x"), 0);  /* no PATH search */
+    assert_int_equal(av__secret_ref_valid("command:"), 0);
+    assert_int_equal(av__secret_ref_valid("command:/bin/echo 'unbalanced"), 0);
+    assert_int_equal(av__secret_ref_valid("command:/bin/echo a\nb"), 0);
+    assert_int_equal(av__secret_ref_valid("command:/bin/echo a\x01"), 0);
     assert_int_equal(av__secret_ref_valid(""), 0);
     assert_int_equal(av__secret_ref_valid(NULL), 0);
+}
+
+/* command_sync: output, trailing newline, quoting, failures with reasons
+ * that never carry the output, timeouts, oversized output, TTL 0. */
+static void command_sync(void **state)
+{
+    (void)state;
+    av_resolver *r;
+    av_secret *s = NULL;
+    char why[200];
+    assert_int_equal(av__resolver_new(&r), AV_OK);
+    assert_int_equal(get(r, "command:/bin/echo " SECRET, &s, why, sizeof(why)), AV_OK);
+    expect_bytes(s, SECRET);
+    av__secret_free(s);
+    assert_int_equal(get(r, "command:/bin/sh -c 'printf \"a b\"'", &s, why, sizeof(why)), AV_OK);
+    expect_bytes(s, "a b");
+    av__secret_free(s);
+    assert_int_equal(get(r, "command:/bin/sh -c 'echo " SECRET "; exit 3'", &s, why, sizeof(why)),
+                     AV_ERR_SECRET);
+    assert_non_null(strstr(why, "exited with status 3"));
+    assert_int_equal(get(r, "command:/bin/true", &s, why, sizeof(why)), AV_ERR_SECRET);
+    assert_non_null(strstr(why, "printed nothing"));
+    assert_int_equal(get(r, "command:/nonexistent/x", &s, why, sizeof(why)), AV_ERR_SECRET);
+    assert_non_null(strstr(why, "/nonexistent/x"));
+    assert_int_equal(get(r, "command:/bin/sh -c 'head -c 70000 /dev/zero | tr \"\\\\0\" x'", &s, why, sizeof(why)),
+                     AV_ERR_SECRET);
+    assert_non_null(strstr(why, "64 KiB"));
+    av__resolver_free(r);
+
+    assert_int_equal(av__resolver_new(&r), AV_OK);
+    av__resolver_set_loop(r, NULL, 0, 0.3);
+    assert_int_equal(get(r, "command:/bin/sleep 5", &s, why, sizeof(why)), AV_ERR_SECRET);
+    assert_non_null(strstr(why, "did not finish"));
+    /* TTL 0: every ask runs the command again (a counter file shows it). */
+    char ref[300], cnt[200];
+    snprintf(cnt, sizeof(cnt), "%s/count", dir);
+    snprintf(ref, sizeof(ref), "command:/bin/sh -c 'echo x >> %s; echo v'", cnt);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(get(r, ref, &s, why, sizeof(why)), AV_OK);
+        av__secret_free(s);
+    }
+    struct stat st;
+    assert_int_equal(stat(cnt, &st), 0);
+    assert_int_equal(st.st_size, 6);
+    av__resolver_free(r);
+}
+
+typedef struct async_state {
+    int calls;
+    av_loop *loop;
+} async_state;
+
+static void on_done(void *ud)
+{
+    async_state *a = ud;
+    a->calls++;
+    av__loop_break(a->loop);
+}
+
+static void on_deadline(void *ud)
+{
+    av__loop_break(ud);
+}
+
+/* command_async: AV_ERR_AGAIN, one run for many askers, cached answer,
+ * cancellation, failure remembered. */
+static void command_async(void **state)
+{
+    (void)state;
+    av_loop *loop = av__loop_new();
+    assert_non_null(loop);
+    av_timer *deadline = av__timer_new(loop, on_deadline, loop);
+    av_resolver *r;
+    assert_int_equal(av__resolver_new(&r), AV_OK);
+    av__resolver_set_loop(r, loop, 60, 5);
+    async_state a = {0, loop}, b = {0, loop}, c = {0, loop};
+    av_secret *s = NULL;
+    av_resolver_wait *wa = NULL, *wb = NULL, *wc = NULL;
+    char why[200], cnt[200], ref[300];
+    snprintf(cnt, sizeof(cnt), "%s/acount", dir);
+    snprintf(ref, sizeof(ref), "command:/bin/sh -c 'echo x >> %s; sleep 0.2; echo " SECRET "'", cnt);
+    assert_int_equal(av__resolver_get_async(r, ref, &s, why, sizeof(why), on_done, &a, &wa), AV_ERR_AGAIN);
+    assert_non_null(wa);
+    assert_int_equal(av__resolver_get_async(r, ref, &s, why, sizeof(why), on_done, &b, &wb), AV_ERR_AGAIN);
+    assert_int_equal(av__resolver_get_async(r, ref, &s, why, sizeof(why), on_done, &c, &wc), AV_ERR_AGAIN);
+    av__resolver_cancel(wc);
+    av__timer_start(deadline, 5);
+    while (a.calls + b.calls < 2 && av__timer_active(deadline))
+        av__loop_run(loop);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(b.calls, 1);
+    assert_int_equal(c.calls, 0);
+    assert_int_equal(av__resolver_get_async(r, ref, &s, why, sizeof(why), on_done, &a, &wa), AV_OK);
+    expect_bytes(s, SECRET);
+    av__secret_free(s);
+    struct stat st;
+    assert_int_equal(stat(cnt, &st), 0);
+    assert_int_equal(st.st_size, 2); /* one run for three askers */
+
+    /* A failing command: the failure is the answer for a moment. */
+    a.calls = 0;
+    assert_int_equal(av__resolver_get_async(r, "command:/bin/false", &s, why, sizeof(why), on_done, &a, &wa),
+                     AV_ERR_AGAIN);
+    av__timer_start(deadline, 5);
+    while (a.calls < 1 && av__timer_active(deadline))
+        av__loop_run(loop);
+    assert_int_equal(a.calls, 1);
+    assert_int_equal(av__resolver_get_async(r, "command:/bin/false", &s, why, sizeof(why), on_done, &a, &wa),
+                     AV_ERR_SECRET);
+    assert_non_null(strstr(why, "exited with status 1"));
+    /* Freeing with a run in flight kills it and frees the waiter. */
+    assert_int_equal(av__resolver_get_async(r, "command:/bin/sleep 10", &s, why, sizeof(why), on_done, &a, &wa),
+                     AV_ERR_AGAIN);
+    av__resolver_free(r);
+    av__timer_free(deadline);
+    av__loop_free(loop);
+}
+
+static int vault_get(void *ud, const char *name, av_secret **out, char *why, size_t why_len)
+{
+    (void)ud;
+    if (strcmp(name, "openai") == 0) {
+        *out = av__secret_new(SECRET, strlen(SECRET));
+        return *out ? AV_OK : AV_ERR_NOMEM;
+    }
+    snprintf(why, why_len, "no secret named %s in the vault", name);
+    return AV_ERR_SECRET;
+}
+
+/* vault_source: through the installed getter; none installed. */
+static void vault_source(void **state)
+{
+    (void)state;
+    av_resolver *r;
+    av_secret *s = NULL;
+    char why[200];
+    assert_int_equal(av__resolver_new(&r), AV_OK);
+    assert_int_equal(get(r, "vault:openai", &s, why, sizeof(why)), AV_ERR_SECRET);
+    assert_non_null(strstr(why, "no vault"));
+    av__resolver_set_vault(r, vault_get, NULL);
+    assert_int_equal(get(r, "vault:openai", &s, why, sizeof(why)), AV_OK);
+    expect_bytes(s, SECRET);
+    av__secret_free(s);
+    assert_int_equal(get(r, "vault:other", &s, why, sizeof(why)), AV_ERR_SECRET);
+    assert_non_null(strstr(why, "no secret named other"));
+    av__resolver_free(r);
 }
 
 int main(void)
@@ -222,6 +380,9 @@ int main(void)
         cmocka_unit_test(env_source),
         cmocka_unit_test(file_source),
         cmocka_unit_test(ref_syntax),
+        cmocka_unit_test(command_sync),
+        cmocka_unit_test(command_async),
+        cmocka_unit_test(vault_source),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
