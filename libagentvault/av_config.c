@@ -492,6 +492,9 @@ static void config_clear(av_config *c)
     for (size_t i = 0; i < c->ntokens; i++) {
         av__free(c->tokens[i].name);
         av__free(c->tokens[i].secret_ref);
+        for (size_t j = 0; j < c->tokens[i].nservices; j++)
+            av__free(c->tokens[i].services[j]);
+        av__free(c->tokens[i].services);
     }
     av__free(c->tokens);
     memset(c, 0, sizeof(*c));
@@ -631,10 +634,22 @@ av_config *av__config_copy(const av_config *src)
             goto fail;
         c->ntokens = src->ntokens;
         for (size_t i = 0; i < src->ntokens; i++) {
-            c->tokens[i].line = src->tokens[i].line;
-            if (dup_opt(&c->tokens[i].name, src->tokens[i].name) ||
-                dup_opt(&c->tokens[i].secret_ref, src->tokens[i].secret_ref))
+            const av_token_cfg *st = &src->tokens[i];
+            av_token_cfg *dt = &c->tokens[i];
+            dt->line = st->line;
+            dt->unmatched = st->unmatched;
+            dt->rate = st->rate;
+            dt->burst = st->burst;
+            if (dup_opt(&dt->name, st->name) || dup_opt(&dt->secret_ref, st->secret_ref))
                 goto fail;
+            if (st->nservices) {
+                dt->services = av__calloc(st->nservices, sizeof(*dt->services));
+                if (!dt->services)
+                    goto fail;
+                for (size_t j = 0; j < st->nservices; j++, dt->nservices++)
+                    if (dup_opt(&dt->services[j], st->services[j]))
+                        goto fail;
+            }
         }
     }
     return c;
@@ -1183,24 +1198,103 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
     }
 }
 
+/* parse_rate reads "N/s", "N/min" or "N/h" (N a positive integer or
+ * decimal) into requests per second. */
+static int parse_rate(const char *v, size_t vl, double *out)
+{
+    const char *slash = memchr(v, '/', vl);
+    if (!slash)
+        return AV_ERR_INVALID;
+    double n;
+    if (parse_seconds(v, (size_t)(slash - v), &n) != AV_OK) /* a positive number <= 86400 */
+        return AV_ERR_INVALID;
+    const char *u = slash + 1;
+    size_t ul = vl - (size_t)(u - v);
+    if (word_eq(u, ul, "s"))
+        *out = n;
+    else if (word_eq(u, ul, "min"))
+        *out = n / 60.0;
+    else if (word_eq(u, ul, "h"))
+        *out = n / 3600.0;
+    else
+        return AV_ERR_INVALID;
+    return AV_OK;
+}
+
 /* token_key handles one key of a [token] section. */
 static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_token_cfg *t = &p->cfg->tokens[p->cfg->ntokens - 1];
-    if (!word_eq(k, kl, "secret"))
-        return perr(p, "unknown key \"%.*s\" in [token]", (int)(kl > 64 ? 64 : kl), k);
-    if (p->seen & K_SECRET)
-        return perr(p, "duplicate key \"secret\"");
-    p->seen |= K_SECRET;
-    char *ref = dup_range(v, vl);
-    if (!ref)
-        return oom(p);
-    if (!av__secret_ref_valid(ref)) {
-        av__free(ref);
-        return perr(p, "secret must be env:NAME or file:/absolute/path");
+    unsigned bit;
+    if (word_eq(k, kl, "secret"))
+        bit = K_SECRET;
+    else if (word_eq(k, kl, "services"))
+        bit = K_METHODS;
+    else if (word_eq(k, kl, "unmatched"))
+        bit = K_UNMATCHED;
+    else if (word_eq(k, kl, "rate"))
+        bit = K_PORT;
+    else if (word_eq(k, kl, "burst"))
+        bit = K_PATH;
+    else
+        return perr(p, "unknown key \"%.*s\" in [token] (expected secret, services, unmatched, rate, burst)",
+                    (int)(kl > 64 ? 64 : kl), k);
+    if (p->seen & bit)
+        return perr(p, "duplicate key \"%.*s\"", (int)kl, k);
+    p->seen |= bit;
+    switch (bit) {
+    case K_SECRET: {
+        char *ref = dup_range(v, vl);
+        if (!ref)
+            return oom(p);
+        if (!av__secret_ref_valid(ref)) {
+            av__free(ref);
+            return perr(p, "secret must be env:NAME, file:/absolute/path, vault:NAME or command:/absolute/path [args]");
+        }
+        t->secret_ref = ref;
+        return AV_OK;
     }
-    t->secret_ref = ref;
-    return AV_OK;
+    case K_METHODS: {
+        size_t start = 0;
+        for (size_t i = 0; i <= vl; i++) {
+            if (i < vl && v[i] != ',')
+                continue;
+            const char *item = v + start;
+            size_t il = i - start;
+            trim(&item, &il);
+            start = i + 1;
+            if (il == 0 || il > NAME_MAX_LEN)
+                return perr(p, "services must be a comma-separated list of service names");
+            char **ns = av__realloc(t->services, (t->nservices + 1) * sizeof(*ns));
+            if (!ns)
+                return oom(p);
+            t->services = ns;
+            if (!(t->services[t->nservices] = dup_range(item, il)))
+                return oom(p);
+            t->nservices++;
+        }
+        return AV_OK;
+    }
+    case K_UNMATCHED:
+        if (word_eq(v, vl, "passthrough"))
+            t->unmatched = AV_UNMATCHED_PASSTHROUGH;
+        else if (word_eq(v, vl, "deny"))
+            t->unmatched = AV_UNMATCHED_DENY;
+        else
+            return perr(p, "unmatched must be \"passthrough\" or \"deny\"");
+        return AV_OK;
+    case K_PORT:
+        if (parse_rate(v, vl, &t->rate) != AV_OK)
+            return perr(p, "rate must be N/s, N/min or N/h with N a positive number");
+        return AV_OK;
+    default: {
+        long b;
+        if (parse_uint(v, vl, 6, &b) != AV_OK || b < 1)
+            return perr(p, "burst must be a whole number of requests >= 1");
+        t->burst = (double)b;
+        return AV_OK;
+    }
+    }
 }
 
 /* finish_section checks the section that just ended and fills defaults. */
@@ -1224,6 +1318,10 @@ static int finish_section(parser *p)
         av_token_cfg *t = &p->cfg->tokens[p->cfg->ntokens - 1];
         if (!t->secret_ref)
             return perr_at(p, t->line, "token \"%s\" has no secret", t->name);
+        if (t->burst > 0 && t->rate == 0)
+            return perr_at(p, t->line, "token \"%s\": burst needs a rate", t->name);
+        if (t->rate > 0 && t->burst == 0)
+            t->burst = t->rate < 1 ? 1 : t->rate;
     }
     p->section = SEC_NONE;
     p->seen = 0;
@@ -1608,6 +1706,16 @@ AV_EXPORT int av_config_validate(av_config *cfg)
                 set_error(cfg, "line %d: duplicate token \"%s\"", t->line, t->name);
                 return AV_ERR_CONFIG;
             }
+        for (size_t k = 0; k < t->nservices; k++) {
+            size_t j = 0;
+            while (j < cfg->nservices && strcmp(cfg->services[j].name, t->services[k]) != 0)
+                j++;
+            if (j == cfg->nservices) {
+                set_error(cfg, "line %d: token \"%s\" names unknown service \"%s\"", t->line, t->name,
+                          t->services[k]);
+                return AV_ERR_CONFIG;
+            }
+        }
     }
     for (size_t i = 0; i < cfg->nlisten; i++)
         for (size_t j = 0; j < i; j++)

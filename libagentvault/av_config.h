@@ -100,6 +100,11 @@ typedef struct av_token_cfg {
     char *name;
     char *secret_ref;
     int line;
+    char **services;   /* services this token may use; NULL: all of them */
+    size_t nservices;
+    int unmatched;     /* 0: the proxy's policy; else AV_UNMATCHED_* for this token */
+    double rate;       /* requests per second (token bucket); 0: unlimited */
+    double burst;      /* bucket size; default max(1, rate) */
 } av_token_cfg;
 
 typedef struct av_resolve_cfg {

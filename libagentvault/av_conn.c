@@ -129,6 +129,7 @@ struct av_exchange {
     double start;
     /* WebSocket */
     int expect_continue;      /* HTTP/1.1 agent sent Expect: 100-continue */
+    int retry_after;          /* 429: seconds for Retry-After */
     int ws;                   /* the request is a WebSocket upgrade / extended CONNECT */
     int ws_frame;             /* frame mode (placeholder substitution) */
     int ws_open;              /* 101 relayed: relaying frames/bytes */
@@ -253,6 +254,11 @@ static void conn_respond(av_conn *c, int status, const char *reason_text, int js
         av__h1_write_field_str(o, "X-Agentvault-Error", reason);
     if (status == 407)
         av__h1_write_field_str(o, "Proxy-Authenticate", "Basic realm=\"agentvault\"");
+    if (status == 429 && c->x.retry_after > 0) {
+        char ra[16];
+        snprintf(ra, sizeof(ra), "%d", c->x.retry_after);
+        av__h1_write_field_str(o, "Retry-After", ra);
+    }
     char cl[32];
     snprintf(cl, sizeof(cl), "%zu", strlen(body));
     av__h1_write_field_str(o, "Content-Length", cl);
@@ -495,6 +501,10 @@ static void x_respond_h2(av_exchange *x, int status, const char *reason_text, in
     ADDF("content-type", json ? "application/json" : "text/plain; charset=utf-8");
     ADDF("x-agentvault-error", reason);
     ADDF("content-length", cl);
+    char ra[16];
+    snprintf(ra, sizeof(ra), "%d", x->retry_after);
+    if (status == 429 && x->retry_after > 0)
+        ADDF("retry-after", ra);
 #undef ADDF
     h.nfields = n;
     x->status = status;
@@ -691,11 +701,45 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     const av_service *svc =
         av__policy_match(ctx->cfg, !dest_tls, dest->host, dest->port, mm, mml, in->target, in->target_len);
     x->svc = svc;
-    if (!svc && ctx->cfg->unmatched == AV_UNMATCHED_DENY) {
-        char m[AV_HOST_MAX + 80];
-        snprintf(m, sizeof(m), "no service matches %s and unmatched = deny", x->host);
+    const av_token_cfg *tok = c->token >= 0 ? &ctx->cfg->tokens[c->token] : NULL;
+    int unmatched = tok && tok->unmatched ? tok->unmatched : ctx->cfg->unmatched;
+    if (!svc && unmatched == AV_UNMATCHED_DENY) {
+        char m[AV_HOST_MAX + 120];
+        if (tok && tok->unmatched)
+            snprintf(m, sizeof(m), "no service matches %s and token %s has unmatched = deny", x->host, tok->name);
+        else
+            snprintf(m, sizeof(m), "no service matches %s and unmatched = deny", x->host);
         x_respond(x, 403, m, 1);
         return -1;
+    }
+    if (svc && tok && tok->nservices) {
+        size_t i = 0;
+        while (i < tok->nservices && strcmp(tok->services[i], svc->name) != 0)
+            i++;
+        if (i == tok->nservices) {
+            char m[300];
+            snprintf(m, sizeof(m), "token %s may not use service %s", tok->name, svc->name);
+            x_respond(x, 403, m, 1);
+            return -1;
+        }
+    }
+    if (tok && tok->rate > 0) {
+        /* Token bucket: refill at |rate| per second up to |burst|. */
+        struct av_bucket *b = &ctx->buckets[c->token];
+        double now = av__loop_now(ctx->loop);
+        b->level += (now - b->stamp) * tok->rate;
+        if (b->level > tok->burst)
+            b->level = tok->burst;
+        b->stamp = now;
+        if (b->level < 1.0) {
+            double wait = (1.0 - b->level) / tok->rate;
+            x->retry_after = (int)wait + 1;
+            char m[200];
+            snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
+            x_respond(x, 429, m, 0);
+            return -1;
+        }
+        b->level -= 1.0;
     }
 
     if (in->ws) {

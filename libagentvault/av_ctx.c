@@ -278,12 +278,15 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
     /* Proxy tokens must resolve now: failing later would lock agents out. */
     if (ctx->cfg->ntokens) {
         ctx->tokens = av__calloc(ctx->cfg->ntokens, sizeof(*ctx->tokens));
-        if (!ctx->tokens) {
+        ctx->buckets = av__calloc(ctx->cfg->ntokens, sizeof(*ctx->buckets));
+        if (!ctx->tokens || !ctx->buckets) {
             rc = AV_ERR_NOMEM;
             goto fail;
         }
         for (size_t i = 0; i < ctx->cfg->ntokens; i++) {
             char why[200];
+            ctx->buckets[i].level = ctx->cfg->tokens[i].burst;
+            ctx->buckets[i].stamp = av__loop_now(ctx->loop);
             rc = av__resolver_get(ctx->resolver, ctx->cfg->tokens[i].secret_ref, &ctx->tokens[i], why, sizeof(why));
             if (rc) {
                 ctx_err(err, err_len, "token %s: %s", ctx->cfg->tokens[i].name, why);
@@ -351,6 +354,7 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
             av__secret_free(ctx->tokens[i]);
         av__free(ctx->tokens);
     }
+    av__free(ctx->buckets);
     av__async_free(ctx->wakeup);
     av__timer_free(ctx->drain_timer);
     av__dns_free(ctx->dns);

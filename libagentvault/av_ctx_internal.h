@@ -51,6 +51,10 @@ struct av_ctx {
     size_t nlisteners;
     const char **proxy_names; /* NULL-terminated: names the proxy's own cert covers */
     av_secret **tokens;       /* resolved proxy tokens, parallel to cfg->tokens */
+    struct av_bucket {        /* per-token rate limit, parallel to cfg->tokens */
+        double level;         /* requests available */
+        double stamp;         /* loop time of the last refill */
+    } *buckets;
     av_conn *conns;
     size_t nconns;
     av_upconn *pool;          /* idle upstream connections */
