@@ -41,7 +41,7 @@ enum {
     K_METHODS = 1u << 12, K_AUTH = 1u << 13, K_SECRET = 1u << 14,
     K_WEBSOCKET = 1u << 15, K_PLACEHOLDER = 1u << 16, K_PLACEHOLDER_IN = 1u << 17,
     K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6, K_SECRET_TTL = 1u << 7,
-    K_CMD_TO = 1u << 19
+    K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20
 };
 
 typedef struct parser {
@@ -485,6 +485,7 @@ static void config_clear(av_config *c)
     }
     av__free(c->resolve);
     av__free(c->upstream_cafile);
+    av__free(c->audit);
     av__free(c->allow_private);
     for (size_t i = 0; i < c->nservices; i++)
         service_clear(&c->services[i]);
@@ -573,6 +574,7 @@ av_config *av__config_copy(const av_config *src)
     c->passthrough = NULL;
     c->resolve = NULL;
     c->upstream_cafile = NULL;
+    c->audit = NULL;
     c->allow_private = NULL;
     c->services = NULL;
     c->tokens = NULL;
@@ -587,7 +589,8 @@ av_config *av__config_copy(const av_config *src)
     c->npassthrough = c->passthrough ? src->npassthrough : 0;
     if (rc != AV_OK)
         goto fail;
-    if (dup_opt(&c->state_dir, src->state_dir) || dup_opt(&c->upstream_cafile, src->upstream_cafile))
+    if (dup_opt(&c->state_dir, src->state_dir) || dup_opt(&c->upstream_cafile, src->upstream_cafile) ||
+        dup_opt(&c->audit, src->audit))
         goto fail;
     if (src->nresolve) {
         c->resolve = av__calloc(src->nresolve, sizeof(*c->resolve));
@@ -823,6 +826,8 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         bit = K_SECRET_TTL;
     else if (word_eq(k, kl, "command_timeout"))
         bit = K_CMD_TO;
+    else if (word_eq(k, kl, "audit"))
+        bit = K_AUDIT;
     else
         return perr(p, "unknown key \"%.*s\" in [proxy]", (int)(kl > 64 ? 64 : kl), k);
     if (p->seen & bit)
@@ -834,6 +839,10 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return set_string(p, &c->state_dir, v, vl);
     case K_CACERT:
         return set_string(p, &c->upstream_cafile, v, vl);
+    case K_AUDIT:
+        if (!(word_eq(v, vl, "stdout") || (vl > 1 && v[0] == '/')))
+            return perr(p, "audit must be an absolute file path or \"stdout\"");
+        return set_string(p, &c->audit, v, vl);
     case K_UNMATCHED:
         if (word_eq(v, vl, "passthrough"))
             c->unmatched = AV_UNMATCHED_PASSTHROUGH;

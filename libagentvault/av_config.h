@@ -125,6 +125,7 @@ struct av_config {
     char **listen;         /* "host:port" strings, normalized */
     size_t nlisten;
     char *state_dir;       /* NULL: caller decides default */
+    char *audit;           /* audit log: a file path, "stdout", or NULL (off) */
     int unmatched;         /* enum av_unmatched */
     char **passthrough;    /* host patterns allowed for opaque tunnels */
     size_t npassthrough;

@@ -30,6 +30,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "av_ctx_internal.h"
 #include "av_h1.h"
@@ -130,6 +131,8 @@ struct av_exchange {
     /* WebSocket */
     int expect_continue;      /* HTTP/1.1 agent sent Expect: 100-continue */
     int retry_after;          /* 429: seconds for Retry-After */
+    int injected;             /* the credential was added to the request */
+    unsigned long redactions; /* secrets scrubbed from the response */
     int ws;                   /* the request is a WebSocket upgrade / extended CONNECT */
     int ws_frame;             /* frame mode (placeholder substitution) */
     int ws_open;              /* 101 relayed: relaying frames/bytes */
@@ -297,6 +300,7 @@ static void conn_head_error(av_conn *c, ssize_t rc)
 {
     switch (rc) {
     case AV_H1_ERR_TOO_LARGE:
+        c->ctx->m_limit_head++;
         conn_respond(c, 431, "request header block too large or too many fields", 0, 1);
         break;
     case AV_H1_ERR_VERSION:
@@ -414,8 +418,89 @@ static void x_reset(av_exchange *x)
     x->sid = sid;
 }
 
+/* JSON string body of |in| (quotes added by the caller); control and
+ * non-ASCII bytes become \u00XX, so the record is always valid JSON. */
+static size_t json_str(char *out, size_t cap, const char *in)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; in && in[i] && o + 7 < cap; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch == '"' || ch == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)ch;
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            memcpy(out + o, "\\u00", 4);
+            out[o + 4] = hex[ch >> 4];
+            out[o + 5] = hex[ch & 15];
+            o += 6;
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* The audit record of an exchange: one JSON line, never a secret (the
+ * path has no query; the credential is named by its reference). */
+static void x_audit(av_exchange *x, const char *error, double ms)
+{
+    av_conn *c = x->c;
+    av_ctx *ctx = c->ctx;
+    if (ctx->audit_fd < 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[80];
+    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    char tok[320] = "null", svc[320] = "null", cred[400] = "[]", err[500] = "null";
+    char e1[300], e2[300];
+    if (c->token >= 0) {
+        json_str(e1, sizeof(e1), ctx->cfg->tokens[c->token].name);
+        snprintf(tok, sizeof(tok), "\"%s\"", e1);
+    }
+    if (x->svc) {
+        json_str(e1, sizeof(e1), x->svc->name);
+        snprintf(svc, sizeof(svc), "\"%s\"", e1);
+        if (x->injected) {
+            /* command: references may carry arguments: name the program only */
+            const char *ref = x->svc->secret_ref;
+            char shown[200];
+            if (strncmp(ref, "command:", 8) == 0)
+                snprintf(shown, sizeof(shown), "command:%.*s", (int)strcspn(ref + 8, " \t"), ref + 8);
+            else
+                snprintf(shown, sizeof(shown), "%s", ref);
+            json_str(e2, sizeof(e2), shown);
+            snprintf(cred, sizeof(cred), "[\"%s\"]", e2);
+        }
+    }
+    if (error) {
+        json_str(e1, sizeof(e1), error);
+        snprintf(err, sizeof(err), "\"%s\"", e1);
+    }
+    char method[64], host[AV_HOST_MAX * 2 + 16], path[600];
+    json_str(method, sizeof(method), x->method);
+    json_str(host, sizeof(host), x->host);
+    json_str(path, sizeof(path), x->log_path);
+    char line[3072];
+    int n = snprintf(line, sizeof(line),
+                     "{\"time\":\"%s\",\"token\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
+                     "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
+                     "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"error\":%s}\n",
+                     when, tok, svc, method, host, path, x->status, x->bytes_req, x->bytes_resp, ms,
+                     x->sid ? "h2" : "h1", x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-", cred,
+                     x->redactions, err);
+    if (n > 0 && (size_t)n < sizeof(line))
+        av__ctx_audit(ctx, line, (size_t)n);
+}
+
 /* Write the exchange's one log line (never a secret: the path has no
- * query, the error is a proxy-made reason). */
+ * query, the error is a proxy-made reason), its audit record, and count
+ * it for /metrics. */
 static void x_log(av_exchange *x, const char *error)
 {
     av_conn *c = x->c;
@@ -438,6 +523,8 @@ static void x_log(av_exchange *x, const char *error)
             x->bytes_resp, ms, x->sid ? "h2" : "h1", up, c->token >= 0 ? " token=" : "",
             c->token >= 0 ? ctx->cfg->tokens[c->token].name : "", err);
     x->logged = 1;
+    x_audit(x, error, ms);
+    av__ctx_count_exchange(ctx, x->svc ? (int)(x->svc - ctx->cfg->services) : -1, x->status);
 }
 
 /* Finish the current exchange: log it, return the upstream, and (HTTP/1.1
@@ -719,6 +806,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
         if (i == tok->nservices) {
             char m[300];
             snprintf(m, sizeof(m), "token %s may not use service %s", tok->name, svc->name);
+            ctx->m_limit_scope++;
             x_respond(x, 403, m, 1);
             return -1;
         }
@@ -734,6 +822,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
         if (b->level < 1.0) {
             double wait = (1.0 - b->level) / tok->rate;
             x->retry_after = (int)wait + 1;
+            ctx->m_limit_rate++;
             char m[200];
             snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
             x_respond(x, 429, m, 0);
@@ -914,6 +1003,8 @@ static int x_inject(av_exchange *x)
         x_respond(x, 431, "request header block too large after rewriting", 0);
         return -1;
     }
+    x->injected = 1;
+    ctx->m_injected++;
     return x_choose_upstream(x);
 }
 
@@ -1927,6 +2018,51 @@ static void conn_agent_env(av_conn *c, int head_only)
     conn_respond_body(c, 200, "text/plain; charset=utf-8", body, o, head_only);
 }
 
+/* Body of GET /metrics: Prometheus text format (never a secret; service
+ * and token names only). */
+static void conn_metrics(av_conn *c, int head_only)
+{
+    av_ctx *ctx = c->ctx;
+    const av_config *cfg = ctx->cfg;
+    av_buf b;
+    av__buf_init(&b, 1 << 20);
+    av__buf_append_str(&b, "# HELP agentvault_exchanges_total Exchanges by service and status.\n"
+                           "# TYPE agentvault_exchanges_total counter\n");
+    for (size_t i = 0; i < ctx->nmx; i++) {
+        const char *svc = ctx->mx[i].svc >= 0 && (size_t)ctx->mx[i].svc < cfg->nservices
+                              ? cfg->services[ctx->mx[i].svc].name
+                              : "";
+        av__buf_appendf(&b, "agentvault_exchanges_total{service=\"%s\",status=\"%d\"} %llu\n", svc,
+                        ctx->mx[i].status, ctx->mx[i].n);
+    }
+    av_ca_stats st;
+    av__ca_stats(ctx->ca, &st);
+    av__buf_appendf(&b,
+                    "# TYPE agentvault_connections_active gauge\nagentvault_connections_active %zu\n"
+                    "# TYPE agentvault_connections_total counter\nagentvault_connections_total %llu\n"
+                    "# TYPE agentvault_upstream_h2_connections gauge\nagentvault_upstream_h2_connections %zu\n"
+                    "# TYPE agentvault_upstream_idle_connections gauge\nagentvault_upstream_idle_connections %zu\n"
+                    "# TYPE agentvault_tls_handshakes_total counter\n"
+                    "agentvault_tls_handshakes_total{side=\"agent\"} %llu\n"
+                    "agentvault_tls_handshakes_total{side=\"upstream\"} %llu\n"
+                    "# TYPE agentvault_leaf_cache_hits_total counter\nagentvault_leaf_cache_hits_total %lu\n"
+                    "# TYPE agentvault_leaf_cache_misses_total counter\nagentvault_leaf_cache_misses_total %lu\n"
+                    "# TYPE agentvault_injected_total counter\nagentvault_injected_total %llu\n"
+                    "# TYPE agentvault_redacted_total counter\nagentvault_redacted_total %llu\n"
+                    "# TYPE agentvault_limit_hits_total counter\n"
+                    "agentvault_limit_hits_total{limit=\"token_rate\"} %llu\n"
+                    "agentvault_limit_hits_total{limit=\"token_scope\"} %llu\n"
+                    "agentvault_limit_hits_total{limit=\"h2\"} %llu\n"
+                    "agentvault_limit_hits_total{limit=\"header_size\"} %llu\n"
+                    "agentvault_limit_hits_total{limit=\"leaf_mint_rate\"} %lu\n",
+                    ctx->nconns, ctx->m_conns_total, ctx->nmux, ctx->npool, ctx->m_tls_agent, ctx->m_tls_upstream,
+                    st.leaf_hits, st.leaf_misses, ctx->m_injected, ctx->m_redacted, ctx->m_limit_rate,
+                    ctx->m_limit_scope, ctx->m_limit_h2, ctx->m_limit_head, st.leaf_refused);
+    conn_respond_body(c, 200, "text/plain; version=0.0.4; charset=utf-8", (const char *)av__buf_head(&b), b.len,
+                      head_only);
+    av__buf_free(&b);
+}
+
 /* Handle an origin-form request addressed to the proxy itself. */
 static void conn_self_request(av_conn *c, const av_h1_request *req)
 {
@@ -1939,10 +2075,12 @@ static void conn_self_request(av_conn *c, const av_h1_request *req)
         conn_respond_body(c, 200, "text/plain; charset=utf-8", "ok\n", 3, head);
     } else if ((get || head) && req->target_len == 10 && memcmp(req->target, "/agent-env", 10) == 0) {
         conn_agent_env(c, head);
+    } else if ((get || head) && req->target_len == 8 && memcmp(req->target, "/metrics", 8) == 0) {
+        conn_metrics(c, head);
     } else {
         conn_respond(c, 400,
                      "this is a forward proxy: use CONNECT for https (e.g. curl -x), absolute-form for http, "
-                     "or GET /ca.pem, /healthz or /agent-env",
+                     "or GET /ca.pem, /healthz, /agent-env or /metrics",
                      0, 1);
         return;
     }
@@ -2172,6 +2310,7 @@ static int conn_tunnel_sniff(av_conn *c)
         }
         c->dest_tls = 1;
         c->state = C_TUNNEL_HEAD;
+        ctx->m_tls_agent++;
         return 1;
     }
     if (b >= 'A' && b <= 'Z') {
@@ -2390,6 +2529,7 @@ static void h2s_on_close(void *ud, int32_t sid, uint32_t error)
 static void h2s_on_limit(void *ud, int32_t sid, const char *what)
 {
     av_conn *c = ud;
+    c->ctx->m_limit_h2++;
     av__log(&c->ctx->log, AV_LOG_WARN, "h2 peer=%s host=%s stream=%d: %s", c->peer, c->dest.host, sid, what);
 }
 
@@ -2696,6 +2836,7 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
         ctx->conns->prev = c;
     ctx->conns = c;
     ctx->nconns++;
+    ctx->m_conns_total++;
     c->a.readable = 1;
     conn_proceed(c);
     return AV_OK;

@@ -1,6 +1,7 @@
 /* av_ctx.c - a running vault: listeners, accept, shutdown. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdarg.h>
@@ -213,6 +214,68 @@ static void ctx_on_wakeup(void *ud)
     ctx_check_done(ctx);
 }
 
+void av__ctx_count_exchange(av_ctx *ctx, int svc_index, int status)
+{
+    for (size_t i = 0; i < ctx->nmx; i++)
+        if (ctx->mx[i].svc == svc_index && ctx->mx[i].status == status) {
+            ctx->mx[i].n++;
+            return;
+        }
+    if (ctx->nmx >= 4096)
+        return; /* bounded: statuses are 100..999, services are configured */
+    if (ctx->nmx == ctx->capmx) {
+        size_t cap = ctx->capmx ? ctx->capmx * 2 : 32;
+        struct av_metric_x *n = av__realloc(ctx->mx, cap * sizeof(*n));
+        if (!n)
+            return;
+        ctx->mx = n;
+        ctx->capmx = cap;
+    }
+    ctx->mx[ctx->nmx].svc = svc_index;
+    ctx->mx[ctx->nmx].status = status;
+    ctx->mx[ctx->nmx].n = 1;
+    ctx->nmx++;
+}
+
+void av__ctx_audit(av_ctx *ctx, const char *line, size_t len)
+{
+    if (ctx->audit_fd < 0)
+        return;
+    /* One write per record: O_APPEND keeps records whole. */
+    while (len > 0) {
+        ssize_t w = write(ctx->audit_fd, line, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        line += w;
+        len -= (size_t)w;
+    }
+}
+
+/* Open (or reopen, for rotation) the audit log. */
+static int ctx_open_audit(av_ctx *ctx, char *err, size_t err_len)
+{
+    const char *a = ctx->cfg->audit;
+    if (!a) {
+        ctx->audit_fd = -1;
+        return AV_OK;
+    }
+    if (strcmp(a, "stdout") == 0) {
+        ctx->audit_fd = 1;
+        return AV_OK;
+    }
+    int fd = open(a, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        ctx_err(err, err_len, "cannot open audit log %s: %s", a, strerror(errno));
+        return AV_ERR_IO;
+    }
+    if (ctx->audit_fd > 2)
+        close(ctx->audit_fd);
+    ctx->audit_fd = fd;
+    return AV_OK;
+}
+
 int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa)
 {
     int port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
@@ -245,6 +308,7 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
     av_ctx *ctx = av__calloc(1, sizeof(*ctx));
     if (!ctx)
         return AV_ERR_NOMEM;
+    ctx->audit_fd = -1;
     int rc = AV_ERR_NOMEM;
     ctx->cfg = av__config_copy(cfg_in);
     if (!ctx->cfg)
@@ -270,6 +334,9 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
     if (rc)
         goto fail;
     av__resolver_set_loop(ctx->resolver, ctx->loop, ctx->cfg->secret_ttl, ctx->cfg->command_timeout);
+    rc = ctx_open_audit(ctx, err, err_len);
+    if (rc)
+        goto fail;
     rc = av__dns_new(&ctx->dns, ctx->loop, ctx->cfg->connect_timeout);
     if (rc) {
         ctx_err(err, err_len, "cannot initialise the DNS resolver");
@@ -355,6 +422,9 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
         av__free(ctx->tokens);
     }
     av__free(ctx->buckets);
+    av__free(ctx->mx);
+    if (ctx->audit_fd > 2)
+        close(ctx->audit_fd);
     av__async_free(ctx->wakeup);
     av__timer_free(ctx->drain_timer);
     av__dns_free(ctx->dns);

@@ -68,7 +68,23 @@ struct av_ctx {
     int draining;
     int running;
     unsigned long long exchanges;
+    int audit_fd;             /* -1: off; 1: stdout; else the audit file */
+    /* /metrics counters */
+    struct av_metric_x {      /* exchanges by service (index, nservices = none) and status */
+        int svc;
+        int status;
+        unsigned long long n;
+    } *mx;
+    size_t nmx, capmx;
+    unsigned long long m_injected, m_redacted, m_tls_agent, m_tls_upstream, m_conns_total;
+    unsigned long long m_limit_rate, m_limit_scope, m_limit_h2, m_limit_head;
 };
+
+/* av_ctx.c: count an exchange for /metrics. */
+void av__ctx_count_exchange(av_ctx *ctx, int svc_index, int status);
+/* av_ctx.c: append one audit record line (already JSON, with the
+ * newline); no-op when the audit log is off. */
+void av__ctx_audit(av_ctx *ctx, const char *line, size_t len);
 
 /* av_conn.c */
 int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len);

@@ -359,6 +359,7 @@ int av__upstream_step(av_upconn *up)
             return 1;
         }
         if (!av__side_handshaking(&up->side)) {
+            up->ctx->m_tls_upstream++;
             up->state = AV_UP_READY;
             av__timer_stop(up->timer);
             return 1;
