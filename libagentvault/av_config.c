@@ -1160,8 +1160,16 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
             trim(&item, &il);
             if (word_eq(item, il, "websocket"))
                 s->placeholder_in |= AV_SURF_WEBSOCKET;
+            else if (word_eq(item, il, "header"))
+                s->placeholder_in |= AV_SURF_HEADER;
+            else if (word_eq(item, il, "path"))
+                s->placeholder_in |= AV_SURF_PATH;
+            else if (word_eq(item, il, "query"))
+                s->placeholder_in |= AV_SURF_QUERY;
             else
-                return perr(p, "placeholder_in: surface \"%.*s\" is not supported (supported: websocket)",
+                return perr(p,
+                            "placeholder_in: surface \"%.*s\" is not supported (supported: header, path, query, "
+                            "websocket)",
                             (int)(il > 32 ? 32 : il), item);
             start = i + 1;
         }

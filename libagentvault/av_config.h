@@ -93,7 +93,10 @@ typedef struct av_service {
 
 /* Surfaces where a service's placeholder is replaced by its secret. */
 enum {
-    AV_SURF_WEBSOCKET = 1u << 0 /* client text frames (frame mode) */
+    AV_SURF_WEBSOCKET = 1u << 0, /* client text frames (frame mode) */
+    AV_SURF_HEADER = 1u << 1,    /* request field values */
+    AV_SURF_PATH = 1u << 2,      /* the path of the target (percent-encoded) */
+    AV_SURF_QUERY = 1u << 3      /* the query of the target (percent-encoded) */
 };
 
 typedef struct av_token_cfg {

@@ -132,6 +132,7 @@ struct av_exchange {
     int expect_continue;      /* HTTP/1.1 agent sent Expect: 100-continue */
     int retry_after;          /* 429: seconds for Retry-After */
     int injected;             /* the credential was added to the request */
+    unsigned ph_found;        /* AV_SURF_* where the agent used the placeholder */
     unsigned long redactions; /* secrets scrubbed from the response */
     int ws;                   /* the request is a WebSocket upgrade / extended CONNECT */
     int ws_frame;             /* frame mode (placeholder substitution) */
@@ -741,6 +742,7 @@ static void b64_encode(const uint8_t *in, size_t len, char *out)
 static int x_choose_upstream(av_exchange *x);
 static int x_inject(av_exchange *x);
 static const char *inject_name_of(const av_service *svc);
+static int x_find_placeholders(av_exchange *x);
 
 /* Match, inject and store the upstream request, then start reaching the
  * upstream. Returns 0, or -1 after answering the exchange with an error. */
@@ -905,6 +907,8 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
         x_respond(x, 431, "request header block too large after rewriting", 0);
         return -1;
     }
+    if (svc && svc->placeholder && x_find_placeholders(x) != 0)
+        return -1;
     x->req_framing = in->framing;
     x->req_len = in->length;
     if (!x->sid) {
@@ -922,6 +926,128 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     if (!x->sid)
         c->state = C_EXCHANGE;
     return x_inject(x);
+}
+
+/* Where does the agent use the service's placeholder? Every use must be in
+ * a surface the service declares (placeholder_in), else the request is
+ * refused before anything is sent. Returns 0 or -1 (answered). */
+static int x_find_placeholders(av_exchange *x)
+{
+    const av_service *svc = x->svc;
+    const char *ph = svc->placeholder;
+    size_t pl = strlen(ph);
+    const char *where = NULL;
+    char what[160] = "";
+    for (size_t i = 0; i < x->nrqf; i++)
+        if (memmem(rq_ptr(x, x->rqf[i].vo), x->rqf[i].vl, ph, pl)) {
+            x->ph_found |= AV_SURF_HEADER;
+            if (!(svc->placeholder_in & AV_SURF_HEADER) && !where) {
+                where = "header";
+                snprintf(what, sizeof(what), "field %.*s", (int)(x->rqf[i].nl < 64 ? x->rqf[i].nl : 64),
+                         rq_ptr(x, x->rqf[i].no));
+            }
+        }
+    const char *t = rq_ptr(x, x->t_off);
+    const char *q = memchr(t, '?', x->t_len);
+    size_t path_len = q ? (size_t)(q - t) : x->t_len;
+    if (memmem(t, path_len, ph, pl)) {
+        x->ph_found |= AV_SURF_PATH;
+        if (!(svc->placeholder_in & AV_SURF_PATH) && !where) {
+            where = "path";
+            snprintf(what, sizeof(what), "the path");
+        }
+    }
+    if (q && memmem(q, x->t_len - path_len, ph, pl)) {
+        x->ph_found |= AV_SURF_QUERY;
+        if (!(svc->placeholder_in & AV_SURF_QUERY) && !where) {
+            where = "query";
+            snprintf(what, sizeof(what), "the query");
+        }
+    }
+    if (where) {
+        char m[400];
+        snprintf(m, sizeof(m), "placeholder of service %s found in %s, but placeholder_in does not include %s",
+                 svc->name, what, where);
+        x_respond(x, 403, m, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* Percent-encode every byte of |s| outside RFC 3986 unreserved. */
+static av_secret *pct_encode_secret(const av_secret *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    const uint8_t *d = av__secret_data(s);
+    size_t n = av__secret_len(s);
+    char *buf = av__malloc(n * 3 + 1);
+    if (!buf)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t ch = d[i];
+        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+            ch == '.' || ch == '_' || ch == '~') {
+            buf[o++] = (char)ch;
+        } else {
+            buf[o++] = '%';
+            buf[o++] = hex[ch >> 4];
+            buf[o++] = hex[ch & 15];
+        }
+    }
+    av_secret *r = av__secret_new(buf, o);
+    av__wipe(buf, n * 3 + 1);
+    av__free(buf);
+    return r;
+}
+
+/* Replace the placeholder in the stored request (declared surfaces only:
+ * x_find_placeholders refused the rest). Returns 0, AV_ERR_INVALID (the
+ * secret cannot go into a header) or AV_ERR_NOMEM / AV_ERR_LIMIT. */
+static int x_replace_placeholders(av_exchange *x, const av_secret *secret)
+{
+    const char *ph = x->svc->placeholder;
+    size_t pl = strlen(ph);
+    int rc = 0;
+    if (x->ph_found & AV_SURF_HEADER) {
+        const uint8_t *d = av__secret_data(secret);
+        for (size_t i = 0; i < av__secret_len(secret); i++)
+            if (d[i] == '\r' || d[i] == '\n' || d[i] == 0)
+                return AV_ERR_INVALID;
+        for (size_t i = 0; i < x->nrqf && !rc; i++) {
+            uint8_t *rep = NULL;
+            size_t rl = 0;
+            int r = av__subst_replace((const uint8_t *)rq_ptr(x, x->rqf[i].vo), x->rqf[i].vl, (const uint8_t *)ph,
+                                      pl, d, av__secret_len(secret), AV_HEAD_MAX, &rep, &rl);
+            if (r < 0)
+                return r;
+            if (r == 1) {
+                rc = rq_put(x, (const char *)rep, rl, &x->rqf[i].vo);
+                x->rqf[i].vl = (uint32_t)rl;
+                av__wipe(rep, rl);
+                av__free(rep);
+            }
+        }
+    }
+    if (!rc && (x->ph_found & (AV_SURF_PATH | AV_SURF_QUERY))) {
+        av_secret *enc = pct_encode_secret(secret);
+        if (!enc)
+            return AV_ERR_NOMEM;
+        uint8_t *rep = NULL;
+        size_t rl = 0;
+        int r = av__subst_replace((const uint8_t *)rq_ptr(x, x->t_off), x->t_len, (const uint8_t *)ph, pl,
+                                  av__secret_data(enc), av__secret_len(enc), AV_HEAD_MAX, &rep, &rl);
+        av__secret_free(enc);
+        if (r < 0)
+            return r;
+        if (r == 1) {
+            rc = rq_put(x, (const char *)rep, rl, &x->t_off);
+            x->t_len = (uint32_t)rl;
+            av__wipe(rep, rl);
+            av__free(rep);
+        }
+    }
+    return rc;
 }
 
 /* The name of the field a service injects (NULL for query services). */
@@ -969,6 +1095,19 @@ static int x_inject(av_exchange *x)
         snprintf(m, sizeof(m), "credential for service %s unavailable: %s", svc->name, why);
         x_respond(x, 502, m, 0);
         return -1;
+    }
+    if (x->ph_found) {
+        rc = x_replace_placeholders(x, secret);
+        if (rc) {
+            av__secret_free(secret);
+            char m[200];
+            snprintf(m, sizeof(m), rc == AV_ERR_INVALID
+                                       ? "credential for service %s contains characters not allowed in a header"
+                                       : "request too large after replacing the placeholder of service %s",
+                     svc->name);
+            x_respond(x, rc == AV_ERR_INVALID ? 502 : 431, m, 0);
+            return -1;
+        }
     }
     av_secret *inj_value = NULL, *inj_target = NULL;
     const char *inj_name = NULL;

@@ -380,7 +380,7 @@ static const err_case err_cases[] = {
      "t.conf:5: placeholder may contain only letters, digits, '_', '-' and '.'"},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder = __A__\n"
      "placeholder_in = websocket, body\n",
-     "t.conf:6: placeholder_in: surface \"body\" is not supported (supported: websocket)"},
+     "t.conf:6: placeholder_in: surface \"body\" is not supported (supported: header, path, query, websocket)"},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder_in = websocket\n",
      "t.conf:1: service \"a\": placeholder_in needs a placeholder"},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nagent_env = OPENAI_KEY, lower\n",
