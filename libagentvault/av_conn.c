@@ -145,6 +145,7 @@ struct av_exchange {
 
 struct av_conn {
     av_ctx *ctx;
+    av_snap *snap;           /* the configuration this connection started with */
     av_conn *next, *prev;
     av_side a;
     int state;
@@ -324,7 +325,6 @@ static void conn_head_error(av_conn *c, ssize_t rc)
 /* Returns the token index, -1 if none matched. */
 static int conn_check_token(av_conn *c, const av_h1_request *req)
 {
-    av_ctx *ctx = c->ctx;
     const av_h1_field *f = av__h1_find(req->fields, req->nfields, "proxy-authorization");
     if (!f)
         return -1;
@@ -353,8 +353,8 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
     } else {
         return -1;
     }
-    for (size_t i = 0; i < ctx->cfg->ntokens; i++)
-        if (av__secret_equal(ctx->tokens[i], tok, toklen))
+    for (size_t i = 0; i < c->snap->cfg->ntokens; i++)
+        if (av__secret_equal(c->snap->tokens[i], tok, toklen))
             match = (int)i;
     av__wipe(dec, sizeof(dec));
     return match;
@@ -363,7 +363,7 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
 /* 0 if authorized (or no tokens configured); else a 407 was queued. */
 static int conn_authorize(av_conn *c, const av_h1_request *req)
 {
-    if (c->ctx->cfg->ntokens == 0)
+    if (c->snap->cfg->ntokens == 0)
         return 0;
     int t = conn_check_token(c, req);
     if (t < 0) {
@@ -461,7 +461,7 @@ static void x_audit(av_exchange *x, const char *error, double ms)
     char tok[320] = "null", svc[320] = "null", cred[400] = "[]", err[500] = "null";
     char e1[300], e2[300];
     if (c->token >= 0) {
-        json_str(e1, sizeof(e1), ctx->cfg->tokens[c->token].name);
+        json_str(e1, sizeof(e1), c->snap->cfg->tokens[c->token].name);
         snprintf(tok, sizeof(tok), "\"%s\"", e1);
     }
     if (x->svc) {
@@ -522,10 +522,10 @@ static void x_log(av_exchange *x, const char *error)
             "proto=%s>%s%s%s%s",
             x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
             x->bytes_resp, ms, x->sid ? "h2" : "h1", up, c->token >= 0 ? " token=" : "",
-            c->token >= 0 ? ctx->cfg->tokens[c->token].name : "", err);
+            c->token >= 0 ? c->snap->cfg->tokens[c->token].name : "", err);
     x->logged = 1;
     x_audit(x, error, ms);
-    av__ctx_count_exchange(ctx, x->svc ? (int)(x->svc - ctx->cfg->services) : -1, x->status);
+    av__ctx_count_exchange(ctx, x->svc ? x->svc->name : NULL, x->status);
 }
 
 /* Finish the current exchange: log it, return the upstream, and (HTTP/1.1
@@ -788,10 +788,10 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     const char *mm = in->ws && x->sid ? "GET" : in->method;
     size_t mml = in->ws && x->sid ? 3 : in->method_len;
     const av_service *svc =
-        av__policy_match(ctx->cfg, !dest_tls, dest->host, dest->port, mm, mml, in->target, in->target_len);
+        av__policy_match(c->snap->cfg, !dest_tls, dest->host, dest->port, mm, mml, in->target, in->target_len);
     x->svc = svc;
-    const av_token_cfg *tok = c->token >= 0 ? &ctx->cfg->tokens[c->token] : NULL;
-    int unmatched = tok && tok->unmatched ? tok->unmatched : ctx->cfg->unmatched;
+    const av_token_cfg *tok = c->token >= 0 ? &c->snap->cfg->tokens[c->token] : NULL;
+    int unmatched = tok && tok->unmatched ? tok->unmatched : c->snap->cfg->unmatched;
     if (!svc && unmatched == AV_UNMATCHED_DENY) {
         char m[AV_HOST_MAX + 120];
         if (tok && tok->unmatched)
@@ -815,7 +815,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     }
     if (tok && tok->rate > 0) {
         /* Token bucket: refill at |rate| per second up to |burst|. */
-        struct av_bucket *b = &ctx->buckets[c->token];
+        av_bucket *b = &c->snap->buckets[c->token];
         double now = av__loop_now(ctx->loop);
         b->level += (now - b->stamp) * tok->rate;
         if (b->level > tok->burst)
@@ -922,7 +922,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     }
 
     snprintf(x->scope, sizeof(x->scope), "%s/%s", svc ? svc->name : "-",
-             c->token >= 0 ? ctx->cfg->tokens[c->token].name : "-");
+             c->token >= 0 ? c->snap->cfg->tokens[c->token].name : "-");
     if (!x->sid)
         c->state = C_EXCHANGE;
     return x_inject(x);
@@ -1086,7 +1086,7 @@ static int x_inject(av_exchange *x)
         return x_choose_upstream(x);
     av_secret *secret = NULL;
     char why[200];
-    int rc = av__resolver_get_async(ctx->resolver, svc->secret_ref, &secret, why, sizeof(why), x_secret_ready, x,
+    int rc = av__resolver_get_async(c->snap->resolver, svc->secret_ref, &secret, why, sizeof(why), x_secret_ready, x,
                                     &x->swait);
     if (rc == AV_ERR_AGAIN)
         return 0;
@@ -2123,7 +2123,7 @@ static int env_lines_have(const char *body, size_t len, const char *name)
 /* Body of GET /agent-env: NAME=PLACEHOLDER lines (never a secret). */
 static void conn_agent_env(av_conn *c, int head_only)
 {
-    const av_config *cfg = c->ctx->cfg;
+    const av_config *cfg = c->snap->cfg;
     char body[8192];
     size_t o = 0;
     body[0] = '\0';
@@ -2162,18 +2162,13 @@ static void conn_agent_env(av_conn *c, int head_only)
 static void conn_metrics(av_conn *c, int head_only)
 {
     av_ctx *ctx = c->ctx;
-    const av_config *cfg = ctx->cfg;
     av_buf b;
     av__buf_init(&b, 1 << 20);
     av__buf_append_str(&b, "# HELP agentvault_exchanges_total Exchanges by service and status.\n"
                            "# TYPE agentvault_exchanges_total counter\n");
-    for (size_t i = 0; i < ctx->nmx; i++) {
-        const char *svc = ctx->mx[i].svc >= 0 && (size_t)ctx->mx[i].svc < cfg->nservices
-                              ? cfg->services[ctx->mx[i].svc].name
-                              : "";
-        av__buf_appendf(&b, "agentvault_exchanges_total{service=\"%s\",status=\"%d\"} %llu\n", svc,
+    for (size_t i = 0; i < ctx->nmx; i++)
+        av__buf_appendf(&b, "agentvault_exchanges_total{service=\"%s\",status=\"%d\"} %llu\n", ctx->mx[i].svc,
                         ctx->mx[i].status, ctx->mx[i].n);
-    }
     av_ca_stats st;
     av__ca_stats(ctx->ca, &st);
     av__buf_appendf(&b,
@@ -2288,8 +2283,8 @@ static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head
         c->in_tunnel = 1;
         av__buf_append_str(c->a.pout, "HTTP/1.1 200 Connection Established\r\n\r\n");
         /* Opaque passthrough hosts are decided now (server-first protocols). */
-        for (size_t i = 0; i < ctx->cfg->npassthrough; i++) {
-            if (av__host_match_pattern(ctx->cfg->passthrough[i], dest.host)) {
+        for (size_t i = 0; i < c->snap->cfg->npassthrough; i++) {
+            if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {
                 char scope[] = "opaque";
                 c->state = C_OPAQUE;
                 if (av__upstream_acquire(ctx, &dest, 0, scope, up_notify_cb, c, &c->opaque_up)) {
@@ -2840,7 +2835,7 @@ static void conn_on_timer(void *ud)
 
 static void conn_arm_timer(av_conn *c)
 {
-    const av_config *cfg = c->ctx->cfg;
+    const av_config *cfg = c->snap->cfg;
     double now = av__loop_now(c->ctx->loop);
     double t = cfg->idle_timeout;
     if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD || c->state == C_SNIFF ||
@@ -2871,6 +2866,7 @@ static void conn_free(av_conn *c)
     av__h2_free(c->h2);
     av__timer_free(c->timer);
     av__side_free(&c->a, 1);
+    av__snap_unref(c->snap);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -2952,6 +2948,7 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
     if (!c)
         return AV_ERR_NOMEM;
     c->ctx = ctx;
+    c->snap = av__snap_ref(ctx->snap);
     c->token = -1;
     c->state = C_SNIFF;
     c->x.c = c;
@@ -2961,6 +2958,7 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
     if (!c->a.io || !c->timer) {
         av__io_free(c->a.io);
         av__timer_free(c->timer);
+        av__snap_unref(c->snap);
         av__free(c);
         return AV_ERR_NOMEM;
     }

@@ -214,10 +214,12 @@ static void ctx_on_wakeup(void *ud)
     ctx_check_done(ctx);
 }
 
-void av__ctx_count_exchange(av_ctx *ctx, int svc_index, int status)
+void av__ctx_count_exchange(av_ctx *ctx, const char *svc, int status)
 {
+    if (!svc)
+        svc = "";
     for (size_t i = 0; i < ctx->nmx; i++)
-        if (ctx->mx[i].svc == svc_index && ctx->mx[i].status == status) {
+        if (ctx->mx[i].status == status && strcmp(ctx->mx[i].svc, svc) == 0) {
             ctx->mx[i].n++;
             return;
         }
@@ -231,7 +233,7 @@ void av__ctx_count_exchange(av_ctx *ctx, int svc_index, int status)
         ctx->mx = n;
         ctx->capmx = cap;
     }
-    ctx->mx[ctx->nmx].svc = svc_index;
+    snprintf(ctx->mx[ctx->nmx].svc, sizeof(ctx->mx[ctx->nmx].svc), "%s", svc);
     ctx->mx[ctx->nmx].status = status;
     ctx->mx[ctx->nmx].n = 1;
     ctx->nmx++;
@@ -298,6 +300,118 @@ int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa)
     return 0;
 }
 
+av_snap *av__snap_ref(av_snap *s)
+{
+    if (s)
+        s->refs++;
+    return s;
+}
+
+void av__snap_unref(av_snap *s)
+{
+    if (!s || --s->refs > 0)
+        return;
+    if (s->tokens) {
+        for (size_t i = 0; i < s->cfg->ntokens; i++)
+            av__secret_free(s->tokens[i]);
+        av__free(s->tokens);
+    }
+    av__free(s->buckets);
+    av__resolver_free(s->resolver);
+    av_config_free(s->cfg);
+    av__free(s);
+}
+
+/* Build a snapshot around |cfg| (owned): a resolver of its own, and the
+ * proxy tokens resolved now (failing later would lock agents out). */
+static int snap_new(av_ctx *ctx, av_config *cfg, av_snap **out, char *err, size_t err_len)
+{
+    av_snap *s = av__calloc(1, sizeof(*s));
+    if (!s) {
+        av_config_free(cfg);
+        return AV_ERR_NOMEM;
+    }
+    s->refs = 1;
+    s->cfg = cfg;
+    int rc = av__resolver_new(&s->resolver);
+    if (rc)
+        goto fail;
+    av__resolver_set_loop(s->resolver, ctx->loop, cfg->secret_ttl, cfg->command_timeout);
+    if (ctx->vault_get)
+        av__resolver_set_vault(s->resolver, ctx->vault_get, ctx->vault_ud);
+    if (cfg->ntokens) {
+        rc = AV_ERR_NOMEM;
+        s->tokens = av__calloc(cfg->ntokens, sizeof(*s->tokens));
+        s->buckets = av__calloc(cfg->ntokens, sizeof(*s->buckets));
+        if (!s->tokens || !s->buckets)
+            goto fail;
+        for (size_t i = 0; i < cfg->ntokens; i++) {
+            char why[200];
+            s->buckets[i].level = cfg->tokens[i].burst;
+            s->buckets[i].stamp = av__loop_now(ctx->loop);
+            rc = av__resolver_get(s->resolver, cfg->tokens[i].secret_ref, &s->tokens[i], why, sizeof(why));
+            if (rc) {
+                ctx_err(err, err_len, "token %s: %s", cfg->tokens[i].name, why);
+                rc = AV_ERR_CONFIG;
+                goto fail;
+            }
+        }
+    }
+    *out = s;
+    return AV_OK;
+fail:
+    av__snap_unref(s);
+    return rc;
+}
+
+/* Same list of strings? */
+static int strv_equal(char **a, size_t na, char **b, size_t nb)
+{
+    if (na != nb)
+        return 0;
+    for (size_t i = 0; i < na; i++)
+        if (strcmp(a[i], b[i]) != 0)
+            return 0;
+    return 1;
+}
+
+static int str_equal_opt(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && strcmp(a, b) == 0);
+}
+
+int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
+{
+    if (!cfg->state_dir && ctx->cfg->state_dir) {
+        /* the daemon fills it from the command line; keep the running one */
+        cfg->state_dir = av__strdup(ctx->cfg->state_dir);
+        if (!cfg->state_dir) {
+            av_config_free(cfg);
+            return AV_ERR_NOMEM;
+        }
+    }
+    if (!strv_equal(cfg->listen, cfg->nlisten, ctx->cfg->listen, ctx->cfg->nlisten) ||
+        !str_equal_opt(cfg->state_dir, ctx->cfg->state_dir) ||
+        !str_equal_opt(cfg->upstream_cafile, ctx->cfg->upstream_cafile)) {
+        ctx_err(err, err_len, "listen, state_dir and upstream_cacert cannot change on reload: restart instead");
+        av_config_free(cfg);
+        return AV_ERR_CONFIG;
+    }
+    av_snap *s = NULL;
+    int rc = snap_new(ctx, cfg, &s, err, err_len);
+    if (rc)
+        return rc;
+    av_snap *old = ctx->snap;
+    ctx->snap = s;
+    ctx->cfg = s->cfg;
+    av__snap_unref(old);
+    /* Reopen the audit log: rotation is "rename, then SIGHUP". */
+    rc = ctx_open_audit(ctx, err, err_len);
+    if (rc)
+        av__log(&ctx->log, AV_LOG_ERROR, "reload: %s; audit records are not written", err);
+    return AV_OK;
+}
+
 AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_t err_len)
 {
     if (err && err_len)
@@ -330,10 +444,6 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
     rc = av__tls_client_ctx_new(&ctx->tls_cli, ctx->cfg->upstream_cafile, err, err_len);
     if (rc)
         goto fail;
-    rc = av__resolver_new(&ctx->resolver);
-    if (rc)
-        goto fail;
-    av__resolver_set_loop(ctx->resolver, ctx->loop, ctx->cfg->secret_ttl, ctx->cfg->command_timeout);
     rc = ctx_open_audit(ctx, err, err_len);
     if (rc)
         goto fail;
@@ -342,25 +452,13 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
         ctx_err(err, err_len, "cannot initialise the DNS resolver");
         goto fail;
     }
-    /* Proxy tokens must resolve now: failing later would lock agents out. */
-    if (ctx->cfg->ntokens) {
-        ctx->tokens = av__calloc(ctx->cfg->ntokens, sizeof(*ctx->tokens));
-        ctx->buckets = av__calloc(ctx->cfg->ntokens, sizeof(*ctx->buckets));
-        if (!ctx->tokens || !ctx->buckets) {
-            rc = AV_ERR_NOMEM;
+    {
+        av_config *own = ctx->cfg;
+        ctx->cfg = NULL; /* the snapshot owns it now */
+        rc = snap_new(ctx, own, &ctx->snap, err, err_len);
+        if (rc)
             goto fail;
-        }
-        for (size_t i = 0; i < ctx->cfg->ntokens; i++) {
-            char why[200];
-            ctx->buckets[i].level = ctx->cfg->tokens[i].burst;
-            ctx->buckets[i].stamp = av__loop_now(ctx->loop);
-            rc = av__resolver_get(ctx->resolver, ctx->cfg->tokens[i].secret_ref, &ctx->tokens[i], why, sizeof(why));
-            if (rc) {
-                ctx_err(err, err_len, "token %s: %s", ctx->cfg->tokens[i].name, why);
-                rc = AV_ERR_CONFIG;
-                goto fail;
-            }
-        }
+        ctx->cfg = ctx->snap->cfg;
     }
     if (ctx->cfg->nlisten == 0) {
         ctx_err(err, err_len, "no listen address configured");
@@ -416,24 +514,19 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
             av__free((void *)ctx->proxy_names[i]);
         av__free(ctx->proxy_names);
     }
-    if (ctx->tokens) {
-        for (size_t i = 0; i < ctx->cfg->ntokens; i++)
-            av__secret_free(ctx->tokens[i]);
-        av__free(ctx->tokens);
-    }
-    av__free(ctx->buckets);
     av__free(ctx->mx);
     if (ctx->audit_fd > 2)
         close(ctx->audit_fd);
     av__async_free(ctx->wakeup);
     av__timer_free(ctx->drain_timer);
     av__dns_free(ctx->dns);
-    av__resolver_free(ctx->resolver);
+    av__snap_unref(ctx->snap);
     av__tls_client_ctx_free(ctx->tls_cli);
     av__tls_server_ctx_free(ctx->tls_srv);
     av__ca_free(ctx->ca);
     av__loop_free(ctx->loop);
-    av_config_free(ctx->cfg);
+    if (!ctx->snap)
+        av_config_free(ctx->cfg); /* never handed to a snapshot */
     av__free(ctx);
 }
 

@@ -19,6 +19,27 @@
 typedef struct av_conn av_conn;
 typedef struct av_upconn av_upconn;
 
+/* A configuration snapshot: the config and everything derived from it that
+ * a reload replaces (secrets cache, resolved proxy tokens, rate buckets).
+ * Connections hold a reference to the snapshot they started with, so
+ * in-flight exchanges finish on the old one while new connections use the
+ * new one. */
+typedef struct av_bucket {
+    double level; /* requests available */
+    double stamp; /* loop time of the last refill */
+} av_bucket;
+
+typedef struct av_snap {
+    int refs;
+    av_config *cfg;
+    av_resolver *resolver;
+    av_secret **tokens;   /* resolved proxy tokens, parallel to cfg->tokens */
+    av_bucket *buckets;   /* per-token rate limits, parallel to cfg->tokens */
+} av_snap;
+
+av_snap *av__snap_ref(av_snap *s);
+void av__snap_unref(av_snap *s);
+
 typedef struct av_listener {
     av_ctx *ctx;
     int fd;
@@ -45,16 +66,13 @@ struct av_ctx {
     av_ca *ca;
     av_tls_server_ctx *tls_srv;
     av_tls_client_ctx *tls_cli;
-    av_resolver *resolver;
     av_dns *dns;
     av_listener *listeners;
     size_t nlisteners;
     const char **proxy_names; /* NULL-terminated: names the proxy's own cert covers */
-    av_secret **tokens;       /* resolved proxy tokens, parallel to cfg->tokens */
-    struct av_bucket {        /* per-token rate limit, parallel to cfg->tokens */
-        double level;         /* requests available */
-        double stamp;         /* loop time of the last refill */
-    } *buckets;
+    struct av_snap *snap;     /* the current configuration snapshot (cfg == snap->cfg) */
+    av_vault_getter vault_get; /* vault: secrets (installed by the embedder / daemon) */
+    void *vault_ud;
     av_conn *conns;
     size_t nconns;
     av_upconn *pool;          /* idle upstream connections */
@@ -67,11 +85,14 @@ struct av_ctx {
     volatile double drain_seconds;
     int draining;
     int running;
+    volatile sig_atomic_t reload_requested;
+    av_config *(*reload_fn)(void *ud, char *err, size_t err_len);
+    void *reload_ud;
     unsigned long long exchanges;
     int audit_fd;             /* -1: off; 1: stdout; else the audit file */
     /* /metrics counters */
-    struct av_metric_x {      /* exchanges by service (index, nservices = none) and status */
-        int svc;
+    struct av_metric_x {      /* exchanges by service name ("" = none) and status */
+        char svc[68];
         int status;
         unsigned long long n;
     } *mx;
@@ -81,7 +102,11 @@ struct av_ctx {
 };
 
 /* av_ctx.c: count an exchange for /metrics. */
-void av__ctx_count_exchange(av_ctx *ctx, int svc_index, int status);
+void av__ctx_count_exchange(av_ctx *ctx, const char *svc, int status);
+/* av_ctx.c: swap in a new configuration (owned); in-flight exchanges keep
+ * the old snapshot. Returns AV_OK, or an error with |err| (the current
+ * configuration stays). Loop thread only. */
+int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len);
 /* av_ctx.c: append one audit record line (already JSON, with the
  * newline); no-op when the audit log is off. */
 void av__ctx_audit(av_ctx *ctx, const char *line, size_t len);
