@@ -183,6 +183,10 @@ static int cb_head(void *ud, int32_t sid, const av_h2_head *h)
     int err = 0;
     if (need && !av__buf_reserve(&ms->hstore, need, &err))
         return AV_ERR_NOMEM; /* reserved up front: |fields| never move */
+    av__free(ms->fields);
+    ms->fields = h->nfields ? av__calloc(h->nfields, sizeof(*ms->fields)) : NULL;
+    if (h->nfields && !ms->fields)
+        return AV_ERR_NOMEM;
     for (size_t i = 0; i < h->nfields; i++) {
         const av_h1_field *f = &h->fields[i];
         size_t off = ms->hstore.len;
@@ -589,6 +593,8 @@ void av__mux_detach(av_mux_stream *ms)
     }
     av__buf_free_wipe(&ms->rx);
     av__buf_free_wipe(&ms->hstore);
+    av__free(ms->fields);
+    ms->fields = NULL;
     ms->state = AV_MS_IDLE;
     ms->nfields = 0;
 }

@@ -60,7 +60,7 @@ struct av_mux_stream {
     /* the response (AV_MS_OPEN) */
     int head;                /* the final response head arrived */
     int status;
-    av_h1_field fields[AV_H2_MAX_FIELDS];
+    av_h1_field *fields;     /* heap: nfields entries (kept off idle connections) */
     size_t nfields;
     int64_t content_length;  /* -1 when absent */
     av_buf hstore;           /* the bytes |fields| point into */
