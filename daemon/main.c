@@ -17,6 +17,7 @@
 #include <agentvault/agentvault.h>
 
 #include "run.h"
+#include "secret.h"
 
 #ifndef AV_DAEMON_VERSION
 #define AV_DAEMON_VERSION "0.0.0"
@@ -43,6 +44,8 @@ static const char usage_text[] =
     "  agentvault check -c FILE\n"
     "  agentvault ca pem [-c FILE] [--state-dir DIR]\n"
     "  agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] -- CMD [ARGS]\n"
+    "  agentvault secret set NAME | list | rm NAME | passwd  [--vault PATH] [--no-password]\n"
+    "                   [--password-file FILE] (see 'agentvault secret --help')\n"
     "  agentvault --version\n"
     "\n"
     "Without -c, serve runs an embedded default: it listens on " DEFAULT_LISTEN ",\n"
@@ -400,5 +403,7 @@ int main(int argc, char **argv)
         return cmd_ca(argc, argv);
     if (!strcmp(cmd, "run"))
         return cmd_run(argc, argv);
+    if (!strcmp(cmd, "secret"))
+        return cmd_secret(argc, argv);
     die_usage("unknown command '%s'", cmd);
 }

@@ -27,6 +27,8 @@ AV_EXPORT const char *av_strerror(int err)
     case AV_ERR_CLOSED: return "connection closed";
     case AV_ERR_STATE: return "invalid state";
     case AV_ERR_SECRET: return "credential unavailable";
+    case AV_ERR_AUTH: return "wrong password or key";
+    case AV_ERR_CORRUPT: return "data corrupt or tampered with";
     default: return "unknown error";
     }
 }

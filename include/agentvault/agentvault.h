@@ -167,6 +167,106 @@ AV_EXPORT int av_ctx_run(av_ctx *ctx);
  * Safe to call from any thread and from a signal handler. */
 AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds);
 
+/* ---- vault: the encrypted secret store --------------------------------- */
+
+/* Errors specific to the vault (av_strerror knows them). */
+enum {
+    AV_ERR_AUTH = -19,      /* wrong master password or key file */
+    AV_ERR_CORRUPT = -20    /* stored data is damaged or was tampered with */
+};
+
+/* A vault is one file of named secrets, each sealed with AES-256-GCM under
+ * a data key. The data key is wrapped under a key derived from a master
+ * password (Argon2id) or, for a vault created with AV_VAULT_NO_PASSWORD,
+ * under a random key kept in a separate 0600 key file next to the vault
+ * ("vault.avv" -> "vault.key"; any other name gets ".key" appended).
+ * Every change is written to disk before the call returns, atomically
+ * (temporary file, fsync, rename, directory fsync): the file on disk is
+ * always the old or the new vault, never a mix. A handle is not
+ * thread-safe. Names match [A-Za-z0-9_.-]{1,64}; values are 1 byte to
+ * 64 KiB; at most 4096 secrets; the file is at most 64 MiB.
+ *
+ * Functions that take |err| (may be NULL) put a one-line reason there on
+ * failure; it names the file and never contains a secret value. */
+typedef struct av_vault av_vault;
+
+/* Flags for av_vault_create. */
+enum {
+    AV_VAULT_NO_PASSWORD = 1 /* no master password: create a key file */
+};
+
+/* av_vault_create creates a new, empty vault at |path| (which must not
+ * exist) and opens it. With |flags| 0, |password| (|password_len| bytes,
+ * at least one) is the master password. With AV_VAULT_NO_PASSWORD,
+ * |password| must be NULL and the key file is created (it must not exist
+ * either). Returns AV_ERR_INVALID, AV_ERR_STATE (the vault or key file
+ * already exists), AV_ERR_IO, AV_ERR_TLS or AV_ERR_NOMEM. */
+AV_EXPORT int av_vault_create(av_vault **out, const char *path, const char *password,
+                              size_t password_len, unsigned flags, char *err,
+                              size_t err_len);
+
+/* av_vault_open opens the vault at |path|, checks the whole file and
+ * decrypts it. A password vault needs |password|; a key-file vault ignores
+ * it and reads its key file. Returns AV_ERR_NOTFOUND (no such vault or key
+ * file), AV_ERR_AUTH (wrong password or key file), AV_ERR_CORRUPT (the
+ * vault or key file is damaged, truncated, extended or was tampered with),
+ * AV_ERR_LIMIT (larger than 64 MiB), AV_ERR_IO, AV_ERR_TLS or
+ * AV_ERR_NOMEM. */
+AV_EXPORT int av_vault_open(av_vault **out, const char *path, const char *password,
+                            size_t password_len, char *err, size_t err_len);
+
+/* av_vault_needs_password returns 1 if the vault at |path| is protected by
+ * a master password, 0 if it uses a key file, or the errors of
+ * av_vault_open that can be found without a key. */
+AV_EXPORT int av_vault_needs_password(const char *path, char *err, size_t err_len);
+
+/* av_vault_close wipes every key and value in memory and frees |v|. NULL
+ * is a no-op. */
+AV_EXPORT void av_vault_close(av_vault *v);
+
+/* av_vault_get copies the value of secret |name| into a new NUL-terminated
+ * buffer (*value, *value_len bytes before the NUL; values may contain NUL
+ * bytes). Release it with av_vault_free_value, which wipes it. Returns
+ * AV_ERR_NOTFOUND, AV_ERR_INVALID or AV_ERR_NOMEM. */
+AV_EXPORT int av_vault_get(const av_vault *v, const char *name, char **value,
+                           size_t *value_len);
+
+/* av_vault_free_value wipes |value_len| + 1 bytes of a value returned by
+ * av_vault_get and frees it. NULL is a no-op. */
+AV_EXPORT void av_vault_free_value(char *value, size_t value_len);
+
+/* av_vault_set stores (adds or replaces) secret |name| and saves the vault.
+ * On failure the vault, in memory and on disk, is unchanged. Returns
+ * AV_ERR_INVALID (bad name or empty value), AV_ERR_LIMIT (value over
+ * 64 KiB, 4096 secrets, or the file would exceed 64 MiB), AV_ERR_IO,
+ * AV_ERR_TLS or AV_ERR_NOMEM. */
+AV_EXPORT int av_vault_set(av_vault *v, const char *name, const void *value, size_t value_len,
+                           char *err, size_t err_len);
+
+/* av_vault_remove deletes secret |name| and saves the vault. On failure
+ * nothing changes. Returns AV_ERR_NOTFOUND, AV_ERR_INVALID, AV_ERR_IO,
+ * AV_ERR_TLS or AV_ERR_NOMEM. */
+AV_EXPORT int av_vault_remove(av_vault *v, const char *name, char *err, size_t err_len);
+
+/* av_vault_count returns the number of secrets. */
+AV_EXPORT size_t av_vault_count(const av_vault *v);
+
+/* av_vault_list gives the name and the creation and last-update times
+ * (seconds since the epoch) of secret |i| (0 <= i < av_vault_count), in
+ * name order; never its value. *name stays valid until the next change or
+ * av_vault_close. Any output pointer may be NULL. Returns AV_ERR_NOTFOUND
+ * when |i| is out of range. */
+AV_EXPORT int av_vault_list(const av_vault *v, size_t i, const char **name,
+                            long long *created, long long *updated);
+
+/* av_vault_passwd re-wraps the vault's keys under a new master password
+ * (fresh salt, default Argon2id cost) and saves it. A key-file vault
+ * becomes a password vault and its key file is deleted. On failure nothing
+ * changes. Returns AV_ERR_INVALID (empty password), AV_ERR_IO, AV_ERR_TLS
+ * or AV_ERR_NOMEM. */
+AV_EXPORT int av_vault_passwd(av_vault *v, const char *new_password, size_t new_password_len,
+                              char *err, size_t err_len);
+
 #ifdef __cplusplus
 }
 #endif
