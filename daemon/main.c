@@ -41,6 +41,7 @@ static const char usage_text[] =
     "  agentvault serve [-c FILE] [--listen ADDR:PORT]... [--state-dir DIR]\n"
     "                   [--resolve HOST:PORT:ADDR[:DIALPORT]]... [--upstream-cacert FILE]\n"
     "                   [--log-level error|warn|info|debug] [--log-format text|json]\n"
+    "                   [--password-file FILE]   (the vault's master password)\n"
     "  agentvault check -c FILE\n"
     "  agentvault ca pem [-c FILE] [--state-dir DIR]\n"
     "  agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] -- CMD [ARGS]\n"
@@ -173,6 +174,7 @@ typedef struct opts {
     const char *resolve[64];
     int nresolve;
     int log_level;
+    const char *password_file; /* the vault's master password (serve) */
 } opts;
 
 static const char *need_arg(int argc, char **argv, int *i)
@@ -202,6 +204,8 @@ static void parse_opts(int argc, char **argv, int start, opts *o, int allow_serv
             o->resolve[o->nresolve++] = need_arg(argc, argv, &i);
         } else if (allow_serve_opts && !strcmp(a, "--upstream-cacert")) {
             o->cacert = need_arg(argc, argv, &i);
+        } else if (allow_serve_opts && !strcmp(a, "--password-file")) {
+            o->password_file = need_arg(argc, argv, &i);
         } else if (allow_serve_opts && !strcmp(a, "--log-level")) {
             const char *v = need_arg(argc, argv, &i);
             o->log_level = av_log_level_parse(v);
@@ -219,14 +223,16 @@ static void parse_opts(int argc, char **argv, int start, opts *o, int allow_serv
     }
 }
 
-/* Load the config (file or embedded default) and apply command-line
- * overrides. Exits with a one-line reason on error. */
-static av_config *load_config(const opts *o, int *embedded_services)
+/* Build the config (file or embedded default) with command-line overrides
+ * applied. Returns NULL with a one-line reason in |err| and the exit code
+ * for it in *code (1 bad config, 2 bad option). */
+static av_config *build_config(const opts *o, int *embedded_services, char *err, size_t err_len, int *code)
 {
     av_config *cfg = NULL;
+    *code = 1;
     if (av_config_new(&cfg) != AV_OK) {
-        fprintf(stderr, "agentvault: out of memory\n");
-        exit(1);
+        snprintf(err, err_len, "out of memory");
+        return NULL;
     }
     int rc;
     *embedded_services = -1;
@@ -235,56 +241,139 @@ static av_config *load_config(const opts *o, int *embedded_services)
     else
         rc = build_default_config(cfg, embedded_services);
     if (rc != AV_OK) {
-        fprintf(stderr, "agentvault: %s\n", av_config_error(cfg));
-        exit(1);
+        snprintf(err, err_len, "%s", av_config_error(cfg));
+        goto fail;
     }
     if (o->nlisten) {
         av_config_clear_listen(cfg);
         for (int i = 0; i < o->nlisten; i++)
             if (av_config_add_listen(cfg, o->listen[i]) != AV_OK) {
-                fprintf(stderr, "agentvault: --listen %s: %s\n", o->listen[i], av_config_error(cfg));
-                exit(2);
+                snprintf(err, err_len, "--listen %s: %s", o->listen[i], av_config_error(cfg));
+                *code = 2;
+                goto fail;
             }
     } else if (av_config_listen_count(cfg) == 0) {
         av_config_add_listen(cfg, DEFAULT_LISTEN);
     }
     for (int i = 0; i < o->nresolve; i++)
         if (av_config_add_resolve(cfg, o->resolve[i]) != AV_OK) {
-            fprintf(stderr, "agentvault: --resolve %s: %s\n", o->resolve[i], av_config_error(cfg));
-            exit(2);
+            snprintf(err, err_len, "--resolve %s: %s", o->resolve[i], av_config_error(cfg));
+            *code = 2;
+            goto fail;
         }
     if (o->cacert && av_config_set_upstream_cafile(cfg, o->cacert) != AV_OK) {
-        fprintf(stderr, "agentvault: --upstream-cacert: %s\n", av_config_error(cfg));
-        exit(2);
+        snprintf(err, err_len, "--upstream-cacert: %s", av_config_error(cfg));
+        *code = 2;
+        goto fail;
     }
     if (o->state_dir) {
         av_config_set_state_dir(cfg, o->state_dir);
     } else if (!av_config_state_dir(cfg)) {
         char dir[PATH_MAX];
         if (default_state_dir(dir, sizeof(dir)) < 0) {
-            fprintf(stderr, "agentvault: cannot determine a state directory: set HOME, XDG_STATE_HOME or "
-                            "--state-dir\n");
-            exit(1);
+            snprintf(err, err_len, "cannot determine a state directory: set HOME, XDG_STATE_HOME or --state-dir");
+            goto fail;
         }
         av_config_set_state_dir(cfg, dir);
     }
     if (av_config_validate(cfg) != AV_OK) {
-        fprintf(stderr, "agentvault: %s\n", av_config_error(cfg));
-        exit(1);
+        snprintf(err, err_len, "%s", av_config_error(cfg));
+        goto fail;
     }
     return cfg;
+fail:
+    av_config_free(cfg);
+    return NULL;
+}
+
+/* Load the config; exits with a one-line reason on error. */
+static av_config *load_config(const opts *o, int *embedded_services)
+{
+    char err[1024];
+    int code = 1;
+    av_config *cfg = build_config(o, embedded_services, err, sizeof(err), &code);
+    if (!cfg) {
+        fprintf(stderr, "agentvault: %s\n", err);
+        exit(code);
+    }
+    return cfg;
+}
+
+/* ---- serve: the vault and reloads ---------------------------------------- */
+
+static opts g_serve_opts;
+/* Every vault handle opened (the first at start, one per reload). Contexts
+ * borrow them and in-flight exchanges may still use an old one, so they are
+ * closed (and wiped) only at exit. Bounded by the number of reloads. */
+static av_vault *g_vaults[64];
+static size_t g_nvaults;
+
+static void vault_path_for(const av_config *cfg, char *out, size_t len)
+{
+    const char *p = av_config_vault_path(cfg);
+    if (p)
+        snprintf(out, len, "%s", p);
+    else
+        snprintf(out, len, "%s/vault.avv", av_config_state_dir(cfg));
+}
+
+/* SIGHUP: the context calls this on its loop thread. */
+static av_config *reload_config(void *ud, char *err, size_t err_len)
+{
+    (void)ud;
+    int embedded, code;
+    av_config *cfg = build_config(&g_serve_opts, &embedded, err, err_len, &code);
+    if (!cfg)
+        return NULL;
+    if (av_config_uses_vault(cfg)) {
+        if (g_nvaults >= sizeof(g_vaults) / sizeof(g_vaults[0])) {
+            snprintf(err, err_len, "too many reloads with a vault: restart the daemon");
+            av_config_free(cfg);
+            return NULL;
+        }
+        char path[PATH_MAX];
+        vault_path_for(cfg, path, sizeof(path));
+        av_vault *v = NULL;
+        int rc = serve_vault_reopen(path, &v, err, err_len);
+        if (rc != AV_OK) {
+            av_config_free(cfg);
+            return NULL;
+        }
+        g_vaults[g_nvaults++] = v;
+        av_config_set_vault(cfg, v);
+    }
+    return cfg;
+}
+
+static void on_hup(int sig)
+{
+    (void)sig;
+    if (g_ctx)
+        av_ctx_reload(g_ctx); /* async-signal-safe */
 }
 
 static int cmd_serve(int argc, char **argv)
 {
     opts o;
     parse_opts(argc, argv, 2, &o, 1);
+    g_serve_opts = o;
     int embedded = -1;
     av_config *cfg = load_config(&o, &embedded);
     const char *sd = av_config_state_dir(cfg);
     if (mkdir_p(sd) < 0) {
         fprintf(stderr, "agentvault: cannot create state directory %s: %s\n", sd, strerror(errno));
         return 1;
+    }
+    if (av_config_uses_vault(cfg)) {
+        char path[PATH_MAX];
+        vault_path_for(cfg, path, sizeof(path));
+        av_vault *v = NULL;
+        if (serve_vault_open(path, o.password_file, &v) != 0) {
+            av_config_free(cfg);
+            return 1;
+        }
+        g_vaults[g_nvaults++] = v;
+        av_config_set_vault(cfg, v);
     }
     char err[512];
     int rc = av_ctx_new(&g_ctx, cfg, err, sizeof(err));
@@ -294,6 +383,7 @@ static int cmd_serve(int argc, char **argv)
         return 1;
     }
     av_ctx_set_log(g_ctx, log_line, NULL, o.log_level);
+    av_ctx_set_reload(g_ctx, reload_config, NULL);
 
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -302,7 +392,12 @@ static int cmd_serve(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
-    signal(SIGHUP, SIG_IGN); /* reload arrives with the credentials issue */
+    struct sigaction hup;
+    memset(&hup, 0, sizeof(hup));
+    hup.sa_handler = on_hup;
+    sigemptyset(&hup.sa_mask);
+    hup.sa_flags = SA_RESTART;
+    sigaction(SIGHUP, &hup, NULL); /* reload: config, secrets, audit log */
 
     for (size_t i = 0; i < av_config_listen_count(cfg); i++) {
         const char *spec = av_config_listen_get(cfg, i);
@@ -335,6 +430,9 @@ static int cmd_serve(int argc, char **argv)
     av_ctx *ctx = g_ctx;
     g_ctx = NULL;
     av_ctx_free(ctx);
+    for (size_t i = 0; i < g_nvaults; i++)
+        av_vault_close(g_vaults[i]);
+    serve_vault_forget();
     return rc == AV_OK ? 0 : 1;
 }
 

@@ -744,3 +744,65 @@ out:
     bytes_free(&g_env_new_pw);
     return status;
 }
+
+/* ---- the serving daemon's vault ----------------------------------------- */
+
+/* The password the daemon opened its vault with, kept (wiped at exit) so a
+ * reload can open the file again and see secrets added since. */
+static bytes g_serve_pw;
+static int g_serve_pw_set;
+
+int serve_vault_open(const char *path, const char *password_file, av_vault **out)
+{
+    char err[1024] = "";
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        fail("%s: cannot open the vault the configuration reads (vault:NAME): %s", path, strerror(errno));
+        return 1;
+    }
+    int needs = av_vault_needs_password(path, err, sizeof(err));
+    if (needs < 0) {
+        fail("%s", err[0] ? err : av_strerror(needs));
+        return 1;
+    }
+    if (needs) {
+        bytes env = {0};
+        if (password_file) {
+            if (read_password_file(password_file, &g_serve_pw) != 0)
+                return 1;
+        } else if (take_env("AGENTVAULT_PASSWORD", &env)) {
+            g_serve_pw = env;
+        } else {
+            char prompt[PATH_MAX + 64];
+            snprintf(prompt, sizeof(prompt), "Master password for %s: ", path);
+            if (prompt_tty(prompt, PASSWORD_MAX, "the master password", &g_serve_pw) != 0)
+                return 1;
+        }
+        g_serve_pw_set = 1;
+    }
+    int rc = av_vault_open(out, path, needs ? g_serve_pw.p : NULL, needs ? g_serve_pw.len : 0, err, sizeof(err));
+    if (rc != AV_OK) {
+        fail("%s", err[0] ? err : av_strerror(rc));
+        serve_vault_forget();
+        return 1;
+    }
+    return 0;
+}
+
+int serve_vault_reopen(const char *path, av_vault **out, char *err, size_t err_len)
+{
+    int needs = av_vault_needs_password(path, err, err_len);
+    if (needs < 0)
+        return needs;
+    if (needs && !g_serve_pw_set) {
+        snprintf(err, err_len, "%s now needs a password; restart the daemon to give it", path);
+        return AV_ERR_AUTH;
+    }
+    return av_vault_open(out, path, needs ? g_serve_pw.p : NULL, needs ? g_serve_pw.len : 0, err, err_len);
+}
+
+void serve_vault_forget(void)
+{
+    bytes_free(&g_serve_pw);
+    g_serve_pw_set = 0;
+}

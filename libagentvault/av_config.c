@@ -41,7 +41,7 @@ enum {
     K_METHODS = 1u << 12, K_AUTH = 1u << 13, K_SECRET = 1u << 14,
     K_WEBSOCKET = 1u << 15, K_PLACEHOLDER = 1u << 16, K_PLACEHOLDER_IN = 1u << 17,
     K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6, K_SECRET_TTL = 1u << 7,
-    K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20
+    K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20, K_VAULT = 1u << 21
 };
 
 typedef struct parser {
@@ -486,6 +486,7 @@ static void config_clear(av_config *c)
     av__free(c->resolve);
     av__free(c->upstream_cafile);
     av__free(c->audit);
+    av__free(c->vault_path);
     av__free(c->allow_private);
     for (size_t i = 0; i < c->nservices; i++)
         service_clear(&c->services[i]);
@@ -575,6 +576,7 @@ av_config *av__config_copy(const av_config *src)
     c->resolve = NULL;
     c->upstream_cafile = NULL;
     c->audit = NULL;
+    c->vault_path = NULL;
     c->allow_private = NULL;
     c->services = NULL;
     c->tokens = NULL;
@@ -590,7 +592,7 @@ av_config *av__config_copy(const av_config *src)
     if (rc != AV_OK)
         goto fail;
     if (dup_opt(&c->state_dir, src->state_dir) || dup_opt(&c->upstream_cafile, src->upstream_cafile) ||
-        dup_opt(&c->audit, src->audit))
+        dup_opt(&c->audit, src->audit) || dup_opt(&c->vault_path, src->vault_path))
         goto fail;
     if (src->nresolve) {
         c->resolve = av__calloc(src->nresolve, sizeof(*c->resolve));
@@ -828,6 +830,8 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         bit = K_CMD_TO;
     else if (word_eq(k, kl, "audit"))
         bit = K_AUDIT;
+    else if (word_eq(k, kl, "vault"))
+        bit = K_VAULT;
     else
         return perr(p, "unknown key \"%.*s\" in [proxy]", (int)(kl > 64 ? 64 : kl), k);
     if (p->seen & bit)
@@ -839,6 +843,10 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return set_string(p, &c->state_dir, v, vl);
     case K_CACERT:
         return set_string(p, &c->upstream_cafile, v, vl);
+    case K_VAULT:
+        if (!(vl > 1 && v[0] == '/'))
+            return perr(p, "vault must be an absolute file path");
+        return set_string(p, &c->vault_path, v, vl);
     case K_AUDIT:
         if (!(word_eq(v, vl, "stdout") || (vl > 1 && v[0] == '/')))
             return perr(p, "audit must be an absolute file path or \"stdout\"");
@@ -1756,6 +1764,32 @@ AV_EXPORT size_t av_config_listen_count(const av_config *cfg)
 AV_EXPORT const char *av_config_listen_get(const av_config *cfg, size_t i)
 {
     return (cfg && i < cfg->nlisten) ? cfg->listen[i] : NULL;
+}
+
+AV_EXPORT const char *av_config_vault_path(const av_config *cfg)
+{
+    return cfg ? cfg->vault_path : NULL;
+}
+
+AV_EXPORT int av_config_uses_vault(const av_config *cfg)
+{
+    if (!cfg)
+        return 0;
+    for (size_t i = 0; i < cfg->nservices; i++)
+        if (cfg->services[i].secret_ref && strncmp(cfg->services[i].secret_ref, "vault:", 6) == 0)
+            return 1;
+    for (size_t i = 0; i < cfg->ntokens; i++)
+        if (cfg->tokens[i].secret_ref && strncmp(cfg->tokens[i].secret_ref, "vault:", 6) == 0)
+            return 1;
+    return 0;
+}
+
+AV_EXPORT int av_config_set_vault(av_config *cfg, struct av_vault *vault)
+{
+    if (!cfg)
+        return AV_ERR_INVALID;
+    cfg->vault = vault;
+    return AV_OK;
 }
 
 /* av_config_state_dir returns the state directory or NULL. */

@@ -129,6 +129,8 @@ struct av_config {
     size_t nlisten;
     char *state_dir;       /* NULL: caller decides default */
     char *audit;           /* audit log: a file path, "stdout", or NULL (off) */
+    char *vault_path;      /* [proxy] vault = PATH, or NULL */
+    struct av_vault *vault; /* lent by the caller (av_config_set_vault), not owned */
     int unmatched;         /* enum av_unmatched */
     char **passthrough;    /* host patterns allowed for opaque tunnels */
     size_t npassthrough;

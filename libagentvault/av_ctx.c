@@ -192,9 +192,34 @@ static void ctx_on_drain_timeout(void *ud)
     ctx_check_done(ctx);
 }
 
+static void ctx_do_reload(av_ctx *ctx)
+{
+    ctx->reload_requested = 0;
+    if (!ctx->reload_fn) {
+        av__log(&ctx->log, AV_LOG_WARN, "reload requested but no reload function is installed");
+        return;
+    }
+    char err[512] = "";
+    av_config *cfg = ctx->reload_fn(ctx->reload_ud, err, sizeof(err));
+    if (!cfg) {
+        av__log(&ctx->log, AV_LOG_ERROR, "reload failed: %s; keeping the current configuration",
+                err[0] ? err : "no configuration");
+        return;
+    }
+    int rc = av__ctx_reload(ctx, cfg, err, sizeof(err));
+    if (rc != AV_OK)
+        av__log(&ctx->log, AV_LOG_ERROR, "reload failed: %s; keeping the current configuration",
+                err[0] ? err : av_strerror(rc));
+    else
+        av__log(&ctx->log, AV_LOG_INFO, "configuration reloaded: %zu service(s), %zu token(s)",
+                ctx->cfg->nservices, ctx->cfg->ntokens);
+}
+
 static void ctx_on_wakeup(void *ud)
 {
     av_ctx *ctx = ud;
+    if (ctx->reload_requested && !ctx->draining)
+        ctx_do_reload(ctx);
     if (!ctx->shutdown_requested || ctx->draining)
         return;
     ctx->draining = 1;
@@ -322,6 +347,30 @@ void av__snap_unref(av_snap *s)
     av__free(s);
 }
 
+/* vault:NAME through the vault the configuration borrows. */
+static int ctx_vault_get(void *ud, const char *name, av_secret **out, char *why, size_t why_len)
+{
+    char *v = NULL;
+    size_t vl = 0;
+    int rc = av_vault_get(ud, name, &v, &vl);
+    if (rc == AV_ERR_NOTFOUND) {
+        snprintf(why, why_len, "no secret named %s in the vault", name);
+        return AV_ERR_SECRET;
+    }
+    if (rc != AV_OK) {
+        snprintf(why, why_len, "vault: %s", av_strerror(rc));
+        return rc == AV_ERR_NOMEM ? AV_ERR_NOMEM : AV_ERR_SECRET;
+    }
+    if (vl == 0) {
+        av_vault_free_value(v, vl);
+        snprintf(why, why_len, "vault secret %s is empty", name);
+        return AV_ERR_SECRET;
+    }
+    *out = av__secret_new(v, vl);
+    av_vault_free_value(v, vl);
+    return *out ? AV_OK : AV_ERR_NOMEM;
+}
+
 /* Build a snapshot around |cfg| (owned): a resolver of its own, and the
  * proxy tokens resolved now (failing later would lock agents out). */
 static int snap_new(av_ctx *ctx, av_config *cfg, av_snap **out, char *err, size_t err_len)
@@ -337,8 +386,13 @@ static int snap_new(av_ctx *ctx, av_config *cfg, av_snap **out, char *err, size_
     if (rc)
         goto fail;
     av__resolver_set_loop(s->resolver, ctx->loop, cfg->secret_ttl, cfg->command_timeout);
-    if (ctx->vault_get)
-        av__resolver_set_vault(s->resolver, ctx->vault_get, ctx->vault_ud);
+    if (cfg->vault)
+        av__resolver_set_vault(s->resolver, ctx_vault_get, cfg->vault);
+    else if (av_config_uses_vault(cfg)) {
+        ctx_err(err, err_len, "the configuration reads vault: secrets but no vault was opened");
+        rc = AV_ERR_CONFIG;
+        goto fail;
+    }
     if (cfg->ntokens) {
         rc = AV_ERR_NOMEM;
         s->tokens = av__calloc(cfg->ntokens, sizeof(*s->tokens));
@@ -555,6 +609,22 @@ AV_EXPORT int av_ctx_run(av_ctx *ctx)
         av__loop_run(ctx->loop);
     ctx->running = 0;
     return AV_OK;
+}
+
+AV_EXPORT void av_ctx_set_reload(av_ctx *ctx, av_reload_fn fn, void *user_data)
+{
+    if (!ctx)
+        return;
+    ctx->reload_fn = fn;
+    ctx->reload_ud = user_data;
+}
+
+AV_EXPORT void av_ctx_reload(av_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    ctx->reload_requested = 1;
+    av__async_send(ctx->wakeup);
 }
 
 AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds)

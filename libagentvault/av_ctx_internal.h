@@ -71,8 +71,6 @@ struct av_ctx {
     size_t nlisteners;
     const char **proxy_names; /* NULL-terminated: names the proxy's own cert covers */
     struct av_snap *snap;     /* the current configuration snapshot (cfg == snap->cfg) */
-    av_vault_getter vault_get; /* vault: secrets (installed by the embedder / daemon) */
-    void *vault_ud;
     av_conn *conns;
     size_t nconns;
     av_upconn *pool;          /* idle upstream connections */
@@ -86,7 +84,7 @@ struct av_ctx {
     int draining;
     int running;
     volatile sig_atomic_t reload_requested;
-    av_config *(*reload_fn)(void *ud, char *err, size_t err_len);
+    av_reload_fn reload_fn;
     void *reload_ud;
     unsigned long long exchanges;
     int audit_fd;             /* -1: off; 1: stdout; else the audit file */

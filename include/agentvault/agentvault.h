@@ -124,6 +124,17 @@ AV_EXPORT const char *av_config_listen_get(const av_config *cfg, size_t i);
 AV_EXPORT const char *av_config_state_dir(const av_config *cfg);
 AV_EXPORT size_t av_config_service_count(const av_config *cfg);
 
+/* The vault services and tokens read with "vault:NAME". The file is
+ * [proxy] vault = PATH (default <state_dir>/vault.avv, NULL here when not
+ * set); av_config_uses_vault says whether any reference needs it. The
+ * caller opens the vault (av_vault_open) and lends it with
+ * av_config_set_vault: it must stay open while any context made from this
+ * configuration (or a copy) runs. */
+struct av_vault;
+AV_EXPORT const char *av_config_vault_path(const av_config *cfg);
+AV_EXPORT int av_config_uses_vault(const av_config *cfg);
+AV_EXPORT int av_config_set_vault(av_config *cfg, struct av_vault *vault);
+
 /* ---- certificate authority -------------------------------------------- */
 
 /* av_ca_root_pem_from_dir loads (creating on first use) the root CA in
@@ -166,6 +177,17 @@ AV_EXPORT int av_ctx_run(av_ctx *ctx);
  * exchanges finish for up to |drain_seconds|, and return from av_ctx_run.
  * Safe to call from any thread and from a signal handler. */
 AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds);
+
+/* Reloading. av_ctx_set_reload installs a function the context calls on its
+ * loop thread after av_ctx_reload: it returns a new configuration (the
+ * context takes ownership) or NULL with a reason in |err|. New connections
+ * use the new configuration; in-flight exchanges finish on the old one.
+ * listen, state_dir and upstream_cacert cannot change this way (restart).
+ * Failures are logged and the current configuration stays. av_ctx_reload
+ * is safe to call from any thread and from a signal handler (SIGHUP). */
+typedef struct av_config *(*av_reload_fn)(void *user_data, char *err, size_t err_len);
+AV_EXPORT void av_ctx_set_reload(av_ctx *ctx, av_reload_fn fn, void *user_data);
+AV_EXPORT void av_ctx_reload(av_ctx *ctx);
 
 /* ---- vault: the encrypted secret store --------------------------------- */
 
