@@ -47,6 +47,8 @@ static const char usage_text[] =
     "  agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] -- CMD [ARGS]\n"
     "  agentvault secret set NAME | list | rm NAME | passwd  [--vault PATH] [--no-password]\n"
     "                   [--password-file FILE] (see 'agentvault secret --help')\n"
+    "  agentvault token create --name NAME [--services A,B] [--ttl 24h] | list | revoke NAME\n"
+    "                   [-c FILE] [--state-dir DIR]   (prints the token once; stores its hash)\n"
     "  agentvault --version\n"
     "\n"
     "Without -c, serve runs an embedded default: it listens on " DEFAULT_LISTEN ",\n"
@@ -226,7 +228,8 @@ static void parse_opts(int argc, char **argv, int start, opts *o, int allow_serv
 /* Build the config (file or embedded default) with command-line overrides
  * applied. Returns NULL with a one-line reason in |err| and the exit code
  * for it in *code (1 bad config, 2 bad option). */
-static av_config *build_config(const opts *o, int *embedded_services, char *err, size_t err_len, int *code)
+static av_config *build_config(const opts *o, int *embedded_services, char *err, size_t err_len, int *code,
+                               int load_tokens)
 {
     av_config *cfg = NULL;
     *code = 1;
@@ -276,6 +279,15 @@ static av_config *build_config(const opts *o, int *embedded_services, char *err,
         }
         av_config_set_state_dir(cfg, dir);
     }
+    if (load_tokens) {
+        char tp[PATH_MAX];
+        snprintf(tp, sizeof(tp), "%s/tokens", av_config_state_dir(cfg));
+        rc = av_config_load_tokens(cfg, tp);
+        if (rc != AV_OK) {
+            snprintf(err, err_len, "%s", rc == AV_ERR_NOMEM ? "out of memory" : av_config_error(cfg));
+            goto fail;
+        }
+    }
     if (av_config_validate(cfg) != AV_OK) {
         snprintf(err, err_len, "%s", av_config_error(cfg));
         goto fail;
@@ -291,7 +303,7 @@ static av_config *load_config(const opts *o, int *embedded_services)
 {
     char err[1024];
     int code = 1;
-    av_config *cfg = build_config(o, embedded_services, err, sizeof(err), &code);
+    av_config *cfg = build_config(o, embedded_services, err, sizeof(err), &code, 1);
     if (!cfg) {
         fprintf(stderr, "agentvault: %s\n", err);
         exit(code);
@@ -322,7 +334,7 @@ static av_config *reload_config(void *ud, char *err, size_t err_len)
 {
     (void)ud;
     int embedded, code;
-    av_config *cfg = build_config(&g_serve_opts, &embedded, err, err_len, &code);
+    av_config *cfg = build_config(&g_serve_opts, &embedded, err, err_len, &code, 1);
     if (!cfg)
         return NULL;
     if (av_config_uses_vault(cfg)) {
@@ -476,6 +488,150 @@ static int cmd_ca(int argc, char **argv)
     return 0;
 }
 
+/* ---- token: the proxy-token store ------------------------------------------ */
+
+static void token_list_line(void *ud, const char *name, const char *services, long long created, long long expires)
+{
+    (void)ud;
+    char c[32], e[32] = "never";
+    time_t t = (time_t)created;
+    struct tm tm;
+    strftime(c, sizeof(c), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    if (expires) {
+        t = (time_t)expires;
+        strftime(e, sizeof(e), "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&t, &tm));
+    }
+    printf("%-24s services=%s created=%s expires=%s%s\n", name, services, c, e,
+           expires && expires <= (long long)time(NULL) ? " (expired)" : "");
+}
+
+/* "24h", "30m", "7d", "3600" (seconds). Returns -1 when invalid. */
+static long long parse_ttl(const char *s)
+{
+    char *end = NULL;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || v <= 0)
+        return -1;
+    long long mul = 1;
+    if (!strcmp(end, "") || !strcmp(end, "s"))
+        mul = 1;
+    else if (!strcmp(end, "m"))
+        mul = 60;
+    else if (!strcmp(end, "h"))
+        mul = 3600;
+    else if (!strcmp(end, "d"))
+        mul = 86400;
+    else
+        return -1;
+    if (v > 3650LL * 86400 / mul)
+        return -1;
+    return v * mul;
+}
+
+static int cmd_token(int argc, char **argv)
+{
+    if (argc < 3)
+        die_usage("usage: agentvault token create --name NAME [--services A,B] [--ttl 24h] | list | revoke NAME "
+                  "[-c FILE] [--state-dir DIR]");
+    const char *sub = argv[2], *name = NULL, *services = NULL, *ttl = NULL;
+    opts o;
+    memset(&o, 0, sizeof(o));
+    for (int i = 3; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-c") || !strcmp(a, "--config"))
+            o.config = need_arg(argc, argv, &i);
+        else if (!strcmp(a, "--state-dir"))
+            o.state_dir = need_arg(argc, argv, &i);
+        else if (!strcmp(a, "--name") && !strcmp(sub, "create"))
+            name = need_arg(argc, argv, &i);
+        else if (!strcmp(a, "--services") && !strcmp(sub, "create"))
+            services = need_arg(argc, argv, &i);
+        else if (!strcmp(a, "--ttl") && !strcmp(sub, "create"))
+            ttl = need_arg(argc, argv, &i);
+        else if (a[0] != '-' && !strcmp(sub, "revoke") && !name)
+            name = a;
+        else
+            die_usage("token %s: unexpected argument '%s'", sub, a);
+    }
+    int embedded, code;
+    char err[1024];
+    /* The store itself is not loaded here: a damaged store must stay fixable. */
+    av_config *cfg = build_config(&o, &embedded, err, sizeof(err), &code, 0);
+    if (!cfg) {
+        fprintf(stderr, "agentvault: %s\n", err);
+        return code;
+    }
+    char path[PATH_MAX];
+    snprintf(path, sizeof(path), "%s/tokens", av_config_state_dir(cfg));
+    int rc = AV_OK;
+    err[0] = '\0';
+    if (!strcmp(sub, "create")) {
+        if (!name) {
+            av_config_free(cfg);
+            die_usage("token create needs --name NAME");
+        }
+        long long secs = 0;
+        if (ttl && (secs = parse_ttl(ttl)) < 0) {
+            av_config_free(cfg);
+            die_usage("--ttl must be a positive duration like 3600, 30m, 24h or 7d");
+        }
+        if (services && strcmp(services, "*") != 0) {
+            /* every named service must exist in the configuration */
+            const char *p = services;
+            while (*p) {
+                size_t l = strcspn(p, ",");
+                size_t k = 0, n = av_config_service_count(cfg);
+                while (k < n && !(strlen(av_config_service_name(cfg, k)) == l &&
+                                  !strncmp(av_config_service_name(cfg, k), p, l)))
+                    k++;
+                if (k == n) {
+                    fprintf(stderr, "agentvault: token create: no service named %.*s in %s\n", (int)l, p,
+                            o.config ? o.config : "the embedded default configuration");
+                    av_config_free(cfg);
+                    return 1;
+                }
+                p += l;
+                if (*p == ',')
+                    p++;
+            }
+        }
+        if (mkdir_p(av_config_state_dir(cfg)) < 0) {
+            fprintf(stderr, "agentvault: cannot create state directory %s: %s\n", av_config_state_dir(cfg),
+                    strerror(errno));
+            av_config_free(cfg);
+            return 1;
+        }
+        char tok[64];
+        rc = av_tokens_create(path, name, services, secs, tok, sizeof(tok), err, sizeof(err));
+        if (rc == AV_OK) {
+            printf("%s\n", tok); /* shown once: only its hash is stored */
+            fflush(stdout);
+            explicit_bzero(tok, sizeof(tok));
+            fprintf(stderr, "agentvault: token %s created; it is shown once. The daemon uses it after "
+                            "a restart or SIGHUP.\n", name);
+        }
+    } else if (!strcmp(sub, "list")) {
+        rc = av_tokens_list(path, token_list_line, NULL, err, sizeof(err));
+    } else if (!strcmp(sub, "revoke")) {
+        if (!name) {
+            av_config_free(cfg);
+            die_usage("token revoke needs NAME");
+        }
+        rc = av_tokens_revoke(path, name, err, sizeof(err));
+        if (rc == AV_OK)
+            fprintf(stderr, "agentvault: token %s revoked; send the daemon SIGHUP to drop it now\n", name);
+    } else {
+        av_config_free(cfg);
+        die_usage("unknown token command '%s' (create, list, revoke)", sub);
+    }
+    av_config_free(cfg);
+    if (rc != AV_OK) {
+        fprintf(stderr, "agentvault: %s\n", err[0] ? err : av_strerror(rc));
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     /* SECURITY 12: no core dumps or ptrace-readable memory with secrets. */
@@ -503,5 +659,7 @@ int main(int argc, char **argv)
         return cmd_run(argc, argv);
     if (!strcmp(cmd, "secret"))
         return cmd_secret(argc, argv);
+    if (!strcmp(cmd, "token"))
+        return cmd_token(argc, argv);
     die_usage("unknown command '%s'", cmd);
 }

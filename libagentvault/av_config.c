@@ -645,6 +645,9 @@ av_config *av__config_copy(const av_config *src)
             dt->unmatched = st->unmatched;
             dt->rate = st->rate;
             dt->burst = st->burst;
+            dt->hashed = st->hashed;
+            dt->expires = st->expires;
+            memcpy(dt->hash, st->hash, sizeof(dt->hash));
             if (dup_opt(&dt->name, st->name) || dup_opt(&dt->secret_ref, st->secret_ref))
                 goto fail;
             if (st->nservices) {
@@ -1722,13 +1725,16 @@ AV_EXPORT int av_config_validate(av_config *cfg)
     }
     for (size_t i = 0; i < cfg->ntokens; i++) {
         const av_token_cfg *t = &cfg->tokens[i];
-        if (!t->secret_ref) {
+        if (!t->secret_ref && !t->hashed) {
             set_error(cfg, "line %d: token \"%s\" has no secret", t->line, t->name);
             return AV_ERR_CONFIG;
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(cfg->tokens[j].name, t->name) == 0) {
-                set_error(cfg, "line %d: duplicate token \"%s\"", t->line, t->name);
+                if (t->hashed)
+                    set_error(cfg, "token store: token \"%s\" is also defined in the configuration", t->name);
+                else
+                    set_error(cfg, "line %d: duplicate token \"%s\"", t->line, t->name);
                 return AV_ERR_CONFIG;
             }
         for (size_t k = 0; k < t->nservices; k++) {
@@ -1736,8 +1742,11 @@ AV_EXPORT int av_config_validate(av_config *cfg)
             while (j < cfg->nservices && strcmp(cfg->services[j].name, t->services[k]) != 0)
                 j++;
             if (j == cfg->nservices) {
-                set_error(cfg, "line %d: token \"%s\" names unknown service \"%s\"", t->line, t->name,
-                          t->services[k]);
+                if (t->hashed)
+                    set_error(cfg, "token store: token \"%s\" names unknown service \"%s\"", t->name, t->services[k]);
+                else
+                    set_error(cfg, "line %d: token \"%s\" names unknown service \"%s\"", t->line, t->name,
+                              t->services[k]);
                 return AV_ERR_CONFIG;
             }
         }
@@ -1764,6 +1773,11 @@ AV_EXPORT size_t av_config_listen_count(const av_config *cfg)
 AV_EXPORT const char *av_config_listen_get(const av_config *cfg, size_t i)
 {
     return (cfg && i < cfg->nlisten) ? cfg->listen[i] : NULL;
+}
+
+AV_EXPORT const char *av_config_service_name(const av_config *cfg, size_t i)
+{
+    return (cfg && i < cfg->nservices) ? cfg->services[i].name : NULL;
 }
 
 AV_EXPORT const char *av_config_vault_path(const av_config *cfg)

@@ -108,6 +108,9 @@ typedef struct av_token_cfg {
     int unmatched;     /* 0: the proxy's policy; else AV_UNMATCHED_* for this token */
     double rate;       /* requests per second (token bucket); 0: unlimited */
     double burst;      /* bucket size; default max(1, rate) */
+    int hashed;        /* from the token store: only |hash| is known */
+    uint8_t hash[32];  /* SHA-256 of the token */
+    long long expires; /* Unix time; 0: never */
 } av_token_cfg;
 
 typedef struct av_resolve_cfg {
@@ -149,6 +152,7 @@ struct av_config {
     size_t nservices;
     av_token_cfg *tokens;
     size_t ntokens;
+    int token_store;       /* a token store exists: proxy auth is required even with no tokens left */
     char error[512];       /* last error message ("" if none) */
 };
 

@@ -32,6 +32,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "av_crypto.h"
 #include "av_ctx_internal.h"
 #include "av_h1.h"
 #include "av_h2.h"
@@ -353,9 +354,29 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
     } else {
         return -1;
     }
-    for (size_t i = 0; i < c->snap->cfg->ntokens; i++)
-        if (av__secret_equal(c->snap->tokens[i], tok, toklen))
+    const av_config *cfg = c->snap->cfg;
+    uint8_t h[AV_SHA256_LEN];
+    int have_hash = 0;
+    long long now = (long long)time(NULL);
+    for (size_t i = 0; i < cfg->ntokens; i++) {
+        const av_token_cfg *t = &cfg->tokens[i];
+        if (!t->hashed) {
+            if (av__secret_equal(c->snap->tokens[i], tok, toklen))
+                match = (int)i;
+            continue;
+        }
+        if (!have_hash) {
+            if (av__crypto_sha256(tok, toklen, h) != 0)
+                break;
+            have_hash = 1;
+        }
+        unsigned diff = 0;
+        for (int k = 0; k < AV_SHA256_LEN; k++)
+            diff |= (unsigned)(h[k] ^ t->hash[k]);
+        if (diff == 0 && (t->expires == 0 || now < t->expires))
             match = (int)i;
+    }
+    av__wipe(h, sizeof(h));
     av__wipe(dec, sizeof(dec));
     return match;
 }
@@ -363,7 +384,7 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
 /* 0 if authorized (or no tokens configured); else a 407 was queued. */
 static int conn_authorize(av_conn *c, const av_h1_request *req)
 {
-    if (c->snap->cfg->ntokens == 0)
+    if (c->snap->cfg->ntokens == 0 && !c->snap->cfg->token_store)
         return 0;
     int t = conn_check_token(c, req);
     if (t < 0) {

@@ -403,6 +403,8 @@ static int snap_new(av_ctx *ctx, av_config *cfg, av_snap **out, char *err, size_
             char why[200];
             s->buckets[i].level = cfg->tokens[i].burst;
             s->buckets[i].stamp = av__loop_now(ctx->loop);
+            if (cfg->tokens[i].hashed)
+                continue; /* from the token store: compared by hash */
             rc = av__resolver_get(s->resolver, cfg->tokens[i].secret_ref, &s->tokens[i], why, sizeof(why));
             if (rc) {
                 ctx_err(err, err_len, "token %s: %s", cfg->tokens[i].name, why);

@@ -123,6 +123,8 @@ AV_EXPORT size_t av_config_listen_count(const av_config *cfg);
 AV_EXPORT const char *av_config_listen_get(const av_config *cfg, size_t i);
 AV_EXPORT const char *av_config_state_dir(const av_config *cfg);
 AV_EXPORT size_t av_config_service_count(const av_config *cfg);
+/* av_config_service_name returns the name of service |i| or NULL. */
+AV_EXPORT const char *av_config_service_name(const av_config *cfg, size_t i);
 
 /* The vault services and tokens read with "vault:NAME". The file is
  * [proxy] vault = PATH (default <state_dir>/vault.avv, NULL here when not
@@ -134,6 +136,24 @@ struct av_vault;
 AV_EXPORT const char *av_config_vault_path(const av_config *cfg);
 AV_EXPORT int av_config_uses_vault(const av_config *cfg);
 AV_EXPORT int av_config_set_vault(av_config *cfg, struct av_vault *vault);
+
+/* ---- the proxy-token store -------------------------------------------- */
+
+/* Tokens made by `agentvault token create` live in a 0600 file (the daemon
+ * uses <state_dir>/tokens) as SHA-256 hashes: the token itself is shown
+ * once and never stored. SERVICES is a comma-separated list or NULL/"*"
+ * (every service); ttl_seconds 0 means no expiry.
+ * av_tokens_create writes a new token ("avt_" + 43 characters) into
+ * |token| (at least 48 bytes). Errors carry a one-line reason. */
+AV_EXPORT int av_tokens_create(const char *path, const char *name, const char *services, long long ttl_seconds,
+                               char *token, size_t token_len, char *err, size_t err_len);
+AV_EXPORT int av_tokens_revoke(const char *path, const char *name, char *err, size_t err_len);
+typedef void (*av_token_list_cb)(void *user_data, const char *name, const char *services, long long created,
+                                 long long expires);
+AV_EXPORT int av_tokens_list(const char *path, av_token_list_cb cb, void *user_data, char *err, size_t err_len);
+/* av_config_load_tokens adds the store's tokens to |cfg| (a missing file
+ * adds none); av_config_validate then checks their services. */
+AV_EXPORT int av_config_load_tokens(av_config *cfg, const char *path);
 
 /* ---- certificate authority -------------------------------------------- */
 
