@@ -39,6 +39,7 @@
 #include "av_mem.h"
 #include "av_mux.h"
 #include "av_policy.h"
+#include "av_scrub.h"
 #include "av_side.h"
 #include "av_upstream.h"
 #include "av_url.h"
@@ -134,6 +135,14 @@ struct av_exchange {
     int retry_after;          /* 429: seconds for Retry-After */
     int injected;             /* the credential was added to the request */
     unsigned ph_found;        /* AV_SURF_* where the agent used the placeholder */
+    /* Response scrubbing (SECURITY 11): the injected secret never reaches
+     * the agent, not even echoed back. */
+    av_secret *scrub_secret;  /* set once a secret was injected */
+    av_scrub *scrub;          /* the body scrubber, once the response head is known */
+    av_buf scrub_in;          /* decoded body bytes waiting for the scrubber */
+    av_buf scrub_out;         /* scrubbed bytes waiting for room toward the agent */
+    int body_ended;           /* the upstream body is complete */
+    int scrub_finished;
     unsigned long redactions; /* secrets scrubbed from the response */
     int ws;                   /* the request is a WebSocket upgrade / extended CONNECT */
     int ws_frame;             /* frame mode (placeholder substitution) */
@@ -433,6 +442,10 @@ static void x_reset(av_exchange *x)
     av__buf_free_wipe(&x->a_tx);
     av__secret_free(x->ws_secret);
     av__ws_bridge_free(x->ws_bridge);
+    av__secret_free(x->scrub_secret);
+    av__scrub_free(x->scrub);
+    av__buf_free_wipe(&x->scrub_in);
+    av__buf_free_wipe(&x->scrub_out);
     memset(x, 0, sizeof(*x));
     x->c = c;
     x->next = next;
@@ -764,6 +777,7 @@ static int x_choose_upstream(av_exchange *x);
 static int x_inject(av_exchange *x);
 static const char *inject_name_of(const av_service *svc);
 static int x_find_placeholders(av_exchange *x);
+static int x_limit_accept_encoding(av_exchange *x);
 
 /* Match, inject and store the upstream request, then start reaching the
  * upstream. Returns 0, or -1 after answering the exchange with an error. */
@@ -1071,6 +1085,25 @@ static int x_replace_placeholders(av_exchange *x, const av_secret *secret)
     return rc;
 }
 
+/* Responses are scrubbed, which works for gzip, deflate and identity
+ * bodies only: offer the upstream nothing else (an agent asking for br or
+ * zstd gets gzip/deflate or identity instead). */
+static int x_limit_accept_encoding(av_exchange *x)
+{
+    for (size_t i = 0; i < x->nrqf; i++) {
+        if (!(x->rqf[i].nl == 15 && strncasecmp(rq_ptr(x, x->rqf[i].no), "accept-encoding", 15) == 0))
+            continue;
+        const char *v = rq_ptr(x, x->rqf[i].vo);
+        size_t vl = x->rqf[i].vl;
+        int gz = memmem(v, vl, "gzip", 4) != NULL, df = memmem(v, vl, "deflate", 7) != NULL;
+        const char *nv = gz && df ? "gzip, deflate" : gz ? "gzip" : df ? "deflate" : "identity";
+        if (rq_put(x, nv, strlen(nv), &x->rqf[i].vo) != AV_OK)
+            return -1;
+        x->rqf[i].vl = (uint32_t)strlen(nv);
+    }
+    return 0;
+}
+
 /* The name of the field a service injects (NULL for query services). */
 static const char *inject_name_of(const av_service *svc)
 {
@@ -1141,6 +1174,8 @@ static int x_inject(av_exchange *x)
     }
     if (x->ws_frame)
         x->ws_secret = av__secret_ref(secret);
+    if (av__secret_len(secret) <= AV_SCRUB_MAX_SECRET)
+        x->scrub_secret = av__secret_ref(secret);
     av__secret_free(secret);
     if (irc != AV_OK) {
         char m[200];
@@ -1165,6 +1200,10 @@ static int x_inject(av_exchange *x)
     }
     x->injected = 1;
     ctx->m_injected++;
+    if (x->scrub_secret && x_limit_accept_encoding(x) != 0) {
+        x_respond(x, 431, "request header block too large after rewriting", 0);
+        return -1;
+    }
     return x_choose_upstream(x);
 }
 
@@ -1390,13 +1429,157 @@ static void agent_end(av_exchange *x)
         av__h1_write_last_chunk(c->a.pout);
 }
 
+/* The response body sink: straight to the agent, or through the scrubber
+ * (x_scrub_pump moves it on). body_end marks the upstream body complete. */
+static size_t body_room(av_exchange *x)
+{
+    return x->scrub ? av__buf_room(&x->scrub_in) : agent_room(x);
+}
+
+static void body_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    if (x->scrub)
+        av__buf_append(&x->scrub_in, data, n); /* n <= body_room */
+    else
+        agent_write(x, data, n);
+}
+
+static void body_end(av_exchange *x)
+{
+    x->body_ended = 1;
+    if (x->scrub)
+        return; /* x_scrub_pump finishes the response */
+    if (x->resp_kind != RK_NONE)
+        agent_end(x);
+    x->resp_done = 1;
+}
+
+/* Scrubbed bytes toward the agent. Returns progress, or -1 after failing
+ * the exchange (a body that cannot be scrubbed is never relayed). */
+static int x_scrub_pump(av_exchange *x)
+{
+    int progress = 0;
+    for (int guard = 0; guard < 64 && x->scrub && !x->resp_done; guard++) {
+        if (x->scrub_out.len) {
+            size_t room = agent_room(x);
+            size_t n = x->scrub_out.len < room ? x->scrub_out.len : room;
+            if (n == 0)
+                break;
+            agent_write(x, av__buf_head(&x->scrub_out), n);
+            av__buf_consume(&x->scrub_out, n);
+            progress = 1;
+            continue;
+        }
+        int rc;
+        if (x->scrub_in.len) {
+            size_t used = 0;
+            rc = av__scrub_feed(x->scrub, av__buf_head(&x->scrub_in), x->scrub_in.len, &used, &x->scrub_out);
+            av__buf_consume(&x->scrub_in, used);
+            progress |= used > 0;
+        } else if (x->body_ended && !x->scrub_finished) {
+            rc = av__scrub_finish(x->scrub, &x->scrub_out);
+            if (rc == AV_OK)
+                x->scrub_finished = 1;
+        } else if (x->scrub_finished) {
+            unsigned long cnt = av__scrub_count(x->scrub);
+            x->redactions += cnt;
+            x->c->ctx->m_redacted += cnt;
+            agent_end(x);
+            x->resp_done = 1;
+            return 1;
+        } else {
+            break;
+        }
+        if (rc == AV_OK || rc == AV_ERR_LIMIT) {
+            progress = 1;
+            continue;
+        }
+        x_fail(x, 502, rc == AV_ERR_DENIED ? "response body refused: decompression limit exceeded while scrubbing"
+                       : rc == AV_ERR_PARSE ? "upstream sent a corrupt compressed body (cannot scrub it)"
+                                            : "cannot scrub the response body");
+        return -1;
+    }
+    return progress;
+}
+
 /* Write a response head toward the agent. |kind| is RK_NONE (no body:
  * fields are kept as they are, e.g. Content-Length of a HEAD response),
  * RK_LENGTH (Content-Length |len| is derived here) or RK_UNKNOWN (chunked,
  * or close-delimited for HTTP/1.0 agents; plain DATA over HTTP/2).
  * Returns 0, AV_ERR_LIMIT (no room yet: retry later) or AV_ERR_INVALID. */
+static int x_agent_head_raw(av_exchange *x, int status, const char *reason, size_t reason_len,
+                            const av_h1_field *fields, size_t nfields, int kind, uint64_t len);
+
+/* Write a response head toward the agent (see x_agent_head_raw), scrubbing
+ * the injected secret out of every field value first and setting up the
+ * body scrubber. Returns 0, AV_ERR_LIMIT (no room yet), AV_ERR_INVALID, or
+ * AV_ERR_DENIED (the body cannot be scrubbed: fail closed). */
 static int x_agent_head(av_exchange *x, int status, const char *reason, size_t reason_len,
                         const av_h1_field *fields, size_t nfields, int kind, uint64_t len)
+{
+    if (!x->scrub_secret || status < 200)
+        return x_agent_head_raw(x, status, reason, reason_len, fields, nfields, kind, len);
+    const av_secret *secs[1] = {x->scrub_secret};
+    av_h1_field *copy = av__calloc(nfields ? nfields : 1, sizeof(*copy));
+    char **owned = av__calloc(nfields ? nfields : 1, sizeof(*owned));
+    int rc = AV_OK;
+    int enc = AV_SCRUB_IDENTITY;
+    if (!copy || !owned)
+        rc = AV_ERR_NOMEM;
+    for (size_t i = 0; i < nfields && rc == AV_OK; i++) {
+        copy[i] = fields[i];
+        char *nv = NULL;
+        size_t nl = 0;
+        unsigned long cnt = 0;
+        rc = av__scrub_header_value(secs, 1, fields[i].value, fields[i].value_len, &nv, &nl, &cnt);
+        if (rc != AV_OK)
+            break;
+        if (cnt) {
+            copy[i].value = nv;
+            copy[i].value_len = nl;
+            owned[i] = nv;
+            x->redactions += cnt;
+            x->c->ctx->m_redacted += cnt;
+        } else {
+            av__free(nv);
+        }
+        if (av__h1_name_eq(&fields[i], "content-encoding")) {
+            enc = av__scrub_encoding_parse(fields[i].value, fields[i].value_len);
+            if (enc < 0)
+                rc = AV_ERR_DENIED;
+        }
+    }
+    int body = kind == RK_UNKNOWN || (kind == RK_LENGTH && len > 0);
+    if (rc == AV_OK && body && !x->scrub) {
+        rc = av__scrub_new(&x->scrub, secs, 1, enc);
+        if (rc == AV_OK) {
+            av__buf_init(&x->scrub_in, 64 * 1024);
+            size_t out_max = 64 * 1024;
+            if (out_max < av__scrub_min_room(x->scrub) * 2)
+                out_max = av__scrub_min_room(x->scrub) * 2;
+            av__buf_init(&x->scrub_out, out_max);
+        }
+    }
+    if (rc == AV_OK) {
+        /* Scrubbing may change the length: the agent gets it delimited. */
+        rc = x_agent_head_raw(x, status, reason, reason_len, copy, nfields, body ? RK_UNKNOWN : kind, len);
+        if (rc == AV_ERR_LIMIT && x->scrub) {
+            av__scrub_free(x->scrub); /* set up again on the retry */
+            x->scrub = NULL;
+        }
+    }
+    for (size_t i = 0; owned && i < nfields; i++)
+        if (owned[i]) {
+            av__wipe(owned[i], copy[i].value_len);
+            av__free(owned[i]);
+        }
+    av__free(owned);
+    av__free(copy);
+    return rc;
+}
+
+static int x_agent_head_raw(av_exchange *x, int status, const char *reason, size_t reason_len,
+                            const av_h1_field *fields, size_t nfields, int kind, uint64_t len)
 {
     av_conn *c = x->c;
     char cl[32];
@@ -1758,6 +1941,10 @@ static int x_pump_response_h1(av_exchange *x)
                                resp.content_length);
         if (wrc == AV_ERR_LIMIT)
             return progress;
+        if (wrc == AV_ERR_DENIED) {
+            x_fail(x, 502, "upstream response uses a content encoding that cannot be scrubbed");
+            return 1;
+        }
         if (wrc != 0) {
             x_fail(x, 502, "upstream response cannot be re-serialized");
             return 1;
@@ -1775,8 +1962,8 @@ static int x_pump_response_h1(av_exchange *x)
         av__h1_body_init(&x->resp_body, resp.body, resp.content_length);
         x->resp_done = x->resp_body.done; /* no body, or Content-Length: 0 */
     }
-    while (!x->resp_done) {
-        size_t room = agent_room(x);
+    while (!x->resp_done && !x->body_ended) {
+        size_t room = body_room(x);
         if (room < 64)
             break;
         if (u->pin->len == 0) {
@@ -1802,19 +1989,23 @@ static int x_pump_response_h1(av_exchange *x)
                 return 1;
             }
             if (dlen)
-                agent_write(x, data, dlen);
+                body_write(x, data, dlen);
             av__buf_consume(u->pin, (size_t)used);
             if (used == 0 && dlen == 0 && !x->resp_body.done)
                 break;
         }
         progress = 1;
         if (x->resp_body.done) {
-            if (x->resp_kind != RK_NONE)
-                agent_end(x);
-            x->resp_done = 1;
+            body_end(x);
             if (u->pin->len > 0)
                 x->up_reusable = 0; /* bytes after the response: never reuse */
         }
+    }
+    if (x->scrub) {
+        int sp = x_scrub_pump(x);
+        if (sp < 0)
+            return 1;
+        progress |= sp;
     }
     return progress;
 }
@@ -1847,6 +2038,10 @@ static int x_pump_response_mux(av_exchange *x)
         int wrc = x_agent_head(x, ms->status, NULL, 0, ms->fields, ms->nfields, kind, len);
         if (wrc == AV_ERR_LIMIT)
             return 0;
+        if (wrc == AV_ERR_DENIED) {
+            x_fail(x, 502, "upstream response uses a content encoding that cannot be scrubbed");
+            return 1;
+        }
         if (wrc != 0) {
             x_fail(x, 502, "upstream response cannot be re-serialized");
             return 1;
@@ -1860,20 +2055,19 @@ static int x_pump_response_mux(av_exchange *x)
             return 1;
         }
     }
-    while (!x->resp_done) {
+    while (!x->resp_done && !x->body_ended) {
         if (ms->rx.len > 0) {
-            size_t room = agent_room(x);
+            size_t room = body_room(x);
             if (room < 64 && room < ms->rx.len)
                 break;
             size_t n = ms->rx.len < room ? ms->rx.len : room;
-            agent_write(x, av__buf_head(&ms->rx), n);
+            body_write(x, av__buf_head(&ms->rx), n);
             av__mux_consume(ms, n);
             progress = 1;
             continue;
         }
         if (ms->end) {
-            agent_end(x);
-            x->resp_done = 1;
+            body_end(x);
             progress = 1;
             break;
         }
@@ -1883,7 +2077,13 @@ static int x_pump_response_mux(av_exchange *x)
         }
         break;
     }
-    if (progress)
+    if (x->scrub) {
+        int sp = x_scrub_pump(x);
+        if (sp < 0)
+            return 1;
+        progress |= sp;
+    }
+    if (progress && x->link == L_MUX)
         av__mux_flush(ms); /* window updates */
     return progress;
 }

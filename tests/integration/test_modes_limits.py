@@ -8,6 +8,7 @@ import time
 
 import httpx
 
+from avtest.checks import auth_values
 from avtest.daemon import config_text, plain_service
 
 
@@ -93,7 +94,9 @@ def test_query_auth_replaces_agent_copies(daemon, upstream, secrets):
     path = r.json_body()["path"]
     assert path.startswith("/echo?")
     params = path.split("?", 1)[1].split("&")
-    assert params.count(f"api_key={secrets.plain_key}") == 1
+    # the origin got the key once; its echo reaches the agent scrubbed
+    assert params.count("api_key=[REDACTED]") == 1, params
+    assert upstream.only_request().target.count(f"api_key={secrets.plain_key}") == 1
     assert "a=1" in params and "b=2" in params
     assert not any("dummy" in p for p in params), params
     # The log shows the path without the query, so the key never reaches it.
@@ -116,7 +119,8 @@ def test_python_httpx_client_through_proxy(daemon, upstream, secrets):
         r = c.get("https://api.openai.com/echo", headers={"Authorization": "Bearer dummy"})
     assert r.status_code == 200
     auth = [v for k, v in r.json()["headers"] if k.lower() == "authorization"]
-    assert auth == [f"Bearer {secrets.openai_key}"]
+    assert auth == ["Bearer [REDACTED]"]  # the origin's echo, scrubbed
+    assert auth_values(upstream.only_request()) == [f"Bearer {secrets.openai_key}"]
 
 
 def test_json_log_format(daemon, upstream):
@@ -199,8 +203,9 @@ def test_slow_reader_backpressure_bounds_memory(daemon, upstream):
             break
         got += n
     tls.close()
-    # The head (about 100 bytes) plus the body.
-    assert total < got < total + 400, got
+    # The head plus the body, re-delimited with chunked framing because an
+    # injected exchange's response is scrubbed (its length may change).
+    assert total < got < total + total // 100 + 400, got
 
 
 def test_agent_pipelined_requests_in_tunnel(daemon, upstream, secrets):

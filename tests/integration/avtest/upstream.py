@@ -12,10 +12,15 @@ Endpoints (query strings are ignored for dispatch):
                   waits for release_sse() (10 s at most), "data: second\\n\\n"
   /status/<code>  that status, body "status <code>\\n" (none for 204/304)
   /redirect       302, Location: https://elsewhere.test/
+  /reflect        200 chunked (7-byte chunks): the received bearer secret in
+                  raw, base64, percent and JSON forms, and in X-Echo-Secret;
+                  ?gzip=1 compresses the body (scrubbing tests)
   /echo-auth      200 text/plain: each Authorization value received, one a
                   line, or "(none)\\n"
   anything else   404
 """
+import base64
+import gzip
 import hashlib
 import http
 import itertools
@@ -25,6 +30,7 @@ import socketserver
 import ssl
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 
 CHUNKED_PARTS = [b"alpha\n", b"bravo-" * 2000 + b"\n", b"charlie\n", b"delta\n"]
@@ -339,6 +345,33 @@ class _Handler(socketserver.BaseRequestHandler):
             body = b"redirecting\n"
             send(302, [("Location", REDIRECT_LOCATION), ("Content-Type", "text/plain"),
                        ("Content-Length", str(len(body)))], body)
+        elif path == "/reflect":
+            # The credential it received, echoed back in every encoding the
+            # proxy must scrub, in 7-byte chunks (matches span chunk
+            # boundaries), optionally gzip-compressed, and in a header.
+            vals = rec.header_values("authorization")
+            sec = vals[0].split(" ", 1)[-1] if vals else ""
+            raw = sec.encode("latin-1")
+            enc = [
+                raw,
+                base64.b64encode(raw), base64.b64encode(b"x" + raw), base64.b64encode(b"xy" + raw),
+                base64.urlsafe_b64encode(b"x" + raw),
+                urllib.parse.quote(sec, safe="").encode(),
+                "".join("%%%02X" % b for b in raw).encode(),
+                json.dumps({"k": sec}).encode(),
+                json.dumps(sec, ensure_ascii=True).encode(),
+            ]
+            body = b"begin\n" + b"\n".join(b"<" + e + b">" for e in enc) + b"\nend\n"
+            gz = "gzip=1" in rec.target
+            if gz:
+                body = gzip.compress(body)
+            hdrs = [("Content-Type", "text/plain"), ("X-Echo-Secret", f"k={sec}")]
+            if gz:
+                hdrs.append(("Content-Encoding", "gzip"))
+            send_chunked_start(200, hdrs)
+            for i in range(0, len(body), 7):
+                chunk(body[i:i + 7])
+            chunk_end()
         elif path == "/echo-auth":
             vals = rec.header_values("authorization")
             body = ("".join(v + "\n" for v in vals) if vals else "(none)\n").encode("latin-1")
