@@ -18,6 +18,26 @@ def pytest_runtest_makereport(item, call):
     setattr(item, "rep_" + rep.when, rep)
 
 
+@pytest.fixture(autouse=True)
+def no_secret_reaches_a_client(request):
+    """Every response curl received in any test of the suite (bodies and
+    heads) is free of the test's secrets and their base64 forms: the agent
+    never sees a credential, not even echoed back (SECURITY 11). Daemon logs
+    are checked in the daemon fixture."""
+    client.RECEIVED.clear()
+    sec = request.getfixturevalue("secrets") if "secrets" in request.fixturenames else None
+    yield
+    if sec is None:
+        return
+    forbidden = avd.forbidden_strings(sec)
+    leaks = []
+    for blob in client.RECEIVED:
+        text = blob.decode("latin-1")
+        leaks += avd.find_leaks(text, forbidden)
+    client.RECEIVED.clear()
+    assert not leaks, f"secret material reached a client ({len(leaks)} string(s))"
+
+
 @pytest.fixture(scope="session")
 def test_ca(tmp_path_factory):
     """Trusted test CA + upstream leaf, and an untrusted CA + leaf (TestCA)."""

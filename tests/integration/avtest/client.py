@@ -68,6 +68,11 @@ class Transfer:
         return int(self.info.get("num_connects"))
 
 
+# Everything curl received (bodies and response heads) in the current test:
+# conftest's no_secret_reaches_a_client checks it for the suite's secrets.
+RECEIVED = []
+
+
 @dataclass
 class CurlResult:
     args: list
@@ -150,7 +155,9 @@ def run_curl(args, *, home, urls_count=1, timeout=DEFAULT_TIMEOUT, input=None,
         for i, info in enumerate(infos):
             f = td / f"body{i}"
             transfers.append(Transfer(info, f.read_bytes() if f.exists() else b""))
-        blocks = parse_header_blocks(hdr.read_bytes()) if hdr.exists() else []
+        raw_heads = hdr.read_bytes() if hdr.exists() else b""
+        blocks = parse_header_blocks(raw_heads) if raw_heads else []
+        RECEIVED.append(b"".join(t.body for t in transfers) + b"\n" + raw_heads)
         return CurlResult(full, p.returncode, p.stdout,
                           p.stderr.decode("utf-8", "replace"), transfers, blocks, elapsed)
 
