@@ -1218,7 +1218,8 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
             return oom(p);
         if (!av__secret_ref_valid(ref)) {
             av__free(ref);
-            return perr(p, "secret must be env:NAME, file:/absolute/path, vault:NAME or command:/absolute/path [args]");
+            return perr(p, "secret must be env:NAME, file:/absolute/path, vault:NAME, command:/absolute/path [args] or "
+                           "callback:NAME");
         }
         s->secret_ref = ref;
         return AV_OK;
@@ -1277,7 +1278,8 @@ static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t 
             return oom(p);
         if (!av__secret_ref_valid(ref)) {
             av__free(ref);
-            return perr(p, "secret must be env:NAME, file:/absolute/path, vault:NAME or command:/absolute/path [args]");
+            return perr(p, "secret must be env:NAME, file:/absolute/path, vault:NAME, command:/absolute/path [args] or "
+                           "callback:NAME");
         }
         t->secret_ref = ref;
         return AV_OK;
@@ -1796,6 +1798,15 @@ AV_EXPORT int av_config_uses_vault(const av_config *cfg)
         if (cfg->tokens[i].secret_ref && strncmp(cfg->tokens[i].secret_ref, "vault:", 6) == 0)
             return 1;
     return 0;
+}
+
+AV_EXPORT int av_config_set_secret_fn(av_config *cfg, av_secret_fn fn, void *user_data)
+{
+    if (!cfg)
+        return AV_ERR_INVALID;
+    cfg->secret_fn = fn;
+    cfg->secret_ud = user_data;
+    return AV_OK;
 }
 
 AV_EXPORT int av_config_set_vault(av_config *cfg, struct av_vault *vault)

@@ -134,6 +134,8 @@ struct av_config {
     char *audit;           /* audit log: a file path, "stdout", or NULL (off) */
     char *vault_path;      /* [proxy] vault = PATH, or NULL */
     struct av_vault *vault; /* lent by the caller (av_config_set_vault), not owned */
+    av_secret_fn secret_fn; /* callback:NAME (av_config_set_secret_fn) */
+    void *secret_ud;
     int unmatched;         /* enum av_unmatched */
     char **passthrough;    /* host patterns allowed for opaque tunnels */
     size_t npassthrough;

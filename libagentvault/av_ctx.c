@@ -386,6 +386,8 @@ static int snap_new(av_ctx *ctx, av_config *cfg, av_snap **out, char *err, size_
     if (rc)
         goto fail;
     av__resolver_set_loop(s->resolver, ctx->loop, cfg->secret_ttl, cfg->command_timeout);
+    if (cfg->secret_fn)
+        av__resolver_set_callback(s->resolver, cfg->secret_fn, cfg->secret_ud);
     if (cfg->vault)
         av__resolver_set_vault(s->resolver, ctx_vault_get, cfg->vault);
     else if (av_config_uses_vault(cfg)) {

@@ -29,6 +29,7 @@ extern char **environ;
 #define VAULT_NAME_MAX 64
 
 typedef struct cmd_job cmd_job;
+typedef struct av_secret_request av_secret_request;
 
 typedef struct cache_entry {
     char *ref;
@@ -37,7 +38,16 @@ typedef struct cache_entry {
     double fail_until;     /* a failure is the answer until then */
     char why[200];
     cmd_job *job;          /* a command: run in progress */
+    av_secret_request *creq; /* a callback: request not answered yet */
 } cache_entry;
+
+/* A callback:NAME request handed to the embedder. It outlives the resolver
+ * if the embedder answers after the context is gone (r is then NULL). */
+struct av_secret_request {
+    av_resolver *r;
+    char *ref;
+    int answered;
+};
 
 struct av_resolver_wait {
     av_resolver *r;
@@ -67,6 +77,8 @@ struct av_resolver {
     double ttl, timeout;
     av_vault_getter vault_get;
     void *vault_ud;
+    av_secret_fn secret_fn;
+    void *secret_ud;
     av_resolver_wait *waits;
     av_async *wake;       /* delivers "ask again" outside the asker's call */
     int wake_pending;
@@ -74,6 +86,7 @@ struct av_resolver {
      * served even if the TTL (possibly 0) has already expired. */
     const char *handoff_ref;
     av_secret *handoff;
+    av_secret_request *sync_creq; /* a callback asked from av__resolver_get */
 };
 
 static double mono_now(void)
@@ -265,6 +278,8 @@ int av__secret_ref_valid(const char *ref)
     }
     if (strncmp(ref, "vault:", 6) == 0)
         return vault_name_valid(ref + 6);
+    if (strncmp(ref, "callback:", 9) == 0)
+        return vault_name_valid(ref + 9);
     if (strncmp(ref, "command:", 8) == 0) {
         size_t n = strlen(ref + 8);
         char *buf = av__malloc(n + 1);
@@ -595,7 +610,7 @@ static void resolver_on_wake(void *ud)
         av_resolver_wait *w = r->waits;
         while (w) {
             cache_entry *e = cache_find(r, w->ref);
-            if (!e || !e->job)
+            if (!e || (!e->job && !e->creq))
                 break;
             w = w->next;
         }
@@ -646,6 +661,61 @@ void av__resolver_set_loop(av_resolver *r, av_loop *loop, double ttl, double tim
         r->wake = av__async_new(loop, resolver_on_wake, r);
 }
 
+void av__resolver_set_callback(av_resolver *r, av_secret_fn fn, void *ud)
+{
+    r->secret_fn = fn;
+    r->secret_ud = ud;
+}
+
+/* The embedder answered (or failed) a callback:NAME request. */
+static void creq_finish(av_secret_request *q, const void *value, size_t len, const char *reason)
+{
+    if (!q || q->answered)
+        return;
+    q->answered = 1;
+    av_resolver *r = q->r;
+    if (r) {
+        cache_entry *e = cache_find(r, q->ref);
+        if (e && e->creq == q) {
+            e->creq = NULL;
+            double now = mono_now();
+            av__secret_free(e->secret);
+            e->secret = NULL;
+            if (value && len > 0 && len <= FILE_SECRET_MAX) {
+                e->secret = av__secret_new(value, len);
+                e->expires = now + r->ttl;
+            }
+            if (!e->secret) {
+                e->fail_until = now + FAIL_REMEMBER;
+                snprintf(e->why, sizeof(e->why), "%s: %s", q->ref,
+                         value && len > FILE_SECRET_MAX ? "the answer is larger than 64 KiB"
+                         : value && len > 0             ? "out of memory"
+                         : reason && *reason            ? reason
+                                                        : "no answer");
+                for (char *p = e->why; *p; p++)
+                    if ((unsigned char)*p < 0x20)
+                        *p = '?';
+            }
+            wake_waiters(r);
+        }
+    }
+    /* Answered synchronously inside get_common: it frees the request. */
+    if (q->r && q->r->sync_creq == q)
+        return;
+    av__free(q->ref);
+    av__free(q);
+}
+
+AV_EXPORT void av_secret_request_answer(av_secret_request *req, const void *value, size_t len)
+{
+    creq_finish(req, value, len, NULL);
+}
+
+AV_EXPORT void av_secret_request_fail(av_secret_request *req, const char *reason)
+{
+    creq_finish(req, NULL, 0, reason ? reason : "the embedder refused");
+}
+
 void av__resolver_set_vault(av_resolver *r, av_vault_getter get, void *ud)
 {
     r->vault_get = get;
@@ -663,6 +733,8 @@ void av__resolver_free(av_resolver *r)
         av__free(w);
     }
     for (size_t i = 0; i < r->n; i++) {
+        if (r->entries[i].creq)
+            r->entries[i].creq->r = NULL; /* freed when the embedder answers */
         job_free(r->entries[i].job);
         av__free(r->entries[i].ref);
         av__secret_free(r->entries[i].secret);
@@ -700,7 +772,8 @@ static int get_common(av_resolver *r, const char *ref, av_secret **out, char *wh
         return AV_ERR_INVALID;
     *out = NULL;
     if (!av__secret_ref_valid(ref)) {
-        say(why, why_len, "unsupported secret reference (expected env:NAME, file:/path, vault:NAME or command:/path)");
+        say(why, why_len,
+            "unsupported secret reference (expected env:NAME, file:/path, vault:NAME, command:/path or callback:NAME)");
         return AV_ERR_INVALID;
     }
     if (r->handoff && strcmp(r->handoff_ref, ref) == 0) {
@@ -713,11 +786,49 @@ static int get_common(av_resolver *r, const char *ref, av_secret **out, char *wh
         *out = av__secret_ref(e->secret);
         return AV_OK;
     }
-    if (e && !e->job && e->fail_until > now) {
+    if (e && !e->job && !e->creq && e->fail_until > now) {
         say(why, why_len, "%s", e->why);
         return AV_ERR_SECRET;
     }
-    int is_cmd = ref[0] == 'c';
+    int is_cb = strncmp(ref, "callback:", 9) == 0;
+    if (is_cb) {
+        if (!r->secret_fn) {
+            say(why, why_len, "no secret callback is installed for %s", ref);
+            return AV_ERR_SECRET;
+        }
+        if (!e && !(e = cache_add(r, ref)))
+            return AV_ERR_NOMEM;
+        if (!e->creq) {
+            av_secret_request *q = av__calloc(1, sizeof(*q));
+            if (!q || !(q->ref = av__strdup(ref))) {
+                av__free(q);
+                return AV_ERR_NOMEM;
+            }
+            q->r = r;
+            e->creq = q;
+            e->fail_until = 0;
+            r->sync_creq = q;
+            r->secret_fn(r->secret_ud, ref + 9, q);
+            r->sync_creq = NULL;
+            if (q->answered) {
+                av__free(q->ref);
+                av__free(q);
+                e = cache_find(r, ref); /* the cache may have moved */
+                if (e && e->secret) {
+                    *out = av__secret_ref(e->secret);
+                    return AV_OK;
+                }
+                say(why, why_len, "%s", e ? e->why : "no answer");
+                return AV_ERR_SECRET;
+            }
+        }
+        if (!done) {
+            say(why, why_len, "%s did not answer at once (tokens need an immediate answer)", ref);
+            return AV_ERR_SECRET;
+        }
+        goto wait;
+    }
+    int is_cmd = strncmp(ref, "command:", 8) == 0;
     if (!is_cmd || !done || !r->loop) {
         if (e && e->job) {
             /* A run is in flight for async askers: a blocking asker waits
@@ -758,6 +869,7 @@ static int get_common(av_resolver *r, const char *ref, av_secret **out, char *wh
         av__timer_start(j->timer, r->timeout);
         e->job = j;
     }
+wait:;
     av_resolver_wait *w = av__calloc(1, sizeof(*w));
     if (!w || !(w->ref = av__strdup(ref))) {
         av__free(w);

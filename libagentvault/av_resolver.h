@@ -31,6 +31,8 @@
 
 #include <stddef.h>
 
+#include <agentvault/agentvault.h>
+
 #include "av_ev.h"
 #include "av_secret.h"
 
@@ -51,6 +53,9 @@ void av__resolver_free(av_resolver *r);
  * |ttl| caches command answers (seconds, >= 0); |timeout| bounds a run. */
 void av__resolver_set_loop(av_resolver *r, av_loop *loop, double ttl, double timeout);
 void av__resolver_set_vault(av_resolver *r, av_vault_getter get, void *ud);
+/* callback:NAME asks the embedder (av_config_set_secret_fn); the answer is
+ * cached for the TTL like a command's. */
+void av__resolver_set_callback(av_resolver *r, av_secret_fn fn, void *ud);
 
 /* av__resolver_get resolves |ref|. On success *out holds a new reference
  * (free with av__secret_free). Errors: AV_ERR_SECRET with a reason in

@@ -137,6 +137,20 @@ AV_EXPORT const char *av_config_vault_path(const av_config *cfg);
 AV_EXPORT int av_config_uses_vault(const av_config *cfg);
 AV_EXPORT int av_config_set_vault(av_config *cfg, struct av_vault *vault);
 
+/* Secrets from the embedder: a service or token with "secret =
+ * callback:NAME" calls |fn| on the context's loop thread with NAME and a
+ * request. Answer it exactly once, right away or later (on the loop thread),
+ * with av_secret_request_answer (the value is copied; wipe yours) or
+ * av_secret_request_fail (the reason is shown to the agent: never put the
+ * secret in it). Requests of concurrent exchanges share one call; answers
+ * are cached for [proxy] secret_ttl. Proxy tokens need an immediate answer.
+ * A request answered after its context is gone is simply freed. */
+typedef struct av_secret_request av_secret_request;
+typedef void (*av_secret_fn)(void *user_data, const char *name, av_secret_request *req);
+AV_EXPORT int av_config_set_secret_fn(av_config *cfg, av_secret_fn fn, void *user_data);
+AV_EXPORT void av_secret_request_answer(av_secret_request *req, const void *value, size_t len);
+AV_EXPORT void av_secret_request_fail(av_secret_request *req, const char *reason);
+
 /* ---- the proxy-token store -------------------------------------------- */
 
 /* Tokens made by `agentvault token create` live in a 0600 file (the daemon

@@ -221,6 +221,8 @@ static void ref_syntax(void **state)
     assert_int_equal(av__secret_ref_valid("command:/bin/sh -c 'echo x'"), 1);
     assert_int_equal(av__secret_ref_valid("command:pass show x"), 0);  /* no PATH search */
     assert_int_equal(av__secret_ref_valid("command:"), 0);
+    assert_int_equal(av__secret_ref_valid("callback:openai"), 1);
+    assert_int_equal(av__secret_ref_valid("callback:"), 0);
     assert_int_equal(av__secret_ref_valid("command:/bin/echo 'unbalanced"), 0);
     assert_int_equal(av__secret_ref_valid("command:/bin/echo a\nb"), 0);
     assert_int_equal(av__secret_ref_valid("command:/bin/echo a\x01"), 0);
@@ -344,6 +346,85 @@ static void command_async(void **state)
     av__loop_free(loop);
 }
 
+/* The embedder's callback: answers "now" at once, "later" when the test
+ * says so, fails "bad". */
+static av_secret_request *g_later[4];
+static int g_calls;
+
+static void secret_cb(void *ud, const char *name, av_secret_request *req)
+{
+    (void)ud;
+    g_calls++;
+    if (strcmp(name, "now") == 0)
+        av_secret_request_answer(req, SECRET, strlen(SECRET));
+    else if (strcmp(name, "bad") == 0)
+        av_secret_request_fail(req, "the embedder has no such key");
+    else {
+        for (int i = 0; i < 4; i++)
+            if (!g_later[i]) {
+                g_later[i] = req;
+                break;
+            }
+    }
+}
+
+/* callback_source: synchronous and later answers, failure, one call for
+ * many askers, an answer after the resolver is gone. */
+static void callback_source(void **state)
+{
+    (void)state;
+    av_loop *loop = av__loop_new();
+    av_timer *deadline = av__timer_new(loop, on_deadline, loop);
+    av_resolver *r;
+    av_secret *s = NULL;
+    char why[200];
+    assert_int_equal(av__resolver_new(&r), AV_OK);
+    assert_int_equal(get(r, "callback:now", &s, why, sizeof(why)), AV_ERR_SECRET); /* none installed */
+    assert_non_null(strstr(why, "no secret callback"));
+    av__resolver_set_loop(r, loop, 60, 5);
+    av__resolver_set_callback(r, secret_cb, NULL);
+    g_calls = 0;
+    assert_int_equal(get(r, "callback:now", &s, why, sizeof(why)), AV_OK);
+    expect_bytes(s, SECRET);
+    av__secret_free(s);
+    assert_int_equal(get(r, "callback:now", &s, why, sizeof(why)), AV_OK); /* cached */
+    av__secret_free(s);
+    assert_int_equal(g_calls, 1);
+    assert_int_equal(get(r, "callback:bad", &s, why, sizeof(why)), AV_ERR_SECRET);
+    assert_non_null(strstr(why, "the embedder has no such key"));
+    /* A token (blocking asker) needs an immediate answer. */
+    assert_int_equal(get(r, "callback:later", &s, why, sizeof(why)), AV_ERR_SECRET);
+    assert_non_null(strstr(why, "did not answer at once"));
+    /* Exchanges wait for a later answer; two askers, one call. */
+    async_state a = {0, loop}, b = {0, loop};
+    av_resolver_wait *wa = NULL, *wb = NULL;
+    g_calls = 0;
+    assert_int_equal(av__resolver_get_async(r, "callback:later", &s, why, sizeof(why), on_done, &a, &wa),
+                     AV_ERR_AGAIN);
+    assert_int_equal(av__resolver_get_async(r, "callback:later", &s, why, sizeof(why), on_done, &b, &wb),
+                     AV_ERR_AGAIN);
+    assert_int_equal(g_calls, 0); /* the pending request from the token ask is reused */
+    assert_non_null(g_later[0]);
+    av_secret_request_answer(g_later[0], "later-value", 11);
+    g_later[0] = NULL;
+    av__timer_start(deadline, 5);
+    while (a.calls + b.calls < 2 && av__timer_active(deadline))
+        av__loop_run(loop);
+    assert_int_equal(a.calls + b.calls, 2);
+    assert_int_equal(av__resolver_get_async(r, "callback:later", &s, why, sizeof(why), on_done, &a, &wa), AV_OK);
+    expect_bytes(s, "later-value");
+    av__secret_free(s);
+    /* Freed with a request outstanding: the late answer is harmless. */
+    assert_int_equal(av__resolver_get_async(r, "callback:late2", &s, why, sizeof(why), on_done, &a, &wa),
+                     AV_ERR_AGAIN);
+    av__resolver_free(r);
+    assert_non_null(g_later[0]);
+    av_secret_request_answer(g_later[0], "x", 1);
+    g_later[0] = NULL;
+    av__timer_free(deadline);
+    av__loop_free(loop);
+}
+
 static int vault_get(void *ud, const char *name, av_secret **out, char *why, size_t why_len)
 {
     (void)ud;
@@ -383,6 +464,7 @@ int main(void)
         cmocka_unit_test(command_sync),
         cmocka_unit_test(command_async),
         cmocka_unit_test(vault_source),
+        cmocka_unit_test(callback_source),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
