@@ -1743,6 +1743,32 @@ static int x_ws_filter(void *ud, const uint8_t *msg, size_t len, uint8_t **out, 
     return 0;
 }
 
+/* Frame mode: scrub the injected secret from upstream messages. */
+static int x_ws_filter_up(void *ud, const uint8_t *msg, size_t len, uint8_t **out, size_t *out_len)
+{
+    av_exchange *x = ud;
+    *out = (uint8_t *)msg;
+    *out_len = len;
+    if (!x->scrub_secret || len == 0)
+        return 0;
+    const av_secret *secs[1] = {x->scrub_secret};
+    char *nv = NULL;
+    size_t nl = 0;
+    unsigned long cnt = 0;
+    int rc = av__scrub_header_value(secs, 1, (const char *)msg, len, &nv, &nl, &cnt);
+    if (rc != AV_OK)
+        return rc;
+    if (cnt == 0) {
+        av__free(nv);
+        return 0;
+    }
+    x->redactions += cnt;
+    x->c->ctx->m_redacted += cnt;
+    *out = (uint8_t *)nv;
+    *out_len = nl;
+    return 0;
+}
+
 /* Copy what fits from |from| to |to| (splice relays). Returns progress. */
 static int splice_bytes(av_buf *from, av_buf *to, unsigned long long *count)
 {
@@ -1925,6 +1951,8 @@ static int x_pump_response_h1(av_exchange *x)
                 x_fail(x, 502, "out of memory");
                 return 1;
             }
+            if (x->ws_bridge)
+                av__ws_bridge_set_upstream_filter(x->ws_bridge, x_ws_filter_up, x);
             x->ws_open = 1;
             return 1;
         }

@@ -293,6 +293,8 @@ struct av_ws_bridge {
     ws_side side[2]; /* [0] agent, [1] upstream */
     size_t max_message;
     av_ws_text_filter filter;
+    av_ws_text_filter up_filter; /* upstream text and binary messages */
+    void *up_user_data;
     void *user_data;
     size_t moved;  /* bytes consumed or produced in this pump round */
     int report;    /* AV_ERR_PARSE / AV_ERR_DENIED for the current pump */
@@ -587,10 +589,20 @@ static void forward(ws_side *s, const struct wslay_event_on_msg_recv_arg *arg)
     size_t len = arg->msg_length;
     uint8_t *owned = NULL;
 
+    av_ws_text_filter f = NULL;
+    void *fud = NULL;
     if (s->is_agent && arg->opcode == WSLAY_TEXT_FRAME && b->filter) {
+        f = b->filter;
+        fud = b->user_data;
+    } else if (!s->is_agent && (arg->opcode == WSLAY_TEXT_FRAME || arg->opcode == WSLAY_BINARY_FRAME) &&
+               b->up_filter) {
+        f = b->up_filter;
+        fud = b->up_user_data;
+    }
+    if (f) {
         uint8_t *fout = (uint8_t *)msg;
         size_t flen = len;
-        int r = b->filter(b->user_data, msg, len, &fout, &flen);
+        int r = f(fud, msg, len, &fout, &flen);
         if (r >= 0 && fout && fout != msg) {
             owned = fout; /* ours now, whatever happens */
             len = flen;
@@ -875,6 +887,14 @@ int av__ws_bridge_new(av_ws_bridge **out, size_t max_message, av_ws_text_filter 
     }
     *out = b;
     return AV_OK;
+}
+
+void av__ws_bridge_set_upstream_filter(av_ws_bridge *b, av_ws_text_filter filter, void *user_data)
+{
+    if (!b)
+        return;
+    b->up_filter = filter;
+    b->up_user_data = user_data;
 }
 
 /* av__ws_bridge_free wipes queued messages and the bridge itself. */

@@ -47,6 +47,11 @@ int av__ws_bridge_new(av_ws_bridge **out, size_t max_message, av_ws_text_filter 
                       void *user_data);
 void av__ws_bridge_free(av_ws_bridge *b);
 
+/* av__ws_bridge_set_upstream_filter installs a filter for upstream text
+ * and binary messages (toward the agent), with the same contract as the
+ * agent filter (used to scrub secrets an origin echoes back). */
+void av__ws_bridge_set_upstream_filter(av_ws_bridge *b, av_ws_text_filter filter, void *user_data);
+
 /* av__ws_bridge_pump consumes what it can from agent_in and up_in and
  * appends frames to up_out and agent_out, without exceeding their room
  * (messages wait inside the bridge, bounded by max_message per direction,

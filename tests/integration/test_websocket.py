@@ -881,3 +881,23 @@ def test_concurrent_websockets_and_http(wsd, ws_upstream, upstream, secrets):
         await b.close()
     run(body())
     assert len(ws_upstream.conns()) == 2
+
+
+def test_frame_mode_scrubs_secret_echoed_by_server(wsd, ws_upstream, secrets):
+    """Frame mode: the origin echoes a message that carried the secret (the
+    placeholder was replaced on the way up); the agent gets it scrubbed, in
+    text and binary messages, raw and base64."""
+    d = wsd("frame")
+    key = secrets.openai_key
+
+    async def body():
+        ws = await ws_connect(d, "/echo")
+        await ws.send(f"my key is {PLACEHOLDER}!")
+        got = await asyncio.wait_for(ws.recv(), 5)
+        assert got == "my key is [REDACTED]!", got
+        await ws.send(("b64 " + base64.b64encode(key.encode()).decode()).encode())
+        got = await asyncio.wait_for(ws.recv(), 5)
+        assert key not in got.decode() and base64.b64encode(key.encode()).decode() not in got.decode(), got
+        assert b"[REDACTED]" in got
+        await ws.close()
+    run(body())
