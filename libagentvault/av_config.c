@@ -1177,10 +1177,12 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
                 s->placeholder_in |= AV_SURF_PATH;
             else if (word_eq(item, il, "query"))
                 s->placeholder_in |= AV_SURF_QUERY;
+            else if (word_eq(item, il, "body"))
+                s->placeholder_in |= AV_SURF_BODY;
             else
                 return perr(p,
                             "placeholder_in: surface \"%.*s\" is not supported (supported: header, path, query, "
-                            "websocket)",
+                            "body, websocket)",
                             (int)(il > 32 ? 32 : il), item);
             start = i + 1;
         }

@@ -96,7 +96,8 @@ enum {
     AV_SURF_WEBSOCKET = 1u << 0, /* client text frames (frame mode) */
     AV_SURF_HEADER = 1u << 1,    /* request field values */
     AV_SURF_PATH = 1u << 2,      /* the path of the target (percent-encoded) */
-    AV_SURF_QUERY = 1u << 3      /* the query of the target (percent-encoded) */
+    AV_SURF_QUERY = 1u << 3,     /* the query of the target (percent-encoded) */
+    AV_SURF_BODY = 1u << 4       /* JSON and form request bodies */
 };
 
 typedef struct av_token_cfg {

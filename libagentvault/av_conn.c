@@ -67,6 +67,7 @@ enum { RK_NONE = 0, RK_LENGTH, RK_UNKNOWN };
 
 #define X_RQ_FIELDS (AV_FIELDS_MAX + 8)
 #define X_RX_MAX (65535 + 1024) /* an agent stream's window, and some slack */
+#define X_BODY_BUFFER_MAX (8u << 20) /* JSON/form bodies checked for the placeholder */
 #define X_MAX_RETRIES 8 /* refused streams were never processed: retrying is safe */
 
 typedef struct rq_field {
@@ -142,6 +143,13 @@ struct av_exchange {
     av_buf scrub_in;          /* decoded body bytes waiting for the scrubber */
     av_buf scrub_out;         /* scrubbed bytes waiting for room toward the agent */
     int body_ended;           /* the upstream body is complete */
+    /* Request bodies checked for the placeholder (JSON and form bodies of a
+     * service with one): collected whole (bounded), then replaced and sent
+     * with a recomputed Content-Length. */
+    int body_buffer;          /* 1: JSON, 2: form */
+    int body_collected;
+    av_buf bbuf;
+    av_secret *ph_secret;
     int scrub_finished;
     unsigned long redactions; /* secrets scrubbed from the response */
     int ws;                   /* the request is a WebSocket upgrade / extended CONNECT */
@@ -443,6 +451,8 @@ static void x_reset(av_exchange *x)
     av__secret_free(x->ws_secret);
     av__ws_bridge_free(x->ws_bridge);
     av__secret_free(x->scrub_secret);
+    av__secret_free(x->ph_secret);
+    av__buf_free_wipe(&x->bbuf);
     av__scrub_free(x->scrub);
     av__buf_free_wipe(&x->scrub_in);
     av__buf_free_wipe(&x->scrub_out);
@@ -944,6 +954,20 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     }
     if (svc && svc->placeholder && x_find_placeholders(x) != 0)
         return -1;
+    if (svc && svc->placeholder && in->framing != RB_NONE && !in->ws) {
+        for (size_t i = 0; i < x->nrqf; i++) {
+            if (!(x->rqf[i].nl == 12 && strncasecmp(rq_ptr(x, x->rqf[i].no), "content-type", 12) == 0))
+                continue;
+            const char *v = rq_ptr(x, x->rqf[i].vo);
+            size_t vl = x->rqf[i].vl;
+            if ((vl >= 16 && strncasecmp(v, "application/json", 16) == 0) || memmem(v, vl, "+json", 5))
+                x->body_buffer = 1;
+            else if (vl >= 33 && strncasecmp(v, "application/x-www-form-urlencoded", 33) == 0)
+                x->body_buffer = 2;
+        }
+        if (x->body_buffer)
+            av__buf_init(&x->bbuf, X_BODY_BUFFER_MAX);
+    }
     x->req_framing = in->framing;
     x->req_len = in->length;
     if (!x->sid) {
@@ -1176,6 +1200,8 @@ static int x_inject(av_exchange *x)
         x->ws_secret = av__secret_ref(secret);
     if (av__secret_len(secret) <= AV_SCRUB_MAX_SECRET)
         x->scrub_secret = av__secret_ref(secret);
+    if (x->body_buffer)
+        x->ph_secret = av__secret_ref(secret);
     av__secret_free(secret);
     if (irc != AV_OK) {
         char m[200];
@@ -1300,7 +1326,7 @@ static int x_h2_request_out(av_exchange *x)
         h.fields[h.nfields].value_len = strlen(cl);
         h.nfields++;
     }
-    int end = x->req_done && (x->sid ? x->a_rx.len == 0 : 1);
+    int end = x->req_done && (x->body_buffer ? x->bbuf.len == 0 : x->sid ? x->a_rx.len == 0 : 1);
     int rc = av__mux_submit(&x->ms, &h, end);
     if (rc == AV_OK && end)
         x->req_ended = 1;
@@ -1348,6 +1374,23 @@ static int x_pump_request_body(av_exchange *x)
 {
     av_conn *c = x->c;
     int progress = 0;
+    if (x->body_buffer) {
+        /* collected, checked and rewritten by x_collect_body */
+        while (x->bbuf.len > 0) {
+            size_t room = up_room(x);
+            if (room == 0)
+                break;
+            size_t n = x->bbuf.len < room ? x->bbuf.len : room;
+            up_write(x, av__buf_head(&x->bbuf), n);
+            av__buf_consume(&x->bbuf, n);
+            progress = 1;
+        }
+        if (x->bbuf.len == 0 && x->req_done && !x->req_ended && x->head_sent) {
+            up_end(x);
+            progress = 1;
+        }
+        return progress;
+    }
     if (x->sid) {
         while (x->a_rx.len > 0) {
             size_t room = up_room(x);
@@ -2236,6 +2279,139 @@ static int x_check_done(av_exchange *x)
     return 0;
 }
 
+/* Refuse an exchange before anything went upstream. */
+static void x_refuse(av_exchange *x, int status, const char *why)
+{
+    x->req_done = 1;
+    x_respond(x, status, why, 0);
+    if (x->sid) {
+        x->resp_done = 1;
+        x_finish(x, why);
+    }
+}
+
+/* JSON-escape |s| for use inside a JSON string. */
+static av_secret *json_escape_secret(const av_secret *s)
+{
+    static const char hex[] = "0123456789abcdef";
+    const uint8_t *d = av__secret_data(s);
+    size_t n = av__secret_len(s);
+    char *buf = av__malloc(n * 6 + 1);
+    if (!buf)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint8_t ch = d[i];
+        if (ch == '"' || ch == '\\') {
+            buf[o++] = '\\';
+            buf[o++] = (char)ch;
+        } else if (ch < 0x20) {
+            memcpy(buf + o, "\\u00", 4);
+            buf[o + 4] = hex[ch >> 4];
+            buf[o + 5] = hex[ch & 15];
+            o += 6;
+        } else {
+            buf[o++] = (char)ch;
+        }
+    }
+    av_secret *r = av__secret_new(buf, o);
+    av__wipe(buf, n * 6 + 1);
+    av__free(buf);
+    return r;
+}
+
+/* Collect a JSON or form request body (bounded), then check it for the
+ * service's placeholder: replaced when the service declares the body
+ * surface, refused (403) otherwise. Nothing goes upstream before this is
+ * done. Returns progress; the exchange may be answered. */
+static int x_collect_body(av_exchange *x)
+{
+    av_conn *c = x->c;
+    int progress = 0;
+    if (x->sid) {
+        while (x->a_rx.len > 0) {
+            size_t n = x->a_rx.len;
+            if (n > av__buf_room(&x->bbuf)) {
+                x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
+                return 1;
+            }
+            av__buf_append(&x->bbuf, av__buf_head(&x->a_rx), n);
+            av__buf_consume(&x->a_rx, n);
+            av__h2_consume(c->h2, x->sid, n);
+            progress = 1;
+        }
+        if (x->a_end && x->a_rx.len == 0)
+            x->req_done = 1;
+    } else {
+        if (x->expect_continue) {
+            av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+            x->expect_continue = 0;
+            progress = 1;
+        }
+        while (!x->req_done && c->a.pin->len > 0) {
+            const uint8_t *data = NULL;
+            size_t dlen = 0;
+            ssize_t used = av__h1_body_feed(&x->req_body, av__buf_head(c->a.pin), c->a.pin->len, &data, &dlen);
+            if (used < 0) {
+                x_fail(x, 400, "malformed request body framing");
+                return 1;
+            }
+            if (dlen > av__buf_room(&x->bbuf)) {
+                x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
+                return 1;
+            }
+            if (dlen)
+                av__buf_append(&x->bbuf, data, dlen);
+            av__buf_consume(c->a.pin, (size_t)used);
+            if (x->req_body.done)
+                x->req_done = 1;
+            if (used == 0)
+                break;
+            progress = 1;
+        }
+        if (!x->req_done && c->a.in_eof && c->a.pin->len == 0) {
+            x_fail(x, 400, "the agent closed the connection in the middle of the request body");
+            return 1;
+        }
+    }
+    if (!x->req_done)
+        return progress;
+    const av_service *svc = x->svc;
+    const char *ph = svc->placeholder;
+    size_t pl = strlen(ph);
+    if (x->bbuf.len && memmem(av__buf_head(&x->bbuf), x->bbuf.len, ph, pl)) {
+        if (!(svc->placeholder_in & AV_SURF_BODY)) {
+            char m[300];
+            snprintf(m, sizeof(m), "placeholder of service %s found in the body, but placeholder_in does not include body",
+                     svc->name);
+            x_refuse(x, 403, m);
+            return 1;
+        }
+        av_secret *enc = x->body_buffer == 1 ? json_escape_secret(x->ph_secret) : pct_encode_secret(x->ph_secret);
+        uint8_t *rep = NULL;
+        size_t rl = 0;
+        int r = enc ? av__subst_replace(av__buf_head(&x->bbuf), x->bbuf.len, (const uint8_t *)ph, pl,
+                                        av__secret_data(enc), av__secret_len(enc), X_BODY_BUFFER_MAX * 2, &rep, &rl)
+                    : AV_ERR_NOMEM;
+        av__secret_free(enc);
+        if (r < 0) {
+            x_refuse(x, r == AV_ERR_LIMIT ? 413 : 500,
+                     r == AV_ERR_LIMIT ? "request body too large after replacing the placeholder" : "out of memory");
+            return 1;
+        }
+        av__buf_free_wipe(&x->bbuf);
+        av__buf_init(&x->bbuf, rl + 1);
+        av__buf_append(&x->bbuf, rep, rl);
+        av__wipe(rep, rl);
+        av__free(rep);
+    }
+    x->req_framing = RB_LENGTH;
+    x->req_len = x->bbuf.len;
+    x->req_out_chunked = 0;
+    x->body_collected = 1;
+    return 1;
+}
+
 /* One step of an exchange. Returns progress. */
 static int x_step(av_exchange *x)
 {
@@ -2259,6 +2435,11 @@ static int x_step(av_exchange *x)
         x->resp_done = 1;
         x_check_done(x);
         return 1;
+    }
+    if (x->body_buffer && !x->body_collected) {
+        progress |= x_collect_body(x);
+        if (!x->active || !x->body_collected)
+            return progress;
     }
     if (x->link == L_MUX) {
         progress |= x_mux_link(x);

@@ -63,3 +63,44 @@ def test_placeholder_in_header_needs_header_safe_secret(daemon, upstream, secret
     r = d.curl("-H", f"X-Api-Key: {PH}", "https://api.openai.com/x").ok()
     assert_curl_proxy_error(r, 502, mentions="not allowed in a header")
     assert upstream.snapshot() == []
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_body_json_and_form_replaced(daemon, upstream, secrets, tmp_path, http):
+    f = tmp_path / "k"
+    f.write_text('sk-"quoted"\\key\n')
+    svc = (f'[service "ph"]\nhost = api.openai.com\nauth = header X-Unused "{{secret}}"\n'
+           f"secret = file:{f}\nplaceholder = {PH}\nplaceholder_in = body\n")
+    d = daemon(config_text(secrets, services=False, extra=svc))
+    big = "x" * 200000
+    doc = '{"key": "' + PH + '", "again": "pre-' + PH + '", "pad": "' + big + '"}'
+    docf = tmp_path / "doc.json"
+    docf.write_text(doc)
+    r = d.curl(http, "-H", "Content-Type: application/json", "--data-binary", f"@{docf}",
+               "https://api.openai.com/echo").ok()
+    assert r.status == 200, r.describe()
+    r = d.curl(http, "-H", "Content-Type: application/x-www-form-urlencoded", "--data-binary",
+               f"a=1&key={PH}&b=2", "https://api.openai.com/echo").ok()
+    assert r.status == 200, r.describe()
+    # other content types are passed through untouched
+    r = d.curl(http, "-H", "Content-Type: text/plain", "--data-binary", f"see {PH}",
+               "https://api.openai.com/echo").ok()
+    assert r.status == 200, r.describe()
+    j, form, plain = upstream.snapshot()
+    sent = j.body.decode()
+    assert sent == doc.replace(PH, 'sk-\\"quoted\\"\\\\key'), sent[:200]
+    assert int(j.header("Content-Length")) == len(j.body)
+    import json as _json
+    assert _json.loads(sent)["key"] == 'sk-"quoted"\\key'
+    assert form.body == b"a=1&key=sk-%22quoted%22%5Ckey&b=2"
+    assert int(form.header("Content-Length")) == len(form.body)
+    assert plain.body == f"see {PH}".encode()
+
+
+def test_body_placeholder_undeclared_refused(daemon, upstream, secrets):
+    d = daemon(config_text(secrets, services=False, extra=_svc("header")))
+    for http in ("--http1.1", "--http2"):
+        r = d.curl(http, "-H", "Content-Type: application/json", "--data-binary", '{"k": "' + PH + '"}',
+                   "https://api.openai.com/echo").ok()
+        assert_curl_proxy_error(r, 403, mentions="placeholder_in does not include body")
+    assert upstream.snapshot() == [], "a body with an undeclared placeholder went upstream"

@@ -379,8 +379,8 @@ static const err_case err_cases[] = {
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder = __a b__\n",
      "t.conf:5: placeholder may contain only letters, digits, '_', '-' and '.'"},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder = __A__\n"
-     "placeholder_in = websocket, body\n",
-     "t.conf:6: placeholder_in: surface \"body\" is not supported (supported: header, path, query, websocket)"},
+     "placeholder_in = websocket, cookie\n",
+     "t.conf:6: placeholder_in: surface \"cookie\" is not supported (supported: header, path, query, body, websocket)"},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder_in = websocket\n",
      "t.conf:1: service \"a\": placeholder_in needs a placeholder"},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nagent_env = OPENAI_KEY, lower\n",
