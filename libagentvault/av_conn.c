@@ -561,12 +561,15 @@ static void x_log(av_exchange *x, const char *error)
         snprintf(err, sizeof(err), " error=\"%s\"", clean);
     }
     const char *up = x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-";
+    char red[40] = "";
+    if (x->redactions)
+        snprintf(red, sizeof(red), " redactions=%lu", x->redactions);
     av__log(&ctx->log, error ? AV_LOG_WARN : AV_LOG_INFO,
             "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
-            "proto=%s>%s%s%s%s",
+            "proto=%s>%s%s%s%s%s",
             x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
             x->bytes_resp, ms, x->sid ? "h2" : "h1", up, c->token >= 0 ? " token=" : "",
-            c->token >= 0 ? c->snap->cfg->tokens[c->token].name : "", err);
+            c->token >= 0 ? c->snap->cfg->tokens[c->token].name : "", red, err);
     x->logged = 1;
     x_audit(x, error, ms);
     av__ctx_count_exchange(ctx, x->svc ? x->svc->name : NULL, x->status);

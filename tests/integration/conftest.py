@@ -123,6 +123,14 @@ def daemon(request, tmp_path, test_ca, upstream, secrets, client_home):
             config = avd.config_text(secrets)
         if config is not False:
             conf = work / "agentvault.conf"
+            if "\naudit =" not in "\n" + config and not config.lstrip().startswith("audit"):
+                # Every daemon of the suite keeps an audit log, checked for
+                # secrets at teardown like its output.
+                audit = work / "audit.jsonl"
+                if "[proxy]" in config:
+                    config = config.replace("[proxy]", f"[proxy]\naudit = {audit}", 1)
+                else:
+                    config = f"[proxy]\naudit = {audit}\n\n" + config
             conf.write_text(config)
             cmd += ["-c", str(conf)]
         cmd += ["--listen", listen]
@@ -164,6 +172,11 @@ def daemon(request, tmp_path, test_ca, upstream, secrets, client_home):
         leaks = avd.find_leaks(d.log_text(), avd.forbidden_strings(secrets))
         if leaks:
             problems.append(f"secret material in daemon output ({len(leaks)} string(s))")
+        audit = d.workdir / "audit.jsonl"
+        if audit.exists():
+            leaks = avd.find_leaks(audit.read_text(errors="replace"), avd.forbidden_strings(secrets))
+            if leaks:
+                problems.append(f"secret material in the audit log ({len(leaks)} string(s))")
     assert not problems, "\n".join(problems)
 
 
