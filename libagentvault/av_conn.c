@@ -139,6 +139,7 @@ struct av_exchange {
     /* Response scrubbing (SECURITY 11): the injected secret never reaches
      * the agent, not even echoed back. */
     av_secret *scrub_secret;  /* set once a secret was injected */
+    av_scrub_set *scrub_set;  /* its compiled patterns (shared, cached per snapshot) */
     av_scrub *scrub;          /* the body scrubber, once the response head is known */
     av_buf scrub_in;          /* decoded body bytes waiting for the scrubber */
     av_buf scrub_out;         /* scrubbed bytes waiting for room toward the agent */
@@ -451,6 +452,7 @@ static void x_reset(av_exchange *x)
     av__secret_free(x->ws_secret);
     av__ws_bridge_free(x->ws_bridge);
     av__secret_free(x->scrub_secret);
+    av__scrub_set_unref(x->scrub_set);
     av__secret_free(x->ph_secret);
     av__buf_free_wipe(&x->bbuf);
     av__scrub_free(x->scrub);
@@ -1201,8 +1203,11 @@ static int x_inject(av_exchange *x)
     }
     if (x->ws_frame)
         x->ws_secret = av__secret_ref(secret);
-    if (av__secret_len(secret) <= AV_SCRUB_MAX_SECRET)
-        x->scrub_secret = av__secret_ref(secret);
+    if (av__secret_len(secret) <= AV_SCRUB_MAX_SECRET) {
+        x->scrub_set = av__snap_scrub_set(c->snap, secret);
+        if (x->scrub_set)
+            x->scrub_secret = av__secret_ref(secret);
+    }
     if (x->body_buffer)
         x->ph_secret = av__secret_ref(secret);
     av__secret_free(secret);
@@ -1563,9 +1568,8 @@ static int x_agent_head_raw(av_exchange *x, int status, const char *reason, size
 static int x_agent_head(av_exchange *x, int status, const char *reason, size_t reason_len,
                         const av_h1_field *fields, size_t nfields, int kind, uint64_t len)
 {
-    if (!x->scrub_secret || status < 200)
+    if (!x->scrub_set || status < 200)
         return x_agent_head_raw(x, status, reason, reason_len, fields, nfields, kind, len);
-    const av_secret *secs[1] = {x->scrub_secret};
     av_h1_field *copy = av__calloc(nfields ? nfields : 1, sizeof(*copy));
     char **owned = av__calloc(nfields ? nfields : 1, sizeof(*owned));
     int rc = AV_OK;
@@ -1577,7 +1581,7 @@ static int x_agent_head(av_exchange *x, int status, const char *reason, size_t r
         char *nv = NULL;
         size_t nl = 0;
         unsigned long cnt = 0;
-        rc = av__scrub_header_value(secs, 1, fields[i].value, fields[i].value_len, &nv, &nl, &cnt);
+        rc = av__scrub_header_value_set(x->scrub_set, fields[i].value, fields[i].value_len, &nv, &nl, &cnt);
         if (rc != AV_OK)
             break;
         if (cnt) {
@@ -1597,7 +1601,7 @@ static int x_agent_head(av_exchange *x, int status, const char *reason, size_t r
     }
     int body = kind == RK_UNKNOWN || (kind == RK_LENGTH && len > 0);
     if (rc == AV_OK && body && !x->scrub) {
-        rc = av__scrub_new(&x->scrub, secs, 1, enc);
+        rc = av__scrub_new_from_set(&x->scrub, x->scrub_set, enc);
         if (rc == AV_OK) {
             av__buf_init(&x->scrub_in, 64 * 1024);
             size_t out_max = 64 * 1024;
@@ -1795,13 +1799,12 @@ static int x_ws_filter_up(void *ud, const uint8_t *msg, size_t len, uint8_t **ou
     av_exchange *x = ud;
     *out = (uint8_t *)msg;
     *out_len = len;
-    if (!x->scrub_secret || len == 0)
+    if (!x->scrub_set || len == 0)
         return 0;
-    const av_secret *secs[1] = {x->scrub_secret};
     char *nv = NULL;
     size_t nl = 0;
     unsigned long cnt = 0;
-    int rc = av__scrub_header_value(secs, 1, (const char *)msg, len, &nv, &nl, &cnt);
+    int rc = av__scrub_header_value_set(x->scrub_set, (const char *)msg, len, &nv, &nl, &cnt);
     if (rc != AV_OK)
         return rc;
     if (cnt == 0) {

@@ -12,6 +12,7 @@
 
 #include "av_ctx_internal.h"
 #include "av_mux.h"
+#include "av_scrub.h"
 #include "av_mem.h"
 #include "av_upstream.h"
 #include "av_url.h"
@@ -332,10 +333,31 @@ av_snap *av__snap_ref(av_snap *s)
     return s;
 }
 
+av_scrub_set *av__snap_scrub_set(av_snap *s, av_secret *secret)
+{
+    for (size_t i = 0; i < AV_SCRUB_CACHE; i++)
+        if (s->scrub[i].secret == secret && s->scrub[i].set)
+            return av__scrub_set_ref(s->scrub[i].set);
+    const av_secret *secs[1] = {secret};
+    av_scrub_set *set = NULL;
+    if (av__scrub_set_new(&set, secs, 1) != AV_OK)
+        return NULL;
+    size_t k = s->scrub_next++ % AV_SCRUB_CACHE;
+    av__secret_free(s->scrub[k].secret);
+    av__scrub_set_unref(s->scrub[k].set);
+    s->scrub[k].secret = av__secret_ref(secret);
+    s->scrub[k].set = av__scrub_set_ref(set);
+    return set;
+}
+
 void av__snap_unref(av_snap *s)
 {
     if (!s || --s->refs > 0)
         return;
+    for (size_t i = 0; i < AV_SCRUB_CACHE; i++) {
+        av__secret_free(s->scrub[i].secret);
+        av__scrub_set_unref(s->scrub[i].set);
+    }
     if (s->tokens) {
         for (size_t i = 0; i < s->cfg->ntokens; i++)
             av__secret_free(s->tokens[i]);

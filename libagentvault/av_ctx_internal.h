@@ -29,16 +29,28 @@ typedef struct av_bucket {
     double stamp; /* loop time of the last refill */
 } av_bucket;
 
+#define AV_SCRUB_CACHE 32
+
+struct av_scrub_set;
+
 typedef struct av_snap {
     int refs;
     av_config *cfg;
     av_resolver *resolver;
     av_secret **tokens;   /* resolved proxy tokens, parallel to cfg->tokens */
     av_bucket *buckets;   /* per-token rate limits, parallel to cfg->tokens */
+    struct {              /* compiled scrub patterns per resolved secret */
+        av_secret *secret;  /* a reference: the pointer identifies it */
+        struct av_scrub_set *set;
+    } scrub[AV_SCRUB_CACHE];
+    size_t scrub_next;
 } av_snap;
 
 av_snap *av__snap_ref(av_snap *s);
 void av__snap_unref(av_snap *s);
+/* The scrub pattern set for |secret| (a new reference; built and cached
+ * on first use), or NULL when it cannot be built. */
+struct av_scrub_set *av__snap_scrub_set(av_snap *s, av_secret *secret);
 
 typedef struct av_listener {
     av_ctx *ctx;

@@ -304,6 +304,7 @@ typedef struct sc_core {
     size_t reg_cap, reg_head, reg_len;
     unsigned long count;
     int err;           /* first failure while building */
+    int shared;        /* nodes belong to an av_scrub_set */
 } sc_core;
 
 /* pass-1 sink: pattern statistics. */
@@ -479,9 +480,10 @@ out:
 
 static void core_free(sc_core *c)
 {
-    if (c->nodes)
+    if (c->nodes && !c->shared) {
         av__wipe(c->nodes, c->cap_nodes * sizeof(*c->nodes));
-    av__free(c->nodes);
+        av__free(c->nodes);
+    }
     if (c->ring)
         av__wipe(c->ring, c->ring_cap);
     av__free(c->ring);
@@ -705,10 +707,19 @@ static int core_finish(sc_core *c, av_buf *out)
 
 enum { ZF_UNKNOWN, ZF_GZIP, ZF_ZLIB, ZF_RAW };
 
+/* A compiled pattern set, shared by the scrubbers of many exchanges (the
+ * automaton is the expensive part: building it per response would cost far
+ * more than scrubbing). Immutable once built. */
+struct av_scrub_set {
+    int refs;
+    sc_core proto; /* trie, root table, lengths; its stream state is unused */
+};
+
 struct av_scrub {
     int enc;
     int fail; /* sticky error */
     sc_core core;
+    av_scrub_set *set; /* the shared automaton, when made from a set */
     /* compressed bodies */
     z_stream zi, zo;
     int zi_init, zo_init;
@@ -798,6 +809,95 @@ err:
     return rc;
 }
 
+int av__scrub_set_new(av_scrub_set **out, const av_secret *const *secrets, size_t n)
+{
+    if (!out || (n && !secrets))
+        return AV_ERR_INVALID;
+    *out = NULL;
+    av_scrub_set *set = av__calloc(1, sizeof(*set));
+    if (!set)
+        return AV_ERR_NOMEM;
+    set->refs = 1;
+    int rc = core_build(&set->proto, secrets, n);
+    if (rc) {
+        core_free(&set->proto);
+        av__free(set);
+        return rc;
+    }
+    *out = set;
+    return AV_OK;
+}
+
+av_scrub_set *av__scrub_set_ref(av_scrub_set *set)
+{
+    if (set)
+        set->refs++;
+    return set;
+}
+
+void av__scrub_set_unref(av_scrub_set *set)
+{
+    if (!set || --set->refs > 0)
+        return;
+    core_free(&set->proto);
+    av__free(set);
+}
+
+/* A core that uses |set|'s automaton, with stream state of its own. */
+static int core_from_set(sc_core *c, const av_scrub_set *set)
+{
+    const sc_core *p = &set->proto;
+    memset(c, 0, sizeof(*c));
+    c->nodes = p->nodes;
+    c->nnodes = p->nnodes;
+    c->cap_nodes = p->cap_nodes;
+    memcpy(c->root, p->root, sizeof(c->root));
+    c->maxlen = p->maxlen;
+    c->minlen = p->minlen;
+    c->window = p->window;
+    c->shared = 1;
+    c->ring_cap = c->window + 1;
+    c->ring = av__malloc(c->ring_cap);
+    c->reg_cap = c->window + 2;
+    c->reg = av__calloc(c->reg_cap, sizeof(*c->reg));
+    return c->ring && c->reg ? AV_OK : AV_ERR_NOMEM;
+}
+
+int av__scrub_new_from_set(av_scrub **out, av_scrub_set *set, int content_encoding)
+{
+    if (!out || !set)
+        return AV_ERR_INVALID;
+    *out = NULL;
+    if (content_encoding != AV_SCRUB_IDENTITY && content_encoding != AV_SCRUB_GZIP &&
+        content_encoding != AV_SCRUB_DEFLATE)
+        return AV_ERR_INVALID;
+    av_scrub *s = av__calloc(1, sizeof(*s));
+    if (!s)
+        return AV_ERR_NOMEM;
+    s->enc = content_encoding;
+    s->max_expanded = AV_SCRUB_MAX_EXPANDED;
+    s->max_ratio = AV_SCRUB_MAX_RATIO;
+    s->set = av__scrub_set_ref(set);
+    int rc = core_from_set(&s->core, set);
+    if (rc)
+        goto err;
+    if (content_encoding != AV_SCRUB_IDENTITY) {
+        s->zfmt = content_encoding == AV_SCRUB_GZIP ? ZF_GZIP : ZF_UNKNOWN;
+        av__buf_init(&s->plain, PLAIN_SIZE + core_bound(&s->core, s->core.window + 1));
+        av__buf_init(&s->zbuf, ZBUF_SIZE);
+        s->ibuf = av__malloc(IBUF_SIZE);
+        if (!s->ibuf) {
+            rc = AV_ERR_NOMEM;
+            goto err;
+        }
+    }
+    *out = s;
+    return AV_OK;
+err:
+    av__scrub_free(s);
+    return rc;
+}
+
 int av__scrub_set_limits(av_scrub *s, uint64_t max_expanded, unsigned max_ratio)
 {
     if (max_expanded)
@@ -821,6 +921,7 @@ void av__scrub_free(av_scrub *s)
     av__free(s->ibuf);
     av__buf_free_wipe(&s->plain);
     av__buf_free_wipe(&s->zbuf);
+    av__scrub_set_unref(s->set);
     av__wipe(s, sizeof(*s));
     av__free(s);
 }
@@ -1106,6 +1207,9 @@ int av__scrub_finish(av_scrub *s, av_buf *out)
 
 /* ---- helpers ----------------------------------------------------------------- */
 
+static int header_value_with(av_scrub *s, const char *v, size_t vlen, char **out, size_t *outlen,
+                             unsigned long *count);
+
 int av__scrub_header_value(const av_secret *const *secrets, size_t n, const char *v,
                            size_t vlen, char **out, size_t *outlen, unsigned long *count)
 {
@@ -1117,6 +1221,41 @@ int av__scrub_header_value(const av_secret *const *secrets, size_t n, const char
     int rc = av__scrub_new(&s, secrets, n, AV_SCRUB_IDENTITY);
     if (rc)
         return rc;
+    return header_value_with(s, v, vlen, out, outlen, count);
+}
+
+int av__scrub_header_value_set(av_scrub_set *set, const char *v, size_t vlen, char **out, size_t *outlen,
+                               unsigned long *count)
+{
+    if (!out || !outlen || (vlen && !v) || !set)
+        return AV_ERR_INVALID;
+    *out = NULL;
+    *outlen = 0;
+    /* Fast path: a value shorter than every pattern cannot hold a match. */
+    if (vlen < set->proto.minlen) {
+        *out = av__malloc(vlen + 1);
+        if (!*out)
+            return AV_ERR_NOMEM;
+        if (vlen)
+            memcpy(*out, v, vlen);
+        (*out)[vlen] = '\0';
+        *outlen = vlen;
+        if (count)
+            *count = 0;
+        return AV_OK;
+    }
+    av_scrub *s = NULL;
+    int rc = av__scrub_new_from_set(&s, set, AV_SCRUB_IDENTITY);
+    if (rc)
+        return rc;
+    return header_value_with(s, v, vlen, out, outlen, count);
+}
+
+/* Scrub one value with a fresh scrubber |s| (freed here). */
+static int header_value_with(av_scrub *s, const char *v, size_t vlen, char **out, size_t *outlen,
+                             unsigned long *count)
+{
+    int rc;
     av_buf b;
     /* everything decided in one block: core_feed wants room for
      * core_bound(vlen) by its conservative estimate, plus the NUL */

@@ -126,6 +126,19 @@ typedef struct av_scrub av_scrub;
 int av__scrub_new(av_scrub **out, const av_secret *const *secrets, size_t n,
                   int content_encoding);
 
+/* A compiled pattern set shared by many scrubbers: building the automaton
+ * is by far the most expensive step, so callers build it once per secret
+ * (av__scrub_set_new, same rules as av__scrub_new) and make each response's
+ * scrubber from it. Refcounted; the set is immutable once built. */
+typedef struct av_scrub_set av_scrub_set;
+int av__scrub_set_new(av_scrub_set **out, const av_secret *const *secrets, size_t n);
+av_scrub_set *av__scrub_set_ref(av_scrub_set *set);
+void av__scrub_set_unref(av_scrub_set *set);
+int av__scrub_new_from_set(av_scrub **out, av_scrub_set *set, int content_encoding);
+/* av__scrub_header_value with a set (see below). */
+int av__scrub_header_value_set(av_scrub_set *set, const char *v, size_t vlen, char **out, size_t *outlen,
+                               unsigned long *count);
+
 /* av__scrub_set_limits changes the decompression bounds (0 keeps the
  * default). Returns 0. */
 int av__scrub_set_limits(av_scrub *s, uint64_t max_expanded, unsigned max_ratio);

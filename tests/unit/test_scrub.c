@@ -1352,10 +1352,70 @@ static void benchmark(void **state)
     sec_free(&ss);
 }
 
+/* shared_set: scrubbers made from one compiled set behave exactly like
+ * scrubbers built from the secrets, independently of each other, and the
+ * header helper's short-value fast path copies the value unchanged. */
+static void shared_set(void **state)
+{
+    (void)state;
+    secrets ss;
+    sec_init(&ss, "sk-shared-0123456789abcdef", NULL);
+    av_scrub_set *set = NULL;
+    assert_int_equal(av__scrub_set_new(&set, SV(&ss), ss.n), AV_OK);
+    const char *in = "a sk-shared-0123456789abcdef b c2stc2hhcmVkLTAxMjM0NTY3ODlhYmNkZWY= d";
+    char *want = NULL, *got = NULL;
+    size_t wl = 0, gl = 0;
+    unsigned long wc = 0, gc = 0;
+    assert_int_equal(av__scrub_header_value(SV(&ss), ss.n, in, strlen(in), &want, &wl, &wc), AV_OK);
+    for (int k = 0; k < 3; k++) {
+        assert_int_equal(av__scrub_header_value_set(set, in, strlen(in), &got, &gl, &gc), AV_OK);
+        assert_int_equal(gl, wl);
+        assert_memory_equal(got, want, wl);
+        assert_int_equal(gc, wc);
+        assert_int_equal(gc, 2);
+        av__free(got);
+    }
+    /* two streams from one set, interleaved */
+    av_scrub *a = NULL, *b = NULL;
+    assert_int_equal(av__scrub_new_from_set(&a, set, AV_SCRUB_IDENTITY), AV_OK);
+    assert_int_equal(av__scrub_new_from_set(&b, set, AV_SCRUB_IDENTITY), AV_OK);
+    av__scrub_set_unref(set); /* the scrubbers keep it alive */
+    av_buf oa, ob;
+    av__buf_init(&oa, 4096);
+    av__buf_init(&ob, 4096);
+    size_t used;
+    size_t n = strlen(in);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(av__scrub_feed(a, (const uint8_t *)in + i, 1, &used, &oa), AV_OK);
+        assert_int_equal(av__scrub_feed(b, (const uint8_t *)in + i, 1, &used, &ob), AV_OK);
+    }
+    assert_int_equal(av__scrub_finish(a, &oa), AV_OK);
+    assert_int_equal(av__scrub_finish(b, &ob), AV_OK);
+    assert_int_equal(oa.len, wl);
+    assert_memory_equal(av__buf_head(&oa), want, wl);
+    assert_int_equal(ob.len, wl);
+    assert_memory_equal(av__buf_head(&ob), want, wl);
+    av__scrub_free(a);
+    av__scrub_free(b);
+    av__buf_free(&oa);
+    av__buf_free(&ob);
+    /* short values: copied as they are */
+    assert_int_equal(av__scrub_set_new(&set, SV(&ss), ss.n), AV_OK);
+    assert_int_equal(av__scrub_header_value_set(set, "abc", 3, &got, &gl, &gc), AV_OK);
+    assert_int_equal(gl, 3);
+    assert_string_equal(got, "abc");
+    assert_int_equal(gc, 0);
+    av__free(got);
+    av__scrub_set_unref(set);
+    av__free(want);
+    sec_free(&ss);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(raw_in_middle),
+        cmocka_unit_test(shared_set),
         cmocka_unit_test(base64_every_alignment),
         cmocka_unit_test(percent_forms),
         cmocka_unit_test(json_forms),
