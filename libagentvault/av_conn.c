@@ -1570,6 +1570,36 @@ static int x_agent_head(av_exchange *x, int status, const char *reason, size_t r
 {
     if (!x->scrub_set || status < 200)
         return x_agent_head_raw(x, status, reason, reason_len, fields, nfields, kind, len);
+    int any = 0, enc0 = AV_SCRUB_IDENTITY;
+    for (size_t i = 0; i < nfields; i++) {
+        if (av__scrub_set_matches(x->scrub_set, (const uint8_t *)fields[i].value, fields[i].value_len))
+            any = 1;
+        if (av__h1_name_eq(&fields[i], "content-encoding")) {
+            enc0 = av__scrub_encoding_parse(fields[i].value, fields[i].value_len);
+            if (enc0 < 0)
+                return AV_ERR_DENIED;
+        }
+    }
+    if (!any) {
+        /* Common case: no field holds the secret; only the body needs a scrubber. */
+        int body0 = kind == RK_UNKNOWN || (kind == RK_LENGTH && len > 0);
+        if (body0 && !x->scrub) {
+            int rc0 = av__scrub_new_from_set(&x->scrub, x->scrub_set, enc0);
+            if (rc0 != AV_OK)
+                return rc0 == AV_ERR_NOMEM ? AV_ERR_INVALID : rc0;
+            av__buf_init(&x->scrub_in, 64 * 1024);
+            size_t out_max = 64 * 1024;
+            if (out_max < av__scrub_min_room(x->scrub) * 2)
+                out_max = av__scrub_min_room(x->scrub) * 2;
+            av__buf_init(&x->scrub_out, out_max);
+        }
+        int rc1 = x_agent_head_raw(x, status, reason, reason_len, fields, nfields, body0 ? RK_UNKNOWN : kind, len);
+        if (rc1 == AV_ERR_LIMIT && x->scrub) {
+            av__scrub_free(x->scrub);
+            x->scrub = NULL;
+        }
+        return rc1;
+    }
     av_h1_field *copy = av__calloc(nfields ? nfields : 1, sizeof(*copy));
     char **owned = av__calloc(nfields ? nfields : 1, sizeof(*owned));
     int rc = AV_OK;

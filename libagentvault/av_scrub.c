@@ -1224,6 +1224,20 @@ int av__scrub_header_value(const av_secret *const *secrets, size_t n, const char
     return header_value_with(s, v, vlen, out, outlen, count);
 }
 
+int av__scrub_set_matches(const av_scrub_set *set, const uint8_t *v, size_t n)
+{
+    const sc_core *c = &set->proto;
+    if (!c->nodes || n < c->minlen)
+        return 0;
+    uint32_t q = 0;
+    for (size_t i = 0; i < n; i++) {
+        q = ac_step(c, q, v[i]);
+        if (c->nodes[q].out)
+            return 1;
+    }
+    return 0;
+}
+
 int av__scrub_header_value_set(av_scrub_set *set, const char *v, size_t vlen, char **out, size_t *outlen,
                                unsigned long *count)
 {
@@ -1231,8 +1245,9 @@ int av__scrub_header_value_set(av_scrub_set *set, const char *v, size_t vlen, ch
         return AV_ERR_INVALID;
     *out = NULL;
     *outlen = 0;
-    /* Fast path: a value shorter than every pattern cannot hold a match. */
-    if (vlen < set->proto.minlen) {
+    /* Fast path: no pattern occurs in the value (one automaton pass, no
+     * allocation but the copy). */
+    if (!av__scrub_set_matches(set, (const uint8_t *)v, vlen)) {
         *out = av__malloc(vlen + 1);
         if (!*out)
             return AV_ERR_NOMEM;

@@ -135,6 +135,9 @@ int av__scrub_set_new(av_scrub_set **out, const av_secret *const *secrets, size_
 av_scrub_set *av__scrub_set_ref(av_scrub_set *set);
 void av__scrub_set_unref(av_scrub_set *set);
 int av__scrub_new_from_set(av_scrub **out, av_scrub_set *set, int content_encoding);
+/* av__scrub_set_matches: does any pattern occur in v[0..n)? (No
+ * allocation; for deciding whether scrubbing is needed at all.) */
+int av__scrub_set_matches(const av_scrub_set *set, const uint8_t *v, size_t n);
 /* av__scrub_header_value with a set (see below). */
 int av__scrub_header_value_set(av_scrub_set *set, const char *v, size_t vlen, char **out, size_t *outlen,
                                unsigned long *count);
