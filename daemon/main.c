@@ -420,6 +420,15 @@ static int cmd_serve(int argc, char **argv)
             *colon = '\0';
         fprintf(stderr, "agentvault: listening on %s:%d\n", host, av_ctx_listen_port(g_ctx, i));
     }
+    for (size_t i = 0; i < av_config_gateway_count(cfg); i++) {
+        char host[80];
+        snprintf(host, sizeof(host), "%s", av_config_gateway_listen(cfg, i));
+        char *colon = strrchr(host, ':');
+        if (colon)
+            *colon = '\0';
+        fprintf(stderr, "agentvault: gateway %s on http://%s:%d -> %s\n", av_config_gateway_name(cfg, i), host,
+                av_ctx_gateway_port(g_ctx, i), av_config_gateway_upstream(cfg, i));
+    }
     if (embedded >= 0) {
         const char *spec = av_config_listen_get(cfg, 0);
         char host[80];

@@ -23,6 +23,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "av_buf.h"
 #include "av_mem.h"
 #include "av_resolver.h"
 #include "av_url.h"
@@ -31,7 +32,7 @@
 #define NAME_MAX_LEN 64
 #define TIMEOUT_MAX 86400.0
 
-enum { SEC_NONE, SEC_PROXY, SEC_SERVICE, SEC_TOKEN };
+enum { SEC_NONE, SEC_PROXY, SEC_SERVICE, SEC_TOKEN, SEC_GATEWAY };
 
 /* Bits for single-valued keys already seen in the current section. */
 enum {
@@ -499,6 +500,13 @@ static void config_clear(av_config *c)
         av__free(c->tokens[i].services);
     }
     av__free(c->tokens);
+    for (size_t i = 0; i < c->ngateways; i++) {
+        av__free(c->gateways[i].name);
+        av__free(c->gateways[i].listen);
+        av__free(c->gateways[i].upstream);
+        av__free(c->gateways[i].token_ref);
+    }
+    av__free(c->gateways);
     memset(c, 0, sizeof(*c));
     c->unmatched = AV_UNMATCHED_PASSTHROUGH;
     c->connect_timeout = 10;
@@ -580,6 +588,8 @@ av_config *av__config_copy(const av_config *src)
     c->allow_private = NULL;
     c->services = NULL;
     c->tokens = NULL;
+    c->gateways = NULL;
+    c->ngateways = 0;
     c->nlisten = c->npassthrough = c->nresolve = c->nallow_private = 0;
     c->nservices = c->ntokens = 0;
 
@@ -658,6 +668,21 @@ av_config *av__config_copy(const av_config *src)
                     if (dup_opt(&dt->services[j], st->services[j]))
                         goto fail;
             }
+        }
+    }
+    if (src->ngateways) {
+        c->gateways = av__calloc(src->ngateways, sizeof(*c->gateways));
+        if (!c->gateways)
+            goto fail;
+        c->ngateways = src->ngateways;
+        for (size_t i = 0; i < src->ngateways; i++) {
+            const av_gateway_cfg *sg = &src->gateways[i];
+            av_gateway_cfg *dg = &c->gateways[i];
+            *dg = *sg;
+            dg->name = dg->listen = dg->upstream = dg->token_ref = NULL;
+            if (dup_opt(&dg->name, sg->name) || dup_opt(&dg->listen, sg->listen) ||
+                dup_opt(&dg->upstream, sg->upstream) || dup_opt(&dg->token_ref, sg->token_ref))
+                goto fail;
         }
     }
     return c;
@@ -1252,6 +1277,64 @@ static int parse_rate(const char *v, size_t vl, double *out)
     return AV_OK;
 }
 
+/* gateway_key handles one key of a [gateway] section. */
+static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
+{
+    av_gateway_cfg *g = &p->cfg->gateways[p->cfg->ngateways - 1];
+    unsigned bit;
+    if (word_eq(k, kl, "listen"))
+        bit = K_HOST;
+    else if (word_eq(k, kl, "upstream"))
+        bit = K_PATH;
+    else if (word_eq(k, kl, "allow_remote"))
+        bit = K_PORT;
+    else if (word_eq(k, kl, "token"))
+        bit = K_SECRET;
+    else
+        return perr(p, "unknown key \"%.*s\" in [gateway] (expected listen, upstream, allow_remote, token)",
+                    (int)(kl > 64 ? 64 : kl), k);
+    if (p->seen & bit)
+        return perr(p, "duplicate key \"%.*s\"", (int)kl, k);
+    p->seen |= bit;
+    switch (bit) {
+    case K_HOST: {
+        char norm[80];
+        if (normalize_listen(v, vl, norm, sizeof(norm)) != AV_OK)
+            return perr(p, "listen must be IP:PORT, [IPv6]:PORT or localhost:PORT");
+        return set_string(p, &g->listen, norm, strlen(norm));
+    }
+    case K_PATH: {
+        av_absolute_uri u;
+        if (av__absolute_uri_parse(v, vl, &u) != 0 ||
+            (strcmp(u.scheme, "https") != 0 && strcmp(u.scheme, "http") != 0) ||
+            !(u.path_len == 0 || (u.path_len == 1 && u.path[0] == '/')))
+            return perr(p, "upstream must be an origin like https://api.example.com or https://host:port (no path)");
+        g->dest = u.authority;
+        g->dest_tls = strcmp(u.scheme, "https") == 0;
+        return set_string(p, &g->upstream, v, vl);
+    }
+    case K_PORT:
+        if (word_eq(v, vl, "yes") || word_eq(v, vl, "true"))
+            g->allow_remote = 1;
+        else if (word_eq(v, vl, "no") || word_eq(v, vl, "false"))
+            g->allow_remote = 0;
+        else
+            return perr(p, "allow_remote must be yes or no");
+        return AV_OK;
+    default: {
+        char *ref = dup_range(v, vl);
+        if (!ref)
+            return oom(p);
+        if (!av__secret_ref_valid(ref)) {
+            av__free(ref);
+            return perr(p, "token must be a secret reference (env:NAME, file:/path, vault:NAME, command:..., callback:NAME)");
+        }
+        g->token_ref = ref;
+        return AV_OK;
+    }
+    }
+}
+
 /* token_key handles one key of a [token] section. */
 static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
@@ -1346,6 +1429,12 @@ static int finish_section(parser *p)
             return perr_at(p, s->line, "service \"%s\": scheme http requires an explicit port", s->name);
         if (!s->port)
             s->port = 443;
+    } else if (p->section == SEC_GATEWAY) {
+        av_gateway_cfg *g = &p->cfg->gateways[p->cfg->ngateways - 1];
+        if (!g->listen)
+            return perr_at(p, g->line, "gateway \"%s\" has no listen address", g->name);
+        if (!g->upstream)
+            return perr_at(p, g->line, "gateway \"%s\" has no upstream", g->name);
     } else if (p->section == SEC_TOKEN) {
         av_token_cfg *t = &p->cfg->tokens[p->cfg->ntokens - 1];
         if (!t->secret_ref)
@@ -1388,14 +1477,19 @@ static int section_header(parser *p, const char *s, size_t n)
         kind = SEC_SERVICE;
     else if (word_eq(in, kl, "token"))
         kind = SEC_TOKEN;
+    else if (word_eq(in, kl, "gateway"))
+        kind = SEC_GATEWAY;
     else
-        return perr(p, "unknown section [%.*s] (expected [proxy], [service \"NAME\"] or [token \"NAME\"])",
+        return perr(p,
+                    "unknown section [%.*s] (expected [proxy], [service \"NAME\"], [token \"NAME\"] or "
+                    "[gateway \"NAME\"])",
                     (int)(il > 64 ? 64 : il), in);
     const char *q = in + kl;
     size_t ql = il - kl;
     trim(&q, &ql);
     if (ql < 2 || q[0] != '"' || q[ql - 1] != '"')
-        return perr(p, "section name must be quoted: [%s \"NAME\"]", kind == SEC_SERVICE ? "service" : "token");
+        return perr(p, "section name must be quoted: [%s \"NAME\"]",
+                    kind == SEC_SERVICE ? "service" : kind == SEC_TOKEN ? "token" : "gateway");
     const char *name = q + 1;
     size_t nl = ql - 2;
     if (nl == 0 || nl > NAME_MAX_LEN)
@@ -1418,6 +1512,18 @@ static int section_header(parser *p, const char *s, size_t n)
             return oom(p);
         sv->line = p->line;
         c->nservices++;
+    } else if (kind == SEC_GATEWAY) {
+        for (size_t i = 0; i < c->ngateways; i++)
+            if (strlen(c->gateways[i].name) == nl && !memcmp(c->gateways[i].name, name, nl))
+                return perr(p, "duplicate gateway \"%.*s\"", (int)nl, name);
+        if (grow((void **)&c->gateways, c->ngateways, sizeof(av_gateway_cfg)) != AV_OK)
+            return oom(p);
+        av_gateway_cfg *g = &c->gateways[c->ngateways];
+        memset(g, 0, sizeof(*g));
+        if (!(g->name = dup_range(name, nl)))
+            return oom(p);
+        g->line = p->line;
+        c->ngateways++;
     } else {
         for (size_t i = 0; i < c->ntokens; i++)
             if (strlen(c->tokens[i].name) == nl && !memcmp(c->tokens[i].name, name, nl))
@@ -1467,6 +1573,8 @@ static int parse_line(parser *p, const char *s, size_t n)
         return service_key(p, k, kl, v, vl);
     case SEC_TOKEN:
         return token_key(p, k, kl, v, vl);
+    case SEC_GATEWAY:
+        return gateway_key(p, k, kl, v, vl);
     default:
         return perr(p, "key \"%.*s\" outside of a section", (int)(kl > 64 ? 64 : kl), k);
     }
@@ -1779,6 +1887,26 @@ AV_EXPORT const char *av_config_listen_get(const av_config *cfg, size_t i)
     return (cfg && i < cfg->nlisten) ? cfg->listen[i] : NULL;
 }
 
+AV_EXPORT size_t av_config_gateway_count(const av_config *cfg)
+{
+    return cfg ? cfg->ngateways : 0;
+}
+
+AV_EXPORT const char *av_config_gateway_name(const av_config *cfg, size_t i)
+{
+    return (cfg && i < cfg->ngateways) ? cfg->gateways[i].name : NULL;
+}
+
+AV_EXPORT const char *av_config_gateway_listen(const av_config *cfg, size_t i)
+{
+    return (cfg && i < cfg->ngateways) ? cfg->gateways[i].listen : NULL;
+}
+
+AV_EXPORT const char *av_config_gateway_upstream(const av_config *cfg, size_t i)
+{
+    return (cfg && i < cfg->ngateways) ? cfg->gateways[i].upstream : NULL;
+}
+
 AV_EXPORT const char *av_config_service_name(const av_config *cfg, size_t i)
 {
     return (cfg && i < cfg->nservices) ? cfg->services[i].name : NULL;
@@ -1829,4 +1957,56 @@ AV_EXPORT const char *av_config_state_dir(const av_config *cfg)
 AV_EXPORT size_t av_config_service_count(const av_config *cfg)
 {
     return cfg ? cfg->nservices : 0;
+}
+
+AV_EXPORT int av_config_add_section(av_config *cfg, const char *kind, const char *name, const char *const *keyvals)
+{
+    if (!cfg || !kind)
+        return AV_ERR_INVALID;
+    int is_proxy = strcmp(kind, "proxy") == 0;
+    if (!is_proxy && strcmp(kind, "service") && strcmp(kind, "token") && strcmp(kind, "gateway")) {
+        set_error(cfg, "unknown section kind \"%.40s\" (expected proxy, service, token or gateway)", kind);
+        return AV_ERR_INVALID;
+    }
+    if (is_proxy ? name != NULL : (!name || !*name || strpbrk(name, "\"\r\n"))) {
+        set_error(cfg, is_proxy ? "[proxy] has no name" : "a %s needs a name without quotes or line breaks", kind);
+        return AV_ERR_INVALID;
+    }
+    av_buf text;
+    av__buf_init(&text, 1 << 20);
+    int rc = av__buf_append_str(&text, "[");
+    rc = rc ? rc : av__buf_append_str(&text, kind);
+    if (!is_proxy) {
+        rc = rc ? rc : av__buf_append_str(&text, " \"");
+        rc = rc ? rc : av__buf_append_str(&text, name);
+        rc = rc ? rc : av__buf_append_str(&text, "\"");
+    }
+    rc = rc ? rc : av__buf_append_str(&text, "]\n");
+    for (size_t i = 0; keyvals && keyvals[i] && rc == AV_OK; i += 2) {
+        const char *k = keyvals[i], *v = keyvals[i + 1];
+        if (!v) {
+            set_error(cfg, "key \"%.64s\" has no value", k);
+            av__buf_free_wipe(&text);
+            return AV_ERR_INVALID;
+        }
+        if (strpbrk(k, "=\r\n") || strpbrk(v, "\r\n")) {
+            set_error(cfg, "key \"%.64s\": keys and values may not contain line breaks (or '=' in a key)", k);
+            av__buf_free_wipe(&text);
+            return AV_ERR_INVALID;
+        }
+        rc = av__buf_append_str(&text, k);
+        rc = rc ? rc : av__buf_append_str(&text, " = ");
+        rc = rc ? rc : av__buf_append_str(&text, v);
+        rc = rc ? rc : av__buf_append_str(&text, "\n");
+    }
+    if (rc != AV_OK) {
+        av__buf_free_wipe(&text);
+        set_error(cfg, "section too large");
+        return rc == AV_ERR_NOMEM ? AV_ERR_NOMEM : AV_ERR_INVALID;
+    }
+    char origin[120];
+    snprintf(origin, sizeof(origin), is_proxy ? "[proxy]" : "[%s \"%.64s\"]", kind, name ? name : "");
+    rc = av_config_load_string(cfg, (const char *)av__buf_head(&text), text.len, origin);
+    av__buf_free_wipe(&text);
+    return rc;
 }

@@ -47,6 +47,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "av_url.h"
 #include <sys/socket.h>
 
 #include <agentvault/agentvault.h>
@@ -114,6 +116,19 @@ typedef struct av_token_cfg {
     long long expires; /* Unix time; 0: never */
 } av_token_cfg;
 
+/* [gateway "NAME"]: a plain-HTTP listener whose requests all go to one
+ * upstream origin (base-URL mode). */
+typedef struct av_gateway_cfg {
+    char *name;
+    char *listen;          /* IP:PORT */
+    char *upstream;        /* as written, e.g. https://api.openai.com */
+    av_authority dest;     /* the origin */
+    int dest_tls;          /* https */
+    int allow_remote;      /* accept non-loopback clients */
+    char *token_ref;       /* clients must send X-Agentvault-Token: <token>; NULL: none */
+    int line;
+} av_gateway_cfg;
+
 typedef struct av_resolve_cfg {
     char *host;  /* lower-case */
     int port;
@@ -156,6 +171,8 @@ struct av_config {
     av_token_cfg *tokens;
     size_t ntokens;
     int token_store;       /* a token store exists: proxy auth is required even with no tokens left */
+    av_gateway_cfg *gateways;
+    size_t ngateways;
     char error[512];       /* last error message ("" if none) */
 };
 

@@ -53,6 +53,7 @@ enum conn_state {
     C_EXCHANGE,
     C_OPAQUE,
     C_H2,
+    C_GW_SNIFF,   /* gateway: HTTP/1.1, or the HTTP/2 preface (prior knowledge) */
     C_CLOSING
 };
 
@@ -187,6 +188,7 @@ struct av_conn {
     size_t nxs;
     int h2_goaway;           /* GOAWAY submitted (drain) */
     av_upconn *opaque_up;
+    av_gw *gw;               /* a gateway connection: every request goes to gw->dest */
     char peer[64];
 };
 
@@ -412,6 +414,18 @@ static int conn_authorize(av_conn *c, const av_h1_request *req)
     c->token = t;
     return 0;
 }
+
+/* A gateway with a token: the request must carry X-Agentvault-Token with
+ * it (compared in constant time). Returns 1 if allowed. */
+static int gw_token_ok(av_conn *c, const av_h1_field *fields, size_t nfields)
+{
+    if (!c->gw || c->gw->cfg_index < 0 || !c->snap->gw_tokens || !c->snap->gw_tokens[c->gw->cfg_index])
+        return 1;
+    const av_h1_field *f = av__h1_find(fields, nfields, "x-agentvault-token");
+    return f && av__secret_equal(c->snap->gw_tokens[c->gw->cfg_index], (const uint8_t *)f->value, f->value_len);
+}
+
+#define GW_TOKEN_REFUSED "gateway token required: send X-Agentvault-Token"
 
 
 /* ---- exchanges: lifecycle ------------------------------------------------ */
@@ -761,8 +775,8 @@ static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const 
         return 1;
     if (av__h1_name_eq(f, "host") || av__h1_name_eq(f, "content-length") ||
         av__h1_name_eq(f, "transfer-encoding") || av__h1_name_eq(f, "proxy-authorization") ||
-        av__h1_name_eq(f, "proxy-connection"))
-        return 1;
+        av__h1_name_eq(f, "proxy-connection") || av__h1_name_eq(f, "x-agentvault-token"))
+        return 1; /* ours: never forwarded */
     if (in->ws && !in->ws_key && av__h1_name_eq(f, "sec-websocket-key"))
         return 1; /* extended CONNECT has none; we make our own */
     if (inject_name && av__h1_name_eq(f, inject_name))
@@ -2805,6 +2819,25 @@ static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head
  * destination (SECURITY 1). */
 static void conn_tunnel_request(av_conn *c, const av_h1_request *req, size_t head_len)
 {
+    if (c->gw) {
+        /* A gateway: every request goes to its upstream, whatever Host
+         * says (it is rewritten); the token, if any, is checked first. */
+        if (ci_eq(req->method, req->method_len, "CONNECT")) {
+            conn_respond(c, 405, "this is a gateway, not a proxy: send requests to it directly (base URL)", 0, 1);
+            return;
+        }
+        if (!av__origin_form_valid(req->target, req->target_len)) {
+            conn_respond(c, 400, "requests to a gateway must use origin-form targets (/path)", 0, 1);
+            return;
+        }
+        if (!gw_token_ok(c, req->fields, req->nfields)) {
+            conn_respond(c, 401, GW_TOKEN_REFUSED, 0, 1);
+            return;
+        }
+        if (x_start_h1(c, req, &c->dest, c->dest_tls, req->target, req->target_len) == 0)
+            av__buf_consume(c->a.pin, head_len);
+        return;
+    }
     if (ci_eq(req->method, req->method_len, "CONNECT")) {
         conn_respond(c, 400, "CONNECT inside a tunnel is not allowed", 0, 1);
         return;
@@ -3027,7 +3060,7 @@ static void x_start_h2(av_exchange *x, const av_h2_head *h)
         x_respond(x, 501, "extended CONNECT is only supported for :protocol websocket", 0);
         goto failed;
     }
-    if (!h->scheme || !ci_eq(h->scheme, h->scheme_len, "https")) {
+    if (!c->gw && (!h->scheme || !ci_eq(h->scheme, h->scheme_len, "https"))) {
         x_respond(x, 400, ":scheme must be https inside a TLS tunnel", 0);
         goto failed;
     }
@@ -3036,11 +3069,17 @@ static void x_start_h2(av_exchange *x, const av_h2_head *h)
         goto failed;
     }
     const av_h1_field *host = av__h1_find(h->fields, h->nfields, "host");
-    if (!h->authority && !host) {
+    if (c->gw) {
+        /* A gateway: :authority is rewritten to the upstream's. */
+        if (!gw_token_ok(c, h->fields, h->nfields)) {
+            x_respond(x, 401, GW_TOKEN_REFUSED, 0);
+            goto failed;
+        }
+    } else if (!h->authority && !host) {
         x_respond(x, 400, "missing :authority", 0);
         goto failed;
     }
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 2 && !c->gw; k++) {
         const char *v = k == 0 ? h->authority : (host ? host->value : NULL);
         size_t vl = k == 0 ? h->authority_len : (host ? host->value_len : 0);
         if (!v)
@@ -3064,7 +3103,7 @@ static void x_start_h2(av_exchange *x, const av_h2_head *h)
         in.framing = h->end_stream ? RB_NONE : RB_UNKNOWN;
     }
     x->active = 0;
-    if (x_begin(x, &in, &c->dest, 1) != 0)
+    if (x_begin(x, &in, &c->dest, c->gw ? c->dest_tls : 1) != 0)
         goto failed;
     if (in.ws) {
         x->req_done = 1; /* no body: DATA is relayed once the upgrade is done */
@@ -3243,6 +3282,26 @@ static int conn_step(av_conn *c)
         c->state = C_PROXY_HEAD;
         return 1;
     }
+    case C_GW_SNIFF: {
+        /* HTTP/2 with prior knowledge starts with the client preface. */
+        static const char preface[] = "PRI * HTTP/2.0\r\n";
+        av_buf *in = c->a.pin;
+        size_t n = in->len < sizeof(preface) - 1 ? in->len : sizeof(preface) - 1;
+        if (in->len == 0 && !c->a.in_eof)
+            return 0;
+        if (in->len == 0 || memcmp(av__buf_head(in), preface, n) != 0) {
+            c->state = C_TUNNEL_HEAD;
+            return 1;
+        }
+        if (n < sizeof(preface) - 1) {
+            if (c->a.in_eof) {
+                c->state = C_CLOSING;
+                return 1;
+            }
+            return 0;
+        }
+        return conn_h2_start(c);
+    }
     case C_TUNNEL_HEAD:
         if (c->dest_tls && !c->alpn_checked) {
             if (av__side_handshaking(&c->a))
@@ -3305,11 +3364,12 @@ static void conn_arm_timer(av_conn *c)
     double now = av__loop_now(c->ctx->loop);
     double t = cfg->idle_timeout;
     if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD || c->state == C_SNIFF ||
-         c->state == C_TUNNEL_SNIFF) && c->head_start > 0) {
+         c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF) && c->head_start > 0) {
         t = c->head_start + cfg->header_timeout - now;
         if (t < 0.001)
             t = 0.001;
-    } else if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a)) {
+    } else if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF ||
+               av__side_handshaking(&c->a)) {
         t = cfg->header_timeout;
     } else if (c->state == C_EXCHANGE && c->x.ws_open) {
         t = cfg->ws_idle_timeout;
@@ -3407,9 +3467,36 @@ static void conn_proceed(av_conn *c)
 
 /* ---- lifecycle ---------------------------------------------------------- */
 
-int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len)
+/* Is |sa| a loopback peer (or a local socket)? */
+static int peer_is_local(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_UNIX)
+        return 1;
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a))
+            return 1;
+        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+    }
+    return 0;
+}
+
+int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len, av_gw *gw)
 {
     (void)len;
+    if (gw && !gw->allow_remote && !peer_is_local(peer)) {
+        char ip[INET6_ADDRSTRLEN] = "?";
+        if (peer->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, ip, sizeof(ip));
+        else if (peer->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, ip, sizeof(ip));
+        av__log(&ctx->log, AV_LOG_WARN,
+                "gateway %s refused a connection from %s: only loopback clients (set allow_remote = yes)", gw->name,
+                ip);
+        return AV_ERR_DENIED;
+    }
     av_conn *c = av__calloc(1, sizeof(*c));
     if (!c)
         return AV_ERR_NOMEM;
@@ -3418,6 +3505,14 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
     c->token = -1;
     c->state = C_SNIFF;
     c->x.c = c;
+    if (gw) {
+        c->gw = gw;
+        c->in_tunnel = 1;
+        c->dest = gw->dest;
+        c->dest_tls = gw->dest_tls;
+        c->alpn_checked = 1; /* the agent side is plain: no ALPN */
+        c->state = C_GW_SNIFF;
+    }
     av__side_init(&c->a, fd, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
     c->a.io = av__io_new(ctx->loop, fd, conn_on_io, c);
     c->timer = av__timer_new(ctx->loop, conn_on_timer, c);
@@ -3433,7 +3528,7 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
         inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, ip, sizeof(ip));
     else if (peer->sa_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, ip, sizeof(ip));
-    snprintf(c->peer, sizeof(c->peer), "%s", ip);
+    snprintf(c->peer, sizeof(c->peer), "%s", peer->sa_family == AF_UNIX ? "stream" : ip);
     c->next = ctx->conns;
     if (ctx->conns)
         ctx->conns->prev = c;

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/un.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -94,16 +95,19 @@ static void ctx_on_accept(void *ud, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (av__conn_accept(ctx, fd, (struct sockaddr *)&peer, plen) != AV_OK)
+        if (av__conn_accept(ctx, fd, (struct sockaddr *)&peer, plen, l->gw) != AV_OK)
             close(fd);
     }
 }
 
-static int ctx_bind(av_ctx *ctx, size_t i, const char *spec, char *err, size_t err_len)
+/* ctx_bind binds and listens; the accept watcher starts when |watch|
+ * (API listeners are watched once the loop thread adopts them). */
+static int ctx_bind(av_ctx *ctx, av_listener *l, const char *spec, av_gw *gw, int watch, char *err,
+                    size_t err_len)
 {
-    av_listener *l = &ctx->listeners[i];
     l->ctx = ctx;
     l->fd = -1;
+    l->gw = gw;
     if (parse_listen(spec, &l->addr, &l->addr_len, l->host, sizeof(l->host), &l->port) < 0) {
         ctx_err(err, err_len, "invalid listen address %s", spec);
         return AV_ERR_CONFIG;
@@ -129,10 +133,229 @@ static int ctx_bind(av_ctx *ctx, size_t i, const char *spec, char *err, size_t e
     l->port = l->addr.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&l->addr)->sin_port)
                                            : ntohs(((struct sockaddr_in6 *)&l->addr)->sin6_port);
     l->fd = fd;
+    if (!watch)
+        return AV_OK;
     l->io = av__io_new(ctx->loop, fd, ctx_on_accept, l);
     if (!l->io)
         return AV_ERR_NOMEM;
     av__io_set(l->io, AV_EV_READ);
+    return AV_OK;
+}
+
+static void listener_close(av_listener *l)
+{
+    av__io_free(l->io);
+    l->io = NULL;
+    if (l->fd >= 0)
+        close(l->fd);
+    l->fd = -1;
+}
+
+/* ---- gateways and the embedding API --------------------------------- */
+
+/* gw_new makes a gateway record for |upstream| ("https://host[:port]" or
+ * "http://host:port", no path). Returns NULL with |err| set. */
+static av_gw *gw_new(const char *upstream, const char *name, int cfg_index, int allow_remote, char *err,
+                     size_t err_len)
+{
+    av_absolute_uri u;
+    size_t ul = upstream ? strlen(upstream) : 0;
+    if (!upstream || av__absolute_uri_parse(upstream, ul, &u) != 0 ||
+        (strcmp(u.scheme, "https") != 0 && strcmp(u.scheme, "http") != 0) ||
+        !(u.path_len == 0 || (u.path_len == 1 && u.path[0] == '/'))) {
+        ctx_err(err, err_len, "upstream must be an origin like https://api.example.com or https://host:port (no path)");
+        return NULL;
+    }
+    av_gw *g = av__calloc(1, sizeof(*g));
+    if (!g) {
+        ctx_err(err, err_len, "out of memory");
+        return NULL;
+    }
+    g->cfg_index = cfg_index;
+    g->allow_remote = allow_remote;
+    g->dest = u.authority;
+    g->dest_tls = strcmp(u.scheme, "https") == 0;
+    snprintf(g->name, sizeof(g->name), "%s", name);
+    char auth[AV_HOST_MAX + 16];
+    av__authority_format(&u.authority, g->dest_tls ? 443 : 80, auth, sizeof(auth));
+    snprintf(g->upstream, sizeof(g->upstream), "%s://%s", u.scheme, auth);
+    return g;
+}
+
+/* Link |g| into the context's list (which owns it). */
+static void gw_link(av_ctx *ctx, av_gw *g)
+{
+    pthread_mutex_lock(&ctx->lock);
+    g->next = ctx->gws;
+    ctx->gws = g;
+    pthread_mutex_unlock(&ctx->lock);
+}
+
+/* Queue |cmd| for the loop thread. Fails once shutdown has begun. */
+static int ctx_post(av_ctx *ctx, av_cmd *cmd)
+{
+    pthread_mutex_lock(&ctx->lock);
+    if (ctx->closed) {
+        pthread_mutex_unlock(&ctx->lock);
+        return AV_ERR_STATE;
+    }
+    av_cmd **tail = &ctx->cmds;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = cmd;
+    pthread_mutex_unlock(&ctx->lock);
+    av__async_send(ctx->wakeup);
+    return AV_OK;
+}
+
+static void cmd_discard(av_cmd *cmd)
+{
+    if (cmd->fd >= 0)
+        close(cmd->fd);
+    if (cmd->l) {
+        listener_close(cmd->l);
+        av__free(cmd->l);
+    }
+    av__free(cmd);
+}
+
+/* Loop thread: adopt what the API calls queued. */
+static void ctx_run_cmds(av_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->lock);
+    av_cmd *list = ctx->cmds;
+    ctx->cmds = NULL;
+    pthread_mutex_unlock(&ctx->lock);
+    while (list) {
+        av_cmd *cmd = list;
+        list = cmd->next;
+        if (ctx->draining) {
+            cmd_discard(cmd);
+            continue;
+        }
+        if (cmd->l) {
+            av_listener *l = cmd->l;
+            l->io = av__io_new(ctx->loop, l->fd, ctx_on_accept, l);
+            if (!l->io) {
+                av__log(&ctx->log, AV_LOG_ERROR, "gateway to %s: out of memory, closing it", cmd->gw->upstream);
+                cmd_discard(cmd);
+                continue;
+            }
+            av__io_set(l->io, AV_EV_READ);
+            l->next = ctx->api_listeners;
+            ctx->api_listeners = l;
+            av__log(&ctx->log, AV_LOG_INFO, "gateway %s on http://127.0.0.1:%d -> %s", l->gw->name, l->port,
+                    l->gw->upstream);
+            av__free(cmd);
+            continue;
+        }
+        struct sockaddr_un peer;
+        memset(&peer, 0, sizeof(peer));
+        peer.sun_family = AF_UNIX;
+        if (ctx->nconns >= AV_MAX_CONNS) {
+            av__log(&ctx->log, AV_LOG_WARN, "connection limit (%d) reached: closing a new stream", AV_MAX_CONNS);
+            cmd_discard(cmd);
+            continue;
+        }
+        if (av__conn_accept(ctx, cmd->fd, (struct sockaddr *)&peer, sizeof(peer), cmd->gw) != AV_OK) {
+            cmd_discard(cmd);
+            continue;
+        }
+        av__free(cmd);
+    }
+}
+
+/* The gateway record for an API upstream: one per distinct origin. */
+static av_gw *ctx_api_gw(av_ctx *ctx, const char *upstream, char *err, size_t err_len)
+{
+    av_gw *g = gw_new(upstream, "api", -1, 0, err, err_len);
+    if (!g)
+        return NULL;
+    pthread_mutex_lock(&ctx->lock);
+    for (av_gw *e = ctx->gws; e; e = e->next) {
+        if (e->cfg_index < 0 && strcmp(e->upstream, g->upstream) == 0) {
+            pthread_mutex_unlock(&ctx->lock);
+            av__free(g);
+            return e;
+        }
+    }
+    g->next = ctx->gws;
+    ctx->gws = g;
+    pthread_mutex_unlock(&ctx->lock);
+    return g;
+}
+
+AV_EXPORT int av_gateway_open(av_ctx *ctx, const char *upstream, char *url, size_t url_len)
+{
+    if (url && url_len)
+        url[0] = '\0';
+    if (!ctx || !upstream || !url || url_len < 32)
+        return AV_ERR_INVALID;
+    char why[160];
+    av_gw *g = ctx_api_gw(ctx, upstream, why, sizeof(why));
+    if (!g)
+        return AV_ERR_INVALID;
+    av_listener *l = av__calloc(1, sizeof(*l));
+    av_cmd *cmd = av__calloc(1, sizeof(*cmd));
+    if (!l || !cmd) {
+        av__free(l);
+        av__free(cmd);
+        return AV_ERR_NOMEM;
+    }
+    int rc = ctx_bind(ctx, l, "127.0.0.1:0", g, 0, why, sizeof(why));
+    if (rc != AV_OK) {
+        listener_close(l);
+        av__free(l);
+        av__free(cmd);
+        return rc;
+    }
+    int port = l->port;
+    cmd->fd = -1;
+    cmd->l = l;
+    cmd->gw = g;
+    rc = ctx_post(ctx, cmd);
+    if (rc != AV_OK) {
+        cmd_discard(cmd);
+        return rc;
+    }
+    snprintf(url, url_len, "http://127.0.0.1:%d", port);
+    return AV_OK;
+}
+
+AV_EXPORT int av_open_stream(av_ctx *ctx, const char *upstream, int *fd_out)
+{
+    if (fd_out)
+        *fd_out = -1;
+    if (!ctx || !upstream || !fd_out)
+        return AV_ERR_INVALID;
+    char why[160];
+    av_gw *g = ctx_api_gw(ctx, upstream, why, sizeof(why));
+    if (!g)
+        return AV_ERR_INVALID;
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        return AV_ERR_IO;
+    int fl = fcntl(sv[1], F_GETFL);
+    if (fl < 0 || fcntl(sv[1], F_SETFL, fl | O_NONBLOCK) < 0) {
+        close(sv[0]);
+        close(sv[1]);
+        return AV_ERR_IO;
+    }
+    av_cmd *cmd = av__calloc(1, sizeof(*cmd));
+    if (!cmd) {
+        close(sv[0]);
+        close(sv[1]);
+        return AV_ERR_NOMEM;
+    }
+    cmd->fd = sv[1];
+    cmd->gw = g;
+    int rc = ctx_post(ctx, cmd);
+    if (rc != AV_OK) {
+        cmd_discard(cmd);
+        close(sv[0]);
+        return rc;
+    }
+    *fd_out = sv[0];
     return AV_OK;
 }
 
@@ -171,11 +394,14 @@ static int ctx_proxy_names(av_ctx *ctx)
 
 static void ctx_check_done(av_ctx *ctx)
 {
-    if (ctx->draining && ctx->nconns == 0) {
+    if (ctx->draining && ctx->nconns == 0 && !ctx->done) {
+        ctx->done = 1;
         av__timer_stop(ctx->drain_timer);
         av__upstream_pool_free(ctx);
         av__mux_free_all(ctx);
         av__loop_break(ctx->loop);
+        if (ctx->done_fn)
+            ctx->done_fn(ctx->done_ud);
     }
 }
 
@@ -221,16 +447,18 @@ static void ctx_on_wakeup(void *ud)
     av_ctx *ctx = ud;
     if (ctx->reload_requested && !ctx->draining)
         ctx_do_reload(ctx);
+    ctx_run_cmds(ctx);
     if (!ctx->shutdown_requested || ctx->draining)
         return;
+    pthread_mutex_lock(&ctx->lock);
+    ctx->closed = 1;
+    pthread_mutex_unlock(&ctx->lock);
     ctx->draining = 1;
-    for (size_t i = 0; i < ctx->nlisteners; i++) {
-        av__io_free(ctx->listeners[i].io);
-        ctx->listeners[i].io = NULL;
-        if (ctx->listeners[i].fd >= 0)
-            close(ctx->listeners[i].fd);
-        ctx->listeners[i].fd = -1;
-    }
+    ctx_run_cmds(ctx); /* discards what came in meanwhile */
+    for (size_t i = 0; i < ctx->nlisteners; i++)
+        listener_close(&ctx->listeners[i]);
+    for (av_listener *l = ctx->api_listeners; l; l = l->next)
+        listener_close(l);
     av__log(&ctx->log, AV_LOG_INFO, "shutting down: %zu connection(s) to drain (deadline %.1fs)", ctx->nconns,
             ctx->drain_seconds);
     av__upstream_pool_free(ctx);
@@ -308,8 +536,15 @@ int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa)
 {
     int port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
                                         : ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
-    for (size_t i = 0; i < ctx->nlisteners; i++) {
-        const av_listener *l = &ctx->listeners[i];
+    const av_listener *api = ctx->api_listeners;
+    for (size_t i = 0; i < ctx->nlisteners || api; i++) {
+        const av_listener *l;
+        if (i < ctx->nlisteners) {
+            l = &ctx->listeners[i];
+        } else {
+            l = api;
+            api = api->next;
+        }
         if (l->port != port)
             continue;
         if (sa->sa_family == AF_INET && l->addr.ss_family == AF_INET) {
@@ -364,6 +599,11 @@ void av__snap_unref(av_snap *s)
         av__free(s->tokens);
     }
     av__free(s->buckets);
+    if (s->gw_tokens) {
+        for (size_t i = 0; i < s->cfg->ngateways; i++)
+            av__secret_free(s->gw_tokens[i]);
+        av__free(s->gw_tokens);
+    }
     av__resolver_free(s->resolver);
     av_config_free(s->cfg);
     av__free(s);
@@ -437,6 +677,24 @@ static int snap_new(av_ctx *ctx, av_config *cfg, av_snap **out, char *err, size_
             }
         }
     }
+    if (cfg->ngateways) {
+        s->gw_tokens = av__calloc(cfg->ngateways, sizeof(*s->gw_tokens));
+        if (!s->gw_tokens) {
+            rc = AV_ERR_NOMEM;
+            goto fail;
+        }
+        for (size_t i = 0; i < cfg->ngateways; i++) {
+            if (!cfg->gateways[i].token_ref)
+                continue;
+            char why[200];
+            rc = av__resolver_get(s->resolver, cfg->gateways[i].token_ref, &s->gw_tokens[i], why, sizeof(why));
+            if (rc) {
+                ctx_err(err, err_len, "gateway %s token: %s", cfg->gateways[i].name, why);
+                rc = AV_ERR_CONFIG;
+                goto fail;
+            }
+        }
+    }
     *out = s;
     return AV_OK;
 fail:
@@ -460,6 +718,19 @@ static int str_equal_opt(const char *a, const char *b)
     return (!a && !b) || (a && b && strcmp(a, b) == 0);
 }
 
+static int gateways_equal(const av_config *a, const av_config *b)
+{
+    if (a->ngateways != b->ngateways)
+        return 0;
+    for (size_t i = 0; i < a->ngateways; i++) {
+        const av_gateway_cfg *x = &a->gateways[i], *y = &b->gateways[i];
+        if (strcmp(x->name, y->name) || strcmp(x->listen, y->listen) || strcmp(x->upstream, y->upstream) ||
+            x->allow_remote != y->allow_remote)
+            return 0;
+    }
+    return 1;
+}
+
 int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
 {
     if (!cfg->state_dir && ctx->cfg->state_dir) {
@@ -472,8 +743,10 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     }
     if (!strv_equal(cfg->listen, cfg->nlisten, ctx->cfg->listen, ctx->cfg->nlisten) ||
         !str_equal_opt(cfg->state_dir, ctx->cfg->state_dir) ||
-        !str_equal_opt(cfg->upstream_cafile, ctx->cfg->upstream_cafile)) {
-        ctx_err(err, err_len, "listen, state_dir and upstream_cacert cannot change on reload: restart instead");
+        !str_equal_opt(cfg->upstream_cafile, ctx->cfg->upstream_cafile) || !gateways_equal(cfg, ctx->cfg)) {
+        ctx_err(err, err_len,
+                "listen, state_dir, upstream_cacert and gateways (other than their tokens) cannot change on reload: "
+                "restart instead");
         av_config_free(cfg);
         return AV_ERR_CONFIG;
     }
@@ -492,7 +765,7 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     return AV_OK;
 }
 
-AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_t err_len)
+static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char *err, size_t err_len)
 {
     if (err && err_len)
         err[0] = '\0';
@@ -503,6 +776,7 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
     if (!ctx)
         return AV_ERR_NOMEM;
     ctx->audit_fd = -1;
+    pthread_mutex_init(&ctx->lock, NULL);
     int rc = AV_ERR_NOMEM;
     ctx->cfg = av__config_copy(cfg_in);
     if (!ctx->cfg)
@@ -512,7 +786,7 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
         rc = AV_ERR_CONFIG;
         goto fail;
     }
-    ctx->loop = av__loop_new();
+    ctx->loop = host_loop ? av__loop_wrap(host_loop) : av__loop_new();
     if (!ctx->loop)
         goto fail;
     rc = av__ca_open(&ctx->ca, ctx->cfg->state_dir, 0, err, err_len);
@@ -540,19 +814,32 @@ AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg_in, char *err, size_
             goto fail;
         ctx->cfg = ctx->snap->cfg;
     }
-    if (ctx->cfg->nlisten == 0) {
-        ctx_err(err, err_len, "no listen address configured");
-        rc = AV_ERR_CONFIG;
-        goto fail;
-    }
-    ctx->listeners = av__calloc(ctx->cfg->nlisten, sizeof(*ctx->listeners));
+    /* Listeners: the proxy's (none for a purely embedded context), then
+     * one per [gateway]. */
+    ctx->listeners = av__calloc(ctx->cfg->nlisten + ctx->cfg->ngateways + 1, sizeof(*ctx->listeners));
     if (!ctx->listeners) {
         rc = AV_ERR_NOMEM;
         goto fail;
     }
-    for (size_t i = 0; i < ctx->cfg->nlisten; i++) {
+    for (size_t i = 0; i < ctx->cfg->nlisten + ctx->cfg->ngateways; i++) {
         ctx->nlisteners = i + 1;
-        rc = ctx_bind(ctx, i, ctx->cfg->listen[i], err, err_len);
+        const char *spec = ctx->cfg->listen[0];
+        av_gw *g = NULL;
+        if (i < ctx->cfg->nlisten) {
+            spec = ctx->cfg->listen[i];
+        } else {
+            const av_gateway_cfg *gc = &ctx->cfg->gateways[i - ctx->cfg->nlisten];
+            spec = gc->listen;
+            char why[160];
+            g = gw_new(gc->upstream, gc->name, (int)(i - ctx->cfg->nlisten), gc->allow_remote, why, sizeof(why));
+            if (!g) {
+                ctx_err(err, err_len, "gateway %s: %s", gc->name, why);
+                rc = AV_ERR_CONFIG;
+                goto fail;
+            }
+            gw_link(ctx, g);
+        }
+        rc = ctx_bind(ctx, &ctx->listeners[i], spec, g, 1, err, err_len);
         if (rc)
             goto fail;
     }
@@ -575,6 +862,21 @@ fail:
     return rc;
 }
 
+AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg, char *err, size_t err_len)
+{
+    return ctx_new(out, cfg, NULL, err, err_len);
+}
+
+AV_EXPORT int av_ctx_new_on_loop(av_ctx **out, const av_config *cfg, void *ev_loop, char *err, size_t err_len)
+{
+    if (!ev_loop) {
+        if (out)
+            *out = NULL;
+        return AV_ERR_INVALID;
+    }
+    return ctx_new(out, cfg, ev_loop, err, err_len);
+}
+
 AV_EXPORT void av_ctx_free(av_ctx *ctx)
 {
     if (!ctx)
@@ -583,12 +885,30 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
         av__conn_destroy(ctx->conns);
     av__upstream_pool_free(ctx);
     av__mux_free_all(ctx);
-    for (size_t i = 0; i < ctx->nlisteners; i++) {
-        av__io_free(ctx->listeners[i].io);
-        if (ctx->listeners[i].fd >= 0)
-            close(ctx->listeners[i].fd);
+    if (ctx->thread_started) {
+        av_ctx_shutdown(ctx, 0);
+        pthread_join(ctx->thread, NULL);
+        ctx->thread_started = 0;
     }
+    for (size_t i = 0; i < ctx->nlisteners; i++)
+        listener_close(&ctx->listeners[i]);
     av__free(ctx->listeners);
+    while (ctx->api_listeners) {
+        av_listener *l = ctx->api_listeners;
+        ctx->api_listeners = l->next;
+        listener_close(l);
+        av__free(l);
+    }
+    while (ctx->cmds) {
+        av_cmd *cmd = ctx->cmds;
+        ctx->cmds = cmd->next;
+        cmd_discard(cmd);
+    }
+    while (ctx->gws) {
+        av_gw *g = ctx->gws;
+        ctx->gws = g->next;
+        av__free(g);
+    }
     if (ctx->proxy_names) {
         for (size_t i = 0; ctx->proxy_names[i]; i++)
             av__free((void *)ctx->proxy_names[i]);
@@ -607,6 +927,7 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
     av__loop_free(ctx->loop);
     if (!ctx->snap)
         av_config_free(ctx->cfg); /* never handed to a snapshot */
+    pthread_mutex_destroy(&ctx->lock);
     av__free(ctx);
 }
 
@@ -621,14 +942,21 @@ AV_EXPORT void av_ctx_set_log(av_ctx *ctx, av_log_fn fn, void *user_data, int ma
 
 AV_EXPORT int av_ctx_listen_port(const av_ctx *ctx, size_t i)
 {
-    if (!ctx || i >= ctx->nlisteners)
+    if (!ctx || i >= ctx->nlisteners || i >= ctx->cfg->nlisten)
         return AV_ERR_NOTFOUND;
     return ctx->listeners[i].port;
 }
 
+AV_EXPORT int av_ctx_gateway_port(const av_ctx *ctx, size_t i)
+{
+    if (!ctx || i >= ctx->cfg->ngateways || ctx->cfg->nlisten + i >= ctx->nlisteners)
+        return AV_ERR_NOTFOUND;
+    return ctx->listeners[ctx->cfg->nlisten + i].port;
+}
+
 AV_EXPORT int av_ctx_run(av_ctx *ctx)
 {
-    if (!ctx || ctx->running)
+    if (!ctx || ctx->running || ctx->thread_started || !av__loop_owned(ctx->loop))
         return AV_ERR_STATE;
     ctx->running = 1;
     if (!ctx->shutdown_requested)
@@ -660,4 +988,50 @@ AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds)
     ctx->drain_seconds = drain_seconds < 0 ? 0 : drain_seconds;
     ctx->shutdown_requested = 1;
     av__async_send(ctx->wakeup);
+}
+
+static void *ctx_thread(void *arg)
+{
+    av_ctx *ctx = arg;
+    ctx->running = 1;
+    if (!ctx->shutdown_requested)
+        av__loop_run(ctx->loop);
+    ctx->running = 0;
+    return NULL;
+}
+
+AV_EXPORT int av_ctx_start(av_ctx *ctx)
+{
+    if (!ctx || ctx->running || ctx->thread_started || ctx->done || !av__loop_owned(ctx->loop))
+        return AV_ERR_STATE;
+    /* The loop thread takes no signals: they belong to the host's threads. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = pthread_create(&ctx->thread, NULL, ctx_thread, ctx);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
+        return AV_ERR_NOMEM;
+    ctx->thread_started = 1;
+    return AV_OK;
+}
+
+AV_EXPORT int av_ctx_stop(av_ctx *ctx, double drain_seconds)
+{
+    if (!ctx || !ctx->thread_started)
+        return AV_ERR_STATE;
+    if (pthread_equal(pthread_self(), ctx->thread))
+        return AV_ERR_STATE; /* from a callback on the loop thread: would deadlock */
+    av_ctx_shutdown(ctx, drain_seconds);
+    pthread_join(ctx->thread, NULL);
+    ctx->thread_started = 0;
+    return AV_OK;
+}
+
+AV_EXPORT void av_ctx_set_done_fn(av_ctx *ctx, void (*fn)(void *user_data), void *user_data)
+{
+    if (!ctx)
+        return;
+    ctx->done_fn = fn;
+    ctx->done_ud = user_data;
 }

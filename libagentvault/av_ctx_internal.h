@@ -2,6 +2,7 @@
 #ifndef AV_CTX_INTERNAL_H
 #define AV_CTX_INTERNAL_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <sys/socket.h>
 
@@ -39,6 +40,7 @@ typedef struct av_snap {
     av_resolver *resolver;
     av_secret **tokens;   /* resolved proxy tokens, parallel to cfg->tokens */
     av_bucket *buckets;   /* per-token rate limits, parallel to cfg->tokens */
+    av_secret **gw_tokens; /* resolved gateway tokens, parallel to cfg->gateways (NULL: none) */
     struct {              /* compiled scrub patterns per resolved secret */
         av_secret *secret;  /* a reference: the pointer identifies it */
         struct av_scrub_set *set;
@@ -52,6 +54,20 @@ void av__snap_unref(av_snap *s);
  * on first use), or NULL when it cannot be built. */
 struct av_scrub_set *av__snap_scrub_set(av_snap *s, av_secret *secret);
 
+/* A gateway (base-URL mode): every request a client sends to it goes to
+ * one upstream origin. From a [gateway] section (its token, if any, is in
+ * snap->gw_tokens[cfg_index]) or opened at run time by av_gateway_open()
+ * and av_open_stream(). Lives until the context is freed. */
+typedef struct av_gw {
+    struct av_gw *next;
+    int cfg_index;            /* [gateway] index; -1: opened through the API */
+    int allow_remote;         /* accept clients that are not on loopback */
+    int dest_tls;             /* https upstream */
+    av_authority dest;
+    char name[72];            /* for logs: the section name or "api" */
+    char upstream[AV_HOST_MAX + 40]; /* normalized origin, e.g. https://api.openai.com */
+} av_gw;
+
 typedef struct av_listener {
     av_ctx *ctx;
     int fd;
@@ -60,7 +76,17 @@ typedef struct av_listener {
     socklen_t addr_len;
     int port;
     char host[64]; /* as configured, without brackets */
+    av_gw *gw;     /* NULL: the proxy; else the gateway it serves */
+    struct av_listener *next; /* gateways opened through the API */
 } av_listener;
+
+/* Work handed to the loop thread by thread-safe API calls. */
+typedef struct av_cmd {
+    struct av_cmd *next;
+    int fd;            /* a stream's loop end; -1 for a listener */
+    av_listener *l;    /* a new gateway listener, or NULL */
+    av_gw *gw;
+} av_cmd;
 
 /* Built-in limits (SECURITY.md 15). */
 #define AV_MAX_CONNS 4096
@@ -91,6 +117,17 @@ struct av_ctx {
     size_t nmux;
     av_async *wakeup;
     av_timer *drain_timer;
+    /* Embedding (av_ctx_start, av_gateway_open, av_open_stream). */
+    pthread_mutex_t lock;     /* guards cmds, gws, closed */
+    av_cmd *cmds;
+    av_gw *gws;
+    av_listener *api_listeners; /* loop thread only */
+    int closed;               /* shutdown begun: API calls fail */
+    pthread_t thread;
+    int thread_started;
+    void (*done_fn)(void *);  /* host loop: shutdown finished */
+    void *done_ud;
+    int done;
     volatile sig_atomic_t shutdown_requested;
     volatile double drain_seconds;
     int draining;
@@ -122,7 +159,7 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len);
 void av__ctx_audit(av_ctx *ctx, const char *line, size_t len);
 
 /* av_conn.c */
-int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len);
+int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len, av_gw *gw);
 void av__conn_drain_all(av_ctx *ctx); /* shutdown: finish current exchanges, then close */
 void av__conn_destroy(av_conn *c); /* immediate */
 

@@ -71,7 +71,13 @@ void av__loop_run(av_loop *l)
 
 void av__loop_break(av_loop *l)
 {
-    ev_break(l->loop, EVBREAK_ALL);
+    if (l->owned)
+        ev_break(l->loop, EVBREAK_ALL); /* never break a host's loop */
+}
+
+int av__loop_owned(const av_loop *l)
+{
+    return l->owned;
 }
 
 double av__loop_now(av_loop *l)
@@ -183,6 +189,8 @@ av_async *av__async_new(av_loop *l, av_timer_cb cb, void *user_data)
     a->cb = cb;
     a->ud = user_data;
     ev_async_start(l->loop, &a->w);
+    if (!l->owned)
+        ev_unref(l->loop); /* a host's loop: our wake-up alone does not keep it running */
     return a;
 }
 
@@ -195,6 +203,8 @@ void av__async_free(av_async *a)
 {
     if (!a)
         return;
+    if (!a->l->owned)
+        ev_ref(a->l->loop);
     ev_async_stop(a->l->loop, &a->w);
     av__free(a);
 }

@@ -23,7 +23,9 @@ av_loop *av__loop_new(void);
 av_loop *av__loop_wrap(void *ev_loop);
 void av__loop_free(av_loop *l);
 void av__loop_run(av_loop *l);
+/* av__loop_break ends av__loop_run; a no-op on a host's loop. */
 void av__loop_break(av_loop *l);
+int av__loop_owned(const av_loop *l);
 double av__loop_now(av_loop *l);
 
 av_io *av__io_new(av_loop *l, int fd, av_io_cb cb, void *user_data);
@@ -39,7 +41,8 @@ int av__timer_active(const av_timer *t);
 void av__timer_free(av_timer *t);
 
 /* av__async_new creates a watcher another thread or a signal handler can
- * trigger with av__async_send (async-signal-safe). */
+ * trigger with av__async_send (async-signal-safe). On a host's loop it
+ * does not count as an active watcher (ev_unref). */
 av_async *av__async_new(av_loop *l, av_timer_cb cb, void *user_data);
 void av__async_send(av_async *a);
 void av__async_free(av_async *a);

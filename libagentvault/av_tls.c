@@ -13,11 +13,13 @@
 #include "av_tls.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -715,4 +717,37 @@ const char *av__tls_error(const av_tls *t)
 const char *av__tls_alpn(const av_tls *t)
 {
     return t ? t->alpn : "";
+}
+
+/* Which shared object really provides SSL_CTX_new to this library: in a
+ * host process that exports its own OpenSSL (Node), symbol interposition
+ * could bind our calls to the host's copy. The address we call through is
+ * the one the dynamic linker bound, so dladdr names its object. */
+static char tls_library_path[PATH_MAX];
+
+static void tls_library_find(void)
+{
+    Dl_info info;
+    SSL_CTX *(*fn)(const SSL_METHOD *) = SSL_CTX_new;
+    void *addr;
+    memcpy(&addr, &fn, sizeof(addr)); /* a function pointer's bits, without a cast warning */
+    if (dladdr(addr, &info) && info.dli_fname) {
+        char real[PATH_MAX];
+        snprintf(tls_library_path, sizeof(tls_library_path), "%s",
+                 realpath(info.dli_fname, real) ? real : info.dli_fname);
+    }
+}
+
+AV_EXPORT const char *av_tls_library(const char **backend)
+{
+    char *path = tls_library_path;
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    if (backend)
+#ifdef AV_TLS_BORINGSSL
+        *backend = "boringssl";
+#else
+        *backend = "openssl";
+#endif
+    pthread_once(&once, tls_library_find);
+    return path[0] ? path : "?";
 }

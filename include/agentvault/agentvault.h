@@ -123,6 +123,12 @@ AV_EXPORT size_t av_config_listen_count(const av_config *cfg);
 AV_EXPORT const char *av_config_listen_get(const av_config *cfg, size_t i);
 AV_EXPORT const char *av_config_state_dir(const av_config *cfg);
 AV_EXPORT size_t av_config_service_count(const av_config *cfg);
+/* Gateways ([gateway "NAME"] sections): plain-HTTP listeners whose
+ * requests all go to one upstream origin (base-URL mode). */
+AV_EXPORT size_t av_config_gateway_count(const av_config *cfg);
+AV_EXPORT const char *av_config_gateway_name(const av_config *cfg, size_t i);
+AV_EXPORT const char *av_config_gateway_listen(const av_config *cfg, size_t i);
+AV_EXPORT const char *av_config_gateway_upstream(const av_config *cfg, size_t i);
 /* av_config_service_name returns the name of service |i| or NULL. */
 AV_EXPORT const char *av_config_service_name(const av_config *cfg, size_t i);
 
@@ -187,11 +193,15 @@ typedef struct av_ctx av_ctx;
 
 /* av_ctx_new builds a context from a validated configuration. The
  * configuration is copied; |cfg| may be freed afterwards. Loads or creates
- * the CA, binds every listener. On failure |err| (may be NULL) holds a
- * one-line reason. Returns AV_ERR_CONFIG, AV_ERR_CA, AV_ERR_IO or
- * AV_ERR_NOMEM. */
+ * the CA, binds every listener (the proxy's and every [gateway]'s; none
+ * is fine for a context used only through av_gateway_open and
+ * av_open_stream). On failure |err| (may be NULL) holds a one-line reason.
+ * Returns AV_ERR_CONFIG, AV_ERR_CA, AV_ERR_IO or AV_ERR_NOMEM. [owner] */
 AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg,
                          char *err, size_t err_len);
+/* av_ctx_free frees a context that is not running: after av_ctx_run
+ * returned, or (started) it stops it first, or (host loop) after the done
+ * function ran or before the loop ever ran. [owner] */
 AV_EXPORT void av_ctx_free(av_ctx *ctx);
 
 /* av_ctx_set_log sets the log handler and the most verbose level passed to
@@ -203,14 +213,96 @@ AV_EXPORT void av_ctx_set_log(av_ctx *ctx, av_log_fn fn, void *user_data,
  * port 0), or AV_ERR_NOTFOUND. */
 AV_EXPORT int av_ctx_listen_port(const av_ctx *ctx, size_t i);
 
+/* av_ctx_gateway_port returns the bound port of gateway |i| (useful with
+ * port 0), or AV_ERR_NOTFOUND. */
+AV_EXPORT int av_ctx_gateway_port(const av_ctx *ctx, size_t i);
+
 /* av_ctx_run runs the context's event loop on the calling thread until it
- * has shut down. Returns 0 or AV_ERR_STATE if already running. */
+ * has shut down. Returns 0 or AV_ERR_STATE if already running (or started
+ * with av_ctx_start, or made with av_ctx_new_on_loop). [owner] */
 AV_EXPORT int av_ctx_run(av_ctx *ctx);
 
 /* av_ctx_shutdown asks a running context to stop accepting, let in-flight
  * exchanges finish for up to |drain_seconds|, and return from av_ctx_run.
- * Safe to call from any thread and from a signal handler. */
+ * [any thread], and async-signal-safe. */
 AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds);
+
+/* ---- embedding: threads, host loops, gateways, streams ----------------
+ *
+ * Thread safety. A context belongs to its loop thread: the thread running
+ * av_ctx_run, the thread av_ctx_start made, or the host's thread running
+ * the loop given to av_ctx_new_on_loop. Functions marked [any thread] may
+ * be called from any thread at any time between av_ctx_new* and
+ * av_ctx_free; [loop thread] ones only from the loop thread or while the
+ * loop is not running; [owner] ones from the thread that created the
+ * context, never from a callback on the loop thread. Configuration objects
+ * (av_config) are not shared: one thread at a time. */
+
+/* av_ctx_new_on_loop is av_ctx_new on a libev loop the host owns and runs
+ * (|ev_loop| is a struct ev_loop *; the host must link the same libev).
+ * The context only adds watchers; its wake-up watcher does not keep the
+ * host's loop alive. After av_ctx_shutdown the context finishes on that
+ * loop and then calls the av_ctx_set_done_fn function; only then may the
+ * host call av_ctx_free. av_ctx_run and av_ctx_start refuse such a
+ * context (AV_ERR_STATE). [owner] */
+AV_EXPORT int av_ctx_new_on_loop(av_ctx **out, const av_config *cfg,
+                                 void *ev_loop, char *err, size_t err_len);
+
+/* av_ctx_set_done_fn: |fn| runs once on the loop thread when a shut-down
+ * context has finished (every connection closed). Set it before the loop
+ * runs. [loop thread] */
+AV_EXPORT void av_ctx_set_done_fn(av_ctx *ctx, void (*fn)(void *user_data),
+                                  void *user_data);
+
+/* av_ctx_start runs the context's loop on a new thread (which blocks all
+ * signals) and returns at once. AV_ERR_STATE if it is already running.
+ * [owner] */
+AV_EXPORT int av_ctx_start(av_ctx *ctx);
+
+/* av_ctx_stop shuts down a context started with av_ctx_start: in-flight
+ * exchanges get up to |drain_seconds|, then the thread is joined. Returns
+ * AV_ERR_STATE if it was not started (or from the loop thread itself).
+ * av_ctx_free also stops a started context (without a drain). [owner] */
+AV_EXPORT int av_ctx_stop(av_ctx *ctx, double drain_seconds);
+
+/* av_gateway_open opens a gateway for the upstream origin |upstream|
+ * ("https://api.openai.com", "https://host:port", or "http://host:port";
+ * no path) on an ephemeral port of 127.0.0.1 and writes its base URL
+ * ("http://127.0.0.1:PORT", at most 32 bytes with the NUL) to |url|. A
+ * client sends plain HTTP/1.1 (WebSocket upgrades included) or HTTP/2 with
+ * prior knowledge to that URL; requests are matched to the upstream's
+ * service, injected, and sent over verified TLS. Only loopback clients are
+ * accepted. The gateway lives until the context shuts down. Returns
+ * AV_ERR_INVALID (bad origin, |url_len| < 32), AV_ERR_IO (cannot bind),
+ * AV_ERR_STATE (shutting down) or AV_ERR_NOMEM. [any thread] */
+AV_EXPORT int av_gateway_open(av_ctx *ctx, const char *upstream, char *url,
+                              size_t url_len);
+
+/* av_open_stream returns in |*fd_out| one end of a connected stream socket
+ * (AF_UNIX, blocking, close-on-exec) whose other end the context serves as
+ * a gateway to |upstream|: the caller writes plaintext HTTP/1.1 requests
+ * (keep-alive and WebSocket upgrades included) and reads the responses;
+ * the library injects the credential and does TLS. The caller owns the
+ * descriptor and closes it when done. Errors as av_gateway_open, plus
+ * AV_ERR_IO when no socket pair can be made. [any thread] */
+AV_EXPORT int av_open_stream(av_ctx *ctx, const char *upstream, int *fd_out);
+
+/* av_config_add_section adds one section, as if its text had been loaded:
+ * |kind| is "service", "token" or "gateway" (or "proxy" with |name| NULL),
+ * |keyvals| a NULL-terminated array of key, value, key, value, ... Values
+ * may not contain line breaks. The same validation as the file applies;
+ * errors are in av_config_error. Returns AV_ERR_CONFIG, AV_ERR_INVALID or
+ * AV_ERR_NOMEM. */
+AV_EXPORT int av_config_add_section(av_config *cfg, const char *kind,
+                                    const char *name,
+                                    const char *const *keyvals);
+
+/* av_tls_library returns the path of the shared object that provides the
+ * TLS functions this library calls (as the dynamic linker bound them), and
+ * in |*backend| "boringssl" or "openssl" (what it was built for). A host
+ * process with its own OpenSSL (Node, Python) can check that ours is the
+ * one in use. Never NULL ("?" when unknown). [any thread] */
+AV_EXPORT const char *av_tls_library(const char **backend);
 
 /* Reloading. av_ctx_set_reload installs a function the context calls on its
  * loop thread after av_ctx_reload: it returns a new configuration (the
