@@ -364,7 +364,21 @@ static const err_case err_cases[] = {
     {"[proxy]\n= x\n", "t.conf:2: missing key before '='"},
     {"[proxy\n", "t.conf:1: malformed section header (missing ']')"},
     {"[server]\n",
-     "t.conf:1: unknown section [server] (expected [proxy], [service \"NAME\"] or [token \"NAME\"])"},
+     "t.conf:1: unknown section [server] (expected [proxy], [service \"NAME\"], [token \"NAME\"] or "
+     "[gateway \"NAME\"])"},
+    {"[gateway \"g\"]\nlisten = 127.0.0.1:1\n", "t.conf:1: gateway \"g\" has no upstream"},
+    {"[gateway \"g\"]\nupstream = https://a.example\n", "t.conf:1: gateway \"g\" has no listen address"},
+    {"[gateway \"g\"]\nupstream = https://a.example/v1\n",
+     "t.conf:2: upstream must be an origin like https://api.example.com or https://host:port (no path)"},
+    {"[gateway \"g\"]\nupstream = ftp://a.example\n",
+     "t.conf:2: upstream must be an origin like https://api.example.com or https://host:port (no path)"},
+    {"[gateway \"g\"]\nallow_remote = maybe\n", "t.conf:2: allow_remote must be yes or no"},
+    {"[gateway \"g\"]\nhost = x\n",
+     "t.conf:2: unknown key \"host\" in [gateway] (expected listen, upstream, allow_remote, token)"},
+    {"[gateway \"g\"]\ntoken = plain\n",
+     "t.conf:2: token must be a secret reference (env:NAME, file:/path, vault:NAME, command:..., callback:NAME)"},
+    {"[gateway \"g\"]\nlisten = 127.0.0.1:1\nupstream = https://a.example\n[gateway \"g\"]\n",
+     "t.conf:4: duplicate gateway \"g\""},
     {"[service openai]\n", "t.conf:1: section name must be quoted: [service \"NAME\"]"},
     {"[service \"\"]\n", "t.conf:1: section name must be 1 to 64 characters"},
     {"[service \"a b\"]\n", "t.conf:1: section name may contain only A-Z a-z 0-9 _ . -"},
@@ -736,6 +750,66 @@ static void cidrs(void **state)
             fail_msg("cidr \"%s\" accepted", bad[i]);
 }
 
+/* gateways: parsed fields, copies, accessors. */
+static void gateways(void **state)
+{
+    (void)state;
+    av_config *c;
+    assert_int_equal(load("[gateway \"openai\"]\nlisten = 127.0.0.1:8080\nupstream = https://API.openai.com\n"
+                          "token = env:GW\n\n[gateway \"local\"]\nlisten = [::1]:0\n"
+                          "upstream = http://10.0.0.1:8000\nallow_remote = yes\n",
+                          &c),
+                     AV_OK);
+    assert_int_equal(av_config_gateway_count(c), 2);
+    assert_string_equal(av_config_gateway_name(c, 0), "openai");
+    assert_string_equal(av_config_gateway_listen(c, 0), "127.0.0.1:8080");
+    assert_string_equal(c->gateways[0].dest.host, "api.openai.com");
+    assert_int_equal(c->gateways[0].dest.port, 443);
+    assert_int_equal(c->gateways[0].dest_tls, 1);
+    assert_string_equal(c->gateways[0].token_ref, "env:GW");
+    assert_int_equal(c->gateways[0].allow_remote, 0);
+    assert_int_equal(c->gateways[1].dest_tls, 0);
+    assert_int_equal(c->gateways[1].dest.port, 8000);
+    assert_int_equal(c->gateways[1].allow_remote, 1);
+    assert_null(av_config_gateway_name(c, 2));
+    av_config *d = av__config_copy(c);
+    assert_non_null(d);
+    assert_int_equal(d->ngateways, 2);
+    assert_string_equal(d->gateways[1].upstream, "http://10.0.0.1:8000");
+    assert_ptr_not_equal(d->gateways[1].upstream, c->gateways[1].upstream);
+    av_config_free(d);
+    av_config_free(c);
+}
+
+/* add_section: programmatic sections go through the same parser. */
+static void add_section(void **state)
+{
+    (void)state;
+    av_config *c;
+    assert_int_equal(av_config_new(&c), AV_OK);
+    const char *svc[] = {"host", "api.openai.com", "auth", "bearer", "secret", "env:OPENAI_API_KEY", NULL};
+    assert_int_equal(av_config_add_section(c, "service", "openai", svc), AV_OK);
+    assert_int_equal(av_config_service_count(c), 1);
+    assert_string_equal(av_config_service_name(c, 0), "openai");
+    const char *px[] = {"unmatched", "deny", NULL};
+    assert_int_equal(av_config_add_section(c, "proxy", NULL, px), AV_OK);
+    /* bad input: nothing changes, the error says why */
+    const char *nl[] = {"host", "a.example\n[proxy]", NULL};
+    assert_int_equal(av_config_add_section(c, "service", "x", nl), AV_ERR_INVALID);
+    assert_non_null(strstr(av_config_error(c), "line breaks"));
+    const char *odd[] = {"host", NULL};
+    assert_int_equal(av_config_add_section(c, "service", "x", odd), AV_ERR_INVALID);
+    assert_int_equal(av_config_add_section(c, "service", "a\"b", svc), AV_ERR_INVALID);
+    assert_int_equal(av_config_add_section(c, "server", "x", svc), AV_ERR_INVALID);
+    const char *badkey[] = {"hots", "a.example", NULL};
+    assert_int_equal(av_config_add_section(c, "service", "y", badkey), AV_ERR_CONFIG);
+    assert_non_null(strstr(av_config_error(c), "[service \"y\"]:2: unknown key"));
+    assert_int_equal(av_config_add_section(c, "service", "openai", svc), AV_ERR_CONFIG); /* duplicate */
+    assert_int_equal(av_config_service_count(c), 1);
+    assert_int_equal(av_config_validate(c), AV_OK);
+    av_config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -751,6 +825,8 @@ int main(void)
         cmocka_unit_test(validate_rules),
         cmocka_unit_test(copy_equals),
         cmocka_unit_test(cidrs),
+        cmocka_unit_test(gateways),
+        cmocka_unit_test(add_section),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
