@@ -16,11 +16,15 @@
  *            --msg-size byte text messages; records round-trip time
  *   idle     opens C connections, one completed request each, then prints
  *            a JSON line and holds them until stdin reaches EOF
+ *   h2       C connections with ALPN "h2" only (the handshake must select
+ *            h2), each keeping --streams concurrent GET streams open: a
+ *            stream that completes is replaced at once; records each
+ *            stream's latency (request submitted -> stream closed)
  *
  * Output: one JSON object on stdout.  Exit status 0 if at least one
  * operation succeeded, 2 otherwise, 1 on usage errors.
  *
- * Build: cc -O2 -o avload avload.c -lssl -lcrypto
+ * Build: cc -O2 -o avload avload.c -lssl -lcrypto -lnghttp2
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -28,6 +32,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
+#include <nghttp2/nghttp2.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <signal.h>
@@ -42,10 +47,17 @@
 #include <time.h>
 #include <unistd.h>
 
-enum mode { M_KA, M_NEWCONN, M_NEWHOST, M_SSE, M_WS, M_IDLE };
+enum mode { M_KA, M_NEWCONN, M_NEWHOST, M_SSE, M_WS, M_IDLE, M_H2 };
 enum st {
     S_TCP, S_PROXY_REPLY, S_TLS, S_REQ, S_RESP, S_SSE, S_WS_UP, S_WS_SEND,
-    S_WS_RECV, S_HELD, S_DEAD
+    S_WS_RECV, S_HELD, S_H2, S_DEAD
+};
+
+/* one HTTP/2 stream of an h2-mode connection */
+struct h2s {
+    uint64_t t0;
+    int status;
+    struct h2s *next_free;
 };
 
 #define RBUF 65536
@@ -59,6 +71,9 @@ struct conn {
     size_t rlen;
     uint64_t t_op;      /* start of the current measured operation */
     uint64_t t_conn;    /* start of the connection */
+    nghttp2_session *h2;   /* h2 mode */
+    struct h2s *h2s_all, *h2s_free;
+    int h2_open;           /* streams submitted and not yet closed */
     char rbuf[RBUF];
 };
 
@@ -67,10 +82,10 @@ static struct {
     struct sockaddr_in proxy, target;
     int use_proxy;
     const char *host, *host_fmt, *cafile, *auth, *path;
-    int conns, hosts, host_next, msg_size, interval_ms;
+    int conns, hosts, host_next, msg_size, interval_ms, streams;
     double duration, warmup;
 } o = {.host = "bench.test", .path = "/", .conns = 10, .duration = 5,
-       .msg_size = 32, .hosts = 100, .host_next = 1};
+       .msg_size = 32, .hosts = 100, .host_next = 1, .streams = 10};
 
 static SSL_CTX *ctx;
 static int ep;
@@ -123,6 +138,10 @@ static void set_err(const char *fmt, const char *a)
 
 static void conn_free(struct conn *c)
 {
+    if (c->h2) {
+        nghttp2_session_del(c->h2);
+        c->h2 = NULL;
+    }
     if (c->ssl) {
         SSL_free(c->ssl);
         c->ssl = NULL;
@@ -343,6 +362,196 @@ static void ws_send(struct conn *c)
     c->st = S_WS_RECV;
 }
 
+/* ------------------------------------------------------------ h2 mode */
+
+static int h2_submit(struct conn *c);
+
+static void h2_fail(struct conn *c, const char *what)
+{
+    errno = 0;
+    conn_fail(c, what);
+}
+
+static int h2_on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *name,
+                        size_t namelen, const uint8_t *value, size_t valuelen,
+                        uint8_t flags, void *ud)
+{
+    (void)flags;
+    (void)ud;
+    if (f->hd.type != NGHTTP2_HEADERS || namelen != 7 || memcmp(name, ":status", 7))
+        return 0;
+    struct h2s *st = nghttp2_session_get_stream_user_data(s, f->hd.stream_id);
+    if (st && valuelen == 3)
+        st->status = (value[0] - '0') * 100 + (value[1] - '0') * 10 + (value[2] - '0');
+    return 0;
+}
+
+static int h2_on_data(nghttp2_session *s, uint8_t flags, int32_t id, const uint8_t *data,
+                      size_t len, void *ud)
+{
+    (void)s; (void)flags; (void)id; (void)data; (void)len; (void)ud;
+    return 0;
+}
+
+static int h2_on_close(nghttp2_session *s, int32_t id, uint32_t code, void *ud)
+{
+    struct conn *c = ud;
+    struct h2s *st = nghttp2_session_get_stream_user_data(s, id);
+    if (!st)
+        return 0;
+    nghttp2_session_set_stream_user_data(s, id, NULL);
+    c->h2_open--;
+    uint64_t t = now_ns();
+    if (code != NGHTTP2_NO_ERROR) {
+        char m[80];
+        snprintf(m, sizeof(m), "h2 stream reset: %s", nghttp2_http2_strerror(code));
+        set_err("%s", m);
+    } else if (st->status != 200) {
+        char m[80];
+        snprintf(m, sizeof(m), "h2 HTTP status %d (host %s)", st->status, c->host);
+        set_err("%s", m);
+    } else {
+        record(t - st->t0);
+    }
+    st->next_free = c->h2s_free;
+    c->h2s_free = st;
+    if (t < t_end && h2_submit(c) < 0)
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+    return 0;
+}
+
+/* h2_submit opens one GET stream on |c|. */
+static int h2_submit(struct conn *c)
+{
+    struct h2s *st = c->h2s_free;
+    if (!st)
+        return 0;
+    c->h2s_free = st->next_free;
+#define NV(n, v) {(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, strlen(v), \
+                  NGHTTP2_NV_FLAG_NO_COPY_NAME}
+    nghttp2_nv nv[] = {
+        NV(":method", "GET"), NV(":scheme", "https"), NV(":authority", c->host),
+        NV(":path", o.path), NV("user-agent", "avload"),
+        NV("authorization", o.auth ? o.auth : ""),
+    };
+#undef NV
+    st->t0 = now_ns();
+    st->status = 0;
+    int32_t id = nghttp2_submit_request(c->h2, NULL, nv, o.auth ? 6 : 5, NULL, st);
+    if (id < 0) {
+        set_err("nghttp2_submit_request: %s", nghttp2_strerror(id));
+        st->next_free = c->h2s_free;
+        c->h2s_free = st;
+        return -1;
+    }
+    c->h2_open++;
+    return 0;
+}
+
+/* h2_flush writes everything nghttp2 wants to send. */
+static int h2_flush(struct conn *c)
+{
+    for (;;) {
+        const uint8_t *data;
+        ssize_t n = nghttp2_session_mem_send(c->h2, &data);
+        if (n < 0) {
+            set_err("nghttp2_session_mem_send: %s", nghttp2_strerror((int)n));
+            return -1;
+        }
+        if (n == 0)
+            return 0;
+        if (ssl_write_all(c, (const char *)data, (int)n) < 0)
+            return -1;
+    }
+}
+
+static void h2_io(struct conn *c)
+{
+    for (;;) {
+        int r = SSL_read(c->ssl, c->rbuf, RBUF);
+        if (r > 0) {
+            ssize_t n = nghttp2_session_mem_recv(c->h2, (uint8_t *)c->rbuf, r);
+            if (n < 0) {
+                char m[120];
+                snprintf(m, sizeof(m), "h2 protocol: %s", nghttp2_strerror((int)n));
+                h2_fail(c, m);
+                return;
+            }
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            break;
+        h2_fail(c, c->h2_open ? "h2 connection closed with open streams" : "h2 read");
+        return;
+    }
+    if (h2_flush(c) < 0) {
+        h2_fail(c, "h2 write");
+        return;
+    }
+    if (now_ns() >= t_end && c->h2_open == 0) {
+        conn_free(c);
+        active--;
+        return;
+    }
+    if (!nghttp2_session_want_read(c->h2) && !nghttp2_session_want_write(c->h2)) {
+        h2_fail(c, "h2 session ended (GOAWAY)");
+        return;
+    }
+}
+
+/* h2_start: TLS is up; check ALPN, create the session, open the streams. */
+static int h2_start(struct conn *c)
+{
+    const unsigned char *alpn = NULL;
+    unsigned alen = 0;
+    SSL_get0_alpn_selected(c->ssl, &alpn, &alen);
+    if (alen != 2 || memcmp(alpn, "h2", 2)) {
+        h2_fail(c, "ALPN h2 not selected");
+        return -1;
+    }
+    static nghttp2_session_callbacks *cb;
+    if (!cb) {
+        nghttp2_session_callbacks_new(&cb);
+        nghttp2_session_callbacks_set_on_header_callback(cb, h2_on_header);
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(cb, h2_on_data);
+        nghttp2_session_callbacks_set_on_stream_close_callback(cb, h2_on_close);
+    }
+    if (!c->h2s_all) {
+        c->h2s_all = calloc(o.streams, sizeof(*c->h2s_all));
+        if (!c->h2s_all) {
+            perror("calloc");
+            exit(1);
+        }
+    }
+    c->h2s_free = NULL;
+    for (int i = 0; i < o.streams; i++) {
+        c->h2s_all[i].next_free = c->h2s_free;
+        c->h2s_free = &c->h2s_all[i];
+    }
+    c->h2_open = 0;
+    if (nghttp2_session_client_new(&c->h2, cb, c) != 0) {
+        h2_fail(c, "nghttp2_session_client_new");
+        return -1;
+    }
+    nghttp2_settings_entry iv[] = {
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, 100},
+        {NGHTTP2_SETTINGS_ENABLE_PUSH, 0},
+    };
+    nghttp2_submit_settings(c->h2, NGHTTP2_FLAG_NONE, iv, 2);
+    for (int i = 0; i < o.streams; i++)
+        if (h2_submit(c) < 0) {
+            h2_fail(c, "h2 submit");
+            return -1;
+        }
+    c->st = S_H2;
+    if (h2_flush(c) < 0) {
+        h2_fail(c, "h2 write");
+        return -1;
+    }
+    return 0;
+}
+
 /* drive runs the state machine of |c| until it would block. */
 static void drive(struct conn *c, uint32_t events)
 {
@@ -410,6 +619,11 @@ static void drive(struct conn *c, uint32_t events)
         case S_TLS: {
             int r = SSL_do_handshake(c->ssl);
             if (r == 1) {
+                if (o.mode == M_H2) {
+                    if (h2_start(c) < 0)
+                        return;
+                    break;
+                }
                 send_request(c);
                 break;
             }
@@ -592,6 +806,9 @@ static void drive(struct conn *c, uint32_t events)
                 return;
             break;
         }
+        case S_H2:
+            h2_io(c);
+            return;
         default:
             return;
         }
@@ -621,11 +838,11 @@ static int parse_addr(const char *s, struct sockaddr_in *sa)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: avload --mode ka|newconn|newhost|sse|ws|idle (--proxy IP:PORT | "
+            "usage: avload --mode ka|newconn|newhost|sse|ws|idle|h2 (--proxy IP:PORT | "
             "--target IP:PORT)\n"
             "              --cafile PEM [--host H] [--host-fmt FMT --hosts N] [--conns C]\n"
             "              [--duration S] [--warmup S] [--auth VALUE] [--path P]\n"
-            "              [--msg-size N]\n");
+            "              [--msg-size N] [--streams M (h2: concurrent streams per conn)]\n");
     exit(1);
 }
 
@@ -640,7 +857,8 @@ int main(int argc, char **argv)
         if (!strcmp(a, "--mode")) {
             o.mode = !strcmp(v, "ka") ? M_KA : !strcmp(v, "newconn") ? M_NEWCONN
                    : !strcmp(v, "newhost") ? M_NEWHOST : !strcmp(v, "sse") ? M_SSE
-                   : !strcmp(v, "ws") ? M_WS : !strcmp(v, "idle") ? M_IDLE : -1;
+                   : !strcmp(v, "ws") ? M_WS : !strcmp(v, "idle") ? M_IDLE
+                   : !strcmp(v, "h2") ? M_H2 : -1;
             if ((int)o.mode < 0)
                 usage();
         } else if (!strcmp(a, "--proxy")) {
@@ -660,10 +878,11 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--auth")) o.auth = v;
         else if (!strcmp(a, "--path")) o.path = v;
         else if (!strcmp(a, "--msg-size")) o.msg_size = atoi(v);
+        else if (!strcmp(a, "--streams")) o.streams = atoi(v);
         else usage();
     }
     if (!o.cafile || o.conns < 1 || (o.mode == M_NEWHOST && !o.host_fmt) ||
-        o.msg_size < 1 || o.msg_size > 65535)
+        o.msg_size < 1 || o.msg_size > 65535 || o.streams < 1 || o.streams > 100)
         usage();
     signal(SIGPIPE, SIG_IGN);
     struct rlimit rl = {65536, 65536};
@@ -675,7 +894,11 @@ int main(int argc, char **argv)
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     static const unsigned char alpn[] = "\x08http/1.1";
-    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+    static const unsigned char alpn_h2[] = "\x02h2";
+    if (o.mode == M_H2)
+        SSL_CTX_set_alpn_protos(ctx, alpn_h2, sizeof(alpn_h2) - 1);
+    else
+        SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
     if (SSL_CTX_load_verify_locations(ctx, o.cafile, NULL) != 1) {
         fprintf(stderr, "avload: cannot load %s\n", o.cafile);
         return 1;
@@ -726,7 +949,7 @@ int main(int argc, char **argv)
         int n = epoll_wait(ep, evs, 256, 100);
         for (int i = 0; i < n; i++)
             drive(evs[i].data.ptr, evs[i].events);
-        if (o.mode == M_SSE || o.mode == M_KA || o.mode == M_WS) {
+        if (o.mode == M_SSE || o.mode == M_KA || o.mode == M_WS || o.mode == M_H2) {
             /* connections that block forever (SSE between events) must still
              * notice the end of the run */
             if (now_ns() >= t_end)
@@ -751,10 +974,10 @@ int main(int argc, char **argv)
     unsigned p99 = nlat ? lat[(size_t)((nlat - 1) * 0.99)] : 0;
     unsigned mx = nlat ? lat[nlat - 1] : 0;
     long ok = (o.mode == M_NEWHOST || o.mode == M_IDLE) ? ok_total : ok_meas;
-    printf("{\"mode\":%d,\"conns\":%d,\"seconds\":%.3f,\"ok\":%ld,\"ok_total\":%ld,"
+    printf("{\"mode\":%d,\"conns\":%d,\"streams\":%d,\"seconds\":%.3f,\"ok\":%ld,\"ok_total\":%ld,"
            "\"errors\":%ld,\"rate\":%.1f,\"lat_p50_us\":%u,\"lat_p99_us\":%u,"
            "\"lat_max_us\":%u,\"lat_mean_us\":%.1f,\"first_error\":\"%s\"}\n",
-           (int)o.mode, o.conns, meas, ok, ok_total, errors,
+           (int)o.mode, o.conns, o.mode == M_H2 ? o.streams : 1, meas, ok, ok_total, errors,
            meas > 0 ? ok / meas : 0, p50, p99, mx, mean, first_err);
     fflush(stdout);
     if (o.mode == M_IDLE) {

@@ -8,7 +8,7 @@ streams text/event-stream responses (mitmproxy buffers bodies otherwise).
 
 Environment: BENCH_KEY (secret), BENCH_ORIGIN ("127.0.0.1:PORT", the origin for
 bench.test and *.bench.test), BENCH_STREAM_ORIGIN (the SSE/WebSocket origin for
-stream.bench.test).
+stream.bench.test), BENCH_H2_ORIGIN (the HTTP/2-only origin for h2.bench.test).
 """
 import os
 
@@ -24,6 +24,8 @@ def _addr(var, default):
 
 ORIGIN = _addr("BENCH_ORIGIN", "127.0.0.1:8443")
 STREAM_ORIGIN = _addr("BENCH_STREAM_ORIGIN", "127.0.0.1:8444")
+H2_ORIGIN = _addr("BENCH_H2_ORIGIN", "127.0.0.1:8445")
+SPECIAL = {"stream.bench.test": STREAM_ORIGIN, "h2.bench.test": H2_ORIGIN}
 
 
 def _ours(host):
@@ -36,7 +38,7 @@ def server_connect(data):
     if _ours(host):
         if not srv.sni:
             srv.sni = host
-        srv.address = STREAM_ORIGIN if host == "stream.bench.test" else ORIGIN
+        srv.address = SPECIAL.get(host, ORIGIN)
 
 
 def request(flow: http.HTTPFlow):

@@ -10,6 +10,7 @@ agentvault/mitmproxy ratio, and writes bench/results-<timestamp>.json.
   bench/run.py --smoke         every scenario very briefly; exit 0 iff all ran
   bench/run.py --reps 5 --duration 10 --only keepalive,newconn
   bench/run.py --targets direct,agentvault
+  bench/run.py --agentvault /tmp/bench-build/daemon/agentvault   (or AGENTVAULT=path)
 
 Pinning (on a machine with >= 2 cores): the proxy under test runs under
 `taskset -c 1`, the load client and the origins under `taskset -c 0`.
@@ -37,6 +38,7 @@ SECRET = "benchkey"
 TARGETS = ["direct", "agentvault", "mitmproxy"]
 SCENARIOS = ["idle", "keepalive", "newconn", "newhost", "sse", "ws", "h2"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+AGENTVAULT_BIN = os.environ.get("AGENTVAULT", f"{ROOT}/build/daemon/agentvault")
 
 
 def log(*a):
@@ -132,7 +134,7 @@ def build_avload(wd):
     out = f"{wd}/avload"
     cc = os.environ.get("CC", "cc")
     subprocess.run([cc, "-O2", "-Wall", "-Wno-format-truncation", "-o", out,
-                    f"{HERE}/avload.c", "-lssl", "-lcrypto"], check=True)
+                    f"{HERE}/avload.c", "-lssl", "-lcrypto", "-lnghttp2"], check=True)
     return out
 
 
@@ -164,6 +166,24 @@ http {{
             return 200 "ok";
         }}
     }}
+    # The h2 scenario's origin (h2.bench.test): HTTP/2 only.  426 unless the
+    # request arrived over h2, so a proxy that downgrades the upstream side
+    # to HTTP/1.1 fails the scenario instead of silently measuring h2->h1.
+    server {{
+        listen 127.0.0.1:{h2port} ssl http2 backlog=4096;
+        server_name h2.bench.test;
+        ssl_certificate {wd}/origin.pem;
+        ssl_certificate_key {wd}/origin.key;
+        ssl_session_tickets off;
+        ssl_session_cache off;
+        http2_max_concurrent_streams 128;
+        location / {{
+            if ($http_authorization != "Bearer {secret}") {{ return 401; }}
+            if ($http2 != "h2") {{ return 426; }}
+            default_type text/plain;
+            return 200 "ok";
+        }}
+    }}
 }}
 """
 
@@ -178,12 +198,14 @@ class Rig:
         self.avload = build_avload(wd)
         self.origin_port = free_port()
         self.stream_port = free_port()
+        self.h2_port = free_port()
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
             raise RuntimeError("nginx not found (apt-get install -y nginx-light)")
         os.makedirs(f"{wd}/nginx-tmp", exist_ok=True)
         with open(f"{wd}/nginx.conf", "w") as f:
-            f.write(NGINX_CONF.format(wd=wd, port=self.origin_port, secret=SECRET))
+            f.write(NGINX_CONF.format(wd=wd, port=self.origin_port, h2port=self.h2_port,
+                                      secret=SECRET))
         self.procs.append(subprocess.Popen(pin(0) + [nginx, "-p", wd, "-c", f"{wd}/nginx.conf"],
                                            stderr=open(f"{wd}/nginx.out", "w")))
         self.procs.append(subprocess.Popen(
@@ -193,6 +215,7 @@ class Rig:
             stderr=open(f"{wd}/origin-stream.out", "w")))
         wait_port(self.origin_port, proc=self.procs[0])
         wait_port(self.stream_port, proc=self.procs[1])
+        wait_port(self.h2_port, proc=self.procs[0])
 
     def close(self):
         for p in self.procs:
@@ -210,7 +233,8 @@ class Direct:
         self.cafile = f"{rig.wd}/origin-ca.pem"
 
     def client_args(self, scenario):
-        port = self.rig.stream_port if scenario in ("sse", "ws") else self.rig.origin_port
+        port = (self.rig.stream_port if scenario in ("sse", "ws") else
+                self.rig.h2_port if scenario == "h2" else self.rig.origin_port)
         return ["--target", f"127.0.0.1:{port}", "--auth", "Bearer " + SECRET]
 
     def stop(self):
@@ -223,14 +247,15 @@ class AgentVault:
     def __init__(self, rig, nhosts):
         wd = rig.wd
         self.rig = rig
-        binary = os.environ.get("AGENTVAULT", f"{ROOT}/build/daemon/agentvault")
+        binary = AGENTVAULT_BIN
         if not os.access(binary, os.X_OK):
             raise RuntimeError(f"{binary} not built")
         state = f"{wd}/av-state"
         os.makedirs(state, mode=0o700, exist_ok=True)
         lines = ["[proxy]", "unmatched = deny",
                  f"resolve = bench.test:443:127.0.0.1:{rig.origin_port}",
-                 f"resolve = stream.bench.test:443:127.0.0.1:{rig.stream_port}"]
+                 f"resolve = stream.bench.test:443:127.0.0.1:{rig.stream_port}",
+                 f"resolve = h2.bench.test:443:127.0.0.1:{rig.h2_port}"]
         lines += [f"resolve = h{i:04d}.bench.test:443:127.0.0.1:{rig.origin_port}"
                   for i in range(1, nhosts + 1)]
         lines += ["", '[service "bench"]', "host = bench.test", "auth = bearer",
@@ -282,7 +307,8 @@ class Mitmproxy:
         os.makedirs(confdir, exist_ok=True)
         self.port = free_port()
         env = dict(os.environ, BENCH_KEY=SECRET, BENCH_ORIGIN=f"127.0.0.1:{rig.origin_port}",
-                   BENCH_STREAM_ORIGIN=f"127.0.0.1:{rig.stream_port}")
+                   BENCH_STREAM_ORIGIN=f"127.0.0.1:{rig.stream_port}",
+                   BENCH_H2_ORIGIN=f"127.0.0.1:{rig.h2_port}")
         self.proc = subprocess.Popen(
             pin(1) + [mitmdump, "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
                       "--set", f"confdir={confdir}",
@@ -323,11 +349,15 @@ def params(smoke, duration):
                     interval=10),
         "ws": dict(mode="ws", conns=10, duration=d, warmup=w, msg=32),
         "idle": dict(mode="idle", conns=50 if smoke else 1000, duration=60),
+        # One agent connection (CONNECT + TLS, ALPN h2) with 64 concurrent
+        # streams: every completed stream is replaced at once.
+        "h2": dict(mode="h2", conns=1, streams=64, duration=d, warmup=w),
     }
 
 
 def run_avload(rig, px, scen, p, wd):
-    host = "stream.bench.test" if scen in ("sse", "ws") else "bench.test"
+    host = ("stream.bench.test" if scen in ("sse", "ws") else
+            "h2.bench.test" if scen == "h2" else "bench.test")
     path = {"sse": "/sse?interval=%d" % p.get("interval", 10), "ws": "/ws"}.get(scen, "/")
     cmd = pin(0) + [rig.avload, "--mode", p["mode"], "--cafile", px.cafile, "--host", host,
                     "--path", path, "--conns", str(p["conns"]),
@@ -337,6 +367,8 @@ def run_avload(rig, px, scen, p, wd):
         cmd += ["--host-fmt", "h%04d.bench.test", "--hosts", str(p["hosts"])]
     if scen == "ws":
         cmd += ["--msg-size", str(p["msg"])]
+    if scen == "h2":
+        cmd += ["--streams", str(p["streams"])]
     res = {}
     if scen == "idle":
         # Warm the proxy with one short keep-alive run, then measure.
@@ -404,6 +436,10 @@ ROWS = [
     ("ws", "p50 RTT us", "lat_p50_us"),
     ("ws", "p99 RTT us", "lat_p99_us"),
     ("ws", "proxy CPU us/msg", "cpu_us_per_op"),
+    ("h2", "req/s (1 conn x 64)", "rate"),
+    ("h2", "p50 stream latency us", "lat_p50_us"),
+    ("h2", "p99 stream latency us", "lat_p99_us"),
+    ("h2", "proxy CPU us/req", "cpu_us_per_op"),
     ("idle", "RSS KiB/idle conn", "rss_per_conn_kb"),
     ("idle", "RSS MiB at N idle", "rss_after_mb"),
     ("idle", "proxy CPU us/conn", "cpu_us_per_conn"),
@@ -433,7 +469,12 @@ def main():
     ap.add_argument("--no-spin", action="store_true",
                     help="do not run SCHED_IDLE spinners (see README: VM idle wake-up latency)")
     ap.add_argument("--json", help="output file (default bench/results-<timestamp>.json)")
+    ap.add_argument("--agentvault", default=os.environ.get("AGENTVAULT",
+                                                           f"{ROOT}/build/daemon/agentvault"),
+                    help="daemon binary (default $AGENTVAULT or build/daemon/agentvault)")
     a = ap.parse_args()
+    global AGENTVAULT_BIN
+    AGENTVAULT_BIN = os.path.abspath(a.agentvault)
     reps = 1 if a.smoke else a.reps
     targets = [t for t in a.targets.split(",") if t]
     scens = [s for s in a.only.split(",") if s]
@@ -471,17 +512,19 @@ def main():
                     px = PROXIES[t](rig, nhosts)
                 except Exception as e:  # noqa: BLE001
                     for s in scens:
-                        if s != "h2":
-                            results[t][s].append({"error": f"{t} did not start: {e}"})
-                            failures.append((t, s, str(e)))
+                        if s == "idle" and t == "direct":
+                            continue
+                        results[t][s].append({"error": f"{t} did not start: {e}"})
+                        failures.append((t, s, str(e)))
                     continue
                 try:
                     for s in scens:
-                        if s == "h2":
-                            continue
                         if s == "idle" and t == "direct":
                             continue
-                        r = run_avload(rig, px, s, P[s], wd)
+                        try:
+                            r = run_avload(rig, px, s, P[s], wd)
+                        except Exception as e:  # noqa: BLE001 (timeout, crash: a failed run)
+                            r = {"error": f"{type(e).__name__}: {e}"[:300]}
                         if "rss_after_kb" in r:
                             r["rss_after_mb"] = r["rss_after_kb"] / 1024
                         results[t][s].append(r)
@@ -519,22 +562,22 @@ def main():
         av, mi = row.get("agentvault"), row.get("mitmproxy")
         if isinstance(av, (int, float)) and isinstance(mi, (int, float)) and mi:
             row["av/mitm"] = av / mi
+        di = row.get("direct")
+        if isinstance(av, (int, float)) and isinstance(di, (int, float)) and di:
+            row["av/direct"] = av / di
         table.append(row)
         med[(s, label)] = row
-    if "h2" in scens:
-        table.append({"scenario": "h2", "metric": "(slot) h2 req/s",
-                      **{t: "n/a" for t in targets},
-                      "notes": ["HTTP/2 scenarios: not yet, agentvault has no h2 (issue 4)"]})
 
-    cols = targets + (["av/mitm"] if "agentvault" in targets and "mitmproxy" in targets else [])
-    hdr = f"{'scenario':10s} {'metric':20s}" + "".join(f"{c:>12s}" for c in cols)
+    cols = targets + (["av/mitm"] if "agentvault" in targets and "mitmproxy" in targets else []) \
+        + (["av/direct"] if "agentvault" in targets and "direct" in targets else [])
+    hdr = f"{'scenario':10s} {'metric':22s}" + "".join(f"{c:>12s}" for c in cols)
     print(hdr)
     notes = []
     for row in table:
-        line = f"{row['scenario']:10s} {row['metric']:20s}"
+        line = f"{row['scenario']:10s} {row['metric']:22s}"
         for c in cols:
             v = row.get(c)
-            line += f"{(fmt(v) + 'x') if c == 'av/mitm' and v is not None else fmt(v):>12s}"
+            line += f"{(fmt(v) + 'x') if c.startswith('av/') and v is not None else fmt(v):>12s}"
         print(line)
         for n in row.get("notes", []):
             if n not in notes:
@@ -542,7 +585,8 @@ def main():
     for n in notes:
         print("  note:", n)
     print(f"(medians of {reps} repetition(s); latencies in microseconds; "
-          f"idle: {P['idle']['conns']} connections; newhost: {nhosts} fresh hosts)")
+          f"idle: {P['idle']['conns']} connections; newhost: {nhosts} fresh hosts; "
+          f"h2: {P['h2']['conns']} connection x {P['h2']['streams']} streams)")
 
     out = a.json or os.path.join(HERE, "results-%s.json" % datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
     meta = {"time": datetime.datetime.now().isoformat(), "smoke": a.smoke, "reps": reps,

@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Run every test layer and print one closing line "N passed, N failed".
 #
-#   1. BoringSSL build (the default): unit + ABI tests, integration tests
+#   1. BoringSSL build (the default): unit + ABI tests, integration tests,
+#      the Python, Node and Rust bindings' tests, the install test
 #   2. OpenSSL 3 build: the same
 #   3. ASan+UBSan build: the same (a sanitizer report fails the run)
 #   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 20)
+#   5. bench smoke: bench/run.py --smoke against the BoringSSL build's daemon
+#      (every scenario briefly, direct/agentvault/mitmproxy; one test: passed
+#      iff it exits 0; no timing thresholds)
 #
 # First it installs the npm clients (scripts/setup-node.sh): the real Codex
 # CLI (pinned 0.131.0 and the newest), ws and https-proxy-agent.
 #
-# Environment: AV_TEST_ONLY=boringssl|openssl|asan|fuzz runs one layer;
+# Environment: AV_TEST_ONLY=boringssl|openssl|asan|fuzz|bench runs one layer;
 # FUZZ_SECONDS=N; BUILD_ROOT=dir (default ./build-tests).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -107,6 +111,39 @@ suite() {
     --junitxml="$junit" tests/integration 2>&1 | tail -40
   read -r ok bad < <(count_junit "$junit")
   add "$ok" "$bad" "$label integration"
+
+  # Bindings and the install test (not under ASan: Python and Node would
+  # need the runtime preloaded). Each script takes the build directory and
+  # ends with one line "N passed, N failed".
+  if [ "$label" != asan ]; then
+    for script in bindings/python/run_tests.sh bindings/node/run_tests.sh bindings/rust/run_tests.sh \
+                  tests/install/run_tests.sh; do
+      extra "$label $(basename "$(dirname "$script")")" "$dir" "$script"
+    done
+  fi
+}
+
+# extra LABEL DIR SCRIPT: run SCRIPT DIR, count its closing line.
+extra() {
+  local label=$1 dir=$2 script=$3
+  local log="$dir.$(echo "$script" | tr '/' '_').log"
+  note "$label"
+  if [ ! -x "$script" ]; then
+    echo "missing $script"; add 0 1 "$label"; return
+  fi
+  timeout 900 "$script" "$dir" >"$log" 2>&1
+  local rc=$?
+  tail -30 "$log"
+  local line
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -1)
+  if [ -z "$line" ]; then
+    add 0 1 "$label (no result line; exit $rc)"; return
+  fi
+  local ok bad
+  ok=${line%% passed*}
+  bad=${line#*, }; bad=${bad%% failed}
+  if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+  add "$ok" "$bad" "$label"
 }
 
 want() { [ -z "$ONLY" ] || [ "$ONLY" = "$1" ]; }
@@ -146,6 +183,23 @@ if want fuzz; then
         tail -40 "$work.log"; add 0 1 "fuzz $name"
       fi
     done
+  fi
+fi
+
+if want bench; then
+  avbin="$BUILD_ROOT/boringssl/daemon/agentvault"
+  # Alone (AV_TEST_ONLY=bench), build the daemon first; in a full run a
+  # failed build has been counted already.
+  [ "$ONLY" = bench ] && [ ! -x "$avbin" ] && build boringssl "$BUILD_ROOT/boringssl" -Dtls=boringssl
+  note "bench smoke"
+  blog="$BUILD_ROOT/bench-smoke.log"
+  if [ ! -x "$avbin" ]; then
+    echo "no daemon at $avbin"; add 0 1 "bench smoke"
+  elif timeout 600 "$PY" bench/run.py --smoke --agentvault "$avbin" \
+      --json "$BUILD_ROOT/bench-smoke.json" >"$blog" 2>&1; then
+    tail -60 "$blog"; add 1 0 "bench smoke"
+  else
+    tail -80 "$blog"; add 0 1 "bench smoke"
   fi
 fi
 
