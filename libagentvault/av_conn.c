@@ -199,6 +199,31 @@ static const av_h1_limits head_limits = {AV_HEAD_MAX, AV_FIELDS_MAX};
 
 /* ---- small helpers ------------------------------------------------------ */
 
+/* copy_str copies (p, n) into dst as a string, truncating to fit. Hot
+ * paths use it instead of snprintf. */
+static void copy_str(char *dst, size_t cap, const char *p, size_t n)
+{
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, p, n);
+    dst[n] = '\0';
+}
+
+/* u64_dec writes |v| in decimal (at most 20 digits and a NUL). */
+static void u64_dec(char *out, uint64_t v)
+{
+    char t[24];
+    size_t k = 0;
+    do {
+        t[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    size_t i = 0;
+    while (k)
+        out[i++] = t[--k];
+    out[i] = '\0';
+}
+
 static int ci_eq(const char *a, size_t alen, const char *b)
 {
     size_t blen = strlen(b);
@@ -816,7 +841,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     av_ctx *ctx = c->ctx;
     x->active = 1;
     x->start = av__loop_now(ctx->loop);
-    snprintf(x->method, sizeof(x->method), "%.*s", (int)in->method_len, in->method);
+    copy_str(x->method, sizeof(x->method), in->method, in->method_len);
     x->is_head = ci_eq(in->method, in->method_len, "HEAD");
     x->dest = *dest;
     x->dest_tls = dest_tls;
@@ -999,8 +1024,19 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
         x->req_done = x->a_end && x->a_rx.len == 0;
     }
 
-    snprintf(x->scope, sizeof(x->scope), "%s/%s", svc ? svc->name : "-",
-             c->token >= 0 ? c->snap->cfg->tokens[c->token].name : "-");
+    {
+        /* "service/token": the credential scope of pooled connections */
+        const char *sn = svc ? svc->name : "-";
+        const char *tn = c->token >= 0 ? c->snap->cfg->tokens[c->token].name : "-";
+        size_t sl = strlen(sn), tl = strlen(tn);
+        if (sl + 1 + tl >= sizeof(x->scope)) {
+            x_respond(x, 500, "credential scope name too long", 0);
+            return -1;
+        }
+        memcpy(x->scope, sn, sl);
+        x->scope[sl] = '/';
+        memcpy(x->scope + sl + 1, tn, tl + 1);
+    }
     if (!x->sid)
         c->state = C_EXCHANGE;
     return x_inject(x);
@@ -1677,7 +1713,7 @@ static int x_agent_head_raw(av_exchange *x, int status, const char *reason, size
 {
     av_conn *c = x->c;
     char cl[32];
-    snprintf(cl, sizeof(cl), "%llu", (unsigned long long)len);
+    u64_dec(cl, len);
     if (x->sid) {
         if (status < 200)
             return 0; /* interim responses are not relayed to HTTP/2 agents */
@@ -1715,10 +1751,12 @@ static int x_agent_head_raw(av_exchange *x, int status, const char *reason, size
     size_t mark = o->len;
     int rc = 0;
     char rs[256];
-    if (reason)
-        snprintf(rs, sizeof(rs), "%.*s", (int)reason_len, reason);
-    else
-        snprintf(rs, sizeof(rs), "%s", av__h1_reason(status));
+    if (reason) {
+        copy_str(rs, sizeof(rs), reason, reason_len);
+    } else {
+        const char *r = av__h1_reason(status);
+        copy_str(rs, sizeof(rs), r, strlen(r));
+    }
     rc |= av__h1_write_status_line(o, status, rs);
     for (size_t i = 0; i < nfields; i++) {
         const av_h1_field *f = &fields[i];
@@ -2731,7 +2769,7 @@ static int x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *
             key->value_len >= sizeof(x->ws_key) || av__ws_accept_key(key->value, key->value_len, accept) != 0) {
             x->active = 1;
             x->start = av__loop_now(c->ctx->loop);
-            snprintf(x->method, sizeof(x->method), "%.*s", (int)req->method_len, req->method);
+            copy_str(x->method, sizeof(x->method), req->method, req->method_len);
             av__authority_format(dest, 0, x->host, sizeof(x->host));
             x_respond(x, 400, "malformed WebSocket upgrade request", 0);
             return -1;
@@ -3047,7 +3085,7 @@ static void x_start_h2(av_exchange *x, const av_h2_head *h)
     /* Until x_begin, errors are logged with what we know. */
     x->active = 1;
     x->start = av__loop_now(c->ctx->loop);
-    snprintf(x->method, sizeof(x->method), "%.*s", (int)h->method_len, h->method);
+    copy_str(x->method, sizeof(x->method), h->method, h->method_len);
     av__authority_format(&c->dest, 0, x->host, sizeof(x->host));
     x->is_head = ci_eq(h->method, h->method_len, "HEAD");
 

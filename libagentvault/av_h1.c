@@ -125,10 +125,9 @@ static int is_token(const char *p, size_t n)
 
 /* ---- field helpers ----------------------------------------------------- */
 
-/* av__h1_name_eq compares a field name case-insensitively with |name|. */
-int av__h1_name_eq(const av_h1_field *f, const char *name)
+int av__h1_ieq_n(const char *a, const char *b, size_t n)
 {
-    return ieq(f->name, f->name_len, name);
+    return ieq_n(a, n, b, n);
 }
 
 /* av__h1_find returns the first field named |name|, or NULL. */
@@ -143,13 +142,39 @@ const av_h1_field *av__h1_find(const av_h1_field *fields, size_t n, const char *
 /* av__h1_is_hop_by_hop reports whether |f| must not be forwarded. */
 int av__h1_is_hop_by_hop(const av_h1_field *f, const av_h1_field *fields, size_t n)
 {
-    static const char *const fixed[] = {
-        "connection", "keep-alive", "proxy-connection", "proxy-authorization",
-        "proxy-authenticate", "te", "trailer", "transfer-encoding", "upgrade",
-    };
-    for (size_t i = 0; i < sizeof(fixed) / sizeof(fixed[0]); i++)
-        if (av__h1_name_eq(f, fixed[i]))
+    /* The fixed set, by length first (this runs for every field). */
+    switch (f->name_len) {
+    case 2:
+        if (av__h1_name_eq(f, "te"))
             return 1;
+        break;
+    case 7:
+        if (av__h1_name_eq(f, "trailer") || av__h1_name_eq(f, "upgrade"))
+            return 1;
+        break;
+    case 10:
+        if (av__h1_name_eq(f, "connection") || av__h1_name_eq(f, "keep-alive"))
+            return 1;
+        break;
+    case 16:
+        if (av__h1_name_eq(f, "proxy-connection"))
+            return 1;
+        break;
+    case 17:
+        if (av__h1_name_eq(f, "transfer-encoding"))
+            return 1;
+        break;
+    case 18:
+        if (av__h1_name_eq(f, "proxy-authenticate"))
+            return 1;
+        break;
+    case 19:
+        if (av__h1_name_eq(f, "proxy-authorization"))
+            return 1;
+        break;
+    default:
+        break;
+    }
     for (size_t i = 0; i < n; i++) {
         if (!av__h1_name_eq(&fields[i], "connection"))
             continue;

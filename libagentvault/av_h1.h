@@ -23,6 +23,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/types.h>
 
 #include "av_buf.h"
@@ -122,7 +123,16 @@ ssize_t av__h1_parse_response(const uint8_t *buf, size_t len,
                               av_h1_response *resp);
 
 /* av__h1_field_eq compares a field name case-insensitively with |name|. */
-int av__h1_name_eq(const av_h1_field *f, const char *name);
+/* av__h1_ieq_n: case-insensitive comparison of two byte strings of length n. */
+int av__h1_ieq_n(const char *a, const char *b, size_t n);
+/* av__h1_name_eq compares a field name case-insensitively with |name|.
+ * Inline so that strlen of a literal folds to a constant and names of
+ * another length cost one comparison. */
+static inline int av__h1_name_eq(const av_h1_field *f, const char *name)
+{
+    size_t n = strlen(name);
+    return f->name_len == n && av__h1_ieq_n(f->name, name, n);
+}
 /* av__h1_find returns the first field named |name| (case-insensitive). */
 const av_h1_field *av__h1_find(const av_h1_field *fields, size_t n, const char *name);
 

@@ -448,6 +448,14 @@ int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_
         ms->state = m->state == M_H2 && m->settings && av__h2_can_submit(m->h2) ? AV_MS_READY : AV_MS_WAIT;
         return AV_OK;
     }
+    /* An idle pooled connection (pools only hold HTTP/1.1 ones): the
+     * origin spoke HTTP/1.1 last time, use it without making a mux. */
+    av_upconn *pooled = av__upstream_pool_take(ctx, key, notify, owner);
+    if (pooled) {
+        ms->state = AV_MS_H1;
+        ms->up = pooled;
+        return AV_OK;
+    }
     av_mux *m = av__calloc(1, sizeof(*m));
     if (!m)
         return AV_ERR_NOMEM;

@@ -66,6 +66,8 @@ struct av_tls {
     int sni_bad;         /* the servername callback refused the SNI */
     int verify_err;      /* client: first X509_V_ERR_* seen, 0 if none */
     int offer_h2;        /* av__tls_offer_h2 was called */
+    int starved;         /* SSL_read wanted more input ... */
+    size_t starved_len;  /* ... while cin held this many bytes */
     char alpn[32];
     char err[256];
 };
@@ -89,6 +91,15 @@ static const char *tls_reason(void)
     unsigned long e = ERR_peek_error();
     const char *r = e ? ERR_reason_error_string(e) : NULL;
     return r ? r : "unknown error";
+}
+
+/* err_reset empties the thread's error queue. ERR_clear_error walks and
+ * frees every slot (hundreds of instructions in BoringSSL); peeking first
+ * makes the common empty case cheap. */
+static inline void err_reset(void)
+{
+    if (ERR_peek_error() != 0)
+        ERR_clear_error();
 }
 
 /* ---- the buffer BIO -------------------------------------------------------- */
@@ -601,7 +612,8 @@ int av__tls_handshake(av_tls *t)
         return AV_ERR_AGAIN;
     if (t->hs_done)
         return AV_OK;
-    ERR_clear_error();
+    t->starved = 0;
+    err_reset();
     int r = SSL_do_handshake(t->ssl);
     if (r != 1) {
         int rc = fail(t, r, "TLS handshake failed");
@@ -624,20 +636,40 @@ ssize_t av__tls_read(av_tls *t, uint8_t *buf, size_t len)
             return rc;
     }
     flush_ovf(t);
+    /* The pump calls this on every round. Bytes only reach cin by being
+     * appended (only our BIO, inside an SSL call, takes them out), so when
+     * SSL_read last wanted input and cin has not grown since, it would
+     * want input again: skip the call (and its error-queue work). */
+    if (t->starved && av__buf_len(t->cin) == t->starved_len)
+        return t->got_close ? 0 : AV_ERR_AGAIN;
+    t->starved = 0;
+    err_reset();
     /* Fill |buf| while records are available so nothing stays buffered
      * inside the SSL object when the caller has room for it. */
     while (total < len && !t->got_close) {
         size_t want = len - total;
         if (want > INT_MAX)
             want = INT_MAX;
-        ERR_clear_error();
         int r = SSL_read(t->ssl, buf + total, (int)want);
         if (r > 0) {
             total += (size_t)r;
+            if (av__buf_len(t->cin) == 0 && !SSL_has_pending(t->ssl)) {
+                /* Nothing buffered anywhere: another SSL_read would only
+                 * say it wants input. */
+                t->starved = 1;
+                t->starved_len = 0;
+                break;
+            }
             continue;
         }
-        if (SSL_get_error(t->ssl, r) == SSL_ERROR_ZERO_RETURN) {
+        int e = SSL_get_error(t->ssl, r);
+        if (e == SSL_ERROR_ZERO_RETURN) {
             t->got_close = 1;
+            break;
+        }
+        if (e == SSL_ERROR_WANT_READ) {
+            t->starved = 1;
+            t->starved_len = av__buf_len(t->cin);
             break;
         }
         int rc = fail(t, r, "TLS read failed");
@@ -677,7 +709,7 @@ ssize_t av__tls_write(av_tls *t, const uint8_t *buf, size_t len)
         else if (av__buf_len(t->cout) > 0)
             return AV_ERR_AGAIN;
     }
-    ERR_clear_error();
+    err_reset(); /* SSL_write takes no input: |starved| stays valid */
     int r = SSL_write(t->ssl, buf, (int)want);
     if (r > 0)
         return r;
@@ -693,6 +725,7 @@ void av__tls_close(av_tls *t)
     t->sent_close = 1;
     if (!t->hs_done)
         return;
+    t->starved = 0;
     ERR_clear_error();
     (void)SSL_shutdown(t->ssl);
     ERR_clear_error();

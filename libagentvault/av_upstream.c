@@ -240,7 +240,23 @@ static void pool_unlink(av_ctx *ctx, av_upconn *up)
 
 void av__upstream_key(char *key, size_t len, const av_authority *dest, int tls, const char *scope)
 {
-    snprintf(key, len, "%s|%s|%d|%s", tls ? "https" : "http", dest->host, dest->port, scope);
+    /* "https|host:port|scope" (host:port with IPv6 brackets); per exchange,
+     * so no snprintf. Truncated keys stay distinct only up to |len|, which
+     * AV_UP_KEY_MAX makes larger than any host plus a bounded scope. */
+    char auth[AV_HOST_MAX + 16];
+    if (av__authority_format(dest, -1, auth, sizeof(auth)) < 0)
+        auth[0] = '\0';
+    const char *parts[] = {tls ? "https|" : "http|", auth, "|", scope};
+    size_t o = 0;
+    for (size_t i = 0; i < 4 && len; i++) {
+        size_t n = strlen(parts[i]);
+        if (o + n >= len)
+            n = len - 1 - o;
+        memcpy(key + o, parts[i], n);
+        o += n;
+    }
+    if (len)
+        key[o] = '\0';
 }
 
 int av__upstream_is_h2(const av_upconn *up)
@@ -248,6 +264,22 @@ int av__upstream_is_h2(const av_upconn *up)
     if (!up->tls || up->side.nlayers < 1)
         return 0;
     return strcmp(av__tls_alpn(up->side.layer[up->side.nlayers - 1].tls), "h2") == 0;
+}
+
+av_upconn *av__upstream_pool_take(av_ctx *ctx, const char *key, av_up_notify notify, void *owner)
+{
+    for (av_upconn *p = ctx->pool; p; p = p->pool_next) {
+        if (strcmp(p->key, key) != 0)
+            continue;
+        pool_unlink(ctx, p);
+        av__timer_stop(p->timer);
+        p->state = AV_UP_READY;
+        p->notify = notify;
+        p->owner = owner;
+        p->reused = 1;
+        return p;
+    }
+    return NULL;
 }
 
 int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const char *scope,
@@ -261,15 +293,8 @@ int av__upstream_acquire2(av_ctx *ctx, const av_authority *dest, int tls, const 
 {
     char key[AV_UP_KEY_MAX];
     av__upstream_key(key, sizeof(key), dest, tls, scope);
-    for (av_upconn *p = ctx->pool; p; p = p->pool_next) {
-        if (strcmp(p->key, key) != 0)
-            continue;
-        pool_unlink(ctx, p);
-        av__timer_stop(p->timer);
-        p->state = AV_UP_READY;
-        p->notify = notify;
-        p->owner = owner;
-        p->reused = 1;
+    av_upconn *p = av__upstream_pool_take(ctx, key, notify, owner);
+    if (p) {
         *out = p;
         return AV_OK;
     }

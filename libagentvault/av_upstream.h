@@ -59,6 +59,9 @@ struct av_upconn {
 
 /* av__upstream_acquire returns 0 and *out (state READY for a pooled
  * connection, or an earlier state for a new one), or AV_ERR_NOMEM. */
+/* av__upstream_pool_take returns an idle pooled connection for |key|
+ * (av__upstream_key), now owned by |owner|, or NULL. */
+av_upconn *av__upstream_pool_take(av_ctx *ctx, const char *key, av_up_notify notify, void *owner);
 int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const char *scope,
                          av_up_notify notify, void *owner, av_upconn **out);
 /* The same, offering ALPN h2 to a TLS upstream when the connection is new

@@ -223,15 +223,39 @@ int av__authority_equal(const av_authority *a, const av_authority *b)
  * equals |omit_port|. Returns the length or AV_ERR_LIMIT. */
 int av__authority_format(const av_authority *a, int omit_port, char *buf, size_t len)
 {
-    int n;
-    const char *lb = a->is_ip == 6 ? "[" : "", *rb = a->is_ip == 6 ? "]" : "";
-    if (a->port == omit_port)
-        n = snprintf(buf, len, "%s%s%s", lb, a->host, rb);
-    else
-        n = snprintf(buf, len, "%s%s%s:%d", lb, a->host, rb, a->port);
-    if (n < 0 || (size_t)n >= len)
+    /* Runs twice per exchange: no snprintf. */
+    size_t hl = strlen(a->host);
+    char port[8];
+    size_t pl = 0;
+    if (a->port != omit_port) {
+        char tmp[8];
+        unsigned v = (unsigned)a->port;
+        size_t k = 0;
+        do {
+            tmp[k++] = (char)('0' + v % 10);
+            v /= 10;
+        } while (v && k < sizeof(tmp));
+        port[pl++] = ':';
+        while (k)
+            port[pl++] = tmp[--k];
+    }
+    int v6 = a->is_ip == 6;
+    size_t n = hl + pl + (v6 ? 2 : 0);
+    if (!buf || n >= len) {
+        if (buf && len)
+            buf[0] = '\0';
         return AV_ERR_LIMIT;
-    return n;
+    }
+    char *p = buf;
+    if (v6)
+        *p++ = '[';
+    memcpy(p, a->host, hl);
+    p += hl;
+    if (v6)
+        *p++ = ']';
+    memcpy(p, port, pl);
+    p[pl] = '\0';
+    return (int)n;
 }
 
 /* default_port_for gives the well-known port of a (lower-case) scheme, or
