@@ -1989,6 +1989,11 @@ AV_EXPORT int av_config_add_section(av_config *cfg, const char *kind, const char
             av__buf_free_wipe(&text);
             return AV_ERR_INVALID;
         }
+        if (!*k || *k == '#' || *k == ';' || *k == '[') {
+            set_error(cfg, "key \"%.64s\": empty or starts with a comment or section character", k);
+            av__buf_free_wipe(&text);
+            return AV_ERR_INVALID;
+        }
         if (strpbrk(k, "=\r\n") || strpbrk(v, "\r\n")) {
             set_error(cfg, "key \"%.64s\": keys and values may not contain line breaks (or '=' in a key)", k);
             av__buf_free_wipe(&text);

@@ -195,7 +195,7 @@ static void gw_link(av_ctx *ctx, av_gw *g)
 static int ctx_post(av_ctx *ctx, av_cmd *cmd)
 {
     pthread_mutex_lock(&ctx->lock);
-    if (ctx->closed) {
+    if (ctx->closed || ctx->shutdown_requested) {
         pthread_mutex_unlock(&ctx->lock);
         return AV_ERR_STATE;
     }
@@ -285,6 +285,8 @@ static av_gw *ctx_api_gw(av_ctx *ctx, const char *upstream, char *err, size_t er
     return g;
 }
 
+static int gateway_listen(av_ctx *ctx, av_gw *g, char *url, size_t url_len);
+
 AV_EXPORT int av_gateway_open(av_ctx *ctx, const char *upstream, char *url, size_t url_len)
 {
     if (url && url_len)
@@ -295,6 +297,28 @@ AV_EXPORT int av_gateway_open(av_ctx *ctx, const char *upstream, char *url, size
     av_gw *g = ctx_api_gw(ctx, upstream, why, sizeof(why));
     if (!g)
         return AV_ERR_INVALID;
+    /* One listener per origin: the same origin gives the same URL. The
+     * lock is held across the bind so that concurrent callers agree. */
+    pthread_mutex_lock(&ctx->lock);
+    if (ctx->closed || ctx->shutdown_requested) {
+        pthread_mutex_unlock(&ctx->lock);
+        return AV_ERR_STATE;
+    }
+    if (g->api_port > 0) {
+        snprintf(url, url_len, "http://127.0.0.1:%d", g->api_port);
+        pthread_mutex_unlock(&ctx->lock);
+        return AV_OK;
+    }
+    int rc = gateway_listen(ctx, g, url, url_len);
+    pthread_mutex_unlock(&ctx->lock);
+    return rc;
+}
+
+/* gateway_listen binds a listener for |g| and queues it for the loop.
+ * Called with ctx->lock held. */
+static int gateway_listen(av_ctx *ctx, av_gw *g, char *url, size_t url_len)
+{
+    char why[160];
     av_listener *l = av__calloc(1, sizeof(*l));
     av_cmd *cmd = av__calloc(1, sizeof(*cmd));
     if (!l || !cmd) {
@@ -313,11 +337,13 @@ AV_EXPORT int av_gateway_open(av_ctx *ctx, const char *upstream, char *url, size
     cmd->fd = -1;
     cmd->l = l;
     cmd->gw = g;
-    rc = ctx_post(ctx, cmd);
-    if (rc != AV_OK) {
-        cmd_discard(cmd);
-        return rc;
-    }
+    cmd->next = NULL;
+    av_cmd **tail = &ctx->cmds;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = cmd;
+    g->api_port = port;
+    av__async_send(ctx->wakeup);
     snprintf(url, url_len, "http://127.0.0.1:%d", port);
     return AV_OK;
 }
@@ -781,6 +807,11 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     ctx->cfg = av__config_copy(cfg_in);
     if (!ctx->cfg)
         goto fail;
+    if (av_config_validate(ctx->cfg) != AV_OK) {
+        ctx_err(err, err_len, "%s", av_config_error(ctx->cfg));
+        rc = AV_ERR_CONFIG;
+        goto fail;
+    }
     if (!ctx->cfg->state_dir) {
         ctx_err(err, err_len, "no state directory configured");
         rc = AV_ERR_CONFIG;
@@ -821,6 +852,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
         rc = AV_ERR_NOMEM;
         goto fail;
     }
+    ctx->nproxy_listeners = ctx->cfg->nlisten;
     for (size_t i = 0; i < ctx->cfg->nlisten + ctx->cfg->ngateways; i++) {
         ctx->nlisteners = i + 1;
         const char *spec = ctx->cfg->listen[0];
@@ -881,15 +913,17 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
 {
     if (!ctx)
         return;
-    while (ctx->conns)
-        av__conn_destroy(ctx->conns);
-    av__upstream_pool_free(ctx);
-    av__mux_free_all(ctx);
+    /* A started context: its loop thread owns the connections, so stop it
+     * before touching them. */
     if (ctx->thread_started) {
         av_ctx_shutdown(ctx, 0);
         pthread_join(ctx->thread, NULL);
         ctx->thread_started = 0;
     }
+    while (ctx->conns)
+        av__conn_destroy(ctx->conns);
+    av__upstream_pool_free(ctx);
+    av__mux_free_all(ctx);
     for (size_t i = 0; i < ctx->nlisteners; i++)
         listener_close(&ctx->listeners[i]);
     av__free(ctx->listeners);
@@ -942,21 +976,24 @@ AV_EXPORT void av_ctx_set_log(av_ctx *ctx, av_log_fn fn, void *user_data, int ma
 
 AV_EXPORT int av_ctx_listen_port(const av_ctx *ctx, size_t i)
 {
-    if (!ctx || i >= ctx->nlisteners || i >= ctx->cfg->nlisten)
+    /* Fixed at creation (a reload cannot change listeners), so this reads
+     * nothing a reload replaces: safe from any thread. */
+    if (!ctx || i >= ctx->nproxy_listeners)
         return AV_ERR_NOTFOUND;
     return ctx->listeners[i].port;
 }
 
 AV_EXPORT int av_ctx_gateway_port(const av_ctx *ctx, size_t i)
 {
-    if (!ctx || i >= ctx->cfg->ngateways || ctx->cfg->nlisten + i >= ctx->nlisteners)
+    if (!ctx || ctx->nproxy_listeners + i >= ctx->nlisteners)
         return AV_ERR_NOTFOUND;
-    return ctx->listeners[ctx->cfg->nlisten + i].port;
+    return ctx->listeners[ctx->nproxy_listeners + i].port;
 }
 
 AV_EXPORT int av_ctx_run(av_ctx *ctx)
 {
-    if (!ctx || ctx->running || ctx->thread_started || !av__loop_owned(ctx->loop))
+    /* thread_started first: |running| belongs to a started loop thread. */
+    if (!ctx || ctx->thread_started || ctx->running || !av__loop_owned(ctx->loop))
         return AV_ERR_STATE;
     ctx->running = 1;
     if (!ctx->shutdown_requested)
@@ -1002,7 +1039,7 @@ static void *ctx_thread(void *arg)
 
 AV_EXPORT int av_ctx_start(av_ctx *ctx)
 {
-    if (!ctx || ctx->running || ctx->thread_started || ctx->done || !av__loop_owned(ctx->loop))
+    if (!ctx || ctx->thread_started || ctx->running || ctx->done || !av__loop_owned(ctx->loop))
         return AV_ERR_STATE;
     /* The loop thread takes no signals: they belong to the host's threads. */
     sigset_t all, old;

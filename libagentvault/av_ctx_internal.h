@@ -64,6 +64,7 @@ typedef struct av_gw {
     int allow_remote;         /* accept clients that are not on loopback */
     int dest_tls;             /* https upstream */
     av_authority dest;
+    int api_port;             /* av_gateway_open's listener for it (0: none yet; under ctx->lock) */
     char name[72];            /* for logs: the section name or "api" */
     char upstream[AV_HOST_MAX + 40]; /* normalized origin, e.g. https://api.openai.com */
 } av_gw;
@@ -105,8 +106,9 @@ struct av_ctx {
     av_tls_server_ctx *tls_srv;
     av_tls_client_ctx *tls_cli;
     av_dns *dns;
-    av_listener *listeners;
+    av_listener *listeners;   /* the proxy's, then one per [gateway] */
     size_t nlisteners;
+    size_t nproxy_listeners;
     const char **proxy_names; /* NULL-terminated: names the proxy's own cert covers */
     struct av_snap *snap;     /* the current configuration snapshot (cfg == snap->cfg) */
     av_conn *conns;

@@ -272,7 +272,8 @@ AV_EXPORT int av_ctx_stop(av_ctx *ctx, double drain_seconds);
  * client sends plain HTTP/1.1 (WebSocket upgrades included) or HTTP/2 with
  * prior knowledge to that URL; requests are matched to the upstream's
  * service, injected, and sent over verified TLS. Only loopback clients are
- * accepted. The gateway lives until the context shuts down. Returns
+ * accepted. The gateway lives until the context shuts down; calls for
+ * the same origin return the same URL (one listener per origin). Returns
  * AV_ERR_INVALID (bad origin, |url_len| < 32), AV_ERR_IO (cannot bind),
  * AV_ERR_STATE (shutting down) or AV_ERR_NOMEM. [any thread] */
 AV_EXPORT int av_gateway_open(av_ctx *ctx, const char *upstream, char *url,

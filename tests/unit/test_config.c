@@ -797,6 +797,8 @@ static void add_section(void **state)
     const char *nl[] = {"host", "a.example\n[proxy]", NULL};
     assert_int_equal(av_config_add_section(c, "service", "x", nl), AV_ERR_INVALID);
     assert_non_null(strstr(av_config_error(c), "line breaks"));
+    const char *comment[] = {"#host", "a.example", NULL};
+    assert_int_equal(av_config_add_section(c, "service", "x", comment), AV_ERR_INVALID);
     const char *odd[] = {"host", NULL};
     assert_int_equal(av_config_add_section(c, "service", "x", odd), AV_ERR_INVALID);
     assert_int_equal(av_config_add_section(c, "service", "a\"b", svc), AV_ERR_INVALID);
