@@ -14,12 +14,17 @@
  *            "data: <CLOCK_REALTIME ns>"); records delivery delay
  *   ws       C connections upgrade to WebSocket at --path and ping-pong
  *            --msg-size byte text messages; records round-trip time
- *   idle     opens C connections, one completed request each, then prints
- *            a JSON line and holds them until stdin reaches EOF
+ *   idle     opens C connections (in waves of 50), one completed request
+ *            each, within --duration seconds; then prints a JSON line and
+ *            holds them until stdin reaches EOF
  *   h2       C connections with ALPN "h2" only (the handshake must select
  *            h2), each keeping --streams concurrent GET streams open: a
  *            stream that completes is replaced at once; records each
  *            stream's latency (request submitted -> stream closed)
+ *
+ * Every mode stops starting operations at the end (warm-up + duration) and
+ * waits at most --grace seconds for those in flight; any still unfinished
+ * then count as errors ("... unfinished ... (stalled)").
  *
  * Output: one JSON object on stdout.  Exit status 0 if at least one
  * operation succeeded, 2 otherwise, 1 on usage errors.
@@ -74,6 +79,7 @@ struct conn {
     nghttp2_session *h2;   /* h2 mode */
     struct h2s *h2s_all, *h2s_free;
     int h2_open;           /* streams submitted and not yet closed */
+    long nev;              /* sse: events received on this connection */
     char rbuf[RBUF];
 };
 
@@ -83,8 +89,8 @@ static struct {
     int use_proxy;
     const char *host, *host_fmt, *cafile, *auth, *path;
     int conns, hosts, host_next, msg_size, interval_ms, streams;
-    double duration, warmup;
-} o = {.host = "bench.test", .path = "/", .conns = 10, .duration = 5,
+    double duration, warmup, grace;
+} o = {.host = "bench.test", .path = "/", .conns = 10, .duration = 5, .grace = 10,
        .msg_size = 32, .hosts = 100, .host_next = 1, .streams = 10};
 
 static SSL_CTX *ctx;
@@ -110,10 +116,14 @@ static uint64_t real_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
 }
 
+/* record counts one completed operation; its latency |ns| is measured only
+ * if it completed within [t_meas, t_end) (not in the warm-up, nor while the
+ * operations in flight at the end finish). */
 static void record(uint64_t ns)
 {
     ok_total++;
-    if (now_ns() < t_meas)
+    uint64_t t = now_ns();
+    if (t < t_meas || (t >= t_end && o.mode != M_NEWHOST))
         return;
     ok_meas++;
     if (nlat == caplat) {
@@ -169,6 +179,7 @@ static int conn_open(struct conn *c)
         snprintf(c->host, sizeof(c->host), "%s", o.host);
     }
     c->rlen = 0;
+    c->nev = 0;
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (c->fd < 0) {
         set_err("socket: %s", strerror(errno));
@@ -716,6 +727,7 @@ static void drive(struct conn *c, uint32_t events)
                     break;
                 uint64_t ts = strtoull(d + 6, NULL, 10);
                 record(rt > ts ? rt - ts : 0);
+                c->nev++;
                 p = nl + 1;
             }
             /* keep the unconsumed tail (at most a partial event) */
@@ -733,7 +745,7 @@ static void drive(struct conn *c, uint32_t events)
             }
             memmove(c->rbuf, p, keep);
             c->rlen = keep;
-            if (now_ns() >= t_end) {
+            if (now_ns() >= t_end && c->nev > 0) {
                 conn_free(c);
                 active--;
                 return;
@@ -842,7 +854,9 @@ static void usage(void)
             "--target IP:PORT)\n"
             "              --cafile PEM [--host H] [--host-fmt FMT --hosts N] [--conns C]\n"
             "              [--duration S] [--warmup S] [--auth VALUE] [--path P]\n"
-            "              [--msg-size N] [--streams M (h2: concurrent streams per conn)]\n");
+            "              [--msg-size N] [--streams M (h2: concurrent streams per conn)]\n"
+            "              [--grace S (wait for in-flight operations after the end; default 10)]\n"
+            "  idle: --duration is the deadline for opening all connections\n");
     exit(1);
 }
 
@@ -879,6 +893,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--path")) o.path = v;
         else if (!strcmp(a, "--msg-size")) o.msg_size = atoi(v);
         else if (!strcmp(a, "--streams")) o.streams = atoi(v);
+        else if (!strcmp(a, "--grace")) o.grace = atof(v);
         else usage();
     }
     if (!o.cafile || o.conns < 1 || (o.mode == M_NEWHOST && !o.host_fmt) ||
@@ -916,7 +931,8 @@ int main(int argc, char **argv)
     /* In idle mode, open connections in waves so that a slow proxy is not
      * hit by a thousand simultaneous handshakes. */
     int opened = 0, wave = o.mode == M_IDLE ? 50 : o.conns;
-    uint64_t idle_deadline = t_begin + (uint64_t)((o.duration + 60) * 1e9);
+    /* idle mode: --duration is the time allowed to open every connection */
+    uint64_t idle_deadline = t_begin + (uint64_t)(o.duration * 1e9);
     for (; opened < o.conns && opened < wave; opened++) {
         cs[opened].fd = -1;
         if (conn_open(&cs[opened]) == 0)
@@ -941,7 +957,7 @@ int main(int argc, char **argv)
             if (active == 0)
                 break;
             uint64_t t = now_ns();
-            if (t > t_end + 10000000000ull) /* 10 s grace, then give up */
+            if (t > t_end + (uint64_t)(o.grace * 1e9)) /* grace, then give up */
                 break;
             if (t >= t_end)
                 stop_opening = 1;
@@ -951,16 +967,41 @@ int main(int argc, char **argv)
             drive(evs[i].data.ptr, evs[i].events);
         if (o.mode == M_SSE || o.mode == M_KA || o.mode == M_WS || o.mode == M_H2) {
             /* connections that block forever (SSE between events) must still
-             * notice the end of the run */
+             * notice the end of the run; an SSE stream that has not delivered
+             * an event yet (a slow proxy still setting it up) gets the grace
+             * period to deliver one */
             if (now_ns() >= t_end)
                 for (int i = 0; i < o.conns; i++)
-                    if (cs[i].st == S_SSE) {
+                    if (cs[i].st == S_SSE && cs[i].nev > 0) {
                         conn_free(&cs[i]);
                         active--;
                     }
         }
     }
     uint64_t t_done = now_ns();
+    /* Whatever has not finished by now stalled (for longer than --grace
+     * after the end, or, in idle mode, until the deadline): an error, so
+     * that a hung proxy does not look like a clean, merely slow run. */
+    {
+        long unfinished = 0;
+        int n = o.mode == M_IDLE ? opened : o.conns;
+        for (int i = 0; i < n; i++) {
+            if (cs[i].st == S_DEAD || cs[i].st == S_HELD)
+                continue;
+            unfinished += (cs[i].st == S_H2 && cs[i].h2_open > 0) ? cs[i].h2_open : 1;
+        }
+        if (o.mode == M_IDLE)
+            unfinished += o.conns - opened;
+        if (unfinished > 0) {
+            char m[160];
+            snprintf(m, sizeof(m), "%ld %s unfinished %s (stalled)", unfinished,
+                     o.mode == M_IDLE ? "connection(s)" : o.mode == M_H2 ? "stream(s)/connection(s)"
+                                                                           : "operation(s)",
+                     o.mode == M_IDLE ? "at the deadline" : "after the grace period");
+            errors += unfinished - 1;
+            set_err("%s", m);
+        }
+    }
     double meas = (double)((t_done < t_end ? t_done : t_end) -
                            (t_meas < t_done ? t_meas : t_done)) / 1e9;
     if (o.mode == M_NEWHOST || o.mode == M_IDLE)
@@ -974,11 +1015,20 @@ int main(int argc, char **argv)
     unsigned p99 = nlat ? lat[(size_t)((nlat - 1) * 0.99)] : 0;
     unsigned mx = nlat ? lat[nlat - 1] : 0;
     long ok = (o.mode == M_NEWHOST || o.mode == M_IDLE) ? ok_total : ok_meas;
+    /* no measured sample (e.g. a slow proxy still setting up at the end of
+     * a short run): latencies are null, not 0 */
+    char lats[200];
+    if (nlat)
+        snprintf(lats, sizeof(lats),
+                 "\"lat_p50_us\":%u,\"lat_p99_us\":%u,\"lat_max_us\":%u,\"lat_mean_us\":%.1f",
+                 p50, p99, mx, mean);
+    else
+        snprintf(lats, sizeof(lats), "\"lat_p50_us\":null,\"lat_p99_us\":null,"
+                 "\"lat_max_us\":null,\"lat_mean_us\":null");
     printf("{\"mode\":%d,\"conns\":%d,\"streams\":%d,\"seconds\":%.3f,\"ok\":%ld,\"ok_total\":%ld,"
-           "\"errors\":%ld,\"rate\":%.1f,\"lat_p50_us\":%u,\"lat_p99_us\":%u,"
-           "\"lat_max_us\":%u,\"lat_mean_us\":%.1f,\"first_error\":\"%s\"}\n",
+           "\"errors\":%ld,\"rate\":%.1f,%s,\"first_error\":\"%s\"}\n",
            (int)o.mode, o.conns, o.mode == M_H2 ? o.streams : 1, meas, ok, ok_total, errors,
-           meas > 0 ? ok / meas : 0, p50, p99, mx, mean, first_err);
+           meas > 0 ? ok / meas : 0, lats, first_err);
     fflush(stdout);
     if (o.mode == M_IDLE) {
         char b[64];

@@ -19,13 +19,16 @@ Results are measurements, not tests: nothing here compares against a
 threshold.  See bench/README.md.
 """
 import argparse
+import ctypes
 import datetime
 import http.client
 import json
 import os
+import selectors
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -43,6 +46,63 @@ AGENTVAULT_BIN = os.environ.get("AGENTVAULT", f"{ROOT}/build/daemon/agentvault")
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- processes
+#
+# Nothing may outlive the run, whatever ends it: every child runs in its own
+# process group (stop() signals the whole group, e.g. nginx's worker too),
+# gets SIGTERM from the kernel if this process dies (PR_SET_PDEATHSIG: even a
+# SIGKILL of run.py cleans up), and SIGTERM/SIGINT/SIGHUP and the --smoke time
+# budget (SIGALRM) raise Abort, which unwinds through the finally blocks that
+# stop everything and still write the JSON.
+
+class Abort(BaseException):
+    """A signal or the time budget ended the run (not caught per scenario)."""
+
+
+_aborted = []
+_children = []   # every Popen started through spawn(), for the last sweep
+_PARENT = os.getpid()
+try:
+    _libc = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _libc = None
+
+
+def _on_signal(signum, frame):
+    if _aborted:        # already unwinding: do not interrupt the clean-up
+        return
+    why = ("time budget exceeded" if signum == signal.SIGALRM
+           else "killed by " + signal.Signals(signum).name)
+    _aborted.append(why)
+    raise Abort(why)
+
+
+def _child_setup():
+    # runs in the child between fork and exec; setsid via start_new_session
+    if _libc is not None:
+        _libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != _PARENT:   # the parent died before prctl
+        os._exit(1)
+
+
+def spawn(cmd, **kw):
+    """Popen for everything the harness starts (see above)."""
+    p = subprocess.Popen(cmd, start_new_session=True, preexec_fn=_child_setup, **kw)
+    _children.append(p)
+    return p
+
+
+def run_child(cmd, timeout):
+    """subprocess.run(capture_output=True, text=True) through spawn(); kills
+    the child's group on timeout or any exception (Abort included)."""
+    p = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        stop(p, term_wait=0)
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
 
 def free_port():
@@ -73,6 +133,59 @@ def wait_port(port, timeout=20.0, proc=None):
     raise RuntimeError("port %d did not open" % port)
 
 
+def https_status(port, host, cafile, auth=True, timeout=2.0):
+    """Status of GET / over HTTPS/1.1 to 127.0.0.1:|port| with SNI |host|,
+    verified against |cafile|."""
+    ctx = ssl.create_default_context(cafile=cafile)
+    ctx.set_alpn_protocols(["http/1.1"])
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: %s\r\n%sConnection: close\r\n\r\n"
+                      % (host.encode(), b"Authorization: Bearer %s\r\n" % SECRET.encode()
+                         if auth else b""))
+            head = b""
+            while b"\r\n" not in head:
+                b = s.recv(4096)
+                if not b:
+                    break
+                head += b
+    return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.") else None
+
+
+def check_until(what, probe, want, procs, timeout=20.0):
+    """Wait until probe() returns |want|: the origin is up, and really ours
+    (a port stolen by another process, or an nginx still retrying bind()
+    before giving up, answers something else or nothing)."""
+    t = time.time() + timeout
+    got = None
+    while True:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{what}: process exited with {p.returncode}")
+        try:
+            got = probe()
+            if got == want:
+                return
+        except (OSError, ValueError, IndexError) as e:
+            got = f"{type(e).__name__}: {e}"
+        if time.time() > t:
+            raise RuntimeError(f"{what}: expected {want}, got {got}")
+        time.sleep(0.1)
+
+
+def connect_status(port, host="bench.test", timeout=5.0):
+    """Status of the answer of the proxy at 127.0.0.1:|port| to CONNECT."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"CONNECT %s:443 HTTP/1.1\r\nHost: %s:443\r\n\r\n" % ((host.encode(),) * 2))
+        head = b""
+        while b"\r\n" not in head:
+            b = s.recv(4096)
+            if not b:
+                break
+            head += b
+    return int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.") else None
+
+
 def cpu_seconds(pid):
     """CPU time of the process: the sum of its threads' schedstat run time
     (nanosecond resolution; /proc/PID/stat utime+stime has only clock-tick
@@ -94,6 +207,24 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def tail(path, n=600):
+    """The last |n| characters of a log file, on one line ("" if none)."""
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(f.read()[-n:].strip().splitlines())
+    except OSError:
+        return ""
+
+
+def read_from(path, off):
+    try:
+        with open(path, errors="replace") as f:
+            f.seek(off)
+            return f.read()
+    except OSError:
+        return ""
+
+
 def rss_kb(pid):
     with open("/proc/%d/status" % pid) as f:
         for ln in f:
@@ -102,14 +233,33 @@ def rss_kb(pid):
     return 0
 
 
-def stop(proc):
-    if proc and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+def _killpg(proc, sig):
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop(proc, term_wait=10):
+    """SIGTERM to the process group of |proc| (started by spawn()), SIGKILL
+    after |term_wait| s; then SIGKILL whatever is left in the group."""
+    if not proc:
+        return
+    if proc.poll() is None:
+        _killpg(proc, signal.SIGTERM if term_wait else signal.SIGKILL)
         try:
-            proc.wait(10)
+            proc.wait(term_wait or 10)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            _killpg(proc, signal.SIGKILL)
             proc.wait()
+    # the leader is gone; members it left behind (an nginx worker) are not
+    _killpg(proc, signal.SIGKILL)
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f:
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 # ---------------------------------------------------------------- setup
@@ -133,8 +283,10 @@ def gen_certs(wd):
 def build_avload(wd):
     out = f"{wd}/avload"
     cc = os.environ.get("CC", "cc")
-    subprocess.run([cc, "-O2", "-Wall", "-Wno-format-truncation", "-o", out,
-                    f"{HERE}/avload.c", "-lssl", "-lcrypto", "-lnghttp2"], check=True)
+    cp = run_child([cc, "-O2", "-Wall", "-Wno-format-truncation", "-o", out,
+                    f"{HERE}/avload.c", "-lssl", "-lcrypto", "-lnghttp2"], timeout=120)
+    if cp.returncode:
+        raise RuntimeError("building avload failed: " + (cp.stdout + cp.stderr)[-500:])
     return out
 
 
@@ -194,6 +346,13 @@ class Rig:
     def __init__(self, wd):
         self.wd = wd
         self.procs = []
+        try:
+            self._start(wd)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, wd):
         gen_certs(wd)
         self.avload = build_avload(wd)
         self.origin_port = free_port()
@@ -206,20 +365,41 @@ class Rig:
         with open(f"{wd}/nginx.conf", "w") as f:
             f.write(NGINX_CONF.format(wd=wd, port=self.origin_port, h2port=self.h2_port,
                                       secret=SECRET))
-        self.procs.append(subprocess.Popen(pin(0) + [nginx, "-p", wd, "-c", f"{wd}/nginx.conf"],
-                                           stderr=open(f"{wd}/nginx.out", "w")))
-        self.procs.append(subprocess.Popen(
-            pin(0) + [sys.executable, f"{HERE}/origin_stream.py", "--port", str(self.stream_port),
-                      "--cert", f"{wd}/origin.pem", "--key", f"{wd}/origin.key",
-                      "--key-value", SECRET],
-            stderr=open(f"{wd}/origin-stream.out", "w")))
-        wait_port(self.origin_port, proc=self.procs[0])
-        wait_port(self.stream_port, proc=self.procs[1])
-        wait_port(self.h2_port, proc=self.procs[0])
+        with open(f"{wd}/nginx.out", "w") as err:
+            self.procs.append(spawn(pin(0) + [nginx, "-p", wd, "-c", f"{wd}/nginx.conf"],
+                                    stderr=err))
+        with open(f"{wd}/origin-stream.out", "w") as err:
+            self.procs.append(spawn(
+                pin(0) + [sys.executable, f"{HERE}/origin_stream.py", "--port",
+                          str(self.stream_port), "--cert", f"{wd}/origin.pem",
+                          "--key", f"{wd}/origin.key", "--key-value", SECRET],
+                stderr=err))
+        ca = f"{wd}/origin-ca.pem"
+        try:
+            check_until("nginx bench.test", lambda: https_status(self.origin_port, "bench.test", ca),
+                        200, self.procs[:1])
+            check_until("nginx bench.test without the credential",
+                        lambda: https_status(self.origin_port, "bench.test", ca, auth=False),
+                        401, self.procs[:1])
+            # the h2-only origin must refuse HTTP/1.1 (426), or the h2
+            # scenario would not prove that the proxy talks h2 upstream
+            check_until("nginx h2.bench.test over HTTP/1.1",
+                        lambda: https_status(self.h2_port, "h2.bench.test", ca), 426,
+                        self.procs[:1])
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {tail(wd + '/nginx-error.log')} "
+                               f"{tail(wd + '/nginx.out')}") from None
+        try:
+            check_until("origin_stream.py",
+                        lambda: https_status(self.stream_port, "stream.bench.test", ca), 200,
+                        self.procs[1:2])
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {tail(wd + '/origin-stream.out')}") from None
 
     def close(self):
         for p in self.procs:
             stop(p)
+        self.procs = []
 
 
 # ---------------------------------------------------------------- proxies
@@ -239,6 +419,9 @@ class Direct:
 
     def stop(self):
         pass
+
+    def new_log(self):
+        return ""
 
 
 class AgentVault:
@@ -266,33 +449,51 @@ class AgentVault:
             f.write("\n".join(lines))
         self.port = free_port()
         env = dict(os.environ, BENCH_KEY=SECRET)
-        self.proc = subprocess.Popen(
-            pin(1) + [binary, "serve", "-c", conf, "--listen", f"127.0.0.1:{self.port}",
-                      "--state-dir", state, "--upstream-cacert", f"{wd}/origin-ca.pem",
-                      "--log-level", "warn"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(f"{wd}/agentvault.log", "a"))
+        self.logfile = f"{wd}/agentvault.log"
+        self.log_off = os.path.getsize(self.logfile) if os.path.exists(self.logfile) else 0
+        with open(self.logfile, "a") as err:
+            self.proc = spawn(
+                pin(1) + [binary, "serve", "-c", conf, "--listen", f"127.0.0.1:{self.port}",
+                          "--state-dir", state, "--upstream-cacert", f"{wd}/origin-ca.pem",
+                          "--log-level", "warn"],
+                env=env, stdout=subprocess.DEVNULL, stderr=err)
         self.pid = self.proc.pid
+        try:
+            self._wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        self.cafile = f"{state}/ca.pem"
+
+    def _wait_healthy(self):
         t = time.time() + 20
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError("agentvault exited: see %s/agentvault.log" % wd)
+                raise RuntimeError("agentvault exited (%s): %s"
+                                   % (self.proc.returncode, tail(self.logfile)))
+            c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
             try:
-                c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=1)
                 c.request("GET", "/healthz")
                 if c.getresponse().status == 200:
                     break
-            except OSError:
+            except (OSError, http.client.HTTPException):
                 pass
+            finally:
+                c.close()
             if time.time() > t:
                 raise RuntimeError("agentvault did not become healthy")
             time.sleep(0.05)
-        self.cafile = f"{state}/ca.pem"
 
     def client_args(self, scenario):
         return ["--proxy", f"127.0.0.1:{self.port}"]
 
     def stop(self):
         stop(self.proc)
+
+    def new_log(self):
+        """What the proxy logged since it started (agentvault: warnings and
+        errors only, after the "listening on" line)."""
+        return read_from(self.logfile, self.log_off)
 
 
 class Mitmproxy:
@@ -309,18 +510,32 @@ class Mitmproxy:
         env = dict(os.environ, BENCH_KEY=SECRET, BENCH_ORIGIN=f"127.0.0.1:{rig.origin_port}",
                    BENCH_STREAM_ORIGIN=f"127.0.0.1:{rig.stream_port}",
                    BENCH_H2_ORIGIN=f"127.0.0.1:{rig.h2_port}")
-        self.proc = subprocess.Popen(
-            pin(1) + [mitmdump, "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
-                      "--set", f"confdir={confdir}",
-                      "--set", f"ssl_verify_upstream_trusted_ca={wd}/origin-ca.pem",
-                      "-s", f"{HERE}/mitm_inject.py", "-q"],
-            env=env, stdout=subprocess.DEVNULL, stderr=open(f"{wd}/mitmproxy.log", "a"))
+        self.logfile = f"{wd}/mitmproxy.log"
+        self.log_off = os.path.getsize(self.logfile) if os.path.exists(self.logfile) else 0
+        with open(self.logfile, "a") as err:
+            self.proc = spawn(
+                pin(1) + [mitmdump, "--listen-host", "127.0.0.1", "--listen-port", str(self.port),
+                          "--set", f"confdir={confdir}",
+                          "--set", f"ssl_verify_upstream_trusted_ca={wd}/origin-ca.pem",
+                          "-s", f"{HERE}/mitm_inject.py", "-q"],
+                env=env, stdout=subprocess.DEVNULL, stderr=err)
         self.pid = self.proc.pid
-        wait_port(self.port, timeout=60, proc=self.proc)
         self.cafile = f"{confdir}/mitmproxy-ca-cert.pem"
-        t = time.time() + 20
-        while not os.path.exists(self.cafile) and time.time() < t:
-            time.sleep(0.05)
+        try:
+            try:
+                wait_port(self.port, timeout=60, proc=self.proc)
+                check_until("mitmdump CONNECT bench.test:443", lambda: connect_status(self.port),
+                            200, [self.proc])
+            except RuntimeError as e:
+                raise RuntimeError(f"mitmdump: {e}: {tail(self.logfile)}") from None
+            t = time.time() + 20
+            while not os.path.exists(self.cafile):
+                if time.time() > t:
+                    raise RuntimeError("mitmdump wrote no " + self.cafile)
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
 
     def client_args(self, scenario):
         return ["--proxy", f"127.0.0.1:{self.port}"]
@@ -328,8 +543,24 @@ class Mitmproxy:
     def stop(self):
         stop(self.proc)
 
+    def new_log(self):
+        return read_from(self.logfile, self.log_off)
+
 
 PROXIES = {"direct": Direct, "agentvault": AgentVault, "mitmproxy": Mitmproxy}
+
+
+def with_port_retry(start, attempts=3):
+    """start() (which picks its ports with free_port()), again if it failed
+    because another process took a port in between (the machine may be
+    running other tests)."""
+    for i in range(attempts):
+        try:
+            return start()
+        except RuntimeError as e:
+            if i + 1 == attempts or "in use" not in str(e).lower():
+                raise
+            log(f"  port taken meanwhile, retrying: {str(e)[:200]}")
 
 
 # ---------------------------------------------------------------- scenarios
@@ -337,22 +568,39 @@ PROXIES = {"direct": Direct, "agentvault": AgentVault, "mitmproxy": Mitmproxy}
 def params(smoke, duration):
     d = 0.3 if smoke else duration
     w = 0.1 if smoke else 1.0
+    g = 5 if smoke else 10   # avload --grace: in-flight operations after the end
     return {
-        "keepalive": dict(mode="ka", conns=10, duration=d, warmup=w),
-        "newconn": dict(mode="newconn", conns=10, duration=d, warmup=w),
+        "keepalive": dict(mode="ka", conns=10, duration=d, warmup=w, grace=g),
+        "newconn": dict(mode="newconn", conns=10, duration=d, warmup=w, grace=g),
         # The new-host run stays below agentvault's minting burst (400 leaves,
         # then 200/s: AV_CA_MINT_BURST/RATE in av_ca.c) so that it measures
-        # minting, not the rate limit.
+        # minting, not the rate limit.  It ends when every host has been used;
+        # |duration| only bounds a stalled run.
         "newhost": dict(mode="newhost", conns=10, hosts=20 if smoke else 390,
-                        duration=60),
-        "sse": dict(mode="sse", conns=20, duration=d if smoke else duration, warmup=w,
+                        duration=20 if smoke else 60, grace=g),
+        # (--smoke: a longer warm-up, so that mitmproxy, ~10 ms of CPU per
+        # handshake, has all 20 streams up before the measurement starts)
+        "sse": dict(mode="sse", conns=20, duration=d, warmup=0.5 if smoke else w, grace=g,
                     interval=10),
-        "ws": dict(mode="ws", conns=10, duration=d, warmup=w, msg=32),
-        "idle": dict(mode="idle", conns=50 if smoke else 1000, duration=60),
+        "ws": dict(mode="ws", conns=10, duration=d, warmup=w, grace=g, msg=32),
+        # |duration|: the deadline for opening all the idle connections
+        "idle": dict(mode="idle", conns=50 if smoke else 1000, duration=20 if smoke else 120),
         # One agent connection (CONNECT + TLS, ALPN h2) with 64 concurrent
         # streams: every completed stream is replaced at once.
-        "h2": dict(mode="h2", conns=1, streams=64, duration=d, warmup=w),
+        "h2": dict(mode="h2", conns=1, streams=64, duration=d, warmup=w, grace=g),
     }
+
+
+def readline_timeout(f, timeout):
+    """One line from the pipe |f| (a text file of a child), or "" on timeout."""
+    sel = selectors.DefaultSelector()
+    sel.register(f, selectors.EVENT_READ)
+    try:
+        if not sel.select(timeout):
+            return ""
+    finally:
+        sel.close()
+    return f.readline()
 
 
 def run_avload(rig, px, scen, p, wd):
@@ -363,49 +611,60 @@ def run_avload(rig, px, scen, p, wd):
                     "--path", path, "--conns", str(p["conns"]),
                     "--duration", str(p["duration"]), "--warmup", str(p.get("warmup", 0))]
     cmd += px.client_args(scen)
+    if "grace" in p:
+        cmd += ["--grace", str(p["grace"])]
     if scen == "newhost":
         cmd += ["--host-fmt", "h%04d.bench.test", "--hosts", str(p["hosts"])]
     if scen == "ws":
         cmd += ["--msg-size", str(p["msg"])]
     if scen == "h2":
         cmd += ["--streams", str(p["streams"])]
+    # avload ends by itself after warm-up + duration + grace; the timeout
+    # only catches a hung client
+    timeout = p.get("warmup", 0) + p["duration"] + p.get("grace", 0) + 15
     res = {}
     if scen == "idle":
         # Warm the proxy with one short keep-alive run, then measure.
         if px.pid:
             warm = pin(0) + [rig.avload, "--mode", "ka", "--cafile", px.cafile, "--host",
-                             "bench.test", "--conns", "2", "--duration", "0.2"] + \
-                px.client_args("keepalive")
-            subprocess.run(warm, capture_output=True, timeout=60)
+                             "bench.test", "--conns", "2", "--duration", "0.2",
+                             "--grace", "5"] + px.client_args("keepalive")
+            run_child(warm, timeout=30)
             time.sleep(0.3)
             rss0 = rss_kb(px.pid)
         c0 = cpu_seconds(px.pid) if px.pid else 0
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        line = proc.stdout.readline()
+        proc = spawn(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
         try:
-            out = json.loads(line)
-        except ValueError:
-            proc.kill()
-            return {"error": "avload idle: " + (line + proc.stderr.read())[:300]}
-        time.sleep(1.0)
-        if px.pid:
-            rss1 = rss_kb(px.pid)
-            res["rss_before_kb"] = rss0
-            res["rss_after_kb"] = rss1
-            if out["ok_total"]:
-                res["rss_per_conn_kb"] = (rss1 - rss0) / out["ok_total"]
-            res["cpu_us_per_conn"] = (cpu_seconds(px.pid) - c0) * 1e6 / max(1, out["ok_total"])
-        proc.stdin.close()
-        proc.wait(60)
+            line = readline_timeout(proc.stdout, timeout)
+            try:
+                out = json.loads(line)
+            except ValueError:
+                stop(proc, term_wait=0)
+                return {"error": "avload idle: " + (line or "no output in %d s " % timeout
+                                                    + proc.stderr.read())[:300]}
+            time.sleep(1.0)
+            if px.pid:
+                rss1 = rss_kb(px.pid)
+                res["rss_before_kb"] = rss0
+                res["rss_after_kb"] = rss1
+                if out["ok_total"]:
+                    res["rss_per_conn_kb"] = (rss1 - rss0) / out["ok_total"]
+                res["cpu_us_per_conn"] = ((cpu_seconds(px.pid) - c0) * 1e6
+                                          / max(1, out["ok_total"]))
+            proc.stdin.close()
+            proc.wait(30)
+        finally:
+            stop(proc, term_wait=0)
     else:
         c0 = cpu_seconds(px.pid) if px.pid else 0
-        cp = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        cp = run_child(cmd, timeout=timeout)
         c1 = cpu_seconds(px.pid) if px.pid else 0
         try:
             out = json.loads(cp.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
-            return {"error": "avload failed: " + (cp.stdout + cp.stderr)[:300]}
+            return {"error": "avload failed (exit %s): %s"
+                    % (cp.returncode, (cp.stdout + cp.stderr)[:300])}
         if px.pid and out["ok_total"]:
             res["cpu_us_per_op"] = (c1 - c0) * 1e6 / out["ok_total"]
     res.update(out)
@@ -472,6 +731,9 @@ def main():
     ap.add_argument("--agentvault", default=os.environ.get("AGENTVAULT",
                                                            f"{ROOT}/build/daemon/agentvault"),
                     help="daemon binary (default $AGENTVAULT or build/daemon/agentvault)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="abort (and fail) after this many seconds; default 100 with "
+                         "--smoke, none otherwise")
     a = ap.parse_args()
     global AGENTVAULT_BIN
     AGENTVAULT_BIN = os.path.abspath(a.agentvault)
@@ -484,14 +746,23 @@ def main():
     for s in scens:
         if s not in SCENARIOS:
             ap.error("unknown scenario " + s)
+    budget = a.budget if a.budget is not None else (100 if a.smoke else 0)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGALRM):
+        signal.signal(sig, _on_signal)
+    if budget > 0:
+        signal.alarm(max(1, int(budget)))
+    t_start = time.time()
     P = params(a.smoke, a.duration)
     nhosts = P["newhost"]["hosts"]
     wd = tempfile.mkdtemp(prefix="avbench-")
     log(f"work dir {wd}; pinning: proxy {pin(1) or 'none'}, client/origins {pin(0) or 'none'}")
     results = {t: {s: [] for s in scens} for t in targets}
+    proxy_logs = {t: [] for t in targets}
     failures = []
+    warnings = []
     rig = None
     spinners = []
+    current = ["setup", "-"]
     try:
         if not a.no_spin and pin(0) and shutil.which("chrt"):
             # Keep both vCPUs from halting: on a VM, waking an idle vCPU can
@@ -499,28 +770,30 @@ def main():
             # SCHED_IDLE threads yield to any runnable task; they are not
             # counted in the proxy's CPU time.
             for core in (0, 1):
-                spinners.append(subprocess.Popen(
+                spinners.append(spawn(
                     ["taskset", "-c", str(core), "chrt", "--idle", "0",
                      "sh", "-c", "while :; do :; done"]))
-        rig = Rig(wd)
+        rig = with_port_retry(lambda: Rig(wd))
         for rep in range(reps):
             k = rep % len(targets)
             order = targets[k:] + targets[:k]  # rotate the order every repetition
             for t in order:
                 log(f"rep {rep + 1}/{reps}: {t}")
+                current[:] = [t, "start"]
                 try:
-                    px = PROXIES[t](rig, nhosts)
+                    px = with_port_retry(lambda: PROXIES[t](rig, nhosts))
                 except Exception as e:  # noqa: BLE001
                     for s in scens:
                         if s == "idle" and t == "direct":
                             continue
-                        results[t][s].append({"error": f"{t} did not start: {e}"})
-                        failures.append((t, s, str(e)))
+                        results[t][s].append({"error": f"{t} did not start: {e}"[:500]})
+                        failures.append((t, s, f"did not start: {e}"[:500]))
                     continue
                 try:
                     for s in scens:
                         if s == "idle" and t == "direct":
                             continue
+                        current[:] = [t, s]
                         try:
                             r = run_avload(rig, px, s, P[s], wd)
                         except Exception as e:  # noqa: BLE001 (timeout, crash: a failed run)
@@ -530,16 +803,42 @@ def main():
                         results[t][s].append(r)
                         if "error" in r or (a.smoke and r.get("errors")):
                             failures.append((t, s, r.get("error") or r.get("first_error")))
+                        elif r.get("errors"):
+                            warnings.append(f"{t} {s} rep {rep + 1}: {r['errors']} error(s), "
+                                            f"first: {r.get('first_error')}")
+                        if "error" not in r and not r.get("ok") and s != "idle":
+                            warnings.append(f"{t} {s} rep {rep + 1}: {r.get('ok_total')} "
+                                            "operation(s), none inside the measurement window")
                         log(f"  {s:10s} ok={r.get('ok_total')} err={r.get('errors')} "
                             f"rate={r.get('rate')} cpu={fmt(r.get('cpu_us_per_op', r.get('cpu_us_per_conn')))}"
-                            + (f" ERROR {r['error']}" if 'error' in r else ""))
+                            + (f" ERROR {r['error']}" if 'error' in r else "")
+                            + (f" ({r['first_error']})" if r.get('errors') and 'error' not in r
+                               else ""))
+                    current[:] = [t, "stop"]
                 finally:
                     px.stop()
+                    # what the proxy logged (agentvault at --log-level warn:
+                    # only its "listening" line unless something went wrong)
+                    lg = "\n".join(ln for ln in px.new_log().splitlines()
+                                   if ln.strip() and "listening on" not in ln)
+                    if lg:
+                        proxy_logs[t].append({"rep": rep + 1, "log": lg[-4000:]})
+                        warnings.append(f"{t} rep {rep + 1} logged: " + lg[-300:].replace("\n", " | "))
+    except Abort as e:
+        failures.append((current[0], current[1], f"run aborted: {e}"))
+        log(f"ABORTED ({e}) during {current[0]} {current[1]}")
+    except Exception as e:  # noqa: BLE001 (rig setup: nginx, certificates, avload build)
+        failures.append((current[0], current[1], f"{type(e).__name__}: {e}"[:800]))
+        log(f"ERROR during {current[0]} {current[1]}: {type(e).__name__}: {e}")
     finally:
+        signal.alarm(0)
+        _aborted.append("cleanup")   # ignore signals from here on: clean up, write JSON
         if rig:
             rig.close()
         for sp in spinners:
             stop(sp)
+        for c in _children:          # anything else still running (should be nothing)
+            stop(c, term_wait=5)
 
     # medians
     table = []
@@ -584,6 +883,8 @@ def main():
                 notes.append(n)
     for n in notes:
         print("  note:", n)
+    for w in warnings:
+        print("  warning:", w)
     print(f"(medians of {reps} repetition(s); latencies in microseconds; "
           f"idle: {P['idle']['conns']} connections; newhost: {nhosts} fresh hosts; "
           f"h2: {P['h2']['conns']} connection x {P['h2']['streams']} streams)")
@@ -592,11 +893,14 @@ def main():
     meta = {"time": datetime.datetime.now().isoformat(), "smoke": a.smoke, "reps": reps,
             "duration": a.duration, "params": P, "cpus": os.cpu_count(),
             "pinning": {"proxy": pin(1), "client_and_origins": pin(0)},
-            "idle_spinners": bool(spinners),
+            "idle_spinners": bool(spinners), "budget_s": budget,
+            "elapsed_s": round(time.time() - t_start, 1),
             "uname": os.uname().release}
+    out_dir = os.path.dirname(os.path.abspath(out))
+    os.makedirs(out_dir, exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"meta": meta, "table": table, "runs": results,
-                   "failures": failures}, f, indent=1, default=str)
+        json.dump({"meta": meta, "table": table, "runs": results, "failures": failures,
+                   "warnings": warnings, "proxy_logs": proxy_logs}, f, indent=1, default=str)
     print("wrote", out)
     if a.keep or failures:
         log("work dir kept:", wd)
