@@ -80,6 +80,8 @@ typedef struct av_exchange av_exchange;
 /* One request/response exchange. */
 struct av_exchange {
     av_conn *c;
+    av_snap *snap;            /* the configuration it started with (x_begin); its own reference */
+    int token;                /* the proxy token's index in snap->cfg->tokens, -1 */
     av_exchange *next, *prev; /* HTTP/2 agent: the connection's list */
     int32_t sid;              /* agent HTTP/2 stream id; 0 for HTTP/1.1 */
     int active;
@@ -174,6 +176,7 @@ struct av_conn {
     int dest_tls;            /* MITM TLS inside the tunnel */
     int alpn_checked;
     int token;               /* index of the authenticated proxy token, -1 */
+    int revoked;             /* that token is gone since a reload: refuse everything */
     av_h1_scan scan;
     double head_start;       /* when the first byte of a head arrived, 0 if none */
     av_timer *timer;
@@ -440,6 +443,47 @@ static int conn_authorize(av_conn *c, const av_h1_request *req)
     return 0;
 }
 
+/* A reload happened since this connection last looked: move it to the
+ * current configuration between requests (exchanges in flight keep their
+ * own snapshot), so revoked tokens and new services apply to keep-alive
+ * and multiplexed connections too. A proxy token that authenticated the
+ * connection (a CONNECT tunnel) must still exist with the same secret and
+ * not have expired; otherwise -1 and the connection keeps nothing. */
+static int conn_refresh_snap(av_conn *c)
+{
+    av_snap *cur = c->ctx->snap;
+    if (c->snap == cur)
+        return 0;
+    int tok = -1;
+    if (c->token >= 0) {
+        const av_token_cfg *old = &c->snap->cfg->tokens[c->token];
+        long long now = (long long)time(NULL);
+        for (size_t i = 0; i < cur->cfg->ntokens; i++) {
+            const av_token_cfg *t = &cur->cfg->tokens[i];
+            if (strcmp(t->name, old->name) != 0)
+                continue;
+            if (t->hashed != old->hashed)
+                break;
+            int same = t->hashed ? memcmp(t->hash, old->hash, sizeof(t->hash)) == 0
+                                 : av__secret_equal(cur->tokens[i], av__secret_data(c->snap->tokens[c->token]),
+                                                    av__secret_len(c->snap->tokens[c->token]));
+            if (same && (t->expires == 0 || now < t->expires))
+                tok = (int)i;
+            break;
+        }
+        if (tok < 0) {
+            c->revoked = 1; /* sticky: the connection never works again */
+            return -1;
+        }
+    }
+    av__snap_unref(c->snap);
+    c->snap = av__snap_ref(cur);
+    c->token = tok;
+    return 0;
+}
+
+#define TOKEN_REVOKED "the proxy token of this connection was revoked or changed: reconnect"
+
 /* A gateway with a token: the request must carry X-Agentvault-Token with
  * it (compared in constant time). Returns 1 if allowed. */
 static int gw_token_ok(av_conn *c, const av_h1_field *fields, size_t nfields)
@@ -497,11 +541,20 @@ static void x_reset(av_exchange *x)
     av__scrub_free(x->scrub);
     av__buf_free_wipe(&x->scrub_in);
     av__buf_free_wipe(&x->scrub_out);
+    av__snap_unref(x->snap); /* after the resolver wait, which belongs to it */
     memset(x, 0, sizeof(*x));
     x->c = c;
     x->next = next;
     x->prev = prev;
     x->sid = sid;
+}
+
+/* The name of the proxy token an exchange runs under, or NULL. */
+static const char *x_token_name(const av_exchange *x)
+{
+    const av_snap *sn = x->snap ? x->snap : x->c->snap;
+    int t = x->snap ? x->token : x->c->token;
+    return t >= 0 ? sn->cfg->tokens[t].name : NULL;
 }
 
 /* JSON string body of |in| (quotes added by the caller); control and
@@ -545,8 +598,8 @@ static void x_audit(av_exchange *x, const char *error, double ms)
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
     char tok[320] = "null", svc[320] = "null", cred[400] = "[]", err[500] = "null";
     char e1[300], e2[300];
-    if (c->token >= 0) {
-        json_str(e1, sizeof(e1), c->snap->cfg->tokens[c->token].name);
+    if (x_token_name(x)) {
+        json_str(e1, sizeof(e1), x_token_name(x));
         snprintf(tok, sizeof(tok), "\"%s\"", e1);
     }
     if (x->svc) {
@@ -609,8 +662,8 @@ static void x_log(av_exchange *x, const char *error)
             "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
             "proto=%s>%s%s%s%s%s",
             x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
-            x->bytes_resp, ms, x->sid ? "h2" : "h1", up, c->token >= 0 ? " token=" : "",
-            c->token >= 0 ? c->snap->cfg->tokens[c->token].name : "", red, err);
+            x->bytes_resp, ms, x->sid ? "h2" : "h1", up, x_token_name(x) ? " token=" : "",
+            x_token_name(x) ? x_token_name(x) : "", red, err);
     x->logged = 1;
     x_audit(x, error, ms);
     av__ctx_count_exchange(ctx, x->svc ? x->svc->name : NULL, x->status);
@@ -840,6 +893,10 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     av_conn *c = x->c;
     av_ctx *ctx = c->ctx;
     x->active = 1;
+    if (!x->snap) {
+        x->snap = av__snap_ref(c->snap);
+        x->token = c->token;
+    }
     x->start = av__loop_now(ctx->loop);
     copy_str(x->method, sizeof(x->method), in->method, in->method_len);
     x->is_head = ci_eq(in->method, in->method_len, "HEAD");
@@ -877,10 +934,10 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     const char *mm = in->ws && x->sid ? "GET" : in->method;
     size_t mml = in->ws && x->sid ? 3 : in->method_len;
     const av_service *svc =
-        av__policy_match(c->snap->cfg, !dest_tls, dest->host, dest->port, mm, mml, in->target, in->target_len);
+        av__policy_match(x->snap->cfg, !dest_tls, dest->host, dest->port, mm, mml, in->target, in->target_len);
     x->svc = svc;
-    const av_token_cfg *tok = c->token >= 0 ? &c->snap->cfg->tokens[c->token] : NULL;
-    int unmatched = tok && tok->unmatched ? tok->unmatched : c->snap->cfg->unmatched;
+    const av_token_cfg *tok = x->token >= 0 ? &x->snap->cfg->tokens[x->token] : NULL;
+    int unmatched = tok && tok->unmatched ? tok->unmatched : x->snap->cfg->unmatched;
     if (!svc && unmatched == AV_UNMATCHED_DENY) {
         char m[AV_HOST_MAX + 120];
         if (tok && tok->unmatched)
@@ -904,7 +961,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     }
     if (tok && tok->rate > 0) {
         /* Token bucket: refill at |rate| per second up to |burst|. */
-        av_bucket *b = &c->snap->buckets[c->token];
+        av_bucket *b = &x->snap->buckets[x->token];
         double now = av__loop_now(ctx->loop);
         b->level += (now - b->stamp) * tok->rate;
         if (b->level > tok->burst)
@@ -1027,7 +1084,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     {
         /* "service/token": the credential scope of pooled connections */
         const char *sn = svc ? svc->name : "-";
-        const char *tn = c->token >= 0 ? c->snap->cfg->tokens[c->token].name : "-";
+        const char *tn = x->token >= 0 ? x->snap->cfg->tokens[x->token].name : "-";
         size_t sl = strlen(sn), tl = strlen(tn);
         if (sl + 1 + tl >= sizeof(x->scope)) {
             x_respond(x, 500, "credential scope name too long", 0);
@@ -1219,7 +1276,7 @@ static int x_inject(av_exchange *x)
         return x_choose_upstream(x);
     av_secret *secret = NULL;
     char why[200];
-    int rc = av__resolver_get_async(c->snap->resolver, svc->secret_ref, &secret, why, sizeof(why), x_secret_ready, x,
+    int rc = av__resolver_get_async(x->snap->resolver, svc->secret_ref, &secret, why, sizeof(why), x_secret_ready, x,
                                     &x->swait);
     if (rc == AV_ERR_AGAIN)
         return 0;
@@ -1254,7 +1311,7 @@ static int x_inject(av_exchange *x)
     if (x->ws_frame)
         x->ws_secret = av__secret_ref(secret);
     if (av__secret_len(secret) <= AV_SCRUB_MAX_SECRET) {
-        x->scrub_set = av__snap_scrub_set(c->snap, secret);
+        x->scrub_set = av__snap_scrub_set(x->snap, secret);
         if (x->scrub_set)
             x->scrub_secret = av__secret_ref(secret);
     }
@@ -2937,6 +2994,10 @@ static int conn_read_head(av_conn *c)
     }
     av__h1_scan_reset(&c->scan);
     c->head_start = 0;
+    if (c->revoked || (c->snap != c->ctx->snap && conn_refresh_snap(c) < 0)) {
+        conn_respond(c, 407, TOKEN_REVOKED, 0, 1);
+        return 1;
+    }
     if (c->state == C_PROXY_HEAD)
         conn_proxy_request(c, &req, (size_t)n);
     else
@@ -3088,6 +3149,10 @@ static void x_start_h2(av_exchange *x, const av_h2_head *h)
     copy_str(x->method, sizeof(x->method), h->method, h->method_len);
     av__authority_format(&c->dest, 0, x->host, sizeof(x->host));
     x->is_head = ci_eq(h->method, h->method_len, "HEAD");
+    if (c->revoked || (c->snap != c->ctx->snap && conn_refresh_snap(c) < 0)) {
+        x_respond(x, 407, TOKEN_REVOKED, 0);
+        goto failed;
+    }
 
     int connect = ci_eq(h->method, h->method_len, "CONNECT");
     if (connect && !h->protocol) {

@@ -17,6 +17,7 @@ Origins: avtest.upstream (HTTPS/1.1 and cleartext), avtest.h2_upstream
 Responses server for Codex). Helpers: avtest.gateway.
 """
 import asyncio
+import base64
 import hashlib
 import json
 import os
@@ -34,7 +35,7 @@ import test_codex as tc
 from avtest import client
 from avtest import gateway as gwh
 from avtest.checks import (assert_curl_proxy_error, assert_raw_proxy_error, auth_values,
-                           run_cli, wait_until)
+                           run_cli, tls_tunnel, wait_until)
 from avtest.daemon import base_env, config_text, find_leaks, forbidden_strings, plain_service
 from avtest.fake_openai import openai_service_config, run_bounded
 from avtest.gateway import GW_TOKEN_REASON, GwConn, gateway_section, gw_config, gw_port, gw_url
@@ -1222,3 +1223,90 @@ def test_codex_sse_through_gateway_when_websocket_off(codex, daemon, fake_factor
     tc._assert_real_key_everywhere(fake, secrets, ctx)
     d.wait_log(lambda line: "status=426" in line)
     tc._assert_no_leaks(r, codex_home[1], secrets)
+
+
+# ---- reload and connections already open ----------------------------------------------
+
+def test_reload_token_change_applies_to_open_keepalive_connection(daemon, upstream, secrets, gw_token):
+    """A keep-alive connection does not keep a token that a reload replaced."""
+    t2 = "gwtok2-" + _secrets.token_hex(16)
+    d = daemon(gw_config(secrets, gateway_section("openai", token="env:GW_TOKEN")),
+               env={"GW_TOKEN": gw_token, "GW_TOKEN2": t2})
+    conf = d.workdir / "agentvault.conf"
+    c = GwConn.open(gw_port(d))
+    try:
+        r = c.request("GET", "/echo-auth", [(TOKEN_HEADER, gw_token)])
+        assert (r.status, r.body) == (200, REDACTED_AUTH), r.raw_head
+        conf.write_text(conf.read_text().replace("token = env:GW_TOKEN\n", "token = env:GW_TOKEN2\n"))
+        sighup(d, "configuration reloaded")
+        r = c.request("GET", "/echo-auth?old", [(TOKEN_HEADER, gw_token)])
+        assert_raw_proxy_error(r, 401, mentions=TOKEN_HEADER)
+    finally:
+        c.close()
+    c = GwConn.open(gw_port(d))
+    try:
+        r = c.request("GET", "/echo-auth?new", [(TOKEN_HEADER, t2)])
+        assert (r.status, r.body) == (200, REDACTED_AUTH), r.raw_head
+    finally:
+        c.close()
+    assert [x.target for x in upstream.snapshot()] == ["/echo-auth", "/echo-auth?new"]
+
+
+def test_reload_revokes_proxy_token_of_open_tunnel(daemon, upstream, secrets):
+    """A CONNECT tunnel authenticated with a proxy token stops working when a
+    reload removes that token: the next request in it gets 407, nothing more
+    reaches the origin, and the connection closes."""
+    d = daemon(config_text(secrets, tokens=True))
+    conf = d.workdir / "agentvault.conf"
+    auth = "Basic " + base64.b64encode(f"agent:{secrets.agent_token}".encode()).decode()
+    t = client_tunnel(d, auth)
+    try:
+        t.send(b"GET /echo-auth HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        r = t.read_response()
+        gwh.received(r.raw_head, r.body)
+        assert (r.status, r.body) == (200, REDACTED_AUTH), r.raw_head
+        conf.write_text(conf.read_text().replace('[token "agent1"]\nsecret = env:AGENT1_TOKEN\n', ""))
+        assert "[token" not in conf.read_text()
+        sighup(d, "configuration reloaded")
+        t.send(b"GET /echo-auth?after HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        r = t.read_response()
+        gwh.received(r.raw_head, r.body)
+        assert_raw_proxy_error(r, 407, mentions="revoked")
+        assert t.is_closed(), "the tunnel stayed open after its token was revoked"
+    finally:
+        t.close()
+    assert [x.target for x in upstream.snapshot()] == ["/echo-auth"]
+
+
+def test_reload_keeps_unchanged_proxy_token_of_open_tunnel(daemon, upstream, secrets):
+    """A reload that leaves the tunnel's token alone does not disturb it, and
+    service changes apply to its next request."""
+    d = daemon(config_text(secrets, tokens=True))
+    conf = d.workdir / "agentvault.conf"
+    auth = "Basic " + base64.b64encode(f"agent:{secrets.agent_token}".encode()).decode()
+    t = client_tunnel(d, auth)
+    try:
+        t.send(b"GET /echo-auth HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        r = t.read_response()
+        gwh.received(r.raw_head, r.body)
+        assert (r.status, r.body) == (200, REDACTED_AUTH), r.raw_head
+        # drop the openai service: the next request passes through uninjected
+        text = conf.read_text()
+        start = text.index('[service "openai"]')
+        end = text.index("[service", start + 1)
+        conf.write_text(text[:start] + text[end:])
+        sighup(d, "configuration reloaded")
+        t.send(b"GET /echo-auth?after HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
+        r = t.read_response()
+        gwh.received(r.raw_head, r.body)
+        assert r.status == 200, r.raw_head
+        assert secrets.openai_key.encode() not in r.body
+    finally:
+        t.close()
+    reqs = upstream.wait_requests(2)
+    assert auth_values(reqs[0]) == [f"Bearer {secrets.openai_key}"]
+    assert auth_values(reqs[1]) == []
+
+
+def client_tunnel(d, proxy_auth):
+    return tls_tunnel(d, connect_headers=[("Proxy-Authorization", proxy_auth)])
