@@ -3102,10 +3102,8 @@ static int conn_opaque_step(av_conn *c)
 
 static av_exchange *h2_find(av_conn *c, int32_t sid)
 {
-    for (av_exchange *x = c->xs; x; x = x->next)
-        if (x->sid == sid && !x->done)
-            return x;
-    return NULL;
+    av_exchange *x = c->h2 ? av__h2_tag(c->h2, sid) : NULL; /* O(1): set in h2s_on_head */
+    return x && x->sid == sid && !x->done ? x : NULL;
 }
 
 static int conn_h2_has_ws(const av_conn *c)
@@ -3118,6 +3116,8 @@ static int conn_h2_has_ws(const av_conn *c)
 
 static void conn_h2_free_x(av_conn *c, av_exchange *x)
 {
+    if (c->h2 && x->sid > 0 && av__h2_tag(c->h2, x->sid) == x)
+        av__h2_set_tag(c->h2, x->sid, NULL);
     x_reset(x);
     if (x->prev)
         x->prev->next = x->next;
@@ -3235,6 +3235,7 @@ static int h2s_on_head(void *ud, int32_t sid, const av_h2_head *h)
     c->nxs++;
     av__buf_init(&x->a_rx, X_RX_MAX);
     x->a_end = h->end_stream;
+    av__h2_set_tag(c->h2, sid, x);
     x_start_h2(x, h);
     return 0;
 }

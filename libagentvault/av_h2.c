@@ -58,6 +58,7 @@ typedef struct h2_stream h2_stream;
 struct h2_stream {
     int32_t id;
     h2_stream *prev, *next;
+    void *tag;            /* the caller's (av__h2_set_tag) */
 
     /* incoming head */
     uint8_t *arena;
@@ -85,6 +86,8 @@ struct av_h2 {
     av_h2_callbacks cb;
     void *ud;
     h2_stream *streams;     /* every h2_stream we own */
+    int32_t closing_id;     /* in on_stream_close: that stream's id ... */
+    void *closing_tag;      /* ... and tag (the stream is already freed) */
     size_t client_open;     /* client role: streams submitted, not closed */
     int fatal;              /* AV_ERR_* once av__h2_feed failed for good */
     int goaway_recv;
@@ -156,6 +159,12 @@ static h2_stream *stream_get(const av_h2 *s, int32_t id)
 {
     if (id <= 0)
         return NULL;
+    /* nghttp2 keeps our struct as the stream's user data once the stream
+     * is open (a map lookup); a submitted request not yet sent is only in
+     * our list. */
+    h2_stream *u = nghttp2_session_get_stream_user_data(s->ng, id);
+    if (u && u->id == id)
+        return u;
     for (h2_stream *st = s->streams; st; st = st->next)
         if (st->id == id)
             return st;
@@ -529,9 +538,16 @@ static int cb_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t erro
     if (s->role == AV_H2_CLIENT && s->client_open > 0)
         s->client_open--;
     nghttp2_session_set_stream_user_data(ng, stream_id, NULL);
+    void *tag = st->tag;
     stream_free(s, st);
-    if (tell && s->cb.on_stream_close)
+    if (tell && s->cb.on_stream_close) {
+        /* the caller may look its tag up once more, from this callback */
+        s->closing_id = stream_id;
+        s->closing_tag = tag;
         s->cb.on_stream_close(s->ud, stream_id, error_code);
+        s->closing_id = 0;
+        s->closing_tag = NULL;
+    }
     return 0;
 }
 
@@ -1189,4 +1205,21 @@ int av__h2_peer_connect_protocol(const av_h2 *s)
 int32_t av__h2_goaway_last_stream(const av_h2 *s)
 {
     return s->goaway_recv ? s->goaway_last : -1;
+}
+
+int av__h2_set_tag(av_h2 *s, int32_t stream_id, void *tag)
+{
+    h2_stream *st = s ? stream_get(s, stream_id) : NULL;
+    if (!st)
+        return AV_ERR_NOTFOUND;
+    st->tag = tag;
+    return AV_OK;
+}
+
+void *av__h2_tag(const av_h2 *s, int32_t stream_id)
+{
+    if (s && stream_id > 0 && stream_id == s->closing_id)
+        return s->closing_tag;
+    h2_stream *st = s ? stream_get(s, stream_id) : NULL;
+    return st ? st->tag : NULL;
 }

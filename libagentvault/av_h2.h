@@ -187,6 +187,11 @@ int av__h2_shutdown(av_h2 *s);
 /* Client role: can another request start now (peer's concurrency limit,
  * no GOAWAY received)? and did the peer enable extended CONNECT? */
 int av__h2_can_submit(const av_h2 *s);
+/* A pointer the caller keeps with a stream (lookups by id in O(1)); NULL
+ * when the stream or the tag is gone. The caller clears it before the
+ * object it points to goes away. */
+int av__h2_set_tag(av_h2 *s, int32_t stream_id, void *tag);
+void *av__h2_tag(const av_h2 *s, int32_t stream_id);
 int av__h2_peer_connect_protocol(const av_h2 *s);
 /* Client role: the last stream id the peer said it processed in a GOAWAY
  * (streams above it never started and may be retried), or -1. */

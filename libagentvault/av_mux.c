@@ -29,8 +29,9 @@ struct av_mux {
     av_upconn *up;
     av_h2 *h2;
     int state;
-    av_mux_stream *streams; /* attached streams */
+    av_mux_stream *streams, *streams_tail; /* attached streams, oldest first */
     size_t nstreams;
+    av_mux_stream *dhead, *dtail; /* streams whose owners must be told (FIFO) */
     av_timer *idle;
     int in_pump, again, delivering, refs;
     int settings;          /* the origin's first SETTINGS arrived */
@@ -73,16 +74,51 @@ static void mux_maybe_free(av_mux *m)
         mux_free(m);
 }
 
+/* Streams are kept oldest first, so waiters are served in arrival order. */
 static void ms_link(av_mux *m, av_mux_stream *ms)
 {
     ms->mux = m;
-    ms->prev = NULL;
-    ms->next = m->streams;
-    if (m->streams)
-        m->streams->prev = ms;
-    m->streams = ms;
+    ms->next = NULL;
+    ms->prev = m->streams_tail;
+    if (m->streams_tail)
+        m->streams_tail->next = ms;
+    else
+        m->streams = ms;
+    m->streams_tail = ms;
     m->nstreams++;
     av__timer_stop(m->idle);
+}
+
+/* ms_mark queues |ms| for a notification (once). */
+static void ms_mark(av_mux *m, av_mux_stream *ms)
+{
+    if (ms->dirty || ms->mux != m)
+        return;
+    ms->dirty = 1;
+    ms->dnext = NULL;
+    ms->dprev = m->dtail;
+    if (m->dtail)
+        m->dtail->dnext = ms;
+    else
+        m->dhead = ms;
+    m->dtail = ms;
+}
+
+static void ms_unmark(av_mux_stream *ms)
+{
+    av_mux *m = ms->mux;
+    if (!ms->dirty || !m)
+        return;
+    if (ms->dprev)
+        ms->dprev->dnext = ms->dnext;
+    else
+        m->dhead = ms->dnext;
+    if (ms->dnext)
+        ms->dnext->dprev = ms->dprev;
+    else
+        m->dtail = ms->dprev;
+    ms->dnext = ms->dprev = NULL;
+    ms->dirty = 0;
 }
 
 static void ms_unlink(av_mux_stream *ms)
@@ -90,22 +126,41 @@ static void ms_unlink(av_mux_stream *ms)
     av_mux *m = ms->mux;
     if (!m)
         return;
+    ms_unmark(ms);
+    if (m->h2 && ms->id > 0 && av__h2_tag(m->h2, ms->id) == ms)
+        av__h2_set_tag(m->h2, ms->id, NULL);
     if (ms->prev)
         ms->prev->next = ms->next;
     else
         m->streams = ms->next;
     if (ms->next)
         ms->next->prev = ms->prev;
+    else
+        m->streams_tail = ms->prev;
     ms->next = ms->prev = NULL;
     ms->mux = NULL;
     m->nstreams--;
 }
 
+/* A stream slot is free: the oldest waiter tries again (one per slot; a
+ * waiter that still finds no room goes back to waiting). */
+static void mux_wake_one(av_mux *m)
+{
+    if (!m->settings)
+        return;
+    for (av_mux_stream *w = m->streams; w; w = w->next)
+        if (w->state == AV_MS_WAIT) {
+            w->state = AV_MS_READY;
+            ms_mark(m, w);
+            return;
+        }
+}
+
 static av_mux_stream *ms_find(av_mux *m, int32_t id)
 {
-    for (av_mux_stream *ms = m->streams; ms; ms = ms->next)
-        if (ms->id == id && ms->state == AV_MS_OPEN)
-            return ms;
+    av_mux_stream *ms = m->h2 ? av__h2_tag(m->h2, id) : NULL;
+    if (ms && ms->mux == m && ms->id == id && ms->state == AV_MS_OPEN)
+        return ms;
     return NULL;
 }
 
@@ -118,13 +173,9 @@ static void mux_deliver(av_mux *m)
         return;
     m->delivering = 1;
     m->refs++;
-    for (;;) {
-        av_mux_stream *ms = m->streams;
-        while (ms && !ms->dirty)
-            ms = ms->next;
-        if (!ms)
-            break;
-        ms->dirty = 0;
+    while (m->dhead) {
+        av_mux_stream *ms = m->dhead;
+        ms_unmark(ms);
         if (ms->notify)
             ms->notify(ms->owner);
     }
@@ -157,7 +208,7 @@ static void mux_die(av_mux *m, const char *why, int status)
                 ms->state = AV_MS_RETRY; /* the origin said it never processed it */
             snprintf(ms->why, sizeof(ms->why), "%s", why);
         }
-        ms->dirty = 1;
+        ms_mark(m, ms);
     }
     if (m->up) {
         av__upstream_release(m->up, 0);
@@ -203,7 +254,7 @@ static int cb_head(void *ud, int32_t sid, const av_h2_head *h)
     ms->head = 1;
     if (h->end_stream)
         ms->end = 1;
-    ms->dirty = 1;
+    ms_mark(m, ms);
     return 0;
 }
 
@@ -215,7 +266,7 @@ static int cb_data(void *ud, int32_t sid, const uint8_t *data, size_t len)
         return 0; /* the session gives the window back when it closes */
     if (av__buf_append(&ms->rx, data, len) != AV_OK)
         return AV_ERR_LIMIT; /* more than the window we granted: reset */
-    ms->dirty = 1;
+    ms_mark(m, ms);
     return 0;
 }
 
@@ -225,7 +276,7 @@ static void cb_end(void *ud, int32_t sid)
     av_mux_stream *ms = ms_find(m, sid);
     if (ms) {
         ms->end = 1;
-        ms->dirty = 1;
+        ms_mark(m, ms);
     }
 }
 
@@ -233,21 +284,18 @@ static void cb_close(void *ud, int32_t sid, uint32_t error)
 {
     av_mux *m = ud;
     av_mux_stream *ms = ms_find(m, sid);
-    if (!ms)
+    if (!ms) {
+        mux_wake_one(m); /* a detached (reset) stream's slot is free now */
         return;
+    }
     ms->closed = 1;
     ms->error = error;
     if (error == 7 /* REFUSED_STREAM */ && !ms->head && !ms->sent_any)
         ms->state = AV_MS_RETRY;
     if (error && !ms->why[0])
         snprintf(ms->why, sizeof(ms->why), "upstream reset the HTTP/2 stream (error code %u)", error);
-    ms->dirty = 1;
-    /* A stream slot is free: waiters try again. */
-    for (av_mux_stream *w = m->streams; w && m->settings; w = w->next)
-        if (w->state == AV_MS_WAIT) {
-            w->state = AV_MS_READY;
-            w->dirty = 1;
-        }
+    ms_mark(m, ms);
+    mux_wake_one(m);
 }
 
 static void cb_settings(void *ud)
@@ -258,7 +306,7 @@ static void cb_settings(void *ud)
     for (av_mux_stream *ms = m->streams; ms; ms = ms->next)
         if (ms->state == AV_MS_WAIT) {
             ms->state = AV_MS_READY;
-            ms->dirty = 1;
+            ms_mark(m, ms);
         }
 }
 
@@ -305,16 +353,13 @@ static int mux_dialed(av_mux *m)
     }
     /* HTTP/1.1: the connection goes to the first waiter; the rest dial
      * their own (an HTTP/1.1 connection carries one exchange at a time). */
-    av_mux_stream *first = NULL;
-    for (av_mux_stream *ms = m->streams; ms; ms = ms->next)
-        if (!ms->next)
-            first = ms; /* the oldest: streams are pushed at the head */
+    av_mux_stream *first = m->streams; /* the oldest */
     m->up = NULL;
     m->state = M_DEAD;
     mux_unlist(m);
     for (av_mux_stream *ms = m->streams; ms; ms = ms->next) {
         ms->state = AV_MS_H1;
-        ms->dirty = 1;
+        ms_mark(m, ms);
     }
     if (first) {
         first->up = up;
@@ -392,7 +437,7 @@ static void mux_pump(av_mux *m)
             if (ms->want_room && ms->state == AV_MS_OPEN && !ms->closed &&
                 av__h2_stream_room(m->h2, ms->id) >= 16384) {
                 ms->want_room = 0;
-                ms->dirty = 1;
+                ms_mark(m, ms);
             }
         rc = av__side_pump_out(s);
         if (rc < 0) {
@@ -497,7 +542,7 @@ int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_
     ms->state = AV_MS_WAIT;
     if (up->state == AV_UP_FAILED) {
         mux_die(m, up->side.errmsg, up->fail_status ? up->fail_status : 502);
-        ms->dirty = 0; /* the caller sees FAILED on return */
+        ms_unmark(ms); /* the caller sees FAILED on return */
     }
     return AV_OK;
 }
@@ -525,6 +570,7 @@ int av__mux_submit(av_mux_stream *ms, const av_h2_head *head, int end_stream)
         return rc;
     ms->id = id;
     ms->state = AV_MS_OPEN;
+    av__h2_set_tag(m->h2, id, ms);
     return AV_OK;
 }
 
@@ -579,6 +625,7 @@ void av__mux_detach(av_mux_stream *ms)
     }
     if (m) {
         int reset = m->state == M_H2 && ms->state == AV_MS_OPEN && !ms->closed;
+        int woken = ms->state == AV_MS_READY; /* it was given a slot it will not use */
         if (reset)
             av__h2_reset_stream(m->h2, ms->id, 8 /* CANCEL */);
         ms_unlink(ms);
@@ -588,13 +635,12 @@ void av__mux_detach(av_mux_stream *ms)
             mux_die(m, "abandoned", 502);
         }
         if (m->state == M_H2) {
-            /* Wake a waiter: a stream slot may be free now. */
-            for (av_mux_stream *w = m->streams; w && m->settings; w = w->next)
-                if (w->state == AV_MS_WAIT) {
-                    w->state = AV_MS_READY;
-                    w->dirty = 1;
-                }
-            if (reset || m->nstreams == 0)
+            /* A reset stream's slot frees when nghttp2 closes it (cb_close
+             * wakes a waiter then); a woken waiter that leaves passes its
+             * turn on. */
+            if (woken)
+                mux_wake_one(m);
+            if (reset || woken || m->nstreams == 0)
                 mux_pump(m);
         }
         mux_maybe_free(m);

@@ -71,8 +71,9 @@ struct av_mux_stream {
     int sent_any;            /* request DATA was queued (no retry after that) */
     int want_room;           /* the owner found the queue full: notify when it drains */
     /* the mux's bookkeeping */
-    int dirty;
-    av_mux_stream *next, *prev;
+    int dirty;                    /* queued in the mux's notification list */
+    av_mux_stream *next, *prev;   /* the mux's streams, oldest first */
+    av_mux_stream *dnext, *dprev; /* the notification queue, in marking order */
 };
 
 /* av__mux_attach finds a mux for the key (or dials a new one) and attaches
