@@ -625,12 +625,17 @@ static void x_audit(av_exchange *x, const char *error, double ms)
     json_str(method, sizeof(method), x->method);
     json_str(host, sizeof(host), x->host);
     json_str(path, sizeof(path), x->log_path);
-    char line[3072];
+    char gw[200] = "null";
+    if (c->gw) {
+        json_str(e1, sizeof(e1), c->gw->name);
+        snprintf(gw, sizeof(gw), "\"%.150s\"", e1);
+    }
+    char line[3300];
     int n = snprintf(line, sizeof(line),
-                     "{\"time\":\"%s\",\"token\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
+                     "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
                      "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
                      "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"error\":%s}\n",
-                     when, tok, svc, method, host, path, x->status, x->bytes_req, x->bytes_resp, ms,
+                     when, tok, gw, svc, method, host, path, x->status, x->bytes_req, x->bytes_resp, ms,
                      x->sid ? "h2" : "h1", x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-", cred,
                      x->redactions, err);
     if (n > 0 && (size_t)n < sizeof(line))

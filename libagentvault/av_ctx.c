@@ -238,6 +238,9 @@ static void ctx_run_cmds(av_ctx *ctx)
             l->io = av__io_new(ctx->loop, l->fd, ctx_on_accept, l);
             if (!l->io) {
                 av__log(&ctx->log, AV_LOG_ERROR, "gateway to %s: out of memory, closing it", cmd->gw->upstream);
+                pthread_mutex_lock(&ctx->lock);
+                cmd->gw->api_port = 0; /* the next av_gateway_open binds again */
+                pthread_mutex_unlock(&ctx->lock);
                 cmd_discard(cmd);
                 continue;
             }
@@ -474,8 +477,18 @@ static void ctx_on_wakeup(void *ud)
     if (ctx->reload_requested && !ctx->draining)
         ctx_do_reload(ctx);
     ctx_run_cmds(ctx);
-    if (!ctx->shutdown_requested || ctx->draining)
+    if (!ctx->shutdown_requested)
         return;
+    double drain = (double)atomic_load(&ctx->drain_ms) / 1000.0;
+    if (ctx->draining) {
+        /* A later, shorter shutdown shortens the drain under way. */
+        double now = av__loop_now(ctx->loop);
+        if (!ctx->done && now + drain < ctx->drain_deadline) {
+            ctx->drain_deadline = now + drain;
+            av__timer_start(ctx->drain_timer, drain);
+        }
+        return;
+    }
     pthread_mutex_lock(&ctx->lock);
     ctx->closed = 1;
     pthread_mutex_unlock(&ctx->lock);
@@ -486,9 +499,10 @@ static void ctx_on_wakeup(void *ud)
     for (av_listener *l = ctx->api_listeners; l; l = l->next)
         listener_close(l);
     av__log(&ctx->log, AV_LOG_INFO, "shutting down: %zu connection(s) to drain (deadline %.1fs)", ctx->nconns,
-            ctx->drain_seconds);
+            drain);
     av__upstream_pool_free(ctx);
-    av__timer_start(ctx->drain_timer, ctx->drain_seconds);
+    ctx->drain_deadline = av__loop_now(ctx->loop) + drain;
+    av__timer_start(ctx->drain_timer, drain);
     /* Close idle connections now; busy ones close after their exchange. */
     av__conn_drain_all(ctx);
     ctx_check_done(ctx);
@@ -750,8 +764,9 @@ static int gateways_equal(const av_config *a, const av_config *b)
         return 0;
     for (size_t i = 0; i < a->ngateways; i++) {
         const av_gateway_cfg *x = &a->gateways[i], *y = &b->gateways[i];
-        if (strcmp(x->name, y->name) || strcmp(x->listen, y->listen) || strcmp(x->upstream, y->upstream) ||
-            x->allow_remote != y->allow_remote)
+        /* the origin as parsed, not as written (":443", case, a trailing /) */
+        if (strcmp(x->name, y->name) || strcmp(x->listen, y->listen) || x->dest_tls != y->dest_tls ||
+            !av__authority_equal(&x->dest, &y->dest) || x->allow_remote != y->allow_remote)
             return 0;
     }
     return 1;
@@ -993,7 +1008,7 @@ AV_EXPORT int av_ctx_gateway_port(const av_ctx *ctx, size_t i)
 AV_EXPORT int av_ctx_run(av_ctx *ctx)
 {
     /* thread_started first: |running| belongs to a started loop thread. */
-    if (!ctx || ctx->thread_started || ctx->running || !av__loop_owned(ctx->loop))
+    if (!ctx || ctx->thread_started || ctx->running || ctx->done || !av__loop_owned(ctx->loop))
         return AV_ERR_STATE;
     ctx->running = 1;
     if (!ctx->shutdown_requested)
@@ -1022,8 +1037,11 @@ AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds)
 {
     if (!ctx)
         return;
-    ctx->drain_seconds = drain_seconds < 0 ? 0 : drain_seconds;
-    ctx->shutdown_requested = 1;
+    double d = drain_seconds < 0 || drain_seconds != drain_seconds ? 0 : drain_seconds;
+    if (d > 1e9)
+        d = 1e9;
+    atomic_store(&ctx->drain_ms, (long long)(d * 1000.0));
+    atomic_store(&ctx->shutdown_requested, 1);
     av__async_send(ctx->wakeup);
 }
 

@@ -3,6 +3,7 @@
 #define AV_CTX_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <sys/socket.h>
 
@@ -130,11 +131,14 @@ struct av_ctx {
     void (*done_fn)(void *);  /* host loop: shutdown finished */
     void *done_ud;
     int done;
-    volatile sig_atomic_t shutdown_requested;
-    volatile double drain_seconds;
+    /* Set by av_ctx_shutdown from any thread or a signal handler: lock-free
+     * atomics (the drain in milliseconds). */
+    atomic_int shutdown_requested;
+    atomic_llong drain_ms;
+    double drain_deadline;    /* loop time the drain ends (loop thread) */
     int draining;
     int running;
-    volatile sig_atomic_t reload_requested;
+    atomic_int reload_requested;
     av_reload_fn reload_fn;
     void *reload_ud;
     unsigned long long exchanges;

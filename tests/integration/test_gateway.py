@@ -1028,9 +1028,15 @@ def test_audit_and_metrics_count_gateway_exchanges(daemon, upstream, secrets, cu
         [("openai", "api.openai.com:443", "/echo-auth", 200)] * 3 + \
         [("openai", "api.openai.com:443", "/status/404", 404)]
     assert all(x["injected"] == ["env:OPENAI_API_KEY"] for x in recs), recs
+    assert all(x["gateway"] == "openai" for x in recs), recs
+    # a proxied exchange names no gateway
+    r = d.curl("https://api.openai.com/echo-auth").ok()
+    assert r.status == 200, r.describe()
+    assert wait_until(lambda: len(audit.read_text().splitlines()) >= 5)
+    assert json.loads(audit.read_text().splitlines()[4])["gateway"] is None
     m = curl(f"http://127.0.0.1:{d.port}/metrics").ok()
     text = m.body.decode()
-    assert 'agentvault_exchanges_total{service="openai",status="200"} 3' in text, text
+    assert 'agentvault_exchanges_total{service="openai",status="200"} 4' in text, text
     assert 'agentvault_exchanges_total{service="openai",status="404"} 1' in text, text
 
 
@@ -1310,3 +1316,19 @@ def test_reload_keeps_unchanged_proxy_token_of_open_tunnel(daemon, upstream, sec
 
 def client_tunnel(d, proxy_auth):
     return tls_tunnel(d, connect_headers=[("Proxy-Authorization", proxy_auth)])
+
+
+def test_reload_accepts_equivalent_upstream_spelling(daemon, upstream, secrets, curl):
+    """The upstream is compared as an origin: ':443', case and a trailing
+    slash are the same gateway."""
+    d = daemon(gw_config(secrets, gateway_section("openai")))
+    url = gw_url(d)
+    conf = d.workdir / "agentvault.conf"
+    conf.write_text(conf.read_text().replace("upstream = https://api.openai.com\n",
+                                             "upstream = https://API.openai.com:443/\n"))
+    sighup(d, "configuration reloaded")
+    assert curl(f"{url}/echo-auth").ok().body == REDACTED_AUTH
+    conf.write_text(conf.read_text().replace("upstream = https://API.openai.com:443/\n",
+                                             "upstream = https://api.openai.com:8443\n"))
+    line = sighup(d, "reload failed")
+    assert "gateways" in line, line

@@ -1075,6 +1075,31 @@ static void stop_drains_and_joins(void **state)
     av_ctx_free(ctx);
 }
 
+/* A later, shorter shutdown cuts a drain under way: after
+ * av_ctx_shutdown(30 s) has started draining, av_ctx_stop(0) ends the
+ * exchange in flight instead of waiting for it. */
+static void shorter_shutdown_cuts_drain(void **state)
+{
+    (void)state;
+    av_ctx *ctx = new_ctx(0);
+    assert_int_equal(av_ctx_start(ctx), AV_OK);
+    char err[300] = "";
+    inflight f = {.path = "/slow/cut", .rc = -1};
+    if (stream_connect(ctx, "https://api.test", &f.c, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    int slow0 = slow_count();
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, inflight_main, &f), 0);
+    assert_true(wait_slow(slow0 + 1)); /* the origin holds it for 700 ms */
+    av_ctx_shutdown(ctx, 30.0);
+    sleep_ms(150); /* the loop starts the 30 s drain */
+    assert_int_equal(av_ctx_stop(ctx, 0.0), AV_OK);
+    pthread_join(t, NULL);
+    assert_true(f.rc != 0); /* cut, not waited for */
+    close(f.c.fd);
+    av_ctx_free(ctx);
+}
+
 /* av_ctx_shutdown (any thread) refuses new gateways and streams at once;
  * av_ctx_stop still joins. */
 static void shutdown_refuses_calls(void **state)
@@ -1537,6 +1562,7 @@ int main(void)
         cmocka_unit_test_teardown(stream_keepalive, test_teardown),
         cmocka_unit_test_teardown(threads_open_concurrently, test_teardown),
         cmocka_unit_test_teardown(stop_drains_and_joins, test_teardown),
+        cmocka_unit_test_teardown(shorter_shutdown_cuts_drain, test_teardown),
         cmocka_unit_test_teardown(shutdown_refuses_calls, test_teardown),
         cmocka_unit_test_teardown(free_started_context, test_teardown),
         cmocka_unit_test_teardown(run_with_listeners, test_teardown),
