@@ -1011,8 +1011,7 @@ AV_EXPORT int av_ctx_run(av_ctx *ctx)
     if (!ctx || ctx->thread_started || ctx->running || ctx->done || !av__loop_owned(ctx->loop))
         return AV_ERR_STATE;
     ctx->running = 1;
-    if (!ctx->shutdown_requested)
-        av__loop_run(ctx->loop);
+    av__loop_run(ctx->loop); /* a pending shutdown ends it at once */
     ctx->running = 0;
     return AV_OK;
 }
@@ -1049,8 +1048,9 @@ static void *ctx_thread(void *arg)
 {
     av_ctx *ctx = arg;
     ctx->running = 1;
-    if (!ctx->shutdown_requested)
-        av__loop_run(ctx->loop);
+    /* Always run: a shutdown asked for before the loop started is a
+     * pending wake-up that drains, calls the done function and ends it. */
+    av__loop_run(ctx->loop);
     ctx->running = 0;
     return NULL;
 }

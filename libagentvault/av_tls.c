@@ -766,6 +766,15 @@ static void tls_library_find(void)
     memcpy(&addr, &fn, sizeof(addr)); /* a function pointer's bits, without a cast warning */
     if (dladdr(addr, &info) && info.dli_fname) {
         char real[PATH_MAX];
+        if (!strchr(info.dli_fname, '/')) {
+            /* the main program (dladdr gives argv[0]): name the file */
+            ssize_t n = readlink("/proc/self/exe", real, sizeof(real) - 1);
+            if (n > 0) {
+                real[n] = '\0';
+                snprintf(tls_library_path, sizeof(tls_library_path), "%s", real);
+                return;
+            }
+        }
         snprintf(tls_library_path, sizeof(tls_library_path), "%s",
                  realpath(info.dli_fname, real) ? real : info.dli_fname);
     }
