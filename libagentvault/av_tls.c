@@ -151,6 +151,7 @@ static int bio_read(BIO *b, char *out, int len)
         n = (size_t)len;
     memcpy(out, av__buf_head(t->cin), n);
     av__buf_consume(t->cin, n);
+    t->starved = 0; /* cin shrank: its length no longer tells whether bytes came */
     return (int)n;
 }
 
