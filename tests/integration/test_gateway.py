@@ -1264,19 +1264,14 @@ def test_reload_revokes_proxy_token_of_open_tunnel(daemon, upstream, secrets):
     reaches the origin, and the connection closes."""
     d = daemon(config_text(secrets, tokens=True))
     conf = d.workdir / "agentvault.conf"
-    auth = "Basic " + base64.b64encode(f"agent:{secrets.agent_token}".encode()).decode()
-    t = client_tunnel(d, auth)
+    t = token_tunnel(d, secrets)
     try:
-        t.send(b"GET /echo-auth HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
-        r = t.read_response()
-        gwh.received(r.raw_head, r.body)
+        r = tunnel_get(t, "/echo-auth")
         assert (r.status, r.body) == (200, REDACTED_AUTH), r.raw_head
         conf.write_text(conf.read_text().replace('[token "agent1"]\nsecret = env:AGENT1_TOKEN\n', ""))
         assert "[token" not in conf.read_text()
         sighup(d, "configuration reloaded")
-        t.send(b"GET /echo-auth?after HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
-        r = t.read_response()
-        gwh.received(r.raw_head, r.body)
+        r = tunnel_get(t, "/echo-auth?after")
         assert_raw_proxy_error(r, 407, mentions="revoked")
         assert t.is_closed(), "the tunnel stayed open after its token was revoked"
     finally:
@@ -1289,12 +1284,9 @@ def test_reload_keeps_unchanged_proxy_token_of_open_tunnel(daemon, upstream, sec
     service changes apply to its next request."""
     d = daemon(config_text(secrets, tokens=True))
     conf = d.workdir / "agentvault.conf"
-    auth = "Basic " + base64.b64encode(f"agent:{secrets.agent_token}".encode()).decode()
-    t = client_tunnel(d, auth)
+    t = token_tunnel(d, secrets)
     try:
-        t.send(b"GET /echo-auth HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
-        r = t.read_response()
-        gwh.received(r.raw_head, r.body)
+        r = tunnel_get(t, "/echo-auth")
         assert (r.status, r.body) == (200, REDACTED_AUTH), r.raw_head
         # drop the openai service: the next request passes through uninjected
         text = conf.read_text()
@@ -1302,9 +1294,7 @@ def test_reload_keeps_unchanged_proxy_token_of_open_tunnel(daemon, upstream, sec
         end = text.index("[service", start + 1)
         conf.write_text(text[:start] + text[end:])
         sighup(d, "configuration reloaded")
-        t.send(b"GET /echo-auth?after HTTP/1.1\r\nHost: api.openai.com\r\n\r\n")
-        r = t.read_response()
-        gwh.received(r.raw_head, r.body)
+        r = tunnel_get(t, "/echo-auth?after")
         assert r.status == 200, r.raw_head
         assert secrets.openai_key.encode() not in r.body
     finally:
@@ -1314,8 +1304,17 @@ def test_reload_keeps_unchanged_proxy_token_of_open_tunnel(daemon, upstream, sec
     assert auth_values(reqs[1]) == []
 
 
-def client_tunnel(d, proxy_auth):
-    return tls_tunnel(d, connect_headers=[("Proxy-Authorization", proxy_auth)])
+def token_tunnel(d, secrets):
+    """A CONNECT tunnel to api.openai.com authenticated with the suite's proxy token."""
+    auth = "Basic " + base64.b64encode(f"agent:{secrets.agent_token}".encode()).decode()
+    return tls_tunnel(d, connect_headers=[("Proxy-Authorization", auth)])
+
+
+def tunnel_get(t, target):
+    t.send(f"GET {target} HTTP/1.1\r\nHost: api.openai.com\r\n\r\n".encode())
+    r = t.read_response()
+    gwh.received(r.raw_head, r.body)
+    return r
 
 
 def test_reload_accepts_equivalent_upstream_spelling(daemon, upstream, secrets, curl):
