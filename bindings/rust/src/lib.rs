@@ -505,8 +505,9 @@ impl Vault {
     /// `"http://127.0.0.1:PORT"`. Clients send plain HTTP/1.1 (WebSocket
     /// upgrades included) or HTTP/2 with prior knowledge; requests are
     /// matched to the upstream's service, injected and sent over verified
-    /// TLS. Only loopback clients are accepted. Each call opens a new
-    /// gateway; it lives until the vault stops. Any thread.
+    /// TLS. Only loopback clients are accepted. One gateway per origin:
+    /// calls for the same origin return the same URL; it lives until the
+    /// vault stops. Any thread.
     pub fn gateway_url(&self, upstream: &str) -> Result<String> {
         let u = cstring("upstream", upstream.as_bytes())?;
         let mut url = [0 as c_char; 64];
