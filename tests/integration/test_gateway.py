@@ -39,8 +39,9 @@ from avtest.checks import (assert_curl_proxy_error, assert_raw_proxy_error, auth
 from avtest.daemon import base_env, config_text, find_leaks, forbidden_strings, plain_service
 from avtest.fake_openai import openai_service_config, run_bounded
 from avtest.gateway import GW_TOKEN_REASON, GwConn, gateway_section, gw_config, gw_port, gw_url
-from avtest.h2_client import (SETTINGS_ENABLE_CONNECT_PROTOCOL, WS_BINARY, WS_TEXT, ws_frame,
-                              ws_parse)
+from avtest.h2_client import (SETTINGS_ENABLE_CONNECT_PROTOCOL, WS_BINARY, WS_TEXT, H2Client,
+                              ws_frame, ws_parse)
+from avtest.h2_client import open_tls as h2_open_tls
 from avtest.h2_upstream import H2Upstream
 from avtest.upstream import SSE_FIRST, SSE_SECOND
 from avtest.ws_upstream import WsUpstream
@@ -1331,3 +1332,27 @@ def test_reload_accepts_equivalent_upstream_spelling(daemon, upstream, secrets, 
                                              "upstream = https://api.openai.com:8443\n"))
     line = sighup(d, "reload failed")
     assert "gateways" in line, line
+
+
+def test_reload_revokes_proxy_token_of_open_h2_tunnel(daemon, upstream, secrets):
+    """The same over HTTP/2 inside the tunnel: after the reload every new
+    stream on the connection gets 407."""
+    d = daemon(config_text(secrets, tokens=True))
+    conf = d.workdir / "agentvault.conf"
+    auth = "Basic " + base64.b64encode(f"agent:{secrets.agent_token}".encode()).decode()
+    c = H2Client(h2_open_tls(d.port, d.ca_pem, "api.openai.com",
+                             connect_headers=[("Proxy-Authorization", auth)]))
+    try:
+        c.wait_settings()
+        r = c.get("/echo-auth")
+        gwh.received(repr(r.headers), r.body)
+        assert (r.status, r.body) == (200, REDACTED_AUTH), r.describe()
+        conf.write_text(conf.read_text().replace('[token "agent1"]\nsecret = env:AGENT1_TOKEN\n', ""))
+        sighup(d, "configuration reloaded")
+        for path in ("/echo-auth?a", "/echo-auth?b"):
+            r = c.get(path)
+            gwh.received(repr(r.headers), r.body)
+            assert r.status == 407, r.describe()
+    finally:
+        c.close()
+    assert [x.target for x in upstream.snapshot()] == ["/echo-auth"]
