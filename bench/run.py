@@ -120,6 +120,16 @@ def pin(core):
     return []
 
 
+def cpuidle_driver():
+    """The kernel's cpuidle driver ("haltpoll" in a KVM guest that polls
+    before halting a vCPU), or ""."""
+    try:
+        with open("/sys/devices/system/cpu/cpuidle/current_driver") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def wait_port(port, timeout=20.0, proc=None):
     t = time.time() + timeout
     while time.time() < t:
@@ -725,8 +735,10 @@ def main():
     ap.add_argument("--targets", default=",".join(TARGETS))
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--no-spin", action="store_true",
-                    help="do not run SCHED_IDLE spinners (see README: VM idle wake-up latency)")
+    ap.add_argument("--spin", choices=("auto", "on", "off"), default="auto",
+                    help="SCHED_IDLE busy loops on both cores (see README: idle spinners); "
+                         "auto: on unless the guest polls before halting (cpuidle haltpoll)")
+    ap.add_argument("--no-spin", action="store_true", help="same as --spin off")
     ap.add_argument("--json", help="output file (default bench/results-<timestamp>.json)")
     ap.add_argument("--agentvault", default=os.environ.get("AGENTVAULT",
                                                            f"{ROOT}/build/daemon/agentvault"),
@@ -764,7 +776,11 @@ def main():
     spinners = []
     current = ["setup", "-"]
     try:
-        if not a.no_spin and pin(0) and shutil.which("chrt"):
+        spin = "off" if a.no_spin else a.spin
+        if spin == "auto":
+            spin = "off" if cpuidle_driver() == "haltpoll" else "on"
+        log(f"idle spinners: {spin} (cpuidle driver: {cpuidle_driver() or 'none'})")
+        if spin == "on" and pin(0) and shutil.which("chrt"):
             # Keep both vCPUs from halting: on a VM, waking an idle vCPU can
             # take ~4 ms, which then dominates every proxied round trip.
             # SCHED_IDLE threads yield to any runnable task; they are not
@@ -893,7 +909,7 @@ def main():
     meta = {"time": datetime.datetime.now().isoformat(), "smoke": a.smoke, "reps": reps,
             "duration": a.duration, "params": P, "cpus": os.cpu_count(),
             "pinning": {"proxy": pin(1), "client_and_origins": pin(0)},
-            "idle_spinners": bool(spinners), "budget_s": budget,
+            "idle_spinners": bool(spinners), "cpuidle_driver": cpuidle_driver(), "budget_s": budget,
             "elapsed_s": round(time.time() - t_start, 1),
             "uname": os.uname().release}
     out_dir = os.path.dirname(os.path.abspath(out))
