@@ -3398,6 +3398,16 @@ static int conn_step(av_conn *c)
         size_t n = in->len < sizeof(preface) - 1 ? in->len : sizeof(preface) - 1;
         if (in->len == 0 && !c->a.in_eof)
             return 0;
+        if (in->len > 0 && av__tls_is_client_hello(av__buf_head(in), 1)) {
+            /* https:// to a plain-HTTP gateway: say so now rather than
+             * after the header timeout. */
+            av__log(&c->ctx->log, AV_LOG_INFO,
+                    "gateway %s peer=%s: a TLS ClientHello: the gateway speaks plain HTTP (use http://, not https://)",
+                    c->gw->name, c->peer);
+            av__buf_consume(in, in->len);
+            conn_respond(c, 400, "this gateway speaks plain HTTP: use http://, not https://", 0, 1);
+            return 1;
+        }
         if (in->len == 0 || memcmp(av__buf_head(in), preface, n) != 0) {
             c->state = C_TUNNEL_HEAD;
             return 1;

@@ -1356,3 +1356,18 @@ def test_reload_revokes_proxy_token_of_open_h2_tunnel(daemon, upstream, secrets)
     finally:
         c.close()
     assert [x.target for x in upstream.snapshot()] == ["/echo-auth"]
+
+
+def test_https_to_gateway_fails_at_once(daemon, upstream, secrets, curl):
+    """An https:// URL on a plain-HTTP gateway: the TLS ClientHello is
+    answered at once (400, then close) and logged with the reason, instead
+    of waiting for the header timeout; nothing reaches the upstream."""
+    d = daemon(gw_config(secrets, proxy_extra="header_timeout = 30"))
+    port = gw_port(d)
+    t0 = time.monotonic()
+    r = curl("--max-time", "10", f"https://127.0.0.1:{port}/echo")
+    took = time.monotonic() - t0
+    assert r.returncode != 0, r.describe()
+    assert took < 10, f"curl waited {took:.1f}s"  # not the 30 s header timeout
+    assert wait_until(lambda: "speaks plain HTTP" in d.log_text()), d.log_dump()
+    assert upstream.connections_accepted == 0
