@@ -1031,26 +1031,42 @@ static void *inflight_main(void *arg)
     return NULL;
 }
 
+/* start_inflight sends f->path on a new stream from a thread and returns
+ * once the origin holds the request (/slow/...: 700 ms). */
+static void start_inflight(av_ctx *ctx, inflight *f, pthread_t *t)
+{
+    char err[300] = "";
+    if (stream_connect(ctx, "https://api.test", &f->c, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    int slow0 = slow_count();
+    assert_int_equal(pthread_create(t, NULL, inflight_main, f), 0);
+    assert_true(wait_slow(slow0 + 1));
+}
+
+/* started_with_stream starts a context and makes one exchange on a new
+ * stream |c| (left open). */
+static av_ctx *started_with_stream(client *c, const char *path)
+{
+    av_ctx *ctx = new_ctx(0);
+    assert_int_equal(av_ctx_start(ctx), AV_OK);
+    char err[300] = "";
+    resp r;
+    if (stream_connect(ctx, "https://api.test", c, err, sizeof(err)) < 0 ||
+        exchange(c, path, 0, &r, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    return ctx;
+}
+
 /* av_ctx_stop lets the exchange in flight finish, closes idle
  * connections at once, joins, and refuses everything afterwards. */
 static void stop_drains_and_joins(void **state)
 {
     (void)state;
-    av_ctx *ctx = new_ctx(0);
-    assert_int_equal(av_ctx_start(ctx), AV_OK);
-    char err[300] = "";
     client idle;
-    resp r;
-    if (stream_connect(ctx, "https://api.test", &idle, err, sizeof(err)) < 0 ||
-        exchange(&idle, "/before", 0, &r, err, sizeof(err)) < 0)
-        fail_msg("%s", err);
+    av_ctx *ctx = started_with_stream(&idle, "/before");
     inflight f = {.path = "/slow/drain", .rc = -1};
-    if (stream_connect(ctx, "https://api.test", &f.c, err, sizeof(err)) < 0)
-        fail_msg("%s", err);
-    int slow0 = slow_count();
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, inflight_main, &f), 0);
-    assert_true(wait_slow(slow0 + 1)); /* the origin holds it for 700 ms */
+    start_inflight(ctx, &f, &t); /* the origin holds it for 700 ms */
     double t0 = now_s();
     assert_int_equal(av_ctx_stop(ctx, 5.0), AV_OK);
     double took = now_s() - t0;
@@ -1083,14 +1099,9 @@ static void shorter_shutdown_cuts_drain(void **state)
     (void)state;
     av_ctx *ctx = new_ctx(0);
     assert_int_equal(av_ctx_start(ctx), AV_OK);
-    char err[300] = "";
     inflight f = {.path = "/slow/cut", .rc = -1};
-    if (stream_connect(ctx, "https://api.test", &f.c, err, sizeof(err)) < 0)
-        fail_msg("%s", err);
-    int slow0 = slow_count();
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, inflight_main, &f), 0);
-    assert_true(wait_slow(slow0 + 1)); /* the origin holds it for 700 ms */
+    start_inflight(ctx, &f, &t); /* the origin holds it for 700 ms */
     av_ctx_shutdown(ctx, 30.0);
     sleep_ms(150); /* the loop starts the 30 s drain */
     assert_int_equal(av_ctx_stop(ctx, 0.0), AV_OK);
@@ -1105,14 +1116,8 @@ static void shorter_shutdown_cuts_drain(void **state)
 static void shutdown_refuses_calls(void **state)
 {
     (void)state;
-    av_ctx *ctx = new_ctx(0);
-    assert_int_equal(av_ctx_start(ctx), AV_OK);
-    char err[300] = "";
     client c;
-    resp r;
-    if (stream_connect(ctx, "https://api.test", &c, err, sizeof(err)) < 0 ||
-        exchange(&c, "/x", 0, &r, err, sizeof(err)) < 0)
-        fail_msg("%s", err);
+    av_ctx *ctx = started_with_stream(&c, "/x");
     av_ctx_shutdown(ctx, 1.0);
     char url[32];
     int fd;
@@ -1137,25 +1142,15 @@ static void shutdown_refuses_calls(void **state)
 static void free_started_context(void **state)
 {
     (void)state;
-    av_ctx *ctx = new_ctx(0);
-    assert_int_equal(av_ctx_start(ctx), AV_OK);
-    char err[300] = "";
     client idle;
-    resp r;
-    if (stream_connect(ctx, "https://api.test", &idle, err, sizeof(err)) < 0 ||
-        exchange(&idle, "/warm", 0, &r, err, sizeof(err)) < 0)
-        fail_msg("%s", err);
+    av_ctx *ctx = started_with_stream(&idle, "/warm");
     char url[32];
     assert_int_equal(av_gateway_open(ctx, "https://api.test", url, sizeof(url)), AV_OK);
     int gw_port = url_port(url);
     assert_true(gw_port > 0);
     inflight f = {.path = "/slow/free", .rc = -1};
-    if (stream_connect(ctx, "https://api.test", &f.c, err, sizeof(err)) < 0)
-        fail_msg("%s", err);
-    int slow0 = slow_count();
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, inflight_main, &f), 0);
-    assert_true(wait_slow(slow0 + 1));
+    start_inflight(ctx, &f, &t); /* the origin holds it for 700 ms */
     double t0 = now_s();
     av_ctx_free(ctx);
     assert_true(now_s() - t0 < 2.0); /* no drain */
