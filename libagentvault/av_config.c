@@ -809,6 +809,50 @@ static int set_string(parser *p, char **dst, const char *v, size_t n)
     return AV_OK;
 }
 
+/* A section's single-valued keys and their "seen" bits. */
+typedef struct key_def {
+    const char *name;
+    unsigned bit;
+} key_def;
+
+/* key_bit finds |k| in |keys|, refuses unknown and repeated keys (|sec|
+ * and |expected| name them in the error) and marks it seen. Returns the
+ * bit, or 0 after an error was reported. */
+static unsigned key_bit(parser *p, const key_def *keys, size_t n, const char *sec, const char *expected,
+                        const char *k, size_t kl)
+{
+    unsigned bit = 0;
+    for (size_t i = 0; i < n && !bit; i++)
+        if (word_eq(k, kl, keys[i].name))
+            bit = keys[i].bit;
+    if (!bit) {
+        perr(p, "unknown key \"%.*s\" in [%s]%s%s%s", (int)(kl > 64 ? 64 : kl), k, sec,
+             expected ? " (expected " : "", expected ? expected : "", expected ? ")" : "");
+        return 0;
+    }
+    if (p->seen & bit) {
+        perr(p, "duplicate key \"%.*s\"", (int)kl, k);
+        return 0;
+    }
+    p->seen |= bit;
+    return bit;
+}
+
+/* set_secret_ref stores a secret reference (|key| names it in the error). */
+static int set_secret_ref(parser *p, const char *key, char **out, const char *v, size_t vl)
+{
+    char *ref = dup_range(v, vl);
+    if (!ref)
+        return oom(p);
+    if (!av__secret_ref_valid(ref)) {
+        av__free(ref);
+        return perr(p, "%s must be env:NAME, file:/absolute/path, vault:NAME, command:/absolute/path [args] or "
+                       "callback:NAME", key);
+    }
+    *out = ref;
+    return AV_OK;
+}
+
 /* proxy_key handles one key of the [proxy] section. */
 static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
@@ -837,34 +881,15 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return AV_OK;
     }
 
-    unsigned bit;
-    if (word_eq(k, kl, "state_dir"))
-        bit = K_STATE_DIR;
-    else if (word_eq(k, kl, "unmatched"))
-        bit = K_UNMATCHED;
-    else if (word_eq(k, kl, "upstream_cacert"))
-        bit = K_CACERT;
-    else if (word_eq(k, kl, "connect_timeout"))
-        bit = K_CONNECT_TO;
-    else if (word_eq(k, kl, "idle_timeout"))
-        bit = K_IDLE_TO;
-    else if (word_eq(k, kl, "header_timeout"))
-        bit = K_HEADER_TO;
-    else if (word_eq(k, kl, "websocket_idle_timeout"))
-        bit = K_WS_IDLE_TO;
-    else if (word_eq(k, kl, "secret_ttl"))
-        bit = K_SECRET_TTL;
-    else if (word_eq(k, kl, "command_timeout"))
-        bit = K_CMD_TO;
-    else if (word_eq(k, kl, "audit"))
-        bit = K_AUDIT;
-    else if (word_eq(k, kl, "vault"))
-        bit = K_VAULT;
-    else
-        return perr(p, "unknown key \"%.*s\" in [proxy]", (int)(kl > 64 ? 64 : kl), k);
-    if (p->seen & bit)
-        return perr(p, "duplicate key \"%.*s\"", (int)kl, k);
-    p->seen |= bit;
+    static const key_def keys[] = {
+        {"state_dir", K_STATE_DIR}, {"unmatched", K_UNMATCHED}, {"upstream_cacert", K_CACERT},
+        {"connect_timeout", K_CONNECT_TO}, {"idle_timeout", K_IDLE_TO}, {"header_timeout", K_HEADER_TO},
+        {"websocket_idle_timeout", K_WS_IDLE_TO}, {"secret_ttl", K_SECRET_TTL}, {"command_timeout", K_CMD_TO},
+        {"audit", K_AUDIT}, {"vault", K_VAULT},
+    };
+    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "proxy", NULL, k, kl);
+    if (!bit)
+        return AV_ERR_CONFIG;
 
     switch (bit) {
     case K_STATE_DIR:
@@ -1122,21 +1147,15 @@ static int parse_methods(parser *p, const char *v, size_t n, unsigned *out)
 static int service_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_service *s = &p->cfg->services[p->cfg->nservices - 1];
-    static const struct { const char *name; unsigned bit; } keys[] = {
+    static const key_def keys[] = {
         {"host", K_HOST}, {"port", K_PORT}, {"scheme", K_SCHEME}, {"path", K_PATH},
         {"methods", K_METHODS}, {"auth", K_AUTH}, {"secret", K_SECRET},
         {"websocket", K_WEBSOCKET}, {"placeholder", K_PLACEHOLDER},
         {"placeholder_in", K_PLACEHOLDER_IN}, {"agent_env", K_AGENT_ENV},
     };
-    unsigned bit = 0;
-    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
-        if (word_eq(k, kl, keys[i].name))
-            bit = keys[i].bit;
+    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "service", NULL, k, kl);
     if (!bit)
-        return perr(p, "unknown key \"%.*s\" in [service]", (int)(kl > 64 ? 64 : kl), k);
-    if (p->seen & bit)
-        return perr(p, "duplicate key \"%.*s\"", (int)kl, k);
-    p->seen |= bit;
+        return AV_ERR_CONFIG;
 
     switch (bit) {
     case K_HOST: {
@@ -1239,18 +1258,8 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         }
         return set_string(p, &s->agent_env, norm, o);
     }
-    default: { /* K_SECRET */
-        char *ref = dup_range(v, vl);
-        if (!ref)
-            return oom(p);
-        if (!av__secret_ref_valid(ref)) {
-            av__free(ref);
-            return perr(p, "secret must be env:NAME, file:/absolute/path, vault:NAME, command:/absolute/path [args] or "
-                           "callback:NAME");
-        }
-        s->secret_ref = ref;
-        return AV_OK;
-    }
+    default: /* K_SECRET */
+        return set_secret_ref(p, "secret", &s->secret_ref, v, vl);
     }
 }
 
@@ -1281,21 +1290,13 @@ static int parse_rate(const char *v, size_t vl, double *out)
 static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_gateway_cfg *g = &p->cfg->gateways[p->cfg->ngateways - 1];
-    unsigned bit;
-    if (word_eq(k, kl, "listen"))
-        bit = K_HOST;
-    else if (word_eq(k, kl, "upstream"))
-        bit = K_PATH;
-    else if (word_eq(k, kl, "allow_remote"))
-        bit = K_PORT;
-    else if (word_eq(k, kl, "token"))
-        bit = K_SECRET;
-    else
-        return perr(p, "unknown key \"%.*s\" in [gateway] (expected listen, upstream, allow_remote, token)",
-                    (int)(kl > 64 ? 64 : kl), k);
-    if (p->seen & bit)
-        return perr(p, "duplicate key \"%.*s\"", (int)kl, k);
-    p->seen |= bit;
+    static const key_def keys[] = {
+        {"listen", K_HOST}, {"upstream", K_PATH}, {"allow_remote", K_PORT}, {"token", K_SECRET},
+    };
+    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "gateway",
+                           "listen, upstream, allow_remote, token", k, kl);
+    if (!bit)
+        return AV_ERR_CONFIG;
     switch (bit) {
     case K_HOST: {
         char norm[80];
@@ -1321,17 +1322,8 @@ static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_
         else
             return perr(p, "allow_remote must be yes or no");
         return AV_OK;
-    default: {
-        char *ref = dup_range(v, vl);
-        if (!ref)
-            return oom(p);
-        if (!av__secret_ref_valid(ref)) {
-            av__free(ref);
-            return perr(p, "token must be a secret reference (env:NAME, file:/path, vault:NAME, command:..., callback:NAME)");
-        }
-        g->token_ref = ref;
-        return AV_OK;
-    }
+    default:
+        return set_secret_ref(p, "token", &g->token_ref, v, vl);
     }
 }
 
@@ -1339,36 +1331,17 @@ static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_
 static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_token_cfg *t = &p->cfg->tokens[p->cfg->ntokens - 1];
-    unsigned bit;
-    if (word_eq(k, kl, "secret"))
-        bit = K_SECRET;
-    else if (word_eq(k, kl, "services"))
-        bit = K_METHODS;
-    else if (word_eq(k, kl, "unmatched"))
-        bit = K_UNMATCHED;
-    else if (word_eq(k, kl, "rate"))
-        bit = K_PORT;
-    else if (word_eq(k, kl, "burst"))
-        bit = K_PATH;
-    else
-        return perr(p, "unknown key \"%.*s\" in [token] (expected secret, services, unmatched, rate, burst)",
-                    (int)(kl > 64 ? 64 : kl), k);
-    if (p->seen & bit)
-        return perr(p, "duplicate key \"%.*s\"", (int)kl, k);
-    p->seen |= bit;
+    static const key_def keys[] = {
+        {"secret", K_SECRET}, {"services", K_METHODS}, {"unmatched", K_UNMATCHED}, {"rate", K_PORT},
+        {"burst", K_PATH},
+    };
+    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "token",
+                           "secret, services, unmatched, rate, burst", k, kl);
+    if (!bit)
+        return AV_ERR_CONFIG;
     switch (bit) {
-    case K_SECRET: {
-        char *ref = dup_range(v, vl);
-        if (!ref)
-            return oom(p);
-        if (!av__secret_ref_valid(ref)) {
-            av__free(ref);
-            return perr(p, "secret must be env:NAME, file:/absolute/path, vault:NAME, command:/absolute/path [args] or "
-                           "callback:NAME");
-        }
-        t->secret_ref = ref;
-        return AV_OK;
-    }
+    case K_SECRET:
+        return set_secret_ref(p, "secret", &t->secret_ref, v, vl);
     case K_METHODS: {
         size_t start = 0;
         for (size_t i = 0; i <= vl; i++) {

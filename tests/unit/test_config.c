@@ -376,7 +376,7 @@ static const err_case err_cases[] = {
     {"[gateway \"g\"]\nhost = x\n",
      "t.conf:2: unknown key \"host\" in [gateway] (expected listen, upstream, allow_remote, token)"},
     {"[gateway \"g\"]\ntoken = plain\n",
-     "t.conf:2: token must be a secret reference (env:NAME, file:/path, vault:NAME, command:..., callback:NAME)"},
+     "t.conf:2: token must be env:NAME, file:/absolute/path, vault:NAME, command:/absolute/path [args] or callback:NAME"},
     {"[gateway \"g\"]\nlisten = 127.0.0.1:1\nupstream = https://a.example\n[gateway \"g\"]\n",
      "t.conf:4: duplicate gateway \"g\""},
     {"[service openai]\n", "t.conf:1: section name must be quoted: [service \"NAME\"]"},
