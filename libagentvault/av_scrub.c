@@ -774,41 +774,6 @@ static int fail(av_scrub *s, int err)
     return err;
 }
 
-int av__scrub_new(av_scrub **out, const av_secret *const *secrets, size_t n,
-                  int content_encoding)
-{
-    if (!out || (n && !secrets))
-        return AV_ERR_INVALID;
-    *out = NULL;
-    if (content_encoding != AV_SCRUB_IDENTITY && content_encoding != AV_SCRUB_GZIP &&
-        content_encoding != AV_SCRUB_DEFLATE)
-        return AV_ERR_INVALID;
-    av_scrub *s = av__calloc(1, sizeof(*s));
-    if (!s)
-        return AV_ERR_NOMEM;
-    s->enc = content_encoding;
-    s->max_expanded = AV_SCRUB_MAX_EXPANDED;
-    s->max_ratio = AV_SCRUB_MAX_RATIO;
-    int rc = core_build(&s->core, secrets, n);
-    if (rc)
-        goto err;
-    if (content_encoding != AV_SCRUB_IDENTITY) {
-        s->zfmt = content_encoding == AV_SCRUB_GZIP ? ZF_GZIP : ZF_UNKNOWN;
-        av__buf_init(&s->plain, PLAIN_SIZE + core_bound(&s->core, s->core.window + 1));
-        av__buf_init(&s->zbuf, ZBUF_SIZE);
-        s->ibuf = av__malloc(IBUF_SIZE);
-        if (!s->ibuf) {
-            rc = AV_ERR_NOMEM;
-            goto err;
-        }
-    }
-    *out = s;
-    return AV_OK;
-err:
-    av__scrub_free(s);
-    return rc;
-}
-
 int av__scrub_set_new(av_scrub_set **out, const av_secret *const *secrets, size_t n)
 {
     if (!out || (n && !secrets))
@@ -1326,4 +1291,22 @@ int av__scrub_encoding_parse(const char *v, size_t len)
     if (ci_eq(v, len, "deflate"))
         return AV_SCRUB_DEFLATE;
     return AV_ERR_INVALID;
+}
+
+/* A scrubber with patterns of its own: a one-off set. */
+int av__scrub_new(av_scrub **out, const av_secret *const *secrets, size_t n, int content_encoding)
+{
+    if (!out || (n && !secrets))
+        return AV_ERR_INVALID;
+    *out = NULL;
+    if (content_encoding != AV_SCRUB_IDENTITY && content_encoding != AV_SCRUB_GZIP &&
+        content_encoding != AV_SCRUB_DEFLATE)
+        return AV_ERR_INVALID;
+    av_scrub_set *set = NULL;
+    int rc = av__scrub_set_new(&set, secrets, n);
+    if (rc)
+        return rc;
+    rc = av__scrub_new_from_set(out, set, content_encoding);
+    av__scrub_set_unref(set); /* the scrubber holds its own reference */
+    return rc;
 }
