@@ -15,37 +15,9 @@
 
 #include "av_buf.h"
 #include "av_h1.h"
+#include "fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x))                                                                                  \
-            abort();                                                                               \
-    } while (0)
-
-/* rng is a small xorshift generator seeded from the input. */
-typedef struct rng {
-    uint64_t s;
-} rng;
-
-/* rng_seed hashes the input (FNV-1a) into a non-zero state. */
-static void rng_seed(rng *r, const uint8_t *p, size_t n)
-{
-    uint64_t h = UINT64_C(1469598103934665603);
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * UINT64_C(1099511628211);
-    r->s = h ? h : 1;
-}
-
-/* rng_step returns a piece size in 1..max. */
-static size_t rng_step(rng *r, size_t max)
-{
-    r->s ^= r->s << 13;
-    r->s ^= r->s >> 7;
-    r->s ^= r->s << 17;
-    return 1 + (size_t)(r->s % max);
-}
 
 /* inside asserts that a view lies within [lo, lo + n). */
 static void inside(const void *v, size_t vl, const uint8_t *lo, size_t n)

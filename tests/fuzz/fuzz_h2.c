@@ -21,14 +21,9 @@
 #include "av_buf.h"
 #include "av_h2.h"
 #include "av_mem.h"
+#include "fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x))                                                                                  \
-            abort();                                                                               \
-    } while (0)
 
 typedef struct fz {
     av_h2 *h;

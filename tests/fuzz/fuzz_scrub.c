@@ -30,34 +30,9 @@
 #include "av_mem.h"
 #include "av_scrub.h"
 #include "av_secret.h"
+#include "fuzz_util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        if (!(x))                                                                                  \
-            abort();                                                                               \
-    } while (0)
-
-typedef struct rng {
-    uint64_t s;
-} rng;
-
-static void rng_seed(rng *r, const uint8_t *p, size_t n)
-{
-    uint64_t h = UINT64_C(1469598103934665603);
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ p[i]) * UINT64_C(1099511628211);
-    r->s = h ? h : 1;
-}
-
-static size_t rng_next(rng *r, size_t max)
-{
-    r->s ^= r->s << 13;
-    r->s ^= r->s >> 7;
-    r->s ^= r->s << 17;
-    return (size_t)(r->s % max);
-}
 
 typedef struct sink {
     uint8_t *p;
