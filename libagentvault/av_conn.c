@@ -3595,15 +3595,22 @@ static int peer_is_local(const struct sockaddr *sa)
     return 0;
 }
 
+/* peer_text names a peer for logs: its IP, "stream" for a socket pair. */
+static void peer_text(const struct sockaddr *sa, char *out, size_t cap)
+{
+    snprintf(out, cap, "%s", sa->sa_family == AF_UNIX ? "stream" : "?");
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, out, (socklen_t)cap);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)cap);
+}
+
 int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len, av_gw *gw)
 {
     (void)len;
     if (gw && !gw->allow_remote && !peer_is_local(peer)) {
-        char ip[INET6_ADDRSTRLEN] = "?";
-        if (peer->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, ip, sizeof(ip));
-        else if (peer->sa_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, ip, sizeof(ip));
+        char ip[INET6_ADDRSTRLEN + 8];
+        peer_text(peer, ip, sizeof(ip));
         av__log(&ctx->log, AV_LOG_WARN,
                 "gateway %s refused a connection from %s: only loopback clients (set allow_remote = yes)", gw->name,
                 ip);
@@ -3635,12 +3642,7 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
         av__free(c);
         return AV_ERR_NOMEM;
     }
-    char ip[INET6_ADDRSTRLEN] = "?";
-    if (peer->sa_family == AF_INET)
-        inet_ntop(AF_INET, &((const struct sockaddr_in *)peer)->sin_addr, ip, sizeof(ip));
-    else if (peer->sa_family == AF_INET6)
-        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)peer)->sin6_addr, ip, sizeof(ip));
-    snprintf(c->peer, sizeof(c->peer), "%s", peer->sa_family == AF_UNIX ? "stream" : ip);
+    peer_text(peer, c->peer, sizeof(c->peer));
     c->next = ctx->conns;
     if (ctx->conns)
         ctx->conns->prev = c;

@@ -192,20 +192,25 @@ static void gw_link(av_ctx *ctx, av_gw *g)
 }
 
 /* Queue |cmd| for the loop thread. Fails once shutdown has begun. */
-static int ctx_post(av_ctx *ctx, av_cmd *cmd)
+/* ctx_post_locked appends |cmd| and wakes the loop; ctx->lock is held. */
+static void ctx_post_locked(av_ctx *ctx, av_cmd *cmd)
 {
-    pthread_mutex_lock(&ctx->lock);
-    if (ctx->closed || ctx->shutdown_requested) {
-        pthread_mutex_unlock(&ctx->lock);
-        return AV_ERR_STATE;
-    }
     av_cmd **tail = &ctx->cmds;
     while (*tail)
         tail = &(*tail)->next;
+    cmd->next = NULL;
     *tail = cmd;
-    pthread_mutex_unlock(&ctx->lock);
     av__async_send(ctx->wakeup);
-    return AV_OK;
+}
+
+static int ctx_post(av_ctx *ctx, av_cmd *cmd)
+{
+    pthread_mutex_lock(&ctx->lock);
+    int closed = ctx->closed || ctx->shutdown_requested;
+    if (!closed)
+        ctx_post_locked(ctx, cmd);
+    pthread_mutex_unlock(&ctx->lock);
+    return closed ? AV_ERR_STATE : AV_OK;
 }
 
 static void cmd_discard(av_cmd *cmd)
@@ -340,13 +345,8 @@ static int gateway_listen(av_ctx *ctx, av_gw *g, char *url, size_t url_len)
     cmd->fd = -1;
     cmd->l = l;
     cmd->gw = g;
-    cmd->next = NULL;
-    av_cmd **tail = &ctx->cmds;
-    while (*tail)
-        tail = &(*tail)->next;
-    *tail = cmd;
     g->api_port = port;
-    av__async_send(ctx->wakeup);
+    ctx_post_locked(ctx, cmd);
     snprintf(url, url_len, "http://127.0.0.1:%d", port);
     return AV_OK;
 }
