@@ -1589,6 +1589,8 @@ static int x_agent_trailers_h1(av_exchange *x)
     if (tl == AV_H1_INCOMPLETE)
         return 0;
     if (tl < 0) {
+        if (tl == AV_H1_ERR_TOO_LARGE)
+            c->ctx->m_limit_head++; /* the head's limits, counted as such */
         x_fail(x, tl == AV_H1_ERR_TOO_LARGE ? 431 : 400,
                tl == AV_H1_ERR_TOO_LARGE ? "request trailers too large" : "malformed request trailers");
         return -1;
@@ -2380,6 +2382,8 @@ static int x_pump_response_h1(av_exchange *x)
             if (tl == AV_H1_INCOMPLETE && !u->in_eof)
                 break;
             if (tl <= 0) {
+                if (tl == AV_H1_ERR_TOO_LARGE)
+                    c->ctx->m_limit_head++;
                 x_fail(x, 502, tl == AV_H1_ERR_TOO_LARGE ? "upstream sent trailers over the header limits"
                                : tl == AV_H1_INCOMPLETE ? "upstream closed the connection in the trailers"
                                                         : "upstream sent malformed trailers");
