@@ -169,7 +169,8 @@ struct av_exchange {
     av_h1_fields req_tr;      /* request trailers, waiting for the end of the body */
     int req_tr_err;           /* HTTP/2 agent: its trailers were refused (AV_ERR_*) */
     av_h1_fields resp_tr;     /* response trailers (scrubbed), sent after the body */
-    av_h1_scan tscan;         /* HTTP/1.1 trailer section being scanned */
+    av_h1_scan req_tscan;     /* HTTP/1.1 trailer sections being scanned (one */
+    av_h1_scan resp_tscan;    /* per direction: both may be pending at once) */
 };
 
 struct av_conn {
@@ -1584,8 +1585,8 @@ static int x_agent_trailers_h1(av_exchange *x)
     av_conn *c = x->c;
     av_h1_field tf[AV_H1_MAX_FIELDS_CAP];
     size_t tn = 0;
-    ssize_t tl = av__h1_body_trailers(&x->req_body, av__buf_head(c->a.pin), c->a.pin->len, &head_limits, &x->tscan,
-                                      tf, &tn);
+    ssize_t tl = av__h1_body_trailers(&x->req_body, av__buf_head(c->a.pin), c->a.pin->len, &head_limits,
+                                      &x->req_tscan, tf, &tn);
     if (tl == AV_H1_INCOMPLETE)
         return 0;
     if (tl < 0) {
@@ -2378,7 +2379,7 @@ static int x_pump_response_h1(av_exchange *x)
             av_h1_field tf[AV_H1_MAX_FIELDS_CAP];
             size_t tn = 0;
             ssize_t tl = av__h1_body_trailers(&x->resp_body, av__buf_head(u->pin), u->pin->len, &head_limits,
-                                              &x->tscan, tf, &tn);
+                                              &x->resp_tscan, tf, &tn);
             if (tl == AV_H1_INCOMPLETE && !u->in_eof)
                 break;
             if (tl <= 0) {
