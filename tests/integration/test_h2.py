@@ -1151,3 +1151,41 @@ def test_trailers_h1_agent_from_h2_upstream_content_length(h2d, h2_origin, secre
     recs = o.snapshot()
     assert [r.header("te") for r in recs] == ["trailers", None]
     assert recs[0].header_values("authorization") == [f"Bearer {secrets.openai_key}"]
+
+
+def test_request_trailers_to_h2_upstream(h2d, h2_origin, secrets):
+    """Request trailers reach an h2 origin as trailing HEADERS, from an h2
+    agent and from an HTTP/1.1 agent's chunked trailer section; fields not
+    allowed in trailers (and any copy of the injected header) are not."""
+    o = h2_origin()
+    d = h2d(o.port)
+    c = h2_conn(d)
+    sid = c.request("POST", "/echo", headers=[("te", "trailers")], end_stream=False)
+    c.send_data(sid, b"hello")
+    c.conn.send_headers(sid, [("x-req-sum", "42"), ("authorization", "Bearer agent-copy"),
+                              ("content-type", "text/plain")], end_stream=True)
+    c.flush()
+    st = c.response(sid)
+    client.RECEIVED.append(h2c.all_received_text(c).encode("utf-8", "replace"))
+    assert st.status == 200, st.describe()
+    c.close()
+
+    conn, resp = client.connect_tunnel(d.port, f"{OPENAI}:443")
+    assert resp.status == 200
+    conn.start_tls(d.ca_pem, OPENAI)
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhello\r\n0\r\nX-Req-Sum: 43\r\nSet-Cookie: a=b\r\n\r\n")
+    r = conn.read_response(method="POST")
+    client.RECEIVED.append(r.raw_head + r.body)
+    assert r.status == 200, r
+    conn.close()
+
+    recs = o.wait_requests(2)
+    assert len(recs) == 2
+    for rec, want in zip(sorted(recs, key=lambda q: q.header("x-req-sum")), ("42", "43")):
+        assert rec.body == b"hello"
+        assert rec.header_values("x-req-sum") == [want]
+        assert rec.header_values("authorization") == [f"Bearer {secrets.openai_key}"]
+        assert rec.header_values("set-cookie") == [] and rec.header_values("content-type") == []
+    assert [r.header("te") for r in sorted(recs, key=lambda q: q.header("x-req-sum"))] == \
+        ["trailers", None]
