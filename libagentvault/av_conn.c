@@ -163,6 +163,14 @@ struct av_exchange {
     char ws_key[32];          /* Sec-WebSocket-Key sent upstream */
     av_secret *ws_secret;     /* frame mode: replaces the placeholder */
     av_ws_bridge *ws_bridge;
+    /* Trailers (gRPC's status lives in them): checked like heads, kept
+     * until the body in their direction has been passed on. */
+    int te_trailers;          /* the agent sent TE: trailers: so does the upstream request */
+    av_h1_fields req_tr;      /* request trailers, waiting for the end of the body */
+    int req_tr_err;           /* HTTP/2 agent: its trailers were refused (AV_ERR_*) */
+    av_h1_fields resp_tr;     /* response trailers (scrubbed), sent after the body */
+    av_h1_scan req_tscan;     /* HTTP/1.1 trailer sections being scanned (one */
+    av_h1_scan resp_tscan;    /* per direction: both may be pending at once) */
 };
 
 struct av_conn {
@@ -548,6 +556,8 @@ static void x_reset(av_exchange *x)
     av__scrub_free(x->scrub);
     av__buf_free_wipe(&x->scrub_in);
     av__buf_free_wipe(&x->scrub_out);
+    av__h1_fields_free(&x->req_tr);
+    av__h1_fields_free(&x->resp_tr);
     av__snap_unref(x->snap); /* after the resolver wait, which belongs to it */
     memset(x, 0, sizeof(*x));
     x->c = c;
@@ -1005,6 +1015,10 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
      * x_inject once it is resolved. */
     const char *inj_name = svc ? inject_name_of(svc) : NULL;
     x->inj_name = inj_name;
+    /* TE is hop-by-hop, but "trailers" in it is end to end in effect: gRPC
+     * origins refuse requests without it. Sent on by x_h1_request_out /
+     * x_h2_request_out. */
+    x->te_trailers = !in->ws && av__h1_te_trailers(in->fields, in->nfields);
     av__buf_init(&x->rq, AV_HEAD_MAX + 8192);
     int rc = rq_put(x, in->method, in->method_len, &x->m_off);
     x->m_len = (uint32_t)in->method_len;
@@ -1074,6 +1088,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
                    : in->framing == RB_UNKNOWN ? AV_H1_BODY_CHUNKED
                                               : AV_H1_BODY_NONE;
         av__h1_body_init(&x->req_body, kind, in->length);
+        av__h1_body_want_trailers(&x->req_body);
         x->req_done = x->req_body.done; /* no body, or Content-Length: 0 */
     } else {
         x->req_done = x->a_end && x->a_rx.len == 0;
@@ -1380,6 +1395,10 @@ static int x_h1_request_out(av_exchange *x)
     rc = rc ? rc : av__h1_write_field_str(h, "Host", x->hostval);
     for (size_t i = 0; i < x->nrqf && !rc; i++)
         rc = av__h1_write_field(h, rq_ptr(x, x->rqf[i].no), x->rqf[i].nl, rq_ptr(x, x->rqf[i].vo), x->rqf[i].vl);
+    if (x->te_trailers) {
+        rc = rc ? rc : av__h1_write_field_str(h, "TE", "trailers");
+        rc = rc ? rc : av__h1_write_field_str(h, "Connection", "TE");
+    }
     if (x->ws) {
         rc = rc ? rc : av__h1_write_field_str(h, "Connection", "Upgrade");
         rc = rc ? rc : av__h1_write_field_str(h, "Upgrade", "websocket");
@@ -1423,7 +1442,7 @@ static int x_h2_request_out(av_exchange *x)
     h.path_len = x->t_len;
     h.content_length = -1;
     h.never_index = x->inj_name;
-    h.nfields = rq_fields(x, h.fields, AV_H2_MAX_FIELDS - 1);
+    h.nfields = rq_fields(x, h.fields, AV_H2_MAX_FIELDS - 2);
     for (size_t i = 0; i < h.nfields; i++)
         if (av__h1_name_eq(&h.fields[i], "expect")) {
             /* Answered by us (x_mux_link): HTTP/2 origins need no 100. */
@@ -1439,7 +1458,16 @@ static int x_h2_request_out(av_exchange *x)
         h.fields[h.nfields].value_len = strlen(cl);
         h.nfields++;
     }
-    int end = x->req_done && (x->body_buffer ? x->bbuf.len == 0 : x->sid ? x->a_rx.len == 0 : 1);
+    if (x->te_trailers) {
+        /* the one TE value HTTP/2 allows (RFC 9113 8.2.2) */
+        h.fields[h.nfields].name = "te";
+        h.fields[h.nfields].name_len = 2;
+        h.fields[h.nfields].value = "trailers";
+        h.fields[h.nfields].value_len = 8;
+        h.nfields++;
+    }
+    int end = x->req_done && x->req_tr.n == 0 &&
+              (x->body_buffer ? x->bbuf.len == 0 : x->sid ? x->a_rx.len == 0 : 1);
     int rc = av__mux_submit(&x->ms, &h, end);
     if (rc == AV_OK && end)
         x->req_ended = 1;
@@ -1471,15 +1499,143 @@ static void up_write(av_exchange *x, const uint8_t *data, size_t n)
     x->bytes_req += n;
 }
 
-static void up_end(av_exchange *x)
+/* Trailer fields that cannot be forwarded are logged (SECURITY 16). */
+static void x_trailers_dropped(av_exchange *x, size_t n, const char *why)
+{
+    av__log(&x->c->ctx->log, AV_LOG_INFO, "exchange host=%s path=%s: %zu trailer field(s) not forwarded: %s",
+            x->host, x->log_path, n, why);
+}
+
+/* Trailers pass the checks a head does (SECURITY 6, 8, 11). Fields that may
+ * not be trailers (av__h1_trailer_allowed) and, in requests, any copy of
+ * the injected field are dropped and logged. A request trailer holding the
+ * service's placeholder is refused: placeholders are replaced in the head
+ * (and checked bodies) only, and by the time trailers arrive the head is
+ * gone. Response trailer values are scrubbed of the injected secret. The
+ * fields kept are copied to |dst|. Returns AV_OK, AV_ERR_DENIED (a
+ * placeholder) or AV_ERR_NOMEM. */
+static int x_keep_trailers(av_exchange *x, int request, const av_h1_field *f, size_t n, av_h1_fields *dst)
+{
+    av_h1_field keep[AV_H1_MAX_FIELDS_CAP] = {{0}}; /* (trailers are rare: the clearing is cheap) */
+    char *owned[AV_H1_MAX_FIELDS_CAP] = {0};
+    const char *ph = request && x->svc ? x->svc->placeholder : NULL;
+    size_t k = 0, dropped = 0;
+    int rc = AV_OK;
+    if (n > AV_H1_MAX_FIELDS_CAP)
+        n = AV_H1_MAX_FIELDS_CAP; /* both parsers stop at AV_FIELDS_MAX */
+    for (size_t i = 0; i < n && rc == AV_OK; i++) {
+        if (!av__h1_trailer_allowed(&f[i]) || (request && x->inj_name && av__h1_name_eq(&f[i], x->inj_name))) {
+            dropped++;
+            continue;
+        }
+        if (ph && memmem(f[i].value, f[i].value_len, ph, strlen(ph))) {
+            rc = AV_ERR_DENIED;
+            break;
+        }
+        keep[k] = f[i];
+        owned[k] = NULL;
+        if (!request && x->scrub_set) {
+            char *nv = NULL;
+            size_t nl = 0;
+            unsigned long cnt = 0;
+            rc = av__scrub_header_value_set(x->scrub_set, f[i].value, f[i].value_len, &nv, &nl, &cnt);
+            if (rc != AV_OK)
+                break;
+            if (cnt) {
+                keep[k].value = nv;
+                keep[k].value_len = nl;
+                owned[k] = nv;
+                x->redactions += cnt;
+                x->c->ctx->m_redacted += cnt;
+            } else {
+                av__free(nv);
+            }
+        }
+        k++;
+    }
+    if (rc == AV_OK)
+        rc = av__h1_fields_set(dst, keep, k);
+    for (size_t i = 0; i < k; i++)
+        if (owned[i]) {
+            av__wipe(owned[i], keep[i].value_len);
+            av__free(owned[i]);
+        }
+    if (dropped)
+        x_trailers_dropped(x, dropped, "not allowed in trailers (framing, routing, authentication or controls)");
+    return rc == AV_OK || rc == AV_ERR_DENIED ? rc : AV_ERR_NOMEM;
+}
+
+/* Refuse an exchange whose request trailers failed x_keep_trailers. */
+static void x_refuse_trailers(av_exchange *x, int rc)
+{
+    char m[300];
+    if (rc == AV_ERR_DENIED)
+        snprintf(m, sizeof(m), "placeholder of service %s found in a request trailer: placeholders are replaced in "
+                 "the header section only", x->svc ? x->svc->name : "-");
+    else
+        snprintf(m, sizeof(m), "out of memory while checking request trailers");
+    x_fail(x, rc == AV_ERR_DENIED ? 403 : 500, m);
+}
+
+/* The trailer section of an HTTP/1.1 agent's chunked body (the decoder
+ * stopped at it). Returns 1 (the body is complete), 0 (need more bytes),
+ * or -1 after failing the exchange. */
+static int x_agent_trailers_h1(av_exchange *x)
+{
+    av_conn *c = x->c;
+    av_h1_field tf[AV_H1_MAX_FIELDS_CAP];
+    size_t tn = 0;
+    ssize_t tl = av__h1_body_trailers(&x->req_body, av__buf_head(c->a.pin), c->a.pin->len, &head_limits,
+                                      &x->req_tscan, tf, &tn);
+    if (tl == AV_H1_INCOMPLETE)
+        return 0;
+    if (tl < 0) {
+        if (tl == AV_H1_ERR_TOO_LARGE)
+            c->ctx->m_limit_head++; /* the head's limits, counted as such */
+        x_fail(x, tl == AV_H1_ERR_TOO_LARGE ? 431 : 400,
+               tl == AV_H1_ERR_TOO_LARGE ? "request trailers too large" : "malformed request trailers");
+        return -1;
+    }
+    int rc = x_keep_trailers(x, 1, tf, tn, &x->req_tr);
+    av__buf_consume(c->a.pin, (size_t)tl);
+    if (rc) {
+        x_refuse_trailers(x, rc);
+        return -1;
+    }
+    x->req_done = 1;
+    return 1;
+}
+
+/* End the request body upstream, with its trailers where the upstream
+ * framing carries them (HTTP/2 trailing HEADERS, a chunked trailer
+ * section). Returns 1 when done, 0 when there is no room yet. */
+static int up_end(av_exchange *x)
 {
     if (x->req_ended)
-        return;
-    x->req_ended = 1;
-    if (x->link == L_MUX)
-        av__mux_end(&x->ms);
-    else if (x->req_out_chunked)
+        return 1;
+    if (x->link == L_MUX) {
+        if (!x->req_tr.n || av__mux_end_trailers(&x->ms, x->req_tr.f, x->req_tr.n) != AV_OK) {
+            if (x->req_tr.n)
+                x_trailers_dropped(x, x->req_tr.n, "the upstream stream cannot take them");
+            av__mux_end(&x->ms);
+        }
+    } else if (x->req_out_chunked && x->req_tr.n) {
+        av_buf *o = x->up->side.pout;
+        int rc = av__h1_write_last_chunk_trailers(o, x->req_tr.f, x->req_tr.n);
+        if (rc == AV_ERR_LIMIT && o->len > 0)
+            return 0; /* wait for the upstream to drain */
+        if (rc != AV_OK) {
+            x_trailers_dropped(x, x->req_tr.n, "they cannot be serialized as HTTP/1.1");
+            av__h1_write_last_chunk(o);
+        }
+    } else if (x->req_out_chunked) {
         av__h1_write_last_chunk(x->up->side.pout);
+    } else if (x->req_tr.n) {
+        x_trailers_dropped(x, x->req_tr.n, "the request to this HTTP/1.1 upstream has a Content-Length");
+    }
+    av__h1_fields_free(&x->req_tr);
+    x->req_ended = 1;
+    return 1;
 }
 
 /* Move request body bytes agent -> upstream. Returns progress. */
@@ -1498,13 +1654,15 @@ static int x_pump_request_body(av_exchange *x)
             av__buf_consume(&x->bbuf, n);
             progress = 1;
         }
-        if (x->bbuf.len == 0 && x->req_done && !x->req_ended && x->head_sent) {
-            up_end(x);
+        if (x->bbuf.len == 0 && x->req_done && !x->req_ended && x->head_sent && up_end(x))
             progress = 1;
-        }
         return progress;
     }
     if (x->sid) {
+        if (x->req_tr_err) {
+            x_refuse_trailers(x, x->req_tr_err);
+            return 1;
+        }
         while (x->a_rx.len > 0) {
             size_t room = up_room(x);
             if (room == 0)
@@ -1521,6 +1679,13 @@ static int x_pump_request_body(av_exchange *x)
         }
     } else {
         while (!x->req_done) {
+            if (x->req_body.at_trailers) {
+                int t = x_agent_trailers_h1(x);
+                if (t < 0)
+                    return 1;
+                progress |= t;
+                break;
+            }
             size_t room = up_room(x);
             if (room < 64 || c->a.pin->len == 0)
                 break;
@@ -1544,10 +1709,8 @@ static int x_pump_request_body(av_exchange *x)
             progress = 1;
         }
     }
-    if (x->req_done && !x->req_ended && x->head_sent) {
-        up_end(x);
+    if (x->req_done && !x->req_ended && x->head_sent && up_end(x))
         progress = 1;
-    }
     return progress;
 }
 
@@ -1576,13 +1739,36 @@ static void agent_write(av_exchange *x, const uint8_t *data, size_t n)
     x->bytes_resp += n;
 }
 
-static void agent_end(av_exchange *x)
+/* End the response toward the agent, with its trailers where the agent's
+ * framing carries them: HTTP/2 trailing HEADERS, or the trailer section of
+ * a chunked HTTP/1.1 body. A Content-Length or close-delimited response
+ * cannot: they are dropped and logged (an HTTP/1.1 agent that sent
+ * TE: trailers gets chunked framing for that reason, x_pump_response_mux).
+ * Returns 1 when done, 0 when there is no room yet. */
+static int agent_end(av_exchange *x)
 {
     av_conn *c = x->c;
-    if (x->sid)
-        av__h2_end_stream(c->h2, x->sid);
-    else if (x->resp_out_chunked)
+    if (x->sid) {
+        if (!x->resp_tr.n || av__h2_submit_trailers(c->h2, x->sid, x->resp_tr.f, x->resp_tr.n) != 0) {
+            if (x->resp_tr.n)
+                x_trailers_dropped(x, x->resp_tr.n, "the agent's stream cannot take them");
+            av__h2_end_stream(c->h2, x->sid);
+        }
+    } else if (x->resp_out_chunked && x->resp_tr.n) {
+        int rc = av__h1_write_last_chunk_trailers(c->a.pout, x->resp_tr.f, x->resp_tr.n);
+        if (rc == AV_ERR_LIMIT && c->a.pout->len > 0)
+            return 0; /* wait for the agent to drain */
+        if (rc != AV_OK) {
+            x_trailers_dropped(x, x->resp_tr.n, "they cannot be serialized as HTTP/1.1");
+            av__h1_write_last_chunk(c->a.pout);
+        }
+    } else if (x->resp_out_chunked) {
         av__h1_write_last_chunk(c->a.pout);
+    } else if (x->resp_tr.n) {
+        x_trailers_dropped(x, x->resp_tr.n, "the response to this HTTP/1.x agent is not chunked");
+    }
+    av__h1_fields_free(&x->resp_tr);
+    return 1;
 }
 
 /* The response body sink: straight to the agent, or through the scrubber
@@ -1605,9 +1791,19 @@ static void body_end(av_exchange *x)
     x->body_ended = 1;
     if (x->scrub)
         return; /* x_scrub_pump finishes the response */
-    if (x->resp_kind != RK_NONE)
-        agent_end(x);
+    if (x->resp_kind != RK_NONE && !agent_end(x))
+        return; /* x_end_pending retries */
     x->resp_done = 1;
+}
+
+/* A response whose end (its trailers) waited for room toward the agent.
+ * Returns progress. */
+static int x_end_pending(av_exchange *x)
+{
+    if (!x->body_ended || x->scrub || x->resp_done || !agent_end(x))
+        return 0;
+    x->resp_done = 1;
+    return 1;
 }
 
 /* Scrubbed bytes toward the agent. Returns progress, or -1 after failing
@@ -1637,10 +1833,11 @@ static int x_scrub_pump(av_exchange *x)
             if (rc == AV_OK)
                 x->scrub_finished = 1;
         } else if (x->scrub_finished) {
+            if (!agent_end(x))
+                break; /* no room for the trailers yet */
             unsigned long cnt = av__scrub_count(x->scrub);
             x->redactions += cnt;
             x->c->ctx->m_redacted += cnt;
-            agent_end(x);
             x->resp_done = 1;
             return 1;
         } else {
@@ -2174,9 +2371,37 @@ static int x_pump_response_h1(av_exchange *x)
          * not pool that connection. */
         x->up_reusable = !(resp.flags & AV_H1_F_CLOSE) && resp.body != AV_H1_BODY_UNTIL_CLOSE && !x->ws;
         av__h1_body_init(&x->resp_body, resp.body, resp.content_length);
+        av__h1_body_want_trailers(&x->resp_body);
         x->resp_done = x->resp_body.done; /* no body, or Content-Length: 0 */
     }
     while (!x->resp_done && !x->body_ended) {
+        if (x->resp_body.at_trailers) {
+            av_h1_field tf[AV_H1_MAX_FIELDS_CAP];
+            size_t tn = 0;
+            ssize_t tl = av__h1_body_trailers(&x->resp_body, av__buf_head(u->pin), u->pin->len, &head_limits,
+                                              &x->resp_tscan, tf, &tn);
+            if (tl == AV_H1_INCOMPLETE && !u->in_eof)
+                break;
+            if (tl <= 0) {
+                if (tl == AV_H1_ERR_TOO_LARGE)
+                    c->ctx->m_limit_head++;
+                x_fail(x, 502, tl == AV_H1_ERR_TOO_LARGE ? "upstream sent trailers over the header limits"
+                               : tl == AV_H1_INCOMPLETE ? "upstream closed the connection in the trailers"
+                                                        : "upstream sent malformed trailers");
+                return 1;
+            }
+            int krc = x_keep_trailers(x, 0, tf, tn, &x->resp_tr);
+            av__buf_consume(u->pin, (size_t)tl);
+            if (krc) {
+                x_fail(x, 502, "out of memory");
+                return 1;
+            }
+            progress = 1;
+            body_end(x);
+            if (u->pin->len > 0)
+                x->up_reusable = 0; /* bytes after the response: never reuse */
+            break;
+        }
         size_t room = body_room(x);
         if (room < 64)
             break;
@@ -2215,6 +2440,7 @@ static int x_pump_response_h1(av_exchange *x)
                 x->up_reusable = 0; /* bytes after the response: never reuse */
         }
     }
+    progress |= x_end_pending(x);
     if (x->scrub) {
         int sp = x_scrub_pump(x);
         if (sp < 0)
@@ -2241,10 +2467,12 @@ static int x_pump_response_mux(av_exchange *x)
         uint64_t len = 0;
         if (x->is_head || ms->status == 204 || ms->status == 304) {
             kind = RK_NONE;
-        } else if (ms->content_length >= 0) {
+        } else if (ms->content_length >= 0 && (x->sid || !x->te_trailers)) {
+            /* (an HTTP/1.1 agent that accepts trailers gets chunked
+             * framing, which can carry them) */
             kind = RK_LENGTH;
             len = (uint64_t)ms->content_length;
-        } else if (ms->end && ms->rx.len == 0) {
+        } else if (ms->end && ms->rx.len == 0 && ms->trailers.n == 0) {
             kind = RK_LENGTH;
         } else {
             kind = RK_UNKNOWN;
@@ -2281,6 +2509,10 @@ static int x_pump_response_mux(av_exchange *x)
             continue;
         }
         if (ms->end) {
+            if (ms->trailers.n && x_keep_trailers(x, 0, ms->trailers.f, ms->trailers.n, &x->resp_tr) != AV_OK) {
+                x_fail(x, 502, "out of memory");
+                return 1;
+            }
             body_end(x);
             progress = 1;
             break;
@@ -2291,6 +2523,7 @@ static int x_pump_response_mux(av_exchange *x)
         }
         break;
     }
+    progress |= x_end_pending(x);
     if (x->scrub) {
         int sp = x_scrub_pump(x);
         if (sp < 0)
@@ -2472,6 +2705,10 @@ static int x_collect_body(av_exchange *x)
     av_conn *c = x->c;
     int progress = 0;
     if (x->sid) {
+        if (x->req_tr_err) {
+            x_refuse_trailers(x, x->req_tr_err);
+            return 1;
+        }
         while (x->a_rx.len > 0) {
             size_t n = x->a_rx.len;
             if (n > av__buf_room(&x->bbuf)) {
@@ -2492,6 +2729,13 @@ static int x_collect_body(av_exchange *x)
             progress = 1;
         }
         while (!x->req_done && c->a.pin->len > 0) {
+            if (x->req_body.at_trailers) {
+                int t = x_agent_trailers_h1(x);
+                if (t < 0)
+                    return 1;
+                progress |= t;
+                break;
+            }
             const uint8_t *data = NULL;
             size_t dlen = 0;
             ssize_t used = av__h1_body_feed(&x->req_body, av__buf_head(c->a.pin), c->a.pin->len, &data, &dlen);
@@ -3219,8 +3463,16 @@ failed:
 static int h2s_on_head(void *ud, int32_t sid, const av_h2_head *h)
 {
     av_conn *c = ud;
-    if (h->trailers)
-        return 0; /* request trailers are not forwarded */
+    if (h->trailers) {
+        /* Request trailers: checked now, sent after the body (up_end). */
+        av_exchange *tx = h2_find(c, sid);
+        if (tx && tx->active && !tx->req_tr_err && !tx->ws) {
+            int rc = x_keep_trailers(tx, 1, h->fields, h->nfields, &tx->req_tr);
+            if (rc)
+                tx->req_tr_err = rc;
+        }
+        return 0;
+    }
     av_exchange *x = av__calloc(1, sizeof(*x));
     if (!x)
         return AV_ERR_NOMEM;

@@ -14,6 +14,8 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_mem.h"
+
 #define H1_DEFAULT_MAX_HEAD 65536
 #define H1_DEFAULT_MAX_FIELDS 100
 #define H1_MAX_CL_DIGITS 18
@@ -571,6 +573,7 @@ enum {
     CS_TR_VALUE,
     CS_TR_LF,          /* after the CR of a trailer line */
     CS_FINAL_LF,       /* after the CR of the final empty line */
+    CS_TRAILERS,       /* want_trailers: the caller parses the section */
     CS_ERROR
 };
 
@@ -711,7 +714,11 @@ static ssize_t chunked_feed(av_h1_body *b, const uint8_t *in, size_t len,
             next = CS_ERROR;
             if (c == '\n' && ++b->line_len <= H1_MAX_CHUNK_LINE) {
                 b->line_len = 0;
-                if (b->remaining == 0) {
+                if (b->remaining == 0 && b->want_trailers) {
+                    b->at_trailers = 1;
+                    b->state = CS_TRAILERS;
+                    return (ssize_t)i; /* av__h1_body_trailers takes over */
+                } else if (b->remaining == 0) {
                     b->trailer_bytes = 0;
                     next = CS_TR_START;
                 } else {
@@ -755,7 +762,7 @@ ssize_t av__h1_body_feed(av_h1_body *b, const uint8_t *in, size_t len,
     *data_len = 0;
     if (b->kind == AV_H1_BODY_CHUNKED && b->state == CS_ERROR)
         return AV_H1_ERR_SYNTAX;
-    if (b->done || len == 0)
+    if (b->done || b->at_trailers || len == 0)
         return 0;
     switch (b->kind) {
     case AV_H1_BODY_UNTIL_CLOSE:
@@ -774,6 +781,137 @@ ssize_t av__h1_body_feed(av_h1_body *b, const uint8_t *in, size_t len,
     default:
         return AV_H1_ERR_SYNTAX;
     }
+}
+
+/* av__h1_body_want_trailers: stop before the trailer section. */
+void av__h1_body_want_trailers(av_h1_body *b)
+{
+    b->want_trailers = 1;
+}
+
+/* av__h1_body_trailers parses the trailer section; see av_h1.h. An error
+ * is sticky, like the decoder's. */
+ssize_t av__h1_body_trailers(av_h1_body *b, const uint8_t *buf, size_t len,
+                             const av_h1_limits *lim, av_h1_scan *scan,
+                             av_h1_field *fields, size_t *nfields)
+{
+    *nfields = 0;
+    if (!b->at_trailers || b->done)
+        return AV_H1_ERR_SYNTAX;
+    if (len == 0)
+        return AV_H1_INCOMPLETE;
+    size_t max_head, max_fields;
+    limits_get(lim, &max_head, &max_fields);
+    ssize_t hlen;
+    if (buf[0] == '\r') {
+        /* no trailer fields: just the final CRLF */
+        if (len < 2)
+            return AV_H1_INCOMPLETE;
+        hlen = buf[1] == '\n' ? 2 : AV_H1_ERR_SYNTAX;
+    } else {
+        hlen = scan_head(buf, len, max_head, scan);
+        if (hlen > 0) {
+            int rc = parse_fields(buf, buf + hlen - 2, max_fields, fields, nfields);
+            if (rc)
+                hlen = rc;
+        }
+    }
+    if (hlen < 0) {
+        *nfields = 0;
+        b->at_trailers = 0;
+        b->state = CS_ERROR;
+        return hlen;
+    }
+    if (hlen > 0) {
+        b->at_trailers = 0;
+        b->done = 1;
+    }
+    return hlen;
+}
+
+/* av__h1_trailer_allowed: see av_h1.h. */
+int av__h1_trailer_allowed(const av_h1_field *f)
+{
+    static const char *const refused[] = {
+        "content-length", "transfer-encoding", "trailer", "content-encoding", "content-type",
+        "content-range", "host", "connection", "keep-alive", "proxy-connection", "te",
+        "upgrade", "authorization", "proxy-authorization", "www-authenticate",
+        "proxy-authenticate", "cookie", "set-cookie", "expect", "max-forwards", "range",
+        "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range",
+        "cache-control", "pragma", "age", "date", "expires", "location", "retry-after",
+        "vary", "http2-settings",
+    };
+    if (f->name_len == 0 || f->name[0] == ':')
+        return 0;
+    if (f->name_len >= 13 && ieq_n(f->name, 13, "x-agentvault-", 13))
+        return 0;
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+        if (av__h1_name_eq(f, refused[i]))
+            return 0;
+    return 1;
+}
+
+/* av__h1_te_trailers: does a TE field list "trailers"? */
+int av__h1_te_trailers(const av_h1_field *fields, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!av__h1_name_eq(&fields[i], "te"))
+            continue;
+        list_iter it;
+        const char *e;
+        size_t el;
+        list_init(&it, fields[i].value, fields[i].value_len);
+        while (list_next(&it, &e, &el))
+            if (ieq(e, el, "trailers"))
+                return 1;
+    }
+    return 0;
+}
+
+/* ---- field lists ------------------------------------------------------- */
+
+/* av__h1_fields_free wipes and frees a copied field list. */
+void av__h1_fields_free(av_h1_fields *l)
+{
+    if (l->f) {
+        av__wipe(l->f, l->size);
+        av__free(l->f);
+    }
+    l->f = NULL;
+    l->n = 0;
+    l->size = 0;
+}
+
+/* av__h1_fields_set copies src[0..n) (entries, then the bytes they view)
+ * into one allocation. */
+int av__h1_fields_set(av_h1_fields *l, const av_h1_field *src, size_t n)
+{
+    size_t size = n * sizeof(av_h1_field);
+    for (size_t i = 0; i < n; i++)
+        size += src[i].name_len + src[i].value_len;
+    av_h1_field *f = NULL;
+    if (n) {
+        f = av__malloc(size);
+        if (!f)
+            return AV_ERR_NOMEM;
+        char *text = (char *)(f + n);
+        for (size_t i = 0; i < n; i++) {
+            memcpy(text, src[i].name, src[i].name_len);
+            f[i].name = text;
+            f[i].name_len = src[i].name_len;
+            text += src[i].name_len;
+            if (src[i].value_len)
+                memcpy(text, src[i].value, src[i].value_len);
+            f[i].value = text;
+            f[i].value_len = src[i].value_len;
+            text += src[i].value_len;
+        }
+    }
+    av__h1_fields_free(l);
+    l->f = f;
+    l->n = n;
+    l->size = n ? size : 0;
+    return AV_OK;
 }
 
 /* ---- serializer -------------------------------------------------------- */
@@ -900,6 +1038,21 @@ int av__h1_write_chunk_end(av_buf *out)
 int av__h1_write_last_chunk(av_buf *out)
 {
     return av__buf_append(out, "0\r\n\r\n", 5);
+}
+
+/* av__h1_write_last_chunk_trailers appends "0 CRLF", the trailer fields
+ * and the final CRLF, all or nothing. */
+int av__h1_write_last_chunk_trailers(av_buf *out, const av_h1_field *f, size_t n)
+{
+    size_t mark = out->len;
+    int rc = av__buf_append(out, "0\r\n", 3);
+    for (size_t i = 0; i < n && rc == AV_OK; i++)
+        rc = av__h1_write_field(out, f[i].name, f[i].name_len, f[i].value, f[i].value_len);
+    if (rc == AV_OK)
+        rc = av__buf_append(out, "\r\n", 2);
+    if (rc != AV_OK)
+        out->len = mark;
+    return rc;
 }
 
 /* av__h1_reason returns the standard reason phrase for |status| or "". */

@@ -151,6 +151,8 @@ typedef struct av_h1_body {
     size_t line_len;     /* bytes in the current chunk-size/trailer line */
     size_t trailer_bytes;
     int done;
+    int want_trailers;   /* av__h1_body_want_trailers was called */
+    int at_trailers;     /* chunked: the trailer section is next (see below) */
 } av_h1_body;
 
 /* Limits on chunked syntax: a chunk-size line (with extensions) may be at
@@ -165,9 +167,62 @@ void av__h1_body_init(av_h1_body *b, int kind, uint64_t content_length);
  * terminator and trailers, which are validated and discarded) is complete.
  * It stops consuming right after the body ends. For UNTIL_CLOSE, all input
  * is payload; the caller sets done at EOF. Call repeatedly until it
- * consumes nothing. */
+ * consumes nothing.
+ *
+ * After av__h1_body_want_trailers, a chunked body stops instead right after
+ * the last-chunk line ("0\r\n"): b->at_trailers is set, av__h1_body_feed
+ * consumes nothing more, and the caller parses the trailer section with
+ * av__h1_body_trailers. */
 ssize_t av__h1_body_feed(av_h1_body *b, const uint8_t *in, size_t len,
                          const uint8_t **data, size_t *data_len);
+
+/* av__h1_body_want_trailers asks for the trailer section of a chunked body
+ * (call after av__h1_body_init). */
+void av__h1_body_want_trailers(av_h1_body *b);
+
+/* av__h1_body_trailers parses the trailer section at the start of
+ * buf[0..len) once b->at_trailers is set: zero or more field lines and the
+ * final CRLF, checked like the fields of a head (no obs-fold, no
+ * whitespace before ':', no control bytes, token names) within |lim|
+ * (max_head bytes including the final CRLF, max_fields fields). Returns
+ * the section's length (> 0; the caller consumes it) and sets b->done, with
+ * fields[0..*nfields) views into |buf|; or AV_H1_INCOMPLETE (|scan| keeps
+ * its place), AV_H1_ERR_SYNTAX or AV_H1_ERR_TOO_LARGE. |fields| has room
+ * for AV_H1_MAX_FIELDS_CAP entries. */
+ssize_t av__h1_body_trailers(av_h1_body *b, const uint8_t *buf, size_t len,
+                             const av_h1_limits *lim, av_h1_scan *scan,
+                             av_h1_field *fields, size_t *nfields);
+
+/* av__h1_trailer_allowed reports whether a trailer field may be forwarded.
+ * Refused (RFC 9110 6.5.1, RFC 9113 8.1): pseudo-headers, and fields whose
+ * meaning is needed before the content or that belong to a hop -- framing
+ * (Content-Length, Transfer-Encoding, Trailer, Content-Encoding,
+ * Content-Type, Content-Range), routing (Host), connection-specific fields
+ * (Connection, Keep-Alive, Proxy-Connection, TE, Upgrade), authentication
+ * and cookies (Authorization, Proxy-Authorization, WWW-Authenticate,
+ * Proxy-Authenticate, Cookie, Set-Cookie), request modifiers (Expect,
+ * Max-Forwards, Range, If-*, Cache-Control, Pragma), response controls
+ * (Age, Date, Expires, Location, Retry-After, Vary), and ours
+ * (X-Agentvault-*). */
+int av__h1_trailer_allowed(const av_h1_field *f);
+
+/* av__h1_te_trailers reports whether a TE field of |fields| lists
+ * "trailers" (the agent accepts trailers). */
+int av__h1_te_trailers(const av_h1_field *fields, size_t n);
+
+/* A field list copied into one allocation, to keep trailers after the
+ * buffer they were parsed from moves on. Zero-initialise; free with
+ * av__h1_fields_free (wiped: a request trailer may carry anything). */
+typedef struct av_h1_fields {
+    av_h1_field *f;
+    size_t n;
+    size_t size;  /* bytes allocated */
+} av_h1_fields;
+
+/* av__h1_fields_set replaces the contents of |l| with copies of
+ * src[0..n). Returns 0 or AV_ERR_NOMEM. */
+int av__h1_fields_set(av_h1_fields *l, const av_h1_field *src, size_t n);
+void av__h1_fields_free(av_h1_fields *l);
 
 /* Serializer. Each returns 0, AV_ERR_LIMIT or AV_ERR_NOMEM (from av_buf). */
 int av__h1_write_request_line(av_buf *out, const char *method, size_t method_len,
@@ -180,6 +235,10 @@ int av__h1_write_end(av_buf *out);                       /* "\r\n" */
 int av__h1_write_chunk_header(av_buf *out, size_t size); /* "%zx\r\n" */
 int av__h1_write_chunk_end(av_buf *out);                 /* "\r\n" after chunk data */
 int av__h1_write_last_chunk(av_buf *out);                /* "0\r\n\r\n" */
+/* "0\r\n", the fields, "\r\n": the end of a chunked body with a trailer
+ * section; AV_ERR_INVALID for a field av__h1_write_field refuses (nothing
+ * is written then). */
+int av__h1_write_last_chunk_trailers(av_buf *out, const av_h1_field *f, size_t n);
 
 /* av__h1_reason returns the standard reason phrase for |status| or "". */
 const char *av__h1_reason(int status);

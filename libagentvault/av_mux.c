@@ -224,8 +224,14 @@ static int cb_head(void *ud, int32_t sid, const av_h2_head *h)
     av_mux_stream *ms = ms_find(m, sid);
     if (!ms)
         return 0; /* detached: its RST_STREAM is on the way */
-    if (h->trailers || h->status < 200 || ms->head)
-        return 0; /* trailers and 1xx are not relayed */
+    if (h->trailers) {
+        /* Kept for the owner, who checks them (END_STREAM follows). */
+        if (ms->head && !ms->end && av__h1_fields_set(&ms->trailers, h->fields, h->nfields) != AV_OK)
+            return AV_ERR_NOMEM;
+        return 0;
+    }
+    if (h->status < 200 || ms->head)
+        return 0; /* 1xx are not relayed */
     size_t need = 0;
     for (size_t i = 0; i < h->nfields; i++)
         need += h->fields[i].name_len + h->fields[i].value_len;
@@ -591,6 +597,14 @@ int av__mux_end(av_mux_stream *ms)
     return av__h2_end_stream(ms->mux->h2, ms->id);
 }
 
+int av__mux_end_trailers(av_mux_stream *ms, const av_h1_field *fields, size_t n)
+{
+    if (!ms->mux || ms->state != AV_MS_OPEN || ms->closed || !ms->mux->h2)
+        return AV_ERR_STATE;
+    int rc = av__h2_submit_trailers(ms->mux->h2, ms->id, fields, n);
+    return rc == AV_ERR_NOMEM ? rc : rc ? AV_ERR_STATE : AV_OK;
+}
+
 size_t av__mux_room(av_mux_stream *ms)
 {
     if (!ms->mux || ms->state != AV_MS_OPEN || ms->closed || !ms->mux->h2)
@@ -647,6 +661,7 @@ void av__mux_detach(av_mux_stream *ms)
     }
     av__buf_free_wipe(&ms->rx);
     av__buf_free_wipe(&ms->hstore);
+    av__h1_fields_free(&ms->trailers);
     av__free(ms->fields);
     ms->fields = NULL;
     ms->state = AV_MS_IDLE;

@@ -65,6 +65,7 @@ struct av_mux_stream {
     int64_t content_length;  /* -1 when absent */
     av_buf hstore;           /* the bytes |fields| point into */
     av_buf rx;               /* DATA not yet passed on */
+    av_h1_fields trailers;   /* response trailers (trailing HEADERS), if any */
     int end;                 /* END_STREAM received */
     int closed;              /* the stream is gone */
     uint32_t error;          /* its HTTP/2 error code when closed */
@@ -93,6 +94,10 @@ int av__mux_submit(av_mux_stream *ms, const av_h2_head *head, int end_stream);
  * stream, room in the stream's queue. */
 ssize_t av__mux_send(av_mux_stream *ms, const uint8_t *data, size_t len);
 int av__mux_end(av_mux_stream *ms);
+/* av__mux_end_trailers ends the request with trailing HEADERS after the
+ * queued DATA (see av__h2_submit_trailers). Returns AV_OK, AV_ERR_STATE
+ * (the head ended the stream, or it is closed) or AV_ERR_NOMEM. */
+int av__mux_end_trailers(av_mux_stream *ms, const av_h1_field *fields, size_t n);
 size_t av__mux_room(av_mux_stream *ms);
 
 /* av__mux_consume drops |n| bytes from the front of ms->rx and reopens the

@@ -13,7 +13,7 @@ PACKAGES=(
   # real clients and test peers
   curl git nodejs nghttp2-client nghttp2-server
   python3 python3-pytest python3-pytest-timeout python3-httpx python3-websockets python3-h2
-  python3-hyperframe python3-cryptography
+  python3-hyperframe python3-cryptography python3-grpcio
   # bindings: Rust (cargo --offline, no external crates); Node uses the
   # nodejs package's own headers (/usr/include/node)
   cargo rustc

@@ -5,7 +5,11 @@
  * the other bits pick limits and the HEAD/CONNECT context. The rest is
  * parsed whole, then again in pseudo-random pieces derived from the data,
  * and the results must agree. Parsed heads are re-serialized and must
- * parse back to the same fields. Any violated invariant aborts.
+ * parse back to the same fields. Chunked bodies are also decoded with
+ * av__h1_body_want_trailers: the trailer section, parsed whole and from
+ * growing prefixes, must agree with itself and with the discarding
+ * decoder, and re-serialize to the same fields. Any violated invariant
+ * aborts.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -178,6 +182,100 @@ static void check_body(int kind, uint64_t cl, const uint8_t *in, size_t len, rng
     }
     free(whole.payload);
     free(parts.payload);
+}
+
+/* check_trailers decodes a chunked body with want_trailers and parses its
+ * trailer section whole and from growing prefixes (|scan| kept). */
+static void check_trailers(const uint8_t *in, size_t len, rng *r, uint8_t mode)
+{
+    av_h1_body b;
+    av__h1_body_init(&b, AV_H1_BODY_CHUNKED, 0);
+    av__h1_body_want_trailers(&b);
+    size_t pos = 0;
+    for (;;) {
+        const uint8_t *d;
+        size_t dl;
+        ssize_t n = av__h1_body_feed(&b, in + pos, len - pos, &d, &dl);
+        if (n < 0)
+            return;
+        pos += (size_t)n;
+        if (n == 0)
+            break;
+    }
+    CHECK(!b.done);
+    if (!b.at_trailers)
+        return; /* the body did not get that far */
+    CHECK(pos >= 3 && memcmp(in + pos - 2, "\r\n", 2) == 0);
+    av_h1_limits lim = {0, 0};
+    if (mode & 0x10) {
+        lim.max_head = 16 + (mode >> 5) * 16;
+        lim.max_fields = 1 + (mode >> 5);
+    }
+    static av_h1_field f1[AV_H1_MAX_FIELDS_CAP], f2[AV_H1_MAX_FIELDS_CAP];
+    size_t n1 = 0, n2 = 0;
+    av_h1_body b2 = b;
+    av_h1_scan scan = {0};
+    const uint8_t *t = in + pos;
+    size_t tlen = len - pos;
+    ssize_t rc = av__h1_body_trailers(&b, t, tlen, &lim, &scan, f1, &n1);
+    CHECK(rc == AV_H1_INCOMPLETE || rc == AV_H1_ERR_SYNTAX || rc == AV_H1_ERR_TOO_LARGE || rc >= 2);
+    CHECK(b.done == (rc > 0));
+    av_h1_scan s2 = {0};
+    size_t k = 0;
+    ssize_t rc2 = AV_H1_INCOMPLETE;
+    while (k < tlen) {
+        k += rng_step(r, 32);
+        if (k > tlen)
+            k = tlen;
+        uint8_t *piece = malloc(k);
+        CHECK(piece);
+        memcpy(piece, t, k);
+        rc2 = av__h1_body_trailers(&b2, piece, k, &lim, &s2, f2, &n2);
+        if (rc2 > 0) {
+            check_fields(f2, n2, lim.max_fields ? lim.max_fields : 100, piece, (size_t)rc2);
+            /* (views into |piece|: compare before it goes) */
+            CHECK(n2 == n1);
+            for (size_t i = 0; i < n1; i++) {
+                CHECK(f1[i].name_len == f2[i].name_len && f1[i].value_len == f2[i].value_len);
+                CHECK((const uint8_t *)f2[i].name - piece == (const uint8_t *)f1[i].name - t);
+                CHECK((const uint8_t *)f2[i].value - piece == (const uint8_t *)f1[i].value - t);
+            }
+        }
+        free(piece);
+        if (rc2 != AV_H1_INCOMPLETE)
+            break;
+    }
+    CHECK(rc == rc2);
+    if (rc <= 0)
+        return;
+    check_fields(f1, n1, lim.max_fields ? lim.max_fields : 100, t, (size_t)rc);
+    CHECK(memcmp(t + rc - 2, "\r\n", 2) == 0);
+    /* the discarding decoder accepts the same body (its 16 KiB cap aside) */
+    if ((size_t)rc <= 16384) {
+        body_out whole;
+        decode(AV_H1_BODY_CHUNKED, 0, in, pos + (size_t)rc, NULL, &whole);
+        CHECK(whole.done && whole.rc == (ssize_t)(pos + (size_t)rc));
+        free(whole.payload);
+    }
+    /* re-serialize the section and parse it back */
+    av_buf o;
+    av__buf_init(&o, (size_t)rc + 64);
+    CHECK(av__h1_write_last_chunk_trailers(&o, f1, n1) == 0);
+    av_h1_body b3;
+    av__h1_body_init(&b3, AV_H1_BODY_CHUNKED, 0);
+    av__h1_body_want_trailers(&b3);
+    const uint8_t *d;
+    size_t dl;
+    CHECK(av__h1_body_feed(&b3, av__buf_head(&o), av__buf_len(&o), &d, &dl) == 3);
+    av_h1_limits big = {1 << 20, AV_H1_MAX_FIELDS_CAP};
+    av_h1_scan s3 = {0};
+    CHECK(av__h1_body_trailers(&b3, av__buf_head(&o) + 3, av__buf_len(&o) - 3, &big, &s3, f2, &n2) ==
+          (ssize_t)(av__buf_len(&o) - 3));
+    same_fields(f1, n1, f2, n2);
+    for (size_t i = 0; i < n1; i++)
+        (void)av__h1_trailer_allowed(&f1[i]);
+    (void)av__h1_te_trailers(f1, n1);
+    av__buf_free(&o);
 }
 
 /* ---- heads ------------------------------------------------------------- */
@@ -363,6 +461,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         break;
     case 2:
         check_body(AV_H1_BODY_CHUNKED, 0, buf, n, &r);
+        check_trailers(buf, n, &r, mode);
         break;
     default: {
         uint64_t cl = (uint64_t)(mode >> 3) * 7;

@@ -1082,3 +1082,110 @@ def test_secret_never_reaches_the_client(h2d, h2_upstream, secrets, tmp_path):
     leaks = find_leaks("\n".join(seen), forbidden_strings(secrets))
     assert not leaks, f"{len(leaks)} secret string(s) reached the client"
     assert 421 in [s.status for s in c.streams.values()]
+
+
+# ---- trailers (issue 13) -------------------------------------------------------
+
+def test_trailers_h2_agent_to_h1_upstream(daemon, upstream, secrets):
+    """An HTTP/2 agent's request trailers reach an HTTP/1.1 origin in the
+    chunked trailer section (te: trailers as TE: trailers + Connection: TE),
+    and the origin's trailer section comes back as trailing HEADERS:
+    scrubbed, without fields not allowed in trailers."""
+    from avtest.upstream import TRAILERS_BODY, TRAILERS_SENT
+    d = daemon()
+    c = h2_conn(d)
+    sid = c.request("POST", "/trailers", headers=[("te", "trailers")], end_stream=False)
+    c.send_data(sid, b"hello")
+    c.conn.send_headers(sid, [("x-req-sum", "42"), ("authorization", "Bearer agent-copy"),
+                              ("cookie", "c=1")], end_stream=True)
+    c.flush()
+    st = c.response(sid)
+    client.RECEIVED.append(h2c.all_received_text(c).encode("utf-8", "replace"))
+    assert st.status == 200, st.describe()
+    assert st.body == TRAILERS_BODY
+    tr = dict(st.trailers or [])
+    assert [(k.lower(), v) for k, v in TRAILERS_SENT] == \
+        [(k, v) for k, v in (st.trailers or []) if k in ("grpc-status", "x-checksum")], st.trailers
+    assert tr.get("x-echo-secret") == "k=[REDACTED]"
+    assert "set-cookie" not in tr
+    rec = upstream.only_request()
+    assert rec.chunked and rec.body == b"hello"
+    assert rec.trailers == [("x-req-sum", "42")]
+    assert rec.header("TE") == "trailers"
+    assert auth_values_of(rec) == [f"Bearer {secrets.openai_key}"]
+    c.close()
+
+
+def auth_values_of(rec):
+    return rec.header_values("authorization")
+
+
+def test_trailers_h1_agent_from_h2_upstream_content_length(h2d, h2_origin, secrets):
+    """An h2 origin's trailers after a body with content-length: an HTTP/1.1
+    agent that sent TE: trailers gets chunked framing that carries them; one
+    that did not gets Content-Length and no trailers (dropped, logged). (A
+    response that is scrubbed is chunked anyway: upstream.test has no
+    service, so nothing is injected and nothing scrubbed there.)"""
+    o = h2_origin()
+    d = h2d(o.port)
+    for host, te in ((OPENAI, True), ("upstream.test", False)):
+        conn, resp = client.connect_tunnel(d.port, f"{host}:443")
+        assert resp.status == 200
+        conn.start_tls(d.ca_pem, host)
+        extra = b"TE: trailers\r\nConnection: TE\r\n" if te else b""
+        conn.send(b"GET /trailers HTTP/1.1\r\nHost: " + host.encode() + b"\r\n" + extra + b"\r\n")
+        r = conn.read_response()
+        client.RECEIVED.append(r.raw_head + r.body + repr(r.trailers).encode())
+        assert r.status == 200, r
+        assert r.body == b"trailers body\n"
+        tr = {k.lower(): v for k, v in r.trailers}
+        if te:
+            assert r.header("Transfer-Encoding") == "chunked"
+            assert tr.get("grpc-status") == "0" and tr.get("x-echo-secret") == "k=[REDACTED]", tr
+            assert "set-cookie" not in tr
+        else:
+            assert r.header("Content-Length") == str(len(b"trailers body\n")), r
+            assert tr == {}
+        conn.close()
+    d.wait_log(lambda line: "trailer field(s) not forwarded" in line and "not chunked" in line)
+    recs = o.snapshot()
+    assert [r.header("te") for r in recs] == ["trailers", None]
+    assert recs[0].header_values("authorization") == [f"Bearer {secrets.openai_key}"]
+
+
+def test_request_trailers_to_h2_upstream(h2d, h2_origin, secrets):
+    """Request trailers reach an h2 origin as trailing HEADERS, from an h2
+    agent and from an HTTP/1.1 agent's chunked trailer section; fields not
+    allowed in trailers (and any copy of the injected header) are not."""
+    o = h2_origin()
+    d = h2d(o.port)
+    c = h2_conn(d)
+    sid = c.request("POST", "/echo", headers=[("te", "trailers")], end_stream=False)
+    c.send_data(sid, b"hello")
+    c.conn.send_headers(sid, [("x-req-sum", "42"), ("authorization", "Bearer agent-copy"),
+                              ("content-type", "text/plain")], end_stream=True)
+    c.flush()
+    st = c.response(sid)
+    client.RECEIVED.append(h2c.all_received_text(c).encode("utf-8", "replace"))
+    assert st.status == 200, st.describe()
+    c.close()
+
+    conn, resp = client.connect_tunnel(d.port, f"{OPENAI}:443")
+    assert resp.status == 200
+    conn.start_tls(d.ca_pem, OPENAI)
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhello\r\n0\r\nX-Req-Sum: 43\r\nSet-Cookie: a=b\r\n\r\n")
+    r = conn.read_response(method="POST")
+    client.RECEIVED.append(r.raw_head + r.body)
+    assert r.status == 200, r
+    conn.close()
+
+    recs = o.wait_requests(2)
+    assert len(recs) == 2
+    for rec, want in zip(sorted(recs, key=lambda q: q.header("x-req-sum")), ("42", "43")):
+        assert rec.body == b"hello"
+        assert rec.header_values("x-req-sum") == [want]
+        assert rec.header_values("authorization") == [f"Bearer {secrets.openai_key}"]
+        assert rec.header_values("set-cookie") == [] and rec.header_values("content-type") == []
+    assert [r.header("te") for r in sorted(recs, key=lambda q: q.header("x-req-sum"))] == \
+        ["trailers", None]

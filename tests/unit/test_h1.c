@@ -1113,6 +1113,240 @@ static void reason_phrases(void **state)
     av__buf_free(&o);
 }
 
+/* ---- trailers (want_trailers) --------------------------------------------- */
+
+/* feed_trailers decodes a chunked body that ends in a trailer section:
+ * feed until the decoder stops at the section, then parse it from every
+ * prefix length (an exact allocation each time, the scan state kept), as
+ * a caller accumulating bytes does. Returns the section's parse result;
+ * *body_end gets the offset where the section starts. */
+static ssize_t feed_trailers(const char *in, size_t len, av_h1_body *b, sink *s, size_t *body_end,
+                             av_h1_field *fields, size_t *nfields, const av_h1_limits *lim)
+{
+    av__h1_body_init(b, AV_H1_BODY_CHUNKED, 0);
+    av__h1_body_want_trailers(b);
+    ssize_t r = feed_all(b, (const uint8_t *)in, len, s);
+    if (r < 0)
+        return r;
+    *body_end = (size_t)r;
+    assert_true(b->at_trailers);
+    assert_false(b->done);
+    /* the decoder consumes nothing while the section is pending */
+    const uint8_t *d;
+    size_t dl;
+    assert_int_equal(av__h1_body_feed(b, (const uint8_t *)in + r, len - (size_t)r, &d, &dl), 0);
+    av_h1_scan scan = {0};
+    ssize_t tr = AV_H1_INCOMPLETE;
+    for (size_t n = 0; n <= len - (size_t)r && tr == AV_H1_INCOMPLETE; n++) {
+        uint8_t *p = dup_exact(in + r, n);
+        tr = av__h1_body_trailers(b, p, n, lim, &scan, fields, nfields);
+        if (tr > 0) {
+            /* views point into the buffer: check them before freeing it */
+            for (size_t i = 0; i < *nfields; i++) {
+                assert_true((const uint8_t *)fields[i].name >= p &&
+                            (const uint8_t *)fields[i].value + fields[i].value_len <= p + n);
+            }
+            /* keep copies for the caller's checks */
+            static char keep[1 << 16];
+            size_t o = 0;
+            for (size_t i = 0; i < *nfields; i++) {
+                memcpy(keep + o, fields[i].name, fields[i].name_len);
+                fields[i].name = keep + o;
+                o += fields[i].name_len;
+                memcpy(keep + o, fields[i].value, fields[i].value_len);
+                fields[i].value = keep + o;
+                o += fields[i].value_len;
+            }
+        }
+        free(p);
+    }
+    return tr;
+}
+
+static void trailers_parsed(void **state)
+{
+    (void)state;
+    av_h1_body b;
+    sink s = {.len = 0};
+    av_h1_field f[AV_H1_MAX_FIELDS_CAP];
+    size_t nf = 99, at = 0;
+    static const char in[] = "5\r\nhello\r\n0\r\nGrpc-Status: 0\r\nX-Empty:\r\nGrpc-Message:  a b  \r\n\r\n"
+                             "GET / HTTP/1.1\r\n";
+    ssize_t r = feed_trailers(in, sizeof(in) - 1 - 16, &b, &s, &at, f, &nf, NULL);
+    assert_int_equal(at, 13);
+    assert_int_equal(r, (ssize_t)(sizeof(in) - 1 - 16 - 13));
+    assert_true(b.done);
+    assert_false(b.at_trailers);
+    assert_int_equal(s.len, 5);
+    assert_int_equal(nf, 3);
+    assert_true(av__h1_name_eq(&f[0], "grpc-status"));
+    assert_int_equal(f[0].value_len, 1);
+    assert_int_equal(f[1].value_len, 0);
+    assert_int_equal(f[2].value_len, 3);
+    assert_memory_equal(f[2].value, "a b", 3);
+
+    /* an empty section is just the final CRLF */
+    static const char empty[] = "0\r\n\r\n";
+    r = feed_trailers(empty, sizeof(empty) - 1, &b, &s, &at, f, &nf, NULL);
+    assert_int_equal(r, 2);
+    assert_int_equal(nf, 0);
+    assert_true(b.done);
+
+    /* without want_trailers the section is validated and discarded */
+    av__h1_body_init(&b, AV_H1_BODY_CHUNKED, 0);
+    s.len = 0;
+    assert_int_equal(feed_all(&b, (const uint8_t *)in, sizeof(in) - 1 - 16, &s), (ssize_t)(sizeof(in) - 1 - 16));
+    assert_true(b.done);
+    assert_false(b.at_trailers);
+}
+
+static void trailers_malformed_and_limits(void **state)
+{
+    (void)state;
+    static const char *const bad[] = {
+        "0\r\nX-A : 1\r\n\r\n",   /* whitespace before ':' */
+        "0\r\n folded\r\n\r\n",   /* obs-fold */
+        "0\r\nX-A: 1\r\n folded\r\n\r\n",
+        "0\r\nX-A: a\x01b\r\n\r\n", /* control byte */
+        "0\r\nX-A: a\nb\r\n\r\n",  /* bare LF */
+        "0\r\nX-A: a\rb\r\n\r\n",  /* bare CR */
+        "0\r\nX A: 1\r\n\r\n",     /* not a token */
+        "0\r\n: 1\r\n\r\n",        /* empty name */
+        "0\r\nX-A\r\n\r\n",        /* no colon */
+        "0\r\n\rX",                /* CR without LF */
+        "0\r\nX-A: \x7f\r\n\r\n",  /* DEL */
+    };
+    av_h1_body b;
+    sink s = {.len = 0};
+    av_h1_field f[AV_H1_MAX_FIELDS_CAP];
+    size_t nf = 0, at = 0;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ssize_t r = feed_trailers(bad[i], strlen(bad[i]), &b, &s, &at, f, &nf, NULL);
+        assert_int_equal(r, AV_H1_ERR_SYNTAX);
+        assert_int_equal(nf, 0);
+        /* sticky */
+        const uint8_t *d;
+        size_t dl;
+        assert_int_equal(av__h1_body_feed(&b, (const uint8_t *)"0\r\n\r\n", 5, &d, &dl), AV_H1_ERR_SYNTAX);
+        assert_int_equal(av__h1_body_trailers(&b, (const uint8_t *)"\r\n", 2, NULL, &(av_h1_scan){0}, f, &nf),
+                         AV_H1_ERR_SYNTAX);
+    }
+
+    /* field count: at the limit, and one over */
+    av_h1_limits lim = {1024, 3};
+    for (int extra = 0; extra <= 1; extra++) {
+        char in[256];
+        size_t o = (size_t)snprintf(in, sizeof(in), "0\r\n");
+        for (int i = 0; i < 3 + extra; i++)
+            o += (size_t)snprintf(in + o, sizeof(in) - o, "T%d: v\r\n", i);
+        o += (size_t)snprintf(in + o, sizeof(in) - o, "\r\n");
+        ssize_t r = feed_trailers(in, o, &b, &s, &at, f, &nf, &lim);
+        assert_int_equal(r, extra ? AV_H1_ERR_TOO_LARGE : (ssize_t)(o - 3));
+    }
+    /* size: a section of exactly max_head bytes, and one more */
+    for (int extra = 0; extra <= 1; extra++) {
+        av_h1_limits lim2 = {200, 100};
+        char in[512];
+        size_t t = 200 + (size_t)extra; /* section bytes including the final CRLF */
+        memcpy(in, "0\r\nT: ", 6);
+        memset(in + 6, 'x', t - 7);
+        memcpy(in + 6 + t - 7, "\r\n\r\n", 4);
+        size_t len = 3 + t;
+        ssize_t r = feed_trailers(in, len, &b, &s, &at, f, &nf, &lim2);
+        assert_int_equal(r, extra ? AV_H1_ERR_TOO_LARGE : (ssize_t)t);
+    }
+    /* no terminator yet: incomplete, then too large once past the limit */
+    {
+        av_h1_limits lim3 = {64, 100};
+        av__h1_body_init(&b, AV_H1_BODY_CHUNKED, 0);
+        av__h1_body_want_trailers(&b);
+        assert_int_equal(feed_all(&b, (const uint8_t *)"0\r\n", 3, &s), 3);
+        char big[100];
+        memcpy(big, "X: ", 3);
+        memset(big + 3, 'y', sizeof(big) - 3);
+        av_h1_scan scan = {0};
+        assert_int_equal(av__h1_body_trailers(&b, (const uint8_t *)big, 60, &lim3, &scan, f, &nf),
+                         AV_H1_INCOMPLETE);
+        assert_int_equal(av__h1_body_trailers(&b, (const uint8_t *)big, 100, &lim3, &scan, f, &nf),
+                         AV_H1_ERR_TOO_LARGE);
+    }
+    /* called when no section is pending */
+    av__h1_body_init(&b, AV_H1_BODY_CHUNKED, 0);
+    av_h1_scan scan = {0};
+    assert_int_equal(av__h1_body_trailers(&b, (const uint8_t *)"\r\n", 2, NULL, &scan, f, &nf), AV_H1_ERR_SYNTAX);
+}
+
+static void trailers_allowed_te_copy_write(void **state)
+{
+    (void)state;
+    static const char *const refused[] = {
+        "Content-Length", "transfer-encoding", "Trailer", "content-encoding", "Content-Type",
+        "content-range", "HOST", "connection", "keep-alive", "proxy-connection", "TE", "upgrade",
+        "Authorization", "proxy-authorization", "www-authenticate", "proxy-authenticate", "Cookie",
+        "Set-Cookie", "expect", "max-forwards", "range", "if-match", "if-none-match",
+        "if-modified-since", "if-unmodified-since", "if-range", "cache-control", "pragma", "age",
+        "date", "expires", "location", "retry-after", "vary", "http2-settings", ":status",
+        "X-Agentvault-Token", "x-agentvault-error", "",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        av_h1_field f = {refused[i], strlen(refused[i]), "v", 1};
+        assert_int_equal(av__h1_trailer_allowed(&f), 0);
+    }
+    static const char *const allowed[] = {"grpc-status", "Grpc-Message", "grpc-status-details-bin",
+                                          "x-checksum", "Server-Timing", "x-agentvault", "content"};
+    for (size_t i = 0; i < sizeof(allowed) / sizeof(allowed[0]); i++) {
+        av_h1_field f = {allowed[i], strlen(allowed[i]), "v", 1};
+        assert_int_equal(av__h1_trailer_allowed(&f), 1);
+    }
+
+    av_h1_field te[] = {{"Accept", 6, "*/*", 3}, {"TE", 2, "gzip, Trailers , x", 18}};
+    assert_int_equal(av__h1_te_trailers(te, 2), 1);
+    te[1].value = "gzip, trailersx";
+    te[1].value_len = 15;
+    assert_int_equal(av__h1_te_trailers(te, 2), 0);
+    te[1].value = "trailers";
+    te[1].value_len = 8;
+    assert_int_equal(av__h1_te_trailers(te, 1), 0);
+    assert_int_equal(av__h1_te_trailers(te, 2), 1);
+
+    /* copies outlive their source */
+    char name[] = "grpc-status", value[] = "13";
+    av_h1_field src[] = {{name, 11, value, 2}, {"x-e", 3, "", 0}};
+    av_h1_fields l = {0};
+    assert_int_equal(av__h1_fields_set(&l, src, 2), AV_OK);
+    memset(name, 'z', sizeof(name) - 1);
+    memset(value, 'z', sizeof(value) - 1);
+    assert_int_equal(l.n, 2);
+    assert_memory_equal(l.f[0].name, "grpc-status", 11);
+    assert_memory_equal(l.f[0].value, "13", 2);
+    assert_int_equal(l.f[1].value_len, 0);
+    assert_int_equal(av__h1_fields_set(&l, src, 0), AV_OK); /* replaces (and frees) */
+    assert_int_equal(l.n, 0);
+    assert_null(l.f);
+    av__h1_fields_free(&l);
+    av__h1_fields_free(&l); /* twice is fine */
+
+    /* serializer: the whole last chunk with its section, or nothing */
+    av_buf o;
+    av__buf_init(&o, 64);
+    av_h1_field out[] = {{"Grpc-Status", 11, "0", 1}, {"X-M", 3, "a b", 3}};
+    assert_int_equal(av__h1_write_last_chunk_trailers(&o, out, 2), AV_OK);
+    static const char want[] = "0\r\nGrpc-Status: 0\r\nX-M: a b\r\n\r\n";
+    assert_int_equal(o.len, sizeof(want) - 1);
+    assert_memory_equal(av__buf_head(&o), want, o.len);
+    size_t before = o.len;
+    av_h1_field badv[] = {{"X-A", 3, "a\r\nb", 4}};
+    assert_int_equal(av__h1_write_last_chunk_trailers(&o, badv, 1), AV_ERR_INVALID);
+    assert_int_equal(o.len, before);
+    av_h1_field badn[] = {{"X A", 3, "v", 1}};
+    assert_int_equal(av__h1_write_last_chunk_trailers(&o, badn, 1), AV_ERR_INVALID);
+    assert_int_equal(o.len, before);
+    av_h1_field longf[] = {{"X-Long", 6, "0123456789012345678901234567890123456789", 40}};
+    assert_int_equal(av__h1_write_last_chunk_trailers(&o, longf, 1), AV_ERR_LIMIT);
+    assert_int_equal(o.len, before);
+    av__buf_free(&o);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1132,6 +1366,9 @@ int main(void)
         cmocka_unit_test(serializer_round_trip),
         cmocka_unit_test(serializer_limits_and_invalid),
         cmocka_unit_test(reason_phrases),
+        cmocka_unit_test(trailers_parsed),
+        cmocka_unit_test(trailers_malformed_and_limits),
+        cmocka_unit_test(trailers_allowed_te_copy_write),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -523,6 +523,108 @@ static void trailers(void **state)
     peer_free(&s);
 }
 
+/* Trailers are held to the limits and checks of heads: more than
+ * AV_H2_MAX_FIELDS fields reset the stream (server: PROTOCOL_ERROR; client:
+ * INTERNAL_ERROR) and reach no callback; a block over the size limit is not
+ * even sent (the sender resets the stream and reports the limit);
+ * pseudo-headers and CR/LF/NUL are refused when sending. */
+static void trailers_limits_and_validation(void **state)
+{
+    (void)state;
+    static av_h1_field many[AV_H2_MAX_FIELDS + 1];
+    static char names[AV_H2_MAX_FIELDS + 1][16];
+    for (size_t i = 0; i < AV_H2_MAX_FIELDS + 1; i++) {
+        snprintf(names[i], sizeof(names[i]), "x-t%zu", i);
+        many[i] = (av_h1_field){names[i], strlen(names[i]), "v", 1};
+    }
+    static char bigv[AV_H2_MAX_HEADER_BYTES];
+    memset(bigv, 'b', sizeof(bigv));
+    av_h1_field big = {"x-big", 5, bigv, sizeof(bigv)};
+
+    /* which: 0 too many fields from the client, 2 from the server; 3 a
+     * block too large to send at all (the sender resets the stream) */
+    for (int which = 0; which < 4; which += which == 0 ? 2 : 1) {
+        peer c, s;
+        peer_new(&c, AV_H2_CLIENT);
+        peer_new(&s, AV_H2_SERVER);
+        int32_t id;
+        av_h2_head h = req_head("POST", "/grpc");
+        assert_int_equal(av__h2_submit_request(c.h, &h, 0, &id), 0);
+        int from_client = which < 2;
+        size_t n = which % 2 == 0 ? AV_H2_MAX_FIELDS + 1 : 1;
+        const av_h1_field *f = which % 2 == 0 ? many : &big;
+        if (from_client) {
+            assert_int_equal(av__h2_submit_trailers(c.h, id, f, n), 0);
+            pump(&c, &s, 300);
+            assert_int_equal(rec(&s, id)->heads, 1);
+            assert_int_equal(rec(&s, id)->trailers, 0);
+            assert_true(s.limits >= 1);
+            assert_int_equal(rec(&c, id)->closed, 1);
+            assert_int_equal(rec(&c, id)->close_code, 1 /* PROTOCOL_ERROR */);
+        } else {
+            assert_int_equal(av__h2_end_stream(c.h, id), 0);
+            pump(&c, &s, 300);
+            av_h2_head rh = resp_head(200);
+            assert_int_equal(av__h2_submit_response(s.h, id, &rh, 0), 0);
+            assert_int_equal(av__h2_send_data(s.h, id, (const uint8_t *)"x", 1), 1);
+            assert_int_equal(av__h2_submit_trailers(s.h, id, f, n), 0);
+            pump(&c, &s, 300);
+            rec_stream *cr = rec(&c, id);
+            assert_int_equal(cr->heads, 1);
+            assert_int_equal(cr->trailers, 0);
+            assert_true((which == 3 ? s.limits : c.limits) >= 1);
+            assert_int_equal(cr->closed, 1);
+            assert_int_equal(cr->close_code, 2 /* INTERNAL_ERROR */);
+        }
+        peer_free(&c);
+        peer_free(&s);
+    }
+
+    /* at the limit: delivered */
+    {
+        peer c, s;
+        peer_new(&c, AV_H2_CLIENT);
+        peer_new(&s, AV_H2_SERVER);
+        int32_t id;
+        av_h2_head h = req_head("POST", "/grpc");
+        assert_int_equal(av__h2_submit_request(c.h, &h, 0, &id), 0);
+        assert_int_equal(av__h2_submit_trailers(c.h, id, many, AV_H2_MAX_FIELDS), 0);
+        pump(&c, &s, 300);
+        assert_int_equal(rec(&s, id)->trailers, 1);
+        assert_int_equal(rec(&s, id)->ended, 1);
+        assert_int_equal(s.limits, 0);
+        peer_free(&c);
+        peer_free(&s);
+    }
+
+    /* sending: pseudo-headers and CR/LF/NUL are refused, nothing queued;
+     * connection-specific fields are dropped */
+    {
+        peer c, s;
+        peer_new(&c, AV_H2_CLIENT);
+        peer_new(&s, AV_H2_SERVER);
+        int32_t id;
+        av_h2_head h = req_head("POST", "/grpc");
+        assert_int_equal(av__h2_submit_request(c.h, &h, 0, &id), 0);
+        av_h1_field pseudo = {":status", 7, "200", 3};
+        assert_int_equal(av__h2_submit_trailers(c.h, id, &pseudo, 1), AV_ERR_INVALID);
+        av_h1_field crlf = {"x-a", 3, "a\r\nb", 4};
+        assert_int_equal(av__h2_submit_trailers(c.h, id, &crlf, 1), AV_ERR_INVALID);
+        av_h1_field nul = {"x-a", 3, "a\0b", 3};
+        assert_int_equal(av__h2_submit_trailers(c.h, id, &nul, 1), AV_ERR_INVALID);
+        av_h1_field conn[] = {{"Connection", 10, "close", 5}, {"Transfer-Encoding", 17, "chunked", 7},
+                              {"Grpc-Status", 11, "0", 1}};
+        assert_int_equal(av__h2_submit_trailers(c.h, id, conn, 3), 0);
+        pump(&c, &s, 300);
+        rec_stream *r = rec(&s, id);
+        assert_int_equal(r->trailers, 1);
+        assert_string_equal(r->first_trailer, "grpc-status"); /* lower-cased, the others dropped */
+        assert_int_equal(r->ended, 1);
+        peer_free(&c);
+        peer_free(&s);
+    }
+}
+
 static void informational_and_head_errors(void **state)
 {
     (void)state;
@@ -1289,6 +1391,7 @@ int main(void)
         cmocka_unit_test(reset_gives_window_back),
         cmocka_unit_test(tiny_output_buffer),
         cmocka_unit_test(trailers),
+        cmocka_unit_test(trailers_limits_and_validation),
         cmocka_unit_test(informational_and_head_errors),
         cmocka_unit_test(graceful_shutdown),
         cmocka_unit_test(goaway_refuses_unprocessed),

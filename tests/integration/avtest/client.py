@@ -241,6 +241,7 @@ class RawResponse:
     headers: list
     body: bytes
     raw_head: bytes
+    trailers: list = None  # [(name, value)] of a chunked trailer section
 
     def header(self, name):
         return one_header(self.headers, name)
@@ -303,6 +304,7 @@ class RawConn:
         lower = [(k.lower(), v) for k, v in headers]
         te = [v for k, v in lower if k == "transfer-encoding"]
         cl = [v for k, v in lower if k == "content-length"]
+        trailers = []
         if method in ("HEAD", "CONNECT") and (method == "HEAD" or 200 <= status < 300):
             body = b""
         elif status in (204, 304):
@@ -312,8 +314,12 @@ class RawConn:
             while True:
                 size = int(self.read_line().split(b";")[0], 16)
                 if size == 0:
-                    while self.read_line() != b"":
-                        pass
+                    while True:
+                        line = self.read_line()
+                        if line == b"":
+                            break
+                        k, _, v = line.decode("latin-1").partition(":")
+                        trailers.append((k, v.strip()))
                     break
                 chunks.append(self.read_exact(size))
                 assert self.read_exact(2) == b"\r\n"
@@ -322,7 +328,7 @@ class RawConn:
             body = self.read_exact(int(cl[0]))
         else:
             body = self.read_to_eof()
-        return RawResponse(status, reason, headers, body, head)
+        return RawResponse(status, reason, headers, body, head, trailers)
 
     def read_to_eof(self):
         while True:

@@ -24,6 +24,9 @@ request's END_STREAM):
   /sse           200 text/event-stream, no content-length: SSE_EVENTS, one
                  every SSE_INTERVAL seconds, then END_STREAM
   /slow[?ms=M]   waits M ms (default 500), then 200 "slow\\n"
+  /trailers      200 "trailers body\\n" (content-length), then trailing HEADERS:
+                 grpc-status 0, x-checksum, x-echo-secret k=<bearer secret
+                 received> (scrubbing) and set-cookie (the proxy drops it)
   anything else  404 "not found\\n"
 
 Options: max_concurrent_streams (SETTINGS_MAX_CONCURRENT_STREAMS, default
@@ -130,6 +133,7 @@ class _Stream:
         self.body = bytearray()
         self.out = bytearray()      # response body waiting for window
         self.out_end = False        # END_STREAM after self.out
+        self.trailers = None        # trailing HEADERS instead of a plain END_STREAM
         self.done = False           # response ended or stream reset
         self.ignored = False        # above our GOAWAY's last_stream_id
 
@@ -338,7 +342,10 @@ class _Conn:
                 self._flush()
             if not st.done and not st.out and st.out_end:
                 try:
-                    h.end_stream(st.sid)
+                    if st.trailers:
+                        h.send_headers(st.sid, st.trailers, end_stream=True)
+                    else:
+                        h.end_stream(st.sid)
                 except h2.exceptions.StreamClosedError:
                     pass
                 self._finished(st)
@@ -362,6 +369,15 @@ class _Conn:
                                       ("content-length", str(n))], end_stream=n == 0)
             if n:
                 self._queue(st, big_body(n), end=True)
+        elif path == "/trailers":
+            auth = rec.header_values("authorization")
+            sec = auth[0].split(" ", 1)[-1] if auth else ""
+            body = b"trailers body\n"
+            self._send_head(st, 200, [("content-type", "text/plain"),
+                                      ("content-length", str(len(body)))])
+            st.trailers = [("grpc-status", "0"), ("x-checksum", "abc123"),
+                           ("x-echo-secret", f"k={sec}"), ("set-cookie", "s=1")]
+            self._queue(st, body, end=True)
         elif path == "/sse":
             self._send_head(st, 200, [("content-type", "text/event-stream"),
                                       ("cache-control", "no-cache")])

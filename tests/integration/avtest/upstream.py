@@ -17,6 +17,11 @@ Endpoints (query strings are ignored for dispatch):
                   ?gzip=1 compresses the body (scrubbing tests)
   /echo-auth      200 text/plain: each Authorization value received, one a
                   line, or "(none)\\n"
+  /trailers       200 chunked "trailers body\\n" with a trailer section:
+                  TRAILERS_SENT, plus X-Echo-Secret: k=<the bearer secret
+                  received> (scrubbing) and Set-Cookie (not allowed in
+                  trailers: the proxy drops it). ?bad=1 sends a malformed
+                  trailer line instead.
   anything else   404
 """
 import base64
@@ -38,6 +43,8 @@ CHUNKED_BODY = b"".join(CHUNKED_PARTS)
 SSE_FIRST = b"data: first\n\n"
 SSE_SECOND = b"data: second\n\n"
 REDIRECT_LOCATION = "https://elsewhere.test/"
+TRAILERS_BODY = b"trailers body\n"
+TRAILERS_SENT = [("Grpc-Status", "0"), ("X-Checksum", "abc123")]
 SSE_WAIT_SECONDS = 10.0
 MAX_HEAD = 64 * 1024
 IO_TIMEOUT = 20.0
@@ -58,6 +65,7 @@ class RecordedRequest:
     chunked: bool
     raw_head: bytes
     time: float = field(default_factory=time.monotonic)
+    trailers: list = field(default_factory=list)  # [(raw name, value)] of a chunked body
 
     @property
     def path(self):
@@ -226,11 +234,12 @@ class _Handler(socketserver.BaseRequestHandler):
             has_body = bool(te) or (cl and int(cl[0]) > 0)
             if expect and has_body:
                 sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+            trailers = []
             if te:
                 if te[-1].lower() != "chunked":
                     raise ProtocolError(f"unsupported Transfer-Encoding {te}")
                 chunked = True
-                body = self._read_chunked(reader)
+                body = self._read_chunked(reader, trailers)
             elif cl:
                 if not cl[0].isdigit():
                     raise ProtocolError(f"bad Content-Length {cl[0]!r}")
@@ -238,7 +247,7 @@ class _Handler(socketserver.BaseRequestHandler):
             else:
                 body = b""
             rec = RecordedRequest(conn_id, method, target, version, headers, body,
-                                  chunked, head)
+                                  chunked, head, trailers=trailers)
             with owner.lock:
                 owner.requests.append(rec)
                 owner.request_cond.notify_all()
@@ -249,7 +258,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 return
 
     @staticmethod
-    def _read_chunked(reader):
+    def _read_chunked(reader, trailers):
         body = []
         while True:
             line = reader.readline()
@@ -259,9 +268,14 @@ class _Handler(socketserver.BaseRequestHandler):
             except ValueError:
                 raise ProtocolError(f"bad chunk size line {line!r}")
             if size == 0:
-                while reader.readline() != b"":
-                    pass  # trailers
-                return b"".join(body)
+                while True:
+                    line = reader.readline()
+                    if line == b"":
+                        return b"".join(body)
+                    name, sep, value = line.decode("latin-1").partition(":")
+                    if not sep or not name or name != name.strip() or line[:1] in b" \t":
+                        raise ProtocolError(f"bad trailer line {line!r}")
+                    trailers.append((name, value.strip(" \t")))
             body.append(reader.read_exact(size))
             if reader.read_exact(2) != b"\r\n":
                 raise ProtocolError("chunk not followed by CRLF")
@@ -372,6 +386,20 @@ class _Handler(socketserver.BaseRequestHandler):
             for i in range(0, len(body), 7):
                 chunk(body[i:i + 7])
             chunk_end()
+        elif path == "/trailers":
+            vals = rec.header_values("authorization")
+            sec = vals[0].split(" ", 1)[-1] if vals else ""
+            send_chunked_start(200, [("Content-Type", "text/plain"),
+                                     ("Trailer", "Grpc-Status, X-Checksum, X-Echo-Secret")])
+            chunk(TRAILERS_BODY)
+            if not head_only:
+                if "bad=1" in rec.target:
+                    tail = b"0\r\nX-Broken : yes\r\n\r\n"
+                else:
+                    lines = TRAILERS_SENT + [("X-Echo-Secret", f"k={sec}"), ("Set-Cookie", "s=1")]
+                    tail = b"0\r\n" + b"".join(f"{k}: {v}\r\n".encode("latin-1")
+                                                for k, v in lines) + b"\r\n"
+                sock.sendall(tail)
         elif path == "/echo-auth":
             vals = rec.header_values("authorization")
             body = ("".join(v + "\n" for v in vals) if vals else "(none)\n").encode("latin-1")
