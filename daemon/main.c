@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -364,11 +365,46 @@ static void on_hup(int sig)
         av_ctx_reload(g_ctx); /* async-signal-safe */
 }
 
+/* raise_nofile lifts the soft open-files limit to the hard one (the
+ * library derives its default connection cap from it) and says what the
+ * limit is. Only the daemon does this; an embedding host decides its own. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = rl.rlim_max;
+    if (want == RLIM_INFINITY) {
+        /* the kernel's ceiling for RLIMIT_NOFILE */
+        FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+        unsigned long long n = 0;
+        if (!f || fscanf(f, "%llu", &n) != 1 || n == 0)
+            n = 1048576;
+        if (f)
+            fclose(f);
+        want = (rlim_t)n;
+    }
+    unsigned long long old = (unsigned long long)rl.rlim_cur;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            fprintf(stderr, "agentvault: open files limit %llu (raised from %llu)\n", (unsigned long long)want,
+                    old);
+            return;
+        }
+        fprintf(stderr, "agentvault: open files limit %llu (cannot raise it to %llu: %s)\n", old,
+                (unsigned long long)want, strerror(errno));
+        return;
+    }
+    fprintf(stderr, "agentvault: open files limit %llu\n", old);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     opts o;
     parse_opts(argc, argv, 2, &o, 1);
     g_serve_opts = o;
+    raise_nofile();
     int embedded = -1;
     av_config *cfg = load_config(&o, &embedded);
     const char *sd = av_config_state_dir(cfg);
