@@ -404,7 +404,6 @@ static int cmd_serve(int argc, char **argv)
     opts o;
     parse_opts(argc, argv, 2, &o, 1);
     g_serve_opts = o;
-    raise_nofile();
     int embedded = -1;
     av_config *cfg = load_config(&o, &embedded);
     const char *sd = av_config_state_dir(cfg);
@@ -423,6 +422,7 @@ static int cmd_serve(int argc, char **argv)
         g_vaults[g_nvaults++] = v;
         av_config_set_vault(cfg, v);
     }
+    raise_nofile(); /* before the context derives its connection cap from it */
     char err[512];
     int rc = av_ctx_new(&g_ctx, cfg, err, sizeof(err));
     if (rc != AV_OK) {
