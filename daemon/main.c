@@ -501,6 +501,19 @@ static int cmd_check(int argc, char **argv)
         die_usage("check needs -c FILE");
     int embedded;
     av_config *cfg = load_config(&o, &embedded);
+    if (av_config_uses_vault(cfg)) {
+        /* What serve would refuse about an existing vault file (access by
+         * others, owner, symbolic link, damage), found without its key. */
+        char path[PATH_MAX], err[1024] = "";
+        struct stat st;
+        vault_path_for(cfg, path, sizeof(path));
+        int rc = lstat(path, &st) == 0 ? av_vault_needs_password(path, err, sizeof(err)) : 0;
+        if (rc < 0) {
+            fprintf(stderr, "agentvault: %s\n", err[0] ? err : av_strerror(rc));
+            av_config_free(cfg);
+            return 1;
+        }
+    }
     printf("%s: OK (%zu service(s))\n", o.config, av_config_service_count(cfg));
     av_config_free(cfg);
     return 0;

@@ -187,3 +187,23 @@ def test_sighup_refuses_loosened_vault_and_keeps_serving(daemon, upstream, secre
     assert d.curl("https://api.openai.com/echo").ok().status == 200
     assert auth_values(upstream.only_request()) == [f"Bearer {V1}"]
     vault.chmod(0o600)  # teardown: the daemon exits 0
+
+
+def test_check_refuses_what_serve_refuses(secrets, tmp_path):
+    vault = tmp_path / "v.avv"
+    _secret_set(vault, "openai", V1, tmp_path)
+    conf = tmp_path / "a.conf"
+    conf.write_text(_cfg(secrets, vault))
+    env = base_env(tmp_path)  # no password: check never decrypts
+    p = run_cli(["check", "-c", conf], env=env)
+    assert p.returncode == 0, p.stderr
+    vault.chmod(0o604)
+    p = run_cli(["check", "-c", conf], env=env)
+    err = p.stderr.strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1 and f"chmod 600 {vault}" in err, err
+    link = tmp_path / "link.avv"
+    link.symlink_to(vault)
+    vault.chmod(0o600)
+    conf.write_text(_cfg(secrets, link))
+    p = run_cli(["check", "-c", conf], env=env)
+    assert p.returncode == 1 and "symbolic link" in p.stderr, p.stderr
