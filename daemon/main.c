@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -364,6 +365,40 @@ static void on_hup(int sig)
         av_ctx_reload(g_ctx); /* async-signal-safe */
 }
 
+/* raise_nofile lifts the soft open-files limit to the hard one (the
+ * library derives its default connection cap from it) and says what the
+ * limit is. Only the daemon does this; an embedding host decides its own. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return;
+    rlim_t want = rl.rlim_max;
+    if (want == RLIM_INFINITY) {
+        /* the kernel's ceiling for RLIMIT_NOFILE */
+        FILE *f = fopen("/proc/sys/fs/nr_open", "re");
+        unsigned long long n = 0;
+        if (!f || fscanf(f, "%llu", &n) != 1 || n == 0)
+            n = 1048576;
+        if (f)
+            fclose(f);
+        want = (rlim_t)n;
+    }
+    unsigned long long old = (unsigned long long)rl.rlim_cur;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < want) {
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) == 0) {
+            fprintf(stderr, "agentvault: open files limit %llu (raised from %llu)\n", (unsigned long long)want,
+                    old);
+            return;
+        }
+        fprintf(stderr, "agentvault: open files limit %llu (cannot raise it to %llu: %s)\n", old,
+                (unsigned long long)want, strerror(errno));
+        return;
+    }
+    fprintf(stderr, "agentvault: open files limit %llu\n", old);
+}
+
 static int cmd_serve(int argc, char **argv)
 {
     opts o;
@@ -387,6 +422,7 @@ static int cmd_serve(int argc, char **argv)
         g_vaults[g_nvaults++] = v;
         av_config_set_vault(cfg, v);
     }
+    raise_nofile(); /* before the context derives its connection cap from it */
     char err[512];
     int rc = av_ctx_new(&g_ctx, cfg, err, sizeof(err));
     if (rc != AV_OK) {
@@ -465,6 +501,19 @@ static int cmd_check(int argc, char **argv)
         die_usage("check needs -c FILE");
     int embedded;
     av_config *cfg = load_config(&o, &embedded);
+    if (av_config_uses_vault(cfg)) {
+        /* What serve would refuse about an existing vault file (access by
+         * others, owner, symbolic link, damage), found without its key. */
+        char path[PATH_MAX], err[1024] = "";
+        struct stat st;
+        vault_path_for(cfg, path, sizeof(path));
+        int rc = lstat(path, &st) == 0 ? av_vault_needs_password(path, err, sizeof(err)) : 0;
+        if (rc < 0) {
+            fprintf(stderr, "agentvault: %s\n", err[0] ? err : av_strerror(rc));
+            av_config_free(cfg);
+            return 1;
+        }
+    }
     printf("%s: OK (%zu service(s))\n", o.config, av_config_service_count(cfg));
     av_config_free(cfg);
     return 0;

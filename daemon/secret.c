@@ -462,7 +462,7 @@ static int open_vault(const secret_opts *o, const char *path, av_vault **v)
 {
     char err[1024] = "";
     struct stat st;
-    if (stat(path, &st) != 0 && errno == ENOENT) {
+    if (lstat(path, &st) != 0 && errno == ENOENT) { /* a link is refused by the library */
         fail("%s: no such vault (create one with 'agentvault secret set NAME')", path);
         return EXIT_RUNTIME;
     }
@@ -491,7 +491,7 @@ static int do_set(const secret_opts *o, const char *path, int is_default)
     struct stat st;
     av_vault *v = NULL;
     bytes value = {0}, pw = {0};
-    int exists = stat(path, &st) == 0;
+    int exists = lstat(path, &st) == 0; /* a symbolic link is refused, never created through */
     if (exists && o->no_password) {
         usage_error("--no-password applies only when creating a vault, and %s exists", path);
         return EXIT_USAGE;
@@ -756,7 +756,7 @@ int serve_vault_open(const char *path, const char *password_file, av_vault **out
 {
     char err[1024] = "";
     struct stat st;
-    if (stat(path, &st) != 0) {
+    if (lstat(path, &st) != 0) {
         fail("%s: cannot open the vault the configuration reads (vault:NAME): %s", path, strerror(errno));
         return 1;
     }

@@ -853,6 +853,10 @@ static int set_secret_ref(parser *p, const char *key, char **out, const char *v,
     return AV_OK;
 }
 
+/* [proxy] max_connections: its own bit, clear of the shared enum above. */
+enum { K_MAX_CONNS = 1u << 30 };
+#define MAX_CONNECTIONS_MAX 1048576
+
 /* proxy_key handles one key of the [proxy] section. */
 static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
@@ -885,7 +889,7 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         {"state_dir", K_STATE_DIR}, {"unmatched", K_UNMATCHED}, {"upstream_cacert", K_CACERT},
         {"connect_timeout", K_CONNECT_TO}, {"idle_timeout", K_IDLE_TO}, {"header_timeout", K_HEADER_TO},
         {"websocket_idle_timeout", K_WS_IDLE_TO}, {"secret_ttl", K_SECRET_TTL}, {"command_timeout", K_CMD_TO},
-        {"audit", K_AUDIT}, {"vault", K_VAULT},
+        {"audit", K_AUDIT}, {"vault", K_VAULT}, {"max_connections", K_MAX_CONNS},
     };
     unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "proxy", NULL, k, kl);
     if (!bit)
@@ -911,6 +915,12 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
             c->unmatched = AV_UNMATCHED_DENY;
         else
             return perr(p, "unmatched must be \"passthrough\" or \"deny\"");
+        return AV_OK;
+    case K_MAX_CONNS:
+        if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
+            c->max_connections > MAX_CONNECTIONS_MAX)
+            return perr(p, "max_connections must be a whole number in [1, %d] (leave it out for a default "
+                           "derived from the open-files limit)", MAX_CONNECTIONS_MAX);
         return AV_OK;
     case K_SECRET_TTL: {
         double secs = 0;

@@ -18,6 +18,7 @@
  *     connect_timeout = 10            (seconds)
  *     idle_timeout = 120              (seconds)
  *     websocket_idle_timeout = 900    (seconds)
+ *     max_connections = 1000          (default: from the open-files limit)
  *
  *     [service "openai"]
  *     host = api.openai.com           (or *.example.com; or an IP literal)
@@ -166,6 +167,7 @@ struct av_config {
     double ws_idle_timeout; /* seconds, default 900: WebSocket with no traffic */
     double secret_ttl;      /* seconds, default 300: command: answers are cached this long (0: never) */
     double command_timeout; /* seconds, default 10: a command: source must finish within it */
+    long max_connections;   /* [proxy] max_connections; 0: derived from the open-files limit */
     av_service *services;
     size_t nservices;
     av_token_cfg *tokens;

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <sys/resource.h>
 #include <sys/un.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -74,23 +75,147 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *l
     return 0;
 }
 
+/* ---- accepting: the connection cap and the descriptor limit ---------- */
+
+#define ACCEPT_PAUSE_MIN 0.05 /* seconds; doubles while accept keeps failing */
+#define ACCEPT_PAUSE_MAX 1.0
+#define REPORT_INTERVAL 1.0   /* at most one message a second per kind */
+
+/* The default cap: a proxied connection holds two descriptors (agent and
+ * upstream), and an eighth of the limit plus 32 stays free for listeners,
+ * the idle upstream pool, DNS, the audit log and command: pipes. */
+static size_t default_max_conns(unsigned long long nofile)
+{
+    unsigned long long reserve = 32 + nofile / 8;
+    unsigned long long n = nofile > reserve ? (nofile - reserve) / 2 : 0;
+    if (n < 4)
+        n = 4;
+    return n > AV_MAX_CONNS_DEFAULT ? AV_MAX_CONNS_DEFAULT : (size_t)n;
+}
+
+static size_t ctx_max_conns(const av_ctx *ctx)
+{
+    return ctx->cfg->max_connections > 0 ? (size_t)ctx->cfg->max_connections : ctx->auto_max_conns;
+}
+
+static void report_cap(av_ctx *ctx, unsigned long long n)
+{
+    av__log(&ctx->log, AV_LOG_WARN, "connection limit (%zu) reached: refused %llu connection(s) (%s)",
+            ctx_max_conns(ctx), n,
+            ctx->cfg->max_connections > 0 ? "[proxy] max_connections" : "default from the open-files limit");
+}
+
+static void report_fd(av_ctx *ctx, unsigned long long n)
+{
+    av__log(&ctx->log, AV_LOG_WARN,
+            "accept: %s: accepting paused %llu time(s) (%zu connection(s) open, open-files limit %llu)",
+            strerror(ctx->rep_fd.err), n, ctx->nconns, ctx->nofile);
+}
+
+/* report_flush logs what each report counted once its second is over, and
+ * re-arms the timer while a count is still waiting. */
+static void report_flush(av_ctx *ctx)
+{
+    double now = av__loop_now(ctx->loop), next = 0;
+    struct av_report *r[2] = {&ctx->rep_cap, &ctx->rep_fd};
+    for (int i = 0; i < 2; i++) {
+        if (!r[i]->n)
+            continue;
+        double due = r[i]->last + REPORT_INTERVAL;
+        if (now + 1e-3 >= due) {
+            unsigned long long n = r[i]->n;
+            r[i]->n = 0;
+            r[i]->last = now;
+            if (i == 0)
+                report_cap(ctx, n);
+            else
+                report_fd(ctx, n);
+        } else if (!next || due < next) {
+            next = due;
+        }
+    }
+    if (next && !av__timer_active(ctx->report_timer))
+        av__timer_start(ctx->report_timer, next - now);
+}
+
+static void ctx_on_report_timer(void *ud)
+{
+    report_flush(ud);
+}
+
+/* report_event counts one event: logged now when the last message is a
+ * second old, else with the others when the second ends. */
+static void report_event(av_ctx *ctx, struct av_report *r)
+{
+    if (r->n == 0 && r->last == 0)
+        r->last = av__loop_now(ctx->loop) - REPORT_INTERVAL; /* the first one at once */
+    r->n++;
+    report_flush(ctx);
+}
+
+static void listeners_watch(av_ctx *ctx, int events)
+{
+    for (size_t i = 0; i < ctx->nlisteners; i++)
+        if (ctx->listeners[i].io)
+            av__io_set(ctx->listeners[i].io, events);
+    for (av_listener *l = ctx->api_listeners; l; l = l->next)
+        if (l->io)
+            av__io_set(l->io, events);
+}
+
+/* accept_pause stops accepting for a back-off after accept failed for want
+ * of descriptors or memory: the pending connections wait in the backlog
+ * instead of waking the loop again at once. */
+static void accept_pause(av_ctx *ctx, int err)
+{
+    ctx->m_limit_fds++;
+    ctx->accept_pause = ctx->accept_pause > 0 ? ctx->accept_pause * 2 : ACCEPT_PAUSE_MIN;
+    if (ctx->accept_pause > ACCEPT_PAUSE_MAX)
+        ctx->accept_pause = ACCEPT_PAUSE_MAX;
+    ctx->accept_paused = 1;
+    listeners_watch(ctx, 0);
+    av__timer_start(ctx->accept_timer, ctx->accept_pause);
+    ctx->rep_fd.err = err;
+    report_event(ctx, &ctx->rep_fd);
+}
+
+static void ctx_on_accept_resume(void *ud)
+{
+    av_ctx *ctx = ud;
+    ctx->accept_paused = 0;
+    if (!ctx->draining)
+        listeners_watch(ctx, AV_EV_READ);
+}
+
+/* Over the cap (or shutting down): close at once, count, report. */
+static void accept_refuse(av_ctx *ctx, int fd)
+{
+    close(fd);
+    if (ctx->draining)
+        return;
+    ctx->m_limit_conns++;
+    report_event(ctx, &ctx->rep_cap);
+}
+
 static void ctx_on_accept(void *ud, int revents)
 {
     (void)revents;
     av_listener *l = ud;
     av_ctx *ctx = l->ctx;
-    for (int i = 0; i < 64; i++) {
+    for (int i = 0; i < 64 && !ctx->accept_paused; i++) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof(peer);
         int fd = accept4(l->fd, (struct sockaddr *)&peer, &plen, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
-            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+                accept_pause(ctx, errno);
+            else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 av__log(&ctx->log, AV_LOG_WARN, "accept: %s", strerror(errno));
             return;
         }
-        if (ctx->nconns >= AV_MAX_CONNS || ctx->draining) {
-            av__log(&ctx->log, AV_LOG_WARN, "connection limit (%d) reached: refusing a connection", AV_MAX_CONNS);
-            close(fd);
+        ctx->accept_pause = 0;
+        if (ctx->nconns >= ctx_max_conns(ctx) || ctx->draining) {
+            accept_refuse(ctx, fd);
             continue;
         }
         int one = 1;
@@ -249,7 +374,8 @@ static void ctx_run_cmds(av_ctx *ctx)
                 cmd_discard(cmd);
                 continue;
             }
-            av__io_set(l->io, AV_EV_READ);
+            if (!ctx->accept_paused)
+                av__io_set(l->io, AV_EV_READ);
             l->next = ctx->api_listeners;
             ctx->api_listeners = l;
             av__log(&ctx->log, AV_LOG_INFO, "gateway %s on http://127.0.0.1:%d -> %s", l->gw->name, l->port,
@@ -260,9 +386,10 @@ static void ctx_run_cmds(av_ctx *ctx)
         struct sockaddr_un peer;
         memset(&peer, 0, sizeof(peer));
         peer.sun_family = AF_UNIX;
-        if (ctx->nconns >= AV_MAX_CONNS) {
-            av__log(&ctx->log, AV_LOG_WARN, "connection limit (%d) reached: closing a new stream", AV_MAX_CONNS);
-            cmd_discard(cmd);
+        if (ctx->nconns >= ctx_max_conns(ctx)) {
+            ctx->m_limit_conns++;
+            report_event(ctx, &ctx->rep_cap);
+            cmd_discard(cmd); /* the caller's end reads EOF */
             continue;
         }
         if (av__conn_accept(ctx, cmd->fd, (struct sockaddr *)&peer, sizeof(peer), cmd->gw) != AV_OK) {
@@ -426,6 +553,8 @@ static void ctx_check_done(av_ctx *ctx)
     if (ctx->draining && ctx->nconns == 0 && !ctx->done) {
         ctx->done = 1;
         av__timer_stop(ctx->drain_timer);
+        av__timer_stop(ctx->accept_timer);
+        av__timer_stop(ctx->report_timer);
         av__upstream_pool_free(ctx);
         av__mux_free_all(ctx);
         av__loop_break(ctx->loop);
@@ -832,6 +961,9 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
         rc = AV_ERR_CONFIG;
         goto fail;
     }
+    struct rlimit rl;
+    ctx->nofile = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY ? rl.rlim_cur : 1048576;
+    ctx->auto_max_conns = default_max_conns(ctx->nofile);
     ctx->loop = host_loop ? av__loop_wrap(host_loop) : av__loop_new();
     if (!ctx->loop)
         goto fail;
@@ -895,7 +1027,9 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
         goto fail;
     ctx->wakeup = av__async_new(ctx->loop, ctx_on_wakeup, ctx);
     ctx->drain_timer = av__timer_new(ctx->loop, ctx_on_drain_timeout, ctx);
-    if (!ctx->wakeup || !ctx->drain_timer) {
+    ctx->accept_timer = av__timer_new(ctx->loop, ctx_on_accept_resume, ctx);
+    ctx->report_timer = av__timer_new(ctx->loop, ctx_on_report_timer, ctx);
+    if (!ctx->wakeup || !ctx->drain_timer || !ctx->accept_timer || !ctx->report_timer) {
         rc = AV_ERR_NOMEM;
         goto fail;
     }
@@ -968,6 +1102,8 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
         close(ctx->audit_fd);
     av__async_free(ctx->wakeup);
     av__timer_free(ctx->drain_timer);
+    av__timer_free(ctx->accept_timer);
+    av__timer_free(ctx->report_timer);
     av__dns_free(ctx->dns);
     av__snap_unref(ctx->snap);
     av__tls_client_ctx_free(ctx->tls_cli);
@@ -1005,12 +1141,21 @@ AV_EXPORT int av_ctx_gateway_port(const av_ctx *ctx, size_t i)
     return ctx->listeners[ctx->nproxy_listeners + i].port;
 }
 
+/* Once the loop starts (the log handler is set by then). */
+static void ctx_log_limits(av_ctx *ctx)
+{
+    av__log(&ctx->log, AV_LOG_INFO, "accepting up to %zu connection(s) (%s; open-files limit %llu)",
+            ctx_max_conns(ctx), ctx->cfg->max_connections > 0 ? "[proxy] max_connections" : "default",
+            ctx->nofile);
+}
+
 AV_EXPORT int av_ctx_run(av_ctx *ctx)
 {
     /* thread_started first: |running| belongs to a started loop thread. */
     if (!ctx || ctx->thread_started || ctx->running || ctx->done || !av__loop_owned(ctx->loop))
         return AV_ERR_STATE;
     ctx->running = 1;
+    ctx_log_limits(ctx);
     av__loop_run(ctx->loop); /* a pending shutdown ends it at once */
     ctx->running = 0;
     return AV_OK;
@@ -1048,6 +1193,7 @@ static void *ctx_thread(void *arg)
 {
     av_ctx *ctx = arg;
     ctx->running = 1;
+    ctx_log_limits(ctx);
     /* Always run: a shutdown asked for before the loop started is a
      * pending wake-up that drains, calls the done function and ends it. */
     av__loop_run(ctx->loop);

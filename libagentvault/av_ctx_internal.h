@@ -90,8 +90,10 @@ typedef struct av_cmd {
     av_gw *gw;
 } av_cmd;
 
-/* Built-in limits (SECURITY.md 15). */
-#define AV_MAX_CONNS 4096
+/* Built-in limits (SECURITY.md 15). The connection cap is [proxy]
+ * max_connections, by default derived from the open-files limit (av_ctx.c)
+ * and at most AV_MAX_CONNS_DEFAULT. */
+#define AV_MAX_CONNS_DEFAULT 16384
 #define AV_HEAD_MAX 65536
 #define AV_FIELDS_MAX 100
 #define AV_RAW_BUF_MAX (64 * 1024)
@@ -152,6 +154,20 @@ struct av_ctx {
     size_t nmx, capmx;
     unsigned long long m_injected, m_redacted, m_tls_agent, m_tls_upstream, m_conns_total;
     unsigned long long m_limit_rate, m_limit_scope, m_limit_h2, m_limit_head;
+    /* Accepting (av_ctx.c): the cap, the descriptor-limit back-off and
+     * their rate-limited reports (SECURITY.md 16). */
+    size_t auto_max_conns;    /* the cap when max_connections is not set */
+    unsigned long long nofile; /* the open-files limit at creation */
+    av_timer *accept_timer;   /* ends an accept pause */
+    double accept_pause;      /* the current back-off in seconds; 0: none */
+    int accept_paused;        /* listeners are not watched until accept_timer */
+    av_timer *report_timer;   /* flushes the counts below */
+    struct av_report {
+        double last;          /* loop time of the last message */
+        unsigned long long n; /* events since then */
+        int err;              /* the last errno (descriptor reports) */
+    } rep_cap, rep_fd;
+    unsigned long long m_limit_conns, m_limit_fds;
 };
 
 /* av_ctx.c: count an exchange for /metrics. */

@@ -3,8 +3,11 @@
 #include "av_vault.h"
 
 #include <argon2.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -189,9 +192,12 @@ static char *key_path_for(const char *path)
 /* ---- files -------------------------------------------------------------- */
 
 /* read_file reads all of |path| (at most |max| bytes) into a new buffer.
- * |what| names the file in messages. For a private file (|private_file|),
- * permissions wider than 0600 are refused. Returns AV_ERR_NOTFOUND,
- * AV_ERR_LIMIT, AV_ERR_IO or AV_ERR_NOMEM. */
+ * |what| names the file in messages. A private file (|private_file|) is
+ * held to what ssh asks of a private key: it is refused when group or
+ * others have any access to it, when another user owns it, or when the last
+ * component of |path| is a symbolic link (O_NOFOLLOW; the checks are on the
+ * opened descriptor, so nothing changes between check and read). Returns
+ * AV_ERR_NOTFOUND, AV_ERR_LIMIT, AV_ERR_IO or AV_ERR_NOMEM. */
 static int read_file(const char *path, const char *what, size_t max, int private_file,
                      uint8_t **out, size_t *out_len, char *err, size_t err_len)
 {
@@ -199,11 +205,18 @@ static int read_file(const char *path, const char *what, size_t max, int private
     uint8_t *buf = NULL;
     size_t off = 0;
     int rc = AV_ERR_IO;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (private_file ? O_NOFOLLOW : 0));
     if (fd < 0) {
         if (errno == ENOENT) {
             set_err(err, err_len, "%s: no such %s", path, what);
             return AV_ERR_NOTFOUND;
+        }
+        if (errno == ELOOP && lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+            set_err(err, err_len,
+                    "%s: the %s is a symbolic link: refusing it (name the file itself, or replace the link "
+                    "with the file)",
+                    path, what);
+            return AV_ERR_IO;
         }
         set_err(err, err_len, "%s: cannot open %s: %s", path, what, strerror(errno));
         return AV_ERR_IO;
@@ -212,11 +225,18 @@ static int read_file(const char *path, const char *what, size_t max, int private
         set_err(err, err_len, "%s: %s is not a regular file", path, what);
         goto out;
     }
+    if (private_file && st.st_uid != geteuid()) {
+        set_err(err, err_len,
+                "%s: the %s is owned by uid %u, not by uid %u that runs agentvault: refusing it "
+                "(chown %u %s, then chmod 600 %s)",
+                path, what, (unsigned)st.st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path, path);
+        goto out;
+    }
     if (private_file && (st.st_mode & 077)) {
         set_err(err, err_len,
                 "%s: permissions %04o are too open: the %s must not be accessible by group "
-                "or others (chmod 600)",
-                path, (unsigned)(st.st_mode & 07777), what);
+                "or others (chmod 600 %s)",
+                path, (unsigned)(st.st_mode & 07777), what, path);
         goto out;
     }
     if ((uint64_t)st.st_size > max) {
@@ -298,6 +318,74 @@ static int rename_noreplace(const char *tmp, const char *path)
     return 0;
 }
 
+/* Temporary files are "<file>.tmp-<pid>-<8 hex digits>" next to the file.
+ * One a writer left behind (killed mid-save) is removed by the next save of
+ * the same file when its writer's process no longer exists or when it is
+ * more than TMP_STALE_SECONDS old (a save takes milliseconds; the age also
+ * covers a pid reused since). A live writer's file is left alone, so two
+ * concurrent saves never remove each other's. Only regular files the
+ * caller owns are removed; anything else with such a name stays. */
+#define TMP_STALE_SECONDS 3600
+
+/* tmp_writer_pid returns the pid in |name| when it is a temporary file of
+ * |base| (else 0). */
+static long tmp_writer_pid(const char *name, const char *base, size_t base_len)
+{
+    if (strncmp(name, base, base_len) != 0 || strncmp(name + base_len, ".tmp-", 5) != 0)
+        return 0;
+    const char *p = name + base_len + 5;
+    long pid = 0;
+    size_t nd = 0;
+    for (; *p >= '0' && *p <= '9' && nd < 10; p++, nd++)
+        pid = pid * 10 + (*p - '0');
+    if (nd == 0 || *p != '-')
+        return 0;
+    p++;
+    for (int i = 0; i < 8; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return 0;
+    return p[8] == '\0' ? pid : 0;
+}
+
+static void remove_stale_tmp(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    size_t n = slash ? (size_t)(slash - path) : 0;
+    if (!slash)
+        memcpy(dir, ".", 2);
+    else if (n == 0)
+        memcpy(dir, "/", 2);
+    else if (n < sizeof(dir)) {
+        memcpy(dir, path, n);
+        dir[n] = '\0';
+    } else
+        return;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    DIR *d = fdopendir(dfd);
+    if (!d) {
+        close(dfd);
+        return;
+    }
+    size_t base_len = strlen(base);
+    time_t now = time(NULL);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        long pid = tmp_writer_pid(e->d_name, base, base_len);
+        struct stat st;
+        if (pid <= 0 || fstatat(dfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode) ||
+            st.st_uid != geteuid())
+            continue;
+        int gone = pid != (long)getpid() && (pid > INT_MAX || (kill((pid_t)pid, 0) != 0 && errno == ESRCH));
+        if (gone || now - st.st_mtime > TMP_STALE_SECONDS)
+            unlinkat(dfd, e->d_name, 0);
+    }
+    closedir(d);
+}
+
 /* write_file_atomic writes |data| to |path| (mode 0600) through an O_EXCL
  * temporary file in the same directory: write, fsync, rename, fsync of the
  * directory. The file at |path| is the old one or the new one, never a
@@ -307,6 +395,7 @@ static int write_file_atomic(const char *path, const void *data, size_t len, int
 {
     char tmp[4200];
     uint8_t rnd[4] = {0};
+    remove_stale_tmp(path);
     if (av__crypto_random(rnd, sizeof(rnd)) != AV_OK) {
         set_err(err, err_len, "%s: no random bytes for a temporary name", path);
         return AV_ERR_TLS;
@@ -773,7 +862,7 @@ int av__vault_probe(const char *path, char *err, size_t err_len)
     vault_hdr h;
     if (!path)
         return AV_ERR_INVALID;
-    int rc = read_file(path, "vault", AV_VAULT_FILE_MAX, 0, &b, &len, err, err_len);
+    int rc = read_file(path, "vault", AV_VAULT_FILE_MAX, 1, &b, &len, err, err_len);
     if (rc != AV_OK)
         return rc;
     rc = check_header(b, len, &h, path, err, err_len);
@@ -797,7 +886,7 @@ int av__vault_open(av_vault **out, const char *path, const void *pw, size_t pw_l
         set_err(err, err_len, "%s: invalid arguments", path ? path : "vault");
         return AV_ERR_INVALID;
     }
-    int rc = read_file(path, "vault", AV_VAULT_FILE_MAX, 0, &b, &len, err, err_len);
+    int rc = read_file(path, "vault", AV_VAULT_FILE_MAX, 1, &b, &len, err, err_len);
     if (rc != AV_OK)
         return rc;
     if ((rc = check_header(b, len, &h, path, err, err_len)) != AV_OK ||

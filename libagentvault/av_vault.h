@@ -88,7 +88,9 @@ int av__vault_change_password(av_vault *v, const void *pw, size_t pw_len, char *
                               size_t err_len);
 
 /* av__vault_save writes the vault atomically. Returns AV_ERR_IO, AV_ERR_TLS
- * or AV_ERR_NOMEM; the previous file stays intact on failure. */
+ * or AV_ERR_NOMEM; the previous file stays intact on failure. Temporary
+ * files a killed writer left next to it are removed first (those whose
+ * process is gone, or over an hour old; see remove_stale_tmp). */
 int av__vault_save(av_vault *v, char *err, size_t err_len);
 
 /* av__vault_path / av__vault_key_path: the files (key path NULL for a

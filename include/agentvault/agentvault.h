@@ -359,7 +359,9 @@ AV_EXPORT int av_vault_create(av_vault **out, const char *path, const char *pass
  * it and reads its key file. Returns AV_ERR_NOTFOUND (no such vault or key
  * file), AV_ERR_AUTH (wrong password or key file), AV_ERR_CORRUPT (the
  * vault or key file is damaged, truncated, extended or was tampered with),
- * AV_ERR_LIMIT (larger than 64 MiB), AV_ERR_IO, AV_ERR_TLS or
+ * AV_ERR_LIMIT (larger than 64 MiB), AV_ERR_IO (also when the vault or key
+ * file is open to group or others, owned by another user, or |path| ends in
+ * a symbolic link: |err| says which and how to fix it), AV_ERR_TLS or
  * AV_ERR_NOMEM. */
 AV_EXPORT int av_vault_open(av_vault **out, const char *path, const char *password,
                             size_t password_len, char *err, size_t err_len);

@@ -381,3 +381,102 @@ def test_env_password_scrubbed_and_value_not_in_argv(vault):
     assert t.finish() == 0, t.out
     assert value.encode() not in cmdline and value.encode() not in t.out
     assert vault.names() == ["a", "b"]
+
+
+# ---- files ssh would refuse (issue 12, item 8) ------------------------------
+
+def _one_line(p):
+    err = _err(p).strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o606], ids=oct)
+def test_refuses_vault_open_to_group_or_others(vault, mode):
+    vault.set("openai", "sk-" + _secrets.token_hex(8))
+    vault.path.chmod(mode)
+    before = vault.bytes()
+    for args in (("list",), ("set", "other"), ("rm", "openai"), ("passwd",)):
+        p = vault.run(*args, stdin=b"value-" + _secrets.token_bytes(4).hex().encode(),
+                      env=vault.env(AGENTVAULT_NEW_PASSWORD=PW))
+        err = _one_line(p)
+        assert p.returncode == 1, (args, err)
+        assert f"chmod 600 {vault.path}" in err, err
+    # refused, not repaired behind the operator's back
+    assert stat.S_IMODE(vault.path.stat().st_mode) == mode
+    assert vault.bytes() == before
+    vault.path.chmod(0o600)
+    assert vault.names() == ["openai"]
+
+
+def test_refuses_key_file_open_to_others(vault):
+    p = vault.run("set", "tok", "--no-password", stdin=b"token-value", env=vault.env(password=None))
+    assert p.returncode == 0, _err(p)
+    key = vault.path.with_suffix(".key")
+    key.chmod(0o644)
+    p = vault.run("list", env=vault.env(password=None))
+    err = _one_line(p)
+    assert p.returncode == 1 and f"chmod 600 {key}" in err, err
+
+
+def test_refuses_symlinked_vault_and_key_file(vault, tmp_path):
+    vault.set("openai", "sk-" + _secrets.token_hex(8))
+    before = vault.bytes()
+    link = tmp_path / "link.avv"
+    link.symlink_to(vault.path)
+    for args in (["list"], ["set", "x"]):
+        p = _run(args + ["--vault", link], vault.env(), stdin=b"value")
+        err = _one_line(p)
+        assert p.returncode == 1 and str(link) in err and "symbolic link" in err, err
+    assert link.is_symlink() and vault.bytes() == before
+    # a dangling link is not created through either
+    dangling = tmp_path / "dangling.avv"
+    dangling.symlink_to(tmp_path / "nowhere.avv")
+    p = _run(["set", "x", "--vault", dangling], vault.env(AGENTVAULT_NEW_PASSWORD=PW), stdin=b"value")
+    assert p.returncode == 1 and str(dangling) in _one_line(p), _err(p)
+    assert not (tmp_path / "nowhere.avv").exists()
+    # the key file of a key-file vault
+    kv = tmp_path / "k.avv"
+    p = _run(["set", "tok", "--no-password", "--vault", kv], vault.env(password=None), stdin=b"v")
+    assert p.returncode == 0, _err(p)
+    key = tmp_path / "k.key"
+    real = tmp_path / "real.key"
+    key.rename(real)
+    key.symlink_to(real)
+    p = _run(["list", "--vault", kv], vault.env(password=None))
+    err = _one_line(p)
+    assert p.returncode == 1 and str(key) in err and "symbolic link" in err, err
+
+
+def test_refuses_vault_owned_by_another_user(vault, tmp_path):
+    vault.set("openai", "sk-" + _secrets.token_hex(8))
+    if os.geteuid() == 0:
+        os.chown(vault.path, 65534, 65534)
+        path = vault.path
+    else:  # a file someone else (root) owns
+        path = "/etc/hostname"
+        assert os.stat(path).st_uid != os.geteuid()
+    p = _run(["list", "--vault", path], vault.env())
+    err = _one_line(p)
+    assert p.returncode == 1 and str(path) in err and "owned by" in err, err
+
+
+def test_set_removes_stale_temporary_files(vault):
+    vault.set("a", "v1-" + _secrets.token_hex(8))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    d = vault.path.parent
+    name = vault.path.name
+    stale = d / f"{name}.tmp-{dead.pid}-0badc0de"        # its writer is gone
+    old = d / f"{name}.tmp-{os.getpid()}-00c0ffee"        # alive, but hours old
+    live = d / f"{name}.tmp-{os.getpid()}-1badcafe"       # a live writer's
+    other = d / f"other.avv.tmp-{dead.pid}-0badc0de"      # another file's
+    for f in (stale, old, live, other):
+        f.write_bytes(b"partial")
+        f.chmod(0o600)
+    two_hours = time.time() - 7200
+    os.utime(old, (two_hours, two_hours))
+    vault.set("b", "v2-" + _secrets.token_hex(8))
+    assert not stale.exists() and not old.exists()
+    assert live.exists() and other.exists()
+    assert vault.names() == ["a", "b"]

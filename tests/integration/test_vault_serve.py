@@ -143,3 +143,67 @@ def test_sighup_reopens_audit_log(daemon, upstream, secrets, tmp_path):
     assert d.curl("https://api.openai.com/echo").ok().status == 200
     assert len(rotated.read_text().splitlines()) == 1
     assert len(audit.read_text().splitlines()) == 1
+
+
+def _serve(conf, tmp_path, env_pw=PW):
+    env = base_env(tmp_path)
+    env["AGENTVAULT_PASSWORD"] = env_pw
+    return run_cli(["serve", "-c", conf, "--listen", "127.0.0.1:0", "--state-dir", tmp_path / "st"], env=env)
+
+
+def test_serve_refuses_vault_others_can_read(secrets, tmp_path):
+    vault = tmp_path / "v.avv"
+    _secret_set(vault, "openai", V1, tmp_path)
+    vault.chmod(0o640)
+    conf = tmp_path / "a.conf"
+    conf.write_text(_cfg(secrets, vault))
+    p = _serve(conf, tmp_path)
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and f"chmod 600 {vault}" in err, err
+
+
+def test_serve_refuses_symlinked_vault(secrets, tmp_path):
+    vault = tmp_path / "v.avv"
+    _secret_set(vault, "openai", V1, tmp_path)
+    link = tmp_path / "link.avv"
+    link.symlink_to(vault)
+    conf = tmp_path / "a.conf"
+    conf.write_text(_cfg(secrets, link))
+    p = _serve(conf, tmp_path)
+    assert p.returncode == 1, p.stderr
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1 and str(link) in err and "symbolic link" in err, err
+
+
+def test_sighup_refuses_loosened_vault_and_keeps_serving(daemon, upstream, secrets, tmp_path):
+    vault = tmp_path / "v.avv"
+    _secret_set(vault, "openai", V1, tmp_path)
+    d = daemon(_cfg(secrets, vault), env={"AGENTVAULT_PASSWORD": PW})
+    vault.chmod(0o644)
+    d.signal(signal.SIGHUP)
+    _wait_log(d, f"chmod 600 {vault}")
+    assert "reload failed" in d.log_text()
+    assert d.curl("https://api.openai.com/echo").ok().status == 200
+    assert auth_values(upstream.only_request()) == [f"Bearer {V1}"]
+    vault.chmod(0o600)  # teardown: the daemon exits 0
+
+
+def test_check_refuses_what_serve_refuses(secrets, tmp_path):
+    vault = tmp_path / "v.avv"
+    _secret_set(vault, "openai", V1, tmp_path)
+    conf = tmp_path / "a.conf"
+    conf.write_text(_cfg(secrets, vault))
+    env = base_env(tmp_path)  # no password: check never decrypts
+    p = run_cli(["check", "-c", conf], env=env)
+    assert p.returncode == 0, p.stderr
+    vault.chmod(0o604)
+    p = run_cli(["check", "-c", conf], env=env)
+    err = p.stderr.strip()
+    assert p.returncode == 1 and len(err.splitlines()) == 1 and f"chmod 600 {vault}" in err, err
+    link = tmp_path / "link.avv"
+    link.symlink_to(vault)
+    vault.chmod(0o600)
+    conf.write_text(_cfg(secrets, link))
+    p = run_cli(["check", "-c", conf], env=env)
+    assert p.returncode == 1 and "symbolic link" in p.stderr, p.stderr

@@ -691,7 +691,7 @@ static void secret_now(void *ud, const char *name, av_secret_request *req)
         av_secret_request_fail(req, "test_embed knows only apikey");
 }
 
-enum { CFG_LISTEN = 1, CFG_GATEWAY = 2 };
+enum { CFG_LISTEN = 1, CFG_GATEWAY = 2, CFG_CAP2 = 4 };
 
 /* make_cfg builds the configuration of every test, through
  * av_config_add_section: the resolve pins, the test CA, a callback: and
@@ -704,8 +704,19 @@ static av_config *make_cfg(int flags, av_secret_fn fn, void *ud)
     char r1[96], r2[96];
     snprintf(r1, sizeof(r1), "api.test:443:127.0.0.1:%d", g_origin.port);
     snprintf(r2, sizeof(r2), "env.test:443:127.0.0.1:%d", g_origin.port);
-    const char *proxy[] = {"state_dir", g_state, "resolve", r1, "resolve", r2, "upstream_cacert", g_cafile,
-                           (flags & CFG_LISTEN) ? "listen" : NULL, "127.0.0.1:0", NULL};
+    const char *proxy[16] = {"state_dir", g_state, "resolve", r1, "resolve", r2, "upstream_cacert", g_cafile};
+    size_t np = 8;
+    if (flags & CFG_LISTEN) {
+        proxy[np++] = "listen";
+        proxy[np++] = "127.0.0.1:0";
+    }
+    if (flags & CFG_CAP2) {
+        proxy[np++] = "max_connections";
+        proxy[np++] = "2";
+        proxy[np++] = "header_timeout"; /* an idle accepted connection stays */
+        proxy[np++] = "60";
+    }
+    proxy[np] = NULL;
     const char *api[] = {"host", "api.test", "auth", "bearer", "secret", "callback:apikey", NULL};
     const char *env[] = {"host", "env.test", "auth", "bearer", "secret", "env:" ENV_KEY_VAR, NULL};
     const char *gw[] = {"listen", "127.0.0.1:0", "upstream", "https://api.test", NULL};
@@ -923,6 +934,56 @@ static void stream_keepalive(void **state)
     /* The upstream connection was reused for all of them. */
     assert_int_equal(k1.conns - k0.conns, 1);
     close(c.fd);
+    assert_int_equal(av_ctx_stop(ctx, 1.0), AV_OK);
+    av_ctx_free(ctx);
+}
+
+/* [proxy] max_connections covers the embedding API: a stream or an API
+ * gateway connection over the cap is closed at once; below it again, new
+ * ones are served. */
+static int closed_within_3s(int fd)
+{
+    struct timeval tv = {.tv_sec = 3};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    return peer_closed(fd);
+}
+
+static void api_connections_capped(void **state)
+{
+    (void)state;
+    av_ctx *ctx = new_ctx(CFG_CAP2);
+    assert_int_equal(av_ctx_start(ctx), AV_OK);
+    char err[300] = "";
+    client a, b, c, g;
+    resp r;
+    if (stream_connect(ctx, "https://api.test", &a, err, sizeof(err)) < 0 ||
+        exchange(&a, "/a", 0, &r, err, sizeof(err)) < 0 ||
+        stream_connect(ctx, "https://api.test", &b, err, sizeof(err)) < 0 ||
+        exchange(&b, "/b", 0, &r, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    /* the third stream: handed out, then closed by the context */
+    if (stream_connect(ctx, "https://api.test", &c, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    assert_true(closed_within_3s(c.fd));
+    close(c.fd);
+    /* an API gateway's connection over the cap */
+    if (gw_connect(ctx, "https://env.test", &g, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    assert_true(closed_within_3s(g.fd));
+    close(g.fd);
+    /* one of the two goes: a new stream is served */
+    close(a.fd);
+    int served = 0;
+    for (int i = 0; i < 100 && !served; i++) {
+        if (stream_connect(ctx, "https://api.test", &c, err, sizeof(err)) < 0)
+            fail_msg("%s", err);
+        served = exchange(&c, "/c", 0, &r, err, sizeof(err)) == 0;
+        close(c.fd);
+        if (!served)
+            sleep_ms(20);
+    }
+    assert_true(served);
+    close(b.fd);
     assert_int_equal(av_ctx_stop(ctx, 1.0), AV_OK);
     av_ctx_free(ctx);
 }
@@ -1555,6 +1616,7 @@ int main(void)
         cmocka_unit_test_teardown(bad_arguments, test_teardown),
         cmocka_unit_test_teardown(start_gateway_injects, test_teardown),
         cmocka_unit_test_teardown(stream_keepalive, test_teardown),
+        cmocka_unit_test_teardown(api_connections_capped, test_teardown),
         cmocka_unit_test_teardown(threads_open_concurrently, test_teardown),
         cmocka_unit_test_teardown(stop_drains_and_joins, test_teardown),
         cmocka_unit_test_teardown(shorter_shutdown_cuts_drain, test_teardown),

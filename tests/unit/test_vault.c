@@ -13,6 +13,7 @@
 #include <ftw.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -498,13 +499,7 @@ static void file_modes_0600(void **state)
     assert_int_equal(stat(path_in("v.avv"), &st), 0);
     assert_int_equal(st.st_mode & 07777, 0600);
     av__vault_free(v);
-    /* a group-readable vault is re-written 0600 */
-    chmod(path_in("v.avv"), 0644);
-    assert_int_equal(av__vault_open(&v, path_in("v.avv"), PW, PW_LEN, g_err, sizeof(g_err)), AV_OK);
-    save_ok(v);
-    av__vault_free(v);
-    assert_int_equal(stat(path_in("v.avv"), &st), 0);
-    assert_int_equal(st.st_mode & 07777, 0600);
+    /* a group-readable vault is refused (refuse_like_ssh), not re-written */
 
     assert_int_equal(av__vault_create(&v, path_in("k.avv"), NULL, 0, 1, g_err, sizeof(g_err)), AV_OK);
     assert_int_equal(stat(path_in("k.avv"), &st), 0);
@@ -621,6 +616,122 @@ static void crash_during_write_keeps_old_file(void **state)
     assert_int_equal(count_tmp(), 1);
     assert_int_equal(open_rc("v.avv", PW, PW_LEN), AV_OK);
     free(orig);
+    /* the next save removes it: its writer is gone */
+    av_vault *v = NULL;
+    assert_int_equal(av__vault_open(&v, path_in("v.avv"), PW, PW_LEN, g_err, sizeof(g_err)), AV_OK);
+    set_ok(v, "after", "crash");
+    save_ok(v);
+    av__vault_free(v);
+    assert_int_equal(count_tmp(), 0);
+}
+
+/* tmp_name formats a temporary file name of |rel| for |pid|. */
+static const char *tmp_name(const char *rel, long pid, const char *hex)
+{
+    static char b[8][600];
+    static int k;
+    char *o = b[k++ % 8];
+    snprintf(o, 600, "%s/%s.tmp-%ld-%s", g_tmp, rel, pid, hex);
+    return o;
+}
+
+static void stale_tmp_files_only(void **state)
+{
+    (void)state;
+    size_t len;
+    free(small_vault("v.avv", &len));
+    pid_t dead = fork();
+    assert_true(dead >= 0);
+    if (dead == 0)
+        _exit(0);
+    assert_int_equal(waitpid(dead, NULL, 0), dead);
+    const char *stale = tmp_name("v.avv", dead, "0badc0de");
+    const char *aged = tmp_name("v.avv", getppid(), "00c0ffee");
+    const char *live = tmp_name("v.avv", getppid(), "1badcafe");
+    const char *other = tmp_name("w.avv", dead, "0badc0de");
+    const char *odd = tmp_name("v.avv", dead, "nothex!!");
+    const char *files[] = {stale, aged, live, other, odd};
+    for (size_t i = 0; i < 5; i++)
+        write_all(files[i], (const uint8_t *)"partial", 7);
+    struct timespec times[2] = {{.tv_sec = time(NULL) - 7200}, {.tv_sec = time(NULL) - 7200}};
+    assert_int_equal(utimensat(AT_FDCWD, aged, times, 0), 0);
+    /* a symbolic link with a stale name is not a temporary file */
+    char linkname[600];
+    snprintf(linkname, sizeof(linkname), "%s", tmp_name("v.avv", dead, "5ca1ab1e"));
+    assert_int_equal(symlink(live, linkname), 0);
+    av_vault *v = NULL;
+    assert_int_equal(av__vault_open(&v, path_in("v.avv"), PW, PW_LEN, g_err, sizeof(g_err)), AV_OK);
+    save_ok(v);
+    av__vault_free(v);
+    struct stat st;
+    assert_int_equal(lstat(stale, &st), -1);
+    assert_int_equal(lstat(aged, &st), -1);
+    assert_int_equal(lstat(live, &st), 0);
+    assert_int_equal(lstat(other, &st), 0);
+    assert_int_equal(lstat(odd, &st), 0);
+    assert_int_equal(lstat(linkname, &st), 0);
+}
+
+/* ---- files ssh would refuse ---------------------------------------------- */
+
+/* refused: av__vault_open and av__vault_probe both refuse |rel|
+ * with one line naming it and containing |want|. */
+static void refused(const char *rel, const char *pw, size_t pw_len, const char *want)
+{
+    assert_int_equal(open_rc(rel, pw, pw_len), AV_ERR_IO);
+    if (!strstr(g_err, want))
+        fail_msg("\"%s\" not in \"%s\"", want, g_err);
+    g_err[0] = '\0';
+    assert_int_equal(av__vault_probe(path_in(rel), g_err, sizeof(g_err)), AV_ERR_IO);
+    if (!strstr(g_err, want))
+        fail_msg("probe: \"%s\" not in \"%s\"", want, g_err);
+}
+
+static void refuse_like_ssh(void **state)
+{
+    (void)state;
+    size_t len;
+    free(small_vault("v.avv", &len));
+    static const mode_t modes[] = {0644, 0640, 0604, 0620, 0602, 0610, 0601, 0660, 0666, 0607};
+    char want[600];
+    snprintf(want, sizeof(want), "chmod 600 %s", path_in("v.avv"));
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
+        assert_int_equal(chmod(path_in("v.avv"), modes[i]), 0);
+        refused("v.avv", PW, PW_LEN, want);
+    }
+    assert_int_equal(chmod(path_in("v.avv"), 0400), 0);
+    assert_int_equal(open_rc("v.avv", PW, PW_LEN), AV_OK);
+    assert_int_equal(chmod(path_in("v.avv"), 0600), 0);
+    assert_int_equal(open_rc("v.avv", PW, PW_LEN), AV_OK);
+
+    /* reached through a symbolic link in its last component */
+    assert_int_equal(symlink(path_in("v.avv"), path_in("link.avv")), 0);
+    refused("link.avv", PW, PW_LEN, "symbolic link");
+    /* a link in the directory part is the operator's choice */
+    assert_int_equal(symlink(g_tmp, path_in("dirlink")), 0);
+    assert_int_equal(open_rc("dirlink/v.avv", PW, PW_LEN), AV_OK);
+
+    /* owned by another user (root can hand it over to test this) */
+    if (geteuid() == 0) {
+        assert_int_equal(chown(path_in("v.avv"), 65534, 65534), 0);
+        refused("v.avv", PW, PW_LEN, "owned by uid 65534");
+        assert_int_equal(chown(path_in("v.avv"), 0, 0), 0);
+    }
+
+    /* the key file of a key-file vault */
+    av_vault *v = NULL;
+    assert_int_equal(av__vault_create(&v, path_in("k.avv"), NULL, 0, 1, g_err, sizeof(g_err)), AV_OK);
+    av__vault_free(v);
+    assert_int_equal(chmod(path_in("k.key"), 0604), 0);
+    snprintf(want, sizeof(want), "chmod 600 %s", path_in("k.key"));
+    assert_int_equal(open_rc("k.avv", NULL, 0), AV_ERR_IO);
+    assert_non_null(strstr(g_err, want));
+    assert_int_equal(chmod(path_in("k.key"), 0600), 0);
+    assert_int_equal(rename(path_in("k.key"), path_in("real.key")), 0);
+    assert_int_equal(symlink(path_in("real.key"), path_in("k.key")), 0);
+    assert_int_equal(open_rc("k.avv", NULL, 0), AV_ERR_IO);
+    assert_non_null(strstr(g_err, "symbolic link"));
+    assert_non_null(strstr(g_err, path_in("k.key")));
 }
 
 /* ---- key-file mode ------------------------------------------------------ */
@@ -996,6 +1107,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(file_modes_0600, setup, teardown),
         cmocka_unit_test_setup_teardown(atomic_save_failure_keeps_old_file, setup, teardown),
         cmocka_unit_test_setup_teardown(crash_during_write_keeps_old_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(stale_tmp_files_only, setup, teardown),
+        cmocka_unit_test_setup_teardown(refuse_like_ssh, setup, teardown),
         cmocka_unit_test_setup_teardown(no_password_key_file, setup, teardown),
         cmocka_unit_test_setup_teardown(create_refuses_existing_and_bad_args, setup, teardown),
         cmocka_unit_test_setup_teardown(limits, setup, teardown),
