@@ -97,6 +97,7 @@ struct av_exchange {
     size_t nrqf;
     uint32_t m_off, m_len, t_off, t_len;
     const char *inj_name;     /* the injected field: never indexed in HPACK */
+    int inj_alt;              /* inject the service's auth_alt form (the agent sent its header) */
     av_resolver_wait *swait;  /* the credential is being resolved (command:) */
     int secret_ready;         /* ... and its answer is in: inject now */
     int req_framing;          /* RB_* */
@@ -843,7 +844,8 @@ typedef struct x_req_in {
 } x_req_in;
 
 /* Is this agent field one we never forward upstream? */
-static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name, int ws_frame)
+static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name,
+                                const char *alt_name, int ws_frame)
 {
     if (ws_frame && av__h1_name_eq(f, "sec-websocket-extensions"))
         return 1; /* frame mode reads frames: no compression negotiated */
@@ -857,6 +859,8 @@ static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const 
         return 1; /* extended CONNECT has none; we make our own */
     if (inject_name && av__h1_name_eq(f, inject_name))
         return 1;
+    if (alt_name && av__h1_name_eq(f, alt_name))
+        return 1; /* the other credential header: its placeholder never reaches the origin */
     return 0;
 }
 
@@ -881,6 +885,7 @@ static void b64_encode(const uint8_t *in, size_t len, char *out)
 static int x_choose_upstream(av_exchange *x);
 static int x_inject(av_exchange *x);
 static const char *inject_name_of(const av_service *svc);
+static const char *alt_name_of(const av_service *svc);
 static int x_find_placeholders(av_exchange *x);
 static int x_limit_accept_encoding(av_exchange *x);
 
@@ -1004,7 +1009,12 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
      * fields are joined again (RFC 9113 8.2.3). The credential is added by
      * x_inject once it is resolved. */
     const char *inj_name = svc ? inject_name_of(svc) : NULL;
-    x->inj_name = inj_name;
+    const char *alt_name = svc ? alt_name_of(svc) : NULL;
+    /* auth_alt: the credential goes in the header the agent used; the main
+     * one when it sent both or neither. Every copy of both is dropped. */
+    x->inj_alt = alt_name && !av__h1_find(in->fields, in->nfields, inj_name) &&
+                 av__h1_find(in->fields, in->nfields, alt_name);
+    x->inj_name = x->inj_alt ? alt_name : inj_name;
     av__buf_init(&x->rq, AV_HEAD_MAX + 8192);
     int rc = rq_put(x, in->method, in->method_len, &x->m_off);
     x->m_len = (uint32_t)in->method_len;
@@ -1014,7 +1024,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     size_t ncookies = 0;
     for (size_t i = 0; i < in->nfields && !rc; i++) {
         const av_h1_field *f = &in->fields[i];
-        if (x_skip_request_field(in, f, inj_name, x->ws_frame))
+        if (x_skip_request_field(in, f, inj_name, alt_name, x->ws_frame))
             continue;
         if (x->sid && av__h1_name_eq(f, "cookie")) {
             ncookies++;
@@ -1252,6 +1262,20 @@ static const char *inject_name_of(const av_service *svc)
     }
 }
 
+/* The name of the field of a service's auth_alt form (NULL: none). */
+static const char *alt_name_of(const av_service *svc)
+{
+    switch (svc->auth_alt) {
+    case AV_AUTH_BEARER:
+    case AV_AUTH_BASIC:
+        return "Authorization";
+    case AV_AUTH_HEADER:
+        return svc->auth_alt_name;
+    default:
+        return NULL;
+    }
+}
+
 static void x_secret_ready(void *ud)
 {
     av_exchange *x = ud;
@@ -1303,6 +1327,10 @@ static int x_inject(av_exchange *x)
     if (svc->auth == AV_AUTH_QUERY) {
         inj_target = av__inject_query(svc, secret, rq_ptr(x, x->t_off), x->t_len);
         irc = inj_target ? AV_OK : AV_ERR_NOMEM;
+    } else if (x->inj_alt) {
+        av_service alt = {.auth = svc->auth_alt, .auth_name = svc->auth_alt_name,
+                          .auth_template = svc->auth_alt_template};
+        irc = av__inject_header(&alt, secret, &inj_name, &inj_value);
     } else {
         irc = av__inject_header(svc, secret, &inj_name, &inj_value);
     }
