@@ -519,7 +519,7 @@ class Stack:
     # -- set-up ----------------------------------------------------------------
     def add_origin(self, name, *, host=None, auth="bearer", accept=None, app=None,
                    alpn=("h2", "http/1.1"), websocket=True, service=True, gateway=True,
-                   service_extra="", key=None):
+                   service_extra="", key=None, env_var=None):
         """Starts a FakeOrigin at NAME.compat.test (or `host`) whose key is a
         fresh random secret given to the daemon as $COMPAT_<NAME>_KEY, with a
         [service] using `auth` and a [gateway "NAME"] to it. `accept`
@@ -527,7 +527,7 @@ class Stack:
         assert self.daemon is None, "add origins before start()"
         host = host or f"{name}.compat.test"
         key = key or f"sk-real-{name}-" + _secrets.token_hex(16)
-        env_var = "COMPAT_" + name.upper().replace("-", "_") + "_KEY"
+        env_var = env_var or "COMPAT_" + name.upper().replace("-", "_") + "_KEY"
         check = KeyCheck(key, accept if accept is not None else auth_accept(auth, key))
         srv = FakeOrigin(name, host, self.leaf_pem, self.leaf_key, check, app, alpn,
                          websocket).start()
@@ -552,16 +552,22 @@ class Stack:
         return "\n".join(lines) + "\n"
 
     def start(self, extra_config="", config=None, env=None, args=()):
-        """Starts the daemon (config: default config_text(extra_config))."""
+        """Starts the daemon (config: default config_text(extra_config);
+        config=False: no -c, the embedded default, whose services come from
+        the origins' env_var names: OPENAI_API_KEY, ANTHROPIC_API_KEY,
+        GITHUB_TOKEN)."""
         binary = avd.require_binary()
         dwork = self.work / "daemon"
         dwork.mkdir(exist_ok=True)
         home = dwork / "home"
         home.mkdir(exist_ok=True)
-        conf = dwork / "agentvault.conf"
-        conf.write_text(config if config is not None else self.config_text(extra_config))
+        cmd = [str(binary), "serve"]
+        if config is not False:
+            conf = dwork / "agentvault.conf"
+            conf.write_text(config if config is not None else self.config_text(extra_config))
+            cmd += ["-c", str(conf)]
         self.state_dir = dwork / "state"
-        cmd = [str(binary), "serve", "-c", str(conf), "--listen", "127.0.0.1:0",
+        cmd += ["--listen", "127.0.0.1:0",
                "--state-dir", str(self.state_dir), "--upstream-cacert", str(self.ca_pem),
                "--log-level", "debug"]
         for o in self.origins.values():
