@@ -36,7 +36,7 @@ ORIGIN_DNS_NAMES = ["compat.test", "*.compat.test", "api.openai.com", "api.anthr
                     "api.github.com", "github.com", "localhost"]
 IO_TIMEOUT = 20.0
 CLIENT_TIMEOUT = 120.0
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC11B85"
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Dummy credentials clients are given; none may reach an origin.
 DUMMY_KEYS = ("agentvault-placeholder", "sk-compat-dummy", "compat-dummy-key")
 
@@ -182,6 +182,10 @@ class _PipeSock:
     def recv(self, _n):
         deadline = time.monotonic() + IO_TIMEOUT
         while True:
+            if not self.pipe.eof:
+                # records that came with the end of the handshake are still
+                # in the TLS object: TlsPipe decrypts only after a socket read
+                self.pipe._decrypt()
             data = self.pipe.take()
             if data:
                 return data
@@ -327,6 +331,7 @@ class FakeOrigin(ThreadedOrigin):
                 with self.lock:
                     self.errors.append(f"TLS handshake: {e!r}")
                 return
+            pipe._decrypt()  # data that arrived with the handshake's last flight
             if pipe.alpn == "h2":
                 _H2Conn(self, pipe, cid).run()
             else:
