@@ -540,6 +540,22 @@ class Stack:
         self.origins[name] = o
         return o
 
+    def new_key(self, name):
+        """A fresh random key for origin NAME (for add_external_origin)."""
+        return f"sk-real-{name}-" + _secrets.token_hex(16)
+
+    def add_external_origin(self, name, server, key, *, host=None, auth="bearer",
+                            service=True, gateway=True, service_extra="", env_var=None):
+        """Like add_origin for a server of the test's own (e.g. a grpcio
+        server): it must have .port (TLS on 127.0.0.1), .stop() and
+        .assert_all_keyed(at_least); the test started it with `key`."""
+        assert self.daemon is None, "add origins before start()"
+        host = host or f"{name}.compat.test"
+        env_var = env_var or "COMPAT_" + name.upper().replace("-", "_") + "_KEY"
+        o = Origin(name, host, key, env_var, auth, server, service, gateway, service_extra)
+        self.origins[name] = o
+        return o
+
     def config_text(self, extra=""):
         lines = ["[proxy]", "unmatched = deny", f"audit = {self.work / 'audit.jsonl'}", ""]
         for o in self.origins.values():

@@ -2,6 +2,7 @@
 
     pyclient.py requests|urllib|httpx|httpx-h2|aiohttp URL
     pyclient.py aiohttp-ws URL
+    pyclient.py grpc HOST:PORT tls|insecure
 
 Each POSTs a small JSON body with a dummy key (the real one is the proxy's
 business), checks that the fake origin's echo saw the same body, and prints
@@ -96,8 +97,30 @@ def main():
         asyncio.run(run_aiohttp(url))
     elif mode == "aiohttp-ws":
         asyncio.run(run_aiohttp_ws(url))
+    elif mode == "grpc":
+        run_grpc(url, sys.argv[3])
     else:
         raise SystemExit(f"unknown mode {mode}")
+
+
+def run_grpc(target, secure):
+    """One unary call to /compat.Echo/Say (raw bytes, no generated code)."""
+    import grpc
+    if secure == "tls":
+        # the roots: GRPC_DEFAULT_SSL_ROOTS_FILE_PATH; the proxy: https_proxy
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials())
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
+        say = channel.unary_unary("/compat.Echo/Say")
+        reply, call = say.with_call(b"ping", metadata=[("authorization", "Bearer sk-compat-dummy")],
+                                    timeout=30)
+        if reply != b"pong:ping":
+            raise SystemExit(f"unexpected reply {reply[:80]!r}")
+        trailers = dict(call.trailing_metadata() or ())
+        if trailers.get("compat-trailer") != "kept":
+            raise SystemExit(f"trailing metadata lost: {trailers}")
+    print(json.dumps({"ok": True, "http_version": "HTTP/2"}))
 
 
 if __name__ == "__main__":
