@@ -36,6 +36,7 @@ ORIGIN_DNS_NAMES = ["compat.test", "*.compat.test", "api.openai.com", "api.anthr
                     "api.github.com", "github.com", "localhost"]
 IO_TIMEOUT = 20.0
 CLIENT_TIMEOUT = 120.0
+EXCHANGE_RE = __import__("re").compile(r" exchange method=\S+ host=(\S+) .* proto=(\S+)")
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 # Dummy credentials clients are given; none may reach an origin.
 DUMMY_KEYS = ("agentvault-placeholder", "sk-compat-dummy", "compat-dummy-key")
@@ -640,10 +641,19 @@ class Stack:
 
     # -- matrix ------------------------------------------------------------------
     def audit_records(self):
+        """The daemon's audit records; for a daemon without an audit log (the
+        embedded default), the same fields from its exchange log lines."""
         p = self.work / "audit.jsonl"
-        if not p.exists():
+        if p.exists():
+            return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        if self.daemon is None:
             return []
-        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+        out = []
+        for line in self.daemon.log_text().splitlines():
+            m = EXCHANGE_RE.search(line)
+            if m:
+                out.append({"host": m.group(1), "proto": m.group(2)})
+        return out
 
     @contextlib.contextmanager
     def case(self, client, mode, origin=None, note=""):

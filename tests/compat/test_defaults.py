@@ -32,7 +32,8 @@ def test_default_service_takes_the_clients_header(stack, svc, sent, hname, hval)
                          accept=[(hname, hval.format(k=key))])
     stack.start(config=False)
     curl = compat.which("curl")
-    with stack.case(f"default {svc} ({sent.split('$')[0].strip()})", "proxy", o):
+    form = sent.split("$")[0].strip().rstrip(":")
+    with stack.case(f"default {svc} service, {form}", "proxy", o):
         script = (f'test -n "${var}" && case "${var}" in agentvault-placeholder*) ;; '
                   f'*) echo "run did not set the placeholder" >&2; exit 3;; esac; '
                   f'exec {curl} -sS --fail -H "{sent.replace("V", var)}" https://{host}/v1/x')
