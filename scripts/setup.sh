@@ -14,13 +14,13 @@ PACKAGES=(
   curl git nodejs nghttp2-client nghttp2-server
   python3 python3-pytest python3-pytest-timeout python3-httpx python3-websockets python3-h2
   python3-hyperframe python3-cryptography
-  # compat suite clients (tests/compat): Python HTTP/WebSocket/gRPC clients, pip, Go
-  python3-requests python3-aiohttp python3-grpcio python3-pip golang-go
   # bindings: Rust (cargo --offline, no external crates); Node uses the
   # nodejs package's own headers (/usr/include/node)
   cargo rustc
   # bench smoke (bench/run.py --smoke): origin and peer proxy
   nginx mitmproxy
+  # compat suite clients (tests/compat): Python HTTP/WebSocket/gRPC clients, pip, Go
+  python3-requests python3-aiohttp python3-grpcio python3-pip golang-go
 )
 
 SUDO=""
