@@ -63,3 +63,27 @@ def test_aiohttp_websocket(stack, where):
         assert [r.websocket for r in o.server.snapshot()] == [True]
         assert len(o.server.ws_messages) == 3
         info["note"] = "WebSocket"
+
+
+def test_websockets_library_through_gateway(stack):
+    """Python `websockets` (Debian's 10.x) has no proxy support: a gateway
+    is the way (ws:// to the gateway, wss:// with the key to the origin)."""
+    o = stack.add_origin("pyws")
+    stack.start()
+    with stack.case("Python websockets 10.x", "gateway", o, note="WebSocket; no proxy support"):
+        gw = stack.gateway_url("pyws").replace("http://", "ws://")
+        _run(stack, "websockets", f"{gw}/v1/realtime", False)
+        o.server.assert_all_keyed(1)
+        assert len(o.server.ws_messages) == 2
+
+
+def test_websockets_library_ignores_the_proxy(stack):
+    """The limit the README states: under `agentvault run` websockets 10.x
+    connects directly (here: the fake host does not resolve) and the proxy
+    sees nothing."""
+    o = stack.add_origin("pyws")
+    stack.start()
+    r = stack.run_proxied([PY, CLIENT, "websockets", f"wss://{o.host}/v1/realtime"])
+    assert r.returncode != 0, r.stdout
+    assert o.server.snapshot() == []
+    assert not any(f"host={o.host}" in line for line in stack.daemon.log_text().splitlines())

@@ -1,7 +1,7 @@
 """Python HTTP clients of the compat suite, one per subcommand:
 
     pyclient.py requests|urllib|httpx|httpx-h2|aiohttp URL
-    pyclient.py aiohttp-ws URL
+    pyclient.py aiohttp-ws|websockets URL
     pyclient.py grpc HOST:PORT tls|insecure
 
 Each POSTs a small JSON body with a dummy key (the real one is the proxy's
@@ -85,6 +85,18 @@ async def run_aiohttp_ws(url):
     print(json.dumps({"ok": True, "http_version": "HTTP/1.1+ws"}))
 
 
+async def run_websockets(url):
+    """The `websockets` library (10.x: no proxy support of its own)."""
+    import websockets
+    async with websockets.connect(url, extra_headers=DUMMY, open_timeout=20) as ws:
+        for m in ("hello over the vault", "y" * 70000):
+            await ws.send(m)
+            got = await asyncio.wait_for(ws.recv(), 30)
+            if got != m:
+                raise SystemExit(f"echo mismatch: {str(got)[:80]!r}")
+    print(json.dumps({"ok": True, "http_version": "HTTP/1.1+ws"}))
+
+
 def main():
     mode, url = sys.argv[1], sys.argv[2]
     if mode == "requests":
@@ -97,6 +109,8 @@ def main():
         asyncio.run(run_aiohttp(url))
     elif mode == "aiohttp-ws":
         asyncio.run(run_aiohttp_ws(url))
+    elif mode == "websockets":
+        asyncio.run(run_websockets(url))
     elif mode == "grpc":
         run_grpc(url, sys.argv[3])
     else:
