@@ -57,7 +57,8 @@ def main(argv):
         for t in [head] + table:
             print("  ".join(str(x).ljust(n) for x, n in zip(t, w)).rstrip())
     failed = sum(1 for r in rows if not r["ok"])
-    print(f"\n{len(rows) - failed} passed, {failed} failed" if not md else "")
+    if not md:
+        print(f"\n{len(rows) - failed} passed, {failed} failed")
     return 1 if failed or not rows else 0
 
 
