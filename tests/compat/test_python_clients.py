@@ -1,7 +1,6 @@
 """Python HTTP clients (Debian's python3-requests, -httpx, -aiohttp, and
 urllib) in proxy mode (`agentvault run`) and gateway mode (base URL)."""
 import json
-import sys
 
 import pytest
 
