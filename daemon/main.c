@@ -143,15 +143,17 @@ static int mkdir_p(const char *path)
     return 0;
 }
 
-/* The embedded default: one service per well-known key in the environment. */
+/* The embedded default: one service per well-known key in the environment.
+ * alt: a second header the key may arrive in (auth_alt): Claude Code sends
+ * x-api-key, the Anthropic SDK >= 1.0 Authorization: Bearer. */
 static int build_default_config(av_config *cfg, int *nservices)
 {
     static const struct {
-        const char *env, *name, *host, *auth;
+        const char *env, *name, *host, *auth, *alt;
     } known[] = {
-        {"OPENAI_API_KEY", "openai", "api.openai.com", "bearer"},
-        {"ANTHROPIC_API_KEY", "anthropic", "api.anthropic.com", "header x-api-key \"{secret}\""},
-        {"GITHUB_TOKEN", "github", "api.github.com", "bearer"},
+        {"OPENAI_API_KEY", "openai", "api.openai.com", "bearer", NULL},
+        {"ANTHROPIC_API_KEY", "anthropic", "api.anthropic.com", "header x-api-key \"{secret}\"", "bearer"},
+        {"GITHUB_TOKEN", "github", "api.github.com", "bearer", NULL},
     };
     char text[2048];
     size_t off = (size_t)snprintf(text, sizeof(text), "[proxy]\nunmatched = passthrough\n");
@@ -161,8 +163,9 @@ static int build_default_config(av_config *cfg, int *nservices)
         if (!v || !*v)
             continue;
         off += (size_t)snprintf(text + off, sizeof(text) - off,
-                                "\n[service \"%s\"]\nhost = %s\nauth = %s\nsecret = env:%s\n", known[i].name,
-                                known[i].host, known[i].auth, known[i].env);
+                                "\n[service \"%s\"]\nhost = %s\nauth = %s\n%s%s%ssecret = env:%s\n",
+                                known[i].name, known[i].host, known[i].auth, known[i].alt ? "auth_alt = " : "",
+                                known[i].alt ? known[i].alt : "", known[i].alt ? "\n" : "", known[i].env);
         (*nservices)++;
     }
     return av_config_load_string(cfg, text, off, "<embedded default>");

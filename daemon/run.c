@@ -74,15 +74,19 @@ typedef struct {
     size_t body_len;
 } http_resp;
 
-/* Variables whose value is the bundle (system roots + our root). */
+/* Variables whose value is the bundle (system roots + our root). grpcio
+ * ignores SSL_CERT_FILE and reads only GRPC_DEFAULT_SSL_ROOTS_FILE_PATH. */
 static const char *const bundle_vars[] = {
     "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
     "PIP_CERT", "AWS_CA_BUNDLE", "NPM_CONFIG_CAFILE", "DENO_CERT",
+    "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH",
 };
 /* Variables whose value is our root alone (added to the built-in roots). */
 static const char *const root_vars[] = {"NODE_EXTRA_CA_CERTS", "CODEX_CA_CERTIFICATE"};
+/* The proxy URL; aiohttp reads WSS_PROXY/WS_PROXY for ws(s):// URLs. */
 static const char *const proxy_vars[] = {
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+    "WSS_PROXY", "wss_proxy", "WS_PROXY", "ws_proxy",
 };
 /* /agent-env may not set these: they change how programs load or find
  * code, or they are set by run itself. */

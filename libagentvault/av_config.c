@@ -18,6 +18,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <ctype.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -42,7 +43,7 @@ enum {
     K_METHODS = 1u << 12, K_AUTH = 1u << 13, K_SECRET = 1u << 14,
     K_WEBSOCKET = 1u << 15, K_PLACEHOLDER = 1u << 16, K_PLACEHOLDER_IN = 1u << 17,
     K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6, K_SECRET_TTL = 1u << 7,
-    K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20, K_VAULT = 1u << 21
+    K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20, K_VAULT = 1u << 21, K_AUTH_ALT = 1u << 22
 };
 
 typedef struct parser {
@@ -464,6 +465,8 @@ static void service_clear(av_service *s)
     av__free(s->path_glob);
     av__free(s->auth_name);
     av__free(s->auth_template);
+    av__free(s->auth_alt_name);
+    av__free(s->auth_alt_template);
     av__free(s->secret_ref);
     av__free(s->placeholder);
     av__free(s->agent_env);
@@ -634,10 +637,12 @@ av_config *av__config_copy(const av_config *src)
             av_service *d = &c->services[i];
             *d = *s;
             d->name = d->host = d->path_glob = d->auth_name = d->auth_template = d->secret_ref = NULL;
-            d->placeholder = d->agent_env = NULL;
+            d->placeholder = d->agent_env = d->auth_alt_name = d->auth_alt_template = NULL;
             if (dup_opt(&d->name, s->name) || dup_opt(&d->host, s->host) ||
                 dup_opt(&d->path_glob, s->path_glob) || dup_opt(&d->auth_name, s->auth_name) ||
                 dup_opt(&d->auth_template, s->auth_template) ||
+                dup_opt(&d->auth_alt_name, s->auth_alt_name) ||
+                dup_opt(&d->auth_alt_template, s->auth_alt_template) ||
                 dup_opt(&d->secret_ref, s->secret_ref) || dup_opt(&d->placeholder, s->placeholder) ||
                 dup_opt(&d->agent_env, s->agent_env))
                 goto fail;
@@ -1004,6 +1009,20 @@ static int count_secret(const char *t)
     return count;
 }
 
+/* auth_header_name is the header an auth form sends (NULL for query). */
+static const char *auth_header_name(int kind, const char *name)
+{
+    switch (kind) {
+    case AV_AUTH_BEARER:
+    case AV_AUTH_BASIC:
+        return "Authorization";
+    case AV_AUTH_HEADER:
+        return name;
+    default:
+        return NULL;
+    }
+}
+
 /* parse_auth fills the auth fields of |svc| from an auth value. */
 static int parse_auth(parser *p, av_service *svc, const char *v, size_t n)
 {
@@ -1162,6 +1181,7 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         {"methods", K_METHODS}, {"auth", K_AUTH}, {"secret", K_SECRET},
         {"websocket", K_WEBSOCKET}, {"placeholder", K_PLACEHOLDER},
         {"placeholder_in", K_PLACEHOLDER_IN}, {"agent_env", K_AGENT_ENV},
+        {"auth_alt", K_AUTH_ALT},
     };
     unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "service", NULL, k, kl);
     if (!bit)
@@ -1200,6 +1220,21 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return parse_methods(p, v, vl, &s->methods);
     case K_AUTH:
         return parse_auth(p, s, v, vl);
+    case K_AUTH_ALT: {
+        /* parsed like auth, into a scratch service, then moved */
+        av_service alt;
+        memset(&alt, 0, sizeof(alt));
+        int rc = parse_auth(p, &alt, v, vl);
+        if (rc != AV_OK) {
+            service_clear(&alt);
+            return rc;
+        }
+        s->auth_alt = alt.auth;
+        s->auth_alt_name = alt.auth_name;
+        s->auth_alt_template = alt.auth_template;
+        s->auth_alt_line = p->line;
+        return AV_OK;
+    }
     case K_WEBSOCKET:
         if (word_eq(v, vl, "on"))
             s->websocket_off = 0;
@@ -1408,6 +1443,20 @@ static int finish_section(parser *p)
             return perr_at(p, s->line, "service \"%s\" has no secret", s->name);
         if (s->placeholder_in && !s->placeholder)
             return perr_at(p, s->line, "service \"%s\": placeholder_in needs a placeholder", s->name);
+        if (s->auth_alt) {
+            const char *a = auth_header_name(s->auth, s->auth_name);
+            const char *b = auth_header_name(s->auth_alt, s->auth_alt_name);
+            if (!a || !b)
+                return perr_at(p, s->auth_alt_line,
+                               "service \"%s\": auth_alt needs an auth sent in a header (bearer, basic or "
+                               "header), and so does auth",
+                               s->name);
+            if (!strcasecmp(a, b))
+                return perr_at(p, s->auth_alt_line,
+                               "service \"%s\": auth_alt: the same header as auth (%s); name another header "
+                               "or remove auth_alt",
+                               s->name, a);
+        }
         if (s->scheme_http && !(p->seen & K_PORT))
             return perr_at(p, s->line, "service \"%s\": scheme http requires an explicit port", s->name);
         if (!s->port)

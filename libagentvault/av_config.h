@@ -85,6 +85,11 @@ typedef struct av_service {
     int auth;          /* enum av_auth_kind */
     char *auth_name;   /* header name (HEADER), user (BASIC), param (QUERY) */
     char *auth_template; /* HEADER: template containing {secret} */
+    int auth_alt;      /* 0, or a second header-sent form (BEARER, BASIC, HEADER):
+                          used when the agent sent its header and not the main one */
+    char *auth_alt_name; /* as auth_name, for auth_alt */
+    char *auth_alt_template;
+    int auth_alt_line; /* line of the auth_alt key, for messages */
     char *secret_ref;  /* "env:NAME" or "file:PATH" */
     int websocket_off; /* websocket = off: upgrades get 426 */
     char *placeholder; /* value agents use instead of the secret (NULL: none) */

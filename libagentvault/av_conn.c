@@ -97,6 +97,7 @@ struct av_exchange {
     size_t nrqf;
     uint32_t m_off, m_len, t_off, t_len;
     const char *inj_name;     /* the injected field: never indexed in HPACK */
+    int inj_alt;              /* inject the service's auth_alt form (the agent sent its header) */
     av_resolver_wait *swait;  /* the credential is being resolved (command:) */
     int secret_ready;         /* ... and its answer is in: inject now */
     int req_framing;          /* RB_* */
@@ -853,7 +854,8 @@ typedef struct x_req_in {
 } x_req_in;
 
 /* Is this agent field one we never forward upstream? */
-static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name, int ws_frame)
+static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name,
+                                const char *alt_name, int ws_frame)
 {
     if (ws_frame && av__h1_name_eq(f, "sec-websocket-extensions"))
         return 1; /* frame mode reads frames: no compression negotiated */
@@ -867,6 +869,8 @@ static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const 
         return 1; /* extended CONNECT has none; we make our own */
     if (inject_name && av__h1_name_eq(f, inject_name))
         return 1;
+    if (alt_name && av__h1_name_eq(f, alt_name))
+        return 1; /* the other credential header: its placeholder never reaches the origin */
     return 0;
 }
 
@@ -891,6 +895,7 @@ static void b64_encode(const uint8_t *in, size_t len, char *out)
 static int x_choose_upstream(av_exchange *x);
 static int x_inject(av_exchange *x);
 static const char *inject_name_of(const av_service *svc);
+static const char *alt_name_of(const av_service *svc);
 static int x_find_placeholders(av_exchange *x);
 static int x_limit_accept_encoding(av_exchange *x);
 
@@ -1014,7 +1019,12 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
      * fields are joined again (RFC 9113 8.2.3). The credential is added by
      * x_inject once it is resolved. */
     const char *inj_name = svc ? inject_name_of(svc) : NULL;
-    x->inj_name = inj_name;
+    const char *alt_name = svc ? alt_name_of(svc) : NULL;
+    /* auth_alt: the credential goes in the header the agent used; the main
+     * one when it sent both or neither. Every copy of both is dropped. */
+    x->inj_alt = alt_name && !av__h1_find(in->fields, in->nfields, inj_name) &&
+                 av__h1_find(in->fields, in->nfields, alt_name);
+    x->inj_name = x->inj_alt ? alt_name : inj_name;
     /* TE is hop-by-hop, but "trailers" in it is end to end in effect: gRPC
      * origins refuse requests without it. Sent on by x_h1_request_out /
      * x_h2_request_out. */
@@ -1028,7 +1038,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     size_t ncookies = 0;
     for (size_t i = 0; i < in->nfields && !rc; i++) {
         const av_h1_field *f = &in->fields[i];
-        if (x_skip_request_field(in, f, inj_name, x->ws_frame))
+        if (x_skip_request_field(in, f, inj_name, alt_name, x->ws_frame))
             continue;
         if (x->sid && av__h1_name_eq(f, "cookie")) {
             ncookies++;
@@ -1267,6 +1277,20 @@ static const char *inject_name_of(const av_service *svc)
     }
 }
 
+/* The name of the field of a service's auth_alt form (NULL: none). */
+static const char *alt_name_of(const av_service *svc)
+{
+    switch (svc->auth_alt) {
+    case AV_AUTH_BEARER:
+    case AV_AUTH_BASIC:
+        return "Authorization";
+    case AV_AUTH_HEADER:
+        return svc->auth_alt_name;
+    default:
+        return NULL;
+    }
+}
+
 static void x_secret_ready(void *ud)
 {
     av_exchange *x = ud;
@@ -1318,6 +1342,10 @@ static int x_inject(av_exchange *x)
     if (svc->auth == AV_AUTH_QUERY) {
         inj_target = av__inject_query(svc, secret, rq_ptr(x, x->t_off), x->t_len);
         irc = inj_target ? AV_OK : AV_ERR_NOMEM;
+    } else if (x->inj_alt) {
+        av_service alt = {.auth = svc->auth_alt, .auth_name = svc->auth_alt_name,
+                          .auth_template = svc->auth_alt_template};
+        irc = av__inject_header(&alt, secret, &inj_name, &inj_value);
     } else {
         irc = av__inject_header(svc, secret, &inj_name, &inj_value);
     }
@@ -1506,6 +1534,16 @@ static void x_trailers_dropped(av_exchange *x, size_t n, const char *why)
             x->host, x->log_path, n, why);
 }
 
+/* Whether |f| names a field the service's credential travels in (its
+ * header form or its auth_alt form): agent copies never reach the origin. */
+static int x_is_credential_field(const av_exchange *x, const av_h1_field *f)
+{
+    if (!x->svc)
+        return 0;
+    const char *main = inject_name_of(x->svc), *alt = alt_name_of(x->svc);
+    return (main && av__h1_name_eq(f, main)) || (alt && av__h1_name_eq(f, alt));
+}
+
 /* Trailers pass the checks a head does (SECURITY 6, 8, 11). Fields that may
  * not be trailers (av__h1_trailer_allowed) and, in requests, any copy of
  * the injected field are dropped and logged. A request trailer holding the
@@ -1524,7 +1562,7 @@ static int x_keep_trailers(av_exchange *x, int request, const av_h1_field *f, si
     if (n > AV_H1_MAX_FIELDS_CAP)
         n = AV_H1_MAX_FIELDS_CAP; /* both parsers stop at AV_FIELDS_MAX */
     for (size_t i = 0; i < n && rc == AV_OK; i++) {
-        if (!av__h1_trailer_allowed(&f[i]) || (request && x->inj_name && av__h1_name_eq(&f[i], x->inj_name))) {
+        if (!av__h1_trailer_allowed(&f[i]) || (request && x_is_credential_field(x, &f[i]))) {
             dropped++;
             continue;
         }

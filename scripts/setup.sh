@@ -19,6 +19,8 @@ PACKAGES=(
   cargo rustc
   # bench smoke (bench/run.py --smoke): origin and peer proxy
   nginx mitmproxy
+  # compat suite clients (tests/compat): Python HTTP/WebSocket/gRPC clients, pip, Go
+  python3-requests python3-aiohttp python3-grpcio python3-pip golang-go
 )
 
 SUDO=""

@@ -2,9 +2,11 @@
 # Run every test layer and print one closing line "N passed, N failed".
 #
 #   1. BoringSSL build (the default): unit + ABI tests, integration tests,
-#      the Python, Node and Rust bindings' tests, the install test
+#      the compat suite (real clients, tests/compat; prints the client x mode
+#      matrix), the Python, Node and Rust bindings' tests, the install test
 #   2. OpenSSL 3 build: the same
-#   3. ASan+UBSan build: the same (a sanitizer report fails the run)
+#   3. ASan+UBSan build: the same but the compat suite and the bindings
+#      (a sanitizer report fails the run)
 #   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 20)
 #   5. bench smoke: bench/run.py --smoke against the BoringSSL build's daemon
 #      (every scenario briefly, direct/agentvault/mitmproxy; one test: passed
@@ -111,6 +113,21 @@ suite() {
     --junitxml="$junit" tests/integration 2>&1 | tail -40
   read -r ok bad < <(count_junit "$junit")
   add "$ok" "$bad" "$label integration"
+
+  # Real clients (tests/compat) against this build's daemon, on both TLS
+  # backends; not under ASan (the clients are other programs; the daemon's
+  # code paths are the integration suite's). Prints the client x mode matrix.
+  if [ "$label" != asan ]; then
+    note "compat suite: real clients ($label)"
+    local cjunit="$dir/compat.xml" matrix="$dir/compat-matrix.jsonl"
+    rm -f "$cjunit" "$matrix"
+    AV_COMPAT_MATRIX="$matrix" AGENTVAULT_BIN="$dir/daemon/agentvault" timeout 1500 "$PY" -m pytest -q \
+      -p no:cacheprovider --timeout=300 --junitxml="$cjunit" tests/compat 2>&1 | tail -40
+    read -r ok bad < <(count_junit "$cjunit")
+    add "$ok" "$bad" "$label compat"
+    note "compat matrix ($label)"
+    "$PY" tests/compat/print_matrix.py "$matrix" || true
+  fi
 
   # Bindings and the install test (not under ASan: Python and Node would
   # need the runtime preloaded). Each script takes the build directory and

@@ -23,9 +23,11 @@ from avtest.checks import auth_values
 
 SYSTEM_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 BUNDLE_VARS = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "GIT_SSL_CAINFO",
-               "PIP_CERT", "AWS_CA_BUNDLE", "NPM_CONFIG_CAFILE", "DENO_CERT"]
+               "PIP_CERT", "AWS_CA_BUNDLE", "NPM_CONFIG_CAFILE", "DENO_CERT",
+               "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"]
 ROOT_VARS = ["NODE_EXTRA_CA_CERTS", "CODEX_CA_CERTIFICATE"]
-PROXY_VARS = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"]
+PROXY_VARS = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
+              "WSS_PROXY", "wss_proxy", "WS_PROXY", "ws_proxy"]
 # What the daemon's /agent-env lists for avd.config_text(secrets).
 PLACEHOLDERS = {"OPENAI_API_KEY": "agentvault-placeholder-openai",
                 "CODEX_API_KEY": "agentvault-placeholder-openai",
@@ -291,6 +293,22 @@ def test_user_keys_are_kept(daemon, tmp_path):
     assert child["CODEX_API_KEY"] == PLACEHOLDERS["CODEX_API_KEY"]
     assert child["GITHUB_TOKEN"] == PLACEHOLDERS["GITHUB_TOKEN"]  # empty counts as unset
     assert child["GH_TOKEN"] == PLACEHOLDERS["GH_TOKEN"]
+
+
+def test_inherited_proxy_and_ca_variables_are_replaced(daemon, tmp_path):
+    """grpcio reads only GRPC_DEFAULT_SSL_ROOTS_FILE_PATH (not SSL_CERT_FILE),
+    aiohttp reads WSS_PROXY/WS_PROXY for ws(s):// URLs: run sets them all,
+    replacing inherited values, like the other proxy and CA variables."""
+    d = daemon()
+    env = run_env(tmp_path, GRPC_DEFAULT_SSL_ROOTS_FILE_PATH="/etc/elsewhere.pem",
+                  WSS_PROXY="http://127.0.0.9:1", ws_proxy="http://127.0.0.9:2",
+                  SSL_CERT_FILE="/etc/elsewhere.pem")
+    _, child, _ = dump_run(["--proxy", proxy_url(d)], env, tmp_path / "out")
+    bundle = child["SSL_CERT_FILE"]
+    assert bundle.endswith("/bundle.pem")
+    assert child["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] == bundle
+    for k in ("WSS_PROXY", "wss_proxy", "WS_PROXY", "ws_proxy"):
+        assert child[k] == proxy_url(d), k
 
 
 def test_proxy_from_environment(daemon, tmp_path):

@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 # Names carried by the upstream server certificate.
-UPSTREAM_DNS_NAMES = ["api.openai.com", "api.github.com", "upstream.test", "localhost"]
+UPSTREAM_DNS_NAMES = ["api.openai.com", "api.github.com", "api.anthropic.com", "upstream.test",
+                      "localhost"]
 UPSTREAM_IP_NAMES = ["127.0.0.1"]
 
 
