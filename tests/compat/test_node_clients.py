@@ -140,10 +140,14 @@ def test_anthropic_sdk_proxy_default_service(stack, word):
                          key=key, gateway=False, app=fake_apis.anthropic_app(word),
                          accept=[("authorization", f"Bearer {key}")])
     stack.start(config=False)
-    with stack.case("@anthropic-ai/sdk (npm, default service)", "proxy", o):
+    with stack.case("@anthropic-ai/sdk (npm, default service)", "proxy", o) as info:
         res = _result(_node(stack, "proxy", "anthropic", "-", word))
         assert res == {"text": word, "streamed": word}
         o.server.assert_all_keyed(2)
+        ex = node_env.exchanges_in_log(stack.daemon)
+        assert {h for h, _a, _o in ex} == {"api.anthropic.com"}, stack.daemon.log_dump()
+        info["agent"] = "+".join(sorted({a for _h, a, _o in ex}))
+        info["origin"] = "+".join(sorted({x for _h, _a, x in ex}))
 
 
 def test_anthropic_sdk_gateway(stack, word):

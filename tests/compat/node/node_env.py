@@ -96,3 +96,16 @@ def assert_no_key_in_files(roots, keys, result=None):
     if result is not None:
         assert not avd.find_leaks(result.stdout + result.stderr, forbidden), \
             "a real key in the client's output"
+
+
+def exchanges_in_log(d):
+    """[(host, agent proto, origin proto)] of every exchange in the daemon's
+    log (the embedded default writes no audit log to read them from)."""
+    out = []
+    for line in d.log_text().splitlines():
+        if " exchange " not in line:
+            continue
+        f = dict(tok.split("=", 1) for tok in line.split() if "=" in tok)
+        agent, _, origin = f.get("proto", "-").partition(">")
+        out.append((f.get("host", "").rsplit(":", 1)[0], agent, origin))
+    return out
