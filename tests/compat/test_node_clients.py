@@ -11,7 +11,10 @@ scripts/setup-node.sh; a missing install fails the test.
 """
 import json
 import secrets as _secrets
+import socket
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -73,19 +76,73 @@ def test_http_client(stack, name, kind, mode):
         assert [r.path for r in o.server.snapshot()] == ["/v1/" + kind]
 
 
-def test_builtin_fetch_ignores_the_proxy_on_node_20(stack):
+def _node_reads_env_proxy():
+    """Whether this Node's built-in fetch honours NODE_USE_ENV_PROXY (22.21+, 24+)."""
+    r = subprocess.run([node_env.node(), "-p", "process.versions.node"],
+                       capture_output=True, text=True, timeout=30)
+    major, minor = (int(x) for x in r.stdout.strip().split(".")[:2])
+    return major >= 24 or (major == 22 and minor >= 21) or major == 23
+
+
+class _DirectListener:
+    """A TCP listener on 127.0.0.2 (not in the NO_PROXY list run writes):
+    records the first bytes of every connection made to it directly."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.2", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.first_bytes = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            with c:
+                c.settimeout(5)
+                try:
+                    self.first_bytes.append(c.recv(16))
+                except OSError:
+                    self.first_bytes.append(b"")
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_builtin_fetch_and_the_proxy(stack):
     """Node 20's built-in fetch ignores HTTPS_PROXY and NODE_USE_ENV_PROXY
-    (which run sets): under `agentvault run` it connects directly, fails
-    to resolve the fake host, and the proxy sees nothing. That is the
-    client's limit (Node >= 22.21 reads NODE_USE_ENV_PROXY); the way around
-    is undici's EnvHttpProxyAgent (above) or a gateway."""
+    (which run sets): under `agentvault run` it connects directly (here to a
+    listener on 127.0.0.2 that only sees a TLS ClientHello), and the proxy
+    sees nothing. That is the client's limit (Node >= 22.21 reads
+    NODE_USE_ENV_PROXY); the way around is undici's EnvHttpProxyAgent (above)
+    or a gateway. On a Node that reads it, the request must go through the
+    proxy instead (and is refused there: no service, unmatched = deny)."""
     node_env.require_modules()
-    o = stack.add_origin("nodefetch")
+    stack.add_origin("nodefetch")
     stack.start()
-    r = _node(stack, "proxy", "fetch", o.server.url + "/v1/direct")
-    assert r.returncode != 0, f"built-in fetch reached the origin?\n{r.stdout}"
-    assert "fetch failed" in r.stderr, r.stderr[-2000:]
-    assert o.server.snapshot() == []
+    direct = _DirectListener()
+    try:
+        r = _node(stack, "proxy", "fetch", f"https://127.0.0.2:{direct.port}/v1/direct")
+    finally:
+        direct.close()
+    assert r.returncode != 0, f"built-in fetch got an answer?\n{r.stdout}"
+    exchanges = node_env.exchanges_in_log(stack.daemon)
+    if _node_reads_env_proxy():
+        assert direct.first_bytes == [], "fetch bypassed the proxy"
+        assert exchanges, "fetch did not go through the proxy"
+    else:
+        assert len(direct.first_bytes) == 1 and direct.first_bytes[0][:1] == b"\x16", \
+            f"expected one direct TLS connection, got {direct.first_bytes}"
+        assert exchanges == [], stack.daemon.log_dump()
 
 
 # ---- ws ---------------------------------------------------------------------------
