@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Install the Node clients the integration suite runs (tests/test_codex.py,
-# tests/test_node_ws.py):
+# Install the Node clients the integration and compat suites run
+# (tests/integration/test_codex.py, test_node_ws.py, tests/compat/test_node_*.py):
 #   tests/node/node_modules              `npm ci` from tests/node/package-lock.json
 #                                        (@openai/codex 0.131.0, ws, https-proxy-agent)
 #   tests/node/codex-latest/node_modules the newest @openai/codex from the registry
-# Idempotent: when the lockfile is unchanged and the newest Codex is already
+#   tests/compat/node/node_modules       `npm ci` from tests/compat/node/package-lock.json
+#                                        (undici, axios, ws, openai, @anthropic-ai/sdk,
+#                                        Claude Code, Gemini CLI; pinned for Node 20)
+# Idempotent: when the lockfiles are unchanged and the newest Codex is already
 # installed, it only asks the registry for the newest version (~1 s).
 # Fails (non-zero exit) if node/npm are missing or any npm command fails.
 set -euo pipefail
@@ -70,4 +73,40 @@ else
     die "tests/node/codex-latest/node_modules/.bin/codex does not run after install"
   [ "$got" = "$latest" ] || die "codex-latest is $got, expected $latest"
   log "installed codex $got in tests/node/codex-latest"
+fi
+
+# 3. The compat suite's Node clients (npm ci only when the lockfile changed or
+#    a pinned package is missing or at another version).
+COMPAT_DIR="$ROOT/tests/compat/node"
+COMPAT_STAMP="$COMPAT_DIR/node_modules/.agentvault-lock.sha256"
+[ -f "$COMPAT_DIR/package-lock.json" ] || die "missing $COMPAT_DIR/package-lock.json"
+# Prints the pinned packages that are not installed at their pinned version.
+compat_missing() {
+  node -e '
+    const fs = require("fs"), path = require("path"), dir = process.argv[1];
+    const deps = require(path.join(dir, "package.json")).dependencies;
+    for (const [name, want] of Object.entries(deps)) {
+      let got = null;
+      try {
+        got = JSON.parse(fs.readFileSync(path.join(dir, "node_modules", name, "package.json"))).version;
+      } catch (e) {}
+      if (got !== want) console.log(`${name}@${want} (have ${got || "none"})`);
+    }' "$COMPAT_DIR"
+}
+want_sum="$(sha256sum "$COMPAT_DIR/package-lock.json" "$COMPAT_DIR/package.json" | sha256sum | cut -d' ' -f1)"
+have_sum="$(cat "$COMPAT_STAMP" 2>/dev/null || true)"
+if [ "$want_sum" = "$have_sum" ] && [ -z "$(compat_missing)" ] &&
+   [ -x "$COMPAT_DIR/node_modules/.bin/claude" ] && [ -x "$COMPAT_DIR/node_modules/.bin/gemini" ]; then
+  log "tests/compat/node up to date"
+else
+  log "npm ci in tests/compat/node"
+  (cd "$COMPAT_DIR" && npm ci "${NPM_FLAGS[@]}") || die "npm ci failed in $COMPAT_DIR"
+  missing="$(compat_missing)"
+  [ -z "$missing" ] || die "after npm ci in $COMPAT_DIR, not installed as pinned: $missing"
+  "$COMPAT_DIR/node_modules/.bin/claude" --version >/dev/null 2>&1 ||
+    die "tests/compat/node/node_modules/.bin/claude does not run after npm ci"
+  "$COMPAT_DIR/node_modules/.bin/gemini" --version >/dev/null 2>&1 ||
+    die "tests/compat/node/node_modules/.bin/gemini does not run after npm ci"
+  echo "$want_sum" > "$COMPAT_STAMP"
+  log "installed the compat Node clients in tests/compat/node"
 fi
