@@ -82,3 +82,24 @@ def test_bad_auth_alt_is_refused_by_check(tmp_path, extra, msg):
     line = 1 + extra.split("\n").index(next(x for x in extra.split("\n")
                                              if x.startswith("auth_alt"))) + 2
     assert msg in p.stderr and f":{line}:" in p.stderr, p.stderr
+
+
+def test_request_trailers_drop_copies_of_both_credential_fields(daemon, upstream, secrets):
+    """The agent used the auth_alt header (Authorization) in the head and put
+    the main one (x-api-key) in the chunked request's trailer section: neither
+    copy reaches the origin, only the injected credential does."""
+    from avtest import client
+    d = daemon(config_text(secrets, services=False, extra=ANTHROPIC_LIKE))
+    conn, resp = client.connect_tunnel(d.port, "upstream.test:443")
+    assert resp.status == 200
+    conn = conn.start_tls(d.ca_pem, "upstream.test")
+    conn.send(b"POST /echo HTTP/1.1\r\nHost: upstream.test\r\nAuthorization: Bearer dummy-key\r\n"
+              b"Transfer-Encoding: chunked\r\n\r\n"
+              b"5\r\nhello\r\n0\r\nX-Api-Key: dummy-trailer\r\nX-Req-Sum: 42\r\n\r\n")
+    r = conn.read_response(method="POST")
+    client.RECEIVED.append(r.raw_head + r.body)
+    assert r.status == 200, r
+    conn.close()
+    rec = upstream.only_request()
+    assert rec.trailers == [("X-Req-Sum", "42")]
+    assert _creds(rec) == ([], [f"Bearer {secrets.plain_key}"])
