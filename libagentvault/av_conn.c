@@ -160,6 +160,7 @@ struct av_exchange {
     int ws_frame;             /* frame mode (placeholder substitution) */
     int ws_open;              /* 101 relayed: relaying frames/bytes */
     int logged;               /* its one log line has been written */
+    int end;                  /* AV_END_*: how it ended, once known */
     char ws_key[32];          /* Sec-WebSocket-Key sent upstream */
     av_secret *ws_secret;     /* frame mode: replaces the placeholder */
     av_ws_bridge *ws_bridge;
@@ -192,6 +193,7 @@ struct av_conn {
     int h2_goaway;           /* GOAWAY submitted (drain) */
     av_upconn *opaque_up;
     av_gw *gw;               /* a gateway connection: every request goes to gw->dest */
+    int end;                 /* AV_END_* for exchanges still open when it dies */
     char peer[64];
 };
 
@@ -588,6 +590,21 @@ static size_t json_str(char *out, size_t cap, const char *in)
     return o;
 }
 
+static const char *const end_names[AV_END_COUNT] = {
+    "complete", "complete", "client_abort", "upstream_abort", "timeout", "refused", "error", "shutdown",
+};
+
+/* How an exchange ended, for its record: what was set on the way, else
+ * judged from the error and the status sent. */
+static int x_end(const av_exchange *x, const char *error)
+{
+    if (x->end)
+        return x->end;
+    if (!error)
+        return AV_END_COMPLETE;
+    return x->status >= 400 && x->status < 500 ? AV_END_REFUSED : AV_END_ERROR;
+}
+
 /* The audit record of an exchange: one JSON line, never a secret (the
  * path has no query; the credential is named by its reference). */
 static void x_audit(av_exchange *x, const char *error, double ms)
@@ -641,10 +658,10 @@ static void x_audit(av_exchange *x, const char *error, double ms)
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
                      "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
-                     "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"error\":%s}\n",
+                     "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
                      when, tok, gw, svc, method, host, path, x->status, x->bytes_req, x->bytes_resp, ms,
                      x->sid ? "h2" : "h1", x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-", cred,
-                     x->redactions, err);
+                     x->redactions, end_names[x_end(x, error)], err);
     if (n > 0 && (size_t)n < sizeof(line))
         av__ctx_audit(ctx, line, (size_t)n);
 }
@@ -672,13 +689,14 @@ static void x_log(av_exchange *x, const char *error)
         snprintf(red, sizeof(red), " redactions=%lu", x->redactions);
     av__log(&ctx->log, error ? AV_LOG_WARN : AV_LOG_INFO,
             "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
-            "proto=%s>%s%s%s%s%s",
+            "proto=%s>%s%s%s%s end=%s%s",
             x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
             x->bytes_resp, ms, x->sid ? "h2" : "h1", up, x_token_name(x) ? " token=" : "",
-            x_token_name(x) ? x_token_name(x) : "", red, err);
+            x_token_name(x) ? x_token_name(x) : "", red, end_names[x_end(x, error)], err);
     x->logged = 1;
     x_audit(x, error, ms);
     av__ctx_count_exchange(ctx, x->svc ? x->svc->name : NULL, x->status);
+    ctx->m_ends[x_end(x, error)]++;
 }
 
 /* Finish the current exchange: log it, return the upstream, and (HTTP/1.1
@@ -750,16 +768,38 @@ static void x_respond_h2(av_exchange *x, int status, const char *reason_text, in
 static void x_respond(av_exchange *x, int status, const char *why, int json)
 {
     x->status = status;
+    if (!x->end)
+        x->end = status < 500 ? AV_END_REFUSED : AV_END_ERROR;
     if (x->sid)
         x_respond_h2(x, status, why, json);
     else
         conn_respond(x->c, status, why, json, 1);
 }
 
+/* x_fail_end judges how a failing exchange ended: the upstream went away
+ * after the request was sent (502), a timeout of ours (504), the SSRF
+ * guard (403), or another error. */
+static int x_fail_end(const av_exchange *x, int status)
+{
+    if (status == 504)
+        return AV_END_TIMEOUT;
+    if (status == 403)
+        return AV_END_REFUSED;
+    if (status == 502) {
+        if (x->up && x->head_sent && (x->up->side.in_eof || x->up->side.err))
+            return AV_END_UPSTREAM_ABORT;
+        if (x->link == L_MUX && x->ms.state == AV_MS_OPEN && x->ms.closed)
+            return AV_END_UPSTREAM_ABORT;
+    }
+    return AV_END_ERROR;
+}
+
 /* Abort: if nothing was sent to the agent yet, answer |status|; else cut. */
 static void x_fail(av_exchange *x, int status, const char *why)
 {
     av_conn *c = x->c;
+    if (!x->end)
+        x->end = x_fail_end(x, status);
     x->up_reusable = 0;
     x_unlink_upstream(x, 0);
     if (x->sid) {
@@ -2070,12 +2110,15 @@ static int x_ws_step(av_exchange *x)
                                 : ((c->a.in_eof && (u->in_eof || u->err)) || (u->err && c->a.want_shut));
     if (h2 && x->a_closed && !finished) {
         /* The agent reset the stream: drop the upstream. */
+        x->end = AV_END_CLIENT_ABORT;
         x->up_reusable = 0;
         x->resp_done = x->req_done = 1;
         x_finish(x, NULL);
         return 1;
     }
     if (finished && av__side_flushed(u)) {
+        if (u->err && !x->end)
+            x->end = AV_END_UPSTREAM_ABORT; /* reset, not closed */
         x->resp_done = 1;
         x->req_done = 1;
         if (!h2)
@@ -2384,6 +2427,8 @@ static int x_check_done(av_exchange *x)
         if (x->a_closed && !(x->resp_done && x->req_done)) {
             x->up_reusable = 0;
             x->resp_done = 1;
+            if (!x->end)
+                x->end = AV_END_CLIENT_ABORT;
             x_finish(x, x->resp_head_done ? NULL : "agent reset the stream");
             return 1;
         }
@@ -2399,8 +2444,18 @@ static int x_check_done(av_exchange *x)
         }
         return 0;
     }
+    if (x->req_done && !x->resp_done && !x->ws_open && c->a.in_eof && c->a.pin->len == 0) {
+        /* The agent closed before the response ended: stop relaying it. */
+        x->end = AV_END_CLIENT_ABORT;
+        x->up_reusable = 0;
+        x->resp_done = 1;
+        c->close_after = 1;
+        x_finish(x, "the agent closed the connection before the response ended");
+        return 1;
+    }
     if (!x->req_done && c->a.in_eof && c->a.pin->len == 0) {
         /* The agent went away mid-body: nothing sensible to forward. */
+        x->end = AV_END_CLIENT_ABORT;
         x->up_reusable = 0;
         if (x->resp_done) {
             x_finish(x, NULL);
@@ -2513,6 +2568,7 @@ static int x_collect_body(av_exchange *x)
             progress = 1;
         }
         if (!x->req_done && c->a.in_eof && c->a.pin->len == 0) {
+            x->end = AV_END_CLIENT_ABORT;
             x_fail(x, 400, "the agent closed the connection in the middle of the request body");
             return 1;
         }
@@ -2742,6 +2798,10 @@ static void conn_metrics(av_conn *c, int head_only)
     for (size_t i = 0; i < ctx->nmx; i++)
         av__buf_appendf(&b, "agentvault_exchanges_total{service=\"%s\",status=\"%d\"} %llu\n", ctx->mx[i].svc,
                         ctx->mx[i].status, ctx->mx[i].n);
+    av__buf_append_str(&b, "# HELP agentvault_exchange_ends_total Exchanges by how they ended.\n"
+                           "# TYPE agentvault_exchange_ends_total counter\n");
+    for (int e = AV_END_COMPLETE; e < AV_END_COUNT; e++)
+        av__buf_appendf(&b, "agentvault_exchange_ends_total{end=\"%s\"} %llu\n", end_names[e], ctx->m_ends[e]);
     av_ca_stats st;
     av__ca_stats(ctx->ca, &st);
     av__buf_appendf(&b,
@@ -2835,6 +2895,25 @@ static int x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *
     return x_begin(x, &in, dest, dest_tls);
 }
 
+/* What dialing |dest| would refuse and CONNECT already tells (an address
+ * literal the SSRF guard refuses, the proxy itself) is refused now, with
+ * the dial's status, reason and exchange record. Returns -1 if refused. */
+static int conn_precheck_dest(av_conn *c, const av_h1_request *req, const av_authority *dest)
+{
+    char why[200];
+    int status = av__upstream_precheck(c->ctx, dest, why, sizeof(why));
+    if (!status)
+        return 0;
+    av_exchange *x = &c->x;
+    x_reset(x);
+    x->active = 1;
+    x->start = av__loop_now(c->ctx->loop);
+    copy_str(x->method, sizeof(x->method), req->method, req->method_len);
+    av__authority_format(dest, 0, x->host, sizeof(x->host));
+    x_respond(x, status, why, 0);
+    return -1;
+}
+
 /* A complete head at the proxy level (not inside a tunnel). */
 static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_len)
 {
@@ -2849,7 +2928,7 @@ static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head
             conn_respond(c, 400, "CONNECT with a body is not allowed", 0, 1);
             return;
         }
-        if (conn_authorize(c, req) < 0)
+        if (conn_authorize(c, req) < 0 || conn_precheck_dest(c, req, &dest) < 0)
             return;
         av__buf_consume(c->a.pin, head_len);
         c->dest = dest;
@@ -3293,8 +3372,11 @@ static void conn_h2_abort_all(av_conn *c, const char *why)
 {
     while (c->xs) {
         av_exchange *x = c->xs;
-        if (x->active && !x->logged)
+        if (x->active && !x->logged) {
+            if (!x->end)
+                x->end = c->end ? c->end : AV_END_ERROR;
             x_log(x, why);
+        }
         conn_h2_free_x(c, x);
     }
 }
@@ -3349,6 +3431,8 @@ static int conn_h2_step(av_conn *c)
     if (c->h2_goaway && c->xs == NULL && c->a.pout->len == 0)
         over = 1; /* drained: nothing in flight */
     if (over) {
+        if (!c->end)
+            c->end = c->a.in_eof ? AV_END_CLIENT_ABORT : AV_END_ERROR;
         conn_h2_abort_all(c, "agent HTTP/2 connection ended");
         c->state = C_CLOSING;
         av__side_close_write(&c->a);
@@ -3467,6 +3551,8 @@ static void conn_on_timer(void *ud)
         conn_respond(c, 408, "request header timeout", 0, 1); /* then close after the flush */
     else
         c->dead = 1;
+    if (!c->end)
+        c->end = AV_END_TIMEOUT;
     conn_proceed(c); /* may free |c|: nothing after this */
 }
 
@@ -3493,9 +3579,35 @@ static void conn_arm_timer(av_conn *c)
     av__timer_start(c->timer, t);
 }
 
+/* Every exchange leaves one record, whatever ends it (SECURITY 18): those
+ * still open when their connection goes are recorded with the reason. */
+static void conn_end_exchanges(av_conn *c)
+{
+    int end = c->end ? c->end : AV_END_ERROR;
+    const char *why = end == AV_END_CLIENT_ABORT ? "the agent closed or reset the connection"
+                      : end == AV_END_TIMEOUT    ? "idle timeout"
+                      : end == AV_END_SHUTDOWN   ? "shutting down: drain deadline reached"
+                                                 : "connection failed";
+    if (c->x.active && !c->x.logged) {
+        if (!c->x.end)
+            c->x.end = end;
+        x_log(&c->x, why);
+        c->ctx->exchanges++;
+    }
+    for (av_exchange *x = c->xs; x; x = x->next) {
+        if (x->active && !x->logged) {
+            if (!x->end)
+                x->end = end;
+            x_log(x, why);
+            c->ctx->exchanges++;
+        }
+    }
+}
+
 static void conn_free(av_conn *c)
 {
     av_ctx *ctx = c->ctx;
+    conn_end_exchanges(c);
     if (c->opaque_up)
         av__upstream_release(c->opaque_up, 0);
     x_reset(&c->x);
@@ -3533,6 +3645,8 @@ static void conn_proceed(av_conn *c)
                 av__log(&c->ctx->log, AV_LOG_INFO, "connection peer=%s%s%s closed: %s", c->peer,
                         c->in_tunnel ? " host=" : "", c->in_tunnel ? c->dest.host : "", c->a.errmsg);
             c->dead = 1;
+            if (!c->end)
+                c->end = AV_END_CLIENT_ABORT;
             break;
         }
         progress |= rc;
@@ -3543,6 +3657,8 @@ static void conn_proceed(av_conn *c)
         rc = av__side_pump_out(&c->a);
         if (rc < 0) {
             c->dead = 1;
+            if (!c->end)
+                c->end = AV_END_CLIENT_ABORT;
             break;
         }
         progress |= rc;
@@ -3691,6 +3807,8 @@ void av__conn_drain_all(av_ctx *ctx)
 
 void av__conn_destroy(av_conn *c)
 {
+    if (!c->end)
+        c->end = AV_END_SHUTDOWN;
     if (c->in_proceed) {
         c->dead = 1;
         return;
