@@ -194,11 +194,21 @@ struct av_conn {
     av_upconn *opaque_up;
     av_gw *gw;               /* a gateway connection: every request goes to gw->dest */
     int end;                 /* AV_END_* for exchanges still open when it dies */
+    int lingering;           /* closed our side: discarding what the agent still sends */
+    double linger_until;
+    size_t linger_budget;
     char peer[64];
 };
 
 static void conn_proceed(av_conn *c);
 static void x_log(av_exchange *x, const char *error);
+
+/* Lingering close (issue 12 item 7): after an answer and our FIN, what the
+ * agent still sends is read and dropped for this long and this much, so
+ * that closing does not reset the connection under a client that is still
+ * writing (it would lose the answer). */
+#define LINGER_SECONDS 2.0
+#define LINGER_MAX_BYTES (16u << 20)
 
 static const av_h1_limits head_limits = {AV_HEAD_MAX, AV_FIELDS_MAX};
 
@@ -3573,6 +3583,10 @@ static void conn_arm_timer(av_conn *c)
         t = cfg->ws_idle_timeout;
     } else if (c->state == C_H2 && conn_h2_has_ws(c)) {
         t = cfg->ws_idle_timeout;
+    } else if (c->lingering) {
+        t = c->linger_until - now;
+        if (t < 0.001)
+            t = 0.001;
     } else if (c->state == C_CLOSING) {
         t = 5.0; /* linger for the last bytes, then drop */
     }
@@ -3638,6 +3652,11 @@ static void conn_proceed(av_conn *c)
     for (int rounds = 0; rounds < 1000 && !c->dead; rounds++) {
         int progress = c->again;
         c->again = 0;
+        if (c->lingering) {
+            if (av__side_discard(&c->a, &c->linger_budget))
+                c->dead = 1;
+            break;
+        }
         int rc = av__side_pump_in(&c->a);
         if (rc < 0) {
             if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a) ||
@@ -3663,8 +3682,14 @@ static void conn_proceed(av_conn *c)
         }
         progress |= rc;
         if (c->state == C_CLOSING && av__side_flushed(&c->a) && (c->a.shut_wr || c->a.err)) {
-            c->dead = 1;
-            break;
+            if (c->a.err || c->a.sock_eof) {
+                c->dead = 1; /* nothing more will come: a plain close */
+                break;
+            }
+            c->lingering = 1;
+            c->linger_until = av__loop_now(c->ctx->loop) + LINGER_SECONDS;
+            c->linger_budget = LINGER_MAX_BYTES;
+            continue;
         }
         if (c->state == C_CLOSING && !c->a.want_shut) {
             av__side_close_write(&c->a);
@@ -3683,6 +3708,8 @@ static void conn_proceed(av_conn *c)
      * buffer is full or an exchange waits for the upstream. */
     if (av__buf_room(c->a.pin) == 0 && av__buf_room(&c->a.raw_in) == 0)
         ev &= ~AV_EV_READ;
+    if (c->lingering)
+        ev = AV_EV_READ;
     av__io_set(c->a.io, ev);
     if (c->state == C_EXCHANGE)
         up_set_events(c->x.up);
