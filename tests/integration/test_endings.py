@@ -369,6 +369,46 @@ def test_idle_timeout_recorded(daemon, origin, secrets, agent):
     check_one(d, "/stall", "timeout", 200)
 
 
+def test_gateway_idle_timeout_recorded(daemon, origin, secrets):
+    d = daemon(gw_config(secrets, gateway_section("openai"), proxy_extra="idle_timeout = 1"),
+               resolve=[f"api.openai.com:443:127.0.0.1:{origin.port}"])
+    c = GwConn.open(gw_port(d))
+    c.send_request("GET", "/stall")
+    read_until(c, b"data: first")
+    c.buf = b""
+    assert c.is_closed(WAIT)
+    c.close()
+    rec = check_one(d, "/stall", "timeout", 200)
+    assert rec["gateway"] == "openai"
+
+
+@pytest.mark.parametrize("agent", ["h1", "h2"])
+def test_websocket_idle_timeout_recorded(daemon, ws_origin, secrets, agent):
+    import base64
+    import os
+    d = daemon(config_text(secrets, proxy_extra="websocket_idle_timeout = 1"),
+               resolve=[f"api.openai.com:443:127.0.0.1:{ws_origin.port}"])
+    if agent == "h1":
+        c = tls_tunnel(d, "api.openai.com")
+        key = base64.b64encode(os.urandom(16)).decode()
+        c.send((f"GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                f"Sec-WebSocket-Version: 13\r\n\r\n").encode())
+        assert c.read_head().startswith(b"HTTP/1.1 101")
+        assert c.is_closed(WAIT)
+        c.close()
+    else:
+        c = h2_open(d, "api.openai.com")
+        sid = c.request("CONNECT", "/echo", protocol="websocket", end_stream=False,
+                        authority="api.openai.com", headers=[("sec-websocket-version", "13")])
+        st = c.streams[sid]
+        c.wait(lambda: st.headers is not None or st.done, WAIT, "the CONNECT response")
+        assert st.status == 200, st.describe()
+        c.wait(lambda: c.closed, WAIT, "the WebSocket idle timeout")
+        c.close()
+    check_one(d, "/echo", "timeout", 101)
+
+
 # ---- refused, error, complete ------------------------------------------------------
 
 @pytest.mark.parametrize("agent", ["h1", "h2"])
