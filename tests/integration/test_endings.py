@@ -436,6 +436,37 @@ def test_refused_error_complete(daemon, upstream, secrets, agent):
     assert (by_path["/repos/a/b"]["end"], by_path["/repos/a/b"]["status"]) == ("error", 502)
 
 
+def test_refusals_before_an_exchange_are_recorded(daemon, upstream, secrets):
+    """Refusals at the proxy level (authentication, an oversized or malformed
+    head) are exchanges too: one audit record each, end=refused, and never a
+    query or an unchecked target in it."""
+    d = daemon(config_text(secrets, tokens=True))
+    c, resp = client.connect_tunnel(d.port, "upstream.test:443")
+    assert resp.status == 407
+    c.close()
+    t = tls_tunnel(d, "upstream.test", connect_headers=[
+        ("Proxy-Authorization", f"Bearer {secrets.agent_token}")])
+    t.send(b"GET /big?secret=q HTTP/1.1\r\nHost: upstream.test\r\nX-Big: " + b"v" * 70000
+           + b"\r\n\r\n")
+    assert t.read_response().status == 431
+    t.close()
+    r = client.RawConn.connect(d.port)
+    r.send(b"GET http://user:pw@plain.test/x?q=1 HTTP/1.1\nHost: plain.test\n\n")
+    assert r.read_response().status == 400
+    r.close()
+    deadline = time.monotonic() + WAIT
+    while len(records(d)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    recs = records(d)
+    assert [(x["method"], x["host"], x["path"], x["status"], x["end"]) for x in recs] == [
+        ("CONNECT", "upstream.test:443", "-", 407, "refused"),
+        ("-", "upstream.test:443", "-", 431, "refused"),
+        ("-", "-", "-", 400, "refused")], recs
+    text = (d.workdir / "audit.jsonl").read_text()
+    assert "user:pw" not in text and "q=1" not in text and "secret=q" not in text
+    assert ends_metric(d, "refused") == 3
+
+
 # ---- shutdown ---------------------------------------------------------------------
 
 def test_shutdown_deadline_records_inflight(daemon, origin, secrets):
