@@ -55,3 +55,26 @@ def test_client_keeps_sending_after_the_error_reads_it(daemon, upstream):
     assert resp.body.startswith(b"request header block too large")
     assert c.is_closed(), "no orderly end after the 431"
     c.close()
+
+
+PH_SERVICE = """[service "ph"]
+host = upstream.test
+auth = bearer
+secret = env:PLAIN_API_KEY
+placeholder = __PLAIN_KEY__
+placeholder_in = body
+"""
+
+
+def test_body_over_the_limit_413_every_time(daemon, upstream, secrets, tmp_path):
+    """A JSON body checked for the placeholder is capped (8 MiB): the 413
+    comes while curl is still uploading, and reaches it every time."""
+    d = daemon(config_text(secrets, services=False, extra=PH_SERVICE))
+    body = tmp_path / "body.json"
+    body.write_bytes(b'{"k":"' + b"x" * (10 << 20) + b'"}')
+    for i in range(RUNS):
+        r = d.curl("-X", "POST", "--data-binary", f"@{body}", "-H", "Expect:",
+                   "-H", "Content-Type: application/json", f"https://upstream.test/echo?run={i}")
+        assert r.returncode == 0, f"run {i}: {r.describe()[-600:]}"
+        assert_curl_proxy_error(r, 413)
+    assert upstream.snapshot() == []
