@@ -101,6 +101,19 @@ typedef struct av_cmd {
 #define AV_POOL_MAX 256
 #define AV_POOL_IDLE_SECONDS 30.0
 
+/* How an exchange ended: the `end` of its log line and audit record. */
+enum {
+    AV_END_NONE = 0,
+    AV_END_COMPLETE,       /* the response was delivered whole */
+    AV_END_CLIENT_ABORT,   /* the agent closed, reset or cancelled first */
+    AV_END_UPSTREAM_ABORT, /* the upstream closed or reset before the end */
+    AV_END_TIMEOUT,        /* a timeout of ours ended it */
+    AV_END_REFUSED,        /* refused by policy or a limit, nothing sent upstream */
+    AV_END_ERROR,          /* any other failure (dial, TLS, framing, memory) */
+    AV_END_SHUTDOWN,       /* the daemon's drain deadline ended it */
+    AV_END_COUNT
+};
+
 struct av_ctx {
     av_config *cfg;
     av_logger log;
@@ -168,6 +181,7 @@ struct av_ctx {
         int err;              /* the last errno (descriptor reports) */
     } rep_cap, rep_fd;
     unsigned long long m_limit_conns, m_limit_fds;
+    unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */
 };
 
 /* av_ctx.c: count an exchange for /metrics. */

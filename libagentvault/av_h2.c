@@ -51,6 +51,16 @@
 /* Per-record overhead in the head arena. */
 #define H2_REC_HDR 8
 #define H2_ARENA_MAX (AV_H2_MAX_HEADER_BYTES + H2_REC_HDR * (AV_H2_MAX_FIELDS + 8))
+/* Streams refused over our concurrency limit, net of streams that ran:
+ * beyond this the peer is flooding and gets GOAWAY ENHANCE_YOUR_CALM. */
+#define H2_MAX_REFUSED 200
+/* nghttp2 treats a stream over its own acknowledged
+ * SETTINGS_MAX_CONCURRENT_STREAMS as a connection error (GOAWAY), before
+ * any callback sees it. RFC 9113 5.1.2 makes it a stream error, so
+ * nghttp2 is told "unlimited", the peer is told AV_H2_MAX_CONCURRENT (the
+ * value is rewritten in our first SETTINGS frame on its way out, see
+ * settings_patch), and cb_begin_headers enforces the limit. */
+#define H2_NG_MAX_CONCURRENT 0xffffffffu
 /* Opaque data of the PING that separates shutdown notice and final GOAWAY. */
 static const uint8_t h2_shutdown_ping[8] = {'a', 'v', 's', 'h', 'u', 't', 'd', 'n'};
 
@@ -97,6 +107,10 @@ struct av_h2 {
     uint8_t *pending;       /* unsent tail of the last mem_send chunk */
     size_t pending_off, pending_len, pending_cap;
     av_h2_head scratch;     /* the head handed to on_head */
+    size_t server_open;     /* server role: request streams not closed */
+    size_t refused;         /* streams refused over the limit, net (H2_MAX_REFUSED) */
+    int refused_reported;   /* the first refusal was reported */
+    int patch_settings;     /* server: our SETTINGS frame is not out yet */
 };
 
 /* ---- streams ----------------------------------------------------------- */
@@ -295,6 +309,28 @@ static void head_build(av_h2 *s, h2_stream *st)
 
 /* ---- nghttp2 callbacks -------------------------------------------------- */
 
+/* refuse_stream answers a request stream over the concurrency limit with
+ * RST_STREAM(REFUSED_STREAM) (RFC 9113 5.1.2: never processed, the client
+ * may retry); the connection and its other streams go on. Refusals that
+ * keep coming count as a flood: GOAWAY ENHANCE_YOUR_CALM. */
+static int refuse_stream(av_h2 *s, int32_t id)
+{
+    s->refused++;
+    if (!s->refused_reported) {
+        s->refused_reported = 1;
+        report_limit(s, id, "stream refused (REFUSED_STREAM): over SETTINGS_MAX_CONCURRENT_STREAMS");
+    }
+    if (s->refused > H2_MAX_REFUSED) {
+        report_limit(s, id, "too many streams over SETTINGS_MAX_CONCURRENT_STREAMS: GOAWAY");
+        nghttp2_session_terminate_session(s->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+    } else {
+        nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_REFUSED_STREAM);
+    }
+    /* The header block is skipped; RST_STREAM(INTERNAL_ERROR) from nghttp2
+     * is not sent, ours is already queued. */
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
 /* cb_begin_headers creates server streams and starts a header block. */
 static int cb_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
@@ -303,6 +339,8 @@ static int cb_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
         return 0;
     h2_stream *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
     if (!st && s->role == AV_H2_SERVER && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        if (s->server_open >= AV_H2_MAX_CONCURRENT)
+            return refuse_stream(s, frame->hd.stream_id);
         st = stream_new(s, frame->hd.stream_id);
         if (!st)
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* RST INTERNAL_ERROR */
@@ -310,6 +348,7 @@ static int cb_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
             stream_free(s, st);
             return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
         }
+        s->server_open++;
     }
     if (st)
         head_reset(st);
@@ -537,6 +576,11 @@ static int cb_stream_close(nghttp2_session *ng, int32_t stream_id, uint32_t erro
     int tell = s->role == AV_H2_CLIENT || (st->delivered && !st->rejected);
     if (s->role == AV_H2_CLIENT && s->client_open > 0)
         s->client_open--;
+    if (s->role == AV_H2_SERVER && s->server_open > 0) {
+        s->server_open--;
+        if (s->refused > 0)
+            s->refused--; /* a stream that ran pays for one refusal */
+    }
     nghttp2_session_set_stream_user_data(ng, stream_id, NULL);
     void *tag = st->tag;
     stream_free(s, st);
@@ -653,7 +697,7 @@ int av__h2_new(av_h2 **out, int role, const av_h2_callbacks *cb, void *ud)
         goto err;
 
     nghttp2_settings_entry server_iv[] = {
-        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, AV_H2_MAX_CONCURRENT},
+        {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, H2_NG_MAX_CONCURRENT}, /* sent as AV_H2_MAX_CONCURRENT */
         {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1},
         {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, AV_H2_MAX_HEADER_BYTES},
         {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, H2_SERVER_WINDOW},
@@ -668,6 +712,7 @@ int av__h2_new(av_h2 **out, int role, const av_h2_callbacks *cb, void *ud)
                               : nghttp2_submit_settings(s->ng, NGHTTP2_FLAG_NONE, client_iv, 4);
     if (rv != 0)
         goto err;
+    s->patch_settings = role == AV_H2_SERVER;
     /* The connection window covers every stream's window: with end-to-end
      * flow control a stream whose consumer is slow holds at most its own
      * window, and never stalls the other streams (issue 4). */
@@ -754,6 +799,29 @@ static int pending_keep(av_h2 *s, const uint8_t *p, size_t n)
     return 0;
 }
 
+/* settings_patch rewrites SETTINGS_MAX_CONCURRENT_STREAMS in our first
+ * SETTINGS frame (|p|, |n| bytes, the first output of a server session) to
+ * the limit we enforce (H2_NG_MAX_CONCURRENT). Returns 0 once done. */
+static int settings_patch(uint8_t *p, size_t n)
+{
+    if (n < 9 || p[3] != NGHTTP2_SETTINGS || (p[4] & NGHTTP2_FLAG_ACK))
+        return -1;
+    size_t len = ((size_t)p[0] << 16) | ((size_t)p[1] << 8) | p[2];
+    if (len > n - 9 || len % 6)
+        return -1;
+    for (size_t o = 9; o + 6 <= 9 + len; o += 6) {
+        if (((p[o] << 8) | p[o + 1]) != NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS)
+            continue;
+        uint32_t v = AV_H2_MAX_CONCURRENT;
+        p[o + 2] = (uint8_t)(v >> 24);
+        p[o + 3] = (uint8_t)(v >> 16);
+        p[o + 4] = (uint8_t)(v >> 8);
+        p[o + 5] = (uint8_t)v;
+        return 0;
+    }
+    return -1;
+}
+
 /* av__h2_produce moves frames into |out| while it has room. */
 int av__h2_produce(av_h2 *s, av_buf *out)
 {
@@ -784,6 +852,21 @@ int av__h2_produce(av_h2 *s, av_buf *out)
         }
         if (n == 0)
             break;
+        uint8_t first[128];
+        if (s->patch_settings) {
+            /* nghttp2 hands out one frame per call: our SETTINGS first. */
+            s->patch_settings = 0;
+            if ((size_t)n > sizeof(first)) {
+                s->fatal = AV_ERR_INVALID;
+                return s->fatal;
+            }
+            memcpy(first, p, (size_t)n);
+            if (settings_patch(first, (size_t)n) != 0) {
+                s->fatal = AV_ERR_INVALID;
+                return s->fatal;
+            }
+            p = first;
+        }
         size_t take = av__buf_room(out);
         if (take > (size_t)n)
             take = (size_t)n;

@@ -23,7 +23,9 @@
  *  - Outgoing DATA is queued per stream in a bounded buffer
  *    (AV_H2_STREAM_QUEUE); av__h2_send_data accepts what fits and the
  *    session sends it as the peer's windows allow.
- *  - Limits (server role): SETTINGS_MAX_CONCURRENT_STREAMS 100,
+ *  - Limits (server role): SETTINGS_MAX_CONCURRENT_STREAMS 100 (enforced
+ *    here: a stream over it gets RST_STREAM(REFUSED_STREAM), RFC 9113
+ *    5.1.2, and a peer that keeps opening them gets GOAWAY),
  *    SETTINGS_ENABLE_CONNECT_PROTOCOL 1 (RFC 8441), MAX_HEADER_LIST_SIZE
  *    64 KiB, the stream-reset rate limit and CONTINUATION cap of Debian's
  *    libnghttp2 1.52 (nghttp2_option_set_stream_reset_rate_limit,

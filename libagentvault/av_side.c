@@ -302,3 +302,32 @@ int av__side_flushed(const av_side *s)
             return 0;
     return s->raw_out.len == 0;
 }
+
+int av__side_discard(av_side *s, size_t *budget)
+{
+    /* Whatever was buffered is dropped too. */
+    for (int i = 0; i < s->nlayers; i++)
+        av__buf_consume(&s->layer[i].in, av__buf_len(&s->layer[i].in));
+    av__buf_consume(&s->raw_in, av__buf_len(&s->raw_in));
+    if (s->fd < 0 || s->err || s->sock_eof)
+        return 1;
+    uint8_t sink[16384];
+    while (s->readable) {
+        size_t want = *budget < sizeof(sink) ? *budget : sizeof(sink);
+        if (want == 0)
+            return 1;
+        ssize_t r = recv(s->fd, sink, want, 0);
+        if (r > 0) {
+            *budget -= (size_t)r;
+            s->bytes_in += (unsigned long long)r;
+        } else if (r == 0) {
+            s->sock_eof = 1;
+            return 1;
+        } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            s->readable = 0;
+        } else if (errno != EINTR) {
+            return 1;
+        }
+    }
+    return 0;
+}

@@ -74,6 +74,11 @@ int av__side_events(const av_side *s);
 void av__side_close_write(av_side *s);
 /* av__side_flushed: nothing left to write at any level. */
 int av__side_flushed(const av_side *s);
+/* av__side_discard reads and drops what the peer still sends after we
+ * closed our side (a lingering close), at most |*budget| bytes (counted
+ * down). Returns 1 once the peer closed, failed or the budget is spent,
+ * 0 while it may send more (wait for readability). */
+int av__side_discard(av_side *s, size_t *budget);
 /* av__side_set_error records the first error. */
 void av__side_set_error(av_side *s, int err, const char *msg);
 

@@ -115,6 +115,26 @@ static void up_connect_next(av_upconn *up)
     up_fail(up, 502, AV_ERR_IO, "no address to connect to");
 }
 
+/* addr_refused: 0 if |sa| may be dialed; else 403 with the reason in |m|.
+ * Never the proxy's own listeners; the SSRF ranges unless |checked| is 0
+ * (an operator-chosen --resolve address). The one guard for dial time and
+ * for CONNECT time (av__upstream_precheck). */
+static int addr_refused(av_ctx *ctx, const struct sockaddr *sa, int checked, char *m, size_t cap)
+{
+    char a[80];
+    addr_text(sa, a, sizeof(a));
+    if (av__ctx_is_own_listener(ctx, sa)) {
+        snprintf(m, cap, "destination address not allowed: %s is this proxy", a);
+        return 403;
+    }
+    const char *why = "";
+    if (checked && av__ssrf_check(sa, ctx->cfg->allow_private, ctx->cfg->nallow_private, &why)) {
+        snprintf(m, cap, "destination address not allowed: %s (%s)", a, why);
+        return 403;
+    }
+    return 0;
+}
+
 /* Keep only addresses that pass the SSRF guard; fail if any does not. */
 static int up_take_addrs(av_upconn *up, const av_dns_result *res, int checked)
 {
@@ -122,19 +142,10 @@ static int up_take_addrs(av_upconn *up, const av_dns_result *res, int checked)
     up->naddrs = 0;
     for (int i = 0; i < res->naddrs && i < AV_DNS_MAX_ADDRS; i++) {
         const struct sockaddr *sa = (const struct sockaddr *)&res->addrs[i];
-        char a[80];
-        addr_text(sa, a, sizeof(a));
-        if (av__ctx_is_own_listener(ctx, sa)) {
-            char m[160];
-            snprintf(m, sizeof(m), "destination address not allowed: %s is this proxy", a);
-            up_fail(up, 403, AV_ERR_SSRF, m);
-            return AV_ERR_SSRF;
-        }
-        const char *why = "";
-        if (checked && av__ssrf_check(sa, ctx->cfg->allow_private, ctx->cfg->nallow_private, &why)) {
-            char m[200];
-            snprintf(m, sizeof(m), "destination address not allowed: %s (%s)", a, why);
-            up_fail(up, 403, AV_ERR_SSRF, m);
+        char m[200];
+        int status = addr_refused(ctx, sa, checked, m, sizeof(m));
+        if (status) {
+            up_fail(up, status, AV_ERR_SSRF, m);
             return AV_ERR_SSRF;
         }
         memcpy(&up->addrs[up->naddrs], sa, res->lens[i]);
@@ -192,6 +203,46 @@ static int up_override(av_ctx *ctx, const av_authority *dest, av_dns_result *res
     return 0;
 }
 
+/* Fill |res| with the address an IP-literal |dest| names; 0 for a name. */
+static int literal_addr(const av_authority *dest, av_dns_result *res)
+{
+    if (!dest->is_ip)
+        return 0;
+    memset(res, 0, sizeof(*res));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&res->addrs[0];
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&res->addrs[0];
+    if (dest->is_ip == 4 && inet_pton(AF_INET, dest->host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)dest->port);
+        res->lens[0] = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, dest->host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)dest->port);
+        res->lens[0] = sizeof(*s6);
+    }
+    res->naddrs = 1;
+    return 1;
+}
+
+/* av__upstream_precheck decides at CONNECT time what the dial would decide
+ * for an address literal (or a --resolve override): 0 if it may be dialed,
+ * else 403 with the dial-time reason in |m|. Names are left to dial time. */
+int av__upstream_precheck(av_ctx *ctx, const av_authority *dest, char *m, size_t cap)
+{
+    av_dns_result res;
+    int checked = 1;
+    if (up_override(ctx, dest, &res))
+        checked = 0; /* operator-chosen address: exempt from the SSRF ranges */
+    else if (!literal_addr(dest, &res))
+        return 0;
+    for (int i = 0; i < res.naddrs && i < AV_DNS_MAX_ADDRS; i++) {
+        int status = addr_refused(ctx, (const struct sockaddr *)&res.addrs[i], checked, m, cap);
+        if (status)
+            return status;
+    }
+    return 0;
+}
+
 static int up_start(av_upconn *up)
 {
     av_ctx *ctx = up->ctx;
@@ -203,20 +254,7 @@ static int up_start(av_upconn *up)
             up_connect_next(up);
         return AV_OK;
     }
-    if (up->dest.is_ip) {
-        memset(&res, 0, sizeof(res));
-        struct sockaddr_in *s4 = (struct sockaddr_in *)&res.addrs[0];
-        struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&res.addrs[0];
-        if (up->dest.is_ip == 4 && inet_pton(AF_INET, up->dest.host, &s4->sin_addr) == 1) {
-            s4->sin_family = AF_INET;
-            s4->sin_port = htons((uint16_t)up->dest.port);
-            res.lens[0] = sizeof(*s4);
-        } else if (inet_pton(AF_INET6, up->dest.host, &s6->sin6_addr) == 1) {
-            s6->sin6_family = AF_INET6;
-            s6->sin6_port = htons((uint16_t)up->dest.port);
-            res.lens[0] = sizeof(*s6);
-        }
-        res.naddrs = 1;
+    if (literal_addr(&up->dest, &res)) {
         if (up_take_addrs(up, &res, 1) == AV_OK)
             up_connect_next(up);
         return AV_OK;

@@ -70,6 +70,11 @@ int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const c
 int av__upstream_acquire2(av_ctx *ctx, const av_authority *dest, int tls, const char *scope, int offer_h2,
                           av_up_notify notify, void *owner, av_upconn **out);
 /* av__upstream_key formats the pool key of (scheme, dest, scope). */
+/* av__upstream_precheck: what dialing |dest| would refuse that is known
+ * already (an address literal or a --resolve override refused by the SSRF
+ * guard, or one of the proxy's own listeners): 0 if nothing, else the
+ * status (403) with the dial-time reason in |m|. */
+int av__upstream_precheck(av_ctx *ctx, const av_authority *dest, char *m, size_t cap);
 void av__upstream_key(char *key, size_t len, const av_authority *dest, int tls, const char *scope);
 /* av__upstream_is_h2: the TLS handshake negotiated ALPN "h2". */
 int av__upstream_is_h2(const av_upconn *up);

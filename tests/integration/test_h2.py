@@ -1189,3 +1189,62 @@ def test_request_trailers_to_h2_upstream(h2d, h2_origin, secrets):
         assert rec.header_values("set-cookie") == [] and rec.header_values("content-type") == []
     assert [r.header("te") for r in sorted(recs, key=lambda q: q.header("x-req-sum"))] == \
         ["trailers", None]
+# ---- stream concurrency (issue 12 item 5) -------------------------------------------
+
+def _open_streams(raw, n, path):
+    sids = []
+    batch = []
+    for _ in range(n):
+        sid = raw.new_stream()
+        sids.append(sid)
+        batch.append(raw.headers_frames(sid, raw.header_block(req_headers(path))))
+    raw.write(b"".join(batch))
+    raw.pipe.flush()
+    return sids
+
+
+def test_excess_streams_refused_not_the_connection(h2d, h2_upstream, secrets):
+    """RFC 9113 5.1.2: streams beyond the advertised
+    SETTINGS_MAX_CONCURRENT_STREAMS are refused one by one with
+    RST_STREAM(REFUSED_STREAM); the connection and its other streams stay."""
+    d = h2d(h2_upstream.port)
+    raw = raw_conn(d)
+    limit = raw.peer_settings[h2c.SettingsFrame.MAX_CONCURRENT_STREAMS]
+    assert limit == 100
+    # The SETTINGS ACK went out first: the limit is in force.
+    raw.wait(lambda: any(isinstance(e.frame, h2c.SettingsFrame) and "ACK" in e.frame.flags
+                         for e in raw.events), 5, "the ACK of our SETTINGS")
+    sids = _open_streams(raw, limit + 5, "/slow?ms=1500")
+    for sid in sids[limit:]:
+        assert raw.wait_stream(sid) == ("rst", h2c.REFUSED_STREAM), raw.summary()
+    for sid in sids[:limit]:
+        status, _, body = raw.wait_response(sid, timeout=20)
+        assert (status, body) == (200, b"slow\n")
+    assert raw.goaway is None and not raw.closed, raw.summary()
+    # Refused streams were never processed: a retry on the same connection works.
+    again = _open_streams(raw, 1, "/echo?retry=1")[0]
+    assert raw.wait_response(again)[0] == 200
+    raw.close()
+    assert len([r for r in h2_upstream.snapshot() if r.target.startswith("/slow")]) == limit
+    d.wait_log(lambda l: "stream refused (REFUSED_STREAM)" in l)
+
+
+def test_repeated_refusals_count_as_a_flood(h2d, h2_upstream, secrets):
+    """A client that keeps opening streams over the limit is a flood: after a
+    bounded number of refusals the connection gets GOAWAY."""
+    d = h2d(h2_upstream.port)
+    raw = raw_conn(d)
+    raw.wait(lambda: any(isinstance(e.frame, h2c.SettingsFrame) and "ACK" in e.frame.flags
+                         for e in raw.events), 5, "the ACK of our SETTINGS")
+    _open_streams(raw, 100, "/slow?ms=3000")
+    sent = 0
+    while sent < 20000 and not raw.closed and raw.goaway is None:
+        _open_streams(raw, 200, "/echo")
+        sent += 200
+        while raw.pipe.pending_out() > 65536 and not raw.closed:
+            raw.pump(0.02)
+        raw.pump(0)
+    goaway = assert_calm_close(raw, what=f"{sent} streams over the limit")
+    assert goaway is not None and sent < 20000, raw.summary()
+    assert goaway.error_code == h2c.ENHANCE_YOUR_CALM, raw.summary()
+    assert_still_healthy(d, h2_upstream, secrets)

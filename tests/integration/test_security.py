@@ -237,3 +237,67 @@ def test_sni_differing_from_connect_host_fails_handshake(daemon, upstream):
     finally:
         c.close()
     assert upstream.snapshot() == []
+
+
+def _metric(d, name):
+    import re
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    m = re.search(r"^" + re.escape(name) + r" (\d+)$", text, re.M)
+    assert m, f"{name} missing from /metrics:\n{text}"
+    return int(m.group(1))
+
+
+@pytest.mark.parametrize("target,why", [
+    ("127.0.0.2:443", "loopback"),
+    ("[::1]:443", "loopback"),
+    ("169.254.169.254:80", "cloud metadata"),
+    ("[::ffff:10.0.0.1]:443", "private"),
+    ("[64:ff9b::a9fe:a9fe]:443", "cloud metadata"),
+    ("0.0.0.0:443", "unspecified"),
+    ("own-port", "this proxy"),
+])
+def test_ssrf_refused_at_connect(daemon, target, why):
+    """Issue 12 item 6: an address literal the guard refuses is answered 403
+    at the CONNECT itself (no tunnel, no leaf minted), with the dial-time
+    reason and one exchange log line."""
+    d = daemon()
+    if target == "own-port":
+        target = f"127.0.0.1:{d.port}"
+    misses = _metric(d, "agentvault_leaf_cache_misses_total")
+    c, resp = client.connect_tunnel(d.port, target, timeout=RAW_TIMEOUT)
+    try:
+        assert_raw_proxy_error(resp, 403, mentions="not allowed")
+        assert why in resp.header("X-Agentvault-Error"), resp.raw_head
+        assert c.is_closed(), "the connection stays open after a refused CONNECT"
+    finally:
+        c.close()
+    assert _metric(d, "agentvault_leaf_cache_misses_total") == misses
+    line = d.wait_log(lambda t: "exchange method=CONNECT" in t and "status=403" in t)
+    assert line
+
+
+def test_ssrf_refused_absolute_form_literal(daemon):
+    d = daemon()
+    c = client.RawConn.connect(d.port, timeout=RAW_TIMEOUT)
+    try:
+        c.send(b"GET http://127.0.0.2/x HTTP/1.1\r\nHost: 127.0.0.2\r\n\r\n")
+        resp = c.read_response()
+    finally:
+        c.close()
+    assert_raw_proxy_error(resp, 403, mentions="not allowed")
+    assert "loopback" in resp.header("X-Agentvault-Error")
+
+
+def test_ssrf_allow_private_literal_allowed_at_connect(daemon, upstream, secrets):
+    """Positive control: an allow-listed range passes at CONNECT exactly as at
+    dial time; the proxy's own listener stays refused."""
+    d = daemon(config_text(secrets, proxy_extra="allow_private = 127.0.0.0/8"))
+    where, resp = tunnel_exchange(d, f"127.0.0.1:{upstream.port}", "127.0.0.1",
+                                  f"GET /echo HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}"
+                                  f"\r\n\r\n".encode())
+    assert (where, resp.status) == ("inner", 200), resp.raw_head
+    c, resp = client.connect_tunnel(d.port, f"127.0.0.1:{d.port}", timeout=RAW_TIMEOUT)
+    c.close()
+    assert_raw_proxy_error(resp, 403, mentions="this proxy")
