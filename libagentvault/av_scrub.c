@@ -262,6 +262,15 @@ static void gen_patterns(const uint8_t *s, size_t n, uint8_t *scratch, pat_sink 
             sink(ctx, base, m); /* percent output has no JSON-special bytes */
         }
     }
+    /* hex, both cases (no JSON-special bytes either) */
+    for (int lo = 0; lo < 2; lo++) {
+        const char *hex = lo ? HEX_LO : HEX_UP;
+        for (size_t i = 0; i < n; i++) {
+            base[2 * i] = (uint8_t)hex[s[i] >> 4];
+            base[2 * i + 1] = (uint8_t)hex[s[i] & 15];
+        }
+        sink(ctx, base, 2 * n);
+    }
     static const int sets[] = {PCT_ALL, PCT_UNRES, PCT_PATH, PCT_URIC, PCT_FORM};
     for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
         for (int lo = 0; lo < 2; lo++) {

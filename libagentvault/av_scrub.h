@@ -36,6 +36,10 @@
  *             the padded whole) then percent-encoded with unreserved kept,
  *             %XX and %xx. Not covered: mixed-case hex within one pattern
  *             (%2f%2F), or other sets of kept characters.
+ *   hex       every byte as two hex digits, all lower case or all upper
+ *             case (Python bytes.hex(), Go hex.EncodeToString, %02x / %02X).
+ *             Not covered: mixed case within one pattern, separators
+ *             between bytes ("de:ad", "de ad"), \x escapes.
  *   JSON      each form above (raw, base64, percent) as a JSON string body,
  *             as common encoders write it:
  *               minimal  \" \\ \b \f \n \r \t, other C0 as \u00xx, the rest
