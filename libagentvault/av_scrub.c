@@ -1140,6 +1140,23 @@ int av__scrub_feed(av_scrub *s, const uint8_t *in, size_t len, size_t *consumed,
     return z_pump(s, in, len, consumed, out);
 }
 
+int av__scrub_reset(av_scrub *s)
+{
+    if (!s || s->enc != AV_SCRUB_IDENTITY)
+        return AV_ERR_INVALID;
+    if (s->fail)
+        return s->fail;
+    sc_core *c = &s->core;
+    av__wipe(c->ring, c->ring_cap);
+    av__wipe(c->reg, c->reg_cap * sizeof(*c->reg));
+    c->q = 0;
+    c->pos = c->emitted = 0;
+    c->ring_head = c->ring_len = 0;
+    c->reg_head = c->reg_len = 0;
+    s->fin_stage = 0;
+    return AV_OK;
+}
+
 int av__scrub_finish(av_scrub *s, av_buf *out)
 {
     int rc;

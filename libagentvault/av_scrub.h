@@ -177,6 +177,12 @@ int av__scrub_feed(av_scrub *s, const uint8_t *in, size_t len, size_t *consumed,
  * compressed body with no bytes at all gives no output and 0. */
 int av__scrub_finish(av_scrub *s, av_buf *out);
 
+/* av__scrub_reset makes an identity scrubber ready for a new body (held
+ * bytes are dropped: finish first), keeping the count: one scrubber serves
+ * the messages of a WebSocket one after another. Returns 0, AV_ERR_INVALID
+ * (a compressed scrubber) or the sticky error. */
+int av__scrub_reset(av_scrub *s);
+
 /* av__scrub_count: markers written so far (one per maximal group of
  * overlapping matches; a marker is counted when it is written, so held
  * matches count after the next feed or finish). */
