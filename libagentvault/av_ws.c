@@ -1027,6 +1027,10 @@ struct av_ws_scrub {
     size_t zoff, zlen;
     int zmore;         /* inflate filled zbuf: it may have more output */
     int st;            /* WR_* */
+    uint8_t hbuf[10];  /* the input frame header being gathered */
+    size_t hhave;
+    uint8_t cin[125];  /* the input control payload being gathered */
+    size_t chave;
     uint8_t fhdr0;     /* first header byte of the current input frame */
     uint64_t left;     /* payload bytes of the current input frame not taken */
     int in_msg;        /* inside a fragmented message */
@@ -1319,14 +1323,31 @@ static int wr_scrub_control(av_ws_scrub *w, const uint8_t *p, size_t n, size_t c
     return AV_OK;
 }
 
-/* wr_header parses and checks the frame header at the start of |in|.
- * Returns 1 (taken), 0 (incomplete) or a close code. */
+/* wr_gather moves bytes of |in| into |dst| until it holds |want|.
+ * Returns 1 when it does. */
+static int wr_gather(uint8_t *dst, size_t *have, size_t want, av_buf *in)
+{
+    if (*have >= want)
+        return 1;
+    size_t n = want - *have;
+    if (n > av__buf_len(in))
+        n = av__buf_len(in);
+    if (n) {
+        memcpy(dst + *have, av__buf_head(in), n);
+        av__buf_consume(in, n);
+        *have += n;
+    }
+    return *have == want;
+}
+
+/* wr_header gathers and checks the next frame header (whatever the size of
+ * |in|). Returns 1 (taken), 0 (incomplete) or a close code. */
 static int wr_header(av_ws_scrub *w, av_buf *in)
 {
-    size_t n = av__buf_len(in);
-    if (n < 2)
+    size_t n0 = w->hhave;
+    if (!wr_gather(w->hbuf, &w->hhave, 2, in))
         return 0;
-    const uint8_t *p = av__buf_head(in);
+    const uint8_t *p = w->hbuf;
     unsigned fin = p[0] >> 7, rsv = (p[0] >> 4) & 7, op = p[0] & 15, len7 = p[1] & 127;
     if (p[1] & 0x80) /* server frames are never masked */
         return WSLAY_CODE_PROTOCOL_ERROR;
@@ -1342,8 +1363,9 @@ static int wr_header(av_ws_scrub *w, av_buf *in)
         return WSLAY_CODE_PROTOCOL_ERROR;
     }
     size_t need = 2 + (len7 == 126 ? 2 : len7 == 127 ? 8 : 0);
-    if (n < need)
-        return 0;
+    if (!wr_gather(w->hbuf, &w->hhave, need, in))
+        return w->hhave > n0;
+    w->hhave = 0;
     uint64_t len = len7;
     if (len7 == 126) {
         len = (uint64_t)p[2] << 8 | p[3];
@@ -1356,9 +1378,9 @@ static int wr_header(av_ws_scrub *w, av_buf *in)
     }
     w->fhdr0 = p[0];
     w->left = len;
-    av__buf_consume(in, need);
     if (op & 8) {
         w->st = WR_CTRL;
+        w->chave = 0;
         return 1;
     }
     if (op != 0) {
@@ -1379,12 +1401,13 @@ static int wr_header(av_ws_scrub *w, av_buf *in)
     return 1;
 }
 
-/* wr_control relays a whole control frame from |in|, scrubbed. */
+/* wr_control gathers a control frame's payload and relays it, scrubbed. */
 static int wr_control(av_ws_scrub *w, av_buf *in)
 {
-    if (av__buf_len(in) < w->left)
-        return 0;
-    const uint8_t *p = av__buf_head(in);
+    size_t n0 = w->chave;
+    if (!wr_gather(w->cin, &w->chave, (size_t)w->left, in))
+        return w->chave > n0;
+    const uint8_t *p = w->cin;
     size_t n = (size_t)w->left;
     uint8_t op = w->fhdr0 & 15;
     int r;
@@ -1403,7 +1426,7 @@ static int wr_control(av_ws_scrub *w, av_buf *in)
             w->close_code = 1005;
         r = wr_scrub_control(w, p, n, 125, 0);
     }
-    av__buf_consume(in, n);
+    av__wipe(w->cin, n);
     if (r)
         return r;
     wr_start_frame(w, 1, op, w->ctrl_len, 2, op == WSLAY_CONNECTION_CLOSE ? WR_CLOSED : WR_HDR);
