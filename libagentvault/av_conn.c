@@ -849,9 +849,9 @@ typedef struct x_req_in {
 } x_req_in;
 
 /* Is this agent field one we never forward upstream? */
-static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name, int ws_frame)
+static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name, int ws_parsed)
 {
-    if (ws_frame && av__h1_name_eq(f, "sec-websocket-extensions"))
+    if (ws_parsed && av__h1_name_eq(f, "sec-websocket-extensions"))
         return 1; /* frame and scrub modes read frames: the proxy makes the offer */
     if (av__h1_is_hop_by_hop(f, in->fields, in->nfields))
         return 1;
