@@ -30,8 +30,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import OP_TEXT
 
 from avtest import client
+from avtest import h2_client as h2c
 from avtest.checks import assert_raw_proxy_error, tls_tunnel
 from avtest.daemon import config_text, find_leaks, plain_service
+from avtest.h2_client import H2Client, ws_frame, ws_parse
 from avtest import ws_upstream as wsu
 from avtest.ws_upstream import RawWsUpstream, WsUpstream
 
@@ -1177,3 +1179,46 @@ def test_scrub_off_splices_both_ways_and_leaks(daemon, reflect_origin, secrets):
     assert (code, reason) == (4000, f"bye {key}")
     # the agent's own offer went through and the agent got the extension
     assert [e.name for e in ws.extensions] == ["permessage-deflate"]
+
+
+def test_scrub_mode_over_http2_extended_connect(daemon, reflect_origin, secrets):
+    """RFC 8441: an HTTP/2 agent's WebSocket is scrubbed the same way (the
+    upstream is compressed and fragmented, cut across reads)."""
+    d = daemon(config_text(secrets), resolve=[f"{OPENAI}:443:127.0.0.1:{reflect_origin.port}"])
+    key = secrets.openai_key
+    c = H2Client(h2c.open_tls_daemon(d, OPENAI))
+    c.wait_settings()
+    sid = c.request("CONNECT", "/reflect?deflate=1&split=1", protocol="websocket",
+                    end_stream=False,
+                    headers=[("sec-websocket-version", "13"),
+                             ("sec-websocket-extensions", "permessage-deflate")])
+    st = c.streams[sid]
+    c.wait(lambda: st.headers is not None or st.done, 10, "the CONNECT response")
+    assert st.status == 200, st.describe()
+    assert st.header("sec-websocket-extensions") is None
+    buf, frames = bytearray(), []
+
+    def closed():
+        buf.extend(st.data)
+        st.data.clear()
+        frames.extend(ws_parse(buf))
+        return any(op == 0x8 for _, op, _, _ in frames)
+    c.wait(closed, 10, "the close frame")
+    c.send_data(sid, ws_frame(0x8, (4000).to_bytes(2, "big")))
+    msgs, cur = [], b""
+    for fin, op, masked, payload in frames:
+        assert not masked
+        if op in (0x0, 0x1, 0x2):
+            cur += payload
+            if fin:
+                msgs.append(cur)
+                cur = b""
+    want = ReflectOrigin.messages(key)
+    assert len(msgs) == len(want), frames
+    seen = b"".join(p for _, _, _, p in frames).decode("latin-1")
+    for f in key_forms(key):
+        assert f not in seen, f"{f!r} reached the agent"
+    assert msgs[0] == b"raw [REDACTED] end"
+    assert [p for _, op, _, p in frames if op == 0x9] == [b"ping [REDACTED]"] * 5
+    assert [p for _, op, _, p in frames if op == 0x8] == [(4000).to_bytes(2, "big") + b"bye [REDACTED]"]
+    c.close()
