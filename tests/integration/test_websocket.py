@@ -1021,6 +1021,13 @@ class ReflectOrigin:
                 resp.append("Sec-WebSocket-Extensions: permessage-deflate")
                 rec["ext"] = "permessage-deflate"
             s.sendall(("\r\n".join(resp) + "\r\n\r\n").encode())
+            if "masked=1" in target:  # a frame a server may not send
+                s.sendall(server_frame(0x1, b"first") + bytes([0x81, 0x80 | 4]) + b"\0\0\0\0"
+                          + key.encode()[:4])
+                rec["after"] = rest
+                while s.recv(65536):
+                    pass
+                return
             out = b""
             comp = zlib.compressobj(wbits=-15)
             for op, payload in self.messages(key):
@@ -1222,3 +1229,17 @@ def test_scrub_mode_over_http2_extended_connect(daemon, reflect_origin, secrets)
     assert [p for _, op, _, p in frames if op == 0x9] == [b"ping [REDACTED]"] * 5
     assert [p for _, op, _, p in frames if op == 0x8] == [(4000).to_bytes(2, "big") + b"bye [REDACTED]"]
     c.close()
+
+
+def test_scrub_mode_upstream_violation_closes_1002(daemon, reflect_origin, secrets):
+    """A frame the upstream may not send (masked) is not relayed: the agent
+    gets a 1002 close and the upstream is dropped."""
+    d = daemon(config_text(secrets), resolve=[f"{OPENAI}:443:127.0.0.1:{reflect_origin.port}"])
+
+    async def body():
+        ws = await ws_connect(d, "/reflect?masked=1")
+        got, code, reason = await collect(ws)
+        return got, code
+    got, code = run(body())
+    assert (got, code) == (["first"], 1002)
+    assert "upstream protocol violation" in d.log_text()
