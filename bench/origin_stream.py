@@ -5,6 +5,7 @@
                          each "data: <CLOCK_REALTIME ns>\\n\\n" (stamped just
                          before the write)
   GET /ws                WebSocket (RFC 6455) echo of text/binary messages
+                         (permessage-deflate when the client offers it)
   anything else          200 "ok"
 
 Every request must carry "Authorization: Bearer <BENCH_KEY>" (401 otherwise),
@@ -19,6 +20,7 @@ import hashlib
 import ssl
 import struct
 import time
+import zlib
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -52,8 +54,15 @@ async def sse(writer, interval):
 async def ws(reader, writer, hdrs):
     key = hdrs.get("sec-websocket-key", "").encode()
     acc = base64.b64encode(hashlib.sha1(key + GUID).digest())
+    # permessage-deflate when offered: echoes compressed (context takeover),
+    # compressed client messages (RSV1) inflated
+    pmd = "permessage-deflate" in hdrs.get("sec-websocket-extensions", "")
+    comp = zlib.compressobj(wbits=-15) if pmd else None
+    decomp = zlib.decompressobj(wbits=-15) if pmd else None
     writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n\r\n")
+                 b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + acc + b"\r\n" +
+                 (b"Sec-WebSocket-Extensions: permessage-deflate\r\n" if pmd else b"") +
+                 b"\r\n")
     await writer.drain()
     while True:
         b0, b1 = await reader.readexactly(2)
@@ -67,6 +76,13 @@ async def ws(reader, writer, hdrs):
         for i in range(n):
             data[i] ^= mask[i & 3]
         op = b0 & 0x0F
+        rsv1 = 0
+        if b0 & 0x40:
+            data = bytearray(decomp.decompress(bytes(data) + b"\x00\x00\xff\xff"))
+        if comp is not None and op in (1, 2):
+            data = bytearray((comp.compress(bytes(data)) + comp.flush(zlib.Z_SYNC_FLUSH))[:-4])
+            rsv1 = 0x40
+        n = len(data)
         if op == 8:
             writer.write(b"\x88\x00")
             await writer.drain()
@@ -74,11 +90,11 @@ async def ws(reader, writer, hdrs):
         if op == 9:
             op = 10
         if n < 126:
-            hdr = bytes([0x80 | op, n])
+            hdr = bytes([0x80 | rsv1 | op, n])
         elif n < 65536:
-            hdr = bytes([0x80 | op, 126]) + struct.pack("!H", n)
+            hdr = bytes([0x80 | rsv1 | op, 126]) + struct.pack("!H", n)
         else:
-            hdr = bytes([0x80 | op, 127]) + struct.pack("!Q", n)
+            hdr = bytes([0x80 | rsv1 | op, 127]) + struct.pack("!Q", n)
         writer.write(hdr + bytes(data))
         await writer.drain()
 

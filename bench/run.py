@@ -39,7 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SECRET = "benchkey"
 TARGETS = ["direct", "agentvault", "mitmproxy"]
-SCENARIOS = ["idle", "keepalive", "newconn", "newhost", "sse", "ws", "h2"]
+SCENARIOS = ["idle", "keepalive", "newconn", "newhost", "sse", "ws", "wsz", "h2"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 AGENTVAULT_BIN = os.environ.get("AGENTVAULT", f"{ROOT}/build/daemon/agentvault")
 
@@ -423,7 +423,7 @@ class Direct:
         self.cafile = f"{rig.wd}/origin-ca.pem"
 
     def client_args(self, scenario):
-        port = (self.rig.stream_port if scenario in ("sse", "ws") else
+        port = (self.rig.stream_port if scenario in ("sse", "ws", "wsz") else
                 self.rig.h2_port if scenario == "h2" else self.rig.origin_port)
         return ["--target", f"127.0.0.1:{port}", "--auth", "Bearer " + SECRET]
 
@@ -593,6 +593,9 @@ def params(smoke, duration):
         "sse": dict(mode="sse", conns=20, duration=d, warmup=0.5 if smoke else w, grace=g,
                     interval=10),
         "ws": dict(mode="ws", conns=10, duration=d, warmup=w, grace=g, msg=32),
+        # the same with permessage-deflate offered by the client (the origin
+        # accepts it and compresses its echoes)
+        "wsz": dict(mode="ws", conns=10, duration=d, warmup=w, grace=g, msg=32),
         # |duration|: the deadline for opening all the idle connections
         "idle": dict(mode="idle", conns=50 if smoke else 1000, duration=20 if smoke else 120),
         # One agent connection (CONNECT + TLS, ALPN h2) with 64 concurrent
@@ -614,9 +617,9 @@ def readline_timeout(f, timeout):
 
 
 def run_avload(rig, px, scen, p, wd):
-    host = ("stream.bench.test" if scen in ("sse", "ws") else
+    host = ("stream.bench.test" if scen in ("sse", "ws", "wsz") else
             "h2.bench.test" if scen == "h2" else "bench.test")
-    path = {"sse": "/sse?interval=%d" % p.get("interval", 10), "ws": "/ws"}.get(scen, "/")
+    path = {"sse": "/sse?interval=%d" % p.get("interval", 10), "ws": "/ws", "wsz": "/ws"}.get(scen, "/")
     cmd = pin(0) + [rig.avload, "--mode", p["mode"], "--cafile", px.cafile, "--host", host,
                     "--path", path, "--conns", str(p["conns"]),
                     "--duration", str(p["duration"]), "--warmup", str(p.get("warmup", 0))]
@@ -625,8 +628,10 @@ def run_avload(rig, px, scen, p, wd):
         cmd += ["--grace", str(p["grace"])]
     if scen == "newhost":
         cmd += ["--host-fmt", "h%04d.bench.test", "--hosts", str(p["hosts"])]
-    if scen == "ws":
+    if scen in ("ws", "wsz"):
         cmd += ["--msg-size", str(p["msg"])]
+    if scen == "wsz":
+        cmd += ["--ws-deflate", "1"]
     if scen == "h2":
         cmd += ["--streams", str(p["streams"])]
     # avload ends by itself after warm-up + duration + grace; the timeout
@@ -705,6 +710,10 @@ ROWS = [
     ("ws", "p50 RTT us", "lat_p50_us"),
     ("ws", "p99 RTT us", "lat_p99_us"),
     ("ws", "proxy CPU us/msg", "cpu_us_per_op"),
+    ("wsz", "msg round trips/s", "rate"),
+    ("wsz", "p50 RTT us", "lat_p50_us"),
+    ("wsz", "p99 RTT us", "lat_p99_us"),
+    ("wsz", "proxy CPU us/msg", "cpu_us_per_op"),
     ("h2", "req/s (1 conn x 64)", "rate"),
     ("h2", "p50 stream latency us", "lat_p50_us"),
     ("h2", "p99 stream latency us", "lat_p99_us"),

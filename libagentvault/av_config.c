@@ -43,7 +43,8 @@ enum {
     K_METHODS = 1u << 12, K_AUTH = 1u << 13, K_SECRET = 1u << 14,
     K_WEBSOCKET = 1u << 15, K_PLACEHOLDER = 1u << 16, K_PLACEHOLDER_IN = 1u << 17,
     K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6, K_SECRET_TTL = 1u << 7,
-    K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20, K_VAULT = 1u << 21, K_AUTH_ALT = 1u << 22
+    K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20, K_VAULT = 1u << 21, K_AUTH_ALT = 1u << 22,
+    K_WS_SCRUB = 1u << 24
 };
 
 typedef struct parser {
@@ -1181,7 +1182,7 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         {"methods", K_METHODS}, {"auth", K_AUTH}, {"secret", K_SECRET},
         {"websocket", K_WEBSOCKET}, {"placeholder", K_PLACEHOLDER},
         {"placeholder_in", K_PLACEHOLDER_IN}, {"agent_env", K_AGENT_ENV},
-        {"auth_alt", K_AUTH_ALT},
+        {"auth_alt", K_AUTH_ALT}, {"websocket_scrub", K_WS_SCRUB},
     };
     unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "service", NULL, k, kl);
     if (!bit)
@@ -1242,6 +1243,14 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
             s->websocket_off = 1;
         else
             return perr(p, "websocket must be \"on\" or \"off\"");
+        return AV_OK;
+    case K_WS_SCRUB:
+        if (word_eq(v, vl, "on"))
+            s->websocket_scrub_off = 0;
+        else if (word_eq(v, vl, "off"))
+            s->websocket_scrub_off = 1;
+        else
+            return perr(p, "websocket_scrub must be \"on\" or \"off\"");
         return AV_OK;
     case K_PLACEHOLDER:
         if (vl < 4 || vl > 128)

@@ -32,6 +32,7 @@
  *          | query PARAM
  *     secret = env:NAME | file:PATH
  *     websocket = on | off            (off: upgrades are answered 426)
+ *     websocket_scrub = on | off      (off: upstream frames spliced unscrubbed)
  *     placeholder = __OPENAI_KEY__    (what agents use instead of the secret)
  *     placeholder_in = websocket      (surfaces where it is replaced)
  *     agent_env = OPENAI_API_KEY, CODEX_API_KEY (variables `run` sets to it)
@@ -92,6 +93,7 @@ typedef struct av_service {
     int auth_alt_line; /* line of the auth_alt key, for messages */
     char *secret_ref;  /* "env:NAME" or "file:PATH" */
     int websocket_off; /* websocket = off: upgrades get 426 */
+    int websocket_scrub_off; /* websocket_scrub = off: splice both ways, unscrubbed */
     char *placeholder; /* value agents use instead of the secret (NULL: none) */
     unsigned placeholder_in; /* AV_SURF_* where the placeholder is replaced */
     char *agent_env;   /* "VAR1,VAR2": variables `run` sets to the placeholder

@@ -173,6 +173,11 @@ struct av_exchange {
     av_h1_fields resp_tr;     /* response trailers (scrubbed), sent after the body */
     av_h1_scan req_tscan;     /* HTTP/1.1 trailer sections being scanned (one */
     av_h1_scan resp_tscan;    /* per direction: both may be pending at once) */
+    int ws_scrub;             /* scrub mode: upstream frames parsed and scrubbed */
+    int ws_pmd_offer;         /* scrub mode: the agent offered permessage-deflate */
+    int ws_pmd;               /* scrub mode: the upstream accepted it */
+    av_ws_scrub *ws_scrubber;
+    unsigned long ws_scrub_seen; /* its redactions already counted */
 };
 
 struct av_conn {
@@ -598,6 +603,7 @@ static void x_reset(av_exchange *x)
     av__buf_free_wipe(&x->a_tx);
     av__secret_free(x->ws_secret);
     av__ws_bridge_free(x->ws_bridge);
+    av__ws_scrub_free(x->ws_scrubber);
     av__secret_free(x->scrub_secret);
     av__scrub_set_unref(x->scrub_set);
     av__secret_free(x->ph_secret);
@@ -941,10 +947,10 @@ typedef struct x_req_in {
 
 /* Is this agent field one we never forward upstream? */
 static int x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name,
-                                const char *alt_name, int ws_frame)
+                                const char *alt_name, int ws_parsed)
 {
-    if (ws_frame && av__h1_name_eq(f, "sec-websocket-extensions"))
-        return 1; /* frame mode reads frames: no compression negotiated */
+    if (ws_parsed && av__h1_name_eq(f, "sec-websocket-extensions"))
+        return 1; /* frame and scrub modes read frames: the proxy makes the offer */
     if (av__h1_is_hop_by_hop(f, in->fields, in->nfields))
         return 1;
     if (av__h1_name_eq(f, "host") || av__h1_name_eq(f, "content-length") ||
@@ -1087,6 +1093,11 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
         }
         x->ws = 1;
         x->ws_frame = svc && (svc->placeholder_in & AV_SURF_WEBSOCKET);
+        x->ws_scrub = svc && !x->ws_frame && !svc->websocket_scrub_off;
+        for (size_t i = 0; i < in->nfields && x->ws_scrub; i++)
+            if (av__h1_name_eq(&in->fields[i], "sec-websocket-extensions") &&
+                av__ws_offers_deflate(in->fields[i].value, in->fields[i].value_len))
+                x->ws_pmd_offer = 1;
         if (in->ws_key) {
             memcpy(x->ws_key, in->ws_key->value, in->ws_key->value_len);
             x->ws_key[in->ws_key->value_len] = '\0';
@@ -1124,7 +1135,7 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
     size_t ncookies = 0;
     for (size_t i = 0; i < in->nfields && !rc; i++) {
         const av_h1_field *f = &in->fields[i];
-        if (x_skip_request_field(in, f, inj_name, alt_name, x->ws_frame))
+        if (x_skip_request_field(in, f, inj_name, alt_name, x->ws_frame || x->ws_scrub))
             continue;
         if (x->sid && av__h1_name_eq(f, "cookie")) {
             ncookies++;
@@ -1516,6 +1527,8 @@ static int x_h1_request_out(av_exchange *x)
     if (x->ws) {
         rc = rc ? rc : av__h1_write_field_str(h, "Connection", "Upgrade");
         rc = rc ? rc : av__h1_write_field_str(h, "Upgrade", "websocket");
+        if (x->ws_pmd_offer) /* scrub mode: inflated here, relayed uncompressed */
+            rc = rc ? rc : av__h1_write_field_str(h, "Sec-WebSocket-Extensions", "permessage-deflate");
         if (x->sid) {
             rc = rc ? rc : av__h1_write_field_str(h, "Sec-WebSocket-Key", x->ws_key);
             av_h1_field tmp[X_RQ_FIELDS];
@@ -2188,6 +2201,16 @@ static const char *x_ws_check_101(const av_exchange *x, const av_h1_response *re
         return "upstream WebSocket handshake invalid: wrong Sec-WebSocket-Accept";
     if (x->ws_frame && av__h1_find(resp->fields, resp->nfields, "sec-websocket-extensions"))
         return "upstream WebSocket handshake invalid: extension negotiated that was not offered";
+    if (x->ws_scrub) {
+        size_t next = 0;
+        for (size_t i = 0; i < resp->nfields; i++) {
+            const av_h1_field *f = &resp->fields[i];
+            if (!av__h1_name_eq(f, "sec-websocket-extensions"))
+                continue;
+            if (!x->ws_pmd_offer || next++ || av__ws_deflate_accepted(f->value, f->value_len) != AV_OK)
+                return "upstream WebSocket handshake invalid: extension negotiated that was not offered";
+        }
+    }
     return NULL;
 }
 
@@ -2205,7 +2228,8 @@ static int x_ws_write_101(av_exchange *x, const av_h1_response *resp)
         for (size_t i = 0; i < resp->nfields && n < AV_H2_MAX_FIELDS; i++) {
             const av_h1_field *f = &resp->fields[i];
             if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length") ||
-                av__h1_name_eq(f, "sec-websocket-accept"))
+                av__h1_name_eq(f, "sec-websocket-accept") ||
+                (x->ws_scrub && av__h1_name_eq(f, "sec-websocket-extensions")))
                 continue;
             h.fields[n++] = *f;
         }
@@ -2217,8 +2241,9 @@ static int x_ws_write_101(av_exchange *x, const av_h1_response *resp)
     int rc = av__h1_write_status_line(o, 101, "Switching Protocols");
     for (size_t i = 0; i < resp->nfields && !rc; i++) {
         const av_h1_field *f = &resp->fields[i];
-        if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length"))
-            continue;
+        if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length") ||
+            (x->ws_scrub && av__h1_name_eq(f, "sec-websocket-extensions")))
+            continue; /* scrub mode: the agent gets messages uncompressed */
         rc = av__h1_write_field(o, f->name, f->name_len, f->value, f->value_len);
     }
     rc = rc ? rc : av__h1_write_field_str(o, "Upgrade", "websocket");
@@ -2336,7 +2361,41 @@ static int x_ws_step(av_exchange *x)
         }
     } else {
         progress |= splice_bytes(ain, u->pout, &x->bytes_req);
-        if (h2) {
+        if (x->ws_scrubber) {
+            /* scrub mode: the upstream's frames, parsed and scrubbed */
+            size_t u0 = u->pin->len;
+            rc = av__ws_scrub_pump(x->ws_scrubber, u->pin, aout);
+            x->bytes_resp += u0 - u->pin->len;
+            progress |= rc > 0;
+            unsigned long cnt = av__ws_scrub_count(x->ws_scrubber);
+            if (cnt > x->ws_scrub_seen) {
+                x->redactions += cnt - x->ws_scrub_seen;
+                c->ctx->m_redacted += cnt - x->ws_scrub_seen;
+                x->ws_scrub_seen = cnt;
+            }
+            if (rc < 0) {
+                av__log(&c->ctx->log, rc == AV_ERR_NOMEM ? AV_LOG_WARN : AV_LOG_INFO,
+                        "websocket host=%s path=%s: %s, closing", x->host, x->log_path,
+                        rc == AV_ERR_PARSE ? "upstream protocol violation"
+                        : rc == AV_ERR_DENIED ? "upstream message over the size cap" : av_strerror(rc));
+                x->up_reusable = 0;
+                x->resp_done = x->req_done = 1;
+                if (!h2) {
+                    c->close_after = 1;
+                    x_finish(x, av_strerror(rc));
+                    c->a.want_shut = 1;
+                } else {
+                    x->resp_done = 0; /* reset the stream */
+                    x_finish(x, av_strerror(rc));
+                }
+                return 1;
+            }
+            if ((u->in_eof || u->err) && rc == 0 && av__ws_scrub_idle(x->ws_scrubber) && u->pin->len) {
+                /* the upstream ended inside a frame: the rest is dropped */
+                av__buf_consume(u->pin, u->pin->len);
+                progress = 1;
+            }
+        } else if (h2) {
             size_t n = u->pin->len, room = av__h2_stream_room(c->h2, x->sid);
             if (n > room)
                 n = room;
@@ -2354,7 +2413,7 @@ static int x_ws_step(av_exchange *x)
             av__side_close_write(u);
             progress = 1;
         }
-        if ((u->in_eof || u->err) && u->pin->len == 0) {
+        if ((u->in_eof || u->err) && u->pin->len == 0 && av__ws_scrub_idle(x->ws_scrubber)) {
             if (!h2 && !c->a.want_shut) {
                 av__side_close_write(&c->a);
                 progress = 1;
@@ -2374,7 +2433,8 @@ static int x_ws_step(av_exchange *x)
             av__buf_consume(&x->a_tx, n);
             progress = 1;
         }
-        int up_over = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge) : ((u->in_eof || u->err) && u->pin->len == 0);
+        int up_over = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
+                                   : ((u->in_eof || u->err) && u->pin->len == 0 && av__ws_scrub_idle(x->ws_scrubber));
         if (up_over && x->a_tx.len == 0 && !x->a_tx_ended) {
             av__h2_end_stream(c->h2, x->sid);
             x->a_tx_ended = 1;
@@ -2463,6 +2523,11 @@ static int x_pump_response_h1(av_exchange *x)
             }
             if (x->ws_bridge)
                 av__ws_bridge_set_upstream_filter(x->ws_bridge, x_ws_filter_up, x);
+            x->ws_pmd = x->ws_scrub && av__h1_find(resp.fields, resp.nfields, "sec-websocket-extensions");
+            if (x->ws_scrub && av__ws_scrub_new(&x->ws_scrubber, x->scrub_set, x->ws_pmd, 0) != AV_OK) {
+                x_fail(x, 502, "out of memory");
+                return 1;
+            }
             x->ws_open = 1;
             return 1;
         }

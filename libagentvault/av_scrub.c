@@ -262,6 +262,15 @@ static void gen_patterns(const uint8_t *s, size_t n, uint8_t *scratch, pat_sink 
             sink(ctx, base, m); /* percent output has no JSON-special bytes */
         }
     }
+    /* hex, both cases (no JSON-special bytes either) */
+    for (int lo = 0; lo < 2; lo++) {
+        const char *hex = lo ? HEX_LO : HEX_UP;
+        for (size_t i = 0; i < n; i++) {
+            base[2 * i] = (uint8_t)hex[s[i] >> 4];
+            base[2 * i + 1] = (uint8_t)hex[s[i] & 15];
+        }
+        sink(ctx, base, 2 * n);
+    }
     static const int sets[] = {PCT_ALL, PCT_UNRES, PCT_PATH, PCT_URIC, PCT_FORM};
     for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
         for (int lo = 0; lo < 2; lo++) {
@@ -1129,6 +1138,23 @@ int av__scrub_feed(av_scrub *s, const uint8_t *in, size_t len, size_t *consumed,
         return rc == AV_OK || rc == AV_ERR_LIMIT || rc == AV_ERR_INVALID ? rc : fail(s, rc);
     }
     return z_pump(s, in, len, consumed, out);
+}
+
+int av__scrub_reset(av_scrub *s)
+{
+    if (!s || s->enc != AV_SCRUB_IDENTITY)
+        return AV_ERR_INVALID;
+    if (s->fail)
+        return s->fail;
+    sc_core *c = &s->core;
+    av__wipe(c->ring, c->ring_cap);
+    av__wipe(c->reg, c->reg_cap * sizeof(*c->reg));
+    c->q = 0;
+    c->pos = c->emitted = 0;
+    c->ring_head = c->ring_len = 0;
+    c->reg_head = c->reg_len = 0;
+    s->fin_stage = 0;
+    return AV_OK;
 }
 
 int av__scrub_finish(av_scrub *s, av_buf *out)

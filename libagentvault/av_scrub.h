@@ -36,6 +36,10 @@
  *             the padded whole) then percent-encoded with unreserved kept,
  *             %XX and %xx. Not covered: mixed-case hex within one pattern
  *             (%2f%2F), or other sets of kept characters.
+ *   hex       every byte as two hex digits, all lower case or all upper
+ *             case (Python bytes.hex(), Go hex.EncodeToString, %02x / %02X).
+ *             Not covered: mixed case within one pattern, separators
+ *             between bytes ("de:ad", "de ad"), \x escapes.
  *   JSON      each form above (raw, base64, percent) as a JSON string body,
  *             as common encoders write it:
  *               minimal  \" \\ \b \f \n \r \t, other C0 as \u00xx, the rest
@@ -172,6 +176,12 @@ int av__scrub_feed(av_scrub *s, const uint8_t *in, size_t len, size_t *consumed,
  * output stream is left unterminated), AV_ERR_DENIED or AV_ERR_NOMEM. A
  * compressed body with no bytes at all gives no output and 0. */
 int av__scrub_finish(av_scrub *s, av_buf *out);
+
+/* av__scrub_reset makes an identity scrubber ready for a new body (held
+ * bytes are dropped: finish first), keeping the count: one scrubber serves
+ * the messages of a WebSocket one after another. Returns 0, AV_ERR_INVALID
+ * (a compressed scrubber) or the sticky error. */
+int av__scrub_reset(av_scrub *s);
 
 /* av__scrub_count: markers written so far (one per maximal group of
  * overlapping matches; a marker is counted when it is written, so held

@@ -16,6 +16,17 @@
  *
  * I/O-free like the other cores: the caller owns four bounded buffers and
  * calls av__ws_bridge_pump whenever any of them changed.
+ *
+ * Scrub mode (the default for a service with a credential; av_ws_scrub
+ * below) sits between the two: the agent's bytes are spliced upstream
+ * untouched, and the upstream's frames are parsed one way only, their data
+ * messages scrubbed of the secret (av_scrub, streamed across frames and
+ * reads) and re-framed toward the agent. Control frames pass through in
+ * order (ping/pong payloads and close reasons scrubbed too), so the peers
+ * keep answering each other. permessage-deflate is negotiated with the
+ * upstream only: its messages are inflated, scrubbed and relayed
+ * uncompressed, and the agent is told no extension (see ARCHITECTURE.md
+ * for why not re-deflating).
  */
 #ifndef AV_WS_H
 #define AV_WS_H
@@ -24,6 +35,7 @@
 #include <stdint.h>
 
 #include "av_buf.h"
+#include "av_scrub.h"
 
 /* av__ws_accept_key computes Sec-WebSocket-Accept for |key| (the client's
  * Sec-WebSocket-Key value) into |out| (29 bytes incl. NUL). Returns 0 or
@@ -85,6 +97,47 @@ typedef struct av_ws_stats {
     int close_code_to_upstream; /* close code the bridge sent upstream (0 if none) */
 } av_ws_stats;
 void av__ws_bridge_stats(const av_ws_bridge *b, av_ws_stats *st);
+
+/* A one-way relay of upstream frames toward the agent, scrubbed. */
+typedef struct av_ws_scrub av_ws_scrub;
+
+/* av__ws_scrub_new makes one. |set| (referenced; NULL: frames are parsed
+ * and relayed unscrubbed) gives the patterns; |deflate| says
+ * permessage-deflate was negotiated with the upstream; |max_message| caps
+ * a message's payload after inflating (0: 16 MiB). Returns 0 or
+ * AV_ERR_NOMEM. */
+int av__ws_scrub_new(av_ws_scrub **out, av_scrub_set *set, int deflate, size_t max_message);
+void av__ws_scrub_free(av_ws_scrub *w);
+
+/* av__ws_scrub_pump takes upstream bytes from |in| and appends frames to
+ * |out| (never beyond its room; a frame of up to 1 MiB is relayed whole,
+ * longer ones in 1 MiB fragments). Bytes after the upstream's close frame
+ * are dropped. Returns > 0 if anything moved, 0 if not, AV_ERR_PARSE when
+ * the upstream broke the protocol (RSV bits, masking, control-frame rules,
+ * fragmentation order, corrupt compressed data) or AV_ERR_DENIED when a
+ * message exceeded the cap: a close frame (1002 / 1009) was then queued
+ * toward the agent and written before this is returned; the caller drops
+ * the upstream. AV_ERR_NOMEM is fatal. */
+int av__ws_scrub_pump(av_ws_scrub *w, av_buf *in, av_buf *out);
+/* av__ws_scrub_idle: no frame is partly written to the agent. */
+int av__ws_scrub_idle(const av_ws_scrub *w);
+/* av__ws_scrub_closed: the upstream's close (or ours) went to the agent. */
+int av__ws_scrub_closed(const av_ws_scrub *w);
+/* av__ws_scrub_count: redaction markers written so far. */
+unsigned long av__ws_scrub_count(const av_ws_scrub *w);
+/* av__ws_scrub_stats: messages and payload bytes relayed, close code seen
+ * from the upstream (1005: without a code) or sent by the relay. */
+void av__ws_scrub_stats(const av_ws_scrub *w, unsigned long long *msgs, unsigned long long *bytes,
+                        int *close_code);
+
+/* av__ws_offers_deflate: a Sec-WebSocket-Extensions request value lists
+ * permessage-deflate. */
+int av__ws_offers_deflate(const char *v, size_t len);
+/* av__ws_deflate_accepted checks an upstream's Sec-WebSocket-Extensions
+ * answer to an offer of plain "permessage-deflate": exactly that
+ * extension with known parameters (context takeover, window bits 8..15).
+ * Returns 0 or AV_ERR_INVALID. */
+int av__ws_deflate_accepted(const char *v, size_t len);
 
 /* av__subst_replace replaces every occurrence of |needle| in |in| with
  * |repl|. Returns 1 and a new av__malloc'd buffer in *out (caller frees,

@@ -239,6 +239,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         CHECK(k.n == ref.n && (k.n == 0 || memcmp(k.p, ref.p, k.n) == 0));
         CHECK(av__scrub_count(s) == ref_count);
         free(k.p);
+        /* reset (as the WebSocket relay does per message): the same again */
+        CHECK(av__scrub_reset(s) == AV_OK);
+        CHECK(av__scrub_held(s) == 0 && av__scrub_count(s) == ref_count);
+        sink k2 = {NULL, 0, 0};
+        CHECK(scrub_all(s, body, blen, &r, 1, &k2) == AV_OK);
+        CHECK(k2.n == ref.n && (k2.n == 0 || memcmp(k2.p, ref.p, k2.n) == 0));
+        CHECK(av__scrub_count(s) == 2 * ref_count);
+        free(k2.p);
         av__scrub_free(s);
     } else { /* gzip round trip */
         size_t zlen;

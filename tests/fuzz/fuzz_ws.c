@@ -8,7 +8,12 @@
  * well-formed (masked toward the upstream only, RSV clear, known opcodes,
  * control frames <= 125 bytes and unfragmented, nothing after a close);
  * and once both streams ended and the outputs are drained the bridge is
- * done. av__ws_accept_key and av__subst_replace are fuzzed on the side.
+ * done. The upstream bytes also go through the scrub-mode relay
+ * (av_ws_scrub, with and without permessage-deflate): what it writes toward
+ * the agent is well-formed (unmasked, RSV clear, fragments in order,
+ * control frames whole, nothing after a close) and no reassembled message
+ * or control payload holds the secret. av__ws_accept_key and
+ * av__subst_replace are fuzzed on the side.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -18,6 +23,8 @@
 
 #include "av_buf.h"
 #include "av_mem.h"
+#include "av_scrub.h"
+#include "av_secret.h"
 #include "av_ws.h"
 #include "fuzz_util.h"
 
@@ -190,6 +197,131 @@ static void fuzz_bridge(uint8_t cfg, const uint8_t *ag, size_t ag_len, const uin
     av__buf_free(&cu.acc);
 }
 
+#define FUZZ_SECRET "sk-secret-value"
+
+/* A checker for the scrub relay's output toward the agent. */
+typedef struct relay_check {
+    av_buf acc;    /* bytes not yet parsed */
+    av_buf msg;    /* the data message being reassembled */
+    int in_msg, closed;
+    int scrubbed;  /* the relay had the secret's patterns */
+} relay_check;
+
+static void check_relay(relay_check *c)
+{
+    for (;;) {
+        size_t n = av__buf_len(&c->acc);
+        if (n < 2)
+            return;
+        const uint8_t *p = av__buf_head(&c->acc);
+        unsigned fin = p[0] >> 7, rsv = (p[0] >> 4) & 7, op = p[0] & 15;
+        uint64_t len = p[1] & 127;
+        size_t off = 2;
+        CHECK(!(p[1] & 0x80));
+        if (len == 126) {
+            if (n < 4)
+                return;
+            len = (uint64_t)p[2] << 8 | p[3];
+            CHECK(len >= 126);
+            off = 4;
+        } else if (len == 127) {
+            if (n < 10)
+                return;
+            len = 0;
+            for (int i = 0; i < 8; i++)
+                len = len << 8 | p[2 + i];
+            CHECK(len >= 65536 && len <= ((uint64_t)1 << 20));
+            off = 10;
+        }
+        if (n - off < len)
+            return;
+        CHECK(!c->closed && rsv == 0);
+        const uint8_t *pay = p + off;
+        if (op >= 8) {
+            CHECK(fin && len <= 125 && (op == 8 || op == 9 || op == 10));
+            CHECK(!c->scrubbed || len == 0 || !memmem(pay, (size_t)len, FUZZ_SECRET, sizeof(FUZZ_SECRET) - 1));
+            if (op == 8) {
+                CHECK(len != 1);
+                c->closed = 1;
+            }
+        } else {
+            CHECK(op == 0 ? c->in_msg : (op == 1 || op == 2) && !c->in_msg);
+            if (av__buf_room(&c->msg) >= len) {
+                CHECK(av__buf_append(&c->msg, pay, (size_t)len) == 0);
+            } else { /* keep the tail, where a secret could still straddle */
+                av__buf_consume(&c->msg, av__buf_len(&c->msg));
+                size_t keep = len > 64 ? 64 : (size_t)len;
+                CHECK(av__buf_append(&c->msg, pay + len - keep, keep) == 0);
+            }
+            CHECK(!c->scrubbed || av__buf_len(&c->msg) == 0 ||
+                  !memmem(av__buf_head(&c->msg), av__buf_len(&c->msg), FUZZ_SECRET,
+                          sizeof(FUZZ_SECRET) - 1));
+            c->in_msg = !fin;
+            if (fin)
+                av__buf_consume(&c->msg, av__buf_len(&c->msg));
+        }
+        av__buf_consume(&c->acc, off + (size_t)len);
+    }
+}
+
+/* fuzz_relay runs the upstream bytes through the scrub-mode relay. */
+static void fuzz_relay(uint8_t cfg, const uint8_t *up, size_t up_len, rng *r)
+{
+    static av_scrub_set *set;
+    if (!set) {
+        av_secret *sec = av__secret_new(FUZZ_SECRET, sizeof(FUZZ_SECRET) - 1);
+        const av_secret *v[1] = {sec};
+        CHECK(sec && av__scrub_set_new(&set, v, 1) == AV_OK);
+        av__secret_free(sec);
+    }
+    static const size_t caps[4] = {0, 64, 1000, 70000};
+    av_ws_scrub *w = NULL;
+    if (av__ws_scrub_new(&w, (cfg & 128) ? NULL : set, (cfg & 64) != 0, caps[cfg & 3]) != AV_OK)
+        return;
+    av_buf in, out;
+    av__buf_init(&in, 1 + rng_next(r, 4096));
+    av__buf_init(&out, 1 + rng_next(r, (cfg & 8) ? 16 : 4096));
+    relay_check c = {.scrubbed = !(cfg & 128)};
+    av__buf_init(&c.acc, (1 << 20) + 64);
+    av__buf_init(&c.msg, 1 << 16);
+    size_t off = 0;
+    int idle = 0;
+    for (long round = 0; round < 200000; round++) {
+        size_t n = rng_next(r, 600);
+        if (n > up_len - off)
+            n = up_len - off;
+        if (n > av__buf_room(&in))
+            n = av__buf_room(&in);
+        CHECK(av__buf_append(&in, up + off, n) == 0);
+        off += n;
+        int rc = av__ws_scrub_pump(w, &in, &out);
+        CHECK(rc == 0 || rc == 1 || rc == AV_ERR_PARSE || rc == AV_ERR_DENIED || rc == AV_ERR_NOMEM);
+        CHECK(av__buf_len(&out) <= out.max);
+        if (rc < 0) {
+            /* the close frame toward the agent is out */
+            CHECK(rc == AV_ERR_NOMEM || av__ws_scrub_closed(w));
+            break;
+        }
+        size_t before = av__buf_len(&out), d = rng_next(r, 4) ? rng_next(r, 5000) : 0;
+        if (d > before)
+            d = before;
+        if (d) {
+            CHECK(av__buf_append(&c.acc, av__buf_head(&out), d) == 0);
+            av__buf_consume(&out, d);
+            check_relay(&c);
+        }
+        if (off == up_len && rc == 0 && d == 0 && before == 0)
+            break; /* everything fed, nothing moves */
+        idle = (rc == 0 && d == 0 && n == 0) ? idle + 1 : 0;
+        CHECK(idle < 1000);
+    }
+    av__ws_scrub_free(w);
+    av__buf_free(&in);
+    av__buf_free(&out);
+    av__buf_free(&c.acc);
+    av__buf_free(&c.msg);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 2)
@@ -201,6 +333,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t rest_len = size - 2;
     size_t split = rest_len * data[0] / 255;
     fuzz_bridge(cfg, rest, split, rest + split, rest_len - split, &r);
+    fuzz_relay(cfg, rest + split, rest_len - split, &r);
 
     /* accept key on a prefix: accepted keys give 28 base64 chars + '=' */
     char out[29];

@@ -1,5 +1,6 @@
 """Response scrubbing (issue 5): whatever the origin echoes of the injected
-secret (raw, base64 in any alignment, percent-encoded, JSON-escaped; in a
+secret (raw, base64 in any alignment, percent-encoded, hex in either case,
+JSON-escaped; in a
 header; split across chunks; gzip-compressed) is replaced before the agent
 sees it, over HTTP/1.1 and HTTP/2, and each redaction is counted."""
 import base64
@@ -18,7 +19,8 @@ from avtest.daemon import config_text
 def _forms(secret):
     raw = secret.encode()
     forms = {secret, base64.b64encode(raw).decode(), urllib.parse.quote(secret, safe=""),
-             "".join("%%%02X" % b for b in raw), json.dumps(secret)[1:-1]}
+             "".join("%%%02X" % b for b in raw), json.dumps(secret)[1:-1],
+             raw.hex(), raw.hex().upper()}
     # the inner, alignment-independent part of base64 of the secret at any offset
     for pre in (b"", b"x", b"xy"):
         enc = base64.b64encode(pre + raw).decode().rstrip("=")
@@ -40,15 +42,15 @@ def test_echoed_secret_never_reaches_agent(daemon, upstream, secrets, tmp_path, 
         assert form not in seen, f"{form!r} reached the agent"
     body = r.body.decode()
     assert body.startswith("begin\n") and body.endswith("end\n"), body
-    assert body.count("[REDACTED]") == 9, body
+    assert body.count("[REDACTED]") == 11, body
     assert r.header("X-Echo-Secret") == "k=[REDACTED]"
     # the origin was asked only for encodings the proxy can scrub
     assert upstream.only_request().header("Accept-Encoding") == "gzip"
     rec = json.loads(audit.read_text().splitlines()[-1])
-    assert rec["redactions"] == 10, rec
+    assert rec["redactions"] == 12, rec
     with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=10) as m:
         text = m.read().decode()
-    assert re.search(r"^agentvault_redacted_total 10$", text, re.M), text
+    assert re.search(r"^agentvault_redacted_total 12$", text, re.M), text
 
 
 def test_unmatched_requests_are_not_scrubbed(daemon, upstream, secrets):

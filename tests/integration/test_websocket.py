@@ -1,6 +1,8 @@
 """WebSocket relay: upgrade requests are exchanges (matched, credential
-injected), the upstream's 101 is validated, then bytes are spliced (default)
-or frames are parsed for placeholder substitution (frame mode).
+injected), the upstream's 101 is validated, then the agent's bytes are
+spliced and the upstream's frames parsed and scrubbed (scrub mode, the
+default), or bytes are spliced both ways (websocket_scrub = off), or frames
+are parsed both ways for placeholder substitution (frame mode).
 
 Clients are websockets 10.4 (legacy asyncio API), which has no proxy
 support: the CONNECT tunnel is opened on a raw socket and handed over with
@@ -15,8 +17,11 @@ import os
 import select
 import socket
 import ssl
+import re
 import threading
 import time
+import urllib.request
+import zlib
 
 import pytest
 import websockets
@@ -25,8 +30,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import OP_TEXT
 
 from avtest import client
+from avtest import h2_client as h2c
 from avtest.checks import assert_raw_proxy_error, tls_tunnel
-from avtest.daemon import config_text, plain_service
+from avtest.daemon import config_text, find_leaks, plain_service
+from avtest.h2_client import H2Client, ws_frame, ws_parse
 from avtest import ws_upstream as wsu
 from avtest.ws_upstream import RawWsUpstream, WsUpstream
 
@@ -41,6 +48,13 @@ auth = bearer
 secret = env:OPENAI_API_KEY
 placeholder = __OPENAI_KEY__
 placeholder_in = websocket
+"""
+
+SPLICE_SERVICE = """[service "openai"]
+host = api.openai.com
+auth = bearer
+secret = env:OPENAI_API_KEY
+websocket_scrub = off
 """
 
 OFF_SERVICE = """[service "openai"]
@@ -84,10 +98,10 @@ def raw_ws_upstream(test_ca):
     srv.stop()
 
 
-def ws_config(secrets, mode="splice", proxy_extra=""):
-    if mode == "splice":
+def ws_config(secrets, mode="scrub", proxy_extra=""):
+    if mode == "scrub":
         return config_text(secrets, proxy_extra=proxy_extra)
-    svc = {"frame": FRAME_SERVICE, "off": OFF_SERVICE}[mode]
+    svc = {"frame": FRAME_SERVICE, "off": OFF_SERVICE, "splice": SPLICE_SERVICE}[mode]
     return config_text(secrets, proxy_extra=proxy_extra, services=False, extra=svc)
 
 
@@ -95,7 +109,7 @@ def ws_config(secrets, mode="splice", proxy_extra=""):
 def wsd(daemon, ws_upstream, upstream, secrets):
     """Factory: a daemon whose api.openai.com is the WebSocket origin
     (port: another origin), api.github.com the HTTP `upstream`."""
-    def start(mode="splice", proxy_extra="", port=None):
+    def start(mode="scrub", proxy_extra="", port=None):
         port = port or ws_upstream.port
         return daemon(ws_config(secrets, mode, proxy_extra),
                       resolve=[f"{OPENAI}:443:127.0.0.1:{port}",
@@ -103,7 +117,7 @@ def wsd(daemon, ws_upstream, upstream, secrets):
     return start
 
 
-@pytest.fixture(params=["splice", "frame"])
+@pytest.fixture(params=["scrub", "splice", "frame"])
 def mode(request):
     return request.param
 
@@ -368,6 +382,11 @@ def test_upgrade_injects_credential_and_forwards_handshake(wsd, ws_upstream, sec
             assert conn.header("Sec-WebSocket-Extensions") == \
                 ws.request_headers["Sec-WebSocket-Extensions"]
             assert conn.extensions == ["permessage-deflate"]
+        elif mode == "scrub":
+            # the proxy's own offer upstream; the agent is told no extension
+            assert conn.header_values("Sec-WebSocket-Extensions") == ["permessage-deflate"]
+            assert conn.extensions == ["permessage-deflate"]
+            assert ws.extensions == []
         else:
             assert conn.header_values("Sec-WebSocket-Extensions") == [], conn.headers
             assert conn.extensions == []
@@ -409,6 +428,7 @@ def test_message_sizes_roundtrip(wsd, ws_upstream, mode):
 
 
 def test_permessage_deflate_end_to_end(wsd, ws_upstream):
+    """websocket_scrub = off: compression is the peers' business."""
     d = wsd("splice")
 
     async def body():
@@ -427,6 +447,26 @@ def test_permessage_deflate_end_to_end(wsd, ws_upstream):
     run(body())
 
 
+def test_permessage_deflate_scrub_mode(wsd, ws_upstream):
+    """Scrub mode: compressed between the proxy and the origin (inflated to
+    be scrubbed), uncompressed between the agent and the proxy."""
+    d = wsd("scrub")
+
+    async def body():
+        ws = await ws_connect(d, "/echo")
+        conn = await ws_upstream.aconn(0)
+        assert conn.extensions == ["permessage-deflate"]
+        assert ws.extensions == []
+        assert "Sec-WebSocket-Extensions" not in ws.response_headers
+        for i in range(3):  # context takeover across messages
+            msg = (f"compress me {i} " * 100000)[:MIB]
+            await ws.send(msg)
+            assert await asyncio.wait_for(ws.recv(), 10) == msg
+        assert ws.wire_bytes_in > 3 * MIB, ws.wire_bytes_in
+        await ws.close()
+    run(body())
+
+
 def test_ping_pong(wsd, ws_upstream, mode):
     d = wsd(mode)
 
@@ -437,7 +477,7 @@ def test_ping_pong(wsd, ws_upstream, mode):
         await ws_upstream.await_(lambda: conn.pong_ok is not None, 5, "upstream pong")
         assert conn.pong_ok is True
         await asyncio.wait_for(await ws.ping(b"client-ping-7"), 3)
-        if mode == "splice":
+        if mode != "frame":
             assert ("ping", b"client-ping-7") in conn.control
         await ws.send("after pings")
         assert await asyncio.wait_for(ws.recv(), 5) == "after pings"
@@ -487,7 +527,7 @@ def test_upstream_tcp_drop_ends_client(wsd, ws_upstream, mode):
         t0 = time.monotonic()
         await asyncio.wait_for(ws.wait_closed(), 5)
         assert time.monotonic() - t0 < 5
-        if mode == "splice":  # bytes untouched: no close frame made up by the proxy
+        if mode != "frame":  # no close frame made up by the proxy
             assert ws.close_rcvd is None, ws.close_rcvd
     run(body())
 
@@ -502,7 +542,7 @@ def test_client_tcp_close_seen_by_upstream(wsd, ws_upstream, mode):
         await ws_upstream.await_(lambda: conn.messages, 5, "message")
         ws.transport.abort()  # no close frame
         await ws_upstream.await_(lambda: conn.ended, 5, "upstream end")
-        if mode == "splice":
+        if mode != "frame":
             assert conn.close_code is None
     run(body())
 
@@ -901,3 +941,305 @@ def test_frame_mode_scrubs_secret_echoed_by_server(wsd, ws_upstream, secrets):
         assert b"[REDACTED]" in got
         await ws.close()
     run(body())
+
+
+# ---- scrub mode (default): the upstream's frames are scrubbed -------------------------
+
+class ReflectOrigin:
+    """A TLS WebSocket origin that reflects the credential it was sent.
+
+    It answers the upgrade (with permessage-deflate when the path has
+    deflate=1 and the request offers it), then sends the bearer secret in
+    text and binary messages (raw, base64, hex lower and upper case), a ping
+    carrying it, and a close frame whose reason carries it. With split=1
+    each message is cut into three fragments at points inside the secret,
+    pings interleave the fragments, and the bytes go out a few at a time
+    (so the proxy reads every frame in many pieces). It records what it
+    received after the handshake."""
+
+    def __init__(self, certfile, keyfile):
+        self.ctx = wsu._server_ctx(certfile, keyfile)
+        self.lock = threading.Lock()
+        self.records = []
+
+    def start(self):
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.port = self.srv.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.srv.close()
+
+    def _serve(self):
+        while True:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(s,), daemon=True).start()
+
+    @staticmethod
+    def messages(key):
+        raw = key.encode()
+        return [(0x1, b"raw " + raw + b" end"),
+                (0x1, b"b64 " + base64.b64encode(raw) + b" end"),
+                (0x1, b"hex " + raw.hex().encode() + b" end"),
+                (0x2, b"\x00HEX " + raw.hex().upper().encode() + b"\xff"),
+                (0x2, b"\x01raw " + raw + b"\xfe")]
+
+    def _handle(self, s):
+        rec = {"head": b"", "after": b"", "ext": None}
+        with self.lock:
+            self.records.append(rec)
+        try:
+            s.settimeout(10)
+            s = self.ctx.wrap_socket(s, server_side=True)
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                data = s.recv(65536)
+                if not data:
+                    return
+                buf += data
+            head, rest = buf.split(b"\r\n\r\n", 1)
+            rec["head"] = head
+            lines = head.decode("latin-1").split("\r\n")
+            target = lines[0].split(" ")[1]
+            hdrs = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                hdrs[k.strip().lower()] = v.strip()
+            key = hdrs.get("authorization", "").split(" ", 1)[-1]
+            deflate = "deflate=1" in target and "permessage-deflate" in hdrs.get(
+                "sec-websocket-extensions", "")
+            split = "split=1" in target
+            resp = ["HTTP/1.1 101 Switching Protocols", "Upgrade: websocket",
+                    "Connection: Upgrade",
+                    "Sec-WebSocket-Accept: " + wsu.accept_for(hdrs["sec-websocket-key"])]
+            if deflate:
+                resp.append("Sec-WebSocket-Extensions: permessage-deflate")
+                rec["ext"] = "permessage-deflate"
+            s.sendall(("\r\n".join(resp) + "\r\n\r\n").encode())
+            if "masked=1" in target:  # a frame a server may not send
+                s.sendall(server_frame(0x1, b"first") + bytes([0x81, 0x80 | 4]) + b"\0\0\0\0"
+                          + key.encode()[:4])
+                rec["after"] = rest
+                while s.recv(65536):
+                    pass
+                return
+            out = b""
+            comp = zlib.compressobj(wbits=-15)
+            for op, payload in self.messages(key):
+                if deflate:
+                    data = comp.compress(payload) + comp.flush(zlib.Z_SYNC_FLUSH)
+                    assert data.endswith(b"\x00\x00\xff\xff")
+                    data = data[:-4]
+                else:
+                    data = payload
+                if split:
+                    a, b = len(data) // 3, 2 * len(data) // 3
+                    parts = [data[:a], data[a:b], data[b:]]
+                    for i, part in enumerate(parts):
+                        out += server_frame(op if i == 0 else 0, part, fin=i == 2,
+                                            rsv1=deflate and i == 0)
+                        if i == 0:
+                            out += server_frame(0x9, b"ping " + key.encode())
+                else:
+                    out += server_frame(op, data, rsv1=deflate)
+            out += server_frame(0x8, (4000).to_bytes(2, "big") + b"bye " + key.encode())
+            if split:
+                for i in range(0, len(out), 5):
+                    s.sendall(out[i:i + 5])
+                    time.sleep(0.001)
+            else:
+                s.sendall(out)
+            rec["after"] = rest
+            while not any(op == 0x8 for op, _ in client_frames(rec["after"])):
+                data = s.recv(65536)
+                if not data:
+                    break
+                rec["after"] += data
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+def client_frames(buf):
+    """(opcode, unmasked payload) of the complete masked frames in buf."""
+    out, i = [], 0
+    while i + 2 <= len(buf):
+        n, j = buf[i + 1] & 0x7F, i + 2
+        if n == 126:
+            n, j = int.from_bytes(buf[j:j + 2], "big"), j + 2
+        elif n == 127:
+            n, j = int.from_bytes(buf[j:j + 8], "big"), j + 8
+        if j + 4 + n > len(buf):
+            break
+        key, data = buf[j:j + 4], buf[j + 4:j + 4 + n]
+        out.append((buf[i] & 0x0F, bytes(b ^ key[k % 4] for k, b in enumerate(data))))
+        i = j + 4 + n
+    return out
+
+
+def server_frame(opcode, payload, fin=True, rsv1=False):
+    b0 = (0x80 if fin else 0) | (0x40 if rsv1 else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        head = bytes([b0, n])
+    elif n < 65536:
+        head = bytes([b0, 126]) + n.to_bytes(2, "big")
+    else:
+        head = bytes([b0, 127]) + n.to_bytes(8, "big")
+    return head + payload
+
+
+def key_forms(key):
+    raw = key.encode()
+    return [key, base64.b64encode(raw).decode()[:-4], raw.hex(), raw.hex().upper()]
+
+
+@pytest.fixture
+def reflect_origin(test_ca):
+    srv = ReflectOrigin(test_ca.server_cert, test_ca.server_key).start()
+    yield srv
+    srv.stop()
+
+
+def redacted_total(d):
+    with urllib.request.urlopen(f"http://127.0.0.1:{d.port}/metrics", timeout=10) as m:
+        text = m.read().decode()
+    return int(re.search(r"^agentvault_redacted_total (\d+)$", text, re.M).group(1))
+
+
+async def collect(ws):
+    """Every message until the close, and the close code and reason."""
+    got = []
+    try:
+        while True:
+            got.append(await asyncio.wait_for(ws.recv(), 10))
+    except ConnectionClosed:
+        pass
+    return got, ws.close_code, ws.close_reason
+
+
+@pytest.mark.parametrize("query", ["", "?split=1", "?deflate=1", "?deflate=1&split=1"],
+                         ids=["whole", "split", "deflate", "deflate-split"])
+def test_scrub_mode_scrubs_secret_reflected_by_upstream(daemon, reflect_origin, secrets, query):
+    """By default (no placeholder, no option), whatever the origin reflects of
+    the injected key, in text or binary messages, fragmented and cut across
+    reads, compressed or not, in a ping or a close reason, reaches the agent
+    as [REDACTED]."""
+    d = daemon(config_text(secrets), resolve=[f"{OPENAI}:443:127.0.0.1:{reflect_origin.port}"])
+    key = secrets.openai_key
+
+    async def body():
+        ws = await ws_connect(d, "/reflect" + query)
+        got, code, reason = await collect(ws)
+        return ws, got, code, reason
+    ws, got, code, reason = run(body())
+    want = ReflectOrigin.messages(key)
+    assert len(got) == len(want), got
+    for (op, _), m in zip(want, got):
+        assert isinstance(m, str) == (op == 0x1), m
+        text = m if isinstance(m, str) else m.decode("latin-1")
+        assert "[REDACTED]" in text, text
+        for f in key_forms(key):
+            assert f not in text, f"{f!r} reached the agent in {text!r}"
+    assert got[0] == "raw [REDACTED] end" and got[2] == "hex [REDACTED] end"
+    assert got[3] == b"\x00HEX [REDACTED]\xff" and got[4] == b"\x01raw [REDACTED]\xfe"
+    assert (code, reason) == (4000, "bye [REDACTED]")
+    rec = reflect_origin.records[0]
+    head = rec["head"].decode("latin-1")
+    assert f"Bearer {key}" in head
+    if "deflate" in query:
+        # compression was negotiated upstream, and not with the agent
+        assert rec["ext"] == "permessage-deflate", head
+        assert "Sec-WebSocket-Extensions: permessage-deflate\r\n" in head + "\r\n", head
+    assert ws.extensions == []
+    # the agent answered the pings with what it got: the key scrubbed
+    pongs = [p for op, p in client_frames(rec["after"]) if op == 0xA]
+    assert pongs == ([b"ping [REDACTED]"] * 5 if "split" in query else []), pongs
+    redactions = 6 + (5 if "split" in query else 0)  # messages, close, pings
+    assert redacted_total(d) == redactions
+    assert not find_leaks(d.log_text(), [key])
+
+
+def test_scrub_off_splices_both_ways_and_leaks(daemon, reflect_origin, secrets):
+    """websocket_scrub = off: today's splice, with what it gives up: the
+    reflected key reaches the agent unchanged."""
+    svc = OFF_SERVICE.replace("websocket = off", "websocket_scrub = off")
+    d = daemon(config_text(secrets, services=False, extra=svc),
+               resolve=[f"{OPENAI}:443:127.0.0.1:{reflect_origin.port}"])
+    key = secrets.openai_key
+
+    async def body():
+        ws = await ws_connect(d, "/reflect?deflate=1")
+        got, code, reason = await collect(ws)
+        return ws, got, code, reason
+    ws, got, code, reason = run(body())
+    assert got[0] == f"raw {key} end"
+    assert (code, reason) == (4000, f"bye {key}")
+    # the agent's own offer went through and the agent got the extension
+    assert [e.name for e in ws.extensions] == ["permessage-deflate"]
+
+
+def test_scrub_mode_over_http2_extended_connect(daemon, reflect_origin, secrets):
+    """RFC 8441: an HTTP/2 agent's WebSocket is scrubbed the same way (the
+    upstream is compressed and fragmented, cut across reads)."""
+    d = daemon(config_text(secrets), resolve=[f"{OPENAI}:443:127.0.0.1:{reflect_origin.port}"])
+    key = secrets.openai_key
+    c = H2Client(h2c.open_tls_daemon(d, OPENAI))
+    c.wait_settings()
+    sid = c.request("CONNECT", "/reflect?deflate=1&split=1", protocol="websocket",
+                    end_stream=False,
+                    headers=[("sec-websocket-version", "13"),
+                             ("sec-websocket-extensions", "permessage-deflate")])
+    st = c.streams[sid]
+    c.wait(lambda: st.headers is not None or st.done, 10, "the CONNECT response")
+    assert st.status == 200, st.describe()
+    assert st.header("sec-websocket-extensions") is None
+    buf, frames = bytearray(), []
+
+    def closed():
+        buf.extend(st.data)
+        st.data.clear()
+        frames.extend(ws_parse(buf))
+        return any(op == 0x8 for _, op, _, _ in frames)
+    c.wait(closed, 10, "the close frame")
+    c.send_data(sid, ws_frame(0x8, (4000).to_bytes(2, "big")))
+    msgs, cur = [], b""
+    for fin, op, masked, payload in frames:
+        assert not masked
+        if op in (0x0, 0x1, 0x2):
+            cur += payload
+            if fin:
+                msgs.append(cur)
+                cur = b""
+    want = ReflectOrigin.messages(key)
+    assert len(msgs) == len(want), frames
+    seen = b"".join(p for _, _, _, p in frames).decode("latin-1")
+    for f in key_forms(key):
+        assert f not in seen, f"{f!r} reached the agent"
+    assert msgs[0] == b"raw [REDACTED] end"
+    assert [p for _, op, _, p in frames if op == 0x9] == [b"ping [REDACTED]"] * 5
+    assert [p for _, op, _, p in frames if op == 0x8] == [(4000).to_bytes(2, "big") + b"bye [REDACTED]"]
+    c.close()
+
+
+def test_scrub_mode_upstream_violation_closes_1002(daemon, reflect_origin, secrets):
+    """A frame the upstream may not send (masked) is not relayed: the agent
+    gets a 1002 close and the upstream is dropped."""
+    d = daemon(config_text(secrets), resolve=[f"{OPENAI}:443:127.0.0.1:{reflect_origin.port}"])
+
+    async def body():
+        ws = await ws_connect(d, "/reflect?masked=1")
+        got, code, reason = await collect(ws)
+        return got, code
+    got, code = run(body())
+    assert (got, code) == (["first"], 1002)
+    assert "upstream protocol violation" in d.log_text()

@@ -388,6 +388,8 @@ static const err_case err_cases[] = {
      "t.conf:2: websocket_idle_timeout must be a number of seconds in (0, 86400]"},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nwebsocket = maybe\n",
      "t.conf:5: websocket must be \"on\" or \"off\""},
+    {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nwebsocket_scrub = no\n",
+     "t.conf:5: websocket_scrub must be \"on\" or \"off\""},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder = abc\n",
      "t.conf:5: placeholder must be 4..128 characters"},
     {"[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\nplaceholder = __a b__\n",
@@ -408,7 +410,7 @@ static void websocket_keys(void **state)
     av_config *c;
     assert_int_equal(load("[proxy]\nwebsocket_idle_timeout = 30\n"
                           "[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:A\n"
-                          "websocket = off\n"
+                          "websocket = off\nwebsocket_scrub = off\n"
                           "[service \"b\"]\nhost = b.example\nauth = bearer\nsecret = env:B\n"
                           "placeholder = __B_KEY__\nplaceholder_in = websocket\n"
                           "agent_env =  B_KEY ,OTHER_B\n",
@@ -419,6 +421,8 @@ static void websocket_keys(void **state)
     assert_null(c->services[0].placeholder);
     assert_int_equal(c->services[0].placeholder_in, 0);
     assert_int_equal(c->services[1].websocket_off, 0);
+    assert_int_equal(c->services[0].websocket_scrub_off, 1);
+    assert_int_equal(c->services[1].websocket_scrub_off, 0);
     assert_string_equal(c->services[1].placeholder, "__B_KEY__");
     assert_int_equal(c->services[1].placeholder_in, AV_SURF_WEBSOCKET);
     assert_string_equal(c->services[1].agent_env, "B_KEY,OTHER_B");
@@ -427,6 +431,7 @@ static void websocket_keys(void **state)
     assert_string_equal(d->services[1].placeholder, "__B_KEY__");
     assert_string_equal(d->services[1].agent_env, "B_KEY,OTHER_B");
     assert_int_equal(d->services[0].websocket_off, 1);
+    assert_int_equal(d->services[0].websocket_scrub_off, 1);
     assert_true(d->ws_idle_timeout == 30.0);
     av_config_free(d);
     av_config_free(c);

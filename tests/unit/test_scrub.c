@@ -902,6 +902,73 @@ static char *json_body(size_t target, size_t *len)
     return b;
 }
 
+/* hexenc writes |n| bytes as hex digits (lower or upper case). */
+static size_t hexenc(const uint8_t *s, size_t n, char *o, int upper)
+{
+    const char *hex = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        o[2 * i] = hex[s[i] >> 4];
+        o[2 * i + 1] = hex[s[i] & 15];
+    }
+    o[2 * n] = 0;
+    return 2 * n;
+}
+
+/* hex, lower and upper case, alone and JSON-quoted; split at every point,
+ * byte by byte, and inside gzip / deflate bodies cut at random. */
+static void hex_forms(void **state)
+{
+    (void)state;
+    const char *keys[] = {KEY1, "\xfe\xff bin\x01\x7f\x80" "ary"};
+    for (size_t ki = 0; ki < 2; ki++) {
+        secrets ss;
+        sec_init(&ss, keys[ki], NULL);
+        const uint8_t *k = (const uint8_t *)keys[ki];
+        size_t kl = strlen(keys[ki]);
+        char lo[256], up[256], text[700], want[700];
+        hexenc(k, kl, lo, 0);
+        hexenc(k, kl, up, 1);
+        snprintf(text, sizeof(text), "{\"lo\":\"%s\",\"up\":\"0x%s\"}\n", lo, up);
+        snprintf(want, sizeof(want), "{\"lo\":\"" MARK "\",\"up\":\"0x" MARK "\"}\n");
+        size_t len = strlen(text);
+        result one = run(&ss, AV_SCRUB_IDENTITY, text, len, cut_all, NULL, 1 << 20);
+        assert_int_equal(one.rc, AV_OK);
+        if (strcmp((char *)one.p, want) != 0)
+            fail_msg("key %zu: got %s\nwant %s", ki, (char *)one.p, want);
+        assert_int_equal(one.count, 2);
+        for (size_t at = 0; at <= len; at++) {
+            result r = run(&ss, AV_SCRUB_IDENTITY, text, len, cut_at, &at, 1 << 20);
+            assert_string_equal((char *)r.p, want);
+            assert_int_equal(r.count, 2);
+            result_free(&r);
+        }
+        result r = run(&ss, AV_SCRUB_IDENTITY, text, len, cut_one, NULL, 1 << 20);
+        assert_string_equal((char *)r.p, want);
+        result_free(&r);
+        int wbits[] = {31, 15, -15};
+        int encs[] = {AV_SCRUB_GZIP, AV_SCRUB_DEFLATE, AV_SCRUB_DEFLATE};
+        for (size_t c = 0; c < 3; c++) {
+            size_t zlen, dlen, piece = 5;
+            uint8_t *z = zcompress(text, len, wbits[c], &zlen);
+            r = run(&ss, encs[c], z, zlen, cut_random, &piece, 1 << 20);
+            assert_int_equal(r.rc, AV_OK);
+            uint8_t *d = zinflate(r.p, r.n, wbits[c], 1, &dlen);
+            assert_int_equal(dlen, strlen(want));
+            assert_memory_equal(d, want, dlen);
+            assert_int_equal(r.count, 2);
+            free(d);
+            free(z);
+            result_free(&r);
+        }
+        /* one digit off, or mixed case within the pattern: not the secret */
+        lo[7] = lo[7] == '0' ? '1' : '0';
+        snprintf(text, sizeof(text), "<%s>", lo);
+        expect(&ss, text, text, 0);
+        result_free(&one);
+        sec_free(&ss);
+    }
+}
+
 static void compressed_round_trip(void **state)
 {
     (void)state;
@@ -1419,6 +1486,7 @@ int main(void)
         cmocka_unit_test(base64_every_alignment),
         cmocka_unit_test(percent_forms),
         cmocka_unit_test(json_forms),
+        cmocka_unit_test(hex_forms),
         cmocka_unit_test(every_split_point),
         cmocka_unit_test(small_output_buffer),
         cmocka_unit_test(overlapping_and_adjacent),

@@ -1,4 +1,5 @@
-/* test_ws.c - WebSocket frame-mode bridge, accept key, substitution.
+/* test_ws.c - WebSocket frame-mode bridge, scrub-mode relay, accept key,
+ * substitution.
  *
  * Frames are built by hand (masked as a client would, unmasked as a server
  * would), pushed through av__ws_bridge_pump with bounded buffers, and what
@@ -13,11 +14,14 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <zlib.h>
 
 #include <agentvault/agentvault.h>
 
 #include "av_buf.h"
 #include "av_mem.h"
+#include "av_scrub.h"
+#include "av_secret.h"
 #include "av_ws.h"
 
 #define S(lit) (lit), (sizeof(lit) - 1)
@@ -1284,6 +1288,315 @@ static void invalid_arguments(void **state)
     av__ws_bridge_free(NULL);
 }
 
+
+/* ---- scrub mode: the one-way relay of upstream frames ------------------------ */
+
+#define RKEY "sk-relay-secret-0123456789"
+#define RMARK "[REDACTED]"
+
+static av_scrub_set *relay_set(void)
+{
+    av_secret *sec = av__secret_new(RKEY, strlen(RKEY));
+    assert_non_null(sec);
+    const av_secret *v[1] = {sec};
+    av_scrub_set *set = NULL;
+    assert_int_equal(av__scrub_set_new(&set, v, 1), AV_OK);
+    av__secret_free(sec);
+    return set;
+}
+
+/* deflate_msg compresses |p| as one permessage-deflate message (context
+ * taken over in |z|, the 00 00 ff ff tail removed). */
+static size_t deflate_msg(z_stream *z, const void *p, size_t n, uint8_t *out, size_t cap)
+{
+    z->next_in = (Bytef *)(uintptr_t)p;
+    z->avail_in = (uInt)n;
+    z->next_out = out;
+    z->avail_out = (uInt)cap;
+    assert_int_equal(deflate(z, Z_SYNC_FLUSH), Z_OK);
+    size_t m = cap - z->avail_out;
+    assert_true(m >= 4 && memcmp(out + m - 4, "\x00\x00\xff\xff", 4) == 0);
+    return m - 4;
+}
+
+/* relay_stream builds an upstream byte stream: text, a binary message in
+ * three fragments with the key cut across them and a ping between, a ping
+ * with the key, an uncompressed text, a close whose reason has the key;
+ * with |deflate| the first two messages are compressed. */
+static void relay_stream(av_buf *b, int deflate)
+{
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    assert_int_equal(deflateInit2(&z, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    uint8_t zb[4096];
+    const char *t1 = "a " RKEY " b";
+    if (deflate) {
+        size_t m = deflate_msg(&z, t1, strlen(t1), zb, sizeof(zb));
+        put_frame_ex(b, 1, 4, OP_TEXT, 0, zb, m, 0);
+    } else {
+        put_frame(b, 1, OP_TEXT, 0, t1, strlen(t1));
+    }
+    const char *b1 = "\x01x" RKEY RKEY "y\xff";
+    size_t bl = strlen(b1);
+    const uint8_t *bp = (const uint8_t *)b1;
+    size_t m = bl;
+    if (deflate) {
+        m = deflate_msg(&z, b1, bl, zb, sizeof(zb));
+        bp = zb;
+    }
+    size_t c1 = m / 3, c2 = 2 * m / 3;
+    put_frame_ex(b, 0, deflate ? 4 : 0, OP_BIN, 0, bp, c1, 0);
+    put_frame(b, 1, OP_PING, 0, S("ping"));
+    put_frame(b, 0, OP_CONT, 0, bp + c1, c2 - c1);
+    put_frame(b, 1, OP_CONT, 0, bp + c2, m - c2);
+    put_frame(b, 1, OP_PING, 0, S("p " RKEY));
+    put_frame(b, 1, OP_TEXT, 0, S("plain " RKEY));
+    put_frame(b, 1, OP_TEXT, 0, "", 0);
+    put_close(b, 0, 4000, "bye " RKEY);
+    deflateEnd(&z);
+}
+
+#define RELAY_WANT                                                                        \
+    "T[a " RMARK " b]P[ping]B[\x01x" RMARK RMARK "y\xff]P[p " RMARK "]T[plain " RMARK     \
+    "]T[]C[\x0f\xa0" "bye " RMARK "]"
+
+/* relay_log decodes the relay's output into RELAY_WANT's notation, checking
+ * frame rules on the way (unmasked, RSV clear, fragments in order). */
+static void relay_log(av_buf *out, char *log, size_t cap)
+{
+    size_t w = 0;
+    int in_msg = 0, msg_op = 0;
+    char msg[4096];
+    size_t ml = 0;
+    frame f;
+    size_t used;
+    while ((used = parse_frame(av__buf_head(out), av__buf_len(out), &f)) > 0) {
+        av__buf_consume(out, used);
+        assert_false(f.masked);
+        assert_int_equal(f.rsv, 0);
+        if (f.opcode >= 8) {
+            assert_true(f.fin && f.len <= 125);
+            w += (size_t)snprintf(log + w, cap - w, "%c[", f.opcode == OP_CLOSE ? 'C' : f.opcode == OP_PING ? 'P' : 'Q');
+            memcpy(log + w, f.payload, f.len);
+            w += f.len;
+            log[w++] = ']';
+        } else {
+            assert_true(f.opcode == OP_CONT ? in_msg : !in_msg);
+            if (f.opcode != OP_CONT)
+                msg_op = f.opcode;
+            assert_true(ml + f.len < sizeof(msg));
+            memcpy(msg + ml, f.payload, f.len);
+            ml += f.len;
+            in_msg = !f.fin;
+            if (f.fin) {
+                w += (size_t)snprintf(log + w, cap - w, "%c[", msg_op == OP_TEXT ? 'T' : 'B');
+                memcpy(log + w, msg, ml);
+                w += ml;
+                log[w++] = ']';
+                ml = 0;
+            }
+        }
+        frame_free(&f);
+        assert_true(w < cap - 200);
+    }
+    log[w] = 0;
+}
+
+/* relay_run feeds |in| cut at |at| (and then in |piece|-byte reads) through
+ * a relay with an output buffer of |out_max|, draining whenever it stalls. */
+static int relay_run(av_scrub_set *set, int deflate, size_t cap, const av_buf *in, size_t at,
+                     size_t piece, size_t out_max, char *log, size_t log_cap, unsigned long *count)
+{
+    av_ws_scrub *w = NULL;
+    assert_int_equal(av__ws_scrub_new(&w, set, deflate, cap), AV_OK);
+    av_buf rin, out, acc;
+    av__buf_init(&rin, 1 << 22);
+    av__buf_init(&out, out_max);
+    av__buf_init(&acc, 1 << 24);
+    const uint8_t *p = av__buf_head(in);
+    size_t n = av__buf_len(in), off = 0;
+    int rc = 0;
+    for (int rounds = 0; rounds < 1000000; rounds++) {
+        size_t k = off < at ? at - off : piece;
+        if (k > n - off)
+            k = n - off;
+        assert_int_equal(av__buf_append(&rin, p + off, k), AV_OK);
+        off += k;
+        rc = av__ws_scrub_pump(w, &rin, &out);
+        assert_true(av__buf_len(&out) <= out_max);
+        size_t d = av__buf_len(&out);
+        assert_int_equal(av__buf_append(&acc, av__buf_head(&out), d), AV_OK);
+        av__buf_consume(&out, d);
+        if (rc < 0 || (off == n && rc == 0 && d == 0))
+            break;
+    }
+    relay_log(&acc, log, log_cap);
+    assert_int_equal(av__buf_len(&acc), 0);
+    if (count)
+        *count = av__ws_scrub_count(w);
+    av__ws_scrub_free(w);
+    av__buf_free(&rin);
+    av__buf_free(&out);
+    av__buf_free(&acc);
+    return rc;
+}
+
+static void relay_scrubs_across_frames_and_reads(void **state)
+{
+    (void)state;
+    av_scrub_set *set = relay_set();
+    char log[8192];
+    for (int deflate = 0; deflate < 2; deflate++) {
+        av_buf in;
+        av__buf_init(&in, 1 << 16);
+        relay_stream(&in, deflate);
+        size_t n = av__buf_len(&in);
+        unsigned long count = 0;
+        assert_int_equal(relay_run(set, deflate, 0, &in, 0, n, 1 << 20, log, sizeof(log), &count), 0);
+        if (memcmp(log, RELAY_WANT, sizeof(RELAY_WANT)) != 0)
+            fail_msg("deflate %d: got %s", deflate, log);
+        assert_int_equal(count, 6);
+        /* every split point, then byte by byte, tiny output buffers */
+        for (size_t at = 0; at <= n; at++) {
+            relay_run(set, deflate, 0, &in, at, n, 1 << 20, log, sizeof(log), NULL);
+            assert_memory_equal(log, RELAY_WANT, sizeof(RELAY_WANT));
+        }
+        for (size_t om = 1; om <= 9; om += 4) {
+            relay_run(set, deflate, 0, &in, 0, 1, om, log, sizeof(log), NULL);
+            assert_memory_equal(log, RELAY_WANT, sizeof(RELAY_WANT));
+        }
+        /* without patterns: relayed as is (uncompressed) */
+        relay_run(NULL, deflate, 0, &in, 0, 3, 100, log, sizeof(log), &count);
+        assert_non_null(strstr(log, "T[a " RKEY " b]"));
+        assert_int_equal(count, 0);
+        av__buf_free(&in);
+    }
+    av__scrub_set_unref(set);
+}
+
+/* A frame over 1 MiB goes out in fragments; the message is intact. */
+static void relay_big_frame_fragmented(void **state)
+{
+    (void)state;
+    av_scrub_set *set = relay_set();
+    size_t big = (3u << 20) + 5;
+    uint8_t *m = malloc(big);
+    assert_non_null(m);
+    for (size_t i = 0; i < big; i++)
+        m[i] = (uint8_t)(i * 7 + (i >> 12));
+    av_buf in;
+    av__buf_init(&in, big + 64);
+    put_frame(&in, 1, OP_BIN, 0, m, big);
+    av_ws_scrub *w = NULL;
+    assert_int_equal(av__ws_scrub_new(&w, set, 0, 0), AV_OK);
+    av_buf out;
+    av__buf_init(&out, 1 << 22);
+    int rc = av__ws_scrub_pump(w, &in, &out);
+    assert_int_equal(rc, 1);
+    frame f;
+    size_t used, got = 0;
+    int frames = 0;
+    while ((used = parse_frame(av__buf_head(&out), av__buf_len(&out), &f)) > 0) {
+        av__buf_consume(&out, used);
+        assert_int_equal(f.opcode, frames ? OP_CONT : OP_BIN);
+        assert_true(f.len <= (1u << 20));
+        assert_memory_equal(f.payload, m + got, f.len);
+        got += f.len;
+        frames++;
+        int fin = f.fin;
+        frame_free(&f);
+        if (fin)
+            break;
+    }
+    assert_int_equal(got, big);
+    assert_true(frames >= 4);
+    av__ws_scrub_free(w);
+    av__buf_free(&in);
+    av__buf_free(&out);
+    free(m);
+    av__scrub_set_unref(set);
+}
+
+/* relay_expect_close feeds |in| and expects |rc| and a close |code| last. */
+static void relay_expect_close(int deflate, size_t cap, av_buf *in, int want_rc, int code)
+{
+    av_scrub_set *set = relay_set();
+    char log[8192];
+    int rc = relay_run(set, deflate, cap, in, 0, 5, 64, log, sizeof(log), NULL);
+    assert_int_equal(rc, want_rc);
+    char want[8];
+    snprintf(want, sizeof(want), "C[%c%c]", code >> 8, code & 0xff);
+    size_t ll = strlen(log);
+    if (ll < 5 || memcmp(log + ll - 5, want, 5) != 0)
+        fail_msg("want close %d, got %s", code, log);
+    av__buf_reset(in);
+    av__scrub_set_unref(set);
+}
+
+static void relay_violations_and_caps(void **state)
+{
+    (void)state;
+    av_buf in;
+    av__buf_init(&in, 1 << 21);
+    put_frame(&in, 1, OP_TEXT, 1, S("masked"));
+    relay_expect_close(0, 0, &in, AV_ERR_PARSE, 1002);
+    put_frame_ex(&in, 1, 4, OP_TEXT, 0, S("rsv1 without deflate"), 0);
+    relay_expect_close(0, 0, &in, AV_ERR_PARSE, 1002);
+    put_frame_ex(&in, 1, 2, OP_TEXT, 0, S("rsv2"), 0);
+    relay_expect_close(1, 0, &in, AV_ERR_PARSE, 1002);
+    put_frame(&in, 1, OP_CONT, 0, S("no start"));
+    relay_expect_close(0, 0, &in, AV_ERR_PARSE, 1002);
+    put_frame(&in, 0, OP_TEXT, 0, S("start"));
+    put_frame(&in, 1, OP_TEXT, 0, S("another start"));
+    relay_expect_close(0, 0, &in, AV_ERR_PARSE, 1002);
+    put_frame(&in, 0, OP_PING, 0, S("fragmented ping"));
+    relay_expect_close(0, 0, &in, AV_ERR_PARSE, 1002);
+    put_frame(&in, 1, 3, 0, S("reserved opcode"));
+    relay_expect_close(0, 0, &in, AV_ERR_PARSE, 1002);
+    put_frame_ex(&in, 1, 4, OP_BIN, 0, S("\xff\xff\xff\xff not deflate"), 0);
+    relay_expect_close(1, 0, &in, AV_ERR_PARSE, 1002);
+    /* over the cap, uncompressed and fragmented */
+    uint8_t buf[200];
+    memset(buf, 'a', sizeof(buf));
+    put_frame(&in, 0, OP_TEXT, 0, buf, 40);
+    put_frame(&in, 1, OP_CONT, 0, buf, 40);
+    relay_expect_close(0, 64, &in, AV_ERR_DENIED, 1009);
+    /* a deflate bomb: 1 MiB of zeros in a few hundred bytes, cap 1000 */
+    size_t zn = 1 << 20;
+    uint8_t *zeros = calloc(1, zn), zb[8192];
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    assert_int_equal(deflateInit2(&z, 9, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY), Z_OK);
+    size_t m = deflate_msg(&z, zeros, zn, zb, sizeof(zb));
+    deflateEnd(&z);
+    put_frame_ex(&in, 1, 4, OP_BIN, 0, zb, m, 0);
+    relay_expect_close(1, 1000, &in, AV_ERR_DENIED, 1009);
+    free(zeros);
+    av__buf_free(&in);
+}
+
+static void relay_extension_headers(void **state)
+{
+    (void)state;
+    assert_true(av__ws_offers_deflate(S("permessage-deflate; client_max_window_bits")));
+    assert_true(av__ws_offers_deflate(S("x-foo, Permessage-Deflate")));
+    assert_false(av__ws_offers_deflate(S("x-webkit-deflate-frame")));
+    assert_false(av__ws_offers_deflate(S("")));
+    const char *ok[] = {"permessage-deflate", " permessage-deflate ",
+                        "permessage-deflate; server_no_context_takeover",
+                        "permessage-deflate;client_no_context_takeover; server_max_window_bits=10",
+                        "permessage-deflate; client_max_window_bits=\"15\""};
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++)
+        assert_int_equal(av__ws_deflate_accepted(ok[i], strlen(ok[i])), AV_OK);
+    const char *bad[] = {"", "x-foo", "permessage-deflate, x-foo",
+                         "permessage-deflate; server_max_window_bits=16",
+                         "permessage-deflate; server_max_window_bits",
+                         "permessage-deflate; server_no_context_takeover=1",
+                         "permessage-deflate; unknown", "permessage-deflatex"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(av__ws_deflate_accepted(bad[i], strlen(bad[i])), AV_ERR_INVALID);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1310,6 +1623,10 @@ int main(void)
         cmocka_unit_test(accept_key),
         cmocka_unit_test(subst_replace),
         cmocka_unit_test(invalid_arguments),
+        cmocka_unit_test(relay_scrubs_across_frames_and_reads),
+        cmocka_unit_test(relay_big_frame_fragmented),
+        cmocka_unit_test(relay_violations_and_caps),
+        cmocka_unit_test(relay_extension_headers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -13,7 +13,7 @@ Endpoints (query strings are ignored for dispatch):
   /status/<code>  that status, body "status <code>\\n" (none for 204/304)
   /redirect       302, Location: https://elsewhere.test/
   /reflect        200 chunked (7-byte chunks): the received bearer secret in
-                  raw, base64, percent and JSON forms, and in X-Echo-Secret;
+                  raw, base64, percent, hex and JSON forms, and in X-Echo-Secret;
                   ?gzip=1 compresses the body (scrubbing tests)
   /echo-auth      200 text/plain: each Authorization value received, one a
                   line, or "(none)\\n"
@@ -372,6 +372,7 @@ class _Handler(socketserver.BaseRequestHandler):
                 base64.urlsafe_b64encode(b"x" + raw),
                 urllib.parse.quote(sec, safe="").encode(),
                 "".join("%%%02X" % b for b in raw).encode(),
+                raw.hex().encode(), raw.hex().upper().encode(),
                 json.dumps({"k": sec}).encode(),
                 json.dumps(sec, ensure_ascii=True).encode(),
             ]
