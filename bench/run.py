@@ -11,6 +11,7 @@ agentvault/mitmproxy ratio, and writes bench/results-<timestamp>.json.
   bench/run.py --reps 5 --duration 10 --only keepalive,newconn
   bench/run.py --targets direct,agentvault
   bench/run.py --agentvault /tmp/bench-build/daemon/agentvault   (or AGENTVAULT=path)
+  bench/run.py --baseline /tmp/main-build/daemon/agentvault  (before/after in one run: av/base)
 
 Pinning (on a machine with >= 2 cores): the proxy under test runs under
 `taskset -c 1`, the load client and the origins under `taskset -c 0`.
@@ -42,6 +43,9 @@ TARGETS = ["direct", "agentvault", "mitmproxy"]
 SCENARIOS = ["idle", "keepalive", "newconn", "newhost", "sse", "ws", "wsz", "h2"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 AGENTVAULT_BIN = os.environ.get("AGENTVAULT", f"{ROOT}/build/daemon/agentvault")
+# --baseline PATH: a second agentvault binary (say, a build of main before a
+# change) measured in the same run as target "baseline".
+BASELINE_BIN = None
 
 
 def log(*a):
@@ -437,13 +441,16 @@ class Direct:
 class AgentVault:
     name = "agentvault"
 
+    def binary(self):
+        return AGENTVAULT_BIN
+
     def __init__(self, rig, nhosts):
         wd = rig.wd
         self.rig = rig
-        binary = AGENTVAULT_BIN
+        binary = self.binary()
         if not os.access(binary, os.X_OK):
             raise RuntimeError(f"{binary} not built")
-        state = f"{wd}/av-state"
+        state = f"{wd}/{self.name}-state"
         os.makedirs(state, mode=0o700, exist_ok=True)
         lines = ["[proxy]", "unmatched = deny",
                  f"resolve = bench.test:443:127.0.0.1:{rig.origin_port}",
@@ -454,12 +461,12 @@ class AgentVault:
         lines += ["", '[service "bench"]', "host = bench.test", "auth = bearer",
                   "secret = env:BENCH_KEY", "", '[service "benchwild"]', "host = *.bench.test",
                   "auth = bearer", "secret = env:BENCH_KEY", ""]
-        conf = f"{wd}/agentvault.conf"
+        conf = f"{wd}/{self.name}.conf"
         with open(conf, "w") as f:
             f.write("\n".join(lines))
         self.port = free_port()
         env = dict(os.environ, BENCH_KEY=SECRET)
-        self.logfile = f"{wd}/agentvault.log"
+        self.logfile = f"{wd}/{self.name}.log"
         self.log_off = os.path.getsize(self.logfile) if os.path.exists(self.logfile) else 0
         with open(self.logfile, "a") as err:
             self.proc = spawn(
@@ -557,7 +564,17 @@ class Mitmproxy:
         return read_from(self.logfile, self.log_off)
 
 
-PROXIES = {"direct": Direct, "agentvault": AgentVault, "mitmproxy": Mitmproxy}
+class Baseline(AgentVault):
+    """The same daemon set-up with the --baseline binary: before/after
+    figures for a change come from one run, as ratios to each other."""
+    name = "baseline"
+
+    def binary(self):
+        return BASELINE_BIN
+
+
+PROXIES = {"direct": Direct, "agentvault": AgentVault, "mitmproxy": Mitmproxy,
+           "baseline": Baseline}
 
 
 def with_port_retry(start, attempts=3):
@@ -741,7 +758,12 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="every scenario very briefly, 1 repetition")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
-    ap.add_argument("--targets", default=",".join(TARGETS))
+    ap.add_argument("--targets", default=None,
+                    help="comma-separated (default direct,agentvault,mitmproxy, plus baseline "
+                         "with --baseline)")
+    ap.add_argument("--baseline", default=None,
+                    help="a second agentvault binary, measured as target 'baseline' in the same "
+                         "run (before/after figures for a change: column av/base)")
     ap.add_argument("--only", default=",".join(SCENARIOS), help="comma-separated scenarios")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--spin", choices=("auto", "on", "off"), default="auto",
@@ -758,6 +780,13 @@ def main():
     a = ap.parse_args()
     global AGENTVAULT_BIN
     AGENTVAULT_BIN = os.path.abspath(a.agentvault)
+    global BASELINE_BIN
+    if a.baseline:
+        BASELINE_BIN = os.path.abspath(a.baseline)
+    if a.targets is None:
+        a.targets = ",".join(TARGETS + (["baseline"] if a.baseline else []))
+    if "baseline" in a.targets.split(",") and not a.baseline:
+        ap.error("target baseline needs --baseline PATH")
     reps = 1 if a.smoke else a.reps
     targets = [t for t in a.targets.split(",") if t]
     scens = [s for s in a.only.split(",") if s]
@@ -845,7 +874,8 @@ def main():
                     # what the proxy logged (agentvault at --log-level warn:
                     # only its "listening" line unless something went wrong)
                     lg = "\n".join(ln for ln in px.new_log().splitlines()
-                                   if ln.strip() and "listening on" not in ln)
+                                   if ln.strip() and "listening on" not in ln
+                                   and "open files limit" not in ln)
                     if lg:
                         proxy_logs[t].append({"rep": rep + 1, "log": lg[-4000:]})
                         warnings.append(f"{t} rep {rep + 1} logged: " + lg[-300:].replace("\n", " | "))
@@ -886,6 +916,9 @@ def main():
         av, mi = row.get("agentvault"), row.get("mitmproxy")
         if isinstance(av, (int, float)) and isinstance(mi, (int, float)) and mi:
             row["av/mitm"] = av / mi
+        ba = row.get("baseline")
+        if isinstance(av, (int, float)) and isinstance(ba, (int, float)) and ba:
+            row["av/base"] = av / ba
         di = row.get("direct")
         if isinstance(av, (int, float)) and isinstance(di, (int, float)) and di:
             row["av/direct"] = av / di
@@ -893,7 +926,8 @@ def main():
         med[(s, label)] = row
 
     cols = targets + (["av/mitm"] if "agentvault" in targets and "mitmproxy" in targets else []) \
-        + (["av/direct"] if "agentvault" in targets and "direct" in targets else [])
+        + (["av/direct"] if "agentvault" in targets and "direct" in targets else []) \
+        + (["av/base"] if "agentvault" in targets and "baseline" in targets else [])
     hdr = f"{'scenario':10s} {'metric':22s}" + "".join(f"{c:>12s}" for c in cols)
     print(hdr)
     notes = []
