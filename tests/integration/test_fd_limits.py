@@ -185,8 +185,7 @@ def test_max_connections_covers_gateway_listeners(daemon, upstream, secrets):
     d = daemon(gw_config(secrets, gateway_section("openai"),
                          proxy_extra="max_connections = 3\nheader_timeout = 60"))
     port = gw_port(d)
-    held = _open_idle(d.port, 3)
-    time.sleep(0.5)
+    held, _ = _hold_all(d.port, 3)
     try:
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
         held.append(s)
