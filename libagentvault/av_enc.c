@@ -40,6 +40,23 @@ size_t av__hex_encode(const void *in, size_t n, int hex_case, char *out)
     return 2 * n;
 }
 
+int av__hex_decode(const char *in, size_t len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    *out_len = 0;
+    if (len % 2)
+        return AV_ERR_INVALID;
+    if (len / 2 > cap)
+        return AV_ERR_LIMIT;
+    for (size_t i = 0; i < len; i += 2) {
+        int hi = av__hex_value((unsigned char)in[i]), lo = av__hex_value((unsigned char)in[i + 1]);
+        if (hi < 0 || lo < 0)
+            return AV_ERR_INVALID;
+        out[i / 2] = (uint8_t)(hi << 4 | lo);
+    }
+    *out_len = len / 2;
+    return 0;
+}
+
 /* ---- base64 -------------------------------------------------------------- */
 
 size_t av__b64_encoded_len(size_t n, unsigned flags)

@@ -28,6 +28,12 @@ int av__hex_value(unsigned char c);
  * returns 2 * |n|. */
 size_t av__hex_encode(const void *in, size_t n, int hex_case, char *out);
 
+/* av__hex_decode decodes |len| hex digits (either case; |len| even) into
+ * |out| and stores the byte count (|len| / 2) in *out_len. Returns 0,
+ * AV_ERR_INVALID (odd length or not a hex digit) or AV_ERR_LIMIT (more
+ * than |cap| bytes). */
+int av__hex_decode(const char *in, size_t len, uint8_t *out, size_t cap, size_t *out_len);
+
 /* ---- base64 (RFC 4648) ----------------------------------------------------- */
 
 #define AV__B64_URL 1u         /* alphabet of section 5: '-' '_' for '+' '/' */

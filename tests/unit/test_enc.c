@@ -339,6 +339,18 @@ static void hex_both_cases(void **state)
     assert_int_equal(av__hex_encode(b, 4, AV__HEX_UPPER, out), 8);
     assert_memory_equal(out, "009AFF0C", 8);
     assert_int_equal(av__hex_encode(b, 0, AV__HEX_UPPER, out), 0);
+    uint8_t d[8];
+    size_t n = 9;
+    assert_int_equal(av__hex_decode("009aFF0c", 8, d, sizeof(d), &n), 0);
+    assert_int_equal(n, 4);
+    assert_memory_equal(d, b, 4);
+    assert_int_equal(av__hex_decode("", 0, d, sizeof(d), &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(av__hex_decode("abc", 3, d, sizeof(d), &n), AV_ERR_INVALID);
+    assert_int_equal(av__hex_decode("0g", 2, d, sizeof(d), &n), AV_ERR_INVALID);
+    assert_int_equal(av__hex_decode("0 ", 2, d, sizeof(d), &n), AV_ERR_INVALID);
+    assert_int_equal(av__hex_decode("0\0", 2, d, sizeof(d), &n), AV_ERR_INVALID);
+    assert_int_equal(av__hex_decode("0011", 4, d, 1, &n), AV_ERR_LIMIT);
     for (int c = 0; c < 256; c++) {
         int want = -1;
         const char *lo = "0123456789abcdef", *up = "0123456789ABCDEF";
