@@ -170,55 +170,6 @@ int av__ws_accept_key(const char *key, size_t key_len, char out[29])
     return AV_OK;
 }
 
-/* ---- substitution -------------------------------------------------------- */
-
-/* av__subst_replace counts the non-overlapping occurrences (left to right)
- * first, so the result is built in one allocation and one pass. An empty
- * needle is AV_ERR_INVALID. */
-int av__subst_replace(const uint8_t *in, size_t len, const uint8_t *needle, size_t needle_len,
-                      const uint8_t *repl, size_t repl_len, size_t max_out, uint8_t **out,
-                      size_t *out_len)
-{
-    if (!out || !out_len || !needle || needle_len == 0 || (!in && len) || (!repl && repl_len))
-        return AV_ERR_INVALID;
-    *out = NULL;
-    *out_len = 0;
-    size_t count = 0;
-    for (size_t pos = 0; pos + needle_len <= len;) {
-        const uint8_t *hit = memmem(in + pos, len - pos, needle, needle_len);
-        if (!hit)
-            break;
-        count++;
-        pos = (size_t)(hit - in) + needle_len;
-    }
-    if (count == 0)
-        return 0;
-    size_t keep = len - count * needle_len;
-    if (repl_len && count > (SIZE_MAX - keep) / repl_len)
-        return AV_ERR_LIMIT;
-    size_t total = keep + count * repl_len;
-    if (total > max_out)
-        return AV_ERR_LIMIT;
-    uint8_t *res = av__malloc(total);
-    if (!res)
-        return AV_ERR_NOMEM;
-    size_t pos = 0, w = 0;
-    for (size_t k = 0; k < count; k++) {
-        const uint8_t *hit = memmem(in + pos, len - pos, needle, needle_len);
-        size_t at = (size_t)(hit - in);
-        memcpy(res + w, in + pos, at - pos);
-        w += at - pos;
-        if (repl_len)
-            memcpy(res + w, repl, repl_len);
-        w += repl_len;
-        pos = at + needle_len;
-    }
-    memcpy(res + w, in + pos, len - pos);
-    *out = res;
-    *out_len = total;
-    return 1;
-}
-
 /* ---- bridge state -------------------------------------------------------- */
 
 /* A data message waiting to be framed toward a peer (always wiped). */
