@@ -22,17 +22,6 @@ static const char *hex_digits(int hex_case)
 
 /* ---- hex ----------------------------------------------------------------- */
 
-int av__hex_value(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 size_t av__hex_encode(const void *in, size_t n, int hex_case, char *out)
 {
     const uint8_t *s = in;
