@@ -1457,18 +1457,24 @@ static size_t up_room(av_exchange *x)
     return r > 32 ? r - 32 : 0;
 }
 
-static void up_write(av_exchange *x, const uint8_t *data, size_t n)
+/* up_write returns AV_OK or an error (no memory): the caller fails the
+ * exchange, never relays around the lost bytes. */
+static int up_write(av_exchange *x, const uint8_t *data, size_t n)
 {
+    int rc;
     if (x->link == L_MUX) {
-        av__mux_send(&x->ms, data, n); /* n <= room: all of it is taken */
+        /* n <= room: all of it is taken */
+        rc = av__mux_send(&x->ms, data, n) == (ssize_t)n ? AV_OK : AV_ERR_NOMEM;
     } else if (x->req_out_chunked) {
-        av__h1_write_chunk_header(x->up->side.pout, n);
-        av__buf_append(x->up->side.pout, data, n);
-        av__h1_write_chunk_end(x->up->side.pout);
+        rc = av__h1_write_chunk_header(x->up->side.pout, n);
+        rc = rc ? rc : av__buf_append(x->up->side.pout, data, n);
+        rc = rc ? rc : av__h1_write_chunk_end(x->up->side.pout);
     } else {
-        av__buf_append(x->up->side.pout, data, n);
+        rc = av__buf_append(x->up->side.pout, data, n);
     }
-    x->bytes_req += n;
+    if (rc == AV_OK)
+        x->bytes_req += n;
+    return rc;
 }
 
 static void up_end(av_exchange *x)
@@ -1494,7 +1500,10 @@ static int x_pump_request_body(av_exchange *x)
             if (room == 0)
                 break;
             size_t n = x->bbuf.len < room ? x->bbuf.len : room;
-            up_write(x, av__buf_head(&x->bbuf), n);
+            if (up_write(x, av__buf_head(&x->bbuf), n) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the request body");
+                return 1;
+            }
             av__buf_consume(&x->bbuf, n);
             progress = 1;
         }
@@ -1510,7 +1519,10 @@ static int x_pump_request_body(av_exchange *x)
             if (room == 0)
                 break;
             size_t n = x->a_rx.len < room ? x->a_rx.len : room;
-            up_write(x, av__buf_head(&x->a_rx), n);
+            if (up_write(x, av__buf_head(&x->a_rx), n) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the request body");
+                return 1;
+            }
             av__buf_consume(&x->a_rx, n);
             av__h2_consume(c->h2, x->sid, n);
             progress = 1;
@@ -1534,8 +1546,10 @@ static int x_pump_request_body(av_exchange *x)
                 x_fail(x, 400, "malformed request body framing");
                 return 1;
             }
-            if (dlen)
-                up_write(x, data, dlen);
+            if (dlen && up_write(x, data, dlen) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the request body");
+                return 1;
+            }
             av__buf_consume(c->a.pin, (size_t)used);
             if (x->req_body.done)
                 x->req_done = 1;
@@ -1561,19 +1575,23 @@ static size_t agent_room(av_exchange *x)
     return r > 32 ? r - 32 : 0;
 }
 
-static void agent_write(av_exchange *x, const uint8_t *data, size_t n)
+/* agent_write returns AV_OK or an error (no memory); as up_write. */
+static int agent_write(av_exchange *x, const uint8_t *data, size_t n)
 {
     av_conn *c = x->c;
+    int rc;
     if (x->sid) {
-        av__h2_send_data(c->h2, x->sid, data, n);
+        rc = av__h2_send_data(c->h2, x->sid, data, n) == (ssize_t)n ? AV_OK : AV_ERR_NOMEM;
     } else if (x->resp_out_chunked) {
-        av__h1_write_chunk_header(c->a.pout, n);
-        av__buf_append(c->a.pout, data, n);
-        av__h1_write_chunk_end(c->a.pout);
+        rc = av__h1_write_chunk_header(c->a.pout, n);
+        rc = rc ? rc : av__buf_append(c->a.pout, data, n);
+        rc = rc ? rc : av__h1_write_chunk_end(c->a.pout);
     } else {
-        av__buf_append(c->a.pout, data, n);
+        rc = av__buf_append(c->a.pout, data, n);
     }
-    x->bytes_resp += n;
+    if (rc == AV_OK)
+        x->bytes_resp += n;
+    return rc;
 }
 
 static void agent_end(av_exchange *x)
@@ -1592,12 +1610,11 @@ static size_t body_room(av_exchange *x)
     return x->scrub ? av__buf_room(&x->scrub_in) : agent_room(x);
 }
 
-static void body_write(av_exchange *x, const uint8_t *data, size_t n)
+static int body_write(av_exchange *x, const uint8_t *data, size_t n)
 {
     if (x->scrub)
-        av__buf_append(&x->scrub_in, data, n); /* n <= body_room */
-    else
-        agent_write(x, data, n);
+        return av__buf_append(&x->scrub_in, data, n); /* n <= body_room */
+    return agent_write(x, data, n);
 }
 
 static void body_end(av_exchange *x)
@@ -1621,7 +1638,10 @@ static int x_scrub_pump(av_exchange *x)
             size_t n = x->scrub_out.len < room ? x->scrub_out.len : room;
             if (n == 0)
                 break;
-            agent_write(x, av__buf_head(&x->scrub_out), n);
+            if (agent_write(x, av__buf_head(&x->scrub_out), n) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the response");
+                return -1;
+            }
             av__buf_consume(&x->scrub_out, n);
             progress = 1;
             continue;
@@ -2202,8 +2222,10 @@ static int x_pump_response_h1(av_exchange *x)
                 x_fail(x, 502, "upstream sent a malformed response body");
                 return 1;
             }
-            if (dlen)
-                body_write(x, data, dlen);
+            if (dlen && body_write(x, data, dlen) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the response");
+                return 1;
+            }
             av__buf_consume(u->pin, (size_t)used);
             if (used == 0 && dlen == 0 && !x->resp_body.done)
                 break;
@@ -2275,7 +2297,10 @@ static int x_pump_response_mux(av_exchange *x)
             if (room < 64 && room < ms->rx.len)
                 break;
             size_t n = ms->rx.len < room ? ms->rx.len : room;
-            body_write(x, av__buf_head(&ms->rx), n);
+            if (body_write(x, av__buf_head(&ms->rx), n) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the response");
+                return 1;
+            }
             av__mux_consume(ms, n);
             progress = 1;
             continue;
@@ -2854,7 +2879,12 @@ static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head
         av__buf_consume(c->a.pin, head_len);
         c->dest = dest;
         c->in_tunnel = 1;
-        av__buf_append_str(c->a.pout, "HTTP/1.1 200 Connection Established\r\n\r\n");
+        if (av__buf_append_str(c->a.pout, "HTTP/1.1 200 Connection Established\r\n\r\n") != AV_OK) {
+            /* Without the 200 the client would wait for it forever. */
+            av__log(&ctx->log, AV_LOG_WARN, "connection peer=%s closed: out of memory", c->peer);
+            c->dead = 1;
+            return;
+        }
         /* Opaque passthrough hosts are decided now (server-first protocols). */
         for (size_t i = 0; i < c->snap->cfg->npassthrough; i++) {
             if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {
