@@ -2503,7 +2503,10 @@ static int x_collect_body(av_exchange *x)
                 x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
                 return 1;
             }
-            av__buf_append(&x->bbuf, av__buf_head(&x->a_rx), n);
+            if (av__buf_append(&x->bbuf, av__buf_head(&x->a_rx), n) != AV_OK) {
+                x_refuse(x, 500, "out of memory");
+                return 1;
+            }
             av__buf_consume(&x->a_rx, n);
             av__h2_consume(c->h2, x->sid, n);
             progress = 1;
@@ -2528,8 +2531,10 @@ static int x_collect_body(av_exchange *x)
                 x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
                 return 1;
             }
-            if (dlen)
-                av__buf_append(&x->bbuf, data, dlen);
+            if (dlen && av__buf_append(&x->bbuf, data, dlen) != AV_OK) {
+                x_refuse(x, 500, "out of memory");
+                return 1;
+            }
             av__buf_consume(c->a.pin, (size_t)used);
             if (x->req_body.done)
                 x->req_done = 1;
@@ -2569,9 +2574,13 @@ static int x_collect_body(av_exchange *x)
         }
         av__buf_free_wipe(&x->bbuf);
         av__buf_init(&x->bbuf, rl + 1);
-        av__buf_append(&x->bbuf, rep, rl);
+        r = av__buf_append(&x->bbuf, rep, rl);
         av__wipe(rep, rl);
         av__free(rep);
+        if (r != AV_OK) {
+            x_refuse(x, 500, "out of memory");
+            return 1;
+        }
     }
     x->req_framing = RB_LENGTH;
     x->req_len = x->bbuf.len;
