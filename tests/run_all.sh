@@ -4,7 +4,8 @@
 #   1. BoringSSL build (the default): unit + ABI tests, integration tests,
 #      the Python, Node and Rust bindings' tests, the install test
 #   2. OpenSSL 3 build: the same
-#   3. ASan+UBSan build: the same (a sanitizer report fails the run)
+#   3. ASan+UBSan build: the same (a sanitizer report fails the run), plus
+#      the allocation-failure injection test (tests/fault/fault_test.py)
 #   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 20)
 #   5. bench smoke: bench/run.py --smoke against the BoringSSL build's daemon
 #      (every scenario briefly, direct/agentvault/mitmproxy; one test: passed
@@ -111,6 +112,12 @@ suite() {
     --junitxml="$junit" tests/integration 2>&1 | tail -40
   read -r ok bad < <(count_junit "$junit")
   add "$ok" "$bad" "$label integration"
+
+  # Allocation-failure injection (tests/fault): sanitizer builds only, where
+  # the daemon has its fault hook; about 30 s.
+  if [ "$label" = asan ]; then
+    extra "asan fault injection" "$dir" tests/fault/fault_test.py
+  fi
 
   # Bindings and the install test (not under ASan: Python and Node would
   # need the runtime preloaded). Each script takes the build directory and

@@ -40,6 +40,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "integration"))
 
+import h2.connection  # noqa: E402
 import h2.exceptions  # noqa: E402
 
 from avtest import certs, client, h2_client  # noqa: E402
@@ -372,6 +373,11 @@ def sc_h2(env):
         if "timed out" in str(e) or "no flow-control window" in str(e):
             raise TimeoutError(str(e))
         return "closed"
+    except h2.exceptions.ProtocolError:
+        # python3-h2 refuses to send after the peer's GOAWAY: a close.
+        if c.conn.state_machine.state == h2.connection.ConnectionState.CLOSED:
+            return "closed"
+        raise
     finally:
         c.close()
     data = bytes(st.data) + repr(st.headers).encode()
@@ -603,10 +609,14 @@ def scenario(world, name, fn, batch, verbose):
             failures.append(f"{name}: the unarmed warm-up run ended {warm}")
             world.stop(env)
             return failures, n - 1, outcomes
-        if name == "command":
-            time.sleep(0)  # the command's cache is per request (secret_ttl = 0)
         while n < first + batch:
             out, fired, count, problem = one_run(world, env, fn, n)
+            if not fired and out != "ok" and env.d.proc.poll() is None:
+                # A failed secret command is remembered for a second (the
+                # resolver's negative cache): this run met the failure of
+                # the previous one. Run N again once it has expired.
+                time.sleep(1.05)
+                out, fired, count, problem = one_run(world, env, fn, n)
             outcomes[out] = outcomes.get(out, 0) + 1
             if verbose:
                 print(f"  {name} N={n}: {out} fired={fired} count={count}"
@@ -620,8 +630,6 @@ def scenario(world, name, fn, batch, verbose):
             if not fired and out == "ok":
                 done = True
                 break
-            if name == "command" and fired and out != "ok":
-                time.sleep(1.05)  # a failed command is remembered for 1 s
             n += 1
         last = n
         problem = world.stop(env)
