@@ -1989,6 +1989,19 @@ static int splice_bytes(av_buf *from, av_buf *to, unsigned long long *count)
     return 1;
 }
 
+/* A WebSocket on an HTTP/2 stream whose bytes toward the agent could not
+ * be queued (out of memory): reset the stream rather than lose them. */
+static int x_ws_h2_fail(av_exchange *x, int rc)
+{
+    av__log(&x->c->ctx->log, AV_LOG_WARN, "websocket host=%s path=%s: relay failed: %s", x->host, x->log_path,
+            av_strerror(rc));
+    x->up_reusable = 0;
+    x->req_done = 1;
+    x->resp_done = 0; /* reset the stream */
+    x_finish(x, av_strerror(rc));
+    return 1;
+}
+
 /* Relay an open WebSocket: splice bytes, or frames through the bridge.
  * Over HTTP/2 the agent's bytes are the stream's DATA (a_rx in, a_tx out). */
 static int x_ws_step(av_exchange *x)
@@ -2040,7 +2053,9 @@ static int x_ws_step(av_exchange *x)
             if (n > room)
                 n = room;
             if (n && !x->a_tx_ended) {
-                av__h2_send_data(c->h2, x->sid, av__buf_head(u->pin), n);
+                ssize_t w = av__h2_send_data(c->h2, x->sid, av__buf_head(u->pin), n);
+                if (w != (ssize_t)n)
+                    return x_ws_h2_fail(x, w < 0 ? (int)w : AV_ERR_NOMEM);
                 av__buf_consume(u->pin, n);
                 x->bytes_resp += n;
                 progress = 1;
@@ -2069,7 +2084,9 @@ static int x_ws_step(av_exchange *x)
         if (n > room)
             n = room;
         if (n && !x->a_tx_ended) {
-            av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
+            ssize_t w = av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
+            if (w != (ssize_t)n)
+                return x_ws_h2_fail(x, w < 0 ? (int)w : AV_ERR_NOMEM);
             av__buf_consume(&x->a_tx, n);
             progress = 1;
         }
