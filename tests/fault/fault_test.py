@@ -211,6 +211,14 @@ class Origin:
             out = b"ok placeholder\n"
             r.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
                    % (len(out), out))
+        elif path == "/sse":
+            r.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                   b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+            for i in range(6):
+                ev = b"data: event %d\n\n" % i
+                r.send(b"%x\r\n%s\r\n" % (len(ev), ev))
+                time.sleep(0.002)
+            r.send(b"0\r\n\r\n")
         elif path == "/reflect":
             parts = [b"before ", want.encode(), b" b64 ", base64.b64encode(want.encode()),
                      b" split ", want[:9].encode()]
@@ -348,6 +356,55 @@ def sc_placeholder(env):
                        body, lambda b: b == b"ok placeholder\n")
 
 
+SSE_BODY = b"".join(b"data: event %d\n\n" % i for i in range(6))
+
+
+def sc_sse(env):
+    head = b"GET /sse HTTP/1.1\r\nHost: api.openai.com\r\nAccept: text/event-stream\r\n\r\n"
+    return h1_exchange(env, "api.openai.com", head, b"", lambda b: b == SSE_BODY)
+
+
+def sc_h2_websocket(env):
+    """RFC 8441: a WebSocket on an HTTP/2 stream (extended CONNECT)."""
+    try:
+        pipe = h2_client.open_tls(env.d.port, env.d.ca_pem, "upstream.test", timeout=IO_TIMEOUT)
+    except AssertionError as e:
+        if "ALPN" in str(e):
+            raise Violation(str(e))
+        return "error" if "answered" in str(e) else "closed"
+    c = h2_client.H2Client(pipe)
+    try:
+        sid = c.request("CONNECT", "/ws", authority="upstream.test", protocol="websocket",
+                        end_stream=False, headers=[("sec-websocket-version", "13")])
+        st = c.streams[sid]
+        c.wait(lambda: st.headers is not None or st.done, IO_TIMEOUT, "the CONNECT response")
+        env.seen += repr(st.headers).encode()
+        if st.headers is None or st.status != 200:
+            return "error" if st.status and st.status >= 400 else "closed"
+        c.send_data(sid, ws_frame(1, b"hello h2 world"))
+        c.wait(lambda: len(st.data) >= 16 or st.done, IO_TIMEOUT, "the echo")
+        data = bytes(st.data)
+        env.seen += data
+        check_no_secret(env, data)
+        if data[:16] != ws_frame(1, b"hello h2 world", mask=False):
+            if st.done:
+                return "closed"
+            raise Violation(f"h2 websocket: unexpected bytes {data[:40]!r}")
+        c.send_data(sid, ws_frame(8, struct.pack(">H", 1000)))
+        c.wait(lambda: len(st.data) >= 20 or st.done, IO_TIMEOUT, "the close frame")
+        return "ok" if bytes(st.data)[16:18] == b"\x88\x02" else "closed"
+    except AssertionError as e:
+        if "timed out" in str(e) or "no flow-control window" in str(e):
+            raise TimeoutError(str(e))
+        return "closed"
+    except h2.exceptions.ProtocolError:
+        if c.conn.state_machine.state == h2.connection.ConnectionState.CLOSED:
+            return "closed"
+        raise
+    finally:
+        c.close()
+
+
 def sc_command(env):
     want = b"ok " + hashlib.sha256(BODY).hexdigest().encode() + b"\n"
     return h1_exchange(env, "api.github.com", post_head("api.github.com", "/echo", len(BODY)),
@@ -457,6 +514,8 @@ SCENARIOS = {
     "h2": sc_h2,
     "websocket": sc_ws,
     "websocket-frames": sc_ws_frames,
+    "h2-websocket": sc_h2_websocket,
+    "sse": sc_sse,
     "gateway": sc_gateway,
     "scrub": sc_scrub,
     "placeholder": sc_placeholder,
