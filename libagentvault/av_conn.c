@@ -2363,7 +2363,10 @@ static int x_mux_link(av_exchange *x)
                 if (x->expect_continue && !x->req_done) {
                     /* The origin will read the body as soon as it comes:
                      * let an HTTP/1.1 agent send it now. */
-                    av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+                    if (av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n") != AV_OK) {
+                        x_fail(x, 502, "out of memory"); /* the agent would wait for the 100 */
+                        return 1;
+                    }
                     x->expect_continue = 0;
                 }
                 av__mux_flush(ms);
@@ -2532,7 +2535,10 @@ static int x_collect_body(av_exchange *x)
             x->req_done = 1;
     } else {
         if (x->expect_continue) {
-            av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+            if (av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n") != AV_OK) {
+                x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */
+                return 1;
+            }
             x->expect_continue = 0;
             progress = 1;
         }
