@@ -46,6 +46,7 @@ import h2.exceptions  # noqa: E402
 from avtest import certs, client, h2_client  # noqa: E402
 from avtest.daemon import Daemon, base_env  # noqa: E402
 from avtest.gateway import gw_port  # noqa: E402
+from avtest.h2_upstream import H2Upstream  # noqa: E402
 
 MAGIC = 0x31544C5541465641  # "AVFAULT1"
 IO_TIMEOUT = 8.0            # a client waiting longer than this is a hang
@@ -181,6 +182,8 @@ class Origin:
         with self.lock:
             self.requests += 1
         body = b""
+        if hdrs.get("expect", [""])[0].lower() == "100-continue":
+            r.send(b"HTTP/1.1 100 Continue\r\n\r\n")
         try:
             if "transfer-encoding" in hdrs:
                 while True:
@@ -305,8 +308,8 @@ def check_no_secret(env, data):
                 raise Violation("the secret reached the agent")
 
 
-def tunnel(env, host, alpn=("http/1.1",)):
-    c, resp = client.connect_tunnel(env.d.port, f"{host}:443", timeout=IO_TIMEOUT)
+def tunnel(env, host, alpn=("http/1.1",), port=443):
+    c, resp = client.connect_tunnel(env.d.port, f"{host}:{port}", timeout=IO_TIMEOUT)
     if resp.status != 200:
         c.close()
         return None, resp.status
@@ -401,6 +404,100 @@ def sc_h2_websocket(env):
         if c.conn.state_machine.state == h2.connection.ConnectionState.CLOSED:
             return "closed"
         raise
+    finally:
+        c.close()
+
+
+def continue_exchange(env, path, body, ctype, expect):
+    """Expect: 100-continue through the gateway: the body goes only after
+    the proxy's 100 (a client that waits for it, as the RFC allows)."""
+    c = client.RawConn.connect(env.gw, timeout=IO_TIMEOUT)
+    try:
+        c.send((f"POST {path} HTTP/1.1\r\nHost: gateway.local\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode())
+        # The first head: a 100 (then the body goes) or a final answer.
+        while b"\r\n\r\n" not in c.buf:
+            c._fill()
+        if c.buf.startswith(b"HTTP/1.1 100 "):
+            head = c.read_head()
+            env.seen += head
+            c.send(body)
+        r = c.read_response(method="POST")
+        data = r.raw_head + r.body
+        env.seen += data
+        check_no_secret(env, data)
+        if r.status >= 400:
+            return "error"
+        if r.status != 200 or r.body != expect:
+            raise Violation(f"expect-continue: unexpected answer {r.status} {r.body[:120]!r}")
+        return "ok"
+    finally:
+        c.close()
+
+
+def sc_continue(env):
+    return continue_exchange(env, "/echo", BODY, "application/octet-stream",
+                             b"ok " + hashlib.sha256(BODY).hexdigest().encode() + b"\n")
+
+
+def sc_continue_placeholder(env):
+    body = json.dumps({"key": PLACEHOLDER, "pad": "y" * 500}).encode()
+    return continue_exchange(env, "/placeholder", body, "application/json", b"ok placeholder\n")
+
+
+H2UP = "upstream.test:8443"   # a service whose origin speaks HTTP/2 (avtest.h2_upstream)
+
+
+def h2up_ok(body):
+    try:
+        return json.loads(body)["body_sha256"] == hashlib.sha256(BODY).hexdigest()
+    except (ValueError, KeyError):
+        return False
+
+
+def sc_h2_upstream(env):
+    """HTTP/1.1 agent, HTTP/2 origin (a shared upstream session)."""
+    c, st = tunnel(env, H2UP.split(":")[0], port=8443)
+    if c is None:
+        return "error"
+    try:
+        c.send(post_head(H2UP, "/echo", len(BODY)) + BODY)
+        r = c.read_response()
+        data = r.raw_head + r.body
+        env.seen += data
+        check_no_secret(env, data)
+        if r.status >= 400:
+            return "error"
+        if r.status != 200 or not h2up_ok(r.body):
+            raise Violation(f"h2 upstream: unexpected answer {r.status} {r.body[:120]!r}")
+        return "ok"
+    finally:
+        c.close()
+
+
+def sc_h2_upstream_continue(env):
+    """The same with Expect: 100-continue: the proxy sends the 100 once the
+    head is on the upstream stream."""
+    c, st = tunnel(env, H2UP.split(":")[0], port=8443)
+    if c is None:
+        return "error"
+    try:
+        c.send((f"POST /echo HTTP/1.1\r\nHost: {H2UP}\r\nContent-Type: application/octet-stream\r\n"
+                f"Content-Length: {len(BODY)}\r\nExpect: 100-continue\r\n\r\n").encode())
+        while b"\r\n\r\n" not in c.buf:
+            c._fill()
+        if c.buf.startswith(b"HTTP/1.1 100 "):
+            env.seen += c.read_head()
+            c.send(BODY)
+        r = c.read_response(method="POST")
+        data = r.raw_head + r.body
+        env.seen += data
+        check_no_secret(env, data)
+        if r.status >= 400:
+            return "error"
+        if r.status != 200 or not h2up_ok(r.body):
+            raise Violation(f"h2 upstream: unexpected answer {r.status} {r.body[:120]!r}")
+        return "ok"
     finally:
         c.close()
 
@@ -516,6 +613,10 @@ SCENARIOS = {
     "websocket-frames": sc_ws_frames,
     "h2-websocket": sc_h2_websocket,
     "sse": sc_sse,
+    "continue": sc_continue,
+    "continue-placeholder": sc_continue_placeholder,
+    "h2-upstream": sc_h2_upstream,
+    "h2-upstream-continue": sc_h2_upstream_continue,
     "gateway": sc_gateway,
     "scrub": sc_scrub,
     "placeholder": sc_placeholder,
@@ -559,6 +660,10 @@ class World:
         gh.write_text(self.keys["api.github.com"] + "\n")
         gh.chmod(0o600)
         self.origin = Origin(self.tca, self.keys)
+        self.h2origin = H2Upstream(str(self.tca.server_cert), str(self.tca.server_key), "fault-h2")
+        self.h2origin.start()
+        self.h2seen = 0
+        self.h2perr = 0
         self.conf = self.work / "agentvault.conf"
         self.conf.write_text(f"""[proxy]
 unmatched = deny
@@ -578,6 +683,12 @@ secret = command:/bin/cat {gh}
 
 [service "plain"]
 host = upstream.test
+auth = bearer
+secret = env:PLAIN_API_KEY
+
+[service "h2up"]
+host = upstream.test
+port = 8443
 auth = bearer
 secret = env:PLAIN_API_KEY
 
@@ -603,12 +714,26 @@ listen = 127.0.0.1:0
                 "--state-dir", state, "--upstream-cacert", self.tca.ca_pem, "--log-level", "info"]
         for h in self.keys:
             argv += ["--resolve", f"{h}:443:127.0.0.1:{self.origin.port}"]
+        argv += ["--resolve", f"{H2UP}:127.0.0.1:{self.h2origin.port}"]
         self.ctl.disarm()
         d = Daemon(argv, env, self.work, state, None, self.work)
         d.start()
         e = Env(d, self.tca.dir, self.keys)
         e.gw = gw_port(d, "openai")
         return e
+
+    def h2_violations(self):
+        """Requests the HTTP/2 origin received complete since the last call:
+        each must carry the credential and the agent's whole body."""
+        reqs = self.h2origin.snapshot()
+        new, self.h2seen = reqs[self.h2seen:], len(reqs)
+        out = [f"h2 origin: {r.method} {r.path} without the credential" for r in new
+               if r.header_values("authorization") != [f"Bearer {self.keys['upstream.test']}"]]
+        out += [f"h2 origin: a complete request with a body of {len(r.body)} bytes that is not "
+                f"the agent's" for r in new if r.method == "POST" and r.body != BODY]
+        out += [f"h2 origin: {e}" for e in self.h2origin.protocol_errors[self.h2perr:]]
+        self.h2perr = len(self.h2origin.protocol_errors)
+        return out
 
     def stop(self, env):
         """Stops the daemon; returns a problem string or None."""
@@ -640,7 +765,7 @@ def one_run(world, env, fn, n):
     world.ctl.disarm()
     fired, count = world.ctl.fired, world.ctl.count
     problem = None
-    v = world.origin.take_violations()
+    v = world.origin.take_violations() + world.h2_violations()
     if v:
         problem = "; ".join(v)
     elif out not in ("ok", "error", "closed"):
@@ -664,8 +789,11 @@ def scenario(world, name, fn, batch, verbose):
         # of the batch starts from the same state.
         warm = run_scenario(fn, env)
         world.origin.take_violations()
+        world.h2_violations()
         if warm != "ok":
             failures.append(f"{name}: the unarmed warm-up run ended {warm}")
+            if world.trace:
+                print(tail(env.d.log_text(), 30), flush=True)
             world.stop(env)
             return failures, n - 1, outcomes
         while n < first + batch:
@@ -699,6 +827,7 @@ def scenario(world, name, fn, batch, verbose):
                 e2 = world.start()
                 run_scenario(fn, e2)
                 world.origin.take_violations()
+                world.h2_violations()
                 one_run(world, e2, fn, k)
                 p2 = world.stop(e2)
                 if p2:
@@ -748,6 +877,7 @@ def main():
                 print(f"ok   {name}: {n - 1} allocations failed one at a time ({desc}), "
                       f"{time.monotonic() - t1:.0f} s", flush=True)
         world.origin.server.shutdown()
+        world.h2origin.stop()
     print(f"total {time.monotonic() - t0:.0f} s")
     print(f"{passed} passed, {failed} failed")
     return 0 if failed == 0 else 1
