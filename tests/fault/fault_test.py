@@ -625,6 +625,11 @@ SCENARIOS = {
     # TLS verification, ALPN (one daemon per run, so slower).
     "h1-cold": sc_h1,
     "h2-upstream-cold": sc_h2_upstream,
+    "h2-cold": sc_h2,
+    "websocket-frames-cold": sc_ws_frames,
+    "gateway-cold": sc_gateway,
+    "placeholder-cold": sc_placeholder,
+    "command-cold": sc_command,
 }
 
 # The peer closed or reset (for HTTP/2: the stream was reset while we sent).
