@@ -45,7 +45,7 @@ import h2.exceptions  # noqa: E402
 
 from avtest import certs, client, h2_client  # noqa: E402
 from avtest.daemon import Daemon, base_env  # noqa: E402
-from avtest.gateway import gw_port  # noqa: E402
+from avtest.gateway import gw_port, h2c_client  # noqa: E402
 from avtest.h2_upstream import H2Upstream  # noqa: E402
 
 MAGIC = 0x31544C5541465641  # "AVFAULT1"
@@ -588,6 +588,55 @@ def sc_ws_frames(env):
     return sc_ws(env, "api.openai.com", placeholder=True)
 
 
+def sc_gateway_h2c(env):
+    """HTTP/2 with prior knowledge (h2c) to a gateway, with a WebSocket-free
+    POST."""
+    try:
+        c = h2c_client(env.gw, timeout=IO_TIMEOUT)
+    except AssertionError as e:
+        if "timed out" in str(e):
+            raise TimeoutError(str(e))
+        return "closed"
+    try:
+        sid = c.request("POST", "/echo", scheme="http", authority="gateway.local",
+                        headers=[("content-type", "application/octet-stream")], body=BODY)
+        st = c.response(sid, timeout=IO_TIMEOUT)
+    except AssertionError as e:
+        if "timed out" in str(e) or "no flow-control window" in str(e):
+            raise TimeoutError(str(e))
+        return "closed"
+    except h2.exceptions.ProtocolError:
+        if c.conn.state_machine.state == h2.connection.ConnectionState.CLOSED:
+            return "closed"
+        raise
+    finally:
+        c.close()
+    data = bytes(st.data) + repr(st.headers).encode()
+    env.seen += data
+    check_no_secret(env, data)
+    if st.reset is not None or not st.ended:
+        return "closed"
+    if st.status >= 400:
+        return "error"
+    want = b"ok " + hashlib.sha256(BODY).hexdigest().encode() + b"\n"
+    if st.status != 200 or st.body != want:
+        raise Violation(f"h2c gateway: unexpected answer {st.status} {st.body[:120]!r}")
+    return "ok"
+
+
+def sc_gateway_ws(env):
+    """A WebSocket through the gateway (frame relay: the service has
+    placeholder_in = websocket)."""
+    c = client.RawConn.connect(env.gw, timeout=IO_TIMEOUT)
+    try:
+        out, seen = ws_exchange(c, "gateway.local", f"hi {PLACEHOLDER}".encode(), b"hi <key>")
+        env.seen += seen
+        check_no_secret(env, seen)
+        return out
+    finally:
+        c.close()
+
+
 def sc_gateway(env):
     c = client.RawConn.connect(env.gw, timeout=IO_TIMEOUT)
     try:
@@ -618,6 +667,8 @@ SCENARIOS = {
     "h2-upstream": sc_h2_upstream,
     "h2-upstream-continue": sc_h2_upstream_continue,
     "gateway": sc_gateway,
+    "gateway-h2c": sc_gateway_h2c,
+    "gateway-websocket": sc_gateway_ws,
     "scrub": sc_scrub,
     "placeholder": sc_placeholder,
     "command": sc_command,
