@@ -114,7 +114,7 @@ suite() {
   add "$ok" "$bad" "$label integration"
 
   # Allocation-failure injection (tests/fault): sanitizer builds only, where
-  # the daemon has its fault hook; about 1.5 minutes.
+  # the daemon has its fault hook; about 2 minutes.
   if [ "$label" = asan ]; then
     extra "asan fault injection" "$dir" tests/fault/fault_test.py
   fi
