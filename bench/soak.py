@@ -24,8 +24,10 @@ Verdict (exit 0 = pass). The first interval is warm-up (the connections are
 opened then) and is not judged. Over the samples after it, a metric fails
 when it grows monotonically: it rises at every sample AND the last sample
 exceeds the first by more than its tolerance (RSS 5 MiB + 10 %, fds 20 +
-5 %, p99 20 ms + 100 %), or when the mean of the last third of the samples
-exceeds the mean of the first third by more than that tolerance. The run also
+5 %, p99 20 ms + 100 %); RSS and fds also fail when the mean of the last
+third of the samples exceeds the mean of the first third by more than that
+tolerance (the p99 is not held to that: on a shared machine it follows the
+machine's load, printed as "load", the 1-minute load average). The run also
 fails if a secret appears in an agent-visible byte or a log, if the daemon
 dies, if the origin sees a request without the credential, or if a normal
 operation fails. This is a measurement rig, not a CI test: it is not part of
@@ -578,6 +580,8 @@ def judge(samples):
         rising = all(b > a for a, b in zip(xs, xs[1:]))
         if rising and xs[-1] - xs[0] > tol:
             out.append(f"{key} grows monotonically: {xs[0]:.4g} -> {xs[-1]:.4g}")
+        if key == "p99":
+            continue  # on a shared machine the p99 follows its load: only a steady rise counts
         third = max(1, len(xs) // 3)
         first, last = sum(xs[:third]) / third, sum(xs[-third:]) / third
         tol = absolute + rel * first
@@ -601,7 +605,7 @@ async def run(args, d_pid, proxy_port, ca_pem, keys):
     t_start = time.monotonic()
     end = t_start + args.minutes * 60
     print(f"{'time':>6} {'rss MiB':>8} {'fds':>6} {'p99 ms':>8} {'ops':>7} {'errors':>6} {'hostile':>7} "
-          f"{'leaks':>5}", flush=True)
+          f"{'leaks':>5} {'load':>5}", flush=True)
     while time.monotonic() < end:
         await asyncio.sleep(min(args.interval, end - time.monotonic()))
         try:
@@ -611,10 +615,11 @@ async def run(args, d_pid, proxy_port, ca_pem, keys):
             rig.stop = True
             return samples, stats, ["the daemon died"]
         s = {"t": round(time.monotonic() - t_start), "rss": rss, "fds": fds, "p99": p99(stats.lat),
-             "ops": stats.ops, "errors": stats.errors, "hostile": stats.hostile, "leaks": stats.leaks}
+             "ops": stats.ops, "errors": stats.errors, "hostile": stats.hostile, "leaks": stats.leaks,
+             "load": os.getloadavg()[0]}
         samples.append(s)
         print(f"{s['t']:>5}s {rss / 1048576:>8.1f} {fds:>6} {s['p99'] * 1000:>8.1f} {s['ops']:>7} "
-              f"{s['errors']:>6} {s['hostile']:>7} {s['leaks']:>5}"
+              f"{s['errors']:>6} {s['hostile']:>7} {s['leaks']:>5} {s['load']:>5.1f}"
               + (f"  {stats.error_kinds}" if stats.error_kinds else ""), flush=True)
         stats.lat, stats.ops, stats.errors, stats.hostile, stats.error_kinds = [], 0, 0, 0, {}
     rig.stop = True
