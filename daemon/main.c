@@ -17,6 +17,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "fault.h"
 #include "run.h"
 #include "secret.h"
 
@@ -699,6 +700,8 @@ int main(int argc, char **argv)
 #ifndef AV_SANITIZED
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
 #endif
+    if (fault_setup() != 0) /* sanitizer builds: tests/fault */
+        return 1;
     if (argc < 2)
         die_usage("missing command");
     const char *cmd = argv[1];

@@ -1452,11 +1452,15 @@ static int x_inject(av_exchange *x)
         x->scrub_set = av__snap_scrub_set(x->snap, secret);
         if (x->scrub_set)
             x->scrub_secret = av__secret_ref(secret);
+        else if (irc == AV_OK)
+            irc = AV_ERR_NOMEM; /* fail closed: never a response without its scrubber */
     }
     if (x->body_buffer)
         x->ph_secret = av__secret_ref(secret);
     av__secret_free(secret);
     if (irc != AV_OK) {
+        av__secret_free(inj_value);
+        av__secret_free(inj_target);
         char m[200];
         snprintf(m, sizeof(m), irc == AV_ERR_INVALID
                                    ? "credential for service %s contains characters not allowed in a header"
@@ -1612,18 +1616,24 @@ static size_t up_room(av_exchange *x)
     return r > 32 ? r - 32 : 0;
 }
 
-static void up_write(av_exchange *x, const uint8_t *data, size_t n)
+/* up_write returns AV_OK or an error (no memory): the caller fails the
+ * exchange, never relays around the lost bytes. */
+static int up_write(av_exchange *x, const uint8_t *data, size_t n)
 {
+    int rc;
     if (x->link == L_MUX) {
-        av__mux_send(&x->ms, data, n); /* n <= room: all of it is taken */
+        /* n <= room: all of it is taken */
+        rc = av__mux_send(&x->ms, data, n) == (ssize_t)n ? AV_OK : AV_ERR_NOMEM;
     } else if (x->req_out_chunked) {
-        av__h1_write_chunk_header(x->up->side.pout, n);
-        av__buf_append(x->up->side.pout, data, n);
-        av__h1_write_chunk_end(x->up->side.pout);
+        rc = av__h1_write_chunk_header(x->up->side.pout, n);
+        rc = rc ? rc : av__buf_append(x->up->side.pout, data, n);
+        rc = rc ? rc : av__h1_write_chunk_end(x->up->side.pout);
     } else {
-        av__buf_append(x->up->side.pout, data, n);
+        rc = av__buf_append(x->up->side.pout, data, n);
     }
-    x->bytes_req += n;
+    if (rc == AV_OK)
+        x->bytes_req += n;
+    return rc;
 }
 
 /* Trailer fields that cannot be forwarded are logged (SECURITY 16). */
@@ -1787,7 +1797,10 @@ static int x_pump_request_body(av_exchange *x)
             if (room == 0)
                 break;
             size_t n = x->bbuf.len < room ? x->bbuf.len : room;
-            up_write(x, av__buf_head(&x->bbuf), n);
+            if (up_write(x, av__buf_head(&x->bbuf), n) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the request body");
+                return 1;
+            }
             av__buf_consume(&x->bbuf, n);
             progress = 1;
         }
@@ -1805,7 +1818,10 @@ static int x_pump_request_body(av_exchange *x)
             if (room == 0)
                 break;
             size_t n = x->a_rx.len < room ? x->a_rx.len : room;
-            up_write(x, av__buf_head(&x->a_rx), n);
+            if (up_write(x, av__buf_head(&x->a_rx), n) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the request body");
+                return 1;
+            }
             av__buf_consume(&x->a_rx, n);
             av__h2_consume(c->h2, x->sid, n);
             progress = 1;
@@ -1836,8 +1852,10 @@ static int x_pump_request_body(av_exchange *x)
                 x_fail(x, 400, "malformed request body framing");
                 return 1;
             }
-            if (dlen)
-                up_write(x, data, dlen);
+            if (dlen && up_write(x, data, dlen) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the request body");
+                return 1;
+            }
             av__buf_consume(c->a.pin, (size_t)used);
             if (x->req_body.done)
                 x->req_done = 1;
@@ -1861,19 +1879,23 @@ static size_t agent_room(av_exchange *x)
     return r > 32 ? r - 32 : 0;
 }
 
-static void agent_write(av_exchange *x, const uint8_t *data, size_t n)
+/* agent_write returns AV_OK or an error (no memory); as up_write. */
+static int agent_write(av_exchange *x, const uint8_t *data, size_t n)
 {
     av_conn *c = x->c;
+    int rc;
     if (x->sid) {
-        av__h2_send_data(c->h2, x->sid, data, n);
+        rc = av__h2_send_data(c->h2, x->sid, data, n) == (ssize_t)n ? AV_OK : AV_ERR_NOMEM;
     } else if (x->resp_out_chunked) {
-        av__h1_write_chunk_header(c->a.pout, n);
-        av__buf_append(c->a.pout, data, n);
-        av__h1_write_chunk_end(c->a.pout);
+        rc = av__h1_write_chunk_header(c->a.pout, n);
+        rc = rc ? rc : av__buf_append(c->a.pout, data, n);
+        rc = rc ? rc : av__h1_write_chunk_end(c->a.pout);
     } else {
-        av__buf_append(c->a.pout, data, n);
+        rc = av__buf_append(c->a.pout, data, n);
     }
-    x->bytes_resp += n;
+    if (rc == AV_OK)
+        x->bytes_resp += n;
+    return rc;
 }
 
 /* End the response toward the agent, with its trailers where the agent's
@@ -1915,12 +1937,11 @@ static size_t body_room(av_exchange *x)
     return x->scrub ? av__buf_room(&x->scrub_in) : agent_room(x);
 }
 
-static void body_write(av_exchange *x, const uint8_t *data, size_t n)
+static int body_write(av_exchange *x, const uint8_t *data, size_t n)
 {
     if (x->scrub)
-        av__buf_append(&x->scrub_in, data, n); /* n <= body_room */
-    else
-        agent_write(x, data, n);
+        return av__buf_append(&x->scrub_in, data, n); /* n <= body_room */
+    return agent_write(x, data, n);
 }
 
 static void body_end(av_exchange *x)
@@ -1954,7 +1975,10 @@ static int x_scrub_pump(av_exchange *x)
             size_t n = x->scrub_out.len < room ? x->scrub_out.len : room;
             if (n == 0)
                 break;
-            agent_write(x, av__buf_head(&x->scrub_out), n);
+            if (agent_write(x, av__buf_head(&x->scrub_out), n) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the response");
+                return -1;
+            }
             av__buf_consume(&x->scrub_out, n);
             progress = 1;
             continue;
@@ -2315,6 +2339,19 @@ static int splice_bytes(av_buf *from, av_buf *to, unsigned long long *count)
     return 1;
 }
 
+/* A WebSocket on an HTTP/2 stream whose bytes toward the agent could not
+ * be queued (out of memory): reset the stream rather than lose them. */
+static int x_ws_h2_fail(av_exchange *x, int rc)
+{
+    av__log(&x->c->ctx->log, AV_LOG_WARN, "websocket host=%s path=%s: relay failed: %s", x->host, x->log_path,
+            av_strerror(rc));
+    x->up_reusable = 0;
+    x->req_done = 1;
+    x->resp_done = 0; /* reset the stream */
+    x_finish(x, av_strerror(rc));
+    return 1;
+}
+
 /* Relay an open WebSocket: splice bytes, or frames through the bridge.
  * Over HTTP/2 the agent's bytes are the stream's DATA (a_rx in, a_tx out). */
 static int x_ws_step(av_exchange *x)
@@ -2400,7 +2437,9 @@ static int x_ws_step(av_exchange *x)
             if (n > room)
                 n = room;
             if (n && !x->a_tx_ended) {
-                av__h2_send_data(c->h2, x->sid, av__buf_head(u->pin), n);
+                ssize_t w = av__h2_send_data(c->h2, x->sid, av__buf_head(u->pin), n);
+                if (w != (ssize_t)n)
+                    return x_ws_h2_fail(x, w < 0 ? (int)w : AV_ERR_NOMEM);
                 av__buf_consume(u->pin, n);
                 x->bytes_resp += n;
                 progress = 1;
@@ -2429,7 +2468,9 @@ static int x_ws_step(av_exchange *x)
         if (n > room)
             n = room;
         if (n && !x->a_tx_ended) {
-            av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
+            ssize_t w = av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
+            if (w != (ssize_t)n)
+                return x_ws_h2_fail(x, w < 0 ? (int)w : AV_ERR_NOMEM);
             av__buf_consume(&x->a_tx, n);
             progress = 1;
         }
@@ -2619,8 +2660,10 @@ static int x_pump_response_h1(av_exchange *x)
                 x_fail(x, 502, "upstream sent a malformed response body");
                 return 1;
             }
-            if (dlen)
-                body_write(x, data, dlen);
+            if (dlen && body_write(x, data, dlen) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the response");
+                return 1;
+            }
             av__buf_consume(u->pin, (size_t)used);
             if (used == 0 && dlen == 0 && !x->resp_body.done)
                 break;
@@ -2695,7 +2738,10 @@ static int x_pump_response_mux(av_exchange *x)
             if (room < 64 && room < ms->rx.len)
                 break;
             size_t n = ms->rx.len < room ? ms->rx.len : room;
-            body_write(x, av__buf_head(&ms->rx), n);
+            if (body_write(x, av__buf_head(&ms->rx), n) != AV_OK) {
+                x_fail(x, 502, "out of memory relaying the response");
+                return 1;
+            }
             av__mux_consume(ms, n);
             progress = 1;
             continue;
@@ -2746,7 +2792,10 @@ static int x_mux_link(av_exchange *x)
                 if (x->expect_continue && !x->req_done) {
                     /* The origin will read the body as soon as it comes:
                      * let an HTTP/1.1 agent send it now. */
-                    av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+                    if (av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n") != AV_OK) {
+                        x_fail(x, 502, "out of memory"); /* the agent would wait for the 100 */
+                        return 1;
+                    }
                     x->expect_continue = 0;
                 }
                 av__mux_flush(ms);
@@ -2919,7 +2968,10 @@ static int x_collect_body(av_exchange *x)
                 x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
                 return 1;
             }
-            av__buf_append(&x->bbuf, av__buf_head(&x->a_rx), n);
+            if (av__buf_append(&x->bbuf, av__buf_head(&x->a_rx), n) != AV_OK) {
+                x_refuse(x, 500, "out of memory");
+                return 1;
+            }
             av__buf_consume(&x->a_rx, n);
             av__h2_consume(c->h2, x->sid, n);
             progress = 1;
@@ -2928,7 +2980,10 @@ static int x_collect_body(av_exchange *x)
             x->req_done = 1;
     } else {
         if (x->expect_continue) {
-            av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+            if (av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n") != AV_OK) {
+                x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */
+                return 1;
+            }
             x->expect_continue = 0;
             progress = 1;
         }
@@ -2951,8 +3006,10 @@ static int x_collect_body(av_exchange *x)
                 x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
                 return 1;
             }
-            if (dlen)
-                av__buf_append(&x->bbuf, data, dlen);
+            if (dlen && av__buf_append(&x->bbuf, data, dlen) != AV_OK) {
+                x_refuse(x, 500, "out of memory");
+                return 1;
+            }
             av__buf_consume(c->a.pin, (size_t)used);
             if (x->req_body.done)
                 x->req_done = 1;
@@ -2993,9 +3050,13 @@ static int x_collect_body(av_exchange *x)
         }
         av__buf_free_wipe(&x->bbuf);
         av__buf_init(&x->bbuf, rl + 1);
-        av__buf_append(&x->bbuf, rep, rl);
+        r = av__buf_append(&x->bbuf, rep, rl);
         av__wipe(rep, rl);
         av__free(rep);
+        if (r != AV_OK) {
+            x_refuse(x, 500, "out of memory");
+            return 1;
+        }
     }
     x->req_framing = RB_LENGTH;
     x->req_len = x->bbuf.len;
@@ -3328,7 +3389,12 @@ static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head
         av__buf_consume(c->a.pin, head_len);
         c->dest = dest;
         c->in_tunnel = 1;
-        av__buf_append_str(c->a.pout, "HTTP/1.1 200 Connection Established\r\n\r\n");
+        if (av__buf_append_str(c->a.pout, "HTTP/1.1 200 Connection Established\r\n\r\n") != AV_OK) {
+            /* Without the 200 the client would wait for it forever. */
+            av__log(&ctx->log, AV_LOG_WARN, "connection peer=%s closed: out of memory", c->peer);
+            c->dead = 1;
+            return;
+        }
         /* Opaque passthrough hosts are decided now (server-first protocols). */
         for (size_t i = 0; i < c->snap->cfg->npassthrough; i++) {
             if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {

@@ -874,17 +874,23 @@ int av__h2_produce(av_h2 *s, av_buf *out)
         if (rv != 0) {
             take = 0;
             if (rv != AV_ERR_LIMIT)
-                return rv;
+                goto lost;
         }
         wrote += take;
         if (take < (size_t)n) {
             rv = pending_keep(s, p + take, (size_t)n - take);
             if (rv != 0)
-                return rv;
+                goto lost;
             break;
         }
     }
     return wrote ? 1 : 0;
+lost:
+    /* nghttp2 counts these bytes as sent: without them the peer's view of
+     * the session is wrong (a SETTINGS it waits for), so the session is
+     * over. */
+    s->fatal = rv;
+    return rv;
 }
 
 /* av__h2_alive: 0 once nothing is left to read or write. */

@@ -6,7 +6,8 @@
 #      matrix), the Python, Node and Rust bindings' tests, the install test
 #   2. OpenSSL 3 build: the same
 #   3. ASan+UBSan build: the same but the compat suite and the bindings
-#      (a sanitizer report fails the run)
+#      (a sanitizer report fails the run), plus the allocation-failure
+#      injection test (tests/fault/fault_test.py)
 #   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 20)
 #   5. bench smoke: bench/run.py --smoke against the BoringSSL build's daemon
 #      (every scenario briefly, direct/agentvault/mitmproxy; one test: passed
@@ -127,6 +128,12 @@ suite() {
     add "$ok" "$bad" "$label compat"
     note "compat matrix ($label)"
     "$PY" tests/compat/print_matrix.py "$matrix" || true
+  fi
+
+  # Allocation-failure injection (tests/fault): sanitizer builds only, where
+  # the daemon has its fault hook; about 2 minutes.
+  if [ "$label" = asan ]; then
+    extra "asan fault injection" "$dir" tests/fault/fault_test.py
   fi
 
   # Bindings and the install test (not under ASan: Python and Node would
