@@ -22,6 +22,7 @@
 #include <agentvault/agentvault.h>
 
 #include "av_buf.h"
+#include "av_enc.h"
 #include "av_mem.h"
 #include "av_scrub.h"
 #include "av_secret.h"
