@@ -698,6 +698,168 @@ fail:
     return NULL;
 }
 
+/* ---- dump: every field, for the round-trip test ------------------------- */
+
+/* The dump, config_clear and av__config_copy each list the members of the
+ * structs below. These sizes (LP64) make adding a member without visiting
+ * all three (and the round-trip test in tests/unit/test_config.c) a build
+ * error: update them, then the size here. */
+#if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
+_Static_assert(sizeof(av_service) == 144, "av_service changed: update config_clear, av__config_copy, av__config_dump");
+_Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, av__config_copy, av__config_dump");
+_Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, av__config_copy, av__config_dump");
+_Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, av__config_copy, av__config_dump");
+_Static_assert(sizeof(av_cidr) == 24, "av_cidr changed: update av__config_dump");
+_Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__config_dump");
+_Static_assert(sizeof(av_config) == 752, "av_config changed: update config_clear, av__config_copy, av__config_dump");
+#endif
+
+/* dump_str appends |key|="value" (or <null>). */
+static int dump_str(av_buf *b, const char *key, const char *v)
+{
+    return v ? av__buf_appendf(b, "%s=\"%s\"\n", key, v) : av__buf_appendf(b, "%s=<null>\n", key);
+}
+
+/* dump_bytes appends |key|=hex of |n| bytes. */
+static int dump_bytes(av_buf *b, const char *key, const uint8_t *p, size_t n)
+{
+    int rc = av__buf_appendf(b, "%s=", key);
+    for (size_t i = 0; i < n && rc == AV_OK; i++)
+        rc = av__buf_appendf(b, "%02x", p[i]);
+    return rc ? rc : av__buf_append_str(b, "\n");
+}
+
+/* dump_ptr appends the address held in an object or function pointer
+ * (lent, not owned: a copy shares it). */
+static int dump_ptr(av_buf *b, const char *key, const void *slot, size_t size)
+{
+    uint8_t raw[sizeof(uintptr_t)];
+    memset(raw, 0, sizeof(raw));
+    memcpy(raw, slot, size < sizeof(raw) ? size : sizeof(raw));
+    return dump_bytes(b, key, raw, sizeof(raw));
+}
+
+/* av__config_dump appends every member of |c| (and of every service, token,
+ * gateway, resolve entry and CIDR) to |out|, one "path=value" line each. */
+int av__config_dump(const av_config *c, av_buf *out)
+{
+    char k[96];
+    int rc = AV_OK;
+#define DS(name, v) (rc = rc ? rc : (snprintf(k, sizeof(k), "%s", name), dump_str(out, k, (v))))
+#define DF(fmt, ...) (rc = rc ? rc : av__buf_appendf(out, fmt "\n", __VA_ARGS__))
+    DF("nlisten=%zu", c->nlisten);
+    for (size_t i = 0; i < c->nlisten; i++)
+        DF("listen[%zu]=\"%s\"", i, c->listen[i]);
+    DS("state_dir", c->state_dir);
+    DS("audit", c->audit);
+    DS("vault_path", c->vault_path);
+    rc = rc ? rc : dump_ptr(out, "vault", &c->vault, sizeof(c->vault));
+    rc = rc ? rc : dump_ptr(out, "secret_fn", &c->secret_fn, sizeof(c->secret_fn));
+    rc = rc ? rc : dump_ptr(out, "secret_ud", &c->secret_ud, sizeof(c->secret_ud));
+    DF("unmatched=%d", c->unmatched);
+    DF("npassthrough=%zu", c->npassthrough);
+    for (size_t i = 0; i < c->npassthrough; i++)
+        DF("passthrough[%zu]=\"%s\"", i, c->passthrough[i]);
+    DF("nresolve=%zu", c->nresolve);
+    for (size_t i = 0; i < c->nresolve; i++) {
+        const av_resolve_cfg *r = &c->resolve[i];
+        snprintf(k, sizeof(k), "resolve[%zu].host", i);
+        rc = rc ? rc : dump_str(out, k, r->host);
+        DF("resolve[%zu].port=%d", i, r->port);
+        snprintf(k, sizeof(k), "resolve[%zu].addr", i);
+        rc = rc ? rc : dump_str(out, k, r->addr);
+        DF("resolve[%zu].dial_port=%d", i, r->dial_port);
+    }
+    DS("upstream_cafile", c->upstream_cafile);
+    DF("nallow_private=%zu", c->nallow_private);
+    for (size_t i = 0; i < c->nallow_private; i++) {
+        const av_cidr *a = &c->allow_private[i];
+        DF("allow_private[%zu].family=%d", i, a->family);
+        snprintf(k, sizeof(k), "allow_private[%zu].addr", i);
+        rc = rc ? rc : dump_bytes(out, k, a->addr, sizeof(a->addr));
+        DF("allow_private[%zu].prefix=%d", i, a->prefix);
+    }
+    DF("connect_timeout=%.17g", c->connect_timeout);
+    DF("idle_timeout=%.17g", c->idle_timeout);
+    DF("header_timeout=%.17g", c->header_timeout);
+    DF("ws_idle_timeout=%.17g", c->ws_idle_timeout);
+    DF("secret_ttl=%.17g", c->secret_ttl);
+    DF("command_timeout=%.17g", c->command_timeout);
+    DF("max_connections=%ld", c->max_connections);
+    DF("nservices=%zu", c->nservices);
+    for (size_t i = 0; i < c->nservices; i++) {
+        const av_service *s = &c->services[i];
+#define SS(f) (snprintf(k, sizeof(k), "services[%zu]." #f, i), rc = rc ? rc : dump_str(out, k, s->f))
+#define SI(f, fmt) DF("services[%zu]." #f "=" fmt, i, s->f)
+        SS(name);
+        SS(host);
+        SI(wildcard, "%d");
+        SI(host_is_ip, "%d");
+        SI(port, "%d");
+        SI(scheme_http, "%d");
+        SS(path_glob);
+        SI(methods, "%u");
+        SI(auth, "%d");
+        SS(auth_name);
+        SS(auth_template);
+        SI(auth_alt, "%d");
+        SS(auth_alt_name);
+        SS(auth_alt_template);
+        SI(auth_alt_line, "%d");
+        SS(secret_ref);
+        SI(websocket_off, "%d");
+        SI(websocket_scrub_off, "%d");
+        SS(placeholder);
+        SI(placeholder_in, "%u");
+        SS(agent_env);
+        SI(line, "%d");
+#undef SS
+#undef SI
+    }
+    DF("ntokens=%zu", c->ntokens);
+    for (size_t i = 0; i < c->ntokens; i++) {
+        const av_token_cfg *t = &c->tokens[i];
+        snprintf(k, sizeof(k), "tokens[%zu].name", i);
+        rc = rc ? rc : dump_str(out, k, t->name);
+        snprintf(k, sizeof(k), "tokens[%zu].secret_ref", i);
+        rc = rc ? rc : dump_str(out, k, t->secret_ref);
+        DF("tokens[%zu].line=%d", i, t->line);
+        DF("tokens[%zu].nservices=%zu", i, t->nservices);
+        for (size_t j = 0; j < t->nservices; j++)
+            DF("tokens[%zu].services[%zu]=\"%s\"", i, j, t->services[j]);
+        DF("tokens[%zu].unmatched=%d", i, t->unmatched);
+        DF("tokens[%zu].rate=%.17g", i, t->rate);
+        DF("tokens[%zu].burst=%.17g", i, t->burst);
+        DF("tokens[%zu].hashed=%d", i, t->hashed);
+        snprintf(k, sizeof(k), "tokens[%zu].hash", i);
+        rc = rc ? rc : dump_bytes(out, k, t->hash, sizeof(t->hash));
+        DF("tokens[%zu].expires=%lld", i, t->expires);
+    }
+    DF("token_store=%d", c->token_store);
+    DF("ngateways=%zu", c->ngateways);
+    for (size_t i = 0; i < c->ngateways; i++) {
+        const av_gateway_cfg *g = &c->gateways[i];
+        snprintf(k, sizeof(k), "gateways[%zu].name", i);
+        rc = rc ? rc : dump_str(out, k, g->name);
+        snprintf(k, sizeof(k), "gateways[%zu].listen", i);
+        rc = rc ? rc : dump_str(out, k, g->listen);
+        snprintf(k, sizeof(k), "gateways[%zu].upstream", i);
+        rc = rc ? rc : dump_str(out, k, g->upstream);
+        DF("gateways[%zu].dest.host=\"%s\"", i, g->dest.host);
+        DF("gateways[%zu].dest.is_ip=%d", i, g->dest.is_ip);
+        DF("gateways[%zu].dest.port=%d", i, g->dest.port);
+        DF("gateways[%zu].dest_tls=%d", i, g->dest_tls);
+        DF("gateways[%zu].allow_remote=%d", i, g->allow_remote);
+        snprintf(k, sizeof(k), "gateways[%zu].token_ref", i);
+        rc = rc ? rc : dump_str(out, k, g->token_ref);
+        DF("gateways[%zu].line=%d", i, g->line);
+    }
+    DF("error=\"%.*s\"", (int)sizeof(c->error), c->error);
+#undef DS
+#undef DF
+    return rc;
+}
+
 /* ---- the INI reader ------------------------------------------------------ */
 
 /* split_list calls |fn| for every comma-separated, trimmed item of a value;
@@ -815,10 +977,12 @@ static int set_string(parser *p, char **dst, const char *v, size_t n)
     return AV_OK;
 }
 
-/* A section's single-valued keys and their "seen" bits. */
+/* A section's keys and their "seen" bits; |multi| keys may repeat (their
+ * values add up) and are not marked seen. */
 typedef struct key_def {
     const char *name;
     unsigned bit;
+    int multi;
 } key_def;
 
 /* key_bit finds |k| in |keys|, refuses unknown and repeated keys (|sec|
@@ -828,14 +992,19 @@ static unsigned key_bit(parser *p, const key_def *keys, size_t n, const char *se
                         const char *k, size_t kl)
 {
     unsigned bit = 0;
+    int multi = 0;
     for (size_t i = 0; i < n && !bit; i++)
-        if (word_eq(k, kl, keys[i].name))
+        if (word_eq(k, kl, keys[i].name)) {
             bit = keys[i].bit;
+            multi = keys[i].multi;
+        }
     if (!bit) {
         perr(p, "unknown key \"%.*s\" in [%s]%s%s%s", (int)(kl > 64 ? 64 : kl), k, sec,
              expected ? " (expected " : "", expected ? expected : "", expected ? ")" : "");
         return 0;
     }
+    if (multi)
+        return bit;
     if (p->seen & bit) {
         perr(p, "duplicate key \"%.*s\"", (int)kl, k);
         return 0;
@@ -859,21 +1028,40 @@ static int set_secret_ref(parser *p, const char *key, char **out, const char *v,
     return AV_OK;
 }
 
-/* [proxy] max_connections: its own bit, clear of the shared enum above. */
-enum { K_MAX_CONNS = 1u << 30 };
+/* [proxy] max_connections and the list keys: their own bits, clear of the
+ * shared enum above. */
+enum {
+    K_MAX_CONNS = 1u << 30, K_LISTEN = 1u << 25, K_PASSTHROUGH = 1u << 26, K_ALLOW_PRIVATE = 1u << 27,
+    K_RESOLVE = 1u << 28
+};
 #define MAX_CONNECTIONS_MAX 1048576
+
+static const key_def proxy_keys[] = {
+    {"listen", K_LISTEN, 1}, {"passthrough", K_PASSTHROUGH, 1}, {"allow_private", K_ALLOW_PRIVATE, 1},
+    {"resolve", K_RESOLVE, 1},
+    {"state_dir", K_STATE_DIR, 0}, {"unmatched", K_UNMATCHED, 0}, {"upstream_cacert", K_CACERT, 0},
+    {"connect_timeout", K_CONNECT_TO, 0}, {"idle_timeout", K_IDLE_TO, 0}, {"header_timeout", K_HEADER_TO, 0},
+    {"websocket_idle_timeout", K_WS_IDLE_TO, 0}, {"secret_ttl", K_SECRET_TTL, 0},
+    {"command_timeout", K_CMD_TO, 0}, {"audit", K_AUDIT, 0}, {"vault", K_VAULT, 0},
+    {"max_connections", K_MAX_CONNS, 0},
+};
 
 /* proxy_key handles one key of the [proxy] section. */
 static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_config *c = p->cfg;
-    if (word_eq(k, kl, "listen"))
+    unsigned bit = key_bit(p, proxy_keys, sizeof(proxy_keys) / sizeof(proxy_keys[0]), "proxy", NULL, k, kl);
+    if (!bit)
+        return AV_ERR_CONFIG;
+
+    switch (bit) {
+    case K_LISTEN:
         return split_list(p, "listen", v, vl, add_listen_item);
-    if (word_eq(k, kl, "passthrough"))
+    case K_PASSTHROUGH:
         return split_list(p, "passthrough", v, vl, add_passthrough_item);
-    if (word_eq(k, kl, "allow_private"))
+    case K_ALLOW_PRIVATE:
         return split_list(p, "allow_private", v, vl, add_cidr_item);
-    if (word_eq(k, kl, "resolve")) {
+    case K_RESOLVE: {
         av_resolve_cfg r;
         memset(&r, 0, sizeof(r));
         int rc = parse_resolve(v, vl, &r);
@@ -890,18 +1078,6 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         c->resolve[c->nresolve++] = r;
         return AV_OK;
     }
-
-    static const key_def keys[] = {
-        {"state_dir", K_STATE_DIR}, {"unmatched", K_UNMATCHED}, {"upstream_cacert", K_CACERT},
-        {"connect_timeout", K_CONNECT_TO}, {"idle_timeout", K_IDLE_TO}, {"header_timeout", K_HEADER_TO},
-        {"websocket_idle_timeout", K_WS_IDLE_TO}, {"secret_ttl", K_SECRET_TTL}, {"command_timeout", K_CMD_TO},
-        {"audit", K_AUDIT}, {"vault", K_VAULT}, {"max_connections", K_MAX_CONNS},
-    };
-    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "proxy", NULL, k, kl);
-    if (!bit)
-        return AV_ERR_CONFIG;
-
-    switch (bit) {
     case K_STATE_DIR:
         return set_string(p, &c->state_dir, v, vl);
     case K_CACERT:
@@ -1173,18 +1349,20 @@ static int parse_methods(parser *p, const char *v, size_t n, unsigned *out)
     return AV_OK;
 }
 
+static const key_def service_keys[] = {
+    {"host", K_HOST, 0}, {"port", K_PORT, 0}, {"scheme", K_SCHEME, 0}, {"path", K_PATH, 0},
+    {"methods", K_METHODS, 0}, {"auth", K_AUTH, 0}, {"secret", K_SECRET, 0},
+    {"websocket", K_WEBSOCKET, 0}, {"placeholder", K_PLACEHOLDER, 0},
+    {"placeholder_in", K_PLACEHOLDER_IN, 0}, {"agent_env", K_AGENT_ENV, 0},
+    {"auth_alt", K_AUTH_ALT, 0}, {"websocket_scrub", K_WS_SCRUB, 0},
+};
+
 /* service_key handles one key of a [service] section. */
 static int service_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_service *s = &p->cfg->services[p->cfg->nservices - 1];
-    static const key_def keys[] = {
-        {"host", K_HOST}, {"port", K_PORT}, {"scheme", K_SCHEME}, {"path", K_PATH},
-        {"methods", K_METHODS}, {"auth", K_AUTH}, {"secret", K_SECRET},
-        {"websocket", K_WEBSOCKET}, {"placeholder", K_PLACEHOLDER},
-        {"placeholder_in", K_PLACEHOLDER_IN}, {"agent_env", K_AGENT_ENV},
-        {"auth_alt", K_AUTH_ALT}, {"websocket_scrub", K_WS_SCRUB},
-    };
-    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "service", NULL, k, kl);
+    unsigned bit = key_bit(p, service_keys, sizeof(service_keys) / sizeof(service_keys[0]), "service", NULL, k,
+                           kl);
     if (!bit)
         return AV_ERR_CONFIG;
 
@@ -1340,14 +1518,15 @@ static int parse_rate(const char *v, size_t vl, double *out)
     return AV_OK;
 }
 
+static const key_def gateway_keys[] = {
+    {"listen", K_HOST, 0}, {"upstream", K_PATH, 0}, {"allow_remote", K_PORT, 0}, {"token", K_SECRET, 0},
+};
+
 /* gateway_key handles one key of a [gateway] section. */
 static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_gateway_cfg *g = &p->cfg->gateways[p->cfg->ngateways - 1];
-    static const key_def keys[] = {
-        {"listen", K_HOST}, {"upstream", K_PATH}, {"allow_remote", K_PORT}, {"token", K_SECRET},
-    };
-    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "gateway",
+    unsigned bit = key_bit(p, gateway_keys, sizeof(gateway_keys) / sizeof(gateway_keys[0]), "gateway",
                            "listen, upstream, allow_remote, token", k, kl);
     if (!bit)
         return AV_ERR_CONFIG;
@@ -1381,15 +1560,16 @@ static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_
     }
 }
 
+static const key_def token_keys[] = {
+    {"secret", K_SECRET, 0}, {"services", K_METHODS, 0}, {"unmatched", K_UNMATCHED, 0}, {"rate", K_PORT, 0},
+    {"burst", K_PATH, 0},
+};
+
 /* token_key handles one key of a [token] section. */
 static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_token_cfg *t = &p->cfg->tokens[p->cfg->ntokens - 1];
-    static const key_def keys[] = {
-        {"secret", K_SECRET}, {"services", K_METHODS}, {"unmatched", K_UNMATCHED}, {"rate", K_PORT},
-        {"burst", K_PATH},
-    };
-    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "token",
+    unsigned bit = key_bit(p, token_keys, sizeof(token_keys) / sizeof(token_keys[0]), "token",
                            "secret, services, unmatched, rate, burst", k, kl);
     if (!bit)
         return AV_ERR_CONFIG;
@@ -1437,6 +1617,27 @@ static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return AV_OK;
     }
     }
+}
+
+/* av__config_key_name lists the reader's keys: the |i|th key of section
+ * kind |section| ("proxy", "service", "token", "gateway"), NULL past the
+ * end or for an unknown kind. */
+const char *av__config_key_name(const char *section, size_t i)
+{
+    static const struct {
+        const char *name;
+        const key_def *keys;
+        size_t n;
+    } secs[] = {
+        {"proxy", proxy_keys, sizeof(proxy_keys) / sizeof(proxy_keys[0])},
+        {"service", service_keys, sizeof(service_keys) / sizeof(service_keys[0])},
+        {"token", token_keys, sizeof(token_keys) / sizeof(token_keys[0])},
+        {"gateway", gateway_keys, sizeof(gateway_keys) / sizeof(gateway_keys[0])},
+    };
+    for (size_t s = 0; section && s < sizeof(secs) / sizeof(secs[0]); s++)
+        if (strcmp(section, secs[s].name) == 0)
+            return i < secs[s].n ? secs[s].keys[i].name : NULL;
+    return NULL;
 }
 
 /* finish_section checks the section that just ended and fills defaults. */

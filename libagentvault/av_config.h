@@ -188,6 +188,17 @@ struct av_config {
 /* av__config_copy deep-copies |src| into a new config. NULL on failure. */
 av_config *av__config_copy(const av_config *src);
 
+struct av_buf;
+/* av__config_dump appends every member of |c|, one "path=value" line each
+ * (tests compare a config with its copy). Returns 0 or AV_ERR_LIMIT /
+ * AV_ERR_NOMEM from the buffer. */
+int av__config_dump(const av_config *c, struct av_buf *out);
+
+/* av__config_key_name is the |i|th key the reader accepts in a section of
+ * kind |section| ("proxy", "service", "token", "gateway"); NULL past the
+ * end. */
+const char *av__config_key_name(const char *section, size_t i);
+
 /* av__parse_cidr parses "10.0.0.0/8" or "fd00::/8". Returns 0 or
  * AV_ERR_INVALID. */
 int av__parse_cidr(const char *s, av_cidr *out);
