@@ -657,13 +657,10 @@ av_config *av__config_copy(const av_config *src)
         for (size_t i = 0; i < src->ntokens; i++) {
             const av_token_cfg *st = &src->tokens[i];
             av_token_cfg *dt = &c->tokens[i];
-            dt->line = st->line;
-            dt->unmatched = st->unmatched;
-            dt->rate = st->rate;
-            dt->burst = st->burst;
-            dt->hashed = st->hashed;
-            dt->expires = st->expires;
-            memcpy(dt->hash, st->hash, sizeof(dt->hash));
+            *dt = *st;
+            dt->name = dt->secret_ref = NULL;
+            dt->services = NULL;
+            dt->nservices = 0;
             if (dup_opt(&dt->name, st->name) || dup_opt(&dt->secret_ref, st->secret_ref))
                 goto fail;
             if (st->nservices) {
