@@ -50,6 +50,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "av_ssrf.h"
 #include "av_url.h"
 #include <sys/socket.h>
 
@@ -145,12 +146,6 @@ typedef struct av_resolve_cfg {
                       (extension: HOST:PORT:ADDR:DIALPORT / [v6]:DIALPORT) */
 } av_resolve_cfg;
 
-typedef struct av_cidr {
-    int family;        /* AF_INET or AF_INET6 */
-    uint8_t addr[16];
-    int prefix;
-} av_cidr;
-
 struct av_config {
     char **listen;         /* "host:port" strings, normalized */
     size_t nlisten;
@@ -198,12 +193,5 @@ int av__config_dump(const av_config *c, struct av_buf *out);
  * kind |section| ("proxy", "service", "token", "gateway"); NULL past the
  * end. */
 const char *av__config_key_name(const char *section, size_t i);
-
-/* av__parse_cidr parses "10.0.0.0/8" or "fd00::/8". Returns 0 or
- * AV_ERR_INVALID. */
-int av__parse_cidr(const char *s, av_cidr *out);
-/* av__cidr_contains returns 1 when |sa| (AF_INET or AF_INET6) lies in |c|,
- * else 0; IPv4-mapped IPv6 addresses are compared as IPv4. */
-int av__cidr_contains(const av_cidr *c, const struct sockaddr *sa);
 
 #endif
