@@ -222,18 +222,6 @@ int av__parse_cidr(const char *s, av_cidr *out)
     return AV_OK;
 }
 
-/* prefix_match compares the first |prefix| bits of two addresses. */
-static int prefix_match(const uint8_t *a, const uint8_t *b, int prefix)
-{
-    int full = prefix / 8, rem = prefix % 8;
-    if (memcmp(a, b, (size_t)full) != 0)
-        return 0;
-    if (rem == 0)
-        return 1;
-    uint8_t mask = (uint8_t)(0xff << (8 - rem));
-    return (a[full] & mask) == (b[full] & mask);
-}
-
 /* av__cidr_contains reports whether |sa| lies in |c|; IPv4-mapped IPv6
  * addresses are compared as IPv4, and IPv4 addresses match an IPv6 range
  * only through their mapped form and only when the range is at least /96
@@ -249,15 +237,15 @@ int av__cidr_contains(const av_cidr *c, const struct sockaddr *sa)
         memcpy(a6, mapped, 12);
         memcpy(a6 + 12, a4, 4);
         if (c->family == AF_INET)
-            return prefix_match(c->addr, a4, c->prefix);
-        return c->prefix >= 96 && prefix_match(c->addr, a6, c->prefix);
+            return prefix_eq(c->addr, a4, c->prefix);
+        return c->prefix >= 96 && prefix_eq(c->addr, a6, c->prefix);
     }
     if (sa->sa_family == AF_INET6) {
         memcpy(a6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
         if (c->family == AF_INET6)
-            return prefix_match(c->addr, a6, c->prefix);
+            return prefix_eq(c->addr, a6, c->prefix);
         if (memcmp(a6, mapped, 12) == 0)
-            return prefix_match(c->addr, a6 + 12, c->prefix);
+            return prefix_eq(c->addr, a6 + 12, c->prefix);
     }
     return 0;
 }
