@@ -1,9 +1,14 @@
-/* av_config.c - the configuration object: defaults, clear, deep copy, the
- * dump the round-trip test compares, the programmatic setters, validation
- * and accessors. The INI reader and its key tables are in av_config_ini.c.
+/* av_config.c - the configuration object: the value parsers the reader and
+ * the setters share (listen, resolve, seconds, PSL-checked host patterns),
+ * defaults, clear, deep copy, the dump the round-trip test compares, the
+ * programmatic setters (av_config_add_section through the reader),
+ * validation and accessors. The INI reader and its key tables are in
+ * av_config_ini.c.
  */
 #include "av_config_int.h"
 
+#include <libpsl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,9 +19,11 @@
 #include "av_mem.h"
 #include "av_url.h"
 
+#define TIMEOUT_MAX 86400.0
+
 /* ---- helpers shared with the reader ------------------------------------ */
 
-/* set_error formats cfg->error. */
+/* av__config_set_error formats cfg->error. */
 void av__config_set_error(av_config *cfg, const char *fmt, ...)
 {
     va_list ap;
@@ -25,7 +32,7 @@ void av__config_set_error(av_config *cfg, const char *fmt, ...)
     va_end(ap);
 }
 
-/* grow makes room for one more element in a dynamic array. */
+/* av__config_grow makes room for one more element in a dynamic array. */
 int av__config_grow(void **arr, size_t n, size_t elem)
 {
     void *np = av__realloc(*arr, (n + 1) * elem);
@@ -38,7 +45,7 @@ int av__config_grow(void **arr, size_t n, size_t elem)
 
 /* ---- value parsers shared by the reader and the setters ---------------- */
 
-/* normalize_listen turns "host:port" (IP literal or localhost; port may be
+/* av__config_normalize_listen turns "host:port" (IP literal or localhost; port may be
  * 0) into its canonical text in |out|. */
 int av__config_normalize_listen(const char *s, size_t n, char *out, size_t outlen)
 {
@@ -90,7 +97,7 @@ static int parse_port_range(const char *s, size_t n, int *out)
     return AV_OK;
 }
 
-/* parse_resolve parses curl's "HOST:PORT:ADDR" into |out| (strings
+/* av__config_parse_resolve parses curl's "HOST:PORT:ADDR" into |out| (strings
  * allocated). ADDR is IPv4, [IPv6] or a bare IPv6 literal. Extension: an
  * optional ":DIALPORT" after an IPv4 or bracketed IPv6 ADDR. */
 int av__config_parse_resolve(const char *s, size_t n, av_resolve_cfg *out)
@@ -151,9 +158,105 @@ int av__config_parse_resolve(const char *s, size_t n, av_resolve_cfg *out)
     return AV_OK;
 }
 
+/* av__config_parse_seconds parses a positive decimal number of seconds ("10",
+ * "2.5"; at most 6 fraction digits), at most TIMEOUT_MAX. Done by hand:
+ * strtod would depend on the host's LC_NUMERIC. */
+int av__config_parse_seconds(const char *s, size_t n, double *out)
+{
+    const char *dot = memchr(s, '.', n);
+    size_t il = dot ? (size_t)(dot - s) : n;
+    long ip, fp = 0;
+    if (parse_uint(s, il, 6, &ip) != AV_OK)
+        return AV_ERR_INVALID;
+    double v = (double)ip;
+    if (dot) {
+        size_t fl = n - il - 1;
+        if (parse_uint(dot + 1, fl, 6, &fp) != AV_OK)
+            return AV_ERR_INVALID;
+        double scale = 1;
+        for (size_t i = 0; i < fl; i++)
+            scale *= 10;
+        v += (double)fp / scale;
+    }
+    if (!(v > 0) || v > TIMEOUT_MAX)
+        return AV_ERR_INVALID;
+    *out = v;
+    return AV_OK;
+}
+
+/* psl_ctx loads the public suffix list once per process: the system's
+ * newest list when present, else libpsl's built-in copy. */
+static const psl_ctx_t *g_psl;
+static pthread_once_t g_psl_once = PTHREAD_ONCE_INIT;
+
+static void psl_load(void)
+{
+    psl_ctx_t *latest = psl_latest(NULL);
+    g_psl = latest ? latest : psl_builtin();
+}
+
+static const psl_ctx_t *psl_ctx(void)
+{
+    pthread_once(&g_psl_once, psl_load);
+    return g_psl;
+}
+
+/* av__config_parse_host_pattern validates a service or passthrough host: a DNS name,
+ * an IP literal (IPv6 optionally in brackets) or "*.suffix" whose suffix is
+ * a DNS name that is not a public suffix. On success *out is a new
+ * lower-case string. |why| receives a reason on AV_ERR_INVALID. */
+int av__config_parse_host_pattern(const char *s, size_t n, char **out, int *wildcard,
+                              int *is_ip, const char **why)
+{
+    char host[AV_HOST_MAX + 3];
+    *wildcard = 0;
+    *is_ip = 0;
+    if (n == 1 && s[0] == '*') {
+        *why = "a bare \"*\" host is not allowed";
+        return AV_ERR_INVALID;
+    }
+    if (n >= 2 && s[0] == '*' && s[1] == '.') {
+        int kind = av__host_validate(s + 2, n - 2, host + 2);
+        if (kind != 0) {
+            *why = "invalid wildcard host (only \"*.\" followed by a DNS name is allowed)";
+            return AV_ERR_INVALID;
+        }
+        const psl_ctx_t *psl = psl_ctx();
+        if (!psl || psl_is_public_suffix2(psl, host + 2, PSL_TYPE_ANY)) {
+            *why = "wildcard over a public suffix is not allowed";
+            return AV_ERR_INVALID;
+        }
+        host[0] = '*';
+        host[1] = '.';
+        if (strlen(host) > AV_HOST_MAX) {
+            *why = "host name too long";
+            return AV_ERR_INVALID;
+        }
+        *wildcard = 1;
+    } else {
+        int kind;
+        if (n >= 2 && s[0] == '[' && s[n - 1] == ']') {
+            kind = av__host_validate(s + 1, n - 2, host);
+            if (kind != 6) {
+                *why = "invalid IPv6 literal";
+                return AV_ERR_INVALID;
+            }
+        } else {
+            kind = av__host_validate(s, n, host);
+        }
+        if (kind < 0) {
+            *why = "invalid host name";
+            return AV_ERR_INVALID;
+        }
+        *is_ip = kind != 0;
+    }
+    *out = av__strdup(host);
+    return *out ? AV_OK : AV_ERR_NOMEM;
+}
+
 /* ---- config object ------------------------------------------------------ */
 
-/* service_clear frees the strings of one service. */
+/* av__config_service_clear frees the strings of one service. */
 void av__config_service_clear(av_service *s)
 {
     av__free(s->name);
@@ -805,4 +908,61 @@ AV_EXPORT const char *av_config_state_dir(const av_config *cfg)
 AV_EXPORT size_t av_config_service_count(const av_config *cfg)
 {
     return cfg ? cfg->nservices : 0;
+}
+
+AV_EXPORT int av_config_add_section(av_config *cfg, const char *kind, const char *name, const char *const *keyvals)
+{
+    if (!cfg || !kind)
+        return AV_ERR_INVALID;
+    int is_proxy = strcmp(kind, "proxy") == 0;
+    if (!is_proxy && strcmp(kind, "service") && strcmp(kind, "token") && strcmp(kind, "gateway")) {
+        av__config_set_error(cfg, "unknown section kind \"%.40s\" (expected proxy, service, token or gateway)", kind);
+        return AV_ERR_INVALID;
+    }
+    if (is_proxy ? name != NULL : (!name || !*name || strpbrk(name, "\"\r\n"))) {
+        av__config_set_error(cfg, is_proxy ? "[proxy] has no name" : "a %s needs a name without quotes or line breaks", kind);
+        return AV_ERR_INVALID;
+    }
+    av_buf text;
+    av__buf_init(&text, 1 << 20);
+    int rc = av__buf_append_str(&text, "[");
+    rc = rc ? rc : av__buf_append_str(&text, kind);
+    if (!is_proxy) {
+        rc = rc ? rc : av__buf_append_str(&text, " \"");
+        rc = rc ? rc : av__buf_append_str(&text, name);
+        rc = rc ? rc : av__buf_append_str(&text, "\"");
+    }
+    rc = rc ? rc : av__buf_append_str(&text, "]\n");
+    for (size_t i = 0; keyvals && keyvals[i] && rc == AV_OK; i += 2) {
+        const char *k = keyvals[i], *v = keyvals[i + 1];
+        if (!v) {
+            av__config_set_error(cfg, "key \"%.64s\" has no value", k);
+            av__buf_free_wipe(&text);
+            return AV_ERR_INVALID;
+        }
+        if (!*k || *k == '#' || *k == ';' || *k == '[') {
+            av__config_set_error(cfg, "key \"%.64s\": empty or starts with a comment or section character", k);
+            av__buf_free_wipe(&text);
+            return AV_ERR_INVALID;
+        }
+        if (strpbrk(k, "=\r\n") || strpbrk(v, "\r\n")) {
+            av__config_set_error(cfg, "key \"%.64s\": keys and values may not contain line breaks (or '=' in a key)", k);
+            av__buf_free_wipe(&text);
+            return AV_ERR_INVALID;
+        }
+        rc = av__buf_append_str(&text, k);
+        rc = rc ? rc : av__buf_append_str(&text, " = ");
+        rc = rc ? rc : av__buf_append_str(&text, v);
+        rc = rc ? rc : av__buf_append_str(&text, "\n");
+    }
+    if (rc != AV_OK) {
+        av__buf_free_wipe(&text);
+        av__config_set_error(cfg, "section too large");
+        return rc == AV_ERR_NOMEM ? AV_ERR_NOMEM : AV_ERR_INVALID;
+    }
+    char origin[120];
+    snprintf(origin, sizeof(origin), is_proxy ? "[proxy]" : "[%s \"%.64s\"]", kind, name ? name : "");
+    rc = av_config_load_string(cfg, (const char *)av__buf_head(&text), text.len, origin);
+    av__buf_free_wipe(&text);
+    return rc;
 }

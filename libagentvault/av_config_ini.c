@@ -11,8 +11,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <libpsl.h>
-#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +27,6 @@
 
 #define CONFIG_MAX_BYTES (1024 * 1024)
 #define NAME_MAX_LEN 64
-#define TIMEOUT_MAX 86400.0
 
 enum { SEC_NONE, SEC_PROXY, SEC_SERVICE, SEC_TOKEN, SEC_GATEWAY };
 
@@ -121,76 +118,6 @@ static char *dup_range(const char *s, size_t n)
     return av__strndup(s, n);
 }
 
-/* psl_ctx loads the public suffix list once per process: the system's
- * newest list when present, else libpsl's built-in copy. */
-static const psl_ctx_t *g_psl;
-static pthread_once_t g_psl_once = PTHREAD_ONCE_INIT;
-
-static void psl_load(void)
-{
-    psl_ctx_t *latest = psl_latest(NULL);
-    g_psl = latest ? latest : psl_builtin();
-}
-
-static const psl_ctx_t *psl_ctx(void)
-{
-    pthread_once(&g_psl_once, psl_load);
-    return g_psl;
-}
-
-/* parse_host_pattern validates a service or passthrough host: a DNS name,
- * an IP literal (IPv6 optionally in brackets) or "*.suffix" whose suffix is
- * a DNS name that is not a public suffix. On success *out is a new
- * lower-case string. |why| receives a reason on AV_ERR_INVALID. */
-static int parse_host_pattern(const char *s, size_t n, char **out, int *wildcard,
-                              int *is_ip, const char **why)
-{
-    char host[AV_HOST_MAX + 3];
-    *wildcard = 0;
-    *is_ip = 0;
-    if (n == 1 && s[0] == '*') {
-        *why = "a bare \"*\" host is not allowed";
-        return AV_ERR_INVALID;
-    }
-    if (n >= 2 && s[0] == '*' && s[1] == '.') {
-        int kind = av__host_validate(s + 2, n - 2, host + 2);
-        if (kind != 0) {
-            *why = "invalid wildcard host (only \"*.\" followed by a DNS name is allowed)";
-            return AV_ERR_INVALID;
-        }
-        const psl_ctx_t *psl = psl_ctx();
-        if (!psl || psl_is_public_suffix2(psl, host + 2, PSL_TYPE_ANY)) {
-            *why = "wildcard over a public suffix is not allowed";
-            return AV_ERR_INVALID;
-        }
-        host[0] = '*';
-        host[1] = '.';
-        if (strlen(host) > AV_HOST_MAX) {
-            *why = "host name too long";
-            return AV_ERR_INVALID;
-        }
-        *wildcard = 1;
-    } else {
-        int kind;
-        if (n >= 2 && s[0] == '[' && s[n - 1] == ']') {
-            kind = av__host_validate(s + 1, n - 2, host);
-            if (kind != 6) {
-                *why = "invalid IPv6 literal";
-                return AV_ERR_INVALID;
-            }
-        } else {
-            kind = av__host_validate(s, n, host);
-        }
-        if (kind < 0) {
-            *why = "invalid host name";
-            return AV_ERR_INVALID;
-        }
-        *is_ip = kind != 0;
-    }
-    *out = av__strdup(host);
-    return *out ? AV_OK : AV_ERR_NOMEM;
-}
-
 /* ---- the INI reader ------------------------------------------------------ */
 
 /* split_list calls |fn| for every comma-separated, trimmed item of a value;
@@ -240,7 +167,7 @@ static int add_passthrough_item(parser *p, const char *s, size_t n)
     char *h = NULL;
     int wildcard, is_ip;
     const char *why = "";
-    int rc = parse_host_pattern(s, n, &h, &wildcard, &is_ip, &why);
+    int rc = av__config_parse_host_pattern(s, n, &h, &wildcard, &is_ip, &why);
     if (rc == AV_ERR_NOMEM)
         return oom(p);
     if (rc != AV_OK)
@@ -268,32 +195,6 @@ static int add_cidr_item(parser *p, const char *s, size_t n)
     if (av__config_grow((void **)&c->allow_private, c->nallow_private, sizeof(av_cidr)) != AV_OK)
         return oom(p);
     c->allow_private[c->nallow_private++] = cidr;
-    return AV_OK;
-}
-
-/* parse_seconds parses a positive decimal number of seconds ("10",
- * "2.5"; at most 6 fraction digits), at most TIMEOUT_MAX. Done by hand:
- * strtod would depend on the host's LC_NUMERIC. */
-static int parse_seconds(const char *s, size_t n, double *out)
-{
-    const char *dot = memchr(s, '.', n);
-    size_t il = dot ? (size_t)(dot - s) : n;
-    long ip, fp = 0;
-    if (parse_uint(s, il, 6, &ip) != AV_OK)
-        return AV_ERR_INVALID;
-    double v = (double)ip;
-    if (dot) {
-        size_t fl = n - il - 1;
-        if (parse_uint(dot + 1, fl, 6, &fp) != AV_OK)
-            return AV_ERR_INVALID;
-        double scale = 1;
-        for (size_t i = 0; i < fl; i++)
-            scale *= 10;
-        v += (double)fp / scale;
-    }
-    if (!(v > 0) || v > TIMEOUT_MAX)
-        return AV_ERR_INVALID;
-    *out = v;
     return AV_OK;
 }
 
@@ -437,14 +338,14 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return AV_OK;
     case K_SECRET_TTL: {
         double secs = 0;
-        if (!(vl == 1 && v[0] == '0') && parse_seconds(v, vl, &secs) != AV_OK)
+        if (!(vl == 1 && v[0] == '0') && av__config_parse_seconds(v, vl, &secs) != AV_OK)
             return perr(p, "secret_ttl must be a number of seconds in [0, 86400]");
         c->secret_ttl = secs;
         return AV_OK;
     }
     default: {
         double secs;
-        if (parse_seconds(v, vl, &secs) != AV_OK)
+        if (av__config_parse_seconds(v, vl, &secs) != AV_OK)
             return perr(p, "%.*s must be a number of seconds in (0, 86400]", (int)kl, k);
         if (bit == K_CMD_TO) {
             c->command_timeout = secs;
@@ -700,7 +601,7 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
     switch (bit) {
     case K_HOST: {
         const char *why = "";
-        int rc = parse_host_pattern(v, vl, &s->host, &s->wildcard, &s->host_is_ip, &why);
+        int rc = av__config_parse_host_pattern(v, vl, &s->host, &s->wildcard, &s->host_is_ip, &why);
         if (rc == AV_ERR_NOMEM)
             return oom(p);
         if (rc != AV_OK)
@@ -834,7 +735,7 @@ static int parse_rate(const char *v, size_t vl, double *out)
     if (!slash)
         return AV_ERR_INVALID;
     double n;
-    if (parse_seconds(v, (size_t)(slash - v), &n) != AV_OK) /* a positive number <= 86400 */
+    if (av__config_parse_seconds(v, (size_t)(slash - v), &n) != AV_OK) /* a positive number <= 86400 */
         return AV_ERR_INVALID;
     const char *u = slash + 1;
     size_t ul = vl - (size_t)(u - v);
@@ -1274,62 +1175,5 @@ AV_EXPORT int av_config_load_file(av_config *cfg, const char *path)
         rc = av_config_load_string(cfg, buf, len, path);
     }
     av__free(buf);
-    return rc;
-}
-
-AV_EXPORT int av_config_add_section(av_config *cfg, const char *kind, const char *name, const char *const *keyvals)
-{
-    if (!cfg || !kind)
-        return AV_ERR_INVALID;
-    int is_proxy = strcmp(kind, "proxy") == 0;
-    if (!is_proxy && strcmp(kind, "service") && strcmp(kind, "token") && strcmp(kind, "gateway")) {
-        av__config_set_error(cfg, "unknown section kind \"%.40s\" (expected proxy, service, token or gateway)", kind);
-        return AV_ERR_INVALID;
-    }
-    if (is_proxy ? name != NULL : (!name || !*name || strpbrk(name, "\"\r\n"))) {
-        av__config_set_error(cfg, is_proxy ? "[proxy] has no name" : "a %s needs a name without quotes or line breaks", kind);
-        return AV_ERR_INVALID;
-    }
-    av_buf text;
-    av__buf_init(&text, 1 << 20);
-    int rc = av__buf_append_str(&text, "[");
-    rc = rc ? rc : av__buf_append_str(&text, kind);
-    if (!is_proxy) {
-        rc = rc ? rc : av__buf_append_str(&text, " \"");
-        rc = rc ? rc : av__buf_append_str(&text, name);
-        rc = rc ? rc : av__buf_append_str(&text, "\"");
-    }
-    rc = rc ? rc : av__buf_append_str(&text, "]\n");
-    for (size_t i = 0; keyvals && keyvals[i] && rc == AV_OK; i += 2) {
-        const char *k = keyvals[i], *v = keyvals[i + 1];
-        if (!v) {
-            av__config_set_error(cfg, "key \"%.64s\" has no value", k);
-            av__buf_free_wipe(&text);
-            return AV_ERR_INVALID;
-        }
-        if (!*k || *k == '#' || *k == ';' || *k == '[') {
-            av__config_set_error(cfg, "key \"%.64s\": empty or starts with a comment or section character", k);
-            av__buf_free_wipe(&text);
-            return AV_ERR_INVALID;
-        }
-        if (strpbrk(k, "=\r\n") || strpbrk(v, "\r\n")) {
-            av__config_set_error(cfg, "key \"%.64s\": keys and values may not contain line breaks (or '=' in a key)", k);
-            av__buf_free_wipe(&text);
-            return AV_ERR_INVALID;
-        }
-        rc = av__buf_append_str(&text, k);
-        rc = rc ? rc : av__buf_append_str(&text, " = ");
-        rc = rc ? rc : av__buf_append_str(&text, v);
-        rc = rc ? rc : av__buf_append_str(&text, "\n");
-    }
-    if (rc != AV_OK) {
-        av__buf_free_wipe(&text);
-        av__config_set_error(cfg, "section too large");
-        return rc == AV_ERR_NOMEM ? AV_ERR_NOMEM : AV_ERR_INVALID;
-    }
-    char origin[120];
-    snprintf(origin, sizeof(origin), is_proxy ? "[proxy]" : "[%s \"%.64s\"]", kind, name ? name : "");
-    rc = av_config_load_string(cfg, (const char *)av__buf_head(&text), text.len, origin);
-    av__buf_free_wipe(&text);
     return rc;
 }

@@ -57,6 +57,17 @@ int av__config_normalize_listen(const char *s, size_t n, char *out, size_t outle
  * ":DIALPORT" extension) into |out|, strings allocated. */
 int av__config_parse_resolve(const char *s, size_t n, av_resolve_cfg *out);
 
+/* av__config_parse_seconds parses a positive decimal number of seconds
+ * (at most 6 fraction digits), at most 86400, without strtod's locale. */
+int av__config_parse_seconds(const char *s, size_t n, double *out);
+
+/* av__config_parse_host_pattern validates a service or passthrough host: a
+ * DNS name, an IP literal or "*.suffix" whose suffix is not a public
+ * suffix; *out is a new lower-case string, *why a reason on
+ * AV_ERR_INVALID. */
+int av__config_parse_host_pattern(const char *s, size_t n, char **out, int *wildcard, int *is_ip,
+                                  const char **why);
+
 /* av__config_service_clear frees the strings of one service and zeroes it. */
 void av__config_service_clear(av_service *s);
 
