@@ -500,13 +500,13 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 144, "av_service changed: update config_clear, av__config_copy, av__config_dump");
-_Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, av__config_copy, av__config_dump");
-_Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, av__config_copy, av__config_dump");
-_Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, av__config_copy, av__config_dump");
+_Static_assert(sizeof(av_service) == 144, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_cidr) == 24, "av_cidr changed: update av__config_dump");
 _Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__config_dump");
-_Static_assert(sizeof(av_config) == 752, "av_config changed: update config_clear, av__config_copy, av__config_dump");
+_Static_assert(sizeof(av_config) == 752, "av_config changed: update config_clear, copy, dump");
 #endif
 
 /* dump_str appends |key|="value" (or <null>). */
