@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "av_buf.h"
+#include "av_enc.h"
 #include "av_mem.h"
 #include "av_url.h"
 
@@ -509,19 +510,35 @@ _Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__co
 _Static_assert(sizeof(av_config) == 752, "av_config changed: update config_clear, copy, dump");
 #endif
 
-/* dump_str appends |key|="value" (or <null>). */
+/* dump_str appends |key|="value" with the value JSON-escaped (any byte
+ * visible, one line), or |key|=<null>. */
 static int dump_str(av_buf *b, const char *key, const char *v)
 {
-    return v ? av__buf_appendf(b, "%s=\"%s\"\n", key, v) : av__buf_appendf(b, "%s=<null>\n", key);
+    if (!v)
+        return av__buf_appendf(b, "%s=<null>\n", key);
+    size_t n = strlen(v);
+    int rc = av__buf_appendf(b, "%s=\"", key);
+    uint8_t *w = rc ? NULL : av__buf_reserve(b, 6 * n + 2, &rc);
+    if (!w)
+        return rc;
+    size_t o = av__json_escape(v, n, AV__JSON_SHORT | AV__JSON_BYTES, (char *)w);
+    w[o++] = '"';
+    w[o++] = '\n';
+    av__buf_commit(b, o);
+    return AV_OK;
 }
 
 /* dump_bytes appends |key|=hex of |n| bytes. */
 static int dump_bytes(av_buf *b, const char *key, const uint8_t *p, size_t n)
 {
     int rc = av__buf_appendf(b, "%s=", key);
-    for (size_t i = 0; i < n && rc == AV_OK; i++)
-        rc = av__buf_appendf(b, "%02x", p[i]);
-    return rc ? rc : av__buf_append_str(b, "\n");
+    uint8_t *w = rc ? NULL : av__buf_reserve(b, 2 * n + 1, &rc);
+    if (!w)
+        return rc;
+    size_t o = av__hex_encode(p, n, AV__HEX_LOWER, (char *)w);
+    w[o++] = '\n';
+    av__buf_commit(b, o);
+    return AV_OK;
 }
 
 /* dump_ptr appends the address held in an object or function pointer
@@ -543,8 +560,10 @@ int av__config_dump(const av_config *c, av_buf *out)
 #define DS(name, v) (rc = rc ? rc : (snprintf(k, sizeof(k), "%s", name), dump_str(out, k, (v))))
 #define DF(fmt, ...) (rc = rc ? rc : av__buf_appendf(out, fmt "\n", __VA_ARGS__))
     DF("nlisten=%zu", c->nlisten);
-    for (size_t i = 0; i < c->nlisten; i++)
-        DF("listen[%zu]=\"%s\"", i, c->listen[i]);
+    for (size_t i = 0; i < c->nlisten; i++) {
+        snprintf(k, sizeof(k), "listen[%zu]", i);
+        rc = rc ? rc : dump_str(out, k, c->listen[i]);
+    }
     DS("state_dir", c->state_dir);
     DS("audit", c->audit);
     DS("vault_path", c->vault_path);
@@ -553,8 +572,10 @@ int av__config_dump(const av_config *c, av_buf *out)
     rc = rc ? rc : dump_ptr(out, "secret_ud", &c->secret_ud, sizeof(c->secret_ud));
     DF("unmatched=%d", c->unmatched);
     DF("npassthrough=%zu", c->npassthrough);
-    for (size_t i = 0; i < c->npassthrough; i++)
-        DF("passthrough[%zu]=\"%s\"", i, c->passthrough[i]);
+    for (size_t i = 0; i < c->npassthrough; i++) {
+        snprintf(k, sizeof(k), "passthrough[%zu]", i);
+        rc = rc ? rc : dump_str(out, k, c->passthrough[i]);
+    }
     DF("nresolve=%zu", c->nresolve);
     for (size_t i = 0; i < c->nresolve; i++) {
         const av_resolve_cfg *r = &c->resolve[i];
@@ -620,8 +641,10 @@ int av__config_dump(const av_config *c, av_buf *out)
         rc = rc ? rc : dump_str(out, k, t->secret_ref);
         DF("tokens[%zu].line=%d", i, t->line);
         DF("tokens[%zu].nservices=%zu", i, t->nservices);
-        for (size_t j = 0; j < t->nservices; j++)
-            DF("tokens[%zu].services[%zu]=\"%s\"", i, j, t->services[j]);
+        for (size_t j = 0; j < t->nservices; j++) {
+            snprintf(k, sizeof(k), "tokens[%zu].services[%zu]", i, j);
+            rc = rc ? rc : dump_str(out, k, t->services[j]);
+        }
         DF("tokens[%zu].unmatched=%d", i, t->unmatched);
         DF("tokens[%zu].rate=%.17g", i, t->rate);
         DF("tokens[%zu].burst=%.17g", i, t->burst);
@@ -640,7 +663,8 @@ int av__config_dump(const av_config *c, av_buf *out)
         rc = rc ? rc : dump_str(out, k, g->listen);
         snprintf(k, sizeof(k), "gateways[%zu].upstream", i);
         rc = rc ? rc : dump_str(out, k, g->upstream);
-        DF("gateways[%zu].dest.host=\"%s\"", i, g->dest.host);
+        snprintf(k, sizeof(k), "gateways[%zu].dest.host", i);
+        rc = rc ? rc : dump_str(out, k, g->dest.host);
         DF("gateways[%zu].dest.is_ip=%d", i, g->dest.is_ip);
         DF("gateways[%zu].dest.port=%d", i, g->dest.port);
         DF("gateways[%zu].dest_tls=%d", i, g->dest_tls);
@@ -649,7 +673,10 @@ int av__config_dump(const av_config *c, av_buf *out)
         rc = rc ? rc : dump_str(out, k, g->token_ref);
         DF("gateways[%zu].line=%d", i, g->line);
     }
-    DF("error=\"%.*s\"", (int)sizeof(c->error), c->error);
+    char err[sizeof(c->error) + 1];
+    memcpy(err, c->error, sizeof(c->error));
+    err[sizeof(c->error)] = '\0';
+    rc = rc ? rc : dump_str(out, "error", err);
 #undef DS
 #undef DF
     return rc;
