@@ -925,6 +925,39 @@ static void round_trip_text_sets_every_key(void **state)
     assert_null(av__config_key_name("nope", 0));
 }
 
+/* keys_documented: docs/CONFIG.md has a table row for every key of the
+ * reader's tables, in that section's chapter. */
+static void keys_documented(void **state)
+{
+    (void)state;
+    const char *dir = getenv("AV_TEST_SRCDIR");
+    assert_non_null(dir);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/../docs/CONFIG.md", dir);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static char doc[1 << 20];
+    size_t n = fread(doc, 1, sizeof(doc) - 1, f);
+    fclose(f);
+    doc[n] = '\0';
+    for (size_t s = 0; s < sizeof(section_kinds) / sizeof(section_kinds[0]); s++) {
+        char head[48];
+        snprintf(head, sizeof(head), "\n## `[%s", section_kinds[s]);
+        const char *start = strstr(doc, head);
+        if (!start)
+            fail_msg("docs/CONFIG.md has no chapter %s", head + 1);
+        const char *end = strstr(start + 1, "\n## ");
+        const char *key;
+        for (size_t i = 0; (key = av__config_key_name(section_kinds[s], i)); i++) {
+            char row[96];
+            snprintf(row, sizeof(row), "\n| `%s` |", key);
+            const char *r = strstr(start, row);
+            if (!r || (end && r > end))
+                fail_msg("docs/CONFIG.md: [%s] %s has no row", section_kinds[s], key);
+        }
+    }
+}
+
 /* round_trip_sets_every_field: every member of every struct has a
  * non-default value in some element of the every-key config, so a member
  * the copy drops shows up in the comparison below. */
@@ -1033,6 +1066,7 @@ int main(void)
         cmocka_unit_test(round_trip_text_sets_every_key),
         cmocka_unit_test(round_trip_sets_every_field),
         cmocka_unit_test(round_trip_copy),
+        cmocka_unit_test(keys_documented),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
