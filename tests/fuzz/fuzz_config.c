@@ -35,7 +35,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(c->nservices == 0 && c->ntokens == 0 && c->nlisten == 0, "failed load is atomic");
     } else {
         check(av_config_error(c)[0] == '\0', "no error on success");
-        check(av_config_validate(c) == 0, "a loaded file validates");
+        /* a loaded file validates, but for a token's services, which may
+         * name services a later load adds */
+        int v = av_config_validate(c);
+        check(v == 0 || (v == AV_ERR_CONFIG && strstr(av_config_error(c), "names unknown service")),
+              "a loaded file validates");
     }
     av_config *d = av__config_copy(c);
     if (d) {
