@@ -278,6 +278,17 @@ static const key_def proxy_keys[] = {
     {"max_connections", K_MAX_CONNS, 0},
 };
 
+/* set_timeout stores a number of seconds in (0, 86400]; the key is named
+ * as written. */
+static int set_timeout(parser *p, const char *k, size_t kl, const char *v, size_t vl, double *out)
+{
+    double secs;
+    if (av__config_parse_seconds(v, vl, &secs) != AV_OK)
+        return perr(p, "%.*s must be a number of seconds in (0, 86400]", (int)kl, k);
+    *out = secs;
+    return AV_OK;
+}
+
 /* proxy_key handles one key of the [proxy] section. */
 static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
@@ -343,24 +354,16 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         c->secret_ttl = secs;
         return AV_OK;
     }
-    default: {
-        double secs;
-        if (av__config_parse_seconds(v, vl, &secs) != AV_OK)
-            return perr(p, "%.*s must be a number of seconds in (0, 86400]", (int)kl, k);
-        if (bit == K_CMD_TO) {
-            c->command_timeout = secs;
-            return AV_OK;
-        }
-        if (bit == K_CONNECT_TO)
-            c->connect_timeout = secs;
-        else if (bit == K_IDLE_TO)
-            c->idle_timeout = secs;
-        else if (bit == K_WS_IDLE_TO)
-            c->ws_idle_timeout = secs;
-        else
-            c->header_timeout = secs;
-        return AV_OK;
-    }
+    case K_CONNECT_TO:
+        return set_timeout(p, k, kl, v, vl, &c->connect_timeout);
+    case K_IDLE_TO:
+        return set_timeout(p, k, kl, v, vl, &c->idle_timeout);
+    case K_HEADER_TO:
+        return set_timeout(p, k, kl, v, vl, &c->header_timeout);
+    case K_WS_IDLE_TO:
+        return set_timeout(p, k, kl, v, vl, &c->ws_idle_timeout);
+    default: /* K_CMD_TO */
+        return set_timeout(p, k, kl, v, vl, &c->command_timeout);
     }
 }
 

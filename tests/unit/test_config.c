@@ -966,6 +966,10 @@ static void round_trip_sets_every_field(void **state)
     (void)state;
     char store[64];
     av_config *c = rt_config(store, sizeof(store));
+    /* each [proxy] number lands in its own member */
+    assert_true(c->connect_timeout == 3.5 && c->idle_timeout == 61 && c->header_timeout == 7.25);
+    assert_true(c->ws_idle_timeout == 30 && c->secret_ttl == 45 && c->command_timeout == 4);
+    assert_int_equal(c->max_connections, 777);
     char *d = dump_of(c);
     /* fields named without indices: "services[1].port" -> "services[].port" */
     char names[128][64];
