@@ -753,8 +753,15 @@ static int parse_rate(const char *v, size_t vl, double *out)
     return AV_OK;
 }
 
+/* [gateway] and [token] keys: names for the bits they share with [service]. */
+enum {
+    K_GW_LISTEN = K_HOST, K_GW_UPSTREAM = K_PATH, K_GW_ALLOW_REMOTE = K_PORT, K_GW_TOKEN = K_SECRET,
+    K_TOK_SECRET = K_SECRET, K_TOK_SERVICES = K_METHODS, K_TOK_UNMATCHED = K_UNMATCHED, K_TOK_RATE = K_PORT,
+    K_TOK_BURST = K_PATH
+};
+
 static const key_def gateway_keys[] = {
-    {"listen", K_HOST, 0}, {"upstream", K_PATH, 0}, {"allow_remote", K_PORT, 0}, {"token", K_SECRET, 0},
+    {"listen", K_GW_LISTEN, 0}, {"upstream", K_GW_UPSTREAM, 0}, {"allow_remote", K_GW_ALLOW_REMOTE, 0}, {"token", K_GW_TOKEN, 0},
 };
 
 /* gateway_key handles one key of a [gateway] section. */
@@ -766,13 +773,13 @@ static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_
     if (!bit)
         return AV_ERR_CONFIG;
     switch (bit) {
-    case K_HOST: {
+    case K_GW_LISTEN: {
         char norm[80];
         if (av__config_normalize_listen(v, vl, norm, sizeof(norm)) != AV_OK)
             return perr(p, "listen must be IP:PORT, [IPv6]:PORT or localhost:PORT");
         return set_string(p, &g->listen, norm, strlen(norm));
     }
-    case K_PATH: {
+    case K_GW_UPSTREAM: {
         av_absolute_uri u;
         if (av__absolute_uri_parse(v, vl, &u) != 0 ||
             (strcmp(u.scheme, "https") != 0 && strcmp(u.scheme, "http") != 0) ||
@@ -782,7 +789,7 @@ static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_
         g->dest_tls = strcmp(u.scheme, "https") == 0;
         return set_string(p, &g->upstream, v, vl);
     }
-    case K_PORT:
+    case K_GW_ALLOW_REMOTE:
         if (word_eq(v, vl, "yes") || word_eq(v, vl, "true"))
             g->allow_remote = 1;
         else if (word_eq(v, vl, "no") || word_eq(v, vl, "false"))
@@ -790,14 +797,14 @@ static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_
         else
             return perr(p, "allow_remote must be yes or no");
         return AV_OK;
-    default:
+    default: /* K_GW_TOKEN */
         return set_secret_ref(p, "token", &g->token_ref, v, vl);
     }
 }
 
 static const key_def token_keys[] = {
-    {"secret", K_SECRET, 0}, {"services", K_METHODS, 0}, {"unmatched", K_UNMATCHED, 0}, {"rate", K_PORT, 0},
-    {"burst", K_PATH, 0},
+    {"secret", K_TOK_SECRET, 0}, {"services", K_TOK_SERVICES, 0}, {"unmatched", K_TOK_UNMATCHED, 0}, {"rate", K_TOK_RATE, 0},
+    {"burst", K_TOK_BURST, 0},
 };
 
 /* token_key handles one key of a [token] section. */
@@ -809,9 +816,9 @@ static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t 
     if (!bit)
         return AV_ERR_CONFIG;
     switch (bit) {
-    case K_SECRET:
+    case K_TOK_SECRET:
         return set_secret_ref(p, "secret", &t->secret_ref, v, vl);
-    case K_METHODS: {
+    case K_TOK_SERVICES: {
         size_t start = 0;
         for (size_t i = 0; i <= vl; i++) {
             if (i < vl && v[i] != ',')
@@ -832,7 +839,7 @@ static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         }
         return AV_OK;
     }
-    case K_UNMATCHED:
+    case K_TOK_UNMATCHED:
         if (word_eq(v, vl, "passthrough"))
             t->unmatched = AV_UNMATCHED_PASSTHROUGH;
         else if (word_eq(v, vl, "deny"))
@@ -840,11 +847,11 @@ static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         else
             return perr(p, "unmatched must be \"passthrough\" or \"deny\"");
         return AV_OK;
-    case K_PORT:
+    case K_TOK_RATE:
         if (parse_rate(v, vl, &t->rate) != AV_OK)
             return perr(p, "rate must be N/s, N/min or N/h with N a positive number");
         return AV_OK;
-    default: {
+    default: { /* K_TOK_BURST */
         long b;
         if (parse_uint(v, vl, 6, &b) != AV_OK || b < 1)
             return perr(p, "burst must be a whole number of requests >= 1");
