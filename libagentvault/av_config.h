@@ -1,8 +1,11 @@
 /* av_config.h - the configuration snapshot (internal layout).
  *
- * A config is built by the file parser (av_config.c) and the programmatic
- * setters of agentvault.h, validated, then copied into a context, which
- * treats it as immutable.
+ * A config is built by the file reader (av_config_ini.c) and the
+ * programmatic setters of agentvault.h (av_config.c), validated, then copied
+ * into a context, which treats it as immutable. Adding a member: update
+ * config_clear, av__config_copy and av__config_dump (a static assert on the
+ * struct sizes in av_config.c insists) and the round-trip test's config in
+ * tests/unit/test_config.c (which fails until some element sets it).
  *
  * File format (agentvault.conf, see docs/CONFIG.md):
  *
