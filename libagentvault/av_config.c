@@ -1,120 +1,31 @@
-/* av_config.c - the configuration snapshot: a strict INI reader, setters,
- * validation and deep copy.
- *
- * The reader is written by hand on purpose (no libinih): lines of any
- * length, exact line numbers in every message, and ';' / '#' start a
- * comment only at the beginning of a line, so values may contain them.
- * Loading is atomic: the text is parsed into a copy of the configuration,
- * which replaces the original only when the whole text is valid.
+/* av_config.c - the configuration object: the value parsers the reader and
+ * the setters share (listen, resolve, seconds, PSL-checked host patterns),
+ * defaults, clear, deep copy, the dump the round-trip test compares, the
+ * programmatic setters (av_config_add_section through the reader),
+ * validation and accessors. The INI reader and its key tables are in
+ * av_config_ini.c.
  */
-#include "av_config.h"
+#include "av_config_int.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
 #include <libpsl.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <strings.h>
-#include <ctype.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include "av_buf.h"
+#include "av_enc.h"
 #include "av_mem.h"
-#include "av_resolver.h"
 #include "av_url.h"
 
-#define CONFIG_MAX_BYTES (1024 * 1024)
-#define NAME_MAX_LEN 64
 #define TIMEOUT_MAX 86400.0
 
-enum { SEC_NONE, SEC_PROXY, SEC_SERVICE, SEC_TOKEN, SEC_GATEWAY };
+/* ---- helpers shared with the reader ------------------------------------ */
 
-/* Bits for single-valued keys already seen in the current section. */
-enum {
-    K_STATE_DIR = 1u << 0, K_UNMATCHED = 1u << 1, K_CACERT = 1u << 2,
-    K_CONNECT_TO = 1u << 3, K_IDLE_TO = 1u << 4, K_HEADER_TO = 1u << 5,
-    K_HOST = 1u << 8, K_PORT = 1u << 9, K_SCHEME = 1u << 10, K_PATH = 1u << 11,
-    K_METHODS = 1u << 12, K_AUTH = 1u << 13, K_SECRET = 1u << 14,
-    K_WEBSOCKET = 1u << 15, K_PLACEHOLDER = 1u << 16, K_PLACEHOLDER_IN = 1u << 17,
-    K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6, K_SECRET_TTL = 1u << 7,
-    K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20, K_VAULT = 1u << 21, K_AUTH_ALT = 1u << 22,
-    K_WS_SCRUB = 1u << 24
-};
-
-typedef struct parser {
-    av_config *cfg;
-    const char *origin;
-    int line;
-    int section;       /* SEC_* */
-    int section_line;
-    unsigned seen;     /* K_* bits of the current section */
-    int saw_proxy;
-    int nomem;         /* the error was an allocation failure */
-} parser;
-
-/* ---- small helpers ----------------------------------------------------- */
-
-/* is_ws is a space or a tab. */
-static int is_ws(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
-/* trim narrows [*s, *s + *n) to exclude surrounding spaces and tabs. */
-static void trim(const char **s, size_t *n)
-{
-    while (*n > 0 && is_ws(**s)) {
-        (*s)++;
-        (*n)--;
-    }
-    while (*n > 0 && is_ws((*s)[*n - 1]))
-        (*n)--;
-}
-
-/* lower_ascii lower-cases an ASCII byte. */
-static char lower_ascii(char c)
-{
-    return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-}
-
-/* word_eq compares a byte range with a NUL-terminated word,
- * case-insensitively. */
-static int word_eq(const char *s, size_t n, const char *w)
-{
-    size_t wl = strlen(w);
-    if (n != wl)
-        return 0;
-    for (size_t i = 0; i < n; i++)
-        if (lower_ascii(s[i]) != w[i])
-            return 0;
-    return 1;
-}
-
-/* is_tchar: RFC 9110 token characters. */
-static int is_tchar(unsigned char c)
-{
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return 1;
-    return strchr("!#$%&'*+-.^_`|~", c) != NULL && c != '\0';
-}
-
-/* is_unreserved: RFC 3986 unreserved characters. */
-static int is_unreserved(unsigned char c)
-{
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-           (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == '~';
-}
-
-/* set_error formats cfg->error. */
-static void set_error(av_config *cfg, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void set_error(av_config *cfg, const char *fmt, ...)
+/* av__config_set_error formats cfg->error. */
+void av__config_set_error(av_config *cfg, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -122,33 +33,8 @@ static void set_error(av_config *cfg, const char *fmt, ...)
     va_end(ap);
 }
 
-/* perr records "<origin>:<line>: <reason>" for the parser's current line
- * (or |line| when positive) and returns AV_ERR_CONFIG. */
-static int perr_at(parser *p, int line, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int perr_at(parser *p, int line, const char *fmt, ...)
-{
-    char reason[400];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(reason, sizeof(reason), fmt, ap);
-    va_end(ap);
-    set_error(p->cfg, "%.80s:%d: %s", p->origin, line > 0 ? line : p->line, reason);
-    return AV_ERR_CONFIG;
-}
-
-#define perr(p, ...) perr_at((p), 0, __VA_ARGS__)
-
-/* oom records an allocation failure at the current line. */
-static int oom(parser *p)
-{
-    perr(p, "out of memory");
-    p->nomem = 1;
-    return AV_ERR_NOMEM;
-}
-
-/* grow makes room for one more element in a dynamic array. */
-static int grow(void **arr, size_t n, size_t elem)
+/* av__config_grow makes room for one more element in a dynamic array. */
+int av__config_grow(void **arr, size_t n, size_t elem)
 {
     void *np = av__realloc(*arr, (n + 1) * elem);
     if (!np)
@@ -158,32 +44,11 @@ static int grow(void **arr, size_t n, size_t elem)
     return AV_OK;
 }
 
-/* dup_range copies a byte range into a new NUL-terminated string. */
-static char *dup_range(const char *s, size_t n)
-{
-    return av__strndup(s, n);
-}
+/* ---- value parsers shared by the reader and the setters ---------------- */
 
-/* ---- value parsers (shared by the file reader and the setters) --------- */
-
-/* parse_uint parses 1..|maxdigits| decimal digits into *out. */
-static int parse_uint(const char *s, size_t n, size_t maxdigits, long *out)
-{
-    if (n == 0 || n > maxdigits)
-        return AV_ERR_INVALID;
-    long v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return AV_ERR_INVALID;
-        v = v * 10 + (s[i] - '0');
-    }
-    *out = v;
-    return AV_OK;
-}
-
-/* normalize_listen turns "host:port" (IP literal or localhost; port may be
+/* av__config_normalize_listen turns "host:port" (IP literal or localhost; port may be
  * 0) into its canonical text in |out|. */
-static int normalize_listen(const char *s, size_t n, char *out, size_t outlen)
+int av__config_normalize_listen(const char *s, size_t n, char *out, size_t outlen)
 {
     char host[AV_HOST_MAX + 1];
     const char *h, *port;
@@ -233,10 +98,10 @@ static int parse_port_range(const char *s, size_t n, int *out)
     return AV_OK;
 }
 
-/* parse_resolve parses curl's "HOST:PORT:ADDR" into |out| (strings
+/* av__config_parse_resolve parses curl's "HOST:PORT:ADDR" into |out| (strings
  * allocated). ADDR is IPv4, [IPv6] or a bare IPv6 literal. Extension: an
  * optional ":DIALPORT" after an IPv4 or bracketed IPv6 ADDR. */
-static int parse_resolve(const char *s, size_t n, av_resolve_cfg *out)
+int av__config_parse_resolve(const char *s, size_t n, av_resolve_cfg *out)
 {
     char host[AV_HOST_MAX + 1], addr[AV_HOST_MAX + 1];
     const char *c1 = memchr(s, ':', n);
@@ -294,6 +159,32 @@ static int parse_resolve(const char *s, size_t n, av_resolve_cfg *out)
     return AV_OK;
 }
 
+/* av__config_parse_seconds parses a positive decimal number of seconds ("10",
+ * "2.5"; at most 6 fraction digits), at most TIMEOUT_MAX. Done by hand:
+ * strtod would depend on the host's LC_NUMERIC. */
+int av__config_parse_seconds(const char *s, size_t n, double *out)
+{
+    const char *dot = memchr(s, '.', n);
+    size_t il = dot ? (size_t)(dot - s) : n;
+    long ip, fp = 0;
+    if (parse_uint(s, il, 6, &ip) != AV_OK)
+        return AV_ERR_INVALID;
+    double v = (double)ip;
+    if (dot) {
+        size_t fl = n - il - 1;
+        if (parse_uint(dot + 1, fl, 6, &fp) != AV_OK)
+            return AV_ERR_INVALID;
+        double scale = 1;
+        for (size_t i = 0; i < fl; i++)
+            scale *= 10;
+        v += (double)fp / scale;
+    }
+    if (!(v > 0) || v > TIMEOUT_MAX)
+        return AV_ERR_INVALID;
+    *out = v;
+    return AV_OK;
+}
+
 /* psl_ctx loads the public suffix list once per process: the system's
  * newest list when present, else libpsl's built-in copy. */
 static const psl_ctx_t *g_psl;
@@ -311,11 +202,11 @@ static const psl_ctx_t *psl_ctx(void)
     return g_psl;
 }
 
-/* parse_host_pattern validates a service or passthrough host: a DNS name,
+/* av__config_parse_host_pattern validates a service or passthrough host: a DNS name,
  * an IP literal (IPv6 optionally in brackets) or "*.suffix" whose suffix is
  * a DNS name that is not a public suffix. On success *out is a new
  * lower-case string. |why| receives a reason on AV_ERR_INVALID. */
-static int parse_host_pattern(const char *s, size_t n, char **out, int *wildcard,
+int av__config_parse_host_pattern(const char *s, size_t n, char **out, int *wildcard,
                               int *is_ip, const char **why)
 {
     char host[AV_HOST_MAX + 3];
@@ -364,102 +255,10 @@ static int parse_host_pattern(const char *s, size_t n, char **out, int *wildcard
     return *out ? AV_OK : AV_ERR_NOMEM;
 }
 
-/* av__parse_cidr parses "10.0.0.0/8" or "fd00::/8" (no prefix: a single
- * address). Bits set beyond the prefix are rejected. */
-int av__parse_cidr(const char *s, av_cidr *out)
-{
-    char tmp[INET6_ADDRSTRLEN + 1];
-    if (!s || !out)
-        return AV_ERR_INVALID;
-    const char *slash = strchr(s, '/');
-    size_t al = slash ? (size_t)(slash - s) : strlen(s);
-    if (al == 0 || al >= sizeof(tmp))
-        return AV_ERR_INVALID;
-    memcpy(tmp, s, al);
-    tmp[al] = '\0';
-
-    av_cidr c;
-    memset(&c, 0, sizeof(c));
-    char canon[AV_HOST_MAX + 1];
-    int kind = av__host_validate(tmp, al, canon);
-    if (kind == 4) {
-        c.family = AF_INET;
-        if (inet_pton(AF_INET, canon, c.addr) != 1)
-            return AV_ERR_INVALID;
-    } else if (kind == 6) {
-        c.family = AF_INET6;
-        if (inet_pton(AF_INET6, canon, c.addr) != 1)
-            return AV_ERR_INVALID;
-    } else {
-        return AV_ERR_INVALID;
-    }
-    int maxp = c.family == AF_INET ? 32 : 128;
-    long pv = maxp;
-    if (slash && (parse_uint(slash + 1, strlen(slash + 1), 3, &pv) != AV_OK || pv > maxp))
-        return AV_ERR_INVALID;
-    c.prefix = (int)pv;
-    /* host bits must be zero */
-    int bytes = maxp / 8;
-    for (int i = 0; i < bytes; i++) {
-        int bit0 = i * 8;
-        uint8_t mask;
-        if (bit0 + 8 <= c.prefix)
-            mask = 0;
-        else if (bit0 >= c.prefix)
-            mask = 0xff;
-        else
-            mask = (uint8_t)(0xff >> (c.prefix - bit0));
-        if (c.addr[i] & mask)
-            return AV_ERR_INVALID;
-    }
-    *out = c;
-    return AV_OK;
-}
-
-/* prefix_match compares the first |prefix| bits of two addresses. */
-static int prefix_match(const uint8_t *a, const uint8_t *b, int prefix)
-{
-    int full = prefix / 8, rem = prefix % 8;
-    if (memcmp(a, b, (size_t)full) != 0)
-        return 0;
-    if (rem == 0)
-        return 1;
-    uint8_t mask = (uint8_t)(0xff << (8 - rem));
-    return (a[full] & mask) == (b[full] & mask);
-}
-
-/* av__cidr_contains reports whether |sa| lies in |c|; IPv4-mapped IPv6
- * addresses are compared as IPv4, and IPv4 addresses match an IPv6 range
- * only through their mapped form and only when the range is at least /96
- * (so "::/0" does not silently allow all of IPv4). Returns 1 or 0. */
-int av__cidr_contains(const av_cidr *c, const struct sockaddr *sa)
-{
-    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-    uint8_t a4[4], a6[16];
-    if (!c || !sa)
-        return 0;
-    if (sa->sa_family == AF_INET) {
-        memcpy(a4, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
-        memcpy(a6, mapped, 12);
-        memcpy(a6 + 12, a4, 4);
-        if (c->family == AF_INET)
-            return prefix_match(c->addr, a4, c->prefix);
-        return c->prefix >= 96 && prefix_match(c->addr, a6, c->prefix);
-    }
-    if (sa->sa_family == AF_INET6) {
-        memcpy(a6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
-        if (c->family == AF_INET6)
-            return prefix_match(c->addr, a6, c->prefix);
-        if (memcmp(a6, mapped, 12) == 0)
-            return prefix_match(c->addr, a6 + 12, c->prefix);
-    }
-    return 0;
-}
-
 /* ---- config object ------------------------------------------------------ */
 
-/* service_clear frees the strings of one service. */
-static void service_clear(av_service *s)
+/* av__config_service_clear frees the strings of one service. */
+void av__config_service_clear(av_service *s)
 {
     av__free(s->name);
     av__free(s->host);
@@ -494,7 +293,7 @@ static void config_clear(av_config *c)
     av__free(c->vault_path);
     av__free(c->allow_private);
     for (size_t i = 0; i < c->nservices; i++)
-        service_clear(&c->services[i]);
+        av__config_service_clear(&c->services[i]);
     av__free(c->services);
     for (size_t i = 0; i < c->ntokens; i++) {
         av__free(c->tokens[i].name);
@@ -657,13 +456,10 @@ av_config *av__config_copy(const av_config *src)
         for (size_t i = 0; i < src->ntokens; i++) {
             const av_token_cfg *st = &src->tokens[i];
             av_token_cfg *dt = &c->tokens[i];
-            dt->line = st->line;
-            dt->unmatched = st->unmatched;
-            dt->rate = st->rate;
-            dt->burst = st->burst;
-            dt->hashed = st->hashed;
-            dt->expires = st->expires;
-            memcpy(dt->hash, st->hash, sizeof(dt->hash));
+            *dt = *st;
+            dt->name = dt->secret_ref = NULL;
+            dt->services = NULL;
+            dt->nservices = 0;
             if (dup_opt(&dt->name, st->name) || dup_opt(&dt->secret_ref, st->secret_ref))
                 goto fail;
             if (st->nservices) {
@@ -698,1050 +494,191 @@ fail:
     return NULL;
 }
 
-/* ---- the INI reader ------------------------------------------------------ */
+/* ---- dump: every field, for the round-trip test ------------------------- */
 
-/* split_list calls |fn| for every comma-separated, trimmed item of a value;
- * empty items are errors. */
-typedef int (*item_fn)(parser *p, const char *s, size_t n);
-static int split_list(parser *p, const char *key, const char *v, size_t n, item_fn fn)
+/* The dump, config_clear and av__config_copy each list the members of the
+ * structs below. These sizes (LP64) make adding a member without visiting
+ * all three (and the round-trip test in tests/unit/test_config.c) a build
+ * error: update them, then the size here. */
+#if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
+_Static_assert(sizeof(av_service) == 144, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_cidr) == 24, "av_cidr changed: update av__config_dump");
+_Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__config_dump");
+_Static_assert(sizeof(av_config) == 752, "av_config changed: update config_clear, copy, dump");
+#endif
+
+/* dump_str appends |key|="value" with the value JSON-escaped (any byte
+ * visible, one line), or |key|=<null>. */
+static int dump_str(av_buf *b, const char *key, const char *v)
 {
-    size_t start = 0;
-    for (size_t i = 0; i <= n; i++) {
-        if (i < n && v[i] != ',')
-            continue;
-        const char *item = v + start;
-        size_t il = i - start;
-        trim(&item, &il);
-        if (il == 0)
-            return perr(p, "empty item in %s list", key);
-        int rc = fn(p, item, il);
-        if (rc != AV_OK)
-            return rc;
-        start = i + 1;
-    }
-    return AV_OK;
-}
-
-/* add_listen_item normalizes and appends one listen address. */
-static int add_listen_item(parser *p, const char *s, size_t n)
-{
-    char norm[AV_HOST_MAX + 16];
-    av_config *c = p->cfg;
-    if (normalize_listen(s, n, norm, sizeof(norm)) != AV_OK)
-        return perr(p, "invalid listen address \"%.*s\" (expected IP:PORT, [IPv6]:PORT or localhost:PORT)",
-                    (int)(n > 100 ? 100 : n), s);
-    for (size_t i = 0; i < c->nlisten; i++)
-        if (strcmp(c->listen[i], norm) == 0)
-            return perr(p, "duplicate listen address %s", norm);
-    if (grow((void **)&c->listen, c->nlisten, sizeof(char *)) != AV_OK ||
-        !(c->listen[c->nlisten] = av__strdup(norm)))
-        return oom(p);
-    c->nlisten++;
-    return AV_OK;
-}
-
-/* add_passthrough_item validates and appends one passthrough host. */
-static int add_passthrough_item(parser *p, const char *s, size_t n)
-{
-    av_config *c = p->cfg;
-    char *h = NULL;
-    int wildcard, is_ip;
-    const char *why = "";
-    int rc = parse_host_pattern(s, n, &h, &wildcard, &is_ip, &why);
-    if (rc == AV_ERR_NOMEM)
-        return oom(p);
-    if (rc != AV_OK)
-        return perr(p, "passthrough: %s: \"%.*s\"", why, (int)(n > 100 ? 100 : n), s);
-    if (grow((void **)&c->passthrough, c->npassthrough, sizeof(char *)) != AV_OK) {
-        av__free(h);
-        return oom(p);
-    }
-    c->passthrough[c->npassthrough++] = h;
-    return AV_OK;
-}
-
-/* add_cidr_item parses and appends one allow_private range. */
-static int add_cidr_item(parser *p, const char *s, size_t n)
-{
-    av_config *c = p->cfg;
-    char tmp[64];
-    av_cidr cidr;
-    if (n >= sizeof(tmp))
-        return perr(p, "invalid CIDR range \"%.*s\"", 60, s);
-    memcpy(tmp, s, n);
-    tmp[n] = '\0';
-    if (av__parse_cidr(tmp, &cidr) != AV_OK)
-        return perr(p, "invalid CIDR range \"%s\"", tmp);
-    if (grow((void **)&c->allow_private, c->nallow_private, sizeof(av_cidr)) != AV_OK)
-        return oom(p);
-    c->allow_private[c->nallow_private++] = cidr;
-    return AV_OK;
-}
-
-/* parse_seconds parses a positive decimal number of seconds ("10",
- * "2.5"; at most 6 fraction digits), at most TIMEOUT_MAX. Done by hand:
- * strtod would depend on the host's LC_NUMERIC. */
-static int parse_seconds(const char *s, size_t n, double *out)
-{
-    const char *dot = memchr(s, '.', n);
-    size_t il = dot ? (size_t)(dot - s) : n;
-    long ip, fp = 0;
-    if (parse_uint(s, il, 6, &ip) != AV_OK)
-        return AV_ERR_INVALID;
-    double v = (double)ip;
-    if (dot) {
-        size_t fl = n - il - 1;
-        if (parse_uint(dot + 1, fl, 6, &fp) != AV_OK)
-            return AV_ERR_INVALID;
-        double scale = 1;
-        for (size_t i = 0; i < fl; i++)
-            scale *= 10;
-        v += (double)fp / scale;
-    }
-    if (!(v > 0) || v > TIMEOUT_MAX)
-        return AV_ERR_INVALID;
-    *out = v;
-    return AV_OK;
-}
-
-/* set_string stores a single-valued string key. */
-static int set_string(parser *p, char **dst, const char *v, size_t n)
-{
-    char *d = dup_range(v, n);
-    if (!d)
-        return oom(p);
-    av__free(*dst);
-    *dst = d;
-    return AV_OK;
-}
-
-/* A section's single-valued keys and their "seen" bits. */
-typedef struct key_def {
-    const char *name;
-    unsigned bit;
-} key_def;
-
-/* key_bit finds |k| in |keys|, refuses unknown and repeated keys (|sec|
- * and |expected| name them in the error) and marks it seen. Returns the
- * bit, or 0 after an error was reported. */
-static unsigned key_bit(parser *p, const key_def *keys, size_t n, const char *sec, const char *expected,
-                        const char *k, size_t kl)
-{
-    unsigned bit = 0;
-    for (size_t i = 0; i < n && !bit; i++)
-        if (word_eq(k, kl, keys[i].name))
-            bit = keys[i].bit;
-    if (!bit) {
-        perr(p, "unknown key \"%.*s\" in [%s]%s%s%s", (int)(kl > 64 ? 64 : kl), k, sec,
-             expected ? " (expected " : "", expected ? expected : "", expected ? ")" : "");
-        return 0;
-    }
-    if (p->seen & bit) {
-        perr(p, "duplicate key \"%.*s\"", (int)kl, k);
-        return 0;
-    }
-    p->seen |= bit;
-    return bit;
-}
-
-/* set_secret_ref stores a secret reference (|key| names it in the error). */
-static int set_secret_ref(parser *p, const char *key, char **out, const char *v, size_t vl)
-{
-    char *ref = dup_range(v, vl);
-    if (!ref)
-        return oom(p);
-    if (!av__secret_ref_valid(ref)) {
-        av__free(ref);
-        return perr(p, "%s must be env:NAME, file:/absolute/path, vault:NAME, command:/absolute/path [args] or "
-                       "callback:NAME", key);
-    }
-    *out = ref;
-    return AV_OK;
-}
-
-/* [proxy] max_connections: its own bit, clear of the shared enum above. */
-enum { K_MAX_CONNS = 1u << 30 };
-#define MAX_CONNECTIONS_MAX 1048576
-
-/* proxy_key handles one key of the [proxy] section. */
-static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
-{
-    av_config *c = p->cfg;
-    if (word_eq(k, kl, "listen"))
-        return split_list(p, "listen", v, vl, add_listen_item);
-    if (word_eq(k, kl, "passthrough"))
-        return split_list(p, "passthrough", v, vl, add_passthrough_item);
-    if (word_eq(k, kl, "allow_private"))
-        return split_list(p, "allow_private", v, vl, add_cidr_item);
-    if (word_eq(k, kl, "resolve")) {
-        av_resolve_cfg r;
-        memset(&r, 0, sizeof(r));
-        int rc = parse_resolve(v, vl, &r);
-        if (rc == AV_ERR_NOMEM)
-            return oom(p);
-        if (rc != AV_OK)
-            return perr(p, "invalid resolve entry \"%.*s\" (expected HOST:PORT:ADDR)",
-                        (int)(vl > 100 ? 100 : vl), v);
-        if (grow((void **)&c->resolve, c->nresolve, sizeof(av_resolve_cfg)) != AV_OK) {
-            av__free(r.host);
-            av__free(r.addr);
-            return oom(p);
-        }
-        c->resolve[c->nresolve++] = r;
-        return AV_OK;
-    }
-
-    static const key_def keys[] = {
-        {"state_dir", K_STATE_DIR}, {"unmatched", K_UNMATCHED}, {"upstream_cacert", K_CACERT},
-        {"connect_timeout", K_CONNECT_TO}, {"idle_timeout", K_IDLE_TO}, {"header_timeout", K_HEADER_TO},
-        {"websocket_idle_timeout", K_WS_IDLE_TO}, {"secret_ttl", K_SECRET_TTL}, {"command_timeout", K_CMD_TO},
-        {"audit", K_AUDIT}, {"vault", K_VAULT}, {"max_connections", K_MAX_CONNS},
-    };
-    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "proxy", NULL, k, kl);
-    if (!bit)
-        return AV_ERR_CONFIG;
-
-    switch (bit) {
-    case K_STATE_DIR:
-        return set_string(p, &c->state_dir, v, vl);
-    case K_CACERT:
-        return set_string(p, &c->upstream_cafile, v, vl);
-    case K_VAULT:
-        if (!(vl > 1 && v[0] == '/'))
-            return perr(p, "vault must be an absolute file path");
-        return set_string(p, &c->vault_path, v, vl);
-    case K_AUDIT:
-        if (!(word_eq(v, vl, "stdout") || (vl > 1 && v[0] == '/')))
-            return perr(p, "audit must be an absolute file path or \"stdout\"");
-        return set_string(p, &c->audit, v, vl);
-    case K_UNMATCHED:
-        if (word_eq(v, vl, "passthrough"))
-            c->unmatched = AV_UNMATCHED_PASSTHROUGH;
-        else if (word_eq(v, vl, "deny"))
-            c->unmatched = AV_UNMATCHED_DENY;
-        else
-            return perr(p, "unmatched must be \"passthrough\" or \"deny\"");
-        return AV_OK;
-    case K_MAX_CONNS:
-        if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
-            c->max_connections > MAX_CONNECTIONS_MAX)
-            return perr(p, "max_connections must be a whole number in [1, %d] (leave it out for a default "
-                           "derived from the open-files limit)", MAX_CONNECTIONS_MAX);
-        return AV_OK;
-    case K_SECRET_TTL: {
-        double secs = 0;
-        if (!(vl == 1 && v[0] == '0') && parse_seconds(v, vl, &secs) != AV_OK)
-            return perr(p, "secret_ttl must be a number of seconds in [0, 86400]");
-        c->secret_ttl = secs;
-        return AV_OK;
-    }
-    default: {
-        double secs;
-        if (parse_seconds(v, vl, &secs) != AV_OK)
-            return perr(p, "%.*s must be a number of seconds in (0, 86400]", (int)kl, k);
-        if (bit == K_CMD_TO) {
-            c->command_timeout = secs;
-            return AV_OK;
-        }
-        if (bit == K_CONNECT_TO)
-            c->connect_timeout = secs;
-        else if (bit == K_IDLE_TO)
-            c->idle_timeout = secs;
-        else if (bit == K_WS_IDLE_TO)
-            c->ws_idle_timeout = secs;
-        else
-            c->header_timeout = secs;
-        return AV_OK;
-    }
-    }
-}
-
-/* header_name_forbidden lists header names that must never be injected:
- * hop-by-hop, framing and proxy headers. */
-static int header_name_forbidden(const char *n, size_t l)
-{
-    static const char *const names[] = {
-        "host", "content-length", "transfer-encoding", "connection", "keep-alive",
-        "te", "trailer", "upgrade", "expect", "http2-settings", "content-encoding",
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-        if (word_eq(n, l, names[i]))
-            return 1;
-    return l >= 6 && word_eq(n, 6, "proxy-");
-}
-
-/* parse_quoted reads a double-quoted string with \" and \\ escapes at
- * s[0]; *used receives the bytes consumed and the unescaped text is
- * returned in a new string (NULL + *err on failure). */
-static char *parse_quoted(const char *s, size_t n, size_t *used, int *err)
-{
-    *err = AV_ERR_INVALID;
-    if (n == 0 || s[0] != '"')
-        return NULL;
-    char *d = av__malloc(n);
-    if (!d) {
-        *err = AV_ERR_NOMEM;
-        return NULL;
-    }
-    size_t o = 0;
-    for (size_t i = 1; i < n; i++) {
-        if (s[i] == '"') {
-            d[o] = '\0';
-            *used = i + 1;
-            return d;
-        }
-        if (s[i] == '\\') {
-            if (i + 1 >= n || (s[i + 1] != '"' && s[i + 1] != '\\'))
-                break;
-            i++;
-        }
-        d[o++] = s[i];
-    }
-    av__free(d);
-    return NULL;
-}
-
-/* count_secret counts "{secret}" occurrences in a template. */
-static int count_secret(const char *t)
-{
-    int count = 0;
-    for (const char *q = strstr(t, "{secret}"); q; q = strstr(q + 8, "{secret}"))
-        count++;
-    return count;
-}
-
-/* auth_header_name is the header an auth form sends (NULL for query). */
-static const char *auth_header_name(int kind, const char *name)
-{
-    switch (kind) {
-    case AV_AUTH_BEARER:
-    case AV_AUTH_BASIC:
-        return "Authorization";
-    case AV_AUTH_HEADER:
-        return name;
-    default:
-        return NULL;
-    }
-}
-
-/* parse_auth fills the auth fields of |svc| from an auth value. */
-static int parse_auth(parser *p, av_service *svc, const char *v, size_t n)
-{
-    size_t kl = 0;
-    while (kl < n && !is_ws(v[kl]))
-        kl++;
-    const char *rest = v + kl;
-    size_t rl = n - kl;
-    trim(&rest, &rl);
-
-    if (word_eq(v, kl, "bearer")) {
-        if (rl)
-            return perr(p, "auth bearer takes no argument");
-        svc->auth = AV_AUTH_BEARER;
-        return AV_OK;
-    }
-    if (word_eq(v, kl, "basic")) {
-        char *user;
-        int err;
-        if (rl == 0)
-            return perr(p, "auth basic needs a user name (auth = basic USER)");
-        if (rest[0] == '"') {
-            size_t used = 0;
-            user = parse_quoted(rest, rl, &used, &err);
-            if (!user && err == AV_ERR_NOMEM)
-                return oom(p);
-            if (!user || used != rl) {
-                av__free(user);
-                return perr(p, "auth basic: malformed quoted user name");
-            }
-        } else {
-            for (size_t i = 0; i < rl; i++)
-                if (is_ws(rest[i]))
-                    return perr(p, "auth basic: user name with spaces must be quoted");
-            if (!(user = dup_range(rest, rl)))
-                return oom(p);
-        }
-        for (const char *q = user; *q; q++) {
-            unsigned char ch = (unsigned char)*q;
-            if (ch == ':' || ch < 0x20 || ch == 0x7f) {
-                av__free(user);
-                return perr(p, "auth basic: user name must not contain ':' or control characters");
-            }
-        }
-        if (!*user) {
-            av__free(user);
-            return perr(p, "auth basic: empty user name");
-        }
-        svc->auth = AV_AUTH_BASIC;
-        svc->auth_name = user;
-        return AV_OK;
-    }
-    if (word_eq(v, kl, "query")) {
-        if (rl == 0)
-            return perr(p, "auth query needs a parameter name (auth = query PARAM)");
-        for (size_t i = 0; i < rl; i++)
-            if (!is_unreserved((unsigned char)rest[i]))
-                return perr(p, "auth query: parameter name must use only A-Z a-z 0-9 - . _ ~");
-        if (!(svc->auth_name = dup_range(rest, rl)))
-            return oom(p);
-        svc->auth = AV_AUTH_QUERY;
-        return AV_OK;
-    }
-    if (word_eq(v, kl, "header")) {
-        size_t nl = 0;
-        while (nl < rl && !is_ws(rest[nl]))
-            nl++;
-        if (nl == 0)
-            return perr(p, "auth header needs a name and a template (auth = header NAME \"... {secret} ...\")");
-        for (size_t i = 0; i < nl; i++)
-            if (!is_tchar((unsigned char)rest[i]))
-                return perr(p, "auth header: invalid header name \"%.*s\"", (int)(nl > 64 ? 64 : nl), rest);
-        if (header_name_forbidden(rest, nl))
-            return perr(p, "auth header: header \"%.*s\" cannot be injected", (int)nl, rest);
-        const char *t = rest + nl;
-        size_t tl = rl - nl;
-        trim(&t, &tl);
-        if (tl == 0)
-            return perr(p, "auth header needs a template containing {secret}");
-        char *tmpl;
-        if (t[0] == '"') {
-            size_t used = 0;
-            int err;
-            tmpl = parse_quoted(t, tl, &used, &err);
-            if (!tmpl && err == AV_ERR_NOMEM)
-                return oom(p);
-            if (!tmpl || used != tl) {
-                av__free(tmpl);
-                return perr(p, "auth header: malformed quoted template");
-            }
-        } else {
-            for (size_t i = 0; i < tl; i++)
-                if (is_ws(t[i]) || t[i] == '"')
-                    return perr(p, "auth header: a template with spaces must be quoted");
-            if (!(tmpl = dup_range(t, tl)))
-                return oom(p);
-        }
-        for (const char *q = tmpl; *q; q++) {
-            unsigned char ch = (unsigned char)*q;
-            if ((ch < 0x20 && ch != '\t') || ch >= 0x7f) {
-                av__free(tmpl);
-                return perr(p, "auth header: template must be printable ASCII");
-            }
-        }
-        if (count_secret(tmpl) != 1) {
-            av__free(tmpl);
-            return perr(p, "auth header: template must contain {secret} exactly once");
-        }
-        if (!(svc->auth_name = dup_range(rest, nl))) {
-            av__free(tmpl);
-            return oom(p);
-        }
-        svc->auth_template = tmpl;
-        svc->auth = AV_AUTH_HEADER;
-        return AV_OK;
-    }
-    return perr(p, "unknown auth kind \"%.*s\" (expected bearer, basic, header or query)",
-                (int)(kl > 32 ? 32 : kl), v);
-}
-
-/* parse_methods turns "GET, POST" into AV_M_* bits. */
-static int parse_methods(parser *p, const char *v, size_t n, unsigned *out)
-{
-    static const struct { const char *name; unsigned bit; } m[] = {
-        {"get", AV_M_GET}, {"head", AV_M_HEAD}, {"post", AV_M_POST}, {"put", AV_M_PUT},
-        {"delete", AV_M_DELETE}, {"patch", AV_M_PATCH}, {"options", AV_M_OPTIONS},
-    };
-    unsigned bits = 0;
-    size_t start = 0;
-    for (size_t i = 0; i <= n; i++) {
-        if (i < n && v[i] != ',')
-            continue;
-        const char *item = v + start;
-        size_t il = i - start;
-        trim(&item, &il);
-        size_t j;
-        for (j = 0; j < sizeof(m) / sizeof(m[0]); j++)
-            if (word_eq(item, il, m[j].name))
-                break;
-        if (j == sizeof(m) / sizeof(m[0]))
-            return perr(p, "unknown method \"%.*s\" (allowed: GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS)",
-                        (int)(il > 32 ? 32 : il), item);
-        bits |= m[j].bit;
-        start = i + 1;
-    }
-    *out = bits;
-    return AV_OK;
-}
-
-/* service_key handles one key of a [service] section. */
-static int service_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
-{
-    av_service *s = &p->cfg->services[p->cfg->nservices - 1];
-    static const key_def keys[] = {
-        {"host", K_HOST}, {"port", K_PORT}, {"scheme", K_SCHEME}, {"path", K_PATH},
-        {"methods", K_METHODS}, {"auth", K_AUTH}, {"secret", K_SECRET},
-        {"websocket", K_WEBSOCKET}, {"placeholder", K_PLACEHOLDER},
-        {"placeholder_in", K_PLACEHOLDER_IN}, {"agent_env", K_AGENT_ENV},
-        {"auth_alt", K_AUTH_ALT}, {"websocket_scrub", K_WS_SCRUB},
-    };
-    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "service", NULL, k, kl);
-    if (!bit)
-        return AV_ERR_CONFIG;
-
-    switch (bit) {
-    case K_HOST: {
-        const char *why = "";
-        int rc = parse_host_pattern(v, vl, &s->host, &s->wildcard, &s->host_is_ip, &why);
-        if (rc == AV_ERR_NOMEM)
-            return oom(p);
-        if (rc != AV_OK)
-            return perr(p, "host: %s: \"%.*s\"", why, (int)(vl > 100 ? 100 : vl), v);
-        return AV_OK;
-    }
-    case K_PORT: {
-        long port;
-        if (parse_uint(v, vl, 5, &port) != AV_OK || port < 1 || port > 65535)
-            return perr(p, "port must be a number in 1..65535");
-        s->port = (int)port;
-        return AV_OK;
-    }
-    case K_SCHEME:
-        if (word_eq(v, vl, "https"))
-            s->scheme_http = 0;
-        else if (word_eq(v, vl, "http"))
-            s->scheme_http = 1;
-        else
-            return perr(p, "scheme must be \"https\" or \"http\"");
-        return AV_OK;
-    case K_PATH:
-        if (!av__origin_form_valid(v, vl) || memchr(v, '?', vl))
-            return perr(p, "path must start with '/' and contain only visible ASCII, no '?' or '#'");
-        return set_string(p, &s->path_glob, v, vl);
-    case K_METHODS:
-        return parse_methods(p, v, vl, &s->methods);
-    case K_AUTH:
-        return parse_auth(p, s, v, vl);
-    case K_AUTH_ALT: {
-        /* parsed like auth, into a scratch service, then moved */
-        av_service alt;
-        memset(&alt, 0, sizeof(alt));
-        int rc = parse_auth(p, &alt, v, vl);
-        if (rc != AV_OK) {
-            service_clear(&alt);
-            return rc;
-        }
-        s->auth_alt = alt.auth;
-        s->auth_alt_name = alt.auth_name;
-        s->auth_alt_template = alt.auth_template;
-        s->auth_alt_line = p->line;
-        return AV_OK;
-    }
-    case K_WEBSOCKET:
-        if (word_eq(v, vl, "on"))
-            s->websocket_off = 0;
-        else if (word_eq(v, vl, "off"))
-            s->websocket_off = 1;
-        else
-            return perr(p, "websocket must be \"on\" or \"off\"");
-        return AV_OK;
-    case K_WS_SCRUB:
-        if (word_eq(v, vl, "on"))
-            s->websocket_scrub_off = 0;
-        else if (word_eq(v, vl, "off"))
-            s->websocket_scrub_off = 1;
-        else
-            return perr(p, "websocket_scrub must be \"on\" or \"off\"");
-        return AV_OK;
-    case K_PLACEHOLDER:
-        if (vl < 4 || vl > 128)
-            return perr(p, "placeholder must be 4..128 characters");
-        for (size_t i = 0; i < vl; i++)
-            if (!(isalnum((unsigned char)v[i]) || v[i] == '_' || v[i] == '-' || v[i] == '.'))
-                return perr(p, "placeholder may contain only letters, digits, '_', '-' and '.'");
-        return set_string(p, &s->placeholder, v, vl);
-    case K_PLACEHOLDER_IN: {
-        size_t start = 0;
-        for (size_t i = 0; i <= vl; i++) {
-            if (i < vl && v[i] != ',')
-                continue;
-            const char *item = v + start;
-            size_t il = i - start;
-            trim(&item, &il);
-            if (word_eq(item, il, "websocket"))
-                s->placeholder_in |= AV_SURF_WEBSOCKET;
-            else if (word_eq(item, il, "header"))
-                s->placeholder_in |= AV_SURF_HEADER;
-            else if (word_eq(item, il, "path"))
-                s->placeholder_in |= AV_SURF_PATH;
-            else if (word_eq(item, il, "query"))
-                s->placeholder_in |= AV_SURF_QUERY;
-            else if (word_eq(item, il, "body"))
-                s->placeholder_in |= AV_SURF_BODY;
-            else
-                return perr(p,
-                            "placeholder_in: surface \"%.*s\" is not supported (supported: header, path, query, "
-                            "body, websocket)",
-                            (int)(il > 32 ? 32 : il), item);
-            start = i + 1;
-        }
-        return AV_OK;
-    }
-    case K_AGENT_ENV: {
-        /* Normalize to "A,B" with validated names. */
-        char norm[512];
-        size_t o = 0, start = 0;
-        for (size_t i = 0; i <= vl; i++) {
-            if (i < vl && v[i] != ',')
-                continue;
-            const char *item = v + start;
-            size_t il = i - start;
-            trim(&item, &il);
-            int ok = il > 0 && il <= 64 && (isupper((unsigned char)item[0]) || item[0] == '_');
-            for (size_t j = 0; ok && j < il; j++)
-                ok = isupper((unsigned char)item[j]) || isdigit((unsigned char)item[j]) || item[j] == '_';
-            if (!ok)
-                return perr(p, "agent_env: \"%.*s\" is not an environment variable name ([A-Z_][A-Z0-9_]*)",
-                            (int)(il > 64 ? 64 : il), item);
-            if (o + il + 2 > sizeof(norm))
-                return perr(p, "agent_env: too many names");
-            if (o)
-                norm[o++] = ',';
-            memcpy(norm + o, item, il);
-            o += il;
-            start = i + 1;
-        }
-        return set_string(p, &s->agent_env, norm, o);
-    }
-    default: /* K_SECRET */
-        return set_secret_ref(p, "secret", &s->secret_ref, v, vl);
-    }
-}
-
-/* parse_rate reads "N/s", "N/min" or "N/h" (N a positive integer or
- * decimal) into requests per second. */
-static int parse_rate(const char *v, size_t vl, double *out)
-{
-    const char *slash = memchr(v, '/', vl);
-    if (!slash)
-        return AV_ERR_INVALID;
-    double n;
-    if (parse_seconds(v, (size_t)(slash - v), &n) != AV_OK) /* a positive number <= 86400 */
-        return AV_ERR_INVALID;
-    const char *u = slash + 1;
-    size_t ul = vl - (size_t)(u - v);
-    if (word_eq(u, ul, "s"))
-        *out = n;
-    else if (word_eq(u, ul, "min"))
-        *out = n / 60.0;
-    else if (word_eq(u, ul, "h"))
-        *out = n / 3600.0;
-    else
-        return AV_ERR_INVALID;
-    return AV_OK;
-}
-
-/* gateway_key handles one key of a [gateway] section. */
-static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
-{
-    av_gateway_cfg *g = &p->cfg->gateways[p->cfg->ngateways - 1];
-    static const key_def keys[] = {
-        {"listen", K_HOST}, {"upstream", K_PATH}, {"allow_remote", K_PORT}, {"token", K_SECRET},
-    };
-    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "gateway",
-                           "listen, upstream, allow_remote, token", k, kl);
-    if (!bit)
-        return AV_ERR_CONFIG;
-    switch (bit) {
-    case K_HOST: {
-        char norm[80];
-        if (normalize_listen(v, vl, norm, sizeof(norm)) != AV_OK)
-            return perr(p, "listen must be IP:PORT, [IPv6]:PORT or localhost:PORT");
-        return set_string(p, &g->listen, norm, strlen(norm));
-    }
-    case K_PATH: {
-        av_absolute_uri u;
-        if (av__absolute_uri_parse(v, vl, &u) != 0 ||
-            (strcmp(u.scheme, "https") != 0 && strcmp(u.scheme, "http") != 0) ||
-            !(u.path_len == 0 || (u.path_len == 1 && u.path[0] == '/')))
-            return perr(p, "upstream must be an origin like https://api.example.com or https://host:port (no path)");
-        g->dest = u.authority;
-        g->dest_tls = strcmp(u.scheme, "https") == 0;
-        return set_string(p, &g->upstream, v, vl);
-    }
-    case K_PORT:
-        if (word_eq(v, vl, "yes") || word_eq(v, vl, "true"))
-            g->allow_remote = 1;
-        else if (word_eq(v, vl, "no") || word_eq(v, vl, "false"))
-            g->allow_remote = 0;
-        else
-            return perr(p, "allow_remote must be yes or no");
-        return AV_OK;
-    default:
-        return set_secret_ref(p, "token", &g->token_ref, v, vl);
-    }
-}
-
-/* token_key handles one key of a [token] section. */
-static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
-{
-    av_token_cfg *t = &p->cfg->tokens[p->cfg->ntokens - 1];
-    static const key_def keys[] = {
-        {"secret", K_SECRET}, {"services", K_METHODS}, {"unmatched", K_UNMATCHED}, {"rate", K_PORT},
-        {"burst", K_PATH},
-    };
-    unsigned bit = key_bit(p, keys, sizeof(keys) / sizeof(keys[0]), "token",
-                           "secret, services, unmatched, rate, burst", k, kl);
-    if (!bit)
-        return AV_ERR_CONFIG;
-    switch (bit) {
-    case K_SECRET:
-        return set_secret_ref(p, "secret", &t->secret_ref, v, vl);
-    case K_METHODS: {
-        size_t start = 0;
-        for (size_t i = 0; i <= vl; i++) {
-            if (i < vl && v[i] != ',')
-                continue;
-            const char *item = v + start;
-            size_t il = i - start;
-            trim(&item, &il);
-            start = i + 1;
-            if (il == 0 || il > NAME_MAX_LEN)
-                return perr(p, "services must be a comma-separated list of service names");
-            char **ns = av__realloc(t->services, (t->nservices + 1) * sizeof(*ns));
-            if (!ns)
-                return oom(p);
-            t->services = ns;
-            if (!(t->services[t->nservices] = dup_range(item, il)))
-                return oom(p);
-            t->nservices++;
-        }
-        return AV_OK;
-    }
-    case K_UNMATCHED:
-        if (word_eq(v, vl, "passthrough"))
-            t->unmatched = AV_UNMATCHED_PASSTHROUGH;
-        else if (word_eq(v, vl, "deny"))
-            t->unmatched = AV_UNMATCHED_DENY;
-        else
-            return perr(p, "unmatched must be \"passthrough\" or \"deny\"");
-        return AV_OK;
-    case K_PORT:
-        if (parse_rate(v, vl, &t->rate) != AV_OK)
-            return perr(p, "rate must be N/s, N/min or N/h with N a positive number");
-        return AV_OK;
-    default: {
-        long b;
-        if (parse_uint(v, vl, 6, &b) != AV_OK || b < 1)
-            return perr(p, "burst must be a whole number of requests >= 1");
-        t->burst = (double)b;
-        return AV_OK;
-    }
-    }
-}
-
-/* finish_section checks the section that just ended and fills defaults. */
-static int finish_section(parser *p)
-{
-    if (p->section == SEC_SERVICE) {
-        av_service *s = &p->cfg->services[p->cfg->nservices - 1];
-        if (!s->host)
-            return perr_at(p, s->line, "service \"%s\" has no host", s->name);
-        if (!s->auth)
-            return perr_at(p, s->line, "service \"%s\" has no auth", s->name);
-        if (!s->secret_ref)
-            return perr_at(p, s->line, "service \"%s\" has no secret", s->name);
-        if (s->placeholder_in && !s->placeholder)
-            return perr_at(p, s->line, "service \"%s\": placeholder_in needs a placeholder", s->name);
-        if (s->auth_alt) {
-            const char *a = auth_header_name(s->auth, s->auth_name);
-            const char *b = auth_header_name(s->auth_alt, s->auth_alt_name);
-            if (!a || !b)
-                return perr_at(p, s->auth_alt_line,
-                               "service \"%s\": auth_alt needs an auth sent in a header (bearer, basic or "
-                               "header), and so does auth",
-                               s->name);
-            if (!strcasecmp(a, b))
-                return perr_at(p, s->auth_alt_line,
-                               "service \"%s\": auth_alt: the same header as auth (%s); name another header "
-                               "or remove auth_alt",
-                               s->name, a);
-        }
-        if (s->scheme_http && !(p->seen & K_PORT))
-            return perr_at(p, s->line, "service \"%s\": scheme http requires an explicit port", s->name);
-        if (!s->port)
-            s->port = 443;
-    } else if (p->section == SEC_GATEWAY) {
-        av_gateway_cfg *g = &p->cfg->gateways[p->cfg->ngateways - 1];
-        if (!g->listen)
-            return perr_at(p, g->line, "gateway \"%s\" has no listen address", g->name);
-        if (!g->upstream)
-            return perr_at(p, g->line, "gateway \"%s\" has no upstream", g->name);
-    } else if (p->section == SEC_TOKEN) {
-        av_token_cfg *t = &p->cfg->tokens[p->cfg->ntokens - 1];
-        if (!t->secret_ref)
-            return perr_at(p, t->line, "token \"%s\" has no secret", t->name);
-        if (t->burst > 0 && t->rate == 0)
-            return perr_at(p, t->line, "token \"%s\": burst needs a rate", t->name);
-        if (t->rate > 0 && t->burst == 0)
-            t->burst = t->rate < 1 ? 1 : t->rate;
-    }
-    p->section = SEC_NONE;
-    p->seen = 0;
-    return AV_OK;
-}
-
-/* section_header handles a "[...]" line. */
-static int section_header(parser *p, const char *s, size_t n)
-{
-    if (n < 2 || s[n - 1] != ']')
-        return perr(p, "malformed section header (missing ']')");
-    const char *in = s + 1;
-    size_t il = n - 2;
-    trim(&in, &il);
-    int rc = finish_section(p);
-    if (rc != AV_OK)
+    if (!v)
+        return av__buf_appendf(b, "%s=<null>\n", key);
+    size_t n = strlen(v);
+    int rc = av__buf_appendf(b, "%s=\"", key);
+    uint8_t *w = rc ? NULL : av__buf_reserve(b, 6 * n + 2, &rc);
+    if (!w)
         return rc;
-
-    if (word_eq(in, il, "proxy")) {
-        if (p->saw_proxy)
-            return perr(p, "duplicate [proxy] section");
-        p->saw_proxy = 1;
-        p->section = SEC_PROXY;
-        p->section_line = p->line;
-        return AV_OK;
-    }
-    size_t kl = 0;
-    while (kl < il && !is_ws(in[kl]))
-        kl++;
-    int kind;
-    if (word_eq(in, kl, "service"))
-        kind = SEC_SERVICE;
-    else if (word_eq(in, kl, "token"))
-        kind = SEC_TOKEN;
-    else if (word_eq(in, kl, "gateway"))
-        kind = SEC_GATEWAY;
-    else
-        return perr(p,
-                    "unknown section [%.*s] (expected [proxy], [service \"NAME\"], [token \"NAME\"] or "
-                    "[gateway \"NAME\"])",
-                    (int)(il > 64 ? 64 : il), in);
-    const char *q = in + kl;
-    size_t ql = il - kl;
-    trim(&q, &ql);
-    if (ql < 2 || q[0] != '"' || q[ql - 1] != '"')
-        return perr(p, "section name must be quoted: [%s \"NAME\"]",
-                    kind == SEC_SERVICE ? "service" : kind == SEC_TOKEN ? "token" : "gateway");
-    const char *name = q + 1;
-    size_t nl = ql - 2;
-    if (nl == 0 || nl > NAME_MAX_LEN)
-        return perr(p, "section name must be 1 to %d characters", NAME_MAX_LEN);
-    for (size_t i = 0; i < nl; i++) {
-        unsigned char c = (unsigned char)name[i];
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '.' || c == '-'))
-            return perr(p, "section name may contain only A-Z a-z 0-9 _ . -");
-    }
-    av_config *c = p->cfg;
-    if (kind == SEC_SERVICE) {
-        for (size_t i = 0; i < c->nservices; i++)
-            if (strlen(c->services[i].name) == nl && !memcmp(c->services[i].name, name, nl))
-                return perr(p, "duplicate service \"%.*s\"", (int)nl, name);
-        if (grow((void **)&c->services, c->nservices, sizeof(av_service)) != AV_OK)
-            return oom(p);
-        av_service *sv = &c->services[c->nservices];
-        if (!(sv->name = dup_range(name, nl)))
-            return oom(p);
-        sv->line = p->line;
-        c->nservices++;
-    } else if (kind == SEC_GATEWAY) {
-        for (size_t i = 0; i < c->ngateways; i++)
-            if (strlen(c->gateways[i].name) == nl && !memcmp(c->gateways[i].name, name, nl))
-                return perr(p, "duplicate gateway \"%.*s\"", (int)nl, name);
-        if (grow((void **)&c->gateways, c->ngateways, sizeof(av_gateway_cfg)) != AV_OK)
-            return oom(p);
-        av_gateway_cfg *g = &c->gateways[c->ngateways];
-        memset(g, 0, sizeof(*g));
-        if (!(g->name = dup_range(name, nl)))
-            return oom(p);
-        g->line = p->line;
-        c->ngateways++;
-    } else {
-        for (size_t i = 0; i < c->ntokens; i++)
-            if (strlen(c->tokens[i].name) == nl && !memcmp(c->tokens[i].name, name, nl))
-                return perr(p, "duplicate token \"%.*s\"", (int)nl, name);
-        if (grow((void **)&c->tokens, c->ntokens, sizeof(av_token_cfg)) != AV_OK)
-            return oom(p);
-        av_token_cfg *tk = &c->tokens[c->ntokens];
-        if (!(tk->name = dup_range(name, nl)))
-            return oom(p);
-        tk->line = p->line;
-        c->ntokens++;
-    }
-    p->section = kind;
-    p->section_line = p->line;
+    size_t o = av__json_escape(v, n, AV__JSON_SHORT | AV__JSON_BYTES, (char *)w);
+    w[o++] = '"';
+    w[o++] = '\n';
+    av__buf_commit(b, o);
     return AV_OK;
 }
 
-/* parse_line handles one line (without its terminator). */
-static int parse_line(parser *p, const char *s, size_t n)
+/* dump_bytes appends |key|=hex of |n| bytes. */
+static int dump_bytes(av_buf *b, const char *key, const uint8_t *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if ((c < 0x20 && c != '\t') || c == 0x7f)
-            return perr(p, "control character in line");
-    }
-    trim(&s, &n);
-    if (n == 0 || s[0] == '#' || s[0] == ';')
-        return AV_OK;
-    if (s[0] == '[')
-        return section_header(p, s, n);
-
-    const char *eq = memchr(s, '=', n);
-    if (!eq)
-        return perr(p, "expected \"key = value\"");
-    const char *k = s, *v = eq + 1;
-    size_t kl = (size_t)(eq - s), vl = n - kl - 1;
-    trim(&k, &kl);
-    trim(&v, &vl);
-    if (kl == 0)
-        return perr(p, "missing key before '='");
-    if (vl == 0)
-        return perr(p, "empty value for \"%.*s\"", (int)(kl > 64 ? 64 : kl), k);
-    switch (p->section) {
-    case SEC_PROXY:
-        return proxy_key(p, k, kl, v, vl);
-    case SEC_SERVICE:
-        return service_key(p, k, kl, v, vl);
-    case SEC_TOKEN:
-        return token_key(p, k, kl, v, vl);
-    case SEC_GATEWAY:
-        return gateway_key(p, k, kl, v, vl);
-    default:
-        return perr(p, "key \"%.*s\" outside of a section", (int)(kl > 64 ? 64 : kl), k);
-    }
-}
-
-/* parse_text runs the reader over a whole text. */
-static int parse_text(parser *p, const char *text, size_t len)
-{
-    size_t start = 0;
-    p->line = 0;
-    if (len > CONFIG_MAX_BYTES)
-        return perr_at(p, 1, "configuration is larger than 1 MiB");
-    if (len >= 3 && memcmp(text, "\xEF\xBB\xBF", 3) == 0)
-        start = 3; /* a UTF-8 byte order mark */
-    while (start < len) {
-        const char *nl = memchr(text + start, '\n', len - start);
-        size_t end = nl ? (size_t)(nl - text) : len;
-        size_t n = end - start;
-        p->line++;
-        if (n > 0 && text[start + n - 1] == '\r')
-            n--;
-        if (memchr(text + start, '\0', n))
-            return perr(p, "NUL byte in line");
-        int rc = parse_line(p, text + start, n);
-        if (rc != AV_OK)
-            return rc;
-        start = end + 1;
-    }
-    if (p->line == 0)
-        p->line = 1;
-    return finish_section(p);
-}
-
-/* av_config_load_string parses text into |cfg| atomically. Returns
- * AV_ERR_CONFIG, AV_ERR_INVALID or AV_ERR_NOMEM. */
-AV_EXPORT int av_config_load_string(av_config *cfg, const char *text, size_t len,
-                                    const char *origin)
-{
-    if (!cfg)
-        return AV_ERR_INVALID;
-    if (!text && len) {
-        set_error(cfg, "no text given");
-        return AV_ERR_INVALID;
-    }
-    av_config *work = av__config_copy(cfg);
-    if (!work) {
-        set_error(cfg, "out of memory");
-        return AV_ERR_NOMEM;
-    }
-    parser p;
-    memset(&p, 0, sizeof(p));
-    p.cfg = work;
-    p.origin = origin ? origin : "<string>";
-    int rc = parse_text(&p, text ? text : "", len);
-    if (rc != AV_OK) {
-        memcpy(cfg->error, work->error, sizeof(cfg->error));
-        av_config_free(work);
-        return p.nomem ? AV_ERR_NOMEM : rc;
-    }
-    av_config old = *cfg;
-    *cfg = *work;
-    *work = old;
-    cfg->error[0] = '\0';
-    av_config_free(work);
+    int rc = av__buf_appendf(b, "%s=", key);
+    uint8_t *w = rc ? NULL : av__buf_reserve(b, 2 * n + 1, &rc);
+    if (!w)
+        return rc;
+    size_t o = av__hex_encode(p, n, AV__HEX_LOWER, (char *)w);
+    w[o++] = '\n';
+    av__buf_commit(b, o);
     return AV_OK;
 }
 
-/* av_config_load_file reads a file (at most 1 MiB) and parses it. Returns
- * AV_ERR_IO, AV_ERR_CONFIG or AV_ERR_NOMEM. */
-AV_EXPORT int av_config_load_file(av_config *cfg, const char *path)
+/* dump_ptr appends the address held in an object or function pointer
+ * (lent, not owned: a copy shares it). */
+static int dump_ptr(av_buf *b, const char *key, const void *slot, size_t size)
 {
-    if (!cfg || !path)
-        return AV_ERR_INVALID;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        set_error(cfg, "%.400s: %s", path, strerror(errno));
-        return AV_ERR_IO;
+    uint8_t raw[sizeof(uintptr_t)];
+    memset(raw, 0, sizeof(raw));
+    memcpy(raw, slot, size < sizeof(raw) ? size : sizeof(raw));
+    return dump_bytes(b, key, raw, sizeof(raw));
+}
+
+/* av__config_dump appends every member of |c| (and of every service, token,
+ * gateway, resolve entry and CIDR) to |out|, one "path=value" line each. */
+int av__config_dump(const av_config *c, av_buf *out)
+{
+    char k[96];
+    int rc = AV_OK;
+#define DS(name, v) (rc = rc ? rc : (snprintf(k, sizeof(k), "%s", name), dump_str(out, k, (v))))
+#define DF(fmt, ...) (rc = rc ? rc : av__buf_appendf(out, fmt "\n", __VA_ARGS__))
+    DF("nlisten=%zu", c->nlisten);
+    for (size_t i = 0; i < c->nlisten; i++) {
+        snprintf(k, sizeof(k), "listen[%zu]", i);
+        rc = rc ? rc : dump_str(out, k, c->listen[i]);
     }
-    size_t cap = 64 * 1024, len = 0;
-    char *buf = av__malloc(cap);
-    if (!buf) {
-        close(fd);
-        set_error(cfg, "out of memory");
-        return AV_ERR_NOMEM;
+    DS("state_dir", c->state_dir);
+    DS("audit", c->audit);
+    DS("vault_path", c->vault_path);
+    rc = rc ? rc : dump_ptr(out, "vault", &c->vault, sizeof(c->vault));
+    rc = rc ? rc : dump_ptr(out, "secret_fn", &c->secret_fn, sizeof(c->secret_fn));
+    rc = rc ? rc : dump_ptr(out, "secret_ud", &c->secret_ud, sizeof(c->secret_ud));
+    DF("unmatched=%d", c->unmatched);
+    DF("npassthrough=%zu", c->npassthrough);
+    for (size_t i = 0; i < c->npassthrough; i++) {
+        snprintf(k, sizeof(k), "passthrough[%zu]", i);
+        rc = rc ? rc : dump_str(out, k, c->passthrough[i]);
     }
-    for (;;) {
-        if (len == cap) {
-            if (cap > CONFIG_MAX_BYTES) {
-                av__free(buf);
-                close(fd);
-                set_error(cfg, "%.400s: file is larger than 1 MiB", path);
-                return AV_ERR_CONFIG;
-            }
-            char *nb = av__realloc(buf, cap * 2);
-            if (!nb) {
-                av__free(buf);
-                close(fd);
-                set_error(cfg, "out of memory");
-                return AV_ERR_NOMEM;
-            }
-            buf = nb;
-            cap *= 2;
+    DF("nresolve=%zu", c->nresolve);
+    for (size_t i = 0; i < c->nresolve; i++) {
+        const av_resolve_cfg *r = &c->resolve[i];
+        snprintf(k, sizeof(k), "resolve[%zu].host", i);
+        rc = rc ? rc : dump_str(out, k, r->host);
+        DF("resolve[%zu].port=%d", i, r->port);
+        snprintf(k, sizeof(k), "resolve[%zu].addr", i);
+        rc = rc ? rc : dump_str(out, k, r->addr);
+        DF("resolve[%zu].dial_port=%d", i, r->dial_port);
+    }
+    DS("upstream_cafile", c->upstream_cafile);
+    DF("nallow_private=%zu", c->nallow_private);
+    for (size_t i = 0; i < c->nallow_private; i++) {
+        const av_cidr *a = &c->allow_private[i];
+        DF("allow_private[%zu].family=%d", i, a->family);
+        snprintf(k, sizeof(k), "allow_private[%zu].addr", i);
+        rc = rc ? rc : dump_bytes(out, k, a->addr, sizeof(a->addr));
+        DF("allow_private[%zu].prefix=%d", i, a->prefix);
+    }
+    DF("connect_timeout=%.17g", c->connect_timeout);
+    DF("idle_timeout=%.17g", c->idle_timeout);
+    DF("header_timeout=%.17g", c->header_timeout);
+    DF("ws_idle_timeout=%.17g", c->ws_idle_timeout);
+    DF("secret_ttl=%.17g", c->secret_ttl);
+    DF("command_timeout=%.17g", c->command_timeout);
+    DF("max_connections=%ld", c->max_connections);
+    DF("nservices=%zu", c->nservices);
+    for (size_t i = 0; i < c->nservices; i++) {
+        const av_service *s = &c->services[i];
+#define SS(f) (snprintf(k, sizeof(k), "services[%zu]." #f, i), rc = rc ? rc : dump_str(out, k, s->f))
+#define SI(f, fmt) DF("services[%zu]." #f "=" fmt, i, s->f)
+        SS(name);
+        SS(host);
+        SI(wildcard, "%d");
+        SI(host_is_ip, "%d");
+        SI(port, "%d");
+        SI(scheme_http, "%d");
+        SS(path_glob);
+        SI(methods, "%u");
+        SI(auth, "%d");
+        SS(auth_name);
+        SS(auth_template);
+        SI(auth_alt, "%d");
+        SS(auth_alt_name);
+        SS(auth_alt_template);
+        SI(auth_alt_line, "%d");
+        SS(secret_ref);
+        SI(websocket_off, "%d");
+        SI(websocket_scrub_off, "%d");
+        SS(placeholder);
+        SI(placeholder_in, "%u");
+        SS(agent_env);
+        SI(line, "%d");
+#undef SS
+#undef SI
+    }
+    DF("ntokens=%zu", c->ntokens);
+    for (size_t i = 0; i < c->ntokens; i++) {
+        const av_token_cfg *t = &c->tokens[i];
+        snprintf(k, sizeof(k), "tokens[%zu].name", i);
+        rc = rc ? rc : dump_str(out, k, t->name);
+        snprintf(k, sizeof(k), "tokens[%zu].secret_ref", i);
+        rc = rc ? rc : dump_str(out, k, t->secret_ref);
+        DF("tokens[%zu].line=%d", i, t->line);
+        DF("tokens[%zu].nservices=%zu", i, t->nservices);
+        for (size_t j = 0; j < t->nservices; j++) {
+            snprintf(k, sizeof(k), "tokens[%zu].services[%zu]", i, j);
+            rc = rc ? rc : dump_str(out, k, t->services[j]);
         }
-        ssize_t r = read(fd, buf + len, cap - len);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = errno;
-            av__free(buf);
-            close(fd);
-            set_error(cfg, "%.400s: %s", path, strerror(e));
-            return AV_ERR_IO;
-        }
-        if (r == 0)
-            break;
-        len += (size_t)r;
+        DF("tokens[%zu].unmatched=%d", i, t->unmatched);
+        DF("tokens[%zu].rate=%.17g", i, t->rate);
+        DF("tokens[%zu].burst=%.17g", i, t->burst);
+        DF("tokens[%zu].hashed=%d", i, t->hashed);
+        snprintf(k, sizeof(k), "tokens[%zu].hash", i);
+        rc = rc ? rc : dump_bytes(out, k, t->hash, sizeof(t->hash));
+        DF("tokens[%zu].expires=%lld", i, t->expires);
     }
-    close(fd);
-    int rc;
-    if (len > CONFIG_MAX_BYTES) {
-        set_error(cfg, "%.400s: file is larger than 1 MiB", path);
-        rc = AV_ERR_CONFIG;
-    } else {
-        rc = av_config_load_string(cfg, buf, len, path);
+    DF("token_store=%d", c->token_store);
+    DF("ngateways=%zu", c->ngateways);
+    for (size_t i = 0; i < c->ngateways; i++) {
+        const av_gateway_cfg *g = &c->gateways[i];
+        snprintf(k, sizeof(k), "gateways[%zu].name", i);
+        rc = rc ? rc : dump_str(out, k, g->name);
+        snprintf(k, sizeof(k), "gateways[%zu].listen", i);
+        rc = rc ? rc : dump_str(out, k, g->listen);
+        snprintf(k, sizeof(k), "gateways[%zu].upstream", i);
+        rc = rc ? rc : dump_str(out, k, g->upstream);
+        snprintf(k, sizeof(k), "gateways[%zu].dest.host", i);
+        rc = rc ? rc : dump_str(out, k, g->dest.host);
+        DF("gateways[%zu].dest.is_ip=%d", i, g->dest.is_ip);
+        DF("gateways[%zu].dest.port=%d", i, g->dest.port);
+        DF("gateways[%zu].dest_tls=%d", i, g->dest_tls);
+        DF("gateways[%zu].allow_remote=%d", i, g->allow_remote);
+        snprintf(k, sizeof(k), "gateways[%zu].token_ref", i);
+        rc = rc ? rc : dump_str(out, k, g->token_ref);
+        DF("gateways[%zu].line=%d", i, g->line);
     }
-    av__free(buf);
+    char err[sizeof(c->error) + 1];
+    memcpy(err, c->error, sizeof(c->error));
+    err[sizeof(c->error)] = '\0';
+    rc = rc ? rc : dump_str(out, "error", err);
+#undef DS
+#undef DF
     return rc;
 }
 
@@ -1754,14 +691,14 @@ AV_EXPORT int av_config_add_listen(av_config *cfg, const char *addr_port)
     char norm[AV_HOST_MAX + 16];
     if (!cfg)
         return AV_ERR_INVALID;
-    if (!addr_port || normalize_listen(addr_port, strlen(addr_port), norm, sizeof(norm)) != AV_OK) {
-        set_error(cfg, "invalid listen address \"%.100s\" (expected IP:PORT, [IPv6]:PORT or localhost:PORT)",
+    if (!addr_port || av__config_normalize_listen(addr_port, strlen(addr_port), norm, sizeof(norm)) != AV_OK) {
+        av__config_set_error(cfg, "invalid listen address \"%.100s\" (expected IP:PORT, [IPv6]:PORT or localhost:PORT)",
                   addr_port ? addr_port : "");
         return AV_ERR_INVALID;
     }
-    if (grow((void **)&cfg->listen, cfg->nlisten, sizeof(char *)) != AV_OK ||
+    if (av__config_grow((void **)&cfg->listen, cfg->nlisten, sizeof(char *)) != AV_OK ||
         !(cfg->listen[cfg->nlisten] = av__strdup(norm))) {
-        set_error(cfg, "out of memory");
+        av__config_set_error(cfg, "out of memory");
         return AV_ERR_NOMEM;
     }
     cfg->nlisten++;
@@ -1799,12 +736,12 @@ static int set_path(av_config *cfg, char **dst, const char *path, const char *wh
     if (!cfg)
         return AV_ERR_INVALID;
     if (!path_ok(path)) {
-        set_error(cfg, "invalid %s", what);
+        av__config_set_error(cfg, "invalid %s", what);
         return AV_ERR_INVALID;
     }
     char *d = av__strdup(path);
     if (!d) {
-        set_error(cfg, "out of memory");
+        av__config_set_error(cfg, "out of memory");
         return AV_ERR_NOMEM;
     }
     av__free(*dst);
@@ -1827,20 +764,20 @@ AV_EXPORT int av_config_add_resolve(av_config *cfg, const char *host_port_addr)
         return AV_ERR_INVALID;
     av_resolve_cfg r;
     memset(&r, 0, sizeof(r));
-    int rc = host_port_addr ? parse_resolve(host_port_addr, strlen(host_port_addr), &r)
+    int rc = host_port_addr ? av__config_parse_resolve(host_port_addr, strlen(host_port_addr), &r)
                             : AV_ERR_INVALID;
     if (rc == AV_ERR_INVALID) {
-        set_error(cfg, "invalid resolve entry \"%.100s\" (expected HOST:PORT:ADDR)",
+        av__config_set_error(cfg, "invalid resolve entry \"%.100s\" (expected HOST:PORT:ADDR)",
                   host_port_addr ? host_port_addr : "");
         return rc;
     }
-    if (rc == AV_OK && grow((void **)&cfg->resolve, cfg->nresolve, sizeof(r)) != AV_OK) {
+    if (rc == AV_OK && av__config_grow((void **)&cfg->resolve, cfg->nresolve, sizeof(r)) != AV_OK) {
         av__free(r.host);
         av__free(r.addr);
         rc = AV_ERR_NOMEM;
     }
     if (rc != AV_OK) {
-        set_error(cfg, "out of memory");
+        av__config_set_error(cfg, "out of memory");
         return rc;
     }
     cfg->resolve[cfg->nresolve++] = r;
@@ -1863,31 +800,31 @@ AV_EXPORT int av_config_validate(av_config *cfg)
         const av_service *s = &cfg->services[i];
         const char *missing = !s->host ? "host" : !s->auth ? "auth" : !s->secret_ref ? "secret" : NULL;
         if (missing) {
-            set_error(cfg, "line %d: service \"%s\" has no %s", s->line, s->name, missing);
+            av__config_set_error(cfg, "line %d: service \"%s\" has no %s", s->line, s->name, missing);
             return AV_ERR_CONFIG;
         }
         if (s->port < 1 || s->port > 65535) {
-            set_error(cfg, "line %d: service \"%s\" has no valid port", s->line, s->name);
+            av__config_set_error(cfg, "line %d: service \"%s\" has no valid port", s->line, s->name);
             return AV_ERR_CONFIG;
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(cfg->services[j].name, s->name) == 0) {
-                set_error(cfg, "line %d: duplicate service \"%s\"", s->line, s->name);
+                av__config_set_error(cfg, "line %d: duplicate service \"%s\"", s->line, s->name);
                 return AV_ERR_CONFIG;
             }
     }
     for (size_t i = 0; i < cfg->ntokens; i++) {
         const av_token_cfg *t = &cfg->tokens[i];
         if (!t->secret_ref && !t->hashed) {
-            set_error(cfg, "line %d: token \"%s\" has no secret", t->line, t->name);
+            av__config_set_error(cfg, "line %d: token \"%s\" has no secret", t->line, t->name);
             return AV_ERR_CONFIG;
         }
         for (size_t j = 0; j < i; j++)
             if (strcmp(cfg->tokens[j].name, t->name) == 0) {
                 if (t->hashed)
-                    set_error(cfg, "token store: token \"%s\" is also defined in the configuration", t->name);
+                    av__config_set_error(cfg, "token store: token \"%s\" is also defined in the configuration", t->name);
                 else
-                    set_error(cfg, "line %d: duplicate token \"%s\"", t->line, t->name);
+                    av__config_set_error(cfg, "line %d: duplicate token \"%s\"", t->line, t->name);
                 return AV_ERR_CONFIG;
             }
         for (size_t k = 0; k < t->nservices; k++) {
@@ -1896,9 +833,9 @@ AV_EXPORT int av_config_validate(av_config *cfg)
                 j++;
             if (j == cfg->nservices) {
                 if (t->hashed)
-                    set_error(cfg, "token store: token \"%s\" names unknown service \"%s\"", t->name, t->services[k]);
+                    av__config_set_error(cfg, "token store: token \"%s\" names unknown service \"%s\"", t->name, t->services[k]);
                 else
-                    set_error(cfg, "line %d: token \"%s\" names unknown service \"%s\"", t->line, t->name,
+                    av__config_set_error(cfg, "line %d: token \"%s\" names unknown service \"%s\"", t->line, t->name,
                               t->services[k]);
                 return AV_ERR_CONFIG;
             }
@@ -1907,7 +844,7 @@ AV_EXPORT int av_config_validate(av_config *cfg)
     for (size_t i = 0; i < cfg->nlisten; i++)
         for (size_t j = 0; j < i; j++)
             if (strcmp(cfg->listen[i], cfg->listen[j]) == 0) {
-                set_error(cfg, "duplicate listen address %s", cfg->listen[i]);
+                av__config_set_error(cfg, "duplicate listen address %s", cfg->listen[i]);
                 return AV_ERR_CONFIG;
             }
     cfg->error[0] = '\0';
@@ -2006,11 +943,11 @@ AV_EXPORT int av_config_add_section(av_config *cfg, const char *kind, const char
         return AV_ERR_INVALID;
     int is_proxy = strcmp(kind, "proxy") == 0;
     if (!is_proxy && strcmp(kind, "service") && strcmp(kind, "token") && strcmp(kind, "gateway")) {
-        set_error(cfg, "unknown section kind \"%.40s\" (expected proxy, service, token or gateway)", kind);
+        av__config_set_error(cfg, "unknown section kind \"%.40s\" (expected proxy, service, token or gateway)", kind);
         return AV_ERR_INVALID;
     }
     if (is_proxy ? name != NULL : (!name || !*name || strpbrk(name, "\"\r\n"))) {
-        set_error(cfg, is_proxy ? "[proxy] has no name" : "a %s needs a name without quotes or line breaks", kind);
+        av__config_set_error(cfg, is_proxy ? "[proxy] has no name" : "a %s needs a name without quotes or line breaks", kind);
         return AV_ERR_INVALID;
     }
     av_buf text;
@@ -2026,17 +963,17 @@ AV_EXPORT int av_config_add_section(av_config *cfg, const char *kind, const char
     for (size_t i = 0; keyvals && keyvals[i] && rc == AV_OK; i += 2) {
         const char *k = keyvals[i], *v = keyvals[i + 1];
         if (!v) {
-            set_error(cfg, "key \"%.64s\" has no value", k);
+            av__config_set_error(cfg, "key \"%.64s\" has no value", k);
             av__buf_free_wipe(&text);
             return AV_ERR_INVALID;
         }
         if (!*k || *k == '#' || *k == ';' || *k == '[') {
-            set_error(cfg, "key \"%.64s\": empty or starts with a comment or section character", k);
+            av__config_set_error(cfg, "key \"%.64s\": empty or starts with a comment or section character", k);
             av__buf_free_wipe(&text);
             return AV_ERR_INVALID;
         }
         if (strpbrk(k, "=\r\n") || strpbrk(v, "\r\n")) {
-            set_error(cfg, "key \"%.64s\": keys and values may not contain line breaks (or '=' in a key)", k);
+            av__config_set_error(cfg, "key \"%.64s\": keys and values may not contain line breaks (or '=' in a key)", k);
             av__buf_free_wipe(&text);
             return AV_ERR_INVALID;
         }
@@ -2047,7 +984,7 @@ AV_EXPORT int av_config_add_section(av_config *cfg, const char *kind, const char
     }
     if (rc != AV_OK) {
         av__buf_free_wipe(&text);
-        set_error(cfg, "section too large");
+        av__config_set_error(cfg, "section too large");
         return rc == AV_ERR_NOMEM ? AV_ERR_NOMEM : AV_ERR_INVALID;
     }
     char origin[120];

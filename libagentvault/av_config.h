@@ -1,8 +1,11 @@
 /* av_config.h - the configuration snapshot (internal layout).
  *
- * A config is built by the file parser (av_config.c) and the programmatic
- * setters of agentvault.h, validated, then copied into a context, which
- * treats it as immutable.
+ * A config is built by the file reader (av_config_ini.c) and the
+ * programmatic setters of agentvault.h (av_config.c), validated, then copied
+ * into a context, which treats it as immutable. Adding a member: update
+ * config_clear, av__config_copy and av__config_dump (a static assert on the
+ * struct sizes in av_config.c insists) and the round-trip test's config in
+ * tests/unit/test_config.c (which fails until some element sets it).
  *
  * File format (agentvault.conf, see docs/CONFIG.md):
  *
@@ -50,6 +53,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "av_ssrf.h"
 #include "av_url.h"
 #include <sys/socket.h>
 
@@ -145,12 +149,6 @@ typedef struct av_resolve_cfg {
                       (extension: HOST:PORT:ADDR:DIALPORT / [v6]:DIALPORT) */
 } av_resolve_cfg;
 
-typedef struct av_cidr {
-    int family;        /* AF_INET or AF_INET6 */
-    uint8_t addr[16];
-    int prefix;
-} av_cidr;
-
 struct av_config {
     char **listen;         /* "host:port" strings, normalized */
     size_t nlisten;
@@ -188,11 +186,15 @@ struct av_config {
 /* av__config_copy deep-copies |src| into a new config. NULL on failure. */
 av_config *av__config_copy(const av_config *src);
 
-/* av__parse_cidr parses "10.0.0.0/8" or "fd00::/8". Returns 0 or
- * AV_ERR_INVALID. */
-int av__parse_cidr(const char *s, av_cidr *out);
-/* av__cidr_contains returns 1 when |sa| (AF_INET or AF_INET6) lies in |c|,
- * else 0; IPv4-mapped IPv6 addresses are compared as IPv4. */
-int av__cidr_contains(const av_cidr *c, const struct sockaddr *sa);
+struct av_buf;
+/* av__config_dump appends every member of |c|, one "path=value" line each
+ * (tests compare a config with its copy). Returns 0 or AV_ERR_LIMIT /
+ * AV_ERR_NOMEM from the buffer. */
+int av__config_dump(const av_config *c, struct av_buf *out);
+
+/* av__config_key_name is the |i|th key the reader accepts in a section of
+ * kind |section| ("proxy", "service", "token", "gateway"); NULL past the
+ * end. */
+const char *av__config_key_name(const char *section, size_t i);
 
 #endif

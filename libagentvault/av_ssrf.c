@@ -1,11 +1,14 @@
 /* av_ssrf.c - destination address guard. */
 #include "av_ssrf.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
 
 #include <agentvault/agentvault.h>
+
+#include "av_url.h"
 
 typedef struct v4_range {
     uint32_t net;
@@ -147,4 +150,102 @@ int av__ssrf_check(const struct sockaddr *sa, const av_cidr *allow, size_t nallo
         }
     }
     return AV_OK;
+}
+
+/* ---- allow_private ranges ------------------------------------------------ */
+
+/* parse_prefix parses the 1..3 decimal digits of a prefix length. */
+static int parse_prefix(const char *s, long *out)
+{
+    size_t n = strlen(s);
+    long v = 0;
+    if (n == 0 || n > 3)
+        return AV_ERR_INVALID;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return AV_ERR_INVALID;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = v;
+    return AV_OK;
+}
+
+/* av__parse_cidr parses "10.0.0.0/8" or "fd00::/8" (no prefix: a single
+ * address). Bits set beyond the prefix are rejected. */
+int av__parse_cidr(const char *s, av_cidr *out)
+{
+    char tmp[INET6_ADDRSTRLEN + 1];
+    if (!s || !out)
+        return AV_ERR_INVALID;
+    const char *slash = strchr(s, '/');
+    size_t al = slash ? (size_t)(slash - s) : strlen(s);
+    if (al == 0 || al >= sizeof(tmp))
+        return AV_ERR_INVALID;
+    memcpy(tmp, s, al);
+    tmp[al] = '\0';
+
+    av_cidr c;
+    memset(&c, 0, sizeof(c));
+    char canon[AV_HOST_MAX + 1];
+    int kind = av__host_validate(tmp, al, canon);
+    if (kind == 4) {
+        c.family = AF_INET;
+        if (inet_pton(AF_INET, canon, c.addr) != 1)
+            return AV_ERR_INVALID;
+    } else if (kind == 6) {
+        c.family = AF_INET6;
+        if (inet_pton(AF_INET6, canon, c.addr) != 1)
+            return AV_ERR_INVALID;
+    } else {
+        return AV_ERR_INVALID;
+    }
+    int maxp = c.family == AF_INET ? 32 : 128;
+    long pv = maxp;
+    if (slash && (parse_prefix(slash + 1, &pv) != AV_OK || pv > maxp))
+        return AV_ERR_INVALID;
+    c.prefix = (int)pv;
+    /* host bits must be zero */
+    int bytes = maxp / 8;
+    for (int i = 0; i < bytes; i++) {
+        int bit0 = i * 8;
+        uint8_t mask;
+        if (bit0 + 8 <= c.prefix)
+            mask = 0;
+        else if (bit0 >= c.prefix)
+            mask = 0xff;
+        else
+            mask = (uint8_t)(0xff >> (c.prefix - bit0));
+        if (c.addr[i] & mask)
+            return AV_ERR_INVALID;
+    }
+    *out = c;
+    return AV_OK;
+}
+
+/* av__cidr_contains reports whether |sa| lies in |c|; IPv4-mapped IPv6
+ * addresses are compared as IPv4, and IPv4 addresses match an IPv6 range
+ * only through their mapped form and only when the range is at least /96
+ * (so "::/0" does not silently allow all of IPv4). Returns 1 or 0. */
+int av__cidr_contains(const av_cidr *c, const struct sockaddr *sa)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    uint8_t a4[4], a6[16];
+    if (!c || !sa)
+        return 0;
+    if (sa->sa_family == AF_INET) {
+        memcpy(a4, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+        memcpy(a6, mapped, 12);
+        memcpy(a6 + 12, a4, 4);
+        if (c->family == AF_INET)
+            return prefix_eq(c->addr, a4, c->prefix);
+        return c->prefix >= 96 && prefix_eq(c->addr, a6, c->prefix);
+    }
+    if (sa->sa_family == AF_INET6) {
+        memcpy(a6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+        if (c->family == AF_INET6)
+            return prefix_eq(c->addr, a6, c->prefix);
+        if (memcmp(a6, mapped, 12) == 0)
+            return prefix_eq(c->addr, a6 + 12, c->prefix);
+    }
+    return 0;
 }

@@ -16,6 +16,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_buf.h"
 #include "av_config.h"
 
 static const char example[] =
@@ -689,72 +690,6 @@ static void copy_equals(void **state)
     assert_null(av__config_copy(NULL));
 }
 
-/* cidrs: parsing and containment, including IPv4-mapped IPv6. */
-static void cidrs(void **state)
-{
-    (void)state;
-    av_cidr c4, c6, one;
-    struct sockaddr_in sin;
-    struct sockaddr_in6 sin6;
-    memset(&sin, 0, sizeof(sin));
-    memset(&sin6, 0, sizeof(sin6));
-    sin.sin_family = AF_INET;
-    sin6.sin6_family = AF_INET6;
-
-    assert_int_equal(av__parse_cidr("10.0.0.0/8", &c4), 0);
-    assert_int_equal(c4.family, AF_INET);
-    assert_int_equal(c4.prefix, 8);
-    assert_int_equal(av__parse_cidr("fd00::/8", &c6), 0);
-    assert_int_equal(c6.family, AF_INET6);
-    assert_int_equal(av__parse_cidr("192.168.1.7", &one), 0);
-    assert_int_equal(one.prefix, 32);
-
-    inet_pton(AF_INET, "10.1.2.3", &sin.sin_addr);
-    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin), 1);
-    inet_pton(AF_INET, "11.0.0.1", &sin.sin_addr);
-    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin), 0);
-    inet_pton(AF_INET6, "::ffff:10.9.9.9", &sin6.sin6_addr);
-    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 1);
-    inet_pton(AF_INET6, "::ffff:11.9.9.9", &sin6.sin6_addr);
-    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 0);
-    inet_pton(AF_INET6, "::10.9.9.9", &sin6.sin6_addr); /* not mapped */
-    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 0);
-    inet_pton(AF_INET6, "fdab::1", &sin6.sin6_addr);
-    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin6), 1);
-    inet_pton(AF_INET6, "fe00::1", &sin6.sin6_addr);
-    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin6), 0);
-    inet_pton(AF_INET, "192.168.1.7", &sin.sin_addr);
-    assert_int_equal(av__cidr_contains(&one, (struct sockaddr *)&sin), 1);
-    inet_pton(AF_INET, "192.168.1.6", &sin.sin_addr);
-    assert_int_equal(av__cidr_contains(&one, (struct sockaddr *)&sin), 0);
-    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin), 0);
-
-    av_cidr m;
-    assert_int_equal(av__parse_cidr("::ffff:0:0/96", &m), 0);
-    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 1);
-    av_cidr all;
-    assert_int_equal(av__parse_cidr("0.0.0.0/0", &all), 0);
-    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 1);
-    assert_int_equal(av__parse_cidr("::/0", &all), 0);
-    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 0);
-    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin6), 1);
-    assert_int_equal(av__parse_cidr("::ffff:192.168.1.0/120", &all), 0);
-    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 1);
-    assert_int_equal(av__parse_cidr("10.0.0.0/7", &m), 0);
-    assert_int_equal(av__parse_cidr("172.16.0.0/12", &m), 0);
-    inet_pton(AF_INET, "172.31.255.255", &sin.sin_addr);
-    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 1);
-    inet_pton(AF_INET, "172.32.0.0", &sin.sin_addr);
-    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 0);
-
-    static const char *bad[] = {"10.0.0.1/8", "10.0.0.0/33", "fd00::/129", "10.0.0.0/",
-                                "/8", "10.0.0/8", "010.0.0.0/8", "10.0.0.0/8x", "host/8",
-                                "10.0.0.0/-1", "[fd00::]/8", ""};
-    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
-        if (av__parse_cidr(bad[i], &m) != AV_ERR_INVALID)
-            fail_msg("cidr \"%s\" accepted", bad[i]);
-}
-
 /* gateways: parsed fields, copies, accessors. */
 static void gateways(void **state)
 {
@@ -817,6 +752,305 @@ static void add_section(void **state)
     av_config_free(c);
 }
 
+/* ---- round trip: a config that sets every key, dumped and copied -------- */
+
+/* every_key_text sets every key of every section, each to a value that
+ * differs from its default somewhere (see round_trip_sets_every_field). */
+static const char every_key_text[] =
+    "[proxy]\n"
+    "listen = 127.0.0.1:14322, [::1]:14323\n"
+    "state_dir = /var/lib/av-rt\n"
+    "unmatched = deny\n"
+    "passthrough = pass.example, *.wild.example.com\n"
+    "resolve = r.example:443:127.0.0.2:8443\n"
+    "resolve = r6.example:8443:[::1]\n"
+    "upstream_cacert = /etc/av/ca.pem\n"
+    "allow_private = 10.0.0.0/8, fd00::/8\n"
+    "connect_timeout = 3.5\n"
+    "idle_timeout = 61\n"
+    "header_timeout = 7.25\n"
+    "websocket_idle_timeout = 30\n"
+    "secret_ttl = 45\n"
+    "command_timeout = 4\n"
+    "audit = /var/log/av.audit\n"
+    "vault = /var/lib/av-rt/vault\n"
+    "max_connections = 777\n"
+    "\n"
+    "[service \"a\"]\n"
+    "host = *.a.example.com\n"
+    "port = 8080\n"
+    "scheme = http\n"
+    "path = /v1/*\n"
+    "methods = GET, POST\n"
+    "auth = header X-Api-Key \"k {secret}\"\n"
+    "auth_alt = header X-Other \"o {secret}\"\n"
+    "secret = env:A_KEY\n"
+    "websocket = off\n"
+    "websocket_scrub = off\n"
+    "placeholder = __A_KEY__\n"
+    "placeholder_in = header, body, websocket\n"
+    "agent_env = A_KEY, OTHER_A\n"
+    "\n"
+    "[service \"b\"]\n"
+    "host = 127.0.0.9\n"
+    "auth = query key\n"
+    "secret = file:/run/b\n"
+    "\n"
+    "[token \"t\"]\n"
+    "secret = env:T_TOKEN\n"
+    "services = a, b\n"
+    "unmatched = deny\n"
+    "rate = 5/s\n"
+    "burst = 9\n"
+    "\n"
+    "[gateway \"g\"]\n"
+    "listen = 127.0.0.1:8081\n"
+    "upstream = https://127.0.0.1:8443\n"
+    "allow_remote = yes\n"
+    "token = env:GW_TOKEN\n";
+
+static const char *const section_kinds[] = {"proxy", "service", "token", "gateway"};
+
+/* text_sets_key: some "[kind ...]" section of |text| has a "key = " line. */
+static int text_sets_key(const char *text, const char *kind, const char *key)
+{
+    char head[32], line[96];
+    snprintf(head, sizeof(head), "\n[%s", kind);
+    snprintf(line, sizeof(line), "\n%s = ", key);
+    char *t = malloc(strlen(text) + 2);
+    assert_non_null(t);
+    t[0] = '\n';
+    strcpy(t + 1, text);
+    int found = 0;
+    for (const char *s = strstr(t, head); s && !found; s = strstr(s + 1, head)) {
+        const char *end = strstr(s + 1, "\n[");
+        const char *k = strstr(s, line);
+        found = k && (!end || k < end);
+    }
+    free(t);
+    return found;
+}
+
+/* dump_of returns a malloc'ed NUL-terminated av__config_dump of |c|. */
+static char *dump_of(const av_config *c)
+{
+    av_buf b;
+    av__buf_init(&b, 1 << 20);
+    assert_int_equal(av__config_dump(c, &b), AV_OK);
+    char *s = malloc(b.len + 1);
+    assert_non_null(s);
+    memcpy(s, av__buf_head(&b), b.len);
+    s[b.len] = '\0';
+    av__buf_free(&b);
+    return s;
+}
+
+/* A poisoning allocator: freed blocks are overwritten, so a copy that
+ * shares a string with its original shows garbage once the original is
+ * freed, with or without a sanitizer. */
+static void *poison_malloc(size_t n, void *ud)
+{
+    (void)ud;
+    size_t *p = malloc(n + sizeof(size_t) * 2);
+    if (!p)
+        return NULL;
+    p[0] = n;
+    return p + 2;
+}
+static void poison_free(void *ptr, void *ud)
+{
+    (void)ud;
+    if (!ptr)
+        return;
+    size_t *p = (size_t *)ptr - 2;
+    memset(ptr, 0xA5, p[0]);
+    free(p);
+}
+static void *poison_realloc(void *ptr, size_t n, void *ud)
+{
+    if (!ptr)
+        return poison_malloc(n, ud);
+    void *np = poison_malloc(n, ud);
+    if (!np)
+        return NULL;
+    size_t old = ((size_t *)ptr)[-2];
+    memcpy(np, ptr, old < n ? old : n);
+    poison_free(ptr, ud);
+    return np;
+}
+
+static void rt_secret_fn(void *ud, const char *name, av_secret_request *req)
+{
+    (void)ud;
+    (void)name;
+    (void)req;
+}
+
+/* rt_config builds the every-key config plus what only the API sets: a
+ * lent vault and secret callback, token-store tokens and an error text. */
+static av_config *rt_config(char *store, size_t store_len)
+{
+    av_config *c;
+    assert_int_equal(load(every_key_text, &c), AV_OK);
+    assert_int_equal(av_config_validate(c), AV_OK);
+    static int fake_vault, fake_ud;
+    assert_int_equal(av_config_set_vault(c, (struct av_vault *)(void *)&fake_vault), AV_OK);
+    assert_int_equal(av_config_set_secret_fn(c, rt_secret_fn, &fake_ud), AV_OK);
+    snprintf(store, store_len, "/tmp/av-test-config-rt-%ld", (long)getpid());
+    char tok[64], err[200];
+    unlink(store);
+    assert_int_equal(av_tokens_create(store, "stored", "a", 3600, tok, sizeof(tok), err, sizeof(err)), AV_OK);
+    assert_int_equal(av_config_load_tokens(c, store), AV_OK);
+    assert_int_equal(av_config_validate(c), AV_OK);
+    /* a failed load leaves the config as it was, with an error text */
+    const char *bad = "[proxy]\nbogus = 1\n";
+    assert_int_equal(av_config_load_string(c, bad, strlen(bad), "rt"), AV_ERR_CONFIG);
+    return c;
+}
+
+/* round_trip_text_sets_every_key: the every-key text names every key of
+ * the reader's tables (a new key must be added to it). */
+static void round_trip_text_sets_every_key(void **state)
+{
+    (void)state;
+    size_t total = 0;
+    for (size_t s = 0; s < sizeof(section_kinds) / sizeof(section_kinds[0]); s++) {
+        const char *key;
+        for (size_t i = 0; (key = av__config_key_name(section_kinds[s], i)); i++, total++)
+            if (!text_sets_key(every_key_text, section_kinds[s], key))
+                fail_msg("every_key_text does not set [%s] %s", section_kinds[s], key);
+    }
+    assert_true(total >= 38);
+    assert_null(av__config_key_name("proxy", 1000));
+    assert_null(av__config_key_name("nope", 0));
+}
+
+/* keys_documented: docs/CONFIG.md has a table row for every key of the
+ * reader's tables, in that section's chapter. */
+static void keys_documented(void **state)
+{
+    (void)state;
+    const char *dir = getenv("AV_TEST_SRCDIR");
+    assert_non_null(dir);
+    char path[512];
+    snprintf(path, sizeof(path), "%s/../docs/CONFIG.md", dir);
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    static char doc[1 << 20];
+    size_t n = fread(doc, 1, sizeof(doc) - 1, f);
+    fclose(f);
+    doc[n] = '\0';
+    for (size_t s = 0; s < sizeof(section_kinds) / sizeof(section_kinds[0]); s++) {
+        char head[48];
+        snprintf(head, sizeof(head), "\n## `[%s", section_kinds[s]);
+        const char *start = strstr(doc, head);
+        if (!start)
+            fail_msg("docs/CONFIG.md has no chapter %s", head + 1);
+        const char *end = strstr(start + 1, "\n## ");
+        const char *key;
+        for (size_t i = 0; (key = av__config_key_name(section_kinds[s], i)); i++) {
+            char row[96];
+            snprintf(row, sizeof(row), "\n| `%s` |", key);
+            const char *r = strstr(start, row);
+            if (!r || (end && r > end))
+                fail_msg("docs/CONFIG.md: [%s] %s has no row", section_kinds[s], key);
+        }
+    }
+}
+
+/* round_trip_sets_every_field: every member of every struct has a
+ * non-default value in some element of the every-key config, so a member
+ * the copy drops shows up in the comparison below. */
+static void round_trip_sets_every_field(void **state)
+{
+    (void)state;
+    char store[64];
+    av_config *c = rt_config(store, sizeof(store));
+    /* each [proxy] number lands in its own member */
+    assert_true(c->connect_timeout == 3.5 && c->idle_timeout == 61 && c->header_timeout == 7.25);
+    assert_true(c->ws_idle_timeout == 30 && c->secret_ttl == 45 && c->command_timeout == 4);
+    assert_int_equal(c->max_connections, 777);
+    char *d = dump_of(c);
+    /* fields named without indices: "services[1].port" -> "services[].port" */
+    char names[128][64];
+    int set[128];
+    size_t nn = 0;
+    for (char *line = d; *line;) {
+        char *nl = strchr(line, '\n');
+        assert_non_null(nl);
+        *nl = '\0';
+        char *eq = strchr(line, '=');
+        assert_non_null(eq);
+        char name[64];
+        size_t o = 0;
+        for (const char *q = line; q < eq && o + 1 < sizeof(name); q++) {
+            if (*q == '[') {
+                name[o++] = '[';
+                while (*q != ']')
+                    q++;
+            }
+            name[o++] = *q;
+        }
+        name[o] = '\0';
+        const char *v = eq + 1;
+        int nonzero = strcmp(v, "0") && strcmp(v, "<null>") && strcmp(v, "\"\"") && strspn(v, "0") != strlen(v);
+        size_t i = 0;
+        while (i < nn && strcmp(names[i], name))
+            i++;
+        if (i == nn) {
+            assert_true(nn < 128);
+            strcpy(names[nn], name);
+            set[nn++] = 0;
+        }
+        set[i] |= nonzero;
+        line = nl + 1;
+    }
+    for (size_t i = 0; i < nn; i++)
+        if (!set[i])
+            fail_msg("no element of the every-key config sets %s", names[i]);
+    assert_true(nn >= 70);
+    free(d);
+    av_config_free(c);
+    unlink(store);
+}
+
+/* round_trip_copy: the copy's dump equals the original's, also once the
+ * original is freed (with freed memory poisoned), and the copy of the copy
+ * too: no member is dropped or shared. */
+static void round_trip_copy(void **state)
+{
+    (void)state;
+    assert_int_equal(av_set_allocator(poison_malloc, poison_realloc, poison_free, NULL), AV_OK);
+    char store[64];
+    av_config *c = rt_config(store, sizeof(store));
+    char *a = dump_of(c);
+    av_config *d = av__config_copy(c);
+    assert_non_null(d);
+    char *b = dump_of(d);
+    assert_string_equal(a, b);
+    av_config_free(c);
+    char *b2 = dump_of(d);
+    assert_string_equal(a, b2);
+    av_config *e = av__config_copy(d);
+    av_config_free(d);
+    char *b3 = dump_of(e);
+    assert_string_equal(a, b3);
+    /* loading more text into a config copies it first: nothing is lost */
+    const char *more = "[service \"c\"]\nhost = c.example\nauth = bearer\nsecret = env:C\n";
+    assert_int_equal(av_config_load_string(e, more, strlen(more), "more"), AV_OK);
+    char *b4 = dump_of(e);
+    assert_true(strlen(b4) > strlen(a));
+    assert_memory_equal(b4, a, strstr(a, "nservices=") - a);
+    av_config_free(e);
+    free(a);
+    free(b);
+    free(b2);
+    free(b3);
+    free(b4);
+    assert_int_equal(av_set_allocator(NULL, NULL, NULL, NULL), AV_OK);
+    unlink(store);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -831,9 +1065,12 @@ int main(void)
         cmocka_unit_test(setters),
         cmocka_unit_test(validate_rules),
         cmocka_unit_test(copy_equals),
-        cmocka_unit_test(cidrs),
         cmocka_unit_test(gateways),
         cmocka_unit_test(add_section),
+        cmocka_unit_test(round_trip_text_sets_every_key),
+        cmocka_unit_test(round_trip_sets_every_field),
+        cmocka_unit_test(round_trip_copy),
+        cmocka_unit_test(keys_documented),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

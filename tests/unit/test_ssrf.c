@@ -88,12 +88,79 @@ static void allow_list(void **state)
     assert_string_equal(why, "cloud metadata");
 }
 
+/* cidrs: parsing and containment, including IPv4-mapped IPv6. */
+static void cidrs(void **state)
+{
+    (void)state;
+    av_cidr c4, c6, one;
+    struct sockaddr_in sin;
+    struct sockaddr_in6 sin6;
+    memset(&sin, 0, sizeof(sin));
+    memset(&sin6, 0, sizeof(sin6));
+    sin.sin_family = AF_INET;
+    sin6.sin6_family = AF_INET6;
+
+    assert_int_equal(av__parse_cidr("10.0.0.0/8", &c4), 0);
+    assert_int_equal(c4.family, AF_INET);
+    assert_int_equal(c4.prefix, 8);
+    assert_int_equal(av__parse_cidr("fd00::/8", &c6), 0);
+    assert_int_equal(c6.family, AF_INET6);
+    assert_int_equal(av__parse_cidr("192.168.1.7", &one), 0);
+    assert_int_equal(one.prefix, 32);
+
+    inet_pton(AF_INET, "10.1.2.3", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin), 1);
+    inet_pton(AF_INET, "11.0.0.1", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin), 0);
+    inet_pton(AF_INET6, "::ffff:10.9.9.9", &sin6.sin6_addr);
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 1);
+    inet_pton(AF_INET6, "::ffff:11.9.9.9", &sin6.sin6_addr);
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 0);
+    inet_pton(AF_INET6, "::10.9.9.9", &sin6.sin6_addr); /* not mapped */
+    assert_int_equal(av__cidr_contains(&c4, (struct sockaddr *)&sin6), 0);
+    inet_pton(AF_INET6, "fdab::1", &sin6.sin6_addr);
+    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin6), 1);
+    inet_pton(AF_INET6, "fe00::1", &sin6.sin6_addr);
+    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin6), 0);
+    inet_pton(AF_INET, "192.168.1.7", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&one, (struct sockaddr *)&sin), 1);
+    inet_pton(AF_INET, "192.168.1.6", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&one, (struct sockaddr *)&sin), 0);
+    assert_int_equal(av__cidr_contains(&c6, (struct sockaddr *)&sin), 0);
+
+    av_cidr m;
+    assert_int_equal(av__parse_cidr("::ffff:0:0/96", &m), 0);
+    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 1);
+    av_cidr all;
+    assert_int_equal(av__parse_cidr("0.0.0.0/0", &all), 0);
+    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 1);
+    assert_int_equal(av__parse_cidr("::/0", &all), 0);
+    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 0);
+    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin6), 1);
+    assert_int_equal(av__parse_cidr("::ffff:192.168.1.0/120", &all), 0);
+    assert_int_equal(av__cidr_contains(&all, (struct sockaddr *)&sin), 1);
+    assert_int_equal(av__parse_cidr("10.0.0.0/7", &m), 0);
+    assert_int_equal(av__parse_cidr("172.16.0.0/12", &m), 0);
+    inet_pton(AF_INET, "172.31.255.255", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 1);
+    inet_pton(AF_INET, "172.32.0.0", &sin.sin_addr);
+    assert_int_equal(av__cidr_contains(&m, (struct sockaddr *)&sin), 0);
+
+    static const char *bad[] = {"10.0.0.1/8", "10.0.0.0/33", "fd00::/129", "10.0.0.0/",
+                                "/8", "10.0.0/8", "010.0.0.0/8", "10.0.0.0/8x", "host/8",
+                                "10.0.0.0/-1", "[fd00::]/8", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        if (av__parse_cidr(bad[i], &m) != AV_ERR_INVALID)
+            fail_msg("cidr \"%s\" accepted", bad[i]);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(blocked_addresses),
         cmocka_unit_test(public_addresses),
         cmocka_unit_test(allow_list),
+        cmocka_unit_test(cidrs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
