@@ -1,6 +1,9 @@
-/* run_http.c - the proxy URL and a tiny blocking HTTP/1.1 client for
+/* run_http.c - the proxy URL and a small blocking HTTP/1.1 client for
  * `agentvault run`: GET /ca.pem and /agent-env with a deadline and bounded
- * buffers. The token is never printed.
+ * buffers. The URL goes through av_url (av__authority_parse) and the
+ * response through av_h1 (av__h1_parse_response, av__h1_body_feed): the
+ * same strict code the proxy uses, linked in from agentvault_util. The
+ * token is never printed.
  */
 #include <errno.h>
 #include <netdb.h>
@@ -14,7 +17,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <agentvault/agentvault.h>
+
+#include "av_buf.h"
+#include "av_h1.h"
+#include "av_url.h"
 #include "run_int.h"
+
+#define RUN_RECV_CHUNK 16384 /* bytes asked of one recv */
 
 /* Milliseconds on the monotonic clock. */
 static long long now_ms(void)
@@ -35,8 +45,9 @@ static void sanitize(char *out, size_t n, const char *s, size_t len)
 
 /* ---- the proxy URL ------------------------------------------------------ */
 
-/* Parses http://HOST:PORT[/] into p. On error returns -1 with *why set to
- * a description (which never contains the URL: it could hold a token). */
+/* Parses http://HOST:PORT[/] into p (see run_int.h). The authority is
+ * av__authority_parse's: an LDH host name, a canonical IPv4 address or a
+ * bracketed IPv6 address, and a port of 1-65535. */
 int run_proxy_parse(const char *url, run_proxy *p, const char **why)
 {
     memset(p, 0, sizeof(*p));
@@ -58,73 +69,27 @@ int run_proxy_parse(const char *url, run_proxy *p, const char **why)
         *why = "the proxy URL must not contain credentials: use --token or AGENTVAULT_TOKEN";
         return -1;
     }
-    const char *host, *colon;
-    size_t hlen;
-    if (alen > 0 && a[0] == '[') {
-        const char *close = memchr(a, ']', alen);
-        if (!close) {
-            *why = "the proxy URL has an unterminated [IPv6] address";
-            return -1;
-        }
-        host = a + 1;
-        hlen = (size_t)(close - host);
-        colon = close + 1;
-        for (size_t i = 0; i < hlen; i++)
-            if (!strchr("0123456789abcdefABCDEF:.", host[i])) {
-                *why = "the proxy URL has an invalid [IPv6] address";
-                return -1;
-            }
-        if (!memchr(host, ':', hlen)) {
-            *why = "the proxy URL has an invalid [IPv6] address";
-            return -1;
-        }
-        p->ipv6 = 1;
-    } else {
-        host = a;
-        colon = memchr(a, ':', alen);
-        hlen = colon ? (size_t)(colon - a) : alen;
-        for (size_t i = 0; i < hlen; i++) {
-            char c = host[i];
-            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                  c == '.' || c == '-' || c == '_')) {
-                *why = "the proxy URL has an invalid host name";
-                return -1;
-            }
-        }
+    av_authority au;
+    if (av__authority_parse(a, alen, 0, &au) < 0) {
+        /* Valid with a default port: the port is what is missing. */
+        *why = av__authority_parse(a, alen, 80, &au) == 0
+                   ? "the proxy URL must name a port: http://HOST:PORT"
+                   : "the proxy URL has an invalid host or port (http://HOST:PORT: a host name, "
+                     "an IPv4 address or an [IPv6] address, and a port of 1-65535)";
+        return -1;
     }
-    if (hlen == 0 || hlen > RUN_MAX_HOST) {
+    memcpy(p->host, au.host, sizeof(p->host));
+    p->ipv6 = au.is_ip == 6;
+    snprintf(p->port, sizeof(p->port), "%d", au.port);
+    if (av__authority_format(&au, 0, p->hostport, sizeof(p->hostport)) < 0) {
         *why = "the proxy URL has an empty or too long host";
         return -1;
     }
-    if (!colon || colon >= a + alen || *colon != ':') {
-        *why = "the proxy URL must name a port: http://HOST:PORT";
-        return -1;
-    }
-    const char *port = colon + 1;
-    size_t plen = (size_t)(a + alen - port);
-    unsigned long pv = 0;
-    for (size_t i = 0; i < plen; i++) {
-        if (port[i] < '0' || port[i] > '9') {
-            plen = 0;
-            break;
-        }
-        pv = pv * 10 + (unsigned long)(port[i] - '0');
-        if (pv > 65535)
-            break;
-    }
-    if (plen == 0 || pv == 0 || pv > 65535) {
-        *why = "the proxy URL has an invalid port (1-65535)";
-        return -1;
-    }
-    memcpy(p->host, host, hlen);
-    p->host[hlen] = '\0';
-    snprintf(p->port, sizeof(p->port), "%lu", pv);
-    snprintf(p->hostport, sizeof(p->hostport), p->ipv6 ? "[%s]:%s" : "%s:%s", p->host, p->port);
     snprintf(p->url, sizeof(p->url), "http://%s", p->hostport);
     return 0;
 }
 
-/* ---- a tiny blocking HTTP/1.1 client ----------------------------------- */
+/* ---- a small blocking HTTP/1.1 client ----------------------------------- */
 
 /* Waits for |events| on fd until the deadline; 1 ready, 0 timeout, -1 error. */
 static int wait_fd(int fd, short events, long long deadline)
@@ -211,19 +176,21 @@ static int send_all(int fd, const char *buf, size_t len, long long deadline, cha
     return 0;
 }
 
-/* Reads more bytes into b (bounded by b->limit). Returns bytes read, 0 at
- * EOF, -1 on error/timeout/overflow (reason in err). */
-static ssize_t recv_some(int fd, sbuf *b, long long deadline, char *err, size_t errlen)
+/* Reads more bytes into b. Returns bytes read, 0 at EOF, -1 on error or
+ * timeout (reason in err). The caller keeps room in b. */
+static ssize_t recv_some(int fd, av_buf *b, long long deadline, char *err, size_t errlen)
 {
-    char tmp[16384];
     for (;;) {
-        ssize_t n = recv(fd, tmp, sizeof(tmp), 0);
+        size_t room;
+        int e = 0;
+        uint8_t *tail = av__buf_tail(b, &room, &e);
+        if (!tail) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        ssize_t n = recv(fd, tail, room < RUN_RECV_CHUNK ? room : RUN_RECV_CHUNK, 0);
         if (n > 0) {
-            sb_putn(b, tmp, (size_t)n);
-            if (b->failed) {
-                snprintf(err, errlen, "response larger than %d bytes", RUN_MAX_HEAD + RUN_MAX_BODY);
-                return -1;
-            }
+            av__buf_commit(b, (size_t)n);
             return n;
         }
         if (n == 0)
@@ -242,78 +209,115 @@ static ssize_t recv_some(int fd, sbuf *b, long long deadline, char *err, size_t 
     }
 }
 
-/* Parses a response head (status line and fields, CRLF-separated, without
- * the blank line). Sets r->status/reason and *clen (-1 if absent).
- * Returns 0 or -1 (reason in err). */
-static int parse_head(const char *h, size_t hlen, http_resp *r, long long *clen, char *err, size_t errlen)
+/* Reads and parses the response head into r (status, reason) and *body
+ * (framing). Bytes after the head stay in |in|. Returns 0 or -1 (reason in
+ * err). */
+static int read_head(int fd, av_buf *in, long long deadline, http_resp *r, av_h1_body *body,
+                     char *err, size_t errlen)
 {
-    *clen = -1;
-    if (hlen < 12 || (memcmp(h, "HTTP/1.1 ", 9) != 0 && memcmp(h, "HTTP/1.0 ", 9) != 0) ||
-        h[9] < '1' || h[9] > '5' || h[10] < '0' || h[10] > '9' || h[11] < '0' || h[11] > '9' ||
-        (hlen > 12 && h[12] != ' ' && h[12] != '\r')) {
-        snprintf(err, errlen, "not an HTTP/1.x response");
-        return -1;
-    }
-    r->status = (h[9] - '0') * 100 + (h[10] - '0') * 10 + (h[11] - '0');
-    const char *eol = memchr(h, '\r', hlen);
-    size_t llen = eol ? (size_t)(eol - h) : hlen;
-    if (llen > 13)
-        sanitize(r->reason, sizeof(r->reason), h + 13, llen - 13);
-    const char *end = h + hlen;
-    const char *line = eol ? eol + 2 : end;
-    while (line < end) {
-        const char *le = line;
-        while (le < end && *le != '\r')
-            le++;
-        const char *c = memchr(line, ':', (size_t)(le - line));
-        if (!c) {
-            snprintf(err, errlen, "malformed response header line");
-            return -1;
-        }
-        size_t nlen = (size_t)(c - line);
-        const char *v = c + 1;
-        while (v < le && (*v == ' ' || *v == '\t'))
-            v++;
-        const char *ve = le;
-        while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
-            ve--;
-        if (nlen == 14 && strncasecmp(line, "content-length", 14) == 0) {
-            long long n = 0;
-            if (v == ve) {
-                snprintf(err, errlen, "empty Content-Length");
-                return -1;
-            }
-            for (const char *d = v; d < ve; d++) {
-                if (*d < '0' || *d > '9' || n > RUN_MAX_BODY) {
-                    snprintf(err, errlen, "invalid or too large Content-Length");
-                    return -1;
-                }
-                n = n * 10 + (*d - '0');
-            }
-            if (n > RUN_MAX_BODY) {
+    const av_h1_limits lim = {.max_head = RUN_MAX_HEAD, .max_fields = AV_H1_MAX_FIELDS_CAP};
+    av_h1_scan scan = {0};
+    av_h1_response resp;
+    for (;;) {
+        ssize_t h = av__h1_parse_response(av__buf_head(in), av__buf_len(in), &lim, &scan, 0, 0, &resp);
+        if (h > 0) {
+            r->status = resp.status;
+            sanitize(r->reason, sizeof(r->reason), resp.reason, resp.reason_len);
+            if (resp.body == AV_H1_BODY_LENGTH && resp.content_length > RUN_MAX_BODY) {
                 snprintf(err, errlen, "response body larger than %d bytes", RUN_MAX_BODY);
                 return -1;
             }
-            if (*clen >= 0 && *clen != n) {
-                snprintf(err, errlen, "conflicting Content-Length fields");
-                return -1;
-            }
-            *clen = n;
-        } else if (nlen == 17 && strncasecmp(line, "transfer-encoding", 17) == 0) {
-            snprintf(err, errlen, "Transfer-Encoding responses are not supported here");
+            av__h1_body_init(body, resp.body, resp.content_length);
+            av__buf_consume(in, (size_t)h);
+            return 0;
+        }
+        switch (h) {
+        case AV_H1_INCOMPLETE:
+            break;
+        case AV_H1_ERR_TOO_LARGE:
+            if (av__buf_len(in) > RUN_MAX_HEAD)
+                snprintf(err, errlen, "response head larger than %d bytes", RUN_MAX_HEAD);
+            else
+                snprintf(err, errlen, "response head with more than %d fields", AV_H1_MAX_FIELDS_CAP);
+            return -1;
+        case AV_H1_ERR_FRAMING:
+            snprintf(err, errlen, "invalid or conflicting Content-Length or Transfer-Encoding");
+            return -1;
+        default:
+            snprintf(err, errlen, "not an HTTP/1.x response (malformed status line or header field)");
             return -1;
         }
-        line = le + 2 <= end ? le + 2 : end;
+        ssize_t n = recv_some(fd, in, deadline, err, errlen);
+        if (n < 0)
+            return -1;
+        if (n == 0) {
+            snprintf(err, errlen, av__buf_len(in) ? "connection closed in the response head"
+                                                  : "connection closed without a response");
+            return -1;
+        }
     }
-    return 0;
 }
 
-/* GET path from the proxy (origin-form, Connection: close) with a deadline
- * of RUN_TIMEOUT_MS. |auth| is a Proxy-Authorization value or NULL. The
- * body is read only for 200 responses. Returns HTTP_OK, HTTP_E_CONNECT
- * (could not connect) or HTTP_E_PROTO, with a reason in err. */
+/* Reads the body framed by |body| into r->body (NUL-terminated), at most
+ * RUN_MAX_BODY bytes. Returns 0 or -1 (reason in err). */
+static int read_body(int fd, av_buf *in, long long deadline, av_h1_body *body, http_resp *r,
+                     char *err, size_t errlen)
+{
+    av_buf out;
+    av__buf_init(&out, RUN_MAX_BODY + 1);
+    int rc = -1;
+    for (;;) {
+        while (!body->done && av__buf_len(in) > 0) {
+            const uint8_t *data;
+            size_t dlen;
+            ssize_t used = av__h1_body_feed(body, av__buf_head(in), av__buf_len(in), &data, &dlen);
+            if (used < 0) {
+                snprintf(err, errlen, "malformed chunked response body");
+                goto out;
+            }
+            if (dlen > RUN_MAX_BODY - av__buf_len(&out)) {
+                snprintf(err, errlen, "response body larger than %d bytes", RUN_MAX_BODY);
+                goto out;
+            }
+            if (dlen && av__buf_append(&out, data, dlen) < 0) {
+                snprintf(err, errlen, "out of memory");
+                goto out;
+            }
+            av__buf_consume(in, (size_t)used);
+            if (used == 0)
+                break;
+        }
+        if (body->done || body->kind == AV_H1_BODY_NONE)
+            break;
+        ssize_t n = recv_some(fd, in, deadline, err, errlen);
+        if (n < 0)
+            goto out;
+        if (n == 0) {
+            if (body->kind != AV_H1_BODY_UNTIL_CLOSE) {
+                snprintf(err, errlen, "connection closed before the end of the body");
+                goto out;
+            }
+            break;
+        }
+    }
+    r->body_len = av__buf_len(&out);
+    r->body = malloc(r->body_len + 1);
+    if (!r->body) {
+        snprintf(err, errlen, "out of memory");
+        goto out;
+    }
+    if (r->body_len)
+        memcpy(r->body, av__buf_head(&out), r->body_len);
+    r->body[r->body_len] = '\0';
+    rc = 0;
+out:
+    av__buf_free(&out);
+    return rc;
+}
+
+/* GET path from the proxy (see run_int.h). */
 int run_http_get(const run_proxy *p, const char *path, const char *auth, http_resp *r, char *err,
-                    size_t errlen)
+                 size_t errlen)
 {
     memset(r, 0, sizeof(*r));
     long long deadline = now_ms() + RUN_TIMEOUT_MS;
@@ -321,89 +325,32 @@ int run_http_get(const run_proxy *p, const char *path, const char *auth, http_re
     if (fd < 0)
         return HTTP_E_CONNECT;
     int rc = HTTP_E_PROTO;
-    sbuf req = {.limit = 8192}, in = {.limit = RUN_MAX_HEAD + RUN_MAX_BODY};
-    sb_puts(&req, "GET ");
-    sb_puts(&req, path);
-    sb_puts(&req, " HTTP/1.1\r\nHost: ");
-    sb_puts(&req, p->hostport);
-    sb_puts(&req, "\r\nUser-Agent: agentvault-run\r\nAccept: */*\r\nConnection: close\r\n");
-    if (auth) {
-        sb_puts(&req, "Proxy-Authorization: ");
-        sb_puts(&req, auth);
-        sb_puts(&req, "\r\n");
-    }
-    sb_puts(&req, "\r\n");
-    if (req.failed) {
+    av_buf req, in;
+    av__buf_init(&req, 8192);
+    av__buf_init(&in, RUN_MAX_HEAD + RUN_RECV_CHUNK);
+    /* Appended piece by piece: av__buf_appendf would leave a copy of the
+     * token in its stack buffer. */
+    const char *parts[] = {"GET ", path, " HTTP/1.1\r\nHost: ", p->hostport,
+                           "\r\nUser-Agent: agentvault-run\r\nAccept: */*\r\nConnection: close\r\n",
+                           auth ? "Proxy-Authorization: " : "", auth ? auth : "", auth ? "\r\n" : "",
+                           "\r\n"};
+    int e = 0;
+    for (size_t i = 0; i < NELEM(parts) && e == 0; i++)
+        e = av__buf_append_str(&req, parts[i]);
+    if (e < 0) {
         snprintf(err, errlen, "request too large");
         goto out;
     }
-    if (send_all(fd, req.p, req.len, deadline, err, errlen) < 0)
+    if (send_all(fd, (const char *)av__buf_head(&req), av__buf_len(&req), deadline, err, errlen) < 0)
         goto out;
-    /* The head. */
-    size_t head_len = 0;
-    for (;;) {
-        char *e = in.len ? memmem(in.p, in.len, "\r\n\r\n", 4) : NULL;
-        if (e) {
-            head_len = (size_t)(e - in.p);
-            break;
-        }
-        if (in.len > RUN_MAX_HEAD) {
-            snprintf(err, errlen, "response head larger than %d bytes", RUN_MAX_HEAD);
-            goto out;
-        }
-        ssize_t n = recv_some(fd, &in, deadline, err, errlen);
-        if (n < 0)
-            goto out;
-        if (n == 0) {
-            snprintf(err, errlen, in.len ? "connection closed in the response head"
-                                         : "connection closed without a response");
-            goto out;
-        }
-    }
-    long long clen;
-    if (parse_head(in.p, head_len, r, &clen, err, errlen) < 0)
+    av_h1_body body;
+    if (read_head(fd, &in, deadline, r, &body, err, errlen) < 0)
         goto out;
-    if (r->status != 200) {
+    if (r->status != 200 || read_body(fd, &in, deadline, &body, r, err, errlen) == 0)
         rc = HTTP_OK;
-        goto out;
-    }
-    /* The body: Content-Length bytes, or up to EOF. */
-    size_t body_off = head_len + 4;
-    for (;;) {
-        size_t have = in.len - body_off;
-        if (clen >= 0 && have >= (size_t)clen)
-            break;
-        if (have > RUN_MAX_BODY) {
-            snprintf(err, errlen, "response body larger than %d bytes", RUN_MAX_BODY);
-            goto out;
-        }
-        ssize_t n = recv_some(fd, &in, deadline, err, errlen);
-        if (n < 0)
-            goto out;
-        if (n == 0) {
-            if (clen >= 0) {
-                snprintf(err, errlen, "connection closed before the end of the body");
-                goto out;
-            }
-            break;
-        }
-    }
-    r->body_len = clen >= 0 ? (size_t)clen : in.len - body_off;
-    if (r->body_len > RUN_MAX_BODY) {
-        snprintf(err, errlen, "response body larger than %d bytes", RUN_MAX_BODY);
-        goto out;
-    }
-    r->body = malloc(r->body_len + 1);
-    if (!r->body) {
-        snprintf(err, errlen, "out of memory");
-        goto out;
-    }
-    memcpy(r->body, in.p + body_off, r->body_len);
-    r->body[r->body_len] = '\0';
-    rc = HTTP_OK;
 out:
     close(fd);
-    sb_free(&req);
-    sb_free(&in);
+    av__buf_free_wipe(&req);
+    av__buf_free_wipe(&in);
     return rc;
 }
