@@ -25,6 +25,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <agentvault/agentvault.h>
+
+#include "av_buf.h"
+#include "av_enc.h"
 #include "run.h"
 #include "run_int.h"
 
@@ -84,81 +88,44 @@ static int usage_error(const char *fmt, ...)
     return RUN_EXIT_USAGE;
 }
 
-/* Appends n bytes to b; marks b failed on overflow or allocation failure. */
-void sb_putn(sbuf *b, const char *s, size_t n)
+/* Appends s[0..n) to b unless an earlier append failed (*err set). */
+static void put(av_buf *b, const void *s, size_t n, int *err)
 {
-    if (b->failed)
-        return;
-    if (n > b->limit - b->len) {
-        b->failed = 1;
-        return;
-    }
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1)
-            cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) {
-            b->failed = 1;
-            return;
-        }
-        b->p = p;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
+    if (*err == 0)
+        *err = av__buf_append(b, s, n);
 }
 
-/* Appends a C string to b. */
-void sb_puts(sbuf *b, const char *s)
+/* Appends the C string s to b. */
+static void put_str(av_buf *b, const char *s, int *err)
 {
-    sb_putn(b, s, strlen(s));
+    put(b, s, strlen(s), err);
 }
 
-/* Frees b's storage, wiping it first (it may hold the token). */
-void sb_free(sbuf *b)
+/* Appends the standard base64 of s[0..n) to b, encoded in place (no copy
+ * of a credential elsewhere). */
+static void put_base64(av_buf *b, const void *s, size_t n, int *err)
 {
-    if (b->p)
-        explicit_bzero(b->p, b->cap);
-    free(b->p);
-    memset(b, 0, sizeof(*b));
+    char *dst = *err ? NULL : (char *)av__buf_reserve(b, av__b64_encoded_len(n, 0), err);
+    if (dst)
+        av__buf_commit(b, av__b64_encode(s, n, 0, dst));
 }
 
-
-/* Appends the standard base64 encoding of s[0..n) to b. */
-static void sb_base64(sbuf *b, const unsigned char *s, size_t n)
+/* Appends s percent-encoding everything but RFC 3986 unreserved characters
+ * (for the password part of a URL's userinfo), encoded in place. */
+static void put_pct(av_buf *b, const char *s, int *err)
 {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    for (size_t i = 0; i < n; i += 3) {
-        unsigned v = (unsigned)s[i] << 16;
-        if (i + 1 < n)
-            v |= (unsigned)s[i + 1] << 8;
-        if (i + 2 < n)
-            v |= s[i + 2];
-        char q[4] = {tab[(v >> 18) & 63], tab[(v >> 12) & 63],
-                     i + 1 < n ? tab[(v >> 6) & 63] : '=', i + 2 < n ? tab[v & 63] : '='};
-        sb_putn(b, q, 4);
-    }
+    size_t n = strlen(s);
+    char *dst = *err ? NULL : (char *)av__buf_reserve(b, 3 * n, err);
+    if (dst)
+        av__buf_commit(b, av__pct_encode(s, n, AV__PCT_UNRESERVED, AV__HEX_UPPER, dst));
 }
 
-/* Appends s to b percent-encoding everything but RFC 3986 unreserved
- * characters (for the password part of a URL's userinfo). */
-static void sb_pct(sbuf *b, const char *s)
+/* NUL-terminates b and returns its text, or NULL if an append failed. */
+static const char *text_of(av_buf *b, int *err)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '~') {
-            sb_putn(b, (const char *)&c, 1);
-        } else {
-            char e[3] = {'%', hex[c >> 4], hex[c & 15]};
-            sb_putn(b, e, 3);
-        }
-    }
+    put(b, "", 1, err);
+    return *err ? NULL : (const char *)av__buf_head(b);
 }
-
 
 /* ---- what the proxy gives us -------------------------------------------- */
 
@@ -260,9 +227,9 @@ static int apply_agent_env(char *body, size_t len)
 /* ---- NO_PROXY ------------------------------------------------------------ */
 
 /* 1 if the comma-separated list in b already holds s[0..n) (ignoring case). */
-static int list_has(const sbuf *b, const char *s, size_t n)
+static int list_has(const av_buf *b, const char *s, size_t n)
 {
-    const char *p = b->p, *end = b->p + b->len;
+    const char *p = (const char *)av__buf_head(b), *end = p + av__buf_len(b);
     while (p && p < end) {
         const char *c = memchr(p, ',', (size_t)(end - p));
         size_t len = c ? (size_t)(c - p) : (size_t)(end - p);
@@ -275,7 +242,7 @@ static int list_has(const sbuf *b, const char *s, size_t n)
 
 /* Adds each entry of the comma-separated list s (trimmed; empty entries
  * skipped) to b unless already there. */
-static void list_add(sbuf *b, const char *s)
+static void list_add(av_buf *b, const char *s, int *err)
 {
     while (s && *s) {
         size_t n = strcspn(s, ",");
@@ -285,9 +252,9 @@ static void list_add(sbuf *b, const char *s)
         while (ee > e && (ee[-1] == ' ' || ee[-1] == '\t'))
             ee--;
         if (ee > e && !list_has(b, e, (size_t)(ee - e))) {
-            if (b->len)
-                sb_putn(b, ",", 1);
-            sb_putn(b, e, (size_t)(ee - e));
+            if (av__buf_len(b))
+                put(b, ",", 1, err);
+            put(b, e, (size_t)(ee - e), err);
         }
         s += n;
         if (*s == ',')
@@ -438,25 +405,28 @@ static int take_opt(int argc, char **argv, int *i, const char *name, const char 
 static int set_run_env(const run_proxy *px, const char *token, const char *no_proxy_add,
                        const char *bundle, const char *root)
 {
-    int rc = 0;
-    sbuf url = {.limit = 4 * RUN_MAX_TOKEN + 512};
-    sb_puts(&url, "http://");
+    int rc = 0, url_err = 0, np_err = 0;
+    av_buf url, np;
+    av__buf_init(&url, 4 * RUN_MAX_TOKEN + 512 + 1);
+    av__buf_init(&np, RUN_MAX_NO_PROXY + 1);
+    put_str(&url, "http://", &url_err);
     if (token) {
-        sb_puts(&url, "agent:");
-        sb_pct(&url, token);
-        sb_puts(&url, "@");
+        put_str(&url, "agent:", &url_err);
+        put_pct(&url, token, &url_err);
+        put_str(&url, "@", &url_err);
     }
-    sb_puts(&url, px->hostport);
-    sbuf np = {.limit = RUN_MAX_NO_PROXY};
+    put_str(&url, px->hostport, &url_err);
+    const char *url_text = text_of(&url, &url_err);
     char *user_np = getenv("NO_PROXY") ? strdup(getenv("NO_PROXY")) : NULL;
     char *user_np_lc = getenv("no_proxy") ? strdup(getenv("no_proxy")) : NULL;
-    list_add(&np, user_np);
-    list_add(&np, user_np_lc);
-    list_add(&np, "localhost,127.0.0.1,::1");
-    list_add(&np, px->host);
-    list_add(&np, no_proxy_add);
-    if (url.failed || np.failed) {
-        if (np.failed)
+    list_add(&np, user_np, &np_err);
+    list_add(&np, user_np_lc, &np_err);
+    list_add(&np, "localhost,127.0.0.1,::1", &np_err);
+    list_add(&np, px->host, &np_err);
+    list_add(&np, no_proxy_add, &np_err);
+    const char *np_text = text_of(&np, &np_err);
+    if (url_err || np_err) {
+        if (np_err)
             run_msg("NO_PROXY would exceed %d bytes", RUN_MAX_NO_PROXY);
         else
             run_msg("the proxy URL is too long");
@@ -464,11 +434,11 @@ static int set_run_env(const run_proxy *px, const char *token, const char *no_pr
         goto out;
     }
     for (size_t i = 0; i < NELEM(proxy_vars) && rc == 0; i++)
-        rc = setenv(proxy_vars[i], url.p, 1);
+        rc = setenv(proxy_vars[i], url_text, 1);
     if (rc == 0)
-        rc = setenv("NO_PROXY", np.len ? np.p : "", 1);
+        rc = setenv("NO_PROXY", np_text, 1);
     if (rc == 0)
-        rc = setenv("no_proxy", np.len ? np.p : "", 1);
+        rc = setenv("no_proxy", np_text, 1);
     for (size_t i = 0; i < NELEM(bundle_vars) && rc == 0; i++)
         rc = setenv(bundle_vars[i], bundle, 1);
     for (size_t i = 0; i < NELEM(root_vars) && rc == 0; i++)
@@ -482,8 +452,8 @@ static int set_run_env(const run_proxy *px, const char *token, const char *no_pr
 out:
     free(user_np);
     free(user_np_lc);
-    sb_free(&url);
-    sb_free(&np);
+    av__buf_free_wipe(&url);
+    av__buf_free(&np);
     return rc;
 }
 
@@ -554,14 +524,24 @@ int cmd_run(int argc, char **argv)
                 return usage_error("--no-proxy takes a comma-separated list of hosts without spaces");
     }
 
-    sbuf auth = {.limit = 8 * RUN_MAX_TOKEN};
+    av_buf auth;
+    const char *auth_text = NULL;
+    av__buf_init(&auth, 8 * RUN_MAX_TOKEN + 1);
     if (token) {
-        sbuf cred = {.limit = RUN_MAX_TOKEN + 16};
-        sb_puts(&cred, "agent:");
-        sb_puts(&cred, token);
-        sb_puts(&auth, "Basic ");
-        sb_base64(&auth, (const unsigned char *)cred.p, cred.len);
-        sb_free(&cred);
+        av_buf cred;
+        int e = 0;
+        av__buf_init(&cred, RUN_MAX_TOKEN + 16);
+        put_str(&cred, "agent:", &e);
+        put_str(&cred, token, &e);
+        put_str(&auth, "Basic ", &e);
+        put_base64(&auth, av__buf_head(&cred), av__buf_len(&cred), &e);
+        auth_text = text_of(&auth, &e);
+        av__buf_free_wipe(&cred);
+        if (!auth_text) {
+            run_msg("out of memory");
+            av__buf_free_wipe(&auth);
+            return RUN_EXIT_FAIL;
+        }
     }
 
     int status = RUN_EXIT_FAIL;
@@ -573,7 +553,7 @@ int cmd_run(int argc, char **argv)
     struct sigaction old_chld;
 
     /* The root certificate. */
-    int hr = run_http_get(&px, "/ca.pem", token ? auth.p : NULL, &ca, err, sizeof(err));
+    int hr = run_http_get(&px, "/ca.pem", auth_text, &ca, err, sizeof(err));
     if (hr == HTTP_E_CONNECT) {
         run_msg("cannot reach the proxy at %s: %s; start one with: agentvault serve%s", px.hostport, err,
             is_default ? " (this is the default proxy: no --proxy or AGENTVAULT_PROXY was given)" : "");
@@ -590,7 +570,7 @@ int cmd_run(int argc, char **argv)
     }
 
     /* The placeholders. */
-    hr = run_http_get(&px, "/agent-env", token ? auth.p : NULL, &env, err, sizeof(err));
+    hr = run_http_get(&px, "/agent-env", auth_text, &env, err, sizeof(err));
     if (hr == HTTP_E_CONNECT) {
         run_msg("cannot reach the proxy at %s: %s; start one with: agentvault serve", px.hostport, err);
         goto out;
@@ -627,11 +607,11 @@ int cmd_run(int argc, char **argv)
         run_msg("cannot set the environment: %s", strerror(errno));
         goto out;
     }
-    sb_free(&auth);
+    av__buf_free_wipe(&auth);
 
     status = run_child(argv + cmd_at, &oldmask, &old_chld);
 out:
-    sb_free(&auth);
+    av__buf_free_wipe(&auth);
     free(ca.body);
     free(env.body);
     run_dir_remove(dir);

@@ -20,6 +20,7 @@
 #include <agentvault/agentvault.h>
 
 #include "av_buf.h"
+#include "av_enc.h"
 #include "av_h1.h"
 #include "av_url.h"
 #include "run_int.h"
@@ -32,15 +33,6 @@ static long long now_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* Copies s into out (size n) keeping only printable ASCII: safe to print. */
-static void sanitize(char *out, size_t n, const char *s, size_t len)
-{
-    size_t j = 0;
-    for (size_t i = 0; i < len && j + 1 < n; i++)
-        out[j++] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-    out[j] = '\0';
 }
 
 /* ---- the proxy URL ------------------------------------------------------ */
@@ -222,7 +214,7 @@ static int read_head(int fd, av_buf *in, long long deadline, http_resp *r, av_h1
         ssize_t h = av__h1_parse_response(av__buf_head(in), av__buf_len(in), &lim, &scan, 0, 0, &resp);
         if (h > 0) {
             r->status = resp.status;
-            sanitize(r->reason, sizeof(r->reason), resp.reason, resp.reason_len);
+            av__sanitize_line(r->reason, sizeof(r->reason), resp.reason, resp.reason_len, 0);
             if (resp.body == AV_H1_BODY_LENGTH && resp.content_length > RUN_MAX_BODY) {
                 snprintf(err, errlen, "response body larger than %d bytes", RUN_MAX_BODY);
                 return -1;

@@ -36,13 +36,6 @@ typedef struct {
     char url[RUN_MAX_HOST + 20];      /* http://HOST:PORT, no credentials */
 } run_proxy;
 
-/* A growable string with a hard size limit; |failed| sticks on overflow. */
-typedef struct {
-    char *p;
-    size_t len, cap, limit;
-    int failed;
-} sbuf;
-
 /* A response of the tiny HTTP client. */
 typedef struct {
     int status;
@@ -55,11 +48,6 @@ typedef struct {
 
 /* run_msg prints "agentvault: <msg>" and a newline on stderr. */
 void run_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* sbuf helpers (run.c). */
-void sb_putn(sbuf *b, const char *s, size_t n);
-void sb_puts(sbuf *b, const char *s);
-void sb_free(sbuf *b);
 
 /* run_proxy_parse parses http://HOST:PORT[/] into p. On error returns -1
  * with *why set to a description (which never contains the URL: it could
