@@ -318,6 +318,18 @@ def test_inherited_proxy_and_ca_variables_are_replaced(daemon, tmp_path):
         assert child[k] == proxy_url(d), k
 
 
+def test_proxy_host_is_normalized(fake_proxy, tmp_path):
+    """An upper-case host name is lower-cased (as av_url does for every
+    destination) in what the child gets."""
+    fp = fake_proxy()
+    url = f"http://LOCALHOST:{fp.port}/"
+    p, child, _ = dump_run(["--proxy", url], run_env(tmp_path), tmp_path / "out")
+    assert child["AGENTVAULT_PROXY"] == f"http://localhost:{fp.port}"
+    assert child["HTTPS_PROXY"] == f"http://localhost:{fp.port}"
+    assert "localhost" in child["NO_PROXY"].split(",")
+    assert fp.header("/ca.pem", "Host") == [f"localhost:{fp.port}"]
+
+
 def test_proxy_from_environment(daemon, tmp_path):
     d = daemon()
     env = run_env(tmp_path, AGENTVAULT_PROXY=proxy_url(d) + "/")
@@ -590,6 +602,13 @@ def test_default_proxy_unreachable(tmp_path):
     ["--proxy", "http://127.0.0.1:99999", "--", "true"],
     ["--proxy", "http://127.0.0.1:14322/path", "--", "true"],
     ["--proxy", "http://agent:secret@127.0.0.1:14322", "--", "true"],
+    # The host is av_url's: LDH names, canonical IPv4, bracketed IPv6.
+    ["--proxy", "http://127.1:14322", "--", "true"],
+    ["--proxy", "http://vault_1:14322", "--", "true"],
+    ["--proxy", "http://a..b:14322", "--", "true"],
+    ["--proxy", "http://[::1:14322", "--", "true"],
+    ["--proxy", "http://[127.0.0.1]:14322", "--", "true"],
+    ["--proxy", "http://:14322", "--", "true"],
     ["true"],
     ["--"],
     [],
