@@ -643,6 +643,18 @@ def test_not_a_proxy(plain_upstream, tmp_path):
     assert not leftovers(env)
 
 
+def assert_ca_fetch_fails(fp, tmp_path, reason):
+    """run stops before the command with one line naming |reason| and
+    leaves no private directory behind."""
+    env = run_env(tmp_path)
+    p = av_run(["--proxy", fp.url, "--", "true"], env)
+    assert p.returncode == 1, describe(p)
+    err = p.stderr.decode()
+    assert err.startswith(f"agentvault: CA fetch from {fp.url}/ca.pem failed: "), err
+    assert reason in err and err.count("\n") == 1, err
+    assert not leftovers(env)
+
+
 @pytest.mark.parametrize("ca,reason", [
     ((200, b"hello, not a certificate\n"), "the response is not a PEM certificate"),
     ((500, b"oops\n"), "the proxy answered 500 Whatever"),
@@ -651,14 +663,7 @@ def test_not_a_proxy(plain_upstream, tmp_path):
     (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", "closed before the end of the body"),
 ])
 def test_bad_ca_answers(fake_proxy, tmp_path, ca, reason):
-    fp = fake_proxy(ca=ca)
-    env = run_env(tmp_path)
-    p = av_run(["--proxy", fp.url, "--", "true"], env)
-    assert p.returncode == 1, describe(p)
-    err = p.stderr.decode()
-    assert err.startswith(f"agentvault: CA fetch from {fp.url}/ca.pem failed: "), err
-    assert reason in err and err.count("\n") == 1, err
-    assert not leftovers(env)
+    assert_ca_fetch_fails(fake_proxy(ca=ca), tmp_path, reason)
 
 
 def ca_response(pem, head=b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"):
@@ -712,14 +717,7 @@ def test_body_until_close_and_chunked(fake_proxy, test_ca, tmp_path):
 def test_bad_response_heads(fake_proxy, tmp_path, raw, reason):
     """A bad or oversized head for /ca.pem stops run with one line naming
     the problem; for /agent-env run warns and starts without placeholders."""
-    fp = fake_proxy(ca=raw)
-    env = run_env(tmp_path)
-    p = av_run(["--proxy", fp.url, "--", "true"], env)
-    assert p.returncode == 1, describe(p)
-    err = p.stderr.decode()
-    assert err.startswith(f"agentvault: CA fetch from {fp.url}/ca.pem failed: "), err
-    assert reason in err and err.count("\n") == 1, err
-    assert not leftovers(env)
+    assert_ca_fetch_fails(fake_proxy(ca=raw), tmp_path, reason)
     fp = fake_proxy(agent_env=raw)
     p, child, _ = dump_run(["--proxy", fp.url], run_env(tmp_path), tmp_path / "out")
     err = p.stderr.decode()
