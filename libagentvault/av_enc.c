@@ -1,8 +1,12 @@
 /* av_enc.c - base64, percent-encoding, JSON escaping, hex, line
- * sanitizing and decimal (see av_enc.h). */
+ * sanitizing, decimal and substitution (see av_enc.h). */
 #include "av_enc.h"
 
+#include <string.h>
+
 #include <agentvault/agentvault.h>
+
+#include "av_mem.h"
 
 static const char HEX_DIGITS[2][17] = {"0123456789abcdef", "0123456789ABCDEF"};
 
@@ -38,6 +42,23 @@ size_t av__hex_encode(const void *in, size_t n, int hex_case, char *out)
         out[2 * i + 1] = hex[s[i] & 15];
     }
     return 2 * n;
+}
+
+int av__hex_decode(const char *in, size_t len, uint8_t *out, size_t cap, size_t *out_len)
+{
+    *out_len = 0;
+    if (len % 2)
+        return AV_ERR_INVALID;
+    if (len / 2 > cap)
+        return AV_ERR_LIMIT;
+    for (size_t i = 0; i < len; i += 2) {
+        int hi = av__hex_value((unsigned char)in[i]), lo = av__hex_value((unsigned char)in[i + 1]);
+        if (hi < 0 || lo < 0)
+            return AV_ERR_INVALID;
+        out[i / 2] = (uint8_t)(hi << 4 | lo);
+    }
+    *out_len = len / 2;
+    return 0;
 }
 
 /* ---- base64 -------------------------------------------------------------- */
@@ -367,4 +388,53 @@ size_t av__u64_dec(char *out, uint64_t v)
         out[i] = t[--k];
     out[n] = '\0';
     return n;
+}
+
+/* ---- substitution -------------------------------------------------------- */
+
+/* av__subst_replace counts the non-overlapping occurrences (left to right)
+ * first, so the result is built in one allocation and one pass. An empty
+ * needle is AV_ERR_INVALID. */
+int av__subst_replace(const uint8_t *in, size_t len, const uint8_t *needle, size_t needle_len,
+                      const uint8_t *repl, size_t repl_len, size_t max_out, uint8_t **out,
+                      size_t *out_len)
+{
+    if (!out || !out_len || !needle || needle_len == 0 || (!in && len) || (!repl && repl_len))
+        return AV_ERR_INVALID;
+    *out = NULL;
+    *out_len = 0;
+    size_t count = 0;
+    for (size_t pos = 0; pos + needle_len <= len;) {
+        const uint8_t *hit = memmem(in + pos, len - pos, needle, needle_len);
+        if (!hit)
+            break;
+        count++;
+        pos = (size_t)(hit - in) + needle_len;
+    }
+    if (count == 0)
+        return 0;
+    size_t keep = len - count * needle_len;
+    if (repl_len && count > (SIZE_MAX - keep) / repl_len)
+        return AV_ERR_LIMIT;
+    size_t total = keep + count * repl_len;
+    if (total > max_out)
+        return AV_ERR_LIMIT;
+    uint8_t *res = av__malloc(total);
+    if (!res)
+        return AV_ERR_NOMEM;
+    size_t pos = 0, w = 0;
+    for (size_t k = 0; k < count; k++) {
+        const uint8_t *hit = memmem(in + pos, len - pos, needle, needle_len);
+        size_t at = (size_t)(hit - in);
+        memcpy(res + w, in + pos, at - pos);
+        w += at - pos;
+        if (repl_len)
+            memcpy(res + w, repl, repl_len);
+        w += repl_len;
+        pos = at + needle_len;
+    }
+    memcpy(res + w, in + pos, len - pos);
+    *out = res;
+    *out_len = total;
+    return 1;
 }

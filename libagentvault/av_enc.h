@@ -2,11 +2,13 @@
  * alphabets), percent-encoding, JSON string escaping, hex, line
  * sanitizing and decimal.
  *
- * Pure functions over caller buffers: no allocation, no state, no I/O, so
- * they run on the hot path and in the daemon alike. Each function says how
- * much room |out| needs; none writes a terminating NUL unless it says so.
- * Encoders that may be handed a secret leave nothing of it behind (they
- * keep no copies); wiping the output is the caller's job.
+ * Also av__subst_replace, the placeholder substitution in a byte string.
+ *
+ * Pure functions over caller buffers: no allocation (but the result of
+ * av__subst_replace), no state, no I/O, so they run on the hot path and in
+ * the daemon alike. Each function says how much room |out| needs; none
+ * writes a terminating NUL unless it says so. Encoders that may be handed
+ * a secret keep no copies of it; wiping the output is the caller's job.
  */
 #ifndef AV_ENC_H
 #define AV_ENC_H
@@ -27,6 +29,12 @@ int av__hex_value(unsigned char c);
 /* av__hex_encode writes two digits per byte of |in| (2 * |n| bytes) and
  * returns 2 * |n|. */
 size_t av__hex_encode(const void *in, size_t n, int hex_case, char *out);
+
+/* av__hex_decode decodes |len| hex digits (either case; |len| even) into
+ * |out| and stores the byte count (|len| / 2) in *out_len. Returns 0,
+ * AV_ERR_INVALID (odd length or not a hex digit) or AV_ERR_LIMIT (more
+ * than |cap| bytes). */
+int av__hex_decode(const char *in, size_t len, uint8_t *out, size_t cap, size_t *out_len);
 
 /* ---- base64 (RFC 4648) ----------------------------------------------------- */
 
@@ -119,5 +127,15 @@ size_t av__sanitize_line(char *out, size_t cap, const char *in, size_t len, unsi
 /* av__u64_dec writes |v| in decimal and a NUL into |out| (21 bytes
  * suffice) and returns the number of digits. */
 size_t av__u64_dec(char *out, uint64_t v);
+
+/* ---- substitution --------------------------------------------------------- */
+
+/* av__subst_replace replaces every occurrence of |needle| in |in| with
+ * |repl|. Returns 1 and a new av__malloc'd buffer in *out (caller frees,
+ * wiping) when something was replaced, 0 when |in| has no occurrence, or
+ * AV_ERR_NOMEM / AV_ERR_LIMIT (result over |max_out|). */
+int av__subst_replace(const uint8_t *in, size_t len, const uint8_t *needle, size_t needle_len,
+                      const uint8_t *repl, size_t repl_len, size_t max_out, uint8_t **out,
+                      size_t *out_len);
 
 #endif

@@ -1,7 +1,7 @@
 /* test_enc.c - the encoders: base64 (RFC 4648 vectors, both alphabets,
  * padding rules, rejection), percent-encoding of every byte in every set,
  * JSON escaping in each mode the library uses, hex, line sanitizing and
- * decimal. Expected outputs are written out by hand or made by independent
+ * decimal; substitution. Expected outputs are written out by hand or made by independent
  * code here (snprintf, explicit character lists). */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,6 +16,7 @@
 #include <agentvault/agentvault.h>
 
 #include "av_enc.h"
+#include "av_mem.h"
 
 /* ---- base64 -------------------------------------------------------------- */
 
@@ -339,6 +340,18 @@ static void hex_both_cases(void **state)
     assert_int_equal(av__hex_encode(b, 4, AV__HEX_UPPER, out), 8);
     assert_memory_equal(out, "009AFF0C", 8);
     assert_int_equal(av__hex_encode(b, 0, AV__HEX_UPPER, out), 0);
+    uint8_t d[8];
+    size_t n = 9;
+    assert_int_equal(av__hex_decode("009aFF0c", 8, d, sizeof(d), &n), 0);
+    assert_int_equal(n, 4);
+    assert_memory_equal(d, b, 4);
+    assert_int_equal(av__hex_decode("", 0, d, sizeof(d), &n), 0);
+    assert_int_equal(n, 0);
+    assert_int_equal(av__hex_decode("abc", 3, d, sizeof(d), &n), AV_ERR_INVALID);
+    assert_int_equal(av__hex_decode("0g", 2, d, sizeof(d), &n), AV_ERR_INVALID);
+    assert_int_equal(av__hex_decode("0 ", 2, d, sizeof(d), &n), AV_ERR_INVALID);
+    assert_int_equal(av__hex_decode("0\0", 2, d, sizeof(d), &n), AV_ERR_INVALID);
+    assert_int_equal(av__hex_decode("0011", 4, d, 1, &n), AV_ERR_LIMIT);
     for (int c = 0; c < 256; c++) {
         int want = -1;
         const char *lo = "0123456789abcdef", *up = "0123456789ABCDEF";
@@ -397,6 +410,79 @@ static void decimal(void **state)
     }
 }
 
+/* ---- substitution -------------------------------------------------------- */
+
+/* subst runs av__subst_replace on C strings and checks the outcome. */
+static void subst(const char *in, const char *needle, const char *repl, size_t max_out,
+                  int want_rc, const char *want)
+{
+    uint8_t *out = (uint8_t *)"untouched";
+    size_t out_len = 99;
+    int rc = av__subst_replace((const uint8_t *)in, strlen(in), (const uint8_t *)needle,
+                               strlen(needle), (const uint8_t *)repl, strlen(repl), max_out,
+                               &out, &out_len);
+    assert_int_equal(rc, want_rc);
+    if (rc == 1) {
+        assert_int_equal(out_len, strlen(want));
+        assert_memory_equal(out, want, out_len);
+        av__wipe(out, out_len);
+        av__free(out);
+    } else {
+        assert_null(out);
+        assert_int_equal(out_len, 0);
+    }
+}
+
+static void subst_replace(void **state)
+{
+    (void)state;
+    subst("nothing here", "KEY", "secret", 100, 0, NULL);
+    subst("", "KEY", "secret", 100, 0, NULL);
+    subst("KE", "KEY", "secret", 100, 0, NULL);
+    subst("a KEY b", "KEY", "secret", 100, 1, "a secret b");
+    subst("KEY", "KEY", "secret", 100, 1, "secret");
+    subst("KEYmidKEY", "KEY", "s", 100, 1, "smids");
+    subst("KEYKEYKEY", "KEY", "<>", 100, 1, "<><><>");
+    subst("aaaa", "aa", "b", 100, 1, "bb");
+    subst("aaa", "aa", "b", 100, 1, "ba");
+    subst("abababa", "aba", "X", 100, 1, "XbX");
+    subst("xKEY", "KEY", "", 100, 1, "x");
+    subst("KEY", "KEY", "", 100, 1, "");
+    subst("K KEY", "KEY", "KEYKEY", 100, 1, "K KEYKEY"); /* no re-scan of output */
+    /* max_out */
+    subst("a KEY b", "KEY", "secret", 10, 1, "a secret b");
+    subst("a KEY b", "KEY", "secret", 9, AV_ERR_LIMIT, NULL);
+    subst("KEYKEYKEYKEY", "KEY", "0123456789", 39, AV_ERR_LIMIT, NULL);
+    subst("KEYKEYKEYKEY", "KEY", "0123456789", 40, 1,
+          "0123456789012345678901234567890123456789");
+    /* binary data with NULs */
+    uint8_t *out = NULL;
+    size_t out_len = 0;
+    const uint8_t in[] = {0, 'K', 0, 'K', 0};
+    assert_int_equal(av__subst_replace(in, 5, (const uint8_t *)"K\0", 2, (const uint8_t *)"zz", 2,
+                                       100, &out, &out_len),
+                     1);
+    assert_int_equal(out_len, 5);
+    const uint8_t want[] = {0, 'z', 'z', 'z', 'z'};
+    assert_memory_equal(out, want, 5);
+    av__free(out);
+    /* empty needle */
+    assert_int_equal(av__subst_replace(in, 5, in, 0, in, 1, 100, &out, &out_len), AV_ERR_INVALID);
+    /* large input, many hits: linear */
+    size_t n = 1 << 20;
+    uint8_t *big = malloc(n);
+    assert_non_null(big);
+    for (size_t i = 0; i < n; i++)
+        big[i] = "ab"[i & 1];
+    assert_int_equal(av__subst_replace(big, n, (const uint8_t *)"ab", 2, (const uint8_t *)"xyz", 3,
+                                       n * 2, &out, &out_len),
+                     1);
+    assert_int_equal(out_len, n / 2 * 3);
+    assert_memory_equal(out + out_len - 3, "xyz", 3);
+    av__free(out);
+    free(big);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -410,6 +496,7 @@ int main(void)
         cmocka_unit_test(hex_both_cases),
         cmocka_unit_test(sanitize_lines),
         cmocka_unit_test(decimal),
+        cmocka_unit_test(subst_replace),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
