@@ -11,6 +11,10 @@ static av_realloc_fn g_realloc;
 static av_free_fn g_free;
 static void *g_user;
 
+/* The daemon's static copy (agentvault_util, AV_MEM_UTIL_COPY) leaves the
+ * public setter out: the daemon's av_set_allocator call (daemon/fault.c)
+ * must bind to libagentvault.so's, whose hooks the library uses. */
+#ifndef AV_MEM_UTIL_COPY
 AV_EXPORT int av_set_allocator(av_malloc_fn malloc_fn, av_realloc_fn realloc_fn,
                                av_free_fn free_fn, void *user_data)
 {
@@ -23,6 +27,7 @@ AV_EXPORT int av_set_allocator(av_malloc_fn malloc_fn, av_realloc_fn realloc_fn,
     g_user = user_data;
     return AV_OK;
 }
+#endif
 
 void *av__malloc(size_t size)
 {

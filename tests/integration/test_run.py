@@ -119,9 +119,11 @@ def assert_no_token(text, token):
 
 class FakeProxy:
     """A one-request-per-connection HTTP/1.1 server standing in for
-    `agentvault serve`: routes maps a path to (status, body bytes) or to the
-    raw bytes to send ("hang" keeps the connection open without answering).
-    Records the request heads it received."""
+    `agentvault serve`: routes maps a path to (status, body bytes), to the
+    raw bytes to send, or to a list of raw pieces sent one by one with a
+    pause between them (so that the client reads them separately); "hang"
+    keeps the connection open without answering. Records the request heads
+    it received."""
 
     def __init__(self, routes):
         self.routes = routes
@@ -164,6 +166,11 @@ class FakeProxy:
                 return
             if isinstance(route, bytes):
                 c.sendall(route)
+            elif isinstance(route, list):
+                c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                for piece in route:
+                    c.sendall(piece)
+                    time.sleep(0.02)
             else:
                 status, body = route
                 c.sendall(f"HTTP/1.1 {status} Whatever\r\nContent-Type: text/plain\r\n"
@@ -309,6 +316,18 @@ def test_inherited_proxy_and_ca_variables_are_replaced(daemon, tmp_path):
     assert child["GRPC_DEFAULT_SSL_ROOTS_FILE_PATH"] == bundle
     for k in ("WSS_PROXY", "wss_proxy", "WS_PROXY", "ws_proxy"):
         assert child[k] == proxy_url(d), k
+
+
+def test_proxy_host_is_normalized(fake_proxy, tmp_path):
+    """An upper-case host name is lower-cased (as av_url does for every
+    destination) in what the child gets."""
+    fp = fake_proxy()
+    url = f"http://LOCALHOST:{fp.port}/"
+    p, child, _ = dump_run(["--proxy", url], run_env(tmp_path), tmp_path / "out")
+    assert child["AGENTVAULT_PROXY"] == f"http://localhost:{fp.port}"
+    assert child["HTTPS_PROXY"] == f"http://localhost:{fp.port}"
+    assert "localhost" in child["NO_PROXY"].split(",")
+    assert fp.header("/ca.pem", "Host") == [f"localhost:{fp.port}"]
 
 
 def test_proxy_from_environment(daemon, tmp_path):
@@ -583,6 +602,13 @@ def test_default_proxy_unreachable(tmp_path):
     ["--proxy", "http://127.0.0.1:99999", "--", "true"],
     ["--proxy", "http://127.0.0.1:14322/path", "--", "true"],
     ["--proxy", "http://agent:secret@127.0.0.1:14322", "--", "true"],
+    # The host is av_url's: LDH names, canonical IPv4, bracketed IPv6.
+    ["--proxy", "http://127.1:14322", "--", "true"],
+    ["--proxy", "http://vault_1:14322", "--", "true"],
+    ["--proxy", "http://a..b:14322", "--", "true"],
+    ["--proxy", "http://[::1:14322", "--", "true"],
+    ["--proxy", "http://[127.0.0.1]:14322", "--", "true"],
+    ["--proxy", "http://:14322", "--", "true"],
     ["true"],
     ["--"],
     [],
@@ -617,6 +643,18 @@ def test_not_a_proxy(plain_upstream, tmp_path):
     assert not leftovers(env)
 
 
+def assert_ca_fetch_fails(fp, tmp_path, reason):
+    """run stops before the command with one line naming |reason| and
+    leaves no private directory behind."""
+    env = run_env(tmp_path)
+    p = av_run(["--proxy", fp.url, "--", "true"], env)
+    assert p.returncode == 1, describe(p)
+    err = p.stderr.decode()
+    assert err.startswith(f"agentvault: CA fetch from {fp.url}/ca.pem failed: "), err
+    assert reason in err and err.count("\n") == 1, err
+    assert not leftovers(env)
+
+
 @pytest.mark.parametrize("ca,reason", [
     ((200, b"hello, not a certificate\n"), "the response is not a PEM certificate"),
     ((500, b"oops\n"), "the proxy answered 500 Whatever"),
@@ -625,14 +663,67 @@ def test_not_a_proxy(plain_upstream, tmp_path):
     (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort", "closed before the end of the body"),
 ])
 def test_bad_ca_answers(fake_proxy, tmp_path, ca, reason):
-    fp = fake_proxy(ca=ca)
-    env = run_env(tmp_path)
-    p = av_run(["--proxy", fp.url, "--", "true"], env)
-    assert p.returncode == 1, describe(p)
+    assert_ca_fetch_fails(fake_proxy(ca=ca), tmp_path, reason)
+
+
+def ca_response(pem, head=b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"):
+    return head + b"Content-Length: %d\r\n\r\n" % len(pem) + pem
+
+
+def test_response_split_across_reads(fake_proxy, test_ca, tmp_path):
+    """The head arrives in pieces (one byte at a time for /agent-env, cut
+    inside the status line, a field and the blank line for /ca.pem), the
+    body in pieces too: run reassembles both."""
+    pem = test_ca.ca_pem.read_bytes()
+    raw = ca_response(pem)
+    cut = raw.index(b"\r\n\r\n")
+    ca = [raw[:6], raw[6:20], raw[20:cut + 1], raw[cut + 1:cut + 3], raw[cut + 3:cut + 40],
+          raw[cut + 40:]]
+    env_raw = b"HTTP/1.1 200 OK\r\nContent-Length: 15\r\n\r\nSPLIT_KEY=ph-1\n"
+    fp = fake_proxy(ca=ca, agent_env=[env_raw[i:i + 1] for i in range(len(env_raw))])
+    p, child, _ = dump_run(["--proxy", fp.url], run_env(tmp_path), tmp_path / "out")
+    assert child["SPLIT_KEY"] == "ph-1"
+    assert (tmp_path / "out" / "ca.pem").read_bytes() == pem
+    assert p.stderr == b"", describe(p)
+
+
+def test_body_until_close_and_chunked(fake_proxy, test_ca, tmp_path):
+    """An HTTP/1.0 answer without Content-Length ends at close; a chunked
+    /agent-env is decoded."""
+    pem = test_ca.ca_pem.read_bytes()
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"6\r\nCHUNK_\r\n9\r\nKEY=ph-2\n\r\n0\r\n\r\n")
+    fp = fake_proxy(ca=b"HTTP/1.0 200 OK\r\n\r\n" + pem, agent_env=chunked)
+    p, child, _ = dump_run(["--proxy", fp.url], run_env(tmp_path), tmp_path / "out")
+    assert child["CHUNK_KEY"] == "ph-2"
+    assert (tmp_path / "out" / "ca.pem").read_bytes() == pem
+    assert p.stderr == b"", describe(p)
+
+
+@pytest.mark.parametrize("raw,reason", [
+    (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 17000 + b"\r\n\r\n", "response head larger than 16384 bytes"),
+    (b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * 17000, "response head larger than 16384 bytes"),
+    (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", "not an HTTP/1.x response"),
+    (b"HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n", "not an HTTP/1.x response"),
+    (b"HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n", "not an HTTP/1.x response"),
+    (b"HTTP/1.1 200 OK\nContent-Length: 0\n\n", "not an HTTP/1.x response"),
+    (b"ICY 200 OK\r\n\r\n", "not an HTTP/1.x response"),
+    (b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n", "malformed"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+    (b"HTTP/1.1 200 OK\r\n", "connection closed in the response head"),
+    (b"", "connection closed without a response"),
+])
+def test_bad_response_heads(fake_proxy, tmp_path, raw, reason):
+    """A bad or oversized head for /ca.pem stops run with one line naming
+    the problem; for /agent-env run warns and starts without placeholders."""
+    assert_ca_fetch_fails(fake_proxy(ca=raw), tmp_path, reason)
+    fp = fake_proxy(agent_env=raw)
+    p, child, _ = dump_run(["--proxy", fp.url], run_env(tmp_path), tmp_path / "out")
     err = p.stderr.decode()
-    assert err.startswith(f"agentvault: CA fetch from {fp.url}/ca.pem failed: "), err
+    assert err.startswith(f"agentvault: warning: {fp.url}/agent-env failed: "), err
     assert reason in err and err.count("\n") == 1, err
-    assert not leftovers(env)
+    assert child["HTTPS_PROXY"] == fp.url
 
 
 def test_proxy_that_never_answers_times_out(fake_proxy, tmp_path):
