@@ -66,11 +66,6 @@ enum { RB_NONE = 0, RB_LENGTH, RB_UNKNOWN };
 /* Response body framing toward the agent. */
 enum { RK_NONE = 0, RK_LENGTH, RK_UNKNOWN };
 
-#define X_RQ_FIELDS (AV_FIELDS_MAX + 8)
-#define X_RX_MAX (65535 + 1024) /* an agent stream's window, and some slack */
-#define X_BODY_BUFFER_MAX (8u << 20) /* JSON/form bodies checked for the placeholder */
-#define X_MAX_RETRIES 8 /* refused streams were never processed: retrying is safe */
-
 typedef struct rq_field {
     uint32_t no, nl, vo, vl;
 } rq_field;
@@ -225,13 +220,7 @@ static void x_audit(av_exchange *x, const char *error, double ms);
 static void x_reset(av_exchange *x);
 static void conn_record_refusal(av_conn *c, int status, const char *reason);
 
-/* Lingering close (issue 12 item 7): after an answer and our FIN, what the
- * agent still sends is read and dropped for this long and this much, so
- * that closing does not reset the connection under a client that is still
- * writing (it would lose the answer). */
-#define LINGER_SECONDS 2.0
-#define LINGER_MAX_BYTES (16u << 20)
-
+/* Lingering close: LINGER_SECONDS, LINGER_MAX_BYTES (av_limits.h). */
 static const av_h1_limits head_limits = {AV_HEAD_MAX, AV_FIELDS_MAX};
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -471,29 +460,7 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
     } else {
         return -1;
     }
-    const av_config *cfg = c->snap->cfg;
-    uint8_t h[AV_SHA256_LEN];
-    int have_hash = 0;
-    long long now = (long long)time(NULL);
-    for (size_t i = 0; i < cfg->ntokens; i++) {
-        const av_token_cfg *t = &cfg->tokens[i];
-        if (!t->hashed) {
-            if (av__secret_equal(c->snap->tokens[i], tok, toklen))
-                match = (int)i;
-            continue;
-        }
-        if (!have_hash) {
-            if (av__crypto_sha256(tok, toklen, h) != 0)
-                break;
-            have_hash = 1;
-        }
-        unsigned diff = 0;
-        for (int k = 0; k < AV_SHA256_LEN; k++)
-            diff |= (unsigned)(h[k] ^ t->hash[k]);
-        if (diff == 0 && (t->expires == 0 || now < t->expires))
-            match = (int)i;
-    }
-    av__wipe(h, sizeof(h));
+    match = av__snap_find_token(c->snap, tok, toklen, (long long)time(NULL));
     av__wipe(dec, sizeof(dec));
     return match;
 }
@@ -525,21 +492,7 @@ static int conn_refresh_snap(av_conn *c)
         return 0;
     int tok = -1;
     if (c->token >= 0) {
-        const av_token_cfg *old = &c->snap->cfg->tokens[c->token];
-        long long now = (long long)time(NULL);
-        for (size_t i = 0; i < cur->cfg->ntokens; i++) {
-            const av_token_cfg *t = &cur->cfg->tokens[i];
-            if (strcmp(t->name, old->name) != 0)
-                continue;
-            if (t->hashed != old->hashed)
-                break;
-            int same = t->hashed ? memcmp(t->hash, old->hash, sizeof(t->hash)) == 0
-                                 : av__secret_equal(cur->tokens[i], av__secret_data(c->snap->tokens[c->token]),
-                                                    av__secret_len(c->snap->tokens[c->token]));
-            if (same && (t->expires == 0 || now < t->expires))
-                tok = (int)i;
-            break;
-        }
+        tok = av__snap_carry_token(c->snap, c->token, cur, (long long)time(NULL));
         if (tok < 0) {
             c->revoked = 1; /* sticky: the connection never works again */
             return -1;
@@ -1064,24 +1017,12 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
             return -1;
         }
     }
-    if (tok && tok->rate > 0) {
-        /* Token bucket: refill at |rate| per second up to |burst|. */
-        av_bucket *b = &x->snap->buckets[x->token];
-        double now = av__loop_now(ctx->loop);
-        b->level += (now - b->stamp) * tok->rate;
-        if (b->level > tok->burst)
-            b->level = tok->burst;
-        b->stamp = now;
-        if (b->level < 1.0) {
-            double wait = (1.0 - b->level) / tok->rate;
-            x->retry_after = (int)wait + 1;
-            ctx->m_limit_rate++;
-            char m[200];
-            snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
-            x_respond(x, 429, m, 0);
-            return -1;
-        }
-        b->level -= 1.0;
+    if (tok && av__snap_rate_take(x->snap, x->token, av__loop_now(ctx->loop), &x->retry_after) != AV_OK) {
+        ctx->m_limit_rate++;
+        char m[200];
+        snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
+        x_respond(x, 429, m, 0);
+        return -1;
     }
 
     if (in->ws) {
@@ -3804,8 +3745,6 @@ static void conn_h2_abort_all(av_conn *c, const char *why)
         conn_h2_free_x(c, x);
     }
 }
-
-#define H2_FEED_SLICE 16384
 
 static int conn_h2_step(av_conn *c)
 {

@@ -77,10 +77,6 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *l
 
 /* ---- accepting: the connection cap and the descriptor limit ---------- */
 
-#define ACCEPT_PAUSE_MIN 0.05 /* seconds; doubles while accept keeps failing */
-#define ACCEPT_PAUSE_MAX 1.0
-#define REPORT_INTERVAL 1.0   /* at most one message a second per kind */
-
 /* The default cap: a proxied connection holds two descriptors (agent and
  * upstream), and an eighth of the limit plus 32 stays free for listeners,
  * the idle upstream pool, DNS, the audit log and command: pipes. */
@@ -730,147 +726,6 @@ int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa)
     return 0;
 }
 
-av_snap *av__snap_ref(av_snap *s)
-{
-    if (s)
-        s->refs++;
-    return s;
-}
-
-av_scrub_set *av__snap_scrub_set(av_snap *s, av_secret *secret)
-{
-    for (size_t i = 0; i < AV_SCRUB_CACHE; i++)
-        if (s->scrub[i].secret == secret && s->scrub[i].set)
-            return av__scrub_set_ref(s->scrub[i].set);
-    const av_secret *secs[1] = {secret};
-    av_scrub_set *set = NULL;
-    if (av__scrub_set_new(&set, secs, 1) != AV_OK)
-        return NULL;
-    size_t k = s->scrub_next++ % AV_SCRUB_CACHE;
-    av__secret_free(s->scrub[k].secret);
-    av__scrub_set_unref(s->scrub[k].set);
-    s->scrub[k].secret = av__secret_ref(secret);
-    s->scrub[k].set = av__scrub_set_ref(set);
-    return set;
-}
-
-void av__snap_unref(av_snap *s)
-{
-    if (!s || --s->refs > 0)
-        return;
-    for (size_t i = 0; i < AV_SCRUB_CACHE; i++) {
-        av__secret_free(s->scrub[i].secret);
-        av__scrub_set_unref(s->scrub[i].set);
-    }
-    if (s->tokens) {
-        for (size_t i = 0; i < s->cfg->ntokens; i++)
-            av__secret_free(s->tokens[i]);
-        av__free(s->tokens);
-    }
-    av__free(s->buckets);
-    if (s->gw_tokens) {
-        for (size_t i = 0; i < s->cfg->ngateways; i++)
-            av__secret_free(s->gw_tokens[i]);
-        av__free(s->gw_tokens);
-    }
-    av__resolver_free(s->resolver);
-    av_config_free(s->cfg);
-    av__free(s);
-}
-
-/* vault:NAME through the vault the configuration borrows. */
-static int ctx_vault_get(void *ud, const char *name, av_secret **out, char *why, size_t why_len)
-{
-    char *v = NULL;
-    size_t vl = 0;
-    int rc = av_vault_get(ud, name, &v, &vl);
-    if (rc == AV_ERR_NOTFOUND) {
-        snprintf(why, why_len, "no secret named %s in the vault", name);
-        return AV_ERR_SECRET;
-    }
-    if (rc != AV_OK) {
-        snprintf(why, why_len, "vault: %s", av_strerror(rc));
-        return rc == AV_ERR_NOMEM ? AV_ERR_NOMEM : AV_ERR_SECRET;
-    }
-    if (vl == 0) {
-        av_vault_free_value(v, vl);
-        snprintf(why, why_len, "vault secret %s is empty", name);
-        return AV_ERR_SECRET;
-    }
-    *out = av__secret_new(v, vl);
-    av_vault_free_value(v, vl);
-    return *out ? AV_OK : AV_ERR_NOMEM;
-}
-
-/* Build a snapshot around |cfg| (owned): a resolver of its own, and the
- * proxy tokens resolved now (failing later would lock agents out). */
-static int snap_new(av_ctx *ctx, av_config *cfg, av_snap **out, char *err, size_t err_len)
-{
-    av_snap *s = av__calloc(1, sizeof(*s));
-    if (!s) {
-        av_config_free(cfg);
-        return AV_ERR_NOMEM;
-    }
-    s->refs = 1;
-    s->cfg = cfg;
-    int rc = av__resolver_new(&s->resolver);
-    if (rc)
-        goto fail;
-    av__resolver_set_loop(s->resolver, ctx->loop, cfg->secret_ttl, cfg->command_timeout);
-    if (cfg->secret_fn)
-        av__resolver_set_callback(s->resolver, cfg->secret_fn, cfg->secret_ud);
-    if (cfg->vault)
-        av__resolver_set_vault(s->resolver, ctx_vault_get, cfg->vault);
-    else if (av_config_uses_vault(cfg)) {
-        ctx_err(err, err_len, "the configuration reads vault: secrets but no vault was opened");
-        rc = AV_ERR_CONFIG;
-        goto fail;
-    }
-    if (cfg->ntokens) {
-        rc = AV_ERR_NOMEM;
-        s->tokens = av__calloc(cfg->ntokens, sizeof(*s->tokens));
-        s->buckets = av__calloc(cfg->ntokens, sizeof(*s->buckets));
-        if (!s->tokens || !s->buckets)
-            goto fail;
-        for (size_t i = 0; i < cfg->ntokens; i++) {
-            char why[200];
-            s->buckets[i].level = cfg->tokens[i].burst;
-            s->buckets[i].stamp = av__loop_now(ctx->loop);
-            if (cfg->tokens[i].hashed)
-                continue; /* from the token store: compared by hash */
-            rc = av__resolver_get(s->resolver, cfg->tokens[i].secret_ref, &s->tokens[i], why, sizeof(why));
-            if (rc) {
-                ctx_err(err, err_len, "token %s: %s", cfg->tokens[i].name, why);
-                rc = AV_ERR_CONFIG;
-                goto fail;
-            }
-        }
-    }
-    if (cfg->ngateways) {
-        s->gw_tokens = av__calloc(cfg->ngateways, sizeof(*s->gw_tokens));
-        if (!s->gw_tokens) {
-            rc = AV_ERR_NOMEM;
-            goto fail;
-        }
-        for (size_t i = 0; i < cfg->ngateways; i++) {
-            if (!cfg->gateways[i].token_ref)
-                continue;
-            char why[200];
-            rc = av__resolver_get(s->resolver, cfg->gateways[i].token_ref, &s->gw_tokens[i], why, sizeof(why));
-            if (rc) {
-                ctx_err(err, err_len, "gateway %s token: %s", cfg->gateways[i].name, why);
-                rc = AV_ERR_CONFIG;
-                goto fail;
-            }
-        }
-    }
-    *out = s;
-    return AV_OK;
-fail:
-    av__snap_unref(s);
-    return rc;
-}
-
 /* Same list of strings? */
 static int strv_equal(char **a, size_t na, char **b, size_t nb)
 {
@@ -921,7 +776,7 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
         return AV_ERR_CONFIG;
     }
     av_snap *s = NULL;
-    int rc = snap_new(ctx, cfg, &s, err, err_len);
+    int rc = av__snap_new(ctx->loop, cfg, av__loop_now(ctx->loop), &s, err, err_len);
     if (rc)
         return rc;
     av_snap *old = ctx->snap;
@@ -987,7 +842,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     {
         av_config *own = ctx->cfg;
         ctx->cfg = NULL; /* the snapshot owns it now */
-        rc = snap_new(ctx, own, &ctx->snap, err, err_len);
+        rc = av__snap_new(ctx->loop, own, av__loop_now(ctx->loop), &ctx->snap, err, err_len);
         if (rc)
             goto fail;
         ctx->cfg = ctx->snap->cfg;

@@ -12,48 +12,16 @@
 #include "av_ca.h"
 #include "av_config.h"
 #include "av_dns.h"
+#include "av_limits.h"
 #include "av_ev.h"
 #include "av_log.h"
 #include "av_resolver.h"
 #include "av_secret.h"
+#include "av_snap.h"
 #include "av_tls.h"
 
 typedef struct av_conn av_conn;
 typedef struct av_upconn av_upconn;
-
-/* A configuration snapshot: the config and everything derived from it that
- * a reload replaces (secrets cache, resolved proxy tokens, rate buckets).
- * Connections hold a reference to the snapshot they started with, so
- * in-flight exchanges finish on the old one while new connections use the
- * new one. */
-typedef struct av_bucket {
-    double level; /* requests available */
-    double stamp; /* loop time of the last refill */
-} av_bucket;
-
-#define AV_SCRUB_CACHE 32
-
-struct av_scrub_set;
-
-typedef struct av_snap {
-    int refs;
-    av_config *cfg;
-    av_resolver *resolver;
-    av_secret **tokens;   /* resolved proxy tokens, parallel to cfg->tokens */
-    av_bucket *buckets;   /* per-token rate limits, parallel to cfg->tokens */
-    av_secret **gw_tokens; /* resolved gateway tokens, parallel to cfg->gateways (NULL: none) */
-    struct {              /* compiled scrub patterns per resolved secret */
-        av_secret *secret;  /* a reference: the pointer identifies it */
-        struct av_scrub_set *set;
-    } scrub[AV_SCRUB_CACHE];
-    size_t scrub_next;
-} av_snap;
-
-av_snap *av__snap_ref(av_snap *s);
-void av__snap_unref(av_snap *s);
-/* The scrub pattern set for |secret| (a new reference; built and cached
- * on first use), or NULL when it cannot be built. */
-struct av_scrub_set *av__snap_scrub_set(av_snap *s, av_secret *secret);
 
 /* A gateway (base-URL mode): every request a client sends to it goes to
  * one upstream origin. From a [gateway] section (its token, if any, is in
@@ -89,17 +57,6 @@ typedef struct av_cmd {
     av_listener *l;    /* a new gateway listener, or NULL */
     av_gw *gw;
 } av_cmd;
-
-/* Built-in limits (SECURITY.md 15). The connection cap is [proxy]
- * max_connections, by default derived from the open-files limit (av_ctx.c)
- * and at most AV_MAX_CONNS_DEFAULT. */
-#define AV_MAX_CONNS_DEFAULT 16384
-#define AV_HEAD_MAX 65536
-#define AV_FIELDS_MAX 100
-#define AV_RAW_BUF_MAX (64 * 1024)
-#define AV_PLAIN_BUF_MAX (96 * 1024)
-#define AV_POOL_MAX 256
-#define AV_POOL_IDLE_SECONDS 30.0
 
 /* How an exchange ended: the `end` of its log line and audit record. */
 enum {

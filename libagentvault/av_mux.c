@@ -13,13 +13,10 @@
 #include <string.h>
 
 #include "av_ctx_internal.h"
+#include "av_limits.h"
 #include "av_mem.h"
 
 enum { M_DIALING = 1, M_H2, M_DEAD };
-
-#define MUX_FEED_SLICE 16384
-#define MUX_RX_MAX (65535 + 1024)
-#define MUX_HSTORE_MAX (AV_H2_MAX_HEADER_BYTES + 1024)
 
 struct av_mux {
     av_ctx *ctx;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "av_ctx_internal.h"
+#include "av_limits.h"
 #include "av_mem.h"
 #include "av_ssrf.h"
 
