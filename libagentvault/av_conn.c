@@ -627,7 +627,7 @@ static void x_audit(av_exchange *x, const char *error, double ms)
 {
     av_conn *c = x->c;
     av_ctx *ctx = c->ctx;
-    if (ctx->audit_fd < 0)
+    if (!av__audit_on(&ctx->audit))
         return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);

@@ -635,66 +635,18 @@ static void ctx_on_wakeup(void *ud)
 
 void av__ctx_count_exchange(av_ctx *ctx, const char *svc, int status)
 {
-    if (!svc)
-        svc = "";
-    for (size_t i = 0; i < ctx->nmx; i++)
-        if (ctx->mx[i].status == status && strcmp(ctx->mx[i].svc, svc) == 0) {
-            ctx->mx[i].n++;
-            return;
-        }
-    if (ctx->nmx >= 4096)
-        return; /* bounded: statuses are 100..999, services are configured */
-    if (ctx->nmx == ctx->capmx) {
-        size_t cap = ctx->capmx ? ctx->capmx * 2 : 32;
-        struct av_metric_x *n = av__realloc(ctx->mx, cap * sizeof(*n));
-        if (!n)
-            return;
-        ctx->mx = n;
-        ctx->capmx = cap;
-    }
-    snprintf(ctx->mx[ctx->nmx].svc, sizeof(ctx->mx[ctx->nmx].svc), "%s", svc);
-    ctx->mx[ctx->nmx].status = status;
-    ctx->mx[ctx->nmx].n = 1;
-    ctx->nmx++;
+    av__metrics_count_exchange(&ctx->metrics, svc, status);
 }
 
 void av__ctx_audit(av_ctx *ctx, const char *line, size_t len)
 {
-    if (ctx->audit_fd < 0)
-        return;
-    /* One write per record: O_APPEND keeps records whole. */
-    while (len > 0) {
-        ssize_t w = write(ctx->audit_fd, line, len);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return;
-        line += w;
-        len -= (size_t)w;
-    }
+    av__audit_write(&ctx->audit, line, len);
 }
 
 /* Open (or reopen, for rotation) the audit log. */
 static int ctx_open_audit(av_ctx *ctx, char *err, size_t err_len)
 {
-    const char *a = ctx->cfg->audit;
-    if (!a) {
-        ctx->audit_fd = -1;
-        return AV_OK;
-    }
-    if (strcmp(a, "stdout") == 0) {
-        ctx->audit_fd = 1;
-        return AV_OK;
-    }
-    int fd = open(a, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        ctx_err(err, err_len, "cannot open audit log %s: %s", a, strerror(errno));
-        return AV_ERR_IO;
-    }
-    if (ctx->audit_fd > 2)
-        close(ctx->audit_fd);
-    ctx->audit_fd = fd;
-    return AV_OK;
+    return av__audit_open(&ctx->audit, ctx->cfg->audit, err, err_len);
 }
 
 int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa)
@@ -800,7 +752,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     av_ctx *ctx = av__calloc(1, sizeof(*ctx));
     if (!ctx)
         return AV_ERR_NOMEM;
-    ctx->audit_fd = -1;
+    av__audit_init(&ctx->audit);
     pthread_mutex_init(&ctx->lock, NULL);
     int rc = AV_ERR_NOMEM;
     ctx->cfg = av__config_copy(cfg_in);
@@ -952,9 +904,8 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
             av__free((void *)ctx->proxy_names[i]);
         av__free(ctx->proxy_names);
     }
-    av__free(ctx->mx);
-    if (ctx->audit_fd > 2)
-        close(ctx->audit_fd);
+    av__metrics_cleanup(&ctx->metrics);
+    av__audit_close(&ctx->audit);
     av__async_free(ctx->wakeup);
     av__timer_free(ctx->drain_timer);
     av__timer_free(ctx->accept_timer);

@@ -9,12 +9,14 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_audit.h"
 #include "av_ca.h"
 #include "av_config.h"
 #include "av_dns.h"
 #include "av_limits.h"
 #include "av_ev.h"
 #include "av_log.h"
+#include "av_metrics.h"
 #include "av_resolver.h"
 #include "av_secret.h"
 #include "av_snap.h"
@@ -58,19 +60,6 @@ typedef struct av_cmd {
     av_gw *gw;
 } av_cmd;
 
-/* How an exchange ended: the `end` of its log line and audit record. */
-enum {
-    AV_END_NONE = 0,
-    AV_END_COMPLETE,       /* the response was delivered whole */
-    AV_END_CLIENT_ABORT,   /* the agent closed, reset or cancelled first */
-    AV_END_UPSTREAM_ABORT, /* the upstream closed or reset before the end */
-    AV_END_TIMEOUT,        /* a timeout of ours ended it */
-    AV_END_REFUSED,        /* refused by policy or a limit, nothing sent upstream */
-    AV_END_ERROR,          /* any other failure (dial, TLS, framing, memory) */
-    AV_END_SHUTDOWN,       /* the daemon's drain deadline ended it */
-    AV_END_COUNT
-};
-
 struct av_ctx {
     av_config *cfg;
     av_logger log;
@@ -113,17 +102,16 @@ struct av_ctx {
     atomic_int reload_requested;
     av_reload_fn reload_fn;
     void *reload_ud;
-    unsigned long long exchanges;
-    int audit_fd;             /* -1: off; 1: stdout; else the audit file */
-    /* /metrics counters */
-    struct av_metric_x {      /* exchanges by service name ("" = none) and status */
-        char svc[68];
-        int status;
-        unsigned long long n;
-    } *mx;
-    size_t nmx, capmx;
-    unsigned long long m_injected, m_redacted, m_tls_agent, m_tls_upstream, m_conns_total;
-    unsigned long long m_limit_rate, m_limit_scope, m_limit_h2, m_limit_head;
+    av_audit audit;
+    /* /metrics counters: ctx->metrics, also reachable as ctx->m_* (the
+     * anonymous struct is the same storage; transitional, until the
+     * connection code uses env->metrics). */
+    union {
+        av_metrics metrics;
+        struct {
+            AV_METRICS_MEMBERS
+        };
+    };
     /* Accepting (av_ctx.c): the cap, the descriptor-limit back-off and
      * their rate-limited reports (SECURITY.md 16). */
     size_t auto_max_conns;    /* the cap when max_connections is not set */
@@ -137,18 +125,16 @@ struct av_ctx {
         unsigned long long n; /* events since then */
         int err;              /* the last errno (descriptor reports) */
     } rep_cap, rep_fd;
-    unsigned long long m_limit_conns, m_limit_fds;
-    unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */
 };
 
-/* av_ctx.c: count an exchange for /metrics. */
+/* av_ctx.c: count an exchange for /metrics (av__metrics_count_exchange). */
 void av__ctx_count_exchange(av_ctx *ctx, const char *svc, int status);
 /* av_ctx.c: swap in a new configuration (owned); in-flight exchanges keep
  * the old snapshot. Returns AV_OK, or an error with |err| (the current
  * configuration stays). Loop thread only. */
 int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len);
 /* av_ctx.c: append one audit record line (already JSON, with the
- * newline); no-op when the audit log is off. */
+ * newline); no-op when the audit log is off (av__audit_write). */
 void av__ctx_audit(av_ctx *ctx, const char *line, size_t len);
 
 /* av_conn.c */
