@@ -1436,10 +1436,10 @@ static int x_choose_upstream(av_exchange *x)
     int rc;
     if (x->ws || !x->dest_tls) {
         x->link = L_H1;
-        rc = av__upstream_acquire(ctx, &x->dest, x->dest_tls, x->scope, up_notify_cb, x->c, &x->up);
+        rc = av__upstream_acquire(&ctx->pool, &x->dest, x->dest_tls, x->scope, up_notify_cb, x->c, &x->up);
     } else {
         x->link = L_MUX;
-        rc = av__mux_attach(ctx, &x->dest, x->scope, &x->ms, up_notify_cb, x->c);
+        rc = av__mux_attach(&ctx->pool, &x->dest, x->scope, &x->ms, up_notify_cb, x->c);
     }
     if (rc) {
         x_respond(x, 500, "out of memory", 0);
@@ -2709,7 +2709,7 @@ static int x_mux_link(av_exchange *x)
             av__mux_detach(ms);
             x->head_sent = 0;
             x->req_ended = 0;
-            if (av__mux_attach(c->ctx, &x->dest, x->scope, ms, up_notify_cb, c) != AV_OK) {
+            if (av__mux_attach(&c->ctx->pool, &x->dest, x->scope, ms, up_notify_cb, c) != AV_OK) {
                 x_fail(x, 500, "out of memory");
                 return 1;
             }
@@ -2723,7 +2723,7 @@ static int x_mux_link(av_exchange *x)
                 x->up = up;
                 up->notify = up_notify_cb;
                 up->owner = c;
-            } else if (av__upstream_acquire(c->ctx, &x->dest, x->dest_tls, x->scope, up_notify_cb, c, &x->up)) {
+            } else if (av__upstream_acquire(&c->ctx->pool, &x->dest, x->dest_tls, x->scope, up_notify_cb, c, &x->up)) {
                 x_fail(x, 500, "out of memory");
                 return 1;
             }
@@ -3156,7 +3156,7 @@ static void conn_metrics(av_conn *c, int head_only)
                     "agentvault_limit_hits_total{limit=\"h2\"} %llu\n"
                     "agentvault_limit_hits_total{limit=\"header_size\"} %llu\n"
                     "agentvault_limit_hits_total{limit=\"leaf_mint_rate\"} %lu\n",
-                    ctx->nconns, ctx->m_conns_total, ctx->nmux, ctx->npool, ctx->m_tls_agent, ctx->m_tls_upstream,
+                    ctx->nconns, ctx->m_conns_total, ctx->pool.nmux, ctx->pool.nidle, ctx->m_tls_agent, ctx->m_tls_upstream,
                     st.leaf_hits, st.leaf_misses, ctx->m_injected, ctx->m_redacted, ctx->m_limit_rate,
                     ctx->m_limit_scope, ctx->m_limit_h2, ctx->m_limit_head, st.leaf_refused);
     av__buf_appendf(&b, "agentvault_limit_hits_total{limit=\"connections\"} %llu\n"
@@ -3237,7 +3237,7 @@ static int x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *
 static int conn_precheck_dest(av_conn *c, const av_h1_request *req, const av_authority *dest)
 {
     char why[200];
-    int status = av__upstream_precheck(c->ctx, dest, why, sizeof(why));
+    int status = av__upstream_precheck(&c->ctx->pool, dest, why, sizeof(why));
     if (!status)
         return 0;
     av_exchange *x = &c->x;
@@ -3275,7 +3275,7 @@ static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head
             if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {
                 char scope[] = "opaque";
                 c->state = C_OPAQUE;
-                if (av__upstream_acquire(ctx, &dest, 0, scope, up_notify_cb, c, &c->opaque_up)) {
+                if (av__upstream_acquire(&ctx->pool, &dest, 0, scope, up_notify_cb, c, &c->opaque_up)) {
                     c->state = C_CLOSING;
                     av__side_close_write(&c->a);
                 }

@@ -551,8 +551,7 @@ static void ctx_check_done(av_ctx *ctx)
         av__timer_stop(ctx->drain_timer);
         av__timer_stop(ctx->accept_timer);
         av__timer_stop(ctx->report_timer);
-        av__upstream_pool_free(ctx);
-        av__mux_free_all(ctx);
+        av__pool_cleanup(&ctx->pool);
         av__loop_break(ctx->loop);
         if (ctx->done_fn)
             ctx->done_fn(ctx->done_ud);
@@ -618,6 +617,7 @@ static void ctx_on_wakeup(void *ud)
     ctx->closed = 1;
     pthread_mutex_unlock(&ctx->lock);
     ctx->draining = 1;
+    ctx->pool.draining = 1;
     ctx_run_cmds(ctx); /* discards what came in meanwhile */
     for (size_t i = 0; i < ctx->nlisteners; i++)
         listener_close(&ctx->listeners[i]);
@@ -625,7 +625,7 @@ static void ctx_on_wakeup(void *ud)
         listener_close(l);
     av__log(&ctx->log, AV_LOG_INFO, "shutting down: %zu connection(s) to drain (deadline %.1fs)", ctx->nconns,
             drain);
-    av__upstream_pool_free(ctx);
+    av__upstream_pool_free(&ctx->pool);
     ctx->drain_deadline = av__loop_now(ctx->loop) + drain;
     av__timer_start(ctx->drain_timer, drain);
     /* Close idle connections now; busy ones close after their exchange. */
@@ -649,8 +649,9 @@ static int ctx_open_audit(av_ctx *ctx, char *err, size_t err_len)
     return av__audit_open(&ctx->audit, ctx->cfg->audit, err, err_len);
 }
 
-int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa)
+static int ctx_is_own_listener(void *ud, const struct sockaddr *sa)
 {
+    const av_ctx *ctx = ud;
     int port = sa->sa_family == AF_INET ? ntohs(((const struct sockaddr_in *)sa)->sin_port)
                                         : ntohs(((const struct sockaddr_in6 *)sa)->sin6_port);
     const av_listener *api = ctx->api_listeners;
@@ -734,6 +735,7 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     av_snap *old = ctx->snap;
     ctx->snap = s;
     ctx->cfg = s->cfg;
+    ctx->pool.cfg = ctx->cfg;
     av__snap_unref(old);
     /* Reopen the audit log: rotation is "rename, then SIGHUP". */
     rc = ctx_open_audit(ctx, err, err_len);
@@ -799,6 +801,14 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
             goto fail;
         ctx->cfg = ctx->snap->cfg;
     }
+    ctx->pool.loop = ctx->loop;
+    ctx->pool.log = &ctx->log;
+    ctx->pool.dns = ctx->dns;
+    ctx->pool.tls_cli = ctx->tls_cli;
+    ctx->pool.cfg = ctx->cfg;
+    ctx->pool.metrics = &ctx->metrics;
+    ctx->pool.is_own_listener = ctx_is_own_listener;
+    ctx->pool.ud = ctx;
     /* Listeners: the proxy's (none for a purely embedded context), then
      * one per [gateway]. */
     ctx->listeners = av__calloc(ctx->cfg->nlisten + ctx->cfg->ngateways + 1, sizeof(*ctx->listeners));
@@ -878,8 +888,7 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
     }
     while (ctx->conns)
         av__conn_destroy(ctx->conns);
-    av__upstream_pool_free(ctx);
-    av__mux_free_all(ctx);
+    av__pool_cleanup(&ctx->pool);
     for (size_t i = 0; i < ctx->nlisteners; i++)
         listener_close(&ctx->listeners[i]);
     av__free(ctx->listeners);

@@ -17,6 +17,7 @@
 #include "av_ev.h"
 #include "av_log.h"
 #include "av_metrics.h"
+#include "av_pool.h"
 #include "av_resolver.h"
 #include "av_secret.h"
 #include "av_snap.h"
@@ -75,10 +76,7 @@ struct av_ctx {
     struct av_snap *snap;     /* the current configuration snapshot (cfg == snap->cfg) */
     av_conn *conns;
     size_t nconns;
-    av_upconn *pool;          /* idle upstream connections */
-    size_t npool;
-    struct av_mux *muxes;     /* HTTP/2 upstream connections (av_mux.c) */
-    size_t nmux;
+    av_pool pool;             /* upstream connections (av_upstream.c, av_mux.c) */
     av_async *wakeup;
     av_timer *drain_timer;
     /* Embedding (av_ctx_start, av_gateway_open, av_open_stream). */
@@ -144,7 +142,5 @@ void av__conn_destroy(av_conn *c); /* immediate */
 
 /* av_ctx.c: called when a connection goes away during a drain. */
 void av__ctx_conn_gone(av_ctx *ctx);
-/* Is |sa| one of our own listeners? */
-int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa);
 
 #endif
