@@ -744,6 +744,35 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     return AV_OK;
 }
 
+static void ctx_on_conn_gone(void *ud)
+{
+    ctx_check_done(ud);
+}
+
+/* The environment connections get (av_env.h): pointers into the context,
+ * which stay valid for its life; the real clock and random source. */
+static void ctx_fill_env(av_ctx *ctx)
+{
+    av_env *e = &ctx->env;
+    e->loop = ctx->loop;
+    e->log = &ctx->log;
+    e->ca = ctx->ca;
+    e->tls_srv = ctx->tls_srv;
+    e->proxy_names = ctx->proxy_names;
+    e->pool = &ctx->pool;
+    e->metrics = &ctx->metrics;
+    e->audit = &ctx->audit;
+    e->snap_cur = &ctx->snap;
+    e->draining = &ctx->draining;
+    e->conns = &ctx->conns;
+    e->nconns = &ctx->nconns;
+    e->on_conn_gone = ctx_on_conn_gone;
+    e->ud = ctx;
+    e->now = av__env_now_real;
+    e->random = av__env_random_real;
+    e->clock_ud = NULL;
+}
+
 static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char *err, size_t err_len)
 {
     if (err && err_len)
@@ -842,6 +871,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     rc = ctx_proxy_names(ctx);
     if (rc)
         goto fail;
+    ctx_fill_env(ctx);
     ctx->wakeup = av__async_new(ctx->loop, ctx_on_wakeup, ctx);
     ctx->drain_timer = av__timer_new(ctx->loop, ctx_on_drain_timeout, ctx);
     ctx->accept_timer = av__timer_new(ctx->loop, ctx_on_accept_resume, ctx);

@@ -13,6 +13,7 @@
 #include "av_ca.h"
 #include "av_config.h"
 #include "av_dns.h"
+#include "av_env.h"
 #include "av_limits.h"
 #include "av_ev.h"
 #include "av_log.h"
@@ -77,6 +78,7 @@ struct av_ctx {
     av_conn *conns;
     size_t nconns;
     av_pool pool;             /* upstream connections (av_upstream.c, av_mux.c) */
+    av_env env;               /* what connections see of the context (av_env.h) */
     av_async *wakeup;
     av_timer *drain_timer;
     /* Embedding (av_ctx_start, av_gateway_open, av_open_stream). */
