@@ -137,6 +137,43 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len);
  * newline); no-op when the audit log is off (av__audit_write). */
 void av__ctx_audit(av_ctx *ctx, const char *line, size_t len);
 
+/* av_ctx.c: |fmt| into |err| (when given). */
+void av__ctx_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* av_listen.c */
+/* Bind and listen on |spec| ("host:port", "[v6]:port", "localhost:port")
+ * for the proxy (|gw| NULL) or a gateway; the accept watcher starts when
+ * |watch| (API listeners are watched once the loop thread adopts them). */
+int av__listen_bind(av_ctx *ctx, av_listener *l, const char *spec, av_gw *gw, int watch, char *err, size_t err_len);
+void av__listen_close(av_listener *l);
+/* The loop thread adopts an API listener: watch it (unless accepting is
+ * paused). AV_OK or AV_ERR_NOMEM. */
+int av__listen_adopt(av_ctx *ctx, av_listener *l);
+/* The connection cap: [proxy] max_connections, else the default from the
+ * open-files limit (read by av__listen_init_limits at creation). */
+size_t av__listen_max_conns(const av_ctx *ctx);
+void av__listen_init_limits(av_ctx *ctx);
+int av__listen_init_timers(av_ctx *ctx);
+/* A connection refused over the cap: counted and reported (rate-limited). */
+void av__listen_over_cap(av_ctx *ctx);
+/* Is |sa| one of the context's listeners? The pool's is_own_listener
+ * callback (|ud| is the context). */
+int av__listen_is_own(void *ud, const struct sockaddr *sa);
+/* Log the connection cap once the loop starts. */
+void av__listen_log_limits(av_ctx *ctx);
+
+/* av_embed.c */
+/* A gateway record for |upstream| ("https://host[:port]" or
+ * "http://host:port", no path), or NULL with |err| set. */
+av_gw *av__gw_new(const char *upstream, const char *name, int cfg_index, int allow_remote, char *err,
+                  size_t err_len);
+/* Link |g| into the context's list (which owns it). */
+void av__gw_link(av_ctx *ctx, av_gw *g);
+/* Loop thread: adopt what the API calls queued. */
+void av__embed_run_cmds(av_ctx *ctx);
+/* Free the API listeners, queued commands and gateway records. */
+void av__embed_free(av_ctx *ctx);
+
 /* av_conn.c */
 int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len, av_gw *gw);
 void av__conn_drain_all(av_ctx *ctx); /* shutdown: finish current exchanges, then close */
