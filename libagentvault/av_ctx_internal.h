@@ -1,4 +1,8 @@
-/* av_ctx_internal.h - the running context shared by connection code. */
+/* av_ctx_internal.h - struct av_ctx, for av_ctx.c, av_listen.c and
+ * av_embed.c. (av_conn.c still includes it until the connection family
+ * takes a const av_env * instead: tests/abi/check_layers.sh allows that
+ * one edge for now.) Everything else gets a narrow context: av_pool.h for
+ * upstream connections, av_env.h for agent connections. */
 #ifndef AV_CTX_INTERNAL_H
 #define AV_CTX_INTERNAL_H
 
@@ -26,21 +30,6 @@
 
 typedef struct av_conn av_conn;
 typedef struct av_upconn av_upconn;
-
-/* A gateway (base-URL mode): every request a client sends to it goes to
- * one upstream origin. From a [gateway] section (its token, if any, is in
- * snap->gw_tokens[cfg_index]) or opened at run time by av_gateway_open()
- * and av_open_stream(). Lives until the context is freed. */
-typedef struct av_gw {
-    struct av_gw *next;
-    int cfg_index;            /* [gateway] index; -1: opened through the API */
-    int allow_remote;         /* accept clients that are not on loopback */
-    int dest_tls;             /* https upstream */
-    av_authority dest;
-    int api_port;             /* av_gateway_open's listener for it (0: none yet; under ctx->lock) */
-    char name[72];            /* for logs: the section name or "api" */
-    char upstream[AV_HOST_MAX + 40]; /* normalized origin, e.g. https://api.openai.com */
-} av_gw;
 
 typedef struct av_listener {
     av_ctx *ctx;
@@ -112,7 +101,7 @@ struct av_ctx {
             AV_METRICS_MEMBERS
         };
     };
-    /* Accepting (av_ctx.c): the cap, the descriptor-limit back-off and
+    /* Accepting (av_listen.c): the cap, the descriptor-limit back-off and
      * their rate-limited reports (SECURITY.md 16). */
     size_t auto_max_conns;    /* the cap when max_connections is not set */
     unsigned long long nofile; /* the open-files limit at creation */

@@ -26,8 +26,24 @@
 #include "av_pool.h"
 #include "av_snap.h"
 #include "av_tls.h"
+#include "av_url.h"
 
 struct av_conn;
+
+/* A gateway (base-URL mode): every request a client sends to it goes to
+ * one upstream origin. From a [gateway] section (its token, if any, is in
+ * snap->gw_tokens[cfg_index]) or opened at run time by av_gateway_open()
+ * and av_open_stream(). Lives until the context is freed. */
+typedef struct av_gw {
+    struct av_gw *next;
+    int cfg_index;            /* [gateway] index; -1: opened through the API */
+    int allow_remote;         /* accept clients that are not on loopback */
+    int dest_tls;             /* https upstream */
+    av_authority dest;
+    int api_port;             /* av_gateway_open's listener for it (0: none yet; under ctx->lock) */
+    char name[72];            /* for logs: the section name or "api" */
+    char upstream[AV_HOST_MAX + 40]; /* normalized origin, e.g. https://api.openai.com */
+} av_gw;
 
 typedef struct av_env {
     av_loop *loop;
