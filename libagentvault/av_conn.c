@@ -3157,8 +3157,8 @@ static void conn_metrics(av_conn *c, int head_only)
                     "agentvault_limit_hits_total{limit=\"header_size\"} %llu\n"
                     "agentvault_limit_hits_total{limit=\"leaf_mint_rate\"} %lu\n",
                     ctx->nconns, ctx->m_conns_total, ctx->pool.nmux, ctx->pool.nidle, ctx->m_tls_agent,
-                    ctx->m_tls_upstream, st.leaf_hits, st.leaf_misses, ctx->m_injected, ctx->m_redacted, ctx->m_limit_rate,
-                    ctx->m_limit_scope, ctx->m_limit_h2, ctx->m_limit_head, st.leaf_refused);
+                    ctx->m_tls_upstream, st.leaf_hits, st.leaf_misses, ctx->m_injected, ctx->m_redacted,
+                    ctx->m_limit_rate, ctx->m_limit_scope, ctx->m_limit_h2, ctx->m_limit_head, st.leaf_refused);
     av__buf_appendf(&b, "agentvault_limit_hits_total{limit=\"connections\"} %llu\n"
                         "agentvault_limit_hits_total{limit=\"open_files\"} %llu\n", ctx->m_limit_conns, ctx->m_limit_fds);
     conn_respond_body(c, 200, "text/plain; version=0.0.4; charset=utf-8", (const char *)av__buf_head(&b), b.len,
