@@ -66,11 +66,6 @@ enum { RB_NONE = 0, RB_LENGTH, RB_UNKNOWN };
 /* Response body framing toward the agent. */
 enum { RK_NONE = 0, RK_LENGTH, RK_UNKNOWN };
 
-#define X_RQ_FIELDS (AV_FIELDS_MAX + 8)
-#define X_RX_MAX (65535 + 1024) /* an agent stream's window, and some slack */
-#define X_BODY_BUFFER_MAX (8u << 20) /* JSON/form bodies checked for the placeholder */
-#define X_MAX_RETRIES 8 /* refused streams were never processed: retrying is safe */
-
 typedef struct rq_field {
     uint32_t no, nl, vo, vl;
 } rq_field;
@@ -225,13 +220,7 @@ static void x_audit(av_exchange *x, const char *error, double ms);
 static void x_reset(av_exchange *x);
 static void conn_record_refusal(av_conn *c, int status, const char *reason);
 
-/* Lingering close (issue 12 item 7): after an answer and our FIN, what the
- * agent still sends is read and dropped for this long and this much, so
- * that closing does not reset the connection under a client that is still
- * writing (it would lose the answer). */
-#define LINGER_SECONDS 2.0
-#define LINGER_MAX_BYTES (16u << 20)
-
+/* Lingering close: LINGER_SECONDS, LINGER_MAX_BYTES (av_limits.h). */
 static const av_h1_limits head_limits = {AV_HEAD_MAX, AV_FIELDS_MAX};
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -471,29 +460,7 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
     } else {
         return -1;
     }
-    const av_config *cfg = c->snap->cfg;
-    uint8_t h[AV_SHA256_LEN];
-    int have_hash = 0;
-    long long now = (long long)time(NULL);
-    for (size_t i = 0; i < cfg->ntokens; i++) {
-        const av_token_cfg *t = &cfg->tokens[i];
-        if (!t->hashed) {
-            if (av__secret_equal(c->snap->tokens[i], tok, toklen))
-                match = (int)i;
-            continue;
-        }
-        if (!have_hash) {
-            if (av__crypto_sha256(tok, toklen, h) != 0)
-                break;
-            have_hash = 1;
-        }
-        unsigned diff = 0;
-        for (int k = 0; k < AV_SHA256_LEN; k++)
-            diff |= (unsigned)(h[k] ^ t->hash[k]);
-        if (diff == 0 && (t->expires == 0 || now < t->expires))
-            match = (int)i;
-    }
-    av__wipe(h, sizeof(h));
+    match = av__snap_find_token(c->snap, tok, toklen, (long long)time(NULL));
     av__wipe(dec, sizeof(dec));
     return match;
 }
@@ -525,21 +492,7 @@ static int conn_refresh_snap(av_conn *c)
         return 0;
     int tok = -1;
     if (c->token >= 0) {
-        const av_token_cfg *old = &c->snap->cfg->tokens[c->token];
-        long long now = (long long)time(NULL);
-        for (size_t i = 0; i < cur->cfg->ntokens; i++) {
-            const av_token_cfg *t = &cur->cfg->tokens[i];
-            if (strcmp(t->name, old->name) != 0)
-                continue;
-            if (t->hashed != old->hashed)
-                break;
-            int same = t->hashed ? memcmp(t->hash, old->hash, sizeof(t->hash)) == 0
-                                 : av__secret_equal(cur->tokens[i], av__secret_data(c->snap->tokens[c->token]),
-                                                    av__secret_len(c->snap->tokens[c->token]));
-            if (same && (t->expires == 0 || now < t->expires))
-                tok = (int)i;
-            break;
-        }
+        tok = av__snap_carry_token(c->snap, c->token, cur, (long long)time(NULL));
         if (tok < 0) {
             c->revoked = 1; /* sticky: the connection never works again */
             return -1;
@@ -674,7 +627,7 @@ static void x_audit(av_exchange *x, const char *error, double ms)
 {
     av_conn *c = x->c;
     av_ctx *ctx = c->ctx;
-    if (ctx->audit_fd < 0)
+    if (!av__audit_on(&ctx->audit))
         return;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
@@ -1064,24 +1017,12 @@ static int x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest,
             return -1;
         }
     }
-    if (tok && tok->rate > 0) {
-        /* Token bucket: refill at |rate| per second up to |burst|. */
-        av_bucket *b = &x->snap->buckets[x->token];
-        double now = av__loop_now(ctx->loop);
-        b->level += (now - b->stamp) * tok->rate;
-        if (b->level > tok->burst)
-            b->level = tok->burst;
-        b->stamp = now;
-        if (b->level < 1.0) {
-            double wait = (1.0 - b->level) / tok->rate;
-            x->retry_after = (int)wait + 1;
-            ctx->m_limit_rate++;
-            char m[200];
-            snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
-            x_respond(x, 429, m, 0);
-            return -1;
-        }
-        b->level -= 1.0;
+    if (tok && av__snap_rate_take(x->snap, x->token, av__loop_now(ctx->loop), &x->retry_after) != AV_OK) {
+        ctx->m_limit_rate++;
+        char m[200];
+        snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
+        x_respond(x, 429, m, 0);
+        return -1;
     }
 
     if (in->ws) {
@@ -1499,10 +1440,10 @@ static int x_choose_upstream(av_exchange *x)
     int rc;
     if (x->ws || !x->dest_tls) {
         x->link = L_H1;
-        rc = av__upstream_acquire(ctx, &x->dest, x->dest_tls, x->scope, up_notify_cb, x->c, &x->up);
+        rc = av__upstream_acquire(&ctx->pool, &x->dest, x->dest_tls, x->scope, up_notify_cb, x->c, &x->up);
     } else {
         x->link = L_MUX;
-        rc = av__mux_attach(ctx, &x->dest, x->scope, &x->ms, up_notify_cb, x->c);
+        rc = av__mux_attach(&ctx->pool, &x->dest, x->scope, &x->ms, up_notify_cb, x->c);
     }
     if (rc) {
         x_respond(x, 500, "out of memory", 0);
@@ -2817,7 +2758,7 @@ static int x_mux_link(av_exchange *x)
             av__mux_detach(ms);
             x->head_sent = 0;
             x->req_ended = 0;
-            if (av__mux_attach(c->ctx, &x->dest, x->scope, ms, up_notify_cb, c) != AV_OK) {
+            if (av__mux_attach(&c->ctx->pool, &x->dest, x->scope, ms, up_notify_cb, c) != AV_OK) {
                 x_fail(x, 500, "out of memory");
                 return 1;
             }
@@ -2831,7 +2772,7 @@ static int x_mux_link(av_exchange *x)
                 x->up = up;
                 up->notify = up_notify_cb;
                 up->owner = c;
-            } else if (av__upstream_acquire(c->ctx, &x->dest, x->dest_tls, x->scope, up_notify_cb, c, &x->up)) {
+            } else if (av__upstream_acquire(&c->ctx->pool, &x->dest, x->dest_tls, x->scope, up_notify_cb, c, &x->up)) {
                 x_fail(x, 500, "out of memory");
                 return 1;
             }
@@ -3276,9 +3217,9 @@ static void conn_metrics(av_conn *c, int head_only)
                     "agentvault_limit_hits_total{limit=\"h2\"} %llu\n"
                     "agentvault_limit_hits_total{limit=\"header_size\"} %llu\n"
                     "agentvault_limit_hits_total{limit=\"leaf_mint_rate\"} %lu\n",
-                    ctx->nconns, ctx->m_conns_total, ctx->nmux, ctx->npool, ctx->m_tls_agent, ctx->m_tls_upstream,
-                    st.leaf_hits, st.leaf_misses, ctx->m_injected, ctx->m_redacted, ctx->m_limit_rate,
-                    ctx->m_limit_scope, ctx->m_limit_h2, ctx->m_limit_head, st.leaf_refused);
+                    ctx->nconns, ctx->m_conns_total, ctx->pool.nmux, ctx->pool.nidle, ctx->m_tls_agent,
+                    ctx->m_tls_upstream, st.leaf_hits, st.leaf_misses, ctx->m_injected, ctx->m_redacted,
+                    ctx->m_limit_rate, ctx->m_limit_scope, ctx->m_limit_h2, ctx->m_limit_head, st.leaf_refused);
     av__buf_appendf(&b, "agentvault_limit_hits_total{limit=\"connections\"} %llu\n"
                         "agentvault_limit_hits_total{limit=\"open_files\"} %llu\n", ctx->m_limit_conns, ctx->m_limit_fds);
     conn_respond_body(c, 200, "text/plain; version=0.0.4; charset=utf-8", (const char *)av__buf_head(&b), b.len,
@@ -3357,7 +3298,7 @@ static int x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *
 static int conn_precheck_dest(av_conn *c, const av_h1_request *req, const av_authority *dest)
 {
     char why[200];
-    int status = av__upstream_precheck(c->ctx, dest, why, sizeof(why));
+    int status = av__upstream_precheck(&c->ctx->pool, dest, why, sizeof(why));
     if (!status)
         return 0;
     av_exchange *x = &c->x;
@@ -3400,7 +3341,7 @@ static void conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head
             if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {
                 char scope[] = "opaque";
                 c->state = C_OPAQUE;
-                if (av__upstream_acquire(ctx, &dest, 0, scope, up_notify_cb, c, &c->opaque_up)) {
+                if (av__upstream_acquire(&ctx->pool, &dest, 0, scope, up_notify_cb, c, &c->opaque_up)) {
                     c->state = C_CLOSING;
                     av__side_close_write(&c->a);
                 }
@@ -3870,8 +3811,6 @@ static void conn_h2_abort_all(av_conn *c, const char *why)
         conn_h2_free_x(c, x);
     }
 }
-
-#define H2_FEED_SLICE 16384
 
 static int conn_h2_step(av_conn *c)
 {
