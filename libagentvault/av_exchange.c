@@ -1,0 +1,1157 @@
+/* av_exchange.c - the exchange: one request/response, protocol-neutral. Lifecycle
+ * (begin, finish, fail, refuse, check_done, reset), its log line and audit
+ * record, the two source->sink body loops, the response sink, trailers,
+ * and x_step.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "av_conn_int.h"
+
+/* av__error_text makes the one-line reason (control characters removed) and
+ * the body of a proxy-made error: the reason and a newline, or JSON.
+ * |reason| holds 300 bytes, |body| 700. */
+void av__error_text(int status, const char *reason_text, int json, char reason[300], char body[700])
+{
+    sanitize_line(reason, 300, reason_text ? reason_text : "");
+    if (!json) {
+        snprintf(body, 700, "%s\n", reason);
+        return;
+    }
+    char esc[600];
+    size_t j = 0;
+    for (size_t i = 0; reason[i] && j + 2 < sizeof(esc); i++) {
+        if (reason[i] == '"' || reason[i] == '\\')
+            esc[j++] = '\\';
+        esc[j++] = reason[i];
+    }
+    esc[j] = '\0';
+    snprintf(body, 700, "{\"error\":\"%s\",\"status\":%d}\n", esc, status);
+}
+
+void av__up_notify_cb(void *owner)
+{
+    av_conn *c = owner;
+    if (c->in_proceed) {
+        c->again = 1; /* the running pump loops once more */
+        return;
+    }
+    av__conn_proceed(c);
+}
+
+/* Give up the upstream link: HTTP/1.1 connections back to the pool when
+ * |reusable|, HTTP/2 streams detached (cancelled if still running). */
+static void x_unlink_upstream(av_exchange *x, int reusable)
+{
+    if (x->up) {
+        av__upstream_release(x->up, reusable);
+        x->up = NULL;
+    }
+    if (x->ms.state != AV_MS_IDLE)
+        av__mux_detach(&x->ms);
+    /* x->link stays: the log line names the protocol that was used */
+}
+
+void av__x_reset(av_exchange *x)
+{
+    av_conn *c = x->c;
+    av_exchange *next = x->next, *prev = x->prev;
+    int32_t sid = x->sid;
+    x_unlink_upstream(x, 0);
+    av__resolver_cancel(x->swait);
+    av__buf_free_wipe(&x->rq);
+    av__buf_free_wipe(&x->a_rx);
+    av__buf_free_wipe(&x->a_tx);
+    av__secret_free(x->ws_secret);
+    av__ws_bridge_free(x->ws_bridge);
+    av__ws_scrub_free(x->ws_scrubber);
+    av__secret_free(x->scrub_secret);
+    av__scrub_set_unref(x->scrub_set);
+    av__secret_free(x->ph_secret);
+    av__buf_free_wipe(&x->bbuf);
+    av__scrub_free(x->scrub);
+    av__buf_free_wipe(&x->scrub_in);
+    av__buf_free_wipe(&x->scrub_out);
+    av__h1_fields_free(&x->req_tr);
+    av__h1_fields_free(&x->resp_tr);
+    av__snap_unref(x->snap); /* after the resolver wait, which belongs to it */
+    memset(x, 0, sizeof(*x));
+    x->c = c;
+    x->next = next;
+    x->prev = prev;
+    x->sid = sid;
+}
+
+/* The name of the proxy token an exchange runs under, or NULL. */
+static const char *x_token_name(const av_exchange *x)
+{
+    const av_snap *sn = x->snap ? x->snap : x->c->snap;
+    int t = x->snap ? x->token : x->c->token;
+    return t >= 0 ? sn->cfg->tokens[t].name : NULL;
+}
+
+/* JSON string body of |in| (quotes added by the caller); control and
+ * non-ASCII bytes become \u00XX, so the record is always valid JSON. */
+static size_t json_str(char *out, size_t cap, const char *in)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (size_t i = 0; in && in[i] && o + 7 < cap; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch == '"' || ch == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)ch;
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            memcpy(out + o, "\\u00", 4);
+            out[o + 4] = hex[ch >> 4];
+            out[o + 5] = hex[ch & 15];
+            o += 6;
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = '\0';
+    return o;
+}
+
+const char *const av__end_names[AV_END_COUNT] = {
+    "complete", "complete", "client_abort", "upstream_abort", "timeout", "refused", "error", "shutdown",
+};
+
+/* How an exchange ended, for its record: what was set on the way, else
+ * judged from the error and the status sent. */
+static int x_end(const av_exchange *x, const char *error)
+{
+    if (x->end)
+        return x->end;
+    if (!error)
+        return AV_END_COMPLETE;
+    return x->status >= 400 && x->status < 500 ? AV_END_REFUSED : AV_END_ERROR;
+}
+
+/* The audit record of an exchange: one JSON line, never a secret (the
+ * path has no query; the credential is named by its reference). */
+void av__x_audit(av_exchange *x, const char *error, double ms)
+{
+    av_conn *c = x->c;
+    av_ctx *ctx = c->ctx;
+    if (ctx->audit_fd < 0)
+        return;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char when[80];
+    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
+    char tok[320] = "null", svc[320] = "null", cred[400] = "[]", err[500] = "null";
+    char e1[300], e2[300];
+    if (x_token_name(x)) {
+        json_str(e1, sizeof(e1), x_token_name(x));
+        snprintf(tok, sizeof(tok), "\"%s\"", e1);
+    }
+    if (x->svc) {
+        json_str(e1, sizeof(e1), x->svc->name);
+        snprintf(svc, sizeof(svc), "\"%s\"", e1);
+        if (x->injected) {
+            /* command: references may carry arguments: name the program only */
+            const char *ref = x->svc->secret_ref;
+            char shown[200];
+            if (strncmp(ref, "command:", 8) == 0)
+                snprintf(shown, sizeof(shown), "command:%.*s", (int)strcspn(ref + 8, " \t"), ref + 8);
+            else
+                snprintf(shown, sizeof(shown), "%s", ref);
+            json_str(e2, sizeof(e2), shown);
+            snprintf(cred, sizeof(cred), "[\"%s\"]", e2);
+        }
+    }
+    if (error) {
+        json_str(e1, sizeof(e1), error);
+        snprintf(err, sizeof(err), "\"%s\"", e1);
+    }
+    char method[64], host[AV_HOST_MAX * 2 + 16], path[600];
+    json_str(method, sizeof(method), x->method);
+    json_str(host, sizeof(host), x->host);
+    json_str(path, sizeof(path), x->log_path);
+    char gw[200] = "null";
+    if (c->gw) {
+        json_str(e1, sizeof(e1), c->gw->name);
+        snprintf(gw, sizeof(gw), "\"%.150s\"", e1);
+    }
+    char line[3300];
+    int n = snprintf(line, sizeof(line),
+                     "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
+                     "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
+                     "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
+                     when, tok, gw, svc, method, host, path, x->status, x->bytes_req, x->bytes_resp, ms,
+                     x->sid ? "h2" : "h1", x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-", cred,
+                     x->redactions, av__end_names[x_end(x, error)], err);
+    if (n > 0 && (size_t)n < sizeof(line))
+        av__ctx_audit(ctx, line, (size_t)n);
+}
+
+/* Write the exchange's one log line (never a secret: the path has no
+ * query, the error is a proxy-made reason), its audit record, and count
+ * it for /metrics. */
+void av__x_log(av_exchange *x, const char *error)
+{
+    av_conn *c = x->c;
+    av_ctx *ctx = c->ctx;
+    double ms = (av__loop_now(ctx->loop) - x->start) * 1000.0;
+    char err[240] = "";
+    if (error) {
+        char clean[200];
+        sanitize_line(clean, sizeof(clean), error);
+        for (char *q = clean; *q; q++)
+            if (*q == '"')
+                *q = '\'';
+        snprintf(err, sizeof(err), " error=\"%s\"", clean);
+    }
+    const char *up = x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-";
+    char red[40] = "";
+    if (x->redactions)
+        snprintf(red, sizeof(red), " redactions=%lu", x->redactions);
+    av__log(&ctx->log, error ? AV_LOG_WARN : AV_LOG_INFO,
+            "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
+            "proto=%s>%s%s%s%s end=%s%s",
+            x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
+            x->bytes_resp, ms, x->sid ? "h2" : "h1", up, x_token_name(x) ? " token=" : "",
+            x_token_name(x) ? x_token_name(x) : "", red, av__end_names[x_end(x, error)], err);
+    x->logged = 1;
+    av__x_audit(x, error, ms);
+    av__ctx_count_exchange(ctx, x->svc ? x->svc->name : NULL, x->status);
+    ctx->m_ends[x_end(x, error)]++;
+}
+
+/* Finish the current exchange: log it, return the upstream, and (HTTP/1.1
+ * agent) go back to reading heads or close. */
+void av__x_finish(av_exchange *x, const char *error)
+{
+    av_conn *c = x->c;
+    av_ctx *ctx = c->ctx;
+    if (!x->logged)
+        av__x_log(x, error);
+    ctx->exchanges++;
+    x_unlink_upstream(x, x->up_reusable && x->req_done && x->resp_done && x->req_ended);
+    if (x->sid) {
+        if (!x->resp_done && !x->a_closed)
+            av__h2_reset_stream(c->h2, x->sid, 2 /* INTERNAL_ERROR */);
+        x->active = 0;
+        x->done = 1;
+        return;
+    }
+    int close = c->close_after || c->draining || !x->req_done;
+    av__x_reset(x);
+    if (close) {
+        c->state = C_CLOSING;
+        av__side_close_write(&c->a);
+        return;
+    }
+    c->state = c->in_tunnel ? C_TUNNEL_HEAD : C_PROXY_HEAD;
+    av__h1_scan_reset(&c->scan);
+    c->head_start = 0;
+}
+
+/* Answer an exchange with a proxy-made error: HTTP/1.1 closes the
+ * connection after it; HTTP/2 answers the stream only. */
+void av__x_respond(av_exchange *x, int status, const char *why, int json)
+{
+    x->status = status;
+    if (!x->end)
+        x->end = status < 500 ? AV_END_REFUSED : AV_END_ERROR;
+    if (x->sid)
+        av__x_respond_h2(x, status, why, json);
+    else
+        av__conn_respond(x->c, status, why, json, 1);
+}
+
+/* x_fail_end judges how a failing exchange ended: the upstream went away
+ * after the request was sent (502), a timeout of ours (504), the SSRF
+ * guard (403), or another error. */
+static int x_fail_end(const av_exchange *x, int status)
+{
+    if (status == 504)
+        return AV_END_TIMEOUT;
+    if (status == 403)
+        return AV_END_REFUSED;
+    if (status == 502) {
+        if (x->up && x->head_sent && (x->up->side.in_eof || x->up->side.err))
+            return AV_END_UPSTREAM_ABORT;
+        if (x->link == L_MUX && x->ms.state == AV_MS_OPEN && x->ms.closed)
+            return AV_END_UPSTREAM_ABORT;
+    }
+    return AV_END_ERROR;
+}
+
+/* Abort: if nothing was sent to the agent yet, answer |status|; else cut. */
+void av__x_fail(av_exchange *x, int status, const char *why)
+{
+    av_conn *c = x->c;
+    if (!x->end)
+        x->end = x_fail_end(x, status);
+    x->up_reusable = 0;
+    x_unlink_upstream(x, 0);
+    if (x->sid) {
+        if (!x->resp_head_done && !x->a_closed) {
+            av__x_respond_h2(x, status, why, 0);
+        } else if (!x->a_closed) {
+            av__h2_reset_stream(c->h2, x->sid, 2 /* INTERNAL_ERROR */);
+            x->resp_done = 1;
+        }
+        x->req_done = 1;
+        x->resp_done = 1;
+        av__x_finish(x, why);
+        return;
+    }
+    if (!x->resp_head_done) {
+        x->status = status;
+        c->close_after = 1;
+        av__conn_respond(c, status, why, 0, 1);
+    } else {
+        c->a.want_shut = 1;
+        c->state = C_CLOSING;
+    }
+    x->resp_done = 1;
+    av__x_finish(x, why);
+    c->state = C_CLOSING;
+}
+
+static void b64_encode(const uint8_t *in, size_t len, char *out)
+{
+    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        if (i + 1 < len)
+            v |= (uint32_t)in[i + 1] << 8;
+        if (i + 2 < len)
+            v |= in[i + 2];
+        out[o++] = tbl[(v >> 18) & 63];
+        out[o++] = tbl[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? tbl[v & 63] : '=';
+    }
+    out[o] = '\0';
+}
+
+/* Match, inject and store the upstream request, then start reaching the
+ * upstream. Returns 0, or -1 after answering the exchange with an error. */
+int av__x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, int dest_tls)
+{
+    av_conn *c = x->c;
+    av_ctx *ctx = c->ctx;
+    x->active = 1;
+    if (!x->snap) {
+        x->snap = av__snap_ref(c->snap);
+        x->token = c->token;
+    }
+    x->start = av__loop_now(ctx->loop);
+    copy_str(x->method, sizeof(x->method), in->method, in->method_len);
+    x->is_head = ci_eq(in->method, in->method_len, "HEAD");
+    x->dest = *dest;
+    x->dest_tls = dest_tls;
+    av__authority_format(dest, 0, x->host, sizeof(x->host));
+    av__authority_format(dest, dest_tls ? 443 : 80, x->hostval, sizeof(x->hostval));
+    size_t plen = 0;
+    while (plen < in->target_len && in->target[plen] != '?')
+        plen++;
+    if (plen >= sizeof(x->log_path))
+        plen = sizeof(x->log_path) - 1;
+    memcpy(x->log_path, in->target, plen);
+    x->log_path[plen] = '\0';
+    x->agent_minor = in->minor;
+    if (!x->sid && (in->flags & AV_H1_F_CLOSE))
+        c->close_after = 1;
+    x->expect_continue = !x->sid && (in->flags & AV_H1_F_EXPECT_CONTINUE) && in->minor >= 1;
+
+    /* SECURITY 9: refuse TRACE, h2c upgrades and CONNECT inside a tunnel. */
+    if (ci_eq(in->method, in->method_len, "TRACE")) {
+        av__x_respond(x, 405, "TRACE is not allowed through agentvault", 0);
+        return -1;
+    }
+    if (in->flags & AV_H1_F_UPGRADE_H2C) {
+        av__x_respond(x, 400, "Upgrade: h2c is not allowed", 0);
+        return -1;
+    }
+    if (in->flags & AV_H1_F_EXPECT_OTHER) {
+        av__x_respond(x, 417, "only Expect: 100-continue is supported", 0);
+        return -1;
+    }
+
+    /* Policy. An extended CONNECT is matched as the GET it replaces. */
+    const char *mm = in->ws && x->sid ? "GET" : in->method;
+    size_t mml = in->ws && x->sid ? 3 : in->method_len;
+    const av_service *svc =
+        av__policy_match(x->snap->cfg, !dest_tls, dest->host, dest->port, mm, mml, in->target, in->target_len);
+    x->svc = svc;
+    const av_token_cfg *tok = x->token >= 0 ? &x->snap->cfg->tokens[x->token] : NULL;
+    int unmatched = tok && tok->unmatched ? tok->unmatched : x->snap->cfg->unmatched;
+    if (!svc && unmatched == AV_UNMATCHED_DENY) {
+        char m[AV_HOST_MAX + 120];
+        if (tok && tok->unmatched)
+            snprintf(m, sizeof(m), "no service matches %s and token %s has unmatched = deny", x->host, tok->name);
+        else
+            snprintf(m, sizeof(m), "no service matches %s and unmatched = deny", x->host);
+        av__x_respond(x, 403, m, 1);
+        return -1;
+    }
+    if (svc && tok && tok->nservices) {
+        size_t i = 0;
+        while (i < tok->nservices && strcmp(tok->services[i], svc->name) != 0)
+            i++;
+        if (i == tok->nservices) {
+            char m[300];
+            snprintf(m, sizeof(m), "token %s may not use service %s", tok->name, svc->name);
+            ctx->m_limit_scope++;
+            av__x_respond(x, 403, m, 1);
+            return -1;
+        }
+    }
+    if (tok && tok->rate > 0) {
+        /* Token bucket: refill at |rate| per second up to |burst|. */
+        av_bucket *b = &x->snap->buckets[x->token];
+        double now = av__loop_now(ctx->loop);
+        b->level += (now - b->stamp) * tok->rate;
+        if (b->level > tok->burst)
+            b->level = tok->burst;
+        b->stamp = now;
+        if (b->level < 1.0) {
+            double wait = (1.0 - b->level) / tok->rate;
+            x->retry_after = (int)wait + 1;
+            ctx->m_limit_rate++;
+            char m[200];
+            snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
+            av__x_respond(x, 429, m, 0);
+            return -1;
+        }
+        b->level -= 1.0;
+    }
+
+    if (in->ws) {
+        if (svc && svc->websocket_off) {
+            char m[200];
+            snprintf(m, sizeof(m), "WebSocket is off for service %s: use HTTP", svc->name);
+            av__x_respond(x, 426, m, 0);
+            return -1;
+        }
+        x->ws = 1;
+        x->ws_frame = svc && (svc->placeholder_in & AV_SURF_WEBSOCKET);
+        x->ws_scrub = svc && !x->ws_frame && !svc->websocket_scrub_off;
+        for (size_t i = 0; i < in->nfields && x->ws_scrub; i++)
+            if (av__h1_name_eq(&in->fields[i], "sec-websocket-extensions") &&
+                av__ws_offers_deflate(in->fields[i].value, in->fields[i].value_len))
+                x->ws_pmd_offer = 1;
+        if (in->ws_key) {
+            memcpy(x->ws_key, in->ws_key->value, in->ws_key->value_len);
+            x->ws_key[in->ws_key->value_len] = '\0';
+        } else {
+            uint8_t rnd[16];
+            if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+                av__x_respond(x, 500, "no randomness for the WebSocket key", 0);
+                return -1;
+            }
+            b64_encode(rnd, sizeof(rnd), x->ws_key);
+        }
+    }
+
+    /* Store: method, target, the agent's end-to-end fields (minus any copy
+     * of the field we inject). Cookies an HTTP/2 agent split into several
+     * fields are joined again (RFC 9113 8.2.3). The credential is added by
+     * av__x_inject once it is resolved. */
+    const char *inj_name = svc ? av__inject_name_of(svc) : NULL;
+    const char *alt_name = svc ? av__alt_name_of(svc) : NULL;
+    /* auth_alt: the credential goes in the header the agent used; the main
+     * one when it sent both or neither. Every copy of both is dropped. */
+    x->inj_alt = alt_name && !av__h1_find(in->fields, in->nfields, inj_name) &&
+                 av__h1_find(in->fields, in->nfields, alt_name);
+    x->inj_name = x->inj_alt ? alt_name : inj_name;
+    /* TE is hop-by-hop, but "trailers" in it is end to end in effect: gRPC
+     * origins refuse requests without it. Sent on by av__x_h1_request_out /
+     * av__x_h2_request_out. */
+    x->te_trailers = !in->ws && av__h1_te_trailers(in->fields, in->nfields);
+    av__buf_init(&x->rq, AV_HEAD_MAX + 8192);
+    int rc = av__rq_put(x, in->method, in->method_len, &x->m_off);
+    x->m_len = (uint32_t)in->method_len;
+    if (!rc)
+        rc = av__rq_put(x, in->target, in->target_len, &x->t_off);
+    x->t_len = (uint32_t)in->target_len;
+    size_t ncookies = 0;
+    for (size_t i = 0; i < in->nfields && !rc; i++) {
+        const av_h1_field *f = &in->fields[i];
+        if (av__x_skip_request_field(in, f, inj_name, alt_name, x->ws_frame || x->ws_scrub))
+            continue;
+        if (x->sid && av__h1_name_eq(f, "cookie")) {
+            ncookies++;
+            continue;
+        }
+        rc = av__rq_add(x, f->name, f->name_len, f->value, f->value_len);
+    }
+    if (!rc && ncookies) {
+        /* name and the joined value, stored contiguously */
+        if (x->nrqf >= X_RQ_FIELDS) {
+            rc = AV_ERR_LIMIT;
+        } else {
+            rq_field *cf = &x->rqf[x->nrqf];
+            rc = av__rq_put(x, "cookie", 6, &cf->no);
+            cf->nl = 6;
+            cf->vo = (uint32_t)x->rq.len;
+            size_t vl = 0;
+            for (size_t i = 0; i < in->nfields && !rc; i++) {
+                const av_h1_field *f = &in->fields[i];
+                if (!av__h1_name_eq(f, "cookie"))
+                    continue;
+                if (vl) {
+                    rc = av__buf_append(&x->rq, "; ", 2);
+                    vl += 2;
+                }
+                rc = rc ? rc : av__buf_append(&x->rq, f->value, f->value_len);
+                vl += f->value_len;
+            }
+            cf->vl = (uint32_t)vl;
+            x->nrqf++;
+        }
+    }
+    if (rc) {
+        av__x_respond(x, 431, "request header block too large after rewriting", 0);
+        return -1;
+    }
+    if (svc && svc->placeholder && av__x_find_placeholders(x) != 0)
+        return -1;
+    if (svc && svc->placeholder && in->framing != RB_NONE && !in->ws) {
+        for (size_t i = 0; i < x->nrqf; i++) {
+            if (!(x->rqf[i].nl == 12 && strncasecmp(av__rq_ptr(x, x->rqf[i].no), "content-type", 12) == 0))
+                continue;
+            const char *v = av__rq_ptr(x, x->rqf[i].vo);
+            size_t vl = x->rqf[i].vl;
+            if ((vl >= 16 && strncasecmp(v, "application/json", 16) == 0) || memmem(v, vl, "+json", 5))
+                x->body_buffer = 1;
+            else if (vl >= 33 && strncasecmp(v, "application/x-www-form-urlencoded", 33) == 0)
+                x->body_buffer = 2;
+        }
+        if (x->body_buffer)
+            av__buf_init(&x->bbuf, X_BODY_BUFFER_MAX);
+    }
+    x->req_framing = in->framing;
+    x->req_len = in->length;
+    if (!x->sid) {
+        int kind = in->framing == RB_LENGTH ? AV_H1_BODY_LENGTH
+                   : in->framing == RB_UNKNOWN ? AV_H1_BODY_CHUNKED
+                                              : AV_H1_BODY_NONE;
+        av__h1_body_init(&x->req_body, kind, in->length);
+        av__h1_body_want_trailers(&x->req_body);
+        x->req_done = x->req_body.done; /* no body, or Content-Length: 0 */
+    } else {
+        x->req_done = x->a_end && x->a_rx.len == 0;
+    }
+
+    {
+        /* "service/token": the credential scope of pooled connections */
+        const char *sn = svc ? svc->name : "-";
+        const char *tn = x->token >= 0 ? x->snap->cfg->tokens[x->token].name : "-";
+        size_t sl = strlen(sn), tl = strlen(tn);
+        if (sl + 1 + tl >= sizeof(x->scope)) {
+            av__x_respond(x, 500, "credential scope name too long", 0);
+            return -1;
+        }
+        memcpy(x->scope, sn, sl);
+        x->scope[sl] = '/';
+        memcpy(x->scope + sl + 1, tn, tl + 1);
+    }
+    if (!x->sid)
+        c->state = C_EXCHANGE;
+    return av__x_inject(x);
+}
+
+/* Reach the upstream: WebSockets and cleartext go over HTTP/1.1
+ * connections of their own; https requests through a mux, which dials
+ * with ALPN h2 and falls back to HTTP/1.1. */
+int av__x_choose_upstream(av_exchange *x)
+{
+    av_ctx *ctx = x->c->ctx;
+    int rc;
+    if (x->ws || !x->dest_tls) {
+        x->link = L_H1;
+        rc = av__upstream_acquire(ctx, &x->dest, x->dest_tls, x->scope, av__up_notify_cb, x->c, &x->up);
+    } else {
+        x->link = L_MUX;
+        rc = av__mux_attach(ctx, &x->dest, x->scope, &x->ms, av__up_notify_cb, x->c);
+    }
+    if (rc) {
+        av__x_respond(x, 500, "out of memory", 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* Sink toward the upstream. */
+static size_t up_room(av_exchange *x)
+{
+    if (x->link == L_MUX)
+        return av__mux_room(&x->ms);
+    size_t r = av__buf_room(x->up->side.pout);
+    return r > 32 ? r - 32 : 0;
+}
+
+static void up_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    if (x->link == L_MUX) {
+        av__mux_send(&x->ms, data, n); /* n <= room: all of it is taken */
+    } else if (x->req_out_chunked) {
+        av__h1_write_chunk_header(x->up->side.pout, n);
+        av__buf_append(x->up->side.pout, data, n);
+        av__h1_write_chunk_end(x->up->side.pout);
+    } else {
+        av__buf_append(x->up->side.pout, data, n);
+    }
+    x->bytes_req += n;
+}
+
+/* Trailer fields that cannot be forwarded are logged (SECURITY 16). */
+static void x_trailers_dropped(av_exchange *x, size_t n, const char *why)
+{
+    av__log(&x->c->ctx->log, AV_LOG_INFO, "exchange host=%s path=%s: %zu trailer field(s) not forwarded: %s",
+            x->host, x->log_path, n, why);
+}
+
+/* Trailers pass the checks a head does (SECURITY 6, 8, 11). Fields that may
+ * not be trailers (av__h1_trailer_allowed) and, in requests, any copy of
+ * the injected field are dropped and logged. A request trailer holding the
+ * service's placeholder is refused: placeholders are replaced in the head
+ * (and checked bodies) only, and by the time trailers arrive the head is
+ * gone. Response trailer values are scrubbed of the injected secret. The
+ * fields kept are copied to |dst|. Returns AV_OK, AV_ERR_DENIED (a
+ * placeholder) or AV_ERR_NOMEM. */
+int av__x_keep_trailers(av_exchange *x, int request, const av_h1_field *f, size_t n, av_h1_fields *dst)
+{
+    av_h1_field keep[AV_H1_MAX_FIELDS_CAP] = {{0}}; /* (trailers are rare: the clearing is cheap) */
+    char *owned[AV_H1_MAX_FIELDS_CAP] = {0};
+    const char *ph = request && x->svc ? x->svc->placeholder : NULL;
+    size_t k = 0, dropped = 0;
+    int rc = AV_OK;
+    if (n > AV_H1_MAX_FIELDS_CAP)
+        n = AV_H1_MAX_FIELDS_CAP; /* both parsers stop at AV_FIELDS_MAX */
+    for (size_t i = 0; i < n && rc == AV_OK; i++) {
+        if (!av__h1_trailer_allowed(&f[i]) || (request && av__x_is_credential_field(x, &f[i]))) {
+            dropped++;
+            continue;
+        }
+        if (ph && memmem(f[i].value, f[i].value_len, ph, strlen(ph))) {
+            rc = AV_ERR_DENIED;
+            break;
+        }
+        keep[k] = f[i];
+        owned[k] = NULL;
+        if (!request && x->scrub_set) {
+            char *nv = NULL;
+            size_t nl = 0;
+            unsigned long cnt = 0;
+            rc = av__scrub_header_value_set(x->scrub_set, f[i].value, f[i].value_len, &nv, &nl, &cnt);
+            if (rc != AV_OK)
+                break;
+            if (cnt) {
+                keep[k].value = nv;
+                keep[k].value_len = nl;
+                owned[k] = nv;
+                x->redactions += cnt;
+                x->c->ctx->m_redacted += cnt;
+            } else {
+                av__free(nv);
+            }
+        }
+        k++;
+    }
+    if (rc == AV_OK)
+        rc = av__h1_fields_set(dst, keep, k);
+    for (size_t i = 0; i < k; i++)
+        if (owned[i]) {
+            av__wipe(owned[i], keep[i].value_len);
+            av__free(owned[i]);
+        }
+    if (dropped)
+        x_trailers_dropped(x, dropped, "not allowed in trailers (framing, routing, authentication or controls)");
+    return rc == AV_OK || rc == AV_ERR_DENIED ? rc : AV_ERR_NOMEM;
+}
+
+/* Refuse an exchange whose request trailers failed av__x_keep_trailers. */
+void av__x_refuse_trailers(av_exchange *x, int rc)
+{
+    char m[300];
+    if (rc == AV_ERR_DENIED)
+        snprintf(m, sizeof(m), "placeholder of service %s found in a request trailer: placeholders are replaced in "
+                 "the header section only", x->svc ? x->svc->name : "-");
+    else
+        snprintf(m, sizeof(m), "out of memory while checking request trailers");
+    av__x_fail(x, rc == AV_ERR_DENIED ? 403 : 500, m);
+}
+
+/* End the request body upstream, with its trailers where the upstream
+ * framing carries them (HTTP/2 trailing HEADERS, a chunked trailer
+ * section). Returns 1 when done, 0 when there is no room yet. */
+int av__up_end(av_exchange *x)
+{
+    if (x->req_ended)
+        return 1;
+    if (x->link == L_MUX) {
+        if (!x->req_tr.n || av__mux_end_trailers(&x->ms, x->req_tr.f, x->req_tr.n) != AV_OK) {
+            if (x->req_tr.n)
+                x_trailers_dropped(x, x->req_tr.n, "the upstream stream cannot take them");
+            av__mux_end(&x->ms);
+        }
+    } else if (x->req_out_chunked && x->req_tr.n) {
+        av_buf *o = x->up->side.pout;
+        int rc = av__h1_write_last_chunk_trailers(o, x->req_tr.f, x->req_tr.n);
+        if (rc == AV_ERR_LIMIT && o->len > 0)
+            return 0; /* wait for the upstream to drain */
+        if (rc != AV_OK) {
+            x_trailers_dropped(x, x->req_tr.n, "they cannot be serialized as HTTP/1.1");
+            av__h1_write_last_chunk(o);
+        }
+    } else if (x->req_out_chunked) {
+        av__h1_write_last_chunk(x->up->side.pout);
+    } else if (x->req_tr.n) {
+        x_trailers_dropped(x, x->req_tr.n, "the request to this HTTP/1.1 upstream has a Content-Length");
+    }
+    av__h1_fields_free(&x->req_tr);
+    x->req_ended = 1;
+    return 1;
+}
+
+/* Move request body bytes agent -> upstream. Returns progress. */
+static int x_pump_request_body(av_exchange *x)
+{
+    av_conn *c = x->c;
+    int progress = 0;
+    if (x->body_buffer) {
+        /* collected, checked and rewritten by av__x_collect_body */
+        while (x->bbuf.len > 0) {
+            size_t room = up_room(x);
+            if (room == 0)
+                break;
+            size_t n = x->bbuf.len < room ? x->bbuf.len : room;
+            up_write(x, av__buf_head(&x->bbuf), n);
+            av__buf_consume(&x->bbuf, n);
+            progress = 1;
+        }
+        if (x->bbuf.len == 0 && x->req_done && !x->req_ended && x->head_sent && av__up_end(x))
+            progress = 1;
+        return progress;
+    }
+    if (x->sid) {
+        if (x->req_tr_err) {
+            av__x_refuse_trailers(x, x->req_tr_err);
+            return 1;
+        }
+        while (x->a_rx.len > 0) {
+            size_t room = up_room(x);
+            if (room == 0)
+                break;
+            size_t n = x->a_rx.len < room ? x->a_rx.len : room;
+            up_write(x, av__buf_head(&x->a_rx), n);
+            av__buf_consume(&x->a_rx, n);
+            av__h2_consume(c->h2, x->sid, n);
+            progress = 1;
+        }
+        if (!x->req_done && x->a_end && x->a_rx.len == 0) {
+            x->req_done = 1;
+            progress = 1;
+        }
+    } else {
+        while (!x->req_done) {
+            if (x->req_body.at_trailers) {
+                int t = av__x_agent_trailers_h1(x);
+                if (t < 0)
+                    return 1;
+                progress |= t;
+                break;
+            }
+            size_t room = up_room(x);
+            if (room < 64 || c->a.pin->len == 0)
+                break;
+            size_t feed = c->a.pin->len;
+            if (feed > room)
+                feed = room;
+            const uint8_t *data = NULL;
+            size_t dlen = 0;
+            ssize_t used = av__h1_body_feed(&x->req_body, av__buf_head(c->a.pin), feed, &data, &dlen);
+            if (used < 0) {
+                av__x_fail(x, 400, "malformed request body framing");
+                return 1;
+            }
+            if (dlen)
+                up_write(x, data, dlen);
+            av__buf_consume(c->a.pin, (size_t)used);
+            if (x->req_body.done)
+                x->req_done = 1;
+            if (used == 0 && dlen == 0 && !x->req_body.done)
+                break;
+            progress = 1;
+        }
+    }
+    if (x->req_done && !x->req_ended && x->head_sent && av__up_end(x))
+        progress = 1;
+    return progress;
+}
+
+/* Sink toward the agent. */
+size_t av__agent_room(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (x->sid)
+        return av__h2_stream_room(c->h2, x->sid);
+    size_t r = av__buf_room(c->a.pout);
+    return r > 32 ? r - 32 : 0;
+}
+
+void av__agent_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    av_conn *c = x->c;
+    if (x->sid) {
+        av__h2_send_data(c->h2, x->sid, data, n);
+    } else if (x->resp_out_chunked) {
+        av__h1_write_chunk_header(c->a.pout, n);
+        av__buf_append(c->a.pout, data, n);
+        av__h1_write_chunk_end(c->a.pout);
+    } else {
+        av__buf_append(c->a.pout, data, n);
+    }
+    x->bytes_resp += n;
+}
+
+/* End the response toward the agent, with its trailers where the agent's
+ * framing carries them: HTTP/2 trailing HEADERS, or the trailer section of
+ * a chunked HTTP/1.1 body. A Content-Length or close-delimited response
+ * cannot: they are dropped and logged (an HTTP/1.1 agent that sent
+ * TE: trailers gets chunked framing for that reason, av__x_pump_response_mux).
+ * Returns 1 when done, 0 when there is no room yet. */
+int av__agent_end(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (x->sid) {
+        if (!x->resp_tr.n || av__h2_submit_trailers(c->h2, x->sid, x->resp_tr.f, x->resp_tr.n) != 0) {
+            if (x->resp_tr.n)
+                x_trailers_dropped(x, x->resp_tr.n, "the agent's stream cannot take them");
+            av__h2_end_stream(c->h2, x->sid);
+        }
+    } else if (x->resp_out_chunked && x->resp_tr.n) {
+        int rc = av__h1_write_last_chunk_trailers(c->a.pout, x->resp_tr.f, x->resp_tr.n);
+        if (rc == AV_ERR_LIMIT && c->a.pout->len > 0)
+            return 0; /* wait for the agent to drain */
+        if (rc != AV_OK) {
+            x_trailers_dropped(x, x->resp_tr.n, "they cannot be serialized as HTTP/1.1");
+            av__h1_write_last_chunk(c->a.pout);
+        }
+    } else if (x->resp_out_chunked) {
+        av__h1_write_last_chunk(c->a.pout);
+    } else if (x->resp_tr.n) {
+        x_trailers_dropped(x, x->resp_tr.n, "the response to this HTTP/1.x agent is not chunked");
+    }
+    av__h1_fields_free(&x->resp_tr);
+    return 1;
+}
+
+/* The response body sink: straight to the agent, or through the scrubber
+ * (av__x_scrub_pump moves it on). av__body_end marks the upstream body complete. */
+size_t av__body_room(av_exchange *x)
+{
+    return x->scrub ? av__buf_room(&x->scrub_in) : av__agent_room(x);
+}
+
+void av__body_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    if (x->scrub)
+        av__buf_append(&x->scrub_in, data, n); /* n <= av__body_room */
+    else
+        av__agent_write(x, data, n);
+}
+
+void av__body_end(av_exchange *x)
+{
+    x->body_ended = 1;
+    if (x->scrub)
+        return; /* av__x_scrub_pump finishes the response */
+    if (x->resp_kind != RK_NONE && !av__agent_end(x))
+        return; /* av__x_end_pending retries */
+    x->resp_done = 1;
+}
+
+/* A response whose end (its trailers) waited for room toward the agent.
+ * Returns progress. */
+int av__x_end_pending(av_exchange *x)
+{
+    if (!x->body_ended || x->scrub || x->resp_done || !av__agent_end(x))
+        return 0;
+    x->resp_done = 1;
+    return 1;
+}
+
+/* Write a response head toward the agent. |kind| is RK_NONE (no body:
+ * fields are kept as they are, e.g. Content-Length of a HEAD response),
+ * RK_LENGTH (Content-Length |len| is derived here) or RK_UNKNOWN (chunked,
+ * or close-delimited for HTTP/1.0 agents; plain DATA over HTTP/2).
+ * Returns 0, AV_ERR_LIMIT (no room yet: retry later) or AV_ERR_INVALID. */
+int av__x_agent_head_raw(av_exchange *x, int status, const char *reason, size_t reason_len,
+                         const av_h1_field *fields, size_t nfields, int kind, uint64_t len)
+{
+    av_conn *c = x->c;
+    char cl[32];
+    u64_dec(cl, len);
+    if (x->sid) {
+        if (status < 200)
+            return 0; /* interim responses are not relayed to HTTP/2 agents */
+        av_h2_head h;
+        memset(&h, 0, sizeof(h));
+        h.status = status;
+        h.content_length = -1;
+        size_t n = 0;
+        for (size_t i = 0; i < nfields && n < AV_H2_MAX_FIELDS - 1; i++) {
+            const av_h1_field *f = &fields[i];
+            if (av__h1_is_hop_by_hop(f, fields, nfields) || (kind != RK_NONE && av__h1_name_eq(f, "content-length")))
+                continue;
+            if (f->name_len == 0 || f->name[0] == ':')
+                continue;
+            h.fields[n++] = *f;
+        }
+        if (kind == RK_LENGTH) {
+            h.fields[n].name = "content-length";
+            h.fields[n].name_len = 14;
+            h.fields[n].value = cl;
+            h.fields[n].value_len = strlen(cl);
+            n++;
+        }
+        h.nfields = n;
+        int end = kind == RK_NONE || (kind == RK_LENGTH && len == 0);
+        int rc = av__h2_submit_response(c->h2, x->sid, &h, end);
+        if (rc)
+            return AV_ERR_INVALID;
+        x->resp_kind = kind;
+        return 0;
+    }
+    av_buf *o = c->a.pout;
+    if (av__buf_room(o) < 1024)
+        return AV_ERR_LIMIT;
+    size_t mark = o->len;
+    int rc = 0;
+    char rs[256];
+    if (reason) {
+        copy_str(rs, sizeof(rs), reason, reason_len);
+    } else {
+        const char *r = av__h1_reason(status);
+        copy_str(rs, sizeof(rs), r, strlen(r));
+    }
+    rc |= av__h1_write_status_line(o, status, rs);
+    for (size_t i = 0; i < nfields; i++) {
+        const av_h1_field *f = &fields[i];
+        if (av__h1_is_hop_by_hop(f, fields, nfields))
+            continue;
+        if (av__h1_name_eq(f, "transfer-encoding"))
+            continue;
+        if (av__h1_name_eq(f, "content-length") && kind != RK_NONE)
+            continue; /* re-derived below */
+        rc |= av__h1_write_field(o, f->name, f->name_len, f->value, f->value_len);
+    }
+    if (status >= 200) {
+        if (kind == RK_LENGTH) {
+            rc |= av__h1_write_field_str(o, "Content-Length", cl);
+        } else if (kind == RK_UNKNOWN) {
+            if (x->agent_minor >= 1) {
+                rc |= av__h1_write_field_str(o, "Transfer-Encoding", "chunked");
+                x->resp_out_chunked = 1;
+            } else {
+                x->resp_out_close = 1;
+                c->close_after = 1;
+            }
+        }
+        if (c->close_after || c->draining)
+            rc |= av__h1_write_field_str(o, "Connection", "close");
+    }
+    rc |= av__h1_write_end(o);
+    if (rc) {
+        o->len = mark; /* roll back */
+        x->resp_out_chunked = 0;
+        return rc == AV_ERR_LIMIT ? AV_ERR_LIMIT : AV_ERR_INVALID;
+    }
+    x->resp_kind = kind;
+    return 0;
+}
+
+/* The end of an exchange, common checks. Returns 1 if it finished. */
+static int x_check_done(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (x->sid) {
+        if (x->a_closed && !(x->resp_done && x->req_done)) {
+            x->up_reusable = 0;
+            x->resp_done = 1;
+            if (!x->end)
+                x->end = AV_END_CLIENT_ABORT;
+            av__x_finish(x, x->resp_head_done ? NULL : "agent reset the stream");
+            return 1;
+        }
+        if (x->resp_done && (x->req_done || x->a_closed)) {
+            av__x_finish(x, NULL);
+            return 1;
+        }
+        if (x->resp_done && !x->req_done) {
+            /* Early response: the rest of the request body is not wanted. */
+            x->up_reusable = 0;
+            av__x_finish(x, NULL);
+            return 1;
+        }
+        return 0;
+    }
+    if (x->req_done && !x->resp_done && !x->ws_open && c->a.in_eof && c->a.pin->len == 0) {
+        /* The agent closed before the response ended: stop relaying it. */
+        x->end = AV_END_CLIENT_ABORT;
+        x->up_reusable = 0;
+        x->resp_done = 1;
+        c->close_after = 1;
+        av__x_finish(x, "the agent closed the connection before the response ended");
+        return 1;
+    }
+    if (!x->req_done && c->a.in_eof && c->a.pin->len == 0) {
+        /* The agent went away mid-body: nothing sensible to forward. */
+        x->end = AV_END_CLIENT_ABORT;
+        x->up_reusable = 0;
+        if (x->resp_done) {
+            av__x_finish(x, NULL);
+            return 1;
+        }
+    }
+    if (x->resp_done && (x->req_done || c->a.in_eof)) {
+        av__x_finish(x, NULL);
+        return 1;
+    }
+    if (x->resp_done && !x->req_done) {
+        /* Early response (e.g. 413): finish without the rest of the body
+         * and close the agent connection afterwards. */
+        c->close_after = 1;
+        x->up_reusable = 0;
+        av__x_finish(x, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* Refuse an exchange before anything went upstream. */
+void av__x_refuse(av_exchange *x, int status, const char *why)
+{
+    x->req_done = 1;
+    av__x_respond(x, status, why, 0);
+    if (x->sid) {
+        x->resp_done = 1;
+        av__x_finish(x, why);
+    }
+}
+
+/* One step of an exchange. Returns progress. */
+int av__x_step(av_exchange *x)
+{
+    av_conn *c = x->c;
+    int progress = 0;
+    if (!x->active)
+        return 0;
+    if (x->swait && !(x->sid && x->a_closed))
+        return 0; /* the credential is being resolved */
+    if (x->secret_ready) {
+        if (av__x_inject(x) != 0) {
+            if (x->sid) {
+                x->active = 0;
+                x->done = 1;
+            }
+            return 1;
+        }
+        progress = 1;
+    }
+    if (x->sid && x->a_closed && !x->resp_head_done) {
+        x->resp_done = 1;
+        x_check_done(x);
+        return 1;
+    }
+    if (x->body_buffer && !x->body_collected) {
+        progress |= av__x_collect_body(x);
+        if (!x->active || !x->body_collected)
+            return progress;
+    }
+    if (x->link == L_MUX) {
+        progress |= av__x_mux_link(x);
+        if (!x->active)
+            return 1;
+        if (x->link == L_MUX) {
+            if (x->ms.state != AV_MS_OPEN)
+                return progress;
+            int moved = x_pump_request_body(x);
+            if (!x->active)
+                return 1;
+            progress |= moved;
+            progress |= av__x_pump_response_mux(x);
+            if (!x->active)
+                return 1;
+            if (moved)
+                av__mux_flush(&x->ms);
+            if (!x->active)
+                return 1;
+            progress |= x_check_done(x);
+            return progress;
+        }
+    }
+    av_upconn *up = x->up;
+    if (!up)
+        return progress;
+    if (up->state < AV_UP_READY)
+        progress |= av__upstream_step(up);
+    if (up->state == AV_UP_FAILED) {
+        char why[260];
+        snprintf(why, sizeof(why), "%s", up->side.errmsg);
+        av__x_fail(x, up->fail_status ? up->fail_status : 502, why);
+        return 1;
+    }
+    if (up->state != AV_UP_READY)
+        return progress;
+    if (!x->head_sent) {
+        int rc = av__x_h1_request_out(x);
+        if (rc == AV_ERR_AGAIN)
+            return progress;
+        if (rc) {
+            av__x_fail(x, rc == AV_ERR_LIMIT ? 431 : 400,
+                   rc == AV_ERR_LIMIT ? "request header block too large after rewriting"
+                                      : "request cannot be re-serialized (invalid method, target or field)");
+            return 1;
+        }
+        av__buf_free_wipe(&x->rq);
+        x->head_sent = 1;
+        progress = 1;
+    }
+    if (x->ws_open)
+        return av__x_ws_step(x) | progress;
+    int rc = av__side_pump_in(&up->side);
+    if (rc < 0 && !x->resp_done) {
+        char why[260];
+        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
+        av__x_fail(x, 502, why);
+        return 1;
+    }
+    progress |= rc > 0;
+    progress |= x_pump_request_body(x);
+    if (!x->active || (!x->sid && c->state == C_CLOSING))
+        return 1;
+    progress |= av__x_pump_response_h1(x);
+    if (!x->active || (!x->sid && c->state == C_CLOSING))
+        return 1;
+    if (x->ws_open)
+        return 1;
+    rc = av__side_pump_out(&up->side);
+    if (rc < 0 && !x->resp_done) {
+        char why[260];
+        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
+        av__x_fail(x, 502, why);
+        return 1;
+    }
+    progress |= rc > 0;
+    progress |= x_check_done(x);
+    return progress;
+}
