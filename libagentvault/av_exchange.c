@@ -88,17 +88,6 @@ static const char *x_token_name(const av_exchange *x)
     return x->snap && x->token >= 0 ? x->snap->cfg->tokens[x->token].name : NULL;
 }
 
-/* JSON string body of |in| (quotes added by the caller); control and
- * non-ASCII bytes become \u00XX, so the record is always valid JSON. */
-static size_t json_str(char *out, size_t cap, const char *in)
-{
-    return av__json_escape_str(out, cap, in, AV__JSON_BYTES);
-}
-
-const char *const av__end_names[AV_END_COUNT] = {
-    "complete", "complete", "client_abort", "upstream_abort", "timeout", "refused", "error", "shutdown",
-};
-
 /* How an exchange ended, for its record: what was set on the way, else
  * judged from the error and the status sent. */
 static int x_end(const av_exchange *x, const char *error)
@@ -110,92 +99,49 @@ static int x_end(const av_exchange *x, const char *error)
     return x->status >= 400 && x->status < 500 ? AV_END_REFUSED : AV_END_ERROR;
 }
 
-/* The audit record of an exchange: one JSON line, never a secret (the
- * path has no query; the credential is named by its reference). */
+/* The record of an exchange (av_audit.h). */
+static void x_record(const av_exchange *x, const char *error, double ms, av_xrecord *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->method = x->method;
+    r->host = x->host;
+    r->path = x->log_path;
+    r->service = x->svc ? x->svc->name : NULL;
+    r->token = x_token_name(x);
+    r->gateway = x->gw;
+    r->credential_ref = x->svc && x->injected ? x->svc->secret_ref : NULL;
+    r->status = x->status;
+    r->bytes_up = x->bytes_req;
+    r->bytes_down = x->bytes_resp;
+    r->ms = ms;
+    r->proto_agent = x->agent->proto;
+    r->proto_up = x->link ? x->link->proto : "-";
+    r->redactions = x->redactions;
+    r->end = av__end_names[x_end(x, error)];
+    r->error = error;
+}
+
+/* The audit record of an exchange: one JSON line (av__audit_record). */
 void av__x_audit(av_exchange *x, const char *error, double ms)
 {
     const av_env *env = x->env;
     if (!av__audit_on(env->audit))
         return;
-    struct timespec ts;
-    env->now(env->clock_ud, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    char when[80];
-    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
-    char tok[320] = "null", svc[320] = "null", cred[400] = "[]", err[500] = "null";
-    char e1[300], e2[300];
-    if (x_token_name(x)) {
-        json_str(e1, sizeof(e1), x_token_name(x));
-        snprintf(tok, sizeof(tok), "\"%s\"", e1);
-    }
-    if (x->svc) {
-        json_str(e1, sizeof(e1), x->svc->name);
-        snprintf(svc, sizeof(svc), "\"%s\"", e1);
-        if (x->injected) {
-            /* command: references may carry arguments: name the program only */
-            const char *ref = x->svc->secret_ref;
-            char shown[200];
-            if (strncmp(ref, "command:", 8) == 0)
-                snprintf(shown, sizeof(shown), "command:%.*s", (int)strcspn(ref + 8, " \t"), ref + 8);
-            else
-                snprintf(shown, sizeof(shown), "%s", ref);
-            json_str(e2, sizeof(e2), shown);
-            snprintf(cred, sizeof(cred), "[\"%s\"]", e2);
-        }
-    }
-    if (error) {
-        json_str(e1, sizeof(e1), error);
-        snprintf(err, sizeof(err), "\"%s\"", e1);
-    }
-    char method[64], host[AV_HOST_MAX * 2 + 16], path[600];
-    json_str(method, sizeof(method), x->method);
-    json_str(host, sizeof(host), x->host);
-    json_str(path, sizeof(path), x->log_path);
-    char gw[200] = "null";
-    if (x->gw) {
-        json_str(e1, sizeof(e1), x->gw);
-        snprintf(gw, sizeof(gw), "\"%.150s\"", e1);
-    }
-    char line[3300];
-    int n = snprintf(line, sizeof(line),
-                     "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
-                     "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
-                     "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
-                     when, tok, gw, svc, method, host, path, x->status, x->bytes_req, x->bytes_resp, ms,
-                     x->agent->proto, x->link ? x->link->proto : "-", cred,
-                     x->redactions, av__end_names[x_end(x, error)], err);
-    if (n > 0 && (size_t)n < sizeof(line))
-        av__audit_write(env->audit, line, (size_t)n);
+    av_xrecord r;
+    x_record(x, error, ms, &r);
+    env->now(env->clock_ud, &r.when);
+    av__audit_record(env->audit, &r);
 }
 
-/* Write the exchange's one log line (never a secret: the path has no
- * query, the error is a proxy-made reason), its audit record, and count
- * it for /metrics. */
+/* Write the exchange's one log line, its audit record, and count it for
+ * /metrics. */
 void av__x_log(av_exchange *x, const char *error)
 {
     const av_env *env = x->env;
     double ms = (av__loop_now(env->loop) - x->start) * 1000.0;
-    char err[240] = "";
-    if (error) {
-        char clean[200];
-        av__sanitize_line(clean, sizeof(clean), error, strlen(error), 0);
-        for (char *q = clean; *q; q++)
-            if (*q == '"')
-                *q = '\'';
-        snprintf(err, sizeof(err), " error=\"%s\"", clean);
-    }
-    const char *up = x->link ? x->link->proto : "-";
-    char red[40] = "";
-    if (x->redactions)
-        snprintf(red, sizeof(red), " redactions=%lu", x->redactions);
-    av__log(env->log, error ? AV_LOG_WARN : AV_LOG_INFO,
-            "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
-            "proto=%s>%s%s%s%s end=%s%s",
-            x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
-            x->bytes_resp, ms, x->agent->proto, up, x_token_name(x) ? " token=" : "",
-            x_token_name(x) ? x_token_name(x) : "", red, av__end_names[x_end(x, error)], err);
+    av_xrecord r;
+    x_record(x, error, ms, &r);
+    av__audit_log_line(env->log, &r);
     x->logged = 1;
     av__x_audit(x, error, ms);
     av__metrics_count_exchange(env->metrics, x->svc ? x->svc->name : NULL, x->status);

@@ -200,9 +200,6 @@ static inline int ci_eq(const char *a, size_t alen, const char *b)
     return alen == blen && strncasecmp(a, b, alen) == 0;
 }
 
-/* How each exchange ended, by AV_END_* (log, audit and /metrics). */
-extern const char *const av__end_names[AV_END_COUNT];
-
 /* ---- the stored request (av_req.c) ---- */
 /* Views into x->rq: a pointer at an offset; append |p| and give its
  * offset; add a field (AV_ERR_LIMIT when full); copy the fields out. */
