@@ -1,10 +1,14 @@
 /* av_audit.h - the audit log: one JSON line per exchange, appended to a
  * file (or stdout). Opened at start, reopened on reload (rotation is
- * "rename, then SIGHUP"). A leaf: includes nothing of the library. */
+ * "rename, then SIGHUP"). Also the exchange's log line, from the same
+ * record. A leaf: includes only foundations (av_log, av_enc). */
 #ifndef AV_AUDIT_H
 #define AV_AUDIT_H
 
 #include <stddef.h>
+#include <time.h>
+
+#include "av_log.h"
 
 typedef struct av_audit {
     int fd; /* -1: off; 1: stdout; else the audit file */
@@ -23,5 +27,28 @@ int av__audit_on(const av_audit *a);
  * no-op when off. */
 void av__audit_write(av_audit *a, const char *line, size_t len);
 void av__audit_close(av_audit *a);
+
+/* What an exchange leaves behind (av_exchange.c fills it): never a secret
+ * (the path has no query, the credential is named by its reference, the
+ * error is a proxy-made reason). NULL strings are "none". */
+typedef struct av_xrecord {
+    struct timespec when;           /* wall clock (the audit record's time) */
+    const char *method, *host, *path;
+    const char *service, *token, *gateway;
+    const char *credential_ref;     /* the injected credential's reference; NULL: nothing injected */
+    int status;
+    unsigned long long bytes_up, bytes_down;
+    double ms;
+    const char *proto_agent, *proto_up; /* "h1" | "h2" | "-" */
+    unsigned long redactions;
+    const char *end;                /* AV_END_* name */
+    const char *error;
+} av_xrecord;
+
+/* The audit record of an exchange: one JSON line (a command: reference is
+ * shown as its program only); no-op when the audit log is off. */
+void av__audit_record(av_audit *a, const av_xrecord *r);
+/* The exchange's one log line (WARN with an error, else INFO). */
+void av__audit_log_line(const av_logger *log, const av_xrecord *r);
 
 #endif

@@ -145,7 +145,7 @@ static void ctx_on_wakeup(void *ud)
     ctx->drain_deadline = av__loop_now(ctx->loop) + drain;
     av__timer_start(ctx->drain_timer, drain);
     /* Close idle connections now; busy ones close after their exchange. */
-    av__conn_drain_all(ctx);
+    av__conn_drain_all(&ctx->env);
     ctx_check_done(ctx);
 }
 

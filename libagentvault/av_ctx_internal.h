@@ -1,7 +1,5 @@
 /* av_ctx_internal.h - struct av_ctx, for av_ctx.c, av_listen.c and
- * av_embed.c. (av_conn.c still includes it until the connection family
- * takes a const av_env * instead: tests/abi/check_layers.sh allows that
- * one edge for now.) Everything else gets a narrow context: av_pool.h for
+ * av_embed.c. Everything else gets a narrow context: av_pool.h for
  * upstream connections, av_env.h for agent connections. */
 #ifndef AV_CTX_INTERNAL_H
 #define AV_CTX_INTERNAL_H
@@ -16,6 +14,7 @@
 #include "av_audit.h"
 #include "av_ca.h"
 #include "av_config.h"
+#include "av_conn.h"
 #include "av_dns.h"
 #include "av_env.h"
 #include "av_limits.h"
@@ -163,10 +162,6 @@ void av__embed_run_cmds(av_ctx *ctx);
 /* Free the API listeners, queued commands and gateway records. */
 void av__embed_free(av_ctx *ctx);
 
-/* av_conn.c */
-int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len, av_gw *gw);
-void av__conn_drain_all(av_ctx *ctx); /* shutdown: finish current exchanges, then close */
-void av__conn_destroy(av_conn *c); /* immediate */
 
 /* av_ctx.c: called when a connection goes away during a drain. */
 void av__ctx_conn_gone(av_ctx *ctx);

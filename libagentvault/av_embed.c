@@ -124,7 +124,7 @@ void av__embed_run_cmds(av_ctx *ctx)
             cmd_discard(cmd); /* the caller's end reads EOF */
             continue;
         }
-        if (av__conn_accept(ctx, cmd->fd, (struct sockaddr *)&peer, sizeof(peer), cmd->gw) != AV_OK) {
+        if (av__conn_accept(&ctx->env, cmd->fd, (struct sockaddr *)&peer, sizeof(peer), cmd->gw) != AV_OK) {
             cmd_discard(cmd);
             continue;
         }

@@ -205,7 +205,7 @@ static void ctx_on_accept(void *ud, int revents)
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (av__conn_accept(ctx, fd, (struct sockaddr *)&peer, plen, l->gw) != AV_OK)
+        if (av__conn_accept(&ctx->env, fd, (struct sockaddr *)&peer, plen, l->gw) != AV_OK)
             close(fd);
     }
 }

@@ -3,12 +3,14 @@
  * One av_metrics per context. The connection layer adds to the counters
  * directly (they are plain integers: the loop thread is the only writer)
  * and counts each finished exchange by service and status with
- * av__metrics_count_exchange. A leaf: includes nothing of the library.
+ * av__metrics_count_exchange. A leaf: includes only av_buf (a foundation).
  */
 #ifndef AV_METRICS_H
 #define AV_METRICS_H
 
 #include <stddef.h>
+
+#include "av_buf.h"
 
 /* How an exchange ended: the `end` of its log line and audit record. */
 enum {
@@ -50,6 +52,20 @@ typedef struct av_metrics {
  * The table is bounded (4096 rows: statuses are 100..999, services are
  * configured); past that, or out of memory, the exchange is not counted. */
 void av__metrics_count_exchange(av_metrics *m, const char *svc, int status);
+/* The names of the AV_END_* endings (log line, audit record, /metrics). */
+extern const char *const av__end_names[AV_END_COUNT];
+
+/* What /metrics shows besides the counters: gauges the caller reads from
+ * the context, the pool and the CA. */
+typedef struct av_metrics_gauges {
+    size_t conns, upstream_h2, upstream_idle;
+    unsigned long leaf_hits, leaf_misses, leaf_refused;
+} av_metrics_gauges;
+
+/* Append the Prometheus text (format 0.0.4) of |m| and |g| to |b| (never a
+ * secret: service names and statuses only). */
+void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_buf *b);
+
 /* Free the table (the counters stay). */
 void av__metrics_cleanup(av_metrics *m);
 
