@@ -1,0 +1,169 @@
+/* conn_harness.h - a connection without a socket, for the conn family's
+ * unit tests (test_req.c, test_inject.c, test_proxy_req.c).
+ *
+ * A real context (av_ctx_new over a configuration text, no listener) and
+ * an av_conn whose agent side has no socket (fd -1): whatever the proxy
+ * answers is left in c->a.pout for the test to read, and c->in_proceed is
+ * held so that no notification ever runs the pump. An exchange that gets
+ * as far as choosing its upstream takes an idle pooled connection put
+ * there by xh_pool_fake (fd -1 too), so nothing is ever dialled.
+ *
+ * Secrets come from callback:NAME, answered by xh_secret: at once with
+ * the value set by xh_answer(), or held (xh_hold) so that an exchange
+ * stops before injection with its stored request complete.
+ */
+#ifndef CONN_HARNESS_H
+#define CONN_HARNESS_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "av_conn_int.h"
+
+#define XH_KEY "sk-test-Zq8v1N3xYt7LmP0aBcDeFgHiJkLm"
+
+typedef struct xh {
+    char dir[64];
+    av_ctx *ctx;
+    av_conn *c;
+    int hold;                   /* callback: requests are held, not answered */
+    av_secret_request *held;
+    char value[256];            /* the answer */
+    size_t value_len;
+    int asked;
+} xh;
+
+
+static inline void xh_secret(void *ud, const char *name, av_secret_request *req)
+{
+    xh *h = ud;
+    (void)name;
+    h->asked++;
+    if (h->hold) {
+        h->held = req;
+        return;
+    }
+    av_secret_request_answer(req, h->value, h->value_len);
+}
+
+static inline void xh_answer(xh *h, const char *v)
+{
+    snprintf(h->value, sizeof(h->value), "%s", v);
+    h->value_len = strlen(h->value);
+}
+
+static inline void xh_log(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    (void)level;
+    (void)msg;
+}
+
+/* A context over |conf| (sections after [proxy]; the harness adds its
+ * state directory) and one socketless agent connection. */
+static inline void xh_new(xh *h, const char *proxy_keys, const char *sections)
+{
+    memset(h, 0, sizeof(*h));
+    xh_answer(h, XH_KEY);
+    snprintf(h->dir, sizeof(h->dir), "/tmp/av-xh-XXXXXX");
+    assert_non_null(mkdtemp(h->dir));
+    char text[8192];
+    snprintf(text, sizeof(text), "[proxy]\nstate_dir = %s\n%s\n%s", h->dir, proxy_keys ? proxy_keys : "",
+             sections ? sections : "");
+    av_config *cfg = NULL;
+    assert_int_equal(av_config_new(&cfg), AV_OK);
+    if (av_config_load_string(cfg, text, strlen(text), "xh.conf") != AV_OK)
+        fail_msg("config: %s", av_config_error(cfg));
+    assert_int_equal(av_config_set_secret_fn(cfg, xh_secret, h), AV_OK);
+    char err[300] = "";
+    int rc = av_ctx_new(&h->ctx, cfg, err, sizeof(err));
+    av_config_free(cfg);
+    if (rc != AV_OK)
+        fail_msg("av_ctx_new: %s", err);
+    av_ctx_set_log(h->ctx, xh_log, NULL, AV_LOG_DEBUG);
+    av_conn *c = av__calloc(1, sizeof(*c));
+    assert_non_null(c);
+    c->ctx = h->ctx;
+    c->snap = av__snap_ref(h->ctx->snap);
+    c->token = -1;
+    c->state = C_PROXY_HEAD;
+    c->in_proceed = 1; /* notifications only set c->again */
+    c->x.c = c;
+    av__side_init(&c->a, -1, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
+    snprintf(c->peer, sizeof(c->peer), "test");
+    h->c = c;
+}
+
+static inline void xh_free(xh *h)
+{
+    av_conn *c = h->c;
+    if (c->x.active || c->x.snap)
+        av__x_reset(&c->x);
+    av__side_free(&c->a, 1);
+    av__snap_unref(c->snap);
+    av__free(c);
+    if (h->held)
+        av_secret_request_fail(h->held, "test over");
+    av_ctx_free(h->ctx);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", h->dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", h->dir);
+}
+
+/* What the proxy wrote toward the agent, as a string (and consumed). */
+static inline const char *xh_out(xh *h)
+{
+    static char s[65536];
+    av_buf *o = h->c->a.pout;
+    size_t n = o->len < sizeof(s) - 1 ? o->len : sizeof(s) - 1;
+    memcpy(s, av__buf_head(o), n);
+    s[n] = '\0';
+    av__buf_consume(o, o->len);
+    return s;
+}
+
+/* The status of the response the proxy wrote toward the agent, 0 if none. */
+static inline int xh_status(const char *out)
+{
+    int st = 0;
+    if (sscanf(out, "HTTP/1.1 %d", &st) != 1)
+        return 0;
+    return st;
+}
+
+static inline void xh_nop_timer(void *ud)
+{
+    (void)ud;
+}
+
+/* An idle upstream connection to |host|:|port| (plain HTTP) for the
+ * credential scope |scope| ("service/token"), in the pool: an exchange
+ * that reaches its upstream takes it instead of dialling. */
+static inline void xh_pool_fake(xh *h, const char *host, int port, const char *scope)
+{
+    av_upconn *up = av__calloc(1, sizeof(*up));
+    assert_non_null(up);
+    up->ctx = h->ctx;
+    av__side_init(&up->side, -1, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
+    av_authority d;
+    memset(&d, 0, sizeof(d));
+    snprintf(d.host, sizeof(d.host), "%s", host);
+    d.port = port;
+    up->dest = d;
+    av__upstream_key(up->key, sizeof(up->key), &d, 0, scope);
+    up->timer = av__timer_new(h->ctx->loop, xh_nop_timer, up);
+    assert_non_null(up->timer);
+    /* into the pool, as av__upstream_release puts a reusable one (without
+     * its read watcher: there is no socket to watch) */
+    up->state = AV_UP_IDLE;
+    up->pool_next = h->ctx->pool;
+    if (h->ctx->pool)
+        h->ctx->pool->pool_prev = up;
+    h->ctx->pool = up;
+    h->ctx->npool++;
+}
+
+#endif
