@@ -119,7 +119,8 @@ static inline const char *xh_out(xh *h)
     static char s[65536];
     av_buf *o = h->c->a.pout;
     size_t n = o->len < sizeof(s) - 1 ? o->len : sizeof(s) - 1;
-    memcpy(s, av__buf_head(o), n);
+    if (n)
+        memcpy(s, av__buf_head(o), n);
     s[n] = '\0';
     av__buf_consume(o, o->len);
     return s;
@@ -139,10 +140,11 @@ static inline void xh_nop_timer(void *ud)
     (void)ud;
 }
 
-/* An idle upstream connection to |host|:|port| (plain HTTP) for the
+/* An idle upstream connection to |host|:|port| (TLS when |tls|) for the
  * credential scope |scope| ("service/token"), in the pool: an exchange
- * that reaches its upstream takes it instead of dialling. */
-static inline void xh_pool_fake(xh *h, const char *host, int port, const char *scope)
+ * that reaches its upstream takes it instead of dialling (a mux too: an
+ * origin with a pooled connection is taken to speak HTTP/1.1). */
+static inline av_upconn *xh_pool_fake_tls(xh *h, const char *host, int port, int tls, const char *scope)
 {
     av_upconn *up = av__calloc(1, sizeof(*up));
     assert_non_null(up);
@@ -153,7 +155,8 @@ static inline void xh_pool_fake(xh *h, const char *host, int port, const char *s
     snprintf(d.host, sizeof(d.host), "%s", host);
     d.port = port;
     up->dest = d;
-    av__upstream_key(up->key, sizeof(up->key), &d, 0, scope);
+    up->tls = tls;
+    av__upstream_key(up->key, sizeof(up->key), &d, tls, scope);
     up->timer = av__timer_new(h->ctx->loop, xh_nop_timer, up);
     assert_non_null(up->timer);
     /* into the pool, as av__upstream_release puts a reusable one (without
@@ -164,6 +167,12 @@ static inline void xh_pool_fake(xh *h, const char *host, int port, const char *s
         h->ctx->pool->pool_prev = up;
     h->ctx->pool = up;
     h->ctx->npool++;
+    return up;
+}
+
+static inline void xh_pool_fake(xh *h, const char *host, int port, const char *scope)
+{
+    xh_pool_fake_tls(h, host, port, 0, scope);
 }
 
 #endif
