@@ -43,7 +43,7 @@ static void conn_record_refusal(av_conn *c, int status, const char *reason)
 void av__conn_respond(av_conn *c, int status, const char *reason_text, int json, int close)
 {
     char reason[300], body[700];
-    av__error_text(status, reason_text, json, reason, body);
+    av__x_error_text(status, reason_text, json, reason, body);
     av_buf *o = c->a.pout;
     av__h1_write_status_line(o, status, av__h1_reason(status));
     av__h1_write_field_str(o, "Content-Type", json ? "application/json" : "text/plain; charset=utf-8");
@@ -117,7 +117,7 @@ static void conn_head_error(av_conn *c, ssize_t rc)
 /* The trailer section of an HTTP/1.1 agent's chunked body (the decoder
  * stopped at it). Returns 1 (the body is complete), 0 (need more bytes),
  * or -1 after failing the exchange. */
-int av__x_agent_trailers_h1(av_exchange *x)
+static int x_agent_trailers_h1(av_exchange *x)
 {
     av_conn *c = x->c;
     av_h1_field tf[AV_H1_MAX_FIELDS_CAP];
@@ -151,7 +151,7 @@ int av__x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *des
     av_exchange *x = &c->x;
     av__x_reset(x);
     x->c = c;
-    x_req_in in;
+    av_req_in in;
     memset(&in, 0, sizeof(in));
     in.method = req->method;
     in.method_len = req->method_len;
@@ -230,3 +230,372 @@ int av__conn_read_head(av_conn *c)
         av__conn_tunnel_request(c, &req, (size_t)n);
     return 1;
 }
+
+/* ---- the agent interface (av_agent.h) over HTTP/1.1 ---------------------- */
+
+static void h1_intake(av_exchange *x, const av_req_in *in)
+{
+    av_conn *c = x->c;
+    if (in->flags & AV_H1_F_CLOSE)
+        c->close_after = 1;
+    x->expect_continue = (in->flags & AV_H1_F_EXPECT_CONTINUE) && in->minor >= 1;
+    int kind = in->framing == RB_LENGTH ? AV_H1_BODY_LENGTH
+               : in->framing == RB_UNKNOWN ? AV_H1_BODY_CHUNKED
+                                          : AV_H1_BODY_NONE;
+    av__h1_body_init(&x->req_body, kind, in->length);
+    av__h1_body_want_trailers(&x->req_body);
+    x->req_done = x->req_body.done; /* no body, or Content-Length: 0 */
+    c->state = C_EXCHANGE;
+}
+
+/* The request body, decoded from c->a.pin, into |sink| (at least 64
+ * bytes of room per slice). */
+static int h1_pump_body(av_exchange *x, const av_body_sink *sink)
+{
+    av_conn *c = x->c;
+    int progress = 0;
+    while (!x->req_done) {
+        if (x->req_body.at_trailers) {
+            int t = x_agent_trailers_h1(x);
+            if (t < 0)
+                return -1;
+            progress |= t;
+            break;
+        }
+        size_t room = sink->room(x);
+        if (room < 64 || c->a.pin->len == 0)
+            break;
+        size_t feed = c->a.pin->len;
+        if (feed > room)
+            feed = room;
+        const uint8_t *data = NULL;
+        size_t dlen = 0;
+        ssize_t used = av__h1_body_feed(&x->req_body, av__buf_head(c->a.pin), feed, &data, &dlen);
+        if (used < 0) {
+            av__x_fail(x, 400, "malformed request body framing");
+            return -1;
+        }
+        if (dlen && sink->write(x, data, dlen) < 0)
+            return -1;
+        av__buf_consume(c->a.pin, (size_t)used);
+        if (x->req_body.done)
+            x->req_done = 1;
+        if (used == 0 && dlen == 0 && !x->req_body.done)
+            break;
+        progress = 1;
+    }
+    return progress;
+}
+
+static size_t h1_body_pending(const av_exchange *x)
+{
+    (void)x;
+    return 0; /* decoded straight from the connection's buffer */
+}
+
+static int h1_send_continue(av_exchange *x)
+{
+    if (!x->expect_continue)
+        return 0;
+    av__buf_append_str(x->c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+    x->expect_continue = 0;
+    return 1;
+}
+
+static int h1_body_aborted(const av_exchange *x)
+{
+    return x->c->a.in_eof && x->c->a.pin->len == 0;
+}
+
+/* Write a response head toward the agent. |kind| is RK_NONE (no body:
+ * fields are kept as they are, e.g. Content-Length of a HEAD response),
+ * RK_LENGTH (Content-Length |len| is derived here) or RK_UNKNOWN (chunked,
+ * or close-delimited for HTTP/1.0 agents). Returns 0, AV_ERR_LIMIT (no
+ * room yet: retry later) or AV_ERR_INVALID. */
+static int h1_head(av_exchange *x, int status, const char *reason, size_t reason_len, const av_h1_field *fields,
+                   size_t nfields, int kind, uint64_t len)
+{
+    av_conn *c = x->c;
+    char cl[32];
+    u64_dec(cl, len);
+    av_buf *o = c->a.pout;
+    if (av__buf_room(o) < 1024)
+        return AV_ERR_LIMIT;
+    size_t mark = o->len;
+    int rc = 0;
+    char rs[256];
+    if (reason) {
+        copy_str(rs, sizeof(rs), reason, reason_len);
+    } else {
+        const char *r = av__h1_reason(status);
+        copy_str(rs, sizeof(rs), r, strlen(r));
+    }
+    rc |= av__h1_write_status_line(o, status, rs);
+    for (size_t i = 0; i < nfields; i++) {
+        const av_h1_field *f = &fields[i];
+        if (av__h1_is_hop_by_hop(f, fields, nfields))
+            continue;
+        if (av__h1_name_eq(f, "transfer-encoding"))
+            continue;
+        if (av__h1_name_eq(f, "content-length") && kind != RK_NONE)
+            continue; /* re-derived below */
+        rc |= av__h1_write_field(o, f->name, f->name_len, f->value, f->value_len);
+    }
+    if (status >= 200) {
+        if (kind == RK_LENGTH) {
+            rc |= av__h1_write_field_str(o, "Content-Length", cl);
+        } else if (kind == RK_UNKNOWN) {
+            if (x->agent_minor >= 1) {
+                rc |= av__h1_write_field_str(o, "Transfer-Encoding", "chunked");
+                x->resp_out_chunked = 1;
+            } else {
+                x->resp_out_close = 1;
+                c->close_after = 1;
+            }
+        }
+        if (c->close_after || c->draining)
+            rc |= av__h1_write_field_str(o, "Connection", "close");
+    }
+    rc |= av__h1_write_end(o);
+    if (rc) {
+        o->len = mark; /* roll back */
+        x->resp_out_chunked = 0;
+        return rc == AV_ERR_LIMIT ? AV_ERR_LIMIT : AV_ERR_INVALID;
+    }
+    x->resp_kind = kind;
+    return 0;
+}
+
+static int h1_head_fits(av_exchange *x, size_t n)
+{
+    return av__buf_room(x->c->a.pout) >= n;
+}
+
+static size_t h1_room(av_exchange *x)
+{
+    size_t r = av__buf_room(x->c->a.pout);
+    return r > 32 ? r - 32 : 0;
+}
+
+static void h1_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    av_conn *c = x->c;
+    if (x->resp_out_chunked) {
+        av__h1_write_chunk_header(c->a.pout, n);
+        av__buf_append(c->a.pout, data, n);
+        av__h1_write_chunk_end(c->a.pout);
+    } else {
+        av__buf_append(c->a.pout, data, n);
+    }
+}
+
+static int h1_end(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (x->resp_out_chunked && x->resp_tr.n) {
+        int rc = av__h1_write_last_chunk_trailers(c->a.pout, x->resp_tr.f, x->resp_tr.n);
+        if (rc == AV_ERR_LIMIT && c->a.pout->len > 0)
+            return 0; /* wait for the agent to drain */
+        if (rc != AV_OK) {
+            av__x_trailers_dropped(x, x->resp_tr.n, "they cannot be serialized as HTTP/1.1");
+            av__h1_write_last_chunk(c->a.pout);
+        }
+    } else if (x->resp_out_chunked) {
+        av__h1_write_last_chunk(c->a.pout);
+    } else if (x->resp_tr.n) {
+        av__x_trailers_dropped(x, x->resp_tr.n, "the response to this HTTP/1.x agent is not chunked");
+    }
+    return 1;
+}
+
+static void h1_respond_error(av_exchange *x, int status, const char *why, int json)
+{
+    av__conn_respond(x->c, status, why, json, 1);
+}
+
+static void h1_fail(av_exchange *x, int status, const char *why)
+{
+    av_conn *c = x->c;
+    if (!x->resp_head_done) {
+        x->status = status;
+        c->close_after = 1;
+        av__conn_respond(c, status, why, 0, 1);
+    } else {
+        c->a.want_shut = 1;
+        c->state = C_CLOSING;
+    }
+    x->resp_done = 1;
+    av__x_finish(x, why);
+    c->state = C_CLOSING;
+}
+
+static void h1_refused(av_exchange *x, const char *why)
+{
+    (void)x; /* the error response closes the connection */
+    (void)why;
+}
+
+static void h1_dropped(av_exchange *x)
+{
+    (void)x; /* the error response closes the connection */
+}
+
+/* The end of an exchange, HTTP/1.1 checks. Returns 1 if it finished. */
+static int h1_check_done(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (x->req_done && !x->resp_done && !x->ws_open && c->a.in_eof && c->a.pin->len == 0) {
+        /* The agent closed before the response ended: stop relaying it. */
+        x->end = AV_END_CLIENT_ABORT;
+        x->up_reusable = 0;
+        x->resp_done = 1;
+        c->close_after = 1;
+        av__x_finish(x, "the agent closed the connection before the response ended");
+        return 1;
+    }
+    if (!x->req_done && c->a.in_eof && c->a.pin->len == 0) {
+        /* The agent went away mid-body: nothing sensible to forward. */
+        x->end = AV_END_CLIENT_ABORT;
+        x->up_reusable = 0;
+        if (x->resp_done) {
+            av__x_finish(x, NULL);
+            return 1;
+        }
+    }
+    if (x->resp_done && (x->req_done || c->a.in_eof)) {
+        av__x_finish(x, NULL);
+        return 1;
+    }
+    if (x->resp_done && !x->req_done) {
+        /* Early response (e.g. 413): finish without the rest of the body
+         * and close the agent connection afterwards. */
+        c->close_after = 1;
+        x->up_reusable = 0;
+        av__x_finish(x, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* Back to reading heads, or close. */
+static void h1_finish(av_exchange *x)
+{
+    av_conn *c = x->c;
+    int close = c->close_after || c->draining || !x->req_done;
+    av__x_reset(x);
+    if (close) {
+        c->state = C_CLOSING;
+        av__side_close_write(&c->a);
+        return;
+    }
+    c->state = c->in_tunnel ? C_TUNNEL_HEAD : C_PROXY_HEAD;
+    av__h1_scan_reset(&c->scan);
+    c->head_start = 0;
+}
+
+static int h1_closing(const av_exchange *x)
+{
+    return x->c->state == C_CLOSING;
+}
+
+static void h1_close_after(av_exchange *x)
+{
+    x->c->close_after = 1;
+}
+
+/* Relay a validated 101 to the agent. */
+static int h1_upgrade(av_exchange *x, const av_h1_response *resp)
+{
+    av_buf *o = x->c->a.pout;
+    size_t mark = o->len;
+    int rc = av__h1_write_status_line(o, 101, "Switching Protocols");
+    for (size_t i = 0; i < resp->nfields && !rc; i++) {
+        const av_h1_field *f = &resp->fields[i];
+        if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length") ||
+            (x->ws_scrub && av__h1_name_eq(f, "sec-websocket-extensions")))
+            continue; /* scrub mode: the agent gets messages uncompressed */
+        rc = av__h1_write_field(o, f->name, f->name_len, f->value, f->value_len);
+    }
+    rc = rc ? rc : av__h1_write_field_str(o, "Upgrade", "websocket");
+    rc = rc ? rc : av__h1_write_field_str(o, "Connection", "Upgrade");
+    rc = rc ? rc : av__h1_write_end(o);
+    if (rc)
+        o->len = mark;
+    return rc;
+}
+
+static void h1_ws_bufs(av_exchange *x, av_buf **in, av_buf **out, int *in_eof)
+{
+    *in = x->c->a.pin;
+    *out = x->c->a.pout;
+    *in_eof = x->c->a.in_eof;
+}
+
+static int h1_ws_splice_out(av_exchange *x, av_buf *from)
+{
+    return av__splice_bytes(from, x->c->a.pout, &x->bytes_resp);
+}
+
+static int h1_ws_half_close(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (c->a.want_shut)
+        return 0;
+    av__side_close_write(&c->a);
+    return 1;
+}
+
+static int h1_ws_flush(av_exchange *x, size_t taken, int up_over)
+{
+    (void)x; /* the connection's buffers are the relay's: nothing to flush */
+    (void)taken;
+    (void)up_over;
+    return 0;
+}
+
+static int h1_ws_finished(av_exchange *x, const av_side *u)
+{
+    av_conn *c = x->c;
+    return x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
+                        : ((c->a.in_eof && (u->in_eof || u->err)) || (u->err && c->a.want_shut));
+}
+
+static void h1_ws_abort(av_exchange *x, const char *why)
+{
+    av_conn *c = x->c;
+    c->close_after = 1;
+    av__x_finish(x, why);
+    c->a.want_shut = 1;
+}
+
+const av_agent_ops av__agent_h1_ops = {
+    .proto = "h1",
+    .relays_1xx = 1,
+    .length_with_trailers = 0,
+    .joins_cookies = 0,
+    .intake = h1_intake,
+    .pump_body = h1_pump_body,
+    .body_pending = h1_body_pending,
+    .send_continue = h1_send_continue,
+    .body_aborted = h1_body_aborted,
+    .head = h1_head,
+    .head_fits = h1_head_fits,
+    .room = h1_room,
+    .write = h1_write,
+    .end = h1_end,
+    .respond_error = h1_respond_error,
+    .fail = h1_fail,
+    .refused = h1_refused,
+    .dropped = h1_dropped,
+    .check_done = h1_check_done,
+    .finish = h1_finish,
+    .closing = h1_closing,
+    .close_after = h1_close_after,
+    .upgrade = h1_upgrade,
+    .ws_bufs = h1_ws_bufs,
+    .ws_splice_out = h1_ws_splice_out,
+    .ws_half_close = h1_ws_half_close,
+    .ws_flush = h1_ws_flush,
+    .ws_finished = h1_ws_finished,
+    .ws_abort = h1_ws_abort,
+};

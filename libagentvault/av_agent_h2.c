@@ -13,11 +13,11 @@
 #include "av_conn_int.h"
 
 /* An error response on an HTTP/2 agent stream (the connection stays). */
-void av__x_respond_h2(av_exchange *x, int status, const char *reason_text, int json)
+static void x_respond_h2(av_exchange *x, int status, const char *reason_text, int json)
 {
     av_conn *c = x->c;
     char reason[300], body[700];
-    av__error_text(status, reason_text, json, reason, body);
+    av__x_error_text(status, reason_text, json, reason, body);
     char cl[32];
     snprintf(cl, sizeof(cl), "%zu", strlen(body));
     av_h2_head h;
@@ -81,7 +81,7 @@ void av__conn_h2_free_x(av_conn *c, av_exchange *x)
 static void x_start_h2(av_exchange *x, const av_h2_head *h)
 {
     av_conn *c = x->c;
-    x_req_in in;
+    av_req_in in;
     memset(&in, 0, sizeof(in));
     in.method = h->method;
     in.method_len = h->method_len;
@@ -145,6 +145,7 @@ static void x_start_h2(av_exchange *x, const av_h2_head *h)
     }
     if (connect) {
         in.ws = 1;
+        in.ext_connect = 1;
         in.framing = RB_NONE; /* the stream carries WebSocket bytes, not a body */
     } else if (h->content_length >= 0) {
         in.framing = RB_LENGTH;
@@ -169,7 +170,7 @@ static int h2s_on_head(void *ud, int32_t sid, const av_h2_head *h)
 {
     av_conn *c = ud;
     if (h->trailers) {
-        /* Request trailers: checked now, sent after the body (av__up_end). */
+        /* Request trailers: checked now, sent after the body (av__x_up_end). */
         av_exchange *tx = h2_find(c, sid);
         if (tx && tx->active && !tx->req_tr_err && !tx->ws) {
             int rc = av__x_keep_trailers(tx, 1, h->fields, h->nfields, &tx->req_tr);
@@ -182,6 +183,7 @@ static int h2s_on_head(void *ud, int32_t sid, const av_h2_head *h)
     if (!x)
         return AV_ERR_NOMEM;
     x->c = c;
+    x->agent = &av__agent_h2_ops;
     x->sid = sid;
     x->next = c->xs;
     if (c->xs)
@@ -318,3 +320,318 @@ int av__conn_h2_step(av_conn *c)
     }
     return progress;
 }
+
+/* ---- the agent interface (av_agent.h) over an HTTP/2 stream -------------- */
+
+static void h2_intake(av_exchange *x, const av_req_in *in)
+{
+    (void)in; /* DATA frames carry the body; END_STREAM ends it */
+    x->req_done = x->a_end && x->a_rx.len == 0;
+}
+
+/* The stream's DATA (a_rx) into |sink|; the window is given back as the
+ * sink takes it. */
+static int h2_pump_body(av_exchange *x, const av_body_sink *sink)
+{
+    av_conn *c = x->c;
+    int progress = 0;
+    if (x->req_tr_err) {
+        av__x_refuse_trailers(x, x->req_tr_err);
+        return -1;
+    }
+    while (x->a_rx.len > 0) {
+        size_t room = sink->room(x);
+        if (room == 0)
+            break;
+        size_t n = x->a_rx.len < room ? x->a_rx.len : room;
+        if (sink->write(x, av__buf_head(&x->a_rx), n) < 0)
+            return -1;
+        av__buf_consume(&x->a_rx, n);
+        av__h2_consume(c->h2, x->sid, n);
+        progress = 1;
+    }
+    if (!x->req_done && x->a_end && x->a_rx.len == 0) {
+        x->req_done = 1;
+        progress = 1;
+    }
+    return progress;
+}
+
+static size_t h2_body_pending(const av_exchange *x)
+{
+    return x->a_rx.len;
+}
+
+static int h2_send_continue(av_exchange *x)
+{
+    (void)x; /* HTTP/2 agents are not waiting for a 100 */
+    return 0;
+}
+
+static int h2_body_aborted(const av_exchange *x)
+{
+    (void)x; /* a reset stream is seen through a_closed */
+    return 0;
+}
+
+/* A response head as HEADERS (interim responses are not relayed). */
+static int h2_head(av_exchange *x, int status, const char *reason, size_t reason_len, const av_h1_field *fields,
+                   size_t nfields, int kind, uint64_t len)
+{
+    (void)reason;
+    (void)reason_len;
+    av_conn *c = x->c;
+    char cl[32];
+    u64_dec(cl, len);
+    if (status < 200)
+        return 0; /* interim responses are not relayed to HTTP/2 agents */
+    av_h2_head h;
+    memset(&h, 0, sizeof(h));
+    h.status = status;
+    h.content_length = -1;
+    size_t n = 0;
+    for (size_t i = 0; i < nfields && n < AV_H2_MAX_FIELDS - 1; i++) {
+        const av_h1_field *f = &fields[i];
+        if (av__h1_is_hop_by_hop(f, fields, nfields) || (kind != RK_NONE && av__h1_name_eq(f, "content-length")))
+            continue;
+        if (f->name_len == 0 || f->name[0] == ':')
+            continue;
+        h.fields[n++] = *f;
+    }
+    if (kind == RK_LENGTH) {
+        h.fields[n].name = "content-length";
+        h.fields[n].name_len = 14;
+        h.fields[n].value = cl;
+        h.fields[n].value_len = strlen(cl);
+        n++;
+    }
+    h.nfields = n;
+    int end = kind == RK_NONE || (kind == RK_LENGTH && len == 0);
+    int rc = av__h2_submit_response(c->h2, x->sid, &h, end);
+    if (rc)
+        return AV_ERR_INVALID;
+    x->resp_kind = kind;
+    return 0;
+}
+
+static int h2_head_fits(av_exchange *x, size_t n)
+{
+    (void)x; /* the session queues frames */
+    (void)n;
+    return 1;
+}
+
+static size_t h2_room(av_exchange *x)
+{
+    return av__h2_stream_room(x->c->h2, x->sid);
+}
+
+static void h2_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    av__h2_send_data(x->c->h2, x->sid, data, n);
+}
+
+static int h2_end(av_exchange *x)
+{
+    av_conn *c = x->c;
+    if (!x->resp_tr.n || av__h2_submit_trailers(c->h2, x->sid, x->resp_tr.f, x->resp_tr.n) != 0) {
+        if (x->resp_tr.n)
+            av__x_trailers_dropped(x, x->resp_tr.n, "the agent's stream cannot take them");
+        av__h2_end_stream(c->h2, x->sid);
+    }
+    return 1;
+}
+
+static void h2_respond_error(av_exchange *x, int status, const char *why, int json)
+{
+    x_respond_h2(x, status, why, json);
+}
+
+static void h2_fail(av_exchange *x, int status, const char *why)
+{
+    av_conn *c = x->c;
+    if (!x->resp_head_done && !x->a_closed) {
+        x_respond_h2(x, status, why, 0);
+    } else if (!x->a_closed) {
+        av__h2_reset_stream(c->h2, x->sid, 2 /* INTERNAL_ERROR */);
+        x->resp_done = 1;
+    }
+    x->req_done = 1;
+    x->resp_done = 1;
+    av__x_finish(x, why);
+}
+
+static void h2_refused(av_exchange *x, const char *why)
+{
+    x->resp_done = 1;
+    av__x_finish(x, why);
+}
+
+static void h2_dropped(av_exchange *x)
+{
+    x->active = 0;
+    x->done = 1; /* freed after the step loop */
+}
+
+/* The end of an exchange, HTTP/2 checks. Returns 1 if it finished. */
+static int h2_check_done(av_exchange *x)
+{
+    if (x->a_closed && !(x->resp_done && x->req_done)) {
+        x->up_reusable = 0;
+        x->resp_done = 1;
+        if (!x->end)
+            x->end = AV_END_CLIENT_ABORT;
+        av__x_finish(x, x->resp_head_done ? NULL : "agent reset the stream");
+        return 1;
+    }
+    if (x->resp_done && (x->req_done || x->a_closed)) {
+        av__x_finish(x, NULL);
+        return 1;
+    }
+    if (x->resp_done && !x->req_done) {
+        /* Early response: the rest of the request body is not wanted. */
+        x->up_reusable = 0;
+        av__x_finish(x, NULL);
+        return 1;
+    }
+    return 0;
+}
+
+/* Reset an unfinished stream; the exchange is freed after the step loop. */
+static void h2_finish(av_exchange *x)
+{
+    if (!x->resp_done && !x->a_closed)
+        av__h2_reset_stream(x->c->h2, x->sid, 2 /* INTERNAL_ERROR */);
+    x->active = 0;
+    x->done = 1;
+}
+
+static int h2_closing(const av_exchange *x)
+{
+    (void)x; /* streams end alone; the session goes on */
+    return 0;
+}
+
+static void h2_close_after(av_exchange *x)
+{
+    (void)x;
+}
+
+/* A validated 101 becomes a 200 to the extended CONNECT, without the
+ * HTTP/1.1 handshake fields; frames toward the agent then go through
+ * a_tx. */
+static int h2_upgrade(av_exchange *x, const av_h1_response *resp)
+{
+    av_h2_head h;
+    memset(&h, 0, sizeof(h));
+    h.status = 200;
+    h.content_length = -1;
+    size_t n = 0;
+    for (size_t i = 0; i < resp->nfields && n < AV_H2_MAX_FIELDS; i++) {
+        const av_h1_field *f = &resp->fields[i];
+        if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length") ||
+            av__h1_name_eq(f, "sec-websocket-accept") ||
+            (x->ws_scrub && av__h1_name_eq(f, "sec-websocket-extensions")))
+            continue;
+        h.fields[n++] = *f;
+    }
+    h.nfields = n;
+    if (av__h2_submit_response(x->c->h2, x->sid, &h, 0))
+        return AV_ERR_INVALID;
+    av__buf_init(&x->a_tx, AV_PLAIN_BUF_MAX);
+    return 0;
+}
+
+static void h2_ws_bufs(av_exchange *x, av_buf **in, av_buf **out, int *in_eof)
+{
+    *in = &x->a_rx;
+    *out = &x->a_tx;
+    *in_eof = x->a_end || x->a_closed;
+}
+
+static int h2_ws_splice_out(av_exchange *x, av_buf *from)
+{
+    av_conn *c = x->c;
+    size_t n = from->len, room = av__h2_stream_room(c->h2, x->sid);
+    if (n > room)
+        n = room;
+    if (!n || x->a_tx_ended)
+        return 0;
+    av__h2_send_data(c->h2, x->sid, av__buf_head(from), n);
+    av__buf_consume(from, n);
+    x->bytes_resp += n;
+    return 1;
+}
+
+static int h2_ws_half_close(av_exchange *x)
+{
+    (void)x; /* END_STREAM goes out in h2_ws_flush */
+    return 0;
+}
+
+/* Window for what the relay took from the stream; frames toward the agent
+ * go out as DATA, then END_STREAM once the upstream is over. */
+static int h2_ws_flush(av_exchange *x, size_t taken, int up_over)
+{
+    av_conn *c = x->c;
+    int progress = 0;
+    if (taken)
+        av__h2_consume(c->h2, x->sid, taken);
+    size_t n = x->a_tx.len, room = av__h2_stream_room(c->h2, x->sid);
+    if (n > room)
+        n = room;
+    if (n && !x->a_tx_ended) {
+        av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
+        av__buf_consume(&x->a_tx, n);
+        progress = 1;
+    }
+    if (up_over && x->a_tx.len == 0 && !x->a_tx_ended) {
+        av__h2_end_stream(c->h2, x->sid);
+        x->a_tx_ended = 1;
+        progress = 1;
+    }
+    return progress;
+}
+
+static int h2_ws_finished(av_exchange *x, const av_side *u)
+{
+    return x->a_tx_ended && (x->a_end || x->a_closed) && (x->ws_bridge || u->want_shut || u->err);
+}
+
+static void h2_ws_abort(av_exchange *x, const char *why)
+{
+    x->resp_done = 0; /* reset the stream */
+    av__x_finish(x, why);
+}
+
+const av_agent_ops av__agent_h2_ops = {
+    .proto = "h2",
+    .relays_1xx = 0,
+    .length_with_trailers = 1,
+    .joins_cookies = 1,
+    .intake = h2_intake,
+    .pump_body = h2_pump_body,
+    .body_pending = h2_body_pending,
+    .send_continue = h2_send_continue,
+    .body_aborted = h2_body_aborted,
+    .head = h2_head,
+    .head_fits = h2_head_fits,
+    .room = h2_room,
+    .write = h2_write,
+    .end = h2_end,
+    .respond_error = h2_respond_error,
+    .fail = h2_fail,
+    .refused = h2_refused,
+    .dropped = h2_dropped,
+    .check_done = h2_check_done,
+    .finish = h2_finish,
+    .closing = h2_closing,
+    .close_after = h2_close_after,
+    .upgrade = h2_upgrade,
+    .ws_bufs = h2_ws_bufs,
+    .ws_splice_out = h2_ws_splice_out,
+    .ws_half_close = h2_ws_half_close,
+    .ws_flush = h2_ws_flush,
+    .ws_finished = h2_ws_finished,
+    .ws_abort = h2_ws_abort,
+};

@@ -34,6 +34,7 @@
 #include <agentvault/agentvault.h>
 
 #include "av_ca_internal.h"
+#include "av_enc.h"
 #include "av_mem.h"
 
 #define CA_FILE_MAX (1024 * 1024)    /* largest ca.pem / ca.key we read */
@@ -351,33 +352,16 @@ err:
 /* pem_encode returns "-----BEGIN |label|-----" + base64 lines + END. */
 static char *pem_encode(const char *label, const uint8_t *der_p, size_t n)
 {
-    static const char b64[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     size_t enc = (n + 2) / 3 * 4;
     size_t total = enc + enc / 64 + 2 + 2 * (strlen(label) + 32);
     char *out = av__malloc(total);
     if (!out)
         return NULL;
     size_t o = (size_t)snprintf(out, total, "-----BEGIN %s-----\n", label);
-    size_t col = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)der_p[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)der_p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= der_p[i + 2];
-        out[o++] = b64[(v >> 18) & 63];
-        out[o++] = b64[(v >> 12) & 63];
-        out[o++] = i + 1 < n ? b64[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < n ? b64[v & 63] : '=';
-        col += 4;
-        if (col == 64) {
-            out[o++] = '\n';
-            col = 0;
-        }
-    }
-    if (col)
+    for (size_t i = 0; i < n; i += 48) { /* 48 bytes make a 64-character line */
+        o += av__b64_encode(der_p + i, n - i < 48 ? n - i : 48, 0, out + o);
         out[o++] = '\n';
+    }
     snprintf(out + o, total - o, "-----END %s-----\n", label);
     return out;
 }

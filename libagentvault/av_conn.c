@@ -15,14 +15,16 @@
  * until nothing progresses, then sets watcher interest from the buffers.
  * Every buffer is bounded, so a slow side stops reads on the other.
  *
- * An exchange is one request/response. Its agent side is HTTP/1.1 (the
- * connection's single exchange, c->x) or an HTTP/2 stream (c->xs). Its
- * upstream side is an HTTP/1.1 connection of its own (L_H1) or a stream on
- * a shared HTTP/2 connection (L_MUX, av_mux.c). The request is kept as a
- * protocol-neutral copy (x->rq: method, target, fields with the credential
- * injected) until the upstream's protocol is known, then serialized for
- * it; bodies are moved by one source→sink loop per direction, so every
- * combination (h1/h2 agent × h1/h2 upstream) shares the same code.
+ * An exchange (av_exchange.h) is one request/response. Its agent side is
+ * HTTP/1.1 (the connection's single exchange, c->x; av_agent_h1.c) or an
+ * HTTP/2 stream (c->xs; av_agent_h2.c), behind av_agent_ops. Its upstream
+ * side is an HTTP/1.1 connection of its own (av_link_h1.c) or a stream on
+ * a shared HTTP/2 connection (av_link_mux.c over av_mux.c), behind
+ * av_link_ops. The request is kept as a protocol-neutral copy (x->rq,
+ * av_req.c: method, target, fields with the credential injected) until the
+ * upstream's protocol is known, then serialized for it; bodies are moved by
+ * one source→sink loop per direction, so every combination (h1/h2 agent ×
+ * h1/h2 upstream) shares the same code.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -450,6 +452,7 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
     c->token = -1;
     c->state = C_SNIFF;
     c->x.c = c;
+    c->x.agent = &av__agent_h1_ops;
     if (gw) {
         c->gw = gw;
         c->in_tunnel = 1;

@@ -13,10 +13,10 @@
 
 #include "av_conn_int.h"
 
-/* av__error_text makes the one-line reason (control characters removed) and
+/* av__x_error_text makes the one-line reason (control characters removed) and
  * the body of a proxy-made error: the reason and a newline, or JSON.
  * |reason| holds 300 bytes, |body| 700. */
-void av__error_text(int status, const char *reason_text, int json, char reason[300], char body[700])
+void av__x_error_text(int status, const char *reason_text, int json, char reason[300], char body[700])
 {
     sanitize_line(reason, 300, reason_text ? reason_text : "");
     if (!json) {
@@ -34,7 +34,7 @@ void av__error_text(int status, const char *reason_text, int json, char reason[3
     snprintf(body, 700, "{\"error\":\"%s\",\"status\":%d}\n", esc, status);
 }
 
-void av__up_notify_cb(void *owner)
+void av__x_wake(void *owner)
 {
     av_conn *c = owner;
     if (c->in_proceed) {
@@ -62,6 +62,7 @@ void av__x_reset(av_exchange *x)
     av_conn *c = x->c;
     av_exchange *next = x->next, *prev = x->prev;
     int32_t sid = x->sid;
+    const av_agent_ops *agent = x->agent;
     x_unlink_upstream(x, 0);
     av__resolver_cancel(x->swait);
     av__buf_free_wipe(&x->rq);
@@ -85,6 +86,7 @@ void av__x_reset(av_exchange *x)
     x->next = next;
     x->prev = prev;
     x->sid = sid;
+    x->agent = agent;
 }
 
 /* The name of the proxy token an exchange runs under, or NULL. */
@@ -189,7 +191,7 @@ void av__x_audit(av_exchange *x, const char *error, double ms)
                      "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
                      "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
                      when, tok, gw, svc, method, host, path, x->status, x->bytes_req, x->bytes_resp, ms,
-                     x->sid ? "h2" : "h1", x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-", cred,
+                     x->agent->proto, x->link ? x->link->proto : "-", cred,
                      x->redactions, av__end_names[x_end(x, error)], err);
     if (n > 0 && (size_t)n < sizeof(line))
         av__ctx_audit(ctx, line, (size_t)n);
@@ -212,7 +214,7 @@ void av__x_log(av_exchange *x, const char *error)
                 *q = '\'';
         snprintf(err, sizeof(err), " error=\"%s\"", clean);
     }
-    const char *up = x->link == L_MUX ? "h2" : x->link == L_H1 ? "h1" : "-";
+    const char *up = x->link ? x->link->proto : "-";
     char red[40] = "";
     if (x->redactions)
         snprintf(red, sizeof(red), " redactions=%lu", x->redactions);
@@ -220,7 +222,7 @@ void av__x_log(av_exchange *x, const char *error)
             "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
             "proto=%s>%s%s%s%s end=%s%s",
             x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
-            x->bytes_resp, ms, x->sid ? "h2" : "h1", up, x_token_name(x) ? " token=" : "",
+            x->bytes_resp, ms, x->agent->proto, up, x_token_name(x) ? " token=" : "",
             x_token_name(x) ? x_token_name(x) : "", red, av__end_names[x_end(x, error)], err);
     x->logged = 1;
     av__x_audit(x, error, ms);
@@ -232,29 +234,12 @@ void av__x_log(av_exchange *x, const char *error)
  * agent) go back to reading heads or close. */
 void av__x_finish(av_exchange *x, const char *error)
 {
-    av_conn *c = x->c;
-    av_ctx *ctx = c->ctx;
+    av_ctx *ctx = x->c->ctx;
     if (!x->logged)
         av__x_log(x, error);
     ctx->exchanges++;
     x_unlink_upstream(x, x->up_reusable && x->req_done && x->resp_done && x->req_ended);
-    if (x->sid) {
-        if (!x->resp_done && !x->a_closed)
-            av__h2_reset_stream(c->h2, x->sid, 2 /* INTERNAL_ERROR */);
-        x->active = 0;
-        x->done = 1;
-        return;
-    }
-    int close = c->close_after || c->draining || !x->req_done;
-    av__x_reset(x);
-    if (close) {
-        c->state = C_CLOSING;
-        av__side_close_write(&c->a);
-        return;
-    }
-    c->state = c->in_tunnel ? C_TUNNEL_HEAD : C_PROXY_HEAD;
-    av__h1_scan_reset(&c->scan);
-    c->head_start = 0;
+    x->agent->finish(x);
 }
 
 /* Answer an exchange with a proxy-made error: HTTP/1.1 closes the
@@ -264,10 +249,7 @@ void av__x_respond(av_exchange *x, int status, const char *why, int json)
     x->status = status;
     if (!x->end)
         x->end = status < 500 ? AV_END_REFUSED : AV_END_ERROR;
-    if (x->sid)
-        av__x_respond_h2(x, status, why, json);
-    else
-        av__conn_respond(x->c, status, why, json, 1);
+    x->agent->respond_error(x, status, why, json);
 }
 
 /* x_fail_end judges how a failing exchange ended: the upstream went away
@@ -280,9 +262,7 @@ static int x_fail_end(const av_exchange *x, int status)
     if (status == 403)
         return AV_END_REFUSED;
     if (status == 502) {
-        if (x->up && x->head_sent && (x->up->side.in_eof || x->up->side.err))
-            return AV_END_UPSTREAM_ABORT;
-        if (x->link == L_MUX && x->ms.state == AV_MS_OPEN && x->ms.closed)
+        if (x->link && x->link->aborted(x))
             return AV_END_UPSTREAM_ABORT;
     }
     return AV_END_ERROR;
@@ -291,34 +271,11 @@ static int x_fail_end(const av_exchange *x, int status)
 /* Abort: if nothing was sent to the agent yet, answer |status|; else cut. */
 void av__x_fail(av_exchange *x, int status, const char *why)
 {
-    av_conn *c = x->c;
     if (!x->end)
         x->end = x_fail_end(x, status);
     x->up_reusable = 0;
     x_unlink_upstream(x, 0);
-    if (x->sid) {
-        if (!x->resp_head_done && !x->a_closed) {
-            av__x_respond_h2(x, status, why, 0);
-        } else if (!x->a_closed) {
-            av__h2_reset_stream(c->h2, x->sid, 2 /* INTERNAL_ERROR */);
-            x->resp_done = 1;
-        }
-        x->req_done = 1;
-        x->resp_done = 1;
-        av__x_finish(x, why);
-        return;
-    }
-    if (!x->resp_head_done) {
-        x->status = status;
-        c->close_after = 1;
-        av__conn_respond(c, status, why, 0, 1);
-    } else {
-        c->a.want_shut = 1;
-        c->state = C_CLOSING;
-    }
-    x->resp_done = 1;
-    av__x_finish(x, why);
-    c->state = C_CLOSING;
+    x->agent->fail(x, status, why);
 }
 
 static void b64_encode(const uint8_t *in, size_t len, char *out)
@@ -341,7 +298,7 @@ static void b64_encode(const uint8_t *in, size_t len, char *out)
 
 /* Match, inject and store the upstream request, then start reaching the
  * upstream. Returns 0, or -1 after answering the exchange with an error. */
-int av__x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, int dest_tls)
+int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, int dest_tls)
 {
     av_conn *c = x->c;
     av_ctx *ctx = c->ctx;
@@ -365,9 +322,6 @@ int av__x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, in
     memcpy(x->log_path, in->target, plen);
     x->log_path[plen] = '\0';
     x->agent_minor = in->minor;
-    if (!x->sid && (in->flags & AV_H1_F_CLOSE))
-        c->close_after = 1;
-    x->expect_continue = !x->sid && (in->flags & AV_H1_F_EXPECT_CONTINUE) && in->minor >= 1;
 
     /* SECURITY 9: refuse TRACE, h2c upgrades and CONNECT inside a tunnel. */
     if (ci_eq(in->method, in->method_len, "TRACE")) {
@@ -384,8 +338,8 @@ int av__x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, in
     }
 
     /* Policy. An extended CONNECT is matched as the GET it replaces. */
-    const char *mm = in->ws && x->sid ? "GET" : in->method;
-    size_t mml = in->ws && x->sid ? 3 : in->method_len;
+    const char *mm = in->ext_connect ? "GET" : in->method;
+    size_t mml = in->ext_connect ? 3 : in->method_len;
     const av_service *svc =
         av__policy_match(x->snap->cfg, !dest_tls, dest->host, dest->port, mm, mml, in->target, in->target_len);
     x->svc = svc;
@@ -440,6 +394,7 @@ int av__x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, in
             return -1;
         }
         x->ws = 1;
+        x->ext_connect = in->ext_connect;
         x->ws_frame = svc && (svc->placeholder_in & AV_SURF_WEBSOCKET);
         x->ws_scrub = svc && !x->ws_frame && !svc->websocket_scrub_off;
         for (size_t i = 0; i < in->nfields && x->ws_scrub; i++)
@@ -485,7 +440,7 @@ int av__x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, in
         const av_h1_field *f = &in->fields[i];
         if (av__x_skip_request_field(in, f, inj_name, alt_name, x->ws_frame || x->ws_scrub))
             continue;
-        if (x->sid && av__h1_name_eq(f, "cookie")) {
+        if (x->agent->joins_cookies && av__h1_name_eq(f, "cookie")) {
             ncookies++;
             continue;
         }
@@ -538,16 +493,7 @@ int av__x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, in
     }
     x->req_framing = in->framing;
     x->req_len = in->length;
-    if (!x->sid) {
-        int kind = in->framing == RB_LENGTH ? AV_H1_BODY_LENGTH
-                   : in->framing == RB_UNKNOWN ? AV_H1_BODY_CHUNKED
-                                              : AV_H1_BODY_NONE;
-        av__h1_body_init(&x->req_body, kind, in->length);
-        av__h1_body_want_trailers(&x->req_body);
-        x->req_done = x->req_body.done; /* no body, or Content-Length: 0 */
-    } else {
-        x->req_done = x->a_end && x->a_rx.len == 0;
-    }
+    x->agent->intake(x, in);
 
     {
         /* "service/token": the credential scope of pooled connections */
@@ -562,8 +508,6 @@ int av__x_begin(av_exchange *x, const x_req_in *in, const av_authority *dest, in
         x->scope[sl] = '/';
         memcpy(x->scope + sl + 1, tn, tl + 1);
     }
-    if (!x->sid)
-        c->state = C_EXCHANGE;
     return av__x_inject(x);
 }
 
@@ -575,11 +519,11 @@ int av__x_choose_upstream(av_exchange *x)
     av_ctx *ctx = x->c->ctx;
     int rc;
     if (x->ws || !x->dest_tls) {
-        x->link = L_H1;
-        rc = av__upstream_acquire(ctx, &x->dest, x->dest_tls, x->scope, av__up_notify_cb, x->c, &x->up);
+        x->link = &av__link_h1_ops;
+        rc = av__upstream_acquire(ctx, &x->dest, x->dest_tls, x->scope, av__x_wake, x->c, &x->up);
     } else {
-        x->link = L_MUX;
-        rc = av__mux_attach(ctx, &x->dest, x->scope, &x->ms, av__up_notify_cb, x->c);
+        x->link = &av__link_mux_ops;
+        rc = av__mux_attach(ctx, &x->dest, x->scope, &x->ms, av__x_wake, x->c);
     }
     if (rc) {
         av__x_respond(x, 500, "out of memory", 0);
@@ -588,31 +532,23 @@ int av__x_choose_upstream(av_exchange *x)
     return 0;
 }
 
-/* Sink toward the upstream. */
+/* Sink toward the upstream (the link's). */
 static size_t up_room(av_exchange *x)
 {
-    if (x->link == L_MUX)
-        return av__mux_room(&x->ms);
-    size_t r = av__buf_room(x->up->side.pout);
-    return r > 32 ? r - 32 : 0;
+    return x->link->room(x);
 }
 
-static void up_write(av_exchange *x, const uint8_t *data, size_t n)
+static int up_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    if (x->link == L_MUX) {
-        av__mux_send(&x->ms, data, n); /* n <= room: all of it is taken */
-    } else if (x->req_out_chunked) {
-        av__h1_write_chunk_header(x->up->side.pout, n);
-        av__buf_append(x->up->side.pout, data, n);
-        av__h1_write_chunk_end(x->up->side.pout);
-    } else {
-        av__buf_append(x->up->side.pout, data, n);
-    }
+    x->link->write(x, data, n); /* n <= room: all of it is taken */
     x->bytes_req += n;
+    return 0;
 }
+
+static const av_body_sink up_sink = {up_room, up_write};
 
 /* Trailer fields that cannot be forwarded are logged (SECURITY 16). */
-static void x_trailers_dropped(av_exchange *x, size_t n, const char *why)
+void av__x_trailers_dropped(av_exchange *x, size_t n, const char *why)
 {
     av__log(&x->c->ctx->log, AV_LOG_INFO, "exchange host=%s path=%s: %zu trailer field(s) not forwarded: %s",
             x->host, x->log_path, n, why);
@@ -673,7 +609,7 @@ int av__x_keep_trailers(av_exchange *x, int request, const av_h1_field *f, size_
             av__free(owned[i]);
         }
     if (dropped)
-        x_trailers_dropped(x, dropped, "not allowed in trailers (framing, routing, authentication or controls)");
+        av__x_trailers_dropped(x, dropped, "not allowed in trailers (framing, routing, authentication or controls)");
     return rc == AV_OK || rc == AV_ERR_DENIED ? rc : AV_ERR_NOMEM;
 }
 
@@ -692,39 +628,20 @@ void av__x_refuse_trailers(av_exchange *x, int rc)
 /* End the request body upstream, with its trailers where the upstream
  * framing carries them (HTTP/2 trailing HEADERS, a chunked trailer
  * section). Returns 1 when done, 0 when there is no room yet. */
-int av__up_end(av_exchange *x)
+int av__x_up_end(av_exchange *x)
 {
     if (x->req_ended)
         return 1;
-    if (x->link == L_MUX) {
-        if (!x->req_tr.n || av__mux_end_trailers(&x->ms, x->req_tr.f, x->req_tr.n) != AV_OK) {
-            if (x->req_tr.n)
-                x_trailers_dropped(x, x->req_tr.n, "the upstream stream cannot take them");
-            av__mux_end(&x->ms);
-        }
-    } else if (x->req_out_chunked && x->req_tr.n) {
-        av_buf *o = x->up->side.pout;
-        int rc = av__h1_write_last_chunk_trailers(o, x->req_tr.f, x->req_tr.n);
-        if (rc == AV_ERR_LIMIT && o->len > 0)
-            return 0; /* wait for the upstream to drain */
-        if (rc != AV_OK) {
-            x_trailers_dropped(x, x->req_tr.n, "they cannot be serialized as HTTP/1.1");
-            av__h1_write_last_chunk(o);
-        }
-    } else if (x->req_out_chunked) {
-        av__h1_write_last_chunk(x->up->side.pout);
-    } else if (x->req_tr.n) {
-        x_trailers_dropped(x, x->req_tr.n, "the request to this HTTP/1.1 upstream has a Content-Length");
-    }
+    if (!x->link->end(x))
+        return 0; /* wait for the upstream to drain */
     av__h1_fields_free(&x->req_tr);
     x->req_ended = 1;
     return 1;
 }
 
 /* Move request body bytes agent -> upstream. Returns progress. */
-static int x_pump_request_body(av_exchange *x)
+int av__x_pump_request_body(av_exchange *x)
 {
-    av_conn *c = x->c;
     int progress = 0;
     if (x->body_buffer) {
         /* collected, checked and rewritten by av__x_collect_body */
@@ -737,88 +654,28 @@ static int x_pump_request_body(av_exchange *x)
             av__buf_consume(&x->bbuf, n);
             progress = 1;
         }
-        if (x->bbuf.len == 0 && x->req_done && !x->req_ended && x->head_sent && av__up_end(x))
+        if (x->bbuf.len == 0 && x->req_done && !x->req_ended && x->head_sent && av__x_up_end(x))
             progress = 1;
         return progress;
     }
-    if (x->sid) {
-        if (x->req_tr_err) {
-            av__x_refuse_trailers(x, x->req_tr_err);
-            return 1;
-        }
-        while (x->a_rx.len > 0) {
-            size_t room = up_room(x);
-            if (room == 0)
-                break;
-            size_t n = x->a_rx.len < room ? x->a_rx.len : room;
-            up_write(x, av__buf_head(&x->a_rx), n);
-            av__buf_consume(&x->a_rx, n);
-            av__h2_consume(c->h2, x->sid, n);
-            progress = 1;
-        }
-        if (!x->req_done && x->a_end && x->a_rx.len == 0) {
-            x->req_done = 1;
-            progress = 1;
-        }
-    } else {
-        while (!x->req_done) {
-            if (x->req_body.at_trailers) {
-                int t = av__x_agent_trailers_h1(x);
-                if (t < 0)
-                    return 1;
-                progress |= t;
-                break;
-            }
-            size_t room = up_room(x);
-            if (room < 64 || c->a.pin->len == 0)
-                break;
-            size_t feed = c->a.pin->len;
-            if (feed > room)
-                feed = room;
-            const uint8_t *data = NULL;
-            size_t dlen = 0;
-            ssize_t used = av__h1_body_feed(&x->req_body, av__buf_head(c->a.pin), feed, &data, &dlen);
-            if (used < 0) {
-                av__x_fail(x, 400, "malformed request body framing");
-                return 1;
-            }
-            if (dlen)
-                up_write(x, data, dlen);
-            av__buf_consume(c->a.pin, (size_t)used);
-            if (x->req_body.done)
-                x->req_done = 1;
-            if (used == 0 && dlen == 0 && !x->req_body.done)
-                break;
-            progress = 1;
-        }
-    }
-    if (x->req_done && !x->req_ended && x->head_sent && av__up_end(x))
+    int moved = x->agent->pump_body(x, &up_sink);
+    if (moved < 0)
+        return 1; /* the exchange failed */
+    progress |= moved;
+    if (x->req_done && !x->req_ended && x->head_sent && av__x_up_end(x))
         progress = 1;
     return progress;
 }
 
 /* Sink toward the agent. */
-size_t av__agent_room(av_exchange *x)
+size_t av__x_agent_room(av_exchange *x)
 {
-    av_conn *c = x->c;
-    if (x->sid)
-        return av__h2_stream_room(c->h2, x->sid);
-    size_t r = av__buf_room(c->a.pout);
-    return r > 32 ? r - 32 : 0;
+    return x->agent->room(x);
 }
 
-void av__agent_write(av_exchange *x, const uint8_t *data, size_t n)
+void av__x_agent_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    av_conn *c = x->c;
-    if (x->sid) {
-        av__h2_send_data(c->h2, x->sid, data, n);
-    } else if (x->resp_out_chunked) {
-        av__h1_write_chunk_header(c->a.pout, n);
-        av__buf_append(c->a.pout, data, n);
-        av__h1_write_chunk_end(c->a.pout);
-    } else {
-        av__buf_append(c->a.pout, data, n);
-    }
+    x->agent->write(x, data, n);
     x->bytes_resp += n;
 }
 
@@ -828,53 +685,35 @@ void av__agent_write(av_exchange *x, const uint8_t *data, size_t n)
  * cannot: they are dropped and logged (an HTTP/1.1 agent that sent
  * TE: trailers gets chunked framing for that reason, av__x_pump_response_mux).
  * Returns 1 when done, 0 when there is no room yet. */
-int av__agent_end(av_exchange *x)
+int av__x_agent_end(av_exchange *x)
 {
-    av_conn *c = x->c;
-    if (x->sid) {
-        if (!x->resp_tr.n || av__h2_submit_trailers(c->h2, x->sid, x->resp_tr.f, x->resp_tr.n) != 0) {
-            if (x->resp_tr.n)
-                x_trailers_dropped(x, x->resp_tr.n, "the agent's stream cannot take them");
-            av__h2_end_stream(c->h2, x->sid);
-        }
-    } else if (x->resp_out_chunked && x->resp_tr.n) {
-        int rc = av__h1_write_last_chunk_trailers(c->a.pout, x->resp_tr.f, x->resp_tr.n);
-        if (rc == AV_ERR_LIMIT && c->a.pout->len > 0)
-            return 0; /* wait for the agent to drain */
-        if (rc != AV_OK) {
-            x_trailers_dropped(x, x->resp_tr.n, "they cannot be serialized as HTTP/1.1");
-            av__h1_write_last_chunk(c->a.pout);
-        }
-    } else if (x->resp_out_chunked) {
-        av__h1_write_last_chunk(c->a.pout);
-    } else if (x->resp_tr.n) {
-        x_trailers_dropped(x, x->resp_tr.n, "the response to this HTTP/1.x agent is not chunked");
-    }
+    if (!x->agent->end(x))
+        return 0; /* wait for the agent to drain */
     av__h1_fields_free(&x->resp_tr);
     return 1;
 }
 
 /* The response body sink: straight to the agent, or through the scrubber
- * (av__x_scrub_pump moves it on). av__body_end marks the upstream body complete. */
-size_t av__body_room(av_exchange *x)
+ * (av__x_scrub_pump moves it on). av__x_body_end marks the upstream body complete. */
+size_t av__x_body_room(av_exchange *x)
 {
-    return x->scrub ? av__buf_room(&x->scrub_in) : av__agent_room(x);
+    return x->scrub ? av__buf_room(&x->scrub_in) : av__x_agent_room(x);
 }
 
-void av__body_write(av_exchange *x, const uint8_t *data, size_t n)
+void av__x_body_write(av_exchange *x, const uint8_t *data, size_t n)
 {
     if (x->scrub)
-        av__buf_append(&x->scrub_in, data, n); /* n <= av__body_room */
+        av__buf_append(&x->scrub_in, data, n); /* n <= av__x_body_room */
     else
-        av__agent_write(x, data, n);
+        av__x_agent_write(x, data, n);
 }
 
-void av__body_end(av_exchange *x)
+void av__x_body_end(av_exchange *x)
 {
     x->body_ended = 1;
     if (x->scrub)
         return; /* av__x_scrub_pump finishes the response */
-    if (x->resp_kind != RK_NONE && !av__agent_end(x))
+    if (x->resp_kind != RK_NONE && !av__x_agent_end(x))
         return; /* av__x_end_pending retries */
     x->resp_done = 1;
 }
@@ -883,158 +722,10 @@ void av__body_end(av_exchange *x)
  * Returns progress. */
 int av__x_end_pending(av_exchange *x)
 {
-    if (!x->body_ended || x->scrub || x->resp_done || !av__agent_end(x))
+    if (!x->body_ended || x->scrub || x->resp_done || !av__x_agent_end(x))
         return 0;
     x->resp_done = 1;
     return 1;
-}
-
-/* Write a response head toward the agent. |kind| is RK_NONE (no body:
- * fields are kept as they are, e.g. Content-Length of a HEAD response),
- * RK_LENGTH (Content-Length |len| is derived here) or RK_UNKNOWN (chunked,
- * or close-delimited for HTTP/1.0 agents; plain DATA over HTTP/2).
- * Returns 0, AV_ERR_LIMIT (no room yet: retry later) or AV_ERR_INVALID. */
-int av__x_agent_head_raw(av_exchange *x, int status, const char *reason, size_t reason_len,
-                         const av_h1_field *fields, size_t nfields, int kind, uint64_t len)
-{
-    av_conn *c = x->c;
-    char cl[32];
-    u64_dec(cl, len);
-    if (x->sid) {
-        if (status < 200)
-            return 0; /* interim responses are not relayed to HTTP/2 agents */
-        av_h2_head h;
-        memset(&h, 0, sizeof(h));
-        h.status = status;
-        h.content_length = -1;
-        size_t n = 0;
-        for (size_t i = 0; i < nfields && n < AV_H2_MAX_FIELDS - 1; i++) {
-            const av_h1_field *f = &fields[i];
-            if (av__h1_is_hop_by_hop(f, fields, nfields) || (kind != RK_NONE && av__h1_name_eq(f, "content-length")))
-                continue;
-            if (f->name_len == 0 || f->name[0] == ':')
-                continue;
-            h.fields[n++] = *f;
-        }
-        if (kind == RK_LENGTH) {
-            h.fields[n].name = "content-length";
-            h.fields[n].name_len = 14;
-            h.fields[n].value = cl;
-            h.fields[n].value_len = strlen(cl);
-            n++;
-        }
-        h.nfields = n;
-        int end = kind == RK_NONE || (kind == RK_LENGTH && len == 0);
-        int rc = av__h2_submit_response(c->h2, x->sid, &h, end);
-        if (rc)
-            return AV_ERR_INVALID;
-        x->resp_kind = kind;
-        return 0;
-    }
-    av_buf *o = c->a.pout;
-    if (av__buf_room(o) < 1024)
-        return AV_ERR_LIMIT;
-    size_t mark = o->len;
-    int rc = 0;
-    char rs[256];
-    if (reason) {
-        copy_str(rs, sizeof(rs), reason, reason_len);
-    } else {
-        const char *r = av__h1_reason(status);
-        copy_str(rs, sizeof(rs), r, strlen(r));
-    }
-    rc |= av__h1_write_status_line(o, status, rs);
-    for (size_t i = 0; i < nfields; i++) {
-        const av_h1_field *f = &fields[i];
-        if (av__h1_is_hop_by_hop(f, fields, nfields))
-            continue;
-        if (av__h1_name_eq(f, "transfer-encoding"))
-            continue;
-        if (av__h1_name_eq(f, "content-length") && kind != RK_NONE)
-            continue; /* re-derived below */
-        rc |= av__h1_write_field(o, f->name, f->name_len, f->value, f->value_len);
-    }
-    if (status >= 200) {
-        if (kind == RK_LENGTH) {
-            rc |= av__h1_write_field_str(o, "Content-Length", cl);
-        } else if (kind == RK_UNKNOWN) {
-            if (x->agent_minor >= 1) {
-                rc |= av__h1_write_field_str(o, "Transfer-Encoding", "chunked");
-                x->resp_out_chunked = 1;
-            } else {
-                x->resp_out_close = 1;
-                c->close_after = 1;
-            }
-        }
-        if (c->close_after || c->draining)
-            rc |= av__h1_write_field_str(o, "Connection", "close");
-    }
-    rc |= av__h1_write_end(o);
-    if (rc) {
-        o->len = mark; /* roll back */
-        x->resp_out_chunked = 0;
-        return rc == AV_ERR_LIMIT ? AV_ERR_LIMIT : AV_ERR_INVALID;
-    }
-    x->resp_kind = kind;
-    return 0;
-}
-
-/* The end of an exchange, common checks. Returns 1 if it finished. */
-static int x_check_done(av_exchange *x)
-{
-    av_conn *c = x->c;
-    if (x->sid) {
-        if (x->a_closed && !(x->resp_done && x->req_done)) {
-            x->up_reusable = 0;
-            x->resp_done = 1;
-            if (!x->end)
-                x->end = AV_END_CLIENT_ABORT;
-            av__x_finish(x, x->resp_head_done ? NULL : "agent reset the stream");
-            return 1;
-        }
-        if (x->resp_done && (x->req_done || x->a_closed)) {
-            av__x_finish(x, NULL);
-            return 1;
-        }
-        if (x->resp_done && !x->req_done) {
-            /* Early response: the rest of the request body is not wanted. */
-            x->up_reusable = 0;
-            av__x_finish(x, NULL);
-            return 1;
-        }
-        return 0;
-    }
-    if (x->req_done && !x->resp_done && !x->ws_open && c->a.in_eof && c->a.pin->len == 0) {
-        /* The agent closed before the response ended: stop relaying it. */
-        x->end = AV_END_CLIENT_ABORT;
-        x->up_reusable = 0;
-        x->resp_done = 1;
-        c->close_after = 1;
-        av__x_finish(x, "the agent closed the connection before the response ended");
-        return 1;
-    }
-    if (!x->req_done && c->a.in_eof && c->a.pin->len == 0) {
-        /* The agent went away mid-body: nothing sensible to forward. */
-        x->end = AV_END_CLIENT_ABORT;
-        x->up_reusable = 0;
-        if (x->resp_done) {
-            av__x_finish(x, NULL);
-            return 1;
-        }
-    }
-    if (x->resp_done && (x->req_done || c->a.in_eof)) {
-        av__x_finish(x, NULL);
-        return 1;
-    }
-    if (x->resp_done && !x->req_done) {
-        /* Early response (e.g. 413): finish without the rest of the body
-         * and close the agent connection afterwards. */
-        c->close_after = 1;
-        x->up_reusable = 0;
-        av__x_finish(x, NULL);
-        return 1;
-    }
-    return 0;
 }
 
 /* Refuse an exchange before anything went upstream. */
@@ -1042,34 +733,27 @@ void av__x_refuse(av_exchange *x, int status, const char *why)
 {
     x->req_done = 1;
     av__x_respond(x, status, why, 0);
-    if (x->sid) {
-        x->resp_done = 1;
-        av__x_finish(x, why);
-    }
+    x->agent->refused(x, why);
 }
 
 /* One step of an exchange. Returns progress. */
 int av__x_step(av_exchange *x)
 {
-    av_conn *c = x->c;
     int progress = 0;
     if (!x->active)
         return 0;
-    if (x->swait && !(x->sid && x->a_closed))
+    if (x->swait && !x->a_closed)
         return 0; /* the credential is being resolved */
     if (x->secret_ready) {
         if (av__x_inject(x) != 0) {
-            if (x->sid) {
-                x->active = 0;
-                x->done = 1;
-            }
+            x->agent->dropped(x);
             return 1;
         }
         progress = 1;
     }
-    if (x->sid && x->a_closed && !x->resp_head_done) {
+    if (x->a_closed && !x->resp_head_done) {
         x->resp_done = 1;
-        x_check_done(x);
+        x->agent->check_done(x);
         return 1;
     }
     if (x->body_buffer && !x->body_collected) {
@@ -1077,81 +761,7 @@ int av__x_step(av_exchange *x)
         if (!x->active || !x->body_collected)
             return progress;
     }
-    if (x->link == L_MUX) {
-        progress |= av__x_mux_link(x);
-        if (!x->active)
-            return 1;
-        if (x->link == L_MUX) {
-            if (x->ms.state != AV_MS_OPEN)
-                return progress;
-            int moved = x_pump_request_body(x);
-            if (!x->active)
-                return 1;
-            progress |= moved;
-            progress |= av__x_pump_response_mux(x);
-            if (!x->active)
-                return 1;
-            if (moved)
-                av__mux_flush(&x->ms);
-            if (!x->active)
-                return 1;
-            progress |= x_check_done(x);
-            return progress;
-        }
-    }
-    av_upconn *up = x->up;
-    if (!up)
+    if (!x->link)
         return progress;
-    if (up->state < AV_UP_READY)
-        progress |= av__upstream_step(up);
-    if (up->state == AV_UP_FAILED) {
-        char why[260];
-        snprintf(why, sizeof(why), "%s", up->side.errmsg);
-        av__x_fail(x, up->fail_status ? up->fail_status : 502, why);
-        return 1;
-    }
-    if (up->state != AV_UP_READY)
-        return progress;
-    if (!x->head_sent) {
-        int rc = av__x_h1_request_out(x);
-        if (rc == AV_ERR_AGAIN)
-            return progress;
-        if (rc) {
-            av__x_fail(x, rc == AV_ERR_LIMIT ? 431 : 400,
-                   rc == AV_ERR_LIMIT ? "request header block too large after rewriting"
-                                      : "request cannot be re-serialized (invalid method, target or field)");
-            return 1;
-        }
-        av__buf_free_wipe(&x->rq);
-        x->head_sent = 1;
-        progress = 1;
-    }
-    if (x->ws_open)
-        return av__x_ws_step(x) | progress;
-    int rc = av__side_pump_in(&up->side);
-    if (rc < 0 && !x->resp_done) {
-        char why[260];
-        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
-        av__x_fail(x, 502, why);
-        return 1;
-    }
-    progress |= rc > 0;
-    progress |= x_pump_request_body(x);
-    if (!x->active || (!x->sid && c->state == C_CLOSING))
-        return 1;
-    progress |= av__x_pump_response_h1(x);
-    if (!x->active || (!x->sid && c->state == C_CLOSING))
-        return 1;
-    if (x->ws_open)
-        return 1;
-    rc = av__side_pump_out(&up->side);
-    if (rc < 0 && !x->resp_done) {
-        char why[260];
-        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
-        av__x_fail(x, 502, why);
-        return 1;
-    }
-    progress |= rc > 0;
-    progress |= x_check_done(x);
-    return progress;
+    return progress | x->link->step(x);
 }

@@ -18,11 +18,11 @@ int av__x_scrub_pump(av_exchange *x)
     int progress = 0;
     for (int guard = 0; guard < 64 && x->scrub && !x->resp_done; guard++) {
         if (x->scrub_out.len) {
-            size_t room = av__agent_room(x);
+            size_t room = av__x_agent_room(x);
             size_t n = x->scrub_out.len < room ? x->scrub_out.len : room;
             if (n == 0)
                 break;
-            av__agent_write(x, av__buf_head(&x->scrub_out), n);
+            av__x_agent_write(x, av__buf_head(&x->scrub_out), n);
             av__buf_consume(&x->scrub_out, n);
             progress = 1;
             continue;
@@ -38,7 +38,7 @@ int av__x_scrub_pump(av_exchange *x)
             if (rc == AV_OK)
                 x->scrub_finished = 1;
         } else if (x->scrub_finished) {
-            if (!av__agent_end(x))
+            if (!av__x_agent_end(x))
                 break; /* no room for the trailers yet */
             unsigned long cnt = av__scrub_count(x->scrub);
             x->redactions += cnt;
@@ -64,11 +64,11 @@ int av__x_scrub_pump(av_exchange *x)
  * the injected secret out of every field value first and setting up the
  * body scrubber. Returns 0, AV_ERR_LIMIT (no room yet), AV_ERR_INVALID, or
  * AV_ERR_DENIED (the body cannot be scrubbed: fail closed). */
-int av__x_agent_head(av_exchange *x, int status, const char *reason, size_t reason_len,
+int av__x_resp_head(av_exchange *x, int status, const char *reason, size_t reason_len,
                      const av_h1_field *fields, size_t nfields, int kind, uint64_t len)
 {
     if (!x->scrub_set || status < 200)
-        return av__x_agent_head_raw(x, status, reason, reason_len, fields, nfields, kind, len);
+        return x->agent->head(x, status, reason, reason_len, fields, nfields, kind, len);
     int any = 0, enc0 = AV_SCRUB_IDENTITY;
     for (size_t i = 0; i < nfields; i++) {
         if (av__scrub_set_matches(x->scrub_set, (const uint8_t *)fields[i].value, fields[i].value_len))
@@ -92,7 +92,7 @@ int av__x_agent_head(av_exchange *x, int status, const char *reason, size_t reas
                 out_max = av__scrub_min_room(x->scrub) * 2;
             av__buf_init(&x->scrub_out, out_max);
         }
-        int rc1 = av__x_agent_head_raw(x, status, reason, reason_len, fields, nfields, body0 ? RK_UNKNOWN : kind, len);
+        int rc1 = x->agent->head(x, status, reason, reason_len, fields, nfields, body0 ? RK_UNKNOWN : kind, len);
         if (rc1 == AV_ERR_LIMIT && x->scrub) {
             av__scrub_free(x->scrub);
             x->scrub = NULL;
@@ -141,7 +141,7 @@ int av__x_agent_head(av_exchange *x, int status, const char *reason, size_t reas
     }
     if (rc == AV_OK) {
         /* Scrubbing may change the length: the agent gets it delimited. */
-        rc = av__x_agent_head_raw(x, status, reason, reason_len, copy, nfields, body ? RK_UNKNOWN : kind, len);
+        rc = x->agent->head(x, status, reason, reason_len, copy, nfields, body ? RK_UNKNOWN : kind, len);
         if (rc == AV_ERR_LIMIT && x->scrub) {
             av__scrub_free(x->scrub); /* set up again on the retry */
             x->scrub = NULL;

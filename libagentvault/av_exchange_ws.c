@@ -42,46 +42,6 @@ const char *av__x_ws_check_101(const av_exchange *x, const av_h1_response *resp)
     return NULL;
 }
 
-/* Relay a validated 101 to the agent (HTTP/2: a 200 to the extended
- * CONNECT, without the HTTP/1.1 handshake fields). */
-int av__x_ws_write_101(av_exchange *x, const av_h1_response *resp)
-{
-    av_conn *c = x->c;
-    if (x->sid) {
-        av_h2_head h;
-        memset(&h, 0, sizeof(h));
-        h.status = 200;
-        h.content_length = -1;
-        size_t n = 0;
-        for (size_t i = 0; i < resp->nfields && n < AV_H2_MAX_FIELDS; i++) {
-            const av_h1_field *f = &resp->fields[i];
-            if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length") ||
-                av__h1_name_eq(f, "sec-websocket-accept") ||
-                (x->ws_scrub && av__h1_name_eq(f, "sec-websocket-extensions")))
-                continue;
-            h.fields[n++] = *f;
-        }
-        h.nfields = n;
-        return av__h2_submit_response(c->h2, x->sid, &h, 0) ? AV_ERR_INVALID : 0;
-    }
-    av_buf *o = c->a.pout;
-    size_t mark = o->len;
-    int rc = av__h1_write_status_line(o, 101, "Switching Protocols");
-    for (size_t i = 0; i < resp->nfields && !rc; i++) {
-        const av_h1_field *f = &resp->fields[i];
-        if (av__h1_is_hop_by_hop(f, resp->fields, resp->nfields) || av__h1_name_eq(f, "content-length") ||
-            (x->ws_scrub && av__h1_name_eq(f, "sec-websocket-extensions")))
-            continue; /* scrub mode: the agent gets messages uncompressed */
-        rc = av__h1_write_field(o, f->name, f->name_len, f->value, f->value_len);
-    }
-    rc = rc ? rc : av__h1_write_field_str(o, "Upgrade", "websocket");
-    rc = rc ? rc : av__h1_write_field_str(o, "Connection", "Upgrade");
-    rc = rc ? rc : av__h1_write_end(o);
-    if (rc)
-        o->len = mark;
-    return rc;
-}
-
 /* Frame mode: replace the service's placeholder in client text messages. */
 int av__x_ws_filter(void *ud, const uint8_t *msg, size_t len, uint8_t **out, size_t *out_len)
 {
@@ -119,15 +79,16 @@ int av__splice_bytes(av_buf *from, av_buf *to, unsigned long long *count)
 }
 
 /* Relay an open WebSocket: splice bytes, or frames through the bridge.
- * Over HTTP/2 the agent's bytes are the stream's DATA (a_rx in, a_tx out). */
+ * The agent's byte streams come from x->agent->ws_bufs (HTTP/2: the
+ * stream's DATA, a_rx in and a_tx out). */
 int av__x_ws_step(av_exchange *x)
 {
-    av_conn *c = x->c;
+    const av_agent_ops *ag = x->agent;
+    av_logger *log = &x->c->ctx->log;
     av_side *u = &x->up->side;
-    int h2 = x->sid != 0;
-    av_buf *ain = h2 ? &x->a_rx : c->a.pin;
-    av_buf *aout = h2 ? &x->a_tx : c->a.pout;
-    int a_eof = h2 ? (x->a_end || x->a_closed) : c->a.in_eof;
+    av_buf *ain, *aout;
+    int a_eof;
+    ag->ws_bufs(x, &ain, &aout, &a_eof);
     int progress = 0;
     size_t ain0 = ain->len;
     int rc = av__side_pump_in(u);
@@ -144,22 +105,15 @@ int av__x_ws_step(av_exchange *x)
         x->bytes_req += ain0 - ain->len;
         x->bytes_resp += u0 - u->pin->len;
         if (rc == AV_ERR_PARSE || rc == AV_ERR_DENIED) {
-            av__log(&c->ctx->log, AV_LOG_INFO, "websocket host=%s path=%s: %s, closing", x->host, x->log_path,
+            av__log(log, AV_LOG_INFO, "websocket host=%s path=%s: %s, closing", x->host, x->log_path,
                     rc == AV_ERR_PARSE ? "protocol violation" : "message refused by policy");
         } else if (rc < 0) {
             /* Out of memory or an internal failure: drop both sides. */
-            av__log(&c->ctx->log, AV_LOG_WARN, "websocket host=%s path=%s: relay failed: %s", x->host,
+            av__log(log, AV_LOG_WARN, "websocket host=%s path=%s: relay failed: %s", x->host,
                     x->log_path, av_strerror(rc));
             x->up_reusable = 0;
             x->resp_done = x->req_done = 1;
-            if (!h2) {
-                c->close_after = 1;
-                av__x_finish(x, av_strerror(rc));
-                c->a.want_shut = 1;
-            } else {
-                x->resp_done = 0; /* reset the stream */
-                av__x_finish(x, av_strerror(rc));
-            }
+            ag->ws_abort(x, av_strerror(rc));
             return 1;
         }
     } else {
@@ -173,24 +127,17 @@ int av__x_ws_step(av_exchange *x)
             unsigned long cnt = av__ws_scrub_count(x->ws_scrubber);
             if (cnt > x->ws_scrub_seen) {
                 x->redactions += cnt - x->ws_scrub_seen;
-                c->ctx->m_redacted += cnt - x->ws_scrub_seen;
+                x->c->ctx->m_redacted += cnt - x->ws_scrub_seen;
                 x->ws_scrub_seen = cnt;
             }
             if (rc < 0) {
-                av__log(&c->ctx->log, rc == AV_ERR_NOMEM ? AV_LOG_WARN : AV_LOG_INFO,
+                av__log(log, rc == AV_ERR_NOMEM ? AV_LOG_WARN : AV_LOG_INFO,
                         "websocket host=%s path=%s: %s, closing", x->host, x->log_path,
                         rc == AV_ERR_PARSE ? "upstream protocol violation"
                         : rc == AV_ERR_DENIED ? "upstream message over the size cap" : av_strerror(rc));
                 x->up_reusable = 0;
                 x->resp_done = x->req_done = 1;
-                if (!h2) {
-                    c->close_after = 1;
-                    av__x_finish(x, av_strerror(rc));
-                    c->a.want_shut = 1;
-                } else {
-                    x->resp_done = 0; /* reset the stream */
-                    av__x_finish(x, av_strerror(rc));
-                }
+                ag->ws_abort(x, av_strerror(rc));
                 return 1;
             }
             if ((u->in_eof || u->err) && rc == 0 && av__ws_scrub_idle(x->ws_scrubber) && u->pin->len) {
@@ -198,61 +145,24 @@ int av__x_ws_step(av_exchange *x)
                 av__buf_consume(u->pin, u->pin->len);
                 progress = 1;
             }
-        } else if (h2) {
-            size_t n = u->pin->len, room = av__h2_stream_room(c->h2, x->sid);
-            if (n > room)
-                n = room;
-            if (n && !x->a_tx_ended) {
-                av__h2_send_data(c->h2, x->sid, av__buf_head(u->pin), n);
-                av__buf_consume(u->pin, n);
-                x->bytes_resp += n;
-                progress = 1;
-            }
         } else {
-            progress |= av__splice_bytes(u->pin, c->a.pout, &x->bytes_resp);
+            progress |= ag->ws_splice_out(x, u->pin);
         }
         /* Half-closes propagate: EOF from one peer becomes FIN to the other. */
         if (a_eof && ain->len == 0 && !u->want_shut) {
             av__side_close_write(u);
             progress = 1;
         }
-        if ((u->in_eof || u->err) && u->pin->len == 0 && av__ws_scrub_idle(x->ws_scrubber)) {
-            if (!h2 && !c->a.want_shut) {
-                av__side_close_write(&c->a);
-                progress = 1;
-            }
-        }
+        if ((u->in_eof || u->err) && u->pin->len == 0 && av__ws_scrub_idle(x->ws_scrubber))
+            progress |= ag->ws_half_close(x);
     }
-    if (h2) {
-        /* Window for what the relay took from the stream; frames toward
-         * the agent go out as DATA. */
-        if (ain0 > ain->len)
-            av__h2_consume(c->h2, x->sid, ain0 - ain->len);
-        size_t n = x->a_tx.len, room = av__h2_stream_room(c->h2, x->sid);
-        if (n > room)
-            n = room;
-        if (n && !x->a_tx_ended) {
-            av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
-            av__buf_consume(&x->a_tx, n);
-            progress = 1;
-        }
-        int up_over = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
-                                   : ((u->in_eof || u->err) && u->pin->len == 0 && av__ws_scrub_idle(x->ws_scrubber));
-        if (up_over && x->a_tx.len == 0 && !x->a_tx_ended) {
-            av__h2_end_stream(c->h2, x->sid);
-            x->a_tx_ended = 1;
-            progress = 1;
-        }
-    }
+    int up_over = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
+                               : ((u->in_eof || u->err) && u->pin->len == 0 && av__ws_scrub_idle(x->ws_scrubber));
+    progress |= ag->ws_flush(x, ain0 > ain->len ? ain0 - ain->len : 0, up_over);
     rc = av__side_pump_out(u);
     progress |= rc > 0;
-    int finished;
-    if (h2)
-        finished = x->a_tx_ended && (a_eof || x->a_closed) && (x->ws_bridge || u->want_shut || u->err);
-    else
-        finished = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
-                                : ((c->a.in_eof && (u->in_eof || u->err)) || (u->err && c->a.want_shut));
-    if (h2 && x->a_closed && !finished) {
+    int finished = ag->ws_finished(x, u);
+    if (x->a_closed && !finished) {
         /* The agent reset the stream: drop the upstream. */
         x->end = AV_END_CLIENT_ABORT;
         x->up_reusable = 0;
@@ -265,8 +175,7 @@ int av__x_ws_step(av_exchange *x)
             x->end = AV_END_UPSTREAM_ABORT; /* reset, not closed */
         x->resp_done = 1;
         x->req_done = 1;
-        if (!h2)
-            c->close_after = 1;
+        ag->close_after(x);
         av__x_finish(x, NULL);
         return 1;
     }

@@ -14,6 +14,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_enc.h"
 #include "av_mem.h"
 
 #define H1_DEFAULT_MAX_HEAD 65536
@@ -590,17 +591,6 @@ void av__h1_body_init(av_h1_body *b, int kind, uint64_t content_length)
         b->done = 1;
 }
 
-/* hexval returns the value of a hex digit or -1. */
-static int hexval(uint8_t c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = lower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 /* is_qdtext: quoted-string text byte (RFC 9110 5.6.4). */
 static int is_qdtext(uint8_t c)
 {
@@ -615,12 +605,12 @@ static int chunk_size_byte(av_h1_body *b, uint8_t c)
     int h;
     switch (b->state) {
     case CS_SIZE_FIRST:
-        if ((h = hexval(c)) < 0)
+        if ((h = av__hex_value(c)) < 0)
             return CS_ERROR;
         b->remaining = (uint64_t)h;
         return CS_SIZE;
     case CS_SIZE:
-        if ((h = hexval(c)) >= 0) {
+        if ((h = av__hex_value(c)) >= 0) {
             if (b->remaining > H1_MAX_CHUNK_SIZE / 16)
                 return CS_ERROR;
             b->remaining = b->remaining * 16 + (uint64_t)h;

@@ -187,7 +187,7 @@ static void x_secret_ready(void *ud)
     av_exchange *x = ud;
     x->swait = NULL;
     x->secret_ready = 1;
-    av__up_notify_cb(x->c);
+    av__x_wake(x->c);
 }
 
 /* Resolve the service's credential and add it to the stored request, then
@@ -324,67 +324,37 @@ static av_secret *json_escape_secret(const av_secret *s)
  * service's placeholder: replaced when the service declares the body
  * surface, refused (403) otherwise. Nothing goes upstream before this is
  * done. Returns progress; the exchange may be answered. */
+/* The collection sink: all the agent has, or a 413 when it would not fit
+ * in the (bounded) body buffer. */
+static size_t collect_room(av_exchange *x)
+{
+    (void)x;
+    return SIZE_MAX; /* everything decoded so far; collect_write bounds it */
+}
+
+static int collect_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    if (n > av__buf_room(&x->bbuf)) {
+        av__x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
+        return -1;
+    }
+    av__buf_append(&x->bbuf, data, n);
+    return 0;
+}
+
+static const av_body_sink collect_sink = {collect_room, collect_write};
+
 int av__x_collect_body(av_exchange *x)
 {
-    av_conn *c = x->c;
-    int progress = 0;
-    if (x->sid) {
-        if (x->req_tr_err) {
-            av__x_refuse_trailers(x, x->req_tr_err);
-            return 1;
-        }
-        while (x->a_rx.len > 0) {
-            size_t n = x->a_rx.len;
-            if (n > av__buf_room(&x->bbuf)) {
-                av__x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
-                return 1;
-            }
-            av__buf_append(&x->bbuf, av__buf_head(&x->a_rx), n);
-            av__buf_consume(&x->a_rx, n);
-            av__h2_consume(c->h2, x->sid, n);
-            progress = 1;
-        }
-        if (x->a_end && x->a_rx.len == 0)
-            x->req_done = 1;
-    } else {
-        if (x->expect_continue) {
-            av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
-            x->expect_continue = 0;
-            progress = 1;
-        }
-        while (!x->req_done && c->a.pin->len > 0) {
-            if (x->req_body.at_trailers) {
-                int t = av__x_agent_trailers_h1(x);
-                if (t < 0)
-                    return 1;
-                progress |= t;
-                break;
-            }
-            const uint8_t *data = NULL;
-            size_t dlen = 0;
-            ssize_t used = av__h1_body_feed(&x->req_body, av__buf_head(c->a.pin), c->a.pin->len, &data, &dlen);
-            if (used < 0) {
-                av__x_fail(x, 400, "malformed request body framing");
-                return 1;
-            }
-            if (dlen > av__buf_room(&x->bbuf)) {
-                av__x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
-                return 1;
-            }
-            if (dlen)
-                av__buf_append(&x->bbuf, data, dlen);
-            av__buf_consume(c->a.pin, (size_t)used);
-            if (x->req_body.done)
-                x->req_done = 1;
-            if (used == 0)
-                break;
-            progress = 1;
-        }
-        if (!x->req_done && c->a.in_eof && c->a.pin->len == 0) {
-            x->end = AV_END_CLIENT_ABORT;
-            av__x_fail(x, 400, "the agent closed the connection in the middle of the request body");
-            return 1;
-        }
+    int progress = x->agent->send_continue(x);
+    int moved = x->agent->pump_body(x, &collect_sink);
+    if (moved < 0)
+        return 1; /* answered */
+    progress |= moved;
+    if (!x->req_done && x->agent->body_aborted(x)) {
+        x->end = AV_END_CLIENT_ABORT;
+        av__x_fail(x, 400, "the agent closed the connection in the middle of the request body");
+        return 1;
     }
     if (!x->req_done)
         return progress;

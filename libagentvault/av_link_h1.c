@@ -20,7 +20,7 @@ int av__x_h1_request_out(av_exchange *x)
     if (av__buf_room(h) < x->rq.len + 1024)
         return h->len ? AV_ERR_AGAIN : AV_ERR_LIMIT;
     size_t mark = h->len;
-    int rc = av__h1_write_request_line(h, x->ws && x->sid ? "GET" : av__rq_ptr(x, x->m_off), x->ws && x->sid ? 3 : x->m_len,
+    int rc = av__h1_write_request_line(h, x->ext_connect ? "GET" : av__rq_ptr(x, x->m_off), x->ext_connect ? 3 : x->m_len,
                                        av__rq_ptr(x, x->t_off), x->t_len);
     rc = rc ? rc : av__h1_write_field_str(h, "Host", x->hostval);
     for (size_t i = 0; i < x->nrqf && !rc; i++)
@@ -34,7 +34,7 @@ int av__x_h1_request_out(av_exchange *x)
         rc = rc ? rc : av__h1_write_field_str(h, "Upgrade", "websocket");
         if (x->ws_pmd_offer) /* scrub mode: inflated here, relayed uncompressed */
             rc = rc ? rc : av__h1_write_field_str(h, "Sec-WebSocket-Extensions", "permessage-deflate");
-        if (x->sid) {
+        if (x->ext_connect) {
             rc = rc ? rc : av__h1_write_field_str(h, "Sec-WebSocket-Key", x->ws_key);
             av_h1_field tmp[X_RQ_FIELDS];
             size_t n = av__rq_fields(x, tmp, X_RQ_FIELDS);
@@ -62,7 +62,6 @@ int av__x_h1_request_out(av_exchange *x)
 /* Response from an HTTP/1.1 upstream toward the agent. Returns progress. */
 int av__x_pump_response_h1(av_exchange *x)
 {
-    av_conn *c = x->c;
     av_side *u = &x->up->side;
     int progress = 0;
     while (!x->resp_head_done) {
@@ -87,14 +86,14 @@ int av__x_pump_response_h1(av_exchange *x)
                 av__x_fail(x, 502, "upstream switched protocols, which this exchange did not ask for");
                 return 1;
             }
-            if (!x->sid && av__buf_room(c->a.pout) < (size_t)n + 512)
+            if (!x->agent->head_fits(x, (size_t)n + 512))
                 return progress;
             const char *why = av__x_ws_check_101(x, &resp);
             if (why) {
                 av__x_fail(x, 502, why);
                 return 1;
             }
-            if (av__x_ws_write_101(x, &resp) != 0) {
+            if (x->agent->upgrade(x, &resp) != 0) {
                 av__x_fail(x, 502, "upstream 101 response cannot be re-serialized");
                 return 1;
             }
@@ -102,8 +101,6 @@ int av__x_pump_response_h1(av_exchange *x)
             x->status = 101;
             x->resp_head_done = 1;
             x->up_reusable = 0;
-            if (x->sid)
-                av__buf_init(&x->a_tx, AV_PLAIN_BUF_MAX);
             if (x->ws_frame && av__ws_bridge_new(&x->ws_bridge, 0, av__x_ws_filter, x) != AV_OK) {
                 av__x_fail(x, 502, "out of memory");
                 return 1;
@@ -118,16 +115,16 @@ int av__x_pump_response_h1(av_exchange *x)
             x->ws_open = 1;
             return 1;
         }
-        if (resp.status < 200 && x->sid) {
+        if (resp.status < 200 && !x->agent->relays_1xx) {
             av__buf_consume(u->pin, (size_t)n); /* not relayed over HTTP/2 */
             av__h1_scan_reset(&x->rscan);
             progress = 1;
             continue;
         }
-        if (!x->sid && av__buf_room(c->a.pout) < (size_t)n + 512)
+        if (!x->agent->head_fits(x, (size_t)n + 512))
             return progress; /* wait for the agent to drain */
         int kind = resp.body == AV_H1_BODY_NONE ? RK_NONE : resp.body == AV_H1_BODY_LENGTH ? RK_LENGTH : RK_UNKNOWN;
-        int wrc = av__x_agent_head(x, resp.status, resp.reason, resp.reason_len, resp.fields, resp.nfields, kind,
+        int wrc = av__x_resp_head(x, resp.status, resp.reason, resp.reason_len, resp.fields, resp.nfields, kind,
                                resp.content_length);
         if (wrc == AV_ERR_LIMIT)
             return progress;
@@ -163,7 +160,7 @@ int av__x_pump_response_h1(av_exchange *x)
                 break;
             if (tl <= 0) {
                 if (tl == AV_H1_ERR_TOO_LARGE)
-                    c->ctx->m_limit_head++;
+                    x->c->ctx->m_limit_head++;
                 av__x_fail(x, 502, tl == AV_H1_ERR_TOO_LARGE ? "upstream sent trailers over the header limits"
                                : tl == AV_H1_INCOMPLETE ? "upstream closed the connection in the trailers"
                                                         : "upstream sent malformed trailers");
@@ -176,12 +173,12 @@ int av__x_pump_response_h1(av_exchange *x)
                 return 1;
             }
             progress = 1;
-            av__body_end(x);
+            av__x_body_end(x);
             if (u->pin->len > 0)
                 x->up_reusable = 0; /* bytes after the response: never reuse */
             break;
         }
-        size_t room = av__body_room(x);
+        size_t room = av__x_body_room(x);
         if (room < 64)
             break;
         if (u->pin->len == 0) {
@@ -207,14 +204,14 @@ int av__x_pump_response_h1(av_exchange *x)
                 return 1;
             }
             if (dlen)
-                av__body_write(x, data, dlen);
+                av__x_body_write(x, data, dlen);
             av__buf_consume(u->pin, (size_t)used);
             if (used == 0 && dlen == 0 && !x->resp_body.done)
                 break;
         }
         progress = 1;
         if (x->resp_body.done) {
-            av__body_end(x);
+            av__x_body_end(x);
             if (u->pin->len > 0)
                 x->up_reusable = 0; /* bytes after the response: never reuse */
         }
@@ -228,3 +225,117 @@ int av__x_pump_response_h1(av_exchange *x)
     }
     return progress;
 }
+
+/* One round over the HTTP/1.1 link: connect, send the head, move both
+ * bodies (or relay the WebSocket), run the end checks. */
+static int link_h1_step(av_exchange *x)
+{
+    int progress = 0;
+    av_upconn *up = x->up;
+    if (!up)
+        return progress;
+    if (up->state < AV_UP_READY)
+        progress |= av__upstream_step(up);
+    if (up->state == AV_UP_FAILED) {
+        char why[260];
+        snprintf(why, sizeof(why), "%s", up->side.errmsg);
+        av__x_fail(x, up->fail_status ? up->fail_status : 502, why);
+        return 1;
+    }
+    if (up->state != AV_UP_READY)
+        return progress;
+    if (!x->head_sent) {
+        int rc = av__x_h1_request_out(x);
+        if (rc == AV_ERR_AGAIN)
+            return progress;
+        if (rc) {
+            av__x_fail(x, rc == AV_ERR_LIMIT ? 431 : 400,
+                       rc == AV_ERR_LIMIT ? "request header block too large after rewriting"
+                                          : "request cannot be re-serialized (invalid method, target or field)");
+            return 1;
+        }
+        av__buf_free_wipe(&x->rq);
+        x->head_sent = 1;
+        progress = 1;
+    }
+    if (x->ws_open)
+        return av__x_ws_step(x) | progress;
+    int rc = av__side_pump_in(&up->side);
+    if (rc < 0 && !x->resp_done) {
+        char why[260];
+        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
+        av__x_fail(x, 502, why);
+        return 1;
+    }
+    progress |= rc > 0;
+    progress |= av__x_pump_request_body(x);
+    if (!x->active || x->agent->closing(x))
+        return 1;
+    progress |= av__x_pump_response_h1(x);
+    if (!x->active || x->agent->closing(x))
+        return 1;
+    if (x->ws_open)
+        return 1;
+    rc = av__side_pump_out(&up->side);
+    if (rc < 0 && !x->resp_done) {
+        char why[260];
+        snprintf(why, sizeof(why), "upstream connection failed: %s", up->side.errmsg);
+        av__x_fail(x, 502, why);
+        return 1;
+    }
+    progress |= rc > 0;
+    progress |= x->agent->check_done(x);
+    return progress;
+}
+
+/* Request body sink: the upstream's output buffer, chunked when the
+ * length is unknown (32 bytes of slack for the chunk framing). */
+static size_t link_h1_room(av_exchange *x)
+{
+    size_t r = av__buf_room(x->up->side.pout);
+    return r > 32 ? r - 32 : 0;
+}
+
+static void link_h1_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    if (x->req_out_chunked) {
+        av__h1_write_chunk_header(x->up->side.pout, n);
+        av__buf_append(x->up->side.pout, data, n);
+        av__h1_write_chunk_end(x->up->side.pout);
+    } else {
+        av__buf_append(x->up->side.pout, data, n);
+    }
+}
+
+static int link_h1_end(av_exchange *x)
+{
+    if (x->req_out_chunked && x->req_tr.n) {
+        av_buf *o = x->up->side.pout;
+        int rc = av__h1_write_last_chunk_trailers(o, x->req_tr.f, x->req_tr.n);
+        if (rc == AV_ERR_LIMIT && o->len > 0)
+            return 0; /* wait for the upstream to drain */
+        if (rc != AV_OK) {
+            av__x_trailers_dropped(x, x->req_tr.n, "they cannot be serialized as HTTP/1.1");
+            av__h1_write_last_chunk(o);
+        }
+    } else if (x->req_out_chunked) {
+        av__h1_write_last_chunk(x->up->side.pout);
+    } else if (x->req_tr.n) {
+        av__x_trailers_dropped(x, x->req_tr.n, "the request to this HTTP/1.1 upstream has a Content-Length");
+    }
+    return 1;
+}
+
+static int link_h1_aborted(const av_exchange *x)
+{
+    return x->up && x->head_sent && (x->up->side.in_eof || x->up->side.err);
+}
+
+const av_link_ops av__link_h1_ops = {
+    .proto = "h1",
+    .step = link_h1_step,
+    .room = link_h1_room,
+    .write = link_h1_write,
+    .end = link_h1_end,
+    .aborted = link_h1_aborted,
+};

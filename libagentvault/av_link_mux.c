@@ -52,7 +52,7 @@ int av__x_h2_request_out(av_exchange *x)
         h.nfields++;
     }
     int end = x->req_done && x->req_tr.n == 0 &&
-              (x->body_buffer ? x->bbuf.len == 0 : x->sid ? x->a_rx.len == 0 : 1);
+              (x->body_buffer ? x->bbuf.len == 0 : x->agent->body_pending(x) == 0);
     int rc = av__mux_submit(&x->ms, &h, end);
     if (rc == AV_OK && end)
         x->req_ended = 1;
@@ -76,7 +76,7 @@ int av__x_pump_response_mux(av_exchange *x)
         uint64_t len = 0;
         if (x->is_head || ms->status == 204 || ms->status == 304) {
             kind = RK_NONE;
-        } else if (ms->content_length >= 0 && (x->sid || !x->te_trailers)) {
+        } else if (ms->content_length >= 0 && (x->agent->length_with_trailers || !x->te_trailers)) {
             /* (an HTTP/1.1 agent that accepts trailers gets chunked
              * framing, which can carry them) */
             kind = RK_LENGTH;
@@ -86,7 +86,7 @@ int av__x_pump_response_mux(av_exchange *x)
         } else {
             kind = RK_UNKNOWN;
         }
-        int wrc = av__x_agent_head(x, ms->status, NULL, 0, ms->fields, ms->nfields, kind, len);
+        int wrc = av__x_resp_head(x, ms->status, NULL, 0, ms->fields, ms->nfields, kind, len);
         if (wrc == AV_ERR_LIMIT)
             return 0;
         if (wrc == AV_ERR_DENIED) {
@@ -108,11 +108,11 @@ int av__x_pump_response_mux(av_exchange *x)
     }
     while (!x->resp_done && !x->body_ended) {
         if (ms->rx.len > 0) {
-            size_t room = av__body_room(x);
+            size_t room = av__x_body_room(x);
             if (room < 64 && room < ms->rx.len)
                 break;
             size_t n = ms->rx.len < room ? ms->rx.len : room;
-            av__body_write(x, av__buf_head(&ms->rx), n);
+            av__x_body_write(x, av__buf_head(&ms->rx), n);
             av__mux_consume(ms, n);
             progress = 1;
             continue;
@@ -122,7 +122,7 @@ int av__x_pump_response_mux(av_exchange *x)
                 av__x_fail(x, 502, "out of memory");
                 return 1;
             }
-            av__body_end(x);
+            av__x_body_end(x);
             progress = 1;
             break;
         }
@@ -139,13 +139,13 @@ int av__x_pump_response_mux(av_exchange *x)
             return 1;
         progress |= sp;
     }
-    if (progress && x->link == L_MUX)
+    if (progress && x->link == &av__link_mux_ops)
         av__mux_flush(ms); /* window updates */
     return progress;
 }
 
 /* The upstream link of an exchange on a mux: follow the stream's state.
- * Returns progress; may switch the exchange to L_H1. */
+ * Returns progress; may switch the exchange to the HTTP/1.1 link. */
 int av__x_mux_link(av_exchange *x)
 {
     av_conn *c = x->c;
@@ -158,11 +158,10 @@ int av__x_mux_link(av_exchange *x)
             int rc = av__x_h2_request_out(x);
             if (rc == AV_OK) {
                 x->head_sent = 1;
-                if (x->expect_continue && !x->req_done) {
+                if (!x->req_done) {
                     /* The origin will read the body as soon as it comes:
                      * let an HTTP/1.1 agent send it now. */
-                    av__buf_append_str(c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
-                    x->expect_continue = 0;
+                    x->agent->send_continue(x);
                 }
                 av__mux_flush(ms);
                 return 1;
@@ -183,7 +182,7 @@ int av__x_mux_link(av_exchange *x)
             av__mux_detach(ms);
             x->head_sent = 0;
             x->req_ended = 0;
-            if (av__mux_attach(c->ctx, &x->dest, x->scope, ms, av__up_notify_cb, c) != AV_OK) {
+            if (av__mux_attach(c->ctx, &x->dest, x->scope, ms, av__x_wake, c) != AV_OK) {
                 av__x_fail(x, 500, "out of memory");
                 return 1;
             }
@@ -192,12 +191,12 @@ int av__x_mux_link(av_exchange *x)
             av_upconn *up = ms->up;
             ms->up = NULL;
             av__mux_detach(ms);
-            x->link = L_H1;
+            x->link = &av__link_h1_ops;
             if (up) {
                 x->up = up;
-                up->notify = av__up_notify_cb;
+                up->notify = av__x_wake;
                 up->owner = c;
-            } else if (av__upstream_acquire(c->ctx, &x->dest, x->dest_tls, x->scope, av__up_notify_cb, c, &x->up)) {
+            } else if (av__upstream_acquire(c->ctx, &x->dest, x->dest_tls, x->scope, av__x_wake, c, &x->up)) {
                 av__x_fail(x, 500, "out of memory");
                 return 1;
             }
@@ -215,3 +214,65 @@ int av__x_mux_link(av_exchange *x)
     }
     return 0;
 }
+
+/* One round over the mux: follow the stream, then (once open) move both
+ * bodies and run the end checks. An ALPN http/1.1 fall-back continues on
+ * the HTTP/1.1 link in the same round. */
+static int link_mux_step(av_exchange *x)
+{
+    int progress = av__x_mux_link(x);
+    if (!x->active)
+        return 1;
+    if (x->link != &av__link_mux_ops)
+        return progress | x->link->step(x);
+    if (x->ms.state != AV_MS_OPEN)
+        return progress;
+    int moved = av__x_pump_request_body(x);
+    if (!x->active)
+        return 1;
+    progress |= moved;
+    progress |= av__x_pump_response_mux(x);
+    if (!x->active)
+        return 1;
+    if (moved)
+        av__mux_flush(&x->ms);
+    if (!x->active)
+        return 1;
+    progress |= x->agent->check_done(x);
+    return progress;
+}
+
+/* Request body sink: the stream's send buffer, within its window. */
+static size_t link_mux_room(av_exchange *x)
+{
+    return av__mux_room(&x->ms);
+}
+
+static void link_mux_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    av__mux_send(&x->ms, data, n); /* n <= room: all of it is taken */
+}
+
+static int link_mux_end(av_exchange *x)
+{
+    if (!x->req_tr.n || av__mux_end_trailers(&x->ms, x->req_tr.f, x->req_tr.n) != AV_OK) {
+        if (x->req_tr.n)
+            av__x_trailers_dropped(x, x->req_tr.n, "the upstream stream cannot take them");
+        av__mux_end(&x->ms);
+    }
+    return 1;
+}
+
+static int link_mux_aborted(const av_exchange *x)
+{
+    return x->ms.state == AV_MS_OPEN && x->ms.closed;
+}
+
+const av_link_ops av__link_mux_ops = {
+    .proto = "h2",
+    .step = link_mux_step,
+    .room = link_mux_room,
+    .write = link_mux_write,
+    .end = link_mux_end,
+    .aborted = link_mux_aborted,
+};

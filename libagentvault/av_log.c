@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "av_enc.h"
+
 void av__log(const av_logger *lg, int level, const char *fmt, ...)
 {
     if (!av__log_enabled(lg, level))
@@ -15,9 +17,7 @@ void av__log(const av_logger *lg, int level, const char *fmt, ...)
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
     /* One line: fold control characters a peer might have smuggled in. */
-    for (char *p = line; *p; p++)
-        if ((unsigned char)*p < 0x20 || *p == 0x7f)
-            *p = ' ';
+    av__sanitize_line(line, sizeof(line), line, strlen(line), AV__LINE_BLANK | AV__LINE_KEEP_HIGH);
     lg->fn(lg->user_data, level, line);
 }
 

@@ -8,6 +8,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_enc.h"
 #include "av_mem.h"
 #include "av_url.h"
 
@@ -117,32 +118,6 @@ static int header_safe(const av_secret *secret)
     return 1;
 }
 
-/* base64_encode writes the standard padded encoding of |in| to |out|
- * (room for 4 * ceil(n / 3) bytes) and returns its length. */
-static size_t base64_encode(const uint8_t *in, size_t n, char *out)
-{
-    static const char tbl[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0, i = 0;
-    for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        out[o++] = tbl[v >> 18 & 63];
-        out[o++] = tbl[v >> 12 & 63];
-        out[o++] = tbl[v >> 6 & 63];
-        out[o++] = tbl[v & 63];
-    }
-    if (i < n) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)in[i + 1] << 8;
-        out[o++] = tbl[v >> 18 & 63];
-        out[o++] = tbl[v >> 12 & 63];
-        out[o++] = i + 1 < n ? tbl[v >> 6 & 63] : '=';
-        out[o++] = '=';
-    }
-    return o;
-}
-
 /* secret_from_wiped turns a scratch buffer into a secret, then wipes and
  * frees the buffer. */
 static av_secret *secret_from_wiped(char *buf, size_t len, size_t cap)
@@ -192,7 +167,7 @@ int av__inject_header(const av_service *svc, const av_secret *secret,
         buf = av__malloc(cap);
         if (buf) {
             memcpy(buf, "Basic ", 6);
-            len = 6 + base64_encode((const uint8_t *)raw, rl, buf + 6);
+            len = 6 + av__b64_encode(raw, rl, 0, buf + 6);
         }
         av__wipe(raw, rl);
         av__free(raw);
@@ -226,18 +201,6 @@ int av__inject_header(const av_service *svc, const av_secret *secret,
     return *value_out ? AV_OK : AV_ERR_NOMEM;
 }
 
-/* hexval maps a hex digit to its value, or -1. */
-static int hexval(unsigned char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* name_matches compares a query parameter name, percent-decoded (invalid
  * escapes are taken literally), with |want| exactly. */
 static int name_matches(const char *s, size_t n, const char *want)
@@ -245,10 +208,12 @@ static int name_matches(const char *s, size_t n, const char *want)
     size_t w = 0, wl = strlen(want);
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '%' && i + 2 < n && hexval((unsigned char)s[i + 1]) >= 0 &&
-            hexval((unsigned char)s[i + 2]) >= 0) {
-            c = (unsigned char)(hexval((unsigned char)s[i + 1]) << 4 | hexval((unsigned char)s[i + 2]));
-            i += 2;
+        if (c == '%' && i + 2 < n) {
+            int hi = av__hex_value((unsigned char)s[i + 1]), lo = av__hex_value((unsigned char)s[i + 2]);
+            if (hi >= 0 && lo >= 0) {
+                c = (unsigned char)(hi << 4 | lo);
+                i += 2;
+            }
         }
         if (w >= wl || (unsigned char)want[w] != c)
             return 0;
@@ -263,7 +228,6 @@ static int name_matches(const char *s, size_t n, const char *want)
 av_secret *av__inject_query(const av_service *svc, const av_secret *secret,
                             const char *path, size_t path_len)
 {
-    static const char hex[] = "0123456789ABCDEF";
     if (!svc || svc->auth != AV_AUTH_QUERY || !svc->auth_name || !secret || (!path && path_len))
         return NULL;
     const char *q = path ? memchr(path, '?', path_len) : NULL;
@@ -303,16 +267,6 @@ av_secret *av__inject_query(const av_service *svc, const av_secret *secret,
     memcpy(buf + o, svc->auth_name, pl);
     o += pl;
     buf[o++] = '=';
-    for (size_t i = 0; i < sl; i++) {
-        uint8_t c = sd[i];
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-            c == '-' || c == '.' || c == '_' || c == '~') {
-            buf[o++] = (char)c;
-        } else {
-            buf[o++] = '%';
-            buf[o++] = hex[c >> 4];
-            buf[o++] = hex[c & 15];
-        }
-    }
+    o += av__pct_encode(sd, sl, AV__PCT_UNRESERVED, AV__HEX_UPPER, buf + o);
     return secret_from_wiped(buf, o, cap);
 }

@@ -214,7 +214,7 @@ void av__conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_le
             if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {
                 char scope[] = "opaque";
                 c->state = C_OPAQUE;
-                if (av__upstream_acquire(ctx, &dest, 0, scope, av__up_notify_cb, c, &c->opaque_up)) {
+                if (av__upstream_acquire(ctx, &dest, 0, scope, av__x_wake, c, &c->opaque_up)) {
                     c->state = C_CLOSING;
                     av__side_close_write(&c->a);
                 }

@@ -49,7 +49,7 @@ size_t av__rq_fields(const av_exchange *x, av_h1_field *out, size_t max)
 }
 
 /* Is this agent field one we never forward upstream? */
-int av__x_skip_request_field(const x_req_in *in, const av_h1_field *f, const char *inject_name,
+int av__x_skip_request_field(const av_req_in *in, const av_h1_field *f, const char *inject_name,
                              const char *alt_name, int ws_parsed)
 {
     if (ws_parsed && av__h1_name_eq(f, "sec-websocket-extensions"))

@@ -19,6 +19,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_enc.h"
 #include "av_mem.h"
 
 extern char **environ;
@@ -692,9 +693,7 @@ static void creq_finish(av_secret_request *q, const void *value, size_t len, con
                          : value && len > 0             ? "out of memory"
                          : reason && *reason            ? reason
                                                         : "no answer");
-                for (char *p = e->why; *p; p++)
-                    if ((unsigned char)*p < 0x20)
-                        *p = '?';
+                av__sanitize_line(e->why, sizeof(e->why), e->why, strlen(e->why), AV__LINE_KEEP_HIGH);
             }
             wake_waiters(r);
         }

@@ -16,211 +16,32 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_enc.h"
 #include "av_mem.h"
 
 /* ---- pattern generation --------------------------------------------------- */
 
 typedef void (*pat_sink)(void *ctx, const uint8_t *p, size_t n);
 
-static const char B64_STD[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-static const char B64_URL[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-static const char HEX_UP[] = "0123456789ABCDEF";
-static const char HEX_LO[] = "0123456789abcdef";
-
-/* b64_char returns base64 character |j| of the bit string made of |k| zero
- * bytes followed by |s| (|n| bytes), zero-extended past the end. */
-static uint8_t b64_char(const uint8_t *s, size_t n, size_t k, size_t j, const char *alpha)
-{
-    unsigned v = 0;
-    for (size_t bit = 6 * j; bit < 6 * j + 6; bit++) {
-        size_t byte = bit / 8;
-        unsigned b = 0;
-        if (byte >= k && byte - k < n)
-            b = (s[byte - k] >> (7 - bit % 8)) & 1u;
-        v = (v << 1) | b;
-    }
-    return (uint8_t)alpha[v];
-}
-
-/* b64_stable writes the characters of the encoding of (k zero bytes | s)
- * that depend on bits of |s| only: j in [ceil(8k/6), floor(8(k+n)/6)). */
-static size_t b64_stable(const uint8_t *s, size_t n, size_t k, const char *alpha, uint8_t *o)
-{
-    size_t j0 = (8 * k + 5) / 6, j1 = 8 * (k + n) / 6, w = 0;
-    for (size_t j = j0; j < j1; j++)
-        o[w++] = b64_char(s, n, k, j, alpha);
-    return w;
-}
-
-/* b64_full writes the complete encoding of |s|, with '=' padding if |pad|. */
-static size_t b64_full(const uint8_t *s, size_t n, const char *alpha, int pad, uint8_t *o)
-{
-    size_t chars = (8 * n + 5) / 6, w = 0;
-    for (size_t j = 0; j < chars; j++)
-        o[w++] = b64_char(s, n, 0, j, alpha);
-    while (pad && w % 4)
-        o[w++] = '=';
-    return w;
-}
-
-enum { PCT_ALL, PCT_UNRES, PCT_PATH, PCT_URIC, PCT_FORM };
-
-static int is_alnum(uint8_t c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-}
-
-/* pct_keep tells whether |c| stays literal in percent-encoding set |set|. */
-static int pct_keep(int set, uint8_t c)
-{
-    switch (set) {
-    case PCT_ALL: return 0;
-    case PCT_UNRES: return is_alnum(c) || c == '-' || c == '.' || c == '_' || c == '~';
-    case PCT_PATH: return pct_keep(PCT_UNRES, c) || c == '/';
-    case PCT_URIC:
-        return pct_keep(PCT_UNRES, c) || c == '!' || c == '*' || c == '\'' || c == '(' ||
-               c == ')';
-    default: return is_alnum(c) || c == '*' || c == '-' || c == '.' || c == '_';
-    }
-}
-
-static size_t pct_encode(const uint8_t *s, size_t n, int set, const char *hex, uint8_t *o)
-{
-    size_t w = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (pct_keep(set, s[i])) {
-            o[w++] = s[i];
-        } else if (set == PCT_FORM && s[i] == ' ') {
-            o[w++] = '+';
-        } else {
-            o[w++] = '%';
-            o[w++] = (uint8_t)hex[s[i] >> 4];
-            o[w++] = (uint8_t)hex[s[i] & 15];
-        }
-    }
-    return w;
-}
-
-/* JSON variant flags. */
-#define J_ASCII 1u /* non-ASCII as \uXXXX (needs valid UTF-8) */
-#define J_UPPER 2u /* upper-case hex in \u escapes */
-#define J_SLASH 4u /* '/' as \/ */
-#define J_HTML 8u  /* < > & as \u, U+2028/2029 as \u */
-#define J_GSON 16u /* J_HTML plus = and ' */
-
+/* The JSON escapes a secret may be written in, each with the short forms
+ * \b \f \n \r \t: minimal; non-ASCII as \uXXXX in lower and upper case;
+ * that with \/; the HTML-safe escapes (< > & U+2028 U+2029; Gson's also
+ * = and '). */
 static const unsigned JSON_VARIANTS[] = {
-    0, J_ASCII, J_ASCII | J_UPPER, J_ASCII | J_SLASH, J_HTML, J_GSON,
+    AV__JSON_SHORT,
+    AV__JSON_SHORT | AV__JSON_ASCII,
+    AV__JSON_SHORT | AV__JSON_ASCII | AV__JSON_UPPER,
+    AV__JSON_SHORT | AV__JSON_ASCII | AV__JSON_SLASH,
+    AV__JSON_SHORT | AV__JSON_HTML,
+    AV__JSON_SHORT | AV__JSON_GSON,
 };
-
-/* utf8_next decodes one scalar value at s[*i]; -1 when invalid. */
-static long utf8_next(const uint8_t *s, size_t n, size_t *i)
-{
-    uint8_t c = s[*i];
-    size_t need;
-    unsigned long v, min;
-    if (c < 0x80) {
-        (*i)++;
-        return c;
-    } else if (c >= 0xc2 && c <= 0xdf) {
-        need = 1, v = c & 0x1f, min = 0x80;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        need = 2, v = c & 0x0f, min = 0x800;
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        need = 3, v = c & 0x07, min = 0x10000;
-    } else {
-        return -1;
-    }
-    if (*i + need >= n)
-        return -1;
-    for (size_t k = 1; k <= need; k++) {
-        uint8_t d = s[*i + k];
-        if ((d & 0xc0) != 0x80)
-            return -1;
-        v = (v << 6) | (d & 0x3f);
-    }
-    if (v < min || v > 0x10ffff || (v >= 0xd800 && v <= 0xdfff))
-        return -1;
-    *i += need + 1;
-    return (long)v;
-}
-
-static size_t put_u(uint8_t *o, unsigned long cp, const char *hex)
-{
-    o[0] = '\\';
-    o[1] = 'u';
-    o[2] = (uint8_t)hex[(cp >> 12) & 15];
-    o[3] = (uint8_t)hex[(cp >> 8) & 15];
-    o[4] = (uint8_t)hex[(cp >> 4) & 15];
-    o[5] = (uint8_t)hex[cp & 15];
-    return 6;
-}
-
-/* json_escape writes |s| as a JSON string body with variant |f|; returns
- * the length, or (size_t)-1 when the variant cannot encode |s|. At most
- * 6 bytes per input byte. */
-static size_t json_escape(const uint8_t *s, size_t n, unsigned f, uint8_t *o)
-{
-    const char *hex = (f & J_UPPER) ? HEX_UP : HEX_LO;
-    int need_utf8 = (f & (J_ASCII | J_HTML | J_GSON)) != 0;
-    size_t w = 0, i = 0;
-    while (i < n) {
-        uint8_t c = s[i];
-        if (c >= 0x80) {
-            if (!need_utf8) {
-                o[w++] = c;
-                i++;
-                continue;
-            }
-            size_t start = i;
-            long cp = utf8_next(s, n, &i);
-            if (cp < 0)
-                return (size_t)-1;
-            if (f & J_ASCII) {
-                if (cp >= 0x10000) {
-                    unsigned long v = (unsigned long)cp - 0x10000;
-                    w += put_u(o + w, 0xd800 + (v >> 10), hex);
-                    w += put_u(o + w, 0xdc00 + (v & 0x3ff), hex);
-                } else {
-                    w += put_u(o + w, (unsigned long)cp, hex);
-                }
-            } else if (cp == 0x2028 || cp == 0x2029) {
-                w += put_u(o + w, (unsigned long)cp, hex);
-            } else {
-                memcpy(o + w, s + start, i - start);
-                w += i - start;
-            }
-            continue;
-        }
-        i++;
-        switch (c) {
-        case '"': o[w++] = '\\'; o[w++] = '"'; continue;
-        case '\\': o[w++] = '\\'; o[w++] = '\\'; continue;
-        case '\b': o[w++] = '\\'; o[w++] = 'b'; continue;
-        case '\f': o[w++] = '\\'; o[w++] = 'f'; continue;
-        case '\n': o[w++] = '\\'; o[w++] = 'n'; continue;
-        case '\r': o[w++] = '\\'; o[w++] = 'r'; continue;
-        case '\t': o[w++] = '\\'; o[w++] = 't'; continue;
-        default: break;
-        }
-        if (c < 0x20 || ((f & (J_HTML | J_GSON)) && (c == '<' || c == '>' || c == '&')) ||
-            ((f & J_GSON) && (c == '=' || c == '\''))) {
-            w += put_u(o + w, c, hex);
-        } else if ((f & J_SLASH) && c == '/') {
-            o[w++] = '\\';
-            o[w++] = '/';
-        } else {
-            o[w++] = c;
-        }
-    }
-    return w;
-}
 
 /* emit_json gives |base| to the sink in every JSON variant (the minimal
  * variant of a base without special characters is the base itself). */
 static void emit_json(const uint8_t *base, size_t n, uint8_t *tmp, pat_sink sink, void *ctx)
 {
     for (size_t v = 0; v < sizeof(JSON_VARIANTS) / sizeof(JSON_VARIANTS[0]); v++) {
-        size_t m = json_escape(base, n, JSON_VARIANTS[v], tmp);
+        size_t m = av__json_escape(base, n, JSON_VARIANTS[v], (char *)tmp);
         if (m != (size_t)-1 && m > 0)
             sink(ctx, tmp, m);
     }
@@ -243,40 +64,36 @@ static void gen_patterns(const uint8_t *s, size_t n, uint8_t *scratch, pat_sink 
     uint8_t *b64 = tmp; /* base64 staging before percent-encoding (in tmp) */
     size_t m;
     emit_json(s, n, tmp, sink, ctx);
-    for (int url = 0; url < 2; url++) {
-        const char *alpha = url ? B64_URL : B64_STD;
+    for (unsigned url = 0; url < 2; url++) {
+        unsigned alpha = url ? AV__B64_URL : 0;
         for (size_t k = 0; k < 3; k++) {
-            m = b64_stable(s, n, k, alpha, base);
+            m = av__b64_encode_shifted(s, n, k, alpha, (char *)base);
             emit_json(base, m, tmp, sink, ctx);
         }
         for (int pad = 0; pad < 2; pad++) {
-            m = b64_full(s, n, alpha, pad, base);
+            m = av__b64_encode(s, n, alpha | (pad ? 0 : AV__B64_NOPAD), (char *)base);
             emit_json(base, m, tmp, sink, ctx);
         }
     }
     /* base64 (standard), then percent-encoded with unreserved kept */
     for (size_t k = 0; k < 4; k++) {
-        size_t bm = k < 3 ? b64_stable(s, n, k, B64_STD, b64) : b64_full(s, n, B64_STD, 1, b64);
+        size_t bm = k < 3 ? av__b64_encode_shifted(s, n, k, 0, (char *)b64) : av__b64_encode(s, n, 0, (char *)b64);
         for (int lo = 0; lo < 2; lo++) {
-            m = pct_encode(b64, bm, PCT_UNRES, lo ? HEX_LO : HEX_UP, base);
+            m = av__pct_encode(b64, bm, AV__PCT_UNRESERVED, lo ? AV__HEX_LOWER : AV__HEX_UPPER, (char *)base);
             sink(ctx, base, m); /* percent output has no JSON-special bytes */
         }
     }
     /* hex, both cases (no JSON-special bytes either) */
     for (int lo = 0; lo < 2; lo++) {
-        const char *hex = lo ? HEX_LO : HEX_UP;
-        for (size_t i = 0; i < n; i++) {
-            base[2 * i] = (uint8_t)hex[s[i] >> 4];
-            base[2 * i + 1] = (uint8_t)hex[s[i] & 15];
-        }
-        sink(ctx, base, 2 * n);
+        m = av__hex_encode(s, n, lo ? AV__HEX_LOWER : AV__HEX_UPPER, (char *)base);
+        sink(ctx, base, m);
     }
-    static const int sets[] = {PCT_ALL, PCT_UNRES, PCT_PATH, PCT_URIC, PCT_FORM};
+    static const int sets[] = {AV__PCT_ALL, AV__PCT_UNRESERVED, AV__PCT_PATH, AV__PCT_URIC, AV__PCT_FORM};
     for (size_t i = 0; i < sizeof(sets) / sizeof(sets[0]); i++) {
         for (int lo = 0; lo < 2; lo++) {
-            if (lo && sets[i] != PCT_ALL && sets[i] != PCT_UNRES)
+            if (lo && sets[i] != AV__PCT_ALL && sets[i] != AV__PCT_UNRESERVED)
                 continue;
-            m = pct_encode(s, n, sets[i], lo ? HEX_LO : HEX_UP, base);
+            m = av__pct_encode(s, n, sets[i], lo ? AV__HEX_LOWER : AV__HEX_UPPER, (char *)base);
             emit_json(base, m, tmp, sink, ctx);
         }
     }

@@ -33,6 +33,7 @@
 
 #include "av_ca.h"
 #include "av_ca_internal.h"
+#include "av_enc.h"
 #include "av_mem.h"
 
 #define SYSTEM_CAFILE "/etc/ssl/certs/ca-certificates.crt"
@@ -238,14 +239,10 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *out_l
  * SNI_SHOWN_MAX characters with "..." appended when cut. */
 static void sanitize(char *dst, size_t dst_len, const char *src)
 {
-    size_t o = 0, i = 0;
-    for (; src[i] && i < SNI_SHOWN_MAX && o + 1 < dst_len; i++)
-        dst[o++] = (src[i] > 0x20 && src[i] < 0x7f) ? src[i] : '?';
-    if (src[i] && o + 3 < dst_len) {
-        memcpy(dst + o, "...", 3);
-        o += 3;
-    }
-    dst[o] = '\0';
+    size_t n = strnlen(src, SNI_SHOWN_MAX + 1);
+    size_t o = av__sanitize_line(dst, dst_len, src, n > SNI_SHOWN_MAX ? SNI_SHOWN_MAX : n, AV__LINE_NO_SPACE);
+    if (n > o && o + 3 < dst_len)
+        memcpy(dst + o, "...", 4);
 }
 
 /* servername_check refuses a ClientHello whose SNI is not one of the

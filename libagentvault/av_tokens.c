@@ -24,6 +24,7 @@
 
 #include "av_config.h"
 #include "av_crypto.h"
+#include "av_enc.h"
 #include "av_mem.h"
 
 #define TOKENS_FILE_MAX (4 * 1024 * 1024)
@@ -224,16 +225,6 @@ static int tokens_write(const char *path, const tok_line *lines, size_t n, char 
     return AV_OK;
 }
 
-static void hex32(const uint8_t *h, char *out)
-{
-    static const char hx[] = "0123456789abcdef";
-    for (int i = 0; i < 32; i++) {
-        out[2 * i] = hx[h[i] >> 4];
-        out[2 * i + 1] = hx[h[i] & 15];
-    }
-    out[64] = '\0';
-}
-
 AV_EXPORT int av_tokens_create(const char *path, const char *name, const char *services, long long ttl_seconds,
                                char *token, size_t token_len, char *err, size_t err_len)
 {
@@ -266,22 +257,10 @@ AV_EXPORT int av_tokens_create(const char *path, const char *name, const char *s
         }
     uint8_t rnd[32], h[32];
     rc = av__crypto_random(rnd, sizeof(rnd));
-    static const char b64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     char tok[64] = "avt_";
     size_t o = 4;
-    for (size_t i = 0; i < 32 && rc == AV_OK; i += 3) {
-        uint32_t v = (uint32_t)rnd[i] << 16;
-        if (i + 1 < 32)
-            v |= (uint32_t)rnd[i + 1] << 8;
-        if (i + 2 < 32)
-            v |= rnd[i + 2];
-        tok[o++] = b64[(v >> 18) & 63];
-        tok[o++] = b64[(v >> 12) & 63];
-        if (i + 1 < 32)
-            tok[o++] = b64[(v >> 6) & 63];
-        if (i + 2 < 32)
-            tok[o++] = b64[v & 63];
-    }
+    if (rc == AV_OK)
+        o += av__b64_encode(rnd, sizeof(rnd), AV__B64_URL | AV__B64_NOPAD, tok + o);
     tok[o] = '\0';
     av__wipe(rnd, sizeof(rnd));
     if (rc == AV_OK)
@@ -296,7 +275,7 @@ AV_EXPORT int av_tokens_create(const char *path, const char *name, const char *s
     tok_line *t = &lines[n];
     memset(t, 0, sizeof(*t));
     snprintf(t->name, sizeof(t->name), "%s", name);
-    hex32(h, t->hash);
+    t->hash[av__hex_encode(h, sizeof(h), AV__HEX_LOWER, t->hash)] = '\0';
     snprintf(t->services, sizeof(t->services), "%s", services);
     t->created = (long long)time(NULL);
     t->expires = ttl_seconds ? t->created + ttl_seconds : 0;
@@ -370,10 +349,10 @@ AV_EXPORT int av_config_load_tokens(av_config *cfg, const char *path)
         memset(t, 0, sizeof(*t));
         t->hashed = 1;
         t->expires = lines[i].expires;
-        for (int b = 0; b < 32; b++) {
-            unsigned v;
-            sscanf(lines[i].hash + 2 * b, "%2x", &v);
-            t->hash[b] = (uint8_t)v;
+        size_t hn; /* 64 lower-case hex digits: checked when the line was read */
+        if (av__hex_decode(lines[i].hash, 64, t->hash, sizeof(t->hash), &hn) != 0) {
+            rc = AV_ERR_PARSE;
+            break;
         }
         if (!(t->name = av__strdup(lines[i].name))) {
             rc = AV_ERR_NOMEM;

@@ -12,6 +12,8 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_enc.h"
+
 /* is_alpha / is_digit / is_ldh classify ASCII bytes without locale. */
 static int is_alpha(unsigned char c)
 {
@@ -21,11 +23,6 @@ static int is_alpha(unsigned char c)
 static int is_digit(unsigned char c)
 {
     return c >= '0' && c <= '9';
-}
-
-static int is_hex(unsigned char c)
-{
-    return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 }
 
 static int is_ldh(unsigned char c)
@@ -71,7 +68,7 @@ static int label_is_numeric(const char *l, size_t n)
         return 0;
     if (n >= 2 && l[0] == '0' && (l[1] == 'x' || l[1] == 'X')) {
         for (size_t i = 2; i < n; i++)
-            if (!is_hex((unsigned char)l[i]))
+            if (av__hex_value((unsigned char)l[i]) < 0)
                 return 0;
         return 1;
     }
@@ -91,7 +88,7 @@ static int ipv6_canonical(const char *in, size_t len, char *out)
         return AV_ERR_INVALID;
     for (size_t i = 0; i < len; i++) {
         unsigned char c = (unsigned char)in[i];
-        if (!is_hex(c) && c != ':' && c != '.')
+        if (av__hex_value(c) < 0 && c != ':' && c != '.')
             return AV_ERR_INVALID;
     }
     memcpy(tmp, in, len);
@@ -225,19 +222,11 @@ int av__authority_format(const av_authority *a, int omit_port, char *buf, size_t
 {
     /* Runs twice per exchange: no snprintf. */
     size_t hl = strlen(a->host);
-    char port[8];
+    char port[24];
     size_t pl = 0;
     if (a->port != omit_port) {
-        char tmp[8];
-        unsigned v = (unsigned)a->port;
-        size_t k = 0;
-        do {
-            tmp[k++] = (char)('0' + v % 10);
-            v /= 10;
-        } while (v && k < sizeof(tmp));
-        port[pl++] = ':';
-        while (k)
-            port[pl++] = tmp[--k];
+        port[0] = ':';
+        pl = 1 + av__u64_dec(port + 1, (unsigned)a->port);
     }
     int v6 = a->is_ip == 6;
     size_t n = hl + pl + (v6 ? 2 : 0);

@@ -30,6 +30,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_enc.h"
 #include "av_mem.h"
 #include "av_scrub.h"
 
@@ -149,104 +150,24 @@ static void sha1_final(ws_sha1 *c, uint8_t out[20])
 
 /* ---- Sec-WebSocket-Accept ----------------------------------------------- */
 
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-/* b64_value returns the 6-bit value of a base64 character, or -1. */
-static int b64_value(unsigned char ch)
-{
-    if (ch >= 'A' && ch <= 'Z')
-        return ch - 'A';
-    if (ch >= 'a' && ch <= 'z')
-        return ch - 'a' + 26;
-    if (ch >= '0' && ch <= '9')
-        return ch - '0' + 52;
-    if (ch == '+')
-        return 62;
-    if (ch == '/')
-        return 63;
-    return -1;
-}
-
 /* av__ws_accept_key: the key must be the canonical base64 form of 16 bytes:
  * 22 alphabet characters (the last with its 4 low bits clear) and "==". */
 int av__ws_accept_key(const char *key, size_t key_len, char out[29])
 {
-    if (!key || !out || key_len != 24 || key[22] != '=' || key[23] != '=')
-        return AV_ERR_INVALID;
-    for (size_t i = 0; i < 22; i++)
-        if (b64_value((unsigned char)key[i]) < 0)
-            return AV_ERR_INVALID;
-    if (b64_value((unsigned char)key[21]) & 0x0f)
+    uint8_t raw[16];
+    size_t raw_len;
+    if (!key || !out || key_len != 24 ||
+        av__b64_decode(key, key_len, AV__B64_STRICT, raw, sizeof(raw), &raw_len) != 0 || raw_len != 16)
         return AV_ERR_INVALID;
 
     ws_sha1 c;
-    uint8_t d[21];
+    uint8_t d[20];
     sha1_init(&c);
     sha1_update(&c, key, key_len);
     sha1_update(&c, WS_GUID, sizeof(WS_GUID) - 1);
     sha1_final(&c, d);
-    d[20] = 0;
-    size_t o = 0;
-    for (size_t i = 0; i < 21; i += 3) {
-        uint32_t v = (uint32_t)d[i] << 16 | (uint32_t)d[i + 1] << 8 | d[i + 2];
-        out[o++] = b64_alphabet[(v >> 18) & 63];
-        out[o++] = b64_alphabet[(v >> 12) & 63];
-        out[o++] = b64_alphabet[(v >> 6) & 63];
-        out[o++] = b64_alphabet[v & 63];
-    }
-    out[27] = '='; /* 20 bytes: the last group carries 2 bytes */
-    out[28] = '\0';
+    out[av__b64_encode(d, sizeof(d), 0, out)] = '\0'; /* 28 characters */
     return AV_OK;
-}
-
-/* ---- substitution -------------------------------------------------------- */
-
-/* av__subst_replace counts the non-overlapping occurrences (left to right)
- * first, so the result is built in one allocation and one pass. An empty
- * needle is AV_ERR_INVALID. */
-int av__subst_replace(const uint8_t *in, size_t len, const uint8_t *needle, size_t needle_len,
-                      const uint8_t *repl, size_t repl_len, size_t max_out, uint8_t **out,
-                      size_t *out_len)
-{
-    if (!out || !out_len || !needle || needle_len == 0 || (!in && len) || (!repl && repl_len))
-        return AV_ERR_INVALID;
-    *out = NULL;
-    *out_len = 0;
-    size_t count = 0;
-    for (size_t pos = 0; pos + needle_len <= len;) {
-        const uint8_t *hit = memmem(in + pos, len - pos, needle, needle_len);
-        if (!hit)
-            break;
-        count++;
-        pos = (size_t)(hit - in) + needle_len;
-    }
-    if (count == 0)
-        return 0;
-    size_t keep = len - count * needle_len;
-    if (repl_len && count > (SIZE_MAX - keep) / repl_len)
-        return AV_ERR_LIMIT;
-    size_t total = keep + count * repl_len;
-    if (total > max_out)
-        return AV_ERR_LIMIT;
-    uint8_t *res = av__malloc(total);
-    if (!res)
-        return AV_ERR_NOMEM;
-    size_t pos = 0, w = 0;
-    for (size_t k = 0; k < count; k++) {
-        const uint8_t *hit = memmem(in + pos, len - pos, needle, needle_len);
-        size_t at = (size_t)(hit - in);
-        memcpy(res + w, in + pos, at - pos);
-        w += at - pos;
-        if (repl_len)
-            memcpy(res + w, repl, repl_len);
-        w += repl_len;
-        pos = at + needle_len;
-    }
-    memcpy(res + w, in + pos, len - pos);
-    *out = res;
-    *out_len = total;
-    return 1;
 }
 
 /* ---- bridge state -------------------------------------------------------- */

@@ -35,6 +35,7 @@
 #include <stdint.h>
 
 #include "av_buf.h"
+#include "av_enc.h" /* av__subst_replace, for the text filters of av_conn.c (moved there) */
 #include "av_scrub.h"
 
 /* av__ws_accept_key computes Sec-WebSocket-Accept for |key| (the client's
@@ -138,13 +139,5 @@ int av__ws_offers_deflate(const char *v, size_t len);
  * extension with known parameters (context takeover, window bits 8..15).
  * Returns 0 or AV_ERR_INVALID. */
 int av__ws_deflate_accepted(const char *v, size_t len);
-
-/* av__subst_replace replaces every occurrence of |needle| in |in| with
- * |repl|. Returns 1 and a new av__malloc'd buffer in *out (caller frees,
- * wiping) when something was replaced, 0 when |in| has no occurrence, or
- * AV_ERR_NOMEM / AV_ERR_LIMIT (result over |max_out|). */
-int av__subst_replace(const uint8_t *in, size_t len, const uint8_t *needle, size_t needle_len,
-                      const uint8_t *repl, size_t repl_len, size_t max_out, uint8_t **out,
-                      size_t *out_len);
 
 #endif

@@ -19,6 +19,7 @@
 #include <agentvault/agentvault.h>
 
 #include "av_buf.h"
+#include "av_enc.h"
 #include "av_mem.h"
 #include "av_scrub.h"
 #include "av_secret.h"
@@ -1193,79 +1194,6 @@ static void accept_key(void **state)
     assert_int_equal(av__ws_accept_key(NULL, 24, out), AV_ERR_INVALID);
 }
 
-/* ---- substitution ------------------------------------------------------------------------ */
-
-/* subst runs av__subst_replace on C strings and checks the outcome. */
-static void subst(const char *in, const char *needle, const char *repl, size_t max_out,
-                  int want_rc, const char *want)
-{
-    uint8_t *out = (uint8_t *)"untouched";
-    size_t out_len = 99;
-    int rc = av__subst_replace((const uint8_t *)in, strlen(in), (const uint8_t *)needle,
-                               strlen(needle), (const uint8_t *)repl, strlen(repl), max_out,
-                               &out, &out_len);
-    assert_int_equal(rc, want_rc);
-    if (rc == 1) {
-        assert_int_equal(out_len, strlen(want));
-        assert_memory_equal(out, want, out_len);
-        av__wipe(out, out_len);
-        av__free(out);
-    } else {
-        assert_null(out);
-        assert_int_equal(out_len, 0);
-    }
-}
-
-static void subst_replace(void **state)
-{
-    (void)state;
-    subst("nothing here", "KEY", "secret", 100, 0, NULL);
-    subst("", "KEY", "secret", 100, 0, NULL);
-    subst("KE", "KEY", "secret", 100, 0, NULL);
-    subst("a KEY b", "KEY", "secret", 100, 1, "a secret b");
-    subst("KEY", "KEY", "secret", 100, 1, "secret");
-    subst("KEYmidKEY", "KEY", "s", 100, 1, "smids");
-    subst("KEYKEYKEY", "KEY", "<>", 100, 1, "<><><>");
-    subst("aaaa", "aa", "b", 100, 1, "bb");
-    subst("aaa", "aa", "b", 100, 1, "ba");
-    subst("abababa", "aba", "X", 100, 1, "XbX");
-    subst("xKEY", "KEY", "", 100, 1, "x");
-    subst("KEY", "KEY", "", 100, 1, "");
-    subst("K KEY", "KEY", "KEYKEY", 100, 1, "K KEYKEY"); /* no re-scan of output */
-    /* max_out */
-    subst("a KEY b", "KEY", "secret", 10, 1, "a secret b");
-    subst("a KEY b", "KEY", "secret", 9, AV_ERR_LIMIT, NULL);
-    subst("KEYKEYKEYKEY", "KEY", "0123456789", 39, AV_ERR_LIMIT, NULL);
-    subst("KEYKEYKEYKEY", "KEY", "0123456789", 40, 1,
-          "0123456789012345678901234567890123456789");
-    /* binary data with NULs */
-    uint8_t *out = NULL;
-    size_t out_len = 0;
-    const uint8_t in[] = {0, 'K', 0, 'K', 0};
-    assert_int_equal(av__subst_replace(in, 5, (const uint8_t *)"K\0", 2, (const uint8_t *)"zz", 2,
-                                       100, &out, &out_len),
-                     1);
-    assert_int_equal(out_len, 5);
-    const uint8_t want[] = {0, 'z', 'z', 'z', 'z'};
-    assert_memory_equal(out, want, 5);
-    av__free(out);
-    /* empty needle */
-    assert_int_equal(av__subst_replace(in, 5, in, 0, in, 1, 100, &out, &out_len), AV_ERR_INVALID);
-    /* large input, many hits: linear */
-    size_t n = 1 << 20;
-    uint8_t *big = malloc(n);
-    assert_non_null(big);
-    for (size_t i = 0; i < n; i++)
-        big[i] = "ab"[i & 1];
-    assert_int_equal(av__subst_replace(big, n, (const uint8_t *)"ab", 2, (const uint8_t *)"xyz", 3,
-                                       n * 2, &out, &out_len),
-                     1);
-    assert_int_equal(out_len, n / 2 * 3);
-    assert_memory_equal(out + out_len - 3, "xyz", 3);
-    av__free(out);
-    free(big);
-}
-
 /* ---- misc ----------------------------------------------------------------------------------- */
 
 static void invalid_arguments(void **state)
@@ -1621,7 +1549,6 @@ int main(void)
         cmocka_unit_test(secret_wiped_before_free),
         cmocka_unit_test(allocation_failures),
         cmocka_unit_test(accept_key),
-        cmocka_unit_test(subst_replace),
         cmocka_unit_test(invalid_arguments),
         cmocka_unit_test(relay_scrubs_across_frames_and_reads),
         cmocka_unit_test(relay_big_frame_fragmented),
