@@ -91,6 +91,7 @@ static inline void xh_new(xh *h, const char *proxy_keys, const char *sections)
     c->state = C_PROXY_HEAD;
     c->in_proceed = 1; /* notifications only set c->again */
     c->x.c = c;
+    c->x.agent = &av__agent_h1_ops;
     av__side_init(&c->a, -1, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
     snprintf(c->peer, sizeof(c->peer), "test");
     h->c = c;

@@ -62,7 +62,7 @@ static int begin(xh *h, const req *r, const char *host, const char *scope)
     av_exchange *x = &h->c->x;
     if (scope)
         xh_pool_fake(h, host, 80, scope);
-    x_req_in in = {.method = r->method, .method_len = strlen(r->method), .target = r->target,
+    av_req_in in = {.method = r->method, .method_len = strlen(r->method), .target = r->target,
                    .target_len = strlen(r->target), .fields = r->f, .nfields = r->n, .minor = 1,
                    .framing = r->framing, .length = r->length, .flags = r->flags};
     av_authority d;
@@ -85,7 +85,7 @@ static void inject_bearer(void **state)
     av_exchange *x = &h.c->x;
     assert_string_equal(dump(x), "Accept: */*\nAuthorization: Bearer " XH_KEY "\n");
     assert_true(x->injected);
-    assert_int_equal(x->link, L_H1);
+    assert_ptr_equal(x->link, &av__link_h1_ops);
     assert_non_null(x->up); /* the pooled connection: nothing dialled */
     assert_non_null(x->scrub_set); /* the response will be scrubbed of it */
     assert_string_equal(xh_out(&h), "");

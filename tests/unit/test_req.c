@@ -135,7 +135,7 @@ static void limits(void **state)
 
 /* ---- which agent fields are never forwarded ------------------------------------- */
 
-static int skipped(const x_req_in *in, const av_h1_field *f, const char *inj, const char *alt, int ws_parsed)
+static int skipped(const av_req_in *in, const av_h1_field *f, const char *inj, const char *alt, int ws_parsed)
 {
     return av__x_skip_request_field(in, f, inj, alt, ws_parsed);
 }
@@ -152,7 +152,7 @@ static void skip_rules(void **state)
         F("X-Api-Key", "agent"),            F("Sec-WebSocket-Key", "k"), F("Sec-WebSocket-Extensions", "e"),
         F("Accept", "*/*"),                 F("Cookie", "a=1"),         F("X-Listed-Not", "1"),
     };
-    x_req_in in = {.method = "GET", .method_len = 3, .target = "/", .target_len = 1, .fields = fields,
+    av_req_in in = {.method = "GET", .method_len = 3, .target = "/", .target_len = 1, .fields = fields,
                    .nfields = NF(fields), .minor = 1};
     /* every field, with no service, no WebSocket */
     static const int want_plain[] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0};
@@ -198,10 +198,13 @@ static av_exchange *begin_held(xh *h, int h2, const char *method, const char *ta
                                size_t n, const char *host)
 {
     av_exchange *x = &h->c->x;
-    x->sid = h2 ? 1 : 0;
+    /* an agent that joins split cookies (HTTP/2's rule), else HTTP/1.1's */
+    static av_agent_ops joining;
+    joining = av__agent_h1_ops;
+    joining.joins_cookies = 1;
     if (h2)
-        x->a_end = 1; /* no body */
-    x_req_in in = {.method = method, .method_len = strlen(method), .target = target, .target_len = strlen(target),
+        x->agent = &joining;
+    av_req_in in = {.method = method, .method_len = strlen(method), .target = target, .target_len = strlen(target),
                    .fields = f, .nfields = n, .minor = 1};
     av_authority d;
     dest_of(&d, host, 80);
@@ -317,7 +320,7 @@ static void too_many_fields(void **state)
     xh h;
     xh_new(&h, NULL, SVC_API);
     av_exchange *x = &h.c->x;
-    x_req_in in = {.method = "GET", .method_len = 3, .target = "/", .target_len = 1, .fields = f,
+    av_req_in in = {.method = "GET", .method_len = 3, .target = "/", .target_len = 1, .fields = f,
                    .nfields = NF(f), .minor = 1};
     av_authority d;
     dest_of(&d, "api.test", 80);
