@@ -1148,6 +1148,159 @@ static void retries(void **state)
     }
 }
 
+/* ---- the HTTP/1.1 agent side ---------------------------------------------------------------- */
+
+/* The same scripted link with the real HTTP/1.1 agent (av_agent_h1.c) of
+ * the socketless connection: the request body is read from c->a.pin, the
+ * response written to c->a.pout, which the test drains like a reader. */
+static void xt_begin_h1(xt *t, const char *conf, const char *method, int minor, const av_h1_field *f, size_t n,
+                        int framing, uint64_t length, const char *body_bytes, const sl_event *ev, size_t nev,
+                        const char *host)
+{
+    memset(t, 0, sizeof(*t));
+    LA = &t->a; /* (unused by this agent) */
+    SL = &t->l;
+    av__buf_init(&t->a.resp, 1u << 26);
+    t->l.ev = ev;
+    t->l.nev = nev;
+    t->l.room = 1u << 30;
+    av__buf_init(&t->l.body, 1u << 26);
+    xh_new(&t->h, NULL, conf);
+    const char *dh = host ? host : "api.test";
+    xh_pool_fake(&t->h, dh, 80, host ? "-/-" : "api/-");
+    av_exchange *x = t->x = &t->h.c->x;
+    if (body_bytes)
+        av__buf_append(t->h.c->a.pin, body_bytes, strlen(body_bytes));
+    av_req_in in = {.method = method, .method_len = strlen(method), .target = "/", .target_len = 1, .fields = f,
+                    .nfields = n, .minor = minor, .framing = framing, .length = length};
+    av_authority d;
+    memset(&d, 0, sizeof(d));
+    snprintf(d.host, sizeof(d.host), "%s", dh);
+    d.port = 80;
+    assert_int_equal(av__x_begin(x, &in, &d, 0), 0);
+    x->link = &scripted_link_ops;
+}
+
+/* Step; whenever nothing moves, the agent reads up to |drain| bytes of
+ * c->a.pout into t->a.resp and the link's room grows to |link_read|.
+ * Until the exchange is over and pout empty. */
+static void xt_run_h1l(xt *t, size_t drain, size_t link_read)
+{
+    av_buf *o = t->h.c->a.pout;
+    for (int round = 0; round < 1000000; round++) {
+        int progress = 0;
+        for (int i = 0; i < 64 && t->x->active && av__x_step(t->x); i++)
+            progress = 1;
+        size_t k = o->len < drain ? o->len : drain;
+        if (k) {
+            av__buf_append(&t->a.resp, av__buf_head(o), k);
+            av__buf_consume(o, k);
+            progress = 1;
+        }
+        if (!t->x->active && o->len == 0)
+            return;
+        if (!progress && t->l.room >= link_read)
+            fail_msg("the exchange is stuck");
+        if (t->l.room < link_read)
+            t->l.room = link_read;
+    }
+    fail_msg("the exchange never finished");
+}
+
+static void xt_run_h1(xt *t, size_t drain)
+{
+    xt_run_h1l(t, drain, 0);
+}
+
+static void h1_response_framing(void **state)
+{
+    (void)state;
+    static const sl_event chunked[] = {
+        {SL_HEAD, 200, "content-type: text/plain\nconnection: x-hop\nx-hop: 1\n", -1},
+        {SL_BODY, 0, "hello", 0},
+        {SL_TRAILERS, 0, "grpc-status: 0\n", 0},
+        {SL_END, 0, "", 0},
+    };
+    xt t;
+    xt_begin_h1(&t, API, "GET", 1, NULL, 0, RB_NONE, 0, NULL, chunked, NF(chunked), "o.test");
+    xt_run_h1(&t, 1u << 20);
+    assert_string_equal(resp(&t), "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  "5\r\nhello\r\n0\r\ngrpc-status: 0\r\n\r\n");
+    assert_int_equal(t.h.c->state, C_PROXY_HEAD); /* keep-alive: the next head */
+    xt_free(&t);
+
+    static const sl_event length[] = {{SL_HEAD, 201, "x-a: 1\ncontent-length: 5\n", 5}, {SL_BODY, 0, "hello", 0},
+                                      {SL_END, 0, "", 0}};
+    xt_begin_h1(&t, API, "GET", 1, NULL, 0, RB_NONE, 0, NULL, length, NF(length), "o.test");
+    xt_run_h1(&t, 1u << 20);
+    assert_string_equal(resp(&t), "HTTP/1.1 201 Created\r\nx-a: 1\r\nContent-Length: 5\r\n\r\nhello");
+    xt_free(&t);
+
+    /* an HTTP/1.0 agent: no chunked framing; the end is the close */
+    xt_begin_h1(&t, API, "GET", 0, NULL, 0, RB_NONE, 0, NULL, chunked, NF(chunked), "o.test");
+    xt_run_h1(&t, 1u << 20);
+    assert_string_equal(resp(&t), "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nConnection: close\r\n\r\nhello");
+    assert_int_equal(t.h.c->state, C_CLOSING);
+    xt_free(&t);
+
+    /* scrubbed: the length is no longer known, the secret never shows */
+    static const sl_event echo[] = {{SL_HEAD, 200, "content-length: 40\n", 40},
+                                    {SL_BODY, 0, "<<" XH_KEY ">>", 0}, {SL_END, 0, "", 0}};
+    xt_begin_h1(&t, API, "GET", 1, NULL, 0, RB_NONE, 0, NULL, echo, NF(echo), NULL);
+    xt_run_h1(&t, 1u << 20);
+    assert_non_null(strstr(resp(&t), "Transfer-Encoding: chunked\r\n"));
+    assert_null(strstr(resp(&t), XH_KEY));
+    assert_non_null(strstr(resp(&t), "0\r\n\r\n"));
+    xt_free(&t);
+}
+
+/* A slow HTTP/1.1 reader: the connection's output buffer is small and the
+ * agent reads 333 bytes at a time; the body arrives whole and in order. */
+static void h1_backpressure(void **state)
+{
+    (void)state;
+    char *body = pattern(100000);
+    sl_event ev[] = {{SL_HEAD, 200, "", 100000}, {SL_BODY, 0, body, 100000}, {SL_END, 0, "", 0}};
+    xt t;
+    xt_begin_h1(&t, API, "GET", 1, NULL, 0, RB_NONE, 0, NULL, ev, NF(ev), "o.test");
+    t.h.c->a.pout->max = 4096;
+    xt_run_h1(&t, 333);
+    const char *want_head = "HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n";
+    size_t hl = strlen(want_head);
+    assert_int_equal(t.a.resp.len, hl + 100000);
+    assert_memory_equal(av__buf_head(&t.a.resp), want_head, hl);
+    assert_memory_equal((const char *)av__buf_head(&t.a.resp) + hl, body, 100000);
+    xt_free(&t);
+    av__free(body);
+}
+
+/* The request body of an HTTP/1.1 agent, chunked with trailers: decoded
+ * toward the link, the service's field dropped from the trailers; broken
+ * framing is a 400 and the connection closes. */
+static void h1_request_body(void **state)
+{
+    (void)state;
+    static const sl_event ev[] = {{SL_HEAD, 204, "", 0}};
+    xt t;
+    xt_begin_h1(&t, API_XKEY, "POST", 1, NULL, 0, RB_UNKNOWN, 0,
+                "5\r\nhello\r\n6\r\n world\r\n0\r\nx-sum: 1\r\nX-Api-Key: dummy\r\n\r\n", ev, NF(ev), NULL);
+    t.l.room = 0;
+    xt_run_h1l(&t, 1u << 20, 64); /* (the HTTP/1.1 agent feeds slices of at least 64) */
+    assert_int_equal(t.l.body.len, 11);
+    assert_memory_equal(av__buf_head(&t.l.body), "hello world", 11);
+    assert_string_equal(t.l.trailers, "x-sum: 1\n");
+    assert_int_equal(t.l.over_room, 0);
+    assert_non_null(strstr(resp(&t), "HTTP/1.1 204 No Content\r\n"));
+    xt_free(&t);
+
+    xt_begin_h1(&t, API_XKEY, "POST", 1, NULL, 0, RB_UNKNOWN, 0, "5\r\nhello\r\nZZ\r\n", ev, NF(ev), NULL);
+    xt_run_h1(&t, 1u << 20);
+    assert_int_equal(xh_status(resp(&t)), 400);
+    assert_non_null(strstr(resp(&t), "malformed request body framing"));
+    assert_int_equal(t.h.c->state, C_CLOSING);
+    xt_free(&t);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1167,6 +1320,9 @@ int main(void)
         cmocka_unit_test(websocket_switch),
         cmocka_unit_test(websocket_switch_h1_link),
         cmocka_unit_test(retries),
+        cmocka_unit_test(h1_response_framing),
+        cmocka_unit_test(h1_backpressure),
+        cmocka_unit_test(h1_request_body),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
