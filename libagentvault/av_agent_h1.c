@@ -317,7 +317,7 @@ static int h1_head(av_exchange *x, int status, const char *reason, size_t reason
 {
     av_conn *c = x->c;
     char cl[32];
-    u64_dec(cl, len);
+    av__u64_dec(cl, len);
     av_buf *o = c->a.pout;
     if (av__buf_room(o) < 1024)
         return AV_ERR_LIMIT;

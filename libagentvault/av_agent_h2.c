@@ -382,7 +382,7 @@ static int h2_head(av_exchange *x, int status, const char *reason, size_t reason
     (void)reason_len;
     av_conn *c = x->c;
     char cl[32];
-    u64_dec(cl, len);
+    av__u64_dec(cl, len);
     if (status < 200)
         return 0; /* interim responses are not relayed to HTTP/2 agents */
     av_h2_head h;

@@ -27,6 +27,7 @@
 #include "av_upstream.h"
 #include "av_url.h"
 #include "av_ws.h"
+#include "av_enc.h"
 #include "av_exchange.h"
 
 enum conn_state {
@@ -92,41 +93,15 @@ static inline void copy_str(char *dst, size_t cap, const char *p, size_t n)
     dst[n] = '\0';
 }
 
-/* u64_dec writes |v| in decimal (at most 20 digits and a NUL). */
-static inline void u64_dec(char *out, uint64_t v)
-{
-    char t[24];
-    size_t k = 0;
-    do {
-        t[k++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    size_t i = 0;
-    while (k)
-        out[i++] = t[--k];
-    out[i] = '\0';
-}
-
 static inline int ci_eq(const char *a, size_t alen, const char *b)
 {
     size_t blen = strlen(b);
     return alen == blen && strncasecmp(a, b, alen) == 0;
 }
-/* Make |in| safe as a single-line header value / log text. */
-static inline void sanitize_line(char *dst, size_t dstlen, const char *in)
-{
-    size_t j = 0;
-    for (size_t i = 0; in[i] && j + 1 < dstlen; i++) {
-        unsigned char ch = (unsigned char)in[i];
-        dst[j++] = (ch < 0x20 || ch >= 0x7f) ? '?' : (char)ch;
-    }
-    dst[j] = '\0';
-}
 
 #define TOKEN_REVOKED "the proxy token of this connection was revoked or changed: reconnect"
 
 #define GW_TOKEN_REFUSED "gateway token required: send X-Agentvault-Token"
-
 
 /* How each exchange ended, by AV_END_* (log, audit and /metrics). */
 extern const char *const av__end_names[AV_END_COUNT];

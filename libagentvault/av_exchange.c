@@ -18,19 +18,14 @@
  * |reason| holds 300 bytes, |body| 700. */
 void av__x_error_text(int status, const char *reason_text, int json, char reason[300], char body[700])
 {
-    sanitize_line(reason, 300, reason_text ? reason_text : "");
+    reason_text = reason_text ? reason_text : "";
+    av__sanitize_line(reason, 300, reason_text, strlen(reason_text), 0);
     if (!json) {
         snprintf(body, 700, "%s\n", reason);
         return;
     }
     char esc[600];
-    size_t j = 0;
-    for (size_t i = 0; reason[i] && j + 2 < sizeof(esc); i++) {
-        if (reason[i] == '"' || reason[i] == '\\')
-            esc[j++] = '\\';
-        esc[j++] = reason[i];
-    }
-    esc[j] = '\0';
+    av__json_escape_str(esc, sizeof(esc), reason, 0); /* sanitized: only '"' and '\\' to escape */
     snprintf(body, 700, "{\"error\":\"%s\",\"status\":%d}\n", esc, status);
 }
 
@@ -101,24 +96,7 @@ static const char *x_token_name(const av_exchange *x)
  * non-ASCII bytes become \u00XX, so the record is always valid JSON. */
 static size_t json_str(char *out, size_t cap, const char *in)
 {
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    for (size_t i = 0; in && in[i] && o + 7 < cap; i++) {
-        unsigned char ch = (unsigned char)in[i];
-        if (ch == '"' || ch == '\\') {
-            out[o++] = '\\';
-            out[o++] = (char)ch;
-        } else if (ch < 0x20 || ch >= 0x7f) {
-            memcpy(out + o, "\\u00", 4);
-            out[o + 4] = hex[ch >> 4];
-            out[o + 5] = hex[ch & 15];
-            o += 6;
-        } else {
-            out[o++] = (char)ch;
-        }
-    }
-    out[o] = '\0';
-    return o;
+    return av__json_escape_str(out, cap, in, AV__JSON_BYTES);
 }
 
 const char *const av__end_names[AV_END_COUNT] = {
@@ -208,7 +186,7 @@ void av__x_log(av_exchange *x, const char *error)
     char err[240] = "";
     if (error) {
         char clean[200];
-        sanitize_line(clean, sizeof(clean), error);
+        av__sanitize_line(clean, sizeof(clean), error, strlen(error), 0);
         for (char *q = clean; *q; q++)
             if (*q == '"')
                 *q = '\'';
@@ -276,24 +254,6 @@ void av__x_fail(av_exchange *x, int status, const char *why)
     x->up_reusable = 0;
     x_unlink_upstream(x, 0);
     x->agent->fail(x, status, why);
-}
-
-static void b64_encode(const uint8_t *in, size_t len, char *out)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        if (i + 1 < len)
-            v |= (uint32_t)in[i + 1] << 8;
-        if (i + 2 < len)
-            v |= in[i + 2];
-        out[o++] = tbl[(v >> 18) & 63];
-        out[o++] = tbl[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tbl[v & 63] : '=';
-    }
-    out[o] = '\0';
 }
 
 /* Match, inject and store the upstream request, then start reaching the
@@ -410,7 +370,7 @@ int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, i
                 av__x_respond(x, 500, "no randomness for the WebSocket key", 0);
                 return -1;
             }
-            b64_encode(rnd, sizeof(rnd), x->ws_key);
+            x->ws_key[av__b64_encode(rnd, sizeof(rnd), 0, x->ws_key)] = '\0';
         }
     }
 

@@ -59,31 +59,26 @@ int av__x_find_placeholders(av_exchange *x)
     return 0;
 }
 
+/* A secret in an encoded form (av_enc): |enc| writes at most |grow| bytes
+ * per input byte. The staging buffer is wiped. NULL when out of memory. */
+static av_secret *secret_encoded(const av_secret *s, size_t grow, int json)
+{
+    const uint8_t *d = av__secret_data(s);
+    size_t n = av__secret_len(s);
+    char *buf = av__malloc(n * grow + 1);
+    if (!buf)
+        return NULL;
+    size_t o = json ? av__json_escape(d, n, 0, buf) : av__pct_encode(d, n, AV__PCT_UNRESERVED, AV__HEX_UPPER, buf);
+    av_secret *r = av__secret_new(buf, o);
+    av__wipe(buf, n * grow + 1);
+    av__free(buf);
+    return r;
+}
+
 /* Percent-encode every byte of |s| outside RFC 3986 unreserved. */
 static av_secret *pct_encode_secret(const av_secret *s)
 {
-    static const char hex[] = "0123456789ABCDEF";
-    const uint8_t *d = av__secret_data(s);
-    size_t n = av__secret_len(s);
-    char *buf = av__malloc(n * 3 + 1);
-    if (!buf)
-        return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t ch = d[i];
-        if ((ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') || ch == '-' ||
-            ch == '.' || ch == '_' || ch == '~') {
-            buf[o++] = (char)ch;
-        } else {
-            buf[o++] = '%';
-            buf[o++] = hex[ch >> 4];
-            buf[o++] = hex[ch & 15];
-        }
-    }
-    av_secret *r = av__secret_new(buf, o);
-    av__wipe(buf, n * 3 + 1);
-    av__free(buf);
-    return r;
+    return secret_encoded(s, 3, 0);
 }
 
 /* Replace the placeholder in the stored request (declared surfaces only:
@@ -290,34 +285,11 @@ int av__x_is_credential_field(const av_exchange *x, const av_h1_field *f)
     return (main && av__h1_name_eq(f, main)) || (alt && av__h1_name_eq(f, alt));
 }
 
-/* JSON-escape |s| for use inside a JSON string. */
+/* JSON-escape |s| for use inside a JSON string ('"', '\\' and controls
+ * below 0x20; everything else as is). */
 static av_secret *json_escape_secret(const av_secret *s)
 {
-    static const char hex[] = "0123456789abcdef";
-    const uint8_t *d = av__secret_data(s);
-    size_t n = av__secret_len(s);
-    char *buf = av__malloc(n * 6 + 1);
-    if (!buf)
-        return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        uint8_t ch = d[i];
-        if (ch == '"' || ch == '\\') {
-            buf[o++] = '\\';
-            buf[o++] = (char)ch;
-        } else if (ch < 0x20) {
-            memcpy(buf + o, "\\u00", 4);
-            buf[o + 4] = hex[ch >> 4];
-            buf[o + 5] = hex[ch & 15];
-            o += 6;
-        } else {
-            buf[o++] = (char)ch;
-        }
-    }
-    av_secret *r = av__secret_new(buf, o);
-    av__wipe(buf, n * 6 + 1);
-    av__free(buf);
-    return r;
+    return secret_encoded(s, 6, 1);
 }
 
 /* Collect a JSON or form request body (bounded), then check it for the

@@ -13,42 +13,6 @@
 
 #include "av_conn_int.h"
 
-/* Decode standard base64 (with padding); returns length or -1. */
-static int b64_decode(const char *in, size_t len, uint8_t *out, size_t outmax)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    if (len % 4 != 0)
-        return -1;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        int v[4];
-        for (int k = 0; k < 4; k++) {
-            char ch = in[i + k];
-            if (ch == '=' && i + 4 == len && k >= 2) {
-                v[k] = -2;
-                continue;
-            }
-            const char *p = ch ? strchr(tbl, ch) : NULL;
-            if (!p)
-                return -1;
-            v[k] = (int)(p - tbl);
-        }
-        if (v[2] == -2 && v[3] != -2)
-            return -1;
-        uint32_t n = ((uint32_t)v[0] << 18) | ((uint32_t)v[1] << 12) |
-                     ((uint32_t)(v[2] < 0 ? 0 : v[2]) << 6) | (uint32_t)(v[3] < 0 ? 0 : v[3]);
-        int bytes = v[2] == -2 ? 1 : v[3] == -2 ? 2 : 3;
-        if (o + (size_t)bytes > outmax)
-            return -1;
-        out[o++] = (uint8_t)(n >> 16);
-        if (bytes > 1)
-            out[o++] = (uint8_t)(n >> 8);
-        if (bytes > 2)
-            out[o++] = (uint8_t)n;
-    }
-    return (int)o;
-}
-
 /* Returns the token index, -1 if none matched. */
 static int conn_check_token(av_conn *c, const av_h1_request *req)
 {
@@ -65,12 +29,12 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
         size_t off = 6;
         while (off < n && v[off] == ' ')
             off++;
-        int dl = b64_decode(v + off, n - off, dec, sizeof(dec));
-        if (dl < 0)
+        size_t dl = 0;
+        if (av__b64_decode(v + off, n - off, 0, dec, sizeof(dec), &dl) != AV_OK)
             return -1;
-        uint8_t *colon = memchr(dec, ':', (size_t)dl);
+        uint8_t *colon = memchr(dec, ':', dl);
         tok = colon ? colon + 1 : dec;
-        toklen = colon ? (size_t)dl - (size_t)(colon + 1 - dec) : (size_t)dl;
+        toklen = colon ? dl - (size_t)(colon + 1 - dec) : dl;
     } else if (n > 7 && strncasecmp(v, "Bearer ", 7) == 0) {
         size_t off = 7;
         while (off < n && v[off] == ' ')
