@@ -34,6 +34,7 @@
 static const char *send_head(xh *h, int tunnel, const char *head)
 {
     av_conn *c = h->c;
+    av__buf_consume(c->a.pin, c->a.pin->len); /* a refused head is left there */
     av__buf_append(c->a.pin, head, strlen(head));
     av_h1_scan scan;
     memset(&scan, 0, sizeof(scan));
@@ -303,15 +304,87 @@ static void absolute_form(void **state)
     }
 }
 
-/* The proxy's own endpoints answer origin-form requests. */
+/* The proxy's own endpoints (av_admin.c) answer origin-form requests;
+ * anything else there is a 400 that says what the proxy is. */
 static void self_request(void **state)
 {
     (void)state;
     xh h;
-    xh_new(&h, NULL, API_HTTP);
+    xh_new(&h, NULL,
+           API_HTTP "placeholder = PH_API_1\nagent_env = API_KEY,SHARED_KEY\n"
+                    "[service \"openai\"]\nhost = api.openai.com\nauth = bearer\nsecret = callback:key\n"
+                    "[service \"second\"]\nhost = b.test\nauth = bearer\nsecret = callback:key\n"
+                    "agent_env = SHARED_KEY,B_KEY\n");
     const char *out = send_head(&h, 0, "GET /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n");
-    assert_int_equal(xh_status(out), 200);
+    assert_string_equal(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 3\r\n"
+                             "Cache-Control: no-store\r\n\r\nok\n");
     assert_false(h.c->x.active);
+    assert_int_equal(h.c->state, C_PROXY_HEAD);
+    /* HEAD: the same head, no body */
+    out = send_head(&h, 0, "HEAD /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n");
+    assert_non_null(strstr(out, "Content-Length: 3\r\n"));
+    assert_null(strstr(out, "ok\n"));
+    out = send_head(&h, 0, "GET /ca.pem HTTP/1.1\r\nHost: proxy\r\n\r\n");
+    assert_int_equal(xh_status(out), 200);
+    has(out, "Content-Type: application/x-pem-file\r\n");
+    has(out, "\r\n\r\n-----BEGIN CERTIFICATE-----\n");
+    /* placeholders, never secrets; the first service naming a variable wins */
+    out = send_head(&h, 0, "GET /agent-env HTTP/1.1\r\nHost: proxy\r\n\r\n");
+    assert_int_equal(xh_status(out), 200);
+    has(out, "\r\n\r\nAPI_KEY=PH_API_1\nSHARED_KEY=PH_API_1\nOPENAI_API_KEY=agentvault-placeholder-openai\n"
+             "CODEX_API_KEY=agentvault-placeholder-openai\nB_KEY=agentvault-placeholder-second\n");
+    assert_null(strstr(out, XH_KEY));
+    assert_int_equal(h.asked, 0);
+    /* anything else */
+    out = send_head(&h, 0, "GET /other HTTP/1.1\r\nHost: proxy\r\n\r\n");
+    assert_int_equal(xh_status(out), 400);
+    has(out, "this is a forward proxy");
+    xh_free(&h);
+
+    xh_new(&h, NULL, API_HTTP);
+    out = send_head(&h, 0, "POST /healthz HTTP/1.1\r\nHost: proxy\r\n\r\n");
+    assert_int_equal(xh_status(out), 400);
+    xh_free(&h);
+    /* Connection: close is honoured */
+    xh_new(&h, NULL, API_HTTP);
+    out = send_head(&h, 0, "GET /healthz HTTP/1.1\r\nHost: proxy\r\nConnection: close\r\n\r\n");
+    assert_int_equal(xh_status(out), 200);
+    assert_int_equal(h.c->state, C_CLOSING);
+    xh_free(&h);
+}
+
+/* /metrics counts what admission did: a refusal before any exchange (407),
+ * a token scope refusal, an injection. */
+static void metrics(void **state)
+{
+    (void)state;
+    setenv("XT_PROXY_TOKEN", TOKEN, 1);
+    xh h;
+    xh_new(&h, NULL,
+           API_HTTP "[service \"other\"]\nhost = other.test\nscheme = http\nport = 80\nauth = bearer\n"
+                    "secret = callback:key\n" TOK_SECTION "services = api\n");
+    const char *out = send_head(&h, 0, "CONNECT tls.test:443 HTTP/1.1\r\nHost: tls.test:443\r\n\r\n");
+    assert_int_equal(xh_status(out), 407);
+    h.c->state = C_PROXY_HEAD;
+    out = send_head(&h, 0, "GET http://other.test/ HTTP/1.1\r\nHost: other.test\r\nProxy-Authorization: Bearer " TOKEN
+                           "\r\n\r\n");
+    assert_int_equal(xh_status(out), 403);
+    av__x_reset(&h.c->x);
+    h.c->state = C_PROXY_HEAD;
+    xh_pool_fake(&h, "api.test", 80, "api/agent");
+    out = send_head(&h, 0, "GET http://api.test/ HTTP/1.1\r\nHost: api.test\r\nProxy-Authorization: Bearer " TOKEN
+                           "\r\n\r\n");
+    assert_string_equal(out, "");
+    av__x_reset(&h.c->x);
+    h.c->state = C_PROXY_HEAD;
+    out = send_head(&h, 0, "GET /metrics HTTP/1.1\r\nHost: proxy\r\nProxy-Authorization: Bearer " TOKEN "\r\n\r\n");
+    assert_int_equal(xh_status(out), 200);
+    has(out, "\nagentvault_exchanges_total{service=\"\",status=\"407\"} 1\n");
+    has(out, "\nagentvault_exchanges_total{service=\"other\",status=\"403\"} 1\n");
+    has(out, "\nagentvault_exchange_ends_total{end=\"refused\"} 2\n");
+    has(out, "\nagentvault_injected_total 1\n");
+    has(out, "\nagentvault_limit_hits_total{limit=\"token_scope\"} 1\n");
+    assert_null(strstr(out, TOKEN));
     xh_free(&h);
 }
 
@@ -489,6 +562,7 @@ int main(void)
         cmocka_unit_test(token_rate),
         cmocka_unit_test(absolute_form),
         cmocka_unit_test(self_request),
+        cmocka_unit_test(metrics),
         cmocka_unit_test(tunnel_host_binding),
         cmocka_unit_test(refused_methods_and_upgrades),
         cmocka_unit_test(websocket_off),
