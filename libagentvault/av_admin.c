@@ -76,49 +76,19 @@ static void conn_agent_env(av_conn *c, int head_only)
     av__conn_respond_body(c, 200, "text/plain; charset=utf-8", body, o, head_only);
 }
 
-/* Body of GET /metrics: Prometheus text format (never a secret; service
- * and token names only). */
+/* Body of GET /metrics (av__metrics_prometheus). */
 static void conn_metrics(av_conn *c, int head_only)
 {
-    av_ctx *ctx = c->ctx;
+    const av_env *env = c->env;
+    av_ca_stats st;
+    av__ca_stats(env->ca, &st);
+    av_metrics_gauges g = {*env->nconns, env->pool->nmux, env->pool->nidle, st.leaf_hits, st.leaf_misses,
+                           st.leaf_refused};
     av_buf b;
     av__buf_init(&b, 1 << 20);
-    av__buf_append_str(&b, "# HELP agentvault_exchanges_total Exchanges by service and status.\n"
-                           "# TYPE agentvault_exchanges_total counter\n");
-    for (size_t i = 0; i < ctx->nmx; i++)
-        av__buf_appendf(&b, "agentvault_exchanges_total{service=\"%s\",status=\"%d\"} %llu\n", ctx->mx[i].svc,
-                        ctx->mx[i].status, ctx->mx[i].n);
-    av__buf_append_str(&b, "# HELP agentvault_exchange_ends_total Exchanges by how they ended.\n"
-                           "# TYPE agentvault_exchange_ends_total counter\n");
-    for (int e = AV_END_COMPLETE; e < AV_END_COUNT; e++)
-        av__buf_appendf(&b, "agentvault_exchange_ends_total{end=\"%s\"} %llu\n", av__end_names[e], ctx->m_ends[e]);
-    av_ca_stats st;
-    av__ca_stats(ctx->ca, &st);
-    av__buf_appendf(&b,
-                    "# TYPE agentvault_connections_active gauge\nagentvault_connections_active %zu\n"
-                    "# TYPE agentvault_connections_total counter\nagentvault_connections_total %llu\n"
-                    "# TYPE agentvault_upstream_h2_connections gauge\nagentvault_upstream_h2_connections %zu\n"
-                    "# TYPE agentvault_upstream_idle_connections gauge\nagentvault_upstream_idle_connections %zu\n"
-                    "# TYPE agentvault_tls_handshakes_total counter\n"
-                    "agentvault_tls_handshakes_total{side=\"agent\"} %llu\n"
-                    "agentvault_tls_handshakes_total{side=\"upstream\"} %llu\n"
-                    "# TYPE agentvault_leaf_cache_hits_total counter\nagentvault_leaf_cache_hits_total %lu\n"
-                    "# TYPE agentvault_leaf_cache_misses_total counter\nagentvault_leaf_cache_misses_total %lu\n"
-                    "# TYPE agentvault_injected_total counter\nagentvault_injected_total %llu\n"
-                    "# TYPE agentvault_redacted_total counter\nagentvault_redacted_total %llu\n"
-                    "# TYPE agentvault_limit_hits_total counter\n"
-                    "agentvault_limit_hits_total{limit=\"token_rate\"} %llu\n"
-                    "agentvault_limit_hits_total{limit=\"token_scope\"} %llu\n"
-                    "agentvault_limit_hits_total{limit=\"h2\"} %llu\n"
-                    "agentvault_limit_hits_total{limit=\"header_size\"} %llu\n"
-                    "agentvault_limit_hits_total{limit=\"leaf_mint_rate\"} %lu\n",
-                    ctx->nconns, ctx->m_conns_total, ctx->nmux, ctx->npool, ctx->m_tls_agent, ctx->m_tls_upstream,
-                    st.leaf_hits, st.leaf_misses, ctx->m_injected, ctx->m_redacted, ctx->m_limit_rate,
-                    ctx->m_limit_scope, ctx->m_limit_h2, ctx->m_limit_head, st.leaf_refused);
-    av__buf_appendf(&b, "agentvault_limit_hits_total{limit=\"connections\"} %llu\n"
-                        "agentvault_limit_hits_total{limit=\"open_files\"} %llu\n", ctx->m_limit_conns, ctx->m_limit_fds);
+    av__metrics_prometheus(env->metrics, &g, &b);
     av__conn_respond_body(c, 200, "text/plain; version=0.0.4; charset=utf-8", (const char *)av__buf_head(&b), b.len,
-                      head_only);
+                          head_only);
     av__buf_free(&b);
 }
 
@@ -128,7 +98,7 @@ void av__conn_self_request(av_conn *c, const av_h1_request *req)
     int get = ci_eq(req->method, req->method_len, "GET");
     int head = ci_eq(req->method, req->method_len, "HEAD");
     if ((get || head) && req->target_len == 7 && memcmp(req->target, "/ca.pem", 7) == 0) {
-        const char *pem = av__ca_root_pem(c->ctx->ca);
+        const char *pem = av__ca_root_pem(c->env->ca);
         av__conn_respond_body(c, 200, "application/x-pem-file", pem, strlen(pem), head);
     } else if ((get || head) && req->target_len == 8 && memcmp(req->target, "/healthz", 8) == 0) {
         av__conn_respond_body(c, 200, "text/plain; charset=utf-8", "ok\n", 3, head);

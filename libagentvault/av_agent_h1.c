@@ -21,7 +21,8 @@ static void conn_record_refusal(av_conn *c, int status, const char *reason)
 {
     av_exchange *x = &c->x;
     av__x_reset(x);
-    x->start = av__loop_now(c->ctx->loop);
+    conn_exchange_snap(c, x);
+    x->start = av__loop_now(c->env->loop);
     snprintf(x->method, sizeof(x->method), "%s", c->head_method[0] ? c->head_method : "-");
     if (c->head_host[0])
         snprintf(x->host, sizeof(x->host), "%s", c->head_host);
@@ -33,8 +34,8 @@ static void conn_record_refusal(av_conn *c, int status, const char *reason)
     x->status = status;
     x->end = AV_END_REFUSED;
     av__x_audit(x, reason, 0.0);
-    av__ctx_count_exchange(c->ctx, NULL, status);
-    c->ctx->m_ends[AV_END_REFUSED]++;
+    av__metrics_count_exchange(c->env->metrics, NULL, status);
+    c->env->metrics->m_ends[AV_END_REFUSED]++;
     av__x_reset(x);
 }
 
@@ -71,7 +72,7 @@ void av__conn_respond(av_conn *c, int status, const char *reason_text, int json,
     if (status >= 400 && c->x.active) {
         av__x_log(&c->x, reason); /* the exchange's one line, with the reason */
     } else if (status >= 400) {
-        av__log(&c->ctx->log, AV_LOG_INFO, "refused peer=%s status=%d reason=\"%s\"", c->peer, status, reason);
+        av__log(c->env->log, AV_LOG_INFO, "refused peer=%s status=%d reason=\"%s\"", c->peer, status, reason);
         conn_record_refusal(c, status, reason);
     }
 }
@@ -96,7 +97,7 @@ static void conn_head_error(av_conn *c, ssize_t rc)
 {
     switch (rc) {
     case AV_H1_ERR_TOO_LARGE:
-        c->ctx->m_limit_head++;
+        c->env->metrics->m_limit_head++;
         av__conn_respond(c, 431, "request header block too large or too many fields", 0, 1);
         break;
     case AV_H1_ERR_VERSION:
@@ -128,7 +129,7 @@ static int x_agent_trailers_h1(av_exchange *x)
         return 0;
     if (tl < 0) {
         if (tl == AV_H1_ERR_TOO_LARGE)
-            c->ctx->m_limit_head++; /* the head's limits, counted as such */
+            c->env->metrics->m_limit_head++; /* the head's limits, counted as such */
         av__x_fail(x, tl == AV_H1_ERR_TOO_LARGE ? 431 : 400,
                tl == AV_H1_ERR_TOO_LARGE ? "request trailers too large" : "malformed request trailers");
         return -1;
@@ -151,6 +152,7 @@ int av__x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *des
     av_exchange *x = &c->x;
     av__x_reset(x);
     x->c = c;
+    conn_exchange_snap(c, x);
     av_req_in in;
     memset(&in, 0, sizeof(in));
     in.method = req->method;
@@ -169,7 +171,7 @@ int av__x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *des
         if (!ci_eq(req->method, req->method_len, "GET") || req->body != AV_H1_BODY_NONE || !key ||
             key->value_len >= sizeof(x->ws_key) || av__ws_accept_key(key->value, key->value_len, accept) != 0) {
             x->active = 1;
-            x->start = av__loop_now(c->ctx->loop);
+            x->start = av__loop_now(c->env->loop);
             copy_str(x->method, sizeof(x->method), req->method, req->method_len);
             av__authority_format(dest, 0, x->host, sizeof(x->host));
             av__x_respond(x, 400, "malformed WebSocket upgrade request", 0);
@@ -199,7 +201,7 @@ int av__conn_read_head(av_conn *c)
         return 0;
     }
     if (c->head_start == 0)
-        c->head_start = av__loop_now(c->ctx->loop);
+        c->head_start = av__loop_now(c->env->loop);
     av_h1_request req; /* about 4 KiB; on the stack, not the heap, per request */
     ssize_t n = av__h1_parse_request(av__buf_head(in), in->len, &head_limits, &c->scan, &req);
     if (n == AV_H1_INCOMPLETE && av__buf_room(in) == 0)
@@ -220,7 +222,7 @@ int av__conn_read_head(av_conn *c)
     av__h1_scan_reset(&c->scan);
     c->head_start = 0;
     av__conn_note_head(c, &req);
-    if (c->revoked || (c->snap != c->ctx->snap && av__conn_refresh_snap(c) < 0)) {
+    if (c->revoked || (c->snap != *c->env->snap_cur && av__conn_refresh_snap(c) < 0)) {
         av__conn_respond(c, 407, TOKEN_REVOKED, 0, 1);
         return 1;
     }

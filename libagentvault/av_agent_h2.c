@@ -92,14 +92,16 @@ static void x_start_h2(av_exchange *x, const av_h2_head *h)
     in.minor = 1;
     /* Until av__x_begin, errors are logged with what we know. */
     x->active = 1;
-    x->start = av__loop_now(c->ctx->loop);
+    x->start = av__loop_now(c->env->loop);
     copy_str(x->method, sizeof(x->method), h->method, h->method_len);
     av__authority_format(&c->dest, 0, x->host, sizeof(x->host));
     x->is_head = ci_eq(h->method, h->method_len, "HEAD");
-    if (c->revoked || (c->snap != c->ctx->snap && av__conn_refresh_snap(c) < 0)) {
+    if (c->revoked || (c->snap != *c->env->snap_cur && av__conn_refresh_snap(c) < 0)) {
+        conn_exchange_snap(c, x);
         av__x_respond(x, 407, TOKEN_REVOKED, 0);
         goto failed;
     }
+    conn_exchange_snap(c, x);
 
     int connect = ci_eq(h->method, h->method_len, "CONNECT");
     if (connect && !h->protocol) {
@@ -184,6 +186,10 @@ static int h2s_on_head(void *ud, int32_t sid, const av_h2_head *h)
         return AV_ERR_NOMEM;
     x->c = c;
     x->agent = &av__agent_h2_ops;
+    x->env = c->env;
+    x->gw = c->gw ? c->gw->name : NULL;
+    x->wake = av__conn_wake;
+    x->wake_ud = c;
     x->sid = sid;
     x->next = c->xs;
     if (c->xs)
@@ -229,8 +235,8 @@ static void h2s_on_close(void *ud, int32_t sid, uint32_t error)
 static void h2s_on_limit(void *ud, int32_t sid, const char *what)
 {
     av_conn *c = ud;
-    c->ctx->m_limit_h2++;
-    av__log(&c->ctx->log, AV_LOG_WARN, "h2 peer=%s host=%s stream=%d: %s", c->peer, c->dest.host, sid, what);
+    c->env->metrics->m_limit_h2++;
+    av__log(c->env->log, AV_LOG_WARN, "h2 peer=%s host=%s stream=%d: %s", c->peer, c->dest.host, sid, what);
 }
 
 static const av_h2_callbacks h2s_cbs = {h2s_on_head, h2s_on_data, h2s_on_end, h2s_on_close, NULL, h2s_on_limit};
@@ -261,7 +267,6 @@ static void conn_h2_abort_all(av_conn *c, const char *why)
     }
 }
 
-#define H2_FEED_SLICE 16384
 
 int av__conn_h2_step(av_conn *c)
 {
@@ -271,7 +276,7 @@ int av__conn_h2_step(av_conn *c)
         size_t n = in->len < H2_FEED_SLICE ? in->len : H2_FEED_SLICE;
         ssize_t used = av__h2_feed(c->h2, av__buf_head(in), n);
         if (used < 0) {
-            av__log(&c->ctx->log, AV_LOG_INFO, "h2 peer=%s host=%s: %s, sending GOAWAY", c->peer, c->dest.host,
+            av__log(c->env->log, AV_LOG_INFO, "h2 peer=%s host=%s: %s, sending GOAWAY", c->peer, c->dest.host,
                     used == AV_ERR_LIMIT ? "flood or limit exceeded" : "protocol error");
             av__buf_consume(in, in->len);
             progress = 1;

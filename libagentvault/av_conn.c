@@ -34,19 +34,25 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include "av_conn.h"
 #include "av_conn_int.h"
 
-/* Lingering close (issue 12 item 7): after an answer and our FIN, what the
- * agent still sends is read and dropped for this long and this much, so
- * that closing does not reset the connection under a client that is still
- * writing (it would lose the answer). */
-#define LINGER_SECONDS 2.0
-#define LINGER_MAX_BYTES (16u << 20)
+/* Lingering close: LINGER_SECONDS, LINGER_MAX_BYTES (av_limits.h). */
+
+void av__conn_wake(void *owner)
+{
+    av_conn *c = owner;
+    if (c->in_proceed) {
+        c->again = 1; /* the running pump loops once more */
+        return;
+    }
+    av__conn_proceed(c);
+}
 
 /* First bytes inside a tunnel decide its mode. */
 static int conn_tunnel_sniff(av_conn *c)
 {
-    av_ctx *ctx = c->ctx;
+    const av_env *env = c->env;
     av_buf *in = c->a.pin;
     if (in->len == 0) {
         if (c->a.in_eof) {
@@ -61,7 +67,7 @@ static int conn_tunnel_sniff(av_conn *c)
         av_buf *cin, *cout;
         av_tls *t = NULL;
         av__side_tls_bufs(&c->a, &cin, &cout);
-        int rc = av__tls_server_new(&t, ctx->tls_srv, c->dest.host, NULL, cin, cout);
+        int rc = av__tls_server_new(&t, env->tls_srv, c->dest.host, NULL, cin, cout);
         if (rc == AV_OK && (rc = av__tls_offer_h2(t)) != AV_OK) {
             av__tls_free(t);
             t = NULL;
@@ -71,7 +77,7 @@ static int conn_tunnel_sniff(av_conn *c)
         if (rc != AV_OK) {
             /* AV_ERR_LIMIT: the leaf-minting rate cap (SECURITY 15). The
              * agent already has its 200, so closing is the only answer. */
-            av__log(&ctx->log, rc == AV_ERR_LIMIT ? AV_LOG_WARN : AV_LOG_ERROR,
+            av__log(env->log, rc == AV_ERR_LIMIT ? AV_LOG_WARN : AV_LOG_ERROR,
                     "tunnel peer=%s host=%s refused: cannot create MITM TLS: %s", c->peer, c->dest.host,
                     rc == AV_ERR_LIMIT ? "leaf minting rate limit reached" : av_strerror(rc));
             c->state = C_CLOSING;
@@ -80,7 +86,7 @@ static int conn_tunnel_sniff(av_conn *c)
         }
         c->dest_tls = 1;
         c->state = C_TUNNEL_HEAD;
-        ctx->m_tls_agent++;
+        env->metrics->m_tls_agent++;
         return 1;
     }
     if (b >= 'A' && b <= 'Z') {
@@ -88,7 +94,7 @@ static int conn_tunnel_sniff(av_conn *c)
         c->state = C_TUNNEL_HEAD;
         return 1;
     }
-    av__log(&ctx->log, AV_LOG_INFO, "tunnel peer=%s host=%s:%d refused: neither TLS nor HTTP", c->peer,
+    av__log(env->log, AV_LOG_INFO, "tunnel peer=%s host=%s:%d refused: neither TLS nor HTTP", c->peer,
             c->dest.host, c->dest.port);
     c->state = C_CLOSING;
     c->a.want_shut = 1;
@@ -105,7 +111,7 @@ static int conn_opaque_step(av_conn *c)
     if (up->state < AV_UP_READY)
         progress |= av__upstream_step(up);
     if (up->state == AV_UP_FAILED) {
-        av__log(&c->ctx->log, AV_LOG_INFO, "tunnel host=%s:%d failed: %s", c->dest.host, c->dest.port,
+        av__log(c->env->log, AV_LOG_INFO, "tunnel host=%s:%d failed: %s", c->dest.host, c->dest.port,
                 up->side.errmsg);
         av__upstream_release(up, 0);
         c->opaque_up = NULL;
@@ -152,8 +158,8 @@ static int conn_step(av_conn *c)
             av_buf *cin, *cout;
             av_tls *t = NULL;
             av__side_tls_bufs(&c->a, &cin, &cout);
-            const char *host = c->ctx->proxy_names[0];
-            if (av__tls_server_new(&t, c->ctx->tls_srv, host, c->ctx->proxy_names + 1, cin, cout) != AV_OK ||
+            const char *host = c->env->proxy_names[0];
+            if (av__tls_server_new(&t, c->env->tls_srv, host, c->env->proxy_names + 1, cin, cout) != AV_OK ||
                 av__side_push_tls(&c->a, t) != AV_OK) {
                 c->state = C_CLOSING;
                 c->a.want_shut = 1;
@@ -173,7 +179,7 @@ static int conn_step(av_conn *c)
         if (in->len > 0 && av__tls_is_client_hello(av__buf_head(in), 1)) {
             /* https:// to a plain-HTTP gateway: say so now rather than
              * after the header timeout. */
-            av__log(&c->ctx->log, AV_LOG_INFO,
+            av__log(c->env->log, AV_LOG_INFO,
                     "gateway %s peer=%s: a TLS ClientHello: the gateway speaks plain HTTP (use http://, not https://)",
                     c->gw->name, c->peer);
             av__buf_consume(in, in->len);
@@ -241,7 +247,7 @@ static void conn_on_io(void *ud, int revents)
 static void conn_on_timer(void *ud)
 {
     av_conn *c = ud;
-    av__log(&c->ctx->log, AV_LOG_DEBUG, "connection peer=%s timed out in state %d", c->peer, c->state);
+    av__log(c->env->log, AV_LOG_DEBUG, "connection peer=%s timed out in state %d", c->peer, c->state);
     if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD) && c->a.pin->len > 0)
         av__conn_respond(c, 408, "request header timeout", 0, 1); /* then close after the flush */
     else
@@ -254,7 +260,7 @@ static void conn_on_timer(void *ud)
 static void conn_arm_timer(av_conn *c)
 {
     const av_config *cfg = c->snap->cfg;
-    double now = av__loop_now(c->ctx->loop);
+    double now = av__loop_now(c->env->loop);
     double t = cfg->idle_timeout;
     if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD || c->state == C_SNIFF ||
          c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF) && c->head_start > 0) {
@@ -291,21 +297,21 @@ static void conn_end_exchanges(av_conn *c)
         if (!c->x.end)
             c->x.end = end;
         av__x_log(&c->x, why);
-        c->ctx->exchanges++;
+        c->env->metrics->exchanges++;
     }
     for (av_exchange *x = c->xs; x; x = x->next) {
         if (x->active && !x->logged) {
             if (!x->end)
                 x->end = end;
             av__x_log(x, why);
-            c->ctx->exchanges++;
+            c->env->metrics->exchanges++;
         }
     }
 }
 
 static void conn_free(av_conn *c)
 {
-    av_ctx *ctx = c->ctx;
+    const av_env *env = c->env;
     conn_end_exchanges(c);
     if (c->opaque_up)
         av__upstream_release(c->opaque_up, 0);
@@ -319,12 +325,12 @@ static void conn_free(av_conn *c)
     if (c->prev)
         c->prev->next = c->next;
     else
-        ctx->conns = c->next;
+        *env->conns = c->next;
     if (c->next)
         c->next->prev = c->prev;
-    ctx->nconns--;
+    (*env->nconns)--;
     av__free(c);
-    av__ctx_conn_gone(ctx);
+    env->on_conn_gone(env->ud);
 }
 
 /* The pump. It may free |c| (when the connection is done): callers must not
@@ -346,7 +352,7 @@ void av__conn_proceed(av_conn *c)
         if (rc < 0) {
             if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a) ||
                 c->state == C_TUNNEL_HEAD || c->state == C_PROXY_HEAD)
-                av__log(&c->ctx->log, AV_LOG_INFO, "connection peer=%s%s%s closed: %s", c->peer,
+                av__log(c->env->log, AV_LOG_INFO, "connection peer=%s%s%s closed: %s", c->peer,
                         c->in_tunnel ? " host=" : "", c->in_tunnel ? c->dest.host : "", c->a.errmsg);
             c->dead = 1;
             if (!c->end)
@@ -372,7 +378,7 @@ void av__conn_proceed(av_conn *c)
                 break;
             }
             c->lingering = 1;
-            c->linger_until = av__loop_now(c->ctx->loop) + LINGER_SECONDS;
+            c->linger_until = av__loop_now(c->env->loop) + LINGER_SECONDS;
             c->linger_budget = LINGER_MAX_BYTES;
             continue;
         }
@@ -433,13 +439,13 @@ static void peer_text(const struct sockaddr *sa, char *out, size_t cap)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, out, (socklen_t)cap);
 }
 
-int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len, av_gw *gw)
+int av__conn_accept(const av_env *env, int fd, const struct sockaddr *peer, socklen_t len, av_gw *gw)
 {
     (void)len;
     if (gw && !gw->allow_remote && !peer_is_local(peer)) {
         char ip[INET6_ADDRSTRLEN + 8];
         peer_text(peer, ip, sizeof(ip));
-        av__log(&ctx->log, AV_LOG_WARN,
+        av__log(env->log, AV_LOG_WARN,
                 "gateway %s refused a connection from %s: only loopback clients (set allow_remote = yes)", gw->name,
                 ip);
         return AV_ERR_DENIED;
@@ -447,12 +453,16 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
     av_conn *c = av__calloc(1, sizeof(*c));
     if (!c)
         return AV_ERR_NOMEM;
-    c->ctx = ctx;
-    c->snap = av__snap_ref(ctx->snap);
+    c->env = env;
+    c->snap = av__snap_ref(*env->snap_cur);
     c->token = -1;
     c->state = C_SNIFF;
     c->x.c = c;
     c->x.agent = &av__agent_h1_ops;
+    c->x.env = env;
+    c->x.gw = gw ? gw->name : NULL;
+    c->x.wake = av__conn_wake;
+    c->x.wake_ud = c;
     if (gw) {
         c->gw = gw;
         c->in_tunnel = 1;
@@ -462,8 +472,8 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
         c->state = C_GW_SNIFF;
     }
     av__side_init(&c->a, fd, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
-    c->a.io = av__io_new(ctx->loop, fd, conn_on_io, c);
-    c->timer = av__timer_new(ctx->loop, conn_on_timer, c);
+    c->a.io = av__io_new(env->loop, fd, conn_on_io, c);
+    c->timer = av__timer_new(env->loop, conn_on_timer, c);
     if (!c->a.io || !c->timer) {
         av__io_free(c->a.io);
         av__timer_free(c->timer);
@@ -472,12 +482,12 @@ int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t 
         return AV_ERR_NOMEM;
     }
     peer_text(peer, c->peer, sizeof(c->peer));
-    c->next = ctx->conns;
-    if (ctx->conns)
-        ctx->conns->prev = c;
-    ctx->conns = c;
-    ctx->nconns++;
-    ctx->m_conns_total++;
+    c->next = *env->conns;
+    if (*env->conns)
+        (*env->conns)->prev = c;
+    *env->conns = c;
+    (*env->nconns)++;
+    env->metrics->m_conns_total++;
     c->a.readable = 1;
     av__conn_proceed(c);
     return AV_OK;
@@ -499,19 +509,19 @@ static void conn_drain(av_conn *c)
     av__conn_proceed(c);
 }
 
-void av__conn_drain_all(av_ctx *ctx)
+void av__conn_drain_all(const av_env *env)
 {
-    size_t n = ctx->nconns;
+    size_t n = *env->nconns;
     if (n == 0)
         return;
     av_conn **list = av__calloc(n, sizeof(*list));
     if (!list) {
-        for (av_conn *c = ctx->conns; c; c = c->next)
+        for (av_conn *c = *env->conns; c; c = c->next)
             c->draining = 1;
         return;
     }
     size_t k = 0;
-    for (av_conn *c = ctx->conns; c && k < n; c = c->next)
+    for (av_conn *c = *env->conns; c && k < n; c = c->next)
         list[k++] = c;
     for (size_t i = 0; i < k; i++)
         conn_drain(list[i]);

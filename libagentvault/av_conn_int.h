@@ -15,20 +15,10 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "av_crypto.h"
-#include "av_ctx_internal.h"
-#include "av_h1.h"
-#include "av_h2.h"
-#include "av_mem.h"
-#include "av_mux.h"
-#include "av_policy.h"
-#include "av_scrub.h"
-#include "av_side.h"
-#include "av_upstream.h"
-#include "av_url.h"
-#include "av_ws.h"
-#include "av_enc.h"
+#include "av_env.h"
 #include "av_exchange.h"
+
+typedef struct av_conn av_conn;
 
 enum conn_state {
     C_SNIFF = 1,
@@ -43,7 +33,7 @@ enum conn_state {
 };
 
 struct av_conn {
-    av_ctx *ctx;
+    const av_env *env;       /* what it sees of the context (av_env.h) */
     av_snap *snap;           /* the configuration this connection started with */
     av_conn *next, *prev;
     av_side a;
@@ -81,33 +71,26 @@ struct av_conn {
     char peer[64];
 };
 
-static const av_h1_limits head_limits = {AV_HEAD_MAX, AV_FIELDS_MAX};
-
-/* copy_str copies (p, n) into dst as a string, truncating to fit. Hot
- * paths use it instead of snprintf. */
-static inline void copy_str(char *dst, size_t cap, const char *p, size_t n)
+/* An exchange runs under the connection's snapshot and proxy token as they
+ * are when it starts (its own reference), also when it is refused. */
+static inline void conn_exchange_snap(av_conn *c, av_exchange *x)
 {
-    if (n >= cap)
-        n = cap - 1;
-    memcpy(dst, p, n);
-    dst[n] = '\0';
-}
-
-static inline int ci_eq(const char *a, size_t alen, const char *b)
-{
-    size_t blen = strlen(b);
-    return alen == blen && strncasecmp(a, b, alen) == 0;
+    if (x->snap)
+        return;
+    x->snap = av__snap_ref(c->snap);
+    x->token = c->token;
 }
 
 #define TOKEN_REVOKED "the proxy token of this connection was revoked or changed: reconnect"
 
 #define GW_TOKEN_REFUSED "gateway token required: send X-Agentvault-Token"
 
-/* How each exchange ended, by AV_END_* (log, audit and /metrics). */
-extern const char *const av__end_names[AV_END_COUNT];
 
 /* av_conn.c */
 void av__conn_proceed(av_conn *c);
+/* An exchange's wake: run the pump of connection |owner| (or loop once
+ * more if it is running). */
+void av__conn_wake(void *owner);
 
 /* av_proxy_req.c */
 int av__conn_refresh_snap(av_conn *c);

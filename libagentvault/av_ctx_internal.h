@@ -9,66 +9,24 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_audit.h"
 #include "av_ca.h"
 #include "av_config.h"
+#include "av_conn.h"
 #include "av_dns.h"
+#include "av_env.h"
+#include "av_limits.h"
 #include "av_ev.h"
 #include "av_log.h"
+#include "av_metrics.h"
+#include "av_pool.h"
 #include "av_resolver.h"
 #include "av_secret.h"
+#include "av_snap.h"
 #include "av_tls.h"
 
 typedef struct av_conn av_conn;
 typedef struct av_upconn av_upconn;
-
-/* A configuration snapshot: the config and everything derived from it that
- * a reload replaces (secrets cache, resolved proxy tokens, rate buckets).
- * Connections hold a reference to the snapshot they started with, so
- * in-flight exchanges finish on the old one while new connections use the
- * new one. */
-typedef struct av_bucket {
-    double level; /* requests available */
-    double stamp; /* loop time of the last refill */
-} av_bucket;
-
-#define AV_SCRUB_CACHE 32
-
-struct av_scrub_set;
-
-typedef struct av_snap {
-    int refs;
-    av_config *cfg;
-    av_resolver *resolver;
-    av_secret **tokens;   /* resolved proxy tokens, parallel to cfg->tokens */
-    av_bucket *buckets;   /* per-token rate limits, parallel to cfg->tokens */
-    av_secret **gw_tokens; /* resolved gateway tokens, parallel to cfg->gateways (NULL: none) */
-    struct {              /* compiled scrub patterns per resolved secret */
-        av_secret *secret;  /* a reference: the pointer identifies it */
-        struct av_scrub_set *set;
-    } scrub[AV_SCRUB_CACHE];
-    size_t scrub_next;
-} av_snap;
-
-av_snap *av__snap_ref(av_snap *s);
-void av__snap_unref(av_snap *s);
-/* The scrub pattern set for |secret| (a new reference; built and cached
- * on first use), or NULL when it cannot be built. */
-struct av_scrub_set *av__snap_scrub_set(av_snap *s, av_secret *secret);
-
-/* A gateway (base-URL mode): every request a client sends to it goes to
- * one upstream origin. From a [gateway] section (its token, if any, is in
- * snap->gw_tokens[cfg_index]) or opened at run time by av_gateway_open()
- * and av_open_stream(). Lives until the context is freed. */
-typedef struct av_gw {
-    struct av_gw *next;
-    int cfg_index;            /* [gateway] index; -1: opened through the API */
-    int allow_remote;         /* accept clients that are not on loopback */
-    int dest_tls;             /* https upstream */
-    av_authority dest;
-    int api_port;             /* av_gateway_open's listener for it (0: none yet; under ctx->lock) */
-    char name[72];            /* for logs: the section name or "api" */
-    char upstream[AV_HOST_MAX + 40]; /* normalized origin, e.g. https://api.openai.com */
-} av_gw;
 
 typedef struct av_listener {
     av_ctx *ctx;
@@ -90,30 +48,6 @@ typedef struct av_cmd {
     av_gw *gw;
 } av_cmd;
 
-/* Built-in limits (SECURITY.md 15). The connection cap is [proxy]
- * max_connections, by default derived from the open-files limit (av_ctx.c)
- * and at most AV_MAX_CONNS_DEFAULT. */
-#define AV_MAX_CONNS_DEFAULT 16384
-#define AV_HEAD_MAX 65536
-#define AV_FIELDS_MAX 100
-#define AV_RAW_BUF_MAX (64 * 1024)
-#define AV_PLAIN_BUF_MAX (96 * 1024)
-#define AV_POOL_MAX 256
-#define AV_POOL_IDLE_SECONDS 30.0
-
-/* How an exchange ended: the `end` of its log line and audit record. */
-enum {
-    AV_END_NONE = 0,
-    AV_END_COMPLETE,       /* the response was delivered whole */
-    AV_END_CLIENT_ABORT,   /* the agent closed, reset or cancelled first */
-    AV_END_UPSTREAM_ABORT, /* the upstream closed or reset before the end */
-    AV_END_TIMEOUT,        /* a timeout of ours ended it */
-    AV_END_REFUSED,        /* refused by policy or a limit, nothing sent upstream */
-    AV_END_ERROR,          /* any other failure (dial, TLS, framing, memory) */
-    AV_END_SHUTDOWN,       /* the daemon's drain deadline ended it */
-    AV_END_COUNT
-};
-
 struct av_ctx {
     av_config *cfg;
     av_logger log;
@@ -129,10 +63,8 @@ struct av_ctx {
     struct av_snap *snap;     /* the current configuration snapshot (cfg == snap->cfg) */
     av_conn *conns;
     size_t nconns;
-    av_upconn *pool;          /* idle upstream connections */
-    size_t npool;
-    struct av_mux *muxes;     /* HTTP/2 upstream connections (av_mux.c) */
-    size_t nmux;
+    av_pool pool;             /* upstream connections (av_upstream.c, av_mux.c) */
+    av_env env;               /* what connections see of the context (av_env.h) */
     av_async *wakeup;
     av_timer *drain_timer;
     /* Embedding (av_ctx_start, av_gateway_open, av_open_stream). */
@@ -156,17 +88,16 @@ struct av_ctx {
     atomic_int reload_requested;
     av_reload_fn reload_fn;
     void *reload_ud;
-    unsigned long long exchanges;
-    int audit_fd;             /* -1: off; 1: stdout; else the audit file */
-    /* /metrics counters */
-    struct av_metric_x {      /* exchanges by service name ("" = none) and status */
-        char svc[68];
-        int status;
-        unsigned long long n;
-    } *mx;
-    size_t nmx, capmx;
-    unsigned long long m_injected, m_redacted, m_tls_agent, m_tls_upstream, m_conns_total;
-    unsigned long long m_limit_rate, m_limit_scope, m_limit_h2, m_limit_head;
+    av_audit audit;
+    /* /metrics counters: ctx->metrics, also reachable as ctx->m_* (the
+     * anonymous struct is the same storage; transitional, until the
+     * connection code uses env->metrics). */
+    union {
+        av_metrics metrics;
+        struct {
+            AV_METRICS_MEMBERS
+        };
+    };
     /* Accepting (av_ctx.c): the cap, the descriptor-limit back-off and
      * their rate-limited reports (SECURITY.md 16). */
     size_t auto_max_conns;    /* the cap when max_connections is not set */
@@ -180,28 +111,57 @@ struct av_ctx {
         unsigned long long n; /* events since then */
         int err;              /* the last errno (descriptor reports) */
     } rep_cap, rep_fd;
-    unsigned long long m_limit_conns, m_limit_fds;
-    unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */
 };
 
-/* av_ctx.c: count an exchange for /metrics. */
+/* av_ctx.c: count an exchange for /metrics (av__metrics_count_exchange). */
 void av__ctx_count_exchange(av_ctx *ctx, const char *svc, int status);
 /* av_ctx.c: swap in a new configuration (owned); in-flight exchanges keep
  * the old snapshot. Returns AV_OK, or an error with |err| (the current
  * configuration stays). Loop thread only. */
 int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len);
 /* av_ctx.c: append one audit record line (already JSON, with the
- * newline); no-op when the audit log is off. */
+ * newline); no-op when the audit log is off (av__audit_write). */
 void av__ctx_audit(av_ctx *ctx, const char *line, size_t len);
 
-/* av_conn.c */
-int av__conn_accept(av_ctx *ctx, int fd, const struct sockaddr *peer, socklen_t len, av_gw *gw);
-void av__conn_drain_all(av_ctx *ctx); /* shutdown: finish current exchanges, then close */
-void av__conn_destroy(av_conn *c); /* immediate */
+/* av_ctx.c: |fmt| into |err| (when given). */
+void av__ctx_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* av_listen.c */
+/* Bind and listen on |spec| ("host:port", "[v6]:port", "localhost:port")
+ * for the proxy (|gw| NULL) or a gateway; the accept watcher starts when
+ * |watch| (API listeners are watched once the loop thread adopts them). */
+int av__listen_bind(av_ctx *ctx, av_listener *l, const char *spec, av_gw *gw, int watch, char *err, size_t err_len);
+void av__listen_close(av_listener *l);
+/* The loop thread adopts an API listener: watch it (unless accepting is
+ * paused). AV_OK or AV_ERR_NOMEM. */
+int av__listen_adopt(av_ctx *ctx, av_listener *l);
+/* The connection cap: [proxy] max_connections, else the default from the
+ * open-files limit (read by av__listen_init_limits at creation). */
+size_t av__listen_max_conns(const av_ctx *ctx);
+void av__listen_init_limits(av_ctx *ctx);
+int av__listen_init_timers(av_ctx *ctx);
+/* A connection refused over the cap: counted and reported (rate-limited). */
+void av__listen_over_cap(av_ctx *ctx);
+/* Is |sa| one of the context's listeners? The pool's is_own_listener
+ * callback (|ud| is the context). */
+int av__listen_is_own(void *ud, const struct sockaddr *sa);
+/* Log the connection cap once the loop starts. */
+void av__listen_log_limits(av_ctx *ctx);
+
+/* av_embed.c */
+/* A gateway record for |upstream| ("https://host[:port]" or
+ * "http://host:port", no path), or NULL with |err| set. */
+av_gw *av__gw_new(const char *upstream, const char *name, int cfg_index, int allow_remote, char *err,
+                  size_t err_len);
+/* Link |g| into the context's list (which owns it). */
+void av__gw_link(av_ctx *ctx, av_gw *g);
+/* Loop thread: adopt what the API calls queued. */
+void av__embed_run_cmds(av_ctx *ctx);
+/* Free the API listeners, queued commands and gateway records. */
+void av__embed_free(av_ctx *ctx);
+
 
 /* av_ctx.c: called when a connection goes away during a drain. */
 void av__ctx_conn_gone(av_ctx *ctx);
-/* Is |sa| one of our own listeners? */
-int av__ctx_is_own_listener(const av_ctx *ctx, const struct sockaddr *sa);
 
 #endif

@@ -11,7 +11,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "av_conn_int.h"
+#include "av_exchange.h"
 
 /* av__x_error_text makes the one-line reason (control characters removed) and
  * the body of a proxy-made error: the reason and a newline, or JSON.
@@ -29,16 +29,6 @@ void av__x_error_text(int status, const char *reason_text, int json, char reason
     snprintf(body, 700, "{\"error\":\"%s\",\"status\":%d}\n", esc, status);
 }
 
-void av__x_wake(void *owner)
-{
-    av_conn *c = owner;
-    if (c->in_proceed) {
-        c->again = 1; /* the running pump loops once more */
-        return;
-    }
-    av__conn_proceed(c);
-}
-
 /* Give up the upstream link: HTTP/1.1 connections back to the pool when
  * |reusable|, HTTP/2 streams detached (cancelled if still running). */
 static void x_unlink_upstream(av_exchange *x, int reusable)
@@ -54,7 +44,11 @@ static void x_unlink_upstream(av_exchange *x, int reusable)
 
 void av__x_reset(av_exchange *x)
 {
-    av_conn *c = x->c;
+    struct av_conn *c = x->c;
+    const av_env *env = x->env;
+    const char *gw = x->gw;
+    void (*wake)(void *) = x->wake;
+    void *wake_ud = x->wake_ud;
     av_exchange *next = x->next, *prev = x->prev;
     int32_t sid = x->sid;
     const av_agent_ops *agent = x->agent;
@@ -82,26 +76,17 @@ void av__x_reset(av_exchange *x)
     x->prev = prev;
     x->sid = sid;
     x->agent = agent;
+    x->env = env;
+    x->gw = gw;
+    x->wake = wake;
+    x->wake_ud = wake_ud;
 }
 
 /* The name of the proxy token an exchange runs under, or NULL. */
 static const char *x_token_name(const av_exchange *x)
 {
-    const av_snap *sn = x->snap ? x->snap : x->c->snap;
-    int t = x->snap ? x->token : x->c->token;
-    return t >= 0 ? sn->cfg->tokens[t].name : NULL;
+    return x->snap && x->token >= 0 ? x->snap->cfg->tokens[x->token].name : NULL;
 }
-
-/* JSON string body of |in| (quotes added by the caller); control and
- * non-ASCII bytes become \u00XX, so the record is always valid JSON. */
-static size_t json_str(char *out, size_t cap, const char *in)
-{
-    return av__json_escape_str(out, cap, in, AV__JSON_BYTES);
-}
-
-const char *const av__end_names[AV_END_COUNT] = {
-    "complete", "complete", "client_abort", "upstream_abort", "timeout", "refused", "error", "shutdown",
-};
 
 /* How an exchange ended, for its record: what was set on the way, else
  * judged from the error and the status sent. */
@@ -114,108 +99,63 @@ static int x_end(const av_exchange *x, const char *error)
     return x->status >= 400 && x->status < 500 ? AV_END_REFUSED : AV_END_ERROR;
 }
 
-/* The audit record of an exchange: one JSON line, never a secret (the
- * path has no query; the credential is named by its reference). */
-void av__x_audit(av_exchange *x, const char *error, double ms)
+/* The record of an exchange (av_audit.h). */
+static void x_record(const av_exchange *x, const char *error, double ms, av_xrecord *r)
 {
-    av_conn *c = x->c;
-    av_ctx *ctx = c->ctx;
-    if (ctx->audit_fd < 0)
-        return;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    struct tm tm;
-    gmtime_r(&ts.tv_sec, &tm);
-    char when[80];
-    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
-             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, ts.tv_nsec / 1000000);
-    char tok[320] = "null", svc[320] = "null", cred[400] = "[]", err[500] = "null";
-    char e1[300], e2[300];
-    if (x_token_name(x)) {
-        json_str(e1, sizeof(e1), x_token_name(x));
-        snprintf(tok, sizeof(tok), "\"%s\"", e1);
-    }
-    if (x->svc) {
-        json_str(e1, sizeof(e1), x->svc->name);
-        snprintf(svc, sizeof(svc), "\"%s\"", e1);
-        if (x->injected) {
-            /* command: references may carry arguments: name the program only */
-            const char *ref = x->svc->secret_ref;
-            char shown[200];
-            if (strncmp(ref, "command:", 8) == 0)
-                snprintf(shown, sizeof(shown), "command:%.*s", (int)strcspn(ref + 8, " \t"), ref + 8);
-            else
-                snprintf(shown, sizeof(shown), "%s", ref);
-            json_str(e2, sizeof(e2), shown);
-            snprintf(cred, sizeof(cred), "[\"%s\"]", e2);
-        }
-    }
-    if (error) {
-        json_str(e1, sizeof(e1), error);
-        snprintf(err, sizeof(err), "\"%s\"", e1);
-    }
-    char method[64], host[AV_HOST_MAX * 2 + 16], path[600];
-    json_str(method, sizeof(method), x->method);
-    json_str(host, sizeof(host), x->host);
-    json_str(path, sizeof(path), x->log_path);
-    char gw[200] = "null";
-    if (c->gw) {
-        json_str(e1, sizeof(e1), c->gw->name);
-        snprintf(gw, sizeof(gw), "\"%.150s\"", e1);
-    }
-    char line[3300];
-    int n = snprintf(line, sizeof(line),
-                     "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
-                     "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
-                     "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
-                     when, tok, gw, svc, method, host, path, x->status, x->bytes_req, x->bytes_resp, ms,
-                     x->agent->proto, x->link ? x->link->proto : "-", cred,
-                     x->redactions, av__end_names[x_end(x, error)], err);
-    if (n > 0 && (size_t)n < sizeof(line))
-        av__ctx_audit(ctx, line, (size_t)n);
+    memset(r, 0, sizeof(*r));
+    r->method = x->method;
+    r->host = x->host;
+    r->path = x->log_path;
+    r->service = x->svc ? x->svc->name : NULL;
+    r->token = x_token_name(x);
+    r->gateway = x->gw;
+    r->credential_ref = x->svc && x->injected ? x->svc->secret_ref : NULL;
+    r->status = x->status;
+    r->bytes_up = x->bytes_req;
+    r->bytes_down = x->bytes_resp;
+    r->ms = ms;
+    r->proto_agent = x->agent->proto;
+    r->proto_up = x->link ? x->link->proto : "-";
+    r->redactions = x->redactions;
+    r->end = av__end_names[x_end(x, error)];
+    r->error = error;
 }
 
-/* Write the exchange's one log line (never a secret: the path has no
- * query, the error is a proxy-made reason), its audit record, and count
- * it for /metrics. */
+/* The audit record of an exchange: one JSON line (av__audit_record). */
+void av__x_audit(av_exchange *x, const char *error, double ms)
+{
+    const av_env *env = x->env;
+    if (!av__audit_on(env->audit))
+        return;
+    av_xrecord r;
+    x_record(x, error, ms, &r);
+    env->now(env->clock_ud, &r.when);
+    av__audit_record(env->audit, &r);
+}
+
+/* Write the exchange's one log line, its audit record, and count it for
+ * /metrics. */
 void av__x_log(av_exchange *x, const char *error)
 {
-    av_conn *c = x->c;
-    av_ctx *ctx = c->ctx;
-    double ms = (av__loop_now(ctx->loop) - x->start) * 1000.0;
-    char err[240] = "";
-    if (error) {
-        char clean[200];
-        av__sanitize_line(clean, sizeof(clean), error, strlen(error), 0);
-        for (char *q = clean; *q; q++)
-            if (*q == '"')
-                *q = '\'';
-        snprintf(err, sizeof(err), " error=\"%s\"", clean);
-    }
-    const char *up = x->link ? x->link->proto : "-";
-    char red[40] = "";
-    if (x->redactions)
-        snprintf(red, sizeof(red), " redactions=%lu", x->redactions);
-    av__log(&ctx->log, error ? AV_LOG_WARN : AV_LOG_INFO,
-            "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
-            "proto=%s>%s%s%s%s end=%s%s",
-            x->method, x->host, x->log_path, x->svc ? x->svc->name : "-", x->status, x->bytes_req,
-            x->bytes_resp, ms, x->agent->proto, up, x_token_name(x) ? " token=" : "",
-            x_token_name(x) ? x_token_name(x) : "", red, av__end_names[x_end(x, error)], err);
+    const av_env *env = x->env;
+    double ms = (av__loop_now(env->loop) - x->start) * 1000.0;
+    av_xrecord r;
+    x_record(x, error, ms, &r);
+    av__audit_log_line(env->log, &r);
     x->logged = 1;
     av__x_audit(x, error, ms);
-    av__ctx_count_exchange(ctx, x->svc ? x->svc->name : NULL, x->status);
-    ctx->m_ends[x_end(x, error)]++;
+    av__metrics_count_exchange(env->metrics, x->svc ? x->svc->name : NULL, x->status);
+    env->metrics->m_ends[x_end(x, error)]++;
 }
 
 /* Finish the current exchange: log it, return the upstream, and (HTTP/1.1
  * agent) go back to reading heads or close. */
 void av__x_finish(av_exchange *x, const char *error)
 {
-    av_ctx *ctx = x->c->ctx;
+    const av_env *env = x->env;
     if (!x->logged)
         av__x_log(x, error);
-    ctx->exchanges++;
+    env->metrics->exchanges++;
     x_unlink_upstream(x, x->up_reusable && x->req_done && x->resp_done && x->req_ended);
     x->agent->finish(x);
 }
@@ -260,14 +200,9 @@ void av__x_fail(av_exchange *x, int status, const char *why)
  * upstream. Returns 0, or -1 after answering the exchange with an error. */
 int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, int dest_tls)
 {
-    av_conn *c = x->c;
-    av_ctx *ctx = c->ctx;
+    const av_env *env = x->env;
     x->active = 1;
-    if (!x->snap) {
-        x->snap = av__snap_ref(c->snap);
-        x->token = c->token;
-    }
-    x->start = av__loop_now(ctx->loop);
+    x->start = av__loop_now(env->loop);
     copy_str(x->method, sizeof(x->method), in->method, in->method_len);
     x->is_head = ci_eq(in->method, in->method_len, "HEAD");
     x->dest = *dest;
@@ -321,29 +256,17 @@ int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, i
         if (i == tok->nservices) {
             char m[300];
             snprintf(m, sizeof(m), "token %s may not use service %s", tok->name, svc->name);
-            ctx->m_limit_scope++;
+            env->metrics->m_limit_scope++;
             av__x_respond(x, 403, m, 1);
             return -1;
         }
     }
-    if (tok && tok->rate > 0) {
-        /* Token bucket: refill at |rate| per second up to |burst|. */
-        av_bucket *b = &x->snap->buckets[x->token];
-        double now = av__loop_now(ctx->loop);
-        b->level += (now - b->stamp) * tok->rate;
-        if (b->level > tok->burst)
-            b->level = tok->burst;
-        b->stamp = now;
-        if (b->level < 1.0) {
-            double wait = (1.0 - b->level) / tok->rate;
-            x->retry_after = (int)wait + 1;
-            ctx->m_limit_rate++;
-            char m[200];
-            snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
-            av__x_respond(x, 429, m, 0);
-            return -1;
-        }
-        b->level -= 1.0;
+    if (tok && av__snap_rate_take(x->snap, x->token, av__loop_now(env->loop), &x->retry_after) != AV_OK) {
+        env->metrics->m_limit_rate++;
+        char m[200];
+        snprintf(m, sizeof(m), "rate limit of token %s exceeded", tok->name);
+        av__x_respond(x, 429, m, 0);
+        return -1;
     }
 
     if (in->ws) {
@@ -366,7 +289,7 @@ int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, i
             x->ws_key[in->ws_key->value_len] = '\0';
         } else {
             uint8_t rnd[16];
-            if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+            if (env->random(env->clock_ud, rnd, sizeof(rnd)) != 0) {
                 av__x_respond(x, 500, "no randomness for the WebSocket key", 0);
                 return -1;
             }
@@ -476,14 +399,14 @@ int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, i
  * with ALPN h2 and falls back to HTTP/1.1. */
 int av__x_choose_upstream(av_exchange *x)
 {
-    av_ctx *ctx = x->c->ctx;
+    const av_env *env = x->env;
     int rc;
     if (x->ws || !x->dest_tls) {
         x->link = &av__link_h1_ops;
-        rc = av__upstream_acquire(ctx, &x->dest, x->dest_tls, x->scope, av__x_wake, x->c, &x->up);
+        rc = av__upstream_acquire(env->pool, &x->dest, x->dest_tls, x->scope, x->wake, x->wake_ud, &x->up);
     } else {
         x->link = &av__link_mux_ops;
-        rc = av__mux_attach(ctx, &x->dest, x->scope, &x->ms, av__x_wake, x->c);
+        rc = av__mux_attach(env->pool, &x->dest, x->scope, &x->ms, x->wake, x->wake_ud);
     }
     if (rc) {
         av__x_respond(x, 500, "out of memory", 0);
@@ -510,7 +433,7 @@ static const av_body_sink up_sink = {up_room, up_write};
 /* Trailer fields that cannot be forwarded are logged (SECURITY 16). */
 void av__x_trailers_dropped(av_exchange *x, size_t n, const char *why)
 {
-    av__log(&x->c->ctx->log, AV_LOG_INFO, "exchange host=%s path=%s: %zu trailer field(s) not forwarded: %s",
+    av__log(x->env->log, AV_LOG_INFO, "exchange host=%s path=%s: %zu trailer field(s) not forwarded: %s",
             x->host, x->log_path, n, why);
 }
 
@@ -554,7 +477,7 @@ int av__x_keep_trailers(av_exchange *x, int request, const av_h1_field *f, size_
                 keep[k].value_len = nl;
                 owned[k] = nv;
                 x->redactions += cnt;
-                x->c->ctx->m_redacted += cnt;
+                x->env->metrics->m_redacted += cnt;
             } else {
                 av__free(nv);
             }

@@ -23,12 +23,23 @@
 #ifndef AV_EXCHANGE_H
 #define AV_EXCHANGE_H
 
+#include <string.h>
+#include <strings.h>
+
 #include "av_agent.h"
-#include "av_ctx_internal.h"
+#include "av_enc.h"
+#include "av_env.h"
 #include "av_h1.h"
+#include "av_h2.h"
+#include "av_limits.h"
 #include "av_link.h"
+#include "av_mem.h"
 #include "av_mux.h"
+#include "av_policy.h"
+#include "av_resolver.h"
 #include "av_scrub.h"
+#include "av_secret.h"
+#include "av_side.h"
 #include "av_upstream.h"
 #include "av_url.h"
 #include "av_ws.h"
@@ -39,10 +50,6 @@ enum { RB_NONE = 0, RB_LENGTH, RB_UNKNOWN };
 /* Response body framing toward the agent. */
 enum { RK_NONE = 0, RK_LENGTH, RK_UNKNOWN };
 
-#define X_RQ_FIELDS (AV_FIELDS_MAX + 8)
-#define X_RX_MAX (65535 + 1024) /* an agent stream's window, and some slack */
-#define X_BODY_BUFFER_MAX (8u << 20) /* JSON/form bodies checked for the placeholder */
-#define X_MAX_RETRIES 8 /* refused streams were never processed: retrying is safe */
 
 typedef struct rq_field {
     uint32_t no, nl, vo, vl;
@@ -50,7 +57,11 @@ typedef struct rq_field {
 
 /* One request/response exchange. */
 struct av_exchange {
-    av_conn *c;
+    struct av_conn *c;        /* the agent's connection: opaque outside av_agent_*.c */
+    const av_env *env;        /* loop, log, pool, metrics, audit, clock, randomness */
+    const char *gw;           /* the gateway's name for the record, NULL for the proxy */
+    void (*wake)(void *ud);   /* run the owner's pump (upstream, mux and resolver notifications) */
+    void *wake_ud;
     av_snap *snap;            /* the configuration it started with (av__x_begin); its own reference */
     int token;                /* the proxy token's index in snap->cfg->tokens, -1 */
     av_exchange *next, *prev; /* HTTP/2 agent: the connection's list */
@@ -171,6 +182,24 @@ struct av_req_in {
     int ext_connect;    /* HTTP/2 extended CONNECT: matched and sent upstream as GET */
 };
 
+static const av_h1_limits head_limits = {AV_HEAD_MAX, AV_FIELDS_MAX};
+
+/* copy_str copies (p, n) into dst as a string, truncating to fit. Hot
+ * paths use it instead of snprintf. */
+static inline void copy_str(char *dst, size_t cap, const char *p, size_t n)
+{
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(dst, p, n);
+    dst[n] = '\0';
+}
+
+static inline int ci_eq(const char *a, size_t alen, const char *b)
+{
+    size_t blen = strlen(b);
+    return alen == blen && strncasecmp(a, b, alen) == 0;
+}
+
 /* ---- the stored request (av_req.c) ---- */
 /* Views into x->rq: a pointer at an offset; append |p| and give its
  * offset; add a field (AV_ERR_LIMIT when full); copy the fields out. */
@@ -202,9 +231,6 @@ void av__x_respond(av_exchange *x, int status, const char *why, int json);
 void av__x_refuse(av_exchange *x, int status, const char *why);
 /* Free and wipe everything; keeps c, agent, sid and the list links. */
 void av__x_reset(av_exchange *x);
-/* Wake the pump of the exchange's connection (upstream, mux and resolver
- * notifications). */
-void av__x_wake(void *owner);
 void av__x_audit(av_exchange *x, const char *error, double ms);
 void av__x_log(av_exchange *x, const char *error);
 /* The one-line reason and body of a proxy-made error. */

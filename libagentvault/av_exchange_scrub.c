@@ -9,7 +9,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "av_conn_int.h"
+#include "av_exchange.h"
 
 /* Scrubbed bytes toward the agent. Returns progress, or -1 after failing
  * the exchange (a body that cannot be scrubbed is never relayed). */
@@ -42,7 +42,7 @@ int av__x_scrub_pump(av_exchange *x)
                 break; /* no room for the trailers yet */
             unsigned long cnt = av__scrub_count(x->scrub);
             x->redactions += cnt;
-            x->c->ctx->m_redacted += cnt;
+            x->env->metrics->m_redacted += cnt;
             x->resp_done = 1;
             return 1;
         } else {
@@ -118,7 +118,7 @@ int av__x_resp_head(av_exchange *x, int status, const char *reason, size_t reaso
             copy[i].value_len = nl;
             owned[i] = nv;
             x->redactions += cnt;
-            x->c->ctx->m_redacted += cnt;
+            x->env->metrics->m_redacted += cnt;
         } else {
             av__free(nv);
         }
@@ -176,7 +176,7 @@ int av__x_ws_filter_up(void *ud, const uint8_t *msg, size_t len, uint8_t **out, 
         return 0;
     }
     x->redactions += cnt;
-    x->c->ctx->m_redacted += cnt;
+    x->env->metrics->m_redacted += cnt;
     *out = (uint8_t *)nv;
     *out_len = nl;
     return 0;

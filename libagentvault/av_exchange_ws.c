@@ -10,7 +10,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "av_conn_int.h"
+#include "av_exchange.h"
 
 /* Check the upstream's 101 (SECURITY 9). Returns NULL or the reason. */
 const char *av__x_ws_check_101(const av_exchange *x, const av_h1_response *resp)
@@ -84,7 +84,7 @@ int av__splice_bytes(av_buf *from, av_buf *to, unsigned long long *count)
 int av__x_ws_step(av_exchange *x)
 {
     const av_agent_ops *ag = x->agent;
-    av_logger *log = &x->c->ctx->log;
+    const av_logger *log = x->env->log;
     av_side *u = &x->up->side;
     av_buf *ain, *aout;
     int a_eof;
@@ -127,7 +127,7 @@ int av__x_ws_step(av_exchange *x)
             unsigned long cnt = av__ws_scrub_count(x->ws_scrubber);
             if (cnt > x->ws_scrub_seen) {
                 x->redactions += cnt - x->ws_scrub_seen;
-                x->c->ctx->m_redacted += cnt - x->ws_scrub_seen;
+                x->env->metrics->m_redacted += cnt - x->ws_scrub_seen;
                 x->ws_scrub_seen = cnt;
             }
             if (rc < 0) {

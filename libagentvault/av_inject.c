@@ -11,7 +11,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "av_conn_int.h"
+#include "av_exchange.h"
 
 /* Where does the agent use the service's placeholder? Every use must be in
  * a surface the service declares (placeholder_in), else the request is
@@ -182,7 +182,7 @@ static void x_secret_ready(void *ud)
     av_exchange *x = ud;
     x->swait = NULL;
     x->secret_ready = 1;
-    av__x_wake(x->c);
+    x->wake(x->wake_ud);
 }
 
 /* Resolve the service's credential and add it to the stored request, then
@@ -191,8 +191,7 @@ static void x_secret_ready(void *ud)
  * after answering with an error. */
 int av__x_inject(av_exchange *x)
 {
-    av_conn *c = x->c;
-    av_ctx *ctx = c->ctx;
+    const av_env *env = x->env;
     const av_service *svc = x->svc;
     x->secret_ready = 0;
     if (!svc)
@@ -267,7 +266,7 @@ int av__x_inject(av_exchange *x)
         return -1;
     }
     x->injected = 1;
-    ctx->m_injected++;
+    env->metrics->m_injected++;
     if (x->scrub_secret && x_limit_accept_encoding(x) != 0) {
         av__x_respond(x, 431, "request header block too large after rewriting", 0);
         return -1;

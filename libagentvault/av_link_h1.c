@@ -10,7 +10,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "av_conn_int.h"
+#include "av_exchange.h"
 
 /* Serialize the stored request as HTTP/1.1 into the upstream's output.
  * Returns 0, AV_ERR_AGAIN (no room yet) or another error. */
@@ -160,7 +160,7 @@ int av__x_pump_response_h1(av_exchange *x)
                 break;
             if (tl <= 0) {
                 if (tl == AV_H1_ERR_TOO_LARGE)
-                    x->c->ctx->m_limit_head++;
+                    x->env->metrics->m_limit_head++;
                 av__x_fail(x, 502, tl == AV_H1_ERR_TOO_LARGE ? "upstream sent trailers over the header limits"
                                : tl == AV_H1_INCOMPLETE ? "upstream closed the connection in the trailers"
                                                         : "upstream sent malformed trailers");

@@ -10,7 +10,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "av_conn_int.h"
+#include "av_exchange.h"
 
 /* Submit the stored request on the mux. Returns av__mux_submit's code. */
 int av__x_h2_request_out(av_exchange *x)
@@ -148,7 +148,6 @@ int av__x_pump_response_mux(av_exchange *x)
  * Returns progress; may switch the exchange to the HTTP/1.1 link. */
 int av__x_mux_link(av_exchange *x)
 {
-    av_conn *c = x->c;
     av_mux_stream *ms = &x->ms;
     for (int guard = 0; guard < 4; guard++) {
         switch (ms->state) {
@@ -182,7 +181,7 @@ int av__x_mux_link(av_exchange *x)
             av__mux_detach(ms);
             x->head_sent = 0;
             x->req_ended = 0;
-            if (av__mux_attach(c->ctx, &x->dest, x->scope, ms, av__x_wake, c) != AV_OK) {
+            if (av__mux_attach(x->env->pool, &x->dest, x->scope, ms, x->wake, x->wake_ud) != AV_OK) {
                 av__x_fail(x, 500, "out of memory");
                 return 1;
             }
@@ -194,9 +193,9 @@ int av__x_mux_link(av_exchange *x)
             x->link = &av__link_h1_ops;
             if (up) {
                 x->up = up;
-                up->notify = av__x_wake;
-                up->owner = c;
-            } else if (av__upstream_acquire(c->ctx, &x->dest, x->dest_tls, x->scope, av__x_wake, c, &x->up)) {
+                up->notify = x->wake;
+                up->owner = x->wake_ud;
+            } else if (av__upstream_acquire(x->env->pool, &x->dest, x->dest_tls, x->scope, x->wake, x->wake_ud, &x->up)) {
                 av__x_fail(x, 500, "out of memory");
                 return 1;
             }

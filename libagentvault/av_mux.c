@@ -12,18 +12,14 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "av_ctx_internal.h"
+#include "av_limits.h"
 #include "av_mem.h"
 
 enum { M_DIALING = 1, M_H2, M_DEAD };
 
-#define MUX_FEED_SLICE 16384
-#define MUX_RX_MAX (65535 + 1024)
-#define MUX_HSTORE_MAX (AV_H2_MAX_HEADER_BYTES + 1024)
-
 struct av_mux {
-    av_ctx *ctx;
-    av_mux *next, *prev;   /* ctx->muxes, while not DEAD */
+    av_pool *pool;
+    av_mux *next, *prev;   /* pool->muxes, while not DEAD */
     int listed;
     char key[AV_UP_KEY_MAX];
     av_upconn *up;
@@ -45,16 +41,16 @@ static void mux_unlist(av_mux *m)
 {
     if (!m->listed)
         return;
-    av_ctx *ctx = m->ctx;
+    av_pool *pool = m->pool;
     if (m->prev)
         m->prev->next = m->next;
     else
-        ctx->muxes = m->next;
+        pool->muxes = m->next;
     if (m->next)
         m->next->prev = m->prev;
     m->next = m->prev = NULL;
     m->listed = 0;
-    ctx->nmux--;
+    pool->nmux--;
 }
 
 static void mux_free(av_mux *m)
@@ -319,7 +315,7 @@ static void cb_settings(void *ud)
 static void cb_limit(void *ud, int32_t sid, const char *what)
 {
     av_mux *m = ud;
-    av__log(&m->ctx->log, AV_LOG_WARN, "upstream h2 %s stream=%d: %s", m->up ? m->up->dest.host : "?", sid,
+    av__log(m->pool->log, AV_LOG_WARN, "upstream h2 %s stream=%d: %s", m->up ? m->up->dest.host : "?", sid,
             what);
 }
 
@@ -345,7 +341,7 @@ static void mux_on_idle(void *ud)
 static int mux_dialed(av_mux *m)
 {
     av_upconn *up = m->up;
-    av__log(&m->ctx->log, AV_LOG_DEBUG, "upstream %s:%d connected, protocol %s", up->dest.host, up->dest.port,
+    av__log(m->pool->log, AV_LOG_DEBUG, "upstream %s:%d connected, protocol %s", up->dest.host, up->dest.port,
             av__upstream_is_h2(up) ? "h2" : "http/1.1");
     if (av__upstream_is_h2(up)) {
         if (av__h2_new(&m->h2, AV_H2_CLIENT, &mux_cbs, m) != AV_OK) {
@@ -481,7 +477,7 @@ static void mux_pump(av_mux *m)
 
 /* ---- API ------------------------------------------------------------------ */
 
-int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_mux_stream *ms,
+int av__mux_attach(av_pool *pool, const av_authority *dest, const char *scope, av_mux_stream *ms,
                    av_up_notify notify, void *owner)
 {
     char key[AV_UP_KEY_MAX];
@@ -492,7 +488,7 @@ int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_
     ms->content_length = -1;
     av__buf_init(&ms->rx, MUX_RX_MAX);
     av__buf_init(&ms->hstore, MUX_HSTORE_MAX);
-    for (av_mux *m = ctx->muxes; m; m = m->next) {
+    for (av_mux *m = pool->muxes; m; m = m->next) {
         if (strcmp(m->key, key) != 0)
             continue;
         ms_link(m, ms);
@@ -501,7 +497,7 @@ int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_
     }
     /* An idle pooled connection (pools only hold HTTP/1.1 ones): the
      * origin spoke HTTP/1.1 last time, use it without making a mux. */
-    av_upconn *pooled = av__upstream_pool_take(ctx, key, notify, owner);
+    av_upconn *pooled = av__upstream_pool_take(pool, key, notify, owner);
     if (pooled) {
         ms->state = AV_MS_H1;
         ms->up = pooled;
@@ -510,15 +506,15 @@ int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_
     av_mux *m = av__calloc(1, sizeof(*m));
     if (!m)
         return AV_ERR_NOMEM;
-    m->ctx = ctx;
+    m->pool = pool;
     memcpy(m->key, key, sizeof(key));
-    m->idle = av__timer_new(ctx->loop, mux_on_idle, m);
+    m->idle = av__timer_new(pool->loop, mux_on_idle, m);
     if (!m->idle) {
         av__free(m);
         return AV_ERR_NOMEM;
     }
     av_upconn *up = NULL;
-    int rc = av__upstream_acquire2(ctx, dest, 1, scope, 1, mux_up_notify, m, &up);
+    int rc = av__upstream_acquire2(pool, dest, 1, scope, 1, mux_up_notify, m, &up);
     if (rc != AV_OK) {
         if (up)
             av__upstream_release(up, 0);
@@ -538,12 +534,12 @@ int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_
     }
     m->up = up;
     m->state = M_DIALING;
-    m->next = ctx->muxes;
-    if (ctx->muxes)
-        ctx->muxes->prev = m;
-    ctx->muxes = m;
+    m->next = pool->muxes;
+    if (pool->muxes)
+        pool->muxes->prev = m;
+    pool->muxes = m;
     m->listed = 1;
-    ctx->nmux++;
+    pool->nmux++;
     ms_link(m, ms);
     ms->state = AV_MS_WAIT;
     if (up->state == AV_UP_FAILED) {
@@ -668,19 +664,25 @@ void av__mux_detach(av_mux_stream *ms)
     ms->nfields = 0;
 }
 
-size_t av__mux_count(const av_ctx *ctx)
+size_t av__mux_count(const av_pool *pool)
 {
-    return ctx->nmux;
+    return pool->nmux;
 }
 
-void av__mux_free_all(av_ctx *ctx)
+void av__mux_free_all(av_pool *pool)
 {
-    while (ctx->muxes) {
-        av_mux *m = ctx->muxes;
+    while (pool->muxes) {
+        av_mux *m = pool->muxes;
         mux_die(m, "shutting down", 502);
         /* Streams still attached belong to connections being destroyed. */
         while (m->streams)
             ms_unlink(m->streams);
         mux_maybe_free(m);
     }
+}
+
+void av__pool_cleanup(av_pool *pool)
+{
+    av__upstream_pool_free(pool);
+    av__mux_free_all(pool);
 }

@@ -81,7 +81,7 @@ struct av_mux_stream {
  * |ms| (zeroed or detached before). On return ms->state says what to do:
  * READY (submit at once), WAIT, H1 (a pooled HTTP/1.1 connection was
  * available: ms->up) or FAILED. Returns AV_OK or AV_ERR_NOMEM. */
-int av__mux_attach(av_ctx *ctx, const av_authority *dest, const char *scope, av_mux_stream *ms,
+int av__mux_attach(av_pool *pool, const av_authority *dest, const char *scope, av_mux_stream *ms,
                    av_up_notify notify, void *owner);
 
 /* av__mux_submit sends the request head (state READY). Returns AV_OK
@@ -114,7 +114,10 @@ void av__mux_flush(av_mux_stream *ms);
 void av__mux_detach(av_mux_stream *ms);
 
 /* Number of live muxes (tests, metrics) and shutdown. */
-size_t av__mux_count(const av_ctx *ctx);
-void av__mux_free_all(av_ctx *ctx);
+size_t av__mux_count(const av_pool *pool);
+void av__mux_free_all(av_pool *pool);
+/* av__pool_cleanup closes every idle HTTP/1.1 connection, then every mux
+ * (shutdown, or freeing the context). */
+void av__pool_cleanup(av_pool *pool);
 
 #endif

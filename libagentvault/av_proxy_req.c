@@ -13,6 +13,14 @@
 
 #include "av_conn_int.h"
 
+/* The wall clock in seconds (token expiry), through the environment. */
+static long long conn_wall_seconds(const av_conn *c)
+{
+    struct timespec ts;
+    c->env->now(c->env->clock_ud, &ts);
+    return (long long)ts.tv_sec;
+}
+
 /* Returns the token index, -1 if none matched. */
 static int conn_check_token(av_conn *c, const av_h1_request *req)
 {
@@ -44,29 +52,7 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
     } else {
         return -1;
     }
-    const av_config *cfg = c->snap->cfg;
-    uint8_t h[AV_SHA256_LEN];
-    int have_hash = 0;
-    long long now = (long long)time(NULL);
-    for (size_t i = 0; i < cfg->ntokens; i++) {
-        const av_token_cfg *t = &cfg->tokens[i];
-        if (!t->hashed) {
-            if (av__secret_equal(c->snap->tokens[i], tok, toklen))
-                match = (int)i;
-            continue;
-        }
-        if (!have_hash) {
-            if (av__crypto_sha256(tok, toklen, h) != 0)
-                break;
-            have_hash = 1;
-        }
-        unsigned diff = 0;
-        for (int k = 0; k < AV_SHA256_LEN; k++)
-            diff |= (unsigned)(h[k] ^ t->hash[k]);
-        if (diff == 0 && (t->expires == 0 || now < t->expires))
-            match = (int)i;
-    }
-    av__wipe(h, sizeof(h));
+    match = av__snap_find_token(c->snap, tok, toklen, conn_wall_seconds(c));
     av__wipe(dec, sizeof(dec));
     return match;
 }
@@ -93,26 +79,12 @@ static int conn_authorize(av_conn *c, const av_h1_request *req)
  * not have expired; otherwise -1 and the connection keeps nothing. */
 int av__conn_refresh_snap(av_conn *c)
 {
-    av_snap *cur = c->ctx->snap;
+    av_snap *cur = *c->env->snap_cur;
     if (c->snap == cur)
         return 0;
     int tok = -1;
     if (c->token >= 0) {
-        const av_token_cfg *old = &c->snap->cfg->tokens[c->token];
-        long long now = (long long)time(NULL);
-        for (size_t i = 0; i < cur->cfg->ntokens; i++) {
-            const av_token_cfg *t = &cur->cfg->tokens[i];
-            if (strcmp(t->name, old->name) != 0)
-                continue;
-            if (t->hashed != old->hashed)
-                break;
-            int same = t->hashed ? memcmp(t->hash, old->hash, sizeof(t->hash)) == 0
-                                 : av__secret_equal(cur->tokens[i], av__secret_data(c->snap->tokens[c->token]),
-                                                    av__secret_len(c->snap->tokens[c->token]));
-            if (same && (t->expires == 0 || now < t->expires))
-                tok = (int)i;
-            break;
-        }
+        tok = av__snap_carry_token(c->snap, c->token, cur, conn_wall_seconds(c));
         if (tok < 0) {
             c->revoked = 1; /* sticky: the connection never works again */
             return -1;
@@ -140,13 +112,14 @@ int av__gw_token_ok(av_conn *c, const av_h1_field *fields, size_t nfields)
 static int conn_precheck_dest(av_conn *c, const av_h1_request *req, const av_authority *dest)
 {
     char why[200];
-    int status = av__upstream_precheck(c->ctx, dest, why, sizeof(why));
+    int status = av__upstream_precheck(c->env->pool, dest, why, sizeof(why));
     if (!status)
         return 0;
     av_exchange *x = &c->x;
     av__x_reset(x);
+    conn_exchange_snap(c, x);
     x->active = 1;
-    x->start = av__loop_now(c->ctx->loop);
+    x->start = av__loop_now(c->env->loop);
     copy_str(x->method, sizeof(x->method), req->method, req->method_len);
     av__authority_format(dest, 0, x->host, sizeof(x->host));
     av__x_respond(x, status, why, 0);
@@ -156,7 +129,7 @@ static int conn_precheck_dest(av_conn *c, const av_h1_request *req, const av_aut
 /* A complete head at the proxy level (not inside a tunnel). */
 void av__conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_len)
 {
-    av_ctx *ctx = c->ctx;
+    const av_env *env = c->env;
     if (ci_eq(req->method, req->method_len, "CONNECT")) {
         av_authority dest;
         if (av__authority_parse(req->target, req->target_len, 0, &dest) != 0) {
@@ -178,11 +151,11 @@ void av__conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_le
             if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {
                 char scope[] = "opaque";
                 c->state = C_OPAQUE;
-                if (av__upstream_acquire(ctx, &dest, 0, scope, av__x_wake, c, &c->opaque_up)) {
+                if (av__upstream_acquire(env->pool, &dest, 0, scope, av__conn_wake, c, &c->opaque_up)) {
                     c->state = C_CLOSING;
                     av__side_close_write(&c->a);
                 }
-                av__log(&ctx->log, AV_LOG_INFO, "tunnel peer=%s host=%s:%d mode=opaque", c->peer, dest.host,
+                av__log(env->log, AV_LOG_INFO, "tunnel peer=%s host=%s:%d mode=opaque", c->peer, dest.host,
                         dest.port);
                 return;
             }

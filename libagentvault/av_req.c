@@ -9,7 +9,7 @@
 #include <sys/random.h>
 #include <time.h>
 
-#include "av_conn_int.h"
+#include "av_exchange.h"
 
 const char *av__rq_ptr(const av_exchange *x, uint32_t off)
 {

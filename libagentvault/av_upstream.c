@@ -10,7 +10,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "av_ctx_internal.h"
+#include "av_limits.h"
 #include "av_mem.h"
 #include "av_ssrf.h"
 
@@ -77,7 +77,7 @@ static void addr_text(const struct sockaddr *sa, char *buf, size_t len)
  * exactly one notify per event, by the caller). */
 static void up_connect_next(av_upconn *up)
 {
-    av_ctx *ctx = up->ctx;
+    av_pool *pool = up->pool;
     while (up->next_addr < up->naddrs) {
         int i = up->next_addr++;
         struct sockaddr *sa = (struct sockaddr *)&up->addrs[i];
@@ -91,7 +91,7 @@ static void up_connect_next(av_upconn *up)
             char m[160], a[80];
             addr_text(sa, a, sizeof(a));
             snprintf(m, sizeof(m), "connect %s: %s", a, strerror(errno));
-            av__log(&ctx->log, AV_LOG_DEBUG, "upstream %s", m);
+            av__log(pool->log, AV_LOG_DEBUG, "upstream %s", m);
             close(fd);
             if (up->next_addr >= up->naddrs) {
                 up_fail(up, 502, AV_ERR_IO, m);
@@ -103,7 +103,7 @@ static void up_connect_next(av_upconn *up)
             close(up->side.fd);
         av__io_free(up->side.io);
         up->side.fd = fd;
-        up->side.io = av__io_new(ctx->loop, fd, up_on_io, up);
+        up->side.io = av__io_new(pool->loop, fd, up_on_io, up);
         if (!up->side.io) {
             up_fail(up, 502, AV_ERR_NOMEM, "out of memory");
             return;
@@ -119,16 +119,16 @@ static void up_connect_next(av_upconn *up)
  * Never the proxy's own listeners; the SSRF ranges unless |checked| is 0
  * (an operator-chosen --resolve address). The one guard for dial time and
  * for CONNECT time (av__upstream_precheck). */
-static int addr_refused(av_ctx *ctx, const struct sockaddr *sa, int checked, char *m, size_t cap)
+static int addr_refused(av_pool *pool, const struct sockaddr *sa, int checked, char *m, size_t cap)
 {
     char a[80];
     addr_text(sa, a, sizeof(a));
-    if (av__ctx_is_own_listener(ctx, sa)) {
+    if (pool->is_own_listener(pool->ud, sa)) {
         snprintf(m, cap, "destination address not allowed: %s is this proxy", a);
         return 403;
     }
     const char *why = "";
-    if (checked && av__ssrf_check(sa, ctx->cfg->allow_private, ctx->cfg->nallow_private, &why)) {
+    if (checked && av__ssrf_check(sa, pool->cfg->allow_private, pool->cfg->nallow_private, &why)) {
         snprintf(m, cap, "destination address not allowed: %s (%s)", a, why);
         return 403;
     }
@@ -138,12 +138,12 @@ static int addr_refused(av_ctx *ctx, const struct sockaddr *sa, int checked, cha
 /* Keep only addresses that pass the SSRF guard; fail if any does not. */
 static int up_take_addrs(av_upconn *up, const av_dns_result *res, int checked)
 {
-    av_ctx *ctx = up->ctx;
+    av_pool *pool = up->pool;
     up->naddrs = 0;
     for (int i = 0; i < res->naddrs && i < AV_DNS_MAX_ADDRS; i++) {
         const struct sockaddr *sa = (const struct sockaddr *)&res->addrs[i];
         char m[200];
-        int status = addr_refused(ctx, sa, checked, m, sizeof(m));
+        int status = addr_refused(pool, sa, checked, m, sizeof(m));
         if (status) {
             up_fail(up, status, AV_ERR_SSRF, m);
             return AV_ERR_SSRF;
@@ -175,9 +175,9 @@ static void up_on_dns(void *ud, int err, const char *why, const av_dns_result *r
 }
 
 /* Fill |res| from a --resolve override for dest, if any. */
-static int up_override(av_ctx *ctx, const av_authority *dest, av_dns_result *res)
+static int up_override(av_pool *pool, const av_authority *dest, av_dns_result *res)
 {
-    const av_config *cfg = ctx->cfg;
+    const av_config *cfg = pool->cfg;
     for (size_t i = 0; i < cfg->nresolve; i++) {
         const av_resolve_cfg *r = &cfg->resolve[i];
         if (r->port != dest->port || strcmp(r->host, dest->host) != 0)
@@ -227,16 +227,16 @@ static int literal_addr(const av_authority *dest, av_dns_result *res)
 /* av__upstream_precheck decides at CONNECT time what the dial would decide
  * for an address literal (or a --resolve override): 0 if it may be dialed,
  * else 403 with the dial-time reason in |m|. Names are left to dial time. */
-int av__upstream_precheck(av_ctx *ctx, const av_authority *dest, char *m, size_t cap)
+int av__upstream_precheck(av_pool *pool, const av_authority *dest, char *m, size_t cap)
 {
     av_dns_result res;
     int checked = 1;
-    if (up_override(ctx, dest, &res))
+    if (up_override(pool, dest, &res))
         checked = 0; /* operator-chosen address: exempt from the SSRF ranges */
     else if (!literal_addr(dest, &res))
         return 0;
     for (int i = 0; i < res.naddrs && i < AV_DNS_MAX_ADDRS; i++) {
-        int status = addr_refused(ctx, (const struct sockaddr *)&res.addrs[i], checked, m, cap);
+        int status = addr_refused(pool, (const struct sockaddr *)&res.addrs[i], checked, m, cap);
         if (status)
             return status;
     }
@@ -245,10 +245,10 @@ int av__upstream_precheck(av_ctx *ctx, const av_authority *dest, char *m, size_t
 
 static int up_start(av_upconn *up)
 {
-    av_ctx *ctx = up->ctx;
+    av_pool *pool = up->pool;
     av_dns_result res;
-    av__timer_start(up->timer, ctx->cfg->connect_timeout);
-    if (up_override(ctx, &up->dest, &res)) {
+    av__timer_start(up->timer, pool->cfg->connect_timeout);
+    if (up_override(pool, &up->dest, &res)) {
         /* Operator-chosen address: exempt from the SSRF ranges. */
         if (up_take_addrs(up, &res, 0) == AV_OK)
             up_connect_next(up);
@@ -260,20 +260,20 @@ static int up_start(av_upconn *up)
         return AV_OK;
     }
     up->state = AV_UP_RESOLVING;
-    up->dnsq = av__dns_resolve(ctx->dns, up->dest.host, up->dest.port, up_on_dns, up);
+    up->dnsq = av__dns_resolve(pool->dns, up->dest.host, up->dest.port, up_on_dns, up);
     return AV_OK;
 }
 
-static void pool_unlink(av_ctx *ctx, av_upconn *up)
+static void pool_unlink(av_pool *pool, av_upconn *up)
 {
     if (up->pool_prev)
         up->pool_prev->pool_next = up->pool_next;
-    else if (ctx->pool == up)
-        ctx->pool = up->pool_next;
+    else if (pool->idle == up)
+        pool->idle = up->pool_next;
     if (up->pool_next)
         up->pool_next->pool_prev = up->pool_prev;
     up->pool_next = up->pool_prev = NULL;
-    ctx->npool--;
+    pool->nidle--;
 }
 
 void av__upstream_key(char *key, size_t len, const av_authority *dest, int tls, const char *scope)
@@ -304,12 +304,12 @@ int av__upstream_is_h2(const av_upconn *up)
     return strcmp(av__tls_alpn(up->side.layer[up->side.nlayers - 1].tls), "h2") == 0;
 }
 
-av_upconn *av__upstream_pool_take(av_ctx *ctx, const char *key, av_up_notify notify, void *owner)
+av_upconn *av__upstream_pool_take(av_pool *pool, const char *key, av_up_notify notify, void *owner)
 {
-    for (av_upconn *p = ctx->pool; p; p = p->pool_next) {
+    for (av_upconn *p = pool->idle; p; p = p->pool_next) {
         if (strcmp(p->key, key) != 0)
             continue;
-        pool_unlink(ctx, p);
+        pool_unlink(pool, p);
         av__timer_stop(p->timer);
         p->state = AV_UP_READY;
         p->notify = notify;
@@ -320,18 +320,18 @@ av_upconn *av__upstream_pool_take(av_ctx *ctx, const char *key, av_up_notify not
     return NULL;
 }
 
-int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const char *scope,
+int av__upstream_acquire(av_pool *pool, const av_authority *dest, int tls, const char *scope,
                          av_up_notify notify, void *owner, av_upconn **out)
 {
-    return av__upstream_acquire2(ctx, dest, tls, scope, 0, notify, owner, out);
+    return av__upstream_acquire2(pool, dest, tls, scope, 0, notify, owner, out);
 }
 
-int av__upstream_acquire2(av_ctx *ctx, const av_authority *dest, int tls, const char *scope, int offer_h2,
+int av__upstream_acquire2(av_pool *pool, const av_authority *dest, int tls, const char *scope, int offer_h2,
                           av_up_notify notify, void *owner, av_upconn **out)
 {
     char key[AV_UP_KEY_MAX];
     av__upstream_key(key, sizeof(key), dest, tls, scope);
-    av_upconn *p = av__upstream_pool_take(ctx, key, notify, owner);
+    av_upconn *p = av__upstream_pool_take(pool, key, notify, owner);
     if (p) {
         *out = p;
         return AV_OK;
@@ -339,7 +339,7 @@ int av__upstream_acquire2(av_ctx *ctx, const av_authority *dest, int tls, const 
     av_upconn *up = av__calloc(1, sizeof(*up));
     if (!up)
         return AV_ERR_NOMEM;
-    up->ctx = ctx;
+    up->pool = pool;
     av__side_init(&up->side, -1, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
     up->tls = tls;
     up->offer_h2 = tls && offer_h2;
@@ -347,7 +347,7 @@ int av__upstream_acquire2(av_ctx *ctx, const av_authority *dest, int tls, const 
     memcpy(up->key, key, sizeof(key));
     up->notify = notify;
     up->owner = owner;
-    up->timer = av__timer_new(ctx->loop, up_on_timer, up);
+    up->timer = av__timer_new(pool->loop, up_on_timer, up);
     if (!up->timer) {
         av__free(up);
         return AV_ERR_NOMEM;
@@ -377,7 +377,7 @@ int av__upstream_step(av_upconn *up)
             char m[160], a[80];
             addr_text((struct sockaddr *)&up->addrs[up->next_addr - 1], a, sizeof(a));
             snprintf(m, sizeof(m), "connect %s: %s", a, strerror(soerr));
-            av__log(&up->ctx->log, AV_LOG_DEBUG, "upstream %s", m);
+            av__log(up->pool->log, AV_LOG_DEBUG, "upstream %s", m);
             if (up->next_addr < up->naddrs) {
                 up_connect_next(up);
                 return 1;
@@ -389,7 +389,7 @@ int av__upstream_step(av_upconn *up)
             av_buf *cin, *cout;
             av_tls *t = NULL;
             av__side_tls_bufs(&up->side, &cin, &cout);
-            int rc = av__tls_client_new(&t, up->ctx->tls_cli, up->dest.host, cin, cout);
+            int rc = av__tls_client_new(&t, up->pool->tls_cli, up->dest.host, cin, cout);
             if (rc == AV_OK && up->offer_h2)
                 rc = av__tls_offer_h2(t);
             if (rc != AV_OK) {
@@ -422,7 +422,7 @@ int av__upstream_step(av_upconn *up)
             return 1;
         }
         if (!av__side_handshaking(&up->side)) {
-            up->ctx->m_tls_upstream++;
+            up->pool->metrics->m_tls_upstream++;
             up->state = AV_UP_READY;
             av__timer_stop(up->timer);
             return 1;
@@ -447,24 +447,24 @@ static void up_destroy(av_upconn *up)
 
 void av__upstream_release(av_upconn *up, int reusable)
 {
-    av_ctx *ctx = up->ctx;
+    av_pool *pool = up->pool;
     if (up->state == AV_UP_IDLE) {
-        pool_unlink(ctx, up);
+        pool_unlink(pool, up);
         up_destroy(up);
         return;
     }
-    if (reusable && up->state == AV_UP_READY && !ctx->draining && ctx->npool < AV_POOL_MAX &&
+    if (reusable && up->state == AV_UP_READY && !pool->draining && pool->nidle < AV_POOL_MAX &&
         up->side.pin->len == 0 && !up->side.in_eof && !up->side.err && av__side_flushed(&up->side)) {
         up->state = AV_UP_IDLE;
         up->notify = NULL;
         up->owner = NULL;
         up->served++;
         up->pool_prev = NULL;
-        up->pool_next = ctx->pool;
-        if (ctx->pool)
-            ctx->pool->pool_prev = up;
-        ctx->pool = up;
-        ctx->npool++;
+        up->pool_next = pool->idle;
+        if (pool->idle)
+            pool->idle->pool_prev = up;
+        pool->idle = up;
+        pool->nidle++;
         av__io_set(up->side.io, AV_EV_READ);
         av__timer_start(up->timer, AV_POOL_IDLE_SECONDS);
         return;
@@ -472,11 +472,11 @@ void av__upstream_release(av_upconn *up, int reusable)
     up_destroy(up);
 }
 
-void av__upstream_pool_free(av_ctx *ctx)
+void av__upstream_pool_free(av_pool *pool)
 {
-    while (ctx->pool) {
-        av_upconn *up = ctx->pool;
-        pool_unlink(ctx, up);
+    while (pool->idle) {
+        av_upconn *up = pool->idle;
+        pool_unlink(pool, up);
         up_destroy(up);
     }
 }

@@ -17,10 +17,10 @@
 #include <sys/socket.h>
 
 #include "av_dns.h"
+#include "av_pool.h"
 #include "av_side.h"
 #include "av_url.h"
 
-typedef struct av_ctx av_ctx;
 typedef struct av_upconn av_upconn;
 
 enum av_up_state {
@@ -37,7 +37,7 @@ typedef void (*av_up_notify)(void *owner);
 #define AV_UP_KEY_MAX 400
 
 struct av_upconn {
-    av_ctx *ctx;
+    av_pool *pool;
     av_side side;
     int state;
     int tls;
@@ -61,20 +61,20 @@ struct av_upconn {
  * connection, or an earlier state for a new one), or AV_ERR_NOMEM. */
 /* av__upstream_pool_take returns an idle pooled connection for |key|
  * (av__upstream_key), now owned by |owner|, or NULL. */
-av_upconn *av__upstream_pool_take(av_ctx *ctx, const char *key, av_up_notify notify, void *owner);
-int av__upstream_acquire(av_ctx *ctx, const av_authority *dest, int tls, const char *scope,
+av_upconn *av__upstream_pool_take(av_pool *pool, const char *key, av_up_notify notify, void *owner);
+int av__upstream_acquire(av_pool *pool, const av_authority *dest, int tls, const char *scope,
                          av_up_notify notify, void *owner, av_upconn **out);
 /* The same, offering ALPN h2 to a TLS upstream when the connection is new
  * (only av_mux dials this way: the owner must look at av__upstream_is_h2
  * once READY). A pooled connection is always HTTP/1.1. */
-int av__upstream_acquire2(av_ctx *ctx, const av_authority *dest, int tls, const char *scope, int offer_h2,
+int av__upstream_acquire2(av_pool *pool, const av_authority *dest, int tls, const char *scope, int offer_h2,
                           av_up_notify notify, void *owner, av_upconn **out);
 /* av__upstream_key formats the pool key of (scheme, dest, scope). */
 /* av__upstream_precheck: what dialing |dest| would refuse that is known
  * already (an address literal or a --resolve override refused by the SSRF
  * guard, or one of the proxy's own listeners): 0 if nothing, else the
  * status (403) with the dial-time reason in |m|. */
-int av__upstream_precheck(av_ctx *ctx, const av_authority *dest, char *m, size_t cap);
+int av__upstream_precheck(av_pool *pool, const av_authority *dest, char *m, size_t cap);
 void av__upstream_key(char *key, size_t len, const av_authority *dest, int tls, const char *scope);
 /* av__upstream_is_h2: the TLS handshake negotiated ALPN "h2". */
 int av__upstream_is_h2(const av_upconn *up);
@@ -89,6 +89,6 @@ int av__upstream_step(av_upconn *up);
 void av__upstream_release(av_upconn *up, int reusable);
 
 /* av__upstream_pool_free closes every pooled connection (shutdown). */
-void av__upstream_pool_free(av_ctx *ctx);
+void av__upstream_pool_free(av_pool *pool);
 
 #endif

@@ -9,8 +9,12 @@
  * there by xh_pool_fake (fd -1 too), so nothing is ever dialled.
  *
  * Secrets come from callback:NAME, answered by xh_secret: at once with
- * the value set by xh_answer(), or held (xh_hold) so that an exchange
+ * the value set by xh_answer(), or held (h->hold) so that an exchange
  * stops before injection with its stored request complete.
+ *
+ * The connection sees a copy of the context's environment (av_env.h) whose
+ * clock and randomness are the test's: h->clock, and bytes counting up
+ * from h->rnd (h->rnd_fail: none to be had).
  */
 #ifndef CONN_HARNESS_H
 #define CONN_HARNESS_H
@@ -21,6 +25,7 @@
 #include <unistd.h>
 
 #include "av_conn_int.h"
+#include "av_ctx_internal.h" /* (the test reads the context's environment) */
 
 #define XH_KEY "sk-test-Zq8v1N3xYt7LmP0aBcDeFgHiJkLm"
 
@@ -33,7 +38,30 @@ typedef struct xh {
     char value[256];            /* the answer */
     size_t value_len;
     int asked;
+    av_env env;                 /* the context's, with the test's clock and randomness */
+    struct timespec clock;
+    unsigned rnd;
+    int rnd_fail;
+    int randoms;                /* calls */
 } xh;
+
+static inline void xh_now(void *ud, struct timespec *ts)
+{
+    xh *h = ud;
+    *ts = h->clock;
+}
+
+static inline int xh_random(void *ud, void *buf, size_t len)
+{
+    xh *h = ud;
+    h->randoms++;
+    if (h->rnd_fail)
+        return -1;
+    uint8_t *b = buf;
+    for (size_t i = 0; i < len; i++)
+        b[i] = (uint8_t)h->rnd++;
+    return 0;
+}
 
 
 static inline void xh_secret(void *ud, const char *name, av_secret_request *req)
@@ -63,7 +91,7 @@ static inline void xh_log(void *ud, int level, const char *msg)
 
 /* A context over |conf| (sections after [proxy]; the harness adds its
  * state directory) and one socketless agent connection. */
-static inline void xh_new(xh *h, const char *proxy_keys, const char *sections)
+static inline void xh_new_store(xh *h, const char *proxy_keys, const char *sections, const char *tokens_path)
 {
     memset(h, 0, sizeof(*h));
     xh_answer(h, XH_KEY);
@@ -77,24 +105,37 @@ static inline void xh_new(xh *h, const char *proxy_keys, const char *sections)
     if (av_config_load_string(cfg, text, strlen(text), "xh.conf") != AV_OK)
         fail_msg("config: %s", av_config_error(cfg));
     assert_int_equal(av_config_set_secret_fn(cfg, xh_secret, h), AV_OK);
+    if (tokens_path)
+        assert_int_equal(av_config_load_tokens(cfg, tokens_path), AV_OK);
     char err[300] = "";
     int rc = av_ctx_new(&h->ctx, cfg, err, sizeof(err));
     av_config_free(cfg);
     if (rc != AV_OK)
         fail_msg("av_ctx_new: %s", err);
     av_ctx_set_log(h->ctx, xh_log, NULL, AV_LOG_DEBUG);
+    h->env = h->ctx->env;
+    h->env.now = xh_now;
+    h->env.random = xh_random;
+    h->env.clock_ud = h;
+    h->clock.tv_sec = 1800000000; /* 2027-01-15 */
     av_conn *c = av__calloc(1, sizeof(*c));
     assert_non_null(c);
-    c->ctx = h->ctx;
-    c->snap = av__snap_ref(h->ctx->snap);
+    c->env = &h->env;
+    c->snap = av__snap_ref(*h->env.snap_cur);
     c->token = -1;
     c->state = C_PROXY_HEAD;
     c->in_proceed = 1; /* notifications only set c->again */
     c->x.c = c;
+    c->x.env = &h->env;
     c->x.agent = &av__agent_h1_ops;
     av__side_init(&c->a, -1, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
     snprintf(c->peer, sizeof(c->peer), "test");
     h->c = c;
+}
+
+static inline void xh_new(xh *h, const char *proxy_keys, const char *sections)
+{
+    xh_new_store(h, proxy_keys, sections, NULL);
 }
 
 static inline void xh_free(xh *h)
@@ -112,6 +153,18 @@ static inline void xh_free(xh *h)
     snprintf(cmd, sizeof(cmd), "rm -rf %s", h->dir);
     if (system(cmd) != 0)
         fprintf(stderr, "could not remove %s\n", h->dir);
+}
+
+/* Begin an exchange of the harness's connection as its HTTP/1.1 agent
+ * side does (av__x_start_h1): the connection's snapshot and token, its
+ * wake-up, then av__x_begin. */
+static inline int xh_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, int dest_tls)
+{
+    av_conn *c = x->c;
+    conn_exchange_snap(c, x);
+    x->wake = av__conn_wake;
+    x->wake_ud = c;
+    return av__x_begin(x, in, dest, dest_tls);
 }
 
 /* What the proxy wrote toward the agent, as a string (and consumed). */
@@ -149,7 +202,7 @@ static inline av_upconn *xh_pool_fake_tls(xh *h, const char *host, int port, int
 {
     av_upconn *up = av__calloc(1, sizeof(*up));
     assert_non_null(up);
-    up->ctx = h->ctx;
+    up->pool = h->env.pool;
     av__side_init(&up->side, -1, AV_RAW_BUF_MAX, AV_PLAIN_BUF_MAX);
     av_authority d;
     memset(&d, 0, sizeof(d));
@@ -158,16 +211,17 @@ static inline av_upconn *xh_pool_fake_tls(xh *h, const char *host, int port, int
     up->dest = d;
     up->tls = tls;
     av__upstream_key(up->key, sizeof(up->key), &d, tls, scope);
-    up->timer = av__timer_new(h->ctx->loop, xh_nop_timer, up);
+    up->timer = av__timer_new(h->env.loop, xh_nop_timer, up);
     assert_non_null(up->timer);
     /* into the pool, as av__upstream_release puts a reusable one (without
      * its read watcher: there is no socket to watch) */
+    av_pool *pool = h->env.pool;
     up->state = AV_UP_IDLE;
-    up->pool_next = h->ctx->pool;
-    if (h->ctx->pool)
-        h->ctx->pool->pool_prev = up;
-    h->ctx->pool = up;
-    h->ctx->npool++;
+    up->pool_next = pool->idle;
+    if (pool->idle)
+        pool->idle->pool_prev = up;
+    pool->idle = up;
+    pool->nidle++;
     return up;
 }
 

@@ -523,7 +523,7 @@ static int xt_begin(xt *t, const char *conf, const char *method, const char *tar
     memset(&d, 0, sizeof(d));
     snprintf(d.host, sizeof(d.host), "%s", dh);
     d.port = 80;
-    int rc = av__x_begin(x, &in, &d, 0);
+    int rc = xh_begin(x, &in, &d, 0);
     if (rc == 0 && x->active && x->link)
         x->link = &scripted_link_ops; /* the fake pooled connection stays in x->up, unused */
     return rc;
@@ -960,12 +960,13 @@ static void websocket_switch(void **state)
     memset(&d, 0, sizeof(d));
     snprintf(d.host, sizeof(d.host), "api.test");
     d.port = 80;
-    assert_int_equal(av__x_begin(t.x, &in, &d, 0), 0);
+    assert_int_equal(xh_begin(t.x, &in, &d, 0), 0);
     av_exchange *x = t.x;
     assert_true(x->ws);
     assert_true(x->ws_scrub); /* by default the upstream's messages are scrubbed */
-    assert_int_equal(strlen(x->ws_key), 24);
-    assert_string_equal(x->ws_key + 22, "==");
+    /* from the environment's randomness: bytes 0, 1, ... 15 here */
+    assert_string_equal(x->ws_key, "AAECAwQFBgcICQoLDA0ODw==");
+    assert_int_equal(t.h.randoms, 1);
     char want[512];
     snprintf(want, sizeof(want),
              "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -993,6 +994,34 @@ static void websocket_switch(void **state)
     size_t n = av__rq_fields(x, rf, NF(rf));
     for (size_t i = 0; i < n; i++)
         assert_false(av__h1_name_eq(&rf[i], "sec-websocket-extensions"));
+    xt_free(&t);
+}
+
+/* No randomness to be had: the WebSocket key cannot be made: 500. */
+static void websocket_no_randomness(void **state)
+{
+    (void)state;
+    xt t;
+    memset(&t, 0, sizeof(t));
+    LA = &t.a;
+    SL = &t.l;
+    av__buf_init(&t.a.resp, 1024);
+    av__buf_init(&t.l.body, 1024);
+    xh_new(&t.h, NULL, API);
+    t.h.rnd_fail = 1;
+    t.x = &t.h.c->x;
+    t.x->agent = &loop_agent_ops;
+    t.x->sid = 1;
+    av_req_in in = {.method = "CONNECT", .method_len = 7, .target = "/ws", .target_len = 3, .minor = 1, .ws = 1,
+                    .ext_connect = 1};
+    av_authority d;
+    memset(&d, 0, sizeof(d));
+    snprintf(d.host, sizeof(d.host), "api.test");
+    d.port = 80;
+    assert_int_equal(xh_begin(t.x, &in, &d, 0), -1);
+    assert_int_equal(t.a.error_status, 500);
+    assert_non_null(strstr(t.a.error_why, "no randomness"));
+    assert_int_equal(t.h.asked, 0);
     xt_free(&t);
 }
 
@@ -1044,7 +1073,7 @@ static void websocket_switch_h1_link(void **state)
         memset(&d, 0, sizeof(d));
         snprintf(d.host, sizeof(d.host), "api.test");
         d.port = 80;
-        assert_int_equal(av__x_begin(x, &in, &d, 0), 0);
+        assert_int_equal(xh_begin(x, &in, &d, 0), 0);
         assert_ptr_equal(x->link, &av__link_h1_ops);
         assert_int_equal(av__x_h1_request_out(x), 0);
         const char *req = up_out(x);
@@ -1122,7 +1151,7 @@ static void retries(void **state)
         memset(&d, 0, sizeof(d));
         snprintf(d.host, sizeof(d.host), "tls.test");
         d.port = 443;
-        assert_int_equal(av__x_begin(x, &in, &d, 1), 0);
+        assert_int_equal(xh_begin(x, &in, &d, 1), 0);
         assert_ptr_equal(x->link, &av__link_mux_ops);
         assert_int_equal(x->ms.state, AV_MS_H1); /* took a pooled connection */
         assert_ptr_equal(x->ms.up, second);      /* (the pool is a stack) */
@@ -1177,7 +1206,7 @@ static void xt_begin_h1(xt *t, const char *conf, const char *method, int minor, 
     memset(&d, 0, sizeof(d));
     snprintf(d.host, sizeof(d.host), "%s", dh);
     d.port = 80;
-    assert_int_equal(av__x_begin(x, &in, &d, 0), 0);
+    assert_int_equal(xh_begin(x, &in, &d, 0), 0);
     x->link = &scripted_link_ops;
 }
 
@@ -1318,6 +1347,7 @@ int main(void)
         cmocka_unit_test(head_request),
         cmocka_unit_test(head_waits_for_room),
         cmocka_unit_test(websocket_switch),
+        cmocka_unit_test(websocket_no_randomness),
         cmocka_unit_test(websocket_switch_h1_link),
         cmocka_unit_test(retries),
         cmocka_unit_test(h1_response_framing),

@@ -69,7 +69,7 @@ static int begin(xh *h, const req *r, const char *host, const char *scope)
     memset(&d, 0, sizeof(d));
     snprintf(d.host, sizeof(d.host), "%s", host);
     d.port = 80;
-    return av__x_begin(x, &in, &d, 0);
+    return xh_begin(x, &in, &d, 0);
 }
 
 /* ---- header and query injection ------------------------------------------------ */

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -261,6 +263,33 @@ static void token_rate(void **state)
     has(out, "Retry-After: 61"); /* (1 - level) / rate, plus one */
     has(out, "rate limit of token agent exceeded");
     xh_free(&h);
+}
+
+/* A store token's expiry is judged by the environment's clock (av_env.h
+ * now), not the machine's: the same token is accepted before it and
+ * refused after it. */
+static void token_expiry_env_clock(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/av-xt-tok-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[64], tok[64], err[200];
+    snprintf(path, sizeof(path), "%s/tokens", dir);
+    assert_int_equal(av_tokens_create(path, "ci", NULL, 3600, tok, sizeof(tok), err, sizeof(err)), AV_OK);
+    long long made = (long long)time(NULL);
+    for (int late = 0; late < 2; late++) {
+        xh h;
+        xh_new_store(&h, NULL, API_TLS, path);
+        h.clock.tv_sec = (time_t)(made + (late ? 3600 + 120 : 600));
+        char head[256];
+        snprintf(head, sizeof(head), "CONNECT tls.test:443 HTTP/1.1\r\nHost: tls.test:443\r\n"
+                 "Proxy-Authorization: Bearer %s\r\n\r\n", tok);
+        const char *out = send_head(&h, 0, head);
+        assert_int_equal(xh_status(out), late ? 407 : 200);
+        xh_free(&h);
+    }
+    unlink(path);
+    rmdir(dir);
 }
 
 /* ---- absolute-form and origin-form heads ----------------------------------------------- */
@@ -560,6 +589,7 @@ int main(void)
         cmocka_unit_test(tokens),
         cmocka_unit_test(token_scope_and_unmatched),
         cmocka_unit_test(token_rate),
+        cmocka_unit_test(token_expiry_env_clock),
         cmocka_unit_test(absolute_form),
         cmocka_unit_test(self_request),
         cmocka_unit_test(metrics),

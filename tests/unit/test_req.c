@@ -209,7 +209,7 @@ static av_exchange *begin_held(xh *h, int h2, const char *method, const char *ta
     av_authority d;
     dest_of(&d, host, 80);
     h->hold = 1;
-    assert_int_equal(av__x_begin(x, &in, &d, 0), 0);
+    assert_int_equal(xh_begin(x, &in, &d, 0), 0);
     assert_non_null(x->swait); /* waiting for the credential */
     assert_int_equal(h->asked, 1);
     return x;
@@ -324,7 +324,7 @@ static void too_many_fields(void **state)
                    .nfields = NF(f), .minor = 1};
     av_authority d;
     dest_of(&d, "api.test", 80);
-    assert_int_equal(av__x_begin(x, &in, &d, 0), -1);
+    assert_int_equal(xh_begin(x, &in, &d, 0), -1);
     assert_int_equal(xh_status(xh_out(&h)), 431);
     assert_int_equal(h.asked, 0);
     xh_free(&h);

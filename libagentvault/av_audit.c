@@ -1,0 +1,150 @@
+/* av_audit.c - the audit log (see av_audit.h). */
+#include "av_audit.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <agentvault/agentvault.h>
+
+#include "av_enc.h"
+
+void av__audit_init(av_audit *a)
+{
+    a->fd = -1;
+}
+
+int av__audit_open(av_audit *a, const char *path, char *err, size_t err_len)
+{
+    if (!path) {
+        a->fd = -1;
+        return AV_OK;
+    }
+    if (strcmp(path, "stdout") == 0) {
+        a->fd = 1;
+        return AV_OK;
+    }
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        if (err && err_len)
+            snprintf(err, err_len, "cannot open audit log %s: %s", path, strerror(errno));
+        return AV_ERR_IO;
+    }
+    if (a->fd > 2)
+        close(a->fd);
+    a->fd = fd;
+    return AV_OK;
+}
+
+int av__audit_on(const av_audit *a)
+{
+    return a->fd >= 0;
+}
+
+void av__audit_write(av_audit *a, const char *line, size_t len)
+{
+    if (a->fd < 0)
+        return;
+    /* One write per record: O_APPEND keeps records whole. */
+    while (len > 0) {
+        ssize_t w = write(a->fd, line, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        line += w;
+        len -= (size_t)w;
+    }
+}
+
+void av__audit_close(av_audit *a)
+{
+    if (a->fd > 2)
+        close(a->fd);
+    a->fd = -1;
+}
+
+/* JSON string body of |in| (quotes added by the caller); control and
+ * non-ASCII bytes become \u00XX, so the record is always valid JSON. */
+static size_t json_str(char *out, size_t cap, const char *in)
+{
+    return av__json_escape_str(out, cap, in, AV__JSON_BYTES);
+}
+
+void av__audit_record(av_audit *a, const av_xrecord *r)
+{
+    if (!av__audit_on(a))
+        return;
+    struct tm tm;
+    gmtime_r(&r->when.tv_sec, &tm);
+    char when[80];
+    snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
+             tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, r->when.tv_nsec / 1000000);
+    char tok[320] = "null", svc[320] = "null", cred[400] = "[]", err[500] = "null";
+    char e1[300], e2[300];
+    if (r->token) {
+        json_str(e1, sizeof(e1), r->token);
+        snprintf(tok, sizeof(tok), "\"%s\"", e1);
+    }
+    if (r->service) {
+        json_str(e1, sizeof(e1), r->service);
+        snprintf(svc, sizeof(svc), "\"%s\"", e1);
+        if (r->credential_ref) {
+            /* command: references may carry arguments: name the program only */
+            const char *ref = r->credential_ref;
+            char shown[200];
+            if (strncmp(ref, "command:", 8) == 0)
+                snprintf(shown, sizeof(shown), "command:%.*s", (int)strcspn(ref + 8, " \t"), ref + 8);
+            else
+                snprintf(shown, sizeof(shown), "%s", ref);
+            json_str(e2, sizeof(e2), shown);
+            snprintf(cred, sizeof(cred), "[\"%s\"]", e2);
+        }
+    }
+    if (r->error) {
+        json_str(e1, sizeof(e1), r->error);
+        snprintf(err, sizeof(err), "\"%s\"", e1);
+    }
+    char method[64], host[600], path[600];
+    json_str(method, sizeof(method), r->method);
+    json_str(host, sizeof(host), r->host);
+    json_str(path, sizeof(path), r->path);
+    char gw[200] = "null";
+    if (r->gateway) {
+        json_str(e1, sizeof(e1), r->gateway);
+        snprintf(gw, sizeof(gw), "\"%.150s\"", e1);
+    }
+    char line[3300];
+    int n = snprintf(line, sizeof(line),
+                     "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
+                     "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
+                     "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
+                     when, tok, gw, svc, method, host, path, r->status, r->bytes_up, r->bytes_down, r->ms,
+                     r->proto_agent, r->proto_up, cred, r->redactions, r->end, err);
+    if (n > 0 && (size_t)n < sizeof(line))
+        av__audit_write(a, line, (size_t)n);
+}
+
+void av__audit_log_line(const av_logger *log, const av_xrecord *r)
+{
+    char err[240] = "";
+    if (r->error) {
+        char clean[200];
+        av__sanitize_line(clean, sizeof(clean), r->error, strlen(r->error), 0);
+        for (char *q = clean; *q; q++)
+            if (*q == '"')
+                *q = '\'';
+        snprintf(err, sizeof(err), " error=\"%s\"", clean);
+    }
+    char red[40] = "";
+    if (r->redactions)
+        snprintf(red, sizeof(red), " redactions=%lu", r->redactions);
+    av__log(log, r->error ? AV_LOG_WARN : AV_LOG_INFO,
+            "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
+            "proto=%s>%s%s%s%s end=%s%s",
+            r->method, r->host, r->path, r->service ? r->service : "-", r->status, r->bytes_up, r->bytes_down,
+            r->ms, r->proto_agent, r->proto_up, r->token ? " token=" : "", r->token ? r->token : "", red, r->end,
+            err);
+}

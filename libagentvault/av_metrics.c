@@ -1,0 +1,80 @@
+/* av_metrics.c - the counters behind /metrics (see av_metrics.h). */
+#include "av_metrics.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#include "av_buf.h"
+#include "av_mem.h"
+
+void av__metrics_count_exchange(av_metrics *m, const char *svc, int status)
+{
+    if (!svc)
+        svc = "";
+    for (size_t i = 0; i < m->nmx; i++)
+        if (m->mx[i].status == status && strcmp(m->mx[i].svc, svc) == 0) {
+            m->mx[i].n++;
+            return;
+        }
+    if (m->nmx >= 4096)
+        return; /* bounded: statuses are 100..999, services are configured */
+    if (m->nmx == m->capmx) {
+        size_t cap = m->capmx ? m->capmx * 2 : 32;
+        av_metric_x *n = av__realloc(m->mx, cap * sizeof(*n));
+        if (!n)
+            return;
+        m->mx = n;
+        m->capmx = cap;
+    }
+    snprintf(m->mx[m->nmx].svc, sizeof(m->mx[m->nmx].svc), "%s", svc);
+    m->mx[m->nmx].status = status;
+    m->mx[m->nmx].n = 1;
+    m->nmx++;
+}
+
+void av__metrics_cleanup(av_metrics *m)
+{
+    av__free(m->mx);
+    m->mx = NULL;
+    m->nmx = m->capmx = 0;
+}
+
+const char *const av__end_names[AV_END_COUNT] = {
+    "complete", "complete", "client_abort", "upstream_abort", "timeout", "refused", "error", "shutdown",
+};
+
+void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_buf *b)
+{
+    av__buf_append_str(b, "# HELP agentvault_exchanges_total Exchanges by service and status.\n"
+                          "# TYPE agentvault_exchanges_total counter\n");
+    for (size_t i = 0; i < m->nmx; i++)
+        av__buf_appendf(b, "agentvault_exchanges_total{service=\"%s\",status=\"%d\"} %llu\n", m->mx[i].svc,
+                        m->mx[i].status, m->mx[i].n);
+    av__buf_append_str(b, "# HELP agentvault_exchange_ends_total Exchanges by how they ended.\n"
+                          "# TYPE agentvault_exchange_ends_total counter\n");
+    for (int e = AV_END_COMPLETE; e < AV_END_COUNT; e++)
+        av__buf_appendf(b, "agentvault_exchange_ends_total{end=\"%s\"} %llu\n", av__end_names[e], m->m_ends[e]);
+    av__buf_appendf(b,
+                    "# TYPE agentvault_connections_active gauge\nagentvault_connections_active %zu\n"
+                    "# TYPE agentvault_connections_total counter\nagentvault_connections_total %llu\n"
+                    "# TYPE agentvault_upstream_h2_connections gauge\nagentvault_upstream_h2_connections %zu\n"
+                    "# TYPE agentvault_upstream_idle_connections gauge\nagentvault_upstream_idle_connections %zu\n"
+                    "# TYPE agentvault_tls_handshakes_total counter\n"
+                    "agentvault_tls_handshakes_total{side=\"agent\"} %llu\n"
+                    "agentvault_tls_handshakes_total{side=\"upstream\"} %llu\n"
+                    "# TYPE agentvault_leaf_cache_hits_total counter\nagentvault_leaf_cache_hits_total %lu\n"
+                    "# TYPE agentvault_leaf_cache_misses_total counter\nagentvault_leaf_cache_misses_total %lu\n"
+                    "# TYPE agentvault_injected_total counter\nagentvault_injected_total %llu\n"
+                    "# TYPE agentvault_redacted_total counter\nagentvault_redacted_total %llu\n"
+                    "# TYPE agentvault_limit_hits_total counter\n"
+                    "agentvault_limit_hits_total{limit=\"token_rate\"} %llu\n"
+                    "agentvault_limit_hits_total{limit=\"token_scope\"} %llu\n"
+                    "agentvault_limit_hits_total{limit=\"h2\"} %llu\n"
+                    "agentvault_limit_hits_total{limit=\"header_size\"} %llu\n"
+                    "agentvault_limit_hits_total{limit=\"leaf_mint_rate\"} %lu\n",
+                    g->conns, m->m_conns_total, g->upstream_h2, g->upstream_idle, m->m_tls_agent, m->m_tls_upstream,
+                    g->leaf_hits, g->leaf_misses, m->m_injected, m->m_redacted, m->m_limit_rate, m->m_limit_scope,
+                    m->m_limit_h2, m->m_limit_head, g->leaf_refused);
+    av__buf_appendf(b, "agentvault_limit_hits_total{limit=\"connections\"} %llu\n"
+                       "agentvault_limit_hits_total{limit=\"open_files\"} %llu\n", m->m_limit_conns, m->m_limit_fds);
+}

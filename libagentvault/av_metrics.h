@@ -1,0 +1,72 @@
+/* av_metrics.h - the counters behind /metrics.
+ *
+ * One av_metrics per context. The connection layer adds to the counters
+ * directly (they are plain integers: the loop thread is the only writer)
+ * and counts each finished exchange by service and status with
+ * av__metrics_count_exchange. A leaf: includes only av_buf (a foundation).
+ */
+#ifndef AV_METRICS_H
+#define AV_METRICS_H
+
+#include <stddef.h>
+
+#include "av_buf.h"
+
+/* How an exchange ended: the `end` of its log line and audit record. */
+enum {
+    AV_END_NONE = 0,
+    AV_END_COMPLETE,       /* the response was delivered whole */
+    AV_END_CLIENT_ABORT,   /* the agent closed, reset or cancelled first */
+    AV_END_UPSTREAM_ABORT, /* the upstream closed or reset before the end */
+    AV_END_TIMEOUT,        /* a timeout of ours ended it */
+    AV_END_REFUSED,        /* refused by policy or a limit, nothing sent upstream */
+    AV_END_ERROR,          /* any other failure (dial, TLS, framing, memory) */
+    AV_END_SHUTDOWN,       /* the daemon's drain deadline ended it */
+    AV_END_COUNT
+};
+
+/* Exchanges by service name ("" = none) and status. */
+typedef struct av_metric_x {
+    char svc[68];
+    int status;
+    unsigned long long n;
+} av_metric_x;
+
+/* The members of av_metrics, as a list: av_ctx also declares them as an
+ * anonymous struct over the same storage (transitional, until the
+ * connection code reaches them through av_env). */
+#define AV_METRICS_MEMBERS                                                                                        \
+    unsigned long long exchanges; /* finished exchanges, for the drain report */                                \
+    av_metric_x *mx;                                                                                               \
+    size_t nmx, capmx;                                                                                             \
+    unsigned long long m_injected, m_redacted, m_tls_agent, m_tls_upstream, m_conns_total;                         \
+    unsigned long long m_limit_rate, m_limit_scope, m_limit_h2, m_limit_head;                                      \
+    unsigned long long m_limit_conns, m_limit_fds;                                                                 \
+    unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */
+
+typedef struct av_metrics {
+    AV_METRICS_MEMBERS
+} av_metrics;
+
+/* Count one exchange of service |svc| (NULL: none) answered with |status|.
+ * The table is bounded (4096 rows: statuses are 100..999, services are
+ * configured); past that, or out of memory, the exchange is not counted. */
+void av__metrics_count_exchange(av_metrics *m, const char *svc, int status);
+/* The names of the AV_END_* endings (log line, audit record, /metrics). */
+extern const char *const av__end_names[AV_END_COUNT];
+
+/* What /metrics shows besides the counters: gauges the caller reads from
+ * the context, the pool and the CA. */
+typedef struct av_metrics_gauges {
+    size_t conns, upstream_h2, upstream_idle;
+    unsigned long leaf_hits, leaf_misses, leaf_refused;
+} av_metrics_gauges;
+
+/* Append the Prometheus text (format 0.0.4) of |m| and |g| to |b| (never a
+ * secret: service names and statuses only). */
+void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_buf *b);
+
+/* Free the table (the counters stay). */
+void av__metrics_cleanup(av_metrics *m);
+
+#endif

@@ -1,0 +1,79 @@
+/* av_snap.h - configuration snapshots.
+ *
+ * A snapshot is a configuration and everything derived from it that a
+ * reload replaces: the secrets cache (its own resolver), the resolved
+ * proxy and gateway tokens, the per-token rate buckets and the compiled
+ * scrub patterns. Connections and exchanges hold a reference to the
+ * snapshot they started with, so in-flight exchanges finish on the old one
+ * while new connections use the new one; a connection moves to the current
+ * snapshot between requests, carrying its proxy token over by name
+ * (av__snap_carry_token).
+ *
+ * A leaf of the connection layer: includes nothing above it. Loop thread
+ * only (references are not atomic).
+ */
+#ifndef AV_SNAP_H
+#define AV_SNAP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "av_config.h"
+#include "av_ev.h"
+#include "av_resolver.h"
+#include "av_secret.h"
+
+typedef struct av_bucket {
+    double level; /* requests available */
+    double stamp; /* loop time of the last refill */
+} av_bucket;
+
+#define AV_SCRUB_CACHE 32
+
+struct av_scrub_set;
+
+typedef struct av_snap {
+    int refs;
+    av_config *cfg;
+    av_resolver *resolver;
+    av_secret **tokens;   /* resolved proxy tokens, parallel to cfg->tokens */
+    av_bucket *buckets;   /* per-token rate limits, parallel to cfg->tokens */
+    av_secret **gw_tokens; /* resolved gateway tokens, parallel to cfg->gateways (NULL: none) */
+    struct {              /* compiled scrub patterns per resolved secret */
+        av_secret *secret;  /* a reference: the pointer identifies it */
+        struct av_scrub_set *set;
+    } scrub[AV_SCRUB_CACHE];
+    size_t scrub_next;
+} av_snap;
+
+/* av__snap_new builds a snapshot around |cfg| (owned, also on failure): a
+ * resolver of its own on |loop|, and the proxy and gateway tokens resolved
+ * now (failing later would lock agents out). Rate buckets start full at
+ * loop time |now|. Returns AV_OK with one reference, or an error with
+ * |err|. */
+int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char *err, size_t err_len);
+av_snap *av__snap_ref(av_snap *s);
+void av__snap_unref(av_snap *s);
+
+/* The scrub pattern set for |secret| (a new reference; built and cached
+ * on first use), or NULL when it cannot be built. */
+struct av_scrub_set *av__snap_scrub_set(av_snap *s, av_secret *secret);
+
+/* av__snap_find_token: the index of the proxy token |tok| (the secret an
+ * agent presented) in |s|, or -1. Every token is compared (constant time
+ * per token); hashed tokens (the token store) must not have expired at
+ * wall-clock time |now|. */
+int av__snap_find_token(const av_snap *s, const uint8_t *tok, size_t len, long long now);
+
+/* av__snap_carry_token: token |old_tok| of |old| seen from |cur| (a
+ * reload): the index of the token with the same name, the same secret (or
+ * hash) and not expired at |now|, else -1 (revoked or changed). */
+int av__snap_carry_token(const av_snap *old, int old_tok, const av_snap *cur, long long now);
+
+/* av__snap_rate_take takes one request from token |token|'s bucket at loop
+ * time |now| (refilled at the token's rate per second up to its burst).
+ * AV_OK when allowed or the token has no rate; AV_ERR_LIMIT when empty,
+ * with the seconds to wait in |*retry_after|. */
+int av__snap_rate_take(av_snap *s, int token, double now, int *retry_after);
+
+#endif
