@@ -24,6 +24,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <ev.h>
+
 #include "av_conn_int.h"
 #include "av_ctx_internal.h" /* (the test reads the context's environment) */
 
@@ -38,6 +40,7 @@ typedef struct xh {
     char value[256];            /* the answer */
     size_t value_len;
     int asked;
+    struct ev_loop *evl;        /* xh_new_full(..., on_loop): the context runs on it */
     av_env env;                 /* the context's, with the test's clock and randomness */
     struct timespec clock;
     unsigned rnd;
@@ -91,7 +94,8 @@ static inline void xh_log(void *ud, int level, const char *msg)
 
 /* A context over |conf| (sections after [proxy]; the harness adds its
  * state directory) and one socketless agent connection. */
-static inline void xh_new_store(xh *h, const char *proxy_keys, const char *sections, const char *tokens_path)
+static inline void xh_new_full(xh *h, const char *proxy_keys, const char *sections, const char *tokens_path,
+                               int on_loop)
 {
     memset(h, 0, sizeof(*h));
     xh_answer(h, XH_KEY);
@@ -108,7 +112,15 @@ static inline void xh_new_store(xh *h, const char *proxy_keys, const char *secti
     if (tokens_path)
         assert_int_equal(av_config_load_tokens(cfg, tokens_path), AV_OK);
     char err[300] = "";
-    int rc = av_ctx_new(&h->ctx, cfg, err, sizeof(err));
+    int rc;
+    if (on_loop) {
+        /* a loop of the test's: it runs it (ev_run) to deliver wake-ups */
+        h->evl = ev_loop_new(EVFLAG_AUTO);
+        assert_non_null(h->evl);
+        rc = av_ctx_new_on_loop(&h->ctx, cfg, h->evl, err, sizeof(err));
+    } else {
+        rc = av_ctx_new(&h->ctx, cfg, err, sizeof(err));
+    }
     av_config_free(cfg);
     if (rc != AV_OK)
         fail_msg("av_ctx_new: %s", err);
@@ -133,9 +145,14 @@ static inline void xh_new_store(xh *h, const char *proxy_keys, const char *secti
     h->c = c;
 }
 
+static inline void xh_new_store(xh *h, const char *proxy_keys, const char *sections, const char *tokens_path)
+{
+    xh_new_full(h, proxy_keys, sections, tokens_path, 0);
+}
+
 static inline void xh_new(xh *h, const char *proxy_keys, const char *sections)
 {
-    xh_new_store(h, proxy_keys, sections, NULL);
+    xh_new_full(h, proxy_keys, sections, NULL, 0);
 }
 
 static inline void xh_free(xh *h)
@@ -149,6 +166,8 @@ static inline void xh_free(xh *h)
     if (h->held)
         av_secret_request_fail(h->held, "test over");
     av_ctx_free(h->ctx);
+    if (h->evl)
+        ev_loop_destroy(h->evl);
     char cmd[128];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", h->dir);
     if (system(cmd) != 0)

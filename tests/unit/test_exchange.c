@@ -1177,6 +1177,67 @@ static void retries(void **state)
     }
 }
 
+/* ---- a credential that answers later ------------------------------------------------------ */
+
+/* callback: held: the exchange waits (nothing reaches a link, a step does
+ * nothing); the answer wakes the connection through the loop; injection
+ * then completes the stored request and the exchange goes on. */
+static void credential_answers_later(void **state)
+{
+    (void)state;
+    static const sl_event ev[] = {{SL_HEAD, 200, "", 2}, {SL_BODY, 0, "ok", 0}, {SL_END, 0, "", 0}};
+    xt t;
+    memset(&t, 0, sizeof(t));
+    LA = &t.a;
+    SL = &t.l;
+    t.a.room = 1u << 20;
+    t.a.slice = 1u << 20;
+    av__buf_init(&t.a.resp, 1024);
+    t.l.ev = ev;
+    t.l.nev = NF(ev);
+    t.l.room = 1u << 20;
+    av__buf_init(&t.l.body, 1024);
+    xh_new_full(&t.h, NULL, API, NULL, 1);
+    t.h.hold = 1;
+    xh_pool_fake(&t.h, "api.test", 80, "api/-");
+    av_exchange *x = t.x = &t.h.c->x;
+    x->agent = &loop_agent_ops;
+    x->sid = 1;
+    static const av_h1_field f[] = {F("Accept", "*/*")};
+    av_req_in in = {.method = "GET", .method_len = 3, .target = "/", .target_len = 1, .fields = f, .nfields = 1,
+                    .minor = 1};
+    av_authority d;
+    memset(&d, 0, sizeof(d));
+    snprintf(d.host, sizeof(d.host), "api.test");
+    d.port = 80;
+    assert_int_equal(xh_begin(x, &in, &d, 0), 0);
+    assert_non_null(x->swait);
+    assert_null(x->link);
+    assert_false(x->injected);
+    assert_int_equal(av__x_step(x), 0); /* waiting */
+    ev_run(t.h.evl, EVRUN_NOWAIT);
+    assert_non_null(x->swait); /* still */
+    /* the embedder answers */
+    t.h.c->again = 0;
+    av_secret_request_answer(t.h.held, XH_KEY, strlen(XH_KEY));
+    t.h.held = NULL;
+    for (int i = 0; i < 10 && !x->secret_ready; i++)
+        ev_run(t.h.evl, EVRUN_NOWAIT);
+    assert_true(x->secret_ready);
+    assert_null(x->swait);
+    assert_true(t.h.c->again); /* the connection's pump was asked to run */
+    /* what av__x_step does next, with the link swapped before it runs */
+    assert_int_equal(av__x_inject(x), 0);
+    assert_true(x->injected);
+    assert_ptr_equal(x->link, &av__link_h1_ops);
+    x->link = &scripted_link_ops;
+    xt_run(&t, 0, 0);
+    assert_string_equal(t.l.head, "GET /\nhost: api.test\nAccept: */*\nAuthorization: Bearer " XH_KEY "\n");
+    assert_string_equal(resp(&t), "ok");
+    assert_int_equal(t.a.finished, 1);
+    xt_free(&t);
+}
+
 /* ---- the HTTP/1.1 agent side ---------------------------------------------------------------- */
 
 /* The same scripted link with the real HTTP/1.1 agent (av_agent_h1.c) of
@@ -1350,6 +1411,7 @@ int main(void)
         cmocka_unit_test(websocket_no_randomness),
         cmocka_unit_test(websocket_switch_h1_link),
         cmocka_unit_test(retries),
+        cmocka_unit_test(credential_answers_later),
         cmocka_unit_test(h1_response_framing),
         cmocka_unit_test(h1_backpressure),
         cmocka_unit_test(h1_request_body),
