@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -491,6 +492,8 @@ typedef struct xt {
     "secret = callback:key\n"
 #define API "[service \"api\"]\nhost = api.test\nscheme = http\nport = 80\nauth = bearer\nsecret = callback:key\n"
 
+static const char *xt_proxy_keys; /* [proxy] keys for the next xt_begin */
+
 /* Begin |method| |target| with |f| to api.test:80 on the loopback agent;
  * the response is |ev|. Returns av__x_begin's result. */
 static int xt_begin(xt *t, const char *conf, const char *method, const char *target, const av_h1_field *f, size_t n,
@@ -509,7 +512,7 @@ static int xt_begin(xt *t, const char *conf, const char *method, const char *tar
     t->l.nev = nev;
     t->l.room = 1u << 30;
     av__buf_init(&t->l.body, 1u << 26);
-    xh_new(&t->h, NULL, conf);
+    xh_new(&t->h, xt_proxy_keys, conf);
     const char *dh = host ? host : "api.test";
     xh_pool_fake(&t->h, dh, 80, host ? "-/-" : "api/-");
     av_exchange *x = &t->h.c->x;
@@ -1238,6 +1241,44 @@ static void credential_answers_later(void **state)
     xt_free(&t);
 }
 
+/* ---- the record ------------------------------------------------------------------------------ */
+
+/* One audit line per exchange, its time from the environment's clock, the
+ * secret never in it (nor the query). */
+static void audit_record(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/av-xt-audit-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char keys[128], path[96];
+    snprintf(path, sizeof(path), "%s/audit.log", dir);
+    snprintf(keys, sizeof(keys), "audit = %s\n", path);
+    static const sl_event ev[] = {{SL_HEAD, 200, "", 16}, {SL_BODY, 0, "<" XH_KEY ">", 0}, {SL_END, 0, "", 0}};
+    xt t;
+    xt_proxy_keys = keys;
+    assert_int_equal(xt_begin(&t, API, "GET", "/v1/x?k=secretquery", NULL, 0, NULL, ev, NF(ev), NULL), 0);
+    xt_proxy_keys = NULL;
+    xt_run(&t, 0, 0);
+    xt_free(&t);
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    char line[4096] = "";
+    assert_non_null(fgets(line, sizeof(line), fp));
+    char more[16];
+    assert_null(fgets(more, sizeof(more), fp)); /* one line */
+    fclose(fp);
+    unlink(path);
+    rmdir(dir);
+    assert_null(strstr(line, XH_KEY));
+    assert_null(strstr(line, "secretquery"));
+    /* bytes_down: "<", the scrubber's marker, ">" */
+    assert_int_equal(strlen(AV_SCRUB_MARKER), 10);
+    assert_string_equal(line, "{\"time\":\"2027-01-15T08:00:00.000Z\",\"token\":null,\"gateway\":null,\"service\":\"api\","
+                              "\"method\":\"GET\",\"host\":\"api.test:80\",\"path\":\"/v1/x\",\"status\":200,"
+                              "\"bytes_up\":0,\"bytes_down\":12,\"ms\":0.0,\"proto\":\"loop>script\","
+                              "\"injected\":[\"callback:key\"],\"redactions\":1,\"end\":\"complete\",\"error\":null}\n");
+}
+
 /* ---- the HTTP/1.1 agent side ---------------------------------------------------------------- */
 
 /* The same scripted link with the real HTTP/1.1 agent (av_agent_h1.c) of
@@ -1412,6 +1453,7 @@ int main(void)
         cmocka_unit_test(websocket_switch_h1_link),
         cmocka_unit_test(retries),
         cmocka_unit_test(credential_answers_later),
+        cmocka_unit_test(audit_record),
         cmocka_unit_test(h1_response_framing),
         cmocka_unit_test(h1_backpressure),
         cmocka_unit_test(h1_request_body),
