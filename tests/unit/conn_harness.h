@@ -160,6 +160,10 @@ static inline void xh_free(xh *h)
     av_conn *c = h->c;
     if (c->x.active || c->x.snap)
         av__x_reset(&c->x);
+    while (c->xs) /* an HTTP/2 agent's streams */
+        av__conn_h2_free_x(c, c->xs);
+    if (c->h2)
+        av__h2_free(c->h2);
     av__side_free(&c->a, 1);
     av__snap_unref(c->snap);
     av__free(c);

@@ -363,7 +363,14 @@ static int sl_play(av_exchange *x)
         return 0;
     while (SL->at < SL->nev && x->active) {
         const sl_event *e = &SL->ev[SL->at];
-        if (e->kind == SL_HEAD) {
+        if (e->kind == SL_HEAD && e->status < 200) {
+            /* interim: passed on where the agent relays them, no state */
+            size_t n = sl_fields(e->text);
+            int rc = av__x_resp_head(x, e->status, NULL, 0, SL->f, n, RK_NONE, 0);
+            if (rc == AV_ERR_LIMIT)
+                break;
+            assert_int_equal(rc, 0);
+        } else if (e->kind == SL_HEAD) {
             size_t n = sl_fields(e->text);
             int kind = x->is_head || e->status == 204 || e->status == 304 ? RK_NONE
                        : e->len >= 0                                     ? RK_LENGTH
@@ -555,7 +562,8 @@ static void xt_run(xt *t, size_t agent_read, size_t link_read)
 
 static void xt_free(xt *t)
 {
-    av__x_reset(t->x);
+    if (t->x)
+        av__x_reset(t->x);
     av__buf_free(&t->a.resp);
     av__buf_free(&t->l.body);
     xh_free(&t->h);
@@ -1432,6 +1440,192 @@ static void h1_request_body(void **state)
     xt_free(&t);
 }
 
+/* ---- the HTTP/2 agent side ------------------------------------------------------------------- */
+
+/* An HTTP/2 client of the test's (av_h2, client role) talks to the real
+ * HTTP/2 agent side (av_agent_h2.c) of the socketless connection through
+ * its buffers. The exchange's credential is held, so that the scripted
+ * link can be put in place once the secret is in (the stream's exchange
+ * is made inside the connection's step). */
+typedef struct h2c {
+    av_h2 *s;
+    int32_t sid;
+    int status, interim, closed;
+    uint32_t error;
+    char fields[4096], trailers[1024];
+    av_buf body;
+} h2c;
+
+static int h2c_head(void *ud, int32_t sid, const av_h2_head *h)
+{
+    h2c *cl = ud;
+    (void)sid;
+    if (h->trailers) {
+        fields_text(cl->trailers, sizeof(cl->trailers), h->fields, h->nfields);
+    } else if (h->status < 200) {
+        cl->interim++;
+    } else {
+        cl->status = h->status;
+        fields_text(cl->fields, sizeof(cl->fields), h->fields, h->nfields);
+    }
+    return 0;
+}
+
+static int h2c_data(void *ud, int32_t sid, const uint8_t *data, size_t len)
+{
+    h2c *cl = ud;
+    av__buf_append(&cl->body, data, len);
+    av__h2_consume(cl->s, sid, len);
+    return 0;
+}
+
+static void h2c_end(void *ud, int32_t sid)
+{
+    (void)ud;
+    (void)sid;
+}
+
+static void h2c_close(void *ud, int32_t sid, uint32_t error)
+{
+    h2c *cl = ud;
+    (void)sid;
+    cl->closed = 1;
+    cl->error = error;
+}
+
+static const av_h2_callbacks h2c_cbs = {h2c_head, h2c_data, h2c_end, h2c_close, NULL, NULL};
+
+/* Move bytes both ways and step the connection until nothing moves. */
+static void h2_pump(xh *h, h2c *cl)
+{
+    av_conn *c = h->c;
+    for (int round = 0; round < 10000; round++) {
+        size_t before = c->a.pin->len + c->a.pout->len;
+        int moved = av__h2_produce(cl->s, c->a.pin) > 0;
+        moved |= av__conn_h2_step(c);
+        if (c->a.pout->len) {
+            assert_int_equal(av__h2_feed(cl->s, av__buf_head(c->a.pout), c->a.pout->len), (ssize_t)c->a.pout->len);
+            av__buf_consume(c->a.pout, c->a.pout->len);
+            moved = 1;
+        }
+        if (!moved && before == 0)
+            return;
+    }
+    fail_msg("HTTP/2 pump never settled");
+}
+
+static void h2_setup(xt *t, h2c *cl, const sl_event *ev, size_t nev)
+{
+    memset(t, 0, sizeof(*t));
+    memset(cl, 0, sizeof(*cl));
+    LA = &t->a;
+    SL = &t->l;
+    av__buf_init(&t->a.resp, 1024);
+    t->l.ev = ev;
+    t->l.nev = nev;
+    t->l.room = 1u << 20;
+    av__buf_init(&t->l.body, 1u << 20);
+    av__buf_init(&cl->body, 1u << 20);
+    xh_new_full(&t->h, NULL, "[service \"tls\"]\nhost = tls.test\nauth = bearer\nsecret = callback:key\n", NULL, 1);
+    t->h.hold = 1;
+    xh_pool_fake_tls(&t->h, "tls.test", 443, 1, "tls/-");
+    av_conn *c = t->h.c;
+    c->in_tunnel = 1;
+    snprintf(c->dest.host, sizeof(c->dest.host), "tls.test");
+    c->dest.port = 443;
+    c->dest_tls = 1;
+    assert_int_equal(av__conn_h2_start(c), 1);
+    assert_int_equal(av__h2_new(&cl->s, AV_H2_CLIENT, &h2c_cbs, cl), AV_OK);
+}
+
+static void h2_teardown(xt *t, h2c *cl)
+{
+    av__h2_free(cl->s);
+    av__buf_free(&cl->body);
+    xt_free(t);
+}
+
+static void h2_request(h2c *cl, const char *authority, const av_h1_field *f, size_t n, int end)
+{
+    av_h2_head hd;
+    memset(&hd, 0, sizeof(hd));
+    hd.method = "GET";
+    hd.method_len = 3;
+    hd.scheme = "https";
+    hd.scheme_len = 5;
+    hd.authority = authority;
+    hd.authority_len = strlen(authority);
+    hd.path = "/v1?q=1";
+    hd.path_len = 7;
+    hd.content_length = -1;
+    for (size_t i = 0; i < n; i++)
+        hd.fields[i] = f[i];
+    hd.nfields = n;
+    assert_int_equal(av__h2_submit_request(cl->s, &hd, end, &cl->sid), AV_OK);
+}
+
+/* A request over HTTP/2: split cookies joined, the credential injected,
+ * an interim response not relayed, the body and trailers relayed, the
+ * stream's exchange freed afterwards. */
+static void h2_agent_exchange(void **state)
+{
+    (void)state;
+    static const sl_event ev[] = {
+        {SL_HEAD, 103, "link: </a>\n", 0},
+        {SL_HEAD, 200, "content-type: application/grpc\n", -1},
+        {SL_BODY, 0, "hello", 0},
+        {SL_TRAILERS, 0, "grpc-status: 0\n", 0},
+        {SL_END, 0, "", 0},
+    };
+    static const av_h1_field f[] = {F("cookie", "a=1"), F("x-keep", "1"), F("cookie", "b=2"),
+                                    F("authorization", "Bearer dummy")};
+    xt t;
+    h2c cl;
+    h2_setup(&t, &cl, ev, NF(ev));
+    h2_request(&cl, "tls.test", f, NF(f), 1);
+    h2_pump(&t.h, &cl);
+    av_exchange *x = t.h.c->xs;
+    assert_non_null(x);
+    assert_non_null(x->swait); /* the credential is held */
+    av_secret_request_answer(t.h.held, XH_KEY, strlen(XH_KEY));
+    t.h.held = NULL;
+    for (int i = 0; i < 10 && !x->secret_ready; i++)
+        ev_run(t.h.evl, EVRUN_NOWAIT);
+    assert_true(x->secret_ready);
+    assert_int_equal(av__x_inject(x), 0);
+    x->link = &scripted_link_ops;
+    h2_pump(&t.h, &cl);
+    assert_string_equal(t.l.head, "GET /v1?q=1\nhost: tls.test\nx-keep: 1\ncookie: a=1; b=2\n"
+                                  "Authorization: Bearer " XH_KEY "\n");
+    assert_int_equal(cl.status, 200);
+    assert_int_equal(cl.interim, 0); /* 1xx are not relayed to HTTP/2 agents */
+    assert_string_equal(cl.fields, "content-type: application/grpc\n");
+    assert_int_equal(cl.body.len, 5);
+    assert_memory_equal(av__buf_head(&cl.body), "hello", 5);
+    assert_string_equal(cl.trailers, "grpc-status: 0\n");
+    assert_true(cl.closed);
+    assert_int_equal(cl.error, 0);
+    assert_null(t.h.c->xs); /* the finished stream's exchange was freed */
+    h2_teardown(&t, &cl);
+}
+
+/* :authority must be the tunnel's destination (SECURITY 1): 421 on that
+ * stream only, before any credential is asked for. */
+static void h2_authority_binding(void **state)
+{
+    (void)state;
+    xt t;
+    h2c cl;
+    h2_setup(&t, &cl, NULL, 0);
+    h2_request(&cl, "evil.test", NULL, 0, 1);
+    h2_pump(&t.h, &cl);
+    assert_int_equal(cl.status, 421);
+    assert_non_null(strstr(cl.fields, "x-agentvault-error: :authority does not match the CONNECT target tls.test:443"));
+    assert_int_equal(t.h.asked, 0);
+    assert_int_equal(t.h.c->state, C_H2); /* the connection goes on */
+    h2_teardown(&t, &cl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1457,6 +1651,8 @@ int main(void)
         cmocka_unit_test(h1_response_framing),
         cmocka_unit_test(h1_backpressure),
         cmocka_unit_test(h1_request_body),
+        cmocka_unit_test(h2_agent_exchange),
+        cmocka_unit_test(h2_authority_binding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
