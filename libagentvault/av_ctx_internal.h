@@ -1,4 +1,6 @@
-/* av_ctx_internal.h - the running context shared by connection code. */
+/* av_ctx_internal.h - struct av_ctx, for av_ctx.c, av_listen.c and
+ * av_embed.c. Everything else gets a narrow context: av_pool.h for
+ * upstream connections, av_env.h for agent connections. */
 #ifndef AV_CTX_INTERNAL_H
 #define AV_CTX_INTERNAL_H
 
@@ -98,7 +100,7 @@ struct av_ctx {
             AV_METRICS_MEMBERS
         };
     };
-    /* Accepting (av_ctx.c): the cap, the descriptor-limit back-off and
+    /* Accepting (av_listen.c): the cap, the descriptor-limit back-off and
      * their rate-limited reports (SECURITY.md 16). */
     size_t auto_max_conns;    /* the cap when max_connections is not set */
     unsigned long long nofile; /* the open-files limit at creation */

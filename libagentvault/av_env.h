@@ -10,7 +10,8 @@
  * function pointers: on_conn_gone tells the context a connection went
  * away (the drain may be over); now and random stand for the clock and
  * the random source, so that tests and fuzzers can make the connection
- * code deterministic. Loop thread only.
+ * code deterministic. av_gw, the gateway a listener serves, is here too:
+ * a connection accepted for a gateway gets its record. Loop thread only.
  */
 #ifndef AV_ENV_H
 #define AV_ENV_H
@@ -44,7 +45,6 @@ typedef struct av_gw {
     char name[72];            /* for logs: the section name or "api" */
     char upstream[AV_HOST_MAX + 40]; /* normalized origin, e.g. https://api.openai.com */
 } av_gw;
-
 
 typedef struct av_env {
     av_loop *loop;
