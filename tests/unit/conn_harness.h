@@ -6,7 +6,8 @@
  * answers is left in c->a.pout for the test to read, and c->in_proceed is
  * held so that no notification ever runs the pump. An exchange that gets
  * as far as choosing its upstream takes an idle pooled connection put
- * there by xh_pool_fake (fd -1 too), so nothing is ever dialled.
+ * there by xh_pool_fake (over a pipe, never read), so nothing is ever
+ * dialled.
  *
  * Secrets come from callback:NAME, answered by xh_secret: at once with
  * the value set by xh_answer(), or held (h->hold) so that an exchange
@@ -217,6 +218,12 @@ static inline void xh_nop_timer(void *ud)
     (void)ud;
 }
 
+static inline void xh_nop_io(void *ud, int revents)
+{
+    (void)ud;
+    (void)revents;
+}
+
 /* An idle upstream connection to |host|:|port| (TLS when |tls|) for the
  * credential scope |scope| ("service/token"), in the pool: an exchange
  * that reaches its upstream takes it instead of dialling (a mux too: an
@@ -236,6 +243,15 @@ static inline av_upconn *xh_pool_fake_tls(xh *h, const char *host, int port, int
     av__upstream_key(up->key, sizeof(up->key), &d, tls, scope);
     up->timer = av__timer_new(h->env.loop, xh_nop_timer, up);
     assert_non_null(up->timer);
+    /* A watcher for when it goes back to the pool; its descriptor is a
+     * pipe's (never read: the loop of these tests does not run it), so a
+     * stray recv/send would fail instead of reaching anything. */
+    int p[2];
+    assert_int_equal(pipe(p), 0);
+    close(p[1]);
+    up->side.fd = p[0];
+    up->side.io = av__io_new(h->env.loop, p[0], xh_nop_io, up);
+    assert_non_null(up->side.io);
     /* into the pool, as av__upstream_release puts a reusable one (without
      * its read watcher: there is no socket to watch) */
     av_pool *pool = h->env.pool;

@@ -1440,6 +1440,80 @@ static void h1_request_body(void **state)
     xt_free(&t);
 }
 
+/* ---- the HTTP/1.1 link's response side ------------------------------------------------------------ */
+
+/* The real HTTP/1.1 link over a socketless pooled connection, toward the
+ * real HTTP/1.1 agent: the request it serializes, then a response put in
+ * the upstream's input. Interim responses are relayed to this agent; bytes
+ * after the response, or a close-delimited body, keep the connection out
+ * of the pool; a clean one goes back to it. */
+typedef struct h1l_case {
+    const char *response;
+    int up_eof;
+    const char *want_agent; /* a piece of what the agent gets */
+    int pooled;             /* the upstream went back to the pool */
+    int status;             /* the agent's final status */
+} h1l_case;
+
+static void h1_link_response(void **state)
+{
+    (void)state;
+    static const h1l_case cases[] = {
+        {"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", 0, "Content-Length: 5\r\n\r\nhello", 1, 200},
+        {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 0,
+         "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n", 1, 200},
+        {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA", 0, "\r\n\r\nok", 0, 200},
+        {"HTTP/1.1 200 OK\r\n\r\nuntil close", 1, "Transfer-Encoding: chunked\r\n\r\nb\r\nuntil close\r\n0\r\n\r\n", 0,
+         200},
+        {"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\n", 0, "HTTP/1.1 204 No Content\r\n", 1, 204},
+        /* cut short: the head is out, so the agent's connection is cut */
+        {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", 1, "Content-Length: 10\r\n\r\nshort", 0, 200},
+        {"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", 0, "\r\n\r\nok", 0, 200},
+        {"HTTP/1.1 2xx Bad\r\n\r\n", 0, "HTTP/1.1 502 ", 0, 502},
+    };
+    for (size_t i = 0; i < NF(cases); i++) {
+        xh h;
+        xh_new(&h, NULL, API);
+        xh_pool_fake(&h, "o.test", 80, "-/-");
+        av_pool *pool = h.env.pool;
+        av_exchange *x = &h.c->x;
+        static const av_h1_field f[] = {F("Accept", "*/*")};
+        av_req_in in = {.method = "GET", .method_len = 3, .target = "/p?q", .target_len = 4, .fields = f,
+                        .nfields = 1, .minor = 1};
+        av_authority d;
+        memset(&d, 0, sizeof(d));
+        snprintf(d.host, sizeof(d.host), "o.test");
+        d.port = 80;
+        assert_int_equal(xh_begin(x, &in, &d, 0), 0);
+        assert_ptr_equal(x->link, &av__link_h1_ops);
+        assert_int_equal(pool->nidle, 0);
+        assert_int_equal(av__x_h1_request_out(x), 0);
+        assert_string_equal(up_out(x), "GET /p?q HTTP/1.1\r\nHost: o.test\r\nAccept: */*\r\n\r\n");
+        x->head_sent = 1;
+        av__x_pump_request_body(x);
+        assert_true(x->req_ended);
+        up_in(x, cases[i].response);
+        x->up->side.in_eof = (unsigned)cases[i].up_eof;
+        av__x_pump_response_h1(x);
+        if (x->active)
+            x->agent->check_done(x);
+        const char *out = xh_out(&h);
+        if (!strstr(out, cases[i].want_agent))
+            fail_msg("case %zu: no \"%s\" in:\n%s", i, cases[i].want_agent, out);
+        const char *last = out, *p = out;
+        while ((p = strstr(p, "HTTP/1.1 ")) != NULL)
+            last = p++; /* the final response (after interim ones) */
+        if (xh_status(last) != cases[i].status)
+            fail_msg("case %zu: status %d, want %d:\n%s", i, xh_status(last), cases[i].status, out);
+        assert_false(x->active); /* over, one way or the other */
+        if (i == 5)
+            assert_int_equal(h.c->state, C_CLOSING);
+        if ((pool->nidle == 1) != cases[i].pooled)
+            fail_msg("case %zu: pooled %zu, want %d", i, pool->nidle, cases[i].pooled);
+        xh_free(&h);
+    }
+}
+
 /* ---- the HTTP/2 agent side ------------------------------------------------------------------- */
 
 /* An HTTP/2 client of the test's (av_h2, client role) talks to the real
@@ -1651,6 +1725,7 @@ int main(void)
         cmocka_unit_test(h1_response_framing),
         cmocka_unit_test(h1_backpressure),
         cmocka_unit_test(h1_request_body),
+        cmocka_unit_test(h1_link_response),
         cmocka_unit_test(h2_agent_exchange),
         cmocka_unit_test(h2_authority_binding),
     };
