@@ -6,7 +6,7 @@
  * A test double (a loopback agent) implements the same struct.
  *
  * Semantics the exchange relies on:
- *  - Every call is made from the connection's pump (conn_proceed), never
+ *  - Every call is made from the connection's pump (av__conn_proceed), never
  *    nested in another call on the same exchange. Calls that may end the
  *    exchange (fail, respond_error, refused, finish, check_done, ws_abort)
  *    leave x->active == 0 or reset |x|: the caller returns at once.

@@ -10,7 +10,7 @@
  *   TUNNEL_HEAD: request ──▶ exchange ──▶ TUNNEL_HEAD
  *                MITM TLS negotiated ALPN h2 ──▶ H2 (one exchange per stream)
  *
- * conn_proceed() is the only function that moves bytes: it loops over
+ * av__conn_proceed() is the only function that moves bytes: it loops over
  * "read sockets, run TLS layers, run the protocol step, write sockets"
  * until nothing progresses, then sets watcher interest from the buffers.
  * Every buffer is bounded, so a slow side stops reads on the other.

@@ -1,8 +1,8 @@
-/* av_conn_int.h - what the connection family shares: struct av_conn,
- * struct av_exchange, and the functions each file of the family offers
- * the others. Included only by the conn family's own files (av_conn.c,
- * av_agent_*.c, av_exchange*.c, av_link_*.c, av_req.c, av_inject.c,
- * av_proxy_req.c, av_admin.c).
+/* av_conn_int.h - what the connection's own files share: struct av_conn,
+ * its states, and the functions each of them offers the others. Included
+ * only by av_conn.c, av_agent_h1.c, av_agent_h2.c, av_proxy_req.c and
+ * av_admin.c: the exchange and the links see a connection only as the
+ * opaque x->c and reach it through x->agent and x->wake (av_exchange.h).
  */
 #ifndef AV_CONN_INT_H
 #define AV_CONN_INT_H

@@ -26,7 +26,7 @@
 #define AV_POOL_MAX 256
 #define AV_POOL_IDLE_SECONDS 30.0
 
-/* An exchange (av_conn.c). */
+/* An exchange (av_exchange.c and its helpers). */
 #define X_RQ_FIELDS (AV_FIELDS_MAX + 8)
 #define X_RX_MAX (65535 + 1024) /* an agent stream's window, and some slack */
 #define X_BODY_BUFFER_MAX (8u << 20) /* JSON/form bodies checked for the placeholder */
