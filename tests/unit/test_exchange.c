@@ -1744,6 +1744,62 @@ static void h2_agent_exchange(void **state)
     h2_teardown(&t, &cl);
 }
 
+/* An HTTP/2 agent's request body toward a slow link: the agent's DATA
+ * waits in the stream's window (never more than X_RX_MAX buffered), the
+ * link never gets more than its room, and every byte arrives in order. */
+static void h2_request_body_backpressure(void **state)
+{
+    (void)state;
+    static const sl_event ev[] = {{SL_HEAD, 200, "", 0}};
+    const size_t total = 300000;
+    char *body = pattern(total);
+    xt t;
+    h2c cl;
+    h2_setup(&t, &cl, ev, NF(ev));
+    h2_request(&cl, "tls.test", NULL, 0, 0);
+    h2_pump(&t.h, &cl);
+    av_exchange *x = t.h.c->xs;
+    assert_non_null(x);
+    av_secret_request_answer(t.h.held, XH_KEY, strlen(XH_KEY));
+    t.h.held = NULL;
+    for (int i = 0; i < 10 && !x->secret_ready; i++)
+        ev_run(t.h.evl, EVRUN_NOWAIT);
+    assert_int_equal(av__x_inject(x), 0);
+    x->link = &scripted_link_ops;
+    t.l.room = 0;
+    size_t sent = 0;
+    size_t max_rx = 0;
+    av_conn *c = t.h.c;
+    for (int round = 0; round < 200000 && !cl.closed; round++) {
+        if (sent < total) {
+            ssize_t k = av__h2_send_data(cl.s, cl.sid, (const uint8_t *)body + sent, total - sent);
+            assert_true(k >= 0);
+            sent += (size_t)k;
+            if (sent == total)
+                av__h2_end_stream(cl.s, cl.sid);
+        }
+        av__h2_produce(cl.s, c->a.pin);
+        av__conn_h2_step(c);
+        if (c->xs && c->xs->a_rx.len > max_rx)
+            max_rx = c->xs->a_rx.len;
+        if (c->a.pout->len) {
+            av__h2_feed(cl.s, av__buf_head(c->a.pout), c->a.pout->len);
+            av__buf_consume(c->a.pout, c->a.pout->len);
+        }
+        t.l.room += 700; /* the upstream reads a little every round */
+    }
+    assert_true(cl.closed);
+    assert_int_equal(cl.status, 200);
+    assert_int_equal(t.l.over_room, 0);
+    assert_int_equal(t.l.body.len, total);
+    assert_memory_equal(av__buf_head(&t.l.body), body, total);
+    assert_int_equal(t.l.ended, 1);
+    assert_true(max_rx <= X_RX_MAX);
+    assert_true(max_rx > 0);
+    h2_teardown(&t, &cl);
+    av__free(body);
+}
+
 /* :authority must be the tunnel's destination (SECURITY 1): 421 on that
  * stream only, before any credential is asked for. */
 static void h2_authority_binding(void **state)
@@ -1789,6 +1845,7 @@ int main(void)
         cmocka_unit_test(h1_request_body),
         cmocka_unit_test(h1_link_response),
         cmocka_unit_test(h2_agent_exchange),
+        cmocka_unit_test(h2_request_body_backpressure),
         cmocka_unit_test(h2_authority_binding),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
