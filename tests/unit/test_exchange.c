@@ -1436,6 +1436,15 @@ static void h1_response_framing(void **state)
     assert_string_equal(resp(&t), "HTTP/1.1 201 Created\r\nx-a: 1\r\nContent-Length: 5\r\n\r\nhello");
     xt_free(&t);
 
+    /* a draining connection: the response says it closes, and it does */
+    xt_begin_h1(&t, API, "GET", 1, NULL, 0, RB_NONE, 0, NULL, length, NF(length), "o.test");
+    t.h.c->draining = 1;
+    xt_run_h1(&t, 1u << 20);
+    assert_string_equal(resp(&t), "HTTP/1.1 201 Created\r\nx-a: 1\r\nContent-Length: 5\r\nConnection: close\r\n\r\n"
+                                  "hello");
+    assert_int_equal(t.h.c->state, C_CLOSING);
+    xt_free(&t);
+
     /* an HTTP/1.0 agent: no chunked framing; the end is the close */
     xt_begin_h1(&t, API, "GET", 0, NULL, 0, RB_NONE, 0, NULL, chunked, NF(chunked), "o.test");
     xt_run_h1(&t, 1u << 20);
