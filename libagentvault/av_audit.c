@@ -141,7 +141,10 @@ void av__audit_log_line(const av_logger *log, const av_xrecord *r)
     char red[40] = "";
     if (r->redactions)
         snprintf(red, sizeof(red), " redactions=%lu", r->redactions);
-    av__log(log, r->error ? AV_LOG_WARN : AV_LOG_INFO,
+    /* An agent that stops reading (a cancelled stream, an aborted SSE
+     * response) is routine, not a fault of ours or the upstream's: info. */
+    int fault = r->error && !(r->end && strcmp(r->end, "client_abort") == 0);
+    av__log(log, fault ? AV_LOG_WARN : AV_LOG_INFO,
             "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
             "proto=%s>%s%s%s%s end=%s%s",
             r->method, r->host, r->path, r->service ? r->service : "-", r->status, r->bytes_up, r->bytes_down,

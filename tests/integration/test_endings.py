@@ -82,6 +82,9 @@ def check_one(d, path, end, status):
     lines = exchange_lines(d, path)
     assert len(lines) == 1, lines
     assert f" end={end}" in lines[0] and f" status={status} " in lines[0], lines[0]
+    # Warnings are for faults; an agent that went away or a clean end is info.
+    level = "info" if end in ("complete", "client_abort") else "warn"
+    assert f" {level} exchange " in lines[0], lines[0]
     return rec
 
 
