@@ -40,6 +40,32 @@ static long long now_ms(void)
 /* Parses http://HOST:PORT[/] into p (see run_int.h). The authority is
  * av__authority_parse's: an LDH host name, a canonical IPv4 address or a
  * bracketed IPv6 address, and a port of 1-65535. */
+/* The proxy URL's authority, parsed like every destination (av_url), with
+ * one allowance: '_' in a host name. Container networks name services
+ * that way (http://agent_vault:14322); a destination the agent asks for
+ * never gets this (SECURITY.md 2), but the proxy's own address is the
+ * operator's. */
+static int run_authority_parse(const char *a, size_t alen, av_authority *au)
+{
+    if (av__authority_parse(a, alen, 0, au) == 0)
+        return 0;
+    char alt[AV_HOST_MAX + 16];
+    if (!memchr(a, '_', alen) || alen >= sizeof(alt) || a[0] == '[')
+        return -1;
+    memcpy(alt, a, alen);
+    for (size_t i = 0; i < alen; i++)
+        if (alt[i] == '_')
+            alt[i] = '-';
+    if (av__authority_parse(alt, alen, 0, au) < 0 || au->is_ip)
+        return -1;
+    /* Put the underscores back: the name was only lower-cased, so each
+     * character is where it was. */
+    for (size_t i = 0; i < alen && au->host[i]; i++)
+        if (a[i] == '_')
+            au->host[i] = '_';
+    return 0;
+}
+
 int run_proxy_parse(const char *url, run_proxy *p, const char **why)
 {
     memset(p, 0, sizeof(*p));
@@ -62,7 +88,7 @@ int run_proxy_parse(const char *url, run_proxy *p, const char **why)
         return -1;
     }
     av_authority au;
-    if (av__authority_parse(a, alen, 0, &au) < 0) {
+    if (run_authority_parse(a, alen, &au) < 0) {
         /* Valid with a default port: the port is what is missing. */
         *why = av__authority_parse(a, alen, 80, &au) == 0
                    ? "the proxy URL must name a port: http://HOST:PORT"

@@ -330,6 +330,27 @@ def test_proxy_host_is_normalized(fake_proxy, tmp_path):
     assert fp.header("/ca.pem", "Host") == [f"localhost:{fp.port}"]
 
 
+def test_proxy_host_with_underscore(fake_proxy, tmp_path):
+    """Container networks name services with '_' (http://agent_vault:14322):
+    the proxy URL may, though a destination may not. The name resolves
+    through a private mount namespace's /etc/hosts (loopback only)."""
+    fp = fake_proxy()
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.0.1 agent_vault\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(run_env(tmp_path), OUT=str(out))
+    script = ('mount --bind "$1" /etc/hosts && shift && exec "$@"')
+    cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", str(hosts),
+           str(avd.require_binary()), "run", "--proxy", f"http://Agent_Vault:{fp.port}",
+           "--", "/bin/sh", "-c", DUMP_SCRIPT]
+    p = subprocess.run(cmd, env=env, capture_output=True, timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, describe(p)
+    child = dict(item.split(b"=", 1) for item in (out / "env").read_bytes().split(b"\0") if item)
+    assert child[b"HTTPS_PROXY"] == f"http://agent_vault:{fp.port}".encode()
+    assert fp.header("/ca.pem", "Host") == [f"agent_vault:{fp.port}"]
+
+
 def test_proxy_from_environment(daemon, tmp_path):
     d = daemon()
     env = run_env(tmp_path, AGENTVAULT_PROXY=proxy_url(d) + "/")
@@ -604,7 +625,8 @@ def test_default_proxy_unreachable(tmp_path):
     ["--proxy", "http://agent:secret@127.0.0.1:14322", "--", "true"],
     # The host is av_url's: LDH names, canonical IPv4, bracketed IPv6.
     ["--proxy", "http://127.1:14322", "--", "true"],
-    ["--proxy", "http://vault_1:14322", "--", "true"],
+    ["--proxy", "http://_:14322", "--", "true"],
+    ["--proxy", "http://[vault_1]:14322", "--", "true"],
     ["--proxy", "http://a..b:14322", "--", "true"],
     ["--proxy", "http://[::1:14322", "--", "true"],
     ["--proxy", "http://[127.0.0.1]:14322", "--", "true"],
