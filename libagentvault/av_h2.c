@@ -1,5 +1,10 @@
 /* av_h2.c - HTTP/2 sessions over nghttp2, I/O-free (see av_h2.h).
  *
+ * One file (over the 1,200-line guide) because it is one concept: the
+ * nghttp2 callbacks of both roles, the per-stream queues they fill and the
+ * flood and limit accounting they share all work on h2_stream and the
+ * session's counters; split, that state would have to be exported.
+ *
  * Layout:
  *  - h2_stream: our per-stream state, hung on nghttp2's stream user data
  *    and also kept on a list owned by the session (nghttp2 does not call

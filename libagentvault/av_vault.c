@@ -1,5 +1,10 @@
 /* av_vault.c - the encrypted secret store: file format, key wrapping and
- * atomic saves. The format is described in av_vault.h. */
+ * atomic saves. The format is described in av_vault.h.
+ *
+ * One file (over the 1,200-line guide) because it is one concept: the
+ * reader, the writer and the checks of the file (modes, owner, symlinks,
+ * leftover temporaries) share the layout's constants and must not drift
+ * apart. */
 #include "av_vault.h"
 
 #include <argon2.h>

@@ -38,6 +38,9 @@
 #include "av_enc.h" /* av__subst_replace, for the text filters of av_conn.c (moved there) */
 #include "av_scrub.h"
 
+/* A message cap of 0 means this (after inflating, in scrub mode). */
+#define AV_WS_DEFAULT_MAX_MESSAGE ((size_t)16 << 20)
+
 /* av__ws_accept_key computes Sec-WebSocket-Accept for |key| (the client's
  * Sec-WebSocket-Key value) into |out| (29 bytes incl. NUL). Returns 0 or
  * AV_ERR_INVALID (key is not 24 base64 chars decoding to 16 bytes). */
