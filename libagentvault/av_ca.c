@@ -11,6 +11,7 @@
  * and mint-rate cap guard the same minting path.
  */
 #include "av_ca.h"
+#include "av_err.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -143,18 +144,6 @@ static int mint_allowed(av_ca *ca)
     }
     ca->mint_tokens -= 1.0;
     return 1;
-}
-
-/* set_err formats a one-line message into |err| (which may be NULL). */
-__attribute__((format(printf, 3, 4)))
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-{
-    if (!err || err_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
 }
 
 /* ---- a minimal DER writer ---------------------------------------------- */
@@ -422,7 +411,7 @@ static int mkdir_p(const char *dir, char *err, size_t err_len)
     char path[4096];
     size_t n = strlen(dir);
     if (n == 0 || n >= sizeof(path)) {
-        set_err(err, err_len, "state directory path is empty or too long");
+        av__errf(err, err_len, "state directory path is empty or too long");
         return AV_ERR_INVALID;
     }
     memcpy(path, dir, n + 1);
@@ -432,14 +421,14 @@ static int mkdir_p(const char *dir, char *err, size_t err_len)
         char c = path[i];
         path[i] = '\0';
         if (mkdir(path, 0700) != 0 && errno != EEXIST) {
-            set_err(err, err_len, "%s: cannot create directory: %s", path, strerror(errno));
+            av__errf(err, err_len, "%s: cannot create directory: %s", path, strerror(errno));
             return AV_ERR_IO;
         }
         path[i] = c;
     }
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
-        set_err(err, err_len, "%s: not a directory", dir);
+        av__errf(err, err_len, "%s: not a directory", dir);
         return AV_ERR_IO;
     }
     return AV_OK;
@@ -474,12 +463,12 @@ static int write_file_atomic(const char *path, const void *data, size_t len, mod
     (void)RAND_bytes(rnd, sizeof(rnd));
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp-%ld-%02x%02x%02x%02x", path,
                          (long)getpid(), rnd[0], rnd[1], rnd[2], rnd[3]) >= sizeof(tmp)) {
-        set_err(err, err_len, "%s: path too long", path);
+        av__errf(err, err_len, "%s: path too long", path);
         return AV_ERR_IO;
     }
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
     if (fd < 0) {
-        set_err(err, err_len, "%s: cannot create: %s", tmp, strerror(errno));
+        av__errf(err, err_len, "%s: cannot create: %s", tmp, strerror(errno));
         return AV_ERR_IO;
     }
     const uint8_t *p = data;
@@ -506,7 +495,7 @@ static int write_file_atomic(const char *path, const void *data, size_t len, mod
     fsync_dir(path);
     return AV_OK;
 err:
-    set_err(err, err_len, "%s: cannot write: %s", path, strerror(errno));
+    av__errf(err, err_len, "%s: cannot write: %s", path, strerror(errno));
     if (fd >= 0)
         close(fd);
     unlink(tmp);
@@ -563,7 +552,7 @@ static int ca_generate(const char *key_path, const char *pem_path, char *err, si
     EVP_PKEY *key = gen_p256();
     if (!key || spki_of_key(key, spki) != AV_OK || key_id(spki, kid) != AV_OK ||
         random_serial(serial) != AV_OK || RAND_bytes(idb, sizeof(idb)) != 1) {
-        set_err(err, err_len, "cannot generate the root CA key");
+        av__errf(err, err_len, "cannot generate the root CA key");
         goto err;
     }
     snprintf(cn, sizeof(cn), "agentvault root CA %02x%02x%02x%02x", idb[0], idb[1], idb[2],
@@ -571,7 +560,7 @@ static int ca_generate(const char *key_path, const char *pem_path, char *err, si
     build_root_tbs(&tbs, serial, cn, (int64_t)time(NULL), spki, kid);
     if (tbs.err || (rc = sign_cert(key, &tbs, &cert)) != AV_OK) {
         rc = tbs.err ? tbs.err : rc;
-        set_err(err, err_len, "cannot sign the root CA certificate");
+        av__errf(err, err_len, "cannot sign the root CA certificate");
         goto err;
     }
     rc = AV_ERR_NOMEM;
@@ -580,7 +569,7 @@ static int ca_generate(const char *key_path, const char *pem_path, char *err, si
     if (!pem || !bio)
         goto err;
     if (!PEM_write_bio_PKCS8PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL)) {
-        set_err(err, err_len, "cannot encode the root CA key");
+        av__errf(err, err_len, "cannot encode the root CA key");
         rc = AV_ERR_CA;
         goto err;
     }
@@ -616,22 +605,22 @@ static int read_ca_file(const char *path, int is_key, uint8_t **out, size_t *out
     size_t off = 0;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        set_err(err, err_len, "%s: cannot open: %s", path, strerror(errno));
+        av__errf(err, err_len, "%s: cannot open: %s", path, strerror(errno));
         return AV_ERR_CA;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        set_err(err, err_len, "%s: not a regular file", path);
+        av__errf(err, err_len, "%s: not a regular file", path);
         goto err;
     }
     if (is_key && (st.st_mode & 077)) {
-        set_err(err, err_len,
+        av__errf(err, err_len,
                 "%s: permissions %04o are too open: the CA key must not be accessible by "
                 "group or others (chmod 600)",
                 path, (unsigned)(st.st_mode & 07777));
         goto err;
     }
     if (st.st_size <= 0 || st.st_size > CA_FILE_MAX) {
-        set_err(err, err_len, "%s: %s", path, st.st_size <= 0 ? "empty file" : "file too large");
+        av__errf(err, err_len, "%s: %s", path, st.st_size <= 0 ? "empty file" : "file too large");
         goto err;
     }
     buf = av__malloc((size_t)st.st_size + 1);
@@ -644,7 +633,7 @@ static int read_ca_file(const char *path, int is_key, uint8_t **out, size_t *out
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            set_err(err, err_len, "%s: cannot read: %s", path, strerror(errno));
+            av__errf(err, err_len, "%s: cannot read: %s", path, strerror(errno));
             goto err;
         }
         if (r == 0)
@@ -693,37 +682,37 @@ static int ca_load(av_ca *ca, const char *key_path, const char *pem_path, char *
     rc = AV_ERR_CA;
     bio = BIO_new_mem_buf(pem_data, (int)pem_len);
     if (!bio || !(cert = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL))) {
-        set_err(err, err_len, "%s: not a valid PEM certificate (truncated or corrupt?)", pem_path);
+        av__errf(err, err_len, "%s: not a valid PEM certificate (truncated or corrupt?)", pem_path);
         goto err;
     }
     BIO_free(bio);
     bio = BIO_new_mem_buf(key_data, (int)key_len);
     if (!bio || !(key = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL))) {
-        set_err(err, err_len,
+        av__errf(err, err_len,
                 "%s: not a valid PEM private key (truncated, corrupt or encrypted?)", key_path);
         goto err;
     }
     if (spki_of_key(key, key_spki) != AV_OK) {
-        set_err(err, err_len, "%s: not an ECDSA P-256 key", key_path);
+        av__errf(err, err_len, "%s: not an ECDSA P-256 key", key_path);
         goto err;
     }
     int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &p);
     if (n != SPKI_P256_LEN || memcmp(p, SPKI_P256_PREFIX, sizeof(SPKI_P256_PREFIX)) != 0) {
-        set_err(err, err_len, "%s: certificate key is not ECDSA P-256", pem_path);
+        av__errf(err, err_len, "%s: certificate key is not ECDSA P-256", pem_path);
         goto err;
     }
     memcpy(cert_spki, p, SPKI_P256_LEN);
     if (X509_check_ca(cert) == 0) {
-        set_err(err, err_len, "%s: not a CA certificate (needs basicConstraints CA:TRUE)",
+        av__errf(err, err_len, "%s: not a CA certificate (needs basicConstraints CA:TRUE)",
                 pem_path);
         goto err;
     }
     if (memcmp(cert_spki, key_spki, SPKI_P256_LEN) != 0) {
-        set_err(err, err_len, "%s: private key does not match %s", key_path, pem_path);
+        av__errf(err, err_len, "%s: private key does not match %s", key_path, pem_path);
         goto err;
     }
     if (X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0) {
-        set_err(err, err_len, "%s: the root certificate has expired (remove %s and %s to "
+        av__errf(err, err_len, "%s: the root certificate has expired (remove %s and %s to "
                 "create a new root)", pem_path, pem_path, key_path);
         goto err;
     }
@@ -783,7 +772,7 @@ static int file_exists(const char *path, char *err, size_t err_len)
         return 1;
     if (errno == ENOENT)
         return 0;
-    set_err(err, err_len, "%s: %s", path, strerror(errno));
+    av__errf(err, err_len, "%s: %s", path, strerror(errno));
     return AV_ERR_CA;
 }
 
@@ -794,14 +783,14 @@ int av__ca_open(av_ca **out, const char *state_dir, size_t cache_size, char *err
     int rc;
     av_ca *ca = NULL;
     *out = NULL;
-    set_err(err, err_len, "%s", "");
+    av__errf(err, err_len, "%s", "");
     if (!state_dir || !*state_dir) {
-        set_err(err, err_len, "no state directory");
+        av__errf(err, err_len, "no state directory");
         return AV_ERR_INVALID;
     }
     if ((size_t)snprintf(key_path, sizeof(key_path), "%s/ca.key", state_dir) >= sizeof(key_path) ||
         (size_t)snprintf(pem_path, sizeof(pem_path), "%s/ca.pem", state_dir) >= sizeof(pem_path)) {
-        set_err(err, err_len, "state directory path too long");
+        av__errf(err, err_len, "state directory path too long");
         return AV_ERR_INVALID;
     }
     if ((rc = mkdir_p(state_dir, err, err_len)) != AV_OK)
@@ -811,7 +800,7 @@ int av__ca_open(av_ca **out, const char *state_dir, size_t cache_size, char *err
     if (have_key < 0 || have_pem < 0)
         return AV_ERR_CA;
     if (have_key != have_pem) {
-        set_err(err, err_len, "%s exists but %s is missing (restore it, or remove both to "
+        av__errf(err, err_len, "%s exists but %s is missing (restore it, or remove both to "
                 "create a new root)", have_key ? key_path : pem_path,
                 have_key ? pem_path : key_path);
         return AV_ERR_CA;
@@ -832,7 +821,7 @@ int av__ca_open(av_ca **out, const char *state_dir, size_t cache_size, char *err
     ca->leaf_key = gen_p256();
     if (!ca->leaf_key || spki_of_key(ca->leaf_key, ca->leaf_spki) != AV_OK ||
         key_id(ca->leaf_spki, ca->leaf_kid) != AV_OK) {
-        set_err(err, err_len, "cannot generate the leaf key");
+        av__errf(err, err_len, "cannot generate the leaf key");
         goto err;
     }
     ca->cap = cache_size ? cache_size : 1024;

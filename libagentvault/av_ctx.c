@@ -17,16 +17,6 @@
 #include "av_upstream.h"
 #include "av_url.h"
 
-void av__ctx_err(char *err, size_t len, const char *fmt, ...)
-{
-    if (!err || !len)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
-
 /* Names the proxy's own certificate covers: every listen host plus the
  * usual loopback names. The first entry is the leaf's primary name. */
 static int ctx_proxy_names(av_ctx *ctx)
@@ -208,7 +198,7 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     if (!strv_equal(cfg->listen, cfg->nlisten, ctx->cfg->listen, ctx->cfg->nlisten) ||
         !str_equal_opt(cfg->state_dir, ctx->cfg->state_dir) ||
         !str_equal_opt(cfg->upstream_cafile, ctx->cfg->upstream_cafile) || !gateways_equal(cfg, ctx->cfg)) {
-        av__ctx_err(err, err_len,
+        av__errf(err, err_len,
                 "listen, state_dir, upstream_cacert and gateways (other than their tokens) cannot change on reload: "
                 "restart instead");
         av_config_free(cfg);
@@ -276,12 +266,12 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     if (!ctx->cfg)
         goto fail;
     if (av_config_validate(ctx->cfg) != AV_OK) {
-        av__ctx_err(err, err_len, "%s", av_config_error(ctx->cfg));
+        av__errf(err, err_len, "%s", av_config_error(ctx->cfg));
         rc = AV_ERR_CONFIG;
         goto fail;
     }
     if (!ctx->cfg->state_dir) {
-        av__ctx_err(err, err_len, "no state directory configured");
+        av__errf(err, err_len, "no state directory configured");
         rc = AV_ERR_CONFIG;
         goto fail;
     }
@@ -303,7 +293,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
         goto fail;
     rc = av__dns_new(&ctx->dns, ctx->loop, ctx->cfg->connect_timeout);
     if (rc) {
-        av__ctx_err(err, err_len, "cannot initialise the DNS resolver");
+        av__errf(err, err_len, "cannot initialise the DNS resolver");
         goto fail;
     }
     {
@@ -342,7 +332,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
             char why[160];
             g = av__gw_new(gc->upstream, gc->name, (int)(i - ctx->cfg->nlisten), gc->allow_remote, why, sizeof(why));
             if (!g) {
-                av__ctx_err(err, err_len, "gateway %s: %s", gc->name, why);
+                av__errf(err, err_len, "gateway %s: %s", gc->name, why);
                 rc = AV_ERR_CONFIG;
                 goto fail;
             }

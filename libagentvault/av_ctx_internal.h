@@ -11,6 +11,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_err.h"
 #include "av_audit.h"
 #include "av_ca.h"
 #include "av_config.h"
@@ -126,7 +127,6 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len);
 void av__ctx_audit(av_ctx *ctx, const char *line, size_t len);
 
 /* av_ctx.c: |fmt| into |err| (when given). */
-void av__ctx_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
 /* av_listen.c */
 /* Bind and listen on |spec| ("host:port", "[v6]:port", "localhost:port")

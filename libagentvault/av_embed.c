@@ -24,12 +24,12 @@ av_gw *av__gw_new(const char *upstream, const char *name, int cfg_index, int all
     if (!upstream || av__absolute_uri_parse(upstream, ul, &u) != 0 ||
         (strcmp(u.scheme, "https") != 0 && strcmp(u.scheme, "http") != 0) ||
         !(u.path_len == 0 || (u.path_len == 1 && u.path[0] == '/'))) {
-        av__ctx_err(err, err_len, "upstream must be an origin like https://api.example.com or https://host:port (no path)");
+        av__errf(err, err_len, "upstream must be an origin like https://api.example.com or https://host:port (no path)");
         return NULL;
     }
     av_gw *g = av__calloc(1, sizeof(*g));
     if (!g) {
-        av__ctx_err(err, err_len, "out of memory");
+        av__errf(err, err_len, "out of memory");
         return NULL;
     }
     g->cfg_index = cfg_index;

@@ -1,4 +1,9 @@
-/* av_err.c - error strings and version. */
+/* av_err.c - error strings, version and the one-line error formatter. */
+#include "av_err.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+
 #include <agentvault/agentvault.h>
 
 #ifndef AV_VERSION_STRING
@@ -36,4 +41,14 @@ AV_EXPORT const char *av_strerror(int err)
 AV_EXPORT const char *av_version_string(void)
 {
     return AV_VERSION_STRING;
+}
+
+void av__errf(char *err, size_t len, const char *fmt, ...)
+{
+    if (!err || !len)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, len, fmt, ap);
+    va_end(ap);
 }

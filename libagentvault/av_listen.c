@@ -219,12 +219,12 @@ int av__listen_bind(av_ctx *ctx, av_listener *l, const char *spec, av_gw *gw, in
     l->fd = -1;
     l->gw = gw;
     if (parse_listen(spec, &l->addr, &l->addr_len, l->host, sizeof(l->host), &l->port) < 0) {
-        av__ctx_err(err, err_len, "invalid listen address %s", spec);
+        av__errf(err, err_len, "invalid listen address %s", spec);
         return AV_ERR_CONFIG;
     }
     int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
-        av__ctx_err(err, err_len, "socket: %s", strerror(errno));
+        av__errf(err, err_len, "socket: %s", strerror(errno));
         return AV_ERR_IO;
     }
     int one = 1;
@@ -234,7 +234,7 @@ int av__listen_bind(av_ctx *ctx, av_listener *l, const char *spec, av_gw *gw, in
     if (bind(fd, (struct sockaddr *)&l->addr, l->addr_len) < 0 || listen(fd, 1024) < 0) {
         char m[200];
         snprintf(m, sizeof(m), "cannot listen on %s: %s", spec, strerror(errno));
-        av__ctx_err(err, err_len, "%s", m);
+        av__errf(err, err_len, "%s", m);
         close(fd);
         return AV_ERR_IO;
     }

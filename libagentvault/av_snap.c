@@ -1,5 +1,6 @@
 /* av_snap.c - configuration snapshots (see av_snap.h). */
 #include "av_snap.h"
+#include "av_err.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,17 +11,6 @@
 #include "av_crypto.h"
 #include "av_mem.h"
 #include "av_scrub.h"
-
-static void snap_err(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void snap_err(char *err, size_t len, const char *fmt, ...)
-{
-    if (!err || !len)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
 
 av_snap *av__snap_ref(av_snap *s)
 {
@@ -112,7 +102,7 @@ int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char 
     if (cfg->vault)
         av__resolver_set_vault(s->resolver, snap_vault_get, cfg->vault);
     else if (av_config_uses_vault(cfg)) {
-        snap_err(err, err_len, "the configuration reads vault: secrets but no vault was opened");
+        av__errf(err, err_len, "the configuration reads vault: secrets but no vault was opened");
         rc = AV_ERR_CONFIG;
         goto fail;
     }
@@ -130,7 +120,7 @@ int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char 
                 continue; /* from the token store: compared by hash */
             rc = av__resolver_get(s->resolver, cfg->tokens[i].secret_ref, &s->tokens[i], why, sizeof(why));
             if (rc) {
-                snap_err(err, err_len, "token %s: %s", cfg->tokens[i].name, why);
+                av__errf(err, err_len, "token %s: %s", cfg->tokens[i].name, why);
                 rc = AV_ERR_CONFIG;
                 goto fail;
             }
@@ -148,7 +138,7 @@ int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char 
             char why[200];
             rc = av__resolver_get(s->resolver, cfg->gateways[i].token_ref, &s->gw_tokens[i], why, sizeof(why));
             if (rc) {
-                snap_err(err, err_len, "gateway %s token: %s", cfg->gateways[i].name, why);
+                av__errf(err, err_len, "gateway %s token: %s", cfg->gateways[i].name, why);
                 rc = AV_ERR_CONFIG;
                 goto fail;
             }

@@ -11,6 +11,7 @@
  * were taken, AV_ERR_AGAIN means nothing was taken.
  */
 #include "av_tls.h"
+#include "av_err.h"
 
 #include <arpa/inet.h>
 #include <dlfcn.h>
@@ -72,18 +73,6 @@ struct av_tls {
     char alpn[32];
     char err[256];
 };
-
-/* set_err formats a one-line message into |err| (which may be NULL). */
-__attribute__((format(printf, 3, 4)))
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-{
-    if (!err || err_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-}
 
 /* tls_reason returns the reason of the oldest queued TLS error (a static
  * string of the TLS library, never key material). */
@@ -300,7 +289,7 @@ int av__tls_server_ctx_new(av_tls_server_ctx **out, av_ca *ca, char *err, size_t
 {
     *out = NULL;
     if (!ca) {
-        set_err(err, err_len, "no certificate authority");
+        av__errf(err, err_len, "no certificate authority");
         return AV_ERR_INVALID;
     }
     av_tls_server_ctx *ctx = av__calloc(1, sizeof(*ctx));
@@ -319,7 +308,7 @@ int av__tls_server_ctx_new(av_tls_server_ctx **out, av_ca *ca, char *err, size_t
     *out = ctx;
     return AV_OK;
 err:
-    set_err(err, err_len, "cannot create the TLS server context: %s", tls_reason());
+    av__errf(err, err_len, "cannot create the TLS server context: %s", tls_reason());
     ERR_clear_error();
     av__tls_server_ctx_free(ctx);
     return AV_ERR_TLS;
@@ -343,7 +332,7 @@ int av__tls_client_ctx_new(av_tls_client_ctx **out, const char *extra_cafile, ch
         return AV_ERR_NOMEM;
     ctx->ssl_ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx->ssl_ctx || !ctx_common(ctx->ssl_ctx)) {
-        set_err(err, err_len, "cannot create the TLS client context: %s", tls_reason());
+        av__errf(err, err_len, "cannot create the TLS client context: %s", tls_reason());
         goto err;
     }
     SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER, verify_note);
@@ -351,24 +340,24 @@ int av__tls_client_ctx_new(av_tls_client_ctx **out, const char *extra_cafile, ch
      * when present it must load. */
     if (access(SYSTEM_CAFILE, F_OK) == 0 &&
         SSL_CTX_load_verify_locations(ctx->ssl_ctx, SYSTEM_CAFILE, NULL) != 1) {
-        set_err(err, err_len, "%s: cannot load CA certificates: %s", SYSTEM_CAFILE, tls_reason());
+        av__errf(err, err_len, "%s: cannot load CA certificates: %s", SYSTEM_CAFILE, tls_reason());
         goto err;
     }
     if (extra_cafile && *extra_cafile) {
         if (access(extra_cafile, R_OK) != 0) {
-            set_err(err, err_len, "%s: cannot read CA file: %s", extra_cafile, strerror(errno));
+            av__errf(err, err_len, "%s: cannot read CA file: %s", extra_cafile, strerror(errno));
             rc = AV_ERR_IO;
             goto err;
         }
         if (SSL_CTX_load_verify_locations(ctx->ssl_ctx, extra_cafile, NULL) != 1) {
-            set_err(err, err_len, "%s: no usable PEM CA certificates: %s", extra_cafile,
+            av__errf(err, err_len, "%s: no usable PEM CA certificates: %s", extra_cafile,
                     tls_reason());
             rc = AV_ERR_CONFIG;
             goto err;
         }
     }
     if (SSL_CTX_set_alpn_protos(ctx->ssl_ctx, ALPN_HTTP11, sizeof(ALPN_HTTP11)) != 0) {
-        set_err(err, err_len, "cannot set ALPN");
+        av__errf(err, err_len, "cannot set ALPN");
         goto err;
     }
     ERR_clear_error();

@@ -23,6 +23,7 @@
 #include <agentvault/agentvault.h>
 
 #include "av_config.h"
+#include "av_err.h"
 #include "av_crypto.h"
 #include "av_enc.h"
 #include "av_mem.h"
@@ -36,17 +37,6 @@ typedef struct tok_line {
     char services[1024];
     long long created, expires;
 } tok_line;
-
-static void terr(char *err, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void terr(char *err, size_t len, const char *fmt, ...)
-{
-    if (!err || !len)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-}
 
 static int name_ok(const char *s)
 {
@@ -89,17 +79,17 @@ static int tokens_read(const char *path, tok_line **out, size_t *n, char *err, s
     if (fd < 0) {
         if (errno == ENOENT)
             return AV_OK;
-        terr(err, err_len, "%s: %s", path, strerror(errno));
+        av__errf(err, err_len, "%s: %s", path, strerror(errno));
         return AV_ERR_IO;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size > TOKENS_FILE_MAX) {
-        terr(err, err_len, "%s: not a regular file of at most 4 MiB", path);
+        av__errf(err, err_len, "%s: not a regular file of at most 4 MiB", path);
         close(fd);
         return AV_ERR_IO;
     }
     if (st.st_mode & 077) {
-        terr(err, err_len, "%s: permissions are wider than 0600", path);
+        av__errf(err, err_len, "%s: permissions are wider than 0600", path);
         close(fd);
         return AV_ERR_IO;
     }
@@ -126,14 +116,14 @@ static int tokens_read(const char *path, tok_line **out, size_t *n, char *err, s
     for (char *p = buf; *p;) {
         char *nl = strchr(p, '\n');
         if (!nl) {
-            terr(err, err_len, "%s:%d: truncated line", path, lineno + 1);
+            av__errf(err, err_len, "%s:%d: truncated line", path, lineno + 1);
             rc = AV_ERR_PARSE;
             break;
         }
         *nl = '\0';
         lineno++;
         if (cnt >= TOKENS_MAX) {
-            terr(err, err_len, "%s: more than %d tokens", path, TOKENS_MAX);
+            av__errf(err, err_len, "%s: more than %d tokens", path, TOKENS_MAX);
             rc = AV_ERR_LIMIT;
             break;
         }
@@ -164,14 +154,14 @@ static int tokens_read(const char *path, tok_line **out, size_t *n, char *err, s
         char *end1 = NULL, *end2 = NULL;
         if (k != 5 || !name_ok(f[0]) || strlen(f[1]) != 64 || strspn(f[1], "0123456789abcdef") != 64 ||
             !services_ok(f[2])) {
-            terr(err, err_len, "%s:%d: malformed token line", path, lineno);
+            av__errf(err, err_len, "%s:%d: malformed token line", path, lineno);
             rc = AV_ERR_PARSE;
             break;
         }
         t->created = strtoll(f[3], &end1, 10);
         t->expires = strtoll(f[4], &end2, 10);
         if (!end1 || *end1 || !end2 || *end2) {
-            terr(err, err_len, "%s:%d: malformed token line", path, lineno);
+            av__errf(err, err_len, "%s:%d: malformed token line", path, lineno);
             rc = AV_ERR_PARSE;
             break;
         }
@@ -195,12 +185,12 @@ static int tokens_write(const char *path, const tok_line *lines, size_t n, char 
 {
     char tmp[4200];
     if (snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid()) >= (int)sizeof(tmp)) {
-        terr(err, err_len, "%s: path too long", path);
+        av__errf(err, err_len, "%s: path too long", path);
         return AV_ERR_INVALID;
     }
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
-        terr(err, err_len, "%s: %s", tmp, strerror(errno));
+        av__errf(err, err_len, "%s: %s", tmp, strerror(errno));
         return AV_ERR_IO;
     }
     int rc = AV_OK;
@@ -218,7 +208,7 @@ static int tokens_write(const char *path, const tok_line *lines, size_t n, char 
     if (rc == AV_OK && rename(tmp, path) != 0)
         rc = AV_ERR_IO;
     if (rc != AV_OK) {
-        terr(err, err_len, "%s: cannot write: %s", path, strerror(errno));
+        av__errf(err, err_len, "%s: cannot write: %s", path, strerror(errno));
         unlink(tmp);
         return rc;
     }
@@ -233,15 +223,15 @@ AV_EXPORT int av_tokens_create(const char *path, const char *name, const char *s
     if (!services || !*services)
         services = "*";
     if (!name_ok(name)) {
-        terr(err, err_len, "token name must be 1..64 of [A-Za-z0-9_.-]");
+        av__errf(err, err_len, "token name must be 1..64 of [A-Za-z0-9_.-]");
         return AV_ERR_INVALID;
     }
     if (!services_ok(services)) {
-        terr(err, err_len, "services must be a comma-separated list of service names");
+        av__errf(err, err_len, "services must be a comma-separated list of service names");
         return AV_ERR_INVALID;
     }
     if (ttl_seconds < 0) {
-        terr(err, err_len, "ttl must not be negative");
+        av__errf(err, err_len, "ttl must not be negative");
         return AV_ERR_INVALID;
     }
     tok_line *lines = NULL;
@@ -251,7 +241,7 @@ AV_EXPORT int av_tokens_create(const char *path, const char *name, const char *s
         return rc;
     for (size_t i = 0; i < n; i++)
         if (strcmp(lines[i].name, name) == 0) {
-            terr(err, err_len, "a token named %s exists (revoke it first)", name);
+            av__errf(err, err_len, "a token named %s exists (revoke it first)", name);
             av__free(lines);
             return AV_ERR_STATE;
         }
@@ -301,7 +291,7 @@ AV_EXPORT int av_tokens_revoke(const char *path, const char *name, char *err, si
         if (strcmp(lines[i].name, name) != 0)
             lines[k++] = lines[i];
     if (k == n) {
-        terr(err, err_len, "no token named %s", name);
+        av__errf(err, err_len, "no token named %s", name);
         av__free(lines);
         return AV_ERR_NOTFOUND;
     }

@@ -6,6 +6,7 @@
  * leftover temporaries) share the layout's constants and must not drift
  * apart. */
 #include "av_vault.h"
+#include "av_err.h"
 
 #include <argon2.h>
 #include <dirent.h>
@@ -107,18 +108,6 @@ static int hook_fails(const char *step)
     return 0;
 }
 
-/* set_err formats a one-line message into |err| (which may be NULL). */
-__attribute__((format(printf, 3, 4)))
-static void set_err(char *err, size_t err_len, const char *fmt, ...)
-{
-    if (!err || err_len == 0)
-        return;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, err_len, fmt, ap);
-    va_end(ap);
-}
-
 /* ---- byte order --------------------------------------------------------- */
 
 static void put16(uint8_t *p, uint16_t v)
@@ -213,39 +202,39 @@ static int read_file(const char *path, const char *what, size_t max, int private
     int fd = open(path, O_RDONLY | O_CLOEXEC | (private_file ? O_NOFOLLOW : 0));
     if (fd < 0) {
         if (errno == ENOENT) {
-            set_err(err, err_len, "%s: no such %s", path, what);
+            av__errf(err, err_len, "%s: no such %s", path, what);
             return AV_ERR_NOTFOUND;
         }
         if (errno == ELOOP && lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
-            set_err(err, err_len,
+            av__errf(err, err_len,
                     "%s: the %s is a symbolic link: refusing it (name the file itself, or replace the link "
                     "with the file)",
                     path, what);
             return AV_ERR_IO;
         }
-        set_err(err, err_len, "%s: cannot open %s: %s", path, what, strerror(errno));
+        av__errf(err, err_len, "%s: cannot open %s: %s", path, what, strerror(errno));
         return AV_ERR_IO;
     }
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        set_err(err, err_len, "%s: %s is not a regular file", path, what);
+        av__errf(err, err_len, "%s: %s is not a regular file", path, what);
         goto out;
     }
     if (private_file && st.st_uid != geteuid()) {
-        set_err(err, err_len,
+        av__errf(err, err_len,
                 "%s: the %s is owned by uid %u, not by uid %u that runs agentvault: refusing it "
                 "(chown %u %s, then chmod 600 %s)",
                 path, what, (unsigned)st.st_uid, (unsigned)geteuid(), (unsigned)geteuid(), path, path);
         goto out;
     }
     if (private_file && (st.st_mode & 077)) {
-        set_err(err, err_len,
+        av__errf(err, err_len,
                 "%s: permissions %04o are too open: the %s must not be accessible by group "
                 "or others (chmod 600 %s)",
                 path, (unsigned)(st.st_mode & 07777), what, path);
         goto out;
     }
     if ((uint64_t)st.st_size > max) {
-        set_err(err, err_len, "%s: %s is larger than the %zu-byte limit", path, what, max);
+        av__errf(err, err_len, "%s: %s is larger than the %zu-byte limit", path, what, max);
         rc = AV_ERR_LIMIT;
         goto out;
     }
@@ -261,7 +250,7 @@ static int read_file(const char *path, const char *what, size_t max, int private
         if (r < 0 && errno == EINTR)
             continue;
         if (r < 0) {
-            set_err(err, err_len, "%s: cannot read %s: %s", path, what, strerror(errno));
+            av__errf(err, err_len, "%s: cannot read %s: %s", path, what, strerror(errno));
             goto out;
         }
         if (r == 0)
@@ -269,7 +258,7 @@ static int read_file(const char *path, const char *what, size_t max, int private
         off += (size_t)r;
     }
     if (off != (size_t)st.st_size) {
-        set_err(err, err_len, "%s: %s changed while being read", path, what);
+        av__errf(err, err_len, "%s: %s changed while being read", path, what);
         goto out;
     }
     close(fd);
@@ -402,17 +391,17 @@ static int write_file_atomic(const char *path, const void *data, size_t len, int
     uint8_t rnd[4] = {0};
     remove_stale_tmp(path);
     if (av__crypto_random(rnd, sizeof(rnd)) != AV_OK) {
-        set_err(err, err_len, "%s: no random bytes for a temporary name", path);
+        av__errf(err, err_len, "%s: no random bytes for a temporary name", path);
         return AV_ERR_TLS;
     }
     if ((size_t)snprintf(tmp, sizeof(tmp), "%s.tmp-%ld-%02x%02x%02x%02x", path, (long)getpid(),
                          rnd[0], rnd[1], rnd[2], rnd[3]) >= sizeof(tmp)) {
-        set_err(err, err_len, "%s: path too long", path);
+        av__errf(err, err_len, "%s: path too long", path);
         return AV_ERR_IO;
     }
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) {
-        set_err(err, err_len, "%s: cannot create %s: %s", path, tmp, strerror(errno));
+        av__errf(err, err_len, "%s: cannot create %s: %s", path, tmp, strerror(errno));
         return AV_ERR_IO;
     }
     const uint8_t *p = data;
@@ -452,20 +441,20 @@ static int write_file_atomic(const char *path, const void *data, size_t len, int
     if (noreplace ? rename_noreplace(tmp, path) != 0 : rename(tmp, path) != 0) {
         if (noreplace && errno == EEXIST) {
             unlink(tmp);
-            set_err(err, err_len, "%s already exists", path);
+            av__errf(err, err_len, "%s already exists", path);
             return AV_ERR_STATE;
         }
         goto err;
     }
     if (fsync_dir(path) != 0) {
         /* The new file is in place; only its durability is unknown. */
-        set_err(err, err_len, "%s: written, but syncing its directory failed: %s", path,
+        av__errf(err, err_len, "%s: written, but syncing its directory failed: %s", path,
                 strerror(errno));
         return AV_ERR_IO;
     }
     return AV_OK;
 err:
-    set_err(err, err_len, "%s: cannot save (%s): %s; the previous file is unchanged", path, step,
+    av__errf(err, err_len, "%s: cannot save (%s): %s; the previous file is unchanged", path, step,
             strerror(errno));
     if (fd >= 0)
         close(fd);
@@ -486,7 +475,7 @@ static int keyfile_write(const char *path, const uint8_t key[AV_AEAD_KEY_LEN], c
     if (rc == AV_OK)
         rc = write_file_atomic(path, buf, sizeof(buf), 1, err, err_len);
     else
-        set_err(err, err_len, "%s: cannot hash the key", path);
+        av__errf(err, err_len, "%s: cannot hash the key", path);
     av__wipe(buf, sizeof(buf));
     return rc;
 }
@@ -500,13 +489,13 @@ static int keyfile_read(const char *path, uint8_t key[AV_AEAD_KEY_LEN], char *er
     if (rc != AV_OK)
         return rc;
     if (len != KEYFILE_LEN || memcmp(buf, KEYFILE_MAGIC, MAGIC_LEN) != 0) {
-        set_err(err, err_len, "%s: not an agentvault key file (%s)", path,
+        av__errf(err, err_len, "%s: not an agentvault key file (%s)", path,
                 len != KEYFILE_LEN ? "wrong size" : "bad magic");
         rc = AV_ERR_CORRUPT;
     } else if ((rc = av__crypto_sha256(buf, MAGIC_LEN + AV_AEAD_KEY_LEN, sum)) != AV_OK) {
-        set_err(err, err_len, "%s: cannot hash the key", path);
+        av__errf(err, err_len, "%s: cannot hash the key", path);
     } else if (memcmp(sum, buf + MAGIC_LEN + AV_AEAD_KEY_LEN, AV_SHA256_LEN) != 0) {
-        set_err(err, err_len, "%s: key file is damaged (checksum mismatch)", path);
+        av__errf(err, err_len, "%s: key file is damaged (checksum mismatch)", path);
         rc = AV_ERR_CORRUPT;
     } else {
         memcpy(key, buf + MAGIC_LEN, AV_AEAD_KEY_LEN);
@@ -529,7 +518,7 @@ static int derive_kek(uint32_t t, uint32_t m, uint32_t lanes, const void *pw, si
     if (r == ARGON2_OK)
         return AV_OK;
     av__wipe(kek, AV_AEAD_KEY_LEN);
-    set_err(err, err_len, "%s: key derivation failed: %s", path, argon2_error_message(r));
+    av__errf(err, err_len, "%s: key derivation failed: %s", path, argon2_error_message(r));
     return r == ARGON2_MEMORY_ALLOCATION_ERROR ? AV_ERR_NOMEM : AV_ERR_INVALID;
 }
 
@@ -625,7 +614,7 @@ static int vault_serialize(const av_vault *v, uint8_t **out, size_t *out_len, ch
 out:
     av__wipe(dk, sizeof(dk));
     if (rc != AV_OK) {
-        set_err(err, err_len, "%s: cannot encrypt the vault: %s", v->path, av_strerror(rc));
+        av__errf(err, err_len, "%s: cannot encrypt the vault: %s", v->path, av_strerror(rc));
         av__free(b);
         return rc;
     }
@@ -639,19 +628,19 @@ static int check_header(const uint8_t *b, size_t len, vault_hdr *h, const char *
                         size_t err_len)
 {
     if (len == 0) {
-        set_err(err, err_len, "%s: vault file is empty", path);
+        av__errf(err, err_len, "%s: vault file is empty", path);
         return AV_ERR_CORRUPT;
     }
     if (memcmp(b, MAGIC, len < MAGIC_LEN ? len : MAGIC_LEN) != 0) {
-        set_err(err, err_len, "%s: not an agentvault vault file (bad magic)", path);
+        av__errf(err, err_len, "%s: not an agentvault vault file (bad magic)", path);
         return AV_ERR_CORRUPT;
     }
     if (len >= MAGIC_LEN + 2 && get16(b + 8) != FORMAT_VERSION) {
-        set_err(err, err_len, "%s: unsupported vault format version %u", path, get16(b + 8));
+        av__errf(err, err_len, "%s: unsupported vault format version %u", path, get16(b + 8));
         return AV_ERR_CORRUPT;
     }
     if (len < FILE_MIN) {
-        set_err(err, err_len, "%s: vault file is truncated (%zu bytes)", path, len);
+        av__errf(err, err_len, "%s: vault file is truncated (%zu bytes)", path, len);
         return AV_ERR_CORRUPT;
     }
     static const uint8_t zero[SALT_LEN];
@@ -669,11 +658,11 @@ static int check_header(const uint8_t *b, size_t len, vault_hdr *h, const char *
         ok = h->mode == MODE_KEYFILE && b[11] == KDF_NONE && h->t_cost == 0 && h->m_cost == 0 &&
              h->lanes == 0 && memcmp(h->salt, zero, SALT_LEN) == 0;
     if (!ok) {
-        set_err(err, err_len, "%s: vault header is damaged (mode or key-derivation fields)", path);
+        av__errf(err, err_len, "%s: vault header is damaged (mode or key-derivation fields)", path);
         return AV_ERR_CORRUPT;
     }
     if (get32(b + 44) != 0 || h->count > AV_VAULT_ENTRIES_MAX) {
-        set_err(err, err_len, "%s: vault header is damaged (entry count or reserved field)", path);
+        av__errf(err, err_len, "%s: vault header is damaged (entry count or reserved field)", path);
         return AV_ERR_CORRUPT;
     }
     return AV_OK;
@@ -691,7 +680,7 @@ static int check_layout(const uint8_t *b, size_t len, const vault_hdr *h, size_t
             goto truncated;
         size_t nl = b[off];
         if (nl == 0 || nl > AV_VAULT_NAME_MAX) {
-            set_err(err, err_len, "%s: vault file is damaged (entry %u: bad name length)", path,
+            av__errf(err, err_len, "%s: vault file is damaged (entry %u: bad name length)", path,
                     (unsigned)i);
             return AV_ERR_CORRUPT;
         }
@@ -699,7 +688,7 @@ static int check_layout(const uint8_t *b, size_t len, const vault_hdr *h, size_t
             goto truncated;
         uint32_t vl = get32(b + off + 17 + nl);
         if (vl == 0 || vl > AV_VAULT_VALUE_MAX) {
-            set_err(err, err_len, "%s: vault file is damaged (entry %u: bad value length)", path,
+            av__errf(err, err_len, "%s: vault file is damaged (entry %u: bad value length)", path,
                     (unsigned)i);
             return AV_ERR_CORRUPT;
         }
@@ -710,24 +699,24 @@ static int check_layout(const uint8_t *b, size_t len, const vault_hdr *h, size_t
     if (len - off < TABLE_LEN + SUM_LEN)
         goto truncated;
     if (len - off > TABLE_LEN + SUM_LEN) {
-        set_err(err, err_len, "%s: vault file is damaged (%zu unexpected bytes after the end)", path,
+        av__errf(err, err_len, "%s: vault file is damaged (%zu unexpected bytes after the end)", path,
                 len - off - (TABLE_LEN + SUM_LEN));
         return AV_ERR_CORRUPT;
     }
     uint8_t sum[AV_SHA256_LEN];
     int rc = av__crypto_sha256(b, len - SUM_LEN, sum);
     if (rc != AV_OK) {
-        set_err(err, err_len, "%s: cannot hash the vault file", path);
+        av__errf(err, err_len, "%s: cannot hash the vault file", path);
         return rc;
     }
     if (memcmp(sum, b + len - SUM_LEN, SUM_LEN) != 0) {
-        set_err(err, err_len, "%s: vault file is damaged (checksum mismatch)", path);
+        av__errf(err, err_len, "%s: vault file is damaged (checksum mismatch)", path);
         return AV_ERR_CORRUPT;
     }
     *table_off = off;
     return AV_OK;
 truncated:
-    set_err(err, err_len, "%s: vault file is truncated", path);
+    av__errf(err, err_len, "%s: vault file is truncated", path);
     return AV_ERR_CORRUPT;
 }
 
@@ -757,20 +746,20 @@ static int vault_decode(av_vault *v, const uint8_t *b, size_t len, const vault_h
                        w + AV_AEAD_NONCE_LEN + AV_AEAD_KEY_LEN);
     if (rc == AV_ERR_AUTH) {
         if (v->mode == MODE_PASSWORD)
-            set_err(err, err_len, "%s: wrong master password", v->path);
+            av__errf(err, err_len, "%s: wrong master password", v->path);
         else
-            set_err(err, err_len, "%s: key file %s does not belong to this vault", v->path,
+            av__errf(err, err_len, "%s: key file %s does not belong to this vault", v->path,
                     v->key_path);
         return AV_ERR_AUTH;
     }
     if (rc != AV_OK) {
-        set_err(err, err_len, "%s: cannot decrypt: %s", v->path, av_strerror(rc));
+        av__errf(err, err_len, "%s: cannot decrypt: %s", v->path, av_strerror(rc));
         return rc;
     }
     const uint8_t *t = b + table_off;
     rc = av__aead_open(dk, t, b, table_off, NULL, 0, NULL, t + AV_AEAD_NONCE_LEN);
     if (rc != AV_OK) {
-        set_err(err, err_len,
+        av__errf(err, err_len,
                 "%s: vault integrity check failed: entries were altered, removed or reordered",
                 v->path);
         rc = rc == AV_ERR_AUTH ? AV_ERR_CORRUPT : rc;
@@ -797,7 +786,7 @@ static int vault_decode(av_vault *v, const uint8_t *b, size_t len, const vault_h
         e->created = get64(rec + 1 + nl);
         e->updated = get64(rec + 9 + nl);
         if (!av__vault_name_valid(e->name) || (v->n && strcmp(v->e[v->n - 1].name, e->name) >= 0)) {
-            set_err(err, err_len, "%s: vault file is damaged (entry %u: bad or unsorted name)",
+            av__errf(err, err_len, "%s: vault file is damaged (entry %u: bad or unsorted name)",
                     v->path, (unsigned)i);
             rc = AV_ERR_CORRUPT;
             goto out;
@@ -806,7 +795,7 @@ static int vault_decode(av_vault *v, const uint8_t *b, size_t len, const vault_h
         size_t alen = entry_aad(aad, b, i, rec, prefix);
         rc = av__aead_open(dk, nonce, aad, alen, ct, vl, plain, tag);
         if (rc != AV_OK) {
-            set_err(err, err_len, "%s: vault entry %u (%s) failed authentication", v->path,
+            av__errf(err, err_len, "%s: vault entry %u (%s) failed authentication", v->path,
                     (unsigned)i, e->name);
             rc = rc == AV_ERR_AUTH ? AV_ERR_CORRUPT : rc;
             goto out;
@@ -888,7 +877,7 @@ int av__vault_open(av_vault **out, const char *path, const void *pw, size_t pw_l
     av_vault *v = NULL;
     *out = NULL;
     if (!path || (pw_len && !pw) || pw_len > AV_VAULT_PASSWORD_MAX) {
-        set_err(err, err_len, "%s: invalid arguments", path ? path : "vault");
+        av__errf(err, err_len, "%s: invalid arguments", path ? path : "vault");
         return AV_ERR_INVALID;
     }
     int rc = read_file(path, "vault", AV_VAULT_FILE_MAX, 1, &b, &len, err, err_len);
@@ -903,7 +892,7 @@ int av__vault_open(av_vault **out, const char *path, const void *pw, size_t pw_l
     v->mode = h.mode;
     if (h.mode == MODE_PASSWORD) {
         if (!pw) {
-            set_err(err, err_len, "%s: the vault needs its master password", path);
+            av__errf(err, err_len, "%s: the vault needs its master password", path);
             rc = AV_ERR_AUTH;
             goto out;
         }
@@ -956,22 +945,22 @@ int av__vault_create(av_vault **out, const char *path, const void *pw, size_t pw
     struct stat st;
     *out = NULL;
     if (!path || !*path) {
-        set_err(err, err_len, "vault path is empty");
+        av__errf(err, err_len, "vault path is empty");
         return AV_ERR_INVALID;
     }
     if (no_password ? pw != NULL : (!pw || pw_len == 0)) {
-        set_err(err, err_len, "%s: %s", path,
+        av__errf(err, err_len, "%s: %s", path,
                 no_password ? "a vault without a password takes no password"
                             : "the master password is empty");
         return AV_ERR_INVALID;
     }
     if (pw_len > AV_VAULT_PASSWORD_MAX) {
-        set_err(err, err_len, "%s: the master password is longer than %d bytes", path,
+        av__errf(err, err_len, "%s: the master password is longer than %d bytes", path,
                 AV_VAULT_PASSWORD_MAX);
         return AV_ERR_INVALID;
     }
     if (lstat(path, &st) == 0) {
-        set_err(err, err_len, "%s already exists", path);
+        av__errf(err, err_len, "%s already exists", path);
         return AV_ERR_STATE;
     }
     av_vault *v = vault_new(path);
@@ -984,7 +973,7 @@ int av__vault_create(av_vault **out, const char *path, const void *pw, size_t pw
         if (!(v->key_path = key_path_for(path)))
             goto out;
         if ((rc = av__crypto_random(v->kek, sizeof(v->kek))) != AV_OK) {
-            set_err(err, err_len, "%s: no random bytes for the key", path);
+            av__errf(err, err_len, "%s: no random bytes for the key", path);
             goto out;
         }
         if ((rc = keyfile_write(v->key_path, v->kek, err, err_len)) != AV_OK)
@@ -996,7 +985,7 @@ int av__vault_create(av_vault **out, const char *path, const void *pw, size_t pw
         v->m_cost = g_m_cost;
         v->lanes = g_lanes;
         if ((rc = av__crypto_random(v->salt, sizeof(v->salt))) != AV_OK) {
-            set_err(err, err_len, "%s: no random bytes for the salt", path);
+            av__errf(err, err_len, "%s: no random bytes for the salt", path);
             goto out;
         }
         if ((rc = derive_kek(v->t_cost, v->m_cost, v->lanes, pw, pw_len, v->salt, v->kek, path,
@@ -1057,16 +1046,16 @@ int av__vault_set(av_vault *v, const char *name, const void *value, size_t len, 
     if (!v)
         return AV_ERR_INVALID;
     if (!av__vault_name_valid(name)) {
-        set_err(err, err_len, "invalid secret name: use 1 to %d of A-Z a-z 0-9 _ . -",
+        av__errf(err, err_len, "invalid secret name: use 1 to %d of A-Z a-z 0-9 _ . -",
                 AV_VAULT_NAME_MAX);
         return AV_ERR_INVALID;
     }
     if (len == 0 || !value) {
-        set_err(err, err_len, "%s: the value is empty", name);
+        av__errf(err, err_len, "%s: the value is empty", name);
         return AV_ERR_INVALID;
     }
     if (len > AV_VAULT_VALUE_MAX) {
-        set_err(err, err_len, "%s: the value is larger than %d bytes", name, AV_VAULT_VALUE_MAX);
+        av__errf(err, err_len, "%s: the value is larger than %d bytes", name, AV_VAULT_VALUE_MAX);
         return AV_ERR_LIMIT;
     }
     size_t i = find(v, name, &found);
@@ -1074,12 +1063,12 @@ int av__vault_set(av_vault *v, const char *name, const void *value, size_t len, 
     size_t size = found ? v->file_size - av__secret_len(v->e[i].value) + len
                         : v->file_size + entry_size(nl, len);
     if (!found && v->n >= AV_VAULT_ENTRIES_MAX) {
-        set_err(err, err_len, "%s: the vault already holds %d secrets", v->path,
+        av__errf(err, err_len, "%s: the vault already holds %d secrets", v->path,
                 AV_VAULT_ENTRIES_MAX);
         return AV_ERR_LIMIT;
     }
     if (size > AV_VAULT_FILE_MAX) {
-        set_err(err, err_len, "%s: the vault would exceed %d bytes", v->path, AV_VAULT_FILE_MAX);
+        av__errf(err, err_len, "%s: the vault would exceed %d bytes", v->path, AV_VAULT_FILE_MAX);
         return AV_ERR_LIMIT;
     }
     if (!found && v->n == v->cap) {
@@ -1185,7 +1174,7 @@ int av__vault_change_password(av_vault *v, const void *pw, size_t pw_len, char *
     if (!v)
         return AV_ERR_INVALID;
     if (!pw || pw_len == 0 || pw_len > AV_VAULT_PASSWORD_MAX) {
-        set_err(err, err_len, "%s: the new master password is %s", v->path,
+        av__errf(err, err_len, "%s: the new master password is %s", v->path,
                 pw_len ? "too long" : "empty");
         return AV_ERR_INVALID;
     }
@@ -1196,7 +1185,7 @@ int av__vault_change_password(av_vault *v, const void *pw, size_t pw_len, char *
     v->lanes = g_lanes;
     int rc = av__crypto_random(v->salt, sizeof(v->salt));
     if (rc != AV_OK)
-        set_err(err, err_len, "%s: no random bytes for the salt", v->path);
+        av__errf(err, err_len, "%s: no random bytes for the salt", v->path);
     else
         rc = derive_kek(v->t_cost, v->m_cost, v->lanes, pw, pw_len, v->salt, v->kek, v->path, err,
                         err_len);
@@ -1228,7 +1217,7 @@ AV_EXPORT int av_vault_create(av_vault **out, const char *path, const char *pass
         return AV_ERR_INVALID;
     *out = NULL;
     if (flags & ~(unsigned)AV_VAULT_NO_PASSWORD) {
-        set_err(err, err_len, "unknown vault flags");
+        av__errf(err, err_len, "unknown vault flags");
         return AV_ERR_INVALID;
     }
     return av__vault_create(out, path, password, password_len,
@@ -1315,12 +1304,12 @@ AV_EXPORT int av_vault_remove(av_vault *v, const char *name, char *err, size_t e
     if (!v)
         return AV_ERR_INVALID;
     if (!av__vault_name_valid(name)) {
-        set_err(err, err_len, "invalid secret name");
+        av__errf(err, err_len, "invalid secret name");
         return AV_ERR_INVALID;
     }
     size_t i = find(v, name, &found);
     if (!found) {
-        set_err(err, err_len, "%s: no secret named %s", v->path, name);
+        av__errf(err, err_len, "%s: no secret named %s", v->path, name);
         return AV_ERR_NOTFOUND;
     }
     take_entry(v, i, &e);
