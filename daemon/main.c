@@ -17,6 +17,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_enc.h"
 #include "fault.h"
 #include "run.h"
 #include "secret.h"
@@ -73,16 +74,16 @@ static void die_usage(const char *fmt, ...)
     exit(2);
 }
 
+/* json_escape writes |s| as a JSON string body (av_enc's minimal escapes),
+ * a slice at a time: no allocation. */
 static void json_escape(FILE *f, const char *s)
 {
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
+    char out[6 * 256];
+    for (size_t n = strlen(s); n > 0;) {
+        size_t k = n < 256 ? n : 256;
+        fwrite(out, 1, av__json_escape(s, k, 0, out), f);
+        s += k;
+        n -= k;
     }
 }
 
