@@ -23,6 +23,7 @@ import argparse
 import ctypes
 import datetime
 import http.client
+import glob
 import json
 import os
 import selectors
@@ -46,6 +47,10 @@ AGENTVAULT_BIN = os.environ.get("AGENTVAULT", f"{ROOT}/build/daemon/agentvault")
 # --baseline PATH: a second agentvault binary (say, a build of main before a
 # change) measured in the same run as target "baseline".
 BASELINE_BIN = None
+# --callgrind: the agentvault targets run under valgrind's callgrind, which
+# counts the instructions they execute during each measurement ("proxy Ir
+# per op"): repeatable on a shared, noisy machine where CPU time is not.
+CALLGRIND = False
 
 
 def log(*a):
@@ -469,8 +474,10 @@ class AgentVault:
         self.logfile = f"{wd}/{self.name}.log"
         self.log_off = os.path.getsize(self.logfile) if os.path.exists(self.logfile) else 0
         with open(self.logfile, "a") as err:
+            vg = (["valgrind", "--tool=callgrind", "--instr-atstart=no", "--vgdb=yes",
+                   f"--callgrind-out-file={wd}/{self.name}.cg.%p"] if CALLGRIND else [])
             self.proc = spawn(
-                pin(1) + [binary, "serve", "-c", conf, "--listen", f"127.0.0.1:{self.port}",
+                pin(1) + vg + [binary, "serve", "-c", conf, "--listen", f"127.0.0.1:{self.port}",
                           "--state-dir", state, "--upstream-cacert", f"{wd}/origin-ca.pem",
                           "--log-level", "warn"],
                 env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -483,7 +490,7 @@ class AgentVault:
         self.cafile = f"{state}/ca.pem"
 
     def _wait_healthy(self):
-        t = time.time() + 20
+        t = time.time() + (120 if CALLGRIND else 20)
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError("agentvault exited (%s): %s"
@@ -689,9 +696,16 @@ def run_avload(rig, px, scen, p, wd):
         finally:
             stop(proc, term_wait=0)
     else:
+        cg = CALLGRIND and isinstance(px, AgentVault)
+        if cg:
+            callgrind_ctl(px.pid, "-z")
+            callgrind_ctl(px.pid, "-i", "on")
         c0 = cpu_seconds(px.pid) if px.pid else 0
-        cp = run_child(cmd, timeout=timeout)
+        cp = run_child(cmd, timeout=timeout * (20 if cg else 1))
         c1 = cpu_seconds(px.pid) if px.pid else 0
+        if cg:
+            callgrind_ctl(px.pid, "-i", "off")
+            ir = callgrind_ir(px.pid, rig.wd)
         try:
             out = json.loads(cp.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -699,10 +713,37 @@ def run_avload(rig, px, scen, p, wd):
                     % (cp.returncode, (cp.stdout + cp.stderr)[:300])}
         if px.pid and out["ok_total"]:
             res["cpu_us_per_op"] = (c1 - c0) * 1e6 / out["ok_total"]
+            if cg and ir is not None:
+                res["ir_per_op"] = ir / out["ok_total"]
     res.update(out)
     if not out["ok_total"]:
         res["error"] = out["first_error"] or "no operation completed"
     return res
+
+
+def callgrind_ctl(pid, *args):
+    """callgrind_control ARGS PID (through vgdb); raises if it fails."""
+    cp = subprocess.run(["callgrind_control", *args, str(pid)], capture_output=True, text=True,
+                        timeout=120)
+    if cp.returncode != 0:
+        raise RuntimeError(f"callgrind_control {' '.join(args)} {pid}: {cp.stderr or cp.stdout}"[:300])
+    return cp.stdout
+
+
+def callgrind_ir(pid, wd):
+    """Instructions the process executed since the last zeroing: dump
+    (callgrind_control -d) and read the newest dump's 'totals:' line."""
+    callgrind_ctl(pid, "-d")
+    best = None
+    for f in sorted(glob.glob(f"{wd}/*.cg.{pid}*"), key=os.path.getmtime):
+        best = f
+    if not best:
+        return None
+    with open(best) as fh:
+        for line in fh:
+            if line.startswith("totals:"):  # ("summary:" is 0 in a -d dump)
+                return int(line.split()[1])
+    return None
 
 
 # metric rows: (scenario, label, key, unit kind)
@@ -711,6 +752,7 @@ ROWS = [
     ("keepalive", "p50 latency us", "lat_p50_us"),
     ("keepalive", "p99 latency us", "lat_p99_us"),
     ("keepalive", "proxy CPU us/req", "cpu_us_per_op"),
+    ("keepalive", "proxy Ir/req", "ir_per_op"),
     ("newconn", "conn/s", "rate"),
     ("newconn", "p50 conn+req us", "lat_p50_us"),
     ("newconn", "p99 conn+req us", "lat_p99_us"),
@@ -723,18 +765,22 @@ ROWS = [
     ("sse", "p50 delay us", "lat_p50_us"),
     ("sse", "p99 delay us", "lat_p99_us"),
     ("sse", "proxy CPU us/event", "cpu_us_per_op"),
+    ("sse", "proxy Ir/event", "ir_per_op"),
     ("ws", "msg round trips/s", "rate"),
     ("ws", "p50 RTT us", "lat_p50_us"),
     ("ws", "p99 RTT us", "lat_p99_us"),
     ("ws", "proxy CPU us/msg", "cpu_us_per_op"),
+    ("ws", "proxy Ir/msg", "ir_per_op"),
     ("wsz", "msg round trips/s", "rate"),
     ("wsz", "p50 RTT us", "lat_p50_us"),
     ("wsz", "p99 RTT us", "lat_p99_us"),
     ("wsz", "proxy CPU us/msg", "cpu_us_per_op"),
+    ("wsz", "proxy Ir/msg", "ir_per_op"),
     ("h2", "req/s (1 conn x 64)", "rate"),
     ("h2", "p50 stream latency us", "lat_p50_us"),
     ("h2", "p99 stream latency us", "lat_p99_us"),
     ("h2", "proxy CPU us/req", "cpu_us_per_op"),
+    ("h2", "proxy Ir/req", "ir_per_op"),
     ("idle", "RSS KiB/idle conn", "rss_per_conn_kb"),
     ("idle", "RSS MiB at N idle", "rss_after_mb"),
     ("idle", "proxy CPU us/conn", "cpu_us_per_conn"),
@@ -761,6 +807,9 @@ def main():
     ap.add_argument("--targets", default=None,
                     help="comma-separated (default direct,agentvault,mitmproxy, plus baseline "
                          "with --baseline)")
+    ap.add_argument("--callgrind", action="store_true",
+                    help="run the agentvault targets under callgrind and report instructions per "
+                         "operation (repeatable on a noisy machine; throughput is then meaningless)")
     ap.add_argument("--baseline", default=None,
                     help="a second agentvault binary, measured as target 'baseline' in the same "
                          "run (before/after figures for a change: column av/base)")
@@ -780,7 +829,8 @@ def main():
     a = ap.parse_args()
     global AGENTVAULT_BIN
     AGENTVAULT_BIN = os.path.abspath(a.agentvault)
-    global BASELINE_BIN
+    global BASELINE_BIN, CALLGRIND
+    CALLGRIND = a.callgrind
     if a.baseline:
         BASELINE_BIN = os.path.abspath(a.baseline)
     if a.targets is None:
