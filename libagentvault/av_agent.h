@@ -70,7 +70,9 @@ typedef struct av_agent_ops {
                 size_t nfields, int kind, uint64_t len);
     int (*head_fits)(av_exchange *x, size_t n);
     size_t (*room)(av_exchange *x);
-    void (*write)(av_exchange *x, const uint8_t *p, size_t n);
+    /* AV_OK, or an error (out of memory: not all of |n| was queued); the
+     * exchange then fails, it never relays around lost bytes. */
+    int (*write)(av_exchange *x, const uint8_t *p, size_t n);
     int (*end)(av_exchange *x); /* with x->resp_tr; 1 done, 0 no room yet */
 
     /* Proxy-made error response (HTTP/1.1: then close the connection). */

@@ -431,9 +431,9 @@ static size_t h2_room(av_exchange *x)
     return av__h2_stream_room(x->c->h2, x->sid);
 }
 
-static void h2_write(av_exchange *x, const uint8_t *data, size_t n)
+static int h2_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    av__h2_send_data(x->c->h2, x->sid, data, n);
+    return av__h2_send_data(x->c->h2, x->sid, data, n) == (ssize_t)n ? AV_OK : AV_ERR_NOMEM;
 }
 
 static int h2_end(av_exchange *x)
