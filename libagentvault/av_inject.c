@@ -240,11 +240,15 @@ int av__x_inject(av_exchange *x)
         x->scrub_set = av__snap_scrub_set(x->snap, secret);
         if (x->scrub_set)
             x->scrub_secret = av__secret_ref(secret);
+        else if (irc == AV_OK)
+            irc = AV_ERR_NOMEM; /* fail closed: never a response without its scrubber */
     }
     if (x->body_buffer)
         x->ph_secret = av__secret_ref(secret);
     av__secret_free(secret);
     if (irc != AV_OK) {
+        av__secret_free(inj_value);
+        av__secret_free(inj_target);
         char m[200];
         snprintf(m, sizeof(m), irc == AV_ERR_INVALID
                                    ? "credential for service %s contains characters not allowed in a header"
