@@ -99,12 +99,14 @@ typedef struct av_agent_ops {
     int (*upgrade)(av_exchange *x, const av_h1_response *resp);
     /* The agent's byte streams of an open WebSocket. */
     void (*ws_bufs)(av_exchange *x, av_buf **in, av_buf **out, int *in_eof);
-    /* Upstream bytes straight to the agent (splice mode). Returns progress. */
+    /* Upstream bytes straight to the agent (splice mode). Returns progress,
+     * or -1 after ending the exchange (bytes that could not be queued). */
     int (*ws_splice_out)(av_exchange *x, av_buf *from);
     /* The upstream ended: pass the half-close on. Returns progress. */
     int (*ws_half_close)(av_exchange *x);
     /* After the relay took |taken| bytes from ws_bufs' |in|; |up_over|: the
-     * upstream direction is complete. Returns progress. */
+     * upstream direction is complete. Returns progress, or -1 after ending
+     * the exchange (as ws_splice_out). */
     int (*ws_flush)(av_exchange *x, size_t taken, int up_over);
     /* Both directions are over. */
     int (*ws_finished)(av_exchange *x, const av_side *u);
