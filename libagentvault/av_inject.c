@@ -313,7 +313,10 @@ static int collect_write(av_exchange *x, const uint8_t *data, size_t n)
         av__x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
         return -1;
     }
-    av__buf_append(&x->bbuf, data, n);
+    if (av__buf_append(&x->bbuf, data, n) != AV_OK) {
+        av__x_refuse(x, 500, "out of memory"); /* never forward a short body */
+        return -1;
+    }
     return 0;
 }
 
@@ -358,9 +361,13 @@ int av__x_collect_body(av_exchange *x)
         }
         av__buf_free_wipe(&x->bbuf);
         av__buf_init(&x->bbuf, rl + 1);
-        av__buf_append(&x->bbuf, rep, rl);
+        r = av__buf_append(&x->bbuf, rep, rl);
         av__wipe(rep, rl);
         av__free(rep);
+        if (r != AV_OK) {
+            av__x_refuse(x, 500, "out of memory");
+            return 1;
+        }
     }
     x->req_framing = RB_LENGTH;
     x->req_len = x->bbuf.len;
