@@ -57,7 +57,9 @@ typedef struct av_agent_ops {
     int (*pump_body)(av_exchange *x, const av_body_sink *sink);
     /* Bytes of the request body received but not yet pumped (HTTP/2). */
     size_t (*body_pending)(const av_exchange *x);
-    /* 100 Continue if the agent waits for it (HTTP/1.1). Returns progress. */
+    /* 100 Continue if the agent waits for it (HTTP/1.1). Returns progress,
+     * or AV_ERR_NOMEM when the 100 cannot be queued: the caller fails the
+     * exchange (the agent would wait for the 100 forever). */
     int (*send_continue)(av_exchange *x);
     /* The agent closed before the request body ended (HTTP/1.1: EOF on the
      * connection); x_collect_body refuses then. */

@@ -299,7 +299,8 @@ static int h1_send_continue(av_exchange *x)
 {
     if (!x->expect_continue)
         return 0;
-    av__buf_append_str(x->c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+    if (av__buf_append_str(x->c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n") != AV_OK)
+        return AV_ERR_NOMEM;
     x->expect_continue = 0;
     return 1;
 }

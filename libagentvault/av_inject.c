@@ -325,6 +325,10 @@ static const av_body_sink collect_sink = {collect_room, collect_write};
 int av__x_collect_body(av_exchange *x)
 {
     int progress = x->agent->send_continue(x);
+    if (progress < 0) {
+        av__x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */
+        return 1;
+    }
     int moved = x->agent->pump_body(x, &collect_sink);
     if (moved < 0)
         return 1; /* answered */

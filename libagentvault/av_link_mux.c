@@ -161,7 +161,10 @@ int av__x_mux_link(av_exchange *x)
                 if (!x->req_done) {
                     /* The origin will read the body as soon as it comes:
                      * let an HTTP/1.1 agent send it now. */
-                    x->agent->send_continue(x);
+                    if (x->agent->send_continue(x) < 0) {
+                        av__x_fail(x, 502, "out of memory"); /* the agent would wait for the 100 */
+                        return 1;
+                    }
                 }
                 av__mux_flush(ms);
                 return 1;
