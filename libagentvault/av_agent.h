@@ -57,7 +57,9 @@ typedef struct av_agent_ops {
     int (*pump_body)(av_exchange *x, const av_body_sink *sink);
     /* Bytes of the request body received but not yet pumped (HTTP/2). */
     size_t (*body_pending)(const av_exchange *x);
-    /* 100 Continue if the agent waits for it (HTTP/1.1). Returns progress. */
+    /* 100 Continue if the agent waits for it (HTTP/1.1). Returns progress,
+     * or AV_ERR_NOMEM when the 100 cannot be queued: the caller fails the
+     * exchange (the agent would wait for the 100 forever). */
     int (*send_continue)(av_exchange *x);
     /* The agent closed before the request body ended (HTTP/1.1: EOF on the
      * connection); x_collect_body refuses then. */
@@ -70,7 +72,9 @@ typedef struct av_agent_ops {
                 size_t nfields, int kind, uint64_t len);
     int (*head_fits)(av_exchange *x, size_t n);
     size_t (*room)(av_exchange *x);
-    void (*write)(av_exchange *x, const uint8_t *p, size_t n);
+    /* AV_OK, or an error (out of memory: not all of |n| was queued); the
+     * exchange then fails, it never relays around lost bytes. */
+    int (*write)(av_exchange *x, const uint8_t *p, size_t n);
     int (*end)(av_exchange *x); /* with x->resp_tr; 1 done, 0 no room yet */
 
     /* Proxy-made error response (HTTP/1.1: then close the connection). */
@@ -97,12 +101,14 @@ typedef struct av_agent_ops {
     int (*upgrade)(av_exchange *x, const av_h1_response *resp);
     /* The agent's byte streams of an open WebSocket. */
     void (*ws_bufs)(av_exchange *x, av_buf **in, av_buf **out, int *in_eof);
-    /* Upstream bytes straight to the agent (splice mode). Returns progress. */
+    /* Upstream bytes straight to the agent (splice mode). Returns progress,
+     * or -1 after ending the exchange (bytes that could not be queued). */
     int (*ws_splice_out)(av_exchange *x, av_buf *from);
     /* The upstream ended: pass the half-close on. Returns progress. */
     int (*ws_half_close)(av_exchange *x);
     /* After the relay took |taken| bytes from ws_bufs' |in|; |up_over|: the
-     * upstream direction is complete. Returns progress. */
+     * upstream direction is complete. Returns progress, or -1 after ending
+     * the exchange (as ws_splice_out). */
     int (*ws_flush)(av_exchange *x, size_t taken, int up_over);
     /* Both directions are over. */
     int (*ws_finished)(av_exchange *x, const av_side *u);

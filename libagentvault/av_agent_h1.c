@@ -299,7 +299,8 @@ static int h1_send_continue(av_exchange *x)
 {
     if (!x->expect_continue)
         return 0;
-    av__buf_append_str(x->c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n");
+    if (av__buf_append_str(x->c->a.pout, "HTTP/1.1 100 Continue\r\n\r\n") != AV_OK)
+        return AV_ERR_NOMEM;
     x->expect_continue = 0;
     return 1;
 }
@@ -379,16 +380,14 @@ static size_t h1_room(av_exchange *x)
     return r > 32 ? r - 32 : 0;
 }
 
-static void h1_write(av_exchange *x, const uint8_t *data, size_t n)
+static int h1_write(av_exchange *x, const uint8_t *data, size_t n)
 {
     av_conn *c = x->c;
-    if (x->resp_out_chunked) {
-        av__h1_write_chunk_header(c->a.pout, n);
-        av__buf_append(c->a.pout, data, n);
-        av__h1_write_chunk_end(c->a.pout);
-    } else {
-        av__buf_append(c->a.pout, data, n);
-    }
+    if (!x->resp_out_chunked)
+        return av__buf_append(c->a.pout, data, n);
+    int rc = av__h1_write_chunk_header(c->a.pout, n);
+    rc = rc ? rc : av__buf_append(c->a.pout, data, n);
+    return rc ? rc : av__h1_write_chunk_end(c->a.pout);
 }
 
 static int h1_end(av_exchange *x)

@@ -431,9 +431,9 @@ static size_t h2_room(av_exchange *x)
     return av__h2_stream_room(x->c->h2, x->sid);
 }
 
-static void h2_write(av_exchange *x, const uint8_t *data, size_t n)
+static int h2_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    av__h2_send_data(x->c->h2, x->sid, data, n);
+    return av__h2_send_data(x->c->h2, x->sid, data, n) == (ssize_t)n ? AV_OK : AV_ERR_NOMEM;
 }
 
 static int h2_end(av_exchange *x)
@@ -554,6 +554,20 @@ static void h2_ws_bufs(av_exchange *x, av_buf **in, av_buf **out, int *in_eof)
     *in_eof = x->a_end || x->a_closed;
 }
 
+/* A WebSocket whose bytes toward the agent could not be queued (out of
+ * memory): reset the stream rather than lose them. Returns -1. */
+static int x_ws_h2_fail(av_exchange *x, ssize_t w)
+{
+    int rc = w < 0 ? (int)w : AV_ERR_NOMEM;
+    av__log(x->env->log, AV_LOG_WARN, "websocket host=%s path=%s: relay failed: %s", x->host, x->log_path,
+            av_strerror(rc));
+    x->up_reusable = 0;
+    x->req_done = 1;
+    x->resp_done = 0; /* reset the stream */
+    av__x_finish(x, av_strerror(rc));
+    return -1;
+}
+
 static int h2_ws_splice_out(av_exchange *x, av_buf *from)
 {
     av_conn *c = x->c;
@@ -562,7 +576,9 @@ static int h2_ws_splice_out(av_exchange *x, av_buf *from)
         n = room;
     if (!n || x->a_tx_ended)
         return 0;
-    av__h2_send_data(c->h2, x->sid, av__buf_head(from), n);
+    ssize_t w = av__h2_send_data(c->h2, x->sid, av__buf_head(from), n);
+    if (w != (ssize_t)n)
+        return x_ws_h2_fail(x, w);
     av__buf_consume(from, n);
     x->bytes_resp += n;
     return 1;
@@ -586,7 +602,9 @@ static int h2_ws_flush(av_exchange *x, size_t taken, int up_over)
     if (n > room)
         n = room;
     if (n && !x->a_tx_ended) {
-        av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
+        ssize_t w = av__h2_send_data(c->h2, x->sid, av__buf_head(&x->a_tx), n);
+        if (w != (ssize_t)n)
+            return x_ws_h2_fail(x, w);
         av__buf_consume(&x->a_tx, n);
         progress = 1;
     }

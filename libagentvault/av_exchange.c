@@ -421,9 +421,14 @@ static size_t up_room(av_exchange *x)
     return x->link->room(x);
 }
 
+/* n <= room: all of it is taken, unless out of memory; then the exchange
+ * fails rather than relay around the lost bytes (-1). */
 static int up_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    x->link->write(x, data, n); /* n <= room: all of it is taken */
+    if (x->link->write(x, data, n) != AV_OK) {
+        av__x_fail(x, 502, "out of memory relaying the request body");
+        return -1;
+    }
     x->bytes_req += n;
     return 0;
 }
@@ -533,7 +538,8 @@ int av__x_pump_request_body(av_exchange *x)
             if (room == 0)
                 break;
             size_t n = x->bbuf.len < room ? x->bbuf.len : room;
-            up_write(x, av__buf_head(&x->bbuf), n);
+            if (up_write(x, av__buf_head(&x->bbuf), n) < 0)
+                return 1; /* the exchange failed */
             av__buf_consume(&x->bbuf, n);
             progress = 1;
         }
@@ -556,10 +562,14 @@ size_t av__x_agent_room(av_exchange *x)
     return x->agent->room(x);
 }
 
-void av__x_agent_write(av_exchange *x, const uint8_t *data, size_t n)
+int av__x_agent_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    x->agent->write(x, data, n);
+    if (x->agent->write(x, data, n) != AV_OK) {
+        av__x_fail(x, 502, "out of memory relaying the response");
+        return -1;
+    }
     x->bytes_resp += n;
+    return 0;
 }
 
 /* End the response toward the agent, with its trailers where the agent's
@@ -583,12 +593,15 @@ size_t av__x_body_room(av_exchange *x)
     return x->scrub ? av__buf_room(&x->scrub_in) : av__x_agent_room(x);
 }
 
-void av__x_body_write(av_exchange *x, const uint8_t *data, size_t n)
+int av__x_body_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    if (x->scrub)
-        av__buf_append(&x->scrub_in, data, n); /* n <= av__x_body_room */
-    else
-        av__x_agent_write(x, data, n);
+    if (!x->scrub)
+        return av__x_agent_write(x, data, n);
+    if (av__buf_append(&x->scrub_in, data, n) != AV_OK) { /* n <= av__x_body_room */
+        av__x_fail(x, 502, "out of memory relaying the response");
+        return -1;
+    }
+    return 0;
 }
 
 void av__x_body_end(av_exchange *x)

@@ -249,7 +249,9 @@ void av__x_refuse_trailers(av_exchange *x, int rc);
 void av__x_trailers_dropped(av_exchange *x, size_t n, const char *why);
 /* Toward the agent, counted in bytes_resp. */
 size_t av__x_agent_room(av_exchange *x);
-void av__x_agent_write(av_exchange *x, const uint8_t *data, size_t n);
+/* 0, or -1 after failing the exchange (502: out of memory, the bytes could
+ * not be queued; never relayed around). */
+int av__x_agent_write(av_exchange *x, const uint8_t *data, size_t n);
 int av__x_agent_end(av_exchange *x);
 
 /* ---- the response sink links feed ---- */
@@ -261,7 +263,8 @@ int av__x_resp_head(av_exchange *x, int status, const char *reason, size_t reaso
 /* Body: straight to the agent, or into the scrubber; end marks the
  * upstream body complete (with x->resp_tr). (av_exchange.c) */
 size_t av__x_body_room(av_exchange *x);
-void av__x_body_write(av_exchange *x, const uint8_t *data, size_t n);
+/* 0, or -1 after failing the exchange (as av__x_agent_write): return. */
+int av__x_body_write(av_exchange *x, const uint8_t *data, size_t n);
 void av__x_body_end(av_exchange *x);
 /* An end (trailers) that waited for room; the scrubber's output. */
 int av__x_end_pending(av_exchange *x);

@@ -22,7 +22,8 @@ int av__x_scrub_pump(av_exchange *x)
             size_t n = x->scrub_out.len < room ? x->scrub_out.len : room;
             if (n == 0)
                 break;
-            av__x_agent_write(x, av__buf_head(&x->scrub_out), n);
+            if (av__x_agent_write(x, av__buf_head(&x->scrub_out), n) < 0)
+                return -1; /* failed: out of memory */
             av__buf_consume(&x->scrub_out, n);
             progress = 1;
             continue;

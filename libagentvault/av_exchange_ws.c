@@ -146,7 +146,10 @@ int av__x_ws_step(av_exchange *x)
                 progress = 1;
             }
         } else {
-            progress |= ag->ws_splice_out(x, u->pin);
+            int so = ag->ws_splice_out(x, u->pin);
+            if (so < 0)
+                return 1; /* ended: the stream is reset */
+            progress |= so;
         }
         /* Half-closes propagate: EOF from one peer becomes FIN to the other. */
         if (a_eof && ain->len == 0 && !u->want_shut) {
@@ -158,7 +161,10 @@ int av__x_ws_step(av_exchange *x)
     }
     int up_over = x->ws_bridge ? av__ws_bridge_done(x->ws_bridge)
                                : ((u->in_eof || u->err) && u->pin->len == 0 && av__ws_scrub_idle(x->ws_scrubber));
-    progress |= ag->ws_flush(x, ain0 > ain->len ? ain0 - ain->len : 0, up_over);
+    int fl = ag->ws_flush(x, ain0 > ain->len ? ain0 - ain->len : 0, up_over);
+    if (fl < 0)
+        return 1; /* ended: the stream is reset */
+    progress |= fl;
     rc = av__side_pump_out(u);
     progress |= rc > 0;
     int finished = ag->ws_finished(x, u);

@@ -240,11 +240,15 @@ int av__x_inject(av_exchange *x)
         x->scrub_set = av__snap_scrub_set(x->snap, secret);
         if (x->scrub_set)
             x->scrub_secret = av__secret_ref(secret);
+        else if (irc == AV_OK)
+            irc = AV_ERR_NOMEM; /* fail closed: never a response without its scrubber */
     }
     if (x->body_buffer)
         x->ph_secret = av__secret_ref(secret);
     av__secret_free(secret);
     if (irc != AV_OK) {
+        av__secret_free(inj_value);
+        av__secret_free(inj_target);
         char m[200];
         snprintf(m, sizeof(m), irc == AV_ERR_INVALID
                                    ? "credential for service %s contains characters not allowed in a header"
@@ -309,7 +313,10 @@ static int collect_write(av_exchange *x, const uint8_t *data, size_t n)
         av__x_refuse(x, 413, "request body too large to check for the placeholder (8 MiB)");
         return -1;
     }
-    av__buf_append(&x->bbuf, data, n);
+    if (av__buf_append(&x->bbuf, data, n) != AV_OK) {
+        av__x_refuse(x, 500, "out of memory"); /* never forward a short body */
+        return -1;
+    }
     return 0;
 }
 
@@ -318,6 +325,10 @@ static const av_body_sink collect_sink = {collect_room, collect_write};
 int av__x_collect_body(av_exchange *x)
 {
     int progress = x->agent->send_continue(x);
+    if (progress < 0) {
+        av__x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */
+        return 1;
+    }
     int moved = x->agent->pump_body(x, &collect_sink);
     if (moved < 0)
         return 1; /* answered */
@@ -354,9 +365,13 @@ int av__x_collect_body(av_exchange *x)
         }
         av__buf_free_wipe(&x->bbuf);
         av__buf_init(&x->bbuf, rl + 1);
-        av__buf_append(&x->bbuf, rep, rl);
+        r = av__buf_append(&x->bbuf, rep, rl);
         av__wipe(rep, rl);
         av__free(rep);
+        if (r != AV_OK) {
+            av__x_refuse(x, 500, "out of memory");
+            return 1;
+        }
     }
     x->req_framing = RB_LENGTH;
     x->req_len = x->bbuf.len;

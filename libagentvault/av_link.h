@@ -33,7 +33,8 @@ typedef struct av_link_ops {
     const char *proto; /* "h1" | "h2", for the log line and the audit record */
     int (*step)(av_exchange *x);
     size_t (*room)(av_exchange *x);
-    void (*write)(av_exchange *x, const uint8_t *p, size_t n);
+    /* AV_OK, or an error (out of memory): the exchange fails (502). */
+    int (*write)(av_exchange *x, const uint8_t *p, size_t n);
     int (*end)(av_exchange *x);
     int (*aborted)(const av_exchange *x);
 } av_link_ops;

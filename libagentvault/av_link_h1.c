@@ -203,8 +203,8 @@ int av__x_pump_response_h1(av_exchange *x)
                 av__x_fail(x, 502, "upstream sent a malformed response body");
                 return 1;
             }
-            if (dlen)
-                av__x_body_write(x, data, dlen);
+            if (dlen && av__x_body_write(x, data, dlen) < 0)
+                return 1; /* the exchange failed */
             av__buf_consume(u->pin, (size_t)used);
             if (used == 0 && dlen == 0 && !x->resp_body.done)
                 break;
@@ -296,15 +296,14 @@ static size_t link_h1_room(av_exchange *x)
     return r > 32 ? r - 32 : 0;
 }
 
-static void link_h1_write(av_exchange *x, const uint8_t *data, size_t n)
+static int link_h1_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    if (x->req_out_chunked) {
-        av__h1_write_chunk_header(x->up->side.pout, n);
-        av__buf_append(x->up->side.pout, data, n);
-        av__h1_write_chunk_end(x->up->side.pout);
-    } else {
-        av__buf_append(x->up->side.pout, data, n);
-    }
+    av_buf *o = x->up->side.pout;
+    if (!x->req_out_chunked)
+        return av__buf_append(o, data, n);
+    int rc = av__h1_write_chunk_header(o, n);
+    rc = rc ? rc : av__buf_append(o, data, n);
+    return rc ? rc : av__h1_write_chunk_end(o);
 }
 
 static int link_h1_end(av_exchange *x)

@@ -112,7 +112,8 @@ int av__x_pump_response_mux(av_exchange *x)
             if (room < 64 && room < ms->rx.len)
                 break;
             size_t n = ms->rx.len < room ? ms->rx.len : room;
-            av__x_body_write(x, av__buf_head(&ms->rx), n);
+            if (av__x_body_write(x, av__buf_head(&ms->rx), n) < 0)
+                return 1; /* the exchange failed */
             av__mux_consume(ms, n);
             progress = 1;
             continue;
@@ -160,7 +161,10 @@ int av__x_mux_link(av_exchange *x)
                 if (!x->req_done) {
                     /* The origin will read the body as soon as it comes:
                      * let an HTTP/1.1 agent send it now. */
-                    x->agent->send_continue(x);
+                    if (x->agent->send_continue(x) < 0) {
+                        av__x_fail(x, 502, "out of memory"); /* the agent would wait for the 100 */
+                        return 1;
+                    }
                 }
                 av__mux_flush(ms);
                 return 1;
@@ -247,9 +251,10 @@ static size_t link_mux_room(av_exchange *x)
     return av__mux_room(&x->ms);
 }
 
-static void link_mux_write(av_exchange *x, const uint8_t *data, size_t n)
+static int link_mux_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    av__mux_send(&x->ms, data, n); /* n <= room: all of it is taken */
+    /* n <= room: all of it is taken, unless out of memory */
+    return av__mux_send(&x->ms, data, n) == (ssize_t)n ? AV_OK : AV_ERR_NOMEM;
 }
 
 static int link_mux_end(av_exchange *x)

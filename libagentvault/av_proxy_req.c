@@ -145,7 +145,12 @@ void av__conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_le
         av__buf_consume(c->a.pin, head_len);
         c->dest = dest;
         c->in_tunnel = 1;
-        av__buf_append_str(c->a.pout, "HTTP/1.1 200 Connection Established\r\n\r\n");
+        if (av__buf_append_str(c->a.pout, "HTTP/1.1 200 Connection Established\r\n\r\n") != AV_OK) {
+            /* Without the 200 the client would wait for it forever. */
+            av__log(env->log, AV_LOG_WARN, "connection peer=%s closed: out of memory", c->peer);
+            c->dead = 1;
+            return;
+        }
         /* Opaque passthrough hosts are decided now (server-first protocols). */
         for (size_t i = 0; i < c->snap->cfg->npassthrough; i++) {
             if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {

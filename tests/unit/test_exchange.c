@@ -58,6 +58,7 @@ typedef struct loop_agent {
     char head[8192];                 /* "name: value\n" lines */
     av_buf resp;
     size_t writes, over_room;
+    int write_nomem;                 /* write() fails (out of memory) from then on */
     int ended;
     char trailers[2048];
     /* the exchange's end */
@@ -167,14 +168,17 @@ static size_t la_room(av_exchange *x)
     return LA->room;
 }
 
-static void la_write(av_exchange *x, const uint8_t *p, size_t n)
+static int la_write(av_exchange *x, const uint8_t *p, size_t n)
 {
     (void)x;
+    if (LA->write_nomem)
+        return AV_ERR_NOMEM;
     LA->writes++;
     if (n > LA->room)
         LA->over_room++;
     LA->room = n > LA->room ? 0 : LA->room - n;
     assert_int_equal(av__buf_append(&LA->resp, p, n), AV_OK);
+    return AV_OK;
 }
 
 static int la_end(av_exchange *x)
@@ -312,6 +316,7 @@ typedef struct scripted_link {
     size_t nev, at, body_at;
     size_t room;              /* request-body room */
     size_t over_room;
+    int write_nomem;          /* write() fails (out of memory) */
     int steps, heads_sent, ended;
     char head[8192];          /* "METHOD TARGET\nhost: H\nname: value\n..." */
     av_buf body;
@@ -393,7 +398,8 @@ static int sl_play(av_exchange *x)
             size_t n = left < room ? left : room;
             if (n == 0)
                 break;
-            av__x_body_write(x, (const uint8_t *)e->text + SL->body_at, n);
+            if (av__x_body_write(x, (const uint8_t *)e->text + SL->body_at, n) < 0)
+                return 1; /* the exchange failed */
             SL->body_at += n;
             progress = 1;
             if (SL->body_at < total)
@@ -454,13 +460,16 @@ static size_t sl_room(av_exchange *x)
     return SL->room;
 }
 
-static void sl_write(av_exchange *x, const uint8_t *p, size_t n)
+static int sl_write(av_exchange *x, const uint8_t *p, size_t n)
 {
     (void)x;
+    if (SL->write_nomem)
+        return AV_ERR_NOMEM;
     if (n > SL->room)
         SL->over_room++;
     SL->room = n > SL->room ? 0 : SL->room - n;
     assert_int_equal(av__buf_append(&SL->body, p, n), AV_OK);
+    return AV_OK;
 }
 
 static int sl_end(av_exchange *x)
@@ -853,6 +862,44 @@ static void fail_before_and_after_head(void **state)
     assert_int_equal(t.a.ended, 0);
     assert_string_equal(resp(&t), "partial");
     xt_free(&t);
+}
+
+/* Bytes that cannot be queued (out of memory) fail the exchange, never a
+ * body relayed short: toward the link, a 502 before the response; toward
+ * the agent (straight or through the scrubber), a cut after the head. */
+static void write_out_of_memory(void **state)
+{
+    (void)state;
+    static const sl_event ev204[] = {{SL_HEAD, 204, "", 0}};
+    xt t;
+    assert_int_equal(xt_begin(&t, API, "POST", "/up", NULL, 0, "request body", ev204, NF(ev204), NULL), 0);
+    t.l.write_nomem = 1;
+    xt_run(&t, 0, 0);
+    assert_int_equal(t.a.heads, 0);
+    assert_int_equal(t.a.error_status, 502);
+    assert_string_equal(t.a.error_why, "out of memory relaying the request body");
+    assert_int_equal(t.l.body.len, 0);
+    assert_int_equal(t.l.ended, 0);
+    assert_int_equal(t.a.finished, 1);
+    xt_free(&t);
+
+    static const sl_event ev[] = {
+        {SL_HEAD, 200, "", 4},
+        {SL_BODY, 0, "body", 0},
+        {SL_END, 0, "", 0},
+    };
+    for (int scrubbed = 0; scrubbed < 2; scrubbed++) {
+        assert_int_equal(xt_begin(&t, API, "GET", "/down", NULL, 0, NULL, ev, NF(ev), scrubbed ? NULL : "o.test"), 0);
+        t.a.write_nomem = 1;
+        xt_run(&t, 0, 0);
+        assert_int_equal(t.a.heads, 1);
+        assert_int_equal(t.a.failed, 1);
+        assert_int_equal(t.a.cut, 1); /* the head is out: cut, not a short body that looks whole */
+        assert_int_equal(t.a.ended, 0);
+        assert_int_equal(t.a.resp.len, 0);
+        assert_int_equal(t.a.finished, 1);
+        xt_free(&t);
+    }
 }
 
 /* The agent resets after its body, before the response: a client abort,
@@ -1838,6 +1885,7 @@ int main(void)
         cmocka_unit_test(response_body_backpressure),
         cmocka_unit_test(trailers_both_ways),
         cmocka_unit_test(fail_before_and_after_head),
+        cmocka_unit_test(write_out_of_memory),
         cmocka_unit_test(agent_goes_away),
         cmocka_unit_test(early_response),
         cmocka_unit_test(head_request),
