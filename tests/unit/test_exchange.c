@@ -1705,7 +1705,14 @@ static void h2_pump(xh *h, h2c *cl)
     fail_msg("HTTP/2 pump never settled");
 }
 
+static void h2_setup_conf(xt *t, h2c *cl, const sl_event *ev, size_t nev, const char *proxy_keys, const char *conf);
+
 static void h2_setup(xt *t, h2c *cl, const sl_event *ev, size_t nev)
+{
+    h2_setup_conf(t, cl, ev, nev, NULL, "[service \"tls\"]\nhost = tls.test\nauth = bearer\nsecret = callback:key\n");
+}
+
+static void h2_setup_conf(xt *t, h2c *cl, const sl_event *ev, size_t nev, const char *proxy_keys, const char *conf)
 {
     memset(t, 0, sizeof(*t));
     memset(cl, 0, sizeof(*cl));
@@ -1717,7 +1724,7 @@ static void h2_setup(xt *t, h2c *cl, const sl_event *ev, size_t nev)
     t->l.room = 1u << 20;
     av__buf_init(&t->l.body, 1u << 20);
     av__buf_init(&cl->body, 1u << 20);
-    xh_new_full(&t->h, NULL, "[service \"tls\"]\nhost = tls.test\nauth = bearer\nsecret = callback:key\n", NULL, 1);
+    xh_new_full(&t->h, proxy_keys, conf, NULL, 1);
     t->h.hold = 1;
     xh_pool_fake_tls(&t->h, "tls.test", 443, 1, "tls/-");
     av_conn *c = t->h.c;
@@ -1736,14 +1743,16 @@ static void h2_teardown(xt *t, h2c *cl)
     xt_free(t);
 }
 
+static const char *h2_scheme = "https"; /* of the next h2_request */
+
 static void h2_request(h2c *cl, const char *authority, const av_h1_field *f, size_t n, int end)
 {
     av_h2_head hd;
     memset(&hd, 0, sizeof(hd));
     hd.method = "GET";
     hd.method_len = 3;
-    hd.scheme = "https";
-    hd.scheme_len = 5;
+    hd.scheme = h2_scheme;
+    hd.scheme_len = strlen(h2_scheme);
     hd.authority = authority;
     hd.authority_len = strlen(authority);
     hd.path = "/v1?q=1";
@@ -1856,6 +1865,46 @@ static void h2_request_body_backpressure(void **state)
     av__free(body);
 }
 
+/* A gateway over HTTP/2 (prior knowledge): :scheme http is fine and
+ * :authority is not compared (it is rewritten), but the gateway's token
+ * is required: 401 on the stream without it. */
+static void h2_gateway(void **state)
+{
+    (void)state;
+    setenv("XT_GW_TOKEN", "gwt-h2-Zk3", 1);
+    static const av_h1_field bad[] = {F("x-agentvault-token", "wrong")};
+    for (int with = 0; with < 2; with++) {
+        xt t;
+        h2c cl;
+        h2_setup_conf(&t, &cl, NULL, 0, "listen = 127.0.0.1:0\n",
+                      "[service \"api\"]\nhost = api.test\nscheme = http\nport = 80\nauth = bearer\n"
+                      "secret = callback:key\n"
+                      "[gateway \"g\"]\nlisten = 127.0.0.1:0\nupstream = http://api.test\ntoken = env:XT_GW_TOKEN\n");
+        av_conn *c = t.h.c;
+        c->gw = t.h.ctx->gws;
+        snprintf(c->dest.host, sizeof(c->dest.host), "api.test");
+        c->dest.port = 80;
+        c->dest_tls = 0;
+        h2_scheme = "http";
+        static const av_h1_field good[] = {F("x-agentvault-token", "gwt-h2-Zk3")};
+        h2_request(&cl, "127.0.0.1:8080", with ? good : bad, 1, 1);
+        h2_scheme = "https";
+        h2_pump(&t.h, &cl);
+        if (!with) {
+            assert_int_equal(cl.status, 401);
+            assert_non_null(strstr(cl.fields, "gateway token required"));
+            assert_int_equal(t.h.asked, 0);
+        } else {
+            assert_int_equal(cl.status, 0); /* admitted: waiting for its credential */
+            assert_non_null(c->xs);
+            assert_true(c->xs->active);
+            assert_non_null(c->xs->swait);
+            assert_string_equal(c->xs->host, "api.test:80");
+        }
+        h2_teardown(&t, &cl);
+    }
+}
+
 /* :authority must be the tunnel's destination (SECURITY 1): 421 on that
  * stream only, before any credential is asked for. */
 static void h2_authority_binding(void **state)
@@ -1904,6 +1953,7 @@ int main(void)
         cmocka_unit_test(h2_agent_exchange),
         cmocka_unit_test(h2_request_body_backpressure),
         cmocka_unit_test(h2_authority_binding),
+        cmocka_unit_test(h2_gateway),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
