@@ -104,6 +104,30 @@ static int perr_at(parser *p, int line, const char *fmt, ...)
 
 #define perr(p, ...) perr_at((p), 0, __VA_ARGS__)
 
+/* word_pair reads a value that is one of two words: *second is 0 for |w0|,
+ * 1 for |w1|; anything else is the error "KEY must be "w0" or "w1"". */
+static int word_pair(parser *p, const char *v, size_t vl, const char *key, const char *w0, const char *w1,
+                     int *second)
+{
+    if (word_eq(v, vl, w0))
+        *second = 0;
+    else if (word_eq(v, vl, w1))
+        *second = 1;
+    else
+        return perr(p, "%s must be \"%s\" or \"%s\"", key, w0, w1);
+    return AV_OK;
+}
+
+/* unmatched: "passthrough" or "deny", as an av_unmatched value. */
+static int parse_unmatched(parser *p, const char *v, size_t vl, int *out)
+{
+    int deny;
+    int rc = word_pair(p, v, vl, "unmatched", "passthrough", "deny", &deny);
+    if (rc == AV_OK)
+        *out = deny ? AV_UNMATCHED_DENY : AV_UNMATCHED_PASSTHROUGH;
+    return rc;
+}
+
 /* oom records an allocation failure at the current line. */
 static int oom(parser *p)
 {
@@ -334,13 +358,7 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
             return perr(p, "audit must be an absolute file path or \"stdout\"");
         return set_string(p, &c->audit, v, vl);
     case K_UNMATCHED:
-        if (word_eq(v, vl, "passthrough"))
-            c->unmatched = AV_UNMATCHED_PASSTHROUGH;
-        else if (word_eq(v, vl, "deny"))
-            c->unmatched = AV_UNMATCHED_DENY;
-        else
-            return perr(p, "unmatched must be \"passthrough\" or \"deny\"");
-        return AV_OK;
+        return parse_unmatched(p, v, vl, &c->unmatched);
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)
@@ -619,13 +637,7 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return AV_OK;
     }
     case K_SCHEME:
-        if (word_eq(v, vl, "https"))
-            s->scheme_http = 0;
-        else if (word_eq(v, vl, "http"))
-            s->scheme_http = 1;
-        else
-            return perr(p, "scheme must be \"https\" or \"http\"");
-        return AV_OK;
+        return word_pair(p, v, vl, "scheme", "https", "http", &s->scheme_http);
     case K_PATH:
         if (!av__origin_form_valid(v, vl) || memchr(v, '?', vl))
             return perr(p, "path must start with '/' and contain only visible ASCII, no '?' or '#'");
@@ -650,21 +662,9 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return AV_OK;
     }
     case K_WEBSOCKET:
-        if (word_eq(v, vl, "on"))
-            s->websocket_off = 0;
-        else if (word_eq(v, vl, "off"))
-            s->websocket_off = 1;
-        else
-            return perr(p, "websocket must be \"on\" or \"off\"");
-        return AV_OK;
+        return word_pair(p, v, vl, "websocket", "on", "off", &s->websocket_off);
     case K_WS_SCRUB:
-        if (word_eq(v, vl, "on"))
-            s->websocket_scrub_off = 0;
-        else if (word_eq(v, vl, "off"))
-            s->websocket_scrub_off = 1;
-        else
-            return perr(p, "websocket_scrub must be \"on\" or \"off\"");
-        return AV_OK;
+        return word_pair(p, v, vl, "websocket_scrub", "on", "off", &s->websocket_scrub_off);
     case K_PLACEHOLDER:
         if (vl < 4 || vl > 128)
             return perr(p, "placeholder must be 4..128 characters");
@@ -840,13 +840,7 @@ static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return AV_OK;
     }
     case K_TOK_UNMATCHED:
-        if (word_eq(v, vl, "passthrough"))
-            t->unmatched = AV_UNMATCHED_PASSTHROUGH;
-        else if (word_eq(v, vl, "deny"))
-            t->unmatched = AV_UNMATCHED_DENY;
-        else
-            return perr(p, "unmatched must be \"passthrough\" or \"deny\"");
-        return AV_OK;
+        return parse_unmatched(p, v, vl, &t->unmatched);
     case K_TOK_RATE:
         if (parse_rate(v, vl, &t->rate) != AV_OK)
             return perr(p, "rate must be N/s, N/min or N/h with N a positive number");
