@@ -322,7 +322,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     ctx->nproxy_listeners = ctx->cfg->nlisten;
     for (size_t i = 0; i < ctx->cfg->nlisten + ctx->cfg->ngateways; i++) {
         ctx->nlisteners = i + 1;
-        const char *spec = ctx->cfg->listen[0];
+        const char *spec;
         av_gw *g = NULL;
         if (i < ctx->cfg->nlisten) {
             spec = ctx->cfg->listen[i];

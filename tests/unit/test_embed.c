@@ -1284,6 +1284,41 @@ static void run_with_listeners(void **state)
     av_ctx_free(ctx);
 }
 
+/* A configured [gateway] and no proxy listener at all: the context binds
+ * the gateway alone (it read the proxy's first listen address, which does
+ * not exist, before it looked at the gateways). */
+static void gateway_without_proxy_listener(void **state)
+{
+    (void)state;
+    av_config *cfg = make_cfg(CFG_GATEWAY, secret_now, NULL);
+    assert_non_null(cfg);
+    assert_int_equal(av_config_clear_listen(cfg), AV_OK); /* no list at all, not an empty one */
+    av_ctx *ctx = NULL;
+    char cerr[300] = "";
+    int crc = av_ctx_new(&ctx, cfg, cerr, sizeof(cerr));
+    av_config_free(cfg);
+    if (crc != AV_OK)
+        fail_msg("av_ctx_new: %s: %s", av_strerror(crc), cerr);
+    assert_int_equal(av_ctx_listen_port(ctx, 0), AV_ERR_NOTFOUND);
+    int gport = av_ctx_gateway_port(ctx, 0);
+    assert_true(gport > 0);
+    runner rn = {ctx, -1};
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, runner_main, &rn), 0);
+    char err[300] = "";
+    client c;
+    resp r;
+    client_init(&c, tcp_connect(gport));
+    assert_true(c.fd >= 0);
+    if (exchange(&c, "/gateway-only", 1, &r, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    close(c.fd);
+    av_ctx_shutdown(ctx, 1.0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(rn.rc, AV_OK);
+    av_ctx_free(ctx);
+}
+
 /* ---- a host's libev loop ---------------------------------------------- */
 
 typedef struct host {
@@ -1623,6 +1658,7 @@ int main(void)
         cmocka_unit_test_teardown(shutdown_refuses_calls, test_teardown),
         cmocka_unit_test_teardown(free_started_context, test_teardown),
         cmocka_unit_test_teardown(run_with_listeners, test_teardown),
+        cmocka_unit_test_teardown(gateway_without_proxy_listener, test_teardown),
         cmocka_unit_test_teardown(host_loop_serves_and_finishes, test_teardown),
         cmocka_unit_test_teardown(host_loop_quiet_context, test_teardown),
     };
