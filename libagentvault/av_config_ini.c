@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <strings.h>
 #include <ctype.h>
+#include <stddef.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -927,6 +928,29 @@ static int finish_section(parser *p)
     return AV_OK;
 }
 
+/* add_named appends a zeroed element named |name| (unique among its kind,
+ * else "duplicate KIND") to one of the config's named arrays; |name_off|
+ * and |line_off| locate its name and header line. */
+static int add_named(parser *p, void **arr, size_t *n, size_t size, size_t name_off, size_t line_off,
+                     const char *kind, const char *name, size_t nl)
+{
+    for (size_t i = 0; i < *n; i++) {
+        const char *have = *(char **)((char *)*arr + i * size + name_off);
+        if (strlen(have) == nl && !memcmp(have, name, nl))
+            return perr(p, "duplicate %s \"%.*s\"", kind, (int)nl, name);
+    }
+    if (av__config_grow(arr, *n, size) != AV_OK)
+        return oom(p);
+    char *el = (char *)*arr + *n * size;
+    char *copy = dup_range(name, nl);
+    if (!copy)
+        return oom(p);
+    memcpy(el + name_off, &copy, sizeof(copy));
+    memcpy(el + line_off, &p->line, sizeof(p->line));
+    (*n)++;
+    return AV_OK;
+}
+
 /* section_header handles a "[...]" line. */
 static int section_header(parser *p, const char *s, size_t n)
 {
@@ -979,41 +1003,17 @@ static int section_header(parser *p, const char *s, size_t n)
             return perr(p, "section name may contain only A-Z a-z 0-9 _ . -");
     }
     av_config *c = p->cfg;
-    if (kind == SEC_SERVICE) {
-        for (size_t i = 0; i < c->nservices; i++)
-            if (strlen(c->services[i].name) == nl && !memcmp(c->services[i].name, name, nl))
-                return perr(p, "duplicate service \"%.*s\"", (int)nl, name);
-        if (av__config_grow((void **)&c->services, c->nservices, sizeof(av_service)) != AV_OK)
-            return oom(p);
-        av_service *sv = &c->services[c->nservices];
-        if (!(sv->name = dup_range(name, nl)))
-            return oom(p);
-        sv->line = p->line;
-        c->nservices++;
-    } else if (kind == SEC_GATEWAY) {
-        for (size_t i = 0; i < c->ngateways; i++)
-            if (strlen(c->gateways[i].name) == nl && !memcmp(c->gateways[i].name, name, nl))
-                return perr(p, "duplicate gateway \"%.*s\"", (int)nl, name);
-        if (av__config_grow((void **)&c->gateways, c->ngateways, sizeof(av_gateway_cfg)) != AV_OK)
-            return oom(p);
-        av_gateway_cfg *g = &c->gateways[c->ngateways];
-        memset(g, 0, sizeof(*g));
-        if (!(g->name = dup_range(name, nl)))
-            return oom(p);
-        g->line = p->line;
-        c->ngateways++;
-    } else {
-        for (size_t i = 0; i < c->ntokens; i++)
-            if (strlen(c->tokens[i].name) == nl && !memcmp(c->tokens[i].name, name, nl))
-                return perr(p, "duplicate token \"%.*s\"", (int)nl, name);
-        if (av__config_grow((void **)&c->tokens, c->ntokens, sizeof(av_token_cfg)) != AV_OK)
-            return oom(p);
-        av_token_cfg *tk = &c->tokens[c->ntokens];
-        if (!(tk->name = dup_range(name, nl)))
-            return oom(p);
-        tk->line = p->line;
-        c->ntokens++;
-    }
+    rc = kind == SEC_SERVICE
+                 ? add_named(p, (void **)&c->services, &c->nservices, sizeof(av_service),
+                             offsetof(av_service, name), offsetof(av_service, line), "service", name, nl)
+             : kind == SEC_GATEWAY
+                 ? add_named(p, (void **)&c->gateways, &c->ngateways, sizeof(av_gateway_cfg),
+                             offsetof(av_gateway_cfg, name), offsetof(av_gateway_cfg, line), "gateway", name,
+                             nl)
+                 : add_named(p, (void **)&c->tokens, &c->ntokens, sizeof(av_token_cfg),
+                             offsetof(av_token_cfg, name), offsetof(av_token_cfg, line), "token", name, nl);
+    if (rc != AV_OK)
+        return rc;
     p->section = kind;
     p->section_line = p->line;
     return AV_OK;
