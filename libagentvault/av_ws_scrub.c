@@ -433,6 +433,15 @@ static int wr_control(av_ws_scrub *w, av_buf *in)
             w->ctrl[0] = save0;
             w->ctrl[1] = save1;
             w->ctrl_len += 2;
+            /* The code's second byte can be printable and begin a secret
+             * that the reason completes ("s" + "k-..."): the reason alone
+             * held no match. Checked on the payload as sent; the reason
+             * goes then, the code stays. */
+            if (w->set && av__scrub_set_matches(w->set, w->ctrl, w->ctrl_len)) {
+                av__wipe(w->ctrl + 2, w->ctrl_len - 2);
+                w->ctrl_len = 2;
+                w->ctrl_count++;
+            }
         }
     } else {
         if (op == WSLAY_CONNECTION_CLOSE)

@@ -1028,6 +1028,16 @@ class ReflectOrigin:
                 while s.recv(65536):
                     pass
                 return
+            if "codekey=1" in target:  # the close code's 2nd byte begins the key
+                kb = key.encode()
+                s.sendall(server_frame(0x8, bytes([0x0F, kb[0]]) + kb[1:]))
+                rec["after"] = rest
+                while not any(op == 0x8 for op, _ in client_frames(rec["after"])):
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    rec["after"] += data
+                return
             out = b""
             comp = zlib.compressobj(wbits=-15)
             for op, payload in self.messages(key):
@@ -1166,6 +1176,23 @@ def test_scrub_mode_scrubs_secret_reflected_by_upstream(daemon, reflect_origin, 
     assert pongs == ([b"ping [REDACTED]"] * 5 if "split" in query else []), pongs
     redactions = 6 + (5 if "split" in query else 0)  # messages, close, pings
     assert redacted_total(d) == redactions
+    assert not find_leaks(d.log_text(), [key])
+
+
+def test_scrub_mode_close_code_that_begins_the_key(daemon, reflect_origin, secrets):
+    """A close whose code's second byte is the key's first character and
+    whose reason is the rest of it: the agent gets the code without the
+    reason (found by fuzz_ws)."""
+    d = daemon(config_text(secrets), resolve=[f"{OPENAI}:443:127.0.0.1:{reflect_origin.port}"])
+    key = secrets.openai_key
+
+    async def body():
+        ws = await ws_connect(d, "/reflect?codekey=1")
+        return await collect(ws)
+    got, code, reason = run(body())
+    assert got == []
+    assert (code, reason) == (0x0F00 | ord(key[0]), "")
+    assert redacted_total(d) == 1
     assert not find_leaks(d.log_text(), [key])
 
 

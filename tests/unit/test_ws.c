@@ -1503,6 +1503,36 @@ static void relay_violations_and_caps(void **state)
     av__buf_free(&in);
 }
 
+/* A close whose code's second byte is the key's first character and whose
+ * reason is the rest of the key: the reason alone holds no match, the
+ * payload as sent does (found by fuzz_ws). The code stays, the reason goes. */
+static void relay_close_code_starts_the_key(void **state)
+{
+    (void)state;
+    av_scrub_set *set = relay_set();
+    char log[8192];
+    av_buf in;
+    av__buf_init(&in, 4096);
+    int code = 0x0f00 | (uint8_t)RKEY[0]; /* 3955 with 's' */
+    put_close(&in, 0, code, RKEY + 1);
+    unsigned long count = 0;
+    int rc = relay_run(set, 0, 0, &in, 0, 3, 64, log, sizeof(log), &count);
+    assert_true(rc >= 0);
+    char want[8];
+    snprintf(want, sizeof(want), "C[%c%c]", code >> 8, code & 0xff);
+    if (strcmp(log, want) != 0)
+        fail_msg("got %s", log);
+    assert_int_equal(count, 1);
+    /* a reason that only ends near the code is kept */
+    av__buf_reset(&in);
+    put_close(&in, 0, code, "k-other");
+    relay_run(set, 0, 0, &in, 0, 3, 64, log, sizeof(log), &count);
+    assert_string_equal(log + 4, "k-other]");
+    assert_int_equal(count, 0);
+    av__buf_free(&in);
+    av__scrub_set_unref(set);
+}
+
 static void relay_extension_headers(void **state)
 {
     (void)state;
@@ -1554,6 +1584,7 @@ int main(void)
         cmocka_unit_test(relay_big_frame_fragmented),
         cmocka_unit_test(relay_violations_and_caps),
         cmocka_unit_test(relay_extension_headers),
+        cmocka_unit_test(relay_close_code_starts_the_key),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
