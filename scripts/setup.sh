@@ -21,6 +21,9 @@ PACKAGES=(
   nginx mitmproxy
   # compat suite clients (tests/compat): Python HTTP/WebSocket/gRPC clients, pip, Go
   python3-requests python3-aiohttp python3-grpcio python3-pip golang-go
+  # egress (tests/integration/test_parent_proxy.py, test_socks.py): parent
+  # proxies and SOCKS peers, Python SOCKS clients
+  squid tinyproxy dante-server microsocks python3-socks python3-socksio
 )
 
 SUDO=""
