@@ -18,12 +18,10 @@ void av__audit_init(av_audit *a)
 
 int av__audit_open(av_audit *a, const char *path, char *err, size_t err_len)
 {
-    if (!path) {
-        a->fd = -1;
-        return AV_OK;
-    }
-    if (strcmp(path, "stdout") == 0) {
-        a->fd = 1;
+    if (!path || strcmp(path, "stdout") == 0) {
+        /* a reload away from a file closes it */
+        av__audit_close(a);
+        a->fd = path ? 1 : -1;
         return AV_OK;
     }
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);

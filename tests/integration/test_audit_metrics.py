@@ -88,3 +88,55 @@ def test_metrics_counts(daemon, upstream, secrets):
     assert _value(text, "agentvault_leaf_cache_misses_total") >= 1
     assert _value(text, "agentvault_leaf_cache_hits_total") >= 2
     assert find_leaks(text, secrets.values()) == []
+
+
+def wait_records(path, n, timeout=10):
+    import time
+    deadline = time.time() + timeout
+    while len(_records(path)) < n and time.time() < deadline:
+        time.sleep(0.05)
+    return len(_records(path))
+
+
+def test_reload_audit_off_closes_the_file(daemon, upstream, secrets, tmp_path):
+    """A reload that turns the audit log off (or to stdout) closes the file it
+    wrote to: before, its descriptor stayed open for the life of the daemon."""
+    import os
+    import signal
+    import time
+
+    audit = tmp_path / "audit.jsonl"
+    d = daemon(config_text(secrets, proxy_extra=f"audit = {audit}"))
+    assert d.curl("https://api.openai.com/echo").ok().status == 200
+
+    def audit_fds():
+        fds = f"/proc/{d.proc.pid}/fd"
+        out = []
+        for n in os.listdir(fds):
+            try:
+                if os.readlink(f"{fds}/{n}") == str(audit):
+                    out.append(n)
+            except OSError:
+                pass
+        return out
+    assert len(audit_fds()) == 1
+    for extra in ("", "audit = stdout"):
+        conf = d.workdir / "agentvault.conf"
+        conf.write_text(config_text(secrets, proxy_extra=extra))
+        before = d.log_text().count("configuration reloaded")
+        d.signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while d.log_text().count("configuration reloaded") == before and time.time() < deadline:
+            time.sleep(0.05)
+        assert d.log_text().count("configuration reloaded") > before, d.log_dump()
+        assert audit_fds() == [], f"{extra or 'audit off'}: the old audit file is still open"
+        assert d.curl("https://api.openai.com/echo").ok().status == 200
+        conf.write_text(config_text(secrets, proxy_extra=f"audit = {audit}"))
+        d.signal(signal.SIGHUP)
+        deadline = time.time() + 10
+        while len(audit_fds()) != 1 and time.time() < deadline:
+            time.sleep(0.05)
+        assert len(audit_fds()) == 1
+        assert d.curl("https://api.openai.com/echo").ok().status == 200
+    # the first request and one after each reopening; none while it was off
+    assert wait_records(audit, 3) == 3
