@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <termios.h>
 #include <time.h>
@@ -483,6 +484,63 @@ static int open_vault(const secret_opts *o, const char *path, av_vault **v)
     return 0;
 }
 
+/* ---- the writers' lock ---------------------------------------------------- */
+
+#define LOCK_WAIT_MS 60000
+
+/* lock_vault takes the exclusive lock PATH.lock that every command that
+ * changes the vault holds from reading it to saving it (each one rewrites
+ * the whole file: without it, two at once lost one's change). Readers need
+ * no lock: a save is an atomic rename. Returns the descriptor (released at
+ * close or exit), -2 when the directory does not exist (the caller then
+ * reports the missing vault), or -1 (message printed). */
+static int lock_vault(const char *path)
+{
+    char lp[PATH_MAX];
+    if (snprintf(lp, sizeof(lp), "%s.lock", path) >= (int)sizeof(lp)) {
+        fail("%s: path too long", path);
+        return -1;
+    }
+    int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+    if (fd < 0 && errno == ENOENT)
+        return -2;
+    if (fd < 0) {
+        fail("cannot open the vault's lock file %s: %s", lp, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 077)) {
+        fail("%s: the vault's lock file must be a regular file owned by you with mode 0600", lp);
+        close(fd);
+        return -1;
+    }
+    for (int waited = 0;; waited += 50) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return fd;
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            fail("cannot lock %s: %s", lp, strerror(errno));
+            break;
+        }
+        if (waited >= LOCK_WAIT_MS) {
+            fail("%s: another 'agentvault secret' command has held the vault for %d s; try again "
+                 "when it has finished",
+                 lp, LOCK_WAIT_MS / 1000);
+            break;
+        }
+        struct timespec ts = {0, 50 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    close(fd);
+    return -1;
+}
+
+static void unlock_vault(int fd)
+{
+    if (fd >= 0)
+        close(fd);
+}
+
 /* ---- commands ----------------------------------------------------------- */
 
 static int do_set(const secret_opts *o, const char *path, int is_default)
@@ -498,23 +556,35 @@ static int do_set(const secret_opts *o, const char *path, int is_default)
     }
     if (get_value(o->name, &value) != 0)
         return EXIT_RUNTIME;
-    int status = EXIT_RUNTIME;
+    int status = EXIT_RUNTIME, lock = -1;
+    if (!exists && is_default) {
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof(dir), "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash && slash != dir) {
+            *slash = '\0';
+            if (mkdir_p(dir) != 0) {
+                fail("cannot create state directory %s: %s", dir, strerror(errno));
+                goto out;
+            }
+        }
+    }
+    if ((lock = lock_vault(path)) == -1)
+        goto out;
+    exists = lstat(path, &st) == 0; /* again, under the lock */
+    if (exists && o->no_password) {
+        usage_error("--no-password applies only when creating a vault, and %s exists", path);
+        status = EXIT_USAGE;
+        goto out;
+    }
     if (exists) {
         if ((status = open_vault(o, path, &v)) != 0)
             goto out;
         status = EXIT_RUNTIME;
     } else {
-        if (is_default) {
-            char dir[PATH_MAX];
-            snprintf(dir, sizeof(dir), "%s", path);
-            char *slash = strrchr(dir, '/');
-            if (slash && slash != dir) {
-                *slash = '\0';
-                if (mkdir_p(dir) != 0) {
-                    fail("cannot create state directory %s: %s", dir, strerror(errno));
-                    goto out;
-                }
-            }
+        if (lock == -2) {
+            fail("cannot create %s: its directory does not exist", path);
+            goto out;
         }
         if (!o->no_password && get_new_password(o, path, &pw) != 0)
             goto out;
@@ -540,6 +610,7 @@ out:
     bytes_free(&value);
     bytes_free(&pw);
     av_vault_close(v);
+    unlock_vault(lock);
     return status;
 }
 
@@ -590,11 +661,17 @@ static int do_rm(const secret_opts *o, const char *path)
 {
     char err[1024] = "";
     av_vault *v = NULL;
+    int lock = lock_vault(path);
+    if (lock == -1)
+        return EXIT_RUNTIME;
     int status = open_vault(o, path, &v);
-    if (status != 0)
+    if (status != 0) {
+        unlock_vault(lock);
         return status;
+    }
     int rc = av_vault_remove(v, o->name, err, sizeof(err));
     av_vault_close(v);
+    unlock_vault(lock);
     if (rc != AV_OK) {
         fail("%s", err[0] ? err : av_strerror(rc));
         return EXIT_RUNTIME;
@@ -608,9 +685,14 @@ static int do_passwd(const secret_opts *o, const char *path)
     char err[1024] = "";
     av_vault *v = NULL;
     bytes pw = {0};
+    int lock = lock_vault(path);
+    if (lock == -1)
+        return EXIT_RUNTIME;
     int status = open_vault(o, path, &v);
-    if (status != 0)
+    if (status != 0) {
+        unlock_vault(lock);
         return status;
+    }
     status = EXIT_RUNTIME;
     if (get_new_password(o, path, &pw) != 0)
         goto out;
@@ -624,6 +706,7 @@ static int do_passwd(const secret_opts *o, const char *path)
 out:
     bytes_free(&pw);
     av_vault_close(v);
+    unlock_vault(lock);
     return status;
 }
 

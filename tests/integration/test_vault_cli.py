@@ -480,3 +480,26 @@ def test_set_removes_stale_temporary_files(vault):
     assert not stale.exists() and not old.exists()
     assert live.exists() and other.exists()
     assert vault.names() == ["a", "b"]
+
+
+def test_concurrent_sets_lose_no_update(vault):
+    """Writers that run at once (two agents' setup scripts) each read, change
+    and save the whole vault: without a lock one of them dropped the other's
+    entry. With it, every name set is there."""
+    env = vault.env()
+    p = vault.run("set", "first", stdin=b"v0", env=env)
+    assert p.returncode == 0, _err(p)
+    names = [f"n{i}" for i in range(6)]
+    cmd = [str(require_binary()), "secret", "set"]
+    procs = [subprocess.Popen(cmd + [n, "--vault", str(vault.path)], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for n in names]
+    for n, pr in zip(names, procs):  # all of them read their value at once
+        pr.stdin.write(b"value-of-" + n.encode())
+        pr.stdin.close()
+    for pr in procs:
+        pr.wait(timeout=TIMEOUT)
+        assert pr.returncode == 0, pr.stderr.read().decode(errors="replace")
+    assert vault.names(env=env) == sorted(["first"] + names)
+    # the lock file is the vault's own, private, and not a temporary file
+    lock = vault.path.parent / (vault.path.name + ".lock")
+    assert lock.exists() and stat.S_IMODE(lock.stat().st_mode) == 0o600
