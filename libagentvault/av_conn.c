@@ -1,7 +1,10 @@
 /* av_conn.c - one agent connection: the pump and its state machine.
  *
- *   SNIFF ──0x16──▶ (TLS to the proxy) ──▶ PROXY_HEAD
- *     └──other──▶ PROXY_HEAD
+ *   SNIFF ──0x16──▶ (TLS to the proxy) ──▶ PROXY_SNIFF
+ *     └──other──▶ PROXY_SNIFF
+ *   PROXY_SNIFF: 0x05 ──▶ SOCKS (av_proxy_socks.c) ──05 00──▶ TUNNEL_SNIFF
+ *                0x04 ──▶ SOCKS4 refused, closed
+ *                other ──▶ PROXY_HEAD
  *   PROXY_HEAD: CONNECT ──200──▶ TUNNEL_SNIFF ──0x16──▶ MITM TLS ──▶ TUNNEL_HEAD
  *                                    ├── HTTP method ──▶ TUNNEL_HEAD (cleartext)
  *                                    └── passthrough host ──▶ OPAQUE
@@ -166,9 +169,33 @@ static int conn_step(av_conn *c)
                 return 1;
             }
         }
-        c->state = C_PROXY_HEAD;
+        c->state = C_PROXY_SNIFF;
         return 1;
     }
+    case C_PROXY_SNIFF: {
+        /* The first byte of plaintext (inside TLS to the proxy, if any):
+         * SOCKS5, SOCKS4 (refused), or an HTTP proxy request. */
+        if (c->a.pin->len == 0) {
+            if (c->a.in_eof) {
+                c->state = C_CLOSING;
+                av__side_close_write(&c->a);
+                return 1;
+            }
+            return 0;
+        }
+        const uint8_t b = av__buf_head(c->a.pin)[0];
+        if (b == AV_SOCKS5_VERSION) {
+            c->state = C_SOCKS;
+            c->socks_step = SOCKS_GREETING;
+        } else if (b == AV_SOCKS4_VERSION) {
+            av__conn_socks4_refuse(c);
+        } else {
+            c->state = C_PROXY_HEAD;
+        }
+        return 1;
+    }
+    case C_SOCKS:
+        return av__conn_socks_step(c);
     case C_GW_SNIFF: {
         /* HTTP/2 with prior knowledge starts with the client preface. */
         static const char preface[] = "PRI * HTTP/2.0\r\n";
@@ -248,6 +275,9 @@ static void conn_on_timer(void *ud)
 {
     av_conn *c = ud;
     av__log(c->env->log, AV_LOG_DEBUG, "connection peer=%s timed out in state %d", c->peer, c->state);
+    if (c->state == C_SOCKS)
+        av__log(c->env->log, AV_LOG_INFO,
+                "connection peer=%s closed: the SOCKS5 negotiation did not finish within header_timeout", c->peer);
     if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD) && c->a.pin->len > 0)
         av__conn_respond(c, 408, "request header timeout", 0, 1); /* then close after the flush */
     else
@@ -263,12 +293,13 @@ static void conn_arm_timer(av_conn *c)
     double now = av__loop_now(c->env->loop);
     double t = cfg->idle_timeout;
     if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD || c->state == C_SNIFF ||
-         c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF) && c->head_start > 0) {
+         c->state == C_PROXY_SNIFF || c->state == C_SOCKS || c->state == C_TUNNEL_SNIFF ||
+         c->state == C_GW_SNIFF) && c->head_start > 0) {
         t = c->head_start + cfg->header_timeout - now;
         if (t < 0.001)
             t = 0.001;
-    } else if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF ||
-               av__side_handshaking(&c->a)) {
+    } else if (c->state == C_SNIFF || c->state == C_PROXY_SNIFF || c->state == C_SOCKS ||
+               c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF || av__side_handshaking(&c->a)) {
         t = cfg->header_timeout;
     } else if (c->state == C_EXCHANGE && c->x.ws_open) {
         t = cfg->ws_idle_timeout;
@@ -350,8 +381,9 @@ void av__conn_proceed(av_conn *c)
         }
         int rc = av__side_pump_in(&c->a);
         if (rc < 0) {
-            if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a) ||
-                c->state == C_TUNNEL_HEAD || c->state == C_PROXY_HEAD)
+            if (c->state == C_SNIFF || c->state == C_PROXY_SNIFF || c->state == C_SOCKS ||
+                c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a) || c->state == C_TUNNEL_HEAD ||
+                c->state == C_PROXY_HEAD)
                 av__log(c->env->log, AV_LOG_INFO, "connection peer=%s%s%s closed: %s", c->peer,
                         c->in_tunnel ? " host=" : "", c->in_tunnel ? c->dest.host : "", c->a.errmsg);
             c->dead = 1;
