@@ -540,3 +540,62 @@ def test_metrics_count_socks_exchanges(daemon, upstream, secrets):
         r = client.run_curl([f"http://127.0.0.1:{d.port}/metrics"], home=d.home).ok()
         return r.text
     wait_until(lambda: 'service="openai"' in scrape())
+
+
+# ---- agentvault run --socks ----------------------------------------------------
+
+def _run(args, env, timeout=30):
+    import subprocess
+    from avtest import daemon as avd
+    cmd = [str(avd.require_binary()), "run"] + [str(a) for a in args]
+    return subprocess.run(cmd, env=env, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _run_env(tmp_path, d, **extra):
+    from avtest import daemon as avd
+    home = tmp_path / "run-home"
+    home.mkdir(exist_ok=True)
+    env = avd.base_env(home)
+    env.update({"TMPDIR": str(tmp_path), "LANG": "C"}, **extra)
+    return env
+
+
+@pytest.mark.parametrize("with_token", [False, True], ids=["open", "token"])
+def test_run_socks_env_and_curl(daemon, upstream, secrets, tmp_path, with_token):
+    """--socks puts socks5h:// URLs (with the token) in ALL_PROXY/all_proxy,
+    keeps http:// in the others, and a client using ALL_PROXY goes through
+    the SOCKS front with the token."""
+    d = daemon(config_text(secrets, tokens=with_token))
+    env = _run_env(tmp_path, d, OUT=str(tmp_path))
+    if with_token:
+        env["AGENTVAULT_TOKEN"] = secrets.agent_token
+    script = ('env -0 > "$OUT/env"; '
+              'curl -sS -x "$ALL_PROXY" -o "$OUT/body" -w "%{http_code}" https://api.openai.com/echo')
+    p = _run(["--proxy", f"http://127.0.0.1:{d.port}", "--socks", "--", "/bin/sh", "-c", script], env)
+    client.RECEIVED.append(p.stdout + p.stderr + (tmp_path / "body").read_bytes())
+    assert p.returncode == 0 and p.stdout == b"200", p.stderr.decode()[-2000:]
+    raw_env = (tmp_path / "env").read_bytes()
+    child = dict(item.decode().split("=", 1) for item in raw_env.split(b"\0") if item)
+    ui = f"agent:{secrets.agent_token}@" if with_token else ""
+    for k in ("ALL_PROXY", "all_proxy"):
+        assert child[k] == f"socks5h://{ui}127.0.0.1:{d.port}", k
+    for k in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "WSS_PROXY"):
+        assert child[k] == f"http://{ui}127.0.0.1:{d.port}", k
+    assert child["AGENTVAULT_PROXY"] == f"http://127.0.0.1:{d.port}"
+    assert secrets.agent_token.encode() not in p.stderr
+    assert auth_values(upstream.only_request()) == [f"Bearer {secrets.openai_key}"]
+    d.wait_log(lambda line: "CONNECT api.openai.com:443 (address type 3)" in line)
+    if with_token:
+        (rec,) = audit_records(d)
+        assert rec["token"] == "agent1" and rec["status"] == 200
+
+
+def test_run_without_socks_all_proxy_stays_http(daemon, secrets, tmp_path):
+    d = daemon()
+    env = _run_env(tmp_path, d, OUT=str(tmp_path))
+    p = _run(["--proxy", f"http://127.0.0.1:{d.port}", "--", "/bin/sh", "-c", 'env -0 > "$OUT/env"'], env)
+    assert p.returncode == 0, p.stderr.decode()
+    child = dict(item.decode().split("=", 1) for item in (tmp_path / "env").read_bytes().split(b"\0") if item)
+    assert child["ALL_PROXY"] == child["all_proxy"] == f"http://127.0.0.1:{d.port}"
+    h = _run(["--help"], env)
+    assert b"[--socks]" in h.stdout
