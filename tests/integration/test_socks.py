@@ -599,3 +599,59 @@ def test_run_without_socks_all_proxy_stays_http(daemon, secrets, tmp_path):
     assert child["ALL_PROXY"] == child["all_proxy"] == f"http://127.0.0.1:{d.port}"
     h = _run(["--help"], env)
     assert b"[--socks]" in h.stdout
+
+
+# ---- Codex over socks5h ----------------------------------------------------------
+
+@pytest.fixture(params=["0.131.0", "latest"])
+def codex_bin(request):
+    import os
+    import test_codex as tc
+    path = tc.CODEX_INSTALLS[request.param]
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"Codex {request.param} is not installed at {path}: run scripts/setup-node.sh",
+                    pytrace=False)
+    return path
+
+
+def test_codex_websocket_over_socks5h(codex_bin, daemon, test_ca, tmp_path, secrets):
+    """The real Codex CLI with only ALL_PROXY=socks5h://agent:TOKEN@… (what
+    `agentvault run --socks` hands out; the http:// variables removed): its
+    Responses WebSocket goes through the SOCKS front (names sent), the real
+    key is injected on the upgrade, and the turn completes over it."""
+    import test_codex as tc
+    from avtest import daemon as avd
+    from avtest.fake_openai import FakeOpenAI, openai_service_config, run_bounded
+    word = "socks" + secrets.agent_token[-8:]
+    fake = FakeOpenAI(test_ca.server_cert, test_ca.server_key, reply_text=word).start()
+    try:
+        cfg = openai_service_config() + '\n[token "agent1"]\nsecret = env:AGENT1_TOKEN\n'
+        d = daemon(config=cfg, resolve=[f"api.openai.com:443:127.0.0.1:{fake.port}"])
+        home = tmp_path / "codex-user"
+        (home / ".codex").mkdir(parents=True)
+        work = tmp_path / "codex-work"
+        work.mkdir()
+        env = avd.base_env(home)
+        env.update({"CODEX_HOME": str(home / ".codex"), "CODEX_API_KEY": tc.PLACEHOLDER,
+                    "LANG": "C.UTF-8", "AGENTVAULT_TOKEN": secrets.agent_token})
+        argv = [avd.require_binary(), "run", "--proxy", f"http://127.0.0.1:{d.port}", "--socks", "--",
+                "/usr/bin/env", "-u", "HTTPS_PROXY", "-u", "https_proxy", "-u", "HTTP_PROXY",
+                "-u", "http_proxy", "-u", "WSS_PROXY", "-u", "wss_proxy",
+                codex_bin, *tc._codex_flags(codex_bin), f"Reply exactly: {word}"]
+        r = run_bounded(argv, env=env, cwd=work, timeout=tc.CODEX_TIMEOUT)
+    finally:
+        fake.stop()
+    ctx = f"{r.describe()}\n{fake.describe()}\n{d.log_dump()}"
+    assert r.returncode == 0 and word in r.stdout.split(), ctx
+    assert not tc.WS_CONNECT_FAILED.search(r.stderr), ctx
+    assert fake.count("ws_turns") == 1 and fake.by_transport("sse") == [], ctx
+    assert fake.errors == [], ctx
+    auths = [(x.transport, x.header_values("authorization")) for x in fake.snapshot()]
+    assert auths and all(a == [f"Bearer {secrets.openai_key}"] for _t, a in auths), \
+        f"requests without the real key: {[(t, len(a)) for t, a in auths]}\n{ctx}"
+    assert not fake.saw(tc.PLACEHOLDER)
+    assert "CONNECT api.openai.com:443 (address type 3)" in d.log_text(), ctx
+    ws = [x for x in audit_records(d) if x["path"] == "/v1/responses" and x["method"] == "GET"]
+    assert ws and all(x["token"] == "agent1" and x["service"] == "openai" and x["status"] == 101
+                      for x in ws), audit_records(d)
+    tc._assert_no_leaks(r, home, secrets)
