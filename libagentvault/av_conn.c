@@ -67,6 +67,8 @@ static int conn_tunnel_sniff(av_conn *c)
     }
     const uint8_t b = av__buf_head(in)[0];
     if (av__tls_is_client_hello(&b, 1)) {
+        if (c->socks_by_addr && !av__conn_socks_sni(c))
+            return 0; /* SOCKS5 to an address: the SNI will name it */
         av_buf *cin, *cout;
         av_tls *t = NULL;
         av__side_tls_bufs(&c->a, &cin, &cout);

@@ -17,6 +17,7 @@
 
 #include "av_env.h"
 #include "av_exchange.h"
+#include "av_sni.h"
 #include "av_socks.h"
 
 typedef struct av_conn av_conn;
@@ -74,6 +75,7 @@ struct av_conn {
     char peer[64];
     int socks_step;          /* C_SOCKS: SOCKS_GREETING, SOCKS_AUTH or SOCKS_REQUEST */
     int via_socks;           /* the tunnel was opened by a SOCKS5 CONNECT */
+    int socks_by_addr;       /* ... to an address: the TLS SNI or the first Host names it (transparent) */
 };
 
 /* The steps of a SOCKS5 negotiation. */
@@ -123,6 +125,15 @@ void av__conn_enter_tunnel(av_conn *c, const av_authority *dest, const void *ok,
 /* The C_SOCKS step: greeting, token, request, then the tunnel. Returns
  * progress. */
 int av__conn_socks_step(av_conn *c);
+/* Transparent mode, a SOCKS5 tunnel to an address (c->socks_by_addr)
+ * whose first bytes are a ClientHello: a DNS name in its SNI becomes the
+ * destination (matched, minted, dialled and verified as that name; the
+ * address was checked at CONNECT). 1 to go on with the MITM handshake, 0
+ * while the first record is incomplete. */
+int av__conn_socks_sni(av_conn *c);
+/* ... whose first request is cleartext HTTP: a DNS name in its Host with
+ * the tunnel's port becomes the destination. */
+void av__conn_socks_host(av_conn *c, const av_h1_field *host);
 /* The C_PROXY_SNIFF answer to a SOCKS4/4a request: refused, then closed. */
 void av__conn_socks4_refuse(av_conn *c);
 

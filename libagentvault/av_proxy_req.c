@@ -261,6 +261,8 @@ void av__conn_tunnel_request(av_conn *c, const av_h1_request *req, size_t head_l
         av__conn_respond(c, 400, "missing Host header", 0, 1);
         return;
     }
+    if (c->socks_by_addr)
+        av__conn_socks_host(c, req->host); /* SOCKS5 to an address: Host may name it */
     av_authority hh;
     if (av__authority_parse(req->host->value, req->host->value_len, c->dest_tls ? 443 : 80, &hh) != 0 ||
         !av__authority_equal(&hh, &c->dest)) {

@@ -18,6 +18,17 @@
  * dial failure shows as the proxy's 502 inside the tunnel or a closed
  * opaque tunnel, not as REP 04/05. Bytes the client sends after its
  * request (an early ClientHello) stay in c->a.pin for the tunnel sniff.
+ *
+ * Transparent mode: a client that resolved the name itself (ATYP 01/04,
+ * curl's socks5://, an egress tunnel) names only an address. The address
+ * is checked by the SSRF guard at CONNECT; then a DNS name in the TLS SNI
+ * (or, for cleartext HTTP, in the first request's Host with the same port)
+ * becomes the destination: services match it, the leaf is minted for it,
+ * Host must equal it, and the upstream is dialled by that name and its
+ * certificate verified against it. The name is resolved and checked here,
+ * as for a socks5h request: the client's address is not dialled, so a
+ * name never travels to an address it does not resolve to. Without a name
+ * the address stays the destination, as for an HTTP CONNECT to it.
  */
 #include <stdio.h>
 #include <string.h>
@@ -192,6 +203,7 @@ static int socks_request(av_conn *c)
     uint8_t ok[AV_SOCKS_REPLY_LEN];
     av__socks_reply(ok, AV_SOCKS_REP_OK);
     c->via_socks = 1;
+    c->socks_by_addr = rq.dest.is_ip != 0;
     av__conn_enter_tunnel(c, &rq.dest, ok, sizeof(ok));
     return 1;
 }
@@ -208,6 +220,45 @@ int av__conn_socks_step(av_conn *c)
     default:
         return socks_request(c);
     }
+}
+
+/* Rebind the tunnel from its address to |name| (a validated DNS name). */
+static void socks_rebind(av_conn *c, const char *name, const char *why)
+{
+    av__log(c->env->log, AV_LOG_INFO, "socks5 peer=%s %s:%d is %s:%d (%s): the name is matched, dialled and verified",
+            c->peer, c->dest.host, c->dest.port, name, c->dest.port, why);
+    snprintf(c->dest.host, sizeof(c->dest.host), "%s", name);
+    c->dest.is_ip = 0;
+}
+
+int av__conn_socks_sni(av_conn *c)
+{
+    av_buf *in = c->a.pin;
+    char sni[AV_SNI_MAX + 1], name[AV_HOST_MAX + 1];
+    int r = av__sni_peek(av__buf_head(in), in->len, sni);
+    if (r == AV_SNI_INCOMPLETE && !c->a.in_eof && av__buf_room(in) > 0) {
+        if (c->head_start == 0)
+            c->head_start = av__loop_now(c->env->loop); /* the record's deadline: header_timeout */
+        return 0;
+    }
+    c->socks_by_addr = 0;
+    c->head_start = 0;
+    if (r == AV_SNI_FOUND && av__host_validate(sni, strlen(sni), name) == 0)
+        socks_rebind(c, name, "TLS SNI");
+    else
+        av__log(c->env->log, AV_LOG_INFO,
+                "socks5 peer=%s %s:%d: no DNS name in the TLS SNI: the address is the destination (a certificate "
+                "for it is presented; clients that sent a name need socks5h://)",
+                c->peer, c->dest.host, c->dest.port);
+    return 1;
+}
+
+void av__conn_socks_host(av_conn *c, const av_h1_field *host)
+{
+    av_authority hh;
+    c->socks_by_addr = 0;
+    if (av__authority_parse(host->value, host->value_len, 80, &hh) == 0 && !hh.is_ip && hh.port == c->dest.port)
+        socks_rebind(c, hh.host, "Host of the first request");
 }
 
 void av__conn_socks4_refuse(av_conn *c)

@@ -10,8 +10,12 @@
  * error is "incomplete" or the same error; a parsed destination is a
  * valid authority (the host re-validates to itself, port 1..65535) and an
  * IP destination came from ATYP 01/04 or a literal name; views of the
- * user name and password lie inside the input. The prefixes are heap
- * copies of exactly their size, so ASan sees any read past them.
+ * user name and password lie inside the input. What follows a request
+ * (the tunnel's first bytes) goes through the SNI peek of transparent mode
+ * (av_sni.c): a found name is NUL-free, at most 253 bytes, and every
+ * prefix of the input is incomplete or gives the same answer once the first
+ * record is whole. The prefixes are heap copies of exactly their size, so
+ * ASan sees any read past them.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -19,6 +23,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_sni.h"
 #include "av_socks.h"
 #include "av_url.h"
 #include "fuzz_util.h"
@@ -83,6 +88,31 @@ static void check_request(const av_socks_request *rq)
         CHECK(rq->dest.host[i] > 0x20 && rq->dest.host[i] < 0x7f);
 }
 
+/* check_sni runs the SNI peek over the tunnel's first bytes. */
+static void check_sni(const uint8_t *p, size_t n, rng *g)
+{
+    char name[AV_SNI_MAX + 1];
+    int r = av__sni_peek(p, n, name);
+    CHECK(r == AV_SNI_FOUND || r == AV_SNI_INCOMPLETE || r == AV_SNI_NONE || r == AV_SNI_MALFORMED);
+    if (r == AV_SNI_FOUND) {
+        size_t l = strlen(name);
+        CHECK(l >= 1 && l <= AV_SNI_MAX);
+    }
+    if (r != AV_SNI_INCOMPLETE && n > 0) {
+        size_t len = rng_next(g, n);
+        uint8_t *copy = malloc(len ? len : 1);
+        if (!copy)
+            return;
+        memcpy(copy, p, len);
+        char again[AV_SNI_MAX + 1];
+        int r2 = av__sni_peek(copy, len, again);
+        free(copy);
+        CHECK(r2 == AV_SNI_INCOMPLETE || r2 == r);
+        if (r2 == AV_SNI_FOUND)
+            CHECK(strcmp(again, name) == 0);
+    }
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     rng g;
@@ -142,7 +172,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         } else {
             CHECK((size_t)r <= AV_SOCKS_REQUEST_MAX);
             check_request(&rq);
-            break; /* the rest is the tunnel's */
+            check_sni(p + r, n - (size_t)r, &g); /* the rest is the tunnel's */
+            break;
         }
         at += (size_t)r;
     }

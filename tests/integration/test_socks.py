@@ -655,3 +655,114 @@ def test_codex_websocket_over_socks5h(codex_bin, daemon, test_ca, tmp_path, secr
     assert ws and all(x["token"] == "agent1" and x["service"] == "openai" and x["status"] == 101
                       for x in ws), audit_records(d)
     tc._assert_no_leaks(r, home, secrets)
+
+
+# ---- transparent mode: SOCKS5 to an address (curl socks5://, egress tunnels) ----
+
+def test_socks5_address_tls_sni_names_destination(daemon, upstream, secrets):
+    """curl socks5:// resolves locally and sends an address (ATYP 01); the
+    ClientHello's SNI then names the destination: the service matches, the
+    leaf is for the name, the name is dialled (never the address) and the
+    credential injected."""
+    d = daemon(config_text(secrets, proxy_extra="allow_private = 127.0.0.2/32"))
+    r = socks_curl(d, "--resolve", "api.openai.com:443:127.0.0.2", "https://api.openai.com/echo",
+                   proxy=["-x", f"socks5://127.0.0.1:{d.port}"]).ok()
+    assert r.status == 200, r.describe()
+    assert auth_values(upstream.only_request()) == [f"Bearer {secrets.openai_key}"]
+    d.wait_log(lambda line: "socks5 peer=" in line and "CONNECT 127.0.0.2:443 (address type 1)" in line)
+    d.wait_log(lambda line: "127.0.0.2:443 is api.openai.com:443 (TLS SNI)" in line)
+    (rec,) = audit_records(d)
+    assert rec["host"] == "api.openai.com:443" and rec["service"] == "openai", rec
+    # inside, Host must still equal the name
+    r = socks_curl(d, "--resolve", "api.openai.com:443:127.0.0.2", "-H", "Host: api.github.com",
+                   "https://api.openai.com/echo", proxy=["-x", f"socks5://127.0.0.1:{d.port}"]).ok()
+    assert r.status == 421, r.describe()
+    assert len(upstream.snapshot()) == 1
+
+
+def test_socks5_address_ssrf_checked_before_sni(daemon, upstream, secrets):
+    """The address itself must pass the SSRF guard, whatever name follows."""
+    d = daemon()
+    r = socks_curl(d, "--resolve", "api.openai.com:443:127.0.0.2", "https://api.openai.com/echo",
+                   proxy=["-x", f"socks5://127.0.0.1:{d.port}"])
+    assert r.returncode == 97, r.describe()
+    assert upstream.connections_accepted == 0
+    (rec,) = audit_records(d)
+    assert (rec["host"], rec["status"], rec["proto"]) == ("127.0.0.2:443", 403, "socks5>-"), rec
+
+
+def test_socks5_address_without_sni_is_the_destination(daemon, upstream, secrets, test_ca):
+    """No name in the ClientHello (curl sends no SNI for an IP URL): the
+    address is the destination, as for an HTTP CONNECT to it."""
+    d = daemon(config_text(secrets, proxy_extra="allow_private = 127.0.0.1/32"))
+    r = socks_curl(d, f"https://127.0.0.1:{upstream.port}/echo",
+                   proxy=["-x", f"socks5://127.0.0.1:{d.port}"]).ok()
+    assert r.status == 200, r.describe()
+    assert auth_values(upstream.only_request()) == []  # no service names the address
+    d.wait_log(lambda line: "no DNS name in the TLS SNI" in line)
+
+
+def test_socks5_address_cleartext_host_names_destination(daemon, plain_upstream, secrets):
+    port = plain_upstream.port
+    d = daemon(config_text(secrets, proxy_extra="allow_private = 127.0.0.2/32", extra=plain_service(port)),
+               extra_resolve=[f"plain.test:{port}:127.0.0.1"])
+    r = socks_curl(d, "--resolve", f"plain.test:{port}:127.0.0.2", f"http://plain.test:{port}/echo",
+                   proxy=["-x", f"socks5://127.0.0.1:{d.port}"]).ok()
+    assert r.status == 200, r.describe()
+    assert auth_values(plain_upstream.only_request()) == [f"Bearer {secrets.plain_key}"]
+    d.wait_log(lambda line: f"127.0.0.2:{port} is plain.test:{port} (Host of the first request)" in line)
+
+
+def test_socks5_address_sni_over_raw_split_client_hello(daemon, upstream, secrets):
+    """The ClientHello arriving in small pieces is waited for (bounded by the
+    first record), then read."""
+    d = daemon(config_text(secrets, proxy_extra="allow_private = 127.0.0.2/32"))
+    c = raw(d)
+    try:
+        assert greet(c) == b"\x05\x00"
+        c.send(ipv4_request("127.0.0.2", 443))
+        assert read_reply(c) == 0
+        ctx = ssl.create_default_context(cafile=str(d.ca_pem))
+        inb, outb = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = ctx.wrap_bio(inb, outb, server_hostname="api.openai.com")
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        hello = outb.read()
+        for i in range(0, len(hello), 7):
+            c.send(hello[i:i + 7])
+            time.sleep(0.002)
+        while True:
+            try:
+                obj.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                pass
+            data = outb.read()
+            if data:
+                c.send(data)
+            chunk = c.sock.recv(65536)
+            assert chunk, "closed during the MITM handshake"
+            inb.write(chunk)
+        c.send(outb.read())
+        obj.write(b"GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nConnection: close\r\n\r\n")
+        c.send(outb.read())
+
+        def recv():
+            while True:
+                try:
+                    return obj.read(65536)
+                except ssl.SSLWantReadError:
+                    data = c.sock.recv(65536)
+                    if not data:
+                        return b""
+                    inb.write(data)
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    return b""
+        status, _h, body = read_http_response(recv)
+        client.RECEIVED.append(body)
+        assert status == 200
+    finally:
+        c.close()
+    assert auth_values(upstream.only_request()) == [f"Bearer {secrets.openai_key}"]

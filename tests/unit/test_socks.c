@@ -1,7 +1,8 @@
 /* test_socks.c - the SOCKS5 server messages (av_socks.c): greeting, RFC
  * 1929 sub-negotiation, request, answers; every message fed byte by byte
  * (each proper prefix is "incomplete", never an error or a success) and
- * with pipelined bytes after it (only the message is consumed). */
+ * with pipelined bytes after it (only the message is consumed). Also the
+ * ClientHello SNI peek of transparent mode (av_sni.c). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +15,7 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_sni.h"
 #include "av_socks.h"
 
 /* Every proper prefix of msg is incomplete for |parse|; the whole message
@@ -248,12 +250,101 @@ static void answers(void **state)
     assert_string_equal(av__socks_rep_text(99), "unknown");
 }
 
+
+/* hello builds a TLS record holding a ClientHello; |sni| NULL: no
+ * server_name extension; |ext_first| puts another extension before it.
+ * Returns the length. */
+static size_t hello(uint8_t *out, const char *sni, size_t sni_len, int ext_first, int no_exts)
+{
+    uint8_t body[1024];
+    size_t n = 0;
+    body[n++] = 3, body[n++] = 3;          /* legacy_version */
+    memset(body + n, 0xab, 32), n += 32;   /* random */
+    body[n++] = 32, memset(body + n, 1, 32), n += 32; /* session id */
+    body[n++] = 0, body[n++] = 4, body[n++] = 0x13, body[n++] = 1, body[n++] = 0x13, body[n++] = 2;
+    body[n++] = 1, body[n++] = 0;          /* compression */
+    if (!no_exts) {
+        size_t ext_at = n;
+        n += 2;
+        if (ext_first) {                   /* supported_versions */
+            body[n++] = 0, body[n++] = 43, body[n++] = 0, body[n++] = 3, body[n++] = 2, body[n++] = 3,
+            body[n++] = 4;
+        }
+        if (sni) {
+            body[n++] = 0, body[n++] = 0;  /* server_name */
+            size_t el = 2 + 1 + 2 + sni_len;
+            body[n++] = (uint8_t)(el >> 8), body[n++] = (uint8_t)el;
+            body[n++] = (uint8_t)((el - 2) >> 8), body[n++] = (uint8_t)(el - 2);
+            body[n++] = 0;
+            body[n++] = (uint8_t)(sni_len >> 8), body[n++] = (uint8_t)sni_len;
+            memcpy(body + n, sni, sni_len), n += sni_len;
+        }
+        size_t el = n - ext_at - 2;
+        body[ext_at] = (uint8_t)(el >> 8), body[ext_at + 1] = (uint8_t)el;
+    }
+    size_t hl = n;
+    out[0] = 0x16, out[1] = 3, out[2] = 1;
+    out[3] = (uint8_t)((hl + 4) >> 8), out[4] = (uint8_t)(hl + 4);
+    out[5] = 1, out[6] = 0, out[7] = (uint8_t)(hl >> 8), out[8] = (uint8_t)hl;
+    memcpy(out + 9, body, hl);
+    return 9 + hl;
+}
+
+static void sni_peek(void **state)
+{
+    (void)state;
+    uint8_t m[1200];
+    char name[AV_SNI_MAX + 1];
+    size_t n = hello(m, "api.openai.com", 14, 1, 0);
+    for (size_t i = 0; i < n; i++) {
+        uint8_t *p = malloc(i ? i : 1);
+        assert_non_null(p);
+        memcpy(p, m, i);
+        assert_int_equal(av__sni_peek(p, i, name), AV_SNI_INCOMPLETE);
+        free(p);
+    }
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_FOUND);
+    assert_string_equal(name, "api.openai.com");
+    m[n] = 0x17; /* bytes after the record are not looked at */
+    assert_int_equal(av__sni_peek(m, n + 1, name), AV_SNI_FOUND);
+    n = hello(m, "Example.COM", 11, 0, 0);
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_FOUND);
+    assert_string_equal(name, "Example.COM"); /* as sent: the caller validates */
+    n = hello(m, NULL, 0, 1, 0);
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_NONE);
+    n = hello(m, NULL, 0, 0, 1);
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_NONE);
+    n = hello(m, "a\0b", 3, 0, 0);
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_NONE);
+    char longname[300];
+    memset(longname, 'a', sizeof(longname));
+    n = hello(m, longname, 254, 0, 0);
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_NONE);
+    /* not a handshake record, not a ClientHello, truncated inner lengths */
+    static const uint8_t http[] = "GET / HTTP/1.1\r\n";
+    assert_int_equal(av__sni_peek(http, 16, name), AV_SNI_MALFORMED);
+    n = hello(m, "a.b", 3, 0, 0);
+    m[5] = 2; /* ServerHello */
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_MALFORMED);
+    n = hello(m, "a.b", 3, 0, 0);
+    m[9 + 34] = 200; /* session id longer than the message */
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_MALFORMED);
+    /* a ClientHello longer than its first record: not looked at */
+    n = hello(m, "a.b", 3, 0, 0);
+    m[7] = 0x40;
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_NONE);
+    /* a record over 2^14 bytes */
+    n = hello(m, "a.b", 3, 0, 0);
+    m[3] = 0x41;
+    assert_int_equal(av__sni_peek(m, n, name), AV_SNI_MALFORMED);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(greetings),     cmocka_unit_test(methods),           cmocka_unit_test(auth),
         cmocka_unit_test(request_name),  cmocka_unit_test(request_addresses), cmocka_unit_test(request_errors),
-        cmocka_unit_test(answers),
+        cmocka_unit_test(answers),       cmocka_unit_test(sni_peek),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
