@@ -294,14 +294,16 @@ static void conn_arm_timer(av_conn *c)
     const av_config *cfg = c->snap->cfg;
     double now = av__loop_now(c->env->loop);
     double t = cfg->idle_timeout;
-    if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD || c->state == C_SNIFF ||
-         c->state == C_PROXY_SNIFF || c->state == C_SOCKS || c->state == C_TUNNEL_SNIFF ||
-         c->state == C_GW_SNIFF) && c->head_start > 0) {
+    /* C_SOCKS: head_start is the negotiation's first byte. C_PROXY_SNIFF
+     * waits only after TLS to the proxy (plain connections pass through it
+     * with their first byte): idle, as C_PROXY_HEAD between requests. */
+    if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD || c->state == C_SNIFF || c->state == C_SOCKS ||
+         c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF) && c->head_start > 0) {
         t = c->head_start + cfg->header_timeout - now;
         if (t < 0.001)
             t = 0.001;
-    } else if (c->state == C_SNIFF || c->state == C_PROXY_SNIFF || c->state == C_SOCKS ||
-               c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF || av__side_handshaking(&c->a)) {
+    } else if (c->state == C_SNIFF || c->state == C_SOCKS || c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF ||
+               av__side_handshaking(&c->a)) {
         t = cfg->header_timeout;
     } else if (c->state == C_EXCHANGE && c->x.ws_open) {
         t = cfg->ws_idle_timeout;

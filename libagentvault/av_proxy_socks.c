@@ -148,8 +148,8 @@ static int socks_auth(av_conn *c)
         if (socks_send(c, answer, sizeof(answer)) < 0)
             return 1;
         socks_refused(c, 407, "-", NULL,
-                      n == AV_SOCKS_E_VERSION ? "SOCKS5: malformed username/password sub-negotiation"
-                      : n < 0                 ? "SOCKS5: proxy token required: send it as the password"
+                      n == AV_SOCKS_E_VERSION ? "SOCKS5: not a username/password sub-negotiation (version byte not 01)"
+                      : n < 0                 ? "SOCKS5: empty password: send the proxy token as the password"
                                               : "SOCKS5: wrong proxy token (the password must be a proxy token)");
         socks_close(c);
         return 1;
