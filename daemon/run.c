@@ -1,6 +1,6 @@
 /* run.c - `agentvault run`: start a command wired to the vault.
  *
- *   agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] -- CMD [ARGS...]
+ *   agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] [--socks] -- CMD [ARGS...]
  *
  * Fetches the proxy's root certificate (GET /ca.pem) and the placeholder
  * variables of its services (GET /agent-env) over plain HTTP/1.1, writes
@@ -33,7 +33,7 @@
 #include "run_int.h"
 
 #define RUN_DEFAULT_PROXY "http://127.0.0.1:14322"
-#define RUN_USAGE "usage: agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] -- CMD [ARGS...]"
+#define RUN_USAGE "usage: agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] [--socks] -- CMD [ARGS...]"
 
 /* Variables whose value is the bundle (system roots + our root). grpcio
  * ignores SSL_CERT_FILE and reads only GRPC_DEFAULT_SSL_ROOTS_FILE_PATH. */
@@ -44,7 +44,10 @@ static const char *const bundle_vars[] = {
 };
 /* Variables whose value is our root alone (added to the built-in roots). */
 static const char *const root_vars[] = {"NODE_EXTRA_CA_CERTS", "CODEX_CA_CERTIFICATE"};
-/* The proxy URL; aiohttp reads WSS_PROXY/WS_PROXY for ws(s):// URLs. */
+/* The proxy URL; aiohttp reads WSS_PROXY/WS_PROXY for ws(s):// URLs. With
+ * --socks, the ALL_PROXY pair gets the socks5h:// URL instead (the same
+ * port speaks SOCKS5): clients that read only ALL_PROXY, or prefer it. */
+static const char *const socks_vars[] = {"ALL_PROXY", "all_proxy"};
 static const char *const proxy_vars[] = {
     "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy",
     "WSS_PROXY", "wss_proxy", "WS_PROXY", "ws_proxy",
@@ -402,21 +405,39 @@ static int take_opt(int argc, char **argv, int *i, const char *name, const char 
 
 /* Sets the variables of spec item 4 that do not depend on /agent-env.
  * Returns 0 or -1 (setenv failed or a value overflowed). */
-static int set_run_env(const run_proxy *px, const char *token, const char *no_proxy_add,
+/* Builds SCHEME://[agent:TOKEN@]HOST:PORT into |b| (the token
+ * percent-encoded); returns its text, or NULL with *err set. */
+static const char *proxy_url_of(av_buf *b, const char *scheme, const run_proxy *px, const char *token, int *err)
+{
+    put_str(b, scheme, err);
+    put_str(b, "://", err);
+    if (token) {
+        put_str(b, "agent:", err);
+        put_pct(b, token, err);
+        put_str(b, "@", err);
+    }
+    put_str(b, px->hostport, err);
+    return text_of(b, err);
+}
+
+static int is_socks_var(const char *name)
+{
+    for (size_t i = 0; i < NELEM(socks_vars); i++)
+        if (!strcmp(name, socks_vars[i]))
+            return 1;
+    return 0;
+}
+
+static int set_run_env(const run_proxy *px, const char *token, const char *no_proxy_add, int socks,
                        const char *bundle, const char *root)
 {
     int rc = 0, url_err = 0, np_err = 0;
-    av_buf url, np;
+    av_buf url, surl, np;
     av__buf_init(&url, 4 * RUN_MAX_TOKEN + 512 + 1);
+    av__buf_init(&surl, 4 * RUN_MAX_TOKEN + 512 + 1);
     av__buf_init(&np, RUN_MAX_NO_PROXY + 1);
-    put_str(&url, "http://", &url_err);
-    if (token) {
-        put_str(&url, "agent:", &url_err);
-        put_pct(&url, token, &url_err);
-        put_str(&url, "@", &url_err);
-    }
-    put_str(&url, px->hostport, &url_err);
-    const char *url_text = text_of(&url, &url_err);
+    const char *url_text = proxy_url_of(&url, "http", px, token, &url_err);
+    const char *socks_text = socks ? proxy_url_of(&surl, "socks5h", px, token, &url_err) : NULL;
     char *user_np = getenv("NO_PROXY") ? strdup(getenv("NO_PROXY")) : NULL;
     char *user_np_lc = getenv("no_proxy") ? strdup(getenv("no_proxy")) : NULL;
     list_add(&np, user_np, &np_err);
@@ -434,7 +455,7 @@ static int set_run_env(const run_proxy *px, const char *token, const char *no_pr
         goto out;
     }
     for (size_t i = 0; i < NELEM(proxy_vars) && rc == 0; i++)
-        rc = setenv(proxy_vars[i], url_text, 1);
+        rc = setenv(proxy_vars[i], socks && is_socks_var(proxy_vars[i]) ? socks_text : url_text, 1);
     if (rc == 0)
         rc = setenv("NO_PROXY", np_text, 1);
     if (rc == 0)
@@ -453,6 +474,7 @@ out:
     free(user_np);
     free(user_np_lc);
     av__buf_free_wipe(&url);
+    av__buf_free_wipe(&surl);
     av__buf_free(&np);
     return rc;
 }
@@ -461,7 +483,7 @@ out:
 int cmd_run(int argc, char **argv)
 {
     const char *proxy_arg = NULL, *token = NULL, *no_proxy_add = NULL;
-    int cmd_at = -1;
+    int cmd_at = -1, socks = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
         int r;
@@ -472,6 +494,10 @@ int cmd_run(int argc, char **argv)
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             puts(RUN_USAGE);
             return 0;
+        }
+        if (!strcmp(a, "--socks")) {
+            socks = 1;
+            continue;
         }
         if ((r = take_opt(argc, argv, &i, "--proxy", &proxy_arg)) != 0 ||
             (r = take_opt(argc, argv, &i, "--token", &token)) != 0 ||
@@ -601,7 +627,7 @@ int cmd_run(int argc, char **argv)
         run_pem_write(dir, "bundle.pem", ca.body, ca.body_len, 1, bundle_path, sizeof(bundle_path)) < 0)
         goto out;
 
-    if (set_run_env(&px, token, no_proxy_add, bundle_path, root_path) < 0)
+    if (set_run_env(&px, token, no_proxy_add, socks, bundle_path, root_path) < 0)
         goto out;
     if (env.status == 200 && env.body && apply_agent_env(env.body, env.body_len) < 0) {
         run_msg("cannot set the environment: %s", strerror(errno));

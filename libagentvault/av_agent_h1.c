@@ -17,7 +17,7 @@
  * record and count (SECURITY 18); its one log line is the "refused" line.
  * Method, host and path come from the head if it parsed and checked out,
  * else "-". */
-static void conn_record_refusal(av_conn *c, int status, const char *reason)
+void av__conn_record_refusal(av_conn *c, int status, const char *reason, const char *proto)
 {
     av_exchange *x = &c->x;
     av__x_reset(x);
@@ -33,7 +33,17 @@ static void conn_record_refusal(av_conn *c, int status, const char *reason)
     snprintf(x->log_path, sizeof(x->log_path), "%s", c->head_path[0] ? c->head_path : "-");
     x->status = status;
     x->end = AV_END_REFUSED;
-    av__x_audit(x, reason, 0.0);
+    if (proto) {
+        /* The record names the agent's protocol (x->agent->proto): a
+         * SOCKS5 refusal came before any HTTP. Only the name is read. */
+        const av_agent_ops *agent = x->agent;
+        av_agent_ops named = {.proto = proto};
+        x->agent = &named;
+        av__x_audit(x, reason, 0.0);
+        x->agent = agent;
+    } else {
+        av__x_audit(x, reason, 0.0);
+    }
     av__metrics_count_exchange(c->env->metrics, NULL, status);
     c->env->metrics->m_ends[AV_END_REFUSED]++;
     av__x_reset(x);
@@ -73,7 +83,7 @@ void av__conn_respond(av_conn *c, int status, const char *reason_text, int json,
         av__x_log(&c->x, reason); /* the exchange's one line, with the reason */
     } else if (status >= 400) {
         av__log(c->env->log, AV_LOG_INFO, "refused peer=%s status=%d reason=\"%s\"", c->peer, status, reason);
-        conn_record_refusal(c, status, reason);
+        av__conn_record_refusal(c, status, reason, NULL);
     }
 }
 

@@ -1,7 +1,10 @@
 /* av_conn.c - one agent connection: the pump and its state machine.
  *
- *   SNIFF ──0x16──▶ (TLS to the proxy) ──▶ PROXY_HEAD
- *     └──other──▶ PROXY_HEAD
+ *   SNIFF ──0x16──▶ (TLS to the proxy) ──▶ PROXY_SNIFF
+ *     └──other──▶ PROXY_SNIFF
+ *   PROXY_SNIFF: 0x05 ──▶ SOCKS (av_proxy_socks.c) ──05 00──▶ TUNNEL_SNIFF
+ *                0x04 ──▶ SOCKS4 refused, closed
+ *                other ──▶ PROXY_HEAD
  *   PROXY_HEAD: CONNECT ──200──▶ TUNNEL_SNIFF ──0x16──▶ MITM TLS ──▶ TUNNEL_HEAD
  *                                    ├── HTTP method ──▶ TUNNEL_HEAD (cleartext)
  *                                    └── passthrough host ──▶ OPAQUE
@@ -64,6 +67,8 @@ static int conn_tunnel_sniff(av_conn *c)
     }
     const uint8_t b = av__buf_head(in)[0];
     if (av__tls_is_client_hello(&b, 1)) {
+        if (c->socks_by_addr && !av__conn_socks_sni(c))
+            return 0; /* SOCKS5 to an address: the SNI will name it */
         av_buf *cin, *cout;
         av_tls *t = NULL;
         av__side_tls_bufs(&c->a, &cin, &cout);
@@ -166,9 +171,33 @@ static int conn_step(av_conn *c)
                 return 1;
             }
         }
-        c->state = C_PROXY_HEAD;
+        c->state = C_PROXY_SNIFF;
         return 1;
     }
+    case C_PROXY_SNIFF: {
+        /* The first byte of plaintext (inside TLS to the proxy, if any):
+         * SOCKS5, SOCKS4 (refused), or an HTTP proxy request. */
+        if (c->a.pin->len == 0) {
+            if (c->a.in_eof) {
+                c->state = C_CLOSING;
+                av__side_close_write(&c->a);
+                return 1;
+            }
+            return 0;
+        }
+        const uint8_t b = av__buf_head(c->a.pin)[0];
+        if (b == AV_SOCKS5_VERSION) {
+            c->state = C_SOCKS;
+            c->socks_step = SOCKS_GREETING;
+        } else if (b == AV_SOCKS4_VERSION) {
+            av__conn_socks4_refuse(c);
+        } else {
+            c->state = C_PROXY_HEAD;
+        }
+        return 1;
+    }
+    case C_SOCKS:
+        return av__conn_socks_step(c);
     case C_GW_SNIFF: {
         /* HTTP/2 with prior knowledge starts with the client preface. */
         static const char preface[] = "PRI * HTTP/2.0\r\n";
@@ -248,6 +277,9 @@ static void conn_on_timer(void *ud)
 {
     av_conn *c = ud;
     av__log(c->env->log, AV_LOG_DEBUG, "connection peer=%s timed out in state %d", c->peer, c->state);
+    if (c->state == C_SOCKS)
+        av__log(c->env->log, AV_LOG_INFO,
+                "connection peer=%s closed: the SOCKS5 negotiation did not finish within header_timeout", c->peer);
     if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD) && c->a.pin->len > 0)
         av__conn_respond(c, 408, "request header timeout", 0, 1); /* then close after the flush */
     else
@@ -262,12 +294,15 @@ static void conn_arm_timer(av_conn *c)
     const av_config *cfg = c->snap->cfg;
     double now = av__loop_now(c->env->loop);
     double t = cfg->idle_timeout;
-    if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD || c->state == C_SNIFF ||
+    /* C_SOCKS: head_start is the negotiation's first byte. C_PROXY_SNIFF
+     * waits only after TLS to the proxy (plain connections pass through it
+     * with their first byte): idle, as C_PROXY_HEAD between requests. */
+    if ((c->state == C_PROXY_HEAD || c->state == C_TUNNEL_HEAD || c->state == C_SNIFF || c->state == C_SOCKS ||
          c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF) && c->head_start > 0) {
         t = c->head_start + cfg->header_timeout - now;
         if (t < 0.001)
             t = 0.001;
-    } else if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF ||
+    } else if (c->state == C_SNIFF || c->state == C_SOCKS || c->state == C_TUNNEL_SNIFF || c->state == C_GW_SNIFF ||
                av__side_handshaking(&c->a)) {
         t = cfg->header_timeout;
     } else if (c->state == C_EXCHANGE && c->x.ws_open) {
@@ -350,8 +385,9 @@ void av__conn_proceed(av_conn *c)
         }
         int rc = av__side_pump_in(&c->a);
         if (rc < 0) {
-            if (c->state == C_SNIFF || c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a) ||
-                c->state == C_TUNNEL_HEAD || c->state == C_PROXY_HEAD)
+            if (c->state == C_SNIFF || c->state == C_PROXY_SNIFF || c->state == C_SOCKS ||
+                c->state == C_TUNNEL_SNIFF || av__side_handshaking(&c->a) || c->state == C_TUNNEL_HEAD ||
+                c->state == C_PROXY_HEAD)
                 av__log(c->env->log, AV_LOG_INFO, "connection peer=%s%s%s closed: %s", c->peer,
                         c->in_tunnel ? " host=" : "", c->in_tunnel ? c->dest.host : "", c->a.errmsg);
             c->dead = 1;

@@ -17,11 +17,15 @@
 
 #include "av_env.h"
 #include "av_exchange.h"
+#include "av_sni.h"
+#include "av_socks.h"
 
 typedef struct av_conn av_conn;
 
 enum conn_state {
     C_SNIFF = 1,
+    C_PROXY_SNIFF, /* the first byte of plaintext (after TLS to the proxy, if any) */
+    C_SOCKS,       /* SOCKS5 negotiation (av_proxy_socks.c), c->socks_step */
     C_PROXY_HEAD,
     C_TUNNEL_SNIFF,
     C_TUNNEL_HEAD,
@@ -69,7 +73,13 @@ struct av_conn {
     double linger_until;
     size_t linger_budget;
     char peer[64];
+    int socks_step;          /* C_SOCKS: SOCKS_GREETING, SOCKS_AUTH or SOCKS_REQUEST */
+    int via_socks;           /* the tunnel was opened by a SOCKS5 CONNECT */
+    int socks_by_addr;       /* ... to an address: the TLS SNI or the first Host names it (transparent) */
 };
+
+/* The steps of a SOCKS5 negotiation. */
+enum { SOCKS_GREETING = 0, SOCKS_AUTH, SOCKS_REQUEST };
 
 /* An exchange runs under the connection's snapshot and proxy token as they
  * are when it starts (its own reference), also when it is refused. */
@@ -98,11 +108,43 @@ int av__gw_token_ok(av_conn *c, const av_h1_field *fields, size_t nfields);
 void av__conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_len);
 void av__conn_tunnel_request(av_conn *c, const av_h1_request *req, size_t head_len);
 void av__conn_note_head(av_conn *c, const av_h1_request *req);
+/* The admission an HTTP CONNECT and a SOCKS5 CONNECT share. Are proxy
+ * tokens required? The index of token |tok|, or -1. */
+int av__conn_tokens_on(const av_conn *c);
+int av__conn_find_token(av_conn *c, const uint8_t *tok, size_t len);
+/* What dialing |dest| would refuse and a CONNECT already tells (an address
+ * literal the SSRF guard refuses, the proxy itself): 0, or the status the
+ * dial would give (403) with the reason in |why|. */
+int av__conn_tunnel_precheck(av_conn *c, const av_authority *dest, char *why, size_t cap);
+/* Enter the tunnel to an admitted |dest|: queue |ok| (the protocol's
+ * success answer), then an opaque relay for passthrough hosts, else the
+ * tunnel sniff (TLS -> MITM, HTTP -> cleartext). */
+void av__conn_enter_tunnel(av_conn *c, const av_authority *dest, const void *ok, size_t ok_len);
+
+/* av_proxy_socks.c */
+/* The C_SOCKS step: greeting, token, request, then the tunnel. Returns
+ * progress. */
+int av__conn_socks_step(av_conn *c);
+/* Transparent mode, a SOCKS5 tunnel to an address (c->socks_by_addr)
+ * whose first bytes are a ClientHello: a DNS name in its SNI becomes the
+ * destination (matched, minted, dialled and verified as that name; the
+ * address was checked at CONNECT). 1 to go on with the MITM handshake, 0
+ * while the first record is incomplete. */
+int av__conn_socks_sni(av_conn *c);
+/* ... whose first request is cleartext HTTP: a DNS name in its Host with
+ * the tunnel's port becomes the destination. */
+void av__conn_socks_host(av_conn *c, const av_h1_field *host);
+/* The C_PROXY_SNIFF answer to a SOCKS4/4a request: refused, then closed. */
+void av__conn_socks4_refuse(av_conn *c);
 
 /* av_admin.c */
 void av__conn_self_request(av_conn *c, const av_h1_request *req);
 
 /* av_agent_h1.c */
+/* The record of a refusal before any exchange began (c->head_* name the
+ * request); |proto| names the agent's protocol in it when not NULL
+ * ("socks5"). Writes no log line. */
+void av__conn_record_refusal(av_conn *c, int status, const char *reason, const char *proto);
 void av__conn_respond(av_conn *c, int status, const char *reason_text, int json, int close);
 void av__conn_respond_body(av_conn *c, int status, const char *ctype, const char *body, size_t len,
                            int head_only);

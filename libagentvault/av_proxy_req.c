@@ -52,15 +52,25 @@ static int conn_check_token(av_conn *c, const av_h1_request *req)
     } else {
         return -1;
     }
-    match = av__snap_find_token(c->snap, tok, toklen, conn_wall_seconds(c));
+    match = av__conn_find_token(c, tok, toklen);
     av__wipe(dec, sizeof(dec));
     return match;
+}
+
+int av__conn_tokens_on(const av_conn *c)
+{
+    return c->snap->cfg->ntokens > 0 || c->snap->cfg->token_store;
+}
+
+int av__conn_find_token(av_conn *c, const uint8_t *tok, size_t len)
+{
+    return av__snap_find_token(c->snap, tok, len, conn_wall_seconds(c));
 }
 
 /* 0 if authorized (or no tokens configured); else a 407 was queued. */
 static int conn_authorize(av_conn *c, const av_h1_request *req)
 {
-    if (c->snap->cfg->ntokens == 0 && !c->snap->cfg->token_store)
+    if (!av__conn_tokens_on(c))
         return 0;
     int t = conn_check_token(c, req);
     if (t < 0) {
@@ -106,13 +116,18 @@ int av__gw_token_ok(av_conn *c, const av_h1_field *fields, size_t nfields)
     return f && av__secret_equal(c->snap->gw_tokens[c->gw->cfg_index], (const uint8_t *)f->value, f->value_len);
 }
 
+int av__conn_tunnel_precheck(av_conn *c, const av_authority *dest, char *why, size_t cap)
+{
+    return av__upstream_precheck(c->env->pool, dest, why, cap);
+}
+
 /* What dialing |dest| would refuse and CONNECT already tells (an address
  * literal the SSRF guard refuses, the proxy itself) is refused now, with
  * the dial's status, reason and exchange record. Returns -1 if refused. */
 static int conn_precheck_dest(av_conn *c, const av_h1_request *req, const av_authority *dest)
 {
     char why[200];
-    int status = av__upstream_precheck(c->env->pool, dest, why, sizeof(why));
+    int status = av__conn_tunnel_precheck(c, dest, why, sizeof(why));
     if (!status)
         return 0;
     av_exchange *x = &c->x;
@@ -126,10 +141,38 @@ static int conn_precheck_dest(av_conn *c, const av_h1_request *req, const av_aut
     return -1;
 }
 
+void av__conn_enter_tunnel(av_conn *c, const av_authority *dest, const void *ok, size_t ok_len)
+{
+    const av_env *env = c->env;
+    c->dest = *dest;
+    c->in_tunnel = 1;
+    c->head_start = 0; /* the tunnel's first bytes get a header timeout of their own */
+    if (av__buf_append(c->a.pout, ok, ok_len) != AV_OK) {
+        /* Without the answer the client would wait for it forever. */
+        av__log(env->log, AV_LOG_WARN, "connection peer=%s closed: out of memory", c->peer);
+        c->dead = 1;
+        return;
+    }
+    /* Opaque passthrough hosts are decided now (server-first protocols). */
+    for (size_t i = 0; i < c->snap->cfg->npassthrough; i++) {
+        if (av__host_match_pattern(c->snap->cfg->passthrough[i], c->dest.host)) {
+            char scope[] = "opaque";
+            c->state = C_OPAQUE;
+            if (av__upstream_acquire(env->pool, &c->dest, 0, scope, av__conn_wake, c, &c->opaque_up)) {
+                c->state = C_CLOSING;
+                av__side_close_write(&c->a);
+            }
+            av__log(env->log, AV_LOG_INFO, "tunnel peer=%s host=%s:%d mode=opaque%s", c->peer, c->dest.host,
+                    c->dest.port, c->via_socks ? " via=socks5" : "");
+            return;
+        }
+    }
+    c->state = C_TUNNEL_SNIFF;
+}
+
 /* A complete head at the proxy level (not inside a tunnel). */
 void av__conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_len)
 {
-    const av_env *env = c->env;
     if (ci_eq(req->method, req->method_len, "CONNECT")) {
         av_authority dest;
         if (av__authority_parse(req->target, req->target_len, 0, &dest) != 0) {
@@ -143,29 +186,8 @@ void av__conn_proxy_request(av_conn *c, const av_h1_request *req, size_t head_le
         if (conn_authorize(c, req) < 0 || conn_precheck_dest(c, req, &dest) < 0)
             return;
         av__buf_consume(c->a.pin, head_len);
-        c->dest = dest;
-        c->in_tunnel = 1;
-        if (av__buf_append_str(c->a.pout, "HTTP/1.1 200 Connection Established\r\n\r\n") != AV_OK) {
-            /* Without the 200 the client would wait for it forever. */
-            av__log(env->log, AV_LOG_WARN, "connection peer=%s closed: out of memory", c->peer);
-            c->dead = 1;
-            return;
-        }
-        /* Opaque passthrough hosts are decided now (server-first protocols). */
-        for (size_t i = 0; i < c->snap->cfg->npassthrough; i++) {
-            if (av__host_match_pattern(c->snap->cfg->passthrough[i], dest.host)) {
-                char scope[] = "opaque";
-                c->state = C_OPAQUE;
-                if (av__upstream_acquire(env->pool, &dest, 0, scope, av__conn_wake, c, &c->opaque_up)) {
-                    c->state = C_CLOSING;
-                    av__side_close_write(&c->a);
-                }
-                av__log(env->log, AV_LOG_INFO, "tunnel peer=%s host=%s:%d mode=opaque", c->peer, dest.host,
-                        dest.port);
-                return;
-            }
-        }
-        c->state = C_TUNNEL_SNIFF;
+        static const char ok[] = "HTTP/1.1 200 Connection Established\r\n\r\n";
+        av__conn_enter_tunnel(c, &dest, ok, sizeof(ok) - 1);
         return;
     }
     if (req->target_len > 0 && req->target[0] == '/') {
@@ -239,6 +261,8 @@ void av__conn_tunnel_request(av_conn *c, const av_h1_request *req, size_t head_l
         av__conn_respond(c, 400, "missing Host header", 0, 1);
         return;
     }
+    if (c->socks_by_addr)
+        av__conn_socks_host(c, req->host); /* SOCKS5 to an address: Host may name it */
     av_authority hh;
     if (av__authority_parse(req->host->value, req->host->value_len, c->dest_tls ? 443 : 80, &hh) != 0 ||
         !av__authority_equal(&hh, &c->dest)) {

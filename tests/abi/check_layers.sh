@@ -16,7 +16,7 @@ rank() {
     # foundations, and leaves usable from anywhere
     av_mem|av_err|av_log|av_buf|av_secret|av_enc|av_crypto|av_url|av_ev|av_limits) echo 10 ;;
     # TLS boundary and protocol cores
-    av_ca|av_ca_internal|av_tls|av_h1|av_h2|av_ws|av_ws_scrub|av_scrub) echo 20 ;;
+    av_ca|av_ca_internal|av_tls|av_h1|av_h2|av_ws|av_ws_scrub|av_scrub|av_socks|av_sni) echo 20 ;;
     # configuration, policy, credentials, name resolution
     av_config|av_config_ini|av_config_int|av_policy|av_resolver|av_tokens|av_vault|av_ssrf|av_dns) echo 30 ;;
     # leaves of the connection layer: snapshots, counters, the audit log
@@ -33,7 +33,7 @@ rank() {
     # the link implementations (they include av_exchange.h)
     av_link_*) echo 90 ;;
     # the agent side and the connection family around it
-    av_conn_int|av_agent_*|av_proxy_req|av_admin) echo 95 ;;
+    av_conn_int|av_agent_*|av_proxy_req|av_proxy_socks|av_admin) echo 95 ;;
     av_conn) echo 100 ;;
     # the running context
     av_ctx|av_ctx_internal|av_embed|av_listen) echo 110 ;;
