@@ -56,7 +56,7 @@ static void fuzz_socks(const uint8_t *p, size_t n)
 {
     int v = -1;
     int rc = av__socks5_parse_reply(p, n, &v);
-    CHECK(rc == 0 || rc == AV_ERR_PARSE || (rc >= 10 && (size_t)rc <= n && v >= 0 && v <= 255));
+    CHECK(rc == 0 || rc == AV_ERR_PARSE || (rc >= 8 && (size_t)rc <= n && v >= 0 && v <= 255));
     if (rc > 0)
         CHECK(av__socks5_parse_reply(p, (size_t)rc - 1, &v) == 0);
     rc = av__socks5_parse_method(p, n, &v);
