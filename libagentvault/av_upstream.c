@@ -54,7 +54,15 @@ static void up_on_timer(void *ud)
         return;
     }
     if (up->state < AV_UP_READY) {
-        up_fail(up, 504, AV_ERR_TIMEOUT, "upstream connect timed out");
+        char m[200];
+        if (up->parent && up->state != AV_UP_HANDSHAKE && (up->state != AV_UP_RESOLVING || up->parent_dns)) {
+            snprintf(m, sizeof(m), "upstream connect timed out: no tunnel through %s %.100s within connect_timeout",
+                     up->parent->kind >= AV_PARENT_SOCKS5 ? "SOCKS5 parent" : "parent proxy", up->parent->label);
+            up->pool->metrics->m_parent_failures++;
+        } else {
+            snprintf(m, sizeof(m), "upstream connect timed out");
+        }
+        up_fail(up, 504, AV_ERR_TIMEOUT, m);
         up_notify(up);
     }
 }

@@ -525,6 +525,64 @@ def test_wrong_parent_password(kind, peers, daemon, secrets):
     assert_not_leaked(d, [r.stdout.decode("latin-1"), r.describe()], pw)
 
 
+class OneShotPeer:
+    """Accepts connections; answers each with |answer| (None: never)."""
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(8)
+        self.port = self.lsock.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            self.held.append(c)
+            if self.answer is not None:
+                try:
+                    c.recv(4096)
+                    c.sendall(self.answer)
+                except OSError:
+                    pass
+
+    def stop(self):
+        self.lsock.close()
+        for c in self.held:
+            c.close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5"])
+def test_parent_silent_or_malformed(scheme, daemon, secrets):
+    """A parent that never answers: 504 within connect_timeout, naming it; one
+    that answers garbage: 502 naming it."""
+    silent, garbage = OneShotPeer(None), OneShotPeer(b"SSH-2.0-OpenSSH\r\n\r\n")
+    try:
+        d = daemon(config_text(secrets, proxy_extra=f"upstream_proxy = {scheme}://127.0.0.1:{silent.port}\n"
+                                                 "connect_timeout = 1"))
+        t0 = time.monotonic()
+        r = d.curl(f"https://{OPENAI}/echo")
+        assert r.status == 504, r.describe()
+        assert time.monotonic() - t0 < 5
+        what = "parent proxy" if scheme == "http" else "SOCKS5 parent"
+        assert r.header("x-agentvault-error") == \
+            f"upstream connect timed out: no tunnel through {what} 127.0.0.1:{silent.port} within connect_timeout"
+        d2 = daemon(config_text(secrets, proxy_extra=f"upstream_proxy = {scheme}://127.0.0.1:{garbage.port}"))
+        r = d2.curl(f"https://{OPENAI}/echo")
+        assert r.status == 502, r.describe()
+        want = (f"parent proxy 127.0.0.1:{garbage.port} sent a malformed answer to CONNECT" if scheme == "http"
+                else f"SOCKS5 parent 127.0.0.1:{garbage.port} sent a malformed reply")
+        assert r.header("x-agentvault-error") == want
+    finally:
+        silent.stop()
+        garbage.stop()
+
+
 def test_missing_parent_credential_fails_start(peers, tmp_path):
     conf = tmp_path / "c.conf"
     conf.write_text("[proxy]\nupstream_proxy = http://127.0.0.1:3128\n"
