@@ -282,6 +282,12 @@ static void up_parent_dial(av_upconn *up)
     if (up->naddrs > 0) {
         memcpy(&up->target, &up->addrs[0], up->addr_lens[0]);
         up->target_len = up->addr_lens[0];
+    } else if (up->parent->kind != AV_PARENT_SOCKS5H || up->dest.is_ip) {
+        /* only a socks5h parent is ever asked for a name */
+        char m[AV_HOST_MAX + 40];
+        snprintf(m, sizeof(m), "cannot resolve %s: no address", up->dest.host);
+        up_fail(up, 502, AV_ERR_IO, m);
+        return;
     }
     up->naddrs = up->next_addr = 0;
     av_authority pa;

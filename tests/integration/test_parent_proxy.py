@@ -722,21 +722,55 @@ def test_opaque_tunnel_through_parent(peers, daemon, secrets):
     assert t.connect_lines() == [f"CONNECT 127.0.0.1:{port} HTTP/1.1"]
 
 
-def test_reload_changes_parent(peers, daemon, upstream, secrets):
-    """A pooled connection through parent A never serves a request after a
-    reload routes it through parent B (the pool key names the parent)."""
+def test_reload_changes_parent(peers, daemon, upstream, secrets, test_ca):
+    """A pooled connection (HTTP/1.1) or HTTP/2 mux through parent A never
+    serves a request after a reload routes it through parent B: the pool and
+    mux keys name the parent."""
     ta, tb = tap(peers, peers.squid.plain), tap(peers, peers.squid.plain)
-    d = daemon(config_text(secrets, proxy_extra=f"upstream_proxy = http://127.0.0.1:{ta.port}"))
-    d.curl("--http1.1", f"https://{OPENAI}/echo").ok()
-    d.curl("--http1.1", f"https://{OPENAI}/echo").ok()
-    assert len(ta.snapshot()) == 1  # the second request reused the pooled tunnel
-    conf = d.workdir / "agentvault.conf"
-    conf.write_text(conf.read_text().replace(f"127.0.0.1:{ta.port}", f"127.0.0.1:{tb.port}"))
-    d.signal(signal.SIGHUP)
-    d.wait_log(lambda text: "configuration reloaded" in text)
-    d.curl("--http1.1", f"https://{OPENAI}/echo").ok()
-    assert len(ta.snapshot()) == 1
-    assert tb.connect_lines() == [f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1"]
+    h2o = h2_origin(test_ca)
+    try:
+        d = daemon(config_text(secrets, proxy_extra=f"upstream_proxy = http://127.0.0.1:{ta.port}",
+                               extra='[service "h2"]\nhost = api.anthropic.com\nauth = bearer\n'
+                                     'secret = env:OPENAI_API_KEY\n'),
+                   extra_resolve=[f"api.anthropic.com:443:127.0.0.1:{h2o.port}"])
+        for _ in range(2):
+            d.curl("--http1.1", f"https://{OPENAI}/echo").ok()
+            d.curl("--http2", "https://api.anthropic.com/echo").ok()
+        # the second requests reused the pooled tunnel and the mux
+        assert sorted(ta.connect_lines()) == sorted([f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1",
+                                                     f"CONNECT 127.0.0.1:{h2o.port} HTTP/1.1"])
+        conf = d.workdir / "agentvault.conf"
+        conf.write_text(conf.read_text().replace(f"127.0.0.1:{ta.port}", f"127.0.0.1:{tb.port}"))
+        d.signal(signal.SIGHUP)
+        d.wait_log(lambda text: "configuration reloaded" in text)
+        d.curl("--http1.1", f"https://{OPENAI}/echo").ok()
+        d.curl("--http2", "https://api.anthropic.com/echo").ok()
+        assert len(ta.snapshot()) == 2
+        assert sorted(tb.connect_lines()) == sorted([f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1",
+                                                     f"CONNECT 127.0.0.1:{h2o.port} HTTP/1.1"])
+        assert h2o.h2_connections == 2
+    finally:
+        h2o.stop()
+
+
+def test_service_own_parent(peers, daemon, upstream, secrets):
+    """A service's own upstream_proxy (with its own credential) overrides
+    [proxy]'s."""
+    ta, tb = tap(peers, peers.squid.plain), tap(peers, peers.socks_auth.port)
+    conf = config_text(secrets, proxy_extra=f"upstream_proxy = http://127.0.0.1:{ta.port}")
+    conf = conf.replace('secret = env:OPENAI_API_KEY\n',
+                        'secret = env:OPENAI_API_KEY\n'
+                        f'upstream_proxy = socks5://127.0.0.1:{tb.port}\n'
+                        'upstream_proxy_auth = env:SVC_PARENT\n', 1)
+    d = daemon(conf, env={"SVC_PARENT": f"{peers.socks_user}:{peers.socks_pw}"})
+    d.curl(f"https://{OPENAI}/echo").ok()
+    d.curl("https://api.github.com/repos/x").ok()
+    assert ta.connect_lines() == [f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1"]  # github
+    (conn,) = tb.snapshot()  # openai
+    _, cred, target = socks_requests(conn, True)
+    assert cred == (peers.socks_user, peers.socks_pw)
+    assert target == (1, "127.0.0.1", upstream.port)
+    d.wait_log(lambda text: f"service openai: upstream parent proxy socks5://127.0.0.1:{tb.port}" in text)
 
 
 # ---- configuration errors ---------------------------------------------------------
