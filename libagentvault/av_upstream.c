@@ -18,6 +18,10 @@
 
 static void up_fail(av_upconn *up, int status, int err, const char *msg)
 {
+    /* A failure on the way to an open tunnel is the parent's (/metrics). */
+    if (up->parent && (up->state == AV_UP_CONNECTING || up->state == AV_UP_PARENT_TLS ||
+                       up->state == AV_UP_PARENT_NEGOTIATE || (up->state == AV_UP_RESOLVING && up->parent_dns)))
+        av__metrics_count_parent(up->pool->metrics, up->parent->label, 1);
     av__side_set_error(&up->side, err, msg);
     up->fail_status = status;
     up->state = AV_UP_FAILED;
@@ -58,7 +62,6 @@ static void up_on_timer(void *ud)
         if (up->parent && up->state != AV_UP_HANDSHAKE && (up->state != AV_UP_RESOLVING || up->parent_dns)) {
             snprintf(m, sizeof(m), "upstream connect timed out: no tunnel through %s %.100s within connect_timeout",
                      up->parent->kind >= AV_PARENT_SOCKS5 ? "SOCKS5 parent" : "parent proxy", up->parent->label);
-            up->pool->metrics->m_parent_failures++;
         } else {
             snprintf(m, sizeof(m), "upstream connect timed out");
         }
@@ -184,8 +187,8 @@ static void up_on_dns(void *ud, int err, const char *why, const av_dns_result *r
     if (err) {
         char m[AV_HOST_MAX + 100];
         if (up->parent_dns)
-            snprintf(m, sizeof(m), "parent proxy %.80s: cannot resolve %.80s: %.100s", up->parent->label, up->parent->host,
-                     why);
+            snprintf(m, sizeof(m), "parent proxy %.80s: cannot resolve %.80s: %.100s", up->parent->label,
+                     up->parent->host, why);
         else
             snprintf(m, sizeof(m), "cannot resolve %s: %s", up->dest.host, why);
         up_fail(up, 502, err, m);
@@ -482,7 +485,6 @@ static void up_parent_fail(av_upconn *up, int err, const char *fmt, ...)
     vsnprintf(m, sizeof(m), fmt, ap);
     va_end(ap);
     up->side.err = 0;
-    up->pool->metrics->m_parent_failures++;
     av__log(up->pool->log, AV_LOG_INFO, "upstream %s:%d: %s", up->dest.host, up->dest.port, m);
     up_fail(up, 502, err, m);
 }
@@ -527,7 +529,7 @@ static void up_parent_send_first(av_upconn *up)
 /* TCP to the parent is up. */
 static void up_parent_begin(av_upconn *up)
 {
-    up->pool->metrics->m_parent_connects++;
+    av__metrics_count_parent(up->pool->metrics, up->parent->label, 0);
     if (up->parent->kind != AV_PARENT_HTTPS) {
         up_parent_send_first(up);
         return;

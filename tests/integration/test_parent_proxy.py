@@ -472,8 +472,9 @@ def test_through_parent(kind, peers, daemon, upstream, plain_upstream, secrets, 
                 assert c[:1] == b"\x16", c[:16]
             asked = wanted if len(conns) >= len(wanted) else set()
         assert asked == wanted, (asked, wanted)
-        assert re.search(r"agentvault_parent_connections_total [1-9]",
-                         d.curl(f"http://127.0.0.1:{d.port}/metrics", proxy=False).text)
+        metrics = d.curl(f"http://127.0.0.1:{d.port}/metrics", proxy=False).text
+        assert f'agentvault_parent_connections_total{{parent="127.0.0.1:{t.port}"}} {len(conns)}\n' in metrics
+        assert f'agentvault_parent_failures_total{{parent="127.0.0.1:{t.port}"}} 0\n' in metrics
         if kind == "squid-tls":
             d.stop()  # squid logs a tunnel when it closes
             wait_until(lambda: f"CONNECT 127.0.0.1:{upstream.port}" in peers.squid.access_log(), 10)
@@ -502,7 +503,9 @@ def test_parent_refuses_connect(kind, peers, daemon, secrets):
     else:
         assert err == f"SOCKS5 parent 127.0.0.1:{t.port} failed: connection refused (05)", err
     d.wait_log(lambda text: err in text)
-    assert len(t.snapshot()) >= 1
+    assert len(t.snapshot()) == 1
+    metrics = d.curl(f"http://127.0.0.1:{d.port}/metrics", proxy=False).text
+    assert f'agentvault_parent_failures_total{{parent="127.0.0.1:{t.port}"}} 1\n' in metrics
 
 
 @pytest.mark.parametrize("kind", ["squid-auth", "microsocks-auth"])

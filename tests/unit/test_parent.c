@@ -355,7 +355,8 @@ static void table_and_routes(void **state)
     av_config *c = cfg_text("[proxy]\nupstream_proxy = http://proxy.example:3128\n"
                             "upstream_proxy_auth = env:PARENT_CRED_T\nupstream_no_proxy = .corp.example\n"
                             "[service \"a\"]\nhost = a.example\nauth = bearer\nsecret = env:X\n"
-                            "[service \"b\"]\nhost = b.example\nauth = bearer\nsecret = env:X\nupstream_proxy = direct\n"
+                            "[service \"b\"]\nhost = b.example\nauth = bearer\nsecret = env:X\n"
+                            "upstream_proxy = direct\n"
                             "[service \"s\"]\nhost = s.example\nauth = bearer\nsecret = env:X\n"
                             "upstream_proxy = socks5h://[::1]:1080\n");
     av_resolver *r = NULL;
