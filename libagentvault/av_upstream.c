@@ -180,6 +180,22 @@ static int up_take_addrs(av_upconn *up, const av_dns_result *res, int checked)
 
 static void up_parent_dial(av_upconn *up);
 
+/* The parent's addresses: the operator's choice (exempt from the SSRF
+ * ranges), but never this proxy's own listener (a loop, e.g. HTTPS_PROXY
+ * pointing at this proxy with upstream_proxy = env). */
+static int up_take_parent_addrs(av_upconn *up, const av_dns_result *res)
+{
+    for (int i = 0; i < res->naddrs && i < AV_DNS_MAX_ADDRS; i++)
+        if (up->pool->is_own_listener(up->pool->ud, (const struct sockaddr *)&res->addrs[i])) {
+            char m[200];
+            snprintf(m, sizeof(m), "parent proxy %.100s is this proxy's own listener: upstream_proxy would loop",
+                     up->parent->label);
+            up_fail(up, 502, AV_ERR_CONFIG, m);
+            return AV_ERR_CONFIG;
+        }
+    return up_take_addrs(up, res, 0);
+}
+
 static void up_on_dns(void *ud, int err, const char *why, const av_dns_result *res)
 {
     av_upconn *up = ud;
@@ -195,9 +211,7 @@ static void up_on_dns(void *ud, int err, const char *why, const av_dns_result *r
         up_notify(up);
         return;
     }
-    /* The parent's addresses are the operator's choice: exempt from the
-     * SSRF ranges (never the proxy's own listeners). */
-    if (up_take_addrs(up, res, !up->parent_dns)) {
+    if (up->parent_dns ? up_take_parent_addrs(up, res) : up_take_addrs(up, res, 1)) {
         up_notify(up);
         return;
     }
@@ -300,7 +314,7 @@ static void up_parent_dial(av_upconn *up)
     pa.port = up->parent->port;
     av_dns_result res;
     if (literal_addr(&pa, &res)) {
-        if (up_take_addrs(up, &res, 0) == AV_OK)
+        if (up_take_parent_addrs(up, &res) == AV_OK)
             up_connect_next(up);
         return;
     }

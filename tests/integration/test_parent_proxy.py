@@ -685,6 +685,18 @@ def test_upstream_proxy_env(peers, daemon, upstream, secrets):
     assert_not_leaked(d, [], peers.squid.password)
 
 
+def test_parent_is_this_proxy(daemon, secrets):
+    """HTTPS_PROXY pointing at this proxy itself with upstream_proxy = env:
+    a loop, refused with 502 before anything is sent."""
+    port = free_port()
+    d = daemon(config_text(secrets, proxy_extra="upstream_proxy = env"),
+               env={"HTTPS_PROXY": f"http://127.0.0.1:{port}"}, listen=f"127.0.0.1:{port}")
+    r = d.curl(f"https://{OPENAI}/echo")
+    assert r.status == 502, r.describe()
+    assert r.header("x-agentvault-error") == \
+        f"parent proxy 127.0.0.1:{port} is this proxy's own listener: upstream_proxy would loop"
+
+
 def test_opaque_tunnel_through_parent(peers, daemon, secrets):
     """A passthrough host's opaque tunnel goes through the parent too."""
     lsock = socket.socket()
