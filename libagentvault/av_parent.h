@@ -171,7 +171,7 @@ typedef struct av_parents {
     av_parent **svc;       /* the service's own parent, or NULL */
     unsigned char *svc_direct; /* 1: upstream_proxy = direct */
     const char **svc_name; /* the config's names (the table lives as long) */
-    int cleartext_warned;  /* the scheme = http warning was logged */
+    int logged;            /* av__upstream_log_parents ran for this table */
 } av_parents;
 
 /* Environment lookup (getenv in the daemon; tests pass their own). */

@@ -398,8 +398,7 @@ static void up_key(char *key, size_t len, const av_authority *dest, int tls, con
                    const av_parent *parent)
 {
     /* "https|host:port|scope" (host:port with IPv6 brackets), then
-     * "|parent-id" through a parent (the id precedes nothing a truncation
-     * could cut: the scope is bounded); per exchange, so no snprintf.
+     * "|parent-id" through a parent; per exchange, so no snprintf.
      * Truncated keys stay distinct only up to |len|, which AV_UP_KEY_MAX
      * makes larger than any host plus a bounded scope and an id. */
     char auth[AV_HOST_MAX + 16];
@@ -874,9 +873,9 @@ void av__upstream_log_parents(av_pool *pool)
 {
     av_parents *t = pool->parents;
     const av_config *cfg = pool->cfg;
-    if (!t || t->cleartext_warned)
+    if (!t || t->logged)
         return;
-    t->cleartext_warned = 1;
+    t->logged = 1;
     if (t->global)
         av__log(pool->log, AV_LOG_INFO, "upstream parent proxy %s://%s%s%s (%zu no_proxy rule(s)%s)",
                 av__parent_scheme(t->global->kind), t->global->label, t->global->auth ? " with credentials" : "",

@@ -47,7 +47,9 @@ enum av_up_state {
 
 typedef void (*av_up_notify)(void *owner);
 
-#define AV_UP_KEY_MAX 400
+/* "https|" + host:port (AV_HOST_MAX + 8) + "|" + scope (an exchange's
+ * scope is under 200 bytes) + "|" + a parent id (17): under 490. */
+#define AV_UP_KEY_MAX 512
 
 struct av_upconn {
     av_pool *pool;
