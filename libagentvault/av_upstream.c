@@ -477,6 +477,7 @@ int av__upstream_acquire2(av_pool *pool, const av_authority *dest, int tls, cons
     up->owner = owner;
     up->timer = av__timer_new(pool->loop, up_on_timer, up);
     if (!up->timer) {
+        av__parent_unref(up->parent);
         av__free(up);
         return AV_ERR_NOMEM;
     }
