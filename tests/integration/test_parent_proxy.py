@@ -586,6 +586,41 @@ def test_parent_silent_or_malformed(scheme, daemon, secrets):
         garbage.stop()
 
 
+def test_tls_parent_certificate_is_verified(daemon, secrets, test_ca):
+    """An https:// parent whose certificate does not verify (untrusted CA):
+    502 naming the parent, and no CONNECT is sent."""
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(4)
+    port = lsock.getsockname()[1]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(test_ca.bad_server_cert, test_ca.bad_server_key)
+    received = []
+
+    def serve():
+        try:
+            c, _ = lsock.accept()
+            try:
+                t = ctx.wrap_socket(c, server_side=True)
+                received.append(t.recv(100))
+            except (ssl.SSLError, OSError):
+                pass
+            c.close()
+        except OSError:
+            pass
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        d = daemon(config_text(secrets, proxy_extra=f"upstream_proxy = https://127.0.0.1:{port}"))
+        r = d.curl(f"https://{OPENAI}/echo")
+        assert r.status == 502, r.describe()
+        err = r.header("x-agentvault-error")
+        assert err.startswith(f"TLS to parent proxy 127.0.0.1:{port} failed: "), err
+        assert "certificate" in err, err
+        assert received == []
+    finally:
+        lsock.close()
+
+
 def test_missing_parent_credential_fails_start(peers, tmp_path):
     conf = tmp_path / "c.conf"
     conf.write_text("[proxy]\nupstream_proxy = http://127.0.0.1:3128\n"
