@@ -270,6 +270,8 @@ void av__config_service_clear(av_service *s)
     av__free(s->secret_ref);
     av__free(s->placeholder);
     av__free(s->agent_env);
+    av__free(s->upstream_proxy);
+    av__free(s->upstream_proxy_auth);
     memset(s, 0, sizeof(*s));
 }
 
@@ -310,6 +312,9 @@ static void config_clear(av_config *c)
         av__free(c->gateways[i].token_ref);
     }
     av__free(c->gateways);
+    av__free(c->upstream_proxy);
+    av__free(c->upstream_proxy_auth);
+    av__free(c->upstream_no_proxy);
     memset(c, 0, sizeof(*c));
     c->unmatched = AV_UNMATCHED_PASSTHROUGH;
     c->connect_timeout = 10;
@@ -393,6 +398,7 @@ av_config *av__config_copy(const av_config *src)
     c->tokens = NULL;
     c->gateways = NULL;
     c->ngateways = 0;
+    c->upstream_proxy = c->upstream_proxy_auth = c->upstream_no_proxy = NULL;
     c->nlisten = c->npassthrough = c->nresolve = c->nallow_private = 0;
     c->nservices = c->ntokens = 0;
 
@@ -406,6 +412,10 @@ av_config *av__config_copy(const av_config *src)
         goto fail;
     if (dup_opt(&c->state_dir, src->state_dir) || dup_opt(&c->upstream_cafile, src->upstream_cafile) ||
         dup_opt(&c->audit, src->audit) || dup_opt(&c->vault_path, src->vault_path))
+        goto fail;
+    if (dup_opt(&c->upstream_proxy, src->upstream_proxy) ||
+        dup_opt(&c->upstream_proxy_auth, src->upstream_proxy_auth) ||
+        dup_opt(&c->upstream_no_proxy, src->upstream_no_proxy))
         goto fail;
     if (src->nresolve) {
         c->resolve = av__calloc(src->nresolve, sizeof(*c->resolve));
@@ -438,13 +448,15 @@ av_config *av__config_copy(const av_config *src)
             *d = *s;
             d->name = d->host = d->path_glob = d->auth_name = d->auth_template = d->secret_ref = NULL;
             d->placeholder = d->agent_env = d->auth_alt_name = d->auth_alt_template = NULL;
+            d->upstream_proxy = d->upstream_proxy_auth = NULL;
             if (dup_opt(&d->name, s->name) || dup_opt(&d->host, s->host) ||
                 dup_opt(&d->path_glob, s->path_glob) || dup_opt(&d->auth_name, s->auth_name) ||
                 dup_opt(&d->auth_template, s->auth_template) ||
                 dup_opt(&d->auth_alt_name, s->auth_alt_name) ||
                 dup_opt(&d->auth_alt_template, s->auth_alt_template) ||
                 dup_opt(&d->secret_ref, s->secret_ref) || dup_opt(&d->placeholder, s->placeholder) ||
-                dup_opt(&d->agent_env, s->agent_env))
+                dup_opt(&d->agent_env, s->agent_env) || dup_opt(&d->upstream_proxy, s->upstream_proxy) ||
+                dup_opt(&d->upstream_proxy_auth, s->upstream_proxy_auth))
                 goto fail;
         }
     }
@@ -501,13 +513,13 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 144, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_service) == 160, "av_service changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_cidr) == 24, "av_cidr changed: update av__config_dump");
 _Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__config_dump");
-_Static_assert(sizeof(av_config) == 752, "av_config changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_config) == 776, "av_config changed: update config_clear, copy, dump");
 #endif
 
 /* dump_str appends |key|="value" with the value JSON-escaped (any byte
@@ -628,6 +640,8 @@ int av__config_dump(const av_config *c, av_buf *out)
         SS(placeholder);
         SI(placeholder_in, "%u");
         SS(agent_env);
+        SS(upstream_proxy);
+        SS(upstream_proxy_auth);
         SI(line, "%d");
 #undef SS
 #undef SI
@@ -673,6 +687,9 @@ int av__config_dump(const av_config *c, av_buf *out)
         rc = rc ? rc : dump_str(out, k, g->token_ref);
         DF("gateways[%zu].line=%d", i, g->line);
     }
+    DS("upstream_proxy", c->upstream_proxy);
+    DS("upstream_proxy_auth", c->upstream_proxy_auth);
+    DS("upstream_no_proxy", c->upstream_no_proxy);
     char err[sizeof(c->error) + 1];
     memcpy(err, c->error, sizeof(c->error));
     err[sizeof(c->error)] = '\0';
@@ -900,8 +917,11 @@ AV_EXPORT int av_config_uses_vault(const av_config *cfg)
     if (!cfg)
         return 0;
     for (size_t i = 0; i < cfg->nservices; i++)
-        if (cfg->services[i].secret_ref && strncmp(cfg->services[i].secret_ref, "vault:", 6) == 0)
+        if ((cfg->services[i].secret_ref && strncmp(cfg->services[i].secret_ref, "vault:", 6) == 0) ||
+            (cfg->services[i].upstream_proxy_auth && strncmp(cfg->services[i].upstream_proxy_auth, "vault:", 6) == 0))
             return 1;
+    if (cfg->upstream_proxy_auth && strncmp(cfg->upstream_proxy_auth, "vault:", 6) == 0)
+        return 1;
     for (size_t i = 0; i < cfg->ntokens; i++)
         if (cfg->tokens[i].secret_ref && strncmp(cfg->tokens[i].secret_ref, "vault:", 6) == 0)
             return 1;

@@ -22,6 +22,10 @@
  *     idle_timeout = 120              (seconds)
  *     websocket_idle_timeout = 900    (seconds)
  *     max_connections = 1000          (default: from the open-files limit)
+ *     upstream_proxy = http://proxy.corp:3128 | https://… | socks5://… |
+ *                      socks5h://… | env | direct    (parent proxy)
+ *     upstream_proxy_auth = env:PARENT_CRED   (secret holding user:password)
+ *     upstream_no_proxy = .corp, 10.0.0.0/8    (these go direct)
  *
  *     [service "openai"]
  *     host = api.openai.com           (or *.example.com; or an IP literal)
@@ -39,6 +43,8 @@
  *     placeholder = __OPENAI_KEY__    (what agents use instead of the secret)
  *     placeholder_in = websocket      (surfaces where it is replaced)
  *     agent_env = OPENAI_API_KEY, CODEX_API_KEY (variables `run` sets to it)
+ *     upstream_proxy = URL | direct   (this service's parent, overriding [proxy])
+ *     upstream_proxy_auth = env:NAME  (its credential)
  *
  *     [token "agent1"]
  *     secret = env:AGENT1_TOKEN       (proxy token; requires Proxy-Authorization)
@@ -102,6 +108,8 @@ typedef struct av_service {
     unsigned placeholder_in; /* AV_SURF_* where the placeholder is replaced */
     char *agent_env;   /* "VAR1,VAR2": variables `run` sets to the placeholder
                           (NULL: the built-in list for well-known hosts) */
+    char *upstream_proxy;      /* parent proxy URL or "direct"; NULL: [proxy]'s */
+    char *upstream_proxy_auth; /* secret reference to "user:password", or NULL */
     int line;          /* line of the [service] header, for messages */
 } av_service;
 
@@ -180,6 +188,9 @@ struct av_config {
     int token_store;       /* a token store exists: proxy auth is required even with no tokens left */
     av_gateway_cfg *gateways;
     size_t ngateways;
+    char *upstream_proxy;      /* parent proxy URL, "env" or "direct"; NULL: none */
+    char *upstream_proxy_auth; /* secret reference to "user:password", or NULL */
+    char *upstream_no_proxy;   /* hosts, suffixes, CIDRs that go direct (as written) */
     char error[512];       /* last error message ("" if none) */
 };
 

@@ -23,6 +23,7 @@
 
 #include "av_buf.h"
 #include "av_mem.h"
+#include "av_parent.h"
 #include "av_resolver.h"
 #include "av_url.h"
 
@@ -293,6 +294,33 @@ enum {
 };
 #define MAX_CONNECTIONS_MAX 1048576
 
+/* Parent proxy keys: [proxy] reuses bits only [service] has; [service]'s
+ * own two take bits no other key uses. */
+enum {
+    K_UP_PROXY = K_HOST, K_UP_AUTH = K_PORT, K_UP_NO_PROXY = K_SCHEME,
+    K_SVC_UP_PROXY = 1u << 29, K_SVC_UP_AUTH = 1u << 23
+};
+
+/* set_upstream_proxy checks an upstream_proxy value: a parent URL,
+ * "direct", or (in [proxy] only, |allow_env|) "env". */
+static int set_upstream_proxy(parser *p, char **dst, const char *v, size_t vl, int allow_env)
+{
+    if (word_eq(v, vl, "direct"))
+        return set_string(p, dst, "direct", 6);
+    if (word_eq(v, vl, "env")) {
+        if (!allow_env)
+            return perr(p, "upstream_proxy = env is a [proxy] setting; a service takes a URL or \"direct\"");
+        return set_string(p, dst, "env", 3);
+    }
+    av_parent_url u;
+    const char *why = "";
+    if (av__parent_url_parse(v, vl, 0, &u, &why) != AV_OK)
+        return perr(p, "upstream_proxy: %s (expected http://HOST:PORT, https://HOST:PORT, socks5://HOST:PORT, "
+                       "socks5h://HOST:PORT, %sor direct)",
+                    why, allow_env ? "env " : "");
+    return set_string(p, dst, v, vl);
+}
+
 static const key_def proxy_keys[] = {
     {"listen", K_LISTEN, 1}, {"passthrough", K_PASSTHROUGH, 1}, {"allow_private", K_ALLOW_PRIVATE, 1},
     {"resolve", K_RESOLVE, 1},
@@ -301,6 +329,8 @@ static const key_def proxy_keys[] = {
     {"websocket_idle_timeout", K_WS_IDLE_TO, 0}, {"secret_ttl", K_SECRET_TTL, 0},
     {"command_timeout", K_CMD_TO, 0}, {"audit", K_AUDIT, 0}, {"vault", K_VAULT, 0},
     {"max_connections", K_MAX_CONNS, 0},
+    {"upstream_proxy", K_UP_PROXY, 0}, {"upstream_proxy_auth", K_UP_AUTH, 0},
+    {"upstream_no_proxy", K_UP_NO_PROXY, 0},
 };
 
 /* set_timeout stores a number of seconds in (0, 86400]; the key is named
@@ -360,6 +390,21 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return set_string(p, &c->audit, v, vl);
     case K_UNMATCHED:
         return parse_unmatched(p, v, vl, &c->unmatched);
+    case K_UP_PROXY:
+        return set_upstream_proxy(p, &c->upstream_proxy, v, vl, 1);
+    case K_UP_AUTH:
+        return set_secret_ref(p, "upstream_proxy_auth", &c->upstream_proxy_auth, v, vl);
+    case K_UP_NO_PROXY: {
+        av_noproxy np;
+        char why[200];
+        int rc = av__noproxy_parse(v, vl, &np, why, sizeof(why));
+        av__noproxy_free(&np);
+        if (rc == AV_ERR_NOMEM)
+            return oom(p);
+        if (rc != AV_OK)
+            return perr(p, "upstream_no_proxy: %s", why);
+        return set_string(p, &c->upstream_no_proxy, v, vl);
+    }
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)
@@ -609,6 +654,7 @@ static const key_def service_keys[] = {
     {"websocket", K_WEBSOCKET, 0}, {"placeholder", K_PLACEHOLDER, 0},
     {"placeholder_in", K_PLACEHOLDER_IN, 0}, {"agent_env", K_AGENT_ENV, 0},
     {"auth_alt", K_AUTH_ALT, 0}, {"websocket_scrub", K_WS_SCRUB, 0},
+    {"upstream_proxy", K_SVC_UP_PROXY, 0}, {"upstream_proxy_auth", K_SVC_UP_AUTH, 0},
 };
 
 /* service_key handles one key of a [service] section. */
@@ -726,6 +772,10 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         }
         return set_string(p, &s->agent_env, norm, o);
     }
+    case K_SVC_UP_PROXY:
+        return set_upstream_proxy(p, &s->upstream_proxy, v, vl, 0);
+    case K_SVC_UP_AUTH:
+        return set_secret_ref(p, "upstream_proxy_auth", &s->upstream_proxy_auth, v, vl);
     default: /* K_SECRET */
         return set_secret_ref(p, "secret", &s->secret_ref, v, vl);
     }
@@ -904,10 +954,20 @@ static int finish_section(parser *p)
                                "or remove auth_alt",
                                s->name, a);
         }
+        if (s->upstream_proxy_auth && (!s->upstream_proxy || !strcmp(s->upstream_proxy, "direct")))
+            return perr_at(p, s->line, "service \"%s\": upstream_proxy_auth needs upstream_proxy = URL in the "
+                           "same service", s->name);
         if (s->scheme_http && !(p->seen & K_PORT))
             return perr_at(p, s->line, "service \"%s\": scheme http requires an explicit port", s->name);
         if (!s->port)
             s->port = 443;
+    } else if (p->section == SEC_PROXY) {
+        const av_config *c = p->cfg;
+        int parent = c->upstream_proxy && strcmp(c->upstream_proxy, "direct") != 0;
+        if (c->upstream_proxy_auth && !parent)
+            return perr_at(p, p->section_line, "upstream_proxy_auth needs upstream_proxy (a URL or env)");
+        if (c->upstream_no_proxy && !parent)
+            return perr_at(p, p->section_line, "upstream_no_proxy needs upstream_proxy (a URL or env)");
     } else if (p->section == SEC_GATEWAY) {
         av_gateway_cfg *g = &p->cfg->gateways[p->cfg->ngateways - 1];
         if (!g->listen)

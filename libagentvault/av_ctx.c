@@ -212,6 +212,8 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     ctx->snap = s;
     ctx->cfg = s->cfg;
     ctx->pool.cfg = ctx->cfg;
+    ctx->pool.parents = s->parents;
+    av__upstream_log_parents(&ctx->pool);
     av__snap_unref(old);
     /* Reopen the audit log: rotation is "rename, then SIGHUP". */
     rc = ctx_open_audit(ctx, err, err_len);
@@ -309,6 +311,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     ctx->pool.dns = ctx->dns;
     ctx->pool.tls_cli = ctx->tls_cli;
     ctx->pool.cfg = ctx->cfg;
+    ctx->pool.parents = ctx->snap->parents;
     ctx->pool.metrics = &ctx->metrics;
     ctx->pool.is_own_listener = av__listen_is_own;
     ctx->pool.ud = ctx;

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "av_ctx_internal.h"
+#include "av_upstream.h"
 
 /* Split "host:port" / "[v6]:port" into a sockaddr. */
 static int parse_listen(const char *s, struct sockaddr_storage *ss, socklen_t *len, char *host, size_t hostlen,
@@ -321,4 +322,5 @@ void av__listen_log_limits(av_ctx *ctx)
     av__log(&ctx->log, AV_LOG_INFO, "accepting up to %zu connection(s) (%s; open-files limit %llu)",
             av__listen_max_conns(ctx), ctx->cfg->max_connections > 0 ? "[proxy] max_connections" : "default",
             ctx->nofile);
+    av__upstream_log_parents(&ctx->pool);
 }

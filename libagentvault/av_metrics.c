@@ -32,6 +32,27 @@ void av__metrics_count_exchange(av_metrics *m, const char *svc, int status)
     m->nmx++;
 }
 
+void av__metrics_count_parent(av_metrics *m, const char *parent, int failed)
+{
+    size_t i;
+    for (i = 0; i < m->m_nparents; i++)
+        if (strcmp(m->m_parents[i].parent, parent) == 0)
+            break;
+    if (i == m->m_nparents) {
+        if (m->m_nparents == AV_METRICS_PARENTS) {
+            i = AV_METRICS_PARENTS - 1; /* bounded: the last row becomes "other" */
+            snprintf(m->m_parents[i].parent, sizeof(m->m_parents[i].parent), "other");
+        } else {
+            snprintf(m->m_parents[i].parent, sizeof(m->m_parents[i].parent), "%s", parent);
+            m->m_nparents++;
+        }
+    }
+    if (failed)
+        m->m_parents[i].failures++;
+    else
+        m->m_parents[i].connects++;
+}
+
 void av__metrics_cleanup(av_metrics *m)
 {
     av__free(m->mx);
@@ -77,4 +98,14 @@ void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_
                     m->m_limit_h2, m->m_limit_head, g->leaf_refused);
     av__buf_appendf(b, "agentvault_limit_hits_total{limit=\"connections\"} %llu\n"
                        "agentvault_limit_hits_total{limit=\"open_files\"} %llu\n", m->m_limit_conns, m->m_limit_fds);
+    av__buf_append_str(b, "# HELP agentvault_parent_connections_total Connections to parent proxies.\n"
+                          "# TYPE agentvault_parent_connections_total counter\n");
+    for (size_t i = 0; i < m->m_nparents; i++)
+        av__buf_appendf(b, "agentvault_parent_connections_total{parent=\"%s\"} %llu\n", m->m_parents[i].parent,
+                        m->m_parents[i].connects);
+    av__buf_append_str(b, "# HELP agentvault_parent_failures_total Tunnels through parent proxies that failed.\n"
+                          "# TYPE agentvault_parent_failures_total counter\n");
+    for (size_t i = 0; i < m->m_nparents; i++)
+        av__buf_appendf(b, "agentvault_parent_failures_total{parent=\"%s\"} %llu\n", m->m_parents[i].parent,
+                        m->m_parents[i].failures);
 }

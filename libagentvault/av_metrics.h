@@ -32,6 +32,14 @@ typedef struct av_metric_x {
     unsigned long long n;
 } av_metric_x;
 
+/* Connections through parent proxies, by parent ("host:port"): the first
+ * AV_METRICS_PARENTS parents seen get a row each, later ones share "other". */
+#define AV_METRICS_PARENTS 16
+typedef struct av_metric_parent {
+    char parent[264];
+    unsigned long long connects, failures;
+} av_metric_parent;
+
 /* The members of av_metrics, as a list: av_ctx also declares them as an
  * anonymous struct over the same storage (transitional, until the
  * connection code reaches them through av_env). */
@@ -42,6 +50,8 @@ typedef struct av_metric_x {
     unsigned long long m_injected, m_redacted, m_tls_agent, m_tls_upstream, m_conns_total;                         \
     unsigned long long m_limit_rate, m_limit_scope, m_limit_h2, m_limit_head;                                      \
     unsigned long long m_limit_conns, m_limit_fds;                                                                 \
+    av_metric_parent m_parents[AV_METRICS_PARENTS]; /* by parent proxy (av__metrics_count_parent) */          \
+    size_t m_nparents;                                                                                             \
     unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */
 
 typedef struct av_metrics {
@@ -52,6 +62,9 @@ typedef struct av_metrics {
  * The table is bounded (4096 rows: statuses are 100..999, services are
  * configured); past that, or out of memory, the exchange is not counted. */
 void av__metrics_count_exchange(av_metrics *m, const char *svc, int status);
+/* Count a TCP connection to parent proxy |parent| ("host:port") made
+ * (|failed| 0) or a tunnel through it that failed (|failed| 1). */
+void av__metrics_count_parent(av_metrics *m, const char *parent, int failed);
 /* The names of the AV_END_* endings (log line, audit record, /metrics). */
 extern const char *const av__end_names[AV_END_COUNT];
 

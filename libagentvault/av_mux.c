@@ -481,7 +481,7 @@ int av__mux_attach(av_pool *pool, const av_authority *dest, const char *scope, a
                    av_up_notify notify, void *owner)
 {
     char key[AV_UP_KEY_MAX];
-    av__upstream_key(key, sizeof(key), dest, 1, scope);
+    av__upstream_key(pool, key, sizeof(key), dest, 1, scope);
     memset(ms, 0, sizeof(*ms));
     ms->notify = notify;
     ms->owner = owner;

@@ -2,7 +2,8 @@
  *
  * An av_mux is one upstream TLS connection that negotiated ALPN h2, with an
  * av_h2 client session on it. Exchanges of any agent connection whose
- * requests have the same key (scheme, host, port, credential scope) share
+ * requests have the same key (scheme, host, port, credential scope, parent
+ * proxy) share
  * it: a mux is never shared across credential scopes or proxy tokens,
  * because the scope is part of the key.
  *

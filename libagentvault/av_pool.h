@@ -3,12 +3,12 @@
  * The context owns one av_pool and passes it to av_upstream.c and
  * av_mux.c, which see nothing else of it: the loop, the logger, DNS, the
  * upstream TLS context, the current configuration (the SSRF allow-list,
- * --resolve overrides, the connect timeout), whether the context is
+ * --resolve overrides, the connect timeout) and its parent proxies, whether the context is
  * draining (no more pooling), the counters, and a callback that tells
  * whether an address is one of the context's own listeners (never dialed).
  * The idle HTTP/1.1 connections and the HTTP/2 connections live here too.
  *
- * The context keeps |cfg| and |draining| current (a reload replaces the
+ * The context keeps |cfg|, |parents| and |draining| current (a reload replaces the
  * configuration; shutdown sets draining). Loop thread only.
  */
 #ifndef AV_POOL_H
@@ -26,6 +26,7 @@
 
 struct av_upconn;
 struct av_mux;
+struct av_parents;
 
 typedef struct av_pool {
     av_loop *loop;
@@ -33,6 +34,7 @@ typedef struct av_pool {
     av_dns *dns;
     av_tls_client_ctx *tls_cli;
     const av_config *cfg;     /* the current configuration (set again on reload) */
+    struct av_parents *parents; /* its parent proxies (av_parent.h; NULL: none; set with cfg) */
     int draining;             /* shutting down: idle connections are closed, not pooled */
     av_metrics *metrics;      /* m_tls_upstream */
     /* Is |sa| one of the context's own listeners? (av_listen.c) */

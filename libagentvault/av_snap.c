@@ -4,12 +4,14 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <agentvault/agentvault.h>
 
 #include "av_crypto.h"
 #include "av_mem.h"
+#include "av_parent.h"
 #include "av_scrub.h"
 
 av_snap *av__snap_ref(av_snap *s)
@@ -55,6 +57,7 @@ void av__snap_unref(av_snap *s)
             av__secret_free(s->gw_tokens[i]);
         av__free(s->gw_tokens);
     }
+    av__parents_free(s->parents);
     av__resolver_free(s->resolver);
     av_config_free(s->cfg);
     av__free(s);
@@ -82,6 +85,11 @@ static int snap_vault_get(void *ud, const char *name, av_secret **out, char *why
     *out = av__secret_new(v, vl);
     av_vault_free_value(v, vl);
     return *out ? AV_OK : AV_ERR_NOMEM;
+}
+
+static const char *snap_getenv(const char *name)
+{
+    return getenv(name);
 }
 
 int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char *err, size_t err_len)
@@ -144,6 +152,11 @@ int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char 
             }
         }
     }
+    /* Parent proxies: their credentials are resolved now, like tokens
+     * (upstream_proxy = env reads the process environment). */
+    rc = av__parents_new(cfg, s->resolver, snap_getenv, &s->parents, err, err_len);
+    if (rc)
+        goto fail;
     *out = s;
     return AV_OK;
 fail:

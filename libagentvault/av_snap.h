@@ -2,8 +2,8 @@
  *
  * A snapshot is a configuration and everything derived from it that a
  * reload replaces: the secrets cache (its own resolver), the resolved
- * proxy and gateway tokens, the per-token rate buckets and the compiled
- * scrub patterns. Connections and exchanges hold a reference to the
+ * proxy and gateway tokens, the per-token rate buckets, the compiled
+ * scrub patterns and the parent proxies (av_parent.h). Connections and exchanges hold a reference to the
  * snapshot they started with, so in-flight exchanges finish on the old one
  * while new connections use the new one; a connection moves to the current
  * snapshot between requests, carrying its proxy token over by name
@@ -31,6 +31,7 @@ typedef struct av_bucket {
 #define AV_SCRUB_CACHE 32
 
 struct av_scrub_set;
+struct av_parents;
 
 typedef struct av_snap {
     int refs;
@@ -44,6 +45,7 @@ typedef struct av_snap {
         struct av_scrub_set *set;
     } scrub[AV_SCRUB_CACHE];
     size_t scrub_next;
+    struct av_parents *parents; /* parent proxies, credentials resolved (NULL: none) */
 } av_snap;
 
 /* av__snap_new builds a snapshot around |cfg| (owned, also on failure): a

@@ -655,8 +655,76 @@ def sc_gateway(env):
         c.close()
 
 
+class ParentProxy:
+    """A minimal HTTP CONNECT parent proxy for the "parent" scenarios: it
+    opens the tunnel to the address asked for and relays both ways."""
+
+    def __init__(self):
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                a, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(a,), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        try:
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def _serve(self, a):
+        try:
+            a.settimeout(IO_TIMEOUT)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                d = a.recv(4096)
+                if not d:
+                    a.close()
+                    return
+                head += d
+            line = head.split(b"\r\n", 1)[0].decode("latin-1")
+            host, port = line.split(" ")[1].rsplit(":", 1)
+            b = socket.create_connection((host, int(port)), timeout=IO_TIMEOUT)
+            a.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            rest = head.split(b"\r\n\r\n", 1)[1]
+            if rest:
+                b.sendall(rest)
+            a.settimeout(None)
+            b.settimeout(None)
+        except (OSError, ValueError, IndexError):
+            a.close()
+            return
+        threading.Thread(target=self._pipe, args=(b, a), daemon=True).start()
+        self._pipe(a, b)
+
+
+def sc_parent(env):
+    """The "viaparent" service's exchange: through a CONNECT parent proxy."""
+    want = b"ok " + hashlib.sha256(BODY).hexdigest().encode() + b"\n"
+    return h1_exchange(env, "api.openai.com", post_head("api.openai.com", "/viaparent", len(BODY)),
+                       BODY, lambda b: b == want)
+
+
 SCENARIOS = {
     "h1": sc_h1,
+    "parent": sc_parent,
     "h2": sc_h2,
     "websocket": sc_ws,
     "websocket-frames": sc_ws_frames,
@@ -675,6 +743,7 @@ SCENARIOS = {
     # The first exchange of a new daemon: leaf minting, the first dial,
     # TLS verification, ALPN (one daemon per run, so slower).
     "h1-cold": sc_h1,
+    "parent-cold": sc_parent,
     "h2-upstream-cold": sc_h2_upstream,
     "h2-cold": sc_h2,
     "websocket-frames-cold": sc_ws_frames,
@@ -724,6 +793,7 @@ class World:
         self.h2origin.start()
         self.h2seen = 0
         self.h2perr = 0
+        self.parent = ParentProxy()
         self.conf = self.work / "agentvault.conf"
         self.conf.write_text(f"""[proxy]
 unmatched = deny
@@ -735,6 +805,13 @@ auth = bearer
 secret = env:OPENAI_API_KEY
 placeholder = {PLACEHOLDER}
 placeholder_in = body, websocket
+
+[service "viaparent"]
+host = api.openai.com
+path = /viaparent*
+auth = bearer
+secret = env:OPENAI_API_KEY
+upstream_proxy = http://127.0.0.1:{self.parent.port}
 
 [service "github"]
 host = api.github.com

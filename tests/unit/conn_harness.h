@@ -240,7 +240,7 @@ static inline av_upconn *xh_pool_fake_tls(xh *h, const char *host, int port, int
     d.port = port;
     up->dest = d;
     up->tls = tls;
-    av__upstream_key(up->key, sizeof(up->key), &d, tls, scope);
+    av__upstream_key(up->pool, up->key, sizeof(up->key), &d, tls, scope);
     up->timer = av__timer_new(h->env.loop, xh_nop_timer, up);
     assert_non_null(up->timer);
     /* A watcher for when it goes back to the pool; its descriptor is a
