@@ -289,7 +289,7 @@ static int set_secret_ref(parser *p, const char *key, char **out, const char *v,
  * shared enum above. */
 enum {
     K_MAX_CONNS = 1u << 30, K_LISTEN = 1u << 25, K_PASSTHROUGH = 1u << 26, K_ALLOW_PRIVATE = 1u << 27,
-    K_RESOLVE = 1u << 28
+    K_RESOLVE = 1u << 28, K_TLS_RESUME = 1u << 29
 };
 #define MAX_CONNECTIONS_MAX 1048576
 
@@ -301,6 +301,7 @@ static const key_def proxy_keys[] = {
     {"websocket_idle_timeout", K_WS_IDLE_TO, 0}, {"secret_ttl", K_SECRET_TTL, 0},
     {"command_timeout", K_CMD_TO, 0}, {"audit", K_AUDIT, 0}, {"vault", K_VAULT, 0},
     {"max_connections", K_MAX_CONNS, 0},
+    {"tls_resumption", K_TLS_RESUME, 0},
 };
 
 /* set_timeout stores a number of seconds in (0, 86400]; the key is named
@@ -360,6 +361,8 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return set_string(p, &c->audit, v, vl);
     case K_UNMATCHED:
         return parse_unmatched(p, v, vl, &c->unmatched);
+    case K_TLS_RESUME:
+        return word_pair(p, v, vl, "tls_resumption", "on", "off", &c->tls_resumption_off);
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)

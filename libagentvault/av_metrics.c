@@ -77,4 +77,8 @@ void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_
                     m->m_limit_h2, m->m_limit_head, g->leaf_refused);
     av__buf_appendf(b, "agentvault_limit_hits_total{limit=\"connections\"} %llu\n"
                        "agentvault_limit_hits_total{limit=\"open_files\"} %llu\n", m->m_limit_conns, m->m_limit_fds);
+    av__buf_appendf(b, "# TYPE agentvault_tls_resumed_total counter\n"
+                       "agentvault_tls_resumed_total{side=\"agent\"} %llu\n"
+                       "agentvault_tls_resumed_total{side=\"upstream\"} %llu\n",
+                    m->m_tls_resumed_agent, m->m_tls_resumed_upstream);
 }

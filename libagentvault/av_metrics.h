@@ -42,6 +42,7 @@ typedef struct av_metric_x {
     unsigned long long m_injected, m_redacted, m_tls_agent, m_tls_upstream, m_conns_total;                         \
     unsigned long long m_limit_rate, m_limit_scope, m_limit_h2, m_limit_head;                                      \
     unsigned long long m_limit_conns, m_limit_fds;                                                                 \
+    unsigned long long m_tls_resumed_agent, m_tls_resumed_upstream; /* resumed TLS handshakes */                 \
     unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */
 
 typedef struct av_metrics {

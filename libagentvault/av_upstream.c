@@ -392,6 +392,8 @@ int av__upstream_step(av_upconn *up)
             int rc = av__tls_client_new(&t, up->pool->tls_cli, up->dest.host, cin, cout);
             if (rc == AV_OK && up->offer_h2)
                 rc = av__tls_offer_h2(t);
+            if (rc == AV_OK) /* offers a cached session of the same key (SECURITY.md) */
+                rc = av__tls_client_resume(t, up->key);
             if (rc != AV_OK) {
                 av__tls_free(t);
                 t = NULL;
