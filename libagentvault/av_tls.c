@@ -454,6 +454,13 @@ static int sid_ctx_for(const av_tls_server_ctx *ctx, char *const *names, int pro
     return ok;
 }
 
+void av__tls_server_ctx_age_keys(av_tls_server_ctx *ctx, long seconds)
+{
+    for (size_t i = 0; i < 2; i++)
+        if (ctx->keys[i].created)
+            ctx->keys[i].created -= seconds;
+}
+
 /* ---- resumption: client session cache ---------------------------------------- */
 
 static uint64_t key_hash(const char *s)

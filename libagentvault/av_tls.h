@@ -90,6 +90,10 @@ int av__tls_client_resume(av_tls *t, const char *key);
 void av__tls_client_sessions_flush(av_tls_client_ctx *ctx);
 size_t av__tls_client_sessions(const av_tls_client_ctx *ctx);
 
+/* av__tls_server_ctx_age_keys makes the ticket keys |seconds| older
+ * (tests of the rotation). */
+void av__tls_server_ctx_age_keys(av_tls_server_ctx *ctx, long seconds);
+
 /* av__tls_resumed: the completed handshake resumed a session. */
 int av__tls_resumed(const av_tls *t);
 

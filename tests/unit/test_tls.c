@@ -594,6 +594,28 @@ static void resume_bound_to_host(void **state)
     av__tls_server_ctx_free(s);
 }
 
+/* Ticket keys rotate: a key seals for an hour, then only opens for another
+ * hour. Two tickets sealed with the first key (keys "a" and "b"); an hour
+ * later "a" still resumes (and gets a ticket sealed with a new key); two
+ * hours after the first key was made, "b" (first key) no longer resumes,
+ * "a" (second key) does. */
+static void resume_key_rotation(void **state)
+{
+    (void)state;
+    av_tls_server_ctx *s;
+    av_tls_client_ctx *c;
+    resumption_ctxs(&s, &c, 1, NULL, NULL);
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "a"));
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "b"));
+    av__tls_server_ctx_age_keys(s, 3601);
+    assert_true(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "a"));
+    av__tls_server_ctx_age_keys(s, 3600);
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "b"));
+    assert_true(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "a"));
+    av__tls_client_ctx_free(c);
+    av__tls_server_ctx_free(s);
+}
+
 /* Ticket keys live in one server ctx's memory: another ctx (a restarted
  * proxy) opens none of its tickets; turning resumption off refuses the
  * tickets issued before and keeps no session on the client. */
@@ -663,6 +685,7 @@ int main(void)
         cmocka_unit_test(resume_same_host),
         cmocka_unit_test(resume_bound_to_host),
         cmocka_unit_test(resume_keys_and_off),
+        cmocka_unit_test(resume_key_rotation),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
