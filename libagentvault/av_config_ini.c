@@ -289,8 +289,11 @@ static int set_secret_ref(parser *p, const char *key, char **out, const char *v,
  * shared enum above. */
 enum {
     K_MAX_CONNS = 1u << 30, K_LISTEN = 1u << 25, K_PASSTHROUGH = 1u << 26, K_ALLOW_PRIVATE = 1u << 27,
-    K_RESOLVE = 1u << 28, K_TLS_RESUME = 1u << 31
+    K_RESOLVE = 1u << 28
 };
+/* [proxy] tls_resumption: a bit only [service] uses otherwise (seen bits
+ * are per section). */
+enum { K_TLS_RESUME = K_METHODS };
 #define MAX_CONNECTIONS_MAX 1048576
 
 static const key_def proxy_keys[] = {
