@@ -8,6 +8,9 @@
  *   ka       C keep-alive connections, back-to-back small GETs
  *   newconn  C workers; each does TCP + CONNECT + TLS + one GET
  *            (Connection: close) + close, in a loop
+ *            (--resume 1: each worker offers the TLS session of its
+ *            previous connection; "resumed" in the output counts the
+ *            handshakes that resumed)
  *   newhost  like newconn, but every connection uses a new host name
  *            (--host-fmt, e.g. h%04d.bench.test, indices 1..--hosts)
  *   sse      C connections GET --path (an SSE stream whose events carry
@@ -80,6 +83,7 @@ struct conn {
     struct h2s *h2s_all, *h2s_free;
     int h2_open;           /* streams submitted and not yet closed */
     long nev;              /* sse: events received on this connection */
+    SSL_SESSION *sess;     /* --resume: the session of this worker's last connection */
     char rbuf[RBUF];
 };
 
@@ -90,6 +94,7 @@ static struct {
     const char *host, *host_fmt, *cafile, *auth, *path;
     int conns, hosts, host_next, msg_size, interval_ms, streams;
     int ws_deflate; /* offer permessage-deflate (messages sent uncompressed) */
+    int resume;     /* newconn: resume each worker's previous TLS session */
     double duration, warmup, grace;
 } o = {.host = "bench.test", .path = "/", .conns = 10, .duration = 5, .grace = 10,
        .msg_size = 32, .hosts = 100, .host_next = 1, .streams = 10};
@@ -97,7 +102,7 @@ static struct {
 static SSL_CTX *ctx;
 static int ep;
 static uint64_t t_begin, t_meas, t_end;
-static long ok_total, ok_meas, errors, active;
+static long ok_total, ok_meas, errors, active, resumed;
 static char first_err[256];
 static uint32_t *lat;          /* microseconds */
 static size_t nlat, caplat;
@@ -626,6 +631,8 @@ static void drive(struct conn *c, uint32_t events)
             SSL_set_fd(c->ssl, c->fd);
             SSL_set_tlsext_host_name(c->ssl, c->host);
             SSL_set1_host(c->ssl, c->host);
+            if (c->sess)
+                SSL_set_session(c->ssl, c->sess);
             SSL_set_connect_state(c->ssl);
             c->st = S_TLS;
             break;
@@ -692,6 +699,14 @@ static void drive(struct conn *c, uint32_t events)
             }
             /* newconn / newhost */
             record(t - c->t_conn);
+            if (o.resume) {
+                /* the ticket came before the response; a copy, since
+                 * OpenSSL marks the session of a connection freed without
+                 * a close_notify not resumable */
+                resumed += SSL_session_reused(c->ssl);
+                SSL_SESSION_free(c->sess);
+                c->sess = SSL_SESSION_dup(SSL_get0_session(c->ssl));
+            }
             conn_free(c);
             if (t >= t_end || conn_open(c) < 0) {
                 active--;
@@ -900,6 +915,7 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--ws-deflate")) o.ws_deflate = atoi(v);
         else if (!strcmp(a, "--streams")) o.streams = atoi(v);
         else if (!strcmp(a, "--grace")) o.grace = atof(v);
+        else if (!strcmp(a, "--resume")) o.resume = atoi(v);
         else usage();
     }
     if (!o.cafile || o.conns < 1 || (o.mode == M_NEWHOST && !o.host_fmt) ||
@@ -912,8 +928,12 @@ int main(int argc, char **argv)
     ctx = SSL_CTX_new(TLS_client_method());
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
     SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    if (o.resume) {
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    } else {
+        SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+        SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    }
     static const unsigned char alpn[] = "\x08http/1.1";
     static const unsigned char alpn_h2[] = "\x02h2";
     if (o.mode == M_H2)
@@ -1032,9 +1052,9 @@ int main(int argc, char **argv)
         snprintf(lats, sizeof(lats), "\"lat_p50_us\":null,\"lat_p99_us\":null,"
                  "\"lat_max_us\":null,\"lat_mean_us\":null");
     printf("{\"mode\":%d,\"conns\":%d,\"streams\":%d,\"seconds\":%.3f,\"ok\":%ld,\"ok_total\":%ld,"
-           "\"errors\":%ld,\"rate\":%.1f,%s,\"first_error\":\"%s\"}\n",
+           "\"errors\":%ld,\"rate\":%.1f,%s,\"resumed\":%ld,\"first_error\":\"%s\"}\n",
            (int)o.mode, o.conns, o.mode == M_H2 ? o.streams : 1, meas, ok, ok_total, errors,
-           meas > 0 ? ok / meas : 0, lats, first_err);
+           meas > 0 ? ok / meas : 0, lats, resumed, first_err);
     fflush(stdout);
     if (o.mode == M_IDLE) {
         char b[64];

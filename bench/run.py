@@ -41,7 +41,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SECRET = "benchkey"
 TARGETS = ["direct", "agentvault", "mitmproxy"]
-SCENARIOS = ["idle", "keepalive", "newconn", "newhost", "sse", "ws", "wsz", "h2"]
+SCENARIOS = ["idle", "keepalive", "newconn", "resumed", "upclose", "newhost", "sse", "ws", "wsz",
+             "h2"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 AGENTVAULT_BIN = os.environ.get("AGENTVAULT", f"{ROOT}/build/daemon/agentvault")
 # --baseline PATH: a second agentvault binary (say, a build of main before a
@@ -330,7 +331,26 @@ http {{
         server_name bench.test *.bench.test;
         ssl_certificate {wd}/origin.pem;
         ssl_certificate_key {wd}/origin.key;
-        ssl_session_tickets off;
+        # TLS 1.3 tickets (random keys of nginx's own): the direct target
+        # of the resumed scenario resumes with nginx
+        ssl_session_tickets on;
+        ssl_session_cache off;
+        location / {{
+            if ($http_authorization != "Bearer {secret}") {{ return 401; }}
+            default_type text/plain;
+            return 200 "ok";
+        }}
+    }}
+    # The upclose scenario's origin (close.bench.test): closes every
+    # connection after its response, so a proxy dials it anew for every
+    # agent connection (resuming its TLS session when it kept the ticket).
+    server {{
+        listen 127.0.0.1:{closeport} ssl backlog=4096;
+        server_name close.bench.test;
+        keepalive_timeout 0;
+        ssl_certificate {wd}/origin.pem;
+        ssl_certificate_key {wd}/origin.key;
+        ssl_session_tickets on;
         ssl_session_cache off;
         location / {{
             if ($http_authorization != "Bearer {secret}") {{ return 401; }}
@@ -378,12 +398,14 @@ class Rig:
         self.origin_port = free_port()
         self.stream_port = free_port()
         self.h2_port = free_port()
+        self.close_port = free_port()
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
             raise RuntimeError("nginx not found (apt-get install -y nginx-light)")
         os.makedirs(f"{wd}/nginx-tmp", exist_ok=True)
         with open(f"{wd}/nginx.conf", "w") as f:
             f.write(NGINX_CONF.format(wd=wd, port=self.origin_port, h2port=self.h2_port,
+                                      closeport=self.close_port,
                                       secret=SECRET))
         with open(f"{wd}/nginx.out", "w") as err:
             self.procs.append(spawn(pin(0) + [nginx, "-p", wd, "-c", f"{wd}/nginx.conf"],
@@ -403,6 +425,9 @@ class Rig:
                         401, self.procs[:1])
             # the h2-only origin must refuse HTTP/1.1 (426), or the h2
             # scenario would not prove that the proxy talks h2 upstream
+            check_until("nginx close.bench.test",
+                        lambda: https_status(self.close_port, "close.bench.test", ca), 200,
+                        self.procs[:1])
             check_until("nginx h2.bench.test over HTTP/1.1",
                         lambda: https_status(self.h2_port, "h2.bench.test", ca), 426,
                         self.procs[:1])
@@ -434,8 +459,24 @@ class Direct:
 
     def client_args(self, scenario):
         port = (self.rig.stream_port if scenario in ("sse", "ws", "wsz") else
-                self.rig.h2_port if scenario == "h2" else self.rig.origin_port)
+                self.rig.h2_port if scenario == "h2" else
+                self.rig.close_port if scenario == "upclose" else self.rig.origin_port)
         return ["--target", f"127.0.0.1:{port}", "--auth", "Bearer " + SECRET]
+
+    def cpu_pid(self, scenario):
+        """For newconn and resumed, the CPU of the nginx worker: a plain TLS
+        accept (full or resumed) plus one exchange, measured in the same run
+        as the proxy's new connections (the "direct" column of their CPU
+        rows). Other scenarios: none."""
+        if scenario not in ("newconn", "resumed"):
+            return None
+        master = self.rig.procs[0].pid
+        try:
+            with open(f"/proc/{master}/task/{master}/children") as f:
+                kids = f.read().split()
+        except OSError:
+            return None
+        return int(kids[0]) if len(kids) == 1 else None
 
     def stop(self):
         pass
@@ -446,6 +487,7 @@ class Direct:
 
 class AgentVault:
     name = "agentvault"
+    proxy_extra = []
 
     def binary(self):
         return AGENTVAULT_BIN
@@ -458,8 +500,9 @@ class AgentVault:
             raise RuntimeError(f"{binary} not built")
         state = f"{wd}/{self.name}-state"
         os.makedirs(state, mode=0o700, exist_ok=True)
-        lines = ["[proxy]", "unmatched = deny",
+        lines = ["[proxy]", "unmatched = deny"] + self.proxy_extra + [
                  f"resolve = bench.test:443:127.0.0.1:{rig.origin_port}",
+                 f"resolve = close.bench.test:443:127.0.0.1:{rig.close_port}",
                  f"resolve = stream.bench.test:443:127.0.0.1:{rig.stream_port}",
                  f"resolve = h2.bench.test:443:127.0.0.1:{rig.h2_port}"]
         lines += [f"resolve = h{i:04d}.bench.test:443:127.0.0.1:{rig.origin_port}"
@@ -581,8 +624,15 @@ class Baseline(AgentVault):
         return BASELINE_BIN
 
 
+class NoResume(AgentVault):
+    """The same binary as agentvault with [proxy] tls_resumption = off:
+    what resumption saves, from one build in one run (column av/nores)."""
+    name = "noresume"
+    proxy_extra = ["tls_resumption = off"]
+
+
 PROXIES = {"direct": Direct, "agentvault": AgentVault, "mitmproxy": Mitmproxy,
-           "baseline": Baseline}
+           "baseline": Baseline, "noresume": NoResume}
 
 
 def with_port_retry(start, attempts=3):
@@ -607,6 +657,12 @@ def params(smoke, duration):
     return {
         "keepalive": dict(mode="ka", conns=10, duration=d, warmup=w, grace=g),
         "newconn": dict(mode="newconn", conns=10, duration=d, warmup=w, grace=g),
+        # newconn where each worker resumes its previous TLS session
+        "resumed": dict(mode="newconn", conns=10, duration=d, warmup=w, grace=g, resume=1),
+        # newconn to close.bench.test, whose origin closes every connection:
+        # every agent connection makes a new upstream TLS connection, which
+        # resumes the session the proxy kept from the previous one
+        "upclose": dict(mode="newconn", conns=10, duration=d, warmup=w, grace=g),
         # The new-host run stays below agentvault's minting burst (400 leaves,
         # then 200/s: AV_CA_MINT_BURST/RATE in av_ca.c) so that it measures
         # minting, not the rate limit.  It ends when every host has been used;
@@ -643,7 +699,8 @@ def readline_timeout(f, timeout):
 
 def run_avload(rig, px, scen, p, wd):
     host = ("stream.bench.test" if scen in ("sse", "ws", "wsz") else
-            "h2.bench.test" if scen == "h2" else "bench.test")
+            "h2.bench.test" if scen == "h2" else
+            "close.bench.test" if scen == "upclose" else "bench.test")
     path = {"sse": "/sse?interval=%d" % p.get("interval", 10), "ws": "/ws", "wsz": "/ws"}.get(scen, "/")
     cmd = pin(0) + [rig.avload, "--mode", p["mode"], "--cafile", px.cafile, "--host", host,
                     "--path", path, "--conns", str(p["conns"]),
@@ -651,6 +708,8 @@ def run_avload(rig, px, scen, p, wd):
     cmd += px.client_args(scen)
     if "grace" in p:
         cmd += ["--grace", str(p["grace"])]
+    if p.get("resume"):
+        cmd += ["--resume", "1"]
     if scen == "newhost":
         cmd += ["--host-fmt", "h%04d.bench.test", "--hosts", str(p["hosts"])]
     if scen in ("ws", "wsz"):
@@ -698,7 +757,8 @@ def run_avload(rig, px, scen, p, wd):
             stop(proc, term_wait=0)
     else:
         cg = CALLGRIND and isinstance(px, AgentVault)
-        c0 = cpu_seconds(px.pid) if px.pid else 0
+        pid = px.cpu_pid(scen) if hasattr(px, "cpu_pid") else px.pid
+        c0 = cpu_seconds(pid) if pid else 0
         if cg:
             # Count from the end of avload's warm-up (connections and their
             # handshakes made, CALLGRIND_WARMUP seconds) to its exit, per
@@ -717,13 +777,13 @@ def run_avload(rig, px, scen, p, wd):
             ir = callgrind_ir(px.pid, rig.wd)
         else:
             cp = run_child(cmd, timeout=timeout)
-        c1 = cpu_seconds(px.pid) if px.pid else 0
+        c1 = cpu_seconds(pid) if pid else 0
         try:
             out = json.loads(cp.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
             return {"error": "avload failed (exit %s): %s"
                     % (cp.returncode, (cp.stdout + cp.stderr)[:300])}
-        if px.pid and out["ok_total"]:
+        if pid and out["ok_total"]:
             res["cpu_us_per_op"] = (c1 - c0) * 1e6 / out["ok_total"]
             if cg and ir is not None and out.get("ok"):
                 res["ir_per_op"] = ir / out["ok"]
@@ -769,6 +829,16 @@ ROWS = [
     ("newconn", "p50 conn+req us", "lat_p50_us"),
     ("newconn", "p99 conn+req us", "lat_p99_us"),
     ("newconn", "proxy CPU us/conn", "cpu_us_per_op"),
+    ("newconn", "proxy Ir/conn", "ir_per_op"),
+    ("resumed", "conn/s", "rate"),
+    ("resumed", "p50 conn+req us", "lat_p50_us"),
+    ("resumed", "proxy CPU us/conn", "cpu_us_per_op"),
+    ("resumed", "proxy Ir/conn", "ir_per_op"),
+    ("resumed", "resumed conns", "resumed"),
+    ("upclose", "conn/s", "rate"),
+    ("upclose", "p50 conn+req us", "lat_p50_us"),
+    ("upclose", "proxy CPU us/conn", "cpu_us_per_op"),
+    ("upclose", "proxy Ir/conn", "ir_per_op"),
     ("newhost", "conn/s", "rate"),
     ("newhost", "p50 conn+req us", "lat_p50_us"),
     ("newhost", "p99 conn+req us", "lat_p99_us"),
@@ -985,6 +1055,9 @@ def main():
         ba = row.get("baseline")
         if isinstance(av, (int, float)) and isinstance(ba, (int, float)) and ba:
             row["av/base"] = av / ba
+        nr = row.get("noresume")
+        if isinstance(av, (int, float)) and isinstance(nr, (int, float)) and nr:
+            row["av/nores"] = av / nr
         di = row.get("direct")
         if isinstance(av, (int, float)) and isinstance(di, (int, float)) and di:
             row["av/direct"] = av / di
@@ -993,7 +1066,8 @@ def main():
 
     cols = targets + (["av/mitm"] if "agentvault" in targets and "mitmproxy" in targets else []) \
         + (["av/direct"] if "agentvault" in targets and "direct" in targets else []) \
-        + (["av/base"] if "agentvault" in targets and "baseline" in targets else [])
+        + (["av/base"] if "agentvault" in targets and "baseline" in targets else []) \
+        + (["av/nores"] if "agentvault" in targets and "noresume" in targets else [])
     hdr = f"{'scenario':10s} {'metric':22s}" + "".join(f"{c:>12s}" for c in cols)
     print(hdr)
     notes = []
@@ -1006,6 +1080,20 @@ def main():
         for n in row.get("notes", []):
             if n not in notes:
                 notes.append(n)
+    # Issue 15's ratios, per target, within this run: a new connection whose
+    # upstream is dialed anew (upclose) against one with a pooled upstream
+    # (newconn); a resumed agent connection against a full one; and for
+    # CPU and instructions alike.
+    derived = {}
+    for t in targets:
+        for label, key in (("CPU", "proxy CPU us/conn"), ("Ir", "proxy Ir/conn")):
+            nc = med.get(("newconn", key), {}).get(t)
+            for s in ("upclose", "resumed"):
+                v = med.get((s, key), {}).get(t)
+                if isinstance(v, (int, float)) and isinstance(nc, (int, float)) and nc:
+                    derived[f"{t} {s}/newconn {label}"] = v / nc
+    for k, v in derived.items():
+        print(f"  ratio {k}: {v:.2f}x")
     for n in notes:
         print("  note:", n)
     for w in warnings:
@@ -1024,7 +1112,7 @@ def main():
     out_dir = os.path.dirname(os.path.abspath(out))
     os.makedirs(out_dir, exist_ok=True)
     with open(out, "w") as f:
-        json.dump({"meta": meta, "table": table, "runs": results, "failures": failures,
+        json.dump({"meta": meta, "table": table, "ratios": derived, "runs": results, "failures": failures,
                    "warnings": warnings, "proxy_logs": proxy_logs}, f, indent=1, default=str)
     print("wrote", out)
     if a.keep or failures:

@@ -614,6 +614,7 @@ int av__config_dump(const av_config *c, av_buf *out)
     DF("secret_ttl=%.17g", c->secret_ttl);
     DF("command_timeout=%.17g", c->command_timeout);
     DF("max_connections=%ld", c->max_connections);
+    DF("tls_resumption_off=%d", c->tls_resumption_off);
     DF("nservices=%zu", c->nservices);
     for (size_t i = 0; i < c->nservices; i++) {
         const av_service *s = &c->services[i];

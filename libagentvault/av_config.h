@@ -186,6 +186,7 @@ struct av_config {
     av_token_cfg *tokens;
     size_t ntokens;
     int token_store;       /* a token store exists: proxy auth is required even with no tokens left */
+    int tls_resumption_off; /* [proxy] tls_resumption = off: no TLS session resumption, either side */
     av_gateway_cfg *gateways;
     size_t ngateways;
     char *upstream_proxy;      /* parent proxy URL, "env" or "direct"; NULL: none */

@@ -292,6 +292,9 @@ enum {
     K_MAX_CONNS = 1u << 30, K_LISTEN = 1u << 25, K_PASSTHROUGH = 1u << 26, K_ALLOW_PRIVATE = 1u << 27,
     K_RESOLVE = 1u << 28
 };
+/* [proxy] tls_resumption: a bit only [service] uses otherwise (seen bits
+ * are per section). */
+enum { K_TLS_RESUME = K_METHODS };
 #define MAX_CONNECTIONS_MAX 1048576
 
 /* Parent proxy keys: [proxy] reuses bits only [service] has; [service]'s
@@ -331,6 +334,7 @@ static const key_def proxy_keys[] = {
     {"max_connections", K_MAX_CONNS, 0},
     {"upstream_proxy", K_UP_PROXY, 0}, {"upstream_proxy_auth", K_UP_AUTH, 0},
     {"upstream_no_proxy", K_UP_NO_PROXY, 0},
+    {"tls_resumption", K_TLS_RESUME, 0},
 };
 
 /* set_timeout stores a number of seconds in (0, 86400]; the key is named
@@ -405,6 +409,8 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
             return perr(p, "upstream_no_proxy: %s", why);
         return set_string(p, &c->upstream_no_proxy, v, vl);
     }
+    case K_TLS_RESUME:
+        return word_pair(p, v, vl, "tls_resumption", "on", "off", &c->tls_resumption_off);
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)

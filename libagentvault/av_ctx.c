@@ -185,6 +185,18 @@ static int gateways_equal(const av_config *a, const av_config *b)
     return 1;
 }
 
+/* ctx_tls_resumption applies [proxy] tls_resumption to both TLS contexts
+ * (off also drops the cached origin sessions and the ticket keys). The
+ * origin sessions belong to the client context, which verifies with the
+ * upstream_cacert it was made with: that cannot change on reload, so a
+ * cached session never outlives what verified it. */
+static void ctx_tls_resumption(av_ctx *ctx)
+{
+    int on = !ctx->cfg->tls_resumption_off;
+    av__tls_server_ctx_resumption(ctx->tls_srv, on, &ctx->metrics.m_tls_resumed_agent);
+    av__tls_client_ctx_resumption(ctx->tls_cli, on, &ctx->metrics.m_tls_resumed_upstream);
+}
+
 int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
 {
     if (!cfg->state_dir && ctx->cfg->state_dir) {
@@ -215,6 +227,7 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     ctx->pool.parents = s->parents;
     av__upstream_log_parents(&ctx->pool);
     av__snap_unref(old);
+    ctx_tls_resumption(ctx);
     /* Reopen the audit log: rotation is "rename, then SIGHUP". */
     rc = ctx_open_audit(ctx, err, err_len);
     if (rc)
@@ -306,6 +319,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
             goto fail;
         ctx->cfg = ctx->snap->cfg;
     }
+    ctx_tls_resumption(ctx);
     ctx->pool.loop = ctx->loop;
     ctx->pool.log = &ctx->log;
     ctx->pool.dns = ctx->dns;

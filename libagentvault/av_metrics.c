@@ -108,4 +108,8 @@ void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_
     for (size_t i = 0; i < m->m_nparents; i++)
         av__buf_appendf(b, "agentvault_parent_failures_total{parent=\"%s\"} %llu\n", m->m_parents[i].parent,
                         m->m_parents[i].failures);
+    av__buf_appendf(b, "# TYPE agentvault_tls_resumed_total counter\n"
+                       "agentvault_tls_resumed_total{side=\"agent\"} %llu\n"
+                       "agentvault_tls_resumed_total{side=\"upstream\"} %llu\n",
+                    m->m_tls_resumed_agent, m->m_tls_resumed_upstream);
 }

@@ -52,6 +52,7 @@ typedef struct av_metric_parent {
     unsigned long long m_limit_conns, m_limit_fds;                                                                 \
     av_metric_parent m_parents[AV_METRICS_PARENTS]; /* by parent proxy (av__metrics_count_parent) */          \
     size_t m_nparents;                                                                                             \
+    unsigned long long m_tls_resumed_agent, m_tls_resumed_upstream; /* resumed TLS handshakes */                 \
     unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */
 
 typedef struct av_metrics {

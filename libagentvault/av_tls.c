@@ -22,10 +22,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/bio.h>
+#if !defined(AV_TLS_BORINGSSL)
+#include <openssl/core_names.h>
+#include <openssl/params.h>
+#endif
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -46,13 +55,60 @@
 static const uint8_t ALPN_HTTP11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 static const uint8_t ALPN_H2_HTTP11[] = {2, 'h', '2', 8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
 
+/* Session resumption (docs/SECURITY.md, "TLS session resumption").
+ *
+ * Server side: stateless TLS 1.3 tickets, sealed with keys that live only
+ * in memory. A key seals new tickets for TICKET_KEY_ROTATE seconds, then
+ * only opens them for as long again; tickets say they last TICKET_LIFETIME.
+ * Every engine carries a session id context derived from the names its leaf
+ * was minted for (and the CA), so a ticket opens only for the same host.
+ *
+ * Client side: tickets from origins, kept per key (the pool key of the
+ * upstream connection, its verified name and its ALPN offer), at most
+ * SESS_PER_KEY each, newest first, each used once; SESS_TOTAL_MAX in all.
+ * A key's depth bounds the concurrent new connections to one origin that
+ * find a ticket: every connection takes one and brings at least one back,
+ * so the tickets in circulation are those the cache kept (measured: 4 per
+ * key let 10 concurrent dials resume only half the time). */
+#define TICKET_KEY_ROTATE 3600
+#define TICKET_LIFETIME 3600
+#define TICKETS_PER_HANDSHAKE 1
+#define SESS_KEYS_MAX 256
+#define SESS_PER_KEY 16
+#define SESS_TOTAL_MAX 1024
+#define SESS_KEY_MAX 512
+
+typedef struct ticket_key {
+    uint8_t name[16];
+    uint8_t hmac[32];
+    uint8_t aes[32];
+    time_t created;     /* 0: unused */
+} ticket_key;
+
 struct av_tls_server_ctx {
     SSL_CTX *ssl_ctx;
     av_ca *ca;
+    uint8_t ca_fp[32];            /* SHA-256 of the root (PEM): part of every sid_ctx */
+    int resume;                   /* tickets issued and accepted */
+    unsigned long long *resumed;  /* counter of resumed handshakes, or NULL */
+    ticket_key keys[2];           /* [0] seals and opens; [1] (the one before) only opens */
 };
+
+typedef struct sess_slot {
+    char *key;                    /* NULL: free */
+    uint64_t hash;
+    uint64_t used;                /* LRU stamp */
+    int n;
+    SSL_SESSION *s[SESS_PER_KEY]; /* oldest first */
+} sess_slot;
 
 struct av_tls_client_ctx {
     SSL_CTX *ssl_ctx;
+    int resume;                   /* sessions kept and offered */
+    unsigned long long *resumed;
+    uint64_t tick;
+    size_t nsess;                 /* sessions kept, all keys */
+    sess_slot slots[SESS_KEYS_MAX];
 };
 
 struct av_tls {
@@ -70,6 +126,9 @@ struct av_tls {
     int offer_h2;        /* av__tls_offer_h2 was called */
     int starved;         /* SSL_read wanted more input ... */
     size_t starved_len;  /* ... while cin held this many bytes */
+    unsigned long long *resumed; /* the ctx's counter of resumed handshakes */
+    av_tls_client_ctx *cli;      /* client: the ctx whose cache takes its tickets */
+    char *sess_key;              /* client: the cache key (av__tls_client_resume) */
     char alpn[32];
     char err[256];
 };
@@ -273,6 +332,305 @@ static int verify_note(int ok, X509_STORE_CTX *sctx)
     return ok;
 }
 
+/* ---- resumption: server ----------------------------------------------------- */
+
+/* mono_now is the monotonic clock in seconds: ticket keys age by it, so
+ * setting the wall clock neither keeps an old key alive nor drops a new
+ * one. */
+static time_t mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec;
+}
+
+static void ticket_key_wipe(ticket_key *k)
+{
+    OPENSSL_cleanse(k, sizeof(*k));
+}
+
+/* ticket_key_sealing returns the key that seals a ticket at |now|: the
+ * current one while younger than TICKET_KEY_ROTATE, else a new random key
+ * (the current one then only opens, the one before it is wiped). NULL when
+ * there is no randomness. */
+static const ticket_key *ticket_key_sealing(av_tls_server_ctx *ctx, time_t now)
+{
+    ticket_key *cur = &ctx->keys[0];
+    if (cur->created && now >= cur->created && now - cur->created < TICKET_KEY_ROTATE)
+        return cur;
+    ticket_key k;
+    if (RAND_bytes(k.name, sizeof(k.name)) != 1 || RAND_bytes(k.hmac, sizeof(k.hmac)) != 1 ||
+        RAND_bytes(k.aes, sizeof(k.aes)) != 1) {
+        ticket_key_wipe(&k);
+        return NULL;
+    }
+    k.created = now > 0 ? now : 1;
+    ticket_key_wipe(&ctx->keys[1]);
+    ctx->keys[1] = *cur;
+    *cur = k;
+    ticket_key_wipe(&k);
+    return cur;
+}
+
+/* ticket_key_opening finds the key named |name| that may still open a
+ * ticket at |now| (sealed less than 2 x TICKET_KEY_ROTATE ago); NULL if
+ * none. */
+static const ticket_key *ticket_key_opening(const av_tls_server_ctx *ctx, const uint8_t *name, time_t now)
+{
+    for (size_t i = 0; i < 2; i++) {
+        const ticket_key *k = &ctx->keys[i];
+        if (k->created && now >= k->created && now - k->created < 2 * TICKET_KEY_ROTATE &&
+            CRYPTO_memcmp(k->name, name, sizeof(k->name)) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+#if defined(AV_TLS_BORINGSSL)
+typedef HMAC_CTX ticket_mac_ctx;
+static int ticket_mac_init(ticket_mac_ctx *h, const ticket_key *k)
+{
+    return HMAC_Init_ex(h, k->hmac, sizeof(k->hmac), EVP_sha256(), NULL) == 1;
+}
+#else
+typedef EVP_MAC_CTX ticket_mac_ctx;
+static int ticket_mac_init(ticket_mac_ctx *h, const ticket_key *k)
+{
+    OSSL_PARAM params[3];
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, (void *)k->hmac, sizeof(k->hmac));
+    params[1] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0);
+    params[2] = OSSL_PARAM_construct_end();
+    return EVP_MAC_CTX_set_params(h, params) == 1;
+}
+#endif
+
+/* ticket_cb seals (|enc|) and opens session tickets with the context's
+ * in-memory keys (AES-256-CBC + HMAC-SHA256, the RFC 5077 layout both
+ * libraries implement around this callback). Opening refuses, so the
+ * handshake goes on in full: any ticket while resumption is off, a TLS 1.2
+ * ticket (only TLS 1.3 resumes: there the SNI check sees the SNI sent
+ * now), and a ticket whose key is unknown or too old. The session id
+ * context check (the host) is the library's, after this. */
+static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHER_CTX *cctx,
+                     ticket_mac_ctx *hctx, int enc)
+{
+    av_tls_server_ctx *ctx = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
+    time_t now = mono_now();
+    if (enc) {
+        const ticket_key *k = ctx ? ticket_key_sealing(ctx, now) : NULL;
+        if (!k || RAND_bytes(iv, 16) != 1)
+            return -1;
+        memcpy(name, k->name, sizeof(k->name));
+        if (EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1 || !ticket_mac_init(hctx, k))
+            return -1;
+        return 1;
+    }
+    if (!ctx || !ctx->resume || SSL_version(ssl) != TLS1_3_VERSION)
+        return 0;
+    const ticket_key *k = ticket_key_opening(ctx, name, now);
+    if (!k)
+        return 0;
+    if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1 || !ticket_mac_init(hctx, k))
+        return -1;
+    /* 2: renew. OpenSSL sends a resumed TLS 1.3 client a new ticket only
+     * then; without one the client's single-use ticket is gone after this
+     * connection. (BoringSSL always sends one.) */
+    return 2;
+}
+
+/* sid_ctx_for derives the session id context of a server engine: SHA-256
+ * over a label, the CA root's fingerprint, whether the leaf is the proxy's
+ * own (extra names) or a MITM leaf, and every name the leaf covers. A
+ * session resumes only under the same context (both libraries check), so
+ * a ticket minted in a tunnel to one host never resumes in a tunnel to
+ * another: the CONNECT host is known before the ClientHello. */
+static int sid_ctx_for(const av_tls_server_ctx *ctx, char *const *names, int proxy_own, uint8_t out[32])
+{
+    static const char label[] = "agentvault sid_ctx 1";
+    unsigned int n = 0;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(md, label, sizeof(label)) == 1 &&
+             EVP_DigestUpdate(md, ctx->ca_fp, sizeof(ctx->ca_fp)) == 1 &&
+             EVP_DigestUpdate(md, proxy_own ? "P" : "M", 1) == 1;
+    for (size_t i = 0; ok && names[i]; i++)
+        ok = EVP_DigestUpdate(md, names[i], strlen(names[i]) + 1) == 1; /* with the NUL: unambiguous */
+    ok = ok && EVP_DigestFinal_ex(md, out, &n) == 1 && n == 32;
+    EVP_MD_CTX_free(md);
+    return ok;
+}
+
+void av__tls_server_ctx_age_keys(av_tls_server_ctx *ctx, long seconds)
+{
+    for (size_t i = 0; i < 2; i++)
+        if (ctx->keys[i].created)
+            ctx->keys[i].created -= seconds;
+}
+
+/* ---- resumption: client session cache ---------------------------------------- */
+
+static uint64_t key_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ull;
+    return h;
+}
+
+static sess_slot *sess_find(av_tls_client_ctx *ctx, const char *key, uint64_t h)
+{
+    for (size_t i = 0; i < SESS_KEYS_MAX; i++) {
+        sess_slot *sl = &ctx->slots[i];
+        if (sl->key && sl->hash == h && strcmp(sl->key, key) == 0)
+            return sl;
+    }
+    return NULL;
+}
+
+static void sess_slot_clear(av_tls_client_ctx *ctx, sess_slot *sl)
+{
+    for (int i = 0; i < sl->n; i++)
+        SSL_SESSION_free(sl->s[i]);
+    ctx->nsess -= (size_t)sl->n;
+    av__free(sl->key);
+    memset(sl, 0, sizeof(*sl));
+}
+
+/* sess_live: a session still worth offering (complete, with a ticket or
+ * an id, and within its lifetime by the wall clock it was stamped with). */
+static int sess_live(const SSL_SESSION *s)
+{
+    long long t = (long long)SSL_SESSION_get_time(s), life = (long long)SSL_SESSION_get_timeout(s);
+    long long now = (long long)time(NULL);
+    return SSL_SESSION_is_resumable(s) && now >= t && now < t + life;
+}
+
+/* sess_put keeps |sess| (taking the reference) as the newest for |key|;
+ * the oldest of a full slot goes, and a new key takes a free slot or the
+ * least recently used one. Returns 1 when kept. */
+static int sess_put(av_tls_client_ctx *ctx, const char *key, SSL_SESSION *sess)
+{
+    uint64_t h = key_hash(key);
+    sess_slot *sl = sess_find(ctx, key, h);
+    if (!sl) {
+        sl = &ctx->slots[0];
+        for (size_t i = 0; i < SESS_KEYS_MAX && sl->key; i++)
+            if (!ctx->slots[i].key || ctx->slots[i].used < sl->used)
+                sl = &ctx->slots[i];
+        sess_slot_clear(ctx, sl);
+        if (!(sl->key = av__strdup(key)))
+            return 0;
+        sl->hash = h;
+    }
+    if (ctx->nsess >= SESS_TOTAL_MAX && sl->n < SESS_PER_KEY) {
+        /* full: the least recently used other key loses its oldest */
+        sess_slot *v = NULL;
+        for (size_t i = 0; i < SESS_KEYS_MAX; i++) {
+            sess_slot *o = &ctx->slots[i];
+            if (o != sl && o->n > 0 && (!v || o->used < v->used))
+                v = o;
+        }
+        if (v) {
+            SSL_SESSION_free(v->s[0]);
+            memmove(v->s, v->s + 1, (size_t)(v->n - 1) * sizeof(v->s[0]));
+            v->n--;
+            ctx->nsess--;
+            if (v->n == 0)
+                sess_slot_clear(ctx, v);
+        }
+    }
+    if (sl->n == SESS_PER_KEY) {
+        SSL_SESSION_free(sl->s[0]);
+        memmove(sl->s, sl->s + 1, (SESS_PER_KEY - 1) * sizeof(sl->s[0]));
+        sl->n--;
+        ctx->nsess--;
+    }
+    sl->s[sl->n++] = sess;
+    ctx->nsess++;
+    sl->used = ++ctx->tick;
+    return 1;
+}
+
+/* sess_take removes and returns the newest live session for |key| (the
+ * caller owns the reference), dropping stale ones; NULL if none. A TLS 1.3
+ * ticket is used once (RFC 8446 C.4): it is never offered again. */
+static SSL_SESSION *sess_take(av_tls_client_ctx *ctx, const char *key)
+{
+    sess_slot *sl = sess_find(ctx, key, key_hash(key));
+    SSL_SESSION *s = NULL;
+    while (sl && sl->n > 0 && !s) {
+        s = sl->s[--sl->n];
+        ctx->nsess--;
+        if (!sess_live(s)) {
+            SSL_SESSION_free(s);
+            s = NULL;
+        }
+    }
+    if (sl && sl->n == 0)
+        sess_slot_clear(ctx, sl);
+    else if (sl)
+        sl->used = ++ctx->tick;
+    return s;
+}
+
+/* new_session keeps a client engine's new session (a TLS 1.3 ticket, after
+ * the handshake) in its context's cache under the engine's key. */
+static int new_session(SSL *ssl, SSL_SESSION *sess)
+{
+    av_tls *t = SSL_get_app_data(ssl);
+    if (!t || !t->cli || !t->cli->resume || !t->sess_key || !SSL_SESSION_is_resumable(sess))
+        return 0;
+#if defined(AV_TLS_BORINGSSL)
+    return sess_put(t->cli, t->sess_key, sess);
+#else
+    /* OpenSSL marks the connection's current session (this one) not
+     * resumable when the connection is freed without a close_notify sent,
+     * as an origin's connection often is: keep a copy of our own. */
+    SSL_SESSION *copy = SSL_SESSION_dup(sess);
+    if (copy && !sess_put(t->cli, t->sess_key, copy))
+        SSL_SESSION_free(copy);
+    return 0;
+#endif
+}
+
+void av__tls_client_sessions_flush(av_tls_client_ctx *ctx)
+{
+    if (!ctx)
+        return;
+    for (size_t i = 0; i < SESS_KEYS_MAX; i++)
+        sess_slot_clear(ctx, &ctx->slots[i]);
+}
+
+size_t av__tls_client_sessions(const av_tls_client_ctx *ctx)
+{
+    return ctx ? ctx->nsess : 0;
+}
+
+void av__tls_client_ctx_resumption(av_tls_client_ctx *ctx, int on, unsigned long long *resumed)
+{
+    ctx->resumed = resumed;
+    ctx->resume = on != 0;
+    SSL_CTX_set_session_cache_mode(ctx->ssl_ctx, on ? SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE
+                                                    : SSL_SESS_CACHE_OFF);
+    if (!on)
+        av__tls_client_sessions_flush(ctx);
+}
+
+void av__tls_server_ctx_resumption(av_tls_server_ctx *ctx, int on, unsigned long long *resumed)
+{
+    ctx->resumed = resumed;
+    ctx->resume = on != 0;
+    if (on) {
+        SSL_CTX_clear_options(ctx->ssl_ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx->ssl_ctx, TICKETS_PER_HANDSHAKE);
+    } else {
+        SSL_CTX_set_options(ctx->ssl_ctx, SSL_OP_NO_TICKET);
+        SSL_CTX_set_num_tickets(ctx->ssl_ctx, 0);
+        ticket_key_wipe(&ctx->keys[0]);
+        ticket_key_wipe(&ctx->keys[1]);
+    }
+}
+
 /* ---- contexts ------------------------------------------------------------------ */
 
 /* ctx_common applies what both sides share: TLS 1.2+, partial writes,
@@ -299,10 +657,39 @@ int av__tls_server_ctx_new(av_tls_server_ctx **out, av_ca *ca, char *err, size_t
     ctx->ssl_ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx->ssl_ctx || !ctx_common(ctx->ssl_ctx))
         goto err;
-    /* No resumption: every handshake presents the leaf and checks SNI. */
-    SSL_CTX_set_options(ctx->ssl_ctx, SSL_OP_NO_TICKET);
+    /* The root's fingerprint goes into every engine's session id context. */
+    const char *root = av__ca_root_pem(ca);
+    if (!root || !SHA256((const uint8_t *)root, strlen(root), ctx->ca_fp))
+        goto err;
+    /* Resumption is off until av__tls_server_ctx_resumption turns it on:
+     * then only stateless TLS 1.3 tickets (no server-side cache, no TLS 1.2
+     * session ids), sealed by ticket_cb. Never 0-RTT: replayed early data
+     * would replay injected requests. PSK resumption keeps (EC)DHE: neither
+     * library's server accepts psk_ke without SSL_OP_ALLOW_NO_DHE_KEX
+     * (OpenSSL) or at all (BoringSSL). */
+    SSL_CTX_set_app_data(ctx->ssl_ctx, ctx);
     SSL_CTX_set_session_cache_mode(ctx->ssl_ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_num_tickets(ctx->ssl_ctx, 0);
+    SSL_CTX_set_timeout(ctx->ssl_ctx, TICKET_LIFETIME);
+#if defined(AV_TLS_BORINGSSL)
+    SSL_CTX_set_session_psk_dhe_timeout(ctx->ssl_ctx, TICKET_LIFETIME);
+    SSL_CTX_set_early_data_enabled(ctx->ssl_ctx, 0);
+    SSL_CTX_set_tlsext_ticket_key_cb(ctx->ssl_ctx, ticket_cb);
+#else
+    SSL_CTX_clear_options(ctx->ssl_ctx, SSL_OP_ALLOW_NO_DHE_KEX);
+    /* TLS 1.3: AES-128-GCM with SHA-256 first, whatever the client's order
+     * (OpenSSL's clients list AES-256-GCM-SHA384 first). Every TLS 1.3
+     * client implements it (RFC 8446 9.1), and the key schedule and
+     * transcript then hash with SHA-256: measured, fewer instructions per
+     * handshake (bench/README.md). BoringSSL picks on its own. */
+    if (SSL_CTX_set_ciphersuites(ctx->ssl_ctx, "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:"
+                                              "TLS_AES_256_GCM_SHA384") != 1)
+        goto err;
+    SSL_CTX_set_options(ctx->ssl_ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_max_early_data(ctx->ssl_ctx, 0);
+    SSL_CTX_set_recv_max_early_data(ctx->ssl_ctx, 0);
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx->ssl_ctx, ticket_cb);
+#endif
+    av__tls_server_ctx_resumption(ctx, 0, NULL);
     SSL_CTX_set_tlsext_servername_callback(ctx->ssl_ctx, servername_check);
     SSL_CTX_set_alpn_select_cb(ctx->ssl_ctx, alpn_select, NULL);
     *out = ctx;
@@ -319,6 +706,7 @@ void av__tls_server_ctx_free(av_tls_server_ctx *ctx)
     if (!ctx)
         return;
     SSL_CTX_free(ctx->ssl_ctx);
+    OPENSSL_cleanse(ctx->keys, sizeof(ctx->keys));
     av__free(ctx);
 }
 
@@ -336,6 +724,10 @@ int av__tls_client_ctx_new(av_tls_client_ctx **out, const char *extra_cafile, ch
         goto err;
     }
     SSL_CTX_set_verify(ctx->ssl_ctx, SSL_VERIFY_PEER, verify_note);
+    /* Sessions are kept by new_session, off until
+     * av__tls_client_ctx_resumption turns them on. */
+    SSL_CTX_sess_set_new_cb(ctx->ssl_ctx, new_session);
+    av__tls_client_ctx_resumption(ctx, 0, NULL);
     /* The system bundle is optional (a minimal container may lack it);
      * when present it must load. */
     if (access(SYSTEM_CAFILE, F_OK) == 0 &&
@@ -373,6 +765,7 @@ void av__tls_client_ctx_free(av_tls_client_ctx *ctx)
 {
     if (!ctx)
         return;
+    av__tls_client_sessions_flush(ctx);
     SSL_CTX_free(ctx->ssl_ctx);
     av__free(ctx);
 }
@@ -445,6 +838,11 @@ int av__tls_server_new_leaf(av_tls **out, av_tls_server_ctx *ctx, av_ca_leaf *le
     if (!(t->names = copy_names(host, extra_names)))
         goto err;
     rc = AV_ERR_TLS;
+    uint8_t sid[32];
+    if (!sid_ctx_for(ctx, t->names, extra_names != NULL, sid) ||
+        SSL_set_session_id_context(t->ssl, sid, sizeof(sid)) != 1)
+        goto err;
+    t->resumed = ctx->resumed;
 #if defined(AV_TLS_BORINGSSL)
     CRYPTO_BUFFER *chain[1] = {av__ca_leaf_buffer(leaf)};
     if (SSL_set_chain_and_key(t->ssl, chain, 1, av__ca_leaf_key(leaf), NULL) != 1)
@@ -506,6 +904,13 @@ int av__tls_client_new(av_tls **out, av_tls_client_ctx *ctx, const char *host, a
     int rc = engine_new(&t, ctx->ssl_ctx, cin, cout);
     if (rc != AV_OK)
         return rc;
+    t->cli = ctx;
+    t->resumed = ctx->resumed;
+    /* names[0]: the verified name, part of the session cache key */
+    if (ctx->resume && !(t->names = copy_names(host, NULL))) {
+        av__tls_free(t);
+        return AV_ERR_NOMEM;
+    }
     rc = AV_ERR_TLS;
     if (ip_literal(host, ip, sizeof(ip))) {
         /* No SNI for IP literals (RFC 6066); check the iPAddress SAN. */
@@ -523,6 +928,43 @@ err:
     ERR_clear_error();
     av__tls_free(t);
     return rc;
+}
+
+int av__tls_client_resume(av_tls *t, const char *key)
+{
+    if (!t || t->is_server || t->hs_done || t->sess_key || !key)
+        return AV_ERR_STATE;
+    av_tls_client_ctx *ctx = t->cli;
+    if (!ctx->resume || !t->names)
+        return AV_OK;
+    /* key \n verified name \n ALPN offer: a session is offered only where
+     * everything it was negotiated under is the same. */
+    const char *alpn = t->offer_h2 ? "h2,http/1.1" : "http/1.1";
+    size_t kl = strlen(key), hl = strlen(t->names[0]), al = strlen(alpn);
+    if (kl + hl + al + 3 > SESS_KEY_MAX)
+        return AV_OK; /* not kept: a full handshake */
+    char *k = av__malloc(kl + hl + al + 3);
+    if (!k)
+        return AV_ERR_NOMEM;
+    memcpy(k, key, kl);
+    k[kl] = '\n';
+    memcpy(k + kl + 1, t->names[0], hl);
+    k[kl + 1 + hl] = '\n';
+    memcpy(k + kl + 2 + hl, alpn, al + 1);
+    t->sess_key = k;
+    SSL_SESSION *s = sess_take(ctx, k);
+    if (s) {
+        int ok = SSL_set_session(t->ssl, s);
+        SSL_SESSION_free(s);
+        if (ok != 1)
+            ERR_clear_error(); /* a full handshake then */
+    }
+    return AV_OK;
+}
+
+int av__tls_resumed(const av_tls *t)
+{
+    return t && t->hs_done && SSL_session_reused(t->ssl);
 }
 
 int av__tls_offer_h2(av_tls *t)
@@ -546,6 +988,7 @@ void av__tls_free(av_tls *t)
     for (size_t i = 0; t->names && t->names[i]; i++)
         av__free(t->names[i]);
     av__free(t->names);
+    av__free(t->sess_key);
     av__free(t);
 }
 
@@ -608,6 +1051,8 @@ int av__tls_handshake(av_tls *t)
         return rc;
     }
     t->hs_done = 1;
+    if (t->resumed && SSL_session_reused(t->ssl))
+        (*t->resumed)++;
     note_alpn(t);
     return flush_ovf(t) ? AV_OK : AV_ERR_AGAIN;
 }

@@ -55,6 +55,48 @@ int av__tls_client_new(av_tls **out, av_tls_client_ctx *ctx, const char *host,
 
 void av__tls_free(av_tls *t);
 
+/* Session resumption (docs/SECURITY.md). Off when a ctx is created.
+ *
+ * av__tls_server_ctx_resumption turns TLS 1.3 tickets on or off for the
+ * agent side: stateless tickets (one per handshake) sealed with random
+ * keys held in memory only, a new key every hour, the one before still
+ * opening tickets for an hour; TLS 1.2 tickets are never accepted, 0-RTT
+ * never enabled, PSK always with (EC)DHE. Every server engine is bound to
+ * a session id context derived from the names its leaf covers and the CA,
+ * set before the handshake: a ticket from a tunnel to one host never
+ * resumes in a tunnel to another. Turning it off wipes the keys.
+ *
+ * av__tls_client_ctx_resumption turns the origin session cache on or off
+ * (off empties it). Resumed handshakes add one to |*resumed| (NULL: not
+ * counted) when they complete. Loop thread only. */
+void av__tls_server_ctx_resumption(av_tls_server_ctx *ctx, int on, unsigned long long *resumed);
+void av__tls_client_ctx_resumption(av_tls_client_ctx *ctx, int on, unsigned long long *resumed);
+
+/* av__tls_client_resume, on a client engine before its handshake (and
+ * after av__tls_offer_h2), names the cache key of its sessions: |key| says
+ * everything a session must share to be offered again besides the
+ * verified name and the ALPN offer (which are added): the upstream pool
+ * key (scheme, host, port, credential scope, route). The newest cached
+ * session for it, if any, is offered and removed (TLS 1.3 tickets are
+ * single-use); tickets the origin sends on this connection are kept under
+ * it. Returns AV_OK (also when resumption is off), AV_ERR_NOMEM,
+ * AV_ERR_STATE. A resumed session is one a verified handshake with the
+ * same name made. */
+int av__tls_client_resume(av_tls *t, const char *key);
+
+/* av__tls_client_sessions_flush drops every cached origin session (a
+ * change of what verifies origins must not be skipped by a resumption);
+ * av__tls_client_sessions counts those kept. */
+void av__tls_client_sessions_flush(av_tls_client_ctx *ctx);
+size_t av__tls_client_sessions(const av_tls_client_ctx *ctx);
+
+/* av__tls_server_ctx_age_keys makes the ticket keys |seconds| older
+ * (tests of the rotation). */
+void av__tls_server_ctx_age_keys(av_tls_server_ctx *ctx, long seconds);
+
+/* av__tls_resumed: the completed handshake resumed a session. */
+int av__tls_resumed(const av_tls *t);
+
 /* av__tls_offer_h2 makes an engine negotiate HTTP/2 too, before its
  * handshake: a server engine selects "h2" when the client offers it
  * (else "http/1.1"); a client engine offers "h2" before "http/1.1".

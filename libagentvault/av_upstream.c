@@ -552,6 +552,11 @@ static void up_parent_begin(av_upconn *up)
     av_tls *t = NULL;
     av__side_tls_bufs(&up->side, &cin, &cout);
     int rc = av__tls_client_new(&t, up->pool->tls_cli, up->parent->host, cin, cout);
+    if (rc == AV_OK) { /* the parent's own sessions: keyed by its identity */
+        char key[sizeof(up->parent->id) + 8];
+        snprintf(key, sizeof(key), "parent|%s", up->parent->id);
+        rc = av__tls_client_resume(t, key);
+    }
     if (rc != AV_OK) {
         av__tls_free(t);
         t = NULL;
@@ -805,6 +810,8 @@ origin:
             int rc = av__tls_client_new(&t, up->pool->tls_cli, up->dest.host, cin, cout);
             if (rc == AV_OK && up->offer_h2)
                 rc = av__tls_offer_h2(t);
+            if (rc == AV_OK) /* offers a cached session of the same key (SECURITY.md) */
+                rc = av__tls_client_resume(t, up->key);
             if (rc != AV_OK) {
                 av__tls_free(t);
                 t = NULL;

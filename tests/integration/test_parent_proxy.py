@@ -400,6 +400,26 @@ def ws_roundtrip(d, host=OPENAI, path="/echo"):
     return asyncio.run(run())
 
 
+def offers_psk(raw):
+    """The TLS ClientHello at the start of |raw| offers a session
+    (pre_shared_key, extension 41)."""
+    if len(raw) < 9 or raw[0] != 0x16 or raw[5] != 1:
+        return False
+    hs = raw[9:]
+    i = 2 + 32
+    i += 1 + hs[i]                                   # session id
+    i += 2 + int.from_bytes(hs[i:i + 2], "big")      # cipher suites
+    i += 1 + hs[i]                                   # compression methods
+    end = i + 2 + int.from_bytes(hs[i:i + 2], "big")
+    i += 2
+    while i + 4 <= min(end, len(hs)):
+        typ, n = int.from_bytes(hs[i:i + 2], "big"), int.from_bytes(hs[i + 2:i + 4], "big")
+        if typ == 41:
+            return True
+        i += 4 + n
+    return False
+
+
 def h2_origin(test_ca):
     return H2Upstream(test_ca.server_cert, test_ca.server_key, "h2-parent").start()
 
@@ -471,6 +491,9 @@ def test_through_parent(kind, peers, daemon, upstream, plain_upstream, secrets, 
             for c in conns:
                 assert c[:1] == b"\x16", c[:16]
             asked = wanted if len(conns) >= len(wanted) else set()
+            # squid sends no session tickets: nothing to resume (see
+            # test_tls_parent_session_resumed)
+            assert not any(offers_psk(c) for c in conns)
         assert asked == wanted, (asked, wanted)
         metrics = d.curl(f"http://127.0.0.1:{d.port}/metrics", proxy=False).text
         assert f'agentvault_parent_connections_total{{parent="127.0.0.1:{t.port}"}} {len(conns)}\n' in metrics
@@ -863,3 +886,98 @@ def test_check_service_override(tmp_path):
     p = subprocess.run([str(require_binary()), "check", "-c", str(conf)], env=base_env(tmp_path),
                        capture_output=True, text=True, timeout=20)
     assert p.returncode == 0, p.stderr
+
+
+class TlsConnectParent:
+    """An https:// parent in Python (TLS 1.3 with session tickets, which
+    squid does not send): CONNECT to 127.0.0.1 only, then a relay. Records
+    whether each connection's TLS session was resumed."""
+
+    def __init__(self, cert, key):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.resumed = []
+        self.lsock = socket.socket()
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(16)
+        self.port = self.lsock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.lsock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        import select
+        up = None
+        try:
+            c.settimeout(10)
+            t = self.ctx.wrap_socket(c, server_side=True)
+            self.resumed.append(t.session_reused)
+            head = b""
+            while b"\r\n\r\n" not in head:
+                data = t.recv(4096)
+                if not data:
+                    return
+                head += data
+            head, rest = head.split(b"\r\n\r\n", 1)
+            m = re.match(rb"CONNECT 127\.0\.0\.1:(\d+) HTTP/1\.1\r\n", head)
+            if not m:
+                t.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n")
+                return
+            up = socket.create_connection(("127.0.0.1", int(m.group(1))), timeout=10)
+            t.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            if rest:
+                up.sendall(rest)
+            t.setblocking(False)
+            up.setblocking(False)
+            while True:
+                r, _, _ = select.select([t, up], [], [], 10)
+                if not r:
+                    return
+                for s in r:
+                    try:
+                        data = s.recv(65536)
+                    except (ssl.SSLWantReadError, BlockingIOError):
+                        continue
+                    if not data:
+                        return
+                    other = up if s is t else t
+                    other.setblocking(True)
+                    other.sendall(data)
+                    other.setblocking(False)
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            c.close()
+            if up:
+                up.close()
+
+    def stop(self):
+        self.lsock.close()
+
+
+def test_tls_parent_session_resumed(daemon, upstream, secrets, test_ca):
+    """The TLS session with an https:// parent is resumed by the next
+    connection to it (a ticket kept under the parent's identity), and the
+    origin's TLS inside still verifies."""
+    p = TlsConnectParent(test_ca.server_cert, test_ca.server_key)
+    try:
+        d = daemon(config_text(secrets, proxy_extra=f"upstream_proxy = https://127.0.0.1:{p.port}"),
+                   resolve=[f"{OPENAI}:443:127.0.0.1:{upstream.port}",
+                            f"api.github.com:443:127.0.0.1:{upstream.port}"])
+        # two services: two pool keys, two parent connections
+        assert d.curl(f"https://{OPENAI}/echo").ok().status == 200
+        assert d.curl("https://api.github.com/echo").ok().status == 200
+        assert p.resumed == [False, True], p.resumed
+        reqs = upstream.wait_requests(2)
+        assert reqs[0].header("authorization") == f"Bearer {secrets.openai_key}"
+        metrics = d.curl(f"http://127.0.0.1:{d.port}/metrics", proxy=False).text
+        assert 'agentvault_tls_resumed_total{side="upstream"} 1\n' in metrics, metrics
+    finally:
+        p.stop()

@@ -65,6 +65,7 @@ static void example_parses(void **state)
     assert_true(c->connect_timeout == 10.0);
     assert_true(c->idle_timeout == 120.0);
     assert_true(c->header_timeout == 10.0);
+    assert_int_equal(c->tls_resumption_off, 0); /* resumption on by default */
 
     const av_service *o = &c->services[0];
     assert_string_equal(o->name, "openai");
@@ -349,6 +350,8 @@ static const err_case err_cases[] = {
     {"[proxy]\nallow_private = 10.0.0.1/8\n", "t.conf:2: invalid CIDR range \"10.0.0.1/8\""},
     {"[proxy]\nallow_private = 10.0.0.0/33\n", "t.conf:2: invalid CIDR range \"10.0.0.0/33\""},
     {"[proxy]\nunmatched = maybe\n", "t.conf:2: unmatched must be \"passthrough\" or \"deny\""},
+    {"[proxy]\ntls_resumption = yes\n", "t.conf:2: tls_resumption must be \"on\" or \"off\""},
+    {"[proxy]\ntls_resumption = on\ntls_resumption = off\n", "t.conf:3: duplicate key \"tls_resumption\""},
     {"[proxy]\nconnect_timeout = 0\n",
      "t.conf:2: connect_timeout must be a number of seconds in (0, 86400]"},
     {"[proxy]\nidle_timeout = 1e3\n",
@@ -778,6 +781,7 @@ static const char every_key_text[] =
     "upstream_proxy = socks5h://parent.example:1080\n"
     "upstream_proxy_auth = env:PARENT_CRED\n"
     "upstream_no_proxy = .corp.example, 10.0.0.0/8, [::1]:8443\n"
+    "tls_resumption = off\n"
     "\n"
     "[service \"a\"]\n"
     "host = *.a.example.com\n"
@@ -975,6 +979,7 @@ static void round_trip_sets_every_field(void **state)
     assert_true(c->connect_timeout == 3.5 && c->idle_timeout == 61 && c->header_timeout == 7.25);
     assert_true(c->ws_idle_timeout == 30 && c->secret_ttl == 45 && c->command_timeout == 4);
     assert_int_equal(c->max_connections, 777);
+    assert_int_equal(c->tls_resumption_off, 1);
     char *d = dump_of(c);
     /* fields named without indices: "services[1].port" -> "services[].port" */
     char names[128][64];

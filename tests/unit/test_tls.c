@@ -505,6 +505,145 @@ static void handshake_speed(void **state)
     print_message("client+server handshake (cached leaf): %.0f us\n", us / 50);
 }
 
+
+/* ---- resumption ---------------------------------------------------------- */
+
+/* resume_conn runs one connection through fresh engines of |sctx| and
+ * |cctx|: the server presents |leaf_host|'s leaf as |server_host| (no SNI
+ * for IP literals), the client verifies |client_host| and resumes under
+ * |key|; the server then sends a few bytes so that the client reads the
+ * ticket that follows the handshake. Returns whether both sides resumed
+ * (they must agree). */
+static int resume_conn(av_tls_server_ctx *sctx, av_tls_client_ctx *cctx, const char *leaf_host,
+                       const char *server_host, const char *client_host, const char *key)
+{
+    pair p;
+    av_ca_leaf *leaf = NULL;
+    pair_bufs(&p, 1 << 20, 1 << 20);
+    assert_int_equal(av__ca_leaf_get(g_ca, leaf_host, NULL, &leaf), AV_OK);
+    assert_int_equal(av__tls_server_new_leaf(&p.s, sctx, leaf, server_host, NULL, &p.s_in, &p.s_out), AV_OK);
+    av__ca_leaf_free(leaf);
+    assert_int_equal(av__tls_client_new(&p.c, cctx, client_host, &p.c_in, &p.c_out), AV_OK);
+    assert_int_equal(av__tls_client_resume(p.c, key), AV_OK);
+    handshake(&p);
+    expect_ok(&p);
+    transfer(&p, p.s, p.c, (const uint8_t *)"hello", 5);
+    int r = av__tls_resumed(p.c);
+    assert_int_equal(av__tls_resumed(p.s), r);
+    pair_free(&p);
+    return r;
+}
+
+static void resumption_ctxs(av_tls_server_ctx **s, av_tls_client_ctx **c, int on,
+                            unsigned long long *srv_n, unsigned long long *cli_n)
+{
+    char err[256] = "";
+    assert_int_equal(av__tls_server_ctx_new(s, g_ca, err, sizeof(err)), AV_OK);
+    assert_int_equal(av__tls_client_ctx_new(c, g_cafile, err, sizeof(err)), AV_OK);
+    av__tls_server_ctx_resumption(*s, on, srv_n);
+    av__tls_client_ctx_resumption(*c, on, cli_n);
+}
+
+/* A second connection to the same host resumes on both sides; the ticket
+ * is used once and replaced by the one the resumed connection brings; the
+ * counters say so. */
+static void resume_same_host(void **state)
+{
+    (void)state;
+    av_tls_server_ctx *s;
+    av_tls_client_ctx *c;
+    unsigned long long sn = 0, cn = 0;
+    resumption_ctxs(&s, &c, 1, &sn, &cn);
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "k1"));
+    assert_int_equal(av__tls_client_sessions(c), 1);
+    for (int i = 0; i < 3; i++) {
+        assert_true(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "k1"));
+        assert_int_equal(av__tls_client_sessions(c), 1);
+    }
+    assert_int_equal(sn, 3);
+    assert_int_equal(cn, 3);
+    /* Another cache key (a credential scope, a route) gets no session. */
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "k2"));
+    assert_int_equal(av__tls_client_sessions(c), 2);
+    /* Flushed: nothing offered. */
+    av__tls_client_sessions_flush(c);
+    assert_int_equal(av__tls_client_sessions(c), 0);
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "k1"));
+    av__tls_client_ctx_free(c);
+    av__tls_server_ctx_free(s);
+}
+
+/* The server binds tickets to the host its engine was made for: a ticket
+ * from a tunnel to 127.0.0.1 offered in a tunnel to 127.0.0.2 (same leaf,
+ * same client cache key; IP literals, so no SNI to refuse) does not resume
+ * (a full, verified handshake instead), while the same host still does. */
+static void resume_bound_to_host(void **state)
+{
+    (void)state;
+    av_tls_server_ctx *s;
+    av_tls_client_ctx *c;
+    unsigned long long sn = 0, cn = 0;
+    resumption_ctxs(&s, &c, 1, &sn, &cn);
+    assert_false(resume_conn(s, c, "127.0.0.1", "127.0.0.1", "127.0.0.1", "k"));
+    assert_false(resume_conn(s, c, "127.0.0.1", "127.0.0.2", "127.0.0.1", "k"));
+    assert_int_equal(av__tls_client_sessions(c), 1); /* the ticket of the 127.0.0.2 tunnel */
+    assert_false(resume_conn(s, c, "127.0.0.1", "127.0.0.1", "127.0.0.1", "k"));
+    assert_true(resume_conn(s, c, "127.0.0.1", "127.0.0.1", "127.0.0.1", "k"));
+    assert_int_equal(sn, 1);
+    av__tls_client_ctx_free(c);
+    av__tls_server_ctx_free(s);
+}
+
+/* Ticket keys rotate: a key seals for an hour, then only opens for another
+ * hour. Two tickets sealed with the first key (keys "a" and "b"); an hour
+ * later "a" still resumes (and gets a ticket sealed with a new key); two
+ * hours after the first key was made, "b" (first key) no longer resumes,
+ * "a" (second key) does. */
+static void resume_key_rotation(void **state)
+{
+    (void)state;
+    av_tls_server_ctx *s;
+    av_tls_client_ctx *c;
+    resumption_ctxs(&s, &c, 1, NULL, NULL);
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "a"));
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "b"));
+    av__tls_server_ctx_age_keys(s, 3601);
+    assert_true(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "a"));
+    av__tls_server_ctx_age_keys(s, 3600);
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "b"));
+    assert_true(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "a"));
+    av__tls_client_ctx_free(c);
+    av__tls_server_ctx_free(s);
+}
+
+/* Ticket keys live in one server ctx's memory: another ctx (a restarted
+ * proxy) opens none of its tickets; turning resumption off refuses the
+ * tickets issued before and keeps no session on the client. */
+static void resume_keys_and_off(void **state)
+{
+    (void)state;
+    av_tls_server_ctx *s, *s2;
+    av_tls_client_ctx *c, *c2;
+    unsigned long long sn = 0, cn = 0;
+    resumption_ctxs(&s, &c, 1, &sn, &cn);
+    resumption_ctxs(&s2, &c2, 1, NULL, NULL);
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "k"));
+    assert_false(resume_conn(s2, c, "a.example.test", "a.example.test", "a.example.test", "k"));
+    assert_true(resume_conn(s2, c, "a.example.test", "a.example.test", "a.example.test", "k"));
+    av__tls_server_ctx_resumption(s2, 0, NULL);
+    assert_int_equal(av__tls_client_sessions(c), 1);
+    assert_false(resume_conn(s2, c, "a.example.test", "a.example.test", "a.example.test", "k"));
+    assert_int_equal(av__tls_client_sessions(c), 0); /* the server sent none */
+    av__tls_client_ctx_resumption(c, 0, &cn);
+    assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "k"));
+    assert_int_equal(av__tls_client_sessions(c), 0);
+    assert_int_equal(cn, 1);
+    av__tls_client_ctx_free(c);
+    av__tls_client_ctx_free(c2);
+    av__tls_server_ctx_free(s);
+    av__tls_server_ctx_free(s2);
+}
+
 /* ALPN h2 is negotiated only when both engines were marked with
  * av__tls_offer_h2; otherwise http/1.1 as before, and marking after the
  * handshake is refused. */
@@ -543,6 +682,10 @@ int main(void)
         cmocka_unit_test(alpn_h2),
         cmocka_unit_test(client_ctx_errors),
         cmocka_unit_test(handshake_speed),
+        cmocka_unit_test(resume_same_host),
+        cmocka_unit_test(resume_bound_to_host),
+        cmocka_unit_test(resume_keys_and_off),
+        cmocka_unit_test(resume_key_rotation),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
