@@ -113,6 +113,15 @@ static void x_record(const av_exchange *x, const char *error, double ms, av_xrec
     r->token = x_token_name(x);
     r->gateway = x->gw;
     r->credential_ref = x->svc && x->injected ? x->svc->secret_ref : NULL;
+    if (r->credential_ref) {
+        static const char *const kinds[] = {"-", "bearer", "basic", "header", "query", "aws-sigv4"};
+        int k = x->inj_alt ? x->svc->auth_alt : x->svc->auth;
+        r->auth_kind = k > 0 && k < (int)(sizeof(kinds) / sizeof(kinds[0])) ? kinds[k] : NULL;
+        if (x->svc->auth == AV_AUTH_AWS_SIGV4) {
+            r->credential_ref2 = x->svc->aws_akid_ref;
+            r->credential_ref3 = x->svc->aws_token_ref;
+        }
+    }
     r->status = x->status;
     r->bytes_up = x->bytes_req;
     r->bytes_down = x->bytes_resp;
