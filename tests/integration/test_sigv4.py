@@ -30,7 +30,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from avtest import daemon as avd
-from avtest.aws_origin import HOSTS, AwsOrigin, leaf_for
+from avtest.aws_origin import HOSTS, AwsOrigin, check_signature, leaf_for
+from avtest.h2_upstream import H2Upstream
 from avtest.gateway import gateway_section, gw_port, received
 
 REAL_AKID = "AKIAREAL" + _secrets.token_hex(6).upper()
@@ -66,12 +67,27 @@ def secrets(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def origin(test_ca, tmp_path_factory):
-    leaf = leaf_for(test_ca, tmp_path_factory.mktemp("aws-origin"))
-    o = AwsOrigin(leaf.cert_path, leaf.key_path, REAL_AKID, REAL_SECRET,
+def aws_leaf(test_ca, tmp_path_factory):
+    return leaf_for(test_ca, tmp_path_factory.mktemp("aws-origin"))
+
+
+@pytest.fixture(scope="module")
+def origin(aws_leaf):
+    o = AwsOrigin(aws_leaf.cert_path, aws_leaf.key_path, REAL_AKID, REAL_SECRET,
                   {"dynamodb.aws.test": REAL_TOKEN}).start()
     yield o
     o.stop()
+
+
+@pytest.fixture(scope="module")
+def h2_origin(aws_leaf):
+    """An HTTP/2-only origin (ALPN h2): the proxy's HTTP/2 link serializes
+    the head (:authority, content-length, no Expect). It records requests;
+    the tests verify their signatures with check_signature."""
+    o = H2Upstream(aws_leaf.cert_path, aws_leaf.key_path, "aws-h2").start()
+    yield o
+    o.stop()
+    assert o.protocol_errors == []
 
 
 CONFIG = """[proxy]
@@ -90,6 +106,12 @@ access_key_id = env:AWS_REAL_AKID
 secret = env:AWS_REAL_SECRET
 aws_body_max = 64 KiB
 
+[service "bedrock-h2"]
+host = bedrock-h2.aws.test
+auth = aws-sigv4
+access_key_id = env:AWS_REAL_AKID
+secret = env:AWS_REAL_SECRET
+
 [service "dynamodb"]
 host = dynamodb.aws.test
 auth = aws-sigv4
@@ -100,11 +122,13 @@ session_token = env:AWS_REAL_TOKEN
 
 
 @pytest.fixture
-def aws_daemon(daemon, origin):
+def aws_daemon(daemon, origin, h2_origin):
     origin.clear()
 
     def start(extra=""):
-        return daemon(CONFIG + extra, resolve=[f"{h}:443:127.0.0.1:{origin.port}" for h in HOSTS])
+        return daemon(CONFIG + extra, resolve=[f"{h}:443:127.0.0.1:{origin.port}" for h in HOSTS
+                                               if h != "bedrock-h2.aws.test"] +
+                      [f"bedrock-h2.aws.test:443:127.0.0.1:{h2_origin.port}"])
     return start
 
 
@@ -335,6 +359,54 @@ def test_dynamodb_boto3_session_token_injected(aws_daemon, origin):
     origin.clear()
     client(d, "s3", token="dummy-session-token").list_objects_v2(Bucket="bkt")
     assert origin.seen[0]["token"] == [] and origin.seen[0]["verified"]
+
+
+# ---- HTTP/2: the upstream link and an HTTP/2 agent (curl --aws-sigv4) -------
+
+def h2_verified(h2_origin, n):
+    reqs = h2_origin.wait_requests(n)
+    for r in reqs:
+        assert all(DUMMY_AKID not in a for a in r.header_values("authorization")), r
+        err = check_signature(r.method, r.target, r.authority, r.header_values, r.body, REAL_AKID, REAL_SECRET)
+        assert err is None, (err, r.headers)
+    return reqs
+
+
+def test_http2_upstream(aws_daemon, h2_origin):
+    d = aws_daemon()
+    before = len(h2_origin.snapshot())
+    body = json.dumps({"inputText": "hello"}).encode()
+    req = hand_signed("POST", "https://bedrock-h2.aws.test/echo?x=1&a=b%20c", body,
+                      {"Content-Type": "application/json"}, "bedrock")
+    r = send(d, req)
+    assert r.status_code == 200 and r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r.text
+    # an S3-style upload with Expect: 100-continue (answered by the proxy,
+    # never sent on HTTP/2, never signed) and UNSIGNED-PAYLOAD
+    up = b"x" * 100_000
+    req = hand_signed("PUT", "https://bedrock-h2.aws.test/echo", up,
+                      {"X-Amz-Content-SHA256": "UNSIGNED-PAYLOAD", "Expect": "100-continue"}, "s3", s3=True)
+    r = send(d, req)
+    assert r.status_code == 200 and r.json()["body_length"] == len(up), r.text
+    reqs = h2_verified(h2_origin, before + 2)[before:]
+    assert reqs[0].authority == "bedrock-h2.aws.test" and reqs[0].header("content-length") == str(len(body))
+    assert reqs[1].header("expect") is None
+
+
+def test_http2_agent_curl_aws_sigv4(aws_daemon, origin, h2_origin):
+    """curl's own SigV4 (--aws-sigv4) over HTTP/2 to the proxy, to both
+    origins."""
+    d = aws_daemon()
+    before = len(h2_origin.snapshot())
+    sig = ["--aws-sigv4", "aws:amz:eu-west-1:bedrock", "--user", f"{DUMMY_AKID}:{DUMMY_SECRET}"]
+    res = d.curl("--http2", *sig, "-H", "Content-Type: application/json", "--data-binary", '{"q":1}',
+                 "https://bedrock-h2.aws.test/echo").ok()
+    t = res.transfers[0]
+    assert t.status == 200 and t.info["http_version"] == "2", t.info
+    assert json.loads(t.body)["body_length"] == 7
+    h2_verified(h2_origin, before + 1)
+    res = d.curl("--http2", *sig, "--data-binary", '{"q":2}', "https://bedrock-runtime.aws.test/model/m/invoke")
+    assert res.ok().transfers[0].status == 200, res.transfers[0].body
+    assert_all_resigned(origin, 1)
 
 
 # ---- the AWS CLI and a gateway -------------------------------------------------

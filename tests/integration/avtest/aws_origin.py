@@ -33,7 +33,7 @@ from .upstream import server_tls_context
 
 AUTH_RE = re.compile(r"AWS4-HMAC-SHA256 Credential=([A-Za-z0-9]+)/(\d{8})/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request, "
                      r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
-HOSTS = ["s3.aws.test", "bedrock-runtime.aws.test", "dynamodb.aws.test"]
+HOSTS = ["s3.aws.test", "bedrock-runtime.aws.test", "dynamodb.aws.test", "bedrock-h2.aws.test"]
 
 
 def leaf_for(test_ca, directory):
@@ -42,6 +42,34 @@ def leaf_for(test_ca, directory):
                         serialization.load_pem_private_key(test_ca.ca_key.read_bytes(), None),
                         test_ca.ca_pem, test_ca.ca_key)
     return certs.issue(ca, HOSTS, [], directory, "aws-origin")
+
+
+def check_signature(method, target, host, get_all, body, akid, secret):
+    """None when the request (its fields given by get_all(name) -> [values])
+    is signed with |akid| / |secret| as AWS checks it, else (status, code,
+    message); |info| collects the scope."""
+    auth = get_all("authorization")
+    if len(auth) != 1:
+        return 403, "MissingAuthenticationToken", "one Authorization expected"
+    m = AUTH_RE.match(auth[0])
+    if not m:
+        return 403, "IncompleteSignature", "malformed Authorization"
+    got_akid, date, region, service, signed, sig = m.groups()
+    if got_akid != akid:
+        return 403, "InvalidAccessKeyId", "unknown access key id"
+    amz_date = (get_all("x-amz-date") or [""])[0]
+    if amz_date[:8] != date:
+        return 403, "SignatureDoesNotMatch", "scope date differs from X-Amz-Date"
+    req = AWSRequest(method=method, url="https://" + host + target, data=body)
+    for name in signed.split(";"):
+        for v in get_all(name):
+            req.headers.add_header(name, v)
+    req.context["timestamp"] = amz_date
+    signer = (S3SigV4Auth if service == "s3" else SigV4Auth)(Credentials(akid, secret), service, region)
+    cr = signer.canonical_request(req)
+    if signer.signature(signer.string_to_sign(req, cr), req) != sig:
+        return 403, "SignatureDoesNotMatch", "the signature does not match"
+    return None
 
 
 def decode_aws_chunked(body):
@@ -123,34 +151,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                "body_len": len(body), "verified": False}
         with o.lock:
             o.seen.append(rec)
-        if len(auth) != 1:
-            return 403, "MissingAuthenticationToken", "one Authorization expected"
-        m = AUTH_RE.match(auth[0])
-        if not m:
-            return 403, "IncompleteSignature", "malformed Authorization"
-        akid, date, region, service, signed, sig = m.groups()
-        rec.update(akid=akid, region=region, service=service, signed=signed)
-        if akid != o.akid:
-            return 403, "InvalidAccessKeyId", "unknown access key id"
-        amz_date = self.headers.get("X-Amz-Date", "")
-        if amz_date[:8] != date:
-            return 403, "SignatureDoesNotMatch", "scope date differs from X-Amz-Date"
+        m = AUTH_RE.match(auth[0]) if len(auth) == 1 else None
+        if m:
+            rec.update(akid=m.group(1), region=m.group(3), service=m.group(4), signed=m.group(5))
         want_token = o.tokens.get(self.host)
         got_token = rec["token"]
-        if want_token is not None and (got_token != [want_token] or "x-amz-security-token" not in signed.split(";")):
+        if want_token is not None and (got_token != [want_token] or not m or
+                                       "x-amz-security-token" not in m.group(5).split(";")):
             return 403, "InvalidToken", "the security token is missing, wrong or unsigned"
         if want_token is None and got_token:
             return 403, "InvalidToken", "a security token was sent to a service without one"
-        req = AWSRequest(method=self.command, url="https://" + self.host + self.path, data=body)
-        for name in signed.split(";"):
-            for v in self.headers.get_all(name) or []:
-                req.headers.add_header(name, v)
-        req.context["timestamp"] = amz_date
-        signer = (S3SigV4Auth if service == "s3" else SigV4Auth)(Credentials(o.akid, o.secret), service, region)
-        cr = signer.canonical_request(req)
-        expect = signer.signature(signer.string_to_sign(req, cr), req)
-        if expect != sig:
-            return 403, "SignatureDoesNotMatch", "the signature does not match"
+        err = check_signature(self.command, self.path, self.host,
+                              lambda n: self.headers.get_all(n) or [], body, o.akid, o.secret)
+        if err:
+            return err
         sha = rec["sha256"]
         if sha and re.fullmatch(r"[0-9a-f]{64}", sha) and hashlib.sha256(body).hexdigest() != sha:
             return 400, "XAmzContentSHA256Mismatch", "the body does not match x-amz-content-sha256"
