@@ -252,6 +252,8 @@ int av__sigv4_canonical_uri(const char *path, size_t n, int s3, av_buf *out)
     }
     if (!rc && nseg && path[n - 1] == '/')
         rc = av__buf_append(out, "/", 1);
+    if (!rc && path[0] != '/' && nseg == 0)
+        rc = av__buf_append(out, "/", 1); /* nothing left ("." or ".."): the root */
     av__free(seg_off);
     return rc;
 }
@@ -363,8 +365,10 @@ int av__sigv4_canonical_query(const char *q, size_t n, av_buf *out)
         k++;
     }
     if (!rc && k) {
+        /* all names and values empty: nothing was allocated */
+        const char *base = enc.len ? (const char *)av__buf_head(&enc) : "";
         for (size_t i = 0; i < k; i++)
-            ps[i].base = (const char *)av__buf_head(&enc);
+            ps[i].base = base;
         qsort(ps, k, sizeof(*ps), qparam_cmp);
         for (size_t i = 0; i < k && !rc; i++) {
             if (i)
