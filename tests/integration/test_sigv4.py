@@ -16,6 +16,7 @@ import os
 import secrets as _secrets
 import ssl
 import subprocess
+import time
 import urllib.parse
 import zlib
 from dataclasses import dataclass
@@ -407,6 +408,25 @@ def test_http2_agent_curl_aws_sigv4(aws_daemon, origin, h2_origin):
     res = d.curl("--http2", *sig, "--data-binary", '{"q":2}', "https://bedrock-runtime.aws.test/model/m/invoke")
     assert res.ok().transfers[0].status == 200, res.transfers[0].body
     assert_all_resigned(origin, 1)
+
+
+def test_streamed_response_not_buffered(aws_daemon, h2_origin):
+    """A body collected and hashed on the way up; the response (an event
+    stream, like InvokeModelWithResponseStream) still streams down."""
+    d = aws_daemon()
+    before = len(h2_origin.snapshot())
+    s = d.streaming_curl("--aws-sigv4", "aws:amz:us-east-1:bedrock", "--user", f"{DUMMY_AKID}:{DUMMY_SECRET}",
+                         "-H", "Content-Type: application/json", "--data-binary", '{"stream":true}',
+                         "https://bedrock-h2.aws.test/sse")
+    try:
+        s.wait_line(b"data: event-1", 5)
+        first = time.monotonic()
+        assert s.finish() == 0, s.stderr
+        assert time.monotonic() - first > 0.5, "the first event came with the last: the response was buffered"
+    finally:
+        s.kill()
+    received(b"".join(s.seen))
+    h2_verified(h2_origin, before + 1)
 
 
 # ---- the AWS CLI and a gateway -------------------------------------------------
