@@ -237,8 +237,7 @@ int av__x_aws_admit(av_exchange *x, const av_req_in *in)
                                    "sign with an Authorization header and the proxy re-signs it",
                                    svc->name);
     if (in->ws)
-        return aws_refuse_at_begin(x, 400, "service %s (aws-sigv4): WebSocket requests cannot be re-signed",
-                                   svc->name);
+        return aws_refuse_at_begin(x, 400, "service %s (aws-sigv4): WebSocket requests cannot be re-signed", svc->name);
     int dup = 0;
     const av_h1_field *a = aws_field(in, "authorization", &dup);
     if (!a)
@@ -247,8 +246,7 @@ int av__x_aws_admit(av_exchange *x, const av_req_in *in)
                                    "(dummy) AWS key and the proxy re-signs it",
                                    svc->name);
     if (dup)
-        return aws_refuse_at_begin(x, 400, "service %s (aws-sigv4): more than one Authorization field",
-                                   svc->name);
+        return aws_refuse_at_begin(x, 400, "service %s (aws-sigv4): more than one Authorization field", svc->name);
     av_sigv4_auth au;
     const char *why = "";
     int rc = av__sigv4_parse_auth(a->value, a->value_len, &au, &why);
@@ -265,11 +263,11 @@ int av__x_aws_admit(av_exchange *x, const av_req_in *in)
     if (rc != AV_OK)
         return aws_refuse_at_begin(x, 400, "service %s (aws-sigv4): malformed Authorization: %s", svc->name, why);
     if (svc->aws_region && strcmp(svc->aws_region, au.region) != 0)
-        return aws_refuse_at_begin(x, 403, "service %s (aws-sigv4) allows region %s, not %s", svc->name, svc->aws_region,
-                                   au.region);
+        return aws_refuse_at_begin(x, 403, "service %s (aws-sigv4) allows region %s, not %s", svc->name,
+                                   svc->aws_region, au.region);
     if (svc->aws_service && strcmp(svc->aws_service, au.service) != 0)
-        return aws_refuse_at_begin(x, 403, "service %s (aws-sigv4) allows signing name %s, not %s", svc->name, svc->aws_service,
-                                   au.service);
+        return aws_refuse_at_begin(x, 403, "service %s (aws-sigv4) allows signing name %s, not %s", svc->name,
+                                   svc->aws_service, au.service);
     dup = 0;
     const av_h1_field *h = aws_field(in, "x-amz-content-sha256", &dup);
     if (dup)
@@ -285,16 +283,15 @@ int av__x_aws_admit(av_exchange *x, const av_req_in *in)
                                        "service %s (aws-sigv4): signed aws-chunked uploads "
                                        "(STREAMING-AWS4-HMAC-SHA256-PAYLOAD) are not supported; send UNSIGNED-PAYLOAD, "
                                        "STREAMING-UNSIGNED-PAYLOAD-TRAILER or the body's hash",
-                                   svc->name);
+                                       svc->name);
         } else if (h->value_len >= 15 && memcmp(h->value, "STREAMING-AWS4-", 15) == 0) {
-            return aws_refuse_at_begin(x, 403,
-                                       "service %s (aws-sigv4): SigV4A aws-chunked uploads are not supported",
-                                   svc->name);
+            return aws_refuse_at_begin(x, 403, "service %s (aws-sigv4): SigV4A aws-chunked uploads are not supported",
+                                       svc->name);
         } else {
             return aws_refuse_at_begin(x, 400,
                                        "service %s (aws-sigv4): x-amz-content-sha256 is neither a lower-case hex "
                                        "SHA-256 nor a known marker",
-                                   svc->name);
+                                       svc->name);
         }
     } else if (in->framing != RB_NONE) {
         /* the hash is signed but not sent: collect the body and hash it */
@@ -326,8 +323,9 @@ int av__x_aws_admit(av_exchange *x, const av_req_in *in)
  * or the link may change or drop them (botocore does not sign them). */
 static int aws_unsignable(const char *n, size_t nl)
 {
-    static const char *const names[] = {"expect", "te", "connection", "keep-alive", "transfer-encoding",
-                                        "upgrade", "trailer", "proxy-authorization", "proxy-connection"};
+    static const char *const names[] = {
+        "expect",  "te",      "connection",          "keep-alive",      "transfer-encoding",
+        "upgrade", "trailer", "proxy-authorization", "proxy-connection"};
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (nl == strlen(names[i]) && strncasecmp(n, names[i], nl) == 0)
             return 1;
@@ -363,8 +361,8 @@ int av__x_aws_sign(av_exchange *x)
     char m[300];
     if (!aws_header_safe(x->aws_akid, AV_SIGV4_AKID_MAX) ||
         (x->aws_token && !aws_header_safe(x->aws_token, AV_HEAD_MAX / 2))) {
-        snprintf(m, sizeof(m),
-                 "access key id or session token of service %s is empty, too long or not visible ASCII", svc->name);
+        snprintf(m, sizeof(m), "access key id or session token of service %s is empty, too long or not visible ASCII",
+                 svc->name);
         aws_sign_error(x, 502, m);
         return -1;
     }
@@ -416,17 +414,18 @@ int av__x_aws_sign(av_exchange *x)
         snprintf(cl, sizeof(cl), "%llu", (unsigned long long)x->req_len);
         fs[n++] = (av_h1_field){"content-length", 14, cl, strlen(cl)};
     }
-    av_sigv4_req r = {av__rq_ptr(x, x->m_off), x->m_len, av__rq_ptr(x, x->t_off), x->t_len, fs, n, payload, date,
-                      x->aws_region, x->aws_service};
+    av_sigv4_req r = {av__rq_ptr(x, x->m_off), x->m_len,      av__rq_ptr(x, x->t_off), x->t_len, fs, n, payload, date,
+                      x->aws_region,           x->aws_service};
     av_buf shl;
     av__buf_init(&shl, AV_HEAD_MAX);
     char sig[AV_SIGV4_HEX_LEN + 1];
     rc = rc ? rc : av__sigv4_sign(&r, av__secret_data(x->aws_secret), av__secret_len(x->aws_secret), &shl, sig);
     if (rc) {
         av__buf_free(&shl);
-        snprintf(m, sizeof(m), rc == AV_ERR_PARSE ? "service %s (aws-sigv4): the query has a malformed percent escape"
-                               : rc == AV_ERR_LIMIT ? "service %s (aws-sigv4): request too large to sign"
-                                                    : "service %s (aws-sigv4): cannot sign the request",
+        snprintf(m, sizeof(m),
+                 rc == AV_ERR_PARSE   ? "service %s (aws-sigv4): the query has a malformed percent escape"
+                 : rc == AV_ERR_LIMIT ? "service %s (aws-sigv4): request too large to sign"
+                                      : "service %s (aws-sigv4): cannot sign the request",
                  svc->name);
         aws_sign_error(x, rc == AV_ERR_PARSE ? 400 : rc == AV_ERR_LIMIT ? 431 : 500, m);
         return -1;

@@ -50,9 +50,8 @@ static int signed_list_ok(const char *s, size_t n)
                 return 0;
             continue;
         }
-        if (!(is_lower_alnum(c) || c == '-' || c == '_' || c == '.' || c == '!' || c == '#' || c == '$' ||
-              c == '%' || c == '&' || c == '\'' || c == '*' || c == '+' || c == '^' || c == '`' || c == '|' ||
-              c == '~'))
+        if (!(is_lower_alnum(c) || c == '-' || c == '_' || c == '.' || c == '!' || c == '#' || c == '$' || c == '%' ||
+              c == '&' || c == '\'' || c == '*' || c == '+' || c == '^' || c == '`' || c == '|' || c == '~'))
             return 0;
     }
     return 1;
@@ -509,8 +508,7 @@ int av__sigv4_hex_sha256(const void *data, size_t n, char hex[AV_SIGV4_HEX_LEN +
 int av__sigv4_sign(const av_sigv4_req *r, const uint8_t *secret, size_t secret_len, av_buf *signed_headers,
                    char sig[AV_SIGV4_HEX_LEN + 1])
 {
-    if (strlen(r->amz_date) != 16 || strlen(r->region) > AV_SIGV4_NAME_MAX ||
-        strlen(r->service) > AV_SIGV4_NAME_MAX)
+    if (strlen(r->amz_date) != 16 || strlen(r->region) > AV_SIGV4_NAME_MAX || strlen(r->service) > AV_SIGV4_NAME_MAX)
         return AV_ERR_INVALID;
     av_buf canon;
     av__buf_init(&canon, AV_SIGV4_CANON_MAX);
@@ -521,8 +519,8 @@ int av__sigv4_sign(const av_sigv4_req *r, const uint8_t *secret, size_t secret_l
     if (rc)
         return rc;
     char sts[400];
-    int sl = snprintf(sts, sizeof(sts), "%s\n%s\n%.8s/%s/%s/aws4_request\n%s", ALG, r->amz_date, r->amz_date,
-                      r->region, r->service, chash);
+    int sl = snprintf(sts, sizeof(sts), "%s\n%s\n%.8s/%s/%s/aws4_request\n%s", ALG, r->amz_date, r->amz_date, r->region,
+                      r->service, chash);
     if (sl < 0 || (size_t)sl >= sizeof(sts))
         return AV_ERR_LIMIT;
     /* kSecret = "AWS4" + secret, then the chain date, region, service,

@@ -17,15 +17,15 @@
 #include "av_h1.h"
 #include "av_limits.h"
 
-#define AV_SIGV4_NAME_MAX 63   /* region and signing name in a scope */
-#define AV_SIGV4_AKID_MAX 128  /* access key id */
-#define AV_SIGV4_HEX_LEN 64    /* a SHA-256 or signature in hex */
+#define AV_SIGV4_NAME_MAX 63                        /* region and signing name in a scope */
+#define AV_SIGV4_AKID_MAX 128                       /* access key id */
+#define AV_SIGV4_HEX_LEN 64                         /* a SHA-256 or signature in hex */
 #define AV_SIGV4_CANON_MAX (AV_HEAD_MAX * 3 + 4096) /* a canonical request */
 
 /* What the agent's Authorization says. */
 typedef struct av_sigv4_auth {
     char akid[AV_SIGV4_AKID_MAX + 1];
-    char date[9];                        /* yyyymmdd of the scope */
+    char date[9]; /* yyyymmdd of the scope */
     char region[AV_SIGV4_NAME_MAX + 1];
     char service[AV_SIGV4_NAME_MAX + 1]; /* the signing name: s3, bedrock, ... */
     const char *signed_headers;          /* view into the parsed value */

@@ -115,8 +115,8 @@ static void fuzz_request(const char *in, size_t n)
         pos += ll + 1;
     }
     for (int s3 = 0; s3 < 2; s3++) {
-        av_sigv4_req r = {"PUT", 3, in, tl, fs, nf, "UNSIGNED-PAYLOAD", "20150830T123600Z", "us-east-1",
-                          s3 ? "s3" : "service"};
+        av_sigv4_req r = {
+            "PUT", 3, in, tl, fs, nf, "UNSIGNED-PAYLOAD", "20150830T123600Z", "us-east-1", s3 ? "s3" : "service"};
         av_buf sh;
         av__buf_init(&sh, 65536);
         char sig[AV_SIGV4_HEX_LEN + 1];
