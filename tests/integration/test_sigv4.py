@@ -356,6 +356,12 @@ def test_dynamodb_boto3_session_token_injected(aws_daemon, origin):
     assert_all_resigned(origin, 1)
     assert origin.seen[0]["token"] == [REAL_TOKEN]
     assert "x-amz-security-token" in origin.seen[0]["signed"].split(";")
+    # the session token is scrubbed from responses like the secret
+    req = hand_signed("POST", "https://dynamodb.aws.test/", b"{}", {
+        "X-Amz-Target": "DynamoDB_20120810.EchoToken", "Content-Type": "application/x-amz-json-1.0"},
+        "dynamodb", "eu-central-1")
+    r = send(d, req)
+    assert r.status_code == 200 and r.json()["token"] == "[REDACTED]", r.text
     # the s3 service has no session token: the agent's dummy one is dropped
     origin.clear()
     client(d, "s3", token="dummy-session-token").list_objects_v2(Bucket="bkt")

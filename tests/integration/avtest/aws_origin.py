@@ -233,6 +233,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         target = self.headers.get("X-Amz-Target", "")
         if target.endswith(".ListTables"):
             out = {"TableNames": ["t1"]}
+        elif target.endswith(".EchoToken"):  # a reflected credential, for the scrubber
+            out = {"token": self.headers.get("X-Amz-Security-Token")}
         else:
             out = {"model": self.path, "received": len(body), "sha256": hashlib.sha256(body).hexdigest()}
         self._send(200, json.dumps(out).encode(), "application/json")
