@@ -134,7 +134,7 @@ struct av_exchange {
     /* Request bodies checked for the placeholder (JSON and form bodies of a
      * service with one): collected whole (bounded), then replaced and sent
      * with a recomputed Content-Length. */
-    int body_buffer;          /* 1: JSON, 2: form */
+    int body_buffer;          /* 1: JSON, 2: form; aws-sigv4: 3 hashed, 4 signed chunks re-signed */
     int body_collected;
     av_buf bbuf;
     av_secret *ph_secret;

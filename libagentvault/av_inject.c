@@ -278,11 +278,23 @@ int av__x_aws_admit(av_exchange *x, const av_req_in *in)
         if (av__sigv4_is_hex64(h->value, h->value_len) || value_is(h, "UNSIGNED-PAYLOAD") ||
             value_is(h, "STREAMING-UNSIGNED-PAYLOAD-TRAILER")) {
             copy_str(x->aws_payload, sizeof(x->aws_payload), h->value, h->value_len);
+        } else if (value_is(h, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")) {
+            /* signed chunks: each signature chains off the head's, so the
+             * body is collected (bounded) and its chunks re-signed */
+            if (in->framing == RB_LENGTH && in->length > svc->aws_body_max)
+                return aws_refuse_at_begin(x, 413,
+                                           "service %s (aws-sigv4): signed aws-chunked body of %llu bytes is over "
+                                           "aws_body_max (%zu bytes); the proxy re-signs its chunks",
+                                           svc->name, (unsigned long long)in->length, svc->aws_body_max);
+            copy_str(x->aws_payload, sizeof(x->aws_payload), h->value, h->value_len);
+            x->body_buffer = 4;
+            av__buf_init(&x->bbuf, svc->aws_body_max);
         } else if (h->value_len >= 34 && memcmp(h->value, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", 34) == 0) {
             return aws_refuse_at_begin(x, 403,
-                                       "service %s (aws-sigv4): signed aws-chunked uploads "
-                                       "(STREAMING-AWS4-HMAC-SHA256-PAYLOAD) are not supported; send UNSIGNED-PAYLOAD, "
-                                       "STREAMING-UNSIGNED-PAYLOAD-TRAILER or the body's hash",
+                                       "service %s (aws-sigv4): signed aws-chunked uploads with a signed trailer "
+                                       "(STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER) are not supported; send "
+                                       "STREAMING-UNSIGNED-PAYLOAD-TRAILER, STREAMING-AWS4-HMAC-SHA256-PAYLOAD, "
+                                       "UNSIGNED-PAYLOAD or the body's hash",
                                        svc->name);
         } else if (h->value_len >= 15 && memcmp(h->value, "STREAMING-AWS4-", 15) == 0) {
             return aws_refuse_at_begin(x, 403, "service %s (aws-sigv4): SigV4A aws-chunked uploads are not supported",
@@ -419,7 +431,24 @@ int av__x_aws_sign(av_exchange *x)
     av_buf shl;
     av__buf_init(&shl, AV_HEAD_MAX);
     char sig[AV_SIGV4_HEX_LEN + 1];
-    rc = rc ? rc : av__sigv4_sign(&r, av__secret_data(x->aws_secret), av__secret_len(x->aws_secret), &shl, sig);
+    uint8_t key[32];
+    rc = rc ? rc
+            : av__sigv4_sign_key(&r, av__secret_data(x->aws_secret), av__secret_len(x->aws_secret), &shl, sig, key);
+    if (!rc && x->body_buffer == 4) {
+        /* the chunks chain off the head's signature */
+        rc = x->bbuf.len ? av__sigv4_resign_chunks(x->bbuf.data + x->bbuf.off, x->bbuf.len, key, date, x->aws_region,
+                                                   x->aws_service, sig)
+                         : AV_ERR_PARSE;
+        if (rc == AV_ERR_PARSE) {
+            av__wipe(key, sizeof(key));
+            av__buf_free(&shl);
+            snprintf(m, sizeof(m), "service %s (aws-sigv4): the body is not a well-formed signed aws-chunked body",
+                     svc->name);
+            aws_sign_error(x, 400, m);
+            return -1;
+        }
+    }
+    av__wipe(key, sizeof(key));
     if (rc) {
         av__buf_free(&shl);
         snprintf(m, sizeof(m),
@@ -631,11 +660,11 @@ static size_t collect_room(av_exchange *x)
 
 static int collect_write(av_exchange *x, const uint8_t *data, size_t n)
 {
-    if (n > av__buf_room(&x->bbuf) && x->body_buffer == 3) {
+    if (n > av__buf_room(&x->bbuf) && x->body_buffer >= 3) {
         char m[300];
         snprintf(m, sizeof(m),
                  "service %s (aws-sigv4): request body over aws_body_max (%zu bytes); the proxy hashes bodies sent "
-                 "without x-amz-content-sha256",
+                 "without x-amz-content-sha256 and re-signs signed aws-chunked ones",
                  x->svc->name, x->svc->aws_body_max);
         av__x_refuse(x, 413, m);
         return -1;
@@ -671,8 +700,9 @@ int av__x_collect_body(av_exchange *x)
     }
     if (!x->req_done)
         return progress;
-    if (x->body_buffer == 3) {
-        /* aws-sigv4: hashed and signed; sent with a Content-Length */
+    if (x->body_buffer >= 3) {
+        /* aws-sigv4: hashed (or its chunks re-signed) and signed; sent
+         * with a Content-Length */
         x->req_framing = RB_LENGTH;
         x->req_len = x->bbuf.len;
         x->req_out_chunked = 0;

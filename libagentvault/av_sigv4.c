@@ -508,6 +508,15 @@ int av__sigv4_hex_sha256(const void *data, size_t n, char hex[AV_SIGV4_HEX_LEN +
 int av__sigv4_sign(const av_sigv4_req *r, const uint8_t *secret, size_t secret_len, av_buf *signed_headers,
                    char sig[AV_SIGV4_HEX_LEN + 1])
 {
+    uint8_t key[AV_SHA256_LEN];
+    int rc = av__sigv4_sign_key(r, secret, secret_len, signed_headers, sig, key);
+    av__wipe(key, sizeof(key));
+    return rc;
+}
+
+int av__sigv4_sign_key(const av_sigv4_req *r, const uint8_t *secret, size_t secret_len, av_buf *signed_headers,
+                       char sig[AV_SIGV4_HEX_LEN + 1], uint8_t key[32])
+{
     if (strlen(r->amz_date) != 16 || strlen(r->region) > AV_SIGV4_NAME_MAX || strlen(r->service) > AV_SIGV4_NAME_MAX)
         return AV_ERR_INVALID;
     av_buf canon;
@@ -538,6 +547,7 @@ int av__sigv4_sign(const av_sigv4_req *r, const uint8_t *secret, size_t secret_l
     rc = rc ? rc : av__crypto_hmac_sha256(k2, sizeof(k2), r->service, strlen(r->service), k);
     rc = rc ? rc : av__crypto_hmac_sha256(k, sizeof(k), "aws4_request", 12, k2);
     rc = rc ? rc : av__crypto_hmac_sha256(k2, sizeof(k2), sts, (size_t)sl, s);
+    memcpy(key, k2, sizeof(k2));
     av__wipe(k, sizeof(k));
     av__wipe(k2, sizeof(k2));
     if (rc)
@@ -545,4 +555,67 @@ int av__sigv4_sign(const av_sigv4_req *r, const uint8_t *secret, size_t secret_l
     av__hex_encode(s, sizeof(s), AV__HEX_LOWER, sig);
     sig[AV_SIGV4_HEX_LEN] = '\0';
     return AV_OK;
+}
+
+/* One chunk's signature (av__sigv4_resign_chunks). */
+static int chunk_signature(const uint8_t key[32], const char *amz_date, const char *region, const char *service,
+                           const char *prev, const uint8_t *data, size_t n, char sig[AV_SIGV4_HEX_LEN + 1])
+{
+    char dhash[AV_SIGV4_HEX_LEN + 1], sts[400];
+    if (av__sigv4_hex_sha256(n ? (const void *)data : "", n, dhash) != AV_OK)
+        return AV_ERR_TLS;
+    int sl = snprintf(sts, sizeof(sts),
+                      "AWS4-HMAC-SHA256-PAYLOAD\n%s\n%.8s/%s/%s/aws4_request\n%s\n"
+                      "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855\n%s",
+                      amz_date, amz_date, region, service, prev, dhash);
+    if (sl < 0 || (size_t)sl >= sizeof(sts))
+        return AV_ERR_LIMIT;
+    uint8_t s[AV_SHA256_LEN];
+    if (av__crypto_hmac_sha256(key, 32, sts, (size_t)sl, s) != AV_OK)
+        return AV_ERR_TLS;
+    av__hex_encode(s, sizeof(s), AV__HEX_LOWER, sig);
+    sig[AV_SIGV4_HEX_LEN] = '\0';
+    return AV_OK;
+}
+
+int av__sigv4_resign_chunks(uint8_t *body, size_t n, const uint8_t key[32], const char *amz_date, const char *region,
+                            const char *service, const char seed[AV_SIGV4_HEX_LEN + 1])
+{
+    static const char EXT[] = ";chunk-signature=";
+    const size_t el = sizeof(EXT) - 1;
+    if (strlen(amz_date) != 16)
+        return AV_ERR_INVALID;
+    char prev[AV_SIGV4_HEX_LEN + 1];
+    memcpy(prev, seed, sizeof(prev));
+    prev[AV_SIGV4_HEX_LEN] = '\0';
+    size_t pos = 0;
+    for (;;) {
+        /* HEX;chunk-signature=SIG\r\n: at most 16 hex digits, no leading zeros but "0" */
+        size_t hl = 0;
+        uint64_t size = 0;
+        while (pos + hl < n && hl <= 16 && av__hex_value(body[pos + hl]) >= 0) {
+            size = size * 16 + (uint64_t)av__hex_value(body[pos + hl]);
+            hl++;
+        }
+        if (hl == 0 || hl > 16 || (hl > 1 && body[pos] == '0'))
+            return AV_ERR_PARSE;
+        pos += hl;
+        if (n - pos < el + AV_SIGV4_HEX_LEN + 2 || memcmp(body + pos, EXT, el) != 0 ||
+            !av__sigv4_is_hex64((const char *)body + pos + el, AV_SIGV4_HEX_LEN) ||
+            memcmp(body + pos + el + AV_SIGV4_HEX_LEN, "\r\n", 2) != 0)
+            return AV_ERR_PARSE;
+        uint8_t *sigp = body + pos + el;
+        pos += el + AV_SIGV4_HEX_LEN + 2;
+        if (size > n - pos || n - pos - size < 2 || memcmp(body + pos + size, "\r\n", 2) != 0)
+            return AV_ERR_PARSE; /* the data, then CRLF (after the last chunk: the end) */
+        char sig[AV_SIGV4_HEX_LEN + 1];
+        int rc = chunk_signature(key, amz_date, region, service, prev, body + pos, (size_t)size, sig);
+        if (rc)
+            return rc;
+        memcpy(sigp, sig, AV_SIGV4_HEX_LEN);
+        memcpy(prev, sig, sizeof(prev));
+        pos += (size_t)size + 2;
+        if (size == 0)
+            return pos == n ? AV_OK : AV_ERR_PARSE;
+    }
 }

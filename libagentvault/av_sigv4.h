@@ -94,6 +94,21 @@ int av__sigv4_canonical_request(const av_sigv4_req *r, av_buf *canon, av_buf *si
 int av__sigv4_sign(const av_sigv4_req *r, const uint8_t *secret, size_t secret_len, av_buf *signed_headers,
                    char sig[AV_SIGV4_HEX_LEN + 1]);
 
+/* av__sigv4_sign_key: av__sigv4_sign, also giving the signing key
+ * (kSigning) in |key| for chunk signatures (the caller wipes it). */
+int av__sigv4_sign_key(const av_sigv4_req *r, const uint8_t *secret, size_t secret_len, av_buf *signed_headers,
+                       char sig[AV_SIGV4_HEX_LEN + 1], uint8_t key[32]);
+
+/* av__sigv4_resign_chunks rewrites, in place, every chunk-signature of a
+ * complete STREAMING-AWS4-HMAC-SHA256-PAYLOAD body (aws-chunked:
+ * "HEX;chunk-signature=SIG\r\nDATA\r\n" ..., a last chunk of size 0,
+ * "\r\n"), each the HMAC under |key| of "AWS4-HMAC-SHA256-PAYLOAD", the
+ * date, the scope, the previous signature (first: |seed|, the head's),
+ * SHA-256("") and SHA-256(DATA). Lengths do not change. Returns 0,
+ * AV_ERR_PARSE (not exactly such a body), AV_ERR_TLS. */
+int av__sigv4_resign_chunks(uint8_t *body, size_t n, const uint8_t key[32], const char *amz_date, const char *region,
+                            const char *service, const char seed[AV_SIGV4_HEX_LEN + 1]);
+
 /* av__sigv4_hex_sha256 writes the hex SHA-256 of |n| bytes (and a NUL).
  * Returns 0 or AV_ERR_TLS. */
 int av__sigv4_hex_sha256(const void *data, size_t n, char hex[AV_SIGV4_HEX_LEN + 1]);

@@ -31,7 +31,8 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from avtest import daemon as avd
-from avtest.aws_origin import HOSTS, AwsOrigin, check_signature, leaf_for
+from avtest.aws_origin import (HOSTS, AwsOrigin, check_signature, chunk_signatures, leaf_for,
+                               signed_chunked_body)
 from avtest.h2_upstream import H2Upstream
 from avtest.gateway import gateway_section, gw_port, received
 
@@ -279,14 +280,58 @@ def test_s3_streaming_unsigned_payload_trailer(aws_daemon, origin):
     assert "x-amz-decoded-content-length" in origin.seen[0]["signed"].split(";")
 
 
-def test_s3_signed_chunks_presigned_and_scope_refused(aws_daemon, origin):
+def agent_signed_chunks(url, chunks, service="s3", region="us-east-1", length=True):
+    """A STREAMING-AWS4-HMAC-SHA256-PAYLOAD upload as an SDK makes it with
+    the DUMMY key: head signature, then each chunk's chained from it."""
+    data_len = sum(len(c) for c in chunks)
+    hdrs = {"X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "Content-Encoding": "aws-chunked",
+            "X-Amz-Decoded-Content-Length": str(data_len)}
+    req = hand_signed("PUT", url, b"", hdrs, service, region, s3=service == "s3")
+    seed = req.headers["Authorization"].rsplit("Signature=", 1)[1]
+    sigs = chunk_signatures(DUMMY_SECRET, req.headers["X-Amz-Date"], region, service, seed, chunks)
+    return req, signed_chunked_body(chunks, sigs)
+
+
+def test_s3_signed_chunks_resigned(aws_daemon, origin):
+    """STREAMING-AWS4-HMAC-SHA256-PAYLOAD: the body is collected (at most
+    aws_body_max), each chunk signature recomputed from the new head
+    signature, the origin checks the chain with the real key."""
     d = aws_daemon()
-    # signed aws-chunked uploads: a clear refusal, nothing sent
+    data = os.urandom(150_000)
+    chunks = [data[:65536], data[65536:131072], data[131072:], b""]
+    req, wire = agent_signed_chunks("https://s3.aws.test/bkt/signed-chunks", chunks)
+    r = send(d, req, data=wire)  # with a Content-Length
+    assert r.status_code == 200, r.text
+    assert origin.objects["/bkt/signed-chunks"] == data
+    # and sent chunked by the agent (no Content-Length)
+    req, wire = agent_signed_chunks("https://s3.aws.test/bkt/signed-chunks-2", chunks)
+    status, text = send_chunked(d, req, [wire[i:i + 7000] for i in range(0, len(wire), 7000)])
+    assert status == 200, text
+    assert origin.objects["/bkt/signed-chunks-2"] == data
+    assert_all_resigned(origin, 2)
+    assert all(rec["sha256"] == "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" for rec in origin.seen)
+    # a malformed aws-chunked body: refused by the proxy, nothing sent
+    req, wire = agent_signed_chunks("https://s3.aws.test/bkt/bad", [b"abc", b""])
+    r = send(d, req, data=wire.replace(b"3;chunk", b"4;chunk"))
+    assert r.status_code == 400 and "signed aws-chunked" in r.text, r.text
+    # over aws_body_max (64 KiB for bedrock): 413, with or without a length
+    req, wire = agent_signed_chunks("https://bedrock-runtime.aws.test/model/m/invoke",
+                                    [b"x" * 70000, b""], service="bedrock")
+    r = send(d, req, data=wire)
+    assert r.status_code == 413 and "aws_body_max" in r.text, r.text
+    status, text = send_chunked(d, req, [wire[:30000], wire[30000:]])
+    assert status == 413 and "aws_body_max" in text, text
+    assert len(origin.seen) == 2
+
+
+def test_s3_signed_trailer_presigned_and_scope_refused(aws_daemon, origin):
+    d = aws_daemon()
+    # signed aws-chunked uploads with a signed trailer: a clear refusal
     req = hand_signed("PUT", "https://s3.aws.test/bkt/x", b"", {
-        "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "Content-Encoding": "aws-chunked",
+        "X-Amz-Content-SHA256": "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER", "Content-Encoding": "aws-chunked",
         "X-Amz-Decoded-Content-Length": "1"}, "s3", s3=True)
     r = send(d, req, data=b"1;chunk-signature=" + b"0" * 64 + b"\r\nx\r\n")
-    assert r.status_code == 403 and "STREAMING-AWS4-HMAC-SHA256-PAYLOAD" in r.text, r.text
+    assert r.status_code == 403 and "STREAMING-AWS4-HMAC-SHA256-PAYLOAD-TRAILER" in r.text, r.text
     # a presigned URL (query authentication), even next to an Authorization
     url = client(d, "s3").generate_presigned_url("get_object", Params={"Bucket": "bkt", "Key": "k"})
     r = send(d, AWSRequest(method="GET", url=url))

@@ -277,11 +277,92 @@ static void limits_and_fields(void **state)
     assert_false(av__sigv4_is_hex64("E3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", 64));
 }
 
+/* The chunked-upload example of the S3 documentation ("Signature
+ * Calculations for the Authorization Header: Transferring Payload in
+ * Multiple Chunks"): its seed (head) signature and its three chunk
+ * signatures (also reproduced with botocore and Python's hmac). */
+static void signed_chunks(void **state)
+{
+    (void)state;
+    static const char secret[] = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY";
+    av_h1_field fs[] = {
+        {"Host", 4, "s3.amazonaws.com", 16},
+        {"x-amz-date", 10, "20130524T000000Z", 16},
+        {"x-amz-storage-class", 19, "REDUCED_REDUNDANCY", 18},
+        {"x-amz-content-sha256", 20, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", 34},
+        {"Content-Encoding", 16, "aws-chunked", 11},
+        {"x-amz-decoded-content-length", 28, "66560", 5},
+        {"Content-Length", 14, "66824", 5},
+    };
+    const char *target = "/examplebucket/chunkObject.txt";
+    av_sigv4_req r = {"PUT", 3, target, strlen(target), fs, 7, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+                      "20130524T000000Z", "us-east-1", "s3"};
+    av_buf sh;
+    av__buf_init(&sh, 4096);
+    char seed[AV_SIGV4_HEX_LEN + 1];
+    uint8_t key[32];
+    assert_int_equal(av__sigv4_sign_key(&r, (const uint8_t *)secret, strlen(secret), &sh, seed, key), AV_OK);
+    assert_string_equal(seed, "4f232c4386841ef735655705268965c44a0e4690baa4adea153f7db9fa80a0a9");
+    av__buf_free(&sh);
+
+    /* the body with placeholder signatures, as an agent with a dummy key
+     * would have made it: 65536 and 1024 bytes of 'a', then the last chunk */
+    static const char *const want[] = {"ad80c730a21e5b8d04586a2213dd63b9a0e99e0e2307b0ade35a65485a288648",
+                                       "0055627c9e194cb4542bae2aa5492e3c1575bbb81b612b7d234b86a503ef5497",
+                                       "b6c6ea8a5354eaf15b3cb7646744f4275b71ea724fed81ceb9323e279d449df9"};
+    const size_t sizes[] = {65536, 1024, 0};
+    size_t cap = 66824, n = 0;
+    uint8_t *body = malloc(cap);
+    assert_non_null(body);
+    size_t sigpos[3];
+    for (size_t i = 0; i < 3; i++) {
+        n += (size_t)sprintf((char *)body + n, "%zx;chunk-signature=", sizes[i]);
+        sigpos[i] = n;
+        memset(body + n, '0', 64);
+        n += 64;
+        memcpy(body + n, "\r\n", 2);
+        n += 2;
+        memset(body + n, 'a', sizes[i]);
+        n += sizes[i];
+        memcpy(body + n, "\r\n", 2);
+        n += 2;
+    }
+    assert_int_equal(n, cap); /* the example's Content-Length */
+    assert_int_equal(av__sigv4_resign_chunks(body, n, key, "20130524T000000Z", "us-east-1", "s3", seed), AV_OK);
+    for (size_t i = 0; i < 3; i++)
+        assert_memory_equal(body + sigpos[i], want[i], 64);
+
+    /* malformed: each refused, nothing else accepted */
+    static const char *const bad[] = {
+        "",
+        "0;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n",
+        "0;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n\r\nx",
+        "00;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n\r\n",
+        "1;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\nab\r\n",
+        "1;chunk-signature=" "000000000000000000000000000000000000000000000000000000000000000" "\r\na\r\n",
+        "1;chunk-signatures=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\na\r\n",
+        "1;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\na\r\n",
+        "g;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n\r\n",
+        "fffffffffffffffff;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n",
+        "ffffffffffffffff;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        size_t bl = strlen(bad[i]);
+        uint8_t *b = malloc(bl + 1);
+        assert_non_null(b);
+        memcpy(b, bad[i], bl + 1);
+        if (av__sigv4_resign_chunks(b, bl, key, "20130524T000000Z", "us-east-1", "s3", seed) != AV_ERR_PARSE)
+            fail_msg("malformed body %zu accepted", i);
+        free(b);
+    }
+    free(body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(botocore_vectors), cmocka_unit_test(canonical_uri), cmocka_unit_test(canonical_query),
-        cmocka_unit_test(parse_auth),       cmocka_unit_test(presigned),     cmocka_unit_test(limits_and_fields),
+        cmocka_unit_test(parse_auth),       cmocka_unit_test(presigned),     cmocka_unit_test(limits_and_fields), cmocka_unit_test(signed_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
