@@ -220,6 +220,7 @@ def test_s3_put_get_list_boto3(aws_daemon, origin):
                for r in recs), recs
 
 
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
 def test_s3_large_upload_and_dummy_signature_refused_directly(aws_daemon, origin):
     d = aws_daemon()
     s3 = client(d, "s3")
