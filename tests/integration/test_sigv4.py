@@ -127,8 +127,8 @@ session_token = env:AWS_REAL_TOKEN
 def aws_daemon(daemon, origin, h2_origin):
     origin.clear()
 
-    def start(extra=""):
-        return daemon(CONFIG + extra, resolve=[f"{h}:443:127.0.0.1:{origin.port}" for h in HOSTS
+    def start(extra="", config=CONFIG):
+        return daemon(config + extra, resolve=[f"{h}:443:127.0.0.1:{origin.port}" for h in HOSTS
                                                if h != "bedrock-h2.aws.test"] +
                       [f"bedrock-h2.aws.test:443:127.0.0.1:{h2_origin.port}"])
     return start
@@ -378,6 +378,24 @@ def test_bedrock_invoke_body_hashed(aws_daemon, origin):
     status, text = send_chunked(d, req, [body[:7], body[7:]])
     assert status == 200 and json.loads(text)["received"] == len(body), text
     assert_all_resigned(origin, 3)
+
+
+def test_key_id_from_a_command(aws_daemon, origin):
+    """A command: source answers later: the exchange waits for it between
+    the secret key and the session token, then signs (bodies collected
+    meanwhile)."""
+    bedrock = "auth = aws-sigv4 * bedrock\naccess_key_id = env:AWS_REAL_AKID\n"
+    assert bedrock in CONFIG
+    d = aws_daemon(config=CONFIG.replace(bedrock, bedrock.replace(
+        "env:AWS_REAL_AKID", f"command:/bin/sh -c 'sleep 0.3; echo {REAL_AKID}'")))
+    body = b'{"prompt":"wait"}'
+    req = hand_signed("POST", "https://bedrock-runtime.aws.test/model/m/invoke", body,
+                      {"Content-Type": "application/json"}, "bedrock")
+    t0 = time.monotonic()
+    r = send(d, req)
+    assert r.status_code == 200 and r.json()["received"] == len(body), r.text
+    assert time.monotonic() - t0 >= 0.25, "the command's answer was not waited for"
+    assert_all_resigned(origin, 1)
 
 
 def test_bedrock_body_over_aws_body_max(aws_daemon, origin):
