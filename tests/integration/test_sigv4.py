@@ -101,6 +101,12 @@ auth = aws-sigv4 us-east-1 s3
 access_key_id = env:AWS_REAL_AKID
 secret = env:AWS_REAL_SECRET
 
+[service "s3-buckets"]
+host = *.s3.aws.test
+auth = aws-sigv4 us-east-1 s3
+access_key_id = env:AWS_REAL_AKID
+secret = env:AWS_REAL_SECRET
+
 [service "bedrock"]
 host = bedrock-runtime.aws.test
 auth = aws-sigv4 * bedrock
@@ -130,14 +136,15 @@ def aws_daemon(daemon, origin, h2_origin):
     def start(extra="", config=CONFIG):
         return daemon(config + extra, resolve=[f"{h}:443:127.0.0.1:{origin.port}" for h in HOSTS
                                                if h != "bedrock-h2.aws.test"] +
+                      [f"vbkt.s3.aws.test:443:127.0.0.1:{origin.port}"] +
                       [f"bedrock-h2.aws.test:443:127.0.0.1:{h2_origin.port}"])
     return start
 
 
-def client(d, service, region="us-east-1", endpoint=None, token=None, proxy=True):
+def client(d, service, region="us-east-1", endpoint=None, token=None, proxy=True, addressing="path"):
     cfg = botocore.config.Config(
         proxies={"https": d.proxy_url("http")} if proxy else None,
-        s3={"addressing_style": "path"}, retries={"max_attempts": 1}, signature_version="s3v4"
+        s3={"addressing_style": addressing}, retries={"max_attempts": 1}, signature_version="s3v4"
         if service == "s3" else None)
     host = {"s3": "s3.aws.test", "dynamodb": "dynamodb.aws.test"}[service]
     return boto3.session.Session().client(
@@ -218,6 +225,18 @@ def test_s3_put_get_list_boto3(aws_daemon, origin):
     assert all(r.get("auth") == "aws-sigv4" for r in recs), recs
     assert all(r["injected"] == ["env:AWS_REAL_SECRET", "env:AWS_REAL_AKID"]
                for r in recs), recs
+
+
+def test_s3_virtual_hosted_bucket(aws_daemon, origin):
+    """A bucket in the host name (bkt.s3...): a wildcard service."""
+    d = aws_daemon()
+    s3 = client(d, "s3", addressing="virtual")
+    s3.put_object(Bucket="vbkt", Key="k v", Body=b"virtual")
+    assert s3.get_object(Bucket="vbkt", Key="k v")["Body"].read() == b"virtual"
+    assert origin.objects["/vbkt/k v"] == b"virtual"
+    assert_all_resigned(origin, 2)
+    assert {r["host"] for r in origin.seen} == {"vbkt.s3.aws.test"}
+    assert {r["service"] for r in audit(d) if r["status"] == 200} == {"s3-buckets"}
 
 
 @pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")

@@ -42,7 +42,7 @@ def leaf_for(test_ca, directory):
     ca = certs.CertPair(x509.load_pem_x509_certificate(test_ca.ca_pem.read_bytes()),
                         serialization.load_pem_private_key(test_ca.ca_key.read_bytes(), None),
                         test_ca.ca_pem, test_ca.ca_key)
-    return certs.issue(ca, HOSTS, [], directory, "aws-origin")
+    return certs.issue(ca, HOSTS + ["*.s3.aws.test"], [], directory, "aws-origin")
 
 
 def check_signature(method, target, host, get_all, body, akid, secret):
@@ -176,7 +176,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _error(self, status, code, msg):
         o = self.server.owner
-        if self.host.startswith("s3."):
+        if self._is_s3():
             body = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code>"
                     f"<Message>{msg}</Message></Error>").encode()
             self._send(status, body)
@@ -250,14 +250,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._error(*err)
             return
         o = self.server.owner
-        if self.host.startswith("s3."):
+        if self._is_s3():
             self._s3(body, o)
         else:
             self._json(body, o)
 
+    def _is_s3(self):
+        return self.host == "s3.aws.test" or self.host.endswith(".s3.aws.test")
+
     def _s3(self, body, o):
         path, _, query = self.path.partition("?")
         path = urllib.parse.unquote(path)
+        if self.host.endswith(".s3.aws.test"):  # virtual-hosted: the bucket is in the host
+            path = "/" + self.host[:-len(".s3.aws.test")] + path
         if self.command == "PUT":
             data = o.seen[-1].get("decoded", body)
             with o.lock:
