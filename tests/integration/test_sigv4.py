@@ -39,7 +39,7 @@ from avtest.gateway import gateway_section, gw_port, received
 REAL_AKID = "AKIAREAL" + _secrets.token_hex(6).upper()
 REAL_SECRET = "realSecret/" + _secrets.token_hex(15)
 REAL_TOKEN = "FwoGZXIvYXdzE" + _secrets.token_hex(20)
-DUMMY_AKID = "AKIADUMMYDUMMYDUMMY0"
+DUMMY_AKID = "AKIA_DUMMY-agent.key"  # any visible ASCII: it is never checked
 DUMMY_SECRET = "dummy-secret-of-the-agent"
 AWS_CLI = "/usr/bin/aws"
 

@@ -32,7 +32,7 @@ from botocore.credentials import Credentials
 from . import certs
 from .upstream import server_tls_context
 
-AUTH_RE = re.compile(r"AWS4-HMAC-SHA256 Credential=([A-Za-z0-9]+)/(\d{8})/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request, "
+AUTH_RE = re.compile(r"AWS4-HMAC-SHA256 Credential=([!-+\-.0-~]+)/(\d{8})/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request, "
                      r"SignedHeaders=([a-z0-9;-]+), Signature=([0-9a-f]{64})$")
 HOSTS = ["s3.aws.test", "bedrock-runtime.aws.test", "dynamodb.aws.test", "bedrock-h2.aws.test"]
 
