@@ -172,8 +172,9 @@ static void parse_auth(void **state)
     assert_int_equal(av__sigv4_parse_auth(tight, strlen(tight), &a, &why), AV_OK);
     assert_string_equal(a.service, "s3");
     /* the agent's key id is a dummy: any visible ASCII an SDK accepts */
-    const char *dummy = "AWS4-HMAC-SHA256 Credential=dummy_key-1.x/20150830/eu-west-1/s3/aws4_request, "
-                        "SignedHeaders=host, Signature=0000000000000000000000000000000000000000000000000000000000000000";
+    const char *dummy =
+        "AWS4-HMAC-SHA256 Credential=dummy_key-1.x/20150830/eu-west-1/s3/aws4_request, "
+        "SignedHeaders=host, Signature=0000000000000000000000000000000000000000000000000000000000000000";
     assert_int_equal(av__sigv4_parse_auth(dummy, strlen(dummy), &a, &why), AV_OK);
     assert_string_equal(a.akid, "dummy_key-1.x");
 
@@ -300,8 +301,9 @@ static void signed_chunks(void **state)
         {"Content-Length", 14, "66824", 5},
     };
     const char *target = "/examplebucket/chunkObject.txt";
-    av_sigv4_req r = {"PUT", 3, target, strlen(target), fs, 7, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
-                      "20130524T000000Z", "us-east-1", "s3"};
+    av_sigv4_req r = {
+        "PUT",       3,   target, strlen(target), fs, 7, "STREAMING-AWS4-HMAC-SHA256-PAYLOAD", "20130524T000000Z",
+        "us-east-1", "s3"};
     av_buf sh;
     av__buf_init(&sh, 4096);
     char seed[AV_SIGV4_HEX_LEN + 1];
@@ -340,16 +342,36 @@ static void signed_chunks(void **state)
     /* malformed: each refused, nothing else accepted */
     static const char *const bad[] = {
         "",
-        "0;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n",
-        "0;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n\r\nx",
-        "00;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n\r\n",
-        "1;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\nab\r\n",
-        "1;chunk-signature=" "000000000000000000000000000000000000000000000000000000000000000" "\r\na\r\n",
-        "1;chunk-signatures=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\na\r\n",
-        "1;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\na\r\n",
-        "g;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n\r\n",
-        "fffffffffffffffff;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n",
-        "ffffffffffffffff;chunk-signature=" "0000000000000000000000000000000000000000000000000000000000000000" "\r\n",
+        "0;chunk-signature="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\n",
+        "0;chunk-signature="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\n\r\nx",
+        "00;chunk-signature="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\n\r\n",
+        "1;chunk-signature="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\nab\r\n",
+        "1;chunk-signature="
+        "000000000000000000000000000000000000000000000000000000000000000"
+        "\r\na\r\n",
+        "1;chunk-signatures="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\na\r\n",
+        "1;chunk-signature="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\na\r\n",
+        "g;chunk-signature="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\n\r\n",
+        "fffffffffffffffff;chunk-signature="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\n",
+        "ffffffffffffffff;chunk-signature="
+        "0000000000000000000000000000000000000000000000000000000000000000"
+        "\r\n",
     };
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
         size_t bl = strlen(bad[i]);
@@ -367,7 +389,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(botocore_vectors), cmocka_unit_test(canonical_uri), cmocka_unit_test(canonical_query),
-        cmocka_unit_test(parse_auth),       cmocka_unit_test(presigned),     cmocka_unit_test(limits_and_fields), cmocka_unit_test(signed_chunks),
+        cmocka_unit_test(parse_auth),       cmocka_unit_test(presigned),     cmocka_unit_test(limits_and_fields),
+        cmocka_unit_test(signed_chunks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
