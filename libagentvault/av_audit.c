@@ -80,7 +80,7 @@ void av__audit_record(av_audit *a, const av_xrecord *r)
     char when[80];
     snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900, tm.tm_mon + 1,
              tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, r->when.tv_nsec / 1000000);
-    char tok[320] = "null", svc[320] = "null", cred[400] = "[]", err[500] = "null";
+    char tok[320] = "null", svc[320] = "null", cred[1000] = "[]", err[500] = "null";
     char e1[300], e2[300];
     if (r->token) {
         json_str(e1, sizeof(e1), r->token);
@@ -91,16 +91,31 @@ void av__audit_record(av_audit *a, const av_xrecord *r)
         snprintf(svc, sizeof(svc), "\"%s\"", e1);
         if (r->credential_ref) {
             /* command: references may carry arguments: name the program only */
-            const char *ref = r->credential_ref;
-            char shown[200];
-            if (strncmp(ref, "command:", 8) == 0)
-                snprintf(shown, sizeof(shown), "command:%.*s", (int)strcspn(ref + 8, " \t"), ref + 8);
-            else
-                snprintf(shown, sizeof(shown), "%s", ref);
-            json_str(e2, sizeof(e2), shown);
-            snprintf(cred, sizeof(cred), "[\"%s\"]", e2);
+            const char *refs[3] = {r->credential_ref, r->credential_ref2, r->credential_ref3};
+            size_t o = 0;
+            cred[o++] = '[';
+            for (size_t i = 0; i < 3; i++) {
+                const char *ref = refs[i];
+                if (!ref)
+                    continue;
+                char shown[200];
+                if (strncmp(ref, "command:", 8) == 0)
+                    snprintf(shown, sizeof(shown), "command:%.*s", (int)strcspn(ref + 8, " \t"), ref + 8);
+                else
+                    snprintf(shown, sizeof(shown), "%s", ref);
+                json_str(e2, sizeof(e2), shown);
+                int w = snprintf(cred + o, sizeof(cred) - o, "%s\"%s\"", o > 1 ? "," : "", e2);
+                if (w < 0 || (size_t)w >= sizeof(cred) - o - 1)
+                    break;
+                o += (size_t)w;
+            }
+            cred[o++] = ']';
+            cred[o] = '\0';
         }
     }
+    char kind[40] = "null";
+    if (r->auth_kind)
+        snprintf(kind, sizeof(kind), "\"%.30s\"", r->auth_kind);
     if (r->error) {
         json_str(e1, sizeof(e1), r->error);
         snprintf(err, sizeof(err), "\"%s\"", e1);
@@ -114,13 +129,13 @@ void av__audit_record(av_audit *a, const av_xrecord *r)
         json_str(e1, sizeof(e1), r->gateway);
         snprintf(gw, sizeof(gw), "\"%.150s\"", e1);
     }
-    char line[3300];
+    char line[4000];
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
                      "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
-                     "\"proto\":\"%s>%s\",\"injected\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
+                     "\"proto\":\"%s>%s\",\"injected\":%s,\"auth\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
                      when, tok, gw, svc, method, host, path, r->status, r->bytes_up, r->bytes_down, r->ms,
-                     r->proto_agent, r->proto_up, cred, r->redactions, r->end, err);
+                     r->proto_agent, r->proto_up, cred, kind, r->redactions, r->end, err);
     if (n > 0 && (size_t)n < sizeof(line))
         av__audit_write(a, line, (size_t)n);
 }

@@ -36,6 +36,9 @@ typedef struct av_xrecord {
     const char *method, *host, *path;
     const char *service, *token, *gateway;
     const char *credential_ref;     /* the injected credential's reference; NULL: nothing injected */
+    const char *credential_ref2;    /* aws-sigv4: the access key id's and the session token's */
+    const char *credential_ref3;    /* references (NULL: none) */
+    const char *auth_kind;          /* how it was injected ("bearer", "aws-sigv4", ...); NULL: not */
     int status;
     unsigned long long bytes_up, bytes_down;
     double ms;

@@ -272,6 +272,10 @@ void av__config_service_clear(av_service *s)
     av__free(s->agent_env);
     av__free(s->upstream_proxy);
     av__free(s->upstream_proxy_auth);
+    av__free(s->aws_region);
+    av__free(s->aws_service);
+    av__free(s->aws_akid_ref);
+    av__free(s->aws_token_ref);
     memset(s, 0, sizeof(*s));
 }
 
@@ -458,6 +462,10 @@ av_config *av__config_copy(const av_config *src)
                 dup_opt(&d->agent_env, s->agent_env) || dup_opt(&d->upstream_proxy, s->upstream_proxy) ||
                 dup_opt(&d->upstream_proxy_auth, s->upstream_proxy_auth))
                 goto fail;
+            d->aws_region = d->aws_service = d->aws_akid_ref = d->aws_token_ref = NULL;
+            if (dup_opt(&d->aws_region, s->aws_region) || dup_opt(&d->aws_service, s->aws_service) ||
+                dup_opt(&d->aws_akid_ref, s->aws_akid_ref) || dup_opt(&d->aws_token_ref, s->aws_token_ref))
+                goto fail;
         }
     }
     if (src->ntokens) {
@@ -513,7 +521,7 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 160, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_service) == 200, "av_service changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
@@ -643,6 +651,11 @@ int av__config_dump(const av_config *c, av_buf *out)
         SS(agent_env);
         SS(upstream_proxy);
         SS(upstream_proxy_auth);
+        SS(aws_region);
+        SS(aws_service);
+        SS(aws_akid_ref);
+        SS(aws_token_ref);
+        SI(aws_body_max, "%zu");
         SI(line, "%d");
 #undef SS
 #undef SI
@@ -923,6 +936,12 @@ AV_EXPORT int av_config_uses_vault(const av_config *cfg)
             return 1;
     if (cfg->upstream_proxy_auth && strncmp(cfg->upstream_proxy_auth, "vault:", 6) == 0)
         return 1;
+    for (size_t i = 0; i < cfg->nservices; i++) {
+        const av_service *s = &cfg->services[i];
+        if ((s->aws_akid_ref && strncmp(s->aws_akid_ref, "vault:", 6) == 0) ||
+            (s->aws_token_ref && strncmp(s->aws_token_ref, "vault:", 6) == 0))
+            return 1;
+    }
     for (size_t i = 0; i < cfg->ntokens; i++)
         if (cfg->tokens[i].secret_ref && strncmp(cfg->tokens[i].secret_ref, "vault:", 6) == 0)
             return 1;

@@ -69,8 +69,13 @@ enum av_auth_kind {
     AV_AUTH_BEARER = 1, /* Authorization: Bearer {secret} */
     AV_AUTH_BASIC,      /* Authorization: Basic base64(user:secret) */
     AV_AUTH_HEADER,     /* NAME: template with {secret} replaced */
-    AV_AUTH_QUERY       /* ?PARAM={secret} (percent-encoded) */
+    AV_AUTH_QUERY,      /* ?PARAM={secret} (percent-encoded) */
+    AV_AUTH_AWS_SIGV4   /* AWS Signature Version 4, re-signed (av_sigv4.h) */
 };
+
+/* aws_body_max: the default bound on a body hashed for SigV4. */
+#define AV_AWS_BODY_MAX_DEFAULT (8u << 20)
+#define AV_AWS_BODY_MAX_LIMIT (64u << 20)
 
 enum av_unmatched {
     AV_UNMATCHED_PASSTHROUGH = 0,
@@ -110,6 +115,12 @@ typedef struct av_service {
                           (NULL: the built-in list for well-known hosts) */
     char *upstream_proxy;      /* parent proxy URL or "direct"; NULL: [proxy]'s */
     char *upstream_proxy_auth; /* secret reference to "user:password", or NULL */
+    /* auth = aws-sigv4 [REGION [SERVICE]]: secret is the secret access key */
+    char *aws_region;  /* the region the agent's scope must name (NULL: any) */
+    char *aws_service; /* the signing name it must name (NULL: any) */
+    char *aws_akid_ref; /* access_key_id: a secret reference */
+    char *aws_token_ref; /* session_token: a secret reference (NULL: none) */
+    size_t aws_body_max; /* bodies hashed by the proxy: at most this (0: default) */
     int line;          /* line of the [service] header, for messages */
 } av_service;
 

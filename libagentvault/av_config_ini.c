@@ -41,7 +41,10 @@ enum {
     K_WEBSOCKET = 1u << 15, K_PLACEHOLDER = 1u << 16, K_PLACEHOLDER_IN = 1u << 17,
     K_AGENT_ENV = 1u << 18, K_WS_IDLE_TO = 1u << 6, K_SECRET_TTL = 1u << 7,
     K_CMD_TO = 1u << 19, K_AUDIT = 1u << 20, K_VAULT = 1u << 21, K_AUTH_ALT = 1u << 22,
-    K_WS_SCRUB = 1u << 24
+    K_WS_SCRUB = 1u << 24,
+    /* [service] keys of auth = aws-sigv4: [proxy]-only bits (seen bits are per
+     * section); 23 and 29 are [service] upstream_proxy(_auth) */
+    K_AWS_AKID = 1u << 1, K_AWS_TOKEN = 1u << 2, K_AWS_BODY_MAX = 1u << 0
 };
 
 typedef struct parser {
@@ -505,6 +508,62 @@ static const char *auth_header_name(int kind, const char *name)
     }
 }
 
+/* aws_scope_name: a region or signing name as a SigV4 scope names it. */
+static int aws_scope_name(const char *s, size_t n)
+{
+    if (n == 0 || n > 63)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '-'))
+            return 0;
+    return 1;
+}
+
+/* parse_auth_aws reads the arguments of "auth = aws-sigv4 [REGION
+ * [SERVICE]]" ("*" for any region). */
+static int parse_auth_aws(parser *p, av_service *svc, const char *v, size_t n)
+{
+    size_t rl = 0;
+    while (rl < n && !is_ws(v[rl]))
+        rl++;
+    const char *sv = v + rl;
+    size_t sl = n - rl;
+    trim(&sv, &sl);
+    for (size_t i = 0; i < sl; i++)
+        if (is_ws(sv[i]))
+            return perr(p, "auth aws-sigv4 takes at most a region and a service (auth = aws-sigv4 [REGION [SERVICE]])");
+    if (rl && !(rl == 1 && v[0] == '*') && !aws_scope_name(v, rl))
+        return perr(p, "auth aws-sigv4: region \"%.*s\" must be lower-case letters, digits and '-' (or *)",
+                    (int)(rl > 64 ? 64 : rl), v);
+    if (sl && !aws_scope_name(sv, sl))
+        return perr(p, "auth aws-sigv4: service \"%.*s\" must be a signing name: lower-case letters, digits, '-'",
+                    (int)(sl > 64 ? 64 : sl), sv);
+    if (rl && !(rl == 1 && v[0] == '*') && set_string(p, &svc->aws_region, v, rl) != AV_OK)
+        return AV_ERR_NOMEM;
+    if (sl && set_string(p, &svc->aws_service, sv, sl) != AV_OK)
+        return AV_ERR_NOMEM;
+    svc->auth = AV_AUTH_AWS_SIGV4;
+    return AV_OK;
+}
+
+/* parse_aws_body_max reads a byte count with an optional KiB or MiB. */
+static int parse_aws_body_max(parser *p, av_service *svc, const char *v, size_t n)
+{
+    size_t dl = 0;
+    while (dl < n && v[dl] >= '0' && v[dl] <= '9')
+        dl++;
+    const char *u = v + dl;
+    size_t ul = n - dl;
+    trim(&u, &ul);
+    unsigned long long mul = ul == 0 ? 1 : word_eq(u, ul, "kib") ? 1024 : word_eq(u, ul, "mib") ? 1048576 : 0;
+    long num = 0;
+    if (!mul || parse_uint(v, dl, 9, &num) != AV_OK || num <= 0 ||
+        (unsigned long long)num * mul > AV_AWS_BODY_MAX_LIMIT || (unsigned long long)num * mul < 1024)
+        return perr(p, "aws_body_max must be a size from 1 KiB to 64 MiB (bytes, or a number with KiB or MiB)");
+    svc->aws_body_max = (size_t)((unsigned long long)num * mul);
+    return AV_OK;
+}
+
 /* parse_auth fills the auth fields of |svc| from an auth value. */
 static int parse_auth(parser *p, av_service *svc, const char *v, size_t n)
 {
@@ -621,7 +680,9 @@ static int parse_auth(parser *p, av_service *svc, const char *v, size_t n)
         svc->auth = AV_AUTH_HEADER;
         return AV_OK;
     }
-    return perr(p, "unknown auth kind \"%.*s\" (expected bearer, basic, header or query)",
+    if (word_eq(v, kl, "aws-sigv4"))
+        return parse_auth_aws(p, svc, rest, rl);
+    return perr(p, "unknown auth kind \"%.*s\" (expected bearer, basic, header, query or aws-sigv4)",
                 (int)(kl > 32 ? 32 : kl), v);
 }
 
@@ -661,6 +722,8 @@ static const key_def service_keys[] = {
     {"placeholder_in", K_PLACEHOLDER_IN, 0}, {"agent_env", K_AGENT_ENV, 0},
     {"auth_alt", K_AUTH_ALT, 0}, {"websocket_scrub", K_WS_SCRUB, 0},
     {"upstream_proxy", K_SVC_UP_PROXY, 0}, {"upstream_proxy_auth", K_SVC_UP_AUTH, 0},
+    {"access_key_id", K_AWS_AKID, 0}, {"session_token", K_AWS_TOKEN, 0},
+    {"aws_body_max", K_AWS_BODY_MAX, 0},
 };
 
 /* service_key handles one key of a [service] section. */
@@ -704,6 +767,8 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         av_service alt;
         memset(&alt, 0, sizeof(alt));
         int rc = parse_auth(p, &alt, v, vl);
+        if (rc == AV_OK && alt.auth == AV_AUTH_AWS_SIGV4)
+            rc = perr(p, "auth_alt cannot be aws-sigv4 (a signature is not an alternative header form)");
         if (rc != AV_OK) {
             av__config_service_clear(&alt);
             return rc;
@@ -782,6 +847,12 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return set_upstream_proxy(p, &s->upstream_proxy, v, vl, 0);
     case K_SVC_UP_AUTH:
         return set_secret_ref(p, "upstream_proxy_auth", &s->upstream_proxy_auth, v, vl);
+    case K_AWS_AKID:
+        return set_secret_ref(p, "access_key_id", &s->aws_akid_ref, v, vl);
+    case K_AWS_TOKEN:
+        return set_secret_ref(p, "session_token", &s->aws_token_ref, v, vl);
+    case K_AWS_BODY_MAX:
+        return parse_aws_body_max(p, s, v, vl);
     default: /* K_SECRET */
         return set_secret_ref(p, "secret", &s->secret_ref, v, vl);
     }
@@ -933,6 +1004,32 @@ const char *av__config_key_name(const char *section, size_t i)
     return NULL;
 }
 
+/* finish_aws_service checks the keys of auth = aws-sigv4 and their use
+ * with another auth. */
+static int finish_aws_service(parser *p, av_service *s)
+{
+    int aws = s->auth == AV_AUTH_AWS_SIGV4;
+    if (!aws && (s->aws_akid_ref || s->aws_token_ref || s->aws_body_max))
+        return perr_at(p, s->line,
+                       "service \"%s\": access_key_id, session_token and aws_body_max need auth = aws-sigv4",
+                       s->name);
+    if (!aws)
+        return AV_OK;
+    if (!s->aws_akid_ref)
+        return perr_at(p, s->line,
+                       "service \"%s\": auth = aws-sigv4 needs access_key_id (a secret reference, e.g. "
+                       "env:AWS_ACCESS_KEY_ID)",
+                       s->name);
+    if (s->placeholder)
+        return perr_at(p, s->line,
+                       "service \"%s\": placeholder is not used with auth = aws-sigv4 (agents sign with any "
+                       "dummy key; remove it)",
+                       s->name);
+    if (!s->aws_body_max)
+        s->aws_body_max = AV_AWS_BODY_MAX_DEFAULT;
+    return AV_OK;
+}
+
 /* finish_section checks the section that just ended and fills defaults. */
 static int finish_section(parser *p)
 {
@@ -946,6 +1043,9 @@ static int finish_section(parser *p)
             return perr_at(p, s->line, "service \"%s\" has no secret", s->name);
         if (s->placeholder_in && !s->placeholder)
             return perr_at(p, s->line, "service \"%s\": placeholder_in needs a placeholder", s->name);
+        int rc = finish_aws_service(p, s);
+        if (rc != AV_OK)
+            return rc;
         if (s->auth_alt) {
             const char *a = auth_header_name(s->auth, s->auth_name);
             const char *b = auth_header_name(s->auth_alt, s->auth_alt_name);

@@ -11,6 +11,7 @@
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/rand.h>
 #if defined(AV_TLS_BORINGSSL)
 #include <openssl/aead.h>
@@ -35,6 +36,19 @@ int av__crypto_sha256(const void *data, size_t len, uint8_t out[AV_SHA256_LEN])
 {
     unsigned int n = 0;
     if (EVP_Digest(data, len, out, &n, EVP_sha256(), NULL) != 1 || n != AV_SHA256_LEN) {
+        ERR_clear_error();
+        return AV_ERR_TLS;
+    }
+    return AV_OK;
+}
+
+int av__crypto_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len, uint8_t out[AV_SHA256_LEN])
+{
+    unsigned int n = 0;
+    static const uint8_t empty = 0;
+    if (key_len > INT_MAX ||
+        !HMAC(EVP_sha256(), key_len ? key : &empty, (int)key_len, len ? data : &empty, len, out, &n) ||
+        n != AV_SHA256_LEN) {
         ERR_clear_error();
         return AV_ERR_TLS;
     }

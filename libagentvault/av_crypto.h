@@ -1,5 +1,5 @@
-/* av_crypto.h - symmetric primitives for the vault: AES-256-GCM, SHA-256
- * and random bytes.
+/* av_crypto.h - symmetric primitives for the vault: AES-256-GCM, SHA-256,
+ * HMAC-SHA-256 and random bytes.
  *
  * With av_tls.c and av_ca.c this is the only code that includes TLS-library
  * headers; the BoringSSL / OpenSSL 3 differences stay in av_crypto.c.
@@ -37,5 +37,9 @@ int av__aead_open(const uint8_t key[AV_AEAD_KEY_LEN], const uint8_t nonce[AV_AEA
 
 /* av__crypto_sha256 hashes |len| bytes. Returns 0 or AV_ERR_TLS. */
 int av__crypto_sha256(const void *data, size_t len, uint8_t out[AV_SHA256_LEN]);
+
+/* av__crypto_hmac_sha256 is HMAC-SHA-256 of |len| bytes under |key|
+ * (SigV4 signing). Returns 0 or AV_ERR_TLS. */
+int av__crypto_hmac_sha256(const void *key, size_t key_len, const void *data, size_t len, uint8_t out[AV_SHA256_LEN]);
 
 #endif

@@ -63,6 +63,9 @@ void av__x_reset(av_exchange *x)
     av__secret_free(x->scrub_secret);
     av__scrub_set_unref(x->scrub_set);
     av__secret_free(x->ph_secret);
+    av__secret_free(x->aws_secret);
+    av__secret_free(x->aws_akid);
+    av__secret_free(x->aws_token);
     av__buf_free_wipe(&x->bbuf);
     av__scrub_free(x->scrub);
     av__buf_free_wipe(&x->scrub_in);
@@ -110,6 +113,15 @@ static void x_record(const av_exchange *x, const char *error, double ms, av_xrec
     r->token = x_token_name(x);
     r->gateway = x->gw;
     r->credential_ref = x->svc && x->injected ? x->svc->secret_ref : NULL;
+    if (r->credential_ref) {
+        static const char *const kinds[] = {"-", "bearer", "basic", "header", "query", "aws-sigv4"};
+        int k = x->inj_alt ? x->svc->auth_alt : x->svc->auth;
+        r->auth_kind = k > 0 && k < (int)(sizeof(kinds) / sizeof(kinds[0])) ? kinds[k] : NULL;
+        if (x->svc->auth == AV_AUTH_AWS_SIGV4) {
+            r->credential_ref2 = x->svc->aws_akid_ref;
+            r->credential_ref3 = x->svc->aws_token_ref;
+        }
+    }
     r->status = x->status;
     r->bytes_up = x->bytes_req;
     r->bytes_down = x->bytes_resp;
@@ -358,6 +370,8 @@ int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, i
         av__x_respond(x, 431, "request header block too large after rewriting", 0);
         return -1;
     }
+    if (svc && svc->auth == AV_AUTH_AWS_SIGV4 && av__x_aws_admit(x, in) != 0)
+        return -1;
     if (svc && svc->placeholder && av__x_find_placeholders(x) != 0)
         return -1;
     if (svc && svc->placeholder && in->framing != RB_NONE && !in->ws) {

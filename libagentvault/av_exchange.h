@@ -134,7 +134,7 @@ struct av_exchange {
     /* Request bodies checked for the placeholder (JSON and form bodies of a
      * service with one): collected whole (bounded), then replaced and sent
      * with a recomputed Content-Length. */
-    int body_buffer;          /* 1: JSON, 2: form */
+    int body_buffer;          /* 1: JSON, 2: form; aws-sigv4: 3 hashed, 4 signed chunks re-signed */
     int body_collected;
     av_buf bbuf;
     av_secret *ph_secret;
@@ -162,6 +162,18 @@ struct av_exchange {
     int ws_pmd;               /* scrub mode: the upstream accepted it */
     av_ws_scrub *ws_scrubber;
     unsigned long ws_scrub_seen; /* its redactions already counted */
+    /* auth = aws-sigv4 (av_inject.c): the agent's scope, the payload hash
+     * it declared, the real credentials once resolved; the request is
+     * signed after every other rewrite (and, body_buffer 3, once the body
+     * is collected and hashed). */
+    char aws_region[64];
+    char aws_service[64];
+    char aws_payload[80];     /* x-amz-content-sha256 as sent; "": hash the body */
+    uint32_t aws_sh_off, aws_sh_len; /* the agent's SignedHeaders, in rq */
+    av_secret *aws_secret;    /* secret access key */
+    av_secret *aws_akid;      /* access key id */
+    av_secret *aws_token;     /* session token (NULL: none configured) */
+    int aws_signed;           /* the Authorization was computed and added */
 };
 
 
@@ -211,6 +223,8 @@ size_t av__rq_fields(const av_exchange *x, av_h1_field *out, size_t max);
  * injected field and its auth_alt form)? */
 int av__x_skip_request_field(const av_req_in *in, const av_h1_field *f, const char *inject_name,
                              const char *alt_name, int ws_parsed);
+/* Remove every stored field named |name| (any case). */
+void av__rq_remove(av_exchange *x, const char *name);
 
 /* ---- lifecycle and the step (av_exchange.c) ---- */
 /* Admission (TRACE, h2c, Expect, policy, scope, rate, WebSocket mode),
@@ -277,6 +291,12 @@ const char *av__alt_name_of(const av_service *svc);
 int av__x_inject(av_exchange *x);
 int av__x_is_credential_field(const av_exchange *x, const av_h1_field *f);
 int av__x_collect_body(av_exchange *x);
+/* auth = aws-sigv4: read the agent's signature (refusing presigned URLs,
+ * SigV4A, signed chunks, scopes the service does not allow) before the
+ * request is stored; 0, or -1 after answering. Then, once everything else
+ * is rewritten (and the body hashed), sign it: 0, or -1 after answering. */
+int av__x_aws_admit(av_exchange *x, const av_req_in *in);
+int av__x_aws_sign(av_exchange *x);
 
 /* ---- WebSocket (av_exchange_ws.c, av_exchange_scrub.c) ---- */
 const char *av__x_ws_check_101(const av_exchange *x, const av_h1_response *resp);

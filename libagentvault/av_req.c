@@ -68,3 +68,14 @@ int av__x_skip_request_field(const av_req_in *in, const av_h1_field *f, const ch
         return 1; /* the other credential header: its placeholder never reaches the origin */
     return 0;
 }
+
+void av__rq_remove(av_exchange *x, const char *name)
+{
+    size_t nl = strlen(name), o = 0;
+    for (size_t i = 0; i < x->nrqf; i++) {
+        if (x->rqf[i].nl == nl && strncasecmp(av__rq_ptr(x, x->rqf[i].no), name, nl) == 0)
+            continue; /* its bytes stay in x->rq (wiped with it) */
+        x->rqf[o++] = x->rqf[i];
+    }
+    x->nrqf = o;
+}

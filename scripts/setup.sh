@@ -24,6 +24,8 @@ PACKAGES=(
   # egress (tests/integration/test_parent_proxy.py, test_socks.py): parent
   # proxies and SOCKS peers, Python SOCKS clients
   squid tinyproxy dante-server microsocks python3-socks python3-socksio
+  # aws-sigv4 (tests/integration/test_sigv4.py): boto3/botocore and the AWS CLI
+  python3-botocore python3-boto3 awscli
 )
 
 SUDO=""

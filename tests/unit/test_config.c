@@ -238,7 +238,7 @@ static const err_case err_cases[] = {
     {"[service \"a\"]\nhost = a.com\ncolor = red\n",
      "t.conf:3: unknown key \"color\" in [service]"},
     {"[service \"a\"]\nhost = a.com\nauth = digest\nsecret = env:X\n",
-     "t.conf:3: unknown auth kind \"digest\" (expected bearer, basic, header or query)"},
+     "t.conf:3: unknown auth kind \"digest\" (expected bearer, basic, header, query or aws-sigv4)"},
     {"[service \"a\"]\nhost = a.com\nauth = bearer extra\n",
      "t.conf:3: auth bearer takes no argument"},
     {"[service \"a\"]\nhost = a.com\nauth = header X-K \"no placeholder\"\n",
@@ -804,6 +804,14 @@ static const char every_key_text[] =
     "host = 127.0.0.9\n"
     "auth = query key\n"
     "secret = file:/run/b\n"
+    "\n"
+    "[service \"aws\"]\n"
+    "host = s3.example.test\n"
+    "auth = aws-sigv4 eu-west-1 s3\n"
+    "secret = env:AWS_SECRET\n"
+    "access_key_id = env:AWS_AKID\n"
+    "session_token = vault:aws-token\n"
+    "aws_body_max = 2 MiB\n"
     "\n"
     "[token \"t\"]\n"
     "secret = env:T_TOKEN\n"
