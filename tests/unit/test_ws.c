@@ -1514,7 +1514,7 @@ static void relay_close_code_starts_the_key(void **state)
     av_buf in;
     av__buf_init(&in, 4096);
     int code = 0x0f00 | (uint8_t)RKEY[0]; /* 3955 with 's' */
-    put_close(&in, 0, code, RKEY + 1);
+    put_close(&in, 0, code, &RKEY[1]);
     unsigned long count = 0;
     int rc = relay_run(set, 0, 0, &in, 0, 3, 64, log, sizeof(log), &count);
     assert_true(rc >= 0);
