@@ -41,8 +41,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SECRET = "benchkey"
 TARGETS = ["direct", "agentvault", "mitmproxy"]
-SCENARIOS = ["idle", "keepalive", "newconn", "resumed", "upclose", "newhost", "sse", "ws", "wsz",
-             "h2"]
+SCENARIOS = ["idle", "keepalive", "newconn", "resumed", "upclose", "upclosenx", "newhost", "sse",
+             "ws", "wsz", "h2"]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 AGENTVAULT_BIN = os.environ.get("AGENTVAULT", f"{ROOT}/build/daemon/agentvault")
 # --baseline PATH: a second agentvault binary (say, a build of main before a
@@ -105,10 +105,10 @@ def spawn(cmd, **kw):
     return p
 
 
-def run_child(cmd, timeout):
+def run_child(cmd, timeout, env=None):
     """subprocess.run(capture_output=True, text=True) through spawn(); kills
     the child's group on timeout or any exception (Abort included)."""
-    p = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = spawn(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = p.communicate(timeout=timeout)
     finally:
@@ -341,12 +341,16 @@ http {{
             return 200 "ok";
         }}
     }}
-    # The upclose scenario's origin (close.bench.test): closes every
+    # The upclosenx scenario's origin (closenx.bench.test): closes every
     # connection after its response, so a proxy dials it anew for every
-    # agent connection (resuming its TLS session when it kept the ticket).
+    # agent connection, resuming its TLS session when it kept a ticket.
+    # nginx (OpenSSL) sends no new ticket on a resumed handshake, so a
+    # client that uses each ticket once resumes every other dial.  The
+    # upclose scenario's origin is bench/origin_renew.go instead, which
+    # renews the ticket on every handshake.
     server {{
         listen 127.0.0.1:{closeport} ssl backlog=4096;
-        server_name close.bench.test;
+        server_name closenx.bench.test;
         keepalive_timeout 0;
         ssl_certificate {wd}/origin.pem;
         ssl_certificate_key {wd}/origin.key;
@@ -380,12 +384,30 @@ http {{
 """
 
 
-class Rig:
-    """Origins (nginx + streaming origin), certificates and the load client."""
+def build_origin_renew(wd):
+    """go build bench/origin_renew.go (standard library only, no network)
+    into |wd|, with a Go build cache inside |wd|."""
+    go = shutil.which("go")
+    if not go:
+        raise RuntimeError("go not found, needed by the upclose scenario's origin "
+                           "(apt-get install -y golang-go), or leave upclose out with --only")
+    out = f"{wd}/origin_renew"
+    env = dict(os.environ, GOCACHE=f"{wd}/gocache", GOPATH=f"{wd}/gopath", GOPROXY="off",
+               GOFLAGS="", GO111MODULE="auto", CGO_ENABLED="0")
+    cp = run_child([go, "build", "-o", out, f"{HERE}/origin_renew.go"], timeout=300, env=env)
+    if cp.returncode:
+        raise RuntimeError("building origin_renew failed: " + (cp.stdout + cp.stderr)[-500:])
+    return out
 
-    def __init__(self, wd):
+
+class Rig:
+    """Origins (nginx, streaming origin and, for upclose, the Go origin that
+    renews tickets), certificates and the load client."""
+
+    def __init__(self, wd, renew_origin=True):
         self.wd = wd
         self.procs = []
+        self.renew_origin = renew_origin
         try:
             self._start(wd)
         except BaseException:
@@ -399,6 +421,7 @@ class Rig:
         self.stream_port = free_port()
         self.h2_port = free_port()
         self.close_port = free_port()
+        self.renew_port = free_port()
         nginx = shutil.which("nginx") or "/usr/sbin/nginx"
         if not os.path.exists(nginx):
             raise RuntimeError("nginx not found (apt-get install -y nginx-light)")
@@ -425,8 +448,8 @@ class Rig:
                         401, self.procs[:1])
             # the h2-only origin must refuse HTTP/1.1 (426), or the h2
             # scenario would not prove that the proxy talks h2 upstream
-            check_until("nginx close.bench.test",
-                        lambda: https_status(self.close_port, "close.bench.test", ca), 200,
+            check_until("nginx closenx.bench.test",
+                        lambda: https_status(self.close_port, "closenx.bench.test", ca), 200,
                         self.procs[:1])
             check_until("nginx h2.bench.test over HTTP/1.1",
                         lambda: https_status(self.h2_port, "h2.bench.test", ca), 426,
@@ -440,6 +463,23 @@ class Rig:
                         self.procs[1:2])
         except RuntimeError as e:
             raise RuntimeError(f"{e}: {tail(wd + '/origin-stream.out')}") from None
+        if not self.renew_origin:
+            return
+        renew = build_origin_renew(wd)
+        with open(f"{wd}/origin-renew.out", "w") as err:
+            self.procs.append(spawn(
+                pin(0) + [renew, "-listen", f"127.0.0.1:{self.renew_port}", "-cert",
+                          f"{wd}/origin.pem", "-key", f"{wd}/origin.key", "-auth",
+                          "Bearer " + SECRET], stderr=err))
+        try:
+            check_until("origin_renew close.bench.test",
+                        lambda: https_status(self.renew_port, "close.bench.test", ca), 200,
+                        self.procs[2:3])
+            check_until("origin_renew close.bench.test without the credential",
+                        lambda: https_status(self.renew_port, "close.bench.test", ca, auth=False),
+                        401, self.procs[2:3])
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}: {tail(wd + '/origin-renew.out')}") from None
 
     def close(self):
         for p in self.procs:
@@ -460,7 +500,8 @@ class Direct:
     def client_args(self, scenario):
         port = (self.rig.stream_port if scenario in ("sse", "ws", "wsz") else
                 self.rig.h2_port if scenario == "h2" else
-                self.rig.close_port if scenario == "upclose" else self.rig.origin_port)
+                self.rig.renew_port if scenario == "upclose" else
+                self.rig.close_port if scenario == "upclosenx" else self.rig.origin_port)
         return ["--target", f"127.0.0.1:{port}", "--auth", "Bearer " + SECRET]
 
     def cpu_pid(self, scenario):
@@ -502,7 +543,8 @@ class AgentVault:
         os.makedirs(state, mode=0o700, exist_ok=True)
         lines = ["[proxy]", "unmatched = deny"] + self.proxy_extra + [
                  f"resolve = bench.test:443:127.0.0.1:{rig.origin_port}",
-                 f"resolve = close.bench.test:443:127.0.0.1:{rig.close_port}",
+                 f"resolve = close.bench.test:443:127.0.0.1:{rig.renew_port}",
+                 f"resolve = closenx.bench.test:443:127.0.0.1:{rig.close_port}",
                  f"resolve = stream.bench.test:443:127.0.0.1:{rig.stream_port}",
                  f"resolve = h2.bench.test:443:127.0.0.1:{rig.h2_port}"]
         lines += [f"resolve = h{i:04d}.bench.test:443:127.0.0.1:{rig.origin_port}"
@@ -659,10 +701,14 @@ def params(smoke, duration):
         "newconn": dict(mode="newconn", conns=10, duration=d, warmup=w, grace=g),
         # newconn where each worker resumes its previous TLS session
         "resumed": dict(mode="newconn", conns=10, duration=d, warmup=w, grace=g, resume=1),
-        # newconn to close.bench.test, whose origin closes every connection:
+        # newconn to close.bench.test, whose origin (bench/origin_renew.go)
+        # closes every connection and sends a new ticket on every handshake:
         # every agent connection makes a new upstream TLS connection, which
         # resumes the session the proxy kept from the previous one
         "upclose": dict(mode="newconn", conns=10, duration=d, warmup=w, grace=g),
+        # the same against nginx (closenx.bench.test), which renews no
+        # ticket on a resumed handshake: about every other dial resumes
+        "upclosenx": dict(mode="newconn", conns=10, duration=d, warmup=w, grace=g),
         # The new-host run stays below agentvault's minting burst (400 leaves,
         # then 200/s: AV_CA_MINT_BURST/RATE in av_ca.c) so that it measures
         # minting, not the rate limit.  It ends when every host has been used;
@@ -700,7 +746,8 @@ def readline_timeout(f, timeout):
 def run_avload(rig, px, scen, p, wd):
     host = ("stream.bench.test" if scen in ("sse", "ws", "wsz") else
             "h2.bench.test" if scen == "h2" else
-            "close.bench.test" if scen == "upclose" else "bench.test")
+            "close.bench.test" if scen == "upclose" else
+            "closenx.bench.test" if scen == "upclosenx" else "bench.test")
     path = {"sse": "/sse?interval=%d" % p.get("interval", 10), "ws": "/ws", "wsz": "/ws"}.get(scen, "/")
     cmd = pin(0) + [rig.avload, "--mode", p["mode"], "--cafile", px.cafile, "--host", host,
                     "--path", path, "--conns", str(p["conns"]),
@@ -757,6 +804,7 @@ def run_avload(rig, px, scen, p, wd):
             stop(proc, term_wait=0)
     else:
         cg = CALLGRIND and isinstance(px, AgentVault)
+        tls0 = tls_counters(px.port) if isinstance(px, AgentVault) else None
         pid = px.cpu_pid(scen) if hasattr(px, "cpu_pid") else px.pid
         c0 = cpu_seconds(pid) if pid else 0
         if cg:
@@ -778,6 +826,8 @@ def run_avload(rig, px, scen, p, wd):
         else:
             cp = run_child(cmd, timeout=timeout)
         c1 = cpu_seconds(pid) if pid else 0
+        if tls0 is not None:
+            tls_deltas(tls0, tls_counters(px.port), res)
         try:
             out = json.loads(cp.stdout.strip().splitlines()[-1])
         except (ValueError, IndexError):
@@ -791,6 +841,45 @@ def run_avload(rig, px, scen, p, wd):
     if not out["ok_total"]:
         res["error"] = out["first_error"] or "no operation completed"
     return res
+
+
+TLS_COUNTERS = {
+    'agentvault_tls_handshakes_total{side="agent"}': "agent_handshakes",
+    'agentvault_tls_handshakes_total{side="upstream"}': "up_handshakes",
+    'agentvault_tls_resumed_total{side="agent"}': "agent_resumed",
+    'agentvault_tls_resumed_total{side="upstream"}': "up_resumed",
+}
+
+
+def tls_counters(port):
+    """agentvault's TLS handshake and resumption counters from its /metrics."""
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        body = r.read().decode()
+        if r.status != 200:
+            raise RuntimeError(f"/metrics: {r.status}")
+    finally:
+        c.close()
+    out = {}
+    for ln in body.splitlines():
+        name, _, val = ln.rpartition(" ")
+        if name in TLS_COUNTERS:
+            out[TLS_COUNTERS[name]] = int(val)
+    if len(out) != len(TLS_COUNTERS):
+        raise RuntimeError("/metrics lacks the TLS counters")
+    return out
+
+
+def tls_deltas(before, after, res):
+    """Handshakes and resumptions on either side during one avload run
+    (warm-up included) into |res|, with the resumed share in percent."""
+    for k in TLS_COUNTERS.values():
+        res[k] = after[k] - before[k]
+    for side in ("agent", "up"):
+        if res[f"{side}_handshakes"]:
+            res[f"{side}_resumed_pct"] = 100.0 * res[f"{side}_resumed"] / res[f"{side}_handshakes"]
 
 
 def callgrind_ctl(pid, *args):
@@ -835,10 +924,17 @@ ROWS = [
     ("resumed", "proxy CPU us/conn", "cpu_us_per_op"),
     ("resumed", "proxy Ir/conn", "ir_per_op"),
     ("resumed", "resumed conns", "resumed"),
+    ("resumed", "agent resumed %", "agent_resumed_pct"),
     ("upclose", "conn/s", "rate"),
     ("upclose", "p50 conn+req us", "lat_p50_us"),
     ("upclose", "proxy CPU us/conn", "cpu_us_per_op"),
     ("upclose", "proxy Ir/conn", "ir_per_op"),
+    ("upclose", "upstream resumed %", "up_resumed_pct"),
+    ("upclosenx", "conn/s", "rate"),
+    ("upclosenx", "p50 conn+req us", "lat_p50_us"),
+    ("upclosenx", "proxy CPU us/conn", "cpu_us_per_op"),
+    ("upclosenx", "proxy Ir/conn", "ir_per_op"),
+    ("upclosenx", "upstream resumed %", "up_resumed_pct"),
     ("newhost", "conn/s", "rate"),
     ("newhost", "p50 conn+req us", "lat_p50_us"),
     ("newhost", "p99 conn+req us", "lat_p99_us"),
@@ -963,7 +1059,7 @@ def main():
                 spinners.append(spawn(
                     ["taskset", "-c", str(core), "chrt", "--idle", "0",
                      "sh", "-c", "while :; do :; done"]))
-        rig = with_port_retry(lambda: Rig(wd))
+        rig = with_port_retry(lambda: Rig(wd, renew_origin="upclose" in scens))
         for rep in range(reps):
             k = rep % len(targets)
             order = targets[k:] + targets[:k]  # rotate the order every repetition
@@ -1001,6 +1097,9 @@ def main():
                                             "operation(s), none inside the measurement window")
                         log(f"  {s:10s} ok={r.get('ok_total')} err={r.get('errors')} "
                             f"rate={r.get('rate')} cpu={fmt(r.get('cpu_us_per_op', r.get('cpu_us_per_conn')))}"
+                            + (f" tls agent {r['agent_resumed']}/{r['agent_handshakes']} resumed,"
+                               f" upstream {r['up_resumed']}/{r['up_handshakes']}"
+                               if "up_handshakes" in r else "")
                             + (f" ERROR {r['error']}" if 'error' in r else "")
                             + (f" ({r['first_error']})" if r.get('errors') and 'error' not in r
                                else ""))
@@ -1088,7 +1187,7 @@ def main():
     for t in targets:
         for label, key in (("CPU", "proxy CPU us/conn"), ("Ir", "proxy Ir/conn")):
             nc = med.get(("newconn", key), {}).get(t)
-            for s in ("upclose", "resumed"):
+            for s in ("upclose", "upclosenx", "resumed"):
                 v = med.get((s, key), {}).get(t)
                 if isinstance(v, (int, float)) and isinstance(nc, (int, float)) and nc:
                     derived[f"{t} {s}/newconn {label}"] = v / nc
