@@ -65,6 +65,10 @@ static void tunnel_to(xh *h, const char *host, int port, int tls)
 
 static void has(const char *out, const char *needle)
 {
+    if (!out) {
+        fail_msg("no output (looking for \"%s\")", needle);
+        return;
+    }
     if (!strstr(out, needle))
         fail_msg("no \"%s\" in:\n%s", needle, out);
 }
