@@ -15,6 +15,7 @@
 #include "av_err.h"
 #include "av_mem.h"
 #include "av_resolver.h"
+#include "av_url.h"
 
 static int lc(int c)
 {
@@ -35,17 +36,10 @@ static int ci_prefix(const char *s, size_t n, const char *w)
 
 static int parse_port(const char *s, size_t n, int *out)
 {
-    if (n == 0 || n > 5)
+    int v = av__port_parse(s, n);
+    if (v < 0)
         return AV_ERR_INVALID;
-    long v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return AV_ERR_INVALID;
-        v = v * 10 + (s[i] - '0');
-    }
-    if (v < 1 || v > 65535)
-        return AV_ERR_INVALID;
-    *out = (int)v;
+    *out = v;
     return AV_OK;
 }
 

@@ -138,8 +138,7 @@ int av__host_validate(const char *in, size_t len, char *out)
     return 0;
 }
 
-/* parse_port accepts 1..5 decimal digits with a value in [1, 65535]. */
-static int parse_port(const char *p, size_t n)
+int av__port_parse(const char *p, size_t n)
 {
     if (n == 0 || n > 5)
         return AV_ERR_INVALID;
@@ -198,7 +197,7 @@ int av__authority_parse(const char *in, size_t len, int default_port, av_authori
         return AV_ERR_INVALID;
     a.is_ip = kind;
     if (port) {
-        a.port = parse_port(port, port_len);
+        a.port = av__port_parse(port, port_len);
         if (a.port < 0)
             return AV_ERR_INVALID;
     } else {

@@ -27,6 +27,10 @@ typedef struct av_authority {
  * IP literal, 0 for a DNS name, AV_ERR_INVALID otherwise. */
 int av__host_validate(const char *in, size_t len, char *out);
 
+/* av__port_parse: 1..5 decimal digits with a value in [1, 65535]; the
+ * value, or AV_ERR_INVALID. */
+int av__port_parse(const char *p, size_t n);
+
 /* av__authority_parse parses "host:port" / "[v6]:port" (port required when
  * |default_port| is 0; otherwise the port may be omitted). Rejects
  * userinfo and everything av__host_validate rejects. Returns 0 or
