@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "av_exchange.h"
+#include "av_mint.h"
 
 /* av__x_error_text makes the one-line reason (control characters removed) and
  * the body of a proxy-made error: the reason and a newline, or JSON.
@@ -54,6 +55,8 @@ void av__x_reset(av_exchange *x)
     const av_agent_ops *agent = x->agent;
     x_unlink_upstream(x, 0);
     av__resolver_cancel(x->swait);
+    av__mint_cancel(x->mwait);
+    av__secret_free(x->mint_token);
     av__buf_free_wipe(&x->rq);
     av__buf_free_wipe(&x->a_rx);
     av__buf_free_wipe(&x->a_tx);
@@ -117,6 +120,8 @@ static void x_record(const av_exchange *x, const char *error, double ms, av_xrec
         static const char *const kinds[] = {"-", "bearer", "basic", "header", "query", "aws-sigv4"};
         int k = x->inj_alt ? x->svc->auth_alt : x->svc->auth;
         r->auth_kind = k > 0 && k < (int)(sizeof(kinds) / sizeof(kinds[0])) ? kinds[k] : NULL;
+        if (x->svc->mint)
+            r->mint = x->mint_how == AV_MINT_HOW_MINTED ? "minted" : "cached";
         if (x->svc->auth == AV_AUTH_AWS_SIGV4) {
             r->credential_ref2 = x->svc->aws_akid_ref;
             r->credential_ref3 = x->svc->aws_token_ref;
@@ -652,8 +657,8 @@ int av__x_step(av_exchange *x)
     int progress = 0;
     if (!x->active)
         return 0;
-    if (x->swait && !x->a_closed)
-        return 0; /* the credential is being resolved */
+    if ((x->swait || x->mwait) && !x->a_closed)
+        return 0; /* the credential is being resolved or minted */
     if (x->secret_ready) {
         if (av__x_inject(x) != 0) {
             x->agent->dropped(x);

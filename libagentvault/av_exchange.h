@@ -83,6 +83,9 @@ struct av_exchange {
     int inj_alt;              /* inject the service's auth_alt form (the agent sent its header) */
     av_resolver_wait *swait;  /* the credential is being resolved (command:) */
     int secret_ready;         /* ... and its answer is in: inject now */
+    struct av_mint_wait *mwait; /* the credential is being minted (secret = oauth2:...) */
+    int mint_how;             /* AV_MINT_HOW_*: the audit's "mint" */
+    av_secret *mint_token;    /* the minted token sent (a 401 invalidates it) */
     int req_framing;          /* RB_* */
     uint64_t req_len;
     char hostval[AV_HOST_MAX + 16];
