@@ -287,7 +287,11 @@ static int job_request(mint_job *j, char *why, size_t why_len)
         snprintf(why, why_len, "cannot build the token request (too large or out of memory)");
         return rc;
     }
-    rc = av__upstream_acquire(j->pool, &u.authority, 1, sv->name, job_notify, j, &j->up);
+    /* the service's parent proxy applies (the part before '/'); ":mint"
+     * is no token name, so no exchange's pooled connection is taken */
+    char scope[96];
+    snprintf(scope, sizeof(scope), "%.64s/:mint", sv->name);
+    rc = av__upstream_acquire(j->pool, &u.authority, 1, scope, job_notify, j, &j->up);
     if (rc) {
         j->up = NULL;
         snprintf(why, why_len, "out of memory");

@@ -188,6 +188,9 @@ def test_refreshed_before_expiry(oauth_daemon, server):
     assert statuses and set(statuses) == {200}, statuses
     assert not [c for c in server.api_calls if not c[1]]
     assert server.mints >= 3, server.mints  # 7.5 s of 3 s tokens
+    # minted in the background: only the first request waited for a mint
+    recs = [x for x in audit(d) if x["service"] == "api"]
+    assert [x["mint"] for x in recs].count("minted") == 1, recs
 
 
 def test_origin_401_drops_the_token(oauth_daemon, server):
