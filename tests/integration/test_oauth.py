@@ -172,6 +172,26 @@ def test_concurrent_requests_mint_once(oauth_daemon, server):
     assert sum(x["mint"] == "minted" for x in recs) >= 50, recs  # they waited for the one mint
 
 
+def test_client_secret_from_a_command(oauth_daemon, server):
+    """The client secret comes from a command: the mint waits for it (the
+    resolver's asynchronous path), and so do the requests waiting for the
+    mint."""
+    svc = service().replace("client_secret = env:OAUTH_CLIENT_SECRET",
+                            "client_secret = command:/bin/sh -c 'sleep 0.3; printf %s \"$OAUTH_CLIENT_SECRET\"'")
+    d = oauth_daemon(svc)
+    results = []
+
+    def one():
+        results.append(get(d).status_code)
+    threads = [threading.Thread(target=one) for _ in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [200] * 5
+    assert server.mints == 1
+
+
 def test_refreshed_before_expiry(oauth_daemon, server):
     """Tokens of 3 s (expires_in as a string): the proxy mints the next one
     before the current one expires, so no request ever gets a 401."""
