@@ -45,11 +45,11 @@ struct mint_job {
     int cred_ready;
     av_upconn *up;
     av_timer *timer;
-    av_buf req;    /* the whole request (wiped: it carries the client secret) */
-    av_buf resp;   /* the raw answer (wiped: it carries the token) */
+    av_buf req;  /* the whole request (wiped: it carries the client secret) */
+    av_buf resp; /* the raw answer (wiped: it carries the token) */
     int sent;
     int stepping;
-    int again;     /* a notify arrived while stepping */
+    int again; /* a notify arrived while stepping */
 };
 
 struct av_mint {
@@ -202,8 +202,8 @@ static void job_end(mint_job *j, av_secret *token, long long expires_in, const c
         s->refresh_at = now + life - soft;
         s->fail_until = 0;
         av__metrics_count_mint(metrics, sv->name, 0);
-        av__log(log, AV_LOG_INFO, "service %s: minted an access token (%s, %s)", sv->name, av__minter_of(sv->mint)->name,
-                expires_in >= 0 ? "expires_in given" : "no expires_in: secret_ttl");
+        av__log(log, AV_LOG_INFO, "service %s: minted an access token (%s, %s)", sv->name,
+                av__minter_of(sv->mint)->name, expires_in >= 0 ? "expires_in given" : "no expires_in: secret_ttl");
     } else {
         snprintf(s->why, sizeof(s->why), "%s", why);
         s->fail_until = now + MINT_FAIL_REMEMBER;
@@ -246,8 +246,8 @@ static int job_request(mint_job *j, char *why, size_t why_len)
     av_secret *cred = NULL;
     char rwhy[200];
     if (sv->client_secret_ref) {
-        int rc = av__resolver_get_async(m->resolver, sv->client_secret_ref, &cred, rwhy, sizeof(rwhy),
-                                        job_cred_ready, j, &j->rwait);
+        int rc = av__resolver_get_async(m->resolver, sv->client_secret_ref, &cred, rwhy, sizeof(rwhy), job_cred_ready,
+                                        j, &j->rwait);
         if (rc == AV_ERR_AGAIN)
             return rc;
         if (rc) {
@@ -277,8 +277,8 @@ static int job_request(mint_job *j, char *why, size_t why_len)
     rc = rc ? rc : av__h1_write_field_str(&j->req, "Connection", "close");
     rc = rc ? rc : av__buf_appendf(&j->req, "Content-Length: %zu\r\n", body.len);
     if (!rc && auth)
-        rc = av__h1_write_field(&j->req, "Authorization", 13, (const char *)av__secret_data(auth),
-                                av__secret_len(auth));
+        rc =
+            av__h1_write_field(&j->req, "Authorization", 13, (const char *)av__secret_data(auth), av__secret_len(auth));
     rc = rc ? rc : av__h1_write_end(&j->req);
     rc = rc ? rc : av__buf_append(&j->req, av__buf_head(&body), body.len);
     av__secret_free(auth);
@@ -314,8 +314,9 @@ static int job_answer(mint_job *j)
     if (hl == AV_H1_INCOMPLETE) {
         if (!eof && n < MINT_RESP_MAX)
             return 0;
-        job_end(j, NULL, 0, eof ? "the token endpoint closed the connection before answering"
-                                : "the token endpoint's answer is too large");
+        job_end(j, NULL, 0,
+                eof ? "the token endpoint closed the connection before answering"
+                    : "the token endpoint's answer is too large");
         return 1;
     }
     if (hl < 0) {
@@ -356,8 +357,9 @@ static int job_answer(mint_job *j)
         av__buf_free_wipe(&body);
         if (!eof && n < MINT_RESP_MAX)
             return 0;
-        job_end(j, NULL, 0, eof ? "the token endpoint closed the connection in the middle of its answer"
-                                : "the token endpoint's answer is too large");
+        job_end(j, NULL, 0,
+                eof ? "the token endpoint closed the connection in the middle of its answer"
+                    : "the token endpoint's answer is too large");
         return 1;
     }
     if (bad) {

@@ -181,7 +181,8 @@ static void form_encoding(void **state)
     assert_int_equal(av__oauth_form_add(&b, "grant_type", "client_credentials", 18), AV_OK);
     assert_int_equal(av__oauth_form_add(&b, "scope", "read:a write b", 14), AV_OK);
     assert_int_equal(av__oauth_form_add(&b, "client_secret", "a+b&c=d%/~\xc3\xa9", 12), AV_OK);
-    const char want[] = "grant_type=client_credentials&scope=read%3Aa+write+b&client_secret=a%2Bb%26c%3Dd%25%2F%7E%C3%A9";
+    const char want[] =
+        "grant_type=client_credentials&scope=read%3Aa+write+b&client_secret=a%2Bb%26c%3Dd%25%2F%7E%C3%A9";
     assert_int_equal(b.len, strlen(want));
     assert_memory_equal(av__buf_head(&b), want, b.len);
     av__buf_free(&b);
