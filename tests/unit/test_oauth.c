@@ -164,13 +164,22 @@ static void token_refused(void **state)
     huge[n - 1] = 0; /* exactly the limit: fine (trailing spaces) */
     assert_int_equal(parse(huge, &t, why), AV_OK);
     av__oauth_token_clear(&t);
+    free(huge);
     /* a token over 16 KiB */
     size_t tl = AV_OAUTH_TOKEN_MAX + 1;
-    memcpy(huge, "{\"access_token\":\"", 17);
-    memset(huge + 17, 'a', tl);
-    memcpy(huge + 17 + tl, "\"}", 3);
-    assert_int_equal(parse(huge, &t, why), AV_ERR_PARSE);
-    free(huge);
+    char *longtok = malloc(tl + 32);
+    assert_non_null(longtok);
+    int k2 = snprintf(longtok, 32, "{\"access_token\":\"");
+    memset(longtok + k2, 'a', tl);
+    memcpy(longtok + k2 + tl, "\"}", 3);
+    assert_int_equal(parse(longtok, &t, why), AV_ERR_PARSE);
+    longtok[k2 + tl - 1] = '"'; /* one shorter: exactly the limit, accepted */
+    longtok[k2 + tl] = '}';
+    longtok[k2 + tl + 1] = 0;
+    assert_int_equal(parse(longtok, &t, why), AV_OK);
+    assert_int_equal(av__secret_len(t.access_token), AV_OAUTH_TOKEN_MAX);
+    av__oauth_token_clear(&t);
+    free(longtok);
 }
 
 static void form_encoding(void **state)
