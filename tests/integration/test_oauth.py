@@ -323,3 +323,75 @@ def test_check_refuses_sigv4_with_a_minted_token(tmp_path):
                 "secret = oauth2:client_credentials\ntoken_url = https://a.test/t\nclient_id = c\n"
                 "client_secret = env:S\n",
                 'c.conf:1: service "x": auth = aws-sigv4 cannot use a minted OAuth 2.0 token')
+
+
+class ConnectParent:
+    """A minimal HTTP CONNECT parent proxy on 127.0.0.1 that records the
+    targets it was asked for and relays bytes both ways."""
+
+    def __init__(self):
+        self.targets = []
+        self.lock = threading.Lock()
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            d = c.recv(4096)
+            if not d:
+                c.close()
+                return
+            buf += d
+        head, _, rest = buf.partition(b"\r\n\r\n")
+        target = head.split(b"\r\n")[0].split(b" ")[1].decode()
+        with self.lock:
+            self.targets.append(target)
+        host, _, port = target.rpartition(":")
+        u = socket.create_connection((host.strip("[]"), int(port)))
+        c.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        if rest:
+            u.sendall(rest)
+
+        def pipe(a, b):
+            try:
+                while True:
+                    d = a.recv(65536)
+                    if not d:
+                        break
+                    b.sendall(d)
+            except OSError:
+                pass
+            for s in (a, b):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        threading.Thread(target=pipe, args=(u, c), daemon=True).start()
+        pipe(c, u)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_token_endpoint_through_parent_proxy(oauth_daemon, server):
+    parent = ConnectParent()
+    try:
+        d = oauth_daemon(proxy_extra=f"upstream_proxy = http://127.0.0.1:{parent.port}")
+        assert d.curl(API).status == 200
+        assert server.mints == 1
+        # one tunnel for the mint, one for the API request
+        assert parent.targets == [f"127.0.0.1:{server.port}"] * 2, parent.targets
+    finally:
+        parent.close()
