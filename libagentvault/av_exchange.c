@@ -651,6 +651,35 @@ void av__x_refuse(av_exchange *x, int status, const char *why)
     x->agent->refused(x, why);
 }
 
+int av__x_mint_replayable(const av_exchange *x)
+{
+    return x->svc && x->svc->mint && x->mint_token && x->mint_retry == 0 && x->req_done && x->bytes_req == 0 &&
+           !x->body_buffer && !x->ph_found && !x->ws && x->svc->auth != AV_AUTH_QUERY && x->rq.len > 0;
+}
+
+int av__x_mint_restart(av_exchange *x)
+{
+    x->mint_retry = 2;
+    x_unlink_upstream(x, 0); /* the 401's body is never read: not pooled */
+    x->link = NULL;
+    x->head_sent = 0;
+    x->req_ended = 0;
+    av__h1_scan_reset(&x->rscan);
+    if (x->inj_name)
+        av__rq_remove(x, x->inj_name); /* the refused token */
+    av__scrub_set_unref(x->scrub_set);
+    x->scrub_set = NULL;
+    av__secret_free(x->scrub_secret);
+    x->scrub_secret = NULL;
+    x->injected = 0;
+    x->mint_how = 0;
+    av__log(x->env->log, AV_LOG_INFO, "service %s: the origin answered 401 to a minted token: replaying %.*s with a "
+            "new one", x->svc->name, (int)x->m_len, av__rq_ptr(x, x->m_off));
+    if (av__x_inject(x) != 0)
+        x->agent->dropped(x);
+    return 1;
+}
+
 /* One step of an exchange. Returns progress. */
 int av__x_step(av_exchange *x)
 {

@@ -7,10 +7,12 @@ grant and the client's authentication and counts mints; the API accepts only
 a current token (401 otherwise) and echoes it, which the proxy must scrub.
 Clients: curl (through the proxy and a gateway), Python requests in threads.
 """
+import http.client
 import json
 import re
 import secrets as _secrets
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -21,6 +23,7 @@ import requests
 
 from avtest import daemon as avd
 from avtest.gateway import gateway_section, gw_port, received
+from avtest.h2_upstream import H2Upstream
 from avtest.oauth_server import LEAK_DESCRIPTION, OAuthServer, leaf_for
 
 CLIENT_ID = "agent client"  # a space: form-urlencoded as '+' before base64
@@ -49,11 +52,24 @@ def secrets(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def server(test_ca, tmp_path_factory):
-    leaf = leaf_for(test_ca, tmp_path_factory.mktemp("oauth-origin"))
-    s = OAuthServer(leaf.cert_path, leaf.key_path, CLIENT_ID, CLIENT_SECRET).start()
+def oauth_leaf(test_ca, tmp_path_factory):
+    return leaf_for(test_ca, tmp_path_factory.mktemp("oauth-origin"))
+
+
+@pytest.fixture(scope="module")
+def server(oauth_leaf):
+    s = OAuthServer(oauth_leaf.cert_path, oauth_leaf.key_path, CLIENT_ID, CLIENT_SECRET).start()
     yield s
     s.stop()
+
+
+@pytest.fixture(scope="module")
+def h2_api(oauth_leaf):
+    """An HTTP/2-only API (ALPN h2): the replay after a 401 on the HTTP/2 link."""
+    o = H2Upstream(oauth_leaf.cert_path, oauth_leaf.key_path, "oauth-h2").start()
+    yield o
+    o.stop()
+    assert o.protocol_errors == []
 
 
 def service(client_auth="basic", extra="", token_url="https://auth.oauth.test/oauth/token"):
@@ -74,10 +90,10 @@ def oauth_daemon(daemon, server):
     server.reset()
     started = []
 
-    def start(svc=None, proxy_extra="", extra=""):
+    def start(svc=None, proxy_extra="", extra="", resolve=()):
         cfg = f"[proxy]\nunmatched = deny\n{proxy_extra}\n" + (svc or service()) + extra
         d = daemon(cfg, resolve=[f"{h}:443:127.0.0.1:{server.port}" for h in ("auth.oauth.test",
-                                                                              "api.oauth.test")])
+                                                                              "api.oauth.test")] + list(resolve))
         started.append(d)
         return d
     yield start
@@ -214,15 +230,79 @@ def test_refreshed_before_expiry(oauth_daemon, server):
     assert [x["mint"] for x in recs].count("minted") == 1, recs
 
 
-def test_origin_401_drops_the_token(oauth_daemon, server):
+def test_origin_401_replays_a_bodiless_request(oauth_daemon, server):
+    """The API stops taking the token: the proxy drops it, mints a new one
+    and replays the GET; the agent never sees the 401."""
     d = oauth_daemon()
     assert get(d).status_code == 200
     first = server.current
     server.revoked.add(first)  # the API no longer takes it
-    assert get(d).status_code == 401
-    assert server.mints == 1
-    assert get(d).status_code == 200  # a new token
+    r = get(d)
+    assert r.status_code == 200, r.text
     assert server.mints == 2 and server.current != first
+    assert [ok for _, ok in server.api_calls] == [True, False, True]
+    # HTTP/2 agent, and the upstream's answer to the replay scrubbed too
+    server.revoked.add(server.current)
+    r = d.curl("--http2", API)
+    assert r.status == 200, r.describe()
+    assert server.mints == 3 and server.current not in r.text
+    recs = [x for x in audit(d) if x["service"] == "api"]
+    assert [x["status"] for x in recs] == [200, 200, 200]  # one record per exchange
+    assert [x["mint"] for x in recs] == ["minted", "minted", "minted"]
+    assert "replaying GET with a new one" in d.log_text()
+
+
+def test_origin_401_replay_over_http2(oauth_daemon, server, h2_api):
+    h2_api.bearer_check = lambda tok: tok in server.issued and tok not in server.revoked
+    try:
+        svc2 = service().replace('[service "api"]', '[service "api2"]').replace("host = api.oauth.test",
+                                                                             "host = api-h2.oauth.test")
+        d = oauth_daemon(service() + "\n" + svc2, resolve=[f"api-h2.oauth.test:443:127.0.0.1:{h2_api.port}"])
+        url = "https://api-h2.oauth.test/echo"
+        assert get(d, url).status_code == 200
+        server.revoked.add(server.current)
+        r = get(d, url)
+        assert r.status_code == 200, r.text
+        assert server.mints == 2
+        toks = [dict((k.lower(), v) for k, v in q.headers).get("authorization") for q in h2_api.requests]
+        assert len(toks) == 3 and toks[0] == toks[1] != toks[2], "the replay carries the new token"
+        assert server.current not in r.text  # the echoed header is scrubbed
+    finally:
+        h2_api.bearer_check = None
+
+
+def test_origin_401_replayed_once_only(oauth_daemon, server):
+    d = oauth_daemon()
+    server.api_reject_all = True
+    r = get(d)
+    assert r.status_code == 401  # the replay was refused too: its answer is relayed
+    assert server.mints == 2
+    assert len(server.api_calls) == 2
+
+
+def test_origin_401_streamed_body_not_replayed(oauth_daemon, server):
+    """A request whose body went up as it came cannot be replayed: the 401
+    reaches the agent and the token is dropped; the next request mints."""
+    d = oauth_daemon()
+    assert get(d).status_code == 200
+    server.revoked.add(server.current)
+
+    def body():
+        yield b"part one, "
+        time.sleep(0.2)
+        yield b"part two"
+    ctx = ssl.create_default_context(cafile=str(d.ca_pem))
+    conn = http.client.HTTPSConnection("127.0.0.1", d.port, context=ctx, timeout=20)
+    conn.set_tunnel("api.oauth.test", 443)
+    conn.request("POST", "/v1/things", body=body(), encode_chunked=True)
+    resp = conn.getresponse()
+    data = resp.read()
+    conn.close()
+    received(data)
+    assert resp.status == 401
+    assert server.mints == 1
+    r = get(d)
+    assert r.status_code == 200 and server.mints == 2
 
 
 @pytest.mark.parametrize("mode,reason", [

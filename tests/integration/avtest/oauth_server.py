@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import serialization
 from . import certs
 from .upstream import server_tls_context
 
-HOSTS = ["auth.oauth.test", "api.oauth.test"]
+HOSTS = ["auth.oauth.test", "api.oauth.test", "api-h2.oauth.test"]  # the last: test_oauth's HTTP/2 origin
 LEAK_DESCRIPTION = "endpoint-body-must-not-leak-" + _secrets.token_hex(6)
 
 
@@ -67,7 +67,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if host == "auth.oauth.test":
             self._token(o, body)
         else:
-            self._api(o)
+            self._api(o, len(body))
 
     def _token(self, o, body):
         with o.lock:
@@ -110,16 +110,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self._send(200, json.dumps({"access_token": tok, "token_type": "Bearer", "expires_in": exp,
                                            "scope": " ".join(form.get("scope", []))}))
 
-    def _api(self, o):
+    def _api(self, o, n=0):
         auth = self.headers.get("Authorization") or ""
         tok = auth[7:] if auth.startswith("Bearer ") else ""
         with o.lock:
             exp = o.issued.get(tok)
-            ok = exp is not None and time.monotonic() < exp and tok not in o.revoked
+            ok = exp is not None and time.monotonic() < exp and tok not in o.revoked and not o.api_reject_all
             o.api_calls.append((tok, ok))
         if not ok:
             return self._send(401, '{"error":"invalid_token"}')
-        self._send(200, json.dumps({"ok": True, "path": self.path, "you_sent": tok}))
+        self._send(200, json.dumps({"ok": True, "path": self.path, "you_sent": tok, "method": self.command,
+                                    "body_len": n}))
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -147,6 +148,7 @@ class OAuthServer:
         self.current = None
         self.mints = 0
         self.api_calls = []
+        self.api_reject_all = False
 
     def start(self):
         self.srv = _Server(("127.0.0.1", 0), _Handler)
