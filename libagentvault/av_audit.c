@@ -133,9 +133,11 @@ void av__audit_record(av_audit *a, const av_xrecord *r)
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
                      "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
-                     "\"proto\":\"%s>%s\",\"injected\":%s,\"auth\":%s,\"redactions\":%lu,\"end\":\"%s\",\"error\":%s}\n",
+                     "\"proto\":\"%s>%s\",\"injected\":%s,\"auth\":%s,\"mint\":%s%s%s,\"redactions\":%lu,\"end\":\"%s\","
+                     "\"error\":%s}\n",
                      when, tok, gw, svc, method, host, path, r->status, r->bytes_up, r->bytes_down, r->ms,
-                     r->proto_agent, r->proto_up, cred, kind, r->redactions, r->end, err);
+                     r->proto_agent, r->proto_up, cred, kind, r->mint ? "\"" : "", r->mint ? r->mint : "null",
+                     r->mint ? "\"" : "", r->redactions, r->end, err);
     if (n > 0 && (size_t)n < sizeof(line))
         av__audit_write(a, line, (size_t)n);
 }

@@ -39,6 +39,7 @@ typedef struct av_xrecord {
     const char *credential_ref2;    /* aws-sigv4: the access key id's and the session token's */
     const char *credential_ref3;    /* references (NULL: none) */
     const char *auth_kind;          /* how it was injected ("bearer", "aws-sigv4", ...); NULL: not */
+    const char *mint;               /* a minted credential: "minted" or "cached"; NULL: not minted */
     int status;
     unsigned long long bytes_up, bytes_down;
     double ms;

@@ -276,6 +276,11 @@ void av__config_service_clear(av_service *s)
     av__free(s->aws_service);
     av__free(s->aws_akid_ref);
     av__free(s->aws_token_ref);
+    av__free(s->token_url);
+    av__free(s->client_id);
+    av__free(s->client_secret_ref);
+    av__free(s->oauth_scope);
+    av__free(s->oauth_audience);
     memset(s, 0, sizeof(*s));
 }
 
@@ -466,6 +471,11 @@ av_config *av__config_copy(const av_config *src)
             if (dup_opt(&d->aws_region, s->aws_region) || dup_opt(&d->aws_service, s->aws_service) ||
                 dup_opt(&d->aws_akid_ref, s->aws_akid_ref) || dup_opt(&d->aws_token_ref, s->aws_token_ref))
                 goto fail;
+            d->token_url = d->client_id = d->client_secret_ref = d->oauth_scope = d->oauth_audience = NULL;
+            if (dup_opt(&d->token_url, s->token_url) || dup_opt(&d->client_id, s->client_id) ||
+                dup_opt(&d->client_secret_ref, s->client_secret_ref) || dup_opt(&d->oauth_scope, s->oauth_scope) ||
+                dup_opt(&d->oauth_audience, s->oauth_audience))
+                goto fail;
         }
     }
     if (src->ntokens) {
@@ -521,7 +531,7 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 200, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_service) == 248, "av_service changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
@@ -656,6 +666,13 @@ int av__config_dump(const av_config *c, av_buf *out)
         SS(aws_akid_ref);
         SS(aws_token_ref);
         SI(aws_body_max, "%zu");
+        SI(mint, "%d");
+        SS(token_url);
+        SS(client_id);
+        SS(client_secret_ref);
+        SS(oauth_scope);
+        SS(oauth_audience);
+        SI(client_auth_post, "%d");
         SI(line, "%d");
 #undef SS
 #undef SI
@@ -939,7 +956,8 @@ AV_EXPORT int av_config_uses_vault(const av_config *cfg)
     for (size_t i = 0; i < cfg->nservices; i++) {
         const av_service *s = &cfg->services[i];
         if ((s->aws_akid_ref && strncmp(s->aws_akid_ref, "vault:", 6) == 0) ||
-            (s->aws_token_ref && strncmp(s->aws_token_ref, "vault:", 6) == 0))
+            (s->aws_token_ref && strncmp(s->aws_token_ref, "vault:", 6) == 0) ||
+            (s->client_secret_ref && strncmp(s->client_secret_ref, "vault:", 6) == 0))
             return 1;
     }
     for (size_t i = 0; i < cfg->ntokens; i++)

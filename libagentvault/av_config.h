@@ -121,8 +121,20 @@ typedef struct av_service {
     char *aws_akid_ref; /* access_key_id: a secret reference */
     char *aws_token_ref; /* session_token: a secret reference (NULL: none) */
     size_t aws_body_max; /* bodies hashed by the proxy: at most this (0: default) */
+    /* secret = oauth2:GRANT: the credential is an access token minted at
+     * token_url (av_mint.h); secret_ref keeps the "oauth2:..." text */
+    int mint;                /* enum av_mint_kind (0: secret_ref is a plain reference) */
+    char *token_url;         /* https://host[:port]/path */
+    char *client_id;         /* the client identifier (not a secret) */
+    char *client_secret_ref; /* a secret reference (NULL: none) */
+    char *oauth_scope;       /* scope parameter (NULL: none) */
+    char *oauth_audience;    /* audience parameter (NULL: none) */
+    int client_auth_post;    /* client_auth = post: id and secret in the body (default basic) */
     int line;          /* line of the [service] header, for messages */
 } av_service;
+
+/* How a service's credential is minted (secret = oauth2:...). */
+enum av_mint_kind { AV_MINT_NONE = 0, AV_MINT_CLIENT_CREDENTIALS = 1 };
 
 /* Surfaces where a service's placeholder is replaced by its secret. */
 enum {

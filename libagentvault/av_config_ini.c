@@ -44,7 +44,12 @@ enum {
     K_WS_SCRUB = 1u << 24,
     /* [service] keys of auth = aws-sigv4: [proxy]-only bits (seen bits are per
      * section); 23 and 29 are [service] upstream_proxy(_auth) */
-    K_AWS_AKID = 1u << 1, K_AWS_TOKEN = 1u << 2, K_AWS_BODY_MAX = 1u << 0
+    K_AWS_AKID = 1u << 1, K_AWS_TOKEN = 1u << 2, K_AWS_BODY_MAX = 1u << 0,
+    /* [service] keys of secret = oauth2:...: more [proxy]-only bits (3..7,
+     * 19, 20: connect/idle/header/websocket-idle timeouts, secret_ttl,
+     * command_timeout, audit) */
+    K_TOKEN_URL = 1u << 3, K_CLIENT_ID = 1u << 4, K_CLIENT_SECRET = 1u << 5, K_OAUTH_SCOPE = 1u << 6,
+    K_OAUTH_AUDIENCE = 1u << 7, K_CLIENT_AUTH = 1u << 19
 };
 
 typedef struct parser {
@@ -724,7 +729,44 @@ static const key_def service_keys[] = {
     {"upstream_proxy", K_SVC_UP_PROXY, 0}, {"upstream_proxy_auth", K_SVC_UP_AUTH, 0},
     {"access_key_id", K_AWS_AKID, 0}, {"session_token", K_AWS_TOKEN, 0},
     {"aws_body_max", K_AWS_BODY_MAX, 0},
+    {"token_url", K_TOKEN_URL, 0}, {"client_id", K_CLIENT_ID, 0}, {"client_secret", K_CLIENT_SECRET, 0},
+    {"scope", K_OAUTH_SCOPE, 0}, {"audience", K_OAUTH_AUDIENCE, 0}, {"client_auth", K_CLIENT_AUTH, 0},
 };
+
+/* oauth_value stores a scope, audience or client_id: visible ASCII and
+ * spaces (sent form-urlencoded), at most 1024 bytes. */
+static int oauth_value(parser *p, const char *key, char **out, const char *v, size_t vl)
+{
+    if (vl == 0 || vl > 1024)
+        return perr(p, "%s must be 1..1024 characters", key);
+    for (size_t i = 0; i < vl; i++)
+        if ((unsigned char)v[i] < 0x20 || (unsigned char)v[i] > 0x7e)
+            return perr(p, "%s may contain only visible ASCII and spaces", key);
+    return set_string(p, out, v, vl);
+}
+
+/* set_token_url checks token_url: an absolute https:// URL without
+ * userinfo, query-less paths and queries both allowed, no fragment. */
+static int set_token_url(parser *p, av_service *s, const char *v, size_t vl)
+{
+    av_absolute_uri u;
+    if (vl > 2048 || av__absolute_uri_parse(v, vl, &u) != AV_OK || strcmp(u.scheme, "https") != 0)
+        return perr(p, "token_url must be an https:// URL (e.g. https://auth.example.com/oauth/token)");
+    return set_string(p, &s->token_url, v, vl);
+}
+
+/* set_service_secret: secret = oauth2:GRANT (minted) or a reference. */
+static int set_service_secret(parser *p, av_service *s, const char *v, size_t vl)
+{
+    if (vl >= 7 && memcmp(v, "oauth2:", 7) == 0) {
+        if (!word_eq(v + 7, vl - 7, "client_credentials"))
+            return perr(p, "secret: unknown OAuth 2.0 grant \"%.*s\" (supported: oauth2:client_credentials)",
+                        (int)(vl - 7 > 40 ? 40 : vl - 7), v + 7);
+        s->mint = AV_MINT_CLIENT_CREDENTIALS;
+        return set_string(p, &s->secret_ref, v, vl);
+    }
+    return set_secret_ref(p, "secret", &s->secret_ref, v, vl);
+}
 
 /* service_key handles one key of a [service] section. */
 static int service_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
@@ -853,8 +895,20 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return set_secret_ref(p, "session_token", &s->aws_token_ref, v, vl);
     case K_AWS_BODY_MAX:
         return parse_aws_body_max(p, s, v, vl);
+    case K_TOKEN_URL:
+        return set_token_url(p, s, v, vl);
+    case K_CLIENT_ID:
+        return oauth_value(p, "client_id", &s->client_id, v, vl);
+    case K_CLIENT_SECRET:
+        return set_secret_ref(p, "client_secret", &s->client_secret_ref, v, vl);
+    case K_OAUTH_SCOPE:
+        return oauth_value(p, "scope", &s->oauth_scope, v, vl);
+    case K_OAUTH_AUDIENCE:
+        return oauth_value(p, "audience", &s->oauth_audience, v, vl);
+    case K_CLIENT_AUTH:
+        return word_pair(p, v, vl, "client_auth", "basic", "post", &s->client_auth_post);
     default: /* K_SECRET */
-        return set_secret_ref(p, "secret", &s->secret_ref, v, vl);
+        return set_service_secret(p, s, v, vl);
     }
 }
 
@@ -1030,6 +1084,34 @@ static int finish_aws_service(parser *p, av_service *s)
     return AV_OK;
 }
 
+/* finish_mint_service checks the keys of secret = oauth2:... and their
+ * use without it. */
+static int finish_mint_service(parser *p, av_service *s)
+{
+    if (!s->mint) {
+        if (s->token_url || s->client_id || s->client_secret_ref || s->oauth_scope || s->oauth_audience ||
+            (p->seen & K_CLIENT_AUTH))
+            return perr_at(p, s->line,
+                           "service \"%s\": token_url, client_id, client_secret, scope, audience and client_auth "
+                           "need secret = oauth2:client_credentials",
+                           s->name);
+        return AV_OK;
+    }
+    if (!s->token_url)
+        return perr_at(p, s->line, "service \"%s\": secret = %s needs token_url (the token endpoint, https://...)",
+                       s->name, s->secret_ref);
+    if (!s->client_id)
+        return perr_at(p, s->line, "service \"%s\": secret = %s needs client_id", s->name, s->secret_ref);
+    if (!s->client_secret_ref)
+        return perr_at(p, s->line,
+                       "service \"%s\": secret = %s needs client_secret (a secret reference, e.g. "
+                       "vault:NAME)",
+                       s->name, s->secret_ref);
+    if (s->auth == AV_AUTH_AWS_SIGV4)
+        return perr_at(p, s->line, "service \"%s\": auth = aws-sigv4 cannot use a minted OAuth 2.0 token", s->name);
+    return AV_OK;
+}
+
 /* finish_section checks the section that just ended and fills defaults. */
 static int finish_section(parser *p)
 {
@@ -1044,6 +1126,8 @@ static int finish_section(parser *p)
         if (s->placeholder_in && !s->placeholder)
             return perr_at(p, s->line, "service \"%s\": placeholder_in needs a placeholder", s->name);
         int rc = finish_aws_service(p, s);
+        if (rc == AV_OK)
+            rc = finish_mint_service(p, s);
         if (rc != AV_OK)
             return rc;
         if (s->auth_alt) {

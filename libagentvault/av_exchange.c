@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "av_exchange.h"
+#include "av_mint.h"
 
 /* av__x_error_text makes the one-line reason (control characters removed) and
  * the body of a proxy-made error: the reason and a newline, or JSON.
@@ -54,6 +55,8 @@ void av__x_reset(av_exchange *x)
     const av_agent_ops *agent = x->agent;
     x_unlink_upstream(x, 0);
     av__resolver_cancel(x->swait);
+    av__mint_cancel(x->mwait);
+    av__secret_free(x->mint_token);
     av__buf_free_wipe(&x->rq);
     av__buf_free_wipe(&x->a_rx);
     av__buf_free_wipe(&x->a_tx);
@@ -117,6 +120,8 @@ static void x_record(const av_exchange *x, const char *error, double ms, av_xrec
         static const char *const kinds[] = {"-", "bearer", "basic", "header", "query", "aws-sigv4"};
         int k = x->inj_alt ? x->svc->auth_alt : x->svc->auth;
         r->auth_kind = k > 0 && k < (int)(sizeof(kinds) / sizeof(kinds[0])) ? kinds[k] : NULL;
+        if (x->svc->mint)
+            r->mint = x->mint_how == AV_MINT_HOW_MINTED ? "minted" : "cached";
         if (x->svc->auth == AV_AUTH_AWS_SIGV4) {
             r->credential_ref2 = x->svc->aws_akid_ref;
             r->credential_ref3 = x->svc->aws_token_ref;
@@ -646,14 +651,43 @@ void av__x_refuse(av_exchange *x, int status, const char *why)
     x->agent->refused(x, why);
 }
 
+int av__x_mint_replayable(const av_exchange *x)
+{
+    return x->svc && x->svc->mint && x->mint_token && x->mint_retry == 0 && x->req_done && x->bytes_req == 0 &&
+           !x->body_buffer && !x->ph_found && !x->ws && x->svc->auth != AV_AUTH_QUERY && x->rq.len > 0;
+}
+
+int av__x_mint_restart(av_exchange *x)
+{
+    x->mint_retry = 2;
+    x_unlink_upstream(x, 0); /* the 401's body is never read: not pooled */
+    x->link = NULL;
+    x->head_sent = 0;
+    x->req_ended = 0;
+    av__h1_scan_reset(&x->rscan);
+    if (x->inj_name)
+        av__rq_remove(x, x->inj_name); /* the refused token */
+    av__scrub_set_unref(x->scrub_set);
+    x->scrub_set = NULL;
+    av__secret_free(x->scrub_secret);
+    x->scrub_secret = NULL;
+    x->injected = 0;
+    x->mint_how = 0;
+    av__log(x->env->log, AV_LOG_INFO, "service %s: the origin answered 401 to a minted token: replaying %.*s with a "
+            "new one", x->svc->name, (int)x->m_len, av__rq_ptr(x, x->m_off));
+    if (av__x_inject(x) != 0)
+        x->agent->dropped(x);
+    return 1;
+}
+
 /* One step of an exchange. Returns progress. */
 int av__x_step(av_exchange *x)
 {
     int progress = 0;
     if (!x->active)
         return 0;
-    if (x->swait && !x->a_closed)
-        return 0; /* the credential is being resolved */
+    if ((x->swait || x->mwait) && !x->a_closed)
+        return 0; /* the credential is being resolved or minted */
     if (x->secret_ready) {
         if (av__x_inject(x) != 0) {
             x->agent->dropped(x);

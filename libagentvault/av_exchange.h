@@ -83,6 +83,10 @@ struct av_exchange {
     int inj_alt;              /* inject the service's auth_alt form (the agent sent its header) */
     av_resolver_wait *swait;  /* the credential is being resolved (command:) */
     int secret_ready;         /* ... and its answer is in: inject now */
+    struct av_mint_wait *mwait; /* the credential is being minted (secret = oauth2:...) */
+    int mint_how;             /* AV_MINT_HOW_*: the audit's "mint" */
+    av_secret *mint_token;    /* the minted token sent (a 401 invalidates it) */
+    int mint_retry;           /* 1: a 401 to a minted token asks for a replay; 2: replayed once */
     int req_framing;          /* RB_* */
     uint64_t req_len;
     char hostval[AV_HOST_MAX + 16];
@@ -225,6 +229,15 @@ int av__x_skip_request_field(const av_req_in *in, const av_h1_field *f, const ch
                              const char *alt_name, int ws_parsed);
 /* Remove every stored field named |name| (any case). */
 void av__rq_remove(av_exchange *x, const char *name);
+/* av__x_mint_replayable: a 401 to the minted token of |x| may be answered
+ * by replaying the request with a new token (once; no body went up; the
+ * stored request is intact and holds the token only in its header). */
+int av__x_mint_replayable(const av_exchange *x);
+/* av__x_mint_restart gives up the upstream after such a 401 (its answer
+ * is never relayed) and injects again: the exchange waits for the new
+ * token like for the first one. Returns progress (1); the exchange may be
+ * answered (502) when no token comes. */
+int av__x_mint_restart(av_exchange *x);
 
 /* ---- lifecycle and the step (av_exchange.c) ---- */
 /* Admission (TRACE, h2c, Expect, policy, scope, rate, WebSocket mode),

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "av_exchange.h"
+#include "av_mint.h"
 
 /* Scrubbed bytes toward the agent. Returns progress, or -1 after failing
  * the exchange (a body that cannot be scrubbed is never relayed). */
@@ -68,6 +69,13 @@ int av__x_scrub_pump(av_exchange *x)
 int av__x_resp_head(av_exchange *x, int status, const char *reason, size_t reason_len,
                      const av_h1_field *fields, size_t nfields, int kind, uint64_t len)
 {
+    if (status == 401 && x->mint_token && x->svc) { /* the origin refused a minted token: mint anew */
+        av__mint_invalidate(x->snap->mint, (size_t)(x->svc - x->snap->cfg->services), x->mint_token);
+        if (av__x_mint_replayable(x)) {
+            x->mint_retry = 1; /* the link restarts the exchange (av__x_mint_restart) */
+            return AV_ERR_AGAIN;
+        }
+    }
     if (!x->scrub_set || status < 200)
         return x->agent->head(x, status, reason, reason_len, fields, nfields, kind, len);
     int any = 0, enc0 = AV_SCRUB_IDENTITY;

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "av_exchange.h"
+#include "av_mint.h"
 #include "av_sigv4.h"
 
 /* Where does the agent use the service's placeholder? Every use must be in
@@ -184,6 +185,14 @@ static void x_secret_ready(void *ud)
 {
     av_exchange *x = ud;
     x->swait = NULL;
+    x->secret_ready = 1;
+    x->wake(x->wake_ud);
+}
+
+static void x_mint_ready(void *ud)
+{
+    av_exchange *x = ud;
+    x->mwait = NULL;
     x->secret_ready = 1;
     x->wake(x->wake_ud);
 }
@@ -549,8 +558,33 @@ int av__x_inject(av_exchange *x)
         return x_aws_inject(x);
     av_secret *secret = NULL;
     char why[200];
-    int rc = av__resolver_get_async(x->snap->resolver, svc->secret_ref, &secret, why, sizeof(why), x_secret_ready, x,
+    int rc;
+    if (svc->mint) {
+        /* a minted access token: cached, or minted once for everyone
+         * asking (the exchange waits like for a command: secret) */
+        if (!x->snap->mint) {
+            if (av__mint_new(&x->snap->mint, env->loop, x->snap->cfg, x->snap->resolver) != AV_OK) {
+                av__x_respond(x, 500, "out of memory while minting the credential", 0);
+                return -1;
+            }
+            x->snap->mint_free = av__mint_free;
+        }
+        rc = av__mint_get_async(x->snap->mint, env->pool, (size_t)(svc - x->snap->cfg->services), &secret, why,
+                                sizeof(why), x_mint_ready, x, &x->mwait);
+        if (rc == AV_ERR_AGAIN) {
+            x->mint_how = AV_MINT_HOW_MINTED;
+            return 0;
+        }
+        if (rc == AV_OK) {
+            if (!x->mint_how)
+                x->mint_how = AV_MINT_HOW_CACHED;
+            av__secret_free(x->mint_token);
+            x->mint_token = av__secret_ref(secret);
+        }
+    } else {
+        rc = av__resolver_get_async(x->snap->resolver, svc->secret_ref, &secret, why, sizeof(why), x_secret_ready, x,
                                     &x->swait);
+    }
     if (rc == AV_ERR_AGAIN)
         return 0;
     if (rc) {

@@ -126,6 +126,8 @@ int av__x_pump_response_h1(av_exchange *x)
         int kind = resp.body == AV_H1_BODY_NONE ? RK_NONE : resp.body == AV_H1_BODY_LENGTH ? RK_LENGTH : RK_UNKNOWN;
         int wrc = av__x_resp_head(x, resp.status, resp.reason, resp.reason_len, resp.fields, resp.nfields, kind,
                                resp.content_length);
+        if (x->mint_retry == 1)
+            return av__x_mint_restart(x);
         if (wrc == AV_ERR_LIMIT)
             return progress;
         if (wrc == AV_ERR_DENIED) {
@@ -254,7 +256,8 @@ static int link_h1_step(av_exchange *x)
                                           : "request cannot be re-serialized (invalid method, target or field)");
             return 1;
         }
-        av__buf_free_wipe(&x->rq);
+        if (!av__x_mint_replayable(x)) /* else kept for a replay after a 401 */
+            av__buf_free_wipe(&x->rq);
         x->head_sent = 1;
         progress = 1;
     }
@@ -272,8 +275,8 @@ static int link_h1_step(av_exchange *x)
     if (!x->active || x->agent->closing(x))
         return 1;
     progress |= av__x_pump_response_h1(x);
-    if (!x->active || x->agent->closing(x))
-        return 1;
+    if (!x->active || x->agent->closing(x) || x->up != up)
+        return 1; /* (a replay after a 401 gave up |up|) */
     if (x->ws_open)
         return 1;
     rc = av__side_pump_out(&up->side);

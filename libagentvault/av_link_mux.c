@@ -87,6 +87,8 @@ int av__x_pump_response_mux(av_exchange *x)
             kind = RK_UNKNOWN;
         }
         int wrc = av__x_resp_head(x, ms->status, NULL, 0, ms->fields, ms->nfields, kind, len);
+        if (x->mint_retry == 1)
+            return av__x_mint_restart(x);
         if (wrc == AV_ERR_LIMIT)
             return 0;
         if (wrc == AV_ERR_DENIED) {
@@ -235,8 +237,8 @@ static int link_mux_step(av_exchange *x)
         return 1;
     progress |= moved;
     progress |= av__x_pump_response_mux(x);
-    if (!x->active)
-        return 1;
+    if (!x->active || x->link != &av__link_mux_ops)
+        return 1; /* (a replay after a 401 gave up the stream) */
     if (moved)
         av__mux_flush(&x->ms);
     if (!x->active)

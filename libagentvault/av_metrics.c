@@ -53,6 +53,27 @@ void av__metrics_count_parent(av_metrics *m, const char *parent, int failed)
         m->m_parents[i].connects++;
 }
 
+void av__metrics_count_mint(av_metrics *m, const char *svc, int failed)
+{
+    size_t i;
+    for (i = 0; i < m->m_nmints; i++)
+        if (strcmp(m->m_mints[i].svc, svc) == 0)
+            break;
+    if (i == m->m_nmints) {
+        if (m->m_nmints == AV_METRICS_MINTS) {
+            i = AV_METRICS_MINTS - 1; /* bounded: the last row becomes "other" */
+            snprintf(m->m_mints[i].svc, sizeof(m->m_mints[i].svc), "other");
+        } else {
+            snprintf(m->m_mints[i].svc, sizeof(m->m_mints[i].svc), "%s", svc);
+            m->m_nmints++;
+        }
+    }
+    if (failed)
+        m->m_mints[i].failures++;
+    else
+        m->m_mints[i].mints++;
+}
+
 void av__metrics_cleanup(av_metrics *m)
 {
     av__free(m->mx);
@@ -108,6 +129,17 @@ void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_
     for (size_t i = 0; i < m->m_nparents; i++)
         av__buf_appendf(b, "agentvault_parent_failures_total{parent=\"%s\"} %llu\n", m->m_parents[i].parent,
                         m->m_parents[i].failures);
+    av__buf_append_str(b, "# HELP agentvault_token_mints_total Access tokens minted at token endpoints.\n"
+                          "# TYPE agentvault_token_mints_total counter\n");
+    for (size_t i = 0; i < m->m_nmints; i++)
+        av__buf_appendf(b, "agentvault_token_mints_total{service=\"%s\"} %llu\n", m->m_mints[i].svc,
+                        m->m_mints[i].mints);
+    av__buf_append_str(b, "# HELP agentvault_token_mint_failures_total Failed mints (endpoint errors, unusable "
+                          "answers).\n"
+                          "# TYPE agentvault_token_mint_failures_total counter\n");
+    for (size_t i = 0; i < m->m_nmints; i++)
+        av__buf_appendf(b, "agentvault_token_mint_failures_total{service=\"%s\"} %llu\n", m->m_mints[i].svc,
+                        m->m_mints[i].failures);
     av__buf_appendf(b, "# TYPE agentvault_tls_resumed_total counter\n"
                        "agentvault_tls_resumed_total{side=\"agent\"} %llu\n"
                        "agentvault_tls_resumed_total{side=\"upstream\"} %llu\n",

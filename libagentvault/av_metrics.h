@@ -40,6 +40,14 @@ typedef struct av_metric_parent {
     unsigned long long connects, failures;
 } av_metric_parent;
 
+/* Access tokens minted (av_mint.h), by service: the first
+ * AV_METRICS_MINTS services get a row each, later ones share "other". */
+#define AV_METRICS_MINTS 32
+typedef struct av_metric_mint {
+    char svc[68];
+    unsigned long long mints, failures;
+} av_metric_mint;
+
 /* The members of av_metrics, as a list: av_ctx also declares them as an
  * anonymous struct over the same storage (transitional, until the
  * connection code reaches them through av_env). */
@@ -53,7 +61,9 @@ typedef struct av_metric_parent {
     av_metric_parent m_parents[AV_METRICS_PARENTS]; /* by parent proxy (av__metrics_count_parent) */          \
     size_t m_nparents;                                                                                             \
     unsigned long long m_tls_resumed_agent, m_tls_resumed_upstream; /* resumed TLS handshakes */                 \
-    unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */
+    unsigned long long m_ends[AV_END_COUNT]; /* exchanges by how they ended */                                 \
+    av_metric_mint m_mints[AV_METRICS_MINTS]; /* by service (av__metrics_count_mint) */                        \
+    size_t m_nmints;
 
 typedef struct av_metrics {
     AV_METRICS_MEMBERS
@@ -66,6 +76,8 @@ void av__metrics_count_exchange(av_metrics *m, const char *svc, int status);
 /* Count a TCP connection to parent proxy |parent| ("host:port") made
  * (|failed| 0) or a tunnel through it that failed (|failed| 1). */
 void av__metrics_count_parent(av_metrics *m, const char *parent, int failed);
+/* Count a mint of service |svc|'s access token, or a failed one. */
+void av__metrics_count_mint(av_metrics *m, const char *svc, int failed);
 /* The names of the AV_END_* endings (log line, audit record, /metrics). */
 extern const char *const av__end_names[AV_END_COUNT];
 

@@ -58,6 +58,8 @@ void av__snap_unref(av_snap *s)
         av__free(s->gw_tokens);
     }
     av__parents_free(s->parents);
+    if (s->mint_free) /* before the resolver: a mint may wait for it */
+        s->mint_free(s->mint);
     av__resolver_free(s->resolver);
     av_config_free(s->cfg);
     av__free(s);

@@ -32,6 +32,7 @@ typedef struct av_bucket {
 
 struct av_scrub_set;
 struct av_parents;
+struct av_mint;
 
 typedef struct av_snap {
     int refs;
@@ -46,6 +47,10 @@ typedef struct av_snap {
     } scrub[AV_SCRUB_CACHE];
     size_t scrub_next;
     struct av_parents *parents; /* parent proxies, credentials resolved (NULL: none) */
+    /* Minted credentials (secret = oauth2:...; av_mint.h): made on first
+     * use by the exchange (a layer above), freed through |mint_free|. */
+    struct av_mint *mint;
+    void (*mint_free)(struct av_mint *m);
 } av_snap;
 
 /* av__snap_new builds a snapshot around |cfg| (owned, also on failure): a

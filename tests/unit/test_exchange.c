@@ -1331,7 +1331,7 @@ static void audit_record(void **state)
     assert_string_equal(line, "{\"time\":\"2027-01-15T08:00:00.000Z\",\"token\":null,\"gateway\":null,\"service\":\"api\","
                               "\"method\":\"GET\",\"host\":\"api.test:80\",\"path\":\"/v1/x\",\"status\":200,"
                               "\"bytes_up\":0,\"bytes_down\":12,\"ms\":0.0,\"proto\":\"loop>script\","
-                              "\"injected\":[\"callback:key\"],\"auth\":\"bearer\",\"redactions\":1,\"end\":\"complete\",\"error\":null}\n");
+                              "\"injected\":[\"callback:key\"],\"auth\":\"bearer\",\"mint\":null,\"redactions\":1,\"end\":\"complete\",\"error\":null}\n");
 }
 
 /* ---- randomized rounds (seeded: the same every run) ----------------------------------------------- */

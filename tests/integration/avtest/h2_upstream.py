@@ -28,6 +28,8 @@ request's END_STREAM):
                  grpc-status 0, x-checksum, x-echo-secret k=<bearer secret
                  received> (scrubbing) and set-cookie (the proxy drops it)
   anything else  404 "not found\\n"
+With bearer_check set (a callable on the bearer token), every request whose
+token it refuses gets 401 instead.
 
 Options: max_concurrent_streams (SETTINGS_MAX_CONCURRENT_STREAMS, default
 100); initial_window_size (SETTINGS_INITIAL_WINDOW_SIZE, default 1 MiB) and
@@ -352,7 +354,14 @@ class _Conn:
 
     def _respond(self, st, rec):
         path, target = rec.path, rec.target or ""
-        if path == "/echo":
+        check = self.owner.bearer_check
+        auth = rec.header_values("authorization")
+        if check is not None and not check(auth[0][7:] if auth and auth[0].startswith("Bearer ") else ""):
+            body = b'{"error":"invalid_token"}'
+            self._send_head(st, 401, [("content-type", "application/json"),
+                                      ("content-length", str(len(body)))])
+            self._queue(st, body, end=True)
+        elif path == "/echo":
             body = json.dumps({
                 "method": rec.method, "path": target, "authority": rec.authority,
                 "headers": [[k, v] for k, v in rec.headers],
@@ -449,6 +458,7 @@ class H2Upstream(ThreadedOrigin):
                  initial_window_size=1 << 20,
                  connection_window=4 << 20):
         self.name = name
+        self.bearer_check = None  # callable(token) -> bool: 401 when False (test_oauth)
         self.ssl_context = h2_server_context(certfile, keyfile, alpn)
         self.max_concurrent_streams = max_concurrent_streams
         self.goaway_after = goaway_after

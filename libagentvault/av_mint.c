@@ -1,0 +1,566 @@
+/* av_mint.c - credentials minted at a token endpoint (see av_mint.h). */
+#include "av_mint.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <agentvault/agentvault.h>
+
+#include "av_h1.h"
+#include "av_limits.h"
+#include "av_log.h"
+#include "av_mem.h"
+#include "av_metrics.h"
+#include "av_upstream.h"
+#include "av_url.h"
+
+#define MINT_FAIL_REMEMBER 2.0 /* seconds a failed mint is the answer */
+#define MINT_REQ_MAX (32 * 1024)
+#define MINT_RESP_MAX (AV_HEAD_MAX + AV_OAUTH_RESPONSE_MAX)
+
+typedef struct mint_job mint_job;
+
+typedef struct mint_slot {
+    av_secret *token;
+    double use_until, refresh_at;
+    double fail_until;
+    char why[200];
+    mint_job *job;
+} mint_slot;
+
+struct av_mint_wait {
+    av_mint *m;
+    size_t svc;
+    av_resolver_done done;
+    void *ud;
+    av_mint_wait *next, *prev;
+};
+
+struct mint_job {
+    av_mint *m;
+    size_t svc;
+    av_pool *pool;
+    av_resolver_wait *rwait; /* the client secret, when it answers later */
+    int cred_ready;
+    av_upconn *up;
+    av_timer *timer;
+    av_buf req;  /* the whole request (wiped: it carries the client secret) */
+    av_buf resp; /* the raw answer (wiped: it carries the token) */
+    int sent;
+    int stepping;
+    int again; /* a notify arrived while stepping */
+};
+
+struct av_mint {
+    av_loop *loop;
+    const av_config *cfg;
+    av_resolver *resolver;
+    mint_slot *slots; /* parallel to cfg->services */
+    av_mint_wait *waits;
+};
+
+/* ---- oauth2:client_credentials ------------------------------------------ */
+
+static int cc_build(const av_service *svc, const av_secret *cred, av_buf *body, av_secret **auth)
+{
+    int rc = av__oauth_form_add(body, "grant_type", "client_credentials", 18);
+    if (!rc && svc->oauth_scope)
+        rc = av__oauth_form_add(body, "scope", svc->oauth_scope, strlen(svc->oauth_scope));
+    if (!rc && svc->oauth_audience)
+        rc = av__oauth_form_add(body, "audience", svc->oauth_audience, strlen(svc->oauth_audience));
+    if (rc)
+        return rc;
+    if (svc->client_auth_post) {
+        rc = av__oauth_form_add(body, "client_id", svc->client_id, strlen(svc->client_id));
+        if (!rc && cred)
+            rc = av__oauth_form_add(body, "client_secret", av__secret_data(cred), av__secret_len(cred));
+        return rc;
+    }
+    *auth = av__oauth_basic(svc->client_id, cred ? av__secret_data(cred) : (const uint8_t *)"",
+                            cred ? av__secret_len(cred) : 0);
+    return *auth ? AV_OK : AV_ERR_NOMEM;
+}
+
+static const av_minter client_credentials = {"oauth2:client_credentials", cc_build, av__oauth_parse_token};
+
+const av_minter *av__minter_of(int kind)
+{
+    return kind == AV_MINT_CLIENT_CREDENTIALS ? &client_credentials : NULL;
+}
+
+/* ---- the cache and the waiters ----------------------------------------- */
+
+int av__mint_new(av_mint **out, av_loop *loop, const av_config *cfg, av_resolver *resolver)
+{
+    av_mint *m = av__calloc(1, sizeof(*m));
+    if (!m)
+        return AV_ERR_NOMEM;
+    m->loop = loop;
+    m->cfg = cfg;
+    m->resolver = resolver;
+    if (cfg->nservices) {
+        m->slots = av__calloc(cfg->nservices, sizeof(*m->slots));
+        if (!m->slots) {
+            av__free(m);
+            return AV_ERR_NOMEM;
+        }
+    }
+    *out = m;
+    return AV_OK;
+}
+
+static void job_free(mint_job *j)
+{
+    if (j->rwait)
+        av__resolver_cancel(j->rwait);
+    if (j->up)
+        av__upstream_release(j->up, 0);
+    av__timer_free(j->timer);
+    av__buf_free_wipe(&j->req);
+    av__buf_free_wipe(&j->resp);
+    av__free(j);
+}
+
+void av__mint_free(av_mint *m)
+{
+    if (!m)
+        return;
+    while (m->waits) {
+        av_mint_wait *w = m->waits;
+        m->waits = w->next;
+        av__free(w);
+    }
+    for (size_t i = 0; m->slots && i < m->cfg->nservices; i++) {
+        if (m->slots[i].job)
+            job_free(m->slots[i].job);
+        av__secret_free(m->slots[i].token);
+    }
+    av__free(m->slots);
+    av__free(m);
+}
+
+void av__mint_cancel(av_mint_wait *w)
+{
+    if (!w)
+        return;
+    av_mint *m = w->m;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        m->waits = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    av__free(w);
+}
+
+/* wake_waiters calls everyone waiting for service |svc| (each unlinked
+ * first: done() may ask again and wait anew). */
+static void wake_waiters(av_mint *m, size_t svc)
+{
+    for (;;) {
+        av_mint_wait *w = m->waits;
+        while (w && w->svc != svc)
+            w = w->next;
+        if (!w)
+            return;
+        av_resolver_done done = w->done;
+        void *ud = w->ud;
+        av__mint_cancel(w);
+        done(ud);
+    }
+}
+
+static double now_mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* job_end finishes the mint of |j| with a token or a reason, wakes the
+ * waiters and frees the job. */
+static void job_end(mint_job *j, av_secret *token, long long expires_in, const char *why)
+{
+    av_mint *m = j->m;
+    size_t svc = j->svc;
+    mint_slot *s = &m->slots[svc];
+    const av_service *sv = &m->cfg->services[svc];
+    double now = now_mono();
+    av_metrics *metrics = j->pool->metrics;
+    const av_logger *log = j->pool->log;
+    s->job = NULL;
+    job_free(j);
+    if (token) {
+        double life = expires_in >= 0 ? (double)expires_in : m->cfg->secret_ttl;
+        double hard = life / 10 < 5 ? life / 10 : 5, soft = life / 3 < 60 ? life / 3 : 60;
+        av__secret_free(s->token);
+        s->token = token;
+        s->use_until = now + life - hard;
+        if (s->use_until < now + 1)
+            s->use_until = now + 1;
+        s->refresh_at = now + life - soft;
+        s->fail_until = 0;
+        av__metrics_count_mint(metrics, sv->name, 0);
+        av__log(log, AV_LOG_INFO, "service %s: minted an access token (%s, %s)", sv->name,
+                av__minter_of(sv->mint)->name, expires_in >= 0 ? "expires_in given" : "no expires_in: secret_ttl");
+    } else {
+        snprintf(s->why, sizeof(s->why), "%s", why);
+        s->fail_until = now + MINT_FAIL_REMEMBER;
+        av__metrics_count_mint(metrics, sv->name, 1);
+        av__log(log, AV_LOG_WARN, "service %s: minting an access token failed: %s", sv->name, why);
+    }
+    wake_waiters(m, svc);
+}
+
+/* ---- the token request -------------------------------------------------- */
+
+static void job_step(mint_job *j);
+
+static void job_notify(void *ud)
+{
+    job_step(ud);
+}
+
+static void job_on_timer(void *ud)
+{
+    mint_job *j = ud;
+    job_end(j, NULL, 0, "the token endpoint did not answer in time");
+}
+
+static void job_cred_ready(void *ud)
+{
+    mint_job *j = ud;
+    j->rwait = NULL;
+    j->cred_ready = 1;
+    job_step(j);
+}
+
+/* job_request builds the request once the client secret is resolved.
+ * Returns AV_OK, AV_ERR_AGAIN (waiting for the secret), or an error with
+ * |why|. */
+static int job_request(mint_job *j, char *why, size_t why_len)
+{
+    av_mint *m = j->m;
+    const av_service *sv = &m->cfg->services[j->svc];
+    av_secret *cred = NULL;
+    char rwhy[200];
+    if (sv->client_secret_ref) {
+        int rc = av__resolver_get_async(m->resolver, sv->client_secret_ref, &cred, rwhy, sizeof(rwhy), job_cred_ready,
+                                        j, &j->rwait);
+        if (rc == AV_ERR_AGAIN)
+            return rc;
+        if (rc) {
+            snprintf(why, why_len, "client_secret unavailable: %s", rwhy);
+            return AV_ERR_SECRET;
+        }
+    }
+    av_absolute_uri u;
+    if (av__absolute_uri_parse(sv->token_url, strlen(sv->token_url), &u) != AV_OK) {
+        av__secret_free(cred);
+        snprintf(why, why_len, "token_url is not a URL");
+        return AV_ERR_INVALID;
+    }
+    av_buf body;
+    av__buf_init(&body, MINT_REQ_MAX / 2);
+    av_secret *auth = NULL;
+    int rc = av__minter_of(sv->mint)->build(sv, cred, &body, &auth);
+    av__secret_free(cred);
+    char host[AV_HOST_MAX + 16];
+    if (av__authority_format(&u.authority, 443, host, sizeof(host)) < 0)
+        rc = rc ? rc : AV_ERR_INVALID;
+    rc = rc ? rc : av__h1_write_request_line(&j->req, "POST", 4, u.path, u.path_len);
+    rc = rc ? rc : av__h1_write_field_str(&j->req, "Host", host);
+    rc = rc ? rc : av__h1_write_field_str(&j->req, "Content-Type", "application/x-www-form-urlencoded");
+    rc = rc ? rc : av__h1_write_field_str(&j->req, "Accept", "application/json");
+    rc = rc ? rc : av__h1_write_field_str(&j->req, "User-Agent", "agentvault");
+    rc = rc ? rc : av__h1_write_field_str(&j->req, "Connection", "close");
+    rc = rc ? rc : av__buf_appendf(&j->req, "Content-Length: %zu\r\n", body.len);
+    if (!rc && auth)
+        rc =
+            av__h1_write_field(&j->req, "Authorization", 13, (const char *)av__secret_data(auth), av__secret_len(auth));
+    rc = rc ? rc : av__h1_write_end(&j->req);
+    rc = rc ? rc : av__buf_append(&j->req, av__buf_head(&body), body.len);
+    av__secret_free(auth);
+    av__buf_free_wipe(&body);
+    if (rc) {
+        snprintf(why, why_len, "cannot build the token request (too large or out of memory)");
+        return rc;
+    }
+    /* the service's parent proxy applies (the part before '/'); ":mint"
+     * is no token name, so no exchange's pooled connection is taken */
+    char scope[96];
+    snprintf(scope, sizeof(scope), "%.64s/:mint", sv->name);
+    rc = av__upstream_acquire(j->pool, &u.authority, 1, scope, job_notify, j, &j->up);
+    if (rc) {
+        j->up = NULL;
+        snprintf(why, why_len, "out of memory");
+        return rc;
+    }
+    return AV_OK;
+}
+
+/* job_answer looks at what arrived: 1 when the answer is complete (the
+ * job is then ended), 0 to wait for more. */
+static int job_answer(mint_job *j)
+{
+    const uint8_t *p = av__buf_head(&j->resp);
+    size_t n = j->resp.len;
+    av_h1_limits lim = {AV_HEAD_MAX, 100};
+    av_h1_scan scan = {0};
+    av_h1_response r;
+    int eof = j->up->side.in_eof;
+    ssize_t hl = av__h1_parse_response(p, n, &lim, &scan, 0, 0, &r);
+    if (hl == AV_H1_INCOMPLETE) {
+        if (!eof && n < MINT_RESP_MAX)
+            return 0;
+        job_end(j, NULL, 0,
+                eof ? "the token endpoint closed the connection before answering"
+                    : "the token endpoint's answer is too large");
+        return 1;
+    }
+    if (hl < 0) {
+        job_end(j, NULL, 0, "the token endpoint sent a malformed HTTP response");
+        return 1;
+    }
+    if (r.status < 200) { /* 1xx: drop it and read on */
+        av__buf_consume(&j->resp, (size_t)hl);
+        return j->resp.len ? job_answer(j) : 0;
+    }
+    av_h1_body b;
+    av__h1_body_init(&b, r.body, r.content_length);
+    if (r.body == AV_H1_BODY_LENGTH && r.content_length > AV_OAUTH_RESPONSE_MAX) {
+        job_end(j, NULL, 0, "the token endpoint's answer is larger than 64 KiB");
+        return 1;
+    }
+    av_buf body;
+    av__buf_init(&body, AV_OAUTH_RESPONSE_MAX + 1);
+    size_t off = (size_t)hl;
+    int bad = 0;
+    while (off < n && !b.done) {
+        const uint8_t *d;
+        size_t dl = 0;
+        ssize_t used = av__h1_body_feed(&b, p + off, n - off, &d, &dl);
+        if (used < 0 || (dl && av__buf_append(&body, d, dl) != AV_OK)) {
+            bad = 1;
+            break;
+        }
+        off += (size_t)used;
+        if (used == 0 && dl == 0)
+            break;
+    }
+    if (r.body == AV_H1_BODY_NONE)
+        b.done = 1;
+    if (r.body == AV_H1_BODY_UNTIL_CLOSE && eof)
+        b.done = 1;
+    if (!bad && !b.done) {
+        av__buf_free_wipe(&body);
+        if (!eof && n < MINT_RESP_MAX)
+            return 0;
+        job_end(j, NULL, 0,
+                eof ? "the token endpoint closed the connection in the middle of its answer"
+                    : "the token endpoint's answer is too large");
+        return 1;
+    }
+    if (bad) {
+        av__buf_free_wipe(&body);
+        job_end(j, NULL, 0, "the token endpoint's answer is malformed or larger than 64 KiB");
+        return 1;
+    }
+    const av_service *sv = &j->m->cfg->services[j->svc];
+    av_oauth_token t;
+    char why[200], m[260];
+    int rc = av__minter_of(sv->mint)->parse(av__buf_head(&body), body.len, &t, why, sizeof(why));
+    av__buf_free_wipe(&body);
+    int status = r.status;
+    if (status / 100 != 2) {
+        if (rc == AV_OK && t.error[0])
+            snprintf(m, sizeof(m), "the token endpoint answered %d (%s)", status, t.error);
+        else
+            snprintf(m, sizeof(m), "the token endpoint answered %d", status);
+        av__oauth_token_clear(&t);
+        job_end(j, NULL, 0, m);
+        return 1;
+    }
+    if (rc != AV_OK) {
+        snprintf(m, sizeof(m), "the token endpoint's answer is not usable: %s", why);
+        job_end(j, NULL, 0, m);
+        return 1;
+    }
+    if (t.error[0]) {
+        snprintf(m, sizeof(m), "the token endpoint answered %d with error %s", status, t.error);
+        av__oauth_token_clear(&t);
+        job_end(j, NULL, 0, m);
+        return 1;
+    }
+    av_secret *tok = av__secret_ref(t.access_token);
+    long long exp = t.expires_in;
+    av__oauth_token_clear(&t);
+    job_end(j, tok, exp, NULL);
+    return 1;
+}
+
+static void job_step(mint_job *j)
+{
+    if (j->stepping) {
+        j->again = 1;
+        return;
+    }
+    j->stepping = 1;
+    char why[260];
+    for (;;) {
+        j->again = 0;
+        if (!j->up) {
+            if (j->rwait)
+                break; /* the client secret answers later */
+            int rc = job_request(j, why, sizeof(why));
+            if (rc == AV_ERR_AGAIN)
+                break;
+            if (rc) {
+                job_end(j, NULL, 0, why);
+                return;
+            }
+        }
+        av_upconn *up = j->up;
+        while (up->state < AV_UP_READY && av__upstream_step(up))
+            ;
+        if (up->state == AV_UP_FAILED) {
+            snprintf(why, sizeof(why), "token endpoint unreachable: %s", up->side.errmsg);
+            job_end(j, NULL, 0, why);
+            return;
+        }
+        if (up->state != AV_UP_READY) {
+            if (!j->again)
+                break;
+            continue;
+        }
+        if (!j->sent) {
+            if (av__buf_room(up->side.pout) < j->req.len) {
+                job_end(j, NULL, 0, "the token request is too large");
+                return;
+            }
+            av__buf_append(up->side.pout, av__buf_head(&j->req), j->req.len);
+            av__buf_free_wipe(&j->req);
+            j->sent = 1;
+        }
+        int rc = av__side_pump_out(&up->side);
+        int rc2 = rc >= 0 ? av__side_pump_in(&up->side) : rc;
+        if (up->side.pin->len) {
+            size_t take = up->side.pin->len;
+            if (take > av__buf_room(&j->resp))
+                take = av__buf_room(&j->resp);
+            if (take && av__buf_append(&j->resp, av__buf_head(up->side.pin), take) != AV_OK) {
+                job_end(j, NULL, 0, "out of memory");
+                return;
+            }
+            av__buf_consume(up->side.pin, take);
+        }
+        if (job_answer(j))
+            return; /* ended */
+        if (rc < 0 || rc2 < 0) {
+            snprintf(why, sizeof(why), "token endpoint connection failed: %s", up->side.errmsg);
+            job_end(j, NULL, 0, why);
+            return;
+        }
+        if (av__buf_room(&j->resp) == 0) {
+            job_end(j, NULL, 0, "the token endpoint's answer is too large");
+            return;
+        }
+        av__io_set(up->side.io, av__side_events(&up->side));
+        if (!j->again && !(rc > 0 || rc2 > 0))
+            break;
+    }
+    j->stepping = 0;
+}
+
+/* mint_start begins a mint for service |svc| (none runs). AV_OK, or an
+ * error with the slot's failure recorded. */
+static int mint_start(av_mint *m, av_pool *pool, size_t svc)
+{
+    mint_job *j = av__calloc(1, sizeof(*j));
+    if (!j)
+        return AV_ERR_NOMEM;
+    j->m = m;
+    j->svc = svc;
+    j->pool = pool;
+    av__buf_init(&j->req, MINT_REQ_MAX);
+    av__buf_init(&j->resp, MINT_RESP_MAX);
+    j->timer = av__timer_new(m->loop, job_on_timer, j);
+    if (!j->timer) {
+        job_free(j);
+        return AV_ERR_NOMEM;
+    }
+    const av_config *cfg = m->cfg;
+    av__timer_start(j->timer, cfg->connect_timeout + cfg->header_timeout);
+    m->slots[svc].job = j;
+    job_step(j); /* may end it at once (the slot then holds the answer) */
+    return AV_OK;
+}
+
+int av__mint_get_async(av_mint *m, av_pool *pool, size_t svc, av_secret **out, char *why, size_t why_len,
+                       av_resolver_done done, void *ud, av_mint_wait **wait)
+{
+    *out = NULL;
+    *wait = NULL;
+    if (svc >= m->cfg->nservices || !av__minter_of(m->cfg->services[svc].mint)) {
+        snprintf(why, why_len, "service does not mint its credential");
+        return AV_ERR_SECRET;
+    }
+    mint_slot *s = &m->slots[svc];
+    double now = now_mono();
+    if (s->token && now < s->use_until) {
+        if (now >= s->refresh_at && !s->job && now >= s->fail_until)
+            mint_start(m, pool, svc); /* refresh before expiry; this request keeps the current one */
+        *out = av__secret_ref(s->token);
+        return AV_OK;
+    }
+    if (!s->job && now < s->fail_until) {
+        snprintf(why, why_len, "%s", s->why);
+        return AV_ERR_SECRET;
+    }
+    if (!s->job) {
+        if (s->token) {
+            av__secret_free(s->token);
+            s->token = NULL;
+        }
+        if (mint_start(m, pool, svc) != AV_OK) {
+            snprintf(why, why_len, "out of memory");
+            return AV_ERR_SECRET;
+        }
+        if (!s->job) { /* ended at once */
+            if (s->token) {
+                *out = av__secret_ref(s->token);
+                return AV_OK;
+            }
+            snprintf(why, why_len, "%s", s->why);
+            return AV_ERR_SECRET;
+        }
+    }
+    av_mint_wait *w = av__calloc(1, sizeof(*w));
+    if (!w) {
+        snprintf(why, why_len, "out of memory");
+        return AV_ERR_SECRET;
+    }
+    w->m = m;
+    w->svc = svc;
+    w->done = done;
+    w->ud = ud;
+    w->next = m->waits;
+    if (m->waits)
+        m->waits->prev = w;
+    m->waits = w;
+    *wait = w;
+    return AV_ERR_AGAIN;
+}
+
+void av__mint_invalidate(av_mint *m, size_t svc, const av_secret *used)
+{
+    if (!m || svc >= m->cfg->nservices || !used)
+        return;
+    mint_slot *s = &m->slots[svc];
+    if (s->token && av__secret_len(s->token) == av__secret_len(used) &&
+        av__secret_equal(s->token, av__secret_data(used), av__secret_len(used))) {
+        av__secret_free(s->token);
+        s->token = NULL;
+    }
+}

@@ -1,0 +1,168 @@
+"""A fake OAuth 2.0 token endpoint and the API it protects, for
+test_oauth.py: one TLS server on 127.0.0.1 answering both names.
+
+auth.oauth.test  POST /token: checks grant_type=client_credentials and the
+                 client's authentication (basic: RFC 6749 2.3.1, id and
+                 secret form-urlencoded before base64; post: in the body),
+                 records every mint and issues "at-<random>" tokens valid
+                 for `expires_in` seconds. `mode` makes it answer an error
+                 (400 invalid_client with a description that must not
+                 leak), bad JSON, or slowly.
+api.oauth.test   any path: 200 with a JSON body that echoes the bearer
+                 token (the proxy must scrub it) when the token is current,
+                 401 otherwise.
+"""
+import base64
+import http.server
+import json
+import secrets as _secrets
+import threading
+import time
+import urllib.parse
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from . import certs
+from .upstream import server_tls_context
+
+HOSTS = ["auth.oauth.test", "api.oauth.test", "api-h2.oauth.test"]  # the last: test_oauth's HTTP/2 origin
+LEAK_DESCRIPTION = "endpoint-body-must-not-leak-" + _secrets.token_hex(6)
+
+
+def leaf_for(test_ca, directory):
+    ca = certs.CertPair(x509.load_pem_x509_certificate(test_ca.ca_pem.read_bytes()),
+                        serialization.load_pem_private_key(test_ca.ca_key.read_bytes(), None),
+                        test_ca.ca_pem, test_ca.ca_key)
+    return certs.issue(ca, HOSTS, [], directory, "oauth-origin")
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def _send(self, status, body, ctype="application/json"):
+        if isinstance(body, str):
+            body = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        self._dispatch()
+
+    def do_GET(self):
+        self._dispatch()
+
+    def _dispatch(self):
+        o = self.server.owner
+        n = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(n) if n else b""
+        host = (self.headers.get("Host") or "").split(":")[0]
+        if host == "auth.oauth.test":
+            self._token(o, body)
+        else:
+            self._api(o, len(body))
+
+    def _token(self, o, body):
+        with o.lock:
+            o.requests.append({"path": self.path, "method": self.command,
+                               "headers": {k.lower(): v for k, v in self.headers.items()},
+                               "form": urllib.parse.parse_qs(body.decode(), keep_blank_values=True)})
+            mode = o.mode
+        if mode == "slow":
+            time.sleep(o.slow_seconds)
+        if self.command != "POST" or self.path != "/oauth/token":
+            return self._send(404, '{"error":"not_found"}')
+        if self.headers.get("Content-Type") != "application/x-www-form-urlencoded":
+            return self._send(400, '{"error":"invalid_request"}')
+        form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
+        if form.get("grant_type") != ["client_credentials"]:
+            return self._send(400, '{"error":"unsupported_grant_type"}')
+        cid, csec = None, None
+        auth = self.headers.get("Authorization")
+        if auth and auth.startswith("Basic "):
+            raw = base64.b64decode(auth[6:]).decode()
+            i, _, s = raw.partition(":")
+            cid, csec = urllib.parse.unquote_plus(i), urllib.parse.unquote_plus(s)
+            if "client_secret" in form:
+                return self._send(400, '{"error":"invalid_request"}')
+        elif not auth:
+            cid = (form.get("client_id") or [None])[0]
+            csec = (form.get("client_secret") or [None])[0]
+        if (cid, csec) != (o.client_id, o.client_secret) or mode == "invalid_client":
+            return self._send(400 if mode != "invalid_client" else 401,
+                              json.dumps({"error": "invalid_client", "error_description": LEAK_DESCRIPTION}))
+        if mode == "badjson":
+            return self._send(200, '{"access_token": "at-' + LEAK_DESCRIPTION + '", "expires_in": ')
+        tok = "at-" + _secrets.token_hex(16)
+        with o.lock:
+            o.issued[tok] = time.monotonic() + o.expires_in
+            o.current = tok
+            o.mints += 1
+            exp = str(o.expires_in) if o.expires_in_as_string else o.expires_in
+        time.sleep(o.mint_delay)
+        return self._send(200, json.dumps({"access_token": tok, "token_type": "Bearer", "expires_in": exp,
+                                           "scope": " ".join(form.get("scope", []))}))
+
+    def _api(self, o, n=0):
+        auth = self.headers.get("Authorization") or ""
+        tok = auth[7:] if auth.startswith("Bearer ") else ""
+        with o.lock:
+            exp = o.issued.get(tok)
+            ok = exp is not None and time.monotonic() < exp and tok not in o.revoked and not o.api_reject_all
+            o.api_calls.append((tok, ok))
+        if not ok:
+            return self._send(401, '{"error":"invalid_token"}')
+        self._send(200, json.dumps({"ok": True, "path": self.path, "you_sent": tok, "method": self.command,
+                                    "body_len": n}))
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+class OAuthServer:
+    def __init__(self, cert, key, client_id, client_secret):
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.lock = threading.Lock()
+        self.ctx = server_tls_context(cert, key)
+        self.reset()
+
+    def reset(self):
+        self.mode = "ok"
+        self.slow_seconds = 0
+        self.mint_delay = 0.0
+        self.expires_in = 3600
+        self.expires_in_as_string = False
+        self.requests = []
+        self.issued = {}
+        self.revoked = set()
+        self.current = None
+        self.mints = 0
+        self.api_calls = []
+        self.api_reject_all = False
+
+    def start(self):
+        self.srv = _Server(("127.0.0.1", 0), _Handler)
+        self.srv.owner = self
+        self.srv.socket = self.ctx.wrap_socket(self.srv.socket, server_side=True)
+        self.port = self.srv.server_address[1]
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
+
+    def tokens(self):
+        with self.lock:
+            return list(self.issued)
