@@ -1111,9 +1111,11 @@ int av__vault_set(av_vault *v, const char *name, const void *value, size_t len, 
 /* lock_path takes the exclusive writers' lock PATH.lock (the protocol of
  * 'agentvault secret', daemon/secret.c: an flock held from reading the
  * vault to saving it), trying without blocking every 10 ms for at most
- * |wait_ms|. Returns the descriptor, or -1 with |err| set. */
+ * |wait_ms|. Returns the descriptor; -2 when another writer still holds
+ * it, -1 on other failures (|err| set in both cases). */
 static int lock_path(const char *path, int wait_ms, char *err, size_t err_len)
 {
+    int busy = 0;
     char lp[PATH_MAX];
     if (snprintf(lp, sizeof(lp), "%s.lock", path) >= (int)sizeof(lp)) {
         av__errf(err, err_len, "%s: path too long", path);
@@ -1141,13 +1143,14 @@ static int lock_path(const char *path, int wait_ms, char *err, size_t err_len)
         }
         if (waited >= wait_ms) {
             av__errf(err, err_len, "%s: another writer holds the vault (waited %d ms)", lp, waited);
+            busy = 1;
             break;
         }
         struct timespec ts = {0, 10 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
     close(fd);
-    return -1;
+    return busy ? -2 : -1;
 }
 
 /* reread decodes the file at v->path into a new vault with v's key
@@ -1195,6 +1198,30 @@ out:
     return AV_OK;
 }
 
+/* adopt moves the entries of |t| into |v|. */
+static void adopt(av_vault *v, av_vault *t)
+{
+    entries_free(v);
+    v->e = t->e;
+    v->n = t->n;
+    v->cap = t->cap;
+    v->file_size = t->file_size;
+    t->e = NULL;
+    t->n = t->cap = 0;
+}
+
+int av__vault_reload(av_vault *v, char *err, size_t err_len)
+{
+    if (!v)
+        return AV_ERR_INVALID;
+    av_vault *t = NULL;
+    int rc = reread(v, &t, err, err_len);
+    if (rc == AV_OK)
+        adopt(v, t);
+    av__vault_free(t);
+    return rc;
+}
+
 int av__vault_update(av_vault *v, const char *name, const void *value, size_t len, int wait_ms,
                      char *err, size_t err_len)
 {
@@ -1206,7 +1233,7 @@ int av__vault_update(av_vault *v, const char *name, const void *value, size_t le
     }
     int fd = lock_path(v->path, wait_ms, err, err_len);
     if (fd < 0)
-        return AV_ERR_IO;
+        return fd == -2 ? AV_ERR_AGAIN : AV_ERR_IO;
     av_vault *t = NULL;
     int rc = reread(v, &t, err, err_len);
     if (rc == AV_OK)
@@ -1214,15 +1241,8 @@ int av__vault_update(av_vault *v, const char *name, const void *value, size_t le
     if (rc == AV_OK)
         rc = vault_write(t, 0, err, err_len);
     close(fd); /* releases the lock */
-    if (rc == AV_OK) { /* |v| becomes what the file now holds */
-        entries_free(v);
-        v->e = t->e;
-        v->n = t->n;
-        v->cap = t->cap;
-        v->file_size = t->file_size;
-        t->e = NULL;
-        t->n = t->cap = 0;
-    }
+    if (rc == AV_OK) /* |v| becomes what the file now holds */
+        adopt(v, t);
     av__vault_free(t);
     return rc;
 }
