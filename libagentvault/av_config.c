@@ -281,6 +281,7 @@ void av__config_service_clear(av_service *s)
     av__free(s->client_secret_ref);
     av__free(s->oauth_scope);
     av__free(s->oauth_audience);
+    av__free(s->refresh_token_ref);
     memset(s, 0, sizeof(*s));
 }
 
@@ -472,9 +473,10 @@ av_config *av__config_copy(const av_config *src)
                 dup_opt(&d->aws_akid_ref, s->aws_akid_ref) || dup_opt(&d->aws_token_ref, s->aws_token_ref))
                 goto fail;
             d->token_url = d->client_id = d->client_secret_ref = d->oauth_scope = d->oauth_audience = NULL;
+            d->refresh_token_ref = NULL;
             if (dup_opt(&d->token_url, s->token_url) || dup_opt(&d->client_id, s->client_id) ||
                 dup_opt(&d->client_secret_ref, s->client_secret_ref) || dup_opt(&d->oauth_scope, s->oauth_scope) ||
-                dup_opt(&d->oauth_audience, s->oauth_audience))
+                dup_opt(&d->oauth_audience, s->oauth_audience) || dup_opt(&d->refresh_token_ref, s->refresh_token_ref))
                 goto fail;
         }
     }
@@ -531,7 +533,7 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 248, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_service) == 264, "av_service changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
@@ -673,6 +675,7 @@ int av__config_dump(const av_config *c, av_buf *out)
         SS(oauth_scope);
         SS(oauth_audience);
         SI(client_auth_post, "%d");
+        SS(refresh_token_ref);
         SI(line, "%d");
 #undef SS
 #undef SI
@@ -957,7 +960,8 @@ AV_EXPORT int av_config_uses_vault(const av_config *cfg)
         const av_service *s = &cfg->services[i];
         if ((s->aws_akid_ref && strncmp(s->aws_akid_ref, "vault:", 6) == 0) ||
             (s->aws_token_ref && strncmp(s->aws_token_ref, "vault:", 6) == 0) ||
-            (s->client_secret_ref && strncmp(s->client_secret_ref, "vault:", 6) == 0))
+            (s->client_secret_ref && strncmp(s->client_secret_ref, "vault:", 6) == 0) ||
+            (s->refresh_token_ref && strncmp(s->refresh_token_ref, "vault:", 6) == 0))
             return 1;
     }
     for (size_t i = 0; i < cfg->ntokens; i++)

@@ -130,11 +130,12 @@ typedef struct av_service {
     char *oauth_scope;       /* scope parameter (NULL: none) */
     char *oauth_audience;    /* audience parameter (NULL: none) */
     int client_auth_post;    /* client_auth = post: id and secret in the body (default basic) */
+    char *refresh_token_ref; /* oauth2:refresh_token: "vault:NAME" (rotations are written back) */
     int line;          /* line of the [service] header, for messages */
 } av_service;
 
 /* How a service's credential is minted (secret = oauth2:...). */
-enum av_mint_kind { AV_MINT_NONE = 0, AV_MINT_CLIENT_CREDENTIALS = 1 };
+enum av_mint_kind { AV_MINT_NONE = 0, AV_MINT_CLIENT_CREDENTIALS = 1, AV_MINT_REFRESH_TOKEN = 2 };
 
 /* Surfaces where a service's placeholder is replaced by its secret. */
 enum {

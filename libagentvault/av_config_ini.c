@@ -49,7 +49,9 @@ enum {
      * 19, 20: connect/idle/header/websocket-idle timeouts, secret_ttl,
      * command_timeout, audit) */
     K_TOKEN_URL = 1u << 3, K_CLIENT_ID = 1u << 4, K_CLIENT_SECRET = 1u << 5, K_OAUTH_SCOPE = 1u << 6,
-    K_OAUTH_AUDIENCE = 1u << 7, K_CLIENT_AUTH = 1u << 19
+    K_OAUTH_AUDIENCE = 1u << 7, K_CLIENT_AUTH = 1u << 19,
+    /* and oauth2:refresh_token's refresh_token: bit 20 ([proxy] audit) */
+    K_REFRESH_TOKEN = 1u << 20
 };
 
 typedef struct parser {
@@ -731,6 +733,7 @@ static const key_def service_keys[] = {
     {"aws_body_max", K_AWS_BODY_MAX, 0},
     {"token_url", K_TOKEN_URL, 0}, {"client_id", K_CLIENT_ID, 0}, {"client_secret", K_CLIENT_SECRET, 0},
     {"scope", K_OAUTH_SCOPE, 0}, {"audience", K_OAUTH_AUDIENCE, 0}, {"client_auth", K_CLIENT_AUTH, 0},
+    {"refresh_token", K_REFRESH_TOKEN, 0},
 };
 
 /* oauth_value stores a scope, audience or client_id: visible ASCII and
@@ -759,10 +762,15 @@ static int set_token_url(parser *p, av_service *s, const char *v, size_t vl)
 static int set_service_secret(parser *p, av_service *s, const char *v, size_t vl)
 {
     if (vl >= 7 && memcmp(v, "oauth2:", 7) == 0) {
-        if (!word_eq(v + 7, vl - 7, "client_credentials"))
-            return perr(p, "secret: unknown OAuth 2.0 grant \"%.*s\" (supported: oauth2:client_credentials)",
+        if (word_eq(v + 7, vl - 7, "client_credentials"))
+            s->mint = AV_MINT_CLIENT_CREDENTIALS;
+        else if (word_eq(v + 7, vl - 7, "refresh_token"))
+            s->mint = AV_MINT_REFRESH_TOKEN;
+        else
+            return perr(p,
+                        "secret: unknown OAuth 2.0 grant \"%.*s\" (supported: oauth2:client_credentials, "
+                        "oauth2:refresh_token)",
                         (int)(vl - 7 > 40 ? 40 : vl - 7), v + 7);
-        s->mint = AV_MINT_CLIENT_CREDENTIALS;
         return set_string(p, &s->secret_ref, v, vl);
     }
     return set_secret_ref(p, "secret", &s->secret_ref, v, vl);
@@ -907,6 +915,16 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return oauth_value(p, "audience", &s->oauth_audience, v, vl);
     case K_CLIENT_AUTH:
         return word_pair(p, v, vl, "client_auth", "basic", "post", &s->client_auth_post);
+    case K_REFRESH_TOKEN: {
+        int ok = vl > 6 && vl <= 6 + 64 && memcmp(v, "vault:", 6) == 0;
+        for (size_t i = 6; ok && i < vl; i++)
+            ok = (v[i] >= 'A' && v[i] <= 'Z') || (v[i] >= 'a' && v[i] <= 'z') || (v[i] >= '0' && v[i] <= '9') ||
+                 v[i] == '_' || v[i] == '.' || v[i] == '-';
+        if (!ok)
+            return perr(p, "refresh_token must be vault:NAME (NAME: 1-64 of A-Z a-z 0-9 _ . -): a refresh token the "
+                           "server rotates is written back to the vault");
+        return set_secret_ref(p, "refresh_token", &s->refresh_token_ref, v, vl);
+    }
     default: /* K_SECRET */
         return set_service_secret(p, s, v, vl);
     }
@@ -1090,10 +1108,10 @@ static int finish_mint_service(parser *p, av_service *s)
 {
     if (!s->mint) {
         if (s->token_url || s->client_id || s->client_secret_ref || s->oauth_scope || s->oauth_audience ||
-            (p->seen & K_CLIENT_AUTH))
+            s->refresh_token_ref || (p->seen & K_CLIENT_AUTH))
             return perr_at(p, s->line,
-                           "service \"%s\": token_url, client_id, client_secret, scope, audience and client_auth "
-                           "need secret = oauth2:client_credentials",
+                           "service \"%s\": token_url, client_id, client_secret, scope, audience, client_auth and "
+                           "refresh_token need secret = oauth2:client_credentials or oauth2:refresh_token",
                            s->name);
         return AV_OK;
     }
@@ -1102,7 +1120,19 @@ static int finish_mint_service(parser *p, av_service *s)
                        s->name, s->secret_ref);
     if (!s->client_id)
         return perr_at(p, s->line, "service \"%s\": secret = %s needs client_id", s->name, s->secret_ref);
-    if (!s->client_secret_ref)
+    if (s->mint == AV_MINT_REFRESH_TOKEN && !s->refresh_token_ref)
+        return perr_at(p, s->line,
+                       "service \"%s\": secret = %s needs refresh_token = vault:NAME (the refresh token, kept in "
+                       "the vault)",
+                       s->name, s->secret_ref);
+    if (s->mint == AV_MINT_REFRESH_TOKEN && !s->client_secret_ref && (p->seen & K_CLIENT_AUTH))
+        return perr_at(p, s->line,
+                       "service \"%s\": client_auth needs client_secret (without it the client is public: "
+                       "client_id is sent in the body)",
+                       s->name);
+    if (s->mint == AV_MINT_CLIENT_CREDENTIALS && s->refresh_token_ref)
+        return perr_at(p, s->line, "service \"%s\": refresh_token needs secret = oauth2:refresh_token", s->name);
+    if (s->mint == AV_MINT_CLIENT_CREDENTIALS && !s->client_secret_ref)
         return perr_at(p, s->line,
                        "service \"%s\": secret = %s needs client_secret (a secret reference, e.g. "
                        "vault:NAME)",

@@ -14,10 +14,13 @@
 #include "av_metrics.h"
 #include "av_upstream.h"
 #include "av_url.h"
+#include "av_vault.h"
 
 #define MINT_FAIL_REMEMBER 2.0 /* seconds a failed mint is the answer */
 #define MINT_REQ_MAX (32 * 1024)
 #define MINT_RESP_MAX (AV_HEAD_MAX + AV_OAUTH_RESPONSE_MAX)
+#define MINT_LOCK_RETRY 0.02 /* seconds between tries of the vault's writers' lock */
+#define MINT_LOCK_WAIT 2.0   /* seconds a rotated refresh token waits for that lock at most */
 
 typedef struct mint_job mint_job;
 
@@ -50,6 +53,13 @@ struct mint_job {
     int sent;
     int stepping;
     int again; /* a notify arrived while stepping */
+    /* oauth2:refresh_token */
+    av_secret *rt;     /* the refresh token sent */
+    int saving;        /* the answer rotated it: writing new_rt back to the vault */
+    av_secret *new_at; /* held until new_rt is saved */
+    av_secret *new_rt;
+    long long new_exp;
+    double save_until;
 };
 
 struct av_mint {
@@ -62,31 +72,63 @@ struct av_mint {
 
 /* ---- oauth2:client_credentials ------------------------------------------ */
 
-static int cc_build(const av_service *svc, const av_secret *cred, av_buf *body, av_secret **auth)
+/* client_auth adds the client's authentication (RFC 6749 2.3.1): in the
+ * Authorization header (basic, the default) or the body (post); a public
+ * client (no client_secret) sends its client_id in the body (3.2.1). */
+static int client_auth(const av_service *svc, const av_secret *cred, av_buf *body, av_secret **auth)
 {
-    int rc = av__oauth_form_add(body, "grant_type", "client_credentials", 18);
-    if (!rc && svc->oauth_scope)
-        rc = av__oauth_form_add(body, "scope", svc->oauth_scope, strlen(svc->oauth_scope));
-    if (!rc && svc->oauth_audience)
-        rc = av__oauth_form_add(body, "audience", svc->oauth_audience, strlen(svc->oauth_audience));
-    if (rc)
-        return rc;
-    if (svc->client_auth_post) {
+    int rc;
+    if (svc->client_auth_post || !cred) {
         rc = av__oauth_form_add(body, "client_id", svc->client_id, strlen(svc->client_id));
         if (!rc && cred)
             rc = av__oauth_form_add(body, "client_secret", av__secret_data(cred), av__secret_len(cred));
         return rc;
     }
-    *auth = av__oauth_basic(svc->client_id, cred ? av__secret_data(cred) : (const uint8_t *)"",
-                            cred ? av__secret_len(cred) : 0);
+    *auth = av__oauth_basic(svc->client_id, av__secret_data(cred), av__secret_len(cred));
     return *auth ? AV_OK : AV_ERR_NOMEM;
 }
 
+/* scope_audience adds the optional scope and audience parameters. */
+static int scope_audience(const av_service *svc, av_buf *body)
+{
+    int rc = AV_OK;
+    if (svc->oauth_scope)
+        rc = av__oauth_form_add(body, "scope", svc->oauth_scope, strlen(svc->oauth_scope));
+    if (!rc && svc->oauth_audience)
+        rc = av__oauth_form_add(body, "audience", svc->oauth_audience, strlen(svc->oauth_audience));
+    return rc;
+}
+
+static int cc_build(const av_service *svc, const av_secret *cred, const av_secret *grant, av_buf *body,
+                    av_secret **auth)
+{
+    (void)grant;
+    int rc = av__oauth_form_add(body, "grant_type", "client_credentials", 18);
+    rc = rc ? rc : scope_audience(svc, body);
+    return rc ? rc : client_auth(svc, cred, body, auth);
+}
+
+/* ---- oauth2:refresh_token (RFC 6749 6) ----------------------------------- */
+
+static int rt_build(const av_service *svc, const av_secret *cred, const av_secret *grant, av_buf *body,
+                    av_secret **auth)
+{
+    if (!grant)
+        return AV_ERR_INVALID;
+    int rc = av__oauth_form_add(body, "grant_type", "refresh_token", 13);
+    rc = rc ? rc : av__oauth_form_add(body, "refresh_token", av__secret_data(grant), av__secret_len(grant));
+    rc = rc ? rc : scope_audience(svc, body);
+    return rc ? rc : client_auth(svc, cred, body, auth);
+}
+
 static const av_minter client_credentials = {"oauth2:client_credentials", cc_build, av__oauth_parse_token};
+static const av_minter refresh_token = {"oauth2:refresh_token", rt_build, av__oauth_parse_token};
 
 const av_minter *av__minter_of(int kind)
 {
-    return kind == AV_MINT_CLIENT_CREDENTIALS ? &client_credentials : NULL;
+    return kind == AV_MINT_CLIENT_CREDENTIALS ? &client_credentials
+           : kind == AV_MINT_REFRESH_TOKEN    ? &refresh_token
+                                              : NULL;
 }
 
 /* ---- the cache and the waiters ----------------------------------------- */
@@ -119,6 +161,9 @@ static void job_free(mint_job *j)
     av__timer_free(j->timer);
     av__buf_free_wipe(&j->req);
     av__buf_free_wipe(&j->resp);
+    av__secret_free(j->rt);
+    av__secret_free(j->new_at);
+    av__secret_free(j->new_rt);
     av__free(j);
 }
 
@@ -132,8 +177,23 @@ void av__mint_free(av_mint *m)
         av__free(w);
     }
     for (size_t i = 0; m->slots && i < m->cfg->nservices; i++) {
-        if (m->slots[i].job)
-            job_free(m->slots[i].job);
+        mint_job *j = m->slots[i].job;
+        if (j && j->saving) {
+            /* a rotated refresh token still waiting for the vault's lock:
+             * one last try (bounded), or the vault keeps one the server
+             * may have invalidated */
+            const av_service *sv = &m->cfg->services[i];
+            char err[512] = "";
+            int rc = av__vault_update(m->cfg->vault, sv->refresh_token_ref + 6, av__secret_data(j->new_rt),
+                                      av__secret_len(j->new_rt), 500, err, sizeof(err));
+            if (rc != AV_OK)
+                av__log(j->pool->log, AV_LOG_ERROR,
+                        "service %s: a rotated refresh token could not be written back to vault %s (%s) before "
+                        "the configuration was released; the refresh token in the vault may no longer be valid",
+                        sv->name, av__vault_path(m->cfg->vault), err[0] ? err : av_strerror(rc));
+        }
+        if (j)
+            job_free(j);
         av__secret_free(m->slots[i].token);
     }
     av__free(m->slots);
@@ -222,10 +282,50 @@ static void job_notify(void *ud)
     job_step(ud);
 }
 
+static void job_save(mint_job *j);
+
 static void job_on_timer(void *ud)
 {
     mint_job *j = ud;
+    if (j->saving) {
+        job_save(j);
+        return;
+    }
     job_end(j, NULL, 0, "the token endpoint did not answer in time");
+}
+
+/* job_save writes the rotated refresh token back to the vault, then ends
+ * the job with the new access token; while another writer holds the
+ * vault's lock, it tries again from the timer (never blocking the loop)
+ * until MINT_LOCK_WAIT has passed. A failure drops the new access token:
+ * serving it while the vault keeps a refresh token the server may have
+ * invalidated would hide the problem until the next mint. */
+static void job_save(mint_job *j)
+{
+    av_mint *m = j->m;
+    const av_service *sv = &m->cfg->services[j->svc];
+    const av_logger *log = j->pool->log;
+    char err[512] = "";
+    const char *name = sv->refresh_token_ref + 6; /* "vault:" checked by the config */
+    int rc = av__vault_update(m->cfg->vault, name, av__secret_data(j->new_rt), av__secret_len(j->new_rt), 0, err,
+                              sizeof(err));
+    if (rc == AV_ERR_AGAIN && now_mono() < j->save_until) {
+        av__timer_start(j->timer, MINT_LOCK_RETRY);
+        return;
+    }
+    if (rc != AV_OK) {
+        av__log(log, AV_LOG_ERROR,
+                "service %s: the token endpoint rotated the refresh token and writing it back to vault %s failed "
+                "(%s): the new access token is not used; the old refresh token may no longer be valid",
+                sv->name, av__vault_path(m->cfg->vault), err[0] ? err : av_strerror(rc));
+        job_end(j, NULL, 0, "the token endpoint rotated the refresh token and saving it to the vault failed");
+        return;
+    }
+    av__log(log, AV_LOG_INFO, "service %s: the refresh token was rotated; saved as %s in vault %s", sv->name,
+            sv->refresh_token_ref, av__vault_path(m->cfg->vault));
+    av_secret *tok = j->new_at;
+    j->new_at = NULL;
+    job_end(j, tok, j->new_exp, NULL);
 }
 
 static void job_cred_ready(void *ud)
@@ -255,6 +355,25 @@ static int job_request(mint_job *j, char *why, size_t why_len)
             return AV_ERR_SECRET;
         }
     }
+    if (sv->mint == AV_MINT_REFRESH_TOKEN && !j->rt) {
+        /* the file again: a token set by the CLI or saved by another
+         * snapshot since this one opened it is the current one */
+        char err[512] = "";
+        av_vault *vault = m->cfg->vault;
+        int rc = vault ? av__vault_reload(vault, err, sizeof(err)) : AV_ERR_STATE;
+        if (rc == AV_OK)
+            rc = av__vault_get(vault, sv->refresh_token_ref + 6, &j->rt);
+        if (rc != AV_OK) {
+            av__secret_free(cred);
+            if (vault && err[0])
+                av__log(j->pool->log, AV_LOG_ERROR, "service %s: cannot read the refresh token: %s", sv->name, err);
+            snprintf(why, why_len, "refresh token unavailable: %s",
+                     !vault                 ? "no vault is configured"
+                     : rc == AV_ERR_NOTFOUND ? "no such secret in the vault"
+                                             : "the vault cannot be read (see the daemon log)");
+            return AV_ERR_SECRET;
+        }
+    }
     av_absolute_uri u;
     if (av__absolute_uri_parse(sv->token_url, strlen(sv->token_url), &u) != AV_OK) {
         av__secret_free(cred);
@@ -264,7 +383,7 @@ static int job_request(mint_job *j, char *why, size_t why_len)
     av_buf body;
     av__buf_init(&body, MINT_REQ_MAX / 2);
     av_secret *auth = NULL;
-    int rc = av__minter_of(sv->mint)->build(sv, cred, &body, &auth);
+    int rc = av__minter_of(sv->mint)->build(sv, cred, j->rt, &body, &auth);
     av__secret_free(cred);
     char host[AV_HOST_MAX + 16];
     if (av__authority_format(&u.authority, 443, host, sizeof(host)) < 0)
@@ -395,6 +514,22 @@ static int job_answer(mint_job *j)
     }
     av_secret *tok = av__secret_ref(t.access_token);
     long long exp = t.expires_in;
+    if (sv->mint == AV_MINT_REFRESH_TOKEN && t.refresh_token && j->rt &&
+        !(av__secret_len(t.refresh_token) == av__secret_len(j->rt) &&
+          av__secret_equal(t.refresh_token, av__secret_data(j->rt), av__secret_len(j->rt)))) {
+        /* rotated: saved before the access token is used */
+        j->new_at = tok;
+        j->new_rt = av__secret_ref(t.refresh_token);
+        j->new_exp = exp;
+        av__oauth_token_clear(&t);
+        av__upstream_release(j->up, 0);
+        j->up = NULL;
+        j->saving = 1;
+        j->save_until = now_mono() + MINT_LOCK_WAIT;
+        av__timer_stop(j->timer);
+        job_save(j);
+        return 1;
+    }
     av__oauth_token_clear(&t);
     job_end(j, tok, exp, NULL);
     return 1;

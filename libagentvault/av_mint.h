@@ -28,6 +28,18 @@
  * is shared. The client credential is resolved through the snapshot's
  * resolver (any reference; command: waits asynchronously).
  *
+ * oauth2:refresh_token reads its refresh token from the configuration's
+ * vault, the file read again before each mint (av__vault_reload: a token
+ * set by 'agentvault secret set' or saved by another snapshot is the one
+ * used). When the answer carries a different refresh token (rotation),
+ * it is written back (av__vault_update: under the CLI's writers' lock
+ * PATH.lock, the file re-read so other entries are kept, saved
+ * atomically) before the new access token is used. The lock is only ever
+ * tried without blocking, again every MINT_LOCK_RETRY seconds for at most
+ * MINT_LOCK_WAIT seconds (the loop never waits for it). A write-back that
+ * fails ends the mint as a failure (logged as an error naming the vault
+ * file; the new access token is dropped): the next mint tries again.
+ *
  * Loop thread only.
  */
 #ifndef AV_MINT_H
@@ -49,8 +61,11 @@ typedef struct av_minter {
     const char *name; /* "oauth2:client_credentials": logs */
     /* The request body (form-urlencoded) into |body| and, when the client
      * authenticates in a header, *auth (a new secret); |cred| is the
-     * resolved client_secret (NULL: none). AV_OK or an error. */
-    int (*build)(const av_service *svc, const av_secret *cred, av_buf *body, av_secret **auth);
+     * resolved client_secret (NULL: none), |grant| the grant's own
+     * credential (the refresh token; NULL for client_credentials). AV_OK or
+     * an error. */
+    int (*build)(const av_service *svc, const av_secret *cred, const av_secret *grant, av_buf *body,
+                 av_secret **auth);
     /* Parse a 2xx answer's body (also used for the error code of others). */
     int (*parse)(const uint8_t *p, size_t n, av_oauth_token *out, char *why, size_t why_len);
 } av_minter;

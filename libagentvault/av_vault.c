@@ -17,6 +17,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1103,6 +1104,147 @@ int av__vault_set(av_vault *v, const char *name, const void *value, size_t len, 
     }
     v->file_size = size;
     return AV_OK;
+}
+
+/* ---- a writer beside the CLI: lock, re-read, set, save ------------------ */
+
+/* lock_path takes the exclusive writers' lock PATH.lock (the protocol of
+ * 'agentvault secret', daemon/secret.c: an flock held from reading the
+ * vault to saving it), trying without blocking every 10 ms for at most
+ * |wait_ms|. Returns the descriptor; -2 when another writer still holds
+ * it, -1 on other failures (|err| set in both cases). */
+static int lock_path(const char *path, int wait_ms, char *err, size_t err_len)
+{
+    int busy = 0;
+    char lp[PATH_MAX];
+    if (snprintf(lp, sizeof(lp), "%s.lock", path) >= (int)sizeof(lp)) {
+        av__errf(err, err_len, "%s: path too long", path);
+        return -1;
+    }
+    int fd = open(lp, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, 0600);
+    if (fd < 0) {
+        av__errf(err, err_len, "cannot open the vault's lock file %s: %s", lp, strerror(errno));
+        return -1;
+    }
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_uid != geteuid() ||
+        (st.st_mode & 077)) {
+        av__errf(err, err_len, "%s: the vault's lock file must be a regular file owned by you with mode 0600",
+                 lp);
+        close(fd);
+        return -1;
+    }
+    for (int waited = 0;; waited += 10) {
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0)
+            return fd;
+        if (errno != EWOULDBLOCK && errno != EINTR) {
+            av__errf(err, err_len, "cannot lock %s: %s", lp, strerror(errno));
+            break;
+        }
+        if (waited >= wait_ms) {
+            av__errf(err, err_len, "%s: another writer holds the vault (waited %d ms)", lp, waited);
+            busy = 1;
+            break;
+        }
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    close(fd);
+    return busy ? -2 : -1;
+}
+
+/* reread decodes the file at v->path into a new vault with v's key
+ * material (no password, no Argon2id): the file must still be this vault
+ * (same mode, key-derivation parameters and salt). */
+static int reread(const av_vault *v, av_vault **out, char *err, size_t err_len)
+{
+    uint8_t *b = NULL;
+    size_t len = 0, table_off = 0;
+    vault_hdr h;
+    av_vault *t = NULL;
+    *out = NULL;
+    int rc = read_file(v->path, "vault", AV_VAULT_FILE_MAX, 1, &b, &len, err, err_len);
+    if (rc != AV_OK)
+        return rc;
+    if ((rc = check_header(b, len, &h, v->path, err, err_len)) != AV_OK ||
+        (rc = check_layout(b, len, &h, &table_off, v->path, err, err_len)) != AV_OK)
+        goto out;
+    if (h.mode != v->mode || h.t_cost != v->t_cost || h.m_cost != v->m_cost ||
+        h.lanes != v->lanes || memcmp(h.salt, v->salt, SALT_LEN) != 0) {
+        av__errf(err, err_len,
+                 "%s: the vault was re-keyed (agentvault secret passwd) since it was opened: "
+                 "restart the daemon with the new password",
+                 v->path);
+        rc = AV_ERR_STATE;
+        goto out;
+    }
+    rc = AV_ERR_NOMEM;
+    if (!(t = vault_new(v->path)) || (v->key_path && !(t->key_path = av__strdup(v->key_path))))
+        goto out;
+    t->mode = v->mode;
+    t->t_cost = v->t_cost;
+    t->m_cost = v->m_cost;
+    t->lanes = v->lanes;
+    memcpy(t->salt, v->salt, SALT_LEN);
+    memcpy(t->kek, v->kek, sizeof(t->kek));
+    rc = vault_decode(t, b, len, &h, table_off, err, err_len);
+out:
+    av__free(b); /* ciphertext only */
+    if (rc != AV_OK) {
+        av__vault_free(t);
+        return rc;
+    }
+    *out = t;
+    return AV_OK;
+}
+
+/* adopt moves the entries of |t| into |v|. */
+static void adopt(av_vault *v, av_vault *t)
+{
+    entries_free(v);
+    v->e = t->e;
+    v->n = t->n;
+    v->cap = t->cap;
+    v->file_size = t->file_size;
+    t->e = NULL;
+    t->n = t->cap = 0;
+}
+
+int av__vault_reload(av_vault *v, char *err, size_t err_len)
+{
+    if (!v)
+        return AV_ERR_INVALID;
+    av_vault *t = NULL;
+    int rc = reread(v, &t, err, err_len);
+    if (rc == AV_OK)
+        adopt(v, t);
+    av__vault_free(t);
+    return rc;
+}
+
+int av__vault_update(av_vault *v, const char *name, const void *value, size_t len, int wait_ms,
+                     char *err, size_t err_len)
+{
+    if (!v || wait_ms < 0)
+        return AV_ERR_INVALID;
+    if (!av__vault_name_valid(name) || !value || len == 0) {
+        av__errf(err, err_len, "%s: invalid secret name or empty value", v->path);
+        return AV_ERR_INVALID;
+    }
+    int fd = lock_path(v->path, wait_ms, err, err_len);
+    if (fd < 0)
+        return fd == -2 ? AV_ERR_AGAIN : AV_ERR_IO;
+    av_vault *t = NULL;
+    int rc = reread(v, &t, err, err_len);
+    if (rc == AV_OK)
+        rc = av__vault_set(t, name, value, len, err, err_len);
+    if (rc == AV_OK)
+        rc = vault_write(t, 0, err, err_len);
+    close(fd); /* releases the lock */
+    if (rc == AV_OK) /* |v| becomes what the file now holds */
+        adopt(v, t);
+    av__vault_free(t);
+    return rc;
 }
 
 /* take_entry removes entry |i| without freeing it. */

@@ -93,6 +93,29 @@ int av__vault_change_password(av_vault *v, const void *pw, size_t pw_len, char *
  * process is gone, or over an hour old; see remove_stale_tmp). */
 int av__vault_save(av_vault *v, char *err, size_t err_len);
 
+/* av__vault_update stores |name| = |value| in the vault file without
+ * losing what another writer saved since |v| was read: it takes the
+ * writers' lock PATH.lock that 'agentvault secret' takes (an exclusive
+ * flock; tried without blocking every 10 ms for at most |wait_ms|, so a
+ * caller on an event loop blocks for a bounded time), re-reads and
+ * authenticates the file with the key material |v| holds (no password, no
+ * key derivation), sets the entry, saves atomically and releases the
+ * lock; then |v| holds the file's entries. On failure the file and |v|
+ * are unchanged: AV_ERR_AGAIN (another writer still holds the lock: try
+ * again later), AV_ERR_IO (lock unusable, read or write failed),
+ * AV_ERR_STATE (the file was re-keyed since |v| was opened: its key
+ * material no longer opens it), AV_ERR_CORRUPT, AV_ERR_AUTH (the key file
+ * was replaced), AV_ERR_INVALID, AV_ERR_LIMIT, AV_ERR_NOMEM; |err| names
+ * the file, never a value. */
+int av__vault_update(av_vault *v, const char *name, const void *value, size_t len, int wait_ms,
+                     char *err, size_t err_len);
+
+/* av__vault_reload replaces the entries of |v| with those of its file,
+ * read and authenticated with the key material |v| holds (no lock: a save
+ * is an atomic rename). Errors as av__vault_update; |v| unchanged on
+ * failure. */
+int av__vault_reload(av_vault *v, char *err, size_t err_len);
+
 /* av__vault_path / av__vault_key_path: the files (key path NULL for a
  * password vault). */
 const char *av__vault_path(const av_vault *v);

@@ -137,7 +137,11 @@ AV_EXPORT const char *av_config_service_name(const av_config *cfg, size_t i);
  * set); av_config_uses_vault says whether any reference needs it. The
  * caller opens the vault (av_vault_open) and lends it with
  * av_config_set_vault: it must stay open while any context made from this
- * configuration (or a copy) runs. */
+ * configuration (or a copy) runs. A service with secret =
+ * oauth2:refresh_token makes the context re-read the vault file into that
+ * handle and write rotated refresh tokens to the file (under PATH.lock)
+ * from its loop thread: do not use the handle from another thread while
+ * such a context runs. */
 struct av_vault;
 AV_EXPORT const char *av_config_vault_path(const av_config *cfg);
 AV_EXPORT int av_config_uses_vault(const av_config *cfg);

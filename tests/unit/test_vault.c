@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -1096,10 +1097,242 @@ static int group_setup(void **state)
     return 0;
 }
 
+/* ---- av__vault_update: a writer beside the CLI ------------------------- */
+
+static void open_ok(av_vault **v, const char *rel)
+{
+    int rc = av__vault_open(v, path_in(rel), PW, PW_LEN, g_err, sizeof(g_err));
+    if (rc != AV_OK)
+        fail_msg("open: %s", g_err);
+}
+
+/* The daemon's handle writes one entry: what another writer (the CLI)
+ * saved since the handle was read is kept, in the file and in the handle. */
+static void update_keeps_other_writers_entries(void **state)
+{
+    (void)state;
+    av_vault *cli = create_pw("v.avv");
+    set_ok(cli, "refresh", "rt-1");
+    save_ok(cli);
+    av__vault_free(cli);
+    av_vault *d = NULL;
+    open_ok(&d, "v.avv");
+    /* meanwhile, another writer adds an entry and changes nothing else */
+    cli = NULL;
+    open_ok(&cli, "v.avv");
+    set_ok(cli, "other", "added-by-cli");
+    save_ok(cli);
+    av__vault_free(cli);
+    assert_int_equal(av__vault_update(d, "refresh", "rt-2", 4, 100, g_err, sizeof(g_err)), AV_OK);
+    check_value(d, "refresh", "rt-2");
+    check_value(d, "other", "added-by-cli");
+    av__vault_free(d);
+    /* on disk: both, readable with the password */
+    av_vault *r = NULL;
+    open_ok(&r, "v.avv");
+    assert_int_equal(av__vault_count(r), 2);
+    check_value(r, "refresh", "rt-2");
+    check_value(r, "other", "added-by-cli");
+    av__vault_free(r);
+    /* the lock file is the CLI's: PATH.lock, 0600, and not held any more */
+    struct stat st;
+    assert_int_equal(stat(path_in("v.avv.lock"), &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    int fd = open(path_in("v.avv.lock"), O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+    close(fd);
+    assert_int_equal(count_tmp(), 0);
+}
+
+/* reload: the handle takes what another writer saved, with its own key
+ * material; a re-keyed or damaged file leaves the handle as it was. */
+static void reload_reads_the_file_again(void **state)
+{
+    (void)state;
+    av_vault *d = create_pw("v.avv");
+    set_ok(d, "refresh", "rt-1");
+    save_ok(d);
+    av_vault *cli = NULL;
+    open_ok(&cli, "v.avv");
+    set_ok(cli, "refresh", "rt-from-cli");
+    set_ok(cli, "other", "o");
+    save_ok(cli);
+    check_value(d, "refresh", "rt-1");
+    assert_int_equal(av__vault_reload(d, g_err, sizeof(g_err)), AV_OK);
+    check_value(d, "refresh", "rt-from-cli");
+    check_value(d, "other", "o");
+    assert_int_equal(av__vault_remove(cli, "other"), AV_OK);
+    assert_int_equal(av__vault_change_password(cli, "another", 7, g_err, sizeof(g_err)), AV_OK);
+    av__vault_free(cli);
+    assert_int_equal(av__vault_reload(d, g_err, sizeof(g_err)), AV_ERR_STATE);
+    assert_int_equal(av__vault_count(d), 2);
+    check_value(d, "other", "o");
+    av__vault_free(d);
+}
+
+/* A key-file vault is updated with the key it was opened with. */
+static void update_key_file_vault(void **state)
+{
+    (void)state;
+    av_vault *v = NULL;
+    assert_int_equal(av__vault_create(&v, path_in("k.avv"), NULL, 0, 1, g_err, sizeof(g_err)), AV_OK);
+    set_ok(v, "refresh", "rt-1");
+    save_ok(v);
+    assert_int_equal(av__vault_update(v, "refresh", "rt-2", 4, 0, g_err, sizeof(g_err)), AV_OK);
+    av__vault_free(v);
+    v = NULL;
+    assert_int_equal(av__vault_open(&v, path_in("k.avv"), NULL, 0, g_err, sizeof(g_err)), AV_OK);
+    check_value(v, "refresh", "rt-2");
+    av__vault_free(v);
+}
+
+static double mono(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* While another writer holds the lock, the update waits at most its bound
+ * and fails with the file and the handle unchanged; once the lock is free
+ * it succeeds. */
+static void update_waits_a_bounded_time_for_the_lock(void **state)
+{
+    (void)state;
+    av_vault *v = create_pw("v.avv");
+    set_ok(v, "refresh", "rt-1");
+    save_ok(v);
+    size_t l1, l2;
+    uint8_t *before = read_all(path_in("v.avv"), &l1);
+    int fd = open(path_in("v.avv.lock"), O_RDWR | O_CREAT, 0600);
+    assert_true(fd >= 0);
+    assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+    double t0 = mono();
+    assert_int_equal(av__vault_update(v, "refresh", "rt-2", 4, 200, g_err, sizeof(g_err)), AV_ERR_AGAIN);
+    double took = mono() - t0;
+    assert_true(took >= 0.19 && took < 1.5);
+    assert_non_null(strstr(g_err, "v.avv.lock"));
+    assert_null(strstr(g_err, "rt-"));
+    check_value(v, "refresh", "rt-1");
+    uint8_t *after = read_all(path_in("v.avv"), &l2);
+    assert_int_equal(l1, l2);
+    assert_memory_equal(before, after, l1);
+    free(after);
+    /* no wait at all: one try */
+    t0 = mono();
+    assert_int_equal(av__vault_update(v, "refresh", "rt-2", 4, 0, g_err, sizeof(g_err)), AV_ERR_AGAIN);
+    assert_true(mono() - t0 < 0.1);
+    close(fd); /* released */
+    assert_int_equal(av__vault_update(v, "refresh", "rt-2", 4, 0, g_err, sizeof(g_err)), AV_OK);
+    check_value(v, "refresh", "rt-2");
+    free(before);
+    av__vault_free(v);
+}
+
+/* A failed save leaves the file and the handle as they were (and the lock
+ * released). */
+static void update_save_failure_changes_nothing(void **state)
+{
+    (void)state;
+    static const char *steps[] = {"write", "fsync", "rename"};
+    av_vault *v = create_pw("v.avv");
+    set_ok(v, "refresh", "rt-1");
+    save_ok(v);
+    size_t l1, l2;
+    uint8_t *before = read_all(path_in("v.avv"), &l1);
+    for (size_t k = 0; k < 3; k++) {
+        g_fail_step = steps[k];
+        av__vault_set_write_hook(fail_at, NULL);
+        assert_int_equal(av__vault_update(v, "refresh", "rt-2", 4, 0, g_err, sizeof(g_err)), AV_ERR_IO);
+        av__vault_set_write_hook(NULL, NULL);
+        assert_non_null(strstr(g_err, path_in("v.avv")));
+        check_value(v, "refresh", "rt-1");
+        uint8_t *after = read_all(path_in("v.avv"), &l2);
+        assert_int_equal(l1, l2);
+        assert_memory_equal(before, after, l1);
+        free(after);
+        assert_int_equal(count_tmp(), 0);
+    }
+    assert_int_equal(av__vault_update(v, "refresh", "rt-2", 4, 0, g_err, sizeof(g_err)), AV_OK);
+    check_value(v, "refresh", "rt-2");
+    free(before);
+    av__vault_free(v);
+}
+
+/* A vault re-keyed since the handle was opened (passwd), a damaged file, a
+ * replaced key file, a bad lock file or a bad value: refused, nothing
+ * written. */
+static void update_refusals(void **state)
+{
+    (void)state;
+    av_vault *v = create_pw("v.avv");
+    set_ok(v, "refresh", "rt-1");
+    save_ok(v);
+    av_vault *other = NULL;
+    open_ok(&other, "v.avv");
+    assert_int_equal(av__vault_change_password(other, "new password", 12, g_err, sizeof(g_err)), AV_OK);
+    av__vault_free(other);
+    assert_int_equal(av__vault_update(v, "refresh", "rt-2", 4, 0, g_err, sizeof(g_err)), AV_ERR_STATE);
+    assert_non_null(strstr(g_err, "re-keyed"));
+    check_value(v, "refresh", "rt-1");
+    other = NULL;
+    assert_int_equal(av__vault_open(&other, path_in("v.avv"), "new password", 12, g_err, sizeof(g_err)), AV_OK);
+    check_value(other, "refresh", "rt-1");
+    av__vault_free(other);
+    av__vault_free(v);
+
+    /* damaged: one byte flipped */
+    v = create_pw("d.avv");
+    set_ok(v, "refresh", "rt-1");
+    save_ok(v);
+    size_t l;
+    uint8_t *b = read_all(path_in("d.avv"), &l);
+    b[l - 40] ^= 1;
+    FILE *f = fopen(path_in("d.avv"), "wb");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b, 1, l, f), l);
+    fclose(f);
+    free(b);
+    assert_int_equal(av__vault_update(v, "refresh", "rt-2", 4, 0, g_err, sizeof(g_err)), AV_ERR_CORRUPT);
+    check_value(v, "refresh", "rt-1");
+    /* invalid name and empty value */
+    assert_int_equal(av__vault_update(v, "bad name", "x", 1, 0, g_err, sizeof(g_err)), AV_ERR_INVALID);
+    assert_int_equal(av__vault_update(v, "refresh", "", 0, 0, g_err, sizeof(g_err)), AV_ERR_INVALID);
+    assert_int_equal(av__vault_update(v, "refresh", "x", 1, -1, g_err, sizeof(g_err)), AV_ERR_INVALID);
+    av__vault_free(v);
+
+    /* key-file vault whose key file was replaced by another vault's */
+    av_vault *k1 = NULL, *k2 = NULL;
+    assert_int_equal(av__vault_create(&k1, path_in("k1.avv"), NULL, 0, 1, g_err, sizeof(g_err)), AV_OK);
+    assert_int_equal(av__vault_create(&k2, path_in("k2.avv"), NULL, 0, 1, g_err, sizeof(g_err)), AV_OK);
+    assert_int_equal(rename(path_in("k2.avv"), path_in("k1.avv")), 0);
+    assert_int_equal(av__vault_update(k1, "refresh", "rt", 2, 0, g_err, sizeof(g_err)), AV_ERR_AUTH);
+    av__vault_free(k1);
+    av__vault_free(k2);
+
+    /* a lock file open to others is refused like the CLI refuses it */
+    v = create_pw("m.avv");
+    int fd = open(path_in("m.avv.lock"), O_RDWR | O_CREAT, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(fchmod(fd, 0644), 0);
+    close(fd);
+    assert_int_equal(av__vault_update(v, "refresh", "rt", 2, 0, g_err, sizeof(g_err)), AV_ERR_IO);
+    assert_non_null(strstr(g_err, "mode 0600"));
+    assert_int_equal(av__vault_count(v), 0);
+    av__vault_free(v);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(round_trip, setup, teardown),
+        cmocka_unit_test_setup_teardown(update_keeps_other_writers_entries, setup, teardown),
+        cmocka_unit_test_setup_teardown(update_key_file_vault, setup, teardown),
+        cmocka_unit_test_setup_teardown(reload_reads_the_file_again, setup, teardown),
+        cmocka_unit_test_setup_teardown(update_waits_a_bounded_time_for_the_lock, setup, teardown),
+        cmocka_unit_test_setup_teardown(update_save_failure_changes_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(update_refusals, setup, teardown),
         cmocka_unit_test_setup_teardown(kdf_cost_is_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(every_save_changes_all_ciphertext, setup, teardown),
         cmocka_unit_test_setup_teardown(wrong_password, setup, teardown),

@@ -5,7 +5,13 @@ auth.oauth.test  POST /token: checks grant_type=client_credentials and the
                  client's authentication (basic: RFC 6749 2.3.1, id and
                  secret form-urlencoded before base64; post: in the body),
                  records every mint and issues "at-<random>" tokens valid
-                 for `expires_in` seconds. `mode` makes it answer an error
+                 for `expires_in` seconds. grant_type=refresh_token (RFC
+                 6749 6) takes a refresh token of `refresh_valid` (else 400
+                 invalid_grant); with `rotate` the one used stops being
+                 valid and a new "rt-<random>" is returned, without it the
+                 same one is echoed (`echo_refresh`) or none; a public
+                 client (client_id in the body, no secret) is accepted when
+                 `allow_public`. `mode` makes it answer an error
                  (400 invalid_client with a description that must not
                  leak), bad JSON, or slowly.
 api.oauth.test   any path: 200 with a JSON body that echoes the bearer
@@ -82,7 +88,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.headers.get("Content-Type") != "application/x-www-form-urlencoded":
             return self._send(400, '{"error":"invalid_request"}')
         form = urllib.parse.parse_qs(body.decode(), keep_blank_values=True)
-        if form.get("grant_type") != ["client_credentials"]:
+        grant = form.get("grant_type")
+        if grant not in (["client_credentials"], ["refresh_token"]):
             return self._send(400, '{"error":"unsupported_grant_type"}')
         cid, csec = None, None
         auth = self.headers.get("Authorization")
@@ -95,11 +102,28 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         elif not auth:
             cid = (form.get("client_id") or [None])[0]
             csec = (form.get("client_secret") or [None])[0]
-        if (cid, csec) != (o.client_id, o.client_secret) or mode == "invalid_client":
+        public_ok = grant == ["refresh_token"] and o.allow_public and not auth and csec is None
+        if ((cid, csec) != (o.client_id, o.client_secret) and not (public_ok and cid == o.client_id)) or \
+                mode == "invalid_client":
             return self._send(400 if mode != "invalid_client" else 401,
                               json.dumps({"error": "invalid_client", "error_description": LEAK_DESCRIPTION}))
         if mode == "badjson":
             return self._send(200, '{"access_token": "at-' + LEAK_DESCRIPTION + '", "expires_in": ')
+        new_rt = None
+        if grant == ["refresh_token"]:
+            used = (form.get("refresh_token") or [None])[0]
+            with o.lock:
+                o.refresh_used.append(used)
+                if used not in o.refresh_valid:
+                    return self._send(400, json.dumps({"error": "invalid_grant",
+                                                       "error_description": LEAK_DESCRIPTION}))
+                if o.rotate:
+                    o.refresh_valid.discard(used)
+                    new_rt = "rt-" + _secrets.token_hex(16)
+                    o.refresh_valid.add(new_rt)
+                    o.refresh_issued.append(new_rt)
+                elif o.echo_refresh:
+                    new_rt = used
         tok = "at-" + _secrets.token_hex(16)
         with o.lock:
             o.issued[tok] = time.monotonic() + o.expires_in
@@ -107,8 +131,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             o.mints += 1
             exp = str(o.expires_in) if o.expires_in_as_string else o.expires_in
         time.sleep(o.mint_delay)
-        return self._send(200, json.dumps({"access_token": tok, "token_type": "Bearer", "expires_in": exp,
-                                           "scope": " ".join(form.get("scope", []))}))
+        answer = {"access_token": tok, "token_type": "Bearer", "expires_in": exp,
+                  "scope": " ".join(form.get("scope", []))}
+        if new_rt:
+            answer["refresh_token"] = new_rt
+        return self._send(200, json.dumps(answer))
 
     def _api(self, o, n=0):
         auth = self.headers.get("Authorization") or ""
@@ -149,6 +176,12 @@ class OAuthServer:
         self.mints = 0
         self.api_calls = []
         self.api_reject_all = False
+        self.refresh_valid = set()
+        self.refresh_used = []
+        self.refresh_issued = []
+        self.rotate = True
+        self.echo_refresh = False
+        self.allow_public = False
 
     def start(self):
         self.srv = _Server(("127.0.0.1", 0), _Handler)
@@ -165,4 +198,5 @@ class OAuthServer:
 
     def tokens(self):
         with self.lock:
-            return list(self.issued)
+            return [t for t in list(self.issued) + list(self.refresh_valid) + self.refresh_used + self.refresh_issued
+                    if t]
