@@ -571,6 +571,33 @@ static int parse_aws_body_max(parser *p, av_service *svc, const char *v, size_t 
     return AV_OK;
 }
 
+/* quoted_or_bare copies an argument that is either one "quoted string"
+ * (the whole of s[0..n)) or a bare word without white space (nor a quote,
+ * with |no_quote|) into *out; otherwise the error |malformed| or |spaces|. */
+static int quoted_or_bare(parser *p, const char *s, size_t n, int no_quote, const char *malformed,
+                          const char *spaces, char **out)
+{
+    if (s[0] == '"') {
+        size_t used = 0;
+        int err;
+        char *v = parse_quoted(s, n, &used, &err);
+        if (!v && err == AV_ERR_NOMEM)
+            return oom(p);
+        if (!v || used != n) {
+            av__free(v);
+            return perr(p, "%s", malformed);
+        }
+        *out = v;
+        return AV_OK;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (is_ws(s[i]) || (no_quote && s[i] == '"'))
+            return perr(p, "%s", spaces);
+    if (!(*out = dup_range(s, n)))
+        return oom(p);
+    return AV_OK;
+}
+
 /* parse_auth fills the auth fields of |svc| from an auth value. */
 static int parse_auth(parser *p, av_service *svc, const char *v, size_t n)
 {
@@ -588,26 +615,13 @@ static int parse_auth(parser *p, av_service *svc, const char *v, size_t n)
         return AV_OK;
     }
     if (word_eq(v, kl, "basic")) {
-        char *user;
-        int err;
+        char *user = NULL;
         if (rl == 0)
             return perr(p, "auth basic needs a user name (auth = basic USER)");
-        if (rest[0] == '"') {
-            size_t used = 0;
-            user = parse_quoted(rest, rl, &used, &err);
-            if (!user && err == AV_ERR_NOMEM)
-                return oom(p);
-            if (!user || used != rl) {
-                av__free(user);
-                return perr(p, "auth basic: malformed quoted user name");
-            }
-        } else {
-            for (size_t i = 0; i < rl; i++)
-                if (is_ws(rest[i]))
-                    return perr(p, "auth basic: user name with spaces must be quoted");
-            if (!(user = dup_range(rest, rl)))
-                return oom(p);
-        }
+        int rc = quoted_or_bare(p, rest, rl, 0, "auth basic: malformed quoted user name",
+                                "auth basic: user name with spaces must be quoted", &user);
+        if (rc)
+            return rc;
         for (const char *q = user; *q; q++) {
             unsigned char ch = (unsigned char)*q;
             if (ch == ':' || ch < 0x20 || ch == 0x7f) {
@@ -650,24 +664,11 @@ static int parse_auth(parser *p, av_service *svc, const char *v, size_t n)
         trim(&t, &tl);
         if (tl == 0)
             return perr(p, "auth header needs a template containing {secret}");
-        char *tmpl;
-        if (t[0] == '"') {
-            size_t used = 0;
-            int err;
-            tmpl = parse_quoted(t, tl, &used, &err);
-            if (!tmpl && err == AV_ERR_NOMEM)
-                return oom(p);
-            if (!tmpl || used != tl) {
-                av__free(tmpl);
-                return perr(p, "auth header: malformed quoted template");
-            }
-        } else {
-            for (size_t i = 0; i < tl; i++)
-                if (is_ws(t[i]) || t[i] == '"')
-                    return perr(p, "auth header: a template with spaces must be quoted");
-            if (!(tmpl = dup_range(t, tl)))
-                return oom(p);
-        }
+        char *tmpl = NULL;
+        int rc = quoted_or_bare(p, t, tl, 1, "auth header: malformed quoted template",
+                                "auth header: a template with spaces must be quoted", &tmpl);
+        if (rc)
+            return rc;
         for (const char *q = tmpl; *q; q++) {
             unsigned char ch = (unsigned char)*q;
             if ((ch < 0x20 && ch != '\t') || ch >= 0x7f) {
