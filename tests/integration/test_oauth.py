@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from avtest import daemon as avd
+from avtest.checks import run_concurrently
 from avtest.gateway import gateway_section, gw_port, received
 from avtest.h2_upstream import H2Upstream
 from avtest.oauth_server import LEAK_DESCRIPTION, OAuthServer, leaf_for
@@ -166,21 +167,7 @@ def test_concurrent_requests_mint_once(oauth_daemon, server):
     """100 requests at once with no token yet: one mint, all served."""
     server.mint_delay = 0.5  # every request arrives while the mint runs
     d = oauth_daemon()
-    results = []
-    lock = threading.Lock()
-
-    def one():
-        try:
-            s = get(d).status_code
-        except Exception as e:  # noqa: BLE001 - reported below
-            s = repr(e)
-        with lock:
-            results.append(s)
-    threads = [threading.Thread(target=one) for _ in range(100)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = run_concurrently(lambda: get(d).status_code, 100)
     assert results == [200] * 100, results
     assert server.mints == 1
     recs = [x for x in audit(d) if x["service"] == "api"]
@@ -195,15 +182,7 @@ def test_client_secret_from_a_command(oauth_daemon, server):
     svc = service().replace("client_secret = env:OAUTH_CLIENT_SECRET",
                             "client_secret = command:/bin/sh -c 'sleep 0.3; printf %s \"$OAUTH_CLIENT_SECRET\"'")
     d = oauth_daemon(svc)
-    results = []
-
-    def one():
-        results.append(get(d).status_code)
-    threads = [threading.Thread(target=one) for _ in range(5)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    results = run_concurrently(lambda: get(d).status_code, 5, timeout=30)
     assert results == [200] * 5
     assert server.mints == 1
 

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from avtest import daemon as avd
+from avtest.checks import run_concurrently
 from avtest.gateway import received
 from avtest.oauth_server import LEAK_DESCRIPTION, OAuthServer, leaf_for
 
@@ -157,21 +158,7 @@ def test_no_rotation_leaves_the_vault_alone(refresh_daemon, server, vault):
 def test_concurrent_requests_mint_once(refresh_daemon, server):
     server.mint_delay = 0.5
     d = refresh_daemon()
-    results = []
-    lock = threading.Lock()
-
-    def one():
-        try:
-            s = get(d).status_code
-        except Exception as e:  # noqa: BLE001 - reported below
-            s = repr(e)
-        with lock:
-            results.append(s)
-    threads = [threading.Thread(target=one) for _ in range(40)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = run_concurrently(lambda: get(d).status_code, 40)
     assert results == [200] * 40, results
     assert server.mints == 1 and server.refresh_used == [RT0]
 

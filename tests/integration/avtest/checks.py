@@ -73,3 +73,24 @@ def auth_values(rec):
 
 def no_proxy_headers(rec):
     return [k for k, _ in rec.headers if k.lower() == "proxy-authorization"]
+
+
+def run_concurrently(fn, n, timeout=60):
+    """Calls fn() from n threads at once; returns what each returned (or the
+    repr of what it raised), in completion order."""
+    import threading
+    results, lock = [], threading.Lock()
+
+    def one():
+        try:
+            r = fn()
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            r = repr(e)
+        with lock:
+            results.append(r)
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results
