@@ -17,6 +17,7 @@
 #include <strings.h>
 #include <ctype.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -32,7 +33,14 @@
 
 enum { SEC_NONE, SEC_PROXY, SEC_SERVICE, SEC_TOKEN, SEC_GATEWAY };
 
-/* Bits for single-valued keys already seen in the current section. */
+/* Bits for single-valued keys already seen in the current section. Bits 0-31
+ * are the enum below (already crowded: several sections reuse each other's
+ * bits); new keys take bits from 32 up as uint64_t constants (an enum
+ * cannot portably hold them):
+ *   32-35 computed credentials (gcp:, github_app:)
+ *   36-39 decision hooks
+ *   40-41 worker threads
+ *   42-47 replicas and deployment */
 enum {
     K_STATE_DIR = 1u << 0, K_UNMATCHED = 1u << 1, K_CACERT = 1u << 2,
     K_CONNECT_TO = 1u << 3, K_IDLE_TO = 1u << 4, K_HEADER_TO = 1u << 5,
@@ -60,7 +68,7 @@ typedef struct parser {
     int line;
     int section;       /* SEC_* */
     int section_line;
-    unsigned seen;     /* K_* bits of the current section */
+    uint64_t seen;     /* K_* bits of the current section */
     int saw_proxy;
     int nomem;         /* the error was an allocation failure */
 } parser;
@@ -249,17 +257,17 @@ static int set_string(parser *p, char **dst, const char *v, size_t n)
  * values add up) and are not marked seen. */
 typedef struct key_def {
     const char *name;
-    unsigned bit;
+    uint64_t bit;
     int multi;
 } key_def;
 
 /* key_bit finds |k| in |keys|, refuses unknown and repeated keys (|sec|
  * and |expected| name them in the error) and marks it seen. Returns the
  * bit, or 0 after an error was reported. */
-static unsigned key_bit(parser *p, const key_def *keys, size_t n, const char *sec, const char *expected,
+static uint64_t key_bit(parser *p, const key_def *keys, size_t n, const char *sec, const char *expected,
                         const char *k, size_t kl)
 {
-    unsigned bit = 0;
+    uint64_t bit = 0;
     int multi = 0;
     for (size_t i = 0; i < n && !bit; i++)
         if (word_eq(k, kl, keys[i].name)) {
@@ -362,7 +370,7 @@ static int set_timeout(parser *p, const char *k, size_t kl, const char *v, size_
 static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_config *c = p->cfg;
-    unsigned bit = key_bit(p, proxy_keys, sizeof(proxy_keys) / sizeof(proxy_keys[0]), "proxy", NULL, k, kl);
+    uint64_t bit = key_bit(p, proxy_keys, sizeof(proxy_keys) / sizeof(proxy_keys[0]), "proxy", NULL, k, kl);
     if (!bit)
         return AV_ERR_CONFIG;
 
@@ -781,7 +789,7 @@ static int set_service_secret(parser *p, av_service *s, const char *v, size_t vl
 static int service_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_service *s = &p->cfg->services[p->cfg->nservices - 1];
-    unsigned bit = key_bit(p, service_keys, sizeof(service_keys) / sizeof(service_keys[0]), "service", NULL, k,
+    uint64_t bit = key_bit(p, service_keys, sizeof(service_keys) / sizeof(service_keys[0]), "service", NULL, k,
                            kl);
     if (!bit)
         return AV_ERR_CONFIG;
@@ -969,7 +977,7 @@ static const key_def gateway_keys[] = {
 static int gateway_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_gateway_cfg *g = &p->cfg->gateways[p->cfg->ngateways - 1];
-    unsigned bit = key_bit(p, gateway_keys, sizeof(gateway_keys) / sizeof(gateway_keys[0]), "gateway",
+    uint64_t bit = key_bit(p, gateway_keys, sizeof(gateway_keys) / sizeof(gateway_keys[0]), "gateway",
                            "listen, upstream, allow_remote, token", k, kl);
     if (!bit)
         return AV_ERR_CONFIG;
@@ -1012,7 +1020,7 @@ static const key_def token_keys[] = {
 static int token_key(parser *p, const char *k, size_t kl, const char *v, size_t vl)
 {
     av_token_cfg *t = &p->cfg->tokens[p->cfg->ntokens - 1];
-    unsigned bit = key_bit(p, token_keys, sizeof(token_keys) / sizeof(token_keys[0]), "token",
+    uint64_t bit = key_bit(p, token_keys, sizeof(token_keys) / sizeof(token_keys[0]), "token",
                            "secret, services, unmatched, rate, burst", k, kl);
     if (!bit)
         return AV_ERR_CONFIG;
