@@ -47,7 +47,7 @@ static const char usage_text[] =
     "                   [--password-file FILE]   (the vault's master password)\n"
     "  agentvault check -c FILE\n"
     "  agentvault ca pem [-c FILE] [--state-dir DIR]\n"
-    "  agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] -- CMD [ARGS]\n"
+    "  agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] [--socks] [--keep-env NAMES] -- CMD [ARGS]\n"
     "  agentvault secret set NAME | list | rm NAME | passwd  [--vault PATH] [--no-password]\n"
     "                   [--password-file FILE] (see 'agentvault secret --help')\n"
     "  agentvault token create --name NAME [--services A,B] [--ttl 24h] | list | revoke NAME\n"

@@ -1,6 +1,7 @@
 /* run.c - `agentvault run`: start a command wired to the vault.
  *
- *   agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] [--socks] -- CMD [ARGS...]
+ *   agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] [--socks] [--keep-env NAMES]
+ *                  -- CMD [ARGS...]
  *
  * Fetches the proxy's root certificate (GET /ca.pem) and the placeholder
  * variables of its services (GET /agent-env) over plain HTTP/1.1, writes
@@ -33,7 +34,7 @@
 #include "run_int.h"
 
 #define RUN_DEFAULT_PROXY "http://127.0.0.1:14322"
-#define RUN_USAGE "usage: agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] [--socks] -- CMD [ARGS...]"
+#define RUN_USAGE "usage: agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] [--socks] [--keep-env NAMES] -- CMD [ARGS...]"
 
 /* Variables whose value is the bundle (system roots + our root). grpcio
  * ignores SSL_CERT_FILE and reads only GRPC_DEFAULT_SSL_ROOTS_FILE_PATH. */
@@ -175,14 +176,32 @@ static int env_name_allowed(const char *name)
     return 1;
 }
 
-/* Applies the NAME=VALUE lines of an /agent-env body to the environment:
- * a variable the user already has (non-empty) is left alone. Invalid and
- * refused lines are skipped with a warning. Returns 0, or -1 if setenv
- * failed. */
-static int apply_agent_env(char *body, size_t len)
+/* 1 if |name| is one of the comma-separated names in |list| (NULL: none). */
+static int name_listed(const char *list, const char *name)
+{
+    size_t nl = strlen(name);
+    for (const char *p = list; p && *p;) {
+        size_t n = strcspn(p, ",");
+        if (n == nl && memcmp(p, name, n) == 0)
+            return 1;
+        p += n;
+        if (*p == ',')
+            p++;
+    }
+    return 0;
+}
+
+/* Applies the NAME=VALUE lines of an /agent-env body to the environment.
+ * A variable the user already set to something else is replaced too, with
+ * a warning naming it (never its value): it is likely the real key, which
+ * CMD must not hold. The names in |keep| (--keep-env) keep the user's
+ * value. Invalid and refused lines are skipped with a warning. Returns 0,
+ * or -1 if setenv failed. */
+static int apply_agent_env(char *body, size_t len, const char *keep)
 {
     size_t taken = 0;
     unsigned lineno = 0;
+    const char *applied[RUN_MAX_ENV_LINES]; /* names set so far: the first line naming one wins */
     char *p = body, *end = body + len;
     while (p < end) {
         char *nl = memchr(p, '\n', (size_t)(end - p));
@@ -215,12 +234,26 @@ static int apply_agent_env(char *body, size_t len)
         *eq = '\0';
         *le = '\0';
         const char *name = p, *value = eq + 1;
-        if (!env_name_allowed(name)) {
+        int again = 0;
+        for (size_t i = 0; i + 1 < taken && !again; i++)
+            again = strcmp(applied[i], name) == 0;
+        applied[taken - 1] = name;
+        if (again) {
+            /* a later line for a name already set: the first one wins */
+        } else if (!env_name_allowed(name)) {
             run_msg("warning: /agent-env may not set %s; ignored", name);
         } else {
             const char *cur = getenv(name);
-            if ((!cur || !*cur) && setenv(name, value, 1) < 0)
-                return -1;
+            int has = cur && *cur;
+            if (has && name_listed(keep, name)) {
+                /* kept, as asked */
+            } else if (!has || strcmp(cur, value) != 0) {
+                if (has)
+                    run_msg("warning: %s is set in your environment; CMD gets the proxy's placeholder instead, "
+                            "so that it holds no real key (--keep-env %s keeps yours)", name, name);
+                if (setenv(name, value, 1) < 0)
+                    return -1;
+            }
         }
         p = next;
     }
@@ -482,7 +515,7 @@ out:
 /* Entry point: see run.h and the comment at the top of this file. */
 int cmd_run(int argc, char **argv)
 {
-    const char *proxy_arg = NULL, *token = NULL, *no_proxy_add = NULL;
+    const char *proxy_arg = NULL, *token = NULL, *no_proxy_add = NULL, *keep_env = NULL;
     int cmd_at = -1, socks = 0;
     for (int i = 2; i < argc; i++) {
         const char *a = argv[i];
@@ -501,7 +534,8 @@ int cmd_run(int argc, char **argv)
         }
         if ((r = take_opt(argc, argv, &i, "--proxy", &proxy_arg)) != 0 ||
             (r = take_opt(argc, argv, &i, "--token", &token)) != 0 ||
-            (r = take_opt(argc, argv, &i, "--no-proxy", &no_proxy_add)) != 0) {
+            (r = take_opt(argc, argv, &i, "--no-proxy", &no_proxy_add)) != 0 ||
+            (r = take_opt(argc, argv, &i, "--keep-env", &keep_env)) != 0) {
             if (r < 0)
                 return usage_error("%s needs a value", a);
             continue;
@@ -548,6 +582,18 @@ int cmd_run(int argc, char **argv)
         for (const char *s = no_proxy_add; *s; s++)
             if (*s <= 0x20 || *s >= 0x7f)
                 return usage_error("--no-proxy takes a comma-separated list of hosts without spaces");
+    }
+
+    if (keep_env) {
+        for (const char *p = keep_env;;) {
+            size_t n = strcspn(p, ",");
+            if (!valid_env_name(p, n))
+                return usage_error("--keep-env takes a comma-separated list of variable names ([A-Z_][A-Z0-9_]*)");
+            p += n;
+            if (!*p)
+                break;
+            p++;
+        }
     }
 
     av_buf auth;
@@ -629,7 +675,7 @@ int cmd_run(int argc, char **argv)
 
     if (set_run_env(&px, token, no_proxy_add, socks, bundle_path, root_path) < 0)
         goto out;
-    if (env.status == 200 && env.body && apply_agent_env(env.body, env.body_len) < 0) {
+    if (env.status == 200 && env.body && apply_agent_env(env.body, env.body_len, keep_env) < 0) {
         run_msg("cannot set the environment: %s", strerror(errno));
         goto out;
     }

@@ -3,7 +3,7 @@
 #define AV_DAEMON_RUN_H
 
 /* cmd_run implements `agentvault run [--proxy URL] [--token TOKEN]
- * [--no-proxy HOSTS] -- CMD [ARGS]`; argv[1] is "run". Returns the exit
+ * [--no-proxy HOSTS] [--socks] [--keep-env NAMES] -- CMD [ARGS]`; argv[1] is "run". Returns the exit
  * status for main(). */
 int cmd_run(int argc, char **argv);
 

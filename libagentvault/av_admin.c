@@ -12,9 +12,14 @@
 #include "av_conn_int.h"
 
 /* Variables `agentvault run` sets to a placeholder for services on the
- * well-known API hosts, unless the service names its own (agent_env). */
-static const char *agent_env_default(const char *host)
+ * well-known API hosts and for AWS-signed services (the SDKs' key
+ * variables, so that an agent never signs with keys from the user's
+ * environment), unless the service names its own (agent_env). */
+static const char *agent_env_default(const av_service *svc)
 {
+    const char *host = svc->host;
+    if (svc->auth == AV_AUTH_AWS_SIGV4)
+        return "AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,AWS_SESSION_TOKEN";
     if (strcmp(host, "api.openai.com") == 0)
         return "OPENAI_API_KEY,CODEX_API_KEY";
     if (strcmp(host, "api.anthropic.com") == 0)
@@ -48,7 +53,7 @@ static void conn_agent_env(av_conn *c, int head_only)
     body[0] = '\0';
     for (size_t i = 0; i < cfg->nservices; i++) {
         const av_service *svc = &cfg->services[i];
-        const char *vars = svc->agent_env ? svc->agent_env : agent_env_default(svc->host);
+        const char *vars = svc->agent_env ? svc->agent_env : agent_env_default(svc);
         if (!vars)
             continue;
         char value[160];

@@ -292,14 +292,36 @@ def test_no_proxy_simple(daemon, tmp_path):
     assert (child["NO_PROXY"], child["no_proxy"]) == (want, want)
 
 
-def test_user_keys_are_kept(daemon, tmp_path):
+def test_user_keys_are_replaced_with_a_warning(daemon, tmp_path):
+    """A key variable already set (most likely the real key, in the user's
+    shell) is replaced by the placeholder: CMD must not hold a real key.
+    run warns, naming the variable and never its value."""
     d = daemon()
-    env = run_env(tmp_path, OPENAI_API_KEY="sk-users-own", GITHUB_TOKEN="")
-    _, child, _ = dump_run(["--proxy", proxy_url(d)], env, tmp_path / "out")
-    assert child["OPENAI_API_KEY"] == "sk-users-own"
+    env = run_env(tmp_path, OPENAI_API_KEY="sk-users-own-real-key", GITHUB_TOKEN="",
+                  GH_TOKEN=PLACEHOLDERS["GH_TOKEN"])
+    p, child, _ = dump_run(["--proxy", proxy_url(d)], env, tmp_path / "out")
+    assert child["OPENAI_API_KEY"] == PLACEHOLDERS["OPENAI_API_KEY"]
     assert child["CODEX_API_KEY"] == PLACEHOLDERS["CODEX_API_KEY"]
     assert child["GITHUB_TOKEN"] == PLACEHOLDERS["GITHUB_TOKEN"]  # empty counts as unset
     assert child["GH_TOKEN"] == PLACEHOLDERS["GH_TOKEN"]
+    assert "sk-users-own-real-key" not in child.values()
+    err = p.stderr.decode()
+    assert "sk-users-own" not in err
+    # One warning: OPENAI_API_KEY (GITHUB_TOKEN was empty, GH_TOKEN already the placeholder).
+    warns = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warns) == 1 and "OPENAI_API_KEY is set in your environment" in warns[0] \
+        and "--keep-env OPENAI_API_KEY" in warns[0], err
+
+
+def test_keep_env_keeps_the_users_value(daemon, tmp_path):
+    d = daemon()
+    env = run_env(tmp_path, OPENAI_API_KEY="sk-users-own", GITHUB_TOKEN="ghp-users-own")
+    p, child, _ = dump_run(["--proxy", proxy_url(d), "--keep-env", "OPENAI_API_KEY,NOT_LISTED_BY_THE_PROXY"],
+                           env, tmp_path / "out")
+    assert child["OPENAI_API_KEY"] == "sk-users-own"
+    assert child["GITHUB_TOKEN"] == PLACEHOLDERS["GITHUB_TOKEN"]
+    err = p.stderr.decode()
+    assert "OPENAI_API_KEY" not in err and "GITHUB_TOKEN is set in your environment" in err, err
 
 
 def test_inherited_proxy_and_ca_variables_are_replaced(daemon, tmp_path):
@@ -381,14 +403,16 @@ def test_agent_env_parsing(fake_proxy, tmp_path):
     assert child["GOOD_ONE"] == "placeholder-1"
     assert child["GOOD_TWO"] == "p-2_x.y"
     assert child["LAST"] == "no-newline"
-    assert child["USER_SET"] == "mine"
+    assert child["USER_SET"] == "from-proxy"
     for k in ("lower", "SPACED", "1BAD", "NOEQUALS", "EMPTY", "LD_PRELOAD"):
         assert k not in child, k
     assert child["HTTPS_PROXY"] == fp.url
     assert child["SSL_CERT_FILE"].endswith("/bundle.pem")
     err = p.stderr.decode()
-    assert err.count("warning") >= 7, err  # lower, SPACED, 1BAD, NOEQUALS, EMPTY + 3 refused
-    assert "evil" not in err
+    # lower, SPACED, 1BAD, NOEQUALS, EMPTY + 3 refused + USER_SET replaced
+    assert err.count("warning") == 9, err
+    assert "USER_SET is set in your environment" in err and "mine" not in err
+    assert "evil" not in err and "GOOD_ONE is set" not in err
 
 
 @pytest.mark.parametrize("status,warns", [(404, False), (400, True), (500, True),
@@ -637,6 +661,10 @@ def test_default_proxy_unreachable(tmp_path):
     ["--bogus", "--", "true"],
     ["--proxy"],
     ["--no-proxy", "a b", "--", "true"],
+    ["--keep-env", "--", "true"],
+    ["--keep-env", "openai_api_key", "--", "true"],
+    ["--keep-env", "A,,B", "--", "true"],
+    ["--keep-env=", "--", "true"],
 ])
 def test_usage_errors(tmp_path, args):
     marker = tmp_path / "ran"

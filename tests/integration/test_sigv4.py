@@ -542,6 +542,36 @@ def test_aws_cli_s3_cp_and_ls(aws_daemon, origin, tmp_path):
     assert_all_resigned(origin)
 
 
+def test_aws_cli_through_run_never_gets_the_users_real_keys(aws_daemon, origin, tmp_path):
+    """The user's shell holds the real AWS keys (as the daemon's own
+    environment did); `agentvault run -- aws ...` gives the CLI placeholders
+    instead (run warns, naming the variables), the CLI signs with them, and
+    the proxy re-signs with the real key."""
+    d = aws_daemon()
+    cfg = tmp_path / "aws-config"
+    cfg.write_text("[default]\nregion = us-east-1\ns3 =\n    addressing_style = path\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "AWS_ACCESS_KEY_ID": REAL_AKID,
+           "AWS_SECRET_ACCESS_KEY": REAL_SECRET, "AWS_SESSION_TOKEN": REAL_TOKEN,
+           "AWS_CONFIG_FILE": str(cfg), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+           "AWS_EC2_METADATA_DISABLED": "true", "AWS_PAGER": ""}
+    src = tmp_path / "upload.txt"
+    src.write_bytes(b"through agentvault run\n" * 100)
+    dump = tmp_path / "child-env"
+    script = f'env -0 > {dump} && exec {AWS_CLI} --endpoint-url https://s3.aws.test s3 cp "$1" s3://runbkt/up.txt'
+    p = subprocess.run([str(avd.binary_path()), "run", "--proxy", d.proxy_url("http"), "--",
+                        "/bin/sh", "-c", script, "sh", str(src)], env=env, capture_output=True, timeout=60)
+    received(p.stdout, p.stderr)
+    assert p.returncode == 0, p.stderr.decode()
+    child = dict(item.split(b"=", 1) for item in dump.read_bytes().split(b"\0") if item)
+    for var, real in (("AWS_ACCESS_KEY_ID", REAL_AKID), ("AWS_SECRET_ACCESS_KEY", REAL_SECRET),
+                      ("AWS_SESSION_TOKEN", REAL_TOKEN)):
+        assert child[var.encode()] == b"agentvault-placeholder-s3", var
+        assert real.encode() not in dump.read_bytes()
+        assert f"{var} is set in your environment".encode() in p.stderr
+    assert origin.objects["/runbkt/up.txt"] == src.read_bytes()
+    assert_all_resigned(origin)
+
+
 def test_gateway_s3_and_bedrock(aws_daemon, origin):
     """Base-URL mode: the agent signs for 127.0.0.1:PORT, the proxy re-signs
     for the origin's host as sent."""
