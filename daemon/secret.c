@@ -488,9 +488,11 @@ static int open_vault(const secret_opts *o, const char *path, av_vault **v)
 
 #define LOCK_WAIT_MS 60000
 
-/* lock_vault takes the exclusive lock PATH.lock that every command that
- * changes the vault holds from reading it to saving it (each one rewrites
- * the whole file: without it, two at once lost one's change). Readers need
+/* lock_vault takes the exclusive lock PATH.lock that serializes writers
+ * (each one rewrites the whole file: without it, two at once lost one's
+ * change). `secret set` holds it to create a missing vault; the changes
+ * themselves (av_vault_set, av_vault_remove, av_vault_passwd) take it in
+ * the library, read the file again under it and save. Readers need
  * no lock: a save is an atomic rename. Returns the descriptor (released at
  * close or exit), -2 when the directory does not exist (the caller then
  * reports the missing vault), or -1 (message printed). */
@@ -599,6 +601,9 @@ static int do_set(const secret_opts *o, const char *path, int is_default)
         fprintf(stderr, "agentvault: created vault %s%s\n", path,
                 o->no_password ? " (no password: its key file is next to it)" : "");
     }
+    /* av_vault_set takes the lock itself, reads the file again and saves */
+    unlock_vault(lock);
+    lock = -1;
     int rc = av_vault_set(v, o->name, value.p, value.len, err, sizeof(err));
     if (rc != AV_OK) {
         fail("%s", err[0] ? err : av_strerror(rc));
@@ -661,17 +666,12 @@ static int do_rm(const secret_opts *o, const char *path)
 {
     char err[1024] = "";
     av_vault *v = NULL;
-    int lock = lock_vault(path);
-    if (lock == -1)
-        return EXIT_RUNTIME;
     int status = open_vault(o, path, &v);
-    if (status != 0) {
-        unlock_vault(lock);
+    if (status != 0)
         return status;
-    }
+    /* under the writers' lock, on the file as it is then */
     int rc = av_vault_remove(v, o->name, err, sizeof(err));
     av_vault_close(v);
-    unlock_vault(lock);
     if (rc != AV_OK) {
         fail("%s", err[0] ? err : av_strerror(rc));
         return EXIT_RUNTIME;
@@ -685,17 +685,13 @@ static int do_passwd(const secret_opts *o, const char *path)
     char err[1024] = "";
     av_vault *v = NULL;
     bytes pw = {0};
-    int lock = lock_vault(path);
-    if (lock == -1)
-        return EXIT_RUNTIME;
     int status = open_vault(o, path, &v);
-    if (status != 0) {
-        unlock_vault(lock);
+    if (status != 0)
         return status;
-    }
     status = EXIT_RUNTIME;
     if (get_new_password(o, path, &pw) != 0)
         goto out;
+    /* under the writers' lock, on the file as it is then */
     int rc = av_vault_passwd(v, pw.p, pw.len, err, sizeof(err));
     if (rc != AV_OK) {
         fail("%s", err[0] ? err : av_strerror(rc));
@@ -706,7 +702,6 @@ static int do_passwd(const secret_opts *o, const char *path)
 out:
     bytes_free(&pw);
     av_vault_close(v);
-    unlock_vault(lock);
     return status;
 }
 

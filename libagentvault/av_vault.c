@@ -1414,8 +1414,12 @@ AV_EXPORT void av_vault_free_value(char *value, size_t value_len)
     av__free(value);
 }
 
-AV_EXPORT int av_vault_set(av_vault *v, const char *name, const void *value, size_t value_len,
-                           char *err, size_t err_len)
+/* ---- changes that save ------------------------------------------------- */
+
+/* vault_put stores |name| = |value| and saves; on failure |v| and the file
+ * are unchanged. vault_delete removes |name| and saves. */
+static int vault_put(av_vault *v, const char *name, const void *value, size_t value_len, char *err,
+                     size_t err_len)
 {
     int found;
     if (!v)
@@ -1439,7 +1443,7 @@ AV_EXPORT int av_vault_set(av_vault *v, const char *name, const void *value, siz
     return rc;
 }
 
-AV_EXPORT int av_vault_remove(av_vault *v, const char *name, char *err, size_t err_len)
+static int vault_delete(av_vault *v, const char *name, char *err, size_t err_len)
 {
     int found;
     vault_entry e;
@@ -1464,6 +1468,61 @@ AV_EXPORT int av_vault_remove(av_vault *v, const char *name, char *err, size_t e
     return rc;
 }
 
+/* ---- public changes: lock, re-read, change, save ------------------------ */
+
+/* How long a public change waits for another writer's lock (tests
+ * shorten it: av__vault_set_lock_wait). */
+static int g_lock_wait_ms = 10000;
+
+void av__vault_set_lock_wait(int ms)
+{
+    g_lock_wait_ms = ms > 0 ? ms : 10000;
+}
+
+/* locked_change runs |change| on a fresh copy of the file taken under the
+ * writers' lock, so that what other writers (agentvault secret, a daemon
+ * writing back a rotated refresh token) saved since |v| was read is kept;
+ * on success |v| becomes what the file now holds, on failure it is
+ * unchanged. */
+typedef struct change_arg {
+    int op; /* 0 put, 1 delete */
+    const char *name;
+    const void *value;
+    size_t value_len;
+} change_arg;
+
+static int locked_change(av_vault *v, const change_arg *a, char *err, size_t err_len)
+{
+    if (!v)
+        return AV_ERR_INVALID;
+    int fd = lock_path(v->path, g_lock_wait_ms, err, err_len);
+    if (fd < 0)
+        return fd == -2 ? AV_ERR_AGAIN : AV_ERR_IO;
+    av_vault *t = NULL;
+    int rc = reread(v, &t, err, err_len);
+    if (rc == AV_OK)
+        rc = a->op == 0 ? vault_put(t, a->name, a->value, a->value_len, err, err_len)
+                        : vault_delete(t, a->name, err, err_len);
+    close(fd); /* releases the lock */
+    if (rc == AV_OK)
+        adopt(v, t);
+    av__vault_free(t);
+    return rc;
+}
+
+AV_EXPORT int av_vault_set(av_vault *v, const char *name, const void *value, size_t value_len,
+                           char *err, size_t err_len)
+{
+    change_arg a = {0, name, value, value_len};
+    return locked_change(v, &a, err, err_len);
+}
+
+AV_EXPORT int av_vault_remove(av_vault *v, const char *name, char *err, size_t err_len)
+{
+    change_arg a = {1, name, NULL, 0};
+    return locked_change(v, &a, err, err_len);
+}
+
 AV_EXPORT size_t av_vault_count(const av_vault *v)
 {
     return av__vault_count(v);
@@ -1486,5 +1545,18 @@ AV_EXPORT int av_vault_list(const av_vault *v, size_t i, const char **name, long
 AV_EXPORT int av_vault_passwd(av_vault *v, const char *new_password, size_t new_password_len,
                               char *err, size_t err_len)
 {
-    return av__vault_change_password(v, new_password, new_password_len, err, err_len);
+    if (!v)
+        return AV_ERR_INVALID;
+    int fd = lock_path(v->path, g_lock_wait_ms, err, err_len);
+    if (fd < 0)
+        return fd == -2 ? AV_ERR_AGAIN : AV_ERR_IO;
+    av_vault *t = NULL;
+    int rc = reread(v, &t, err, err_len); /* entries other writers saved are kept */
+    if (rc == AV_OK) {
+        adopt(v, t);
+        rc = av__vault_change_password(v, new_password, new_password_len, err, err_len);
+    }
+    close(fd);
+    av__vault_free(t);
+    return rc;
 }

@@ -93,6 +93,11 @@ int av__vault_change_password(av_vault *v, const void *pw, size_t pw_len, char *
  * process is gone, or over an hour old; see remove_stale_tmp). */
 int av__vault_save(av_vault *v, char *err, size_t err_len);
 
+/* av__vault_set_lock_wait sets how long av_vault_set, av_vault_remove and
+ * av_vault_passwd wait for another writer's lock (default 10 s; <= 0
+ * restores it). For tests. */
+void av__vault_set_lock_wait(int ms);
+
 /* av__vault_update stores |name| = |value| in the vault file without
  * losing what another writer saved since |v| was read: it takes the
  * writers' lock PATH.lock that 'agentvault secret' takes (an exclusive

@@ -391,15 +391,23 @@ AV_EXPORT int av_vault_get(const av_vault *v, const char *name, char **value,
 AV_EXPORT void av_vault_free_value(char *value, size_t value_len);
 
 /* av_vault_set stores (adds or replaces) secret |name| and saves the vault.
- * On failure the vault, in memory and on disk, is unchanged. Returns
- * AV_ERR_INVALID (bad name or empty value), AV_ERR_LIMIT (value over
- * 64 KiB, 4096 secrets, or the file would exceed 64 MiB), AV_ERR_IO,
- * AV_ERR_TLS or AV_ERR_NOMEM. */
+ * Like av_vault_remove and av_vault_passwd, it takes the writers' lock
+ * PATH.lock (shared with `agentvault secret` and with a daemon writing back
+ * a rotated refresh token), reads the file again under it, changes and
+ * saves that: what other writers saved since |v| was read is kept, and |v|
+ * then holds what the file holds. On failure the vault, in memory and on
+ * disk, is unchanged. Returns AV_ERR_INVALID (bad name or empty value),
+ * AV_ERR_LIMIT (value over 64 KiB, 4096 secrets, or the file would exceed
+ * 64 MiB), AV_ERR_AGAIN (another writer held the lock for 10 s),
+ * AV_ERR_STATE (the file was re-keyed since |v| was opened: open it
+ * again), AV_ERR_IO, AV_ERR_TLS or AV_ERR_NOMEM. Not to be called while
+ * the same process holds PATH.lock itself. */
 AV_EXPORT int av_vault_set(av_vault *v, const char *name, const void *value, size_t value_len,
                            char *err, size_t err_len);
 
-/* av_vault_remove deletes secret |name| and saves the vault. On failure
- * nothing changes. Returns AV_ERR_NOTFOUND, AV_ERR_INVALID, AV_ERR_IO,
+/* av_vault_remove deletes secret |name| and saves the vault, under the
+ * writers' lock as av_vault_set. On failure nothing changes. Returns
+ * AV_ERR_NOTFOUND, AV_ERR_INVALID, AV_ERR_AGAIN, AV_ERR_STATE, AV_ERR_IO,
  * AV_ERR_TLS or AV_ERR_NOMEM. */
 AV_EXPORT int av_vault_remove(av_vault *v, const char *name, char *err, size_t err_len);
 
@@ -416,9 +424,10 @@ AV_EXPORT int av_vault_list(const av_vault *v, size_t i, const char **name,
 
 /* av_vault_passwd re-wraps the vault's keys under a new master password
  * (fresh salt, default Argon2id cost) and saves it. A key-file vault
- * becomes a password vault and its key file is deleted. On failure nothing
- * changes. Returns AV_ERR_INVALID (empty password), AV_ERR_IO, AV_ERR_TLS
- * or AV_ERR_NOMEM. */
+ * becomes a password vault and its key file is deleted. Under the
+ * writers' lock as av_vault_set. On failure the key material is unchanged.
+ * Returns AV_ERR_INVALID (empty password), AV_ERR_AGAIN, AV_ERR_STATE,
+ * AV_ERR_IO, AV_ERR_TLS or AV_ERR_NOMEM. */
 AV_EXPORT int av_vault_passwd(av_vault *v, const char *new_password, size_t new_password_len,
                               char *err, size_t err_len);
 

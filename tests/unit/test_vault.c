@@ -1145,6 +1145,54 @@ static void update_keeps_other_writers_entries(void **state)
     assert_int_equal(count_tmp(), 0);
 }
 
+/* The public changes (av_vault_set, av_vault_remove, av_vault_passwd) on
+ * a handle read before another writer saved keep that writer's entries:
+ * they take the lock and read the file again (before, the handle's stale
+ * copy overwrote the file). */
+static void public_changes_keep_other_writers_entries(void **state)
+{
+    (void)state;
+    av_vault *a = create_pw("w.avv");
+    set_ok(a, "one", "1");
+    save_ok(a);
+    av__vault_free(a);
+    av_vault *stale = NULL, *other = NULL;
+    open_ok(&stale, "w.avv");
+    open_ok(&other, "w.avv");
+    assert_int_equal(av_vault_set(other, "two", "2", 1, g_err, sizeof(g_err)), AV_OK);
+    assert_int_equal(av_vault_set(stale, "three", "3", 1, g_err, sizeof(g_err)), AV_OK);
+    check_value(stale, "two", "2"); /* the handle now holds what the file holds */
+    assert_int_equal(av_vault_set(other, "four", "4", 1, g_err, sizeof(g_err)), AV_OK);
+    assert_int_equal(av_vault_remove(stale, "one", g_err, sizeof(g_err)), AV_OK);
+    assert_int_equal(av_vault_set(other, "five", "5", 1, g_err, sizeof(g_err)), AV_OK);
+    assert_int_equal(av_vault_passwd(stale, "pw2", 3, g_err, sizeof(g_err)), AV_OK);
+    av__vault_free(stale);
+    /* |other| was read before the password changed: refused, file untouched */
+    assert_int_equal(av_vault_set(other, "six", "6", 1, g_err, sizeof(g_err)), AV_ERR_STATE);
+    assert_non_null(strstr(g_err, "re-keyed"));
+    av__vault_free(other);
+    av_vault *r = NULL;
+    assert_int_equal(av__vault_open(&r, path_in("w.avv"), "pw2", 3, g_err, sizeof(g_err)), AV_OK);
+    assert_int_equal(av__vault_count(r), 4);
+    check_value(r, "two", "2");
+    check_value(r, "three", "3");
+    check_value(r, "four", "4");
+    check_value(r, "five", "5");
+    av__vault_free(r);
+    /* a writer holding the lock: AV_ERR_AGAIN after the wait, nothing changed */
+    int fd = open(path_in("w.avv.lock"), O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(flock(fd, LOCK_EX | LOCK_NB), 0);
+    assert_int_equal(av__vault_open(&r, path_in("w.avv"), "pw2", 3, g_err, sizeof(g_err)), AV_OK);
+    av__vault_set_lock_wait(100);
+    assert_int_equal(av_vault_remove(r, "two", g_err, sizeof(g_err)), AV_ERR_AGAIN);
+    av__vault_set_lock_wait(0);
+    assert_non_null(strstr(g_err, "another writer"));
+    check_value(r, "two", "2");
+    close(fd);
+    av__vault_free(r);
+}
+
 /* reload: the handle takes what another writer saved, with its own key
  * material; a re-keyed or damaged file leaves the handle as it was. */
 static void reload_reads_the_file_again(void **state)
@@ -1328,6 +1376,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(update_keeps_other_writers_entries, setup, teardown),
+        cmocka_unit_test_setup_teardown(public_changes_keep_other_writers_entries, setup, teardown),
         cmocka_unit_test_setup_teardown(update_key_file_vault, setup, teardown),
         cmocka_unit_test_setup_teardown(reload_reads_the_file_again, setup, teardown),
         cmocka_unit_test_setup_teardown(update_waits_a_bounded_time_for_the_lock, setup, teardown),
