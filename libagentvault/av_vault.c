@@ -1222,31 +1222,6 @@ int av__vault_reload(av_vault *v, char *err, size_t err_len)
     return rc;
 }
 
-int av__vault_update(av_vault *v, const char *name, const void *value, size_t len, int wait_ms,
-                     char *err, size_t err_len)
-{
-    if (!v || wait_ms < 0)
-        return AV_ERR_INVALID;
-    if (!av__vault_name_valid(name) || !value || len == 0) {
-        av__errf(err, err_len, "%s: invalid secret name or empty value", v->path);
-        return AV_ERR_INVALID;
-    }
-    int fd = lock_path(v->path, wait_ms, err, err_len);
-    if (fd < 0)
-        return fd == -2 ? AV_ERR_AGAIN : AV_ERR_IO;
-    av_vault *t = NULL;
-    int rc = reread(v, &t, err, err_len);
-    if (rc == AV_OK)
-        rc = av__vault_set(t, name, value, len, err, err_len);
-    if (rc == AV_OK)
-        rc = vault_write(t, 0, err, err_len);
-    close(fd); /* releases the lock */
-    if (rc == AV_OK) /* |v| becomes what the file now holds */
-        adopt(v, t);
-    av__vault_free(t);
-    return rc;
-}
-
 /* take_entry removes entry |i| without freeing it. */
 static void take_entry(av_vault *v, size_t i, vault_entry *out)
 {
@@ -1255,15 +1230,6 @@ static void take_entry(av_vault *v, size_t i, vault_entry *out)
     v->n--;
     av__wipe(&v->e[v->n], sizeof(v->e[v->n]));
     v->file_size -= entry_size(strlen(out->name), av__secret_len(out->value));
-}
-
-/* put_entry puts back an entry taken by take_entry (the slot exists). */
-static void put_entry(av_vault *v, size_t i, const vault_entry *e)
-{
-    memmove(&v->e[i + 1], &v->e[i], (v->n - i) * sizeof(*v->e));
-    v->e[i] = *e;
-    v->n++;
-    v->file_size += entry_size(strlen(e->name), av__secret_len(e->value));
 }
 
 int av__vault_remove(av_vault *v, const char *name)
@@ -1414,61 +1380,7 @@ AV_EXPORT void av_vault_free_value(char *value, size_t value_len)
     av__free(value);
 }
 
-/* ---- changes that save ------------------------------------------------- */
-
-/* vault_put stores |name| = |value| and saves; on failure |v| and the file
- * are unchanged. vault_delete removes |name| and saves. */
-static int vault_put(av_vault *v, const char *name, const void *value, size_t value_len, char *err,
-                     size_t err_len)
-{
-    int found;
-    if (!v)
-        return AV_ERR_INVALID;
-    size_t i = av__vault_name_valid(name) ? find(v, name, &found) : (found = 0, 0);
-    av_secret *old = found ? av__secret_ref(v->e[i].value) : NULL;
-    int64_t old_updated = found ? v->e[i].updated : 0;
-    size_t old_size = v->file_size;
-    int rc = av__vault_set(v, name, value, value_len, err, err_len);
-    if (rc == AV_OK && (rc = av__vault_save(v, err, err_len)) != AV_OK) {
-        if (found) { /* put the old value back */
-            av__secret_free(v->e[i].value);
-            v->e[i].value = av__secret_ref(old);
-            v->e[i].updated = old_updated;
-            v->file_size = old_size;
-        } else {
-            av__vault_remove(v, name);
-        }
-    }
-    av__secret_free(old);
-    return rc;
-}
-
-static int vault_delete(av_vault *v, const char *name, char *err, size_t err_len)
-{
-    int found;
-    vault_entry e;
-    if (!v)
-        return AV_ERR_INVALID;
-    if (!av__vault_name_valid(name)) {
-        av__errf(err, err_len, "invalid secret name");
-        return AV_ERR_INVALID;
-    }
-    size_t i = find(v, name, &found);
-    if (!found) {
-        av__errf(err, err_len, "%s: no secret named %s", v->path, name);
-        return AV_ERR_NOTFOUND;
-    }
-    take_entry(v, i, &e);
-    int rc = av__vault_save(v, err, err_len);
-    if (rc != AV_OK)
-        put_entry(v, i, &e);
-    else
-        av__secret_free(e.value);
-    av__wipe(&e, sizeof(e));
-    return rc;
-}
-
-/* ---- public changes: lock, re-read, change, save ------------------------ */
+/* ---- changes under the writers' lock ------------------------------------ */
 
 /* How long a public change waits for another writer's lock (tests
  * shorten it: av__vault_set_lock_wait). */
@@ -1479,48 +1391,85 @@ void av__vault_set_lock_wait(int ms)
     g_lock_wait_ms = ms > 0 ? ms : 10000;
 }
 
-/* locked_change runs |change| on a fresh copy of the file taken under the
- * writers' lock, so that what other writers (agentvault secret, a daemon
- * writing back a rotated refresh token) saved since |v| was read is kept;
- * on success |v| becomes what the file now holds, on failure it is
- * unchanged. */
+enum { CHANGE_SET, CHANGE_REMOVE, CHANGE_PASSWORD };
+
 typedef struct change_arg {
-    int op; /* 0 put, 1 delete */
-    const char *name;
-    const void *value;
+    int op;           /* CHANGE_* */
+    const char *name; /* SET, REMOVE */
+    const void *value; /* SET: the value; PASSWORD: the new password */
     size_t value_len;
 } change_arg;
 
-static int locked_change(av_vault *v, const change_arg *a, char *err, size_t err_len)
+/* locked_change makes change |a| on a fresh copy of the file read under
+ * the writers' lock PATH.lock (waiting at most |wait_ms| for it) and saves
+ * it, so that what other writers (agentvault secret, a daemon writing back
+ * a rotated refresh token, another handle) saved since |v| was read is
+ * kept. On success |v| holds what the file now holds; on failure it is
+ * unchanged (a failed password change leaves |v| with the file's entries
+ * and its old key material). */
+static int locked_change(av_vault *v, int wait_ms, const change_arg *a, char *err, size_t err_len)
 {
-    if (!v)
-        return AV_ERR_INVALID;
-    int fd = lock_path(v->path, g_lock_wait_ms, err, err_len);
+    int fd = lock_path(v->path, wait_ms, err, err_len);
     if (fd < 0)
         return fd == -2 ? AV_ERR_AGAIN : AV_ERR_IO;
     av_vault *t = NULL;
     int rc = reread(v, &t, err, err_len);
-    if (rc == AV_OK)
-        rc = a->op == 0 ? vault_put(t, a->name, a->value, a->value_len, err, err_len)
-                        : vault_delete(t, a->name, err, err_len);
+    if (rc == AV_OK) {
+        switch (a->op) {
+        case CHANGE_SET:
+            rc = av__vault_set(t, a->name, a->value, a->value_len, err, err_len);
+            break;
+        case CHANGE_REMOVE:
+            if ((rc = av__vault_remove(t, a->name)) == AV_ERR_NOTFOUND)
+                av__errf(err, err_len, "%s: no secret named %s", v->path, a->name);
+            break;
+        default: /* the password: re-keys |v| itself, with the file's entries */
+            adopt(v, t);
+            rc = av__vault_change_password(v, a->value, a->value_len, err, err_len);
+            break;
+        }
+        if (rc == AV_OK && a->op != CHANGE_PASSWORD)
+            rc = vault_write(t, 0, err, err_len);
+    }
     close(fd); /* releases the lock */
-    if (rc == AV_OK)
+    if (rc == AV_OK && a->op != CHANGE_PASSWORD)
         adopt(v, t);
     av__vault_free(t);
     return rc;
 }
 
+int av__vault_update(av_vault *v, const char *name, const void *value, size_t len, int wait_ms,
+                     char *err, size_t err_len)
+{
+    if (!v || wait_ms < 0)
+        return AV_ERR_INVALID;
+    if (!av__vault_name_valid(name) || !value || len == 0) {
+        av__errf(err, err_len, "%s: invalid secret name or empty value", v->path);
+        return AV_ERR_INVALID;
+    }
+    change_arg a = {CHANGE_SET, name, value, len};
+    return locked_change(v, wait_ms, &a, err, err_len);
+}
+
 AV_EXPORT int av_vault_set(av_vault *v, const char *name, const void *value, size_t value_len,
                            char *err, size_t err_len)
 {
-    change_arg a = {0, name, value, value_len};
-    return locked_change(v, &a, err, err_len);
+    if (!v)
+        return AV_ERR_INVALID;
+    change_arg a = {CHANGE_SET, name, value, value_len};
+    return locked_change(v, g_lock_wait_ms, &a, err, err_len);
 }
 
 AV_EXPORT int av_vault_remove(av_vault *v, const char *name, char *err, size_t err_len)
 {
-    change_arg a = {1, name, NULL, 0};
-    return locked_change(v, &a, err, err_len);
+    if (!v)
+        return AV_ERR_INVALID;
+    if (!av__vault_name_valid(name)) {
+        av__errf(err, err_len, "invalid secret name");
+        return AV_ERR_INVALID;
+    }
+    change_arg a = {CHANGE_REMOVE, name, NULL, 0};
+    return locked_change(v, g_lock_wait_ms, &a, err, err_len);
 }
 
 AV_EXPORT size_t av_vault_count(const av_vault *v)
@@ -1547,16 +1496,6 @@ AV_EXPORT int av_vault_passwd(av_vault *v, const char *new_password, size_t new_
 {
     if (!v)
         return AV_ERR_INVALID;
-    int fd = lock_path(v->path, g_lock_wait_ms, err, err_len);
-    if (fd < 0)
-        return fd == -2 ? AV_ERR_AGAIN : AV_ERR_IO;
-    av_vault *t = NULL;
-    int rc = reread(v, &t, err, err_len); /* entries other writers saved are kept */
-    if (rc == AV_OK) {
-        adopt(v, t);
-        rc = av__vault_change_password(v, new_password, new_password_len, err, err_len);
-    }
-    close(fd);
-    av__vault_free(t);
-    return rc;
+    change_arg a = {CHANGE_PASSWORD, NULL, new_password, new_password_len};
+    return locked_change(v, g_lock_wait_ms, &a, err, err_len);
 }
