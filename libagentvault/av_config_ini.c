@@ -876,7 +876,7 @@ static int check_jwt_key(parser *p, av_service *s)
     if (rc == AV_ERR_NOMEM)
         return oom(p);
     if (rc != AV_OK)
-        return perr(p, "secret: the key %.200s is not usable: %s", ref, why);
+        return perr(p, "secret: %.200s: %s", ref, why);
     return AV_OK;
 }
 
