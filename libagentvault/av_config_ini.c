@@ -1319,7 +1319,8 @@ static int finish_mint_service(parser *p, av_service *s)
             s->refresh_token_ref || (p->seen & K_CLIENT_AUTH))
             return perr_at(p, s->line,
                            "service \"%s\": token_url, client_id, client_secret, scope, audience, client_auth and "
-                           "refresh_token need secret = oauth2:client_credentials or oauth2:refresh_token",
+                           "refresh_token need secret = oauth2:client_credentials or oauth2:refresh_token "
+                           "(token_url also gcp:service_account or github_app:)",
                            s->name);
         return AV_OK;
     }

@@ -285,6 +285,23 @@ def test_github_app_installation_token(jwt_daemon, server):
     assert recs[0]["injected"] == [f"github_app:{APP_ID}", f"file:{jwt_daemon.app_pem}"]
 
 
+def test_github_through_a_gateway_and_a_revoked_token(jwt_daemon, server):
+    """Through a gateway; an installation token the API stops taking (401) is
+    dropped, and the bodiless request is replayed once with a new one."""
+    d = jwt_daemon(gh_service(f"file:{jwt_daemon.app_pem}"),
+                   extra=gateway_section("gh", upstream="https://repos.github.test"))
+    port = gw_port(d, "gh")
+    r = d.curl(f"http://127.0.0.1:{port}/repos/o/r", proxy=False)
+    assert r.status == 200, r.describe()
+    first = server.current
+    server.revoked_tokens.add(first)
+    r = d.curl(f"http://127.0.0.1:{port}/repos/o/r/pulls", proxy=False)
+    assert r.status == 200, r.describe()
+    assert json.loads(r.text)["path"] == "/repos/o/r/pulls"
+    assert server.mints == 2 and server.current != first
+    assert [ok for _, ok in server.api_calls] == [True, False, True]
+
+
 def test_github_concurrent_requests_mint_once(jwt_daemon, server):
     """100 requests at once with no token yet: one App JWT, one mint."""
     server.mint_delay = 0.5
