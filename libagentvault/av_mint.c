@@ -215,7 +215,10 @@ static int gh_build(const av_service *svc, const av_secret *cred, const av_secre
         rc = req->auth ? AV_OK : AV_ERR_NOMEM;
     }
     av__secret_free(jwt);
-    rc = rc ? rc : av__github_body(svc->gh_repositories, svc->gh_permissions, req->body);
+    if (rc == AV_OK && av__github_body(svc->gh_repositories, svc->gh_permissions, req->body) != AV_OK) {
+        snprintf(req->why, sizeof(req->why), "the repositories= and permissions= lists make a request body over 16 KiB");
+        rc = AV_ERR_LIMIT;
+    }
     req->content_type = "application/json";
     req->accept = "application/vnd.github+json";
     req->extra_name = "X-GitHub-Api-Version";
