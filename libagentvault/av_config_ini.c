@@ -782,10 +782,11 @@ static void next_word(const char **v, size_t *vl, const char **w, size_t *wl)
         (*v)++, (*vl)--, (*wl)++;
 }
 
-/* jwt_list checks a comma list of |what| (each item 1..|item_max| bytes
- * of [A-Za-z0-9._-], or with |colon| "name:read|write|admin", the name of
- * [a-z_]) of at most |items| items; with |join| the commas become spaces
- * in the stored copy. */
+/* jwt_list checks the comma list of argument |key|: at most |items|
+ * items of 1..|item_max| bytes each, of [A-Za-z0-9._-] (repositories), or
+ * with |colon| "name:read|write|admin" with a name of [a-z_]
+ * (permissions), or with |join| any visible ASCII (scopes, whose commas
+ * become spaces in the stored copy). */
 static int jwt_list(parser *p, const char *key, const char *v, size_t vl, size_t item_max, size_t items, int colon,
                     char **out, int join)
 {
