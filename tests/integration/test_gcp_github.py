@@ -223,6 +223,16 @@ def test_gcp_refreshed_before_expiry(jwt_daemon, server):
     assert [ok for _, ok in server.api_calls] == [True] * len(server.api_calls)
 
 
+def test_gcp_concurrent_requests_mint_once(jwt_daemon, server):
+    """100 requests at once with no token yet: one JWT, one mint."""
+    server.mint_delay = 0.5
+    d = jwt_daemon(gcp_service(f"file:{jwt_daemon.sa}"))
+    results = run_concurrently(lambda: get(d, VERTEX).status_code, 100)
+    assert results == [200] * 100, results
+    assert server.mints == 1 and len(server.jwts) == 1
+    assert metric(d, "agentvault_token_mints_total", "vertex") == 1
+
+
 def test_gcp_revoked_key_gives_502(jwt_daemon, server):
     server.revoked_kids.add("k1")
     d = jwt_daemon(gcp_service(f"file:{jwt_daemon.sa}"))
