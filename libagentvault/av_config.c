@@ -282,6 +282,11 @@ void av__config_service_clear(av_service *s)
     av__free(s->oauth_scope);
     av__free(s->oauth_audience);
     av__free(s->refresh_token_ref);
+    av__free(s->mint_key_ref);
+    av__free(s->target_audience);
+    av__free(s->gh_installation);
+    av__free(s->gh_repositories);
+    av__free(s->gh_permissions);
     memset(s, 0, sizeof(*s));
 }
 
@@ -478,6 +483,11 @@ av_config *av__config_copy(const av_config *src)
                 dup_opt(&d->client_secret_ref, s->client_secret_ref) || dup_opt(&d->oauth_scope, s->oauth_scope) ||
                 dup_opt(&d->oauth_audience, s->oauth_audience) || dup_opt(&d->refresh_token_ref, s->refresh_token_ref))
                 goto fail;
+            d->mint_key_ref = d->target_audience = d->gh_installation = d->gh_repositories = d->gh_permissions = NULL;
+            if (dup_opt(&d->mint_key_ref, s->mint_key_ref) || dup_opt(&d->target_audience, s->target_audience) ||
+                dup_opt(&d->gh_installation, s->gh_installation) ||
+                dup_opt(&d->gh_repositories, s->gh_repositories) || dup_opt(&d->gh_permissions, s->gh_permissions))
+                goto fail;
         }
     }
     if (src->ntokens) {
@@ -533,7 +543,7 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 264, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_service) == 304, "av_service changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
@@ -676,6 +686,11 @@ int av__config_dump(const av_config *c, av_buf *out)
         SS(oauth_audience);
         SI(client_auth_post, "%d");
         SS(refresh_token_ref);
+        SS(mint_key_ref);
+        SS(target_audience);
+        SS(gh_installation);
+        SS(gh_repositories);
+        SS(gh_permissions);
         SI(line, "%d");
 #undef SS
 #undef SI

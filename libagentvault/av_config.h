@@ -131,11 +131,26 @@ typedef struct av_service {
     char *oauth_audience;    /* audience parameter (NULL: none) */
     int client_auth_post;    /* client_auth = post: id and secret in the body (default basic) */
     char *refresh_token_ref; /* oauth2:refresh_token: "vault:NAME" (rotations are written back) */
+    /* secret = gcp:service_account KEYREF ... / github_app:APP_ID KEYREF ...:
+     * a JWT signed with the key is exchanged for the token; secret_ref keeps
+     * "gcp:service_account" or "github_app:APP_ID" (the audit's kind),
+     * client_id the App's ID, oauth_scope the scopes (space-separated) */
+    char *mint_key_ref;     /* the key: service-account JSON (gcp) or PEM (github) */
+    char *target_audience;  /* gcp: an ID token for this audience (NULL: an access token) */
+    char *gh_installation;  /* github_app: the installation ID (digits) */
+    char *gh_repositories;  /* github_app: "a,b" (NULL: every repository installed on) */
+    char *gh_permissions;   /* github_app: "name:level,..." (NULL: the App's own) */
     int line;          /* line of the [service] header, for messages */
 } av_service;
 
-/* How a service's credential is minted (secret = oauth2:...). */
-enum av_mint_kind { AV_MINT_NONE = 0, AV_MINT_CLIENT_CREDENTIALS = 1, AV_MINT_REFRESH_TOKEN = 2 };
+/* How a service's credential is minted (secret = oauth2:..., gcp:, github_app:). */
+enum av_mint_kind {
+    AV_MINT_NONE = 0,
+    AV_MINT_CLIENT_CREDENTIALS = 1,
+    AV_MINT_REFRESH_TOKEN = 2,
+    AV_MINT_GCP_SA = 3,    /* gcp:service_account */
+    AV_MINT_GITHUB_APP = 4 /* github_app: */
+};
 
 /* Surfaces where a service's placeholder is replaced by its secret. */
 enum {

@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "av_buf.h"
+#include "av_jwt.h"
 #include "av_mem.h"
 #include "av_parent.h"
 #include "av_resolver.h"
@@ -767,9 +768,208 @@ static int set_token_url(parser *p, av_service *s, const char *v, size_t vl)
     return set_string(p, &s->token_url, v, vl);
 }
 
-/* set_service_secret: secret = oauth2:GRANT (minted) or a reference. */
+/* ---- secret = gcp:service_account / github_app: (a JWT signed with a key) -- */
+
+/* next_word splits [*v, *v + *vl) at spaces and tabs: the next word in
+ * *w / *wl (0: none left). */
+static void next_word(const char **v, size_t *vl, const char **w, size_t *wl)
+{
+    while (*vl && is_ws(**v))
+        (*v)++, (*vl)--;
+    *w = *v;
+    *wl = 0;
+    while (*vl && !is_ws(**v))
+        (*v)++, (*vl)--, (*wl)++;
+}
+
+/* jwt_list checks the comma list of argument |key|: at most |items|
+ * items of 1..|item_max| bytes each, of [A-Za-z0-9._-] (repositories), or
+ * with |colon| "name:read|write|admin" with a name of [a-z_]
+ * (permissions), or with |join| any visible ASCII (scopes, whose commas
+ * become spaces in the stored copy). */
+static int jwt_list(parser *p, const char *key, const char *v, size_t vl, size_t item_max, size_t items, int colon,
+                    char **out, int join)
+{
+    size_t count = 0, start = 0;
+    if (vl == 0 || vl > 8192)
+        return perr(p, "secret: %s= needs a value (at most 8192 characters)", key);
+    for (size_t i = 0; i <= vl; i++) {
+        if (i < vl && v[i] != ',')
+            continue;
+        const char *it = v + start;
+        size_t n = i - start;
+        if (n == 0 || n > item_max || ++count > items)
+            return perr(p, "secret: %s= is a comma list of at most %zu items of 1..%zu characters, no spaces", key,
+                        items, item_max);
+        if (colon) {
+            const char *c = memchr(it, ':', n);
+            size_t nl = c ? (size_t)(c - it) : 0;
+            int ok = c && nl > 0;
+            for (size_t k = 0; ok && k < nl; k++)
+                ok = (it[k] >= 'a' && it[k] <= 'z') || it[k] == '_';
+            if (ok) {
+                const char *lv = c + 1;
+                size_t ll = n - nl - 1;
+                ok = word_eq(lv, ll, "read") || word_eq(lv, ll, "write") || word_eq(lv, ll, "admin");
+            }
+            if (!ok)
+                return perr(p,
+                            "secret: permissions= takes NAME:LEVEL items (e.g. contents:read,issues:write; LEVEL is "
+                            "read, write or admin), not \"%.*s\"",
+                            (int)(n > 60 ? 60 : n), it);
+        } else if (!join) {
+            for (size_t k = 0; k < n; k++)
+                if (!is_unreserved((unsigned char)it[k]) || it[k] == '~')
+                    return perr(p, "secret: %s= items may contain only letters, digits, '.', '_' and '-'", key);
+        } else {
+            for (size_t k = 0; k < n; k++)
+                if ((unsigned char)it[k] < 0x21 || (unsigned char)it[k] > 0x7e)
+                    return perr(p, "secret: %s= items must be visible ASCII", key);
+        }
+        start = i + 1;
+    }
+    int rc = set_string(p, out, v, vl);
+    if (rc == AV_OK && join)
+        for (char *c = *out; *c; c++)
+            if (*c == ',')
+                *c = ' ';
+    return rc;
+}
+
+static int all_digits(const char *v, size_t n, size_t max)
+{
+    if (n == 0 || n > max || v[0] == '0')
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+    return 1;
+}
+
+/* check_jwt_key parses the key now when its reference can be read now
+ * (file:, env:), so `agentvault check` and the start report a key that
+ * is not one; vault:, command: and callback: keys, and keys not readable
+ * yet, are checked at their first mint (a 502 naming the problem). */
+static int check_jwt_key(parser *p, av_service *s)
+{
+    const char *ref = s->mint_key_ref;
+    if (strncmp(ref, "file:", 5) != 0 && strncmp(ref, "env:", 4) != 0)
+        return AV_OK;
+    av_resolver *r = NULL;
+    if (av__resolver_new(&r) != AV_OK)
+        return oom(p);
+    av_secret *key = NULL;
+    char why[200];
+    int rc = av__resolver_get(r, ref, &key, why, sizeof(why));
+    av__resolver_free(r);
+    if (rc != AV_OK)
+        return rc == AV_ERR_NOMEM ? oom(p) : AV_OK;
+    if (s->mint == AV_MINT_GCP_SA) {
+        av_gcp_key k;
+        rc = av__gcp_key_parse(av__secret_data(key), av__secret_len(key), &k, why, sizeof(why));
+        av__gcp_key_clear(&k);
+    } else {
+        av_pkey *k = NULL;
+        rc = av__pkey_from_pem(av__secret_data(key), av__secret_len(key), &k, why, sizeof(why));
+        av__pkey_free(k);
+    }
+    av__secret_free(key);
+    if (rc == AV_ERR_NOMEM)
+        return oom(p);
+    if (rc != AV_OK)
+        return perr(p, "secret: %.200s: %s", ref, why);
+    return AV_OK;
+}
+
+/* set_jwt_secret: secret = gcp:service_account KEYREF [scope=A,B]
+ * [target_audience=AUD] or github_app:APP_ID KEYREF installation=ID
+ * [repositories=a,b] [permissions=name:level,...]. */
+static int set_jwt_secret(parser *p, av_service *s, const char *v, size_t vl)
+{
+    const char *w;
+    size_t wl;
+    next_word(&v, &vl, &w, &wl);
+    int gh = wl >= 11 && memcmp(w, "github_app:", 11) == 0;
+    const char *kind = gh ? "github_app:APP_ID" : "gcp:service_account";
+    if (gh) {
+        const char *id = w + 11;
+        size_t il = wl - 11;
+        int ok = all_digits(id, il, 19);
+        if (!ok && il > 2 && il <= 64 && memcmp(id, "Iv", 2) == 0) {
+            ok = 1;
+            for (size_t i = 0; ok && i < il; i++)
+                ok = is_unreserved((unsigned char)id[i]) && id[i] != '~';
+        }
+        if (!ok)
+            return perr(p,
+                        "secret: github_app:APP_ID needs the App's numeric ID or its client ID (Iv...), not "
+                        "\"%.*s\"",
+                        (int)(il > 40 ? 40 : il), id);
+        s->mint = AV_MINT_GITHUB_APP;
+        if (set_string(p, &s->client_id, id, il) || set_string(p, &s->secret_ref, w, wl))
+            return AV_ERR_CONFIG;
+    } else if (word_eq(w, wl, "gcp:service_account")) {
+        s->mint = AV_MINT_GCP_SA;
+        if (set_string(p, &s->secret_ref, w, wl))
+            return AV_ERR_CONFIG;
+    } else {
+        return perr(p, "secret: unknown kind \"%.*s\" (supported: gcp:service_account, github_app:APP_ID)",
+                    (int)(wl > 40 ? 40 : wl), w);
+    }
+    next_word(&v, &vl, &w, &wl);
+    if (!wl || memchr(w, '=', wl))
+        return perr(p,
+                    "secret: %s needs the key's reference next (e.g. %s), then its arguments", kind,
+                    gh ? "file:/etc/agentvault/app.pem" : "file:/etc/agentvault/sa.json");
+    if (set_secret_ref(p, "secret: the key", &s->mint_key_ref, w, wl))
+        return AV_ERR_CONFIG;
+    for (next_word(&v, &vl, &w, &wl); wl; next_word(&v, &vl, &w, &wl)) {
+        const char *eq = memchr(w, '=', wl);
+        size_t kl = eq ? (size_t)(eq - w) : wl;
+        const char *av = eq ? eq + 1 : NULL;
+        size_t al = eq ? wl - kl - 1 : 0;
+        char **dst = !gh && word_eq(w, kl, "scope")             ? &s->oauth_scope
+                     : !gh && word_eq(w, kl, "target_audience") ? &s->target_audience
+                     : gh && word_eq(w, kl, "installation")     ? &s->gh_installation
+                     : gh && word_eq(w, kl, "repositories")     ? &s->gh_repositories
+                     : gh && word_eq(w, kl, "permissions")      ? &s->gh_permissions
+                                                                : NULL;
+        if (!dst)
+            return perr(p, "secret: unknown argument \"%.*s\" for %s (known: %s)", (int)(kl > 40 ? 40 : kl), w,
+                        kind, gh ? "installation=, repositories=, permissions=" : "scope=, target_audience=");
+        if (*dst)
+            return perr(p, "secret: %.*s= is given twice", (int)kl, w);
+        if (!eq || !al)
+            return perr(p, "secret: %.*s needs =VALUE", (int)kl, w);
+        int rc;
+        if (dst == &s->oauth_scope)
+            rc = jwt_list(p, "scope", av, al, 512, 32, 0, dst, 1);
+        else if (dst == &s->target_audience)
+            rc = oauth_value(p, "secret: target_audience=", dst, av, al);
+        else if (dst == &s->gh_installation)
+            rc = all_digits(av, al, 19)
+                     ? set_string(p, dst, av, al)
+                     : perr(p, "secret: installation= takes the installation's numeric ID (e.g. installation=12345678)");
+        else if (dst == &s->gh_repositories)
+            rc = jwt_list(p, "repositories", av, al, 100, 500, 0, dst, 0);
+        else
+            rc = jwt_list(p, "permissions", av, al, 80, 64, 1, dst, 0);
+        if (rc != AV_OK)
+            return rc;
+    }
+    if (gh && !s->gh_installation)
+        return perr(p, "secret: github_app: needs installation=ID (the installation the tokens are for)");
+    if (s->oauth_scope && s->target_audience)
+        return perr(p, "secret: scope= and target_audience= exclude each other (an access token or an ID token)");
+    return check_jwt_key(p, s);
+}
+
+/* set_service_secret: secret = oauth2:GRANT (minted), gcp:service_account
+ * or github_app: (minted with a signed JWT), or a reference. */
 static int set_service_secret(parser *p, av_service *s, const char *v, size_t vl)
 {
+    if ((vl >= 4 && memcmp(v, "gcp:", 4) == 0) || (vl >= 11 && memcmp(v, "github_app:", 11) == 0))
+        return set_jwt_secret(p, s, v, vl);
     if (vl >= 7 && memcmp(v, "oauth2:", 7) == 0) {
         if (word_eq(v + 7, vl - 7, "client_credentials"))
             s->mint = AV_MINT_CLIENT_CREDENTIALS;
@@ -1120,8 +1320,20 @@ static int finish_mint_service(parser *p, av_service *s)
             s->refresh_token_ref || (p->seen & K_CLIENT_AUTH))
             return perr_at(p, s->line,
                            "service \"%s\": token_url, client_id, client_secret, scope, audience, client_auth and "
-                           "refresh_token need secret = oauth2:client_credentials or oauth2:refresh_token",
+                           "refresh_token need secret = oauth2:client_credentials or oauth2:refresh_token "
+                           "(token_url also gcp:service_account or github_app:)",
                            s->name);
+        return AV_OK;
+    }
+    if (s->mint == AV_MINT_GCP_SA || s->mint == AV_MINT_GITHUB_APP) {
+        if ((p->seen & (K_CLIENT_ID | K_CLIENT_SECRET | K_OAUTH_SCOPE | K_OAUTH_AUDIENCE | K_CLIENT_AUTH)) ||
+            s->refresh_token_ref)
+            return perr_at(p, s->line,
+                           "service \"%s\": client_id, client_secret, scope, audience, client_auth and refresh_token "
+                           "are oauth2: keys; secret = %s takes its arguments on the secret line (see docs/CONFIG.md)",
+                           s->name, s->secret_ref);
+        if (s->auth == AV_AUTH_AWS_SIGV4)
+            return perr_at(p, s->line, "service \"%s\": auth = aws-sigv4 cannot use a minted token", s->name);
         return AV_OK;
     }
     if (!s->token_url)

@@ -9,10 +9,19 @@
 #include <limits.h>
 #include <string.h>
 
+#include <stdio.h>
+
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
+#include <openssl/obj_mac.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #if defined(AV_TLS_BORINGSSL)
 #include <openssl/aead.h>
 #endif
@@ -53,6 +62,167 @@ int av__crypto_hmac_sha256(const void *key, size_t key_len, const void *data, si
         return AV_ERR_TLS;
     }
     return AV_OK;
+}
+
+/* ---- private keys and JWS signatures ----------------------------------- */
+
+struct av_pkey {
+    EVP_PKEY *pkey;
+    int type;
+};
+
+/* no_passphrase: an encrypted key is refused, never prompted for */
+static int no_passphrase(char *buf, int size, int rwflag, void *u)
+{
+    (void)buf, (void)size, (void)rwflag, (void)u;
+    return -1;
+}
+
+static void say(char *why, size_t why_len, const char *m)
+{
+    if (why && why_len)
+        snprintf(why, why_len, "%s", m);
+}
+
+/* ec_is_p256: the key's curve is P-256 (prime256v1). */
+static int ec_is_p256(EVP_PKEY *pkey)
+{
+#if defined(AV_TLS_BORINGSSL)
+    const EC_KEY *ec = EVP_PKEY_get0_EC_KEY(pkey);
+    const EC_GROUP *g = ec ? EC_KEY_get0_group(ec) : NULL;
+    return g && EC_GROUP_get_curve_name(g) == NID_X9_62_prime256v1;
+#else
+    char name[64];
+    size_t n = 0;
+    return EVP_PKEY_get_group_name(pkey, name, sizeof(name), &n) == 1 &&
+           (strcmp(name, "prime256v1") == 0 || strcmp(name, "P-256") == 0);
+#endif
+}
+
+int av__pkey_from_pem(const void *pem, size_t len, av_pkey **out, char *why, size_t why_len)
+{
+    *out = NULL;
+    if (len > AV_PEM_MAX) {
+        say(why, why_len, "the key is larger than 64 KiB");
+        return AV_ERR_LIMIT;
+    }
+    if (len == 0 || !memchr(pem, '-', len)) {
+        say(why, why_len, "the key is not a PEM private key (-----BEGIN PRIVATE KEY-----)");
+        return AV_ERR_PARSE;
+    }
+    BIO *bio = BIO_new_mem_buf(pem, (int)len);
+    if (!bio) {
+        say(why, why_len, "out of memory");
+        return AV_ERR_NOMEM;
+    }
+    EVP_PKEY *pkey = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL);
+    BIO_free(bio);
+    ERR_clear_error();
+    if (!pkey) {
+        say(why, why_len,
+            "the key is not a PEM private key (PKCS#8 PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY; an "
+            "encrypted key is not supported)");
+        return AV_ERR_PARSE;
+    }
+    int type = 0, id = EVP_PKEY_id(pkey);
+    if (id == EVP_PKEY_RSA) {
+        int bits = EVP_PKEY_bits(pkey);
+        if (bits < 2048 || bits > 8192) {
+            EVP_PKEY_free(pkey);
+            say(why, why_len, "the RSA key must have 2048 to 8192 bits");
+            return AV_ERR_PARSE;
+        }
+        type = AV_PKEY_RSA;
+    } else if (id == EVP_PKEY_EC) {
+        if (!ec_is_p256(pkey)) {
+            EVP_PKEY_free(pkey);
+            ERR_clear_error();
+            say(why, why_len, "the EC key is not on curve P-256 (ES256)");
+            return AV_ERR_PARSE;
+        }
+        type = AV_PKEY_EC_P256;
+    } else {
+        EVP_PKEY_free(pkey);
+        say(why, why_len, "the key is neither RSA nor ECDSA P-256");
+        return AV_ERR_PARSE;
+    }
+    av_pkey *k = av__calloc(1, sizeof(*k));
+    if (!k) {
+        EVP_PKEY_free(pkey);
+        say(why, why_len, "out of memory");
+        return AV_ERR_NOMEM;
+    }
+    k->pkey = pkey;
+    k->type = type;
+    *out = k;
+    return AV_OK;
+}
+
+int av__pkey_type(const av_pkey *k)
+{
+    return k->type;
+}
+
+void av__pkey_free(av_pkey *k)
+{
+    if (!k)
+        return;
+    EVP_PKEY_free(k->pkey); /* the library wipes key material */
+    av__free(k);
+}
+
+/* ecdsa_raw turns a DER ECDSA-Sig-Value into r||s, 32 bytes each. */
+static int ecdsa_raw(const uint8_t *der, size_t der_len, uint8_t out[64])
+{
+    const uint8_t *p = der;
+    ECDSA_SIG *sig = d2i_ECDSA_SIG(NULL, &p, (long)der_len);
+    if (!sig || p != der + der_len) {
+        ECDSA_SIG_free(sig);
+        return AV_ERR_TLS;
+    }
+    const BIGNUM *r = NULL, *s = NULL;
+    ECDSA_SIG_get0(sig, &r, &s);
+#if defined(AV_TLS_BORINGSSL)
+    int ok = BN_bn2bin_padded(out, 32, r) && BN_bn2bin_padded(out + 32, 32, s);
+#else
+    int ok = BN_bn2binpad(r, out, 32) == 32 && BN_bn2binpad(s, out + 32, 32) == 32;
+#endif
+    ECDSA_SIG_free(sig);
+    return ok ? AV_OK : AV_ERR_TLS;
+}
+
+int av__pkey_sign_jws(const av_pkey *k, const void *msg, size_t len, uint8_t *sig, size_t cap, size_t *sig_len)
+{
+    *sig_len = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    uint8_t der[160];
+    uint8_t *dst = k->type == AV_PKEY_RSA ? sig : der;
+    size_t room = k->type == AV_PKEY_RSA ? cap : sizeof(der), n = 0;
+    int rc = AV_ERR_TLS;
+    if (!ctx || EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, k->pkey) != 1)
+        goto out;
+    if (EVP_DigestSign(ctx, NULL, &n, msg, len) != 1)
+        goto out;
+    if (n > room || (k->type == AV_PKEY_EC_P256 && cap < 64)) {
+        rc = AV_ERR_LIMIT;
+        goto out;
+    }
+    n = room;
+    if (EVP_DigestSign(ctx, dst, &n, msg, len) != 1)
+        goto out;
+    if (k->type == AV_PKEY_EC_P256) {
+        rc = ecdsa_raw(der, n, sig);
+        if (rc == AV_OK)
+            *sig_len = 64;
+    } else {
+        *sig_len = n;
+        rc = AV_OK;
+    }
+out:
+    EVP_MD_CTX_free(ctx);
+    if (rc != AV_OK)
+        ERR_clear_error();
+    return rc;
 }
 
 #if defined(AV_TLS_BORINGSSL)

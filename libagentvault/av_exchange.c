@@ -122,6 +122,8 @@ static void x_record(const av_exchange *x, const char *error, double ms, av_xrec
         r->auth_kind = k > 0 && k < (int)(sizeof(kinds) / sizeof(kinds[0])) ? kinds[k] : NULL;
         if (x->svc->mint)
             r->mint = x->mint_how == AV_MINT_HOW_MINTED ? "minted" : "cached";
+        if (x->svc->mint_key_ref) /* gcp:, github_app: the kind, then the key's reference */
+            r->credential_ref2 = x->svc->mint_key_ref;
         if (x->svc->auth == AV_AUTH_AWS_SIGV4) {
             r->credential_ref2 = x->svc->aws_akid_ref;
             r->credential_ref3 = x->svc->aws_token_ref;

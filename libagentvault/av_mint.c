@@ -8,6 +8,7 @@
 #include <agentvault/agentvault.h>
 
 #include "av_h1.h"
+#include "av_jwt.h"
 #include "av_limits.h"
 #include "av_log.h"
 #include "av_mem.h"
@@ -99,35 +100,152 @@ static int scope_audience(const av_service *svc, av_buf *body)
     return rc;
 }
 
-static int cc_build(const av_service *svc, const av_secret *cred, const av_secret *grant, av_buf *body,
-                    av_secret **auth)
+static int cc_build(const av_service *svc, const av_secret *cred, const av_secret *grant, av_mint_req *req)
 {
     (void)grant;
-    int rc = av__oauth_form_add(body, "grant_type", "client_credentials", 18);
-    rc = rc ? rc : scope_audience(svc, body);
-    return rc ? rc : client_auth(svc, cred, body, auth);
+    int rc = av__oauth_form_add(req->body, "grant_type", "client_credentials", 18);
+    rc = rc ? rc : scope_audience(svc, req->body);
+    return rc ? rc : client_auth(svc, cred, req->body, &req->auth);
 }
 
 /* ---- oauth2:refresh_token (RFC 6749 6) ----------------------------------- */
 
-static int rt_build(const av_service *svc, const av_secret *cred, const av_secret *grant, av_buf *body,
-                    av_secret **auth)
+static int rt_build(const av_service *svc, const av_secret *cred, const av_secret *grant, av_mint_req *req)
 {
     if (!grant)
         return AV_ERR_INVALID;
-    int rc = av__oauth_form_add(body, "grant_type", "refresh_token", 13);
-    rc = rc ? rc : av__oauth_form_add(body, "refresh_token", av__secret_data(grant), av__secret_len(grant));
-    rc = rc ? rc : scope_audience(svc, body);
-    return rc ? rc : client_auth(svc, cred, body, auth);
+    int rc = av__oauth_form_add(req->body, "grant_type", "refresh_token", 13);
+    rc = rc ? rc : av__oauth_form_add(req->body, "refresh_token", av__secret_data(grant), av__secret_len(grant));
+    rc = rc ? rc : scope_audience(svc, req->body);
+    return rc ? rc : client_auth(svc, cred, req->body, &req->auth);
 }
 
-static const av_minter client_credentials = {"oauth2:client_credentials", cc_build, av__oauth_parse_token};
-static const av_minter refresh_token = {"oauth2:refresh_token", rt_build, av__oauth_parse_token};
+static int oauth_parse(const av_service *svc, const uint8_t *p, size_t n, av_oauth_token *out, char *why,
+                       size_t why_len)
+{
+    (void)svc;
+    return av__oauth_parse_token(p, n, out, why, why_len);
+}
+
+/* ---- gcp:service_account (RFC 7523 2.1, Google's JWT-bearer grant) ------- */
+
+static int gcp_build(const av_service *svc, const av_secret *cred, const av_secret *grant, av_mint_req *req)
+{
+    (void)grant;
+    av_gcp_key k;
+    char why[200];
+    if (!cred)
+        return AV_ERR_INVALID;
+    int rc = av__gcp_key_parse(av__secret_data(cred), av__secret_len(cred), &k, why, sizeof(why));
+    if (rc != AV_OK) {
+        snprintf(req->why, sizeof(req->why), "%s", why);
+        av__gcp_key_clear(&k);
+        return rc;
+    }
+    /* aud is Google's endpoint named by the key; token_url only moves
+     * where the request goes (a private endpoint, a test) */
+    const char *aud = k.token_uri ? k.token_uri : AV_GCP_TOKEN_URI_DEFAULT;
+    const char *url = svc->token_url ? svc->token_url : aud;
+    if (strlen(url) > AV_MINT_URL_MAX) {
+        snprintf(req->why, sizeof(req->why), "the service-account key's token_uri is too long");
+        av__gcp_key_clear(&k);
+        return AV_ERR_LIMIT;
+    }
+    snprintf(req->url, sizeof(req->url), "%s", url);
+    av_buf claims;
+    av__buf_init(&claims, AV_JWT_CLAIMS_MAX);
+    av_secret *jwt = NULL;
+    rc = av__gcp_claims(&k, svc->oauth_scope, svc->target_audience, aud, (long long)time(NULL), &claims);
+    rc = rc ? rc : av__jwt_sign(k.key, k.private_key_id, (const char *)av__buf_head(&claims), claims.len, &jwt);
+    av__buf_free(&claims);
+    av__gcp_key_clear(&k);
+    rc = rc ? rc
+            : av__oauth_form_add(req->body, "grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer", 43);
+    rc = rc ? rc : av__oauth_form_add(req->body, "assertion", av__secret_data(jwt), av__secret_len(jwt));
+    av__secret_free(jwt);
+    if (rc != AV_OK && !req->why[0])
+        snprintf(req->why, sizeof(req->why), "cannot sign the JWT with the service-account key");
+    return rc;
+}
+
+static int gcp_parse(const av_service *svc, const uint8_t *p, size_t n, av_oauth_token *out, char *why,
+                     size_t why_len)
+{
+    if (svc->target_audience)
+        return av__gcp_parse_id_token(p, n, (long long)time(NULL), out, why, why_len);
+    return av__oauth_parse_token(p, n, out, why, why_len);
+}
+
+/* ---- github_app: (an installation access token) ------------------------ */
+
+static int gh_build(const av_service *svc, const av_secret *cred, const av_secret *grant, av_mint_req *req)
+{
+    (void)grant;
+    av_pkey *key = NULL;
+    char why[160];
+    if (!cred)
+        return AV_ERR_INVALID;
+    int rc = av__pkey_from_pem(av__secret_data(cred), av__secret_len(cred), &key, why, sizeof(why));
+    if (rc != AV_OK) {
+        snprintf(req->why, sizeof(req->why), "the GitHub App key is not usable: %s", why);
+        return rc;
+    }
+    if (svc->token_url)
+        snprintf(req->url, sizeof(req->url), "%s", svc->token_url);
+    else
+        snprintf(req->url, sizeof(req->url), AV_GITHUB_API_DEFAULT "/app/installations/%s/access_tokens",
+                 svc->gh_installation);
+    av_buf claims;
+    av__buf_init(&claims, AV_JWT_CLAIMS_MAX);
+    av_secret *jwt = NULL;
+    rc = av__github_claims(svc->client_id, (long long)time(NULL), &claims);
+    rc = rc ? rc : av__jwt_sign(key, NULL, (const char *)av__buf_head(&claims), claims.len, &jwt);
+    av__buf_free(&claims);
+    av__pkey_free(key);
+    if (rc == AV_OK) {
+        size_t n = av__secret_len(jwt);
+        char *v = av__malloc(7 + n);
+        if (v) {
+            memcpy(v, "Bearer ", 7);
+            memcpy(v + 7, av__secret_data(jwt), n);
+            req->auth = av__secret_new(v, 7 + n);
+            av__wipe(v, 7 + n);
+            av__free(v);
+        }
+        rc = req->auth ? AV_OK : AV_ERR_NOMEM;
+    }
+    av__secret_free(jwt);
+    if (rc == AV_OK && av__github_body(svc->gh_repositories, svc->gh_permissions, req->body) != AV_OK) {
+        snprintf(req->why, sizeof(req->why), "the repositories= and permissions= lists make a request body over 16 KiB");
+        rc = AV_ERR_LIMIT;
+    }
+    req->content_type = "application/json";
+    req->accept = "application/vnd.github+json";
+    req->extra_name = "X-GitHub-Api-Version";
+    req->extra_value = "2022-11-28";
+    if (rc != AV_OK && !req->why[0])
+        snprintf(req->why, sizeof(req->why), "cannot sign the GitHub App JWT");
+    return rc;
+}
+
+static int gh_parse(const av_service *svc, const uint8_t *p, size_t n, av_oauth_token *out, char *why,
+                    size_t why_len)
+{
+    (void)svc;
+    return av__github_parse_token(p, n, (long long)time(NULL), out, why, why_len);
+}
+
+static const av_minter client_credentials = {"oauth2:client_credentials", cc_build, oauth_parse};
+static const av_minter refresh_token = {"oauth2:refresh_token", rt_build, oauth_parse};
+static const av_minter gcp_service_account = {"gcp:service_account", gcp_build, gcp_parse};
+static const av_minter github_app = {"github_app", gh_build, gh_parse};
 
 const av_minter *av__minter_of(int kind)
 {
     return kind == AV_MINT_CLIENT_CREDENTIALS ? &client_credentials
            : kind == AV_MINT_REFRESH_TOKEN    ? &refresh_token
+           : kind == AV_MINT_GCP_SA           ? &gcp_service_account
+           : kind == AV_MINT_GITHUB_APP       ? &github_app
                                               : NULL;
 }
 
@@ -345,13 +463,13 @@ static int job_request(mint_job *j, char *why, size_t why_len)
     const av_service *sv = &m->cfg->services[j->svc];
     av_secret *cred = NULL;
     char rwhy[200];
-    if (sv->client_secret_ref) {
-        int rc = av__resolver_get_async(m->resolver, sv->client_secret_ref, &cred, rwhy, sizeof(rwhy), job_cred_ready,
-                                        j, &j->rwait);
+    const char *cref = sv->mint_key_ref ? sv->mint_key_ref : sv->client_secret_ref;
+    if (cref) {
+        int rc = av__resolver_get_async(m->resolver, cref, &cred, rwhy, sizeof(rwhy), job_cred_ready, j, &j->rwait);
         if (rc == AV_ERR_AGAIN)
             return rc;
         if (rc) {
-            snprintf(why, why_len, "client_secret unavailable: %s", rwhy);
+            snprintf(why, why_len, "%s unavailable: %s", sv->mint_key_ref ? "the key" : "client_secret", rwhy);
             return AV_ERR_SECRET;
         }
     }
@@ -374,24 +492,36 @@ static int job_request(mint_job *j, char *why, size_t why_len)
             return AV_ERR_SECRET;
         }
     }
-    av_absolute_uri u;
-    if (av__absolute_uri_parse(sv->token_url, strlen(sv->token_url), &u) != AV_OK) {
-        av__secret_free(cred);
-        snprintf(why, why_len, "token_url is not a URL");
-        return AV_ERR_INVALID;
-    }
     av_buf body;
     av__buf_init(&body, MINT_REQ_MAX / 2);
-    av_secret *auth = NULL;
-    int rc = av__minter_of(sv->mint)->build(sv, cred, j->rt, &body, &auth);
+    av_mint_req mr = {.body = &body};
+    int rc = av__minter_of(sv->mint)->build(sv, cred, j->rt, &mr);
     av__secret_free(cred);
+    av_secret *auth = mr.auth;
+    const char *url = mr.url[0] ? mr.url : sv->token_url;
+    av_absolute_uri u;
+    memset(&u, 0, sizeof(u));
+    if (rc == AV_OK && (!url || av__absolute_uri_parse(url, strlen(url), &u) != AV_OK || strcmp(u.scheme, "https"))) {
+        snprintf(mr.why, sizeof(mr.why), "the token endpoint is not an https:// URL");
+        rc = AV_ERR_INVALID;
+    }
+    if (rc != AV_OK && mr.why[0]) {
+        av__secret_free(auth);
+        av__buf_free_wipe(&body);
+        snprintf(why, why_len, "%s", mr.why);
+        return AV_ERR_SECRET;
+    }
     char host[AV_HOST_MAX + 16];
-    if (av__authority_format(&u.authority, 443, host, sizeof(host)) < 0)
-        rc = rc ? rc : AV_ERR_INVALID;
+    if (!rc && av__authority_format(&u.authority, 443, host, sizeof(host)) < 0)
+        rc = AV_ERR_INVALID;
     rc = rc ? rc : av__h1_write_request_line(&j->req, "POST", 4, u.path, u.path_len);
     rc = rc ? rc : av__h1_write_field_str(&j->req, "Host", host);
-    rc = rc ? rc : av__h1_write_field_str(&j->req, "Content-Type", "application/x-www-form-urlencoded");
-    rc = rc ? rc : av__h1_write_field_str(&j->req, "Accept", "application/json");
+    rc = rc ? rc
+            : av__h1_write_field_str(&j->req, "Content-Type",
+                                     mr.content_type ? mr.content_type : "application/x-www-form-urlencoded");
+    rc = rc ? rc : av__h1_write_field_str(&j->req, "Accept", mr.accept ? mr.accept : "application/json");
+    if (!rc && mr.extra_name)
+        rc = av__h1_write_field_str(&j->req, mr.extra_name, mr.extra_value);
     rc = rc ? rc : av__h1_write_field_str(&j->req, "User-Agent", "agentvault");
     rc = rc ? rc : av__h1_write_field_str(&j->req, "Connection", "close");
     rc = rc ? rc : av__buf_appendf(&j->req, "Content-Length: %zu\r\n", body.len);
@@ -489,7 +619,7 @@ static int job_answer(mint_job *j)
     const av_service *sv = &j->m->cfg->services[j->svc];
     av_oauth_token t;
     char why[200], m[260];
-    int rc = av__minter_of(sv->mint)->parse(av__buf_head(&body), body.len, &t, why, sizeof(why));
+    int rc = av__minter_of(sv->mint)->parse(sv, av__buf_head(&body), body.len, &t, why, sizeof(why));
     av__buf_free_wipe(&body);
     int status = r.status;
     if (status / 100 != 2) {

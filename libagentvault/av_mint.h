@@ -1,4 +1,5 @@
-/* av_mint.h - credentials minted at a token endpoint (secret = oauth2:...).
+/* av_mint.h - credentials minted at a token endpoint (secret = oauth2:...,
+ * gcp:service_account, github_app:).
  *
  * One av_mint per configuration snapshot holds, per service that mints,
  * the current token, when to refresh it and when to stop using it, a
@@ -57,17 +58,29 @@
 typedef struct av_mint av_mint;
 typedef struct av_mint_wait av_mint_wait;
 
+#define AV_MINT_URL_MAX 2048
+
+/* What a minter's build step makes of one token request. */
+typedef struct av_mint_req {
+    av_buf *body;             /* the request body (empty on entry) */
+    av_secret *auth;          /* the Authorization value, a new secret (NULL: none) */
+    char url[AV_MINT_URL_MAX + 1]; /* the endpoint; "": the service's token_url */
+    const char *content_type; /* NULL: application/x-www-form-urlencoded */
+    const char *accept;       /* NULL: application/json */
+    const char *extra_name;   /* one more header field (NULL: none) */
+    const char *extra_value;
+    char why[200];            /* a failure's reason (never a secret) */
+} av_mint_req;
+
 typedef struct av_minter {
     const char *name; /* "oauth2:client_credentials": logs */
-    /* The request body (form-urlencoded) into |body| and, when the client
-     * authenticates in a header, *auth (a new secret); |cred| is the
-     * resolved client_secret (NULL: none), |grant| the grant's own
-     * credential (the refresh token; NULL for client_credentials). AV_OK or
-     * an error. */
-    int (*build)(const av_service *svc, const av_secret *cred, const av_secret *grant, av_buf *body,
-                 av_secret **auth);
-    /* Parse a 2xx answer's body (also used for the error code of others). */
-    int (*parse)(const uint8_t *p, size_t n, av_oauth_token *out, char *why, size_t why_len);
+    /* The request into |req|; |cred| is the resolved client_secret (oauth2:,
+     * NULL: none) or key (gcp:, github_app:), |grant| the grant's own
+     * credential (the refresh token; NULL otherwise). AV_OK or an error
+     * (the reason in req->why when there is one to give). */
+    int (*build)(const av_service *svc, const av_secret *cred, const av_secret *grant, av_mint_req *req);
+    /* Parse an answer's body (a 2xx one; others for an error code). */
+    int (*parse)(const av_service *svc, const uint8_t *p, size_t n, av_oauth_token *out, char *why, size_t why_len);
 } av_minter;
 
 /* The minter of a service's kind (AV_MINT_*), or NULL. */

@@ -518,3 +518,135 @@ out:
     }
     return rc;
 }
+
+/* ---- the generic reader (av__json_fields) ------------------------------ */
+
+void av__json_fields_clear(av_json_field *f, size_t nf)
+{
+    for (size_t i = 0; i < nf; i++) {
+        if (f[i].str) {
+            av__wipe(f[i].str, f[i].len);
+            av__free(f[i].str);
+        }
+        f[i].str = NULL;
+        f[i].len = 0;
+        f[i].seen = 0;
+        f[i].num = 0;
+    }
+}
+
+/* json_field reads the value of field |f| at r->i; |buf| has room for the
+ * raw input. */
+static int json_field(jr *r, av_json_field *f, uint8_t *buf, char *why, size_t why_len)
+{
+    if (f->type == AV_JSON_INT) {
+        int is_int = 0;
+        long long v = 0;
+        if (r->i >= r->len || r->p[r->i] == '"' || jnumber(r, &is_int, &v) || !is_int) {
+            say(why, why_len, "\"%s\" is not a non-negative integer", f->name);
+            return AV_ERR_PARSE;
+        }
+        f->num = v;
+        return AV_OK;
+    }
+    size_t n = 0;
+    if (member_string(r, buf, &n)) {
+        say(why, why_len, "\"%s\" is not a JSON string", f->name);
+        return AV_ERR_PARSE;
+    }
+    if (n > f->max || memchr(buf, 0, n)) {
+        say(why, why_len, "\"%s\" is longer than %zu bytes or contains a NUL", f->name, f->max);
+        return AV_ERR_PARSE;
+    }
+    f->str = av__malloc(n + 1);
+    if (!f->str) {
+        say(why, why_len, "out of memory");
+        return AV_ERR_NOMEM;
+    }
+    memcpy(f->str, buf, n);
+    f->str[n] = 0;
+    f->len = n;
+    return AV_OK;
+}
+
+int av__json_fields(const uint8_t *p, size_t len, size_t max, av_json_field *f, size_t nf, char *why,
+                    size_t why_len)
+{
+    for (size_t i = 0; i < nf; i++)
+        f[i].seen = 0, f[i].str = NULL, f[i].len = 0, f[i].num = 0;
+    if (len > max) {
+        say(why, why_len, "larger than %zu bytes", max);
+        return AV_ERR_PARSE;
+    }
+    uint8_t *buf = len ? av__malloc(len) : NULL;
+    if (len && !buf) {
+        say(why, why_len, "out of memory");
+        return AV_ERR_NOMEM;
+    }
+    jr r = {p, len, 0};
+    int rc = AV_ERR_PARSE;
+    say(why, why_len, "not a well-formed JSON object");
+    ws(&r);
+    if (r.i >= r.len || r.p[r.i] != '{')
+        goto out;
+    r.i++;
+    ws(&r);
+    if (r.i < r.len && r.p[r.i] == '}') {
+        r.i++;
+    } else {
+        for (;;) {
+            size_t ks = r.i;
+            if (jstring(&r, NULL, NULL))
+                goto out;
+            jr kr = {p, r.i, ks};
+            size_t kl = 0;
+            if (jstring(&kr, buf, &kl))
+                goto out;
+            av_json_field *hit = NULL;
+            for (size_t i = 0; i < nf && !hit; i++)
+                if (key_is(buf, kl, f[i].name))
+                    hit = &f[i];
+            ws(&r);
+            if (r.i >= r.len || r.p[r.i] != ':')
+                goto out;
+            r.i++;
+            ws(&r);
+            if (hit) {
+                if (hit->seen) {
+                    say(why, why_len, "\"%s\" appears twice", hit->name);
+                    goto out;
+                }
+                hit->seen = 1;
+                rc = json_field(&r, hit, buf, why, why_len);
+                if (rc != AV_OK)
+                    goto out;
+                rc = AV_ERR_PARSE;
+            } else if (jskip(&r, 1)) {
+                goto out;
+            }
+            ws(&r);
+            if (r.i >= r.len)
+                goto out;
+            if (r.p[r.i] == '}') {
+                r.i++;
+                break;
+            }
+            if (r.p[r.i] != ',')
+                goto out;
+            r.i++;
+            ws(&r);
+        }
+    }
+    ws(&r);
+    if (r.i != r.len)
+        goto out;
+    rc = AV_OK;
+out:
+    if (buf) {
+        av__wipe(buf, len);
+        av__free(buf);
+    }
+    if (rc != AV_OK)
+        av__json_fields_clear(f, nf);
+    return rc;
+}

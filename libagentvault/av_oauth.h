@@ -56,4 +56,30 @@ av_secret *av__oauth_basic(const char *client_id, const void *secret, size_t sec
 int av__oauth_parse_token(const uint8_t *p, size_t len, av_oauth_token *out, char *why, size_t why_len);
 void av__oauth_token_clear(av_oauth_token *t);
 
+/* A generic strict reader for the small JSON objects of minted
+ * credentials (service-account keys, GitHub's and Google's answers, JWT
+ * claims): av__json_fields reads one JSON object of at most |max| bytes
+ * (nesting bounded, well-formed, nothing after it) and fills the fields
+ * named in |f|; other members are skipped, a named one twice is an error.
+ * A field of type AV_JSON_STR must be a string of at most |f->max| decoded
+ * bytes (stored NUL-terminated in f->str; a NUL inside is refused);
+ * AV_JSON_INT a non-negative integer of at most 12 digits, as a number
+ * (not a string). Returns AV_OK, AV_ERR_PARSE with a reason naming the
+ * field (never its value), AV_ERR_NOMEM. Free with av__json_fields_clear
+ * (which wipes the strings: they may be keys). */
+enum { AV_JSON_STR = 1, AV_JSON_INT = 2 };
+typedef struct av_json_field {
+    const char *name;
+    int type;   /* AV_JSON_STR or AV_JSON_INT */
+    size_t max; /* AV_JSON_STR: the longest value taken */
+    int seen;
+    char *str;
+    size_t len;
+    long long num;
+} av_json_field;
+
+int av__json_fields(const uint8_t *p, size_t len, size_t max, av_json_field *f, size_t nf, char *why,
+                    size_t why_len);
+void av__json_fields_clear(av_json_field *f, size_t nf);
+
 #endif

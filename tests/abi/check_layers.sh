@@ -16,7 +16,7 @@ rank() {
     # foundations, and leaves usable from anywhere
     av_mem|av_err|av_log|av_buf|av_secret|av_enc|av_crypto|av_url|av_ev|av_limits) echo 10 ;;
     # TLS boundary and protocol cores
-    av_ca|av_ca_internal|av_tls|av_h1|av_h2|av_ws|av_ws_scrub|av_scrub|av_socks|av_sni|av_sigv4|av_oauth) echo 20 ;;
+    av_ca|av_ca_internal|av_tls|av_h1|av_h2|av_ws|av_ws_scrub|av_scrub|av_socks|av_sni|av_sigv4|av_oauth|av_jwt) echo 20 ;;
     # configuration, policy, credentials, name resolution
     av_config|av_config_ini|av_config_int|av_policy|av_resolver|av_tokens|av_vault|av_ssrf|av_dns|av_parent) echo 30 ;;
     # leaves of the connection layer: snapshots, counters, the audit log
