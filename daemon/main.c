@@ -675,6 +675,9 @@ static int cmd_token(int argc, char **argv)
     }
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/tokens", av_config_state_dir(cfg));
+    if (av_config_tokens_file(cfg))
+        fprintf(stderr, "agentvault: note: the daemon reads tokens_file %s; this command works on %s (ship that "
+                        "file to tokens_file)\n", av_config_tokens_file(cfg), path);
     int rc = AV_OK;
     err[0] = '\0';
     if (!strcmp(sub, "create")) {

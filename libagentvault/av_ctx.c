@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "av_ctx_internal.h"
@@ -276,6 +277,18 @@ static int ctx_open_ca(av_ctx *ctx, char *err, size_t err_len)
     const av_config *cfg = ctx->cfg;
     if (!cfg->ca_cert_ref)
         return av__ca_open(&ctx->ca, cfg->state_dir, 0, err, err_len);
+    if (strncmp(cfg->ca_key_ref, "file:", 5) == 0) {
+        /* Group-readable is fine (a Kubernetes Secret file with fsGroup is
+         * 0440); readable by others or writable by anyone else is not. */
+        struct stat st;
+        if (stat(cfg->ca_key_ref + 5, &st) == 0 && (st.st_mode & 026)) {
+            av__errf(err, err_len,
+                     "[proxy] ca_key: %s: permissions %04o are too open: the CA key must not be readable by "
+                     "others nor writable by group or others (chmod 0400 or 0440)",
+                     cfg->ca_key_ref + 5, (unsigned)(st.st_mode & 07777));
+            return AV_ERR_CA;
+        }
+    }
     av_secret *pem = NULL, *key = NULL;
     char why[256] = "";
     int rc = av__resolver_get(ctx->snap->resolver, cfg->ca_cert_ref, &pem, why, sizeof(why));

@@ -650,3 +650,25 @@ def test_read_only_state_dir(replica_env, test_ca):
     rep.proc.send_signal(signal.SIGINT)
     assert rep.wait(15) == 0, rep.dump()
     assert sorted((p.name, p.stat().st_mtime_ns) for p in state.iterdir()) == before
+
+
+def test_ca_key_reference_too_open(replica_env, test_ca):
+    """A ca_key file others can read fails the start with one clear line
+    (0440, what fsGroup gives a Secret file, is accepted: the tests above)."""
+    work, origin, started = replica_env
+    gen, token = _make_ca_and_token(work)
+    secrets = SecretVolume(work / "secrets")
+    secrets.update({"ca.pem": (gen / "ca.pem").read_bytes(), "ca.key": (gen / "ca.key").read_bytes(),
+                    "tokens": (gen / "tokens").read_bytes(), "openai-api-key": REAL_KEY.encode()})
+    key = (secrets.path / "..data" / "ca.key").resolve()
+    key.chmod(0o444)
+    state = work / "state"
+    state.mkdir(mode=0o755)
+    conf = _config_for(work, secrets.path, state)
+    rep = Replica("k1", "127.0.0.2", _free_port(["127.0.0.2"]), conf, state, origin.port, origin.cacert, work)
+    started.append(rep)
+    assert rep.wait(15) == 1, rep.dump()
+    assert rep.err[-1] == (f"agentvault: [proxy] ca_key: {secrets.path}/ca.key: permissions 0444 are too open: "
+                           "the CA key must not be readable by others nor writable by group or others "
+                           "(chmod 0400 or 0440)"), rep.dump()
+    assert (gen / "ca.key").read_bytes().decode() not in "\n".join(rep.err + rep.out)
