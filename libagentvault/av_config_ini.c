@@ -350,14 +350,15 @@ static int set_upstream_proxy(parser *p, char **dst, const char *v, size_t vl, i
 #define K_DRAIN_TIMEOUT (1ull << 46)
 #define DRAIN_SECONDS_MAX 3600
 
-/* set_drain stores a drain duration in [|min|, 3600] seconds. */
-static int set_drain(parser *p, const char *name, double min, const char *v, size_t vl, double *out)
+/* set_drain stores a drain duration of at most 3600 seconds, 0 allowed
+ * unless |positive|. */
+static int set_drain(parser *p, const char *name, int positive, const char *v, size_t vl, double *out)
 {
     double secs = 0;
     int zero = vl == 1 && v[0] == '0';
-    if ((!zero && av__config_parse_seconds(v, vl, &secs) != AV_OK) || (zero && min > 0) ||
+    if ((!zero && av__config_parse_seconds(v, vl, &secs) != AV_OK) || (zero && positive) ||
         secs > DRAIN_SECONDS_MAX)
-        return perr(p, "%s must be a number of seconds in [%s, %d]", name, min > 0 ? "0.001" : "0",
+        return perr(p, "%s must be a number of seconds in %s0, %d]", name, positive ? "(" : "[",
                     DRAIN_SECONDS_MAX);
     *out = secs;
     return AV_OK;
