@@ -573,6 +573,25 @@ static int cmd_check(int argc, char **argv)
     return 0;
 }
 
+/* print_small_file copies a file of at most 64 KiB (a certificate) to
+ * stdout. Returns 0, or -1 with the reason on stderr. */
+static int print_small_file(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    char buf[65536 + 1];
+    size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
+    int bad = !f || ferror(f) || n > 65536;
+    int err = errno;
+    if (f)
+        fclose(f);
+    if (bad) {
+        fprintf(stderr, "agentvault: ca_cert %s: %s\n", path, f && n > 65536 ? "larger than 64 KiB" : strerror(err));
+        return -1;
+    }
+    fwrite(buf, 1, n, stdout);
+    return 0;
+}
+
 static int cmd_ca(int argc, char **argv)
 {
     if (argc < 3 || strcmp(argv[2], "pem") != 0)
@@ -581,6 +600,19 @@ static int cmd_ca(int argc, char **argv)
     parse_opts(argc, argv, 3, &o, 0);
     int embedded;
     av_config *cfg = load_config(&o, &embedded);
+    const char *ref = av_config_ca_cert(cfg);
+    if (ref) {
+        /* The root is ca_cert's, not the state directory's (which would
+         * get a useless new root). file: is read here; other sources are
+         * resolved by the daemon, which serves the result. */
+        int rc = strncmp(ref, "file:", 5) == 0 ? print_small_file(ref + 5) : -1;
+        if (rc < 0)
+            fprintf(stderr, "agentvault: the configuration takes the root from [proxy] ca_cert = %.*s; ask a "
+                            "running daemon: curl http://HOST:PORT/ca.pem\n",
+                    (int)(strncmp(ref, "command:", 8) == 0 ? 8 + strcspn(ref + 8, " \t") : strlen(ref)), ref);
+        av_config_free(cfg);
+        return rc < 0 ? 1 : 0;
+    }
     const char *sd = av_config_state_dir(cfg);
     if (mkdir_p(sd) < 0) {
         fprintf(stderr, "agentvault: cannot create state directory %s: %s\n", sd, strerror(errno));

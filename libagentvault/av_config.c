@@ -970,6 +970,11 @@ AV_EXPORT const char *av_config_tokens_file(const av_config *cfg)
     return cfg ? cfg->tokens_file : NULL;
 }
 
+AV_EXPORT const char *av_config_ca_cert(const av_config *cfg)
+{
+    return cfg ? cfg->ca_cert_ref : NULL;
+}
+
 AV_EXPORT void av_config_drain(const av_config *cfg, double *delay_seconds, double *timeout_seconds)
 {
     if (delay_seconds)

@@ -155,6 +155,9 @@ AV_EXPORT int av_config_set_vault(av_config *cfg, struct av_vault *vault);
  * in-flight exchanges then get; 10 by default). Either pointer may be
  * NULL. */
 AV_EXPORT const char *av_config_tokens_file(const av_config *cfg);
+/* av_config_ca_cert returns [proxy] ca_cert, the secret reference the root
+ * certificate comes from (NULL: the state directory's ca.pem). */
+AV_EXPORT const char *av_config_ca_cert(const av_config *cfg);
 AV_EXPORT void av_config_drain(const av_config *cfg, double *delay_seconds, double *timeout_seconds);
 
 /* Secrets from the embedder: a service or token with "secret =

@@ -672,3 +672,20 @@ def test_ca_key_reference_too_open(replica_env, test_ca):
                            "the CA key must not be readable by others nor writable by group or others "
                            "(chmod 0400 or 0440)"), rep.dump()
     assert (gen / "ca.key").read_bytes().decode() not in "\n".join(rep.err + rep.out)
+
+
+def test_ca_pem_command_prints_ca_cert(replica_env):
+    """`agentvault ca pem -c` with the ConfigMap's configuration prints the
+    Secret's root and leaves the (read-only) state directory alone."""
+    work, origin, started = replica_env
+    gen, token = _make_ca_and_token(work)
+    secrets = SecretVolume(work / "secrets")
+    secrets.update({"ca.pem": (gen / "ca.pem").read_bytes(), "ca.key": (gen / "ca.key").read_bytes(),
+                    "tokens": (gen / "tokens").read_bytes(), "openai-api-key": REAL_KEY.encode()})
+    state = work / "state"
+    state.mkdir(mode=0o755)
+    conf = _config_for(work, secrets.path, state)
+    r = _run(["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", str(avd.require_binary()),
+              "ca", "pem", "-c", str(conf)], env=avd.base_env(work))
+    assert r.returncode == 0 and r.stdout == (gen / "ca.pem").read_text(), r.stderr
+    assert list(state.iterdir()) == []
