@@ -491,8 +491,10 @@ def test_three_replicas_behind_haproxy_sigterm_then_sigkill(replica_env, test_ca
     r1, r2, r3 = reps
     t_term = time.monotonic()
     r1.proc.send_signal(signal.SIGTERM)
-    time.sleep(0.1)
-    assert r1.get("/healthz") == (503, b"draining\n"), r1.dump()
+    deadline = t_term + 1.5   # well inside drain_delay: the listener must still accept
+    while r1.get("/healthz") != (503, b"draining\n"):
+        assert time.monotonic() < deadline, f"/healthz still 200 after SIGTERM\n{r1.dump()}"
+        time.sleep(0.05)
     assert r1.healthcheck() != 0, "the image's HEALTHCHECK passes on a draining replica"
     assert r3.healthcheck() == 0
     rc = r1.wait(delay + timeout + 10)
