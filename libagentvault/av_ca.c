@@ -665,8 +665,8 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
 }
 
 /* ca_install checks and installs the root from its PEM certificate and
- * key; |pem_name| and |key_name| say where they came from (errors). The
- * expiry hint names what to replace. */
+ * key; |pem_name| and |key_name| say where they came from (errors: file
+ * paths, or "ca_cert (REF)" and "ca_key (REF)" for secret references). */
 static int ca_install(av_ca *ca, const uint8_t *pem_data, size_t pem_len, const char *pem_name,
                       const uint8_t *key_data, size_t key_len, const char *key_name, char *err,
                       size_t err_len)
@@ -715,8 +715,12 @@ static int ca_install(av_ca *ca, const uint8_t *pem_data, size_t pem_len, const 
         goto err;
     }
     if (X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0) {
-        av__errf(err, err_len, "%s: the root certificate has expired (remove %s and %s to "
-                "create a new root)", pem_name, pem_name, key_name);
+        if (strncmp(pem_name, "ca_cert ", 8) == 0) /* from secret references: the operator's to replace */
+            av__errf(err, err_len, "%s: the root certificate has expired (make a new root, e.g. with "
+                     "agentvault ca pem --state-dir DIR, and replace ca_cert and ca_key)", pem_name);
+        else
+            av__errf(err, err_len, "%s: the root certificate has expired (remove %s and %s to "
+                    "create a new root)", pem_name, pem_name, key_name);
         goto err;
     }
     /* Install: issuer name, key id, DER, PEM. */

@@ -267,6 +267,14 @@ static void ctx_fill_env(av_ctx *ctx)
     e->clock_ud = NULL;
 }
 
+/* ref_label names a secret reference in an error: "KEY (REF)", a
+ * command: reference by its program only (its arguments may be private). */
+static void ref_label(char *out, size_t len, const char *key, const char *ref)
+{
+    size_t n = strncmp(ref, "command:", 8) == 0 ? 8 + strcspn(ref + 8, " \t") : strlen(ref);
+    snprintf(out, len, "%s (%.*s)", key, (int)(n > 250 ? 250 : n), ref);
+}
+
 /* ctx_open_ca loads the root: from the ca_cert and ca_key secret
  * references when set (every replica then serves the same root and the
  * state directory is never written), else from the state directory
@@ -301,14 +309,8 @@ static int ctx_open_ca(av_ctx *ctx, char *err, size_t err_len)
     }
     if (rc == AV_OK) {
         char pem_name[300], key_name[300];
-        snprintf(pem_name, sizeof(pem_name), "ca_cert (%.280s)", cfg->ca_cert_ref);
-        /* a command: reference may carry arguments: name the program only */
-        if (strncmp(cfg->ca_key_ref, "command:", 8) == 0) {
-            size_t pl = strcspn(cfg->ca_key_ref + 8, " \t");
-            snprintf(key_name, sizeof(key_name), "ca_key (command:%.*s)", (int)(pl > 200 ? 200 : pl),
-                     cfg->ca_key_ref + 8);
-        } else
-            snprintf(key_name, sizeof(key_name), "ca_key (%.280s)", cfg->ca_key_ref);
+        ref_label(pem_name, sizeof(pem_name), "ca_cert", cfg->ca_cert_ref);
+        ref_label(key_name, sizeof(key_name), "ca_key", cfg->ca_key_ref);
         rc = av__ca_open_mem(&ctx->ca, av__secret_data(pem), av__secret_len(pem), pem_name, av__secret_data(key),
                              av__secret_len(key), key_name, 0, err, err_len);
     }
