@@ -19,6 +19,7 @@
 
 #include "av_enc.h"
 #include "fault.h"
+#include "replica.h"
 #include "run.h"
 #include "secret.h"
 
@@ -37,13 +38,13 @@
 #define AV_SANITIZED 1
 #endif
 #endif
-#define DRAIN_SECONDS 10.0
 
 static const char usage_text[] =
     "usage:\n"
     "  agentvault serve [-c FILE] [--listen ADDR:PORT]... [--state-dir DIR]\n"
     "                   [--resolve HOST:PORT:ADDR[:DIALPORT]]... [--upstream-cacert FILE]\n"
     "                   [--log-level error|warn|info|debug] [--log-format text|json]\n"
+    "                   [--log-output stderr|stdout]\n"
     "                   [--password-file FILE]   (the vault's master password)\n"
     "  agentvault check -c FILE\n"
     "  agentvault ca pem [-c FILE] [--state-dir DIR]\n"
@@ -59,6 +60,7 @@ static const char usage_text[] =
     "injects OPENAI_API_KEY, ANTHROPIC_API_KEY and GITHUB_TOKEN from its environment.\n";
 
 static int g_json_logs;
+static int g_log_fd = 2; /* --log-output: stderr (2) or stdout (1) */
 static av_ctx *g_ctx;
 
 static void die_usage(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
@@ -74,19 +76,10 @@ static void die_usage(const char *fmt, ...)
     exit(2);
 }
 
-/* json_escape writes |s| as a JSON string body (av_enc's minimal escapes),
- * a slice at a time: no allocation. */
-static void json_escape(FILE *f, const char *s)
-{
-    char out[6 * 256];
-    for (size_t n = strlen(s); n > 0;) {
-        size_t k = n < 256 ? n : 256;
-        fwrite(out, 1, av__json_escape(s, k, 0, out), f);
-        s += k;
-        n -= k;
-    }
-}
-
+/* log_line writes one log line with one write(2), so that lines from
+ * several threads, and audit records sharing stdout, never interleave.
+ * The library's lines are at most 2 KiB; JSON escaping at most sextuples
+ * them, so a longer (impossible) message is cut, never overrun. */
 static void log_line(void *ud, int level, const char *msg)
 {
     (void)ud;
@@ -98,20 +91,33 @@ static void log_line(void *ud, int level, const char *msg)
     gmtime_r(&ts.tv_sec, &tm);
     char when[40];
     strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%S", &tm);
+    char line[6 * 2048 + 128];
+    size_t n = strlen(msg);
+    if (n > 2047)
+        n = 2047;
+    int o;
     if (g_json_logs) {
-        fprintf(stderr, "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when, ts.tv_nsec / 1000000, lv);
-        json_escape(stderr, msg);
-        fputs("\"}\n", stderr);
+        o = snprintf(line, sizeof(line), "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"", when,
+                     ts.tv_nsec / 1000000, lv);
+        o += (int)av__json_escape(msg, n, 0, line + o); /* <= 6n bytes */
+        o += snprintf(line + o, sizeof(line) - (size_t)o, "\"}\n");
     } else {
-        fprintf(stderr, "%s.%03ldZ %s %s\n", when, ts.tv_nsec / 1000000, lv, msg);
+        o = snprintf(line, sizeof(line), "%s.%03ldZ %s %.*s\n", when, ts.tv_nsec / 1000000, lv, (int)n, msg);
+    }
+    for (const char *p = line; o > 0;) {
+        ssize_t w = write(g_log_fd, p, (size_t)o);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        p += w;
+        o -= (int)w;
     }
 }
 
 static void on_signal(int sig)
 {
-    (void)sig;
-    if (g_ctx)
-        av_ctx_shutdown(g_ctx, DRAIN_SECONDS); /* async-signal-safe */
+    replica_on_signal(sig); /* /healthz 503, drain_delay, then the drain */
 }
 
 /* $XDG_STATE_HOME/agentvault or ~/.local/state/agentvault. */
@@ -225,6 +231,14 @@ static void parse_opts(int argc, char **argv, int start, opts *o, int allow_serv
                 g_json_logs = 1;
             else if (strcmp(v, "text") != 0)
                 die_usage("--log-format must be text or json (got '%s')", v);
+        } else if (allow_serve_opts && !strcmp(a, "--log-output")) {
+            const char *v = need_arg(argc, argv, &i);
+            if (!strcmp(v, "stdout"))
+                g_log_fd = 1;
+            else if (!strcmp(v, "stderr"))
+                g_log_fd = 2;
+            else
+                die_usage("--log-output must be stderr or stdout (got '%s')", v);
         } else {
             die_usage("unknown option '%s'", a);
         }
@@ -286,8 +300,16 @@ static av_config *build_config(const opts *o, int *embedded_services, char *err,
         av_config_set_state_dir(cfg, dir);
     }
     if (load_tokens) {
+        /* [proxy] tokens_file (a replica's shared, read-only store), else
+         * the store `agentvault token create` keeps in the state directory */
         char tp[PATH_MAX];
-        snprintf(tp, sizeof(tp), "%s/tokens", av_config_state_dir(cfg));
+        const char *tf = av_config_tokens_file(cfg);
+        if (tf) {
+            snprintf(tp, sizeof(tp), "%s", tf);
+            replica_tokens_reading(tp);
+        } else {
+            snprintf(tp, sizeof(tp), "%s/tokens", av_config_state_dir(cfg));
+        }
         rc = av_config_load_tokens(cfg, tp);
         if (rc != AV_OK) {
             snprintf(err, err_len, "%s", rc == AV_ERR_NOMEM ? "out of memory" : av_config_error(cfg));
@@ -335,6 +357,14 @@ static void vault_path_for(const av_config *cfg, char *out, size_t len)
         snprintf(out, len, "%s/vault.avv", av_config_state_dir(cfg));
 }
 
+/* [proxy] tokens_file at start (the watch thread's file). */
+static char *g_tokens_file;
+
+static int str_same(const char *a, const char *b)
+{
+    return (!a && !b) || (a && b && !strcmp(a, b));
+}
+
 /* SIGHUP: the context calls this on its loop thread. */
 static av_config *reload_config(void *ud, char *err, size_t err_len)
 {
@@ -343,6 +373,11 @@ static av_config *reload_config(void *ud, char *err, size_t err_len)
     av_config *cfg = build_config(&g_serve_opts, &embedded, err, err_len, &code, 1);
     if (!cfg)
         return NULL;
+    if (!str_same(av_config_tokens_file(cfg), g_tokens_file)) {
+        snprintf(err, err_len, "tokens_file cannot change on reload: restart instead");
+        av_config_free(cfg);
+        return NULL;
+    }
     if (av_config_uses_vault(cfg)) {
         if (g_nvaults >= sizeof(g_vaults) / sizeof(g_vaults[0])) {
             snprintf(err, err_len, "too many reloads with a vault: restart the daemon");
@@ -360,6 +395,7 @@ static av_config *reload_config(void *ud, char *err, size_t err_len)
         g_vaults[g_nvaults++] = v;
         av_config_set_vault(cfg, v);
     }
+    replica_set_drain(cfg); /* a failed reload below keeps these: harmless, they only time a shutdown */
     return cfg;
 }
 
@@ -416,6 +452,11 @@ static int cmd_serve(int argc, char **argv)
         fprintf(stderr, "agentvault: cannot create state directory %s: %s\n", sd, strerror(errno));
         return 1;
     }
+    if (av_config_tokens_file(cfg) && !(g_tokens_file = strdup(av_config_tokens_file(cfg)))) {
+        fprintf(stderr, "agentvault: out of memory\n");
+        return 1;
+    }
+    replica_set_drain(cfg);
     if (av_config_uses_vault(cfg)) {
         char path[PATH_MAX];
         vault_path_for(cfg, path, sizeof(path));
@@ -437,6 +478,12 @@ static int cmd_serve(int argc, char **argv)
     }
     av_ctx_set_log(g_ctx, log_line, NULL, o.log_level);
     av_ctx_set_reload(g_ctx, reload_config, NULL);
+    if (replica_start(g_ctx, g_tokens_file, err, sizeof(err)) != 0) {
+        fprintf(stderr, "agentvault: %s\n", err);
+        av_ctx_free(g_ctx);
+        av_config_free(cfg);
+        return 1;
+    }
 
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
@@ -489,9 +536,11 @@ static int cmd_serve(int argc, char **argv)
     fflush(stderr);
     av_config_free(cfg);
     rc = av_ctx_run(g_ctx);
+    replica_stop();
     av_ctx *ctx = g_ctx;
     g_ctx = NULL;
     av_ctx_free(ctx);
+    free(g_tokens_file);
     for (size_t i = 0; i < g_nvaults; i++)
         av_vault_close(g_vaults[i]);
     serve_vault_forget();
@@ -524,6 +573,25 @@ static int cmd_check(int argc, char **argv)
     return 0;
 }
 
+/* print_small_file copies a file of at most 64 KiB (a certificate) to
+ * stdout. Returns 0, or -1 with the reason on stderr. */
+static int print_small_file(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    char buf[65536 + 1];
+    size_t n = f ? fread(buf, 1, sizeof(buf), f) : 0;
+    int bad = !f || ferror(f) || n > 65536;
+    int err = errno;
+    if (f)
+        fclose(f);
+    if (bad) {
+        fprintf(stderr, "agentvault: ca_cert %s: %s\n", path, f && n > 65536 ? "larger than 64 KiB" : strerror(err));
+        return -1;
+    }
+    fwrite(buf, 1, n, stdout);
+    return 0;
+}
+
 static int cmd_ca(int argc, char **argv)
 {
     if (argc < 3 || strcmp(argv[2], "pem") != 0)
@@ -532,6 +600,19 @@ static int cmd_ca(int argc, char **argv)
     parse_opts(argc, argv, 3, &o, 0);
     int embedded;
     av_config *cfg = load_config(&o, &embedded);
+    const char *ref = av_config_ca_cert(cfg);
+    if (ref) {
+        /* The root is ca_cert's, not the state directory's (which would
+         * get a useless new root). file: is read here; other sources are
+         * resolved by the daemon, which serves the result. */
+        int rc = strncmp(ref, "file:", 5) == 0 ? print_small_file(ref + 5) : -1;
+        if (rc < 0)
+            fprintf(stderr, "agentvault: the configuration takes the root from [proxy] ca_cert = %.*s; ask a "
+                            "running daemon: curl http://HOST:PORT/ca.pem\n",
+                    (int)(strncmp(ref, "command:", 8) == 0 ? 8 + strcspn(ref + 8, " \t") : strlen(ref)), ref);
+        av_config_free(cfg);
+        return rc < 0 ? 1 : 0;
+    }
     const char *sd = av_config_state_dir(cfg);
     if (mkdir_p(sd) < 0) {
         fprintf(stderr, "agentvault: cannot create state directory %s: %s\n", sd, strerror(errno));
@@ -626,6 +707,9 @@ static int cmd_token(int argc, char **argv)
     }
     char path[PATH_MAX];
     snprintf(path, sizeof(path), "%s/tokens", av_config_state_dir(cfg));
+    if (av_config_tokens_file(cfg))
+        fprintf(stderr, "agentvault: note: the daemon reads tokens_file %s; this command works on %s (ship that "
+                        "file to tokens_file)\n", av_config_tokens_file(cfg), path);
     int rc = AV_OK;
     err[0] = '\0';
     if (!strcmp(sub, "create")) {

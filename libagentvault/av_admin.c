@@ -106,7 +106,12 @@ void av__conn_self_request(av_conn *c, const av_h1_request *req)
         const char *pem = av__ca_root_pem(c->env->ca);
         av__conn_respond_body(c, 200, "application/x-pem-file", pem, strlen(pem), head);
     } else if ((get || head) && req->target_len == 8 && memcmp(req->target, "/healthz", 8) == 0) {
-        av__conn_respond_body(c, 200, "text/plain; charset=utf-8", "ok\n", 3, head);
+        /* Draining (av_ctx_set_health, shutdown): 503, so that a load
+         * balancer's check takes this replica out while it still serves. */
+        if (c->env->unhealthy && atomic_load(c->env->unhealthy))
+            av__conn_respond_body(c, 503, "text/plain; charset=utf-8", "draining\n", 9, head);
+        else
+            av__conn_respond_body(c, 200, "text/plain; charset=utf-8", "ok\n", 3, head);
     } else if ((get || head) && req->target_len == 10 && memcmp(req->target, "/agent-env", 10) == 0) {
         conn_agent_env(c, head);
     } else if ((get || head) && req->target_len == 8 && memcmp(req->target, "/metrics", 8) == 0) {

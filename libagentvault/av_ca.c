@@ -664,56 +664,63 @@ static int no_passphrase(char *buf, int size, int rwflag, void *u)
     return -1;
 }
 
-/* ca_load reads, checks and installs the root from ca.pem and ca.key. */
-static int ca_load(av_ca *ca, const char *key_path, const char *pem_path, char *err,
-                   size_t err_len)
+/* ca_install checks and installs the root from its PEM certificate and
+ * key; |pem_name| and |key_name| say where they came from (errors: file
+ * paths, or "ca_cert (REF)" and "ca_key (REF)" for secret references). */
+static int ca_install(av_ca *ca, const uint8_t *pem_data, size_t pem_len, const char *pem_name,
+                      const uint8_t *key_data, size_t key_len, const char *key_name, char *err,
+                      size_t err_len)
 {
-    int rc;
-    uint8_t *pem_data = NULL, *key_data = NULL, *p = NULL;
-    size_t pem_len = 0, key_len = 0;
+    int rc = AV_ERR_CA;
+    uint8_t *p = NULL;
     BIO *bio = NULL;
     X509 *cert = NULL;
     EVP_PKEY *key = NULL;
     uint8_t cert_spki[SPKI_P256_LEN], key_spki[SPKI_P256_LEN];
 
-    if ((rc = read_ca_file(pem_path, 0, &pem_data, &pem_len, err, err_len)) != AV_OK ||
-        (rc = read_ca_file(key_path, 1, &key_data, &key_len, err, err_len)) != AV_OK)
-        goto err;
-    rc = AV_ERR_CA;
+    if (pem_len > CA_FILE_MAX || key_len > CA_FILE_MAX) {
+        av__errf(err, err_len, "%s: too large for a CA certificate or key",
+                 pem_len > CA_FILE_MAX ? pem_name : key_name);
+        return AV_ERR_CA;
+    }
     bio = BIO_new_mem_buf(pem_data, (int)pem_len);
     if (!bio || !(cert = PEM_read_bio_X509(bio, NULL, no_passphrase, NULL))) {
-        av__errf(err, err_len, "%s: not a valid PEM certificate (truncated or corrupt?)", pem_path);
+        av__errf(err, err_len, "%s: not a valid PEM certificate (truncated or corrupt?)", pem_name);
         goto err;
     }
     BIO_free(bio);
     bio = BIO_new_mem_buf(key_data, (int)key_len);
     if (!bio || !(key = PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL))) {
         av__errf(err, err_len,
-                "%s: not a valid PEM private key (truncated, corrupt or encrypted?)", key_path);
+                "%s: not a valid PEM private key (truncated, corrupt or encrypted?)", key_name);
         goto err;
     }
     if (spki_of_key(key, key_spki) != AV_OK) {
-        av__errf(err, err_len, "%s: not an ECDSA P-256 key", key_path);
+        av__errf(err, err_len, "%s: not an ECDSA P-256 key", key_name);
         goto err;
     }
     int n = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &p);
     if (n != SPKI_P256_LEN || memcmp(p, SPKI_P256_PREFIX, sizeof(SPKI_P256_PREFIX)) != 0) {
-        av__errf(err, err_len, "%s: certificate key is not ECDSA P-256", pem_path);
+        av__errf(err, err_len, "%s: certificate key is not ECDSA P-256", pem_name);
         goto err;
     }
     memcpy(cert_spki, p, SPKI_P256_LEN);
     if (X509_check_ca(cert) == 0) {
         av__errf(err, err_len, "%s: not a CA certificate (needs basicConstraints CA:TRUE)",
-                pem_path);
+                pem_name);
         goto err;
     }
     if (memcmp(cert_spki, key_spki, SPKI_P256_LEN) != 0) {
-        av__errf(err, err_len, "%s: private key does not match %s", key_path, pem_path);
+        av__errf(err, err_len, "%s: private key does not match %s", key_name, pem_name);
         goto err;
     }
     if (X509_cmp_current_time(X509_get0_notAfter(cert)) <= 0) {
-        av__errf(err, err_len, "%s: the root certificate has expired (remove %s and %s to "
-                "create a new root)", pem_path, pem_path, key_path);
+        if (strncmp(pem_name, "ca_cert ", 8) == 0) /* from secret references: the operator's to replace */
+            av__errf(err, err_len, "%s: the root certificate has expired (make a new root, e.g. with "
+                     "agentvault ca pem --state-dir DIR, and replace ca_cert and ca_key)", pem_name);
+        else
+            av__errf(err, err_len, "%s: the root certificate has expired (remove %s and %s to "
+                    "create a new root)", pem_name, pem_name, key_name);
         goto err;
     }
     /* Install: issuer name, key id, DER, PEM. */
@@ -755,12 +762,26 @@ err:
     BIO_free(bio);
     X509_free(cert);
     EVP_PKEY_free(key);
+    ERR_clear_error();
+    return rc;
+}
+
+/* ca_load reads, checks and installs the root from ca.pem and ca.key. */
+static int ca_load(av_ca *ca, const char *key_path, const char *pem_path, char *err,
+                   size_t err_len)
+{
+    uint8_t *pem_data = NULL, *key_data = NULL;
+    size_t pem_len = 0, key_len = 0;
+    int rc = read_ca_file(pem_path, 0, &pem_data, &pem_len, err, err_len);
+    if (rc == AV_OK)
+        rc = read_ca_file(key_path, 1, &key_data, &key_len, err, err_len);
+    if (rc == AV_OK)
+        rc = ca_install(ca, pem_data, pem_len, pem_path, key_data, key_len, key_path, err, err_len);
     if (key_data) {
         av__wipe(key_data, key_len);
         av__free(key_data);
     }
     av__free(pem_data);
-    ERR_clear_error();
     return rc;
 }
 
@@ -775,6 +796,9 @@ static int file_exists(const char *path, char *err, size_t err_len)
     av__errf(err, err_len, "%s: %s", path, strerror(errno));
     return AV_ERR_CA;
 }
+
+static int ca_new(av_ca **out);
+static int ca_finish(av_ca *ca, size_t cache_size, char *err, size_t err_len);
 
 int av__ca_open(av_ca **out, const char *state_dir, size_t cache_size, char *err,
                 size_t err_len)
@@ -805,34 +829,25 @@ int av__ca_open(av_ca **out, const char *state_dir, size_t cache_size, char *err
                 have_key ? pem_path : key_path);
         return AV_ERR_CA;
     }
-    if (!have_key && (rc = ca_generate(key_path, pem_path, err, err_len)) != AV_OK)
-        return rc;
-
-    ca = av__calloc(1, sizeof(*ca));
-    if (!ca)
-        return AV_ERR_NOMEM;
-    if (pthread_mutex_init(&ca->lock, NULL) != 0) {
-        av__free(ca);
-        return AV_ERR_NOMEM;
+    if (!have_key) {
+        /* A read-only state directory (a replica's, a container's) is
+         * supported, but then the root must come from elsewhere. */
+        if (access(state_dir, W_OK) != 0) {
+            av__errf(err, err_len,
+                     "state directory %s is not writable (%s) and holds no CA: copy ca.pem and ca.key "
+                     "there, or set [proxy] ca_cert and ca_key",
+                     state_dir, strerror(errno));
+            return AV_ERR_CA;
+        }
+        if ((rc = ca_generate(key_path, pem_path, err, err_len)) != AV_OK)
+            return rc;
     }
+    if ((rc = ca_new(&ca)) != AV_OK)
+        return rc;
     if ((rc = ca_load(ca, key_path, pem_path, err, err_len)) != AV_OK)
         goto err;
-    rc = AV_ERR_CA;
-    ca->leaf_key = gen_p256();
-    if (!ca->leaf_key || spki_of_key(ca->leaf_key, ca->leaf_spki) != AV_OK ||
-        key_id(ca->leaf_spki, ca->leaf_kid) != AV_OK) {
-        av__errf(err, err_len, "cannot generate the leaf key");
+    if ((rc = ca_finish(ca, cache_size, err, err_len)) != AV_OK)
         goto err;
-    }
-    ca->cap = cache_size ? cache_size : 1024;
-    ca->nbuckets = 16;
-    while (ca->nbuckets < ca->cap && ca->nbuckets < ((size_t)1 << 20))
-        ca->nbuckets <<= 1;
-    ca->buckets = av__calloc(ca->nbuckets, sizeof(*ca->buckets));
-    if (!ca->buckets) {
-        rc = AV_ERR_NOMEM;
-        goto err;
-    }
     *out = ca;
     ERR_clear_error();
     return AV_OK;
@@ -840,6 +855,58 @@ err:
     av__ca_free(ca);
     ERR_clear_error();
     return rc;
+}
+
+int av__ca_open_mem(av_ca **out, const uint8_t *pem, size_t pem_len, const char *pem_name,
+                    const uint8_t *key, size_t key_len, const char *key_name, size_t cache_size,
+                    char *err, size_t err_len)
+{
+    av_ca *ca = NULL;
+    *out = NULL;
+    av__errf(err, err_len, "%s", "");
+    int rc = ca_new(&ca);
+    if (rc != AV_OK)
+        return rc;
+    if ((rc = ca_install(ca, pem, pem_len, pem_name, key, key_len, key_name, err, err_len)) != AV_OK ||
+        (rc = ca_finish(ca, cache_size, err, err_len)) != AV_OK) {
+        av__ca_free(ca);
+        ERR_clear_error();
+        return rc;
+    }
+    *out = ca;
+    ERR_clear_error();
+    return AV_OK;
+}
+
+/* ca_new allocates an empty CA. */
+static int ca_new(av_ca **out)
+{
+    av_ca *ca = av__calloc(1, sizeof(*ca));
+    if (!ca)
+        return AV_ERR_NOMEM;
+    if (pthread_mutex_init(&ca->lock, NULL) != 0) {
+        av__free(ca);
+        return AV_ERR_NOMEM;
+    }
+    *out = ca;
+    return AV_OK;
+}
+
+/* ca_finish makes the leaf key and the leaf cache of a loaded root. */
+static int ca_finish(av_ca *ca, size_t cache_size, char *err, size_t err_len)
+{
+    ca->leaf_key = gen_p256();
+    if (!ca->leaf_key || spki_of_key(ca->leaf_key, ca->leaf_spki) != AV_OK ||
+        key_id(ca->leaf_spki, ca->leaf_kid) != AV_OK) {
+        av__errf(err, err_len, "cannot generate the leaf key");
+        return AV_ERR_CA;
+    }
+    ca->cap = cache_size ? cache_size : 1024;
+    ca->nbuckets = 16;
+    while (ca->nbuckets < ca->cap && ca->nbuckets < ((size_t)1 << 20))
+        ca->nbuckets <<= 1;
+    ca->buckets = av__calloc(ca->nbuckets, sizeof(*ca->buckets));
+    return ca->buckets ? AV_OK : AV_ERR_NOMEM;
 }
 
 /* leaf_release frees a leaf whose last reference was dropped. */

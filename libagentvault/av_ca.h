@@ -16,6 +16,7 @@
 #define AV_CA_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct av_ca av_ca;
 
@@ -25,6 +26,12 @@ typedef struct av_ca av_ca;
  * which file and why), AV_ERR_IO or AV_ERR_NOMEM. */
 int av__ca_open(av_ca **out, const char *state_dir, size_t cache_size,
                 char *err, size_t err_len);
+/* av__ca_open_mem loads the root from PEM bytes (ca_cert and ca_key
+ * secret references): nothing is read from or written to disk. The names
+ * say where each came from, for errors. Same returns as av__ca_open. */
+int av__ca_open_mem(av_ca **out, const uint8_t *pem, size_t pem_len, const char *pem_name,
+                    const uint8_t *key, size_t key_len, const char *key_name, size_t cache_size,
+                    char *err, size_t err_len);
 void av__ca_free(av_ca *ca);
 
 /* av__ca_root_pem returns the root certificate in PEM (owned by the CA). */

@@ -329,6 +329,9 @@ static void config_clear(av_config *c)
     av__free(c->gateways);
     av__free(c->upstream_proxy);
     av__free(c->upstream_proxy_auth);
+    av__free(c->ca_cert_ref);
+    av__free(c->ca_key_ref);
+    av__free(c->tokens_file);
     av__free(c->upstream_no_proxy);
     memset(c, 0, sizeof(*c));
     c->unmatched = AV_UNMATCHED_PASSTHROUGH;
@@ -338,6 +341,7 @@ static void config_clear(av_config *c)
     c->ws_idle_timeout = 900;
     c->secret_ttl = 300;
     c->command_timeout = 10;
+    c->drain_timeout = 10;
 }
 
 /* av_config_new creates an empty configuration with defaults. Returns
@@ -414,6 +418,7 @@ av_config *av__config_copy(const av_config *src)
     c->gateways = NULL;
     c->ngateways = 0;
     c->upstream_proxy = c->upstream_proxy_auth = c->upstream_no_proxy = NULL;
+    c->ca_cert_ref = c->ca_key_ref = c->tokens_file = NULL;
     c->nlisten = c->npassthrough = c->nresolve = c->nallow_private = 0;
     c->nservices = c->ntokens = 0;
 
@@ -431,6 +436,9 @@ av_config *av__config_copy(const av_config *src)
     if (dup_opt(&c->upstream_proxy, src->upstream_proxy) ||
         dup_opt(&c->upstream_proxy_auth, src->upstream_proxy_auth) ||
         dup_opt(&c->upstream_no_proxy, src->upstream_no_proxy))
+        goto fail;
+    if (dup_opt(&c->ca_cert_ref, src->ca_cert_ref) || dup_opt(&c->ca_key_ref, src->ca_key_ref) ||
+        dup_opt(&c->tokens_file, src->tokens_file))
         goto fail;
     if (src->nresolve) {
         c->resolve = av__calloc(src->nresolve, sizeof(*c->resolve));
@@ -549,7 +557,7 @@ _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update co
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_cidr) == 24, "av_cidr changed: update av__config_dump");
 _Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__config_dump");
-_Static_assert(sizeof(av_config) == 776, "av_config changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_config) == 816, "av_config changed: update config_clear, copy, dump");
 #endif
 
 /* dump_str appends |key|="value" with the value JSON-escaped (any byte
@@ -645,6 +653,11 @@ int av__config_dump(const av_config *c, av_buf *out)
     DF("command_timeout=%.17g", c->command_timeout);
     DF("max_connections=%ld", c->max_connections);
     DF("tls_resumption_off=%d", c->tls_resumption_off);
+    DS("ca_cert_ref", c->ca_cert_ref);
+    DS("ca_key_ref", c->ca_key_ref);
+    DS("tokens_file", c->tokens_file);
+    DF("drain_delay=%.17g", c->drain_delay);
+    DF("drain_timeout=%.17g", c->drain_timeout);
     DF("nservices=%zu", c->nservices);
     for (size_t i = 0; i < c->nservices; i++) {
         const av_service *s = &c->services[i];
@@ -907,6 +920,12 @@ AV_EXPORT int av_config_validate(av_config *cfg)
             }
         }
     }
+    if (!cfg->ca_cert_ref != !cfg->ca_key_ref) {
+        av__config_set_error(cfg, "[proxy] %s is set but %s is not: give both (the root certificate and its key) "
+                                  "or neither (the CA in state_dir)",
+                             cfg->ca_cert_ref ? "ca_cert" : "ca_key", cfg->ca_cert_ref ? "ca_key" : "ca_cert");
+        return AV_ERR_CONFIG;
+    }
     for (size_t i = 0; i < cfg->nlisten; i++)
         for (size_t j = 0; j < i; j++)
             if (strcmp(cfg->listen[i], cfg->listen[j]) == 0) {
@@ -961,6 +980,24 @@ AV_EXPORT const char *av_config_vault_path(const av_config *cfg)
     return cfg ? cfg->vault_path : NULL;
 }
 
+AV_EXPORT const char *av_config_tokens_file(const av_config *cfg)
+{
+    return cfg ? cfg->tokens_file : NULL;
+}
+
+AV_EXPORT const char *av_config_ca_cert(const av_config *cfg)
+{
+    return cfg ? cfg->ca_cert_ref : NULL;
+}
+
+AV_EXPORT void av_config_drain(const av_config *cfg, double *delay_seconds, double *timeout_seconds)
+{
+    if (delay_seconds)
+        *delay_seconds = cfg ? cfg->drain_delay : 0;
+    if (timeout_seconds)
+        *timeout_seconds = cfg ? cfg->drain_timeout : 10;
+}
+
 AV_EXPORT int av_config_uses_vault(const av_config *cfg)
 {
     if (!cfg)
@@ -970,6 +1007,9 @@ AV_EXPORT int av_config_uses_vault(const av_config *cfg)
             (cfg->services[i].upstream_proxy_auth && strncmp(cfg->services[i].upstream_proxy_auth, "vault:", 6) == 0))
             return 1;
     if (cfg->upstream_proxy_auth && strncmp(cfg->upstream_proxy_auth, "vault:", 6) == 0)
+        return 1;
+    if ((cfg->ca_cert_ref && strncmp(cfg->ca_cert_ref, "vault:", 6) == 0) ||
+        (cfg->ca_key_ref && strncmp(cfg->ca_key_ref, "vault:", 6) == 0))
         return 1;
     for (size_t i = 0; i < cfg->nservices; i++) {
         const av_service *s = &cfg->services[i];

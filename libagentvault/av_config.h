@@ -231,6 +231,12 @@ struct av_config {
     char *upstream_proxy;      /* parent proxy URL, "env" or "direct"; NULL: none */
     char *upstream_proxy_auth; /* secret reference to "user:password", or NULL */
     char *upstream_no_proxy;   /* hosts, suffixes, CIDRs that go direct (as written) */
+    /* Replicas (docs/CONFIG.md "Replicas"). */
+    char *ca_cert_ref;         /* [proxy] ca_cert: secret reference to the root's PEM; NULL: state_dir */
+    char *ca_key_ref;          /* [proxy] ca_key: secret reference to the root key's PEM */
+    char *tokens_file;         /* [proxy] tokens_file: a read-only token store; NULL: <state_dir>/tokens */
+    double drain_delay;        /* seconds /healthz answers 503 before the listeners close (0) */
+    double drain_timeout;      /* seconds in-flight exchanges get once they have closed (10) */
     char error[512];       /* last error message ("" if none) */
 };
 

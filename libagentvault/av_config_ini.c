@@ -343,6 +343,28 @@ static int set_upstream_proxy(parser *p, char **dst, const char *v, size_t vl, i
     return set_string(p, dst, v, vl);
 }
 
+/* Replicas and deployment: bits 42-47 (see the K_* comment at the top). */
+#define K_CA_CERT (1ull << 42)
+#define K_CA_KEY (1ull << 43)
+#define K_TOKENS_FILE (1ull << 44)
+#define K_DRAIN_DELAY (1ull << 45)
+#define K_DRAIN_TIMEOUT (1ull << 46)
+#define DRAIN_SECONDS_MAX 3600
+
+/* set_drain stores a drain duration of at most 3600 seconds, 0 allowed
+ * unless |positive|. */
+static int set_drain(parser *p, const char *name, int positive, const char *v, size_t vl, double *out)
+{
+    double secs = 0;
+    int zero = vl == 1 && v[0] == '0';
+    if ((!zero && av__config_parse_seconds(v, vl, &secs) != AV_OK) || (zero && positive) ||
+        secs > DRAIN_SECONDS_MAX)
+        return perr(p, "%s must be a number of seconds in %s0, %d]", name, positive ? "(" : "[",
+                    DRAIN_SECONDS_MAX);
+    *out = secs;
+    return AV_OK;
+}
+
 static const key_def proxy_keys[] = {
     {"listen", K_LISTEN, 1}, {"passthrough", K_PASSTHROUGH, 1}, {"allow_private", K_ALLOW_PRIVATE, 1},
     {"resolve", K_RESOLVE, 1},
@@ -354,6 +376,8 @@ static const key_def proxy_keys[] = {
     {"upstream_proxy", K_UP_PROXY, 0}, {"upstream_proxy_auth", K_UP_AUTH, 0},
     {"upstream_no_proxy", K_UP_NO_PROXY, 0},
     {"tls_resumption", K_TLS_RESUME, 0},
+    {"ca_cert", K_CA_CERT, 0}, {"ca_key", K_CA_KEY, 0}, {"tokens_file", K_TOKENS_FILE, 0},
+    {"drain_delay", K_DRAIN_DELAY, 0}, {"drain_timeout", K_DRAIN_TIMEOUT, 0},
 };
 
 /* set_timeout stores a number of seconds in (0, 86400]; the key is named
@@ -430,6 +454,19 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
     }
     case K_TLS_RESUME:
         return word_pair(p, v, vl, "tls_resumption", "on", "off", &c->tls_resumption_off);
+    case K_CA_CERT:
+        return set_secret_ref(p, "ca_cert", &c->ca_cert_ref, v, vl);
+    case K_CA_KEY:
+        return set_secret_ref(p, "ca_key", &c->ca_key_ref, v, vl);
+    case K_TOKENS_FILE:
+        if (!(vl > 1 && v[0] == '/'))
+            return perr(p, "tokens_file must be an absolute file path (a token store made by agentvault token "
+                           "create)");
+        return set_string(p, &c->tokens_file, v, vl);
+    case K_DRAIN_DELAY:
+        return set_drain(p, "drain_delay", 0, v, vl, &c->drain_delay);
+    case K_DRAIN_TIMEOUT:
+        return set_drain(p, "drain_timeout", 1, v, vl, &c->drain_timeout);
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)

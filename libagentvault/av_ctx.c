@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "av_ctx_internal.h"
@@ -209,10 +210,11 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     }
     if (!strv_equal(cfg->listen, cfg->nlisten, ctx->cfg->listen, ctx->cfg->nlisten) ||
         !str_equal_opt(cfg->state_dir, ctx->cfg->state_dir) ||
-        !str_equal_opt(cfg->upstream_cafile, ctx->cfg->upstream_cafile) || !gateways_equal(cfg, ctx->cfg)) {
+        !str_equal_opt(cfg->upstream_cafile, ctx->cfg->upstream_cafile) || !gateways_equal(cfg, ctx->cfg) ||
+        !str_equal_opt(cfg->ca_cert_ref, ctx->cfg->ca_cert_ref) || !str_equal_opt(cfg->ca_key_ref, ctx->cfg->ca_key_ref)) {
         av__errf(err, err_len,
-                "listen, state_dir, upstream_cacert and gateways (other than their tokens) cannot change on reload: "
-                "restart instead");
+                "listen, state_dir, upstream_cacert, ca_cert, ca_key and gateways (other than their tokens) cannot "
+                "change on reload: restart instead");
         av_config_free(cfg);
         return AV_ERR_CONFIG;
     }
@@ -255,6 +257,7 @@ static void ctx_fill_env(av_ctx *ctx)
     e->audit = &ctx->audit;
     e->snap_cur = &ctx->snap;
     e->draining = &ctx->draining;
+    e->unhealthy = &ctx->unhealthy;
     e->conns = &ctx->conns;
     e->nconns = &ctx->nconns;
     e->on_conn_gone = ctx_on_conn_gone;
@@ -262,6 +265,58 @@ static void ctx_fill_env(av_ctx *ctx)
     e->now = av__env_now_real;
     e->random = av__env_random_real;
     e->clock_ud = NULL;
+}
+
+/* ref_label names a secret reference in an error: "KEY (REF)", a
+ * command: reference by its program only (its arguments may be private). */
+static void ref_label(char *out, size_t len, const char *key, const char *ref)
+{
+    size_t n = strncmp(ref, "command:", 8) == 0 ? 8 + strcspn(ref + 8, " \t") : strlen(ref);
+    snprintf(out, len, "%s (%.*s)", key, (int)(n > 250 ? 250 : n), ref);
+}
+
+/* ctx_open_ca loads the root: from the ca_cert and ca_key secret
+ * references when set (every replica then serves the same root and the
+ * state directory is never written), else from the state directory
+ * (created there on first start). The references resolve through the
+ * snapshot's resolver, like any secret. */
+static int ctx_open_ca(av_ctx *ctx, char *err, size_t err_len)
+{
+    const av_config *cfg = ctx->cfg;
+    if (!cfg->ca_cert_ref)
+        return av__ca_open(&ctx->ca, cfg->state_dir, 0, err, err_len);
+    if (strncmp(cfg->ca_key_ref, "file:", 5) == 0) {
+        /* Group-readable is fine (a Kubernetes Secret file with fsGroup is
+         * 0440); readable by others or writable by anyone else is not. */
+        struct stat st;
+        if (stat(cfg->ca_key_ref + 5, &st) == 0 && (st.st_mode & 026)) {
+            av__errf(err, err_len,
+                     "[proxy] ca_key: %s: permissions %04o are too open: the CA key must not be readable by "
+                     "others nor writable by group or others (chmod 0400 or 0440)",
+                     cfg->ca_key_ref + 5, (unsigned)(st.st_mode & 07777));
+            return AV_ERR_CA;
+        }
+    }
+    av_secret *pem = NULL, *key = NULL;
+    char why[256] = "";
+    int rc = av__resolver_get(ctx->snap->resolver, cfg->ca_cert_ref, &pem, why, sizeof(why));
+    if (rc == AV_OK) {
+        rc = av__resolver_get(ctx->snap->resolver, cfg->ca_key_ref, &key, why, sizeof(why));
+        if (rc != AV_OK)
+            av__errf(err, err_len, "[proxy] ca_key: %s", why[0] ? why : av_strerror(rc));
+    } else {
+        av__errf(err, err_len, "[proxy] ca_cert: %s", why[0] ? why : av_strerror(rc));
+    }
+    if (rc == AV_OK) {
+        char pem_name[300], key_name[300];
+        ref_label(pem_name, sizeof(pem_name), "ca_cert", cfg->ca_cert_ref);
+        ref_label(key_name, sizeof(key_name), "ca_key", cfg->ca_key_ref);
+        rc = av__ca_open_mem(&ctx->ca, av__secret_data(pem), av__secret_len(pem), pem_name, av__secret_data(key),
+                             av__secret_len(key), key_name, 0, err, err_len);
+    }
+    av__secret_free(pem);
+    av__secret_free(key);
+    return rc == AV_ERR_NOMEM || rc == AV_ERR_CA ? rc : rc ? AV_ERR_CONFIG : AV_OK;
 }
 
 static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char *err, size_t err_len)
@@ -294,12 +349,6 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     ctx->loop = host_loop ? av__loop_wrap(host_loop) : av__loop_new();
     if (!ctx->loop)
         goto fail;
-    rc = av__ca_open(&ctx->ca, ctx->cfg->state_dir, 0, err, err_len);
-    if (rc)
-        goto fail;
-    rc = av__tls_server_ctx_new(&ctx->tls_srv, ctx->ca, err, err_len);
-    if (rc)
-        goto fail;
     rc = av__tls_client_ctx_new(&ctx->tls_cli, ctx->cfg->upstream_cafile, err, err_len);
     if (rc)
         goto fail;
@@ -319,6 +368,12 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
             goto fail;
         ctx->cfg = ctx->snap->cfg;
     }
+    rc = ctx_open_ca(ctx, err, err_len);
+    if (rc)
+        goto fail;
+    rc = av__tls_server_ctx_new(&ctx->tls_srv, ctx->ca, err, err_len);
+    if (rc)
+        goto fail;
     ctx_tls_resumption(ctx);
     ctx->pool.loop = ctx->loop;
     ctx->pool.log = &ctx->log;
@@ -496,6 +551,13 @@ AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds)
     if (d > 1e9)
         d = 1e9;
     atomic_store(&ctx->drain_ms, (long long)(d * 1000.0));
+    atomic_store(&ctx->unhealthy, 1);
     atomic_store(&ctx->shutdown_requested, 1);
     av__async_send(ctx->wakeup);
+}
+
+AV_EXPORT void av_ctx_set_health(av_ctx *ctx, int ok)
+{
+    if (ctx)
+        atomic_store(&ctx->unhealthy, !ok);
 }

@@ -85,6 +85,7 @@ struct av_ctx {
      * atomics (the drain in milliseconds). */
     atomic_int shutdown_requested;
     atomic_llong drain_ms;
+    atomic_int unhealthy;     /* /healthz answers 503 (av_ctx_set_health, shutdown) */
     double drain_deadline;    /* loop time the drain ends (loop thread) */
     int draining;
     int running;

@@ -16,6 +16,7 @@
 #ifndef AV_ENV_H
 #define AV_ENV_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <time.h>
 
@@ -57,6 +58,7 @@ typedef struct av_env {
     av_audit *audit;
     av_snap *const *snap_cur;       /* *snap_cur: the current snapshot */
     const int *draining;            /* *draining: shutdown has begun */
+    const atomic_int *unhealthy;    /* *unhealthy: /healthz answers 503 (NULL: never) */
     struct av_conn **conns;         /* the context's connections (a list the conn code keeps) */
     size_t *nconns;
     void (*on_conn_gone)(void *ud); /* a connection was freed */

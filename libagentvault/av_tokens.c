@@ -70,16 +70,21 @@ static int services_ok(const char *s)
     return 1;
 }
 
-/* Read every line. Returns AV_OK (a missing file is empty), or an error. */
-static int tokens_read(const char *path, tok_line **out, size_t *n, char *err, size_t err_len)
+/* Read every line. Returns AV_OK (a missing file is empty), or an error.
+ * |shared|: a configured tokens_file (a replica's read-only copy, e.g. a
+ * Kubernetes Secret): it must exist, may be reached through a symbolic
+ * link (Secret volumes swap a link to update), and may be readable by the
+ * group (fsGroup makes Secret files 0440); it still must not be writable
+ * by group or others, nor readable by others. It holds hashes only. */
+static int tokens_read(const char *path, int shared, tok_line **out, size_t *n, char *err, size_t err_len)
 {
     *out = NULL;
     *n = 0;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (shared ? 0 : O_NOFOLLOW));
     if (fd < 0) {
-        if (errno == ENOENT)
+        if (errno == ENOENT && !shared)
             return AV_OK;
-        av__errf(err, err_len, "%s: %s", path, strerror(errno));
+        av__errf(err, err_len, "%s%s: %s", shared ? "tokens_file " : "", path, strerror(errno));
         return AV_ERR_IO;
     }
     struct stat st;
@@ -88,8 +93,9 @@ static int tokens_read(const char *path, tok_line **out, size_t *n, char *err, s
         close(fd);
         return AV_ERR_IO;
     }
-    if (st.st_mode & 077) {
-        av__errf(err, err_len, "%s: permissions are wider than 0600", path);
+    if (st.st_mode & (shared ? 026 : 077)) {
+        av__errf(err, err_len, "%s: permissions %04o are wider than %s", path, (unsigned)(st.st_mode & 07777),
+                 shared ? "0640 (group or others may write, or others may read)" : "0600");
         close(fd);
         return AV_ERR_IO;
     }
@@ -236,7 +242,7 @@ AV_EXPORT int av_tokens_create(const char *path, const char *name, const char *s
     }
     tok_line *lines = NULL;
     size_t n = 0;
-    int rc = tokens_read(path, &lines, &n, err, err_len);
+    int rc = tokens_read(path, 0, &lines, &n, err, err_len);
     if (rc)
         return rc;
     for (size_t i = 0; i < n; i++)
@@ -283,7 +289,7 @@ AV_EXPORT int av_tokens_revoke(const char *path, const char *name, char *err, si
         return AV_ERR_INVALID;
     tok_line *lines = NULL;
     size_t n = 0;
-    int rc = tokens_read(path, &lines, &n, err, err_len);
+    int rc = tokens_read(path, 0, &lines, &n, err, err_len);
     if (rc)
         return rc;
     size_t k = 0;
@@ -306,7 +312,7 @@ AV_EXPORT int av_tokens_list(const char *path, av_token_list_cb cb, void *ud, ch
         return AV_ERR_INVALID;
     tok_line *lines = NULL;
     size_t n = 0;
-    int rc = tokens_read(path, &lines, &n, err, err_len);
+    int rc = tokens_read(path, 0, &lines, &n, err, err_len);
     if (rc)
         return rc;
     for (size_t i = 0; i < n; i++)
@@ -321,11 +327,12 @@ AV_EXPORT int av_config_load_tokens(av_config *cfg, const char *path)
         return AV_ERR_INVALID;
     tok_line *lines = NULL;
     size_t n = 0;
-    int rc = tokens_read(path, &lines, &n, cfg->error, sizeof(cfg->error));
+    int shared = cfg->tokens_file && strcmp(path, cfg->tokens_file) == 0;
+    int rc = tokens_read(path, shared, &lines, &n, cfg->error, sizeof(cfg->error));
     if (rc)
         return rc;
     /* Once a store exists, revoking its last token must not open the proxy. */
-    if (access(path, F_OK) == 0)
+    if (shared || access(path, F_OK) == 0)
         cfg->token_store = 1;
     av_token_cfg *nt = n ? av__realloc(cfg->tokens, (cfg->ntokens + n) * sizeof(*nt)) : cfg->tokens;
     if (n && !nt) {

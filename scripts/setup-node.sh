@@ -7,6 +7,8 @@
 #   tests/compat/node/node_modules       `npm ci` from tests/compat/node/package-lock.json
 #                                        (undici, axios, ws, openai, @anthropic-ai/sdk,
 #                                        Claude Code, Gemini CLI; pinned for Node 20)
+#   tests/deploy/node_modules            `npm ci` from tests/deploy/package-lock.json
+#                                        (kubernetes-models 4.5.1, js-yaml: manifest checks)
 # Idempotent: when the lockfiles are unchanged and the newest Codex is already
 # installed, it only asks the registry for the newest version (~1 s).
 # Fails (non-zero exit) if node/npm are missing or any npm command fails.
@@ -109,4 +111,22 @@ else
     die "tests/compat/node/node_modules/.bin/gemini does not run after npm ci"
   echo "$want_sum" > "$COMPAT_STAMP"
   log "installed the compat Node clients in tests/compat/node"
+fi
+
+# 4. The offline Kubernetes manifest validator (tests/deploy: kubernetes-models
+#    4.5.1, the newest that supports Node 20, and js-yaml; used by
+#    tests/integration/test_deploy_files.py).
+DEPLOY_DIR="$ROOT/tests/deploy"
+DEPLOY_STAMP="$DEPLOY_DIR/node_modules/.agentvault-lock.sha256"
+[ -f "$DEPLOY_DIR/package-lock.json" ] || die "missing $DEPLOY_DIR/package-lock.json"
+want_sum="$(sha256sum "$DEPLOY_DIR/package-lock.json" "$DEPLOY_DIR/package.json" | sha256sum | cut -d' ' -f1)"
+have_sum="$(cat "$DEPLOY_STAMP" 2>/dev/null || true)"
+if [ "$want_sum" = "$have_sum" ] && [ -f "$DEPLOY_DIR/node_modules/kubernetes-models/package.json" ] &&
+   [ -f "$DEPLOY_DIR/node_modules/js-yaml/package.json" ]; then
+  log "tests/deploy up to date"
+else
+  log "npm ci in tests/deploy"
+  (cd "$DEPLOY_DIR" && npm ci "${NPM_FLAGS[@]}") || die "npm ci failed in $DEPLOY_DIR"
+  echo "$want_sum" > "$DEPLOY_STAMP"
+  log "installed the manifest validator in tests/deploy"
 fi

@@ -26,6 +26,10 @@ PACKAGES=(
   squid tinyproxy dante-server microsocks python3-socks python3-socksio
   # aws-sigv4 (tests/integration/test_sigv4.py): boto3/botocore and the AWS CLI
   python3-botocore python3-boto3 awscli
+  # replicas and deploy files (tests/integration/test_replicas.py,
+  # test_deploy_files.py): the load balancer, the image's init, manifests
+  # (YAML), the unit's checker
+  haproxy tini python3-yaml systemd
 )
 
 SUDO=""

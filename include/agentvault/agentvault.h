@@ -147,6 +147,19 @@ AV_EXPORT const char *av_config_vault_path(const av_config *cfg);
 AV_EXPORT int av_config_uses_vault(const av_config *cfg);
 AV_EXPORT int av_config_set_vault(av_config *cfg, struct av_vault *vault);
 
+/* Replicas. av_config_tokens_file returns [proxy] tokens_file, a read-only
+ * token store shared by replicas (NULL: not set; the daemon then uses
+ * <state_dir>/tokens); the caller loads it with av_config_load_tokens.
+ * av_config_drain gives [proxy] drain_delay (seconds /healthz answers 503
+ * before the listeners close; 0 by default) and drain_timeout (seconds
+ * in-flight exchanges then get; 10 by default). Either pointer may be
+ * NULL. */
+AV_EXPORT const char *av_config_tokens_file(const av_config *cfg);
+/* av_config_ca_cert returns [proxy] ca_cert, the secret reference the root
+ * certificate comes from (NULL: the state directory's ca.pem). */
+AV_EXPORT const char *av_config_ca_cert(const av_config *cfg);
+AV_EXPORT void av_config_drain(const av_config *cfg, double *delay_seconds, double *timeout_seconds);
+
 /* Secrets from the embedder: a service or token with "secret =
  * callback:NAME" calls |fn| on the context's loop thread with NAME and a
  * request. Answer it exactly once, right away or later (on the loop thread),
@@ -230,6 +243,12 @@ AV_EXPORT int av_ctx_run(av_ctx *ctx);
  * exchanges finish for up to |drain_seconds|, and return from av_ctx_run.
  * [any thread], and async-signal-safe. */
 AV_EXPORT void av_ctx_shutdown(av_ctx *ctx, double drain_seconds);
+
+/* av_ctx_set_health sets what GET /healthz answers: 200 "ok" while |ok|,
+ * else 503 "draining" (a load balancer's health check then takes the
+ * replica out while its listeners still accept). av_ctx_shutdown also
+ * turns it to 503. [any thread], and async-signal-safe. */
+AV_EXPORT void av_ctx_set_health(av_ctx *ctx, int ok);
 
 /* ---- embedding: threads, host loops, gateways, streams ----------------
  *

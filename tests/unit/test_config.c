@@ -464,6 +464,63 @@ static void errors(void **state)
     }
 }
 
+/* replica_keys: ca_cert/ca_key, tokens_file, drain_delay/drain_timeout:
+ * values, defaults, copies and the exact errors. */
+static void replica_keys(void **state)
+{
+    (void)state;
+    av_config *c;
+    assert_int_equal(load("[proxy]\n", &c), AV_OK);
+    double delay = -1, timeout = -1;
+    av_config_drain(c, &delay, &timeout);
+    assert_true(delay == 0 && timeout == 10);
+    assert_null(av_config_tokens_file(c));
+    assert_null(c->ca_cert_ref);
+    av_config_free(c);
+    assert_int_equal(load("[proxy]\nca_cert = file:/s/ca.pem\nca_key = command:/bin/cat /s/ca.key\n"
+                          "tokens_file = /s/tokens\ndrain_delay = 0\ndrain_timeout = 0.5\n",
+                          &c),
+                     AV_OK);
+    assert_int_equal(av_config_validate(c), AV_OK);
+    av_config *d = av__config_copy(c);
+    assert_non_null(d);
+    assert_string_equal(d->ca_cert_ref, "file:/s/ca.pem");
+    assert_string_equal(d->ca_key_ref, "command:/bin/cat /s/ca.key");
+    assert_string_equal(av_config_tokens_file(d), "/s/tokens");
+    av_config_drain(d, &delay, &timeout);
+    assert_true(delay == 0 && timeout == 0.5);
+    av_config_drain(NULL, &delay, NULL);
+    assert_true(delay == 0);
+    av_config_free(d);
+    av_config_free(c);
+    static const struct {
+        const char *text, *error;
+    } bad[] = {
+        {"[proxy]\ndrain_delay = -1\n", "t.conf:2: drain_delay must be a number of seconds in [0, 3600]"},
+        {"[proxy]\ndrain_delay = 3601\n", "t.conf:2: drain_delay must be a number of seconds in [0, 3600]"},
+        {"[proxy]\ndrain_timeout = 0\n", "t.conf:2: drain_timeout must be a number of seconds in (0, 3600]"},
+        {"[proxy]\ndrain_timeout = 10s\n", "t.conf:2: drain_timeout must be a number of seconds in (0, 3600]"},
+        {"[proxy]\ntokens_file = tokens\n",
+         "t.conf:2: tokens_file must be an absolute file path (a token store made by agentvault token create)"},
+        {"[proxy]\nca_cert = /s/ca.pem\n",
+         "t.conf:2: ca_cert must be env:NAME, file:/absolute/path, vault:NAME, command:/absolute/path [args] or "
+         "callback:NAME"},
+        {"[proxy]\nca_key = file:/s/k\nca_key = file:/s/k\n", "t.conf:3: duplicate key \"ca_key\""},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        assert_int_equal(load(bad[i].text, &c), AV_ERR_CONFIG);
+        if (strcmp(av_config_error(c), bad[i].error) != 0)
+            fail_msg("case %zu:\n got: %s\nwant: %s", i, av_config_error(c), bad[i].error);
+        av_config_free(c);
+    }
+    /* one of the pair alone: a validation error naming both */
+    assert_int_equal(load("[proxy]\nca_key = env:K\n", &c), AV_OK);
+    assert_int_equal(av_config_validate(c), AV_ERR_CONFIG);
+    assert_string_equal(av_config_error(c), "[proxy] ca_key is set but ca_cert is not: give both (the root "
+                                            "certificate and its key) or neither (the CA in state_dir)");
+    av_config_free(c);
+}
+
 /* names_64: the name length limit is exactly 64. */
 static void names_64(void **state)
 {
@@ -782,6 +839,11 @@ static const char every_key_text[] =
     "upstream_proxy_auth = env:PARENT_CRED\n"
     "upstream_no_proxy = .corp.example, 10.0.0.0/8, [::1]:8443\n"
     "tls_resumption = off\n"
+    "ca_cert = file:/run/av/ca.pem\n"
+    "ca_key = env:AV_CA_KEY\n"
+    "tokens_file = /run/av/tokens\n"
+    "drain_delay = 2.5\n"
+    "drain_timeout = 12\n"
     "\n"
     "[service \"a\"]\n"
     "host = *.a.example.com\n"
@@ -1106,6 +1168,7 @@ int main(void)
         cmocka_unit_test(every_key),
         cmocka_unit_test(quoting_and_long_lines),
         cmocka_unit_test(errors),
+        cmocka_unit_test(replica_keys),
         cmocka_unit_test(websocket_keys),
         cmocka_unit_test(names_64),
         cmocka_unit_test(atomic_and_additive),
