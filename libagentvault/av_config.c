@@ -282,6 +282,7 @@ void av__config_service_clear(av_service *s)
     av__free(s->oauth_scope);
     av__free(s->oauth_audience);
     av__free(s->refresh_token_ref);
+    av__free(s->decide);
     memset(s, 0, sizeof(*s));
 }
 
@@ -325,6 +326,7 @@ static void config_clear(av_config *c)
     av__free(c->upstream_proxy);
     av__free(c->upstream_proxy_auth);
     av__free(c->upstream_no_proxy);
+    av__free(c->decide_notify);
     memset(c, 0, sizeof(*c));
     c->unmatched = AV_UNMATCHED_PASSTHROUGH;
     c->connect_timeout = 10;
@@ -409,6 +411,7 @@ av_config *av__config_copy(const av_config *src)
     c->gateways = NULL;
     c->ngateways = 0;
     c->upstream_proxy = c->upstream_proxy_auth = c->upstream_no_proxy = NULL;
+    c->decide_notify = NULL;
     c->nlisten = c->npassthrough = c->nresolve = c->nallow_private = 0;
     c->nservices = c->ntokens = 0;
 
@@ -425,7 +428,7 @@ av_config *av__config_copy(const av_config *src)
         goto fail;
     if (dup_opt(&c->upstream_proxy, src->upstream_proxy) ||
         dup_opt(&c->upstream_proxy_auth, src->upstream_proxy_auth) ||
-        dup_opt(&c->upstream_no_proxy, src->upstream_no_proxy))
+        dup_opt(&c->upstream_no_proxy, src->upstream_no_proxy) || dup_opt(&c->decide_notify, src->decide_notify))
         goto fail;
     if (src->nresolve) {
         c->resolve = av__calloc(src->nresolve, sizeof(*c->resolve));
@@ -477,6 +480,9 @@ av_config *av__config_copy(const av_config *src)
             if (dup_opt(&d->token_url, s->token_url) || dup_opt(&d->client_id, s->client_id) ||
                 dup_opt(&d->client_secret_ref, s->client_secret_ref) || dup_opt(&d->oauth_scope, s->oauth_scope) ||
                 dup_opt(&d->oauth_audience, s->oauth_audience) || dup_opt(&d->refresh_token_ref, s->refresh_token_ref))
+                goto fail;
+            d->decide = NULL;
+            if (dup_opt(&d->decide, s->decide))
                 goto fail;
         }
     }
@@ -533,13 +539,13 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 264, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_service) == 280, "av_service changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_cidr) == 24, "av_cidr changed: update av__config_dump");
 _Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__config_dump");
-_Static_assert(sizeof(av_config) == 776, "av_config changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_config) == 800, "av_config changed: update config_clear, copy, dump");
 #endif
 
 /* dump_str appends |key|="value" with the value JSON-escaped (any byte
@@ -602,6 +608,9 @@ int av__config_dump(const av_config *c, av_buf *out)
     rc = rc ? rc : dump_ptr(out, "vault", &c->vault, sizeof(c->vault));
     rc = rc ? rc : dump_ptr(out, "secret_fn", &c->secret_fn, sizeof(c->secret_fn));
     rc = rc ? rc : dump_ptr(out, "secret_ud", &c->secret_ud, sizeof(c->secret_ud));
+    rc = rc ? rc : dump_ptr(out, "decide_fn", &c->decide_fn, sizeof(c->decide_fn));
+    rc = rc ? rc : dump_ptr(out, "decide_ud", &c->decide_ud, sizeof(c->decide_ud));
+    DS("decide_notify", c->decide_notify);
     DF("unmatched=%d", c->unmatched);
     DF("npassthrough=%zu", c->npassthrough);
     for (size_t i = 0; i < c->npassthrough; i++) {
@@ -676,6 +685,8 @@ int av__config_dump(const av_config *c, av_buf *out)
         SS(oauth_audience);
         SI(client_auth_post, "%d");
         SS(refresh_token_ref);
+        SS(decide);
+        SI(decide_timeout, "%.17g");
         SI(line, "%d");
 #undef SS
 #undef SI
@@ -976,6 +987,15 @@ AV_EXPORT int av_config_set_secret_fn(av_config *cfg, av_secret_fn fn, void *use
         return AV_ERR_INVALID;
     cfg->secret_fn = fn;
     cfg->secret_ud = user_data;
+    return AV_OK;
+}
+
+AV_EXPORT int av_config_set_decide_fn(av_config *cfg, av_decide_fn fn, void *user_data)
+{
+    if (!cfg)
+        return AV_ERR_INVALID;
+    cfg->decide_fn = fn;
+    cfg->decide_ud = user_data;
     return AV_OK;
 }
 

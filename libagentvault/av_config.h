@@ -40,6 +40,8 @@
  *     secret = env:NAME | file:PATH
  *     websocket = on | off            (off: upgrades are answered 426)
  *     websocket_scrub = on | off      (off: upstream frames spliced unscrubbed)
+ *     decide = ask | command:/path ARGS   (hold each request for a decision)
+ *     decide_timeout = 120            (seconds; no answer by then is a deny)
  *     placeholder = __OPENAI_KEY__    (what agents use instead of the secret)
  *     placeholder_in = websocket      (surfaces where it is replaced)
  *     agent_env = OPENAI_API_KEY, CODEX_API_KEY (variables `run` sets to it)
@@ -131,6 +133,10 @@ typedef struct av_service {
     char *oauth_audience;    /* audience parameter (NULL: none) */
     int client_auth_post;    /* client_auth = post: id and secret in the body (default basic) */
     char *refresh_token_ref; /* oauth2:refresh_token: "vault:NAME" (rotations are written back) */
+    /* Decisions (av_decide.h): "ask" (the decide callback: a person) or
+     * "command:/path ARGS" (a program); NULL: requests pass undecided */
+    char *decide;
+    double decide_timeout;   /* seconds a request waits for its answer (0: 120) */
     int line;          /* line of the [service] header, for messages */
 } av_service;
 
@@ -190,6 +196,9 @@ struct av_config {
     struct av_vault *vault; /* lent by the caller (av_config_set_vault), not owned */
     av_secret_fn secret_fn; /* callback:NAME (av_config_set_secret_fn) */
     void *secret_ud;
+    av_decide_fn decide_fn; /* decide = ask (av_config_set_decide_fn) */
+    void *decide_ud;
+    char *decide_notify;   /* [proxy] decide_notify = command:...: told of each request held for a person */
     int unmatched;         /* enum av_unmatched */
     char **passthrough;    /* host patterns allowed for opaque tunnels */
     size_t npassthrough;

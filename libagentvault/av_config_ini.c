@@ -310,6 +310,26 @@ enum {
     K_MAX_CONNS = 1u << 30, K_LISTEN = 1u << 25, K_PASSTHROUGH = 1u << 26, K_ALLOW_PRIVATE = 1u << 27,
     K_RESOLVE = 1u << 28
 };
+/* Decision hooks (issue 18): bits 36-39. */
+#define K_DECIDE (1ull << 36)
+#define K_DECIDE_TIMEOUT (1ull << 37)
+#define K_DECIDE_NOTIFY (1ull << 38)
+
+/* set_decide_cmd stores "command:/absolute/path [args]" for |key|. */
+static int set_decide_cmd(parser *p, const char *key, char **out, const char *v, size_t vl)
+{
+    char *ref = dup_range(v, vl);
+    if (!ref)
+        return oom(p);
+    if (strncmp(ref, "command:", 8) != 0 || !av__secret_ref_valid(ref)) {
+        av__free(ref);
+        return perr(p, "%s must be %scommand:/absolute/path [args] (arguments split on blanks, quotes group)", key,
+                    strcmp(key, "decide") == 0 ? "ask or " : "");
+    }
+    *out = ref;
+    return AV_OK;
+}
+
 /* [proxy] tls_resumption: a bit only [service] uses otherwise (seen bits
  * are per section). */
 enum { K_TLS_RESUME = K_METHODS };
@@ -353,6 +373,7 @@ static const key_def proxy_keys[] = {
     {"upstream_proxy", K_UP_PROXY, 0}, {"upstream_proxy_auth", K_UP_AUTH, 0},
     {"upstream_no_proxy", K_UP_NO_PROXY, 0},
     {"tls_resumption", K_TLS_RESUME, 0},
+    {"decide_notify", K_DECIDE_NOTIFY, 0},
 };
 
 /* set_timeout stores a number of seconds in (0, 86400]; the key is named
@@ -429,6 +450,8 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
     }
     case K_TLS_RESUME:
         return word_pair(p, v, vl, "tls_resumption", "on", "off", &c->tls_resumption_off);
+    case K_DECIDE_NOTIFY:
+        return set_decide_cmd(p, "decide_notify", &c->decide_notify, v, vl);
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)
@@ -743,6 +766,7 @@ static const key_def service_keys[] = {
     {"token_url", K_TOKEN_URL, 0}, {"client_id", K_CLIENT_ID, 0}, {"client_secret", K_CLIENT_SECRET, 0},
     {"scope", K_OAUTH_SCOPE, 0}, {"audience", K_OAUTH_AUDIENCE, 0}, {"client_auth", K_CLIENT_AUTH, 0},
     {"refresh_token", K_REFRESH_TOKEN, 0},
+    {"decide", K_DECIDE, 0}, {"decide_timeout", K_DECIDE_TIMEOUT, 0},
 };
 
 /* oauth_value stores a scope, audience or client_id: visible ASCII and
@@ -924,6 +948,12 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return oauth_value(p, "audience", &s->oauth_audience, v, vl);
     case K_CLIENT_AUTH:
         return word_pair(p, v, vl, "client_auth", "basic", "post", &s->client_auth_post);
+    case K_DECIDE:
+        if (word_eq(v, vl, "ask"))
+            return set_string(p, &s->decide, "ask", 3);
+        return set_decide_cmd(p, "decide", &s->decide, v, vl);
+    case K_DECIDE_TIMEOUT:
+        return set_timeout(p, k, kl, v, vl, &s->decide_timeout);
     case K_REFRESH_TOKEN: {
         int ok = vl > 6 && vl <= 6 + 64 && memcmp(v, "vault:", 6) == 0;
         for (size_t i = 6; ok && i < vl; i++)
@@ -1164,6 +1194,9 @@ static int finish_section(parser *p)
             return perr_at(p, s->line, "service \"%s\" has no secret", s->name);
         if (s->placeholder_in && !s->placeholder)
             return perr_at(p, s->line, "service \"%s\": placeholder_in needs a placeholder", s->name);
+        if (s->decide_timeout > 0 && !s->decide)
+            return perr_at(p, s->line, "service \"%s\": decide_timeout needs decide = ask or decide = command:...",
+                           s->name);
         int rc = finish_aws_service(p, s);
         if (rc == AV_OK)
             rc = finish_mint_service(p, s);

@@ -48,12 +48,14 @@ void av__x_reset(av_exchange *x)
     struct av_conn *c = x->c;
     const av_env *env = x->env;
     const char *gw = x->gw;
+    const char *peer = x->peer;
     void (*wake)(void *) = x->wake;
     void *wake_ud = x->wake_ud;
     av_exchange *next = x->next, *prev = x->prev;
     int32_t sid = x->sid;
     const av_agent_ops *agent = x->agent;
     x_unlink_upstream(x, 0);
+    av__x_decide_release(x);
     av__resolver_cancel(x->swait);
     av__mint_cancel(x->mwait);
     av__secret_free(x->mint_token);
@@ -84,6 +86,7 @@ void av__x_reset(av_exchange *x)
     x->agent = agent;
     x->env = env;
     x->gw = gw;
+    x->peer = peer;
     x->wake = wake;
     x->wake_ud = wake_ud;
 }
@@ -136,6 +139,14 @@ static void x_record(const av_exchange *x, const char *error, double ms, av_xrec
     r->redactions = x->redactions;
     r->end = av__end_names[x_end(x, error)];
     r->error = error;
+    if (x->decision || x->dwait) {
+        static const char *const verdicts[] = {"pending", "allow", "deny", "cancelled"};
+        int cancelled = x->dwait && av_decision_request_waiting(x->dwait);
+        r->decision = cancelled ? "cancelled" : verdicts[x->decision];
+        r->decided_by = cancelled ? "agent" : av__decide_by_names[x->decided_by];
+        r->decide_ms = x->dwait ? (av__loop_now(x->env->loop) - x->decide_start) * 1000.0 : x->decide_ms;
+        r->decide_id = x->decide_id[0] ? x->decide_id : NULL;
+    }
 }
 
 /* The audit record of an exchange: one JSON line (av__audit_record). */
@@ -410,6 +421,10 @@ int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, i
         x->scope[sl] = '/';
         memcpy(x->scope + sl + 1, tn, tl + 1);
     }
+    /* a person or a program may have to say yes first (decide = ...) */
+    int held = av__x_decide_begin(x);
+    if (held != 0)
+        return held < 0 ? -1 : 0;
     return av__x_inject(x);
 }
 
@@ -686,8 +701,15 @@ int av__x_step(av_exchange *x)
     int progress = 0;
     if (!x->active)
         return 0;
-    if ((x->swait || x->mwait) && !x->a_closed)
-        return 0; /* the credential is being resolved or minted */
+    if (x->decide_ready) {
+        if (av__x_decide_apply(x) != 0) {
+            x->agent->dropped(x);
+            return 1;
+        }
+        progress = 1;
+    }
+    if ((x->swait || x->mwait || x->dwait) && !x->a_closed)
+        return progress; /* held for a decision, or the credential is being resolved or minted */
     if (x->secret_ready) {
         if (av__x_inject(x) != 0) {
             x->agent->dropped(x);
