@@ -134,6 +134,8 @@ static void ctx_on_wakeup(void *ud)
     av__upstream_pool_free(&ctx->pool);
     ctx->drain_deadline = av__loop_now(ctx->loop) + drain;
     av__timer_start(ctx->drain_timer, drain);
+    /* Requests held for a decision would wait out the drain: refuse them. */
+    av__decide_deny_all(ctx->decide, 503, "agentvault is shutting down");
     /* Close idle connections now; busy ones close after their exchange. */
     av__conn_drain_all(&ctx->env);
     ctx_check_done(ctx);

@@ -242,6 +242,14 @@ static int decide_locked(av_hold *h, int state, int allow, int status, const cha
     return AV_OK;
 }
 
+void av__decide_deny_all(av_decide *d, int status, const char *reason)
+{
+    pthread_mutex_lock(&decide_mu);
+    while (d && d->held)
+        decide_locked(d->held, AV_HOLD_ANSWERED, 0, status, reason, AV_BY_PROXY); /* unlists it */
+    pthread_mutex_unlock(&decide_mu);
+}
+
 int av__hold_decide(av_hold *h, int allow, int status, const char *reason, int by)
 {
     pthread_mutex_lock(&decide_mu);

@@ -62,6 +62,10 @@ int av__decide_new(av_decide **out);
 /* Holds still referenced (an embedder that never answered) outlive it. */
 void av__decide_free(av_decide *d);
 
+/* av__decide_deny_all answers every pending hold with |status| and
+ * |reason| (shutdown: nothing waits out the drain). */
+void av__decide_deny_all(av_decide *d, int status, const char *reason);
+
 /* av__decide_rule_match: does a remembered rule allow this request?
  * 1 or 0. Expired rules are dropped on the way. */
 int av__decide_rule_match(av_decide *d, const char *service, const char *token, const char *method,

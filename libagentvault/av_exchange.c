@@ -708,6 +708,15 @@ int av__x_step(av_exchange *x)
         }
         progress = 1;
     }
+    if (x->dwait && !x->decide_ready && x->agent->body_aborted(x)) {
+        /* HTTP/1.1: the agent went away while its request was held (an
+         * HTTP/2 stream reset is a_closed, below) */
+        x->end = AV_END_CLIENT_ABORT;
+        x->up_reusable = 0;
+        x->resp_done = 1;
+        av__x_finish(x, "the agent went away while the request was held for a decision");
+        return 1;
+    }
     if ((x->swait || x->mwait || x->dwait) && !x->a_closed)
         return progress; /* held for a decision, or the credential is being resolved or minted */
     if (x->secret_ready) {
