@@ -466,11 +466,21 @@ static int word(cur *c, const char *w)
     return 0;
 }
 
+static int parse_line(const char *p, size_t n, av_decide_answer *out, const char **why);
+
 int av__decide_parse_line(const char *p, size_t n, av_decide_answer *out, const char **why)
 {
     static const char *dummy;
     why = why ? why : &dummy;
     memset(out, 0, sizeof(*out));
+    int rc = parse_line(p, n, out, why);
+    if (rc != AV_OK)
+        memset(out, 0, sizeof(*out)); /* a refused answer never allows */
+    return rc;
+}
+
+static int parse_line(const char *p, size_t n, av_decide_answer *out, const char **why)
+{
     if (n > AV_DECIDE_LINE_MAX) {
         *why = "the answer is longer than 4096 bytes";
         return AV_ERR_PARSE;
@@ -528,10 +538,8 @@ int av__decide_parse_line(const char *p, size_t n, av_decide_answer *out, const 
         }
     }
     skip_ws(&c);
-    if (c.p != c.end || !seen_allow) {
-        memset(out, 0, sizeof(*out));
+    if (c.p != c.end || !seen_allow)
         return AV_ERR_PARSE;
-    }
     *why = "";
     return AV_OK;
 }
