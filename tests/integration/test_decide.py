@@ -394,3 +394,48 @@ def test_bad_decide_config(tmp_path):
     f.write_text('[proxy]\ndecide_notify = /bin/true\n')
     p = run_cli(["check", "-c", f], env=base_env(tmp_path))
     assert p.returncode == 1 and "decide_notify must be command:" in p.stderr, p.stderr
+
+
+def test_embedder_dialog_example(upstream, test_ca, secrets, tmp_path, curl):
+    """examples/decide_dialog.c: the library's decide callback queues the
+    request, the host's UI thread asks its user (here: stdin) and answers
+    from that thread."""
+    from avtest import daemon as avd
+    prog = avd.binary_path().resolve().parents[1] / "examples" / "decide_dialog"
+    assert prog.is_file(), f"example not built at {prog}"
+    conf = tmp_path / "dialog.conf"
+    conf.write_text("[proxy]\nlisten = 127.0.0.1:0\n"
+                    f"state_dir = {tmp_path / 'dialog-state'}\n"
+                    f"resolve = api.openai.com:443:127.0.0.1:{upstream.port}\n"
+                    f"upstream_cacert = {test_ca.ca_pem}\n\n" + _openai("ask", timeout="20"))
+    env = avd.base_env(tmp_path)
+    env.update(secrets.env())
+    p = subprocess.Popen([str(prog), "-c", str(conf)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        port = int(p.stdout.readline().strip().rsplit(":", 1)[1])
+        ca = tmp_path / "dialog-state" / "ca.pem"
+        proxy = ["-x", f"http://127.0.0.1:{port}", "--cacert", str(ca)]
+        fut = _bg(lambda: curl(*proxy, f"https://api.openai.com/echo?q={QVAL}"))
+        line = p.stdout.readline().split()
+        assert line[:5] == ["ask", "1", "GET", "api.openai.com", "/echo"], line
+        p.stdin.write("allow 1\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "allowed 1"
+        r = fut.result(15)
+        assert r.status == 200, r.describe()
+        assert auth_values(upstream.only_request()) == [f"Bearer {secrets.openai_key}"]
+        fut = _bg(lambda: curl(*proxy, "-X", "DELETE", "https://api.openai.com/echo"))
+        line = p.stdout.readline().split()
+        assert line[:3] == ["ask", "2", "DELETE"], line
+        p.stdin.write("deny 2 not while I am away\n")
+        p.stdin.flush()
+        assert p.stdout.readline().strip() == "denied 2"
+        assert_curl_proxy_error(fut.result(15), 403, mentions="not while I am away")
+        p.stdin.close()
+        assert p.wait(10) == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert QVAL not in p.stderr.read()
