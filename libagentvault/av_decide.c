@@ -32,6 +32,7 @@ struct av_decide {
     uint64_t next_id;
     rule rules[AV_DECIDE_RULES_MAX];
     size_t nrules;
+    int programs;          /* running decision and notification programs */
 };
 
 struct av_decision_request {
@@ -240,6 +241,24 @@ static int decide_locked(av_hold *h, int state, int allow, int status, const cha
     if (h->wake)
         av__async_send(h->wake); /* a write to the loop's eventfd: never blocks */
     return AV_OK;
+}
+
+int av__decide_prog_take(av_decide *d)
+{
+    pthread_mutex_lock(&decide_mu);
+    int ok = d->programs < AV_DECIDE_PROGRAMS_MAX;
+    if (ok)
+        d->programs++;
+    pthread_mutex_unlock(&decide_mu);
+    return ok;
+}
+
+void av__decide_prog_give(av_decide *d)
+{
+    pthread_mutex_lock(&decide_mu);
+    if (d->programs > 0)
+        d->programs--;
+    pthread_mutex_unlock(&decide_mu);
 }
 
 void av__decide_deny_all(av_decide *d, int status, const char *reason)

@@ -36,6 +36,7 @@
 
 #define AV_DECIDE_HELD_MAX 1024    /* requests held at once, per context */
 #define AV_DECIDE_RULES_MAX 256    /* remembered rules, per context */
+#define AV_DECIDE_PROGRAMS_MAX 32  /* decision and notification programs running at once, per context */
 #define AV_DECIDE_JSON_MAX (16 * 1024) /* the request's JSON object (without a body) */
 #define AV_DECIDE_LINE_MAX 4096    /* a decision program's answer line */
 #define AV_DECIDE_REASON_MAX 200   /* a denial's reason, bytes */
@@ -61,6 +62,12 @@ typedef struct av_hold_view {
 int av__decide_new(av_decide **out);
 /* Holds still referenced (an embedder that never answered) outlive it. */
 void av__decide_free(av_decide *d);
+
+/* av__decide_prog_take counts a program about to start: 1, or 0 when
+ * AV_DECIDE_PROGRAMS_MAX are running (the caller does not start it);
+ * av__decide_prog_give when it is gone. Any thread. */
+int av__decide_prog_take(av_decide *d);
+void av__decide_prog_give(av_decide *d);
 
 /* av__decide_deny_all answers every pending hold with |status| and
  * |reason| (shutdown: nothing waits out the drain). */

@@ -128,6 +128,17 @@ static size_t x_decide_json(const av_exchange *x, char *buf, size_t cap)
     return w.full ? 0 : w.len;
 }
 
+/* Stop and free a program of the exchange's (NULL: none), giving back its
+ * slot. */
+static void x_prog_free(av_exchange *x, av_cmd **cmd)
+{
+    if (!*cmd)
+        return;
+    av__cmd_free(*cmd);
+    *cmd = NULL;
+    av__decide_prog_give(x->env->decide);
+}
+
 static double x_decide_timeout(const av_exchange *x)
 {
     return x->svc->decide_timeout > 0 ? x->svc->decide_timeout : AV_DECIDE_TIMEOUT_DEFAULT;
@@ -179,8 +190,7 @@ static void x_decide_cmd_done(void *ud, av_cmd *cmd, int how, int status)
     }
     if (!allow)
         av__log(x->env->log, AV_LOG_INFO, "decision %s: program %s: deny: %s", x->decide_id, av__cmd_prog(cmd), m);
-    av__cmd_free(cmd);
-    x->dcmd = NULL;
+    x_prog_free(x, &x->dcmd);
     av__hold_decide(x->dwait, allow, 403, allow ? NULL : m, AV_BY_PROGRAM);
 }
 
@@ -191,8 +201,7 @@ static void x_notify_done(void *ud, av_cmd *cmd, int how, int status)
     if (how != AV_CMD_EXITED || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
         av__log(x->env->log, AV_LOG_WARN, "decision %s: decide_notify program %s failed (%s)", x->decide_id,
                 av__cmd_prog(cmd), how == AV_CMD_TIMEOUT ? "timed out" : "exit status or output");
-    av__cmd_free(cmd);
-    x->dnotify = NULL;
+    x_prog_free(x, &x->dnotify);
 }
 
 int av__x_decide_begin(av_exchange *x)
@@ -250,9 +259,16 @@ int av__x_decide_begin(av_exchange *x)
         av__hold_unref(x->dwait);
         char why[200];
         double t = cfg->command_timeout < x_decide_timeout(x) ? cfg->command_timeout : x_decide_timeout(x);
+        if (!av__decide_prog_take(env->decide)) {
+            av__log(env->log, AV_LOG_WARN, "decision %s: %d decision programs are running already: denied",
+                    x->decide_id, AV_DECIDE_PROGRAMS_MAX);
+            av__hold_decide(x->dwait, 0, 503, "too many decisions are running: try again later", AV_BY_PROXY);
+            return 1;
+        }
         rc = av__cmd_start(env->loop, svc->decide + 8, hj, hjl, t, AV_DECIDE_LINE_MAX, x_decide_cmd_done, x,
                            &x->dcmd, why, sizeof(why));
         if (rc != AV_OK) {
+            av__decide_prog_give(env->decide);
             av__log(env->log, AV_LOG_WARN, "decision %s: %s", x->decide_id, why);
             av__hold_decide(x->dwait, 0, 403, "the decision program cannot run", AV_BY_PROGRAM);
         }
@@ -260,9 +276,14 @@ int av__x_decide_begin(av_exchange *x)
     }
     if (cfg->decide_notify) {
         char why[200];
-        if (av__cmd_start(env->loop, cfg->decide_notify + 8, hj, hjl, cfg->command_timeout, 4096, x_notify_done, x,
-                          &x->dnotify, why, sizeof(why)) != AV_OK)
+        if (!av__decide_prog_take(env->decide)) {
+            av__log(env->log, AV_LOG_WARN, "decision %s: decide_notify not run: %d programs are running already",
+                    x->decide_id, AV_DECIDE_PROGRAMS_MAX);
+        } else if (av__cmd_start(env->loop, cfg->decide_notify + 8, hj, hjl, cfg->command_timeout, 4096,
+                                 x_notify_done, x, &x->dnotify, why, sizeof(why)) != AV_OK) {
+            av__decide_prog_give(env->decide);
             av__log(env->log, AV_LOG_WARN, "decision %s: decide_notify: %s", x->decide_id, why);
+        }
     }
     cfg->decide_fn(cfg->decide_ud, x->dwait); /* the answerer's reference is theirs now */
     return 1;
@@ -284,10 +305,8 @@ void av__x_decide_release(av_exchange *x)
     x->dwake = NULL;
     av__timer_free(x->dtimer);
     x->dtimer = NULL;
-    av__cmd_free(x->dcmd);
-    x->dcmd = NULL;
-    av__cmd_free(x->dnotify);
-    x->dnotify = NULL;
+    x_prog_free(x, &x->dcmd);
+    x_prog_free(x, &x->dnotify);
 }
 
 int av__x_decide_apply(av_exchange *x)
@@ -308,8 +327,7 @@ int av__x_decide_apply(av_exchange *x)
     x->dwake = NULL;
     av__timer_free(x->dtimer);
     x->dtimer = NULL;
-    av__cmd_free(x->dcmd);
-    x->dcmd = NULL;
+    x_prog_free(x, &x->dcmd);
     av__log(x->env->log, AV_LOG_INFO, "decision %s: %s by %s after %.0f ms%s%s", x->decide_id,
             allow ? "allowed" : "denied", av__decide_by_names[by], x->decide_ms, allow ? "" : ": ",
             allow ? "" : reason);

@@ -439,3 +439,45 @@ def test_embedder_dialog_example(upstream, test_ca, secrets, tmp_path, curl):
             p.kill()
             p.wait()
     assert QVAL not in p.stderr.read()
+
+
+def test_held_longer_than_idle_timeout(daemon, upstream, secrets):
+    """A request held for a decision keeps its connection open past
+    idle_timeout (HTTP/1.1 and HTTP/2); decide_timeout bounds it instead."""
+    d = daemon(config_text(secrets, services=False, proxy_extra="idle_timeout = 0.4",
+                           extra=_openai("ask", timeout="5")))
+    fut = _bg(lambda: d.curl("https://api.openai.com/echo").ok())
+    c = H2Client(h2c.open_tls_daemon(d, "api.openai.com"))
+    sid = c.request("GET", "/echo?h2")
+    rows = []
+
+    def both():
+        c.poll(0.05)
+        rows[:] = _pending(d)[0]
+        return len(rows) == 2
+    assert wait_until(both, 5), d.log_dump()
+    t_end = time.monotonic() + 1.2  # three idle timeouts
+    while time.monotonic() < t_end:
+        c.poll(0.05)
+    for r in rows:
+        assert _cli(d, "approve", r[0]).returncode == 0
+    assert fut.result(10).status == 200
+    c.wait(lambda: c.streams[sid].done, 10, "the held stream")
+    assert c.streams[sid].status == 200, c.streams[sid].describe()
+    c.close()
+
+
+def test_decision_programs_are_bounded(daemon, upstream, secrets, tmp_path):
+    """At most 32 decision programs run at once: a burst of 34 held streams
+    gets 32 programs and two 503s, never 34 processes."""
+    prog = _script(tmp_path, "slow", "cat >/dev/null; sleep 1; echo '{\"allow\":true}'\n")
+    d = daemon(config_text(secrets, services=False, extra=_openai(f"command:{prog}")))
+    c = H2Client(h2c.open_tls_daemon(d, "api.openai.com"))
+    sids = [c.request("GET", f"/echo?i={i}") for i in range(34)]
+    for sid in sids:
+        c.wait(lambda: c.streams[sid].done, 15, f"stream {sid}")
+    statuses = sorted(c.streams[s].status for s in sids)
+    assert statuses == [200] * 32 + [503] * 2, statuses
+    busy = [s for s in sids if c.streams[s].status == 503]
+    assert "too many decisions" in c.streams[busy[0]].header("x-agentvault-error")
+    c.close()
