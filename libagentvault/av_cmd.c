@@ -210,6 +210,11 @@ int av__cmd_start(av_loop *loop, const char *cmdline, const void *in, size_t in_
             snprintf(why, why_len, "cannot run %s: %s", c->prog, strerror(errno));
         goto fail;
     }
+    if (in && in_len > 60 * 1024 && fcntl(ifd[1], F_SETPIPE_SZ, (int)AV_CMD_IN_MAX + 4096) < 0) {
+        if (why && why_len)
+            snprintf(why, why_len, "cannot run %s: input pipe: %s", c->prog, strerror(errno));
+        goto fail;
+    }
     if (in) {
         /* The whole input fits in the pipe: write it now, then close. */
         size_t off = 0;

@@ -19,8 +19,10 @@
 
 #include "av_ev.h"
 
-/* Standard input fits in a pipe's default capacity (64 KiB on Linux). */
-#define AV_CMD_IN_MAX (60 * 1024)
+/* Standard input is written into the pipe before the program starts: at
+ * most 60 KiB fits a pipe's default capacity; up to AV_CMD_IN_MAX the pipe
+ * is enlarged (F_SETPIPE_SZ; a decision's JSON with decide_body). */
+#define AV_CMD_IN_MAX (128 * 1024)
 #define AV_CMD_ARGS_MAX 32
 
 typedef struct av_cmd av_cmd;

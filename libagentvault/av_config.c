@@ -539,7 +539,7 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 280, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_service) == 288, "av_service changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
@@ -687,6 +687,7 @@ int av__config_dump(const av_config *c, av_buf *out)
         SS(refresh_token_ref);
         SS(decide);
         SI(decide_timeout, "%.17g");
+        SI(decide_body, "%zu");
         SI(line, "%d");
 #undef SS
 #undef SI

@@ -42,6 +42,7 @@
  *     websocket_scrub = on | off      (off: upstream frames spliced unscrubbed)
  *     decide = ask | command:/path ARGS   (hold each request for a decision)
  *     decide_timeout = 120            (seconds; no answer by then is a deny)
+ *     decide_body = 64k               (the decision sees the body's first bytes)
  *     placeholder = __OPENAI_KEY__    (what agents use instead of the secret)
  *     placeholder_in = websocket      (surfaces where it is replaced)
  *     agent_env = OPENAI_API_KEY, CODEX_API_KEY (variables `run` sets to it)
@@ -137,6 +138,7 @@ typedef struct av_service {
      * "command:/path ARGS" (a program); NULL: requests pass undecided */
     char *decide;
     double decide_timeout;   /* seconds a request waits for its answer (0: 120) */
+    size_t decide_body;      /* the first bytes of the body the decision sees (0: none; at most 64 KiB) */
     int line;          /* line of the [service] header, for messages */
 } av_service;
 

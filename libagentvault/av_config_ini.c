@@ -314,6 +314,8 @@ enum {
 #define K_DECIDE (1ull << 36)
 #define K_DECIDE_TIMEOUT (1ull << 37)
 #define K_DECIDE_NOTIFY (1ull << 38)
+#define K_DECIDE_BODY (1ull << 39)
+#define DECIDE_BODY_MAX 65536
 
 /* set_decide_cmd stores "command:/absolute/path [args]" for |key|. */
 static int set_decide_cmd(parser *p, const char *key, char **out, const char *v, size_t vl)
@@ -766,7 +768,7 @@ static const key_def service_keys[] = {
     {"token_url", K_TOKEN_URL, 0}, {"client_id", K_CLIENT_ID, 0}, {"client_secret", K_CLIENT_SECRET, 0},
     {"scope", K_OAUTH_SCOPE, 0}, {"audience", K_OAUTH_AUDIENCE, 0}, {"client_auth", K_CLIENT_AUTH, 0},
     {"refresh_token", K_REFRESH_TOKEN, 0},
-    {"decide", K_DECIDE, 0}, {"decide_timeout", K_DECIDE_TIMEOUT, 0},
+    {"decide", K_DECIDE, 0}, {"decide_timeout", K_DECIDE_TIMEOUT, 0}, {"decide_body", K_DECIDE_BODY, 0},
 };
 
 /* oauth_value stores a scope, audience or client_id: visible ASCII and
@@ -954,6 +956,20 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return set_decide_cmd(p, "decide", &s->decide, v, vl);
     case K_DECIDE_TIMEOUT:
         return set_timeout(p, k, kl, v, vl, &s->decide_timeout);
+    case K_DECIDE_BODY: {
+        /* bytes, or a number with k / KiB */
+        size_t dl = 0;
+        while (dl < vl && v[dl] >= '0' && v[dl] <= '9')
+            dl++;
+        const char *u = v + dl;
+        size_t ul = vl - dl;
+        trim(&u, &ul);
+        long num = 0, mul = ul == 0 ? 1 : (word_eq(u, ul, "k") || word_eq(u, ul, "kib")) ? 1024 : 0;
+        if (!mul || parse_uint(v, dl, 6, &num) != AV_OK || num <= 0 || num * mul > DECIDE_BODY_MAX)
+            return perr(p, "decide_body must be a size from 1 byte to 64k (bytes, or a number with k)");
+        s->decide_body = (size_t)(num * mul);
+        return AV_OK;
+    }
     case K_REFRESH_TOKEN: {
         int ok = vl > 6 && vl <= 6 + 64 && memcmp(v, "vault:", 6) == 0;
         for (size_t i = 6; ok && i < vl; i++)
@@ -1194,8 +1210,9 @@ static int finish_section(parser *p)
             return perr_at(p, s->line, "service \"%s\" has no secret", s->name);
         if (s->placeholder_in && !s->placeholder)
             return perr_at(p, s->line, "service \"%s\": placeholder_in needs a placeholder", s->name);
-        if (s->decide_timeout > 0 && !s->decide)
-            return perr_at(p, s->line, "service \"%s\": decide_timeout needs decide = ask or decide = command:...",
+        if ((s->decide_timeout > 0 || s->decide_body) && !s->decide)
+            return perr_at(p, s->line,
+                           "service \"%s\": decide_timeout and decide_body need decide = ask or decide = command:...",
                            s->name);
         int rc = finish_aws_service(p, s);
         if (rc == AV_OK)

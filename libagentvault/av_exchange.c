@@ -581,6 +581,17 @@ int av__x_pump_request_body(av_exchange *x)
             progress = 1;
         return progress;
     }
+    /* decide_body: the bytes the decision saw go first */
+    while (x->dbody.len > 0) {
+        size_t room = up_room(x);
+        if (room == 0)
+            return progress;
+        size_t n = x->dbody.len < room ? x->dbody.len : room;
+        if (up_write(x, av__buf_head(&x->dbody), n) < 0)
+            return 1; /* the exchange failed */
+        av__buf_consume(&x->dbody, n);
+        progress = 1;
+    }
     int moved = x->agent->pump_body(x, &up_sink);
     if (moved < 0)
         return 1; /* the exchange failed */
@@ -707,6 +718,11 @@ int av__x_step(av_exchange *x)
             return 1;
         }
         progress = 1;
+    }
+    if (x->dbody_wait) {
+        progress |= av__x_decide_body(x); /* decide_body: the first bytes, then the hold */
+        if (!x->active || x->dbody_wait)
+            return progress;
     }
     if (x->dwait && !x->decide_ready && x->agent->body_aborted(x)) {
         /* HTTP/1.1: the agent went away while its request was held (an

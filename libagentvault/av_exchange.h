@@ -189,6 +189,8 @@ struct av_exchange {
     struct av_cmd *dcmd;      /* decide = command: the program */
     struct av_cmd *dnotify;   /* [proxy] decide_notify: its program */
     int decide_ready;         /* the answer is in: apply it in the step */
+    int dbody_wait;           /* decide_body: collecting the body's first bytes before holding */
+    av_buf dbody;             /* ... those bytes, sent upstream first once allowed */
     int decision;             /* X_DECIDE_*: the audit's decision */
     int decided_by;           /* AV_BY_* */
     double decide_start, decide_ms;
@@ -342,6 +344,9 @@ int av__x_decide_apply(av_exchange *x);
 /* Let go of the hold, its timer, wakeup and programs (a pending hold is
  * cancelled: the agent went away). */
 void av__x_decide_release(av_exchange *x);
+/* decide_body: collect the first bytes of the body (x->dbody_wait), then
+ * hold. Returns progress; the exchange may be answered. */
+int av__x_decide_body(av_exchange *x);
 
 /* ---- WebSocket (av_exchange_ws.c, av_exchange_scrub.c) ---- */
 const char *av__x_ws_check_101(const av_exchange *x, const av_h1_response *resp);

@@ -124,6 +124,20 @@ static size_t x_decide_json(const av_exchange *x, char *buf, size_t cap)
     jw_cstr(&w, x->agent->proto);
     jw_lit(&w, ",\"websocket\":");
     jw_lit(&w, x->ws ? "true" : "false");
+    if (x->svc->decide_body && x->req_framing != RB_NONE && !x->ws) {
+        /* the body's first bytes, as the agent sent them (the placeholder,
+         * never the secret: nothing has been placed yet), base64 */
+        jw_lit(&w, ",\"body\":\"");
+        size_t bl = x->dbody.len < x->svc->decide_body ? x->dbody.len : x->svc->decide_body;
+        if (!w.full && av__b64_encoded_len(bl, 0) < w.cap - w.len - 64) {
+            w.len += av__b64_encode(av__buf_head(&x->dbody), bl, 0, w.p + w.len);
+            w.p[w.len] = '\0';
+        } else {
+            w.full = 1;
+        }
+        int whole = x->req_done && x->dbody.len <= x->svc->decide_body;
+        jw_lit(&w, whole ? "\",\"body_complete\":true" : "\",\"body_complete\":false");
+    }
     jw_lit(&w, "}");
     return w.full ? 0 : w.len;
 }
@@ -204,6 +218,52 @@ static void x_notify_done(void *ud, av_cmd *cmd, int how, int status)
     x_prog_free(x, &x->dnotify);
 }
 
+static int x_decide_hold(av_exchange *x);
+
+/* decide_body's collection sink: decide_body bytes, and up to 64 more
+ * (an HTTP/1.1 agent's body is fed in steps of at least 64 bytes of room);
+ * the decision sees the first decide_body. */
+static size_t dbody_room(av_exchange *x)
+{
+    size_t want = x->svc->decide_body;
+    return x->dbody.len < want ? want + 64 - x->dbody.len : 0;
+}
+
+static int dbody_write(av_exchange *x, const uint8_t *data, size_t n)
+{
+    if (av__buf_append(&x->dbody, data, n) != AV_OK) { /* n <= room */
+        av__x_refuse(x, 500, "out of memory"); /* never forward a short body */
+        return -1;
+    }
+    return 0;
+}
+
+static const av_body_sink dbody_sink = {dbody_room, dbody_write};
+
+int av__x_decide_body(av_exchange *x)
+{
+    int progress = x->agent->send_continue(x);
+    if (progress < 0) {
+        av__x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */
+        return 1;
+    }
+    int moved = x->agent->pump_body(x, &dbody_sink);
+    if (moved < 0)
+        return 1; /* answered */
+    progress |= moved;
+    if (!x->req_done && x->agent->body_aborted(x)) {
+        x->end = AV_END_CLIENT_ABORT;
+        av__x_fail(x, 400, "the agent closed the connection in the middle of the request body");
+        return 1;
+    }
+    if (!x->req_done && x->dbody.len < x->svc->decide_body)
+        return progress; /* more may come */
+    x->dbody_wait = 0;
+    if (x_decide_hold(x) < 0)
+        x->agent->dropped(x);
+    return 1;
+}
+
 int av__x_decide_begin(av_exchange *x)
 {
     const av_env *env = x->env;
@@ -226,8 +286,28 @@ int av__x_decide_begin(av_exchange *x)
         av__x_respond(x, 403, m, 0);
         return -1;
     }
-    char *json = av__malloc(AV_DECIDE_JSON_MAX);
-    size_t jl = json ? x_decide_json(x, json, AV_DECIDE_JSON_MAX) : 0;
+    if (svc->decide_body && x->req_framing != RB_NONE && !x->ws) {
+        /* the decision sees the body's first bytes: collect them first
+         * (av__x_step runs av__x_decide_body until they are in) */
+        av__buf_init(&x->dbody, svc->decide_body + 64);
+        x->dbody_wait = 1;
+        return 1;
+    }
+    return x_decide_hold(x);
+}
+
+/* Hold the request: its JSON, the hold, the timer, the program or the
+ * embedder's callback. 1 (held), or -1 after answering. */
+static int x_decide_hold(av_exchange *x)
+{
+    const av_env *env = x->env;
+    const av_service *svc = x->svc;
+    const av_config *cfg = x->snap->cfg;
+    const char *tok = x_token(x);
+    int ask = strcmp(svc->decide, "ask") == 0;
+    size_t jcap = AV_DECIDE_JSON_MAX + av__b64_encoded_len(x->dbody.len, 0) + 64;
+    char *json = av__malloc(jcap);
+    size_t jl = json ? x_decide_json(x, json, jcap) : 0;
     x->dwake = av__async_new(env->loop, x_decide_wake, x);
     x->dtimer = av__timer_new(env->loop, x_decide_timer, x);
     x->decide_start = av__loop_now(env->loop);
@@ -307,6 +387,8 @@ void av__x_decide_release(av_exchange *x)
     x->dtimer = NULL;
     x_prog_free(x, &x->dcmd);
     x_prog_free(x, &x->dnotify);
+    av__buf_free_wipe(&x->dbody);
+    x->dbody_wait = 0;
 }
 
 int av__x_decide_apply(av_exchange *x)

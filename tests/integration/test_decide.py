@@ -383,7 +383,10 @@ def test_bad_decide_config(tmp_path):
     for text, want in [
         ('decide = maybe\n', "decide must be ask or command:/absolute/path"),
         ('decide = command:relative\n', "decide must be ask or command:/absolute/path"),
-        ('decide_timeout = 5\n', "decide_timeout needs decide"),
+        ('decide_timeout = 5\n', "decide_timeout and decide_body need decide"),
+        ('decide_body = 1k\n', "decide_timeout and decide_body need decide"),
+        ('decide = ask\ndecide_body = 65k\n', "decide_body must be a size from 1 byte to 64k"),
+        ('decide = ask\ndecide_body = 0\n', "decide_body must be a size from 1 byte to 64k"),
         ('decide = ask\ndecide_timeout = -1\n', "decide_timeout must be a number of seconds"),
     ]:
         f = tmp_path / "bad.conf"
@@ -481,3 +484,76 @@ def test_decision_programs_are_bounded(daemon, upstream, secrets, tmp_path):
     busy = [s for s in sids if c.streams[s].status == 503]
     assert "too many decisions" in c.streams[busy[0]].header("x-agentvault-error")
     c.close()
+
+
+BODY_FILTER = r'''
+in="$(cat)"
+printf '%s\n' "$in" >> "{log}"
+b64="$(printf '%s' "$in" | sed -n 's/.*"body":"\([^"]*\)".*/\1/p')"
+printf '%s' "$b64" | base64 -d > "{seen}"
+if grep -q 'refs/heads/main' "{seen}"; then
+  echo '{{"allow":false,"reason":"push to main needs a person"}}'
+else
+  echo '{{"allow":true}}'
+fi
+'''
+
+
+def _body_filter(tmp_path, limit="1k", extra=""):
+    log, seen = tmp_path / "filter.log", tmp_path / "seen.bin"
+    prog = _script(tmp_path, "bodyfilter", BODY_FILTER.format(log=log, seen=seen))
+    return _openai(f"command:{prog}", extra=f"decide_body = {limit}\n" + extra), log, seen
+
+
+@pytest.mark.parametrize("http", ["--http1.1", "--http2"])
+def test_decide_body_first_bytes(daemon, upstream, secrets, tmp_path, http):
+    """decide_body: the program sees the body's first bytes (here: a git
+    push's ref update commands) and decides on them; an allowed request's
+    whole body then reaches the origin unchanged, the first bytes included."""
+    svc, log, seen = _body_filter(tmp_path)
+    d = daemon(config_text(secrets, services=False, extra=svc))
+    push_main = b"0077" + b"0" * 40 + b" " + b"1" * 40 + b" refs/heads/main\0report-status\n0000PACK" + os.urandom(4000)
+    f = tmp_path / "push.bin"
+    f.write_bytes(push_main)
+    r = d.curl(http, "-X", "POST", "--data-binary", f"@{f}", "https://api.openai.com/echo").ok()
+    assert_curl_proxy_error(r, 403, mentions="push to main needs a person")
+    assert seen.read_bytes() == push_main[:1024]
+    doc = json.loads(log.read_text().splitlines()[-1])
+    assert doc["body_complete"] is False
+    assert upstream.snapshot() == []
+    push_dev = push_main.replace(b"refs/heads/main", b"refs/heads/dev!")
+    f.write_bytes(push_dev)
+    for framing in ([], ["-H", "Transfer-Encoding: chunked"]):
+        if framing and http == "--http2":
+            continue
+        r = d.curl(http, "-X", "POST", *framing, "--data-binary", f"@{f}", "https://api.openai.com/echo").ok()
+        assert r.status == 200, r.describe()
+        echo = r.json_body()
+        assert echo["body_length"] == len(push_dev)
+        assert echo["body_sha256"] == __import__("hashlib").sha256(push_dev).hexdigest()
+    # a body shorter than the bound is seen whole
+    r = d.curl(http, "-X", "POST", "--data-binary", "short", "https://api.openai.com/echo").ok()
+    assert r.status == 200 and r.json_body()["body_length"] == 5
+    doc = json.loads(log.read_text().splitlines()[-1])
+    assert doc["body_complete"] is True and seen.read_bytes() == b"short"
+    # a bodiless request is decided without waiting for a body
+    assert d.curl(http, "https://api.openai.com/echo").ok().status == 200
+
+
+def test_decide_body_with_placeholder_and_big_bound(daemon, upstream, secrets, tmp_path):
+    """64k of body in the JSON (a pipe larger than the default); a JSON body
+    with the placeholder: the decision sees the placeholder, the origin the
+    secret."""
+    svc, log, seen = _body_filter(tmp_path, limit="64k",
+                                  extra="placeholder = __OPENAI_KEY__\nplaceholder_in = body\n")
+    d = daemon(config_text(secrets, services=False, extra=svc))
+    body = json.dumps({"key": "__OPENAI_KEY__", "pad": "x" * 70000}).encode()
+    f = tmp_path / "b.json"
+    f.write_bytes(body)
+    r = d.curl("-X", "POST", "-H", "Content-Type: application/json", "--data-binary", f"@{f}",
+               "https://api.openai.com/echo").ok()
+    assert r.status == 200, r.describe()
+    assert seen.read_bytes() == body[:65536]
+    sent = body.replace(b"__OPENAI_KEY__", secrets.openai_key.encode())
+    assert r.json_body()["body_sha256"] == __import__("hashlib").sha256(sent).hexdigest()
+    assert secrets.openai_key not in log.read_text()

@@ -802,6 +802,7 @@ static const char every_key_text[] =
     "upstream_proxy_auth = file:/run/parent-a\n"
     "decide = command:/usr/bin/filter 'a b'\n"
     "decide_timeout = 7.5\n"
+    "decide_body = 4k\n"
     "\n"
     "[service \"b\"]\n"
     "host = 127.0.0.9\n"
