@@ -221,18 +221,41 @@ def test_h2_streams_decided_in_random_order(daemon, upstream, secrets):
     assert QVAL not in d.log_text()
 
 
-def test_ws_upgrade_held_before_101(daemon, upstream, secrets):
+def test_ws_upgrade_held_before_101(daemon, upstream, secrets, test_ca):
     """A held WebSocket upgrade waits before its 101 (nothing upstream), and
-    gets the origin's validated 101 once approved."""
-    d = daemon(config_text(secrets, services=False, extra=_openai("ask")))
+    gets the origin's validated 101 once approved; a denied one gets 403."""
+    from avtest.ws_upstream import WsUpstream
+    ws = WsUpstream(test_ca.server_cert, test_ca.server_key, "ws-tls").start()
+    try:
+        d = daemon(config_text(secrets, services=False, extra=_openai("ask")),
+                   resolve=[f"api.openai.com:443:127.0.0.1:{ws.port}"])
+        conn = tls_tunnel(d)
+        conn.send(b"GET /echo HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\n"
+                  b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                  b"Sec-WebSocket-Version: 13\r\n\r\n")
+        rows = _wait_held(d)
+        time.sleep(0.3)
+        assert ws._conns == [], "the upgrade reached the origin while held"
+        assert _cli(d, "approve", rows[0][0]).returncode == 0
+        head = conn.read_head()
+        assert head.startswith(b"HTTP/1.1 101"), head
+        assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # the agent's key, accepted
+        c = ws.wait_conn(0)
+        assert c.target == "/echo"
+        conn.sock.close()
+        assert wait_until(lambda: any(a.get("decision") == "allow" for a in _audit(d)), 5)
+    finally:
+        ws.stop()
+    _ws_denied(d, upstream)
+
+
+def _ws_denied(d, upstream):
     conn = tls_tunnel(d)
     conn.send(b"GET /v1/realtime HTTP/1.1\r\nHost: api.openai.com\r\nUpgrade: websocket\r\n"
               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
               b"Sec-WebSocket-Version: 13\r\n\r\n")
     rows = _wait_held(d)
     assert rows[0][5] == "/v1/realtime"
-    time.sleep(0.2)
-    assert upstream.snapshot() == []
     assert _cli(d, "deny", rows[0][0], "--reason", "no realtime").returncode == 0
     resp = conn.read_response()
     assert_raw_proxy_error(resp, 403, mentions="no realtime")
