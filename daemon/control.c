@@ -633,7 +633,10 @@ int ctl_client(const char *state_dir, int argc, char **argv)
     if (dirfd >= 0)
         close(dirfd);
     size_t ll = strlen(line);
-    if (write(fd, line, ll) != (ssize_t)ll) {
+    /* A refusal (another user) may come before the command is written:
+     * no SIGPIPE, and its line is still read below. */
+    ssize_t sent = send(fd, line, ll, MSG_NOSIGNAL);
+    if (sent != (ssize_t)ll && errno != EPIPE && errno != ECONNRESET) {
         fprintf(stderr, "agentvault: cannot talk to the daemon: %s\n", strerror(errno));
         close(fd);
         return 1;

@@ -376,22 +376,52 @@ def test_pending_watch_follows_new_requests(daemon, upstream, secrets):
 
 
 def test_control_socket_is_private(daemon, upstream, secrets, tmp_path):
-    d = daemon(config_text(secrets, services=False, extra=_openai("ask")))
+    # a state directory another user could reach but for its own mode (the
+    # test's tmp_path is inside a 0700 directory)
+    import shutil
+    import tempfile
+    from pathlib import Path
+    top = Path(tempfile.mkdtemp(prefix="av-decide-"))
+    os.chmod(top, 0o755)
+    try:
+        _control_socket_is_private(daemon, secrets, top / "state")
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def _control_socket_is_private(daemon, secrets, state):
+    d = daemon(config_text(secrets, services=False, extra=_openai("ask")), state_dir=state)
+    assert stat.S_IMODE(os.stat(state).st_mode) == 0o700
     sock = d.state_dir / "control.sock"
     st = os.stat(sock)
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
+    fut = _bg(lambda: d.curl("https://api.openai.com/echo"))
+    rid = _wait_held(d)[0][0]
+
+    def as_nobody(*args):
+        return subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                               str(run_cli.__globals__["require_binary"]()), *args,
+                               "--state-dir", str(d.state_dir)],
+                              capture_output=True, text=True, env=base_env(d.home), timeout=10)
     # another user cannot connect, even with the directory open to it
     os.chmod(d.state_dir, 0o755)
     try:
-        p = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
-                            str(run_cli.__globals__["require_binary"]()), "pending",
-                            "--state-dir", str(d.state_dir)],
-                           capture_output=True, text=True, env=base_env(d.home), timeout=10)
+        p = as_nobody("approve", rid)
+        assert p.returncode != 0 and "cannot reach the daemon" in p.stderr, (p.returncode, p.stdout, p.stderr)
+        # and if the socket's mode were opened, the peer check refuses it
+        os.chmod(sock, 0o666)
+        p = as_nobody("approve", rid)
+        assert p.returncode != 0 and "permission denied" in p.stderr, (p.returncode, p.stdout, p.stderr)
+        p = as_nobody("pending")
+        assert p.returncode != 0 and rid not in p.stdout, (p.returncode, p.stdout, p.stderr)
     finally:
+        os.chmod(sock, 0o600)
         os.chmod(d.state_dir, 0o700)
-    assert p.returncode != 0 and "cannot reach the daemon" in p.stderr, (p.returncode, p.stdout, p.stderr)
-    # nothing about it listens on TCP
+    assert _pending(d)[0][0][0] == rid, "the request was answered by another user"
+    assert _cli(d, "deny", rid).returncode == 0
+    assert fut.result(10).status == 403
     assert "control" not in subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+    assert d.stop() == 0
 
 
 def test_ask_refused_when_socket_owned_by_a_live_daemon(daemon, secrets, tmp_path):
