@@ -92,6 +92,9 @@ def test_ask_approve_then_credential_sent(daemon, upstream, secrets):
     time.sleep(0.2)
     assert upstream.snapshot() == [], "a held request reached the origin"
     assert not fut.done()
+    listing = _pending(d)[1]
+    for s in secrets.values() + [QVAL, "purpose"]:
+        assert s not in listing, "the CLI showed a secret or the query"
     (rid, age, tok, method, host, path, svc) = rows[0][:7]
     assert (tok, method, host, path, svc) == ("-", "GET", "api.openai.com", "/echo", "openai")
     p = _cli(d, "approve", rid)
