@@ -216,7 +216,10 @@ int av__cmd_start(av_loop *loop, const char *cmdline, const void *in, size_t in_
         goto fail;
     }
     if (in) {
-        /* The whole input fits in the pipe: write it now, then close. */
+        /* The whole input fits in the pipe: write it now, then close. The
+         * write end is non-blocking: a pipe smaller than expected fails
+         * the start instead of stalling the loop. */
+        fcntl(ifd[1], F_SETFL, fcntl(ifd[1], F_GETFL) | O_NONBLOCK);
         size_t off = 0;
         while (off < in_len) {
             ssize_t w = write(ifd[1], (const uint8_t *)in + off, in_len - off);
