@@ -719,7 +719,7 @@ int av__x_step(av_exchange *x)
         }
         progress = 1;
     }
-    if (x->dbody_wait) {
+    if (x->dbody_wait && !x->a_closed) {
         progress |= av__x_decide_body(x); /* decide_body: the first bytes, then the hold */
         if (!x->active || x->dbody_wait)
             return progress;
@@ -733,6 +733,8 @@ int av__x_step(av_exchange *x)
         av__x_finish(x, "the agent went away while the request was held for a decision");
         return 1;
     }
+    if (x->dwait && x->a_closed && !x->end)
+        x->end = AV_END_CLIENT_ABORT; /* HTTP/2: the stream was reset while held */
     if ((x->swait || x->mwait || x->dwait) && !x->a_closed)
         return progress; /* held for a decision, or the credential is being resolved or minted */
     if (x->secret_ready) {

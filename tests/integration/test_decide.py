@@ -613,3 +613,35 @@ def test_decide_body_with_placeholder_and_big_bound(daemon, upstream, secrets, t
     sent = body.replace(b"__OPENAI_KEY__", secrets.openai_key.encode())
     assert r.json_body()["body_sha256"] == __import__("hashlib").sha256(sent).hexdigest()
     assert secrets.openai_key not in log.read_text()
+
+
+def test_h2_stream_reset_cancels(daemon, upstream, secrets, tmp_path):
+    """An HTTP/2 stream reset while held (and one reset while its body is
+    being collected for decide_body) cancels it; the connection's other
+    streams go on."""
+    d = daemon(config_text(secrets, services=False, extra=_openai("ask", extra="decide_body = 1k\n")))
+    c = H2Client(h2c.open_tls_daemon(d, "api.openai.com"))
+    held = c.request("GET", "/echo?held")
+    collecting = c.request("POST", "/echo?collecting", body=b"x" * 100, end_stream=False)
+    other = c.request("GET", "/echo?other")
+
+    def two():
+        c.poll(0.05)
+        return len(_pending(d)[0]) == 2
+    assert wait_until(two, 5), d.log_dump()
+    c.reset_stream(held)
+    c.reset_stream(collecting)
+    c.flush()
+    assert wait_until(lambda: (c.poll(0.05), len([a for a in _audit(d) if a.get("decision") == "cancelled"]))[1] == 1,
+                      5), d.log_dump()
+    rid = _pending(d)[0][0][0]
+    assert _cli(d, "approve", rid).returncode == 0
+    c.wait(lambda: c.streams[other].done, 10, "the other stream")
+    assert c.streams[other].status == 200
+    recs = _audit(d)
+    assert wait_until(lambda: len(_audit(d)) == 3, 5), _audit(d)
+    recs = _audit(d)
+    ends = sorted((a.get("decision", "-"), a["end"]) for a in recs)
+    assert ends == [("-", "client_abort"), ("allow", "complete"), ("cancelled", "client_abort")], ends
+    assert upstream.snapshot()[0].target == "/echo?other" and len(upstream.snapshot()) == 1
+    c.close()
