@@ -172,9 +172,11 @@ AV_EXPORT void av_secret_request_fail(av_secret_request *req, const char *reason
  * only releases it (AV_ERR_STATE). Answer every request before
  * av_ctx_free returns, or it leaks. Without a function, "decide = ask"
  * requests are denied. Nothing in the view carries a secret or a query
- * value. Returns AV_ERR_INVALID for a NULL |cfg|. */
+ * value. */
 typedef struct av_decision_request av_decision_request;
 typedef void (*av_decide_fn)(void *user_data, av_decision_request *req);
+/* av_config_set_decide_fn installs |fn| (NULL: none) for the contexts made
+ * from |cfg|. Returns AV_ERR_INVALID for a NULL |cfg|. */
 AV_EXPORT int av_config_set_decide_fn(av_config *cfg, av_decide_fn fn, void *user_data);
 
 /* av_decision_request_get returns one field of the view as a string
@@ -185,10 +187,12 @@ AV_EXPORT const char *av_decision_request_get(const av_decision_request *req, co
 /* av_decision_request_json returns the whole view as one JSON object (the
  * one `decide = command:` programs read), with "query" (the names of the
  * query parameters, not their values) and "headers" (the request's field
- * names). |len| may be NULL. Valid until answered. */
+ * names), and with decide_body "body" (base64) and "body_complete". |len|
+ * may be NULL. Valid until answered. */
 AV_EXPORT const char *av_decision_request_json(const av_decision_request *req, size_t *len);
-/* av_decision_request_waiting: 1 while the request still waits for an
- * answer, else 0. [any thread] */
+/* av_decision_request_waiting returns 1 while the request still waits for
+ * an answer, else 0 (answered, timed out, or the agent went away).
+ * [any thread] */
 AV_EXPORT int av_decision_request_waiting(const av_decision_request *req);
 
 /* What an allow may remember (in memory, per context, for
