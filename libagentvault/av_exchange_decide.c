@@ -318,6 +318,8 @@ static int x_decide_hold(av_exchange *x)
                  : AV_ERR_NOMEM;
     if (rc != AV_OK) {
         av__free(json);
+        if (rc == AV_ERR_LIMIT)
+            env->metrics->m_limit_held++; /* the exchange's log line says why */
         x->decision = X_DECIDE_DENY;
         x->decided_by = AV_BY_PROXY;
         av__x_respond(x, rc == AV_ERR_LIMIT ? 503 : 500,
@@ -340,8 +342,7 @@ static int x_decide_hold(av_exchange *x)
         char why[200];
         double t = cfg->command_timeout < x_decide_timeout(x) ? cfg->command_timeout : x_decide_timeout(x);
         if (!av__decide_prog_take(env->decide)) {
-            av__log(env->log, AV_LOG_WARN, "decision %s: %d decision programs are running already: denied",
-                    x->decide_id, AV_DECIDE_PROGRAMS_MAX);
+            env->metrics->m_limit_decide_progs++; /* the exchange's log line says why */
             av__hold_decide(x->dwait, 0, 503, "too many decisions are running: try again later", AV_BY_PROXY);
             return 1;
         }
@@ -357,6 +358,7 @@ static int x_decide_hold(av_exchange *x)
     if (cfg->decide_notify) {
         char why[200];
         if (!av__decide_prog_take(env->decide)) {
+            env->metrics->m_limit_decide_progs++;
             av__log(env->log, AV_LOG_WARN, "decision %s: decide_notify not run: %d programs are running already",
                     x->decide_id, AV_DECIDE_PROGRAMS_MAX);
         } else if (av__cmd_start(env->loop, cfg->decide_notify + 8, hj, hjl, cfg->command_timeout, 4096,

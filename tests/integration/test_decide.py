@@ -540,6 +540,8 @@ def test_decision_programs_are_bounded(daemon, upstream, secrets, tmp_path):
     busy = [s for s in sids if c.streams[s].status == 503]
     assert "too many decisions" in c.streams[busy[0]].header("x-agentvault-error")
     c.close()
+    m = client.run_curl(["-sS", f"http://127.0.0.1:{d.port}/metrics"], home=d.home, urls_count=1)
+    assert 'agentvault_limit_hits_total{limit="decide_programs"} 2' in m.text, m.text[-800:]
 
 
 BODY_FILTER = r'''
