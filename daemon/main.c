@@ -18,6 +18,7 @@
 #include <agentvault/agentvault.h>
 
 #include "av_enc.h"
+#include "control.h"
 #include "fault.h"
 #include "replica.h"
 #include "run.h"
@@ -53,6 +54,9 @@ static const char usage_text[] =
     "                   [--password-file FILE] (see 'agentvault secret --help')\n"
     "  agentvault token create --name NAME [--services A,B] [--ttl 24h] | list | revoke NAME\n"
     "                   [-c FILE] [--state-dir DIR]   (prints the token once; stores its hash)\n"
+    "  agentvault pending [--watch]                   (requests held for a person: decide = ask)\n"
+    "  agentvault approve ID [--remember 10m] [--scope path|service]\n"
+    "  agentvault deny ID [--reason TEXT]            [-c FILE] [--state-dir DIR]\n"
     "  agentvault --version\n"
     "\n"
     "Without -c, serve runs an embedded default: it listens on " DEFAULT_LISTEN ",\n"
@@ -342,6 +346,7 @@ static av_config *load_config(const opts *o, int *embedded_services)
 /* ---- serve: the vault and reloads ---------------------------------------- */
 
 static opts g_serve_opts;
+static ctl *g_ctl; /* the control socket (decide = ask) */
 /* Every vault handle opened (the first at start, one per reload). Contexts
  * borrow them and in-flight exchanges may still use an old one, so they are
  * closed (and wiped) only at exit. Bounded by the number of reloads. */
@@ -378,6 +383,7 @@ static av_config *reload_config(void *ud, char *err, size_t err_len)
         av_config_free(cfg);
         return NULL;
     }
+    av_config_set_decide_fn(cfg, ctl_decide, g_ctl);
     if (av_config_uses_vault(cfg)) {
         if (g_nvaults >= sizeof(g_vaults) / sizeof(g_vaults[0])) {
             snprintf(err, err_len, "too many reloads with a vault: restart the daemon");
@@ -470,9 +476,16 @@ static int cmd_serve(int argc, char **argv)
     }
     raise_nofile(); /* before the context derives its connection cap from it */
     char err[512];
+    if (ctl_start(sd, &g_ctl, err, sizeof(err)) != 0) {
+        fprintf(stderr, "agentvault: %s\n", err);
+        av_config_free(cfg);
+        return 1;
+    }
+    av_config_set_decide_fn(cfg, ctl_decide, g_ctl);
     int rc = av_ctx_new(&g_ctx, cfg, err, sizeof(err));
     if (rc != AV_OK) {
         fprintf(stderr, "agentvault: %s\n", err);
+        ctl_stop(g_ctl);
         av_config_free(cfg);
         return 1;
     }
@@ -539,6 +552,8 @@ static int cmd_serve(int argc, char **argv)
     replica_stop();
     av_ctx *ctx = g_ctx;
     g_ctx = NULL;
+    ctl_stop(g_ctl); /* what is still held is denied; the exchanges go with the context */
+    g_ctl = NULL;
     av_ctx_free(ctx);
     free(g_tokens_file);
     for (size_t i = 0; i < g_nvaults; i++)
@@ -779,6 +794,40 @@ static int cmd_token(int argc, char **argv)
     return 0;
 }
 
+/* agentvault pending | approve | deny: the CLI of requests held for a
+ * person, through the daemon's control socket (daemon/control.c). */
+static int cmd_decide(int argc, char **argv)
+{
+    opts o;
+    memset(&o, 0, sizeof(o));
+    char *rest[64];
+    int nrest = 0;
+    rest[nrest++] = argv[0];
+    rest[nrest++] = argv[1];
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "-c") || !strcmp(argv[i], "--config"))
+            o.config = need_arg(argc, argv, &i);
+        else if (!strcmp(argv[i], "--state-dir"))
+            o.state_dir = need_arg(argc, argv, &i);
+        else if (nrest < 63)
+            rest[nrest++] = argv[i];
+        else
+            die_usage("too many arguments");
+    }
+    rest[nrest] = NULL;
+    int embedded, code;
+    char err[1024];
+    av_config *cfg = build_config(&o, &embedded, err, sizeof(err), &code, 0);
+    if (!cfg) {
+        fprintf(stderr, "agentvault: %s\n", err);
+        return code;
+    }
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", av_config_state_dir(cfg));
+    av_config_free(cfg);
+    return ctl_client(dir, nrest, rest);
+}
+
 int main(int argc, char **argv)
 {
     /* SECURITY 12: no core dumps or ptrace-readable memory with secrets. */
@@ -810,5 +859,7 @@ int main(int argc, char **argv)
         return cmd_secret(argc, argv);
     if (!strcmp(cmd, "token"))
         return cmd_token(argc, argv);
+    if (!strcmp(cmd, "pending") || !strcmp(cmd, "approve") || !strcmp(cmd, "deny"))
+        return cmd_decide(argc, argv);
     die_usage("unknown command '%s'", cmd);
 }

@@ -162,6 +162,7 @@ int av__x_start_h1(av_conn *c, const av_h1_request *req, const av_authority *des
     av_exchange *x = &c->x;
     av__x_reset(x);
     x->c = c;
+    x->peer = c->peer;
     conn_exchange_snap(c, x);
     av_req_in in;
     memset(&in, 0, sizeof(in));

@@ -185,6 +185,7 @@ static int h2s_on_head(void *ud, int32_t sid, const av_h2_head *h)
     if (!x)
         return AV_ERR_NOMEM;
     x->c = c;
+    x->peer = c->peer;
     x->agent = &av__agent_h2_ops;
     x->env = c->env;
     x->gw = c->gw ? c->gw->name : NULL;

@@ -129,15 +129,21 @@ void av__audit_record(av_audit *a, const av_xrecord *r)
         json_str(e1, sizeof(e1), r->gateway);
         snprintf(gw, sizeof(gw), "\"%.150s\"", e1);
     }
+    char dec[200] = "";
+    if (r->decision)
+        snprintf(dec, sizeof(dec), ",\"decision\":\"%.12s\",\"decided_by\":\"%.12s\",\"decide_id\":%s%.22s%s,"
+                 "\"decide_ms\":%.1f",
+                 r->decision, r->decided_by ? r->decided_by : "-", r->decide_id ? "\"" : "",
+                 r->decide_id ? r->decide_id : "null", r->decide_id ? "\"" : "", r->decide_ms);
     char line[4000];
     int n = snprintf(line, sizeof(line),
                      "{\"time\":\"%s\",\"token\":%s,\"gateway\":%s,\"service\":%s,\"method\":\"%s\",\"host\":\"%s\","
                      "\"path\":\"%s\",\"status\":%d,\"bytes_up\":%llu,\"bytes_down\":%llu,\"ms\":%.1f,"
                      "\"proto\":\"%s>%s\",\"injected\":%s,\"auth\":%s,\"mint\":%s%s%s,\"redactions\":%lu,\"end\":\"%s\","
-                     "\"error\":%s}\n",
+                     "\"error\":%s%s}\n",
                      when, tok, gw, svc, method, host, path, r->status, r->bytes_up, r->bytes_down, r->ms,
                      r->proto_agent, r->proto_up, cred, kind, r->mint ? "\"" : "", r->mint ? r->mint : "null",
-                     r->mint ? "\"" : "", r->redactions, r->end, err);
+                     r->mint ? "\"" : "", r->redactions, r->end, err, dec);
     if (n > 0 && (size_t)n < sizeof(line))
         av__audit_write(a, line, (size_t)n);
 }
@@ -159,10 +165,13 @@ void av__audit_log_line(const av_logger *log, const av_xrecord *r)
     /* An agent that stops reading (a cancelled stream, an aborted SSE
      * response) is routine, not a fault of ours or the upstream's: info. */
     int fault = r->error && !(r->end && strcmp(r->end, "client_abort") == 0);
+    char dec[80] = "";
+    if (r->decision)
+        snprintf(dec, sizeof(dec), " decision=%.12s by=%.12s", r->decision, r->decided_by ? r->decided_by : "-");
     av__log(log, fault ? AV_LOG_WARN : AV_LOG_INFO,
             "exchange method=%s host=%s path=%s service=%s status=%d bytes_up=%llu bytes_down=%llu ms=%.1f "
-            "proto=%s>%s%s%s%s end=%s%s",
+            "proto=%s>%s%s%s%s%s end=%s%s",
             r->method, r->host, r->path, r->service ? r->service : "-", r->status, r->bytes_up, r->bytes_down,
-            r->ms, r->proto_agent, r->proto_up, r->token ? " token=" : "", r->token ? r->token : "", red, r->end,
+            r->ms, r->proto_agent, r->proto_up, r->token ? " token=" : "", r->token ? r->token : "", red, dec, r->end,
             err);
 }

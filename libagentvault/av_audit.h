@@ -47,6 +47,11 @@ typedef struct av_xrecord {
     unsigned long redactions;
     const char *end;                /* AV_END_* name */
     const char *error;
+    /* A decision (decide = ...): NULL when the service asks for none. */
+    const char *decision;           /* "allow" | "deny" | "cancelled" */
+    const char *decided_by;         /* "program" | "person" | "rule" | "timeout" | "agent" | "proxy" */
+    const char *decide_id;          /* the held request's id (NULL: not held) */
+    double decide_ms;               /* how long it waited */
 } av_xrecord;
 
 /* The audit record of an exchange: one JSON line (a command: reference is

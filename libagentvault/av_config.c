@@ -287,6 +287,7 @@ void av__config_service_clear(av_service *s)
     av__free(s->gh_installation);
     av__free(s->gh_repositories);
     av__free(s->gh_permissions);
+    av__free(s->decide);
     memset(s, 0, sizeof(*s));
 }
 
@@ -333,6 +334,7 @@ static void config_clear(av_config *c)
     av__free(c->ca_key_ref);
     av__free(c->tokens_file);
     av__free(c->upstream_no_proxy);
+    av__free(c->decide_notify);
     memset(c, 0, sizeof(*c));
     c->unmatched = AV_UNMATCHED_PASSTHROUGH;
     c->connect_timeout = 10;
@@ -419,6 +421,7 @@ av_config *av__config_copy(const av_config *src)
     c->ngateways = 0;
     c->upstream_proxy = c->upstream_proxy_auth = c->upstream_no_proxy = NULL;
     c->ca_cert_ref = c->ca_key_ref = c->tokens_file = NULL;
+    c->decide_notify = NULL;
     c->nlisten = c->npassthrough = c->nresolve = c->nallow_private = 0;
     c->nservices = c->ntokens = 0;
 
@@ -435,7 +438,7 @@ av_config *av__config_copy(const av_config *src)
         goto fail;
     if (dup_opt(&c->upstream_proxy, src->upstream_proxy) ||
         dup_opt(&c->upstream_proxy_auth, src->upstream_proxy_auth) ||
-        dup_opt(&c->upstream_no_proxy, src->upstream_no_proxy))
+        dup_opt(&c->upstream_no_proxy, src->upstream_no_proxy) || dup_opt(&c->decide_notify, src->decide_notify))
         goto fail;
     if (dup_opt(&c->ca_cert_ref, src->ca_cert_ref) || dup_opt(&c->ca_key_ref, src->ca_key_ref) ||
         dup_opt(&c->tokens_file, src->tokens_file))
@@ -492,9 +495,11 @@ av_config *av__config_copy(const av_config *src)
                 dup_opt(&d->oauth_audience, s->oauth_audience) || dup_opt(&d->refresh_token_ref, s->refresh_token_ref))
                 goto fail;
             d->mint_key_ref = d->target_audience = d->gh_installation = d->gh_repositories = d->gh_permissions = NULL;
+            d->decide = NULL;
             if (dup_opt(&d->mint_key_ref, s->mint_key_ref) || dup_opt(&d->target_audience, s->target_audience) ||
                 dup_opt(&d->gh_installation, s->gh_installation) ||
-                dup_opt(&d->gh_repositories, s->gh_repositories) || dup_opt(&d->gh_permissions, s->gh_permissions))
+                dup_opt(&d->gh_repositories, s->gh_repositories) || dup_opt(&d->gh_permissions, s->gh_permissions) ||
+                dup_opt(&d->decide, s->decide))
                 goto fail;
         }
     }
@@ -551,13 +556,13 @@ fail:
  * all three (and the round-trip test in tests/unit/test_config.c) a build
  * error: update them, then the size here. */
 #if defined(__LP64__) && UINTPTR_MAX == UINT64_MAX
-_Static_assert(sizeof(av_service) == 304, "av_service changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_service) == 328, "av_service changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_token_cfg) == 112, "av_token_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_cidr) == 24, "av_cidr changed: update av__config_dump");
 _Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__config_dump");
-_Static_assert(sizeof(av_config) == 816, "av_config changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_config) == 840, "av_config changed: update config_clear, copy, dump");
 #endif
 
 /* dump_str appends |key|="value" with the value JSON-escaped (any byte
@@ -620,6 +625,9 @@ int av__config_dump(const av_config *c, av_buf *out)
     rc = rc ? rc : dump_ptr(out, "vault", &c->vault, sizeof(c->vault));
     rc = rc ? rc : dump_ptr(out, "secret_fn", &c->secret_fn, sizeof(c->secret_fn));
     rc = rc ? rc : dump_ptr(out, "secret_ud", &c->secret_ud, sizeof(c->secret_ud));
+    rc = rc ? rc : dump_ptr(out, "decide_fn", &c->decide_fn, sizeof(c->decide_fn));
+    rc = rc ? rc : dump_ptr(out, "decide_ud", &c->decide_ud, sizeof(c->decide_ud));
+    DS("decide_notify", c->decide_notify);
     DF("unmatched=%d", c->unmatched);
     DF("npassthrough=%zu", c->npassthrough);
     for (size_t i = 0; i < c->npassthrough; i++) {
@@ -704,6 +712,9 @@ int av__config_dump(const av_config *c, av_buf *out)
         SS(gh_installation);
         SS(gh_repositories);
         SS(gh_permissions);
+        SS(decide);
+        SI(decide_timeout, "%.17g");
+        SI(decide_body, "%zu");
         SI(line, "%d");
 #undef SS
 #undef SI
@@ -1031,6 +1042,15 @@ AV_EXPORT int av_config_set_secret_fn(av_config *cfg, av_secret_fn fn, void *use
         return AV_ERR_INVALID;
     cfg->secret_fn = fn;
     cfg->secret_ud = user_data;
+    return AV_OK;
+}
+
+AV_EXPORT int av_config_set_decide_fn(av_config *cfg, av_decide_fn fn, void *user_data)
+{
+    if (!cfg)
+        return AV_ERR_INVALID;
+    cfg->decide_fn = fn;
+    cfg->decide_ud = user_data;
     return AV_OK;
 }
 

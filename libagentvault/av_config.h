@@ -40,6 +40,9 @@
  *     secret = env:NAME | file:PATH
  *     websocket = on | off            (off: upgrades are answered 426)
  *     websocket_scrub = on | off      (off: upstream frames spliced unscrubbed)
+ *     decide = ask | command:/path ARGS   (hold each request for a decision)
+ *     decide_timeout = 120            (seconds; no answer by then is a deny)
+ *     decide_body = 64k               (the decision sees the body's first bytes)
  *     placeholder = __OPENAI_KEY__    (what agents use instead of the secret)
  *     placeholder_in = websocket      (surfaces where it is replaced)
  *     agent_env = OPENAI_API_KEY, CODEX_API_KEY (variables `run` sets to it)
@@ -140,6 +143,11 @@ typedef struct av_service {
     char *gh_installation;  /* github_app: the installation ID (digits) */
     char *gh_repositories;  /* github_app: "a,b" (NULL: every repository installed on) */
     char *gh_permissions;   /* github_app: "name:level,..." (NULL: the App's own) */
+    /* Decisions (av_decide.h): "ask" (the decide callback: a person) or
+     * "command:/path ARGS" (a program); NULL: requests pass undecided */
+    char *decide;
+    double decide_timeout;   /* seconds a request waits for its answer (0: 120) */
+    size_t decide_body;      /* the first bytes of the body the decision sees (0: none; at most 64 KiB) */
     int line;          /* line of the [service] header, for messages */
 } av_service;
 
@@ -205,6 +213,9 @@ struct av_config {
     struct av_vault *vault; /* lent by the caller (av_config_set_vault), not owned */
     av_secret_fn secret_fn; /* callback:NAME (av_config_set_secret_fn) */
     void *secret_ud;
+    av_decide_fn decide_fn; /* decide = ask (av_config_set_decide_fn) */
+    void *decide_ud;
+    char *decide_notify;   /* [proxy] decide_notify = command:...: told of each request held for a person */
     int unmatched;         /* enum av_unmatched */
     char **passthrough;    /* host patterns allowed for opaque tunnels */
     size_t npassthrough;

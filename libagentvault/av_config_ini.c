@@ -311,6 +311,28 @@ enum {
     K_MAX_CONNS = 1u << 30, K_LISTEN = 1u << 25, K_PASSTHROUGH = 1u << 26, K_ALLOW_PRIVATE = 1u << 27,
     K_RESOLVE = 1u << 28
 };
+/* Decision hooks (issue 18): bits 36-39. */
+#define K_DECIDE (1ull << 36)
+#define K_DECIDE_TIMEOUT (1ull << 37)
+#define K_DECIDE_NOTIFY (1ull << 38)
+#define K_DECIDE_BODY (1ull << 39)
+#define DECIDE_BODY_MAX 65536
+
+/* set_decide_cmd stores "command:/absolute/path [args]" for |key|. */
+static int set_decide_cmd(parser *p, const char *key, char **out, const char *v, size_t vl)
+{
+    char *ref = dup_range(v, vl);
+    if (!ref)
+        return oom(p);
+    if (strncmp(ref, "command:", 8) != 0 || !av__secret_ref_valid(ref)) {
+        av__free(ref);
+        return perr(p, "%s must be %scommand:/absolute/path [args] (arguments split on blanks, quotes group)", key,
+                    strcmp(key, "decide") == 0 ? "ask or " : "");
+    }
+    *out = ref;
+    return AV_OK;
+}
+
 /* [proxy] tls_resumption: a bit only [service] uses otherwise (seen bits
  * are per section). */
 enum { K_TLS_RESUME = K_METHODS };
@@ -378,6 +400,7 @@ static const key_def proxy_keys[] = {
     {"tls_resumption", K_TLS_RESUME, 0},
     {"ca_cert", K_CA_CERT, 0}, {"ca_key", K_CA_KEY, 0}, {"tokens_file", K_TOKENS_FILE, 0},
     {"drain_delay", K_DRAIN_DELAY, 0}, {"drain_timeout", K_DRAIN_TIMEOUT, 0},
+    {"decide_notify", K_DECIDE_NOTIFY, 0},
 };
 
 /* set_timeout stores a number of seconds in (0, 86400]; the key is named
@@ -467,6 +490,8 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return set_drain(p, "drain_delay", 0, v, vl, &c->drain_delay);
     case K_DRAIN_TIMEOUT:
         return set_drain(p, "drain_timeout", 1, v, vl, &c->drain_timeout);
+    case K_DECIDE_NOTIFY:
+        return set_decide_cmd(p, "decide_notify", &c->decide_notify, v, vl);
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)
@@ -781,6 +806,7 @@ static const key_def service_keys[] = {
     {"token_url", K_TOKEN_URL, 0}, {"client_id", K_CLIENT_ID, 0}, {"client_secret", K_CLIENT_SECRET, 0},
     {"scope", K_OAUTH_SCOPE, 0}, {"audience", K_OAUTH_AUDIENCE, 0}, {"client_auth", K_CLIENT_AUTH, 0},
     {"refresh_token", K_REFRESH_TOKEN, 0},
+    {"decide", K_DECIDE, 0}, {"decide_timeout", K_DECIDE_TIMEOUT, 0}, {"decide_body", K_DECIDE_BODY, 0},
 };
 
 /* oauth_value stores a scope, audience or client_id: visible ASCII and
@@ -1161,6 +1187,26 @@ static int service_key(parser *p, const char *k, size_t kl, const char *v, size_
         return oauth_value(p, "audience", &s->oauth_audience, v, vl);
     case K_CLIENT_AUTH:
         return word_pair(p, v, vl, "client_auth", "basic", "post", &s->client_auth_post);
+    case K_DECIDE:
+        if (word_eq(v, vl, "ask"))
+            return set_string(p, &s->decide, "ask", 3);
+        return set_decide_cmd(p, "decide", &s->decide, v, vl);
+    case K_DECIDE_TIMEOUT:
+        return set_timeout(p, k, kl, v, vl, &s->decide_timeout);
+    case K_DECIDE_BODY: {
+        /* bytes, or a number with k / KiB */
+        size_t dl = 0;
+        while (dl < vl && v[dl] >= '0' && v[dl] <= '9')
+            dl++;
+        const char *u = v + dl;
+        size_t ul = vl - dl;
+        trim(&u, &ul);
+        long num = 0, mul = ul == 0 ? 1 : (word_eq(u, ul, "k") || word_eq(u, ul, "kib")) ? 1024 : 0;
+        if (!mul || parse_uint(v, dl, 6, &num) != AV_OK || num <= 0 || num * mul > DECIDE_BODY_MAX)
+            return perr(p, "decide_body must be a size from 1 byte to 64k (bytes, or a number with k)");
+        s->decide_body = (size_t)(num * mul);
+        return AV_OK;
+    }
     case K_REFRESH_TOKEN: {
         int ok = vl > 6 && vl <= 6 + 64 && memcmp(v, "vault:", 6) == 0;
         for (size_t i = 6; ok && i < vl; i++)
@@ -1413,6 +1459,10 @@ static int finish_section(parser *p)
             return perr_at(p, s->line, "service \"%s\" has no secret", s->name);
         if (s->placeholder_in && !s->placeholder)
             return perr_at(p, s->line, "service \"%s\": placeholder_in needs a placeholder", s->name);
+        if ((s->decide_timeout > 0 || s->decide_body) && !s->decide)
+            return perr_at(p, s->line,
+                           "service \"%s\": decide_timeout and decide_body need decide = ask or decide = command:...",
+                           s->name);
         int rc = finish_aws_service(p, s);
         if (rc == AV_OK)
             rc = finish_mint_service(p, s);

@@ -289,6 +289,21 @@ static void conn_on_timer(void *ud)
     av__conn_proceed(c); /* may free |c|: nothing after this */
 }
 
+/* The longest decide_timeout of the requests held for a decision on |c|
+ * (0: none): the connection stays open at least that long. */
+static double conn_held_for(const av_conn *c)
+{
+    double t = 0;
+    const av_exchange *one = c->state == C_EXCHANGE ? &c->x : NULL;
+    for (const av_exchange *x = one ? one : c->state == C_H2 ? c->xs : NULL; x; x = one ? NULL : x->next)
+        if (x->dwait && x->svc) {
+            double d = x->svc->decide_timeout > 0 ? x->svc->decide_timeout : AV_DECIDE_TIMEOUT_DEFAULT;
+            if (d > t)
+                t = d;
+        }
+    return t;
+}
+
 static void conn_arm_timer(av_conn *c)
 {
     const av_config *cfg = c->snap->cfg;
@@ -309,6 +324,10 @@ static void conn_arm_timer(av_conn *c)
         t = cfg->ws_idle_timeout;
     } else if (c->state == C_H2 && av__conn_h2_has_ws(c)) {
         t = cfg->ws_idle_timeout;
+    } else if (conn_held_for(c) > 0) {
+        /* held for a decision: its own timer answers it (403) first */
+        double h = conn_held_for(c) + 1.0;
+        t = h > t ? h : t;
     } else if (c->lingering) {
         t = c->linger_until - now;
         if (t < 0.001)

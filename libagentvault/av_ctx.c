@@ -135,6 +135,8 @@ static void ctx_on_wakeup(void *ud)
     av__upstream_pool_free(&ctx->pool);
     ctx->drain_deadline = av__loop_now(ctx->loop) + drain;
     av__timer_start(ctx->drain_timer, drain);
+    /* Requests held for a decision would wait out the drain: refuse them. */
+    av__decide_deny_all(ctx->decide, 503, "agentvault is shutting down");
     /* Close idle connections now; busy ones close after their exchange. */
     av__conn_drain_all(&ctx->env);
     ctx_check_done(ctx);
@@ -255,6 +257,7 @@ static void ctx_fill_env(av_ctx *ctx)
     e->pool = &ctx->pool;
     e->metrics = &ctx->metrics;
     e->audit = &ctx->audit;
+    e->decide = ctx->decide;
     e->snap_cur = &ctx->snap;
     e->draining = &ctx->draining;
     e->unhealthy = &ctx->unhealthy;
@@ -417,6 +420,9 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     rc = ctx_proxy_names(ctx);
     if (rc)
         goto fail;
+    rc = av__decide_new(&ctx->decide);
+    if (rc)
+        goto fail;
     ctx_fill_env(ctx);
     ctx->wakeup = av__async_new(ctx->loop, ctx_on_wakeup, ctx);
     ctx->drain_timer = av__timer_new(ctx->loop, ctx_on_drain_timeout, ctx);
@@ -474,6 +480,7 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
     }
     av__metrics_cleanup(&ctx->metrics);
     av__audit_close(&ctx->audit);
+    av__decide_free(ctx->decide); /* after the connections: no exchange holds a request now */
     av__async_free(ctx->wakeup);
     av__timer_free(ctx->drain_timer);
     av__timer_free(ctx->accept_timer);

@@ -53,6 +53,7 @@ typedef struct av_cmd {
 
 struct av_ctx {
     av_config *cfg;
+    av_decide *decide;        /* held requests, remembered rules (av_decide.h) */
     av_logger log;
     av_loop *loop;
     av_ca *ca;

@@ -22,6 +22,7 @@
 
 #include "av_audit.h"
 #include "av_ca.h"
+#include "av_decide.h"
 #include "av_ev.h"
 #include "av_log.h"
 #include "av_metrics.h"
@@ -56,6 +57,7 @@ typedef struct av_env {
     av_pool *pool;
     av_metrics *metrics;
     av_audit *audit;
+    av_decide *decide;              /* held requests and remembered rules (thread-safe) */
     av_snap *const *snap_cur;       /* *snap_cur: the current snapshot */
     const int *draining;            /* *draining: shutdown has begun */
     const atomic_int *unhealthy;    /* *unhealthy: /healthz answers 503 (NULL: never) */

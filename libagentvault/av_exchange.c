@@ -48,12 +48,14 @@ void av__x_reset(av_exchange *x)
     struct av_conn *c = x->c;
     const av_env *env = x->env;
     const char *gw = x->gw;
+    const char *peer = x->peer;
     void (*wake)(void *) = x->wake;
     void *wake_ud = x->wake_ud;
     av_exchange *next = x->next, *prev = x->prev;
     int32_t sid = x->sid;
     const av_agent_ops *agent = x->agent;
     x_unlink_upstream(x, 0);
+    av__x_decide_release(x);
     av__resolver_cancel(x->swait);
     av__mint_cancel(x->mwait);
     av__secret_free(x->mint_token);
@@ -84,6 +86,7 @@ void av__x_reset(av_exchange *x)
     x->agent = agent;
     x->env = env;
     x->gw = gw;
+    x->peer = peer;
     x->wake = wake;
     x->wake_ud = wake_ud;
 }
@@ -138,6 +141,14 @@ static void x_record(const av_exchange *x, const char *error, double ms, av_xrec
     r->redactions = x->redactions;
     r->end = av__end_names[x_end(x, error)];
     r->error = error;
+    if (x->decision || x->dwait) {
+        static const char *const verdicts[] = {"pending", "allow", "deny", "cancelled"};
+        int cancelled = x->dwait && av_decision_request_waiting(x->dwait);
+        r->decision = cancelled ? "cancelled" : verdicts[x->decision];
+        r->decided_by = cancelled ? "agent" : av__decide_by_names[x->decided_by];
+        r->decide_ms = x->dwait ? (av__loop_now(x->env->loop) - x->decide_start) * 1000.0 : x->decide_ms;
+        r->decide_id = x->decide_id[0] ? x->decide_id : NULL;
+    }
 }
 
 /* The audit record of an exchange: one JSON line (av__audit_record). */
@@ -412,6 +423,10 @@ int av__x_begin(av_exchange *x, const av_req_in *in, const av_authority *dest, i
         x->scope[sl] = '/';
         memcpy(x->scope + sl + 1, tn, tl + 1);
     }
+    /* a person or a program may have to say yes first (decide = ...) */
+    int held = av__x_decide_begin(x);
+    if (held != 0)
+        return held < 0 ? -1 : 0;
     return av__x_inject(x);
 }
 
@@ -568,6 +583,17 @@ int av__x_pump_request_body(av_exchange *x)
             progress = 1;
         return progress;
     }
+    /* decide_body: the bytes the decision saw go first */
+    while (x->dbody.len > 0) {
+        size_t room = up_room(x);
+        if (room == 0)
+            return progress;
+        size_t n = x->dbody.len < room ? x->dbody.len : room;
+        if (up_write(x, av__buf_head(&x->dbody), n) < 0)
+            return 1; /* the exchange failed */
+        av__buf_consume(&x->dbody, n);
+        progress = 1;
+    }
     int moved = x->agent->pump_body(x, &up_sink);
     if (moved < 0)
         return 1; /* the exchange failed */
@@ -688,8 +714,31 @@ int av__x_step(av_exchange *x)
     int progress = 0;
     if (!x->active)
         return 0;
-    if ((x->swait || x->mwait) && !x->a_closed)
-        return 0; /* the credential is being resolved or minted */
+    if (x->decide_ready) {
+        if (av__x_decide_apply(x) != 0) {
+            x->agent->dropped(x);
+            return 1;
+        }
+        progress = 1;
+    }
+    if (x->dbody_wait && !x->a_closed) {
+        progress |= av__x_decide_body(x); /* decide_body: the first bytes, then the hold */
+        if (!x->active || x->dbody_wait)
+            return progress;
+    }
+    if (x->dwait && !x->decide_ready && x->agent->body_aborted(x)) {
+        /* HTTP/1.1: the agent went away while its request was held (an
+         * HTTP/2 stream reset is a_closed, below) */
+        x->end = AV_END_CLIENT_ABORT;
+        x->up_reusable = 0;
+        x->resp_done = 1;
+        av__x_finish(x, "the agent went away while the request was held for a decision");
+        return 1;
+    }
+    if (x->dwait && x->a_closed && !x->end)
+        x->end = AV_END_CLIENT_ABORT; /* HTTP/2: the stream was reset while held */
+    if ((x->swait || x->mwait || x->dwait) && !x->a_closed)
+        return progress; /* held for a decision, or the credential is being resolved or minted */
     if (x->secret_ready) {
         if (av__x_inject(x) != 0) {
             x->agent->dropped(x);

@@ -27,6 +27,8 @@
 #include <strings.h>
 
 #include "av_agent.h"
+#include "av_cmd.h"
+#include "av_decide.h"
 #include "av_enc.h"
 #include "av_env.h"
 #include "av_h1.h"
@@ -60,6 +62,7 @@ struct av_exchange {
     struct av_conn *c;        /* the agent's connection: opaque outside av_agent_*.c */
     const av_env *env;        /* loop, log, pool, metrics, audit, clock, randomness */
     const char *gw;           /* the gateway's name for the record, NULL for the proxy */
+    const char *peer;         /* the agent's address ("127.0.0.1:5555"), for decisions */
     void (*wake)(void *ud);   /* run the owner's pump (upstream, mux and resolver notifications) */
     void *wake_ud;
     av_snap *snap;            /* the configuration it started with (av__x_begin); its own reference */
@@ -178,7 +181,24 @@ struct av_exchange {
     av_secret *aws_akid;      /* access key id */
     av_secret *aws_token;     /* session token (NULL: none configured) */
     int aws_signed;           /* the Authorization was computed and added */
+    /* Decisions (decide = ask | command:, av_exchange_decide.c): held
+     * before the credential is placed and before any upstream byte. */
+    struct av_decision_request *dwait; /* the hold, until its answer is applied */
+    av_async *dwake;          /* sent by the answer (any thread) */
+    av_timer *dtimer;         /* decide_timeout */
+    struct av_cmd *dcmd;      /* decide = command: the program */
+    struct av_cmd *dnotify;   /* [proxy] decide_notify: its program */
+    int decide_ready;         /* the answer is in: apply it in the step */
+    int dbody_wait;           /* decide_body: collecting the body's first bytes before holding */
+    av_buf dbody;             /* ... those bytes, sent upstream first once allowed */
+    int decision;             /* X_DECIDE_*: the audit's decision */
+    int decided_by;           /* AV_BY_* */
+    double decide_start, decide_ms;
+    char decide_id[24];
 };
+
+/* What a decision said, for the record. */
+enum { X_DECIDE_NONE = 0, X_DECIDE_ALLOW, X_DECIDE_DENY, X_DECIDE_CANCELLED };
 
 
 /* A request as either agent protocol delivered it. */
@@ -310,6 +330,23 @@ int av__x_collect_body(av_exchange *x);
  * is rewritten (and the body hashed), sign it: 0, or -1 after answering. */
 int av__x_aws_admit(av_exchange *x, const av_req_in *in);
 int av__x_aws_sign(av_exchange *x);
+
+/* ---- decisions (av_exchange_decide.c) ---- */
+/* av__x_decide_begin: from av__x_begin once the request is stored and its
+ * placeholders checked, before injection. 0: no decision needed (or a
+ * remembered rule allowed it): inject now; 1: held, the exchange waits;
+ * -1: answered (refused). */
+int av__x_decide_begin(av_exchange *x);
+/* Apply an answer that came in (x->decide_ready): 0 and the exchange
+ * goes on (injected), or -1 after answering (denied, or injection
+ * failed). */
+int av__x_decide_apply(av_exchange *x);
+/* Let go of the hold, its timer, wakeup and programs (a pending hold is
+ * cancelled: the agent went away). */
+void av__x_decide_release(av_exchange *x);
+/* decide_body: collect the first bytes of the body (x->dbody_wait), then
+ * hold. Returns progress; the exchange may be answered. */
+int av__x_decide_body(av_exchange *x);
 
 /* ---- WebSocket (av_exchange_ws.c, av_exchange_scrub.c) ---- */
 const char *av__x_ws_check_101(const av_exchange *x, const av_h1_response *resp);

@@ -718,6 +718,12 @@ static const av_body_sink collect_sink = {collect_room, collect_write};
 
 int av__x_collect_body(av_exchange *x)
 {
+    if (x->dbody.len) {
+        /* decide_body: the bytes the decision saw come first */
+        if (collect_write(x, av__buf_head(&x->dbody), x->dbody.len) != 0)
+            return 1; /* answered */
+        av__buf_free_wipe(&x->dbody);
+    }
     int progress = x->agent->send_continue(x);
     if (progress < 0) {
         av__x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */

@@ -119,6 +119,9 @@ void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_
                     m->m_limit_h2, m->m_limit_head, g->leaf_refused);
     av__buf_appendf(b, "agentvault_limit_hits_total{limit=\"connections\"} %llu\n"
                        "agentvault_limit_hits_total{limit=\"open_files\"} %llu\n", m->m_limit_conns, m->m_limit_fds);
+    av__buf_appendf(b, "agentvault_limit_hits_total{limit=\"decide_held\"} %llu\n"
+                       "agentvault_limit_hits_total{limit=\"decide_programs\"} %llu\n", m->m_limit_held,
+                    m->m_limit_decide_progs);
     av__buf_append_str(b, "# HELP agentvault_parent_connections_total Connections to parent proxies.\n"
                           "# TYPE agentvault_parent_connections_total counter\n");
     for (size_t i = 0; i < m->m_nparents; i++)

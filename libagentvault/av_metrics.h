@@ -58,6 +58,7 @@ typedef struct av_metric_mint {
     unsigned long long m_injected, m_redacted, m_tls_agent, m_tls_upstream, m_conns_total;                         \
     unsigned long long m_limit_rate, m_limit_scope, m_limit_h2, m_limit_head;                                      \
     unsigned long long m_limit_conns, m_limit_fds;                                                                 \
+    unsigned long long m_limit_held, m_limit_decide_progs; /* decisions: held requests, running programs */      \
     av_metric_parent m_parents[AV_METRICS_PARENTS]; /* by parent proxy (av__metrics_count_parent) */          \
     size_t m_nparents;                                                                                             \
     unsigned long long m_tls_resumed_agent, m_tls_resumed_upstream; /* resumed TLS handshakes */                 \

@@ -5,9 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,17 +17,14 @@
 
 #include <agentvault/agentvault.h>
 
+#include "av_cmd.h"
 #include "av_enc.h"
 #include "av_mem.h"
 
-extern char **environ;
-
 #define FILE_SECRET_MAX (64 * 1024)
-#define CMD_ARGS_MAX 32
 #define FAIL_REMEMBER 1.0 /* seconds a failed command answer is reused */
 #define VAULT_NAME_MAX 64
 
-typedef struct cmd_job cmd_job;
 typedef struct av_secret_request av_secret_request;
 
 typedef struct cache_entry {
@@ -38,7 +33,7 @@ typedef struct cache_entry {
     double expires;        /* 0: never (env:, file:, vault:) */
     double fail_until;     /* a failure is the answer until then */
     char why[200];
-    cmd_job *job;          /* a command: run in progress */
+    av_cmd *job;           /* a command: run in progress */
     av_secret_request *creq; /* a callback: request not answered yet */
 } cache_entry;
 
@@ -58,18 +53,6 @@ struct av_resolver_wait {
     av_resolver_wait *next, *prev;
 };
 
-struct cmd_job {
-    av_resolver *r;
-    char *ref;
-    pid_t pid;
-    int fd;
-    av_io *io;
-    av_timer *timer;
-    uint8_t *buf;
-    size_t len;
-    int eof;
-    double deadline;
-};
 
 struct av_resolver {
     cache_entry *entries;
@@ -223,41 +206,6 @@ static int vault_name_valid(const char *s)
     return n >= 1 && n <= VAULT_NAME_MAX;
 }
 
-/* split_argv splits a command: reference into at most CMD_ARGS_MAX
- * arguments (blanks separate; '...' and "..." quote, no escapes, no
- * expansion). Writes into |buf| (strlen(cmd) + 1 bytes). Returns argc, or
- * -1 for unbalanced quotes / too many arguments / an empty command. */
-static int split_argv(const char *cmd, char *buf, char **argv)
-{
-    int argc = 0;
-    const char *p = cmd;
-    char *o = buf;
-    while (*p) {
-        while (*p == ' ' || *p == '\t')
-            p++;
-        if (!*p)
-            break;
-        if (argc >= CMD_ARGS_MAX)
-            return -1;
-        argv[argc++] = o;
-        while (*p && *p != ' ' && *p != '\t') {
-            if (*p == '\'' || *p == '"') {
-                char q = *p++;
-                while (*p && *p != q)
-                    *o++ = *p++;
-                if (*p != q)
-                    return -1;
-                p++;
-            } else {
-                *o++ = *p++;
-            }
-        }
-        *o++ = '\0';
-    }
-    argv[argc] = NULL;
-    return argc > 0 ? argc : -1;
-}
-
 /* av__secret_ref_valid: see the header. */
 int av__secret_ref_valid(const char *ref)
 {
@@ -284,10 +232,10 @@ int av__secret_ref_valid(const char *ref)
     if (strncmp(ref, "command:", 8) == 0) {
         size_t n = strlen(ref + 8);
         char *buf = av__malloc(n + 1);
-        char *argv[CMD_ARGS_MAX + 1];
+        char *argv[AV_CMD_ARGS_MAX + 1];
         if (!buf)
             return 0;
-        int argc = split_argv(ref + 8, buf, argv);
+        int argc = av__cmd_split(ref + 8, buf, argv);
         int ok = argc > 0 && argv[0][0] == '/';
         av__free(buf);
         return ok;
@@ -322,123 +270,19 @@ static cache_entry *cache_add(av_resolver *r, const char *ref)
 
 /* ---- command: ------------------------------------------------------------------ */
 
-static void job_free(cmd_job *j)
-{
-    if (!j)
-        return;
-    if (j->pid > 0) {
-        kill(j->pid, SIGKILL);
-        while (waitpid(j->pid, NULL, 0) < 0 && errno == EINTR)
-            ;
-    }
-    av__io_free(j->io);
-    av__timer_free(j->timer);
-    if (j->fd >= 0)
-        close(j->fd);
-    if (j->buf) {
-        av__wipe(j->buf, FILE_SECRET_MAX + 1);
-        av__free(j->buf);
-    }
-    av__free(j->ref);
-    av__free(j);
-}
-
-/* Start the command of |ref|. Returns AV_OK with the job, or an error
- * with a reason. */
-static int job_start(av_resolver *r, const char *ref, cmd_job **out, char *why, size_t why_len)
-{
-    const char *cmd = ref + 8;
-    size_t n = strlen(cmd);
-    char *abuf = av__malloc(n + 1);
-    char *argv[CMD_ARGS_MAX + 1];
-    cmd_job *j = av__calloc(1, sizeof(*j));
-    int pfd[2] = {-1, -1};
-    int rc = AV_ERR_NOMEM;
-    if (!abuf || !j)
-        goto fail;
-    j->r = r;
-    j->fd = -1;
-    j->buf = av__malloc(FILE_SECRET_MAX + 1);
-    j->ref = av__strdup(ref);
-    if (!j->buf || !j->ref)
-        goto fail;
-    rc = AV_ERR_SECRET;
-    if (split_argv(cmd, abuf, argv) <= 0 || argv[0][0] != '/') {
-        say(why, why_len, "invalid command reference");
-        goto fail;
-    }
-    if (pipe2(pfd, O_CLOEXEC) != 0) {
-        say(why, why_len, "cannot run %s: %s", argv[0], strerror(errno));
-        goto fail;
-    }
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_adddup2(&fa, pfd[1], 1);
-    posix_spawn_file_actions_addopen(&fa, 2, "/dev/null", O_WRONLY, 0);
-    posix_spawnattr_t at;
-    posix_spawnattr_init(&at);
-    sigset_t none, all;
-    sigemptyset(&none);
-    sigfillset(&all);
-    posix_spawnattr_setsigmask(&at, &none);
-    posix_spawnattr_setsigdefault(&at, &all);
-    posix_spawnattr_setflags(&at, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
-    int se = posix_spawn(&j->pid, argv[0], &fa, &at, argv, environ);
-    posix_spawn_file_actions_destroy(&fa);
-    posix_spawnattr_destroy(&at);
-    close(pfd[1]);
-    if (se != 0) {
-        j->pid = 0;
-        close(pfd[0]);
-        say(why, why_len, "cannot run %s: %s", argv[0], strerror(se));
-        goto fail;
-    }
-    j->fd = pfd[0];
-    fcntl(j->fd, F_SETFL, fcntl(j->fd, F_GETFL) | O_NONBLOCK);
-    j->deadline = mono_now() + r->timeout;
-    av__free(abuf);
-    *out = j;
-    return AV_OK;
-fail:
-    av__free(abuf);
-    job_free(j);
-    return rc;
-}
-
-/* Read what the command wrote. Returns 1 at EOF, 0 if more may come, or
- * -1 when it wrote too much. */
-static int job_read(cmd_job *j)
-{
-    for (;;) {
-        if (j->len > FILE_SECRET_MAX)
-            return -1;
-        ssize_t k = read(j->fd, j->buf + j->len, FILE_SECRET_MAX + 1 - j->len);
-        if (k > 0) {
-            j->len += (size_t)k;
-            continue;
-        }
-        if (k == 0) {
-            j->eof = 1;
-            return 1;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return 0;
-        j->eof = 1;
-        return 1;
-    }
-}
-
 /* The command's verdict once it has exited: AV_OK with the secret or an
- * error with a reason. |status| is from waitpid. */
-static int job_result(cmd_job *j, int status, av_secret **out, char *why, size_t why_len)
+ * error with a reason. |how| and |status| as av_cmd_done's. */
+static int job_result(av_cmd *j, int how, int status, av_secret **out, char *why, size_t why_len)
 {
-    const char *name = j->ref + 8;
-    char prog[120];
-    size_t pl = strcspn(name, " \t");
-    snprintf(prog, sizeof(prog), "%.*s", (int)(pl < 100 ? pl : 100), name);
+    const char *prog = av__cmd_prog(j);
+    if (how == AV_CMD_TOO_BIG) {
+        say(why, why_len, "command %s printed more than 64 KiB", prog);
+        return AV_ERR_SECRET;
+    }
+    if (how == AV_CMD_TIMEOUT) {
+        say(why, why_len, "command %s did not finish in time", prog);
+        return AV_ERR_SECRET;
+    }
     if (WIFSIGNALED(status)) {
         say(why, why_len, "command %s was killed by signal %d", prog, WTERMSIG(status));
         return AV_ERR_SECRET;
@@ -447,65 +291,44 @@ static int job_result(cmd_job *j, int status, av_secret **out, char *why, size_t
         say(why, why_len, "command %s exited with status %d", prog, WIFEXITED(status) ? WEXITSTATUS(status) : -1);
         return AV_ERR_SECRET;
     }
-    if (j->len > FILE_SECRET_MAX) {
-        say(why, why_len, "command %s printed more than 64 KiB", prog);
-        return AV_ERR_SECRET;
-    }
-    size_t n = j->len;
-    if (n > 0 && j->buf[n - 1] == '\n') {
+    size_t n;
+    const uint8_t *buf = av__cmd_output(j, &n);
+    if (n > 0 && buf[n - 1] == '\n') {
         n--;
-        if (n > 0 && j->buf[n - 1] == '\r')
+        if (n > 0 && buf[n - 1] == '\r')
             n--;
     }
     if (n == 0) {
         say(why, why_len, "command %s printed nothing", prog);
         return AV_ERR_SECRET;
     }
-    *out = av__secret_new(j->buf, n);
+    *out = av__secret_new(buf, n);
     return *out ? AV_OK : AV_ERR_NOMEM;
+}
+
+/* Start a command: reference (av_cmd.h: no input, 64 KiB of output). */
+static int job_start(av_resolver *r, const char *ref, av_loop *loop, av_cmd_done done, av_cmd **out, char *why,
+                     size_t why_len)
+{
+    int rc = av__cmd_start(loop, ref + 8, NULL, 0, r->timeout, FILE_SECRET_MAX, done, r, out, why, why_len);
+    if (rc == AV_ERR_INVALID)
+        say(why, why_len, "invalid command reference");
+    return rc == AV_ERR_NOMEM ? rc : rc != AV_OK ? AV_ERR_SECRET : AV_OK;
 }
 
 /* Run a command to completion, blocking (startup). */
 static int run_blocking(av_resolver *r, const char *ref, av_secret **out, char *why, size_t why_len)
 {
-    cmd_job *j = NULL;
-    int rc = job_start(r, ref, &j, why, why_len);
+    av_cmd *j = NULL;
+    int rc = job_start(r, ref, NULL, NULL, &j, why, why_len);
     if (rc != AV_OK)
         return rc;
-    int status = 0, exited = 0;
-    for (;;) {
-        double left = j->deadline - mono_now();
-        if (left <= 0)
-            break;
-        if (!j->eof) {
-            struct pollfd pf = {j->fd, POLLIN, 0};
-            int pr = poll(&pf, 1, (int)(left * 1000) + 1);
-            if (pr < 0 && errno != EINTR)
-                break;
-            if (job_read(j) < 0)
-                break;
-            continue;
-        }
-        pid_t w = waitpid(j->pid, &status, WNOHANG);
-        if (w == j->pid) {
-            exited = 1;
-            j->pid = 0;
-            break;
-        }
-        struct timespec ts = {0, 5 * 1000 * 1000};
-        nanosleep(&ts, NULL);
-    }
-    if (exited) {
-        rc = job_result(j, status, out, why, why_len);
-    } else if (j->len > FILE_SECRET_MAX) {
-        say(why, why_len, "command %.*s printed more than 64 KiB", (int)strcspn(ref + 8, " \t"), ref + 8);
-        rc = AV_ERR_SECRET;
-    } else {
-        say(why, why_len, "command %.*s did not finish within %.0f s", (int)strcspn(ref + 8, " \t"), ref + 8,
-            r->timeout);
-        rc = AV_ERR_SECRET;
-    }
-    job_free(j);
+    int status = 0;
+    int how = av__cmd_wait(j, &status);
+    rc = job_result(j, how, status, out, why, why_len);
+    if (how == AV_CMD_TIMEOUT)
+        say(why, why_len, "command %s did not finish within %.0f s", av__cmd_prog(j), r->timeout);
+    av__cmd_free(j);
     return rc;
 }
 
@@ -517,25 +340,21 @@ static void wake_waiters(av_resolver *r)
     }
 }
 
-/* The job of |e| is over: store the answer and wake askers. */
-static void job_done(av_resolver *r, cache_entry *e, int status, int exited)
+/* A command's run is over: store the answer in its entry and wake askers. */
+static void job_done(void *ud, av_cmd *j, int how, int status)
 {
-    cmd_job *j = e->job;
+    av_resolver *r = ud;
+    cache_entry *e = NULL;
+    for (size_t i = 0; i < r->n && !e; i++)
+        if (r->entries[i].job == j)
+            e = &r->entries[i];
+    if (!e)
+        return;
     av_secret *s = NULL;
     char why[200] = "";
-    int rc;
-    if (exited) {
-        j->pid = 0;
-        rc = job_result(j, status, &s, why, sizeof(why));
-    } else if (j->len > FILE_SECRET_MAX) {
-        snprintf(why, sizeof(why), "command %.*s printed more than 64 KiB", (int)strcspn(e->ref + 8, " \t"),
-                 e->ref + 8);
-        rc = AV_ERR_SECRET;
-    } else {
-        snprintf(why, sizeof(why), "command %.*s did not finish within %.0f s", (int)strcspn(e->ref + 8, " \t"),
-                 e->ref + 8, r->timeout);
-        rc = AV_ERR_SECRET;
-    }
+    int rc = job_result(j, how, status, &s, why, sizeof(why));
+    if (how == AV_CMD_TIMEOUT)
+        snprintf(why, sizeof(why), "command %s did not finish within %.0f s", av__cmd_prog(j), r->timeout);
     double now = mono_now();
     if (rc == AV_OK) {
         av__secret_free(e->secret);
@@ -549,56 +368,8 @@ static void job_done(av_resolver *r, cache_entry *e, int status, int exited)
         snprintf(e->why, sizeof(e->why), "%s", rc == AV_ERR_NOMEM ? "out of memory" : why);
     }
     e->job = NULL;
-    job_free(j);
+    av__cmd_free(j);
     wake_waiters(r);
-}
-
-static cache_entry *entry_of_job(av_resolver *r, cmd_job *j)
-{
-    for (size_t i = 0; i < r->n; i++)
-        if (r->entries[i].job == j)
-            return &r->entries[i];
-    return NULL;
-}
-
-static void job_check(cmd_job *j)
-{
-    av_resolver *r = j->r;
-    cache_entry *e = entry_of_job(r, j);
-    if (!e)
-        return;
-    if (!j->eof && job_read(j) < 0) {
-        job_done(r, e, 0, 0);
-        return;
-    }
-    if (j->eof) {
-        av__io_set(j->io, 0);
-        int status = 0;
-        pid_t w = waitpid(j->pid, &status, WNOHANG);
-        if (w == j->pid) {
-            job_done(r, e, status, 1);
-            return;
-        }
-    }
-    if (mono_now() >= j->deadline) {
-        job_done(r, e, 0, 0); /* killed by job_free */
-        return;
-    }
-    /* Poll for the exit once stdout is closed; else wait for output or the
-     * deadline. */
-    double next = j->eof ? 0.005 : j->deadline - mono_now();
-    av__timer_start(j->timer, next > 0.001 ? next : 0.001);
-}
-
-static void job_on_io(void *ud, int revents)
-{
-    (void)revents;
-    job_check(ud);
-}
-
-static void job_on_timer(void *ud)
-{
-    job_check(ud);
 }
 
 static void resolver_on_wake(void *ud)
@@ -734,7 +505,7 @@ void av__resolver_free(av_resolver *r)
     for (size_t i = 0; i < r->n; i++) {
         if (r->entries[i].creq)
             r->entries[i].creq->r = NULL; /* freed when the embedder answers */
-        job_free(r->entries[i].job);
+        av__cmd_free(r->entries[i].job);
         av__free(r->entries[i].ref);
         av__secret_free(r->entries[i].secret);
     }
@@ -851,21 +622,13 @@ static int get_common(av_resolver *r, const char *ref, av_secret **out, char *wh
     if (!e && !(e = cache_add(r, ref)))
         return AV_ERR_NOMEM;
     if (!e->job) {
-        cmd_job *j = NULL;
-        int rc = job_start(r, ref, &j, e->why, sizeof(e->why));
+        av_cmd *j = NULL;
+        int rc = job_start(r, ref, r->loop, job_done, &j, e->why, sizeof(e->why));
         if (rc != AV_OK) {
             e->fail_until = now + FAIL_REMEMBER;
             say(why, why_len, "%s", e->why);
             return rc;
         }
-        j->io = av__io_new(r->loop, j->fd, job_on_io, j);
-        j->timer = av__timer_new(r->loop, job_on_timer, j);
-        if (!j->io || !j->timer) {
-            job_free(j);
-            return AV_ERR_NOMEM;
-        }
-        av__io_set(j->io, AV_EV_READ);
-        av__timer_start(j->timer, r->timeout);
         e->job = j;
     }
 wait:;

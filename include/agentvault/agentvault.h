@@ -174,6 +174,58 @@ AV_EXPORT int av_config_set_secret_fn(av_config *cfg, av_secret_fn fn, void *use
 AV_EXPORT void av_secret_request_answer(av_secret_request *req, const void *value, size_t len);
 AV_EXPORT void av_secret_request_fail(av_secret_request *req, const char *reason);
 
+/* Decisions: a service with "decide = ask" holds each request it matches,
+ * before any byte goes upstream and before the credential is placed, and
+ * calls |fn| on the loop thread that owns the request with a read-only
+ * view of it. Answer it exactly once, at once or later, from any thread:
+ * av_decision_allow or av_decision_deny (both release the request; read
+ * what you need from it first). A request no longer waiting (timed out
+ * after the service's decide_timeout, or the agent went away: see
+ * av_decision_request_waiting) must still be answered; the answer then
+ * only releases it (AV_ERR_STATE). Answer every request before
+ * av_ctx_free returns, or it leaks. Without a function, "decide = ask"
+ * requests are denied. Nothing in the view carries a secret or a query
+ * value. */
+typedef struct av_decision_request av_decision_request;
+typedef void (*av_decide_fn)(void *user_data, av_decision_request *req);
+/* av_config_set_decide_fn installs |fn| (NULL: none) for the contexts made
+ * from |cfg|. Returns AV_ERR_INVALID for a NULL |cfg|. */
+AV_EXPORT int av_config_set_decide_fn(av_config *cfg, av_decide_fn fn, void *user_data);
+
+/* av_decision_request_get returns one field of the view as a string
+ * ("" when absent, NULL for an unknown |field|): "id", "method",
+ * "scheme", "host", "port", "path" (no query), "service", "token",
+ * "gateway", "peer", "protocol" ("h1" or "h2"). Valid until answered. */
+AV_EXPORT const char *av_decision_request_get(const av_decision_request *req, const char *field);
+/* av_decision_request_json returns the whole view as one JSON object (the
+ * one `decide = command:` programs read), with "query" (the names of the
+ * query parameters, not their values) and "headers" (the request's field
+ * names), and with decide_body "body" (base64) and "body_complete". |len|
+ * may be NULL. Valid until answered. */
+AV_EXPORT const char *av_decision_request_json(const av_decision_request *req, size_t *len);
+/* av_decision_request_waiting returns 1 while the request still waits for
+ * an answer, else 0 (answered, timed out, or the agent went away).
+ * [any thread] */
+AV_EXPORT int av_decision_request_waiting(const av_decision_request *req);
+
+/* What an allow may remember (in memory, per context, for
+ * |remember_seconds|, at most 7 days): AV_REMEMBER_SERVICE lets every
+ * later request of the same token to the same service pass without
+ * asking; AV_REMEMBER_PATH only those with the same method and a path
+ * matching |path_glob| ('*' matches any run of bytes; NULL: this path). */
+enum { AV_REMEMBER_NONE = 0, AV_REMEMBER_PATH = 1, AV_REMEMBER_SERVICE = 2 };
+
+/* av_decision_allow lets the request proceed. Returns AV_OK, AV_ERR_STATE
+ * (no longer waiting) or AV_ERR_INVALID (a bad scope, time or glob: the
+ * request is denied rather than left waiting). [any thread] */
+AV_EXPORT int av_decision_allow(av_decision_request *req, int remember, const char *path_glob,
+                                double remember_seconds);
+/* av_decision_deny answers the request with |status| (400-599; else 403)
+ * and |reason|, one line shown to the agent in X-Agentvault-Error (never
+ * put a secret in it; NULL: "denied"). Returns AV_OK or AV_ERR_STATE.
+ * [any thread] */
+AV_EXPORT int av_decision_deny(av_decision_request *req, int status, const char *reason);
+
 /* ---- the proxy-token store -------------------------------------------- */
 
 /* Tokens made by `agentvault token create` live in a 0600 file (the daemon

@@ -19,6 +19,8 @@ rank() {
     av_ca|av_ca_internal|av_tls|av_h1|av_h2|av_ws|av_ws_scrub|av_scrub|av_socks|av_sni|av_sigv4|av_oauth|av_jwt) echo 20 ;;
     # configuration, policy, credentials, name resolution
     av_config|av_config_ini|av_config_int|av_policy|av_resolver|av_tokens|av_vault|av_ssrf|av_dns|av_parent) echo 30 ;;
+    # running programs (command: secrets, decision programs); held requests and their answers
+    av_cmd|av_decide) echo 30 ;;
     # leaves of the connection layer: snapshots, counters, the audit log
     av_snap|av_metrics|av_audit) echo 40 ;;
     # the two narrow contexts, and the transport

@@ -722,6 +722,14 @@ def sc_parent(env):
                        BODY, lambda b: b == want)
 
 
+def sc_decide(env):
+    """decide = command: with decide_body: the body's first bytes, the
+    hold, the decision program, the answer applied, then the exchange."""
+    want = b"ok " + hashlib.sha256(BODY).hexdigest().encode() + b"\n"
+    return h1_exchange(env, "api.openai.com", post_head("api.openai.com", "/decided", len(BODY)),
+                       BODY, lambda b: b == want)
+
+
 SCENARIOS = {
     "h1": sc_h1,
     "parent": sc_parent,
@@ -740,6 +748,7 @@ SCENARIOS = {
     "scrub": sc_scrub,
     "placeholder": sc_placeholder,
     "command": sc_command,
+    "decide": sc_decide,
     # The first exchange of a new daemon: leaf minting, the first dial,
     # TLS verification, ALPN (one daemon per run, so slower).
     "h1-cold": sc_h1,
@@ -794,6 +803,9 @@ class World:
         self.h2seen = 0
         self.h2perr = 0
         self.parent = ParentProxy()
+        allow = self.work / "allow"
+        allow.write_text("#!/bin/sh\ncat >/dev/null\necho '{\"allow\":true}'\n")
+        allow.chmod(0o700)
         self.conf = self.work / "agentvault.conf"
         self.conf.write_text(f"""[proxy]
 unmatched = deny
@@ -817,6 +829,14 @@ upstream_proxy = http://127.0.0.1:{self.parent.port}
 host = api.github.com
 auth = bearer
 secret = command:/bin/cat {gh}
+
+[service "decided"]
+host = api.openai.com
+path = /decided*
+auth = bearer
+secret = env:OPENAI_API_KEY
+decide = command:{allow}
+decide_body = 1k
 
 [service "plain"]
 host = upstream.test

@@ -844,6 +844,7 @@ static const char every_key_text[] =
     "tokens_file = /run/av/tokens\n"
     "drain_delay = 2.5\n"
     "drain_timeout = 12\n"
+    "decide_notify = command:/usr/bin/notify-av --id\n"
     "\n"
     "[service \"a\"]\n"
     "host = *.a.example.com\n"
@@ -861,6 +862,9 @@ static const char every_key_text[] =
     "agent_env = A_KEY, OTHER_A\n"
     "upstream_proxy = https://[::1]:3129\n"
     "upstream_proxy_auth = file:/run/parent-a\n"
+    "decide = command:/usr/bin/filter 'a b'\n"
+    "decide_timeout = 7.5\n"
+    "decide_body = 4k\n"
     "\n"
     "[service \"b\"]\n"
     "host = 127.0.0.9\n"
@@ -995,6 +999,12 @@ static void rt_secret_fn(void *ud, const char *name, av_secret_request *req)
     (void)req;
 }
 
+static void rt_decide_fn(void *ud, av_decision_request *req)
+{
+    (void)ud;
+    (void)req;
+}
+
 /* rt_config builds the every-key config plus what only the API sets: a
  * lent vault and secret callback, token-store tokens and an error text. */
 static av_config *rt_config(char *store, size_t store_len)
@@ -1005,6 +1015,7 @@ static av_config *rt_config(char *store, size_t store_len)
     static int fake_vault, fake_ud;
     assert_int_equal(av_config_set_vault(c, (struct av_vault *)(void *)&fake_vault), AV_OK);
     assert_int_equal(av_config_set_secret_fn(c, rt_secret_fn, &fake_ud), AV_OK);
+    assert_int_equal(av_config_set_decide_fn(c, rt_decide_fn, &fake_ud), AV_OK);
     snprintf(store, store_len, "/tmp/av-test-config-rt-%ld", (long)getpid());
     char tok[64], err[200];
     unlink(store);
