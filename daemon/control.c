@@ -422,7 +422,7 @@ static void *ctl_thread(void *arg)
     return NULL;
 }
 
-int ctl_start(const char *state_dir, ctl **out, char *err, size_t err_len)
+int ctl_start(const char *state_dir, int required, ctl **out, char *err, size_t err_len)
 {
     *out = NULL;
     ctl *c = calloc(1, sizeof(*c));
@@ -464,6 +464,12 @@ int ctl_start(const char *state_dir, ctl **out, char *err, size_t err_len)
     mode_t old = umask(077);
     int b = c->lfd >= 0 ? bind(c->lfd, (struct sockaddr *)&sa, sizeof(sa)) : -1;
     umask(old);
+    if (b != 0 && !required && (errno == EACCES || errno == EROFS || errno == EPERM)) {
+        /* a read-only state directory (replicas): no person can be asked,
+         * and no configuration may ask one (reload_config checks) */
+        ctl_stop(c);
+        return 1;
+    }
     if (b != 0 || chmod(c->path, 0600) != 0 || listen(c->lfd, 16) != 0 ||
         pipe2(c->wake, O_CLOEXEC | O_NONBLOCK) != 0) {
         snprintf(err, err_len, "control socket %s: %s", c->path, strerror(errno));

@@ -23,8 +23,10 @@
 typedef struct ctl ctl;
 
 /* ctl_start binds the control socket in |state_dir| and starts its
- * thread. Returns 0, or -1 with a one-line reason in |err|. */
-int ctl_start(const char *state_dir, ctl **out, char *err, size_t err_len);
+ * thread. Returns 0, or -1 with a one-line reason in |err|. A state
+ * directory the daemon may not write (replicas) gives 1 and no ctl unless
+ * |required| (the configuration has decide = ask). */
+int ctl_start(const char *state_dir, int required, ctl **out, char *err, size_t err_len);
 /* ctl_decide is the av_decide_fn to install (user data: the ctl). */
 void ctl_decide(void *ud, av_decision_request *req);
 /* ctl_stop stops the thread, denies what is still held, removes the

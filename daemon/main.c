@@ -383,7 +383,14 @@ static av_config *reload_config(void *ud, char *err, size_t err_len)
         av_config_free(cfg);
         return NULL;
     }
-    av_config_set_decide_fn(cfg, ctl_decide, g_ctl);
+    if (g_ctl) {
+        av_config_set_decide_fn(cfg, ctl_decide, g_ctl);
+    } else if (av_config_uses_decide_ask(cfg)) {
+        snprintf(err, err_len, "decide = ask needs the control socket, which could not be made at start (the "
+                               "state directory is not writable): restart with a writable state_dir");
+        av_config_free(cfg);
+        return NULL;
+    }
     if (av_config_uses_vault(cfg)) {
         if (g_nvaults >= sizeof(g_vaults) / sizeof(g_vaults[0])) {
             snprintf(err, err_len, "too many reloads with a vault: restart the daemon");
@@ -476,12 +483,14 @@ static int cmd_serve(int argc, char **argv)
     }
     raise_nofile(); /* before the context derives its connection cap from it */
     char err[512];
-    if (ctl_start(sd, &g_ctl, err, sizeof(err)) != 0) {
+    int no_ctl = ctl_start(sd, av_config_uses_decide_ask(cfg), &g_ctl, err, sizeof(err));
+    if (no_ctl < 0) {
         fprintf(stderr, "agentvault: %s\n", err);
         av_config_free(cfg);
         return 1;
     }
-    av_config_set_decide_fn(cfg, ctl_decide, g_ctl);
+    if (g_ctl)
+        av_config_set_decide_fn(cfg, ctl_decide, g_ctl);
     int rc = av_ctx_new(&g_ctx, cfg, err, sizeof(err));
     if (rc != AV_OK) {
         fprintf(stderr, "agentvault: %s\n", err);
@@ -546,6 +555,9 @@ static int cmd_serve(int argc, char **argv)
                 "  export SSL_CERT_FILE=%s/ca.pem   # or: curl --cacert %s/ca.pem\n",
                 embedded, host, port, host, port, sd, sd);
     }
+    if (no_ctl)
+        fprintf(stderr, "agentvault: no control socket: the state directory %s is not writable (decide = ask "
+                        "cannot be used)\n", sd);
     fflush(stderr);
     av_config_free(cfg);
     rc = av_ctx_run(g_ctx);

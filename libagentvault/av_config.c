@@ -1009,6 +1009,16 @@ AV_EXPORT void av_config_drain(const av_config *cfg, double *delay_seconds, doub
         *timeout_seconds = cfg ? cfg->drain_timeout : 10;
 }
 
+AV_EXPORT int av_config_uses_decide_ask(const av_config *cfg)
+{
+    if (!cfg)
+        return 0;
+    for (size_t i = 0; i < cfg->nservices; i++)
+        if (cfg->services[i].decide && strcmp(cfg->services[i].decide, "ask") == 0)
+            return 1;
+    return 0;
+}
+
 AV_EXPORT int av_config_uses_vault(const av_config *cfg)
 {
     if (!cfg)

@@ -191,6 +191,9 @@ typedef void (*av_decide_fn)(void *user_data, av_decision_request *req);
 /* av_config_set_decide_fn installs |fn| (NULL: none) for the contexts made
  * from |cfg|. Returns AV_ERR_INVALID for a NULL |cfg|. */
 AV_EXPORT int av_config_set_decide_fn(av_config *cfg, av_decide_fn fn, void *user_data);
+/* av_config_uses_decide_ask says whether any service of |cfg| has decide =
+ * ask (which waits for the decide function's answers). */
+AV_EXPORT int av_config_uses_decide_ask(const av_config *cfg);
 
 /* av_decision_request_get returns one field of the view as a string
  * ("" when absent, NULL for an unknown |field|): "id", "method",

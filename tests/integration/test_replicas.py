@@ -654,6 +654,47 @@ def test_read_only_state_dir(replica_env, test_ca):
     assert sorted((p.name, p.stat().st_mtime_ns) for p in state.iterdir()) == before
 
 
+def test_read_only_state_dir_and_decide_ask(replica_env, test_ca):
+    """The control socket of decide = ask lives in the state directory: a
+    read-only one starts without it (one notice line) unless a service asks
+    a person, which fails the start; a reload that adds decide = ask fails
+    with a reason and the daemon keeps its configuration."""
+    work, origin, started = replica_env
+    gen, token = _make_ca_and_token(work)
+    secrets = SecretVolume(work / "secrets")
+    secrets.update({"ca.pem": (gen / "ca.pem").read_bytes(), "ca.key": (gen / "ca.key").read_bytes(),
+                    "tokens": (gen / "tokens").read_bytes(), "openai-api-key": REAL_KEY.encode()})
+    state = work / "state"
+    state.mkdir(mode=0o755)
+    conf = _config_for(work, secrets.path, state)
+    base = conf.read_text()
+    ask = base + '\n[service "held"]\nhost = held.example\nauth = bearer\nsecret = env:HOME\ndecide = ask\n'
+    port = _free_port(["127.0.0.2"])
+    conf.write_text(ask)
+    rep = Replica("a1", "127.0.0.2", port, conf, state, origin.port, origin.cacert, work)
+    started.append(rep)
+    assert rep.wait(15) == 1, rep.dump()
+    assert rep.err[-1] == f"agentvault: control socket {state}/control.sock: Permission denied", rep.dump()
+
+    conf.write_text(base)
+    rep = Replica("a2", "127.0.0.2", port, conf, state, origin.port, origin.cacert, work)
+    started.append(rep)
+    rep.wait_listening()
+    assert (f"agentvault: no control socket: the state directory {state} is not writable "
+            "(decide = ask cannot be used)") in rep.err, rep.dump()
+    conf.write_text(ask)
+    rep.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("reload failed" in l for l in rep.out):
+        time.sleep(0.05)
+    fails = [l for l in rep.out if "reload failed" in l]
+    assert len(fails) == 1 and "decide = ask needs the control socket" in fails[0], rep.dump()
+    assert rep.get("/healthz")[0] == 200
+    assert list(state.iterdir()) == []
+    rep.proc.send_signal(signal.SIGINT)
+    assert rep.wait(15) == 0, rep.dump()
+
+
 def test_ca_key_reference_too_open(replica_env, test_ca):
     """A ca_key file others can read fails the start with one clear line
     (0440, what fsGroup gives a Secret file, is accepted: the tests above)."""
