@@ -8,6 +8,7 @@
  * which replaces the original only when the whole text is valid.
  */
 #include "av_config_int.h"
+#include "av_limits.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -310,6 +311,8 @@ enum {
     K_MAX_CONNS = 1u << 30, K_LISTEN = 1u << 25, K_PASSTHROUGH = 1u << 26, K_ALLOW_PRIVATE = 1u << 27,
     K_RESOLVE = 1u << 28
 };
+/* [proxy] workers. */
+#define K_WORKERS (1ull << 40)
 /* [proxy] tls_resumption: a bit only [service] uses otherwise (seen bits
  * are per section). */
 enum { K_TLS_RESUME = K_METHODS };
@@ -353,6 +356,7 @@ static const key_def proxy_keys[] = {
     {"upstream_proxy", K_UP_PROXY, 0}, {"upstream_proxy_auth", K_UP_AUTH, 0},
     {"upstream_no_proxy", K_UP_NO_PROXY, 0},
     {"tls_resumption", K_TLS_RESUME, 0},
+    {"workers", K_WORKERS, 0},
 };
 
 /* set_timeout stores a number of seconds in (0, 86400]; the key is named
@@ -429,6 +433,18 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
     }
     case K_TLS_RESUME:
         return word_pair(p, v, vl, "tls_resumption", "on", "off", &c->tls_resumption_off);
+    case K_WORKERS: {
+        long n = 0;
+        if (word_eq(v, vl, "auto")) {
+            c->workers = AV_WORKERS_AUTO;
+            return AV_OK;
+        }
+        if (parse_uint(v, vl, 2, &n) != AV_OK || n < 1 || n > AV_WORKERS_MAX)
+            return perr(p, "workers must be a whole number in [1, %d] or auto (one event loop per CPU)",
+                        AV_WORKERS_MAX);
+        c->workers = (int)n;
+        return AV_OK;
+    }
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)

@@ -112,6 +112,14 @@ AV_EXPORT int av_config_clear_listen(av_config *cfg);
 AV_EXPORT int av_config_set_state_dir(av_config *cfg, const char *dir);
 AV_EXPORT int av_config_add_resolve(av_config *cfg, const char *host_port_addr);
 AV_EXPORT int av_config_set_upstream_cafile(av_config *cfg, const char *path);
+/* [proxy] workers: |n| event loops on |n| threads (1 to 64), or
+ * AV_WORKERS_AUTO for one per online CPU. A configuration that does not
+ * set it runs one loop (the daemon's default is auto). A context on a
+ * host's loop (av_ctx_new_on_loop) runs one. av_config_workers returns the
+ * setting: 0 when not set. */
+#define AV_WORKERS_AUTO (-1)
+AV_EXPORT int av_config_set_workers(av_config *cfg, int n);
+AV_EXPORT int av_config_workers(const av_config *cfg);
 
 /* av_config_validate checks cross-field rules (a service needs a host and
  * a secret, ...). Returns AV_ERR_CONFIG with av_config_error set. */
