@@ -2,6 +2,7 @@
 #include "av_snap.h"
 #include "av_err.h"
 
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -25,7 +26,22 @@ struct av_snap_core {
     av_bucket *buckets;
     av_secret **gw_tokens;
     struct av_parents *parents;
+    av_resolver_share *share; /* the workers' command: answers */
+    pthread_mutex_t mlock;    /* guards the two below */
+    void *mint_share;         /* the workers' minted credentials (av_mint.h), made on first use */
+    void (*mint_share_free)(void *);
 };
+
+void *av__snap_mint_share(av_snap *s, void *(*make)(const av_config *cfg), void (*free_fn)(void *))
+{
+    av_snap_core *c = s->core;
+    pthread_mutex_lock(&c->mlock);
+    if (!c->mint_share && (c->mint_share = make(c->cfg)) != NULL)
+        c->mint_share_free = free_fn;
+    void *sh = c->mint_share;
+    pthread_mutex_unlock(&c->mlock);
+    return sh;
+}
 
 static uint64_t double_bits(double d)
 {
@@ -63,6 +79,10 @@ void av__snap_core_unref(av_snap_core *c)
         av__free(c->gw_tokens);
     }
     av__parents_free(c->parents);
+    av__resolver_share_free(c->share);
+    if (c->mint_share_free)
+        c->mint_share_free(c->mint_share);
+    pthread_mutex_destroy(&c->mlock);
     av_config_free(c->cfg);
     av__free(c);
 }
@@ -158,6 +178,7 @@ static int snap_for_loop(av_loop *loop, av_snap_core *core, av_snap **out)
         return rc;
     }
     av__resolver_set_loop(s->resolver, loop, cfg->secret_ttl, cfg->command_timeout);
+    av__resolver_set_share(s->resolver, core->share);
     if (cfg->secret_fn)
         av__resolver_set_callback(s->resolver, cfg->secret_fn, cfg->secret_ud);
     if (cfg->vault)
@@ -180,7 +201,12 @@ int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char 
         return AV_ERR_NOMEM;
     }
     atomic_init(&c->refs, 1);
+    pthread_mutex_init(&c->mlock, NULL);
     c->cfg = cfg;
+    if (av__resolver_share_new(&c->share) != AV_OK) {
+        av__snap_core_unref(c);
+        return AV_ERR_NOMEM;
+    }
     av_snap *s = NULL;
     int rc = snap_for_loop(loop, c, &s);
     if (rc)

@@ -13,9 +13,11 @@
  * gateway tokens, the parent proxies and the rate buckets form the
  * snapshot's core, built once per reload and shared by every worker
  * (reference-counted atomically; the buckets are atomics). Each worker
- * makes its own av_snap around the core on its loop: the secrets resolver
- * (so command: and callback: answers are cached per worker), the scrub
- * cache and the minted credentials belong to one loop. An av_snap's own
+ * makes its own av_snap around the core on its loop: the secrets resolver,
+ * the scrub cache and the minted credentials belong to one loop. The
+ * resolvers share their command: answers through the core (one run per
+ * TTL for the process: av_resolver.h); callback: answers and minted
+ * credentials are per worker. An av_snap's own
  * reference count is for its loop thread only.
  *
  * A leaf of the connection layer: includes nothing above it.
@@ -98,6 +100,12 @@ int av__snap_find_token(const av_snap *s, const uint8_t *tok, size_t len, long l
  * reload): the index of the token with the same name, the same secret (or
  * hash) and not expired at |now|, else -1 (revoked or changed). */
 int av__snap_carry_token(const av_snap *old, int old_tok, const av_snap *cur, long long now);
+
+/* av__snap_mint_share: the workers' shared state of the minted
+ * credentials of |s|'s core (av_mint.h), made by |make| on first use (any
+ * worker; under the core's lock) and freed with the core by |free_fn|.
+ * NULL when it cannot be made. */
+void *av__snap_mint_share(av_snap *s, void *(*make)(const av_config *cfg), void (*free_fn)(void *));
 
 /* av__snap_rate_take takes one request from token |token|'s bucket at loop
  * time |now| (refilled at the token's rate per second up to its burst).

@@ -162,7 +162,11 @@ AV_EXPORT int av_config_set_vault(av_config *cfg, struct av_vault *vault);
  * av_secret_request_fail (the reason is shown to the agent: never put the
  * secret in it). Requests of concurrent exchanges share one call; answers
  * are cached for [proxy] secret_ttl. Proxy tokens need an immediate answer.
- * A request answered after its context is gone is simply freed. */
+ * A request answered after its context is gone is simply freed. With
+ * [proxy] workers above 1 (av_config_set_workers), |fn| runs on the thread
+ * of the worker whose exchange asks and each worker caches its own
+ * answers: answer within the call (a later answer would have to come from
+ * that worker's loop thread). */
 typedef struct av_secret_request av_secret_request;
 typedef void (*av_secret_fn)(void *user_data, const char *name, av_secret_request *req);
 AV_EXPORT int av_config_set_secret_fn(av_config *cfg, av_secret_fn fn, void *user_data);

@@ -145,7 +145,8 @@ def daemon(request, tmp_path, test_ca, upstream, secrets, client_home):
             cmd += ["--resolve", r]
         cmd += ["--upstream-cacert", str(test_ca.ca_pem), "--log-level", "debug"]
         workers = os.environ.get("AVTEST_WORKERS")
-        if workers and not argv0 and "--workers" not in args:
+        if (workers and not argv0 and "--workers" not in args
+                and "\nworkers =" not in "\n" + (config or "")):
             # AVTEST_WORKERS=N runs every fixture daemon with N workers
             # (unset: the daemon's default, auto = one per CPU).
             cmd += ["--workers", workers]
