@@ -646,11 +646,12 @@ int av__ctx_start_workers(av_ctx *ctx)
     int rc = AV_OK;
     for (size_t i = 1; i < ctx->nworkers; i++) {
         av_ctx *w = ctx->workers[i - 1];
-        if (pthread_create(&w->wthread, NULL, worker_thread, w) != 0) {
-            rc = AV_ERR_NOMEM;
-            break;
+        if (rc == AV_OK && pthread_create(&w->wthread, NULL, worker_thread, w) == 0) {
+            w->wthread_started = 1;
+            continue;
         }
-        w->wthread_started = 1;
+        rc = AV_ERR_NOMEM;
+        atomic_store(&w->worker_done, 1); /* never ran: nothing to drain */
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     return rc;

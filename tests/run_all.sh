@@ -88,12 +88,12 @@ PYEOF
 }
 
 # The suites run again with one worker (OpenSSL build) and under
-# ThreadSanitizer with two: HTTP/1.1, HTTP/2, WebSocket, reload, drain,
-# tokens, audit and metrics, TLS resumption, gateways, workers.
+# ThreadSanitizer with two: HTTP/1.1, HTTP/2, WebSocket, reload (audit and
+# metrics, workers), drain (daemon, workers), tokens.
 WORKERS1_SUITES="test_proxy_basics.py test_h2.py test_websocket.py test_daemon.py test_token_scopes.py
-  test_audit_metrics.py test_workers.py"
+  test_audit_metrics.py"
 TSAN_SUITES="test_proxy_basics.py test_h2.py test_websocket.py test_daemon.py test_token_scopes.py
-  test_audit_metrics.py test_tls_resumption.py test_workers.py test_endings.py"
+  test_audit_metrics.py test_workers.py"
 
 # subset LABEL DIR JUNIT FILES... (environment from the caller): integration
 # test files against DIR's daemon.
