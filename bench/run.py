@@ -529,9 +529,16 @@ class Direct:
 class AgentVault:
     name = "agentvault"
     proxy_extra = []
+    # One event loop pinned to core 1 (the load client and the origins are
+    # on core 0): the figures every earlier run reported.
+    workers = 1
+    core = 1
 
     def binary(self):
         return AGENTVAULT_BIN
+
+    def conf_extra(self):
+        return [f"workers = {self.workers}"] if self.workers else []
 
     def __init__(self, rig, nhosts):
         wd = rig.wd
@@ -541,7 +548,7 @@ class AgentVault:
             raise RuntimeError(f"{binary} not built")
         state = f"{wd}/{self.name}-state"
         os.makedirs(state, mode=0o700, exist_ok=True)
-        lines = ["[proxy]", "unmatched = deny"] + self.proxy_extra + [
+        lines = ["[proxy]", "unmatched = deny"] + self.proxy_extra + self.conf_extra() + [
                  f"resolve = bench.test:443:127.0.0.1:{rig.origin_port}",
                  f"resolve = close.bench.test:443:127.0.0.1:{rig.renew_port}",
                  f"resolve = closenx.bench.test:443:127.0.0.1:{rig.close_port}",
@@ -563,7 +570,7 @@ class AgentVault:
             vg = (["valgrind", "--tool=callgrind", "--instr-atstart=no", "--vgdb=yes",
                    f"--callgrind-out-file={wd}/{self.name}.cg.%p"] if CALLGRIND else [])
             self.proc = spawn(
-                pin(1) + vg + [binary, "serve", "-c", conf, "--listen", f"127.0.0.1:{self.port}",
+                (pin(self.core) if self.core is not None else []) + vg + [binary, "serve", "-c", conf, "--listen", f"127.0.0.1:{self.port}",
                           "--state-dir", state, "--upstream-cacert", f"{wd}/origin-ca.pem",
                           "--log-level", "warn"],
                 env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -661,6 +668,7 @@ class Baseline(AgentVault):
     """The same daemon set-up with the --baseline binary: before/after
     figures for a change come from one run, as ratios to each other."""
     name = "baseline"
+    workers = None  # a build from before [proxy] workers: one loop, no key
 
     def binary(self):
         return BASELINE_BIN
@@ -673,8 +681,24 @@ class NoResume(AgentVault):
     proxy_extra = ["tls_resumption = off"]
 
 
+class Workers1(AgentVault):
+    """[proxy] workers = 1, not pinned: the scheduler may use both cores,
+    as for av-w2; the pair gives the scaling ratio (column w2/w1) from one
+    run. The load client and the origins stay pinned to core 0, so the
+    second worker shares that core with them (bench/README.md, "Workers")."""
+    name = "av-w1"
+    workers = 1
+    core = None
+
+
+class Workers2(Workers1):
+    """[proxy] workers = 2, not pinned."""
+    name = "av-w2"
+    workers = 2
+
+
 PROXIES = {"direct": Direct, "agentvault": AgentVault, "mitmproxy": Mitmproxy,
-           "baseline": Baseline, "noresume": NoResume}
+           "baseline": Baseline, "noresume": NoResume, "av-w1": Workers1, "av-w2": Workers2}
 
 
 def with_port_retry(start, attempts=3):
@@ -988,7 +1012,8 @@ def main():
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per measurement")
     ap.add_argument("--targets", default=None,
                     help="comma-separated (default direct,agentvault,mitmproxy, plus baseline "
-                         "with --baseline)")
+                         "with --baseline; also noresume, and av-w1,av-w2: workers = 1 and 2, "
+                         "unpinned, column w2/w1)")
     ap.add_argument("--callgrind", action="store_true",
                     help="run the agentvault targets under callgrind and report instructions per "
                          "operation (repeatable on a noisy machine; throughput is then meaningless)")
@@ -1158,6 +1183,9 @@ def main():
         ba = row.get("baseline")
         if isinstance(av, (int, float)) and isinstance(ba, (int, float)) and ba:
             row["av/base"] = av / ba
+        w1, w2 = row.get("av-w1"), row.get("av-w2")
+        if isinstance(w1, (int, float)) and isinstance(w2, (int, float)) and w1:
+            row["w2/w1"] = w2 / w1
         nr = row.get("noresume")
         if isinstance(av, (int, float)) and isinstance(nr, (int, float)) and nr:
             row["av/nores"] = av / nr
@@ -1170,7 +1198,8 @@ def main():
     cols = targets + (["av/mitm"] if "agentvault" in targets and "mitmproxy" in targets else []) \
         + (["av/direct"] if "agentvault" in targets and "direct" in targets else []) \
         + (["av/base"] if "agentvault" in targets and "baseline" in targets else []) \
-        + (["av/nores"] if "agentvault" in targets and "noresume" in targets else [])
+        + (["av/nores"] if "agentvault" in targets and "noresume" in targets else []) \
+        + (["w2/w1"] if "av-w1" in targets and "av-w2" in targets else [])
     hdr = f"{'scenario':10s} {'metric':22s}" + "".join(f"{c:>12s}" for c in cols)
     print(hdr)
     notes = []
@@ -1178,7 +1207,8 @@ def main():
         line = f"{row['scenario']:10s} {row['metric']:22s}"
         for c in cols:
             v = row.get(c)
-            line += f"{(fmt(v) + 'x') if c.startswith('av/') and v is not None else fmt(v):>12s}"
+            ratio = c.startswith("av/") or c == "w2/w1"
+            line += f"{(fmt(v) + 'x') if ratio and v is not None else fmt(v):>12s}"
         print(line)
         for n in row.get("notes", []):
             if n not in notes:

@@ -47,6 +47,7 @@ static const char usage_text[] =
     "                   [--log-level error|warn|info|debug] [--log-format text|json]\n"
     "                   [--log-output stderr|stdout]\n"
     "                   [--password-file FILE]   (the vault's master password)\n"
+    "                   [--workers N|auto]   (event-loop threads; default: [proxy] workers, else auto)\n"
     "  agentvault check -c FILE\n"
     "  agentvault ca pem [-c FILE] [--state-dir DIR]\n"
     "  agentvault run [--proxy URL] [--token TOKEN] [--no-proxy HOSTS] [--socks] [--keep-env NAMES] -- CMD [ARGS]\n"
@@ -117,6 +118,7 @@ static void log_line(void *ud, int level, const char *msg)
         p += w;
         o -= (int)w;
     }
+    funlockfile(stderr);
 }
 
 static void on_signal(int sig)
@@ -193,6 +195,7 @@ typedef struct opts {
     int nresolve;
     int log_level;
     const char *password_file; /* the vault's master password (serve) */
+    int workers;               /* --workers: 1..64, AV_WORKERS_AUTO; 0: not given */
 } opts;
 
 static const char *need_arg(int argc, char **argv, int *i)
@@ -229,6 +232,16 @@ static void parse_opts(int argc, char **argv, int start, opts *o, int allow_serv
             o->log_level = av_log_level_parse(v);
             if (o->log_level < 0)
                 die_usage("--log-level must be error, warn, info or debug (got '%s')", v);
+        } else if (allow_serve_opts && !strcmp(a, "--workers")) {
+            const char *v = need_arg(argc, argv, &i);
+            char *end = NULL;
+            long n = strtol(v, &end, 10);
+            if (!strcmp(v, "auto"))
+                o->workers = AV_WORKERS_AUTO;
+            else if (v[0] >= '0' && v[0] <= '9' && end && *end == '\0' && n >= 1 && n <= 64)
+                o->workers = (int)n;
+            else
+                die_usage("--workers must be a whole number in [1, 64] or auto (got '%s')", v);
         } else if (allow_serve_opts && !strcmp(a, "--log-format")) {
             const char *v = need_arg(argc, argv, &i);
             if (!strcmp(v, "json"))
@@ -288,6 +301,12 @@ static av_config *build_config(const opts *o, int *embedded_services, char *err,
             *code = 2;
             goto fail;
         }
+    /* The daemon runs one event loop per CPU unless told otherwise (the
+     * library's default is one). */
+    if (o->workers)
+        av_config_set_workers(cfg, o->workers);
+    else if (av_config_workers(cfg) == 0)
+        av_config_set_workers(cfg, AV_WORKERS_AUTO);
     if (o->cacert && av_config_set_upstream_cafile(cfg, o->cacert) != AV_OK) {
         snprintf(err, err_len, "--upstream-cacert: %s", av_config_error(cfg));
         *code = 2;

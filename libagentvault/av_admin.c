@@ -85,13 +85,23 @@ static void conn_agent_env(av_conn *c, int head_only)
 static void conn_metrics(av_conn *c, int head_only)
 {
     const av_env *env = c->env;
-    av_ca_stats st;
-    av__ca_stats(env->ca, &st);
-    av_metrics_gauges g = {*env->nconns, env->pool->nmux, env->pool->nidle, st.leaf_hits, st.leaf_misses,
-                           st.leaf_refused};
     av_buf b;
     av__buf_init(&b, 1 << 20);
-    av__metrics_prometheus(env->metrics, &g, &b);
+    if (env->metrics_text) {
+        env->metrics_text(env->ud, &b);
+    } else {
+        av_ca_stats st;
+        av__ca_stats(env->ca, &st);
+        av_metrics_gauges g;
+        memset(&g, 0, sizeof(g));
+        g.conns = *env->nconns;
+        g.upstream_h2 = env->pool->nmux;
+        g.upstream_idle = env->pool->nidle;
+        g.leaf_hits = st.leaf_hits;
+        g.leaf_misses = st.leaf_misses;
+        g.leaf_refused = st.leaf_refused;
+        av__metrics_prometheus(env->metrics, &g, &b);
+    }
     av__conn_respond_body(c, 200, "text/plain; version=0.0.4; charset=utf-8", (const char *)av__buf_head(&b), b.len,
                           head_only);
     av__buf_free(&b);

@@ -13,41 +13,60 @@
 
 void av__audit_init(av_audit *a)
 {
-    a->fd = -1;
+    atomic_init(&a->fd, -1);
+    a->file = -1;
+}
+
+/* Put |fd| (closed here) at the file's descriptor number. */
+static int audit_place(av_audit *a, int fd)
+{
+    if (a->file < 0) {
+        a->file = fd;
+        return 0;
+    }
+    int rc;
+    while ((rc = dup2(fd, a->file)) < 0 && errno == EINTR)
+        ;
+    close(fd);
+    return rc < 0 ? -1 : 0;
 }
 
 int av__audit_open(av_audit *a, const char *path, char *err, size_t err_len)
 {
     if (!path || strcmp(path, "stdout") == 0) {
-        /* a reload away from a file closes it */
-        av__audit_close(a);
-        a->fd = path ? 1 : -1;
+        /* a reload away from a file: writers go elsewhere, the file is let go */
+        atomic_store(&a->fd, path ? 1 : -1);
+        if (a->file >= 0) {
+            int null = open("/dev/null", O_WRONLY | O_CLOEXEC);
+            if (null >= 0)
+                audit_place(a, null);
+        }
         return AV_OK;
     }
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
+    if (fd < 0 || audit_place(a, fd) < 0) {
         if (err && err_len)
             snprintf(err, err_len, "cannot open audit log %s: %s", path, strerror(errno));
         return AV_ERR_IO;
     }
-    if (a->fd > 2)
-        close(a->fd);
-    a->fd = fd;
+    atomic_store(&a->fd, a->file);
     return AV_OK;
 }
 
 int av__audit_on(const av_audit *a)
 {
-    return a->fd >= 0;
+    return atomic_load_explicit(&a->fd, memory_order_relaxed) >= 0;
 }
 
 void av__audit_write(av_audit *a, const char *line, size_t len)
 {
-    if (a->fd < 0)
+    int fd = atomic_load_explicit(&a->fd, memory_order_relaxed);
+    if (fd < 0)
         return;
-    /* One write per record: O_APPEND keeps records whole. */
+    /* One write per record: O_APPEND keeps records whole, also when
+     * several workers write at once. */
     while (len > 0) {
-        ssize_t w = write(a->fd, line, len);
+        ssize_t w = write(fd, line, len);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
@@ -59,9 +78,10 @@ void av__audit_write(av_audit *a, const char *line, size_t len)
 
 void av__audit_close(av_audit *a)
 {
-    if (a->fd > 2)
-        close(a->fd);
-    a->fd = -1;
+    atomic_store(&a->fd, -1);
+    if (a->file >= 0)
+        close(a->file);
+    a->file = -1;
 }
 
 /* JSON string body of |in| (quotes added by the caller); control and

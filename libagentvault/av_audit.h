@@ -5,13 +5,21 @@
 #ifndef AV_AUDIT_H
 #define AV_AUDIT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <time.h>
 
 #include "av_log.h"
 
+/* Every worker writes records (one write(2) each, O_APPEND: whole lines);
+ * a reload reopens on one thread while the others write. The file keeps
+ * one descriptor number for the context's life (|file|: a new file is
+ * dup2()ed onto it, and turning the file off puts /dev/null there), so a
+ * writer that read |fd| just before a reopen never writes into a
+ * descriptor that was closed and reused. */
 typedef struct av_audit {
-    int fd; /* -1: off; 1: stdout; else the audit file */
+    _Atomic int fd; /* -1: off; 1: stdout; else |file| */
+    int file;       /* the audit file's descriptor, -1 until opened (reopening thread only) */
 } av_audit;
 
 /* Off until opened. */

@@ -17,6 +17,7 @@
 
 #include "av_buf.h"
 #include "av_enc.h"
+#include "av_limits.h"
 #include "av_mem.h"
 #include "av_url.h"
 
@@ -562,7 +563,7 @@ _Static_assert(sizeof(av_gateway_cfg) == 312, "av_gateway_cfg changed: update co
 _Static_assert(sizeof(av_resolve_cfg) == 32, "av_resolve_cfg changed: update config_clear, copy, dump");
 _Static_assert(sizeof(av_cidr) == 24, "av_cidr changed: update av__config_dump");
 _Static_assert(sizeof(av_authority) == 264, "av_authority changed: update av__config_dump");
-_Static_assert(sizeof(av_config) == 840, "av_config changed: update config_clear, copy, dump");
+_Static_assert(sizeof(av_config) == 848, "av_config changed: update config_clear, copy, dump");
 #endif
 
 /* dump_str appends |key|="value" with the value JSON-escaped (any byte
@@ -666,6 +667,7 @@ int av__config_dump(const av_config *c, av_buf *out)
     DS("tokens_file", c->tokens_file);
     DF("drain_delay=%.17g", c->drain_delay);
     DF("drain_timeout=%.17g", c->drain_timeout);
+    DF("workers=%d", c->workers);
     DF("nservices=%zu", c->nservices);
     for (size_t i = 0; i < c->nservices; i++) {
         const av_service *s = &c->services[i];
@@ -844,6 +846,23 @@ static int set_path(av_config *cfg, char **dst, const char *path, const char *wh
 AV_EXPORT int av_config_set_state_dir(av_config *cfg, const char *dir)
 {
     return set_path(cfg, cfg ? &cfg->state_dir : NULL, dir, "state directory");
+}
+
+AV_EXPORT int av_config_set_workers(av_config *cfg, int n)
+{
+    if (!cfg)
+        return AV_ERR_INVALID;
+    if (n != AV_WORKERS_AUTO && (n < 1 || n > AV_WORKERS_MAX)) {
+        av__config_set_error(cfg, "workers must be a whole number in [1, %d] or auto", AV_WORKERS_MAX);
+        return AV_ERR_INVALID;
+    }
+    cfg->workers = n;
+    return AV_OK;
+}
+
+AV_EXPORT int av_config_workers(const av_config *cfg)
+{
+    return cfg ? cfg->workers : 0;
 }
 
 /* av_config_add_resolve appends a "HOST:PORT:ADDR" override. Returns

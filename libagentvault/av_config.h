@@ -237,6 +237,7 @@ struct av_config {
     size_t ntokens;
     int token_store;       /* a token store exists: proxy auth is required even with no tokens left */
     int tls_resumption_off; /* [proxy] tls_resumption = off: no TLS session resumption, either side */
+    int workers;           /* [proxy] workers: 1..AV_WORKERS_MAX, AV_WORKERS_AUTO, 0: not set (one) */
     av_gateway_cfg *gateways;
     size_t ngateways;
     char *upstream_proxy;      /* parent proxy URL, "env" or "direct"; NULL: none */

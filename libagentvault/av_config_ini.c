@@ -8,6 +8,7 @@
  * which replaces the original only when the whole text is valid.
  */
 #include "av_config_int.h"
+#include "av_limits.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -333,6 +334,8 @@ static int set_decide_cmd(parser *p, const char *key, char **out, const char *v,
     return AV_OK;
 }
 
+/* [proxy] workers. */
+#define K_WORKERS (1ull << 40)
 /* [proxy] tls_resumption: a bit only [service] uses otherwise (seen bits
  * are per section). */
 enum { K_TLS_RESUME = K_METHODS };
@@ -401,6 +404,7 @@ static const key_def proxy_keys[] = {
     {"ca_cert", K_CA_CERT, 0}, {"ca_key", K_CA_KEY, 0}, {"tokens_file", K_TOKENS_FILE, 0},
     {"drain_delay", K_DRAIN_DELAY, 0}, {"drain_timeout", K_DRAIN_TIMEOUT, 0},
     {"decide_notify", K_DECIDE_NOTIFY, 0},
+    {"workers", K_WORKERS, 0},
 };
 
 /* set_timeout stores a number of seconds in (0, 86400]; the key is named
@@ -492,6 +496,18 @@ static int proxy_key(parser *p, const char *k, size_t kl, const char *v, size_t 
         return set_drain(p, "drain_timeout", 1, v, vl, &c->drain_timeout);
     case K_DECIDE_NOTIFY:
         return set_decide_cmd(p, "decide_notify", &c->decide_notify, v, vl);
+    case K_WORKERS: {
+        long n = 0;
+        if (word_eq(v, vl, "auto")) {
+            c->workers = AV_WORKERS_AUTO;
+            return AV_OK;
+        }
+        if (parse_uint(v, vl, 2, &n) != AV_OK || n < 1 || n > AV_WORKERS_MAX)
+            return perr(p, "workers must be a whole number in [1, %d] or auto (one event loop per CPU)",
+                        AV_WORKERS_MAX);
+        c->workers = (int)n;
+        return AV_OK;
+    }
     case K_MAX_CONNS:
         if (parse_uint(v, vl, 7, &c->max_connections) != AV_OK || c->max_connections < 1 ||
             c->max_connections > MAX_CONNECTIONS_MAX)

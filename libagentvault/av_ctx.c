@@ -1,12 +1,13 @@
 /* av_ctx.c - a running vault: creation (configuration snapshot, CA, TLS,
- * DNS, listeners, the pool and the environment connections get), reload,
- * shutdown and drain. Listening and accepting are in av_listen.c, the
- * embedding API in av_embed.c. */
+ * DNS, listeners, the pool and the environment connections get), worker
+ * threads, reload, shutdown and drain. Listening and accepting are in
+ * av_listen.c, the embedding API in av_embed.c. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -51,17 +52,31 @@ static int ctx_proxy_names(av_ctx *ctx)
     return AV_OK;
 }
 
+/* Have all workers finished their drain? (The primary ends last: a
+ * shorter shutdown must still reach the workers through it.) */
+static int workers_done(const av_ctx *ctx)
+{
+    for (size_t i = 1; i < ctx->nworkers; i++)
+        if (!atomic_load(&ctx->workers[i - 1]->worker_done))
+            return 0;
+    return 1;
+}
+
 static void ctx_check_done(av_ctx *ctx)
 {
-    if (ctx->draining && ctx->nconns == 0 && !ctx->done) {
+    if (ctx->draining && ctx->nconns == 0 && !ctx->done && workers_done(ctx)) {
         ctx->done = 1;
         av__timer_stop(ctx->drain_timer);
         av__timer_stop(ctx->accept_timer);
         av__timer_stop(ctx->report_timer);
         av__pool_cleanup(&ctx->pool);
         av__loop_break(ctx->loop);
-        if (ctx->done_fn)
+        if (ctx->primary) {
+            atomic_store(&ctx->worker_done, 1);
+            av__async_send(ctx->primary->wakeup);
+        } else if (ctx->done_fn) {
             ctx->done_fn(ctx->done_ud);
+        }
     }
 }
 
@@ -97,21 +112,71 @@ static void ctx_do_reload(av_ctx *ctx)
     if (rc != AV_OK)
         av__log(&ctx->log, AV_LOG_ERROR, "reload failed: %s; keeping the current configuration",
                 err[0] ? err : av_strerror(rc));
-    else
-        av__log(&ctx->log, AV_LOG_INFO, "configuration reloaded: %zu service(s), %zu token(s)",
-                ctx->cfg->nservices, ctx->cfg->ntokens);
+}
+
+/* "configuration reloaded" once every worker runs the new snapshot (tests
+ * and operators read the line as "new connections see it"). */
+static void ctx_reload_report(av_ctx *ctx)
+{
+    if (ctx->reload_said == ctx->reload_gen)
+        return;
+    for (size_t i = 1; i < ctx->nworkers; i++)
+        if (atomic_load(&ctx->workers[i - 1]->applied_gen) < ctx->reload_gen)
+            return;
+    ctx->reload_said = ctx->reload_gen;
+    av__log(&ctx->log, AV_LOG_INFO, "configuration reloaded: %zu service(s), %zu token(s)%s", ctx->cfg->nservices,
+            ctx->cfg->ntokens, ctx->nworkers > 1 ? " (every worker)" : "");
+}
+
+static void ctx_tls_resumption(av_ctx *ctx);
+
+/* A worker takes the snapshot core the primary handed it. */
+static void worker_take_snapshot(av_ctx *ctx)
+{
+    pthread_mutex_lock(&ctx->lock);
+    av_snap_core *core = ctx->pending;
+    unsigned long gen = ctx->pending_gen;
+    ctx->pending = NULL;
+    pthread_mutex_unlock(&ctx->lock);
+    if (!core)
+        return;
+    av_snap *s = NULL;
+    if (av__snap_from_core(ctx->loop, core, &s) != AV_OK) {
+        av__log(&ctx->log, AV_LOG_ERROR, "worker %d: reload: out of memory; it keeps the previous configuration",
+                ctx->worker_id);
+    } else {
+        av_snap *old = ctx->snap;
+        ctx->snap = s;
+        ctx->cfg = s->cfg;
+        ctx->pool.cfg = ctx->cfg;
+        ctx->pool.parents = s->parents;
+        av__snap_unref(old);
+        ctx_tls_resumption(ctx);
+    }
+    atomic_store(&ctx->applied_gen, gen);
+    av__async_send(ctx->primary->wakeup);
 }
 
 static void ctx_on_wakeup(void *ud)
 {
     av_ctx *ctx = ud;
-    if (ctx->reload_requested && !ctx->draining)
-        ctx_do_reload(ctx);
-    av__embed_run_cmds(ctx);
+    if (ctx->primary) {
+        worker_take_snapshot(ctx);
+    } else {
+        if (ctx->reload_requested && !ctx->draining)
+            ctx_do_reload(ctx);
+        ctx_reload_report(ctx);
+        av__embed_run_cmds(ctx);
+    }
     if (!ctx->shutdown_requested)
         return;
     double drain = (double)atomic_load(&ctx->drain_ms) / 1000.0;
+    /* The workers drain with the same deadline (a later, shorter shutdown
+     * shortens theirs too). */
+    for (size_t i = 1; i < ctx->nworkers; i++)
+        av_ctx_shutdown(ctx->workers[i - 1], drain);
     if (ctx->draining) {
+        ctx_check_done(ctx); /* a worker may have finished */
         /* A later, shorter shutdown shortens the drain under way. */
         double now = av__loop_now(ctx->loop);
         if (!ctx->done && now + drain < ctx->drain_deadline) {
@@ -130,8 +195,9 @@ static void ctx_on_wakeup(void *ud)
         av__listen_close(&ctx->listeners[i]);
     for (av_listener *l = ctx->api_listeners; l; l = l->next)
         av__listen_close(l);
-    av__log(&ctx->log, AV_LOG_INFO, "shutting down: %zu connection(s) to drain (deadline %.1fs)", ctx->nconns,
-            drain);
+    if (!ctx->primary)
+        av__log(&ctx->log, AV_LOG_INFO, "shutting down: %zu connection(s) to drain (deadline %.1fs)",
+                atomic_load(&ctx->conns_all), drain);
     av__upstream_pool_free(&ctx->pool);
     ctx->drain_deadline = av__loop_now(ctx->loop) + drain;
     av__timer_start(ctx->drain_timer, drain);
@@ -196,8 +262,24 @@ static int gateways_equal(const av_config *a, const av_config *b)
 static void ctx_tls_resumption(av_ctx *ctx)
 {
     int on = !ctx->cfg->tls_resumption_off;
+    if (ctx->primary) /* both contexts are the primary's, shared */
+        return;
     av__tls_server_ctx_resumption(ctx->tls_srv, on, &ctx->metrics.m_tls_resumed_agent);
     av__tls_client_ctx_resumption(ctx->tls_cli, on, &ctx->metrics.m_tls_resumed_upstream);
+}
+
+/* The number of workers [proxy] workers asks for: unset is 1 (one loop:
+ * the embedding default; the daemon sets auto), auto one per online CPU. */
+static size_t ctx_workers_wanted(const av_config *cfg)
+{
+    if (cfg->workers > 0)
+        return (size_t)cfg->workers;
+    if (cfg->workers == 0)
+        return 1;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        n = 1;
+    return n > AV_WORKERS_MAX ? AV_WORKERS_MAX : (size_t)n;
 }
 
 int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
@@ -220,6 +302,11 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
         av_config_free(cfg);
         return AV_ERR_CONFIG;
     }
+    if (ctx_workers_wanted(cfg) != ctx->nworkers) {
+        av__errf(err, err_len, "workers cannot change on reload (%zu running): restart instead", ctx->nworkers);
+        av_config_free(cfg);
+        return AV_ERR_CONFIG;
+    }
     av_snap *s = NULL;
     int rc = av__snap_new(ctx->loop, cfg, av__loop_now(ctx->loop), &s, err, err_len);
     if (rc)
@@ -232,6 +319,20 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     av__upstream_log_parents(&ctx->pool);
     av__snap_unref(old);
     ctx_tls_resumption(ctx);
+    /* Every worker gets the new snapshot's core; it makes its own snapshot
+     * around it on its loop, between requests as here. */
+    ctx->reload_gen++;
+    for (size_t i = 1; i < ctx->nworkers; i++) {
+        av_ctx *w = ctx->workers[i - 1];
+        av_snap_core *core = av__snap_core_ref(s);
+        pthread_mutex_lock(&w->lock);
+        av_snap_core *stale = w->pending;
+        w->pending = core;
+        w->pending_gen = ctx->reload_gen;
+        pthread_mutex_unlock(&w->lock);
+        av__snap_core_unref(stale);
+        av__async_send(w->wakeup);
+    }
     /* Reopen the audit log: rotation is "rename, then SIGHUP". */
     rc = ctx_open_audit(ctx, err, err_len);
     if (rc)
@@ -239,9 +340,55 @@ int av__ctx_reload(av_ctx *ctx, av_config *cfg, char *err, size_t err_len)
     return AV_OK;
 }
 
+static void ctx_publish_gauges(av_ctx *ctx)
+{
+    atomic_store_explicit(&ctx->g_nmux, ctx->pool.nmux, memory_order_relaxed);
+    atomic_store_explicit(&ctx->g_nidle, ctx->pool.nidle, memory_order_relaxed);
+}
+
 static void ctx_on_conn_gone(void *ud)
 {
-    ctx_check_done(ud);
+    av_ctx *ctx = ud;
+    av__listen_release(ctx);
+    ctx_publish_gauges(ctx);
+    ctx_check_done(ctx);
+}
+
+/* GET /metrics on any worker: every worker's counters summed, the pool
+ * gauges as each worker last published them (its own: now). */
+static void ctx_metrics_text(void *ud, av_buf *b)
+{
+    av_ctx *ctx = ud;
+    av_ctx *root = ctx->primary ? ctx->primary : ctx;
+    ctx_publish_gauges(ctx);
+    av_metrics *sum = av__calloc(1, sizeof(*sum));
+    unsigned long long *per = av__calloc(root->nworkers, sizeof(*per));
+    if (!sum || !per) {
+        av__free(sum);
+        av__free(per);
+        return;
+    }
+    av_metrics_gauges g;
+    memset(&g, 0, sizeof(g));
+    for (size_t i = 0; i < root->nworkers; i++) {
+        av_ctx *w = i == 0 ? root : root->workers[i - 1];
+        av__metrics_add(sum, &w->metrics);
+        g.upstream_h2 += atomic_load_explicit(&w->g_nmux, memory_order_relaxed);
+        g.upstream_idle += atomic_load_explicit(&w->g_nidle, memory_order_relaxed);
+        per[i] = atomic_load_explicit(&w->accepted, memory_order_relaxed);
+    }
+    av_ca_stats st;
+    av__ca_stats(ctx->ca, &st);
+    g.conns = atomic_load(&root->conns_all);
+    g.leaf_hits = st.leaf_hits;
+    g.leaf_misses = st.leaf_misses;
+    g.leaf_refused = st.leaf_refused;
+    g.nworkers = root->nworkers;
+    g.worker_conns = per;
+    av__metrics_prometheus(sum, &g, b);
+    av__metrics_cleanup(sum);
+    av__free(sum);
+    av__free(per);
 }
 
 /* The environment connections get (av_env.h): pointers into the context,
@@ -250,17 +397,19 @@ static void ctx_fill_env(av_ctx *ctx)
 {
     av_env *e = &ctx->env;
     e->loop = ctx->loop;
-    e->log = &ctx->log;
+    av_ctx *root = ctx->primary ? ctx->primary : ctx;
+    e->log = &root->log;
     e->ca = ctx->ca;
     e->tls_srv = ctx->tls_srv;
     e->proxy_names = ctx->proxy_names;
     e->pool = &ctx->pool;
     e->metrics = &ctx->metrics;
-    e->audit = &ctx->audit;
-    e->decide = ctx->decide;
+    e->audit = &root->audit;
+    e->metrics_text = ctx_metrics_text;
+    e->decide = root->decide; /* one registry for every worker */
     e->snap_cur = &ctx->snap;
     e->draining = &ctx->draining;
-    e->unhealthy = &ctx->unhealthy;
+    e->unhealthy = &root->unhealthy;
     e->conns = &ctx->conns;
     e->nconns = &ctx->nconns;
     e->on_conn_gone = ctx_on_conn_gone;
@@ -322,6 +471,95 @@ static int ctx_open_ca(av_ctx *ctx, char *err, size_t err_len)
     return rc == AV_ERR_NOMEM || rc == AV_ERR_CA ? rc : rc ? AV_ERR_CONFIG : AV_OK;
 }
 
+static void ctx_init_pool(av_ctx *ctx)
+{
+    ctx->pool.loop = ctx->loop;
+    ctx->pool.log = &ctx->log;
+    ctx->pool.dns = ctx->dns;
+    ctx->pool.tls_cli = ctx->tls_cli;
+    ctx->pool.cfg = ctx->cfg;
+    ctx->pool.parents = ctx->snap->parents;
+    ctx->pool.metrics = &ctx->metrics;
+    ctx->pool.is_own_listener = av__listen_is_own;
+    ctx->pool.ud = ctx;
+}
+
+/* What the primary and the workers make alike once their snapshot is
+ * there: the environment, the wake-up and the timers. */
+static int ctx_init_loop_side(av_ctx *ctx)
+{
+    ctx_fill_env(ctx);
+    ctx->wakeup = av__async_new(ctx->loop, ctx_on_wakeup, ctx);
+    ctx->drain_timer = av__timer_new(ctx->loop, ctx_on_drain_timeout, ctx);
+    if (!ctx->wakeup || !ctx->drain_timer || av__listen_init_timers(ctx) != AV_OK)
+        return AV_ERR_NOMEM;
+    return AV_OK;
+}
+
+/* worker_new makes worker |id| of |p| (see av_ctx_internal.h): its own
+ * loop, DNS channel, snapshot around the primary's
+ * core and listeners on the addresses the primary bound (port 0 resolved),
+ * SO_REUSEPORT. Its thread starts with av_ctx_run or av_ctx_start. */
+static int worker_new(av_ctx *p, int id, av_ctx **out, char *err, size_t err_len)
+{
+    *out = NULL;
+    av_ctx *w = av__calloc(1, sizeof(*w));
+    if (!w)
+        return AV_ERR_NOMEM;
+    av__audit_init(&w->audit); /* unused: the primary's is written */
+    pthread_mutex_init(&w->lock, NULL);
+    w->primary = p;
+    w->worker_id = id;
+    w->nworkers = 1;
+    w->conns_shared = &p->conns_all;
+    w->nofile = p->nofile;
+    w->auto_max_conns = p->auto_max_conns;
+    w->reuseport = 1;
+    w->log = p->log;
+    w->ca = p->ca;
+    w->tls_srv = p->tls_srv;
+    w->proxy_names = p->proxy_names;
+    int rc = AV_ERR_NOMEM;
+    w->loop = av__loop_new();
+    if (!w->loop)
+        goto fail;
+    w->tls_cli = p->tls_cli;
+    rc = av__dns_new(&w->dns, w->loop, p->cfg->connect_timeout);
+    if (rc) {
+        av__errf(err, err_len, "cannot initialise the DNS resolver");
+        goto fail;
+    }
+    rc = av__snap_from_core(w->loop, av__snap_core_ref(p->snap), &w->snap);
+    if (rc)
+        goto fail;
+    w->cfg = w->snap->cfg;
+    ctx_tls_resumption(w);
+    ctx_init_pool(w);
+    w->listeners = av__calloc(p->nlisteners + 1, sizeof(*w->listeners));
+    if (!w->listeners) {
+        rc = AV_ERR_NOMEM;
+        goto fail;
+    }
+    w->nproxy_listeners = p->nproxy_listeners;
+    for (size_t i = 0; i < p->nlisteners; i++) {
+        const av_listener *pl = &p->listeners[i];
+        char spec[96];
+        snprintf(spec, sizeof(spec), pl->addr.ss_family == AF_INET6 ? "[%s]:%d" : "%s:%d", pl->host, pl->port);
+        w->nlisteners = i + 1;
+        rc = av__listen_bind(w, &w->listeners[i], spec, pl->gw, 1, err, err_len);
+        if (rc)
+            goto fail;
+    }
+    rc = ctx_init_loop_side(w);
+    if (rc)
+        goto fail;
+    *out = w;
+    return AV_OK;
+fail:
+    av_ctx_free(w);
+    return rc;
+}
+
 static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char *err, size_t err_len)
 {
     if (err && err_len)
@@ -334,6 +572,8 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
         return AV_ERR_NOMEM;
     av__audit_init(&ctx->audit);
     pthread_mutex_init(&ctx->lock, NULL);
+    ctx->conns_shared = &ctx->conns_all;
+    ctx->nworkers = 1;
     int rc = AV_ERR_NOMEM;
     ctx->cfg = av__config_copy(cfg_in);
     if (!ctx->cfg)
@@ -348,6 +588,14 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
         rc = AV_ERR_CONFIG;
         goto fail;
     }
+    size_t nworkers = ctx_workers_wanted(ctx->cfg);
+    if (nworkers > 1 && host_loop) {
+        av__errf(err, err_len, "workers = %zu: a context on the host's loop runs one worker (set workers = 1)",
+                 nworkers);
+        rc = AV_ERR_CONFIG;
+        goto fail;
+    }
+    ctx->reuseport = nworkers > 1;
     av__listen_init_limits(ctx);
     ctx->loop = host_loop ? av__loop_wrap(host_loop) : av__loop_new();
     if (!ctx->loop)
@@ -378,15 +626,7 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     if (rc)
         goto fail;
     ctx_tls_resumption(ctx);
-    ctx->pool.loop = ctx->loop;
-    ctx->pool.log = &ctx->log;
-    ctx->pool.dns = ctx->dns;
-    ctx->pool.tls_cli = ctx->tls_cli;
-    ctx->pool.cfg = ctx->cfg;
-    ctx->pool.parents = ctx->snap->parents;
-    ctx->pool.metrics = &ctx->metrics;
-    ctx->pool.is_own_listener = av__listen_is_own;
-    ctx->pool.ud = ctx;
+    ctx_init_pool(ctx);
     /* Listeners: the proxy's (none for a purely embedded context), then
      * one per [gateway]. */
     ctx->listeners = av__calloc(ctx->cfg->nlisten + ctx->cfg->ngateways + 1, sizeof(*ctx->listeners));
@@ -423,14 +663,23 @@ static int ctx_new(av_ctx **out, const av_config *cfg_in, void *host_loop, char 
     rc = av__decide_new(&ctx->decide);
     if (rc)
         goto fail;
-    ctx_fill_env(ctx);
-    ctx->wakeup = av__async_new(ctx->loop, ctx_on_wakeup, ctx);
-    ctx->drain_timer = av__timer_new(ctx->loop, ctx_on_drain_timeout, ctx);
-    if (!ctx->wakeup || !ctx->drain_timer || av__listen_init_timers(ctx) != AV_OK) {
-        rc = AV_ERR_NOMEM;
+    rc = ctx_init_loop_side(ctx);
+    if (rc)
         goto fail;
-    }
     ctx->log.max_level = AV_LOG_INFO;
+    if (nworkers > 1) {
+        ctx->workers = av__calloc(nworkers - 1, sizeof(*ctx->workers));
+        if (!ctx->workers) {
+            rc = AV_ERR_NOMEM;
+            goto fail;
+        }
+        for (size_t i = 1; i < nworkers; i++) {
+            rc = worker_new(ctx, (int)i, &ctx->workers[i - 1], err, err_len);
+            if (rc)
+                goto fail;
+            ctx->nworkers = i + 1;
+        }
+    }
     *out = ctx;
     return AV_OK;
 fail:
@@ -438,6 +687,47 @@ fail:
         snprintf(err, err_len, "%s", av_strerror(rc));
     av_ctx_free(ctx);
     return rc;
+}
+
+static void *worker_thread(void *arg)
+{
+    av_ctx *w = arg;
+    av__loop_run(w->loop);
+    return NULL;
+}
+
+int av__ctx_start_workers(av_ctx *ctx)
+{
+    /* Worker threads take no signals: the process's handlers run on the
+     * threads the host (the daemon) set up, and reach the workers
+     * through the primary. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int rc = AV_OK;
+    for (size_t i = 1; i < ctx->nworkers; i++) {
+        av_ctx *w = ctx->workers[i - 1];
+        if (rc == AV_OK && pthread_create(&w->wthread, NULL, worker_thread, w) == 0) {
+            w->wthread_started = 1;
+            continue;
+        }
+        rc = AV_ERR_NOMEM;
+        atomic_store(&w->worker_done, 1); /* never ran: nothing to drain */
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return rc;
+}
+
+void av__ctx_join_workers(av_ctx *ctx)
+{
+    for (size_t i = 1; i < ctx->nworkers; i++) {
+        av_ctx *w = ctx->workers[i - 1];
+        if (!w->wthread_started)
+            continue;
+        av_ctx_shutdown(w, 0); /* a no-op when its drain is over */
+        pthread_join(w->wthread, NULL);
+        w->wthread_started = 0;
+    }
 }
 
 AV_EXPORT int av_ctx_new(av_ctx **out, const av_config *cfg, char *err, size_t err_len)
@@ -466,6 +756,12 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
         pthread_join(ctx->thread, NULL);
         ctx->thread_started = 0;
     }
+    av__ctx_join_workers(ctx);
+    for (size_t i = 1; i < ctx->nworkers; i++)
+        av_ctx_free(ctx->workers[i - 1]);
+    av__free(ctx->workers);
+    ctx->workers = NULL;
+    ctx->nworkers = 1;
     while (ctx->conns)
         av__conn_destroy(ctx->conns);
     av__pool_cleanup(&ctx->pool);
@@ -473,7 +769,7 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
         av__listen_close(&ctx->listeners[i]);
     av__free(ctx->listeners);
     av__embed_free(ctx);
-    if (ctx->proxy_names) {
+    if (ctx->proxy_names && !ctx->primary) {
         for (size_t i = 0; ctx->proxy_names[i]; i++)
             av__free((void *)ctx->proxy_names[i]);
         av__free(ctx->proxy_names);
@@ -487,9 +783,12 @@ AV_EXPORT void av_ctx_free(av_ctx *ctx)
     av__timer_free(ctx->report_timer);
     av__dns_free(ctx->dns);
     av__snap_unref(ctx->snap);
-    av__tls_client_ctx_free(ctx->tls_cli);
-    av__tls_server_ctx_free(ctx->tls_srv);
-    av__ca_free(ctx->ca);
+    av__snap_core_unref(ctx->pending);
+    if (!ctx->primary) { /* a worker's are the primary's */
+        av__tls_client_ctx_free(ctx->tls_cli);
+        av__tls_server_ctx_free(ctx->tls_srv);
+        av__ca_free(ctx->ca);
+    }
     av__loop_free(ctx->loop);
     if (!ctx->snap)
         av_config_free(ctx->cfg); /* never handed to a snapshot */
@@ -504,6 +803,8 @@ AV_EXPORT void av_ctx_set_log(av_ctx *ctx, av_log_fn fn, void *user_data, int ma
     ctx->log.fn = fn;
     ctx->log.user_data = user_data;
     ctx->log.max_level = max_level;
+    for (size_t i = 1; i < ctx->nworkers; i++) /* before their threads start */
+        ctx->workers[i - 1]->log = ctx->log;
 }
 
 AV_EXPORT int av_ctx_listen_port(const av_ctx *ctx, size_t i)
@@ -529,7 +830,12 @@ AV_EXPORT int av_ctx_run(av_ctx *ctx)
         return AV_ERR_STATE;
     ctx->running = 1;
     av__listen_log_limits(ctx);
+    if (av__ctx_start_workers(ctx) != AV_OK) {
+        av__log(&ctx->log, AV_LOG_ERROR, "cannot start the worker threads");
+        av_ctx_shutdown(ctx, 0);
+    }
     av__loop_run(ctx->loop); /* a pending shutdown ends it at once */
+    av__ctx_join_workers(ctx);
     ctx->running = 0;
     return AV_OK;
 }

@@ -51,6 +51,17 @@ typedef struct av_cmd {
     av_gw *gw;
 } av_cmd;
 
+/* Workers ([proxy] workers; docs/ARCHITECTURE.md, "Workers"). The context
+ * is worker 0 and runs on the thread of av_ctx_run (or av_ctx_start's);
+ * workers 1..n-1 are av_ctx records of their own (|primary| set), each
+ * with its thread and loop, its listeners (SO_REUSEPORT on the same
+ * addresses), connections, upstream pool and HTTP/2 muxes, DNS channel,
+ * snapshot (around the shared core: av_snap.h), counters and timers. They
+ * share the primary's CA (leaf cache under its lock), TLS server context
+ * (ticket keys, under a lock), TLS client context (origin sessions, under
+ * a lock), audit log, logger, proxy names, gateway records and connection
+ * count. Signals, reload and the embedding API go to the primary, which
+ * hands reloads and shutdowns on to the workers (their wake-up: av_async). */
 struct av_ctx {
     av_config *cfg;
     av_decide *decide;        /* held requests, remembered rules (av_decide.h) */
@@ -106,6 +117,11 @@ struct av_ctx {
     /* Accepting (av_listen.c): the cap, the descriptor-limit back-off and
      * their rate-limited reports (SECURITY.md 16). */
     size_t auto_max_conns;    /* the cap when max_connections is not set */
+    atomic_size_t conns_all;  /* primary: connections of every worker, against the cap */
+    atomic_size_t *conns_shared; /* &primary->conns_all */
+    atomic_ullong accepted;   /* connections this worker took (/metrics, per worker) */
+    atomic_size_t g_nmux, g_nidle; /* this worker's pool gauges, for /metrics on another */
+    int reuseport;            /* bind listeners with SO_REUSEPORT (workers > 1) */
     unsigned long long nofile; /* the open-files limit at creation */
     av_timer *accept_timer;   /* ends an accept pause */
     double accept_pause;      /* the current back-off in seconds; 0: none */
@@ -116,6 +132,19 @@ struct av_ctx {
         unsigned long long n; /* events since then */
         int err;              /* the last errno (descriptor reports) */
     } rep_cap, rep_fd;
+    /* Workers (see above). */
+    struct av_ctx *primary;   /* a worker: the context it works for; NULL: this is the context */
+    struct av_ctx **workers;  /* primary: workers 1..nworkers-1 */
+    size_t nworkers;          /* primary: 1 + the worker threads */
+    int worker_id;
+    pthread_t wthread;
+    int wthread_started;
+    av_snap_core *pending;    /* worker: the next reload's snapshot core (under |lock|) */
+    unsigned long pending_gen;
+    atomic_ulong applied_gen; /* worker: the reload its snapshot is from */
+    atomic_int worker_done;   /* worker: its drain is over */
+    unsigned long reload_gen; /* primary: reloads made ... */
+    unsigned long reload_said; /* ... and reported once every worker runs them */
 };
 
 /* av_ctx.c: count an exchange for /metrics (av__metrics_count_exchange). */
@@ -165,7 +194,18 @@ void av__embed_run_cmds(av_ctx *ctx);
 void av__embed_free(av_ctx *ctx);
 
 
+/* av_ctx.c: start the worker threads (av_ctx_run, av_ctx_start), and
+ * wait for them once the primary's loop is over. */
+int av__ctx_start_workers(av_ctx *ctx);
+void av__ctx_join_workers(av_ctx *ctx);
+
 /* av_ctx.c: called when a connection goes away during a drain. */
 void av__ctx_conn_gone(av_ctx *ctx);
+
+/* av_listen.c: take one connection from the cap shared by the workers: 0,
+ * or -1 when over it (counted and reported); release with
+ * av__listen_release (av_ctx.c does for every connection freed). */
+int av__listen_reserve(av_ctx *ctx);
+void av__listen_release(av_ctx *ctx);
 
 #endif

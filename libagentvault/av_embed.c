@@ -119,12 +119,12 @@ void av__embed_run_cmds(av_ctx *ctx)
         struct sockaddr_un peer;
         memset(&peer, 0, sizeof(peer));
         peer.sun_family = AF_UNIX;
-        if (ctx->nconns >= av__listen_max_conns(ctx)) {
-            av__listen_over_cap(ctx);
+        if (av__listen_reserve(ctx) != 0) {
             cmd_discard(cmd); /* the caller's end reads EOF */
             continue;
         }
         if (av__conn_accept(&ctx->env, cmd->fd, (struct sockaddr *)&peer, sizeof(peer), cmd->gw) != AV_OK) {
+            av__listen_release(ctx);
             cmd_discard(cmd);
             continue;
         }
@@ -272,9 +272,14 @@ static void *ctx_thread(void *arg)
     av_ctx *ctx = arg;
     ctx->running = 1;
     av__listen_log_limits(ctx);
+    if (av__ctx_start_workers(ctx) != AV_OK) {
+        av__log(&ctx->log, AV_LOG_ERROR, "cannot start the worker threads");
+        av_ctx_shutdown(ctx, 0);
+    }
     /* Always run: a shutdown asked for before the loop started is a
      * pending wake-up that drains, calls the done function and ends it. */
     av__loop_run(ctx->loop);
+    av__ctx_join_workers(ctx);
     ctx->running = 0;
     return NULL;
 }

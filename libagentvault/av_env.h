@@ -64,6 +64,9 @@ typedef struct av_env {
     struct av_conn **conns;         /* the context's connections (a list the conn code keeps) */
     size_t *nconns;
     void (*on_conn_gone)(void *ud); /* a connection was freed */
+    /* GET /metrics: the Prometheus text of every worker (NULL: of
+     * |metrics| and this environment's gauges alone). */
+    void (*metrics_text)(void *ud, av_buf *b);
     void *ud;
     /* The wall clock (CLOCK_REALTIME): token expiry, audit timestamps. */
     void (*now)(void *clock_ud, struct timespec *ts);

@@ -568,6 +568,12 @@ int av__x_inject(av_exchange *x)
                 return -1;
             }
             x->snap->mint_free = av__mint_free;
+            /* one mint for every worker of this snapshot (av_mint.h) */
+            void *sh = av__snap_mint_share(x->snap, av__mint_share_new, av__mint_share_free);
+            if (!sh || av__mint_join(x->snap->mint, sh) != AV_OK) {
+                av__x_respond(x, 500, "out of memory while minting the credential", 0);
+                return -1;
+            }
         }
         rc = av__mint_get_async(x->snap->mint, env->pool, (size_t)(svc - x->snap->cfg->services), &secret, why,
                                 sizeof(why), x_mint_ready, x, &x->mwait);

@@ -10,6 +10,9 @@
  * by default derived from the open-files limit and at most
  * AV_MAX_CONNS_DEFAULT. */
 #define AV_MAX_CONNS_DEFAULT 16384
+
+/* [proxy] workers: at most this many event-loop threads. */
+#define AV_WORKERS_MAX 64
 #define ACCEPT_PAUSE_MIN 0.05 /* seconds; doubles while accept keeps failing */
 #define ACCEPT_PAUSE_MAX 1.0
 #define REPORT_INTERVAL 1.0   /* at most one message a second per kind */

@@ -175,12 +175,21 @@ void av__listen_over_cap(av_ctx *ctx)
     report_event(ctx, &ctx->rep_cap);
 }
 
-static void accept_refuse(av_ctx *ctx, int fd)
+int av__listen_reserve(av_ctx *ctx)
 {
-    close(fd);
-    if (ctx->draining)
-        return;
+    /* Every worker takes from one count: add first, then look, so two
+     * workers cannot both take the last place. */
+    size_t n = atomic_fetch_add(ctx->conns_shared, 1);
+    if (n < av__listen_max_conns(ctx))
+        return 0;
+    atomic_fetch_sub(ctx->conns_shared, 1);
     av__listen_over_cap(ctx);
+    return -1;
+}
+
+void av__listen_release(av_ctx *ctx)
+{
+    atomic_fetch_sub(ctx->conns_shared, 1);
 }
 
 static void ctx_on_accept(void *ud, int revents)
@@ -200,14 +209,17 @@ static void ctx_on_accept(void *ud, int revents)
             return;
         }
         ctx->accept_pause = 0;
-        if (ctx->nconns >= av__listen_max_conns(ctx) || ctx->draining) {
-            accept_refuse(ctx, fd);
+        if (ctx->draining || av__listen_reserve(ctx) != 0) {
+            close(fd);
             continue;
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-        if (av__conn_accept(&ctx->env, fd, (struct sockaddr *)&peer, plen, l->gw) != AV_OK)
+        atomic_fetch_add_explicit(&ctx->accepted, 1, memory_order_relaxed);
+        if (av__conn_accept(&ctx->env, fd, (struct sockaddr *)&peer, plen, l->gw) != AV_OK) {
+            av__listen_release(ctx);
             close(fd);
+        }
     }
 }
 
@@ -230,6 +242,13 @@ int av__listen_bind(av_ctx *ctx, av_listener *l, const char *spec, av_gw *gw, in
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    /* Workers: one listener each on the same address, the kernel spreads
+     * connections over them (by their addresses and ports). */
+    if (ctx->reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        av__errf(err, err_len, "cannot listen on %s: SO_REUSEPORT: %s", spec, strerror(errno));
+        close(fd);
+        return AV_ERR_IO;
+    }
     if (l->addr.ss_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&l->addr, l->addr_len) < 0 || listen(fd, 1024) < 0) {
@@ -319,8 +338,8 @@ int av__listen_is_own(void *ud, const struct sockaddr *sa)
 /* Once the loop starts (the log handler is set by then). */
 void av__listen_log_limits(av_ctx *ctx)
 {
-    av__log(&ctx->log, AV_LOG_INFO, "accepting up to %zu connection(s) (%s; open-files limit %llu)",
+    av__log(&ctx->log, AV_LOG_INFO, "accepting up to %zu connection(s) (%s; open-files limit %llu); %zu worker(s)",
             av__listen_max_conns(ctx), ctx->cfg->max_connections > 0 ? "[proxy] max_connections" : "default",
-            ctx->nofile);
+            ctx->nofile, ctx->nworkers);
     av__upstream_log_parents(&ctx->pool);
 }

@@ -1,44 +1,72 @@
 /* av_metrics.c - the counters behind /metrics (see av_metrics.h). */
 #include "av_metrics.h"
 
+#include <sched.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "av_buf.h"
 #include "av_mem.h"
 
-void av__metrics_count_exchange(av_metrics *m, const char *svc, int status)
+/* The table lock: held for a few instructions (adding a row, or another
+ * worker reading the rows), never across I/O. */
+static void tables_lock(av_metrics *m)
+{
+    while (atomic_exchange_explicit(&m->tlock, 1, memory_order_acquire))
+        sched_yield();
+}
+
+static void tables_unlock(av_metrics *m)
+{
+    atomic_store_explicit(&m->tlock, 0, memory_order_release);
+}
+
+/* Add |n| to the row for (|svc|, |status|). The owner reads its own rows
+ * without the lock (it is their only writer). */
+static void count_exchange_n(av_metrics *m, const char *svc, int status, unsigned long long n)
 {
     if (!svc)
         svc = "";
     for (size_t i = 0; i < m->nmx; i++)
         if (m->mx[i].status == status && strcmp(m->mx[i].svc, svc) == 0) {
-            m->mx[i].n++;
+            m->mx[i].n += n;
             return;
         }
     if (m->nmx >= 4096)
         return; /* bounded: statuses are 100..999, services are configured */
+    tables_lock(m);
     if (m->nmx == m->capmx) {
         size_t cap = m->capmx ? m->capmx * 2 : 32;
-        av_metric_x *n = av__realloc(m->mx, cap * sizeof(*n));
-        if (!n)
+        av_metric_x *nx = av__realloc(m->mx, cap * sizeof(*nx));
+        if (!nx) {
+            tables_unlock(m);
             return;
-        m->mx = n;
+        }
+        m->mx = nx;
         m->capmx = cap;
     }
     snprintf(m->mx[m->nmx].svc, sizeof(m->mx[m->nmx].svc), "%s", svc);
     m->mx[m->nmx].status = status;
-    m->mx[m->nmx].n = 1;
+    atomic_init(&m->mx[m->nmx].n, n);
     m->nmx++;
+    tables_unlock(m);
 }
 
-void av__metrics_count_parent(av_metrics *m, const char *parent, int failed)
+void av__metrics_count_exchange(av_metrics *m, const char *svc, int status)
+{
+    count_exchange_n(m, svc, status, 1);
+}
+
+/* The row for |parent| (added when new), under the rules of
+ * av__metrics_count_parent. */
+static av_metric_parent *parent_row(av_metrics *m, const char *parent)
 {
     size_t i;
     for (i = 0; i < m->m_nparents; i++)
         if (strcmp(m->m_parents[i].parent, parent) == 0)
             break;
     if (i == m->m_nparents) {
+        tables_lock(m);
         if (m->m_nparents == AV_METRICS_PARENTS) {
             i = AV_METRICS_PARENTS - 1; /* bounded: the last row becomes "other" */
             snprintf(m->m_parents[i].parent, sizeof(m->m_parents[i].parent), "other");
@@ -46,20 +74,28 @@ void av__metrics_count_parent(av_metrics *m, const char *parent, int failed)
             snprintf(m->m_parents[i].parent, sizeof(m->m_parents[i].parent), "%s", parent);
             m->m_nparents++;
         }
+        tables_unlock(m);
     }
-    if (failed)
-        m->m_parents[i].failures++;
-    else
-        m->m_parents[i].connects++;
+    return &m->m_parents[i];
 }
 
-void av__metrics_count_mint(av_metrics *m, const char *svc, int failed)
+void av__metrics_count_parent(av_metrics *m, const char *parent, int failed)
+{
+    av_metric_parent *r = parent_row(m, parent);
+    if (failed)
+        r->failures++;
+    else
+        r->connects++;
+}
+
+static av_metric_mint *mint_row(av_metrics *m, const char *svc)
 {
     size_t i;
     for (i = 0; i < m->m_nmints; i++)
         if (strcmp(m->m_mints[i].svc, svc) == 0)
             break;
     if (i == m->m_nmints) {
+        tables_lock(m);
         if (m->m_nmints == AV_METRICS_MINTS) {
             i = AV_METRICS_MINTS - 1; /* bounded: the last row becomes "other" */
             snprintf(m->m_mints[i].svc, sizeof(m->m_mints[i].svc), "other");
@@ -67,11 +103,57 @@ void av__metrics_count_mint(av_metrics *m, const char *svc, int failed)
             snprintf(m->m_mints[i].svc, sizeof(m->m_mints[i].svc), "%s", svc);
             m->m_nmints++;
         }
+        tables_unlock(m);
     }
+    return &m->m_mints[i];
+}
+
+void av__metrics_count_mint(av_metrics *m, const char *svc, int failed)
+{
+    av_metric_mint *r = mint_row(m, svc);
     if (failed)
-        m->m_mints[i].failures++;
+        r->failures++;
     else
-        m->m_mints[i].mints++;
+        r->mints++;
+}
+
+void av__metrics_add(av_metrics *dst, av_metrics *src)
+{
+#define ADD(f) dst->f += atomic_load_explicit(&src->f, memory_order_relaxed)
+    ADD(exchanges);
+    ADD(m_injected);
+    ADD(m_redacted);
+    ADD(m_tls_agent);
+    ADD(m_tls_upstream);
+    ADD(m_conns_total);
+    ADD(m_limit_rate);
+    ADD(m_limit_scope);
+    ADD(m_limit_h2);
+    ADD(m_limit_head);
+    ADD(m_limit_conns);
+    ADD(m_limit_fds);
+    ADD(m_limit_held);
+    ADD(m_limit_decide_progs);
+    ADD(m_tls_resumed_agent);
+    ADD(m_tls_resumed_upstream);
+    for (int e = 0; e < AV_END_COUNT; e++)
+        ADD(m_ends[e]);
+#undef ADD
+    tables_lock(src);
+    for (size_t i = 0; i < src->nmx; i++)
+        count_exchange_n(dst, src->mx[i].svc, src->mx[i].status,
+                         atomic_load_explicit(&src->mx[i].n, memory_order_relaxed));
+    for (size_t i = 0; i < src->m_nparents; i++) {
+        av_metric_parent *r = parent_row(dst, src->m_parents[i].parent);
+        r->connects += atomic_load_explicit(&src->m_parents[i].connects, memory_order_relaxed);
+        r->failures += atomic_load_explicit(&src->m_parents[i].failures, memory_order_relaxed);
+    }
+    for (size_t i = 0; i < src->m_nmints; i++) {
+        av_metric_mint *r = mint_row(dst, src->m_mints[i].svc);
+        r->mints += atomic_load_explicit(&src->m_mints[i].mints, memory_order_relaxed);
+        r->failures += atomic_load_explicit(&src->m_mints[i].failures, memory_order_relaxed);
+    }
+    tables_unlock(src);
 }
 
 void av__metrics_cleanup(av_metrics *m)
@@ -143,6 +225,13 @@ void av__metrics_prometheus(const av_metrics *m, const av_metrics_gauges *g, av_
     for (size_t i = 0; i < m->m_nmints; i++)
         av__buf_appendf(b, "agentvault_token_mint_failures_total{service=\"%s\"} %llu\n", m->m_mints[i].svc,
                         m->m_mints[i].failures);
+    if (g->nworkers) {
+        av__buf_append_str(b, "# HELP agentvault_worker_connections_total Connections each worker accepted.\n"
+                              "# TYPE agentvault_worker_connections_total counter\n");
+        for (size_t i = 0; i < g->nworkers; i++)
+            av__buf_appendf(b, "agentvault_worker_connections_total{worker=\"%zu\"} %llu\n", i,
+                            g->worker_conns[i]);
+    }
     av__buf_appendf(b, "# TYPE agentvault_tls_resumed_total counter\n"
                        "agentvault_tls_resumed_total{side=\"agent\"} %llu\n"
                        "agentvault_tls_resumed_total{side=\"upstream\"} %llu\n",

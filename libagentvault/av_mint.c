@@ -1,6 +1,7 @@
 /* av_mint.c - credentials minted at a token endpoint (see av_mint.h). */
 #include "av_mint.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -31,7 +32,24 @@ typedef struct mint_slot {
     double fail_until;
     char why[200];
     mint_job *job;
+    int remote; /* another worker mints it: wait for that mint (the share) */
 } mint_slot;
+
+/* A service's token as the workers share it (av_mint.h). */
+typedef struct share_slot {
+    av_secret *token;
+    double use_until, refresh_at, fail_until;
+    char why[200];
+    av_mint *runner; /* the worker minting it now, or NULL */
+} share_slot;
+
+struct av_mint_share {
+    pthread_mutex_t lock;
+    share_slot *slots; /* parallel to cfg->services */
+    size_t n;
+    av_mint **members;
+    size_t nmembers;
+};
 
 struct av_mint_wait {
     av_mint *m;
@@ -69,6 +87,8 @@ struct av_mint {
     av_resolver *resolver;
     mint_slot *slots; /* parallel to cfg->services */
     av_mint_wait *waits;
+    av_mint_share *share; /* NULL: not shared */
+    av_async *wake;       /* another worker's mint is over */
 };
 
 /* ---- oauth2:client_credentials ------------------------------------------ */
@@ -251,6 +271,189 @@ const av_minter *av__minter_of(int kind)
 
 /* ---- the cache and the waiters ----------------------------------------- */
 
+/* ---- the workers' share ---------------------------------------------------- */
+
+void *av__mint_share_new(const av_config *cfg)
+{
+    av_mint_share *sh = av__calloc(1, sizeof(*sh));
+    if (!sh)
+        return NULL;
+    sh->n = cfg->nservices;
+    if (sh->n && !(sh->slots = av__calloc(sh->n, sizeof(*sh->slots)))) {
+        av__free(sh);
+        return NULL;
+    }
+    pthread_mutex_init(&sh->lock, NULL);
+    return sh;
+}
+
+void av__mint_share_free(void *p)
+{
+    av_mint_share *sh = p;
+    if (!sh)
+        return;
+    for (size_t i = 0; i < sh->n; i++)
+        av__secret_free(sh->slots[i].token);
+    av__free(sh->slots);
+    av__free(sh->members);
+    pthread_mutex_destroy(&sh->lock);
+    av__free(sh);
+}
+
+/* Under the share's lock: every other worker looks again. */
+static void share_wake_others(av_mint_share *sh, const av_mint *m)
+{
+    for (size_t i = 0; i < sh->nmembers; i++)
+        if (sh->members[i] != m)
+            av__async_send(sh->members[i]->wake);
+}
+
+/* share_pull takes the shared token of |svc| when it is newer than ours,
+ * or a shared failure while it lasts (no mint of ours runs). */
+static void share_pull(av_mint *m, size_t svc, double now)
+{
+    av_mint_share *sh = m->share;
+    mint_slot *s = &m->slots[svc];
+    pthread_mutex_lock(&sh->lock);
+    share_slot *ss = &sh->slots[svc];
+    if (!ss->runner) {
+        if (ss->token && now < ss->use_until && (!s->token || ss->use_until > s->use_until)) {
+            av__secret_free(s->token);
+            s->token = av__secret_ref(ss->token);
+            s->use_until = ss->use_until;
+            s->refresh_at = ss->refresh_at;
+            s->fail_until = 0;
+        } else if (!ss->token && ss->fail_until > now && ss->fail_until > s->fail_until) {
+            s->fail_until = ss->fail_until;
+            snprintf(s->why, sizeof(s->why), "%s", ss->why);
+        }
+    }
+    pthread_mutex_unlock(&sh->lock);
+}
+
+/* share_claim: may this worker mint |svc| now? 1: yes (it is the runner);
+ * 0: another worker mints it. */
+static int share_claim(av_mint *m, size_t svc)
+{
+    av_mint_share *sh = m->share;
+    if (!sh)
+        return 1;
+    pthread_mutex_lock(&sh->lock);
+    share_slot *ss = &sh->slots[svc];
+    int mine = !ss->runner || ss->runner == m;
+    if (mine)
+        ss->runner = m;
+    pthread_mutex_unlock(&sh->lock);
+    return mine;
+}
+
+/* share_push: this worker's mint of |svc| is over (the slot holds its
+ * token or failure): publish it and wake the others. */
+static void share_push(av_mint *m, size_t svc)
+{
+    av_mint_share *sh = m->share;
+    if (!sh)
+        return;
+    mint_slot *s = &m->slots[svc];
+    pthread_mutex_lock(&sh->lock);
+    share_slot *ss = &sh->slots[svc];
+    if (ss->runner == m) {
+        ss->runner = NULL;
+        av__secret_free(ss->token);
+        ss->token = s->token ? av__secret_ref(s->token) : NULL;
+        ss->use_until = s->use_until;
+        ss->refresh_at = s->refresh_at;
+        ss->fail_until = s->token ? 0 : s->fail_until;
+        snprintf(ss->why, sizeof(ss->why), "%s", s->token ? "" : s->why);
+        share_wake_others(sh, m);
+    }
+    pthread_mutex_unlock(&sh->lock);
+}
+
+static void wake_waiters(av_mint *m, size_t svc);
+static double now_mono(void);
+
+/* Another worker's mint is over: the services we waited for take its
+ * answer (or, if that worker went away, ask again), then their waiters
+ * run. */
+static void mint_on_wake(void *ud)
+{
+    av_mint *m = ud;
+    double now = now_mono();
+    for (size_t i = 0; i < m->cfg->nservices; i++) {
+        mint_slot *s = &m->slots[i];
+        if (!s->remote)
+            continue;
+        pthread_mutex_lock(&m->share->lock);
+        share_slot *ss = &m->share->slots[i];
+        int over = !ss->runner;
+        if (over) {
+            s->remote = 0;
+            if (ss->token) {
+                av__secret_free(s->token);
+                s->token = av__secret_ref(ss->token);
+                s->use_until = ss->use_until > now + 1 ? ss->use_until : now + 1; /* the answer waited for */
+                s->refresh_at = ss->refresh_at;
+                s->fail_until = 0;
+            } else if (ss->fail_until > 0) {
+                s->fail_until = ss->fail_until;
+                snprintf(s->why, sizeof(s->why), "%s", ss->why);
+            }
+        }
+        pthread_mutex_unlock(&m->share->lock);
+        if (over)
+            wake_waiters(m, i);
+    }
+}
+
+int av__mint_join(av_mint *m, av_mint_share *sh)
+{
+    if (!m || !sh || m->share)
+        return AV_OK;
+    m->wake = av__async_new(m->loop, mint_on_wake, m);
+    if (!m->wake)
+        return AV_ERR_NOMEM;
+    pthread_mutex_lock(&sh->lock);
+    av_mint **mm = av__realloc(sh->members, (sh->nmembers + 1) * sizeof(*mm));
+    if (mm) {
+        sh->members = mm;
+        sh->members[sh->nmembers++] = m;
+        m->share = sh;
+    }
+    pthread_mutex_unlock(&sh->lock);
+    if (!m->share) {
+        av__async_free(m->wake);
+        m->wake = NULL;
+        return AV_ERR_NOMEM;
+    }
+    return AV_OK;
+}
+
+/* Leave the share (av__mint_free): mints of ours are abandoned (the
+ * workers waiting for them mint themselves). */
+static void share_leave(av_mint *m)
+{
+    av_mint_share *sh = m->share;
+    if (!sh)
+        return;
+    pthread_mutex_lock(&sh->lock);
+    int abandoned = 0;
+    for (size_t i = 0; i < sh->n; i++)
+        if (sh->slots[i].runner == m) {
+            sh->slots[i].runner = NULL;
+            abandoned = 1;
+        }
+    for (size_t i = 0; i < sh->nmembers; i++)
+        if (sh->members[i] == m) {
+            sh->members[i] = sh->members[--sh->nmembers];
+            break;
+        }
+    if (abandoned)
+        share_wake_others(sh, m);
+    pthread_mutex_unlock(&sh->lock);
+    m->share = NULL;
+}
+
 int av__mint_new(av_mint **out, av_loop *loop, const av_config *cfg, av_resolver *resolver)
 {
     av_mint *m = av__calloc(1, sizeof(*m));
@@ -314,6 +517,8 @@ void av__mint_free(av_mint *m)
             job_free(j);
         av__secret_free(m->slots[i].token);
     }
+    share_leave(m);
+    av__async_free(m->wake);
     av__free(m->slots);
     av__free(m);
 }
@@ -388,6 +593,7 @@ static void job_end(mint_job *j, av_secret *token, long long expires_in, const c
         av__metrics_count_mint(metrics, sv->name, 1);
         av__log(log, AV_LOG_WARN, "service %s: minting an access token failed: %s", sv->name, why);
     }
+    share_push(m, svc);
     wake_waiters(m, svc);
 }
 
@@ -773,26 +979,36 @@ int av__mint_get_async(av_mint *m, av_pool *pool, size_t svc, av_secret **out, c
     }
     mint_slot *s = &m->slots[svc];
     double now = now_mono();
+    if (m->share && !s->job && !s->remote)
+        share_pull(m, svc, now); /* another worker's newer token */
     if (s->token && now < s->use_until) {
-        if (now >= s->refresh_at && !s->job && now >= s->fail_until)
-            mint_start(m, pool, svc); /* refresh before expiry; this request keeps the current one */
+        /* refresh before expiry (unless another worker does); this request
+         * keeps the current one */
+        if (now >= s->refresh_at && !s->job && !s->remote && now >= s->fail_until && share_claim(m, svc) &&
+            mint_start(m, pool, svc) != AV_OK)
+            share_push(m, svc);
         *out = av__secret_ref(s->token);
         return AV_OK;
     }
-    if (!s->job && now < s->fail_until) {
+    if (!s->job && !s->remote && now < s->fail_until) {
         snprintf(why, why_len, "%s", s->why);
         return AV_ERR_SECRET;
     }
-    if (!s->job) {
+    if (!s->job && !s->remote) {
         if (s->token) {
             av__secret_free(s->token);
             s->token = NULL;
         }
-        if (mint_start(m, pool, svc) != AV_OK) {
+        if (!share_claim(m, svc)) {
+            s->remote = 1; /* another worker mints it: wait for its answer */
+        } else if (mint_start(m, pool, svc) != AV_OK) {
+            snprintf(s->why, sizeof(s->why), "out of memory");
+            s->fail_until = now + MINT_FAIL_REMEMBER;
+            share_push(m, svc);
             snprintf(why, why_len, "out of memory");
             return AV_ERR_SECRET;
         }
-        if (!s->job) { /* ended at once */
+        if (!s->job && !s->remote) { /* ended at once */
             if (s->token) {
                 *out = av__secret_ref(s->token);
                 return AV_OK;
@@ -827,5 +1043,15 @@ void av__mint_invalidate(av_mint *m, size_t svc, const av_secret *used)
         av__secret_equal(s->token, av__secret_data(used), av__secret_len(used))) {
         av__secret_free(s->token);
         s->token = NULL;
+    }
+    if (m->share) { /* nor may another worker take it from the share */
+        pthread_mutex_lock(&m->share->lock);
+        share_slot *ss = &m->share->slots[svc];
+        if (ss->token && av__secret_len(ss->token) == av__secret_len(used) &&
+            av__secret_equal(ss->token, av__secret_data(used), av__secret_len(used))) {
+            av__secret_free(ss->token);
+            ss->token = NULL;
+        }
+        pthread_mutex_unlock(&m->share->lock);
     }
 }

@@ -41,7 +41,16 @@
  * fails ends the mint as a failure (logged as an error naming the vault
  * file; the new access token is dropped): the next mint tries again.
  *
- * Loop thread only.
+ * Workers: every worker has its own av_mint (its loop runs the mints it
+ * starts), joined to one av_mint_share per configuration snapshot
+ * (av__mint_join): the current token of each service, its timing, a
+ * failure, and which worker mints now. A worker that needs a token another
+ * worker is minting waits for that mint (woken on its own loop), so a
+ * service mints once for the process, not once per worker, and a rotated
+ * refresh token is never sent twice. The share's lock is held for slot
+ * work only, never across a mint.
+ *
+ * Loop thread only (an av_mint_share: any thread).
  */
 #ifndef AV_MINT_H
 #define AV_MINT_H
@@ -92,6 +101,14 @@ enum { AV_MINT_HOW_NONE = 0, AV_MINT_HOW_CACHED = 1, AV_MINT_HOW_MINTED = 2 };
 int av__mint_new(av_mint **out, av_loop *loop, const av_config *cfg, av_resolver *resolver);
 /* Cancels mints in progress (their waiters are never called). */
 void av__mint_free(av_mint *m);
+
+/* The workers' shared state (see above): made for |cfg| (NULL: out of
+ * memory) and freed with its snapshot (av__snap_mint_share). */
+typedef struct av_mint_share av_mint_share;
+void *av__mint_share_new(const av_config *cfg);
+void av__mint_share_free(void *share);
+/* |m| joins |share| (on |m|'s loop thread). AV_OK or AV_ERR_NOMEM. */
+int av__mint_join(av_mint *m, av_mint_share *share);
 
 /* av__mint_get_async: service |svc| (an index into cfg->services)'s
  * token as a new reference in *out (AV_OK); or AV_ERR_AGAIN with *wait

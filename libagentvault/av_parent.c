@@ -579,13 +579,13 @@ const char *av__socks5_rep_name(int rep)
 av_parent *av__parent_ref(av_parent *p)
 {
     if (p)
-        p->refs++;
+        atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
     return p;
 }
 
 void av__parent_unref(av_parent *p)
 {
-    if (!p || --p->refs > 0)
+    if (!p || atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) > 1)
         return;
     av__secret_free(p->auth);
     av__free(p);
@@ -620,7 +620,7 @@ static int parent_new(const char *url, unsigned flags, const char *auth_ref, av_
     av_parent *p = av__calloc(1, sizeof(*p));
     if (!p)
         return AV_ERR_NOMEM;
-    p->refs = 1;
+    atomic_init(&p->refs, 1);
     p->kind = u.kind;
     memcpy(p->host, u.host, sizeof(p->host));
     p->is_ip = u.is_ip;

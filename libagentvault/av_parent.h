@@ -18,6 +18,7 @@
 #ifndef AV_PARENT_H
 #define AV_PARENT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -146,7 +147,7 @@ const char *av__socks5_rep_name(int rep);
 /* ---- the table ------------------------------------------------------------ */
 
 typedef struct av_parent {
-    int refs;
+    atomic_int refs;               /* atomic: every worker's pool holds references */
     int kind;                      /* enum av_parent_kind */
     char host[AV_HOST_MAX + 1];
     int is_ip;

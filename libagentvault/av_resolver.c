@@ -5,6 +5,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -34,6 +35,7 @@ typedef struct cache_entry {
     double fail_until;     /* a failure is the answer until then */
     char why[200];
     av_cmd *job;           /* a command: run in progress */
+    int remote;            /* another worker runs this command: wait for its answer (share) */
     av_secret_request *creq; /* a callback: request not answered yet */
 } cache_entry;
 
@@ -71,6 +73,30 @@ struct av_resolver {
     const char *handoff_ref;
     av_secret *handoff;
     av_secret_request *sync_creq; /* a callback asked from av__resolver_get */
+    av_resolver_share *share; /* the workers' shared command: answers, or NULL */
+};
+
+/* ---- command: answers shared by the workers --------------------------------- */
+
+/* One reload's command: answers, shared by the resolvers of every worker
+ * (av_snap.h): a command runs once per TTL for the process, whichever
+ * worker asks (one run at a time: the others wait for its answer). |lock|
+ * is held for table work only, never while a command runs. */
+typedef struct share_entry {
+    char *ref;
+    av_secret *secret;    /* the last answer (NULL: none, or it failed) */
+    double expires;       /* monotonic */
+    double fail_until;
+    char why[200];
+    av_resolver *runner;  /* the member whose run is in flight, or NULL */
+} share_entry;
+
+struct av_resolver_share {
+    pthread_mutex_t lock;
+    share_entry *e;
+    size_t n;
+    av_resolver **members;
+    size_t nmembers;
 };
 
 static double mono_now(void)
@@ -268,6 +294,179 @@ static cache_entry *cache_add(av_resolver *r, const char *ref)
     return e;
 }
 
+int av__resolver_share_new(av_resolver_share **out)
+{
+    av_resolver_share *s = av__calloc(1, sizeof(*s));
+    if (!s)
+        return AV_ERR_NOMEM;
+    pthread_mutex_init(&s->lock, NULL);
+    *out = s;
+    return AV_OK;
+}
+
+void av__resolver_share_free(av_resolver_share *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->n; i++) {
+        av__free(s->e[i].ref);
+        av__secret_free(s->e[i].secret);
+    }
+    av__free(s->e);
+    av__free(s->members);
+    pthread_mutex_destroy(&s->lock);
+    av__free(s);
+}
+
+/* Under the share's lock. */
+static share_entry *share_find(av_resolver_share *s, const char *ref, int add)
+{
+    for (size_t i = 0; i < s->n; i++)
+        if (strcmp(s->e[i].ref, ref) == 0)
+            return &s->e[i];
+    if (!add)
+        return NULL;
+    share_entry *ne = av__realloc(s->e, (s->n + 1) * sizeof(*ne));
+    if (!ne)
+        return NULL;
+    s->e = ne;
+    share_entry *e = &s->e[s->n];
+    memset(e, 0, sizeof(*e));
+    if (!(e->ref = av__strdup(ref)))
+        return NULL;
+    s->n++;
+    return e;
+}
+
+/* Under the share's lock: every other member asks again. */
+static void share_wake_others(av_resolver_share *s, const av_resolver *r)
+{
+    for (size_t i = 0; i < s->nmembers; i++)
+        if (s->members[i] != r && s->members[i]->wake)
+            av__async_send(s->members[i]->wake);
+}
+
+enum { SHARE_RUN, SHARE_ANSWERED, SHARE_WAIT };
+
+/* share_take: before |r| runs the command of |e|: the shared answer when
+ * fresh (or its failure when recent) copied into |e| (SHARE_ANSWERED), a
+ * run of another worker to wait for (SHARE_WAIT; e->remote set), or
+ * SHARE_RUN (r is the runner now). */
+static int share_take(av_resolver *r, cache_entry *e, double now)
+{
+    av_resolver_share *s = r->share;
+    int st = SHARE_RUN;
+    pthread_mutex_lock(&s->lock);
+    share_entry *se = share_find(s, e->ref, 1);
+    if (!se) {
+        st = SHARE_RUN; /* out of memory: run it ourselves, unshared */
+    } else if (se->runner && se->runner != r) {
+        e->remote = 1;
+        st = SHARE_WAIT;
+    } else if (se->secret && now < se->expires) {
+        av__secret_free(e->secret);
+        e->secret = av__secret_ref(se->secret);
+        e->expires = se->expires;
+        st = SHARE_ANSWERED;
+    } else if (!se->runner && se->fail_until > now) {
+        e->fail_until = se->fail_until;
+        snprintf(e->why, sizeof(e->why), "%s", se->why);
+        st = SHARE_ANSWERED;
+    } else {
+        se->runner = r;
+    }
+    pthread_mutex_unlock(&s->lock);
+    return st;
+}
+
+/* share_put: |r|'s run of |e| is over (its answer or failure is in |e|):
+ * publish it and wake the workers waiting for it. */
+static void share_put(av_resolver *r, const cache_entry *e)
+{
+    av_resolver_share *s = r->share;
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    share_entry *se = share_find(s, e->ref, 0);
+    if (se && se->runner == r) {
+        se->runner = NULL;
+        av__secret_free(se->secret);
+        se->secret = e->secret ? av__secret_ref(e->secret) : NULL;
+        se->expires = e->expires;
+        se->fail_until = e->secret ? 0 : e->fail_until;
+        snprintf(se->why, sizeof(se->why), "%s", e->secret ? "" : e->why);
+        share_wake_others(s, r);
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* share_poll: on a wake-up, entries waiting for another worker's run take
+ * its answer once it is over (the answer of the run they waited for, even
+ * with a TTL of 0; a runner that went away leaves none: they ask again). */
+static void share_poll(av_resolver *r)
+{
+    av_resolver_share *s = r->share;
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    for (size_t i = 0; i < r->n; i++) {
+        cache_entry *e = &r->entries[i];
+        if (!e->remote)
+            continue;
+        share_entry *se = share_find(s, e->ref, 0);
+        if (se && se->runner)
+            continue;
+        e->remote = 0;
+        if (se && se->secret) {
+            av__secret_free(e->secret);
+            e->secret = av__secret_ref(se->secret);
+            e->expires = se->expires;
+        } else if (se && se->fail_until > 0) {
+            e->fail_until = se->fail_until;
+            snprintf(e->why, sizeof(e->why), "%s", se->why);
+        }
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+void av__resolver_set_share(av_resolver *r, av_resolver_share *s)
+{
+    if (!r || !s || !r->wake)
+        return; /* no loop: blocking runs only, nothing to share */
+    pthread_mutex_lock(&s->lock);
+    av_resolver **m = av__realloc(s->members, (s->nmembers + 1) * sizeof(*m));
+    if (m) {
+        s->members = m;
+        s->members[s->nmembers++] = r;
+        r->share = s;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Leave the share: runs of |r| are abandoned (the others run their own). */
+static void share_leave(av_resolver *r)
+{
+    av_resolver_share *s = r->share;
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    int abandoned = 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (s->e[i].runner == r) {
+            s->e[i].runner = NULL;
+            abandoned = 1;
+        }
+    for (size_t i = 0; i < s->nmembers; i++)
+        if (s->members[i] == r) {
+            s->members[i] = s->members[--s->nmembers];
+            break;
+        }
+    if (abandoned)
+        share_wake_others(s, r);
+    pthread_mutex_unlock(&s->lock);
+    r->share = NULL;
+}
+
 /* ---- command: ------------------------------------------------------------------ */
 
 /* The command's verdict once it has exited: AV_OK with the secret or an
@@ -369,6 +568,7 @@ static void job_done(void *ud, av_cmd *j, int how, int status)
     }
     e->job = NULL;
     av__cmd_free(j);
+    share_put(r, e);
     wake_waiters(r);
 }
 
@@ -376,13 +576,14 @@ static void resolver_on_wake(void *ud)
 {
     av_resolver *r = ud;
     r->wake_pending = 0;
+    share_poll(r);
     /* Each waiter is removed before its callback runs; callbacks may cancel
      * or add waiters. Restart from the head every time. */
     for (;;) {
         av_resolver_wait *w = r->waits;
         while (w) {
             cache_entry *e = cache_find(r, w->ref);
-            if (!e || (!e->job && !e->creq))
+            if (!e || (!e->job && !e->creq && !e->remote))
                 break;
             w = w->next;
         }
@@ -496,6 +697,7 @@ void av__resolver_free(av_resolver *r)
 {
     if (!r)
         return;
+    share_leave(r);
     while (r->waits) {
         av_resolver_wait *w = r->waits;
         r->waits = w->next;
@@ -556,7 +758,7 @@ static int get_common(av_resolver *r, const char *ref, av_secret **out, char *wh
         *out = av__secret_ref(e->secret);
         return AV_OK;
     }
-    if (e && !e->job && !e->creq && e->fail_until > now) {
+    if (e && !e->job && !e->creq && !e->remote && e->fail_until > now) {
         say(why, why_len, "%s", e->why);
         return AV_ERR_SECRET;
     }
@@ -618,14 +820,28 @@ static int get_common(av_resolver *r, const char *ref, av_secret **out, char *wh
         *out = av__secret_ref(s);
         return AV_OK;
     }
-    /* Asynchronous command run. */
+    /* Asynchronous command run: this worker's, or (shared) another's. */
     if (!e && !(e = cache_add(r, ref)))
         return AV_ERR_NOMEM;
-    if (!e->job) {
+    if (!e->job && !e->remote && r->share) {
+        int st = share_take(r, e, now);
+        if (st == SHARE_ANSWERED) {
+            if (e->secret) {
+                *out = av__secret_ref(e->secret);
+                return AV_OK;
+            }
+            say(why, why_len, "%s", e->why);
+            return AV_ERR_SECRET;
+        }
+    }
+    if (!e->job && !e->remote) {
         av_cmd *j = NULL;
         int rc = job_start(r, ref, r->loop, job_done, &j, e->why, sizeof(e->why));
         if (rc != AV_OK) {
             e->fail_until = now + FAIL_REMEMBER;
+            av__secret_free(e->secret);
+            e->secret = NULL;
+            share_put(r, e);
             say(why, why_len, "%s", e->why);
             return rc;
         }

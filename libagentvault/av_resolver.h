@@ -71,6 +71,18 @@ int av__resolver_get_async(av_resolver *r, const char *ref, av_secret **out, cha
                            av_resolver_done done, void *ud, av_resolver_wait **wait);
 void av__resolver_cancel(av_resolver_wait *w);
 
+/* Workers: the resolvers of one reload's workers share their command:
+ * answers (av_snap.h). A command without a fresh shared answer runs on
+ * the worker that asks first; the others asking meanwhile wait for that
+ * run (woken on their own loops). Any thread may free a member while
+ * others run; the share outlives its members. */
+typedef struct av_resolver_share av_resolver_share;
+int av__resolver_share_new(av_resolver_share **out);
+void av__resolver_share_free(av_resolver_share *s);
+/* |r| joins |s| (after av__resolver_set_loop; a resolver without a loop
+ * does not share). */
+void av__resolver_set_share(av_resolver *r, av_resolver_share *s);
+
 /* av__secret_ref_valid checks the syntax of a reference: "env:NAME" with
  * NAME of [A-Za-z_][A-Za-z0-9_]*, "file:/absolute/path", "vault:NAME" with
  * NAME of [A-Za-z0-9_.-]{1,64}, or "command:/absolute/path [args]" with

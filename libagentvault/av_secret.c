@@ -1,12 +1,13 @@
 /* av_secret.c - wiped, refcounted credential values. */
 #include "av_secret.h"
 
+#include <stdatomic.h>
 #include <string.h>
 
 #include "av_mem.h"
 
 struct av_secret {
-    unsigned refs;
+    atomic_uint refs; /* atomic: workers share resolved tokens and vault values */
     size_t len;
     uint8_t bytes[];
 };
@@ -16,7 +17,7 @@ av_secret *av__secret_new(const void *data, size_t len)
     av_secret *s = av__malloc(sizeof(*s) + len + 1);
     if (!s)
         return NULL;
-    s->refs = 1;
+    atomic_init(&s->refs, 1);
     s->len = len;
     if (len)
         memcpy(s->bytes, data, len);
@@ -27,13 +28,13 @@ av_secret *av__secret_new(const void *data, size_t len)
 av_secret *av__secret_ref(av_secret *s)
 {
     if (s)
-        s->refs++;
+        atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
     return s;
 }
 
 void av__secret_free(av_secret *s)
 {
-    if (!s || --s->refs > 0)
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) > 1)
         return;
     av__wipe(s->bytes, s->len + 1);
     s->len = 0;

@@ -2,7 +2,9 @@
 #include "av_snap.h"
 #include "av_err.h"
 
+#include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +15,77 @@
 #include "av_mem.h"
 #include "av_parent.h"
 #include "av_scrub.h"
+
+/* What every worker's snapshot of one reload shares (see av_snap.h):
+ * immutable once built, except the buckets (atomics) and the reference
+ * count (atomic). */
+struct av_snap_core {
+    atomic_int refs;
+    av_config *cfg;
+    av_secret **tokens;
+    av_bucket *buckets;
+    av_secret **gw_tokens;
+    struct av_parents *parents;
+    av_resolver_share *share; /* the workers' command: answers */
+    pthread_mutex_t mlock;    /* guards the two below */
+    void *mint_share;         /* the workers' minted credentials (av_mint.h), made on first use */
+    void (*mint_share_free)(void *);
+};
+
+void *av__snap_mint_share(av_snap *s, void *(*make)(const av_config *cfg), void (*free_fn)(void *))
+{
+    av_snap_core *c = s->core;
+    pthread_mutex_lock(&c->mlock);
+    if (!c->mint_share && (c->mint_share = make(c->cfg)) != NULL)
+        c->mint_share_free = free_fn;
+    void *sh = c->mint_share;
+    pthread_mutex_unlock(&c->mlock);
+    return sh;
+}
+
+static uint64_t double_bits(double d)
+{
+    uint64_t u;
+    memcpy(&u, &d, sizeof(u));
+    return u;
+}
+
+static double bits_double(uint64_t u)
+{
+    double d;
+    memcpy(&d, &u, sizeof(d));
+    return d;
+}
+
+av_snap_core *av__snap_core_ref(const av_snap *s)
+{
+    atomic_fetch_add_explicit(&s->core->refs, 1, memory_order_relaxed);
+    return s->core;
+}
+
+void av__snap_core_unref(av_snap_core *c)
+{
+    if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) > 1)
+        return;
+    if (c->tokens) {
+        for (size_t i = 0; i < c->cfg->ntokens; i++)
+            av__secret_free(c->tokens[i]);
+        av__free(c->tokens);
+    }
+    av__free(c->buckets);
+    if (c->gw_tokens) {
+        for (size_t i = 0; i < c->cfg->ngateways; i++)
+            av__secret_free(c->gw_tokens[i]);
+        av__free(c->gw_tokens);
+    }
+    av__parents_free(c->parents);
+    av__resolver_share_free(c->share);
+    if (c->mint_share_free)
+        c->mint_share_free(c->mint_share);
+    pthread_mutex_destroy(&c->mlock);
+    av_config_free(c->cfg);
+    av__free(c);
+}
 
 av_snap *av__snap_ref(av_snap *s)
 {
@@ -46,22 +119,10 @@ void av__snap_unref(av_snap *s)
         av__secret_free(s->scrub[i].secret);
         av__scrub_set_unref(s->scrub[i].set);
     }
-    if (s->tokens) {
-        for (size_t i = 0; i < s->cfg->ntokens; i++)
-            av__secret_free(s->tokens[i]);
-        av__free(s->tokens);
-    }
-    av__free(s->buckets);
-    if (s->gw_tokens) {
-        for (size_t i = 0; i < s->cfg->ngateways; i++)
-            av__secret_free(s->gw_tokens[i]);
-        av__free(s->gw_tokens);
-    }
-    av__parents_free(s->parents);
     if (s->mint_free) /* before the resolver: a mint may wait for it */
         s->mint_free(s->mint);
     av__resolver_free(s->resolver);
-    av_config_free(s->cfg);
+    av__snap_core_unref(s->core); /* the configuration last: the mint read it */
     av__free(s);
 }
 
@@ -94,41 +155,81 @@ static const char *snap_getenv(const char *name)
     return getenv(name);
 }
 
-int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char *err, size_t err_len)
+/* A snapshot for |loop| around |core| (taken over): the resolver, which
+ * resolves on that loop. */
+static int snap_for_loop(av_loop *loop, av_snap_core *core, av_snap **out)
 {
     av_snap *s = av__calloc(1, sizeof(*s));
     if (!s) {
-        av_config_free(cfg);
+        av__snap_core_unref(core);
         return AV_ERR_NOMEM;
     }
     s->refs = 1;
-    s->cfg = cfg;
+    s->core = core;
+    const av_config *cfg = core->cfg;
+    s->cfg = core->cfg;
+    s->tokens = core->tokens;
+    s->buckets = core->buckets;
+    s->gw_tokens = core->gw_tokens;
+    s->parents = core->parents;
     int rc = av__resolver_new(&s->resolver);
-    if (rc)
-        goto fail;
+    if (rc) {
+        av__snap_unref(s);
+        return rc;
+    }
     av__resolver_set_loop(s->resolver, loop, cfg->secret_ttl, cfg->command_timeout);
+    av__resolver_set_share(s->resolver, core->share);
     if (cfg->secret_fn)
         av__resolver_set_callback(s->resolver, cfg->secret_fn, cfg->secret_ud);
     if (cfg->vault)
         av__resolver_set_vault(s->resolver, snap_vault_get, cfg->vault);
-    else if (av_config_uses_vault(cfg)) {
+    *out = s;
+    return AV_OK;
+}
+
+int av__snap_from_core(av_loop *loop, av_snap_core *core, av_snap **out)
+{
+    *out = NULL;
+    return snap_for_loop(loop, core, out);
+}
+
+int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char *err, size_t err_len)
+{
+    av_snap_core *c = av__calloc(1, sizeof(*c));
+    if (!c) {
+        av_config_free(cfg);
+        return AV_ERR_NOMEM;
+    }
+    atomic_init(&c->refs, 1);
+    pthread_mutex_init(&c->mlock, NULL);
+    c->cfg = cfg;
+    if (av__resolver_share_new(&c->share) != AV_OK) {
+        av__snap_core_unref(c);
+        return AV_ERR_NOMEM;
+    }
+    av_snap *s = NULL;
+    int rc = snap_for_loop(loop, c, &s);
+    if (rc)
+        return rc;
+    if (!cfg->vault && av_config_uses_vault(cfg)) {
         av__errf(err, err_len, "the configuration reads vault: secrets but no vault was opened");
         rc = AV_ERR_CONFIG;
         goto fail;
     }
+    /* The core is filled here, before any other worker sees it; this
+     * loop's resolver resolves what it holds. */
     if (cfg->ntokens) {
         rc = AV_ERR_NOMEM;
-        s->tokens = av__calloc(cfg->ntokens, sizeof(*s->tokens));
-        s->buckets = av__calloc(cfg->ntokens, sizeof(*s->buckets));
-        if (!s->tokens || !s->buckets)
+        c->tokens = av__calloc(cfg->ntokens, sizeof(*c->tokens));
+        c->buckets = av__calloc(cfg->ntokens, sizeof(*c->buckets));
+        if (!c->tokens || !c->buckets)
             goto fail;
         for (size_t i = 0; i < cfg->ntokens; i++) {
             char why[200];
-            s->buckets[i].level = cfg->tokens[i].burst;
-            s->buckets[i].stamp = now;
+            atomic_init(&c->buckets[i].tat, double_bits(now)); /* full */
             if (cfg->tokens[i].hashed)
                 continue; /* from the token store: compared by hash */
-            rc = av__resolver_get(s->resolver, cfg->tokens[i].secret_ref, &s->tokens[i], why, sizeof(why));
+            rc = av__resolver_get(s->resolver, cfg->tokens[i].secret_ref, &c->tokens[i], why, sizeof(why));
             if (rc) {
                 av__errf(err, err_len, "token %s: %s", cfg->tokens[i].name, why);
                 rc = AV_ERR_CONFIG;
@@ -137,8 +238,8 @@ int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char 
         }
     }
     if (cfg->ngateways) {
-        s->gw_tokens = av__calloc(cfg->ngateways, sizeof(*s->gw_tokens));
-        if (!s->gw_tokens) {
+        c->gw_tokens = av__calloc(cfg->ngateways, sizeof(*c->gw_tokens));
+        if (!c->gw_tokens) {
             rc = AV_ERR_NOMEM;
             goto fail;
         }
@@ -146,7 +247,7 @@ int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char 
             if (!cfg->gateways[i].token_ref)
                 continue;
             char why[200];
-            rc = av__resolver_get(s->resolver, cfg->gateways[i].token_ref, &s->gw_tokens[i], why, sizeof(why));
+            rc = av__resolver_get(s->resolver, cfg->gateways[i].token_ref, &c->gw_tokens[i], why, sizeof(why));
             if (rc) {
                 av__errf(err, err_len, "gateway %s token: %s", cfg->gateways[i].name, why);
                 rc = AV_ERR_CONFIG;
@@ -156,9 +257,13 @@ int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char 
     }
     /* Parent proxies: their credentials are resolved now, like tokens
      * (upstream_proxy = env reads the process environment). */
-    rc = av__parents_new(cfg, s->resolver, snap_getenv, &s->parents, err, err_len);
+    rc = av__parents_new(cfg, s->resolver, snap_getenv, &c->parents, err, err_len);
     if (rc)
         goto fail;
+    s->tokens = c->tokens;
+    s->buckets = c->buckets;
+    s->gw_tokens = c->gw_tokens;
+    s->parents = c->parents;
     *out = s;
     return AV_OK;
 fail:
@@ -221,18 +326,23 @@ int av__snap_rate_take(av_snap *s, int token, double now, int *retry_after)
     const av_token_cfg *tok = &s->cfg->tokens[token];
     if (tok->rate <= 0)
         return AV_OK;
-    /* Token bucket: refill at |rate| per second up to |burst|. */
+    /* Token bucket: refill at |rate| per second up to |burst|, kept as
+     * the time it is full again (|tat|): at |now| it holds burst - (tat -
+     * now) * rate. Taking one moves |tat| on by 1 / rate. */
     av_bucket *b = &s->buckets[token];
-    b->level += (now - b->stamp) * tok->rate;
-    if (b->level > tok->burst)
-        b->level = tok->burst;
-    b->stamp = now;
-    if (b->level < 1.0) {
-        double wait = (1.0 - b->level) / tok->rate;
-        if (retry_after)
-            *retry_after = (int)wait + 1;
-        return AV_ERR_LIMIT;
+    uint64_t old = atomic_load_explicit(&b->tat, memory_order_relaxed);
+    for (;;) {
+        double tat = bits_double(old);
+        double t = tat > now ? tat : now;
+        double level = tok->burst - (t - now) * tok->rate;
+        if (level < 1.0) {
+            double wait = (1.0 - level) / tok->rate;
+            if (retry_after)
+                *retry_after = (int)wait + 1;
+            return AV_ERR_LIMIT;
+        }
+        if (atomic_compare_exchange_weak_explicit(&b->tat, &old, double_bits(t + 1.0 / tok->rate),
+                                                  memory_order_relaxed, memory_order_relaxed))
+            return AV_OK;
     }
-    b->level -= 1.0;
-    return AV_OK;
 }

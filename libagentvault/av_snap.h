@@ -9,12 +9,23 @@
  * snapshot between requests, carrying its proxy token over by name
  * (av__snap_carry_token).
  *
- * A leaf of the connection layer: includes nothing above it. Loop thread
- * only (references are not atomic).
+ * Workers ([proxy] workers): the configuration, the resolved tokens and
+ * gateway tokens, the parent proxies and the rate buckets form the
+ * snapshot's core, built once per reload and shared by every worker
+ * (reference-counted atomically; the buckets are atomics). Each worker
+ * makes its own av_snap around the core on its loop: the secrets resolver,
+ * the scrub cache and the minted credentials belong to one loop. The
+ * resolvers share their command: answers through the core (one run per
+ * TTL for the process: av_resolver.h); callback: answers and minted
+ * credentials are per worker. An av_snap's own
+ * reference count is for its loop thread only.
+ *
+ * A leaf of the connection layer: includes nothing above it.
  */
 #ifndef AV_SNAP_H
 #define AV_SNAP_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -23,9 +34,11 @@
 #include "av_resolver.h"
 #include "av_secret.h"
 
+/* A token's rate bucket, shared by the workers: the time the bucket would
+ * be full again (GCRA, the token bucket as one number: the bits of a
+ * double, in loop time), taken with compare-and-swap. */
 typedef struct av_bucket {
-    double level; /* requests available */
-    double stamp; /* loop time of the last refill */
+    _Atomic uint64_t tat;
 } av_bucket;
 
 #define AV_SCRUB_CACHE 32
@@ -33,9 +46,11 @@ typedef struct av_bucket {
 struct av_scrub_set;
 struct av_parents;
 struct av_mint;
+typedef struct av_snap_core av_snap_core;
 
 typedef struct av_snap {
-    int refs;
+    int refs;             /* this loop's references */
+    struct av_snap_core *core; /* shared by the workers: owns cfg, tokens, buckets, gw_tokens, parents */
     av_config *cfg;
     av_resolver *resolver;
     av_secret **tokens;   /* resolved proxy tokens, parallel to cfg->tokens */
@@ -59,6 +74,15 @@ typedef struct av_snap {
  * loop time |now|. Returns AV_OK with one reference, or an error with
  * |err|. */
 int av__snap_new(av_loop *loop, av_config *cfg, double now, av_snap **out, char *err, size_t err_len);
+/* av__snap_core_ref: a new reference to |s|'s core, for another worker
+ * (any thread may hold and release it). */
+av_snap_core *av__snap_core_ref(const av_snap *s);
+void av__snap_core_unref(av_snap_core *core);
+/* av__snap_from_core: a snapshot for the worker on |loop| around |core|
+ * (the reference is taken over, also on failure): its own resolver, scrub
+ * cache and minted credentials. AV_OK or AV_ERR_NOMEM. Call it on |loop|'s
+ * thread, or before that thread starts. */
+int av__snap_from_core(av_loop *loop, av_snap_core *core, av_snap **out);
 av_snap *av__snap_ref(av_snap *s);
 void av__snap_unref(av_snap *s);
 
@@ -77,10 +101,17 @@ int av__snap_find_token(const av_snap *s, const uint8_t *tok, size_t len, long l
  * hash) and not expired at |now|, else -1 (revoked or changed). */
 int av__snap_carry_token(const av_snap *old, int old_tok, const av_snap *cur, long long now);
 
+/* av__snap_mint_share: the workers' shared state of the minted
+ * credentials of |s|'s core (av_mint.h), made by |make| on first use (any
+ * worker; under the core's lock) and freed with the core by |free_fn|.
+ * NULL when it cannot be made. */
+void *av__snap_mint_share(av_snap *s, void *(*make)(const av_config *cfg), void (*free_fn)(void *));
+
 /* av__snap_rate_take takes one request from token |token|'s bucket at loop
  * time |now| (refilled at the token's rate per second up to its burst).
  * AV_OK when allowed or the token has no rate; AV_ERR_LIMIT when empty,
- * with the seconds to wait in |*retry_after|. */
+ * with the seconds to wait in |*retry_after|. Lock-free: every worker takes
+ * from the same bucket (a rate is per process, not per worker). */
 int av__snap_rate_take(av_snap *s, int token, double now, int *retry_after);
 
 #endif

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -89,8 +90,13 @@ struct av_tls_server_ctx {
     SSL_CTX *ssl_ctx;
     av_ca *ca;
     uint8_t ca_fp[32];            /* SHA-256 of the root (PEM): part of every sid_ctx */
-    int resume;                   /* tickets issued and accepted */
-    unsigned long long *resumed;  /* counter of resumed handshakes, or NULL */
+    atomic_int resume;            /* tickets issued and accepted (set on reload, read by every worker) */
+    int applied;                  /* |resume| has been applied to ssl_ctx */
+    _Atomic unsigned long long *resumed; /* counter of resumed handshakes, or NULL */
+    /* The workers share the context (a ticket from one opens on another):
+     * |klock| guards the keys, held to pick or rotate one and copy it out,
+     * never across a handshake. */
+    pthread_mutex_t klock;
     ticket_key keys[2];           /* [0] seals and opens; [1] (the one before) only opens */
 };
 
@@ -102,10 +108,15 @@ typedef struct sess_slot {
     SSL_SESSION *s[SESS_PER_KEY]; /* oldest first */
 } sess_slot;
 
+/* Shared by the workers (a session from one origin connection serves the
+ * next, whichever worker dials): |slock| guards the slots, held for list
+ * work only, never across a handshake or other I/O. */
 struct av_tls_client_ctx {
     SSL_CTX *ssl_ctx;
-    int resume;                   /* sessions kept and offered */
-    unsigned long long *resumed;
+    atomic_int resume;            /* sessions kept and offered */
+    int applied;                  /* |resume| has been applied to ssl_ctx */
+    pthread_mutex_t slock;
+    _Atomic unsigned long long *resumed;
     uint64_t tick;
     size_t nsess;                 /* sessions kept, all keys */
     sess_slot slots[SESS_KEYS_MAX];
@@ -126,7 +137,7 @@ struct av_tls {
     int offer_h2;        /* av__tls_offer_h2 was called */
     int starved;         /* SSL_read wanted more input ... */
     size_t starved_len;  /* ... while cin held this many bytes */
-    unsigned long long *resumed; /* the ctx's counter of resumed handshakes */
+    _Atomic unsigned long long *resumed; /* the ctx's counter of resumed handshakes */
     av_tls_client_ctx *cli;      /* client: the ctx whose cache takes its tickets */
     char *sess_key;              /* client: the cache key (av__tls_client_resume) */
     char alpn[32];
@@ -416,21 +427,36 @@ static int ticket_cb(SSL *ssl, unsigned char *name, unsigned char *iv, EVP_CIPHE
 {
     av_tls_server_ctx *ctx = SSL_CTX_get_app_data(SSL_get_SSL_CTX(ssl));
     time_t now = mono_now();
+    ticket_key k; /* a copy: another worker may rotate the keys meanwhile */
+    int ok;
+    if (!ctx)
+        return enc ? -1 : 0;
     if (enc) {
-        const ticket_key *k = ctx ? ticket_key_sealing(ctx, now) : NULL;
-        if (!k || RAND_bytes(iv, 16) != 1)
+        pthread_mutex_lock(&ctx->klock);
+        const ticket_key *kp = ticket_key_sealing(ctx, now);
+        if (kp)
+            k = *kp;
+        pthread_mutex_unlock(&ctx->klock);
+        if (!kp)
             return -1;
-        memcpy(name, k->name, sizeof(k->name));
-        if (EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1 || !ticket_mac_init(hctx, k))
-            return -1;
-        return 1;
+        memcpy(name, k.name, sizeof(k.name));
+        ok = RAND_bytes(iv, 16) == 1 && EVP_EncryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 &&
+             ticket_mac_init(hctx, &k);
+        ticket_key_wipe(&k);
+        return ok ? 1 : -1;
     }
-    if (!ctx || !ctx->resume || SSL_version(ssl) != TLS1_3_VERSION)
+    if (!atomic_load_explicit(&ctx->resume, memory_order_relaxed) || SSL_version(ssl) != TLS1_3_VERSION)
         return 0;
-    const ticket_key *k = ticket_key_opening(ctx, name, now);
-    if (!k)
+    pthread_mutex_lock(&ctx->klock);
+    const ticket_key *kp = ticket_key_opening(ctx, name, now);
+    if (kp)
+        k = *kp;
+    pthread_mutex_unlock(&ctx->klock);
+    if (!kp)
         return 0;
-    if (EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k->aes, iv) != 1 || !ticket_mac_init(hctx, k))
+    ok = EVP_DecryptInit_ex(cctx, EVP_aes_256_cbc(), NULL, k.aes, iv) == 1 && ticket_mac_init(hctx, &k);
+    ticket_key_wipe(&k);
+    if (!ok)
         return -1;
     /* 2: renew. OpenSSL sends a resumed TLS 1.3 client a new ticket only
      * then; without one the client's single-use ticket is gone after this
@@ -462,9 +488,11 @@ static int sid_ctx_for(const av_tls_server_ctx *ctx, char *const *names, int pro
 
 void av__tls_server_ctx_age_keys(av_tls_server_ctx *ctx, long seconds)
 {
+    pthread_mutex_lock(&ctx->klock);
     for (size_t i = 0; i < 2; i++)
         if (ctx->keys[i].created)
             ctx->keys[i].created -= seconds;
+    pthread_mutex_unlock(&ctx->klock);
 }
 
 /* ---- resumption: client session cache ---------------------------------------- */
@@ -581,13 +609,19 @@ static int new_session(SSL *ssl, SSL_SESSION *sess)
     if (!t || !t->cli || !t->cli->resume || !t->sess_key || !SSL_SESSION_is_resumable(sess))
         return 0;
 #if defined(AV_TLS_BORINGSSL)
-    return sess_put(t->cli, t->sess_key, sess);
+    pthread_mutex_lock(&t->cli->slock);
+    int kept = sess_put(t->cli, t->sess_key, sess);
+    pthread_mutex_unlock(&t->cli->slock);
+    return kept;
 #else
     /* OpenSSL marks the connection's current session (this one) not
      * resumable when the connection is freed without a close_notify sent,
      * as an origin's connection often is: keep a copy of our own. */
     SSL_SESSION *copy = SSL_SESSION_dup(sess);
-    if (copy && !sess_put(t->cli, t->sess_key, copy))
+    pthread_mutex_lock(&t->cli->slock);
+    int kept = copy && sess_put(t->cli, t->sess_key, copy);
+    pthread_mutex_unlock(&t->cli->slock);
+    if (copy && !kept)
         SSL_SESSION_free(copy);
     return 0;
 #endif
@@ -597,37 +631,61 @@ void av__tls_client_sessions_flush(av_tls_client_ctx *ctx)
 {
     if (!ctx)
         return;
+    pthread_mutex_lock(&ctx->slock);
     for (size_t i = 0; i < SESS_KEYS_MAX; i++)
         sess_slot_clear(ctx, &ctx->slots[i]);
+    pthread_mutex_unlock(&ctx->slock);
 }
 
 size_t av__tls_client_sessions(const av_tls_client_ctx *ctx)
 {
-    return ctx ? ctx->nsess : 0;
+    if (!ctx)
+        return 0;
+    pthread_mutex_t *l = (pthread_mutex_t *)&ctx->slock;
+    pthread_mutex_lock(l);
+    size_t n = ctx->nsess;
+    pthread_mutex_unlock(l);
+    return n;
 }
 
-void av__tls_client_ctx_resumption(av_tls_client_ctx *ctx, int on, unsigned long long *resumed)
+void av__tls_client_ctx_resumption(av_tls_client_ctx *ctx, int on, _Atomic unsigned long long *resumed)
 {
-    ctx->resumed = resumed;
-    ctx->resume = on != 0;
+    /* As for the server context: a reload that changes nothing writes
+     * nothing the workers read. */
+    if (ctx->resumed != resumed)
+        ctx->resumed = resumed;
+    on = on != 0;
+    if (ctx->applied && atomic_load(&ctx->resume) == on)
+        return;
+    ctx->applied = 1;
+    atomic_store(&ctx->resume, on);
     SSL_CTX_set_session_cache_mode(ctx->ssl_ctx, on ? SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE
                                                     : SSL_SESS_CACHE_OFF);
     if (!on)
         av__tls_client_sessions_flush(ctx);
 }
 
-void av__tls_server_ctx_resumption(av_tls_server_ctx *ctx, int on, unsigned long long *resumed)
+void av__tls_server_ctx_resumption(av_tls_server_ctx *ctx, int on, _Atomic unsigned long long *resumed)
 {
-    ctx->resumed = resumed;
-    ctx->resume = on != 0;
+    /* Every worker's handshakes read the context: a reload that changes
+     * nothing writes nothing. */
+    if (ctx->resumed != resumed)
+        ctx->resumed = resumed;
+    on = on != 0;
+    if (ctx->applied && atomic_load(&ctx->resume) == on)
+        return;
+    ctx->applied = 1;
+    atomic_store(&ctx->resume, on);
     if (on) {
         SSL_CTX_clear_options(ctx->ssl_ctx, SSL_OP_NO_TICKET);
         SSL_CTX_set_num_tickets(ctx->ssl_ctx, TICKETS_PER_HANDSHAKE);
     } else {
         SSL_CTX_set_options(ctx->ssl_ctx, SSL_OP_NO_TICKET);
         SSL_CTX_set_num_tickets(ctx->ssl_ctx, 0);
+        pthread_mutex_lock(&ctx->klock);
         ticket_key_wipe(&ctx->keys[0]);
         ticket_key_wipe(&ctx->keys[1]);
+        pthread_mutex_unlock(&ctx->klock);
     }
 }
 
@@ -653,6 +711,7 @@ int av__tls_server_ctx_new(av_tls_server_ctx **out, av_ca *ca, char *err, size_t
     av_tls_server_ctx *ctx = av__calloc(1, sizeof(*ctx));
     if (!ctx)
         return AV_ERR_NOMEM;
+    pthread_mutex_init(&ctx->klock, NULL);
     ctx->ca = ca;
     ctx->ssl_ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx->ssl_ctx || !ctx_common(ctx->ssl_ctx))
@@ -707,6 +766,7 @@ void av__tls_server_ctx_free(av_tls_server_ctx *ctx)
         return;
     SSL_CTX_free(ctx->ssl_ctx);
     OPENSSL_cleanse(ctx->keys, sizeof(ctx->keys));
+    pthread_mutex_destroy(&ctx->klock);
     av__free(ctx);
 }
 
@@ -718,6 +778,7 @@ int av__tls_client_ctx_new(av_tls_client_ctx **out, const char *extra_cafile, ch
     av_tls_client_ctx *ctx = av__calloc(1, sizeof(*ctx));
     if (!ctx)
         return AV_ERR_NOMEM;
+    pthread_mutex_init(&ctx->slock, NULL);
     ctx->ssl_ctx = SSL_CTX_new(TLS_client_method());
     if (!ctx->ssl_ctx || !ctx_common(ctx->ssl_ctx)) {
         av__errf(err, err_len, "cannot create the TLS client context: %s", tls_reason());
@@ -767,6 +828,7 @@ void av__tls_client_ctx_free(av_tls_client_ctx *ctx)
         return;
     av__tls_client_sessions_flush(ctx);
     SSL_CTX_free(ctx->ssl_ctx);
+    pthread_mutex_destroy(&ctx->slock);
     av__free(ctx);
 }
 
@@ -952,7 +1014,9 @@ int av__tls_client_resume(av_tls *t, const char *key)
     k[kl + 1 + hl] = '\n';
     memcpy(k + kl + 2 + hl, alpn, al + 1);
     t->sess_key = k;
+    pthread_mutex_lock(&ctx->slock);
     SSL_SESSION *s = sess_take(ctx, k);
+    pthread_mutex_unlock(&ctx->slock);
     if (s) {
         int ok = SSL_set_session(t->ssl, s);
         SSL_SESSION_free(s);

@@ -69,8 +69,8 @@ void av__tls_free(av_tls *t);
  * av__tls_client_ctx_resumption turns the origin session cache on or off
  * (off empties it). Resumed handshakes add one to |*resumed| (NULL: not
  * counted) when they complete. Loop thread only. */
-void av__tls_server_ctx_resumption(av_tls_server_ctx *ctx, int on, unsigned long long *resumed);
-void av__tls_client_ctx_resumption(av_tls_client_ctx *ctx, int on, unsigned long long *resumed);
+void av__tls_server_ctx_resumption(av_tls_server_ctx *ctx, int on, _Atomic unsigned long long *resumed);
+void av__tls_client_ctx_resumption(av_tls_client_ctx *ctx, int on, _Atomic unsigned long long *resumed);
 
 /* av__tls_client_resume, on a client engine before its handshake (and
  * after av__tls_offer_h2), names the cache key of its sessions: |key| says

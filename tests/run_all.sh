@@ -8,6 +8,11 @@
 #   3. ASan+UBSan build: the same but the compat suite and the bindings
 #      (a sanitizer report fails the run), plus the allocation-failure
 #      injection test (tests/fault/fault_test.py)
+#      The integration suites run the daemon's default, [proxy] workers =
+#      auto (two workers on a 2-CPU machine); the OpenSSL build also runs
+#      WORKERS1_SUITES with AVTEST_WORKERS=1 (the single-loop paths)
+#   3b. ThreadSanitizer build (daemon and library only): TSAN_SUITES with
+#      two workers (a data race fails the daemon's exit status)
 #   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 20)
 #   5. bench smoke: bench/run.py --smoke against the BoringSSL build's daemon
 #      (every scenario briefly, direct/agentvault/mitmproxy; one test: passed
@@ -16,7 +21,7 @@
 # First it installs the npm clients (scripts/setup-node.sh): the real Codex
 # CLI (pinned 0.131.0 and the newest), ws and https-proxy-agent.
 #
-# Environment: AV_TEST_ONLY=boringssl|openssl|asan|fuzz|bench runs one layer;
+# Environment: AV_TEST_ONLY=boringssl|openssl|asan|tsan|fuzz|bench runs one layer;
 # FUZZ_SECONDS=N; BUILD_ROOT=dir (default ./build-tests).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -82,6 +87,28 @@ print(ok, bad + s)
 PYEOF
 }
 
+# The suites run again with one worker (OpenSSL build) and under
+# ThreadSanitizer with two: HTTP/1.1, HTTP/2, WebSocket, reload (audit and
+# metrics, workers), drain (daemon, workers), tokens.
+WORKERS1_SUITES="test_proxy_basics.py test_h2.py test_websocket.py test_daemon.py test_token_scopes.py
+  test_audit_metrics.py"
+TSAN_SUITES="test_proxy_basics.py test_h2.py test_websocket.py test_daemon.py test_token_scopes.py
+  test_audit_metrics.py test_workers.py"
+
+# subset LABEL DIR JUNIT FILES... (environment from the caller): integration
+# test files against DIR's daemon.
+subset() {
+  local label=$1 dir=$2 junit=$3; shift 3
+  local files=()
+  for f in "$@"; do files+=("tests/integration/$f"); done
+  note "integration tests ($label)"
+  rm -f "$junit"
+  AGENTVAULT_BIN="$dir/daemon/agentvault" timeout 900 "$PY" -m pytest -q -p no:cacheprovider --timeout=180 \
+    --junitxml="$junit" "${files[@]}" 2>&1 | tail -40
+  read -r ok bad < <(count_junit "$junit")
+  add "$ok" "$bad" "$label"
+}
+
 # build LABEL DIR [meson setup args...]
 build() {
   local label=$1 dir=$2; shift 2
@@ -114,6 +141,11 @@ suite() {
     --junitxml="$junit" tests/integration 2>&1 | tail -40
   read -r ok bad < <(count_junit "$junit")
   add "$ok" "$bad" "$label integration"
+
+  if [ "$label" = openssl ]; then
+    # shellcheck disable=SC2086 # a list of file names
+    AVTEST_WORKERS=1 subset "$label integration workers=1" "$dir" "$dir/pytest-workers1.xml" $WORKERS1_SUITES
+  fi
 
   # Real clients (tests/compat) against this build's daemon, on both TLS
   # backends; not under ASan (the clients are other programs; the daemon's
@@ -191,6 +223,19 @@ fi
 if want asan; then
   build asan "$BUILD_ROOT/asan" -Dtls=boringssl -Db_sanitize=address,undefined -Db_lundef=false \
     -Dbuildtype=debug && suite asan "$BUILD_ROOT/asan"
+fi
+if want tsan; then
+  # The daemon and the library only (-Dtests=false -Dexamples=false): the
+  # unit tests are single-threaded; the integration suites drive two
+  # workers. Suppressions: tests/tsan.supp (uninstrumented system
+  # libraries only, each with its reason).
+  if build tsan "$BUILD_ROOT/tsan" -Dtls=boringssl -Db_sanitize=thread -Db_lundef=false -Dbuildtype=debug \
+      -Dtests=false -Dexamples=false; then
+    # shellcheck disable=SC2086 # a list of file names
+    TSAN_OPTIONS="exitcode=88:halt_on_error=0:second_deadlock_stack=1:suppressions=$root/tests/tsan.supp" \
+      AV_TEST_SANITIZED=1 AVTEST_WORKERS=2 subset "tsan integration" "$BUILD_ROOT/tsan" "$BUILD_ROOT/tsan/pytest.xml" \
+      $TSAN_SUITES
+  fi
 fi
 if want fuzz; then
   if CC=clang build fuzz "$BUILD_ROOT/fuzz" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false; then

@@ -112,6 +112,14 @@ AV_EXPORT int av_config_clear_listen(av_config *cfg);
 AV_EXPORT int av_config_set_state_dir(av_config *cfg, const char *dir);
 AV_EXPORT int av_config_add_resolve(av_config *cfg, const char *host_port_addr);
 AV_EXPORT int av_config_set_upstream_cafile(av_config *cfg, const char *path);
+/* [proxy] workers: |n| event loops on |n| threads (1 to 64), or
+ * AV_WORKERS_AUTO for one per online CPU. A configuration that does not
+ * set it runs one loop (the daemon's default is auto). A context on a
+ * host's loop (av_ctx_new_on_loop) runs one. av_config_workers returns the
+ * setting: 0 when not set. */
+#define AV_WORKERS_AUTO (-1)
+AV_EXPORT int av_config_set_workers(av_config *cfg, int n);
+AV_EXPORT int av_config_workers(const av_config *cfg);
 
 /* av_config_validate checks cross-field rules (a service needs a host and
  * a secret, ...). Returns AV_ERR_CONFIG with av_config_error set. */
@@ -167,7 +175,11 @@ AV_EXPORT void av_config_drain(const av_config *cfg, double *delay_seconds, doub
  * av_secret_request_fail (the reason is shown to the agent: never put the
  * secret in it). Requests of concurrent exchanges share one call; answers
  * are cached for [proxy] secret_ttl. Proxy tokens need an immediate answer.
- * A request answered after its context is gone is simply freed. */
+ * A request answered after its context is gone is simply freed. With
+ * [proxy] workers above 1 (av_config_set_workers), |fn| runs on the thread
+ * of the worker whose exchange asks and each worker caches its own
+ * answers: answer within the call (a later answer would have to come from
+ * that worker's loop thread). */
 typedef struct av_secret_request av_secret_request;
 typedef void (*av_secret_fn)(void *user_data, const char *name, av_secret_request *req);
 AV_EXPORT int av_config_set_secret_fn(av_config *cfg, av_secret_fn fn, void *user_data);

@@ -1,4 +1,5 @@
 """Fixtures of the agentvault integration suite. See README.md."""
+import os
 import sys
 from pathlib import Path
 
@@ -143,6 +144,12 @@ def daemon(request, tmp_path, test_ca, upstream, secrets, client_home):
         for r in list(resolve) + list(extra_resolve):
             cmd += ["--resolve", r]
         cmd += ["--upstream-cacert", str(test_ca.ca_pem), "--log-level", "debug"]
+        workers = os.environ.get("AVTEST_WORKERS")
+        if (workers and not argv0 and "--workers" not in args
+                and "\nworkers =" not in "\n" + (config or "")):
+            # AVTEST_WORKERS=N runs every fixture daemon with N workers
+            # (unset: the daemon's default, auto = one per CPU).
+            cmd += ["--workers", workers]
         cmd += list(args)
         full_env = avd.base_env(home)
         full_env.update(secrets.env())

@@ -802,10 +802,12 @@ def test_reload_changes_parent(peers, daemon, upstream, secrets, test_ca):
     ta, tb = tap(peers, peers.squid.plain), tap(peers, peers.squid.plain)
     h2o = h2_origin(test_ca)
     try:
+        # one worker: the pool and its muxes are per worker, and this test
+        # counts which pooled tunnel each new client connection reuses
         d = daemon(config_text(secrets, proxy_extra=f"upstream_proxy = http://127.0.0.1:{ta.port}",
                                extra='[service "h2"]\nhost = api.anthropic.com\nauth = bearer\n'
                                      'secret = env:OPENAI_API_KEY\n'),
-                   extra_resolve=[f"api.anthropic.com:443:127.0.0.1:{h2o.port}"])
+                   extra_resolve=[f"api.anthropic.com:443:127.0.0.1:{h2o.port}"], args=["--workers", "1"])
         for _ in range(2):
             d.curl("--http1.1", f"https://{OPENAI}/echo").ok()
             d.curl("--http2", "https://api.anthropic.com/echo").ok()

@@ -835,6 +835,7 @@ static const char every_key_text[] =
     "audit = /var/log/av.audit\n"
     "vault = /var/lib/av-rt/vault\n"
     "max_connections = 777\n"
+    "workers = 3\n"
     "upstream_proxy = socks5h://parent.example:1080\n"
     "upstream_proxy_auth = env:PARENT_CRED\n"
     "upstream_no_proxy = .corp.example, 10.0.0.0/8, [::1]:8443\n"
@@ -1090,6 +1091,7 @@ static void round_trip_sets_every_field(void **state)
     assert_true(c->connect_timeout == 3.5 && c->idle_timeout == 61 && c->header_timeout == 7.25);
     assert_true(c->ws_idle_timeout == 30 && c->secret_ttl == 45 && c->command_timeout == 4);
     assert_int_equal(c->max_connections, 777);
+    assert_int_equal(c->workers, 3);
     assert_int_equal(c->tls_resumption_off, 1);
     char *d = dump_of(c);
     /* fields named without indices: "services[1].port" -> "services[].port" */

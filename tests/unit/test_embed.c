@@ -1284,6 +1284,64 @@ static void run_with_listeners(void **state)
     av_ctx_free(ctx);
 }
 
+/* [proxy] workers = 2 through the API: av_ctx_start runs two loops (the
+ * proxy and [gateway] listeners on both), the embedding API still works,
+ * and av_ctx_stop drains and joins every worker thread. A context on a
+ * host's loop refuses more than one worker; bad counts are refused. */
+static void start_with_workers(void **state)
+{
+    (void)state;
+    av_config *cfg = make_cfg(CFG_LISTEN | CFG_GATEWAY, secret_now, NULL);
+    assert_non_null(cfg);
+    assert_int_equal(av_config_workers(cfg), 0);
+    assert_int_equal(av_config_set_workers(cfg, 0), AV_ERR_INVALID);
+    assert_non_null(strstr(av_config_error(cfg), "workers must be a whole number in [1, 64] or auto"));
+    assert_int_equal(av_config_set_workers(cfg, 65), AV_ERR_INVALID);
+    assert_int_equal(av_config_set_workers(cfg, 2), AV_OK);
+    assert_int_equal(av_config_workers(cfg), 2);
+
+    char err[300] = "";
+    av_ctx *ctx = NULL;
+    struct ev_loop *host = ev_loop_new(EVFLAG_AUTO);
+    assert_non_null(host);
+    assert_int_equal(av_ctx_new_on_loop(&ctx, cfg, host, err, sizeof(err)), AV_ERR_CONFIG);
+    assert_null(ctx);
+    assert_non_null(strstr(err, "a context on the host's loop runs one worker"));
+    ev_loop_destroy(host);
+
+    int rc = av_ctx_new(&ctx, cfg, err, sizeof(err));
+    av_config_free(cfg);
+    if (rc != AV_OK)
+        fail_msg("av_ctx_new: %s", err);
+    av_ctx_set_log(ctx, log_fn, NULL, AV_LOG_DEBUG);
+    int pport = av_ctx_listen_port(ctx, 0), gport = av_ctx_gateway_port(ctx, 0);
+    assert_int_equal(av_ctx_start(ctx), AV_OK);
+    client c;
+    resp r;
+    const char *hz = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    for (int i = 0; i < 20; i++) {
+        client_init(&c, tcp_connect(pport));
+        assert_true(c.fd >= 0);
+        assert_int_equal(send(c.fd, hz, strlen(hz), MSG_NOSIGNAL), (ssize_t)strlen(hz));
+        assert_int_equal(read_response(&c, &r, err, sizeof(err)), 0);
+        assert_int_equal(r.status, 200);
+        close(c.fd);
+    }
+    for (int i = 0; i < 6; i++) {
+        client_init(&c, tcp_connect(gport));
+        assert_true(c.fd >= 0);
+        if (exchange(&c, "/cfg-gateway", 1, &r, err, sizeof(err)) < 0)
+            fail_msg("%s", err);
+        close(c.fd);
+    }
+    if (stream_connect(ctx, "https://api.test", &c, err, sizeof(err)) < 0 ||
+        exchange(&c, "/api-stream", 0, &r, err, sizeof(err)) < 0)
+        fail_msg("%s", err);
+    close(c.fd);
+    assert_int_equal(av_ctx_stop(ctx, 1.0), AV_OK);
+    av_ctx_free(ctx);
+}
+
 /* A configured [gateway] and no proxy listener at all: the context binds
  * the gateway alone (it read the proxy's first listen address, which does
  * not exist, before it looked at the gateways). */
@@ -1658,6 +1716,7 @@ int main(void)
         cmocka_unit_test_teardown(shutdown_refuses_calls, test_teardown),
         cmocka_unit_test_teardown(free_started_context, test_teardown),
         cmocka_unit_test_teardown(run_with_listeners, test_teardown),
+        cmocka_unit_test_teardown(start_with_workers, test_teardown),
         cmocka_unit_test_teardown(gateway_without_proxy_listener, test_teardown),
         cmocka_unit_test_teardown(host_loop_serves_and_finishes, test_teardown),
         cmocka_unit_test_teardown(host_loop_quiet_context, test_teardown),

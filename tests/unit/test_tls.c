@@ -535,7 +535,7 @@ static int resume_conn(av_tls_server_ctx *sctx, av_tls_client_ctx *cctx, const c
 }
 
 static void resumption_ctxs(av_tls_server_ctx **s, av_tls_client_ctx **c, int on,
-                            unsigned long long *srv_n, unsigned long long *cli_n)
+                            _Atomic unsigned long long *srv_n, _Atomic unsigned long long *cli_n)
 {
     char err[256] = "";
     assert_int_equal(av__tls_server_ctx_new(s, g_ca, err, sizeof(err)), AV_OK);
@@ -552,7 +552,7 @@ static void resume_same_host(void **state)
     (void)state;
     av_tls_server_ctx *s;
     av_tls_client_ctx *c;
-    unsigned long long sn = 0, cn = 0;
+    _Atomic unsigned long long sn = 0, cn = 0;
     resumption_ctxs(&s, &c, 1, &sn, &cn);
     assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "k1"));
     assert_int_equal(av__tls_client_sessions(c), 1);
@@ -582,7 +582,7 @@ static void resume_bound_to_host(void **state)
     (void)state;
     av_tls_server_ctx *s;
     av_tls_client_ctx *c;
-    unsigned long long sn = 0, cn = 0;
+    _Atomic unsigned long long sn = 0, cn = 0;
     resumption_ctxs(&s, &c, 1, &sn, &cn);
     assert_false(resume_conn(s, c, "127.0.0.1", "127.0.0.1", "127.0.0.1", "k"));
     assert_false(resume_conn(s, c, "127.0.0.1", "127.0.0.2", "127.0.0.1", "k"));
@@ -624,7 +624,7 @@ static void resume_keys_and_off(void **state)
     (void)state;
     av_tls_server_ctx *s, *s2;
     av_tls_client_ctx *c, *c2;
-    unsigned long long sn = 0, cn = 0;
+    _Atomic unsigned long long sn = 0, cn = 0;
     resumption_ctxs(&s, &c, 1, &sn, &cn);
     resumption_ctxs(&s2, &c2, 1, NULL, NULL);
     assert_false(resume_conn(s, c, "a.example.test", "a.example.test", "a.example.test", "k"));
