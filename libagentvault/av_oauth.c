@@ -364,6 +364,58 @@ static int token_chars_ok(const uint8_t *p, size_t n)
     return n > 0;
 }
 
+/* jobject_open reads "{" and the blanks after it: 1 for an empty object
+ * (its "}" read too), 0 when members follow, -1 for anything else. */
+static int jobject_open(jr *r)
+{
+    ws(r);
+    if (r->i >= r->len || r->p[r->i] != '{')
+        return -1;
+    r->i++;
+    ws(r);
+    if (r->i < r->len && r->p[r->i] == '}') {
+        r->i++;
+        return 1;
+    }
+    return 0;
+}
+
+/* jmember_key reads a member's key, decoded into |buf| (*kl bytes), then
+ * ":" and the blanks around it. 0, or -1 when malformed. */
+static int jmember_key(jr *r, uint8_t *buf, size_t *kl)
+{
+    size_t ks = r->i;
+    if (jstring(r, NULL, NULL))
+        return -1;
+    jr kr = {r->p, r->i, ks}; /* the key again, decoded */
+    if (jstring(&kr, buf, kl))
+        return -1;
+    ws(r);
+    if (r->i >= r->len || r->p[r->i] != ':')
+        return -1;
+    r->i++;
+    ws(r);
+    return 0;
+}
+
+/* jmember_next reads what follows a member's value: 1 at the object's
+ * "}", 0 after a "," (another member follows), -1 for anything else. */
+static int jmember_next(jr *r)
+{
+    ws(r);
+    if (r->i >= r->len)
+        return -1;
+    if (r->p[r->i] == '}') {
+        r->i++;
+        return 1;
+    }
+    if (r->p[r->i] != ',')
+        return -1;
+    r->i++;
+    ws(r);
+    return 0;
+}
+
 int av__oauth_parse_token(const uint8_t *p, size_t len, av_oauth_token *out, char *why, size_t why_len)
 {
     memset(out, 0, sizeof(*out));
@@ -381,34 +433,21 @@ int av__oauth_parse_token(const uint8_t *p, size_t len, av_oauth_token *out, cha
     unsigned seen = 0;
     int rc = AV_ERR_PARSE;
     const char *bad = "token response is not a JSON object";
-    ws(&r);
-    if (r.i >= r.len || r.p[r.i] != '{')
+    int st = jobject_open(&r);
+    if (st < 0)
         goto out;
-    r.i++;
-    ws(&r);
-    if (r.i < r.len && r.p[r.i] == '}') {
-        r.i++;
-    } else {
+    if (st == 0) {
         for (;;) {
-            size_t ks = r.i;
-            if (jstring(&r, NULL, NULL))
-                goto out;
-            /* the key again, decoded (keys of interest have no escapes
-             * in practice, but decode to compare exactly) */
-            jr kr = {p, r.i, ks};
+            /* the key decoded (keys of interest have no escapes in
+             * practice, but decode to compare exactly) */
             size_t kl = 0;
-            if (jstring(&kr, buf, &kl))
+            if (jmember_key(&r, buf, &kl))
                 goto out;
             uint8_t key[32];
             size_t klen = kl < sizeof(key) ? kl : sizeof(key);
             memcpy(key, buf, klen);
             if (kl >= sizeof(key))
                 klen = 0; /* no key of interest is that long */
-            ws(&r);
-            if (r.i >= r.len || r.p[r.i] != ':')
-                goto out;
-            r.i++;
-            ws(&r);
             unsigned f = key_is(key, klen, "access_token")    ? F_ACCESS
                          : key_is(key, klen, "refresh_token") ? F_REFRESH
                          : key_is(key, klen, "token_type")    ? F_TYPE
@@ -480,17 +519,11 @@ int av__oauth_parse_token(const uint8_t *p, size_t len, av_oauth_token *out, cha
             } else if (jskip(&r, 1)) {
                 goto out;
             }
-            ws(&r);
-            if (r.i >= r.len)
+            int nx = jmember_next(&r);
+            if (nx < 0)
                 goto out;
-            if (r.p[r.i] == '}') {
-                r.i++;
+            if (nx)
                 break;
-            }
-            if (r.p[r.i] != ',')
-                goto out;
-            r.i++;
-            ws(&r);
         }
     }
     ws(&r);
@@ -586,31 +619,18 @@ int av__json_fields(const uint8_t *p, size_t len, size_t max, av_json_field *f, 
     jr r = {p, len, 0};
     int rc = AV_ERR_PARSE;
     say(why, why_len, "not a well-formed JSON object");
-    ws(&r);
-    if (r.i >= r.len || r.p[r.i] != '{')
+    int st = jobject_open(&r);
+    if (st < 0)
         goto out;
-    r.i++;
-    ws(&r);
-    if (r.i < r.len && r.p[r.i] == '}') {
-        r.i++;
-    } else {
+    if (st == 0) {
         for (;;) {
-            size_t ks = r.i;
-            if (jstring(&r, NULL, NULL))
-                goto out;
-            jr kr = {p, r.i, ks};
             size_t kl = 0;
-            if (jstring(&kr, buf, &kl))
+            if (jmember_key(&r, buf, &kl))
                 goto out;
             av_json_field *hit = NULL;
             for (size_t i = 0; i < nf && !hit; i++)
                 if (key_is(buf, kl, f[i].name))
                     hit = &f[i];
-            ws(&r);
-            if (r.i >= r.len || r.p[r.i] != ':')
-                goto out;
-            r.i++;
-            ws(&r);
             if (hit) {
                 if (hit->seen) {
                     say(why, why_len, "\"%s\" appears twice", hit->name);
@@ -624,17 +644,11 @@ int av__json_fields(const uint8_t *p, size_t len, size_t max, av_json_field *f, 
             } else if (jskip(&r, 1)) {
                 goto out;
             }
-            ws(&r);
-            if (r.i >= r.len)
+            int nx = jmember_next(&r);
+            if (nx < 0)
                 goto out;
-            if (r.p[r.i] == '}') {
-                r.i++;
+            if (nx)
                 break;
-            }
-            if (r.p[r.i] != ',')
-                goto out;
-            r.i++;
-            ws(&r);
         }
     }
     ws(&r);
