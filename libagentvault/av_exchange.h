@@ -323,6 +323,12 @@ const char *av__inject_name_of(const av_service *svc);
 const char *av__alt_name_of(const av_service *svc);
 int av__x_inject(av_exchange *x);
 int av__x_is_credential_field(const av_exchange *x, const av_h1_field *f);
+/* av__x_take_body moves the agent's request body into |sink|
+ * (after a 100 Continue when the agent waits for one): the progress (0 or
+ * 1), or -1 when the exchange was answered (out of memory, or the agent
+ * went away in the middle of the body). */
+struct av_body_sink;
+int av__x_take_body(av_exchange *x, const struct av_body_sink *sink);
 int av__x_collect_body(av_exchange *x);
 /* auth = aws-sigv4: read the agent's signature (refusing presigned URLs,
  * SigV4A, signed chunks, scopes the service does not allow) before the

@@ -242,20 +242,9 @@ static const av_body_sink dbody_sink = {dbody_room, dbody_write};
 
 int av__x_decide_body(av_exchange *x)
 {
-    int progress = x->agent->send_continue(x);
-    if (progress < 0) {
-        av__x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */
-        return 1;
-    }
-    int moved = x->agent->pump_body(x, &dbody_sink);
-    if (moved < 0)
+    int progress = av__x_take_body(x, &dbody_sink);
+    if (progress < 0)
         return 1; /* answered */
-    progress |= moved;
-    if (!x->req_done && x->agent->body_aborted(x)) {
-        x->end = AV_END_CLIENT_ABORT;
-        av__x_fail(x, 400, "the agent closed the connection in the middle of the request body");
-        return 1;
-    }
     if (!x->req_done && x->dbody.len < x->svc->decide_body)
         return progress; /* more may come */
     x->dbody_wait = 0;

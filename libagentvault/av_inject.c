@@ -722,6 +722,25 @@ static int collect_write(av_exchange *x, const uint8_t *data, size_t n)
 
 static const av_body_sink collect_sink = {collect_room, collect_write};
 
+int av__x_take_body(av_exchange *x, const av_body_sink *sink)
+{
+    int progress = x->agent->send_continue(x);
+    if (progress < 0) {
+        av__x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */
+        return -1;
+    }
+    int moved = x->agent->pump_body(x, sink);
+    if (moved < 0)
+        return -1; /* answered */
+    progress |= moved;
+    if (!x->req_done && x->agent->body_aborted(x)) {
+        x->end = AV_END_CLIENT_ABORT;
+        av__x_fail(x, 400, "the agent closed the connection in the middle of the request body");
+        return -1;
+    }
+    return progress;
+}
+
 int av__x_collect_body(av_exchange *x)
 {
     if (x->dbody.len) {
@@ -730,20 +749,9 @@ int av__x_collect_body(av_exchange *x)
             return 1; /* answered */
         av__buf_free_wipe(&x->dbody);
     }
-    int progress = x->agent->send_continue(x);
-    if (progress < 0) {
-        av__x_refuse(x, 500, "out of memory"); /* the agent would wait for the 100 */
-        return 1;
-    }
-    int moved = x->agent->pump_body(x, &collect_sink);
-    if (moved < 0)
+    int progress = av__x_take_body(x, &collect_sink);
+    if (progress < 0)
         return 1; /* answered */
-    progress |= moved;
-    if (!x->req_done && x->agent->body_aborted(x)) {
-        x->end = AV_END_CLIENT_ABORT;
-        av__x_fail(x, 400, "the agent closed the connection in the middle of the request body");
-        return 1;
-    }
     if (!x->req_done)
         return progress;
     if (x->body_buffer >= 3) {
