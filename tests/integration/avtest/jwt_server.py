@@ -22,20 +22,16 @@ reaches a log or the audit).
 """
 import base64
 import datetime
-import http.server
 import json
 import secrets as _secrets
-import threading
 import time
 import urllib.parse
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-from . import certs
-from .upstream import server_tls_context
+from .fake_endpoint import Endpoint, Handler, issue_leaf
 
 HOSTS = ["oauth2.gcp.test", "alt.gcp.test", "vertex.gcp.test", "api.github.test", "repos.github.test"]
 GCP_AUD = "https://oauth2.gcp.test/token"
@@ -43,10 +39,7 @@ GH_VERSION = "2022-11-28"
 
 
 def leaf_for(test_ca, directory):
-    ca = certs.CertPair(x509.load_pem_x509_certificate(test_ca.ca_pem.read_bytes()),
-                        serialization.load_pem_private_key(test_ca.ca_key.read_bytes(), None),
-                        test_ca.ca_pem, test_ca.ca_key)
-    return certs.issue(ca, HOSTS, [], directory, "jwt-origin")
+    return issue_leaf(test_ca, HOSTS, directory, "jwt-origin")
 
 
 def b64url_decode(s):
@@ -85,28 +78,7 @@ def verify_jwt(token, keys):
     raise ValueError("bad signature")
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, status, body, ctype="application/json"):
-        if not isinstance(body, bytes):
-            body = (body if isinstance(body, str) else json.dumps(body)).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):
-        self._dispatch()
-
-    def do_GET(self):
-        self._dispatch()
-
+class _Handler(Handler):
     def _dispatch(self):
         o = self.server.owner
         n = int(self.headers.get("Content-Length") or 0)
@@ -240,15 +212,12 @@ def verify_ok(jwt, key):
         return False
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
 
+class JwtServer(Endpoint):
+    handler = _Handler
 
-class JwtServer:
     def __init__(self, cert, key):
-        self.lock = threading.Lock()
-        self.ctx = server_tls_context(cert, key)
+        super().__init__(cert, key)
         self.reset()
 
     def reset(self):
@@ -272,19 +241,6 @@ class JwtServer:
         self.current = None
         self.mints = 0
         self.api_calls = []
-
-    def start(self):
-        self.srv = _Server(("127.0.0.1", 0), _Handler)
-        self.srv.owner = self
-        self.srv.socket = self.ctx.wrap_socket(self.srv.socket, server_side=True)
-        self.port = self.srv.server_address[1]
-        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.srv.shutdown()
-        self.srv.server_close()
 
     def secrets(self):
         """Every JWT received and token issued: none may reach a log."""

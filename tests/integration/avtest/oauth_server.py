@@ -19,52 +19,23 @@ api.oauth.test   any path: 200 with a JSON body that echoes the bearer
                  401 otherwise.
 """
 import base64
-import http.server
 import json
 import secrets as _secrets
-import threading
 import time
 import urllib.parse
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
-from . import certs
-from .upstream import server_tls_context
+from .fake_endpoint import Endpoint, Handler, issue_leaf
 
 HOSTS = ["auth.oauth.test", "api.oauth.test", "api-h2.oauth.test"]  # the last: test_oauth's HTTP/2 origin
 LEAK_DESCRIPTION = "endpoint-body-must-not-leak-" + _secrets.token_hex(6)
 
 
 def leaf_for(test_ca, directory):
-    ca = certs.CertPair(x509.load_pem_x509_certificate(test_ca.ca_pem.read_bytes()),
-                        serialization.load_pem_private_key(test_ca.ca_key.read_bytes(), None),
-                        test_ca.ca_pem, test_ca.ca_key)
-    return certs.issue(ca, HOSTS, [], directory, "oauth-origin")
+    return issue_leaf(test_ca, HOSTS, directory, "oauth-origin")
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *a):
-        pass
-
-    def _send(self, status, body, ctype="application/json"):
-        if isinstance(body, str):
-            body = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_POST(self):
-        self._dispatch()
-
-    def do_GET(self):
-        self._dispatch()
-
+class _Handler(Handler):
     def _dispatch(self):
         o = self.server.owner
         n = int(self.headers.get("Content-Length") or 0)
@@ -150,17 +121,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                                     "body_len": n}))
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 256
 
+class OAuthServer(Endpoint):
+    handler = _Handler
 
-class OAuthServer:
     def __init__(self, cert, key, client_id, client_secret):
         self.client_id = client_id
         self.client_secret = client_secret
-        self.lock = threading.Lock()
-        self.ctx = server_tls_context(cert, key)
+        super().__init__(cert, key)
         self.reset()
 
     def reset(self):
@@ -182,19 +150,6 @@ class OAuthServer:
         self.rotate = True
         self.echo_refresh = False
         self.allow_public = False
-
-    def start(self):
-        self.srv = _Server(("127.0.0.1", 0), _Handler)
-        self.srv.owner = self
-        self.srv.socket = self.ctx.wrap_socket(self.srv.socket, server_side=True)
-        self.port = self.srv.server_address[1]
-        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        self.srv.shutdown()
-        self.srv.server_close()
 
     def tokens(self):
         with self.lock:
