@@ -95,10 +95,16 @@ t_library() {
   [ -f "$real" ] || { echo "no $D_lib/libagentvault.so"; return 1; }
   [ -L "$D_lib/libagentvault.so" ] || { echo "libagentvault.so is not a symlink"; return 1; }
   [ -e "$D_lib/libagentvault.so.0" ] || { echo "no libagentvault.so.0"; return 1; }
-  readelf -d "$real" | grep -q 'SONAME.*\[libagentvault\.so\.0\]' || { echo "bad SONAME"; readelf -d "$real"; return 1; }
+  # (outputs are captured first: "cmd | grep -q" fails under pipefail when
+  # grep exits before cmd has written everything, which a longer symbol
+  # list made happen)
+  local dyn syms
+  dyn=$(readelf -d "$real") || return 1
+  grep -q 'SONAME.*\[libagentvault\.so\.0\]' <<<"$dyn" || { echo "bad SONAME"; echo "$dyn"; return 1; }
   # Only the versioned public API is exported.
-  nm -D --defined-only "$real" | grep -q ' av_gateway_open@@AGENTVAULT_0.1$' || { echo "av_gateway_open not exported"; return 1; }
-  if nm -D --defined-only "$real" | awk '$2 ~ /^[TDB]$/ {print $3}' | grep -v '^av_[a-z0-9_]*@@AGENTVAULT_0\.1$' | grep -v '^AGENTVAULT_0\.1$' | grep .; then
+  syms=$(nm -D --defined-only "$real") || return 1
+  grep -q ' av_gateway_open@@AGENTVAULT_0.1$' <<<"$syms" || { echo "av_gateway_open not exported"; return 1; }
+  if awk '$2 ~ /^[TDB]$/ {print $3}' <<<"$syms" | grep -v '^av_[a-z0-9_]*@@AGENTVAULT_0\.1$' | grep -v '^AGENTVAULT_0\.1$' | grep .; then
     echo "unexpected exported symbols (above)"; return 1
   fi
 }
