@@ -56,24 +56,31 @@ void av__conn_respond(av_conn *c, int status, const char *reason_text, int json,
     char reason[300], body[700];
     av__x_error_text(status, reason_text, json, reason, body);
     av_buf *o = c->a.pout;
-    av__h1_write_status_line(o, status, av__h1_reason(status));
-    av__h1_write_field_str(o, "Content-Type", json ? "application/json" : "text/plain; charset=utf-8");
+    size_t before = av__buf_len(o);
+    int e = av__h1_write_status_line(o, status, av__h1_reason(status));
+    e = e ? e : av__h1_write_field_str(o, "Content-Type", json ? "application/json" : "text/plain; charset=utf-8");
     if (status >= 400)
-        av__h1_write_field_str(o, "X-Agentvault-Error", reason);
+        e = e ? e : av__h1_write_field_str(o, "X-Agentvault-Error", reason);
     if (status == 407)
-        av__h1_write_field_str(o, "Proxy-Authenticate", "Basic realm=\"agentvault\"");
+        e = e ? e : av__h1_write_field_str(o, "Proxy-Authenticate", "Basic realm=\"agentvault\"");
     if (status == 429 && c->x.retry_after > 0) {
         char ra[16];
         snprintf(ra, sizeof(ra), "%d", c->x.retry_after);
-        av__h1_write_field_str(o, "Retry-After", ra);
+        e = e ? e : av__h1_write_field_str(o, "Retry-After", ra);
     }
     char cl[32];
     snprintf(cl, sizeof(cl), "%zu", strlen(body));
-    av__h1_write_field_str(o, "Content-Length", cl);
+    e = e ? e : av__h1_write_field_str(o, "Content-Length", cl);
     if (close)
-        av__h1_write_field_str(o, "Connection", "close");
-    av__h1_write_end(o);
-    av__buf_append_str(o, body);
+        e = e ? e : av__h1_write_field_str(o, "Connection", "close");
+    e = e ? e : av__h1_write_end(o);
+    e = e ? e : av__buf_append_str(o, body);
+    if (e) {
+        /* Out of memory part way: never a half-written head (a later,
+         * smaller write could succeed); the connection closes instead. */
+        av__buf_truncate(o, before);
+        close = 1;
+    }
     if (close) {
         c->close_after = 1;
         c->state = C_CLOSING;
@@ -93,13 +100,20 @@ void av__conn_respond_body(av_conn *c, int status, const char *ctype, const char
     av_buf *o = c->a.pout;
     char cl[32];
     snprintf(cl, sizeof(cl), "%zu", len);
-    av__h1_write_status_line(o, status, av__h1_reason(status));
-    av__h1_write_field_str(o, "Content-Type", ctype);
-    av__h1_write_field_str(o, "Content-Length", cl);
-    av__h1_write_field_str(o, "Cache-Control", "no-store");
-    av__h1_write_end(o);
+    size_t before = av__buf_len(o);
+    int e = av__h1_write_status_line(o, status, av__h1_reason(status));
+    e = e ? e : av__h1_write_field_str(o, "Content-Type", ctype);
+    e = e ? e : av__h1_write_field_str(o, "Content-Length", cl);
+    e = e ? e : av__h1_write_field_str(o, "Cache-Control", "no-store");
+    e = e ? e : av__h1_write_end(o);
     if (!head_only)
-        av__buf_append(o, body, len);
+        e = e ? e : av__buf_append(o, body, len);
+    if (e) { /* as in av__conn_respond: nothing half-written, close */
+        av__buf_truncate(o, before);
+        c->close_after = 1;
+        c->state = C_CLOSING;
+        av__side_close_write(&c->a);
+    }
 }
 
 /* Map a head-parse error to a response. */

@@ -45,6 +45,9 @@ int av__buf_append_str(av_buf *b, const char *s);
 int av__buf_appendf(av_buf *b, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* av__buf_truncate drops what was appended after the buffer held |len|
+ * unread bytes (nothing consumed since): undoes a half-written message. */
+static inline void av__buf_truncate(av_buf *b, size_t len) { if (len < b->len) b->len = len; }
 void av__buf_consume(av_buf *b, size_t n);
 void av__buf_reset(av_buf *b);
 

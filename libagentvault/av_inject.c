@@ -492,13 +492,14 @@ static int x_aws_resolve(av_exchange *x, const char *ref, av_secret **slot, cons
 {
     if (*slot || !ref)
         return AV_OK;
-    char why[200];
+    char why[200] = "";
     int rc = av__resolver_get_async(x->snap->resolver, ref, slot, why, sizeof(why), x_secret_ready, x, &x->swait);
     if (rc == AV_ERR_AGAIN || rc == AV_OK)
         return rc;
     *slot = NULL;
     char m[300];
-    snprintf(m, sizeof(m), "%s for service %s unavailable: %s", what, x->svc->name, why);
+    snprintf(m, sizeof(m), "%s for service %s unavailable: %s", what, x->svc->name,
+             why[0] ? why : av_strerror(rc));
     av__x_respond(x, 502, m, 0);
     return rc;
 }
@@ -557,7 +558,7 @@ int av__x_inject(av_exchange *x)
     if (svc->auth == AV_AUTH_AWS_SIGV4)
         return x_aws_inject(x);
     av_secret *secret = NULL;
-    char why[200];
+    char why[200] = "";
     int rc;
     if (svc->mint) {
         /* a minted access token: cached, or minted once for everyone
@@ -595,7 +596,8 @@ int av__x_inject(av_exchange *x)
         return 0;
     if (rc) {
         char m[300];
-        snprintf(m, sizeof(m), "credential for service %s unavailable: %s", svc->name, why);
+        snprintf(m, sizeof(m), "credential for service %s unavailable: %s", svc->name,
+                 why[0] ? why : av_strerror(rc)); /* out of memory gives no reason */
         av__x_respond(x, 502, m, 0);
         return -1;
     }

@@ -13,7 +13,7 @@
 #      WORKERS1_SUITES with AVTEST_WORKERS=1 (the single-loop paths)
 #   3b. ThreadSanitizer build (daemon and library only): TSAN_SUITES with
 #      two workers (a data race fails the daemon's exit status)
-#   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 20)
+#   4. libFuzzer targets (clang), each for FUZZ_SECONDS (default 12)
 #   5. bench smoke: bench/run.py --smoke against the BoringSSL build's daemon
 #      (every scenario briefly, direct/agentvault/mitmproxy; one test: passed
 #      iff it exits 0; no timing thresholds)
@@ -27,7 +27,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 BUILD_ROOT=${BUILD_ROOT:-$root/build-tests}
-FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+FUZZ_SECONDS=${FUZZ_SECONDS:-12}
 ONLY=${AV_TEST_ONLY:-}
 PY=/usr/bin/python3
 mkdir -p "$BUILD_ROOT"
