@@ -22,12 +22,13 @@
 # CLI (pinned 0.131.0 and the newest), ws and https-proxy-agent.
 #
 # Environment: AV_TEST_ONLY=boringssl|openssl|asan|tsan|fuzz|bench runs one layer;
-# FUZZ_SECONDS=N; BUILD_ROOT=dir (default ./build-tests).
+# FUZZ_SECONDS=N, FUZZ_JOBS=N (fuzzers at once, default 2); BUILD_ROOT=dir (default ./build-tests).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 BUILD_ROOT=${BUILD_ROOT:-$root/build-tests}
 FUZZ_SECONDS=${FUZZ_SECONDS:-12}
+FUZZ_JOBS=${FUZZ_JOBS:-2}
 ONLY=${AV_TEST_ONLY:-}
 PY=/usr/bin/python3
 mkdir -p "$BUILD_ROOT"
@@ -239,14 +240,25 @@ if want tsan; then
 fi
 if want fuzz; then
   if CC=clang build fuzz "$BUILD_ROOT/fuzz" -Dfuzz=true -Db_sanitize=address,undefined -Db_lundef=false; then
-    note "fuzz smoke (${FUZZ_SECONDS}s each)"
+    note "fuzz smoke (${FUZZ_SECONDS}s each, $FUZZ_JOBS at a time)"
+    # Each target is one process on one core: run FUZZ_JOBS of them at once,
+    # then count them in order.
+    fuzzers=()
     for f in "$BUILD_ROOT"/fuzz/tests/fuzz/fuzz_*; do
       [ -f "$f" ] && [ -x "$f" ] || continue
       name=$(basename "$f")
       work="$BUILD_ROOT/fuzz/corpus-$name"
       mkdir -p "$work"
       [ -d "tests/fuzz/corpus/$name" ] && cp -r "tests/fuzz/corpus/$name/." "$work/"
-      if "$f" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 "$work" >"$work.log" 2>&1; then
+      rm -f "$work.rc"
+      while [ "$(jobs -rp | wc -l)" -ge "$FUZZ_JOBS" ]; do wait -n || true; done
+      ( "$f" -max_total_time="$FUZZ_SECONDS" -print_final_stats=0 "$work" >"$work.log" 2>&1; echo $? >"$work.rc" ) &
+      fuzzers+=("$name")
+    done
+    wait
+    for name in "${fuzzers[@]}"; do
+      work="$BUILD_ROOT/fuzz/corpus-$name"
+      if [ "$(cat "$work.rc" 2>/dev/null)" = 0 ]; then
         add 1 0 "fuzz $name"
       else
         tail -40 "$work.log"; add 0 1 "fuzz $name"
